@@ -33,9 +33,9 @@ __all__ = [
     "ResponseStream",
     "StreamEvent",
     "TextDelta",
+    "ToolCall",
     "ToolCallDelta",
     "ToolCallEnd",
-    "ToolCall",
     "ToolCallStart",
     "ToolDefinition",
     "UsageUpdate",
@@ -113,7 +113,9 @@ class Finished:
     kind: Literal["finished"] = "finished"
 
 
-StreamEvent = TextDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | ToolCallEnd | UsageUpdate | Finished
+StreamEvent = (
+    TextDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | ToolCallEnd | UsageUpdate | Finished
+)
 
 
 @dataclass(frozen=True, slots=True)

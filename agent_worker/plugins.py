@@ -1,0 +1,187 @@
+"""Plugin loading: built-ins and third-party packages register providers and tools the same way.
+
+Third-party packages declare an entry point in the ``agent_worker`` group::
+
+    [project.entry-points.agent_worker]
+    my_plugin = "my_package.agent_worker_plugin"
+
+and implement the hooks of :mod:`agent_worker.hookspecs` with ``@hookimpl``. The environment
+variable ``AGENT_WORKER_PLUGINS`` restricts which entry points load (comma-separated names; empty
+means none but the built-ins). Config files can also name a provider factory or a tool function by
+import path (``"package.module:attribute"``) without any plugin.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from agent_worker import hookspecs
+from agent_worker.errors import ConfigError
+from agent_worker.hookspecs import ProviderFactory
+from agent_worker.tools.base import Tool
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PLUGINS_ENV",
+    "ProviderSpec",
+    "get_plugin_manager",
+    "import_path",
+    "load_plugins",
+    "provider_specs",
+    "register_plugin",
+    "tool_specs",
+    "unregister_plugin",
+]
+
+ENTRY_POINT_GROUP = "agent_worker"
+PLUGINS_ENV = "AGENT_WORKER_PLUGINS"
+_BUILTINS = "builtins"
+
+_pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+_pm.add_hookspecs(hookspecs)
+_lock = threading.Lock()
+_loaded = False
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    load_plugins()
+    return _pm
+
+
+def load_plugins() -> None:
+    """Register the built-ins and every allowed entry point, once (idempotent, thread-safe)."""
+    global _loaded  # noqa: PLW0603 - the process-wide plugin set is loaded once
+    with _lock:
+        if _loaded:
+            return
+        from agent_worker import plugins_builtin  # noqa: PLC0415 - it imports this module's hookspecs
+
+        if not _pm.is_registered(plugins_builtin):
+            _pm.register(plugins_builtin, name=_BUILTINS)
+        allowed = _allowed_names()
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name == _BUILTINS or (allowed is not None and ep.name not in allowed):
+                continue
+            if _pm.get_plugin(ep.name) is not None:
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                msg = f"agent_worker plugin {ep.name!r} ({ep.value}) failed to import: {exc}"
+                raise ConfigError(msg) from exc
+            _pm.register(plugin, name=ep.name)
+        _loaded = True
+
+
+def reset_plugins() -> None:
+    """Forget entry-point plugins so the next lookup rescans (for tests that install a package)."""
+    global _loaded  # noqa: PLW0603
+    with _lock:
+        for name, plugin in list(_pm.list_name_plugin()):
+            if name != _BUILTINS and plugin is not None:
+                _pm.unregister(plugin)
+        _loaded = False
+
+
+def register_plugin(plugin: object, name: str | None = None) -> str:
+    """Register a plugin object directly (tests; embedding applications). Returns its name."""
+    load_plugins()
+    registered = _pm.register(plugin, name=name)
+    if registered is None:
+        msg = f"plugin {name or plugin!r} is already registered or blocked"
+        raise ConfigError(msg)
+    return registered
+
+
+def unregister_plugin(plugin: object) -> None:
+    _pm.unregister(plugin)
+
+
+def _allowed_names() -> set[str] | None:
+    raw = os.environ.get(PLUGINS_ENV)
+    if raw is None:
+        return None
+    return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    name: str
+    factory: ProviderFactory
+    description: str
+    plugin: str
+
+
+def provider_specs() -> dict[str, ProviderSpec]:
+    """Every registered provider by name; two plugins registering one name is a ConfigError."""
+    load_plugins()
+    specs: dict[str, ProviderSpec] = {}
+    for impl in _pm.hook.register_providers.get_hookimpls():
+
+        def register(
+            name: str, factory: ProviderFactory, *, description: str = "", _plugin: str = impl.plugin_name
+        ) -> None:
+            if name in specs:
+                msg = f"provider {name!r} is registered by both {specs[name].plugin!r} and {_plugin!r}"
+                raise ConfigError(msg)
+            specs[name] = ProviderSpec(name, factory, description, _plugin)
+
+        impl.function(register=register)
+    return specs
+
+
+def tool_specs() -> dict[str, Tool]:
+    """Every registered tool by name; duplicates across plugins are a ConfigError."""
+    load_plugins()
+    tools: dict[str, Tool] = {}
+    owners: dict[str, str] = {}
+    for impl in _pm.hook.register_tools.get_hookimpls():
+
+        def register(
+            tool: Tool | Callable[..., Any],
+            *,
+            name: str | None = None,
+            client_side: bool = False,
+            requires_approval: bool = False,
+            _plugin: str = impl.plugin_name,
+        ) -> None:
+            if not isinstance(tool, Tool):
+                tool = Tool.from_function(
+                    tool, name=name, client_side=client_side, requires_approval=requires_approval
+                )
+            if tool.name in tools:
+                msg = f"tool {tool.name!r} is registered by both {owners[tool.name]!r} and {_plugin!r}"
+                raise ConfigError(msg)
+            tools[tool.name] = tool
+            owners[tool.name] = _plugin
+
+        impl.function(register=register)
+    return tools
+
+
+def import_path(path: str) -> Any:
+    """Resolve ``"package.module:attribute"`` (the config's way to name code without a plugin)."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        msg = f"{path!r} is not an import path; write it as 'package.module:attribute'"
+        raise ConfigError(msg)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        msg = f"cannot import {module_name!r} (from {path!r}): {exc}"
+        raise ConfigError(msg) from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            msg = f"{module_name!r} has no attribute {attr!r} (from {path!r})"
+            raise ConfigError(msg) from exc
+    return obj

@@ -1,0 +1,112 @@
+"""Fold stream events into one :class:`ModelResponse` — the only place deltas are assembled.
+
+Adapters translate vendor chunks into events and never accumulate; every :class:`ResponseStream`
+in this package is an :class:`AccumulatingStream` over an adapter's event iterator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import assert_never
+
+from agent_worker.providers.base import (
+    Finished,
+    ModelResponse,
+    ReasoningDelta,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    UsageUpdate,
+)
+
+__all__ = ["AccumulatingStream", "Accumulator"]
+
+
+@dataclass(slots=True)
+class _PendingCall:
+    name: str
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Accumulator:
+    """Feed events in order; ``response`` is the result assembled so far."""
+
+    response: ModelResponse = field(default_factory=ModelResponse)
+    _pending: dict[str, _PendingCall] = field(default_factory=dict)
+
+    def feed(self, event: StreamEvent) -> None:
+        r = self.response
+        match event:
+            case TextDelta(text=text):
+                r.text += text
+            case ReasoningDelta(text=text):
+                r.reasoning += text
+            case ToolCallStart(call_id=call_id, name=name):
+                self._pending[call_id] = _PendingCall(name)
+            case ToolCallDelta(call_id=call_id, arguments_delta=delta):
+                # A delta without a start still counts: some servers skip the start for short calls.
+                self._pending.setdefault(call_id, _PendingCall("")).arguments.append(delta)
+            case ToolCallEnd(call_id=call_id, name=name, arguments=arguments):
+                self._pending.pop(call_id, None)
+                r.tool_calls.append(ToolCall(call_id, name, arguments))
+            case UsageUpdate(input_tokens=inp, output_tokens=out):
+                # Vendors report usage cumulatively (and sometimes twice); the last non-None wins.
+                if inp is not None:
+                    r.input_tokens = inp
+                if out is not None:
+                    r.output_tokens = out
+            case Finished(reason=reason):
+                r.finish_reason = reason
+            case _:
+                assert_never(event)
+
+    @property
+    def unfinished_calls(self) -> dict[str, str]:
+        """Calls started but not ended (name by id) — what a broken stream left behind."""
+        return {cid: p.name for cid, p in self._pending.items()}
+
+
+class AccumulatingStream:
+    """A :class:`~agent_worker.providers.base.ResponseStream` over an event iterator.
+
+    ``first`` is an event already pulled from ``events`` (the retry logic pulls one to know the
+    stream really started); it is yielded before the rest.
+    """
+
+    def __init__(self, events: AsyncIterator[StreamEvent], first: StreamEvent | None = None) -> None:
+        self._events = events
+        self._first = first
+        self._acc = Accumulator()
+        self._gen: AsyncGenerator[StreamEvent, None] | None = None
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        if self._gen is not None:
+            msg = "a response stream can be iterated only once"
+            raise RuntimeError(msg)
+        self._gen = self._iterate()
+        return self._gen
+
+    async def aclose(self) -> None:
+        """Close the iteration and the adapter's iterator (idempotent)."""
+        if self._gen is not None:
+            await self._gen.aclose()
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def _iterate(self) -> AsyncGenerator[StreamEvent, None]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            self._acc.feed(first)
+            yield first
+        async for event in self._events:
+            self._acc.feed(event)
+            yield event
+
+    def get(self) -> ModelResponse:
+        return self._acc.response
