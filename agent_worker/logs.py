@@ -1,0 +1,64 @@
+"""structlog, configured once for the whole process.
+
+``configure_logging("console")`` is for a developer terminal, ``configure_logging("json")`` for
+production (one JSON object per line). Context such as ``run_id``/``session`` is bound with
+:func:`structlog.contextvars.bound_contextvars` around each run, so every line a run's task logs —
+including the provider's and the transport's — carries it without passing a logger around.
+
+Event names are short ``snake_case`` verbs (``run_started``, ``cancel_refused``); values are fields.
+Tests assert on :func:`structlog.testing.capture_logs`, which works whether or not this was called.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal, TextIO
+
+import structlog
+
+__all__ = ["LogFormat", "configure_logging", "get_logger"]
+
+LogFormat = Literal["console", "json"]
+
+_state: dict[str, tuple[LogFormat, str]] = {}
+
+
+def configure_logging(
+    fmt: LogFormat = "console", level: str = "info", *, stream: TextIO | None = None
+) -> None:
+    """Configure structlog (and route stdlib logging through the same level). Idempotent: a second
+    call with the same arguments does nothing; different arguments reconfigure."""
+    if _state.get("configured") == (fmt, level) and stream is None:
+        return
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        msg = f"unknown log level {level!r}; use debug, info, warning or error"
+        raise ValueError(msg)
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+    renderer: structlog.typing.Processor
+    if fmt == "json":
+        processors.append(structlog.processors.format_exc_info)
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[*processors, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # ably-python and aiohttp log through the stdlib; keep them quiet unless debugging.
+    logging.basicConfig(level=max(numeric, logging.WARNING), stream=stream or sys.stderr)
+    logging.getLogger("ably").setLevel(max(numeric, logging.WARNING))
+    _state["configured"] = (fmt, level)
+
+
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
+    return logger

@@ -1,0 +1,281 @@
+"""Executing the encoder's WireOps on a channel: pipelined appends, coalescing, flush and recovery.
+
+One :class:`StreamWriter` serves one encoder (one assistant message). It preserves the encoder's
+operation order on the wire, with two liberties that change no text:
+
+* **Coalescing.** Deltas for one stream that arrive within ``window_s`` are merged into one append
+  (their data concatenated, the newest headers kept — appends repeat the full headers anyway). Any
+  other operation first flushes every buffered delta, so order across messages is unchanged; a
+  closing append carries the stream's last buffered text itself. While the connection's rate limiter
+  makes a flush wait, more deltas join the buffer — that is how the writer stays under Ably's
+  per-connection message rate without dropping or reordering text.
+* **Pipelining.** Appends are submitted without awaiting their ACKs (``Channel.submit_append``).
+  Publishes and updates are awaited (a stream's opening serial is needed for its appends). After a
+  closing append, and on :meth:`StreamWriter.flush`, every pending append is awaited; a stream with a
+  failed append gets the encoder's full-content recovery update (error 104000 if that fails too).
+
+Cancellation: an operation in flight is shielded, so a cancelled run still learns the serial of a
+stream it just opened and can close it ``cancelled`` (:meth:`StreamWriter.cancel_streams`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from agent_worker.errors import TransportError
+from agent_worker.logs import get_logger
+from agent_worker.protocol.wire import AppendOp, OutboundMessage, PublishOp, UpdateOp, WireOp
+
+__all__ = ["ChannelWriter", "StreamEncoder", "StreamWriter", "WriterStats"]
+
+log = get_logger("agent_worker.runtime.streaming")
+
+ERROR_RECOVERY_FAILED = 104000
+
+
+class ChannelWriter(Protocol):
+    """What the writer needs from a channel (``transport.ably.Channel`` provides it)."""
+
+    async def publish(self, msg: OutboundMessage) -> str | None: ...
+
+    async def submit_append(
+        self, serial: str, msg: OutboundMessage, on_submitted: Callable[[asyncio.Task[str | None]], None]
+    ) -> None: ...
+
+    async def update(self, serial: str, msg: OutboundMessage) -> str | None: ...
+
+
+class StreamEncoder(Protocol):
+    """The slice of ``protocol.vercel.UIMessageEncoder`` the writer uses."""
+
+    def cancel_open_streams(self) -> list[AppendOp]: ...
+
+    def recovery_update(self, stream_key: str) -> UpdateOp: ...
+
+
+@dataclass(slots=True)
+class WriterStats:
+    published: int = 0
+    appends: int = 0
+    deltas: int = 0
+    updates: int = 0
+    recoveries: int = 0
+
+
+@dataclass(slots=True)
+class _Buffer:
+    parts: list[str]
+    message: OutboundMessage
+
+
+def _merged(buffer: _Buffer, tail: OutboundMessage | None = None) -> OutboundMessage:
+    """One append carrying every buffered fragment (plus ``tail``'s data and headers if given)."""
+    last = tail if tail is not None else buffer.message
+    data = "".join(buffer.parts) + (str(tail.data or "") if tail is not None else "")
+    return OutboundMessage(name=last.name, data=data, extras=last.extras)
+
+
+class StreamWriter:
+    def __init__(
+        self,
+        channel: ChannelWriter,
+        encoder: StreamEncoder,
+        *,
+        window_s: float = 0.04,
+        on_first_publish: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._channel = channel
+        self._encoder = encoder
+        self._window_s = window_s
+        self._on_first_publish = on_first_publish
+        self._serials: dict[str, str] = {}
+        self._closed_keys: set[str] = set()
+        self._buffers: dict[str, _Buffer] = {}
+        self._pending: list[tuple[str, asyncio.Task[str | None]]] = []
+        self._failed: set[str] = set()
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[Any] | None = None
+        self._first_done = False
+        self.stats = WriterStats()
+
+    # --- public API ------------------------------------------------------------------------------
+
+    async def write(self, ops: Iterable[WireOp]) -> None:
+        """Execute ``ops`` in order (appends may be merged with neighbours of the same stream)."""
+        for op in ops:
+            await self._settle_inflight()
+            if isinstance(op, AppendOp) and not op.closing:
+                self._buffer(op)
+                continue
+            async with self._lock:
+                await self._execute(op)
+
+    async def flush(self) -> None:
+        """Send every buffered delta and wait for every pending append (recovering failures)."""
+        await self._settle_inflight()
+        async with self._lock:
+            await self._flush_buffers()
+            await self._drain()
+
+    async def cancel_streams(self) -> None:
+        """Close every open stream ``cancelled`` (buffered text is sent with the close), then flush.
+
+        Safe to call from a cancelled task's cleanup (run it under :func:`asyncio.shield`)."""
+        await self._settle_inflight()
+        async with self._lock:
+            for op in self._encoder.cancel_open_streams():
+                await self._execute(op)
+            await self._flush_buffers()
+            await self._drain()
+
+    async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+            self._timer = None
+
+    @property
+    def open_serials(self) -> dict[str, str]:
+        return {k: s for k, s in self._serials.items() if k not in self._closed_keys}
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _buffer(self, op: AppendOp) -> None:
+        self.stats.deltas += 1
+        buf = self._buffers.get(op.stream_key)
+        if buf is None:
+            self._buffers[op.stream_key] = _Buffer([str(op.message.data or "")], op.message)
+        else:
+            buf.parts.append(str(op.message.data or ""))
+            buf.message = op.message
+        if self._window_s <= 0:
+            self._start_timer(0.0)
+        elif self._timer is None or self._timer.done():
+            self._start_timer(self._window_s)
+
+    def _start_timer(self, delay: float) -> None:
+        if self._timer is not None and not self._timer.done():
+            return
+
+        async def fire() -> None:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            async with self._lock:
+                await self._flush_buffers()
+
+        self._timer = asyncio.create_task(fire())
+        self._timer.add_done_callback(self._timer_done)
+
+    def _timer_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("coalesce_flush_failed", error=str(task.exception()))
+
+    async def _settle_inflight(self) -> None:
+        """Wait for a shielded operation that a cancellation interrupted (its serial matters)."""
+        fut = self._inflight
+        if fut is not None and not fut.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(fut)
+
+    async def _shielded(self, coro: Awaitable[Any]) -> Any:
+        fut = asyncio.ensure_future(coro)
+        self._inflight = fut
+        try:
+            return await asyncio.shield(fut)
+        finally:
+            if fut.done():
+                self._inflight = None
+
+    async def _execute(self, op: WireOp) -> None:
+        if isinstance(op, PublishOp):
+            await self._flush_buffers()
+            if not self._first_done:
+                self._first_done = True
+                if self._on_first_publish is not None:
+                    await self._on_first_publish()
+            await self._shielded(self._publish(op))
+        elif isinstance(op, AppendOp):
+            # A closing append: everything else first, then this stream's buffer rides along with it.
+            buf = self._buffers.pop(op.stream_key, None)
+            await self._flush_buffers()
+            msg = _merged(buf, op.message) if buf is not None else op.message
+            await self._submit(op.stream_key, msg)
+            self._closed_keys.add(op.stream_key)
+            await self._drain()
+        else:
+            await self._flush_buffers()
+            await self._update(op)
+
+    async def _publish(self, op: PublishOp) -> None:
+        serial = await self._channel.publish(op.message)
+        self.stats.published += 1
+        if op.stream_key is not None:
+            if serial is None:
+                msg = "unable to start stream; the publish ACK carried no serial"
+                raise TransportError(msg, code=50000)
+            self._serials[op.stream_key] = serial
+
+    async def _submit(self, key: str, msg: OutboundMessage) -> None:
+        serial = self._serials.get(key)
+        if serial is None:
+            # The stream never opened (its publish failed); nothing to append to.
+            log.warning("append_without_stream", stream_key=key)
+            return
+
+        def on_submitted(task: asyncio.Task[str | None]) -> None:
+            self._pending.append((key, task))
+            self.stats.appends += 1
+
+        await self._channel.submit_append(serial, msg, on_submitted)
+
+    async def _flush_buffers(self) -> None:
+        while self._buffers:
+            key = next(iter(self._buffers))
+            buf = self._buffers[key]
+            # Removed only once submitted: if this task is cancelled while waiting for a rate
+            # token, the text stays buffered and goes out with the cancelling close.
+            serial = self._serials.get(key)
+            if serial is None:
+                self._buffers.pop(key)
+                continue
+
+            def on_submitted(task: asyncio.Task[str | None], key: str = key) -> None:
+                self._buffers.pop(key, None)
+                self._pending.append((key, task))
+                self.stats.appends += 1
+
+            await self._channel.submit_append(serial, _merged(buf), on_submitted)
+
+    async def _drain(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            results = await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
+            for (key, _), result in zip(pending, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.warning("append_failed", stream_key=key, error=str(result))
+                    self._failed.add(key)
+        failed, self._failed = self._failed, set()
+        errors: list[str] = []
+        for key in failed:
+            op = self._encoder.recovery_update(key)
+            self.stats.recoveries += 1
+            try:
+                await self._update(op)
+            except TransportError as exc:
+                errors.append(f"{key}: {exc.message}")
+        if errors:
+            msg = f"unable to flush pending appends; recovery failed for stream(s): {'; '.join(errors)}"
+            raise TransportError(msg, code=ERROR_RECOVERY_FAILED)
+
+    async def _update(self, op: UpdateOp) -> None:
+        serial = self._serials.get(op.stream_key)
+        if serial is None:
+            return
+        await self._shielded(self._channel.update(serial, op.message))
+        self.stats.updates += 1

@@ -1,0 +1,399 @@
+"""The one transport adapter: ably-python's ``AblyRealtime``, pointed at Ably or the embedded server.
+
+Everything above this module speaks :mod:`agent_worker.protocol.wire` types and catches only
+:class:`~agent_worker.errors.TransportError`; :func:`map_ably_errors` is the single place SDK
+exceptions are translated. Notes on ably-python 3.1.4 that shape this module:
+
+* Its realtime WebSocket URL ignores the ``port`` option, so a ``host:port`` endpoint is passed as
+  ``"host:port/"`` (the trailing slash makes both the WS URL and the REST base come out right).
+* It refuses Basic auth over plain HTTP, so without TLS the key signs token requests instead
+  (``use_token_auth``), or an ``auth_callback`` supplies tokens (the in-process embedded server).
+* ``publish``/``append_message`` await the ACK. Appends are *pipelined* by :meth:`Channel.submit_append`:
+  the operation is started as a task and run up to its first suspension — by then its ``msgSerial``
+  is assigned and its frame written — so wire order equals submission order without awaiting ACKs.
+* Realtime history has no ``untilAttach``; :meth:`Channel.history_pages` reads REST history with
+  ``from_serial=<attach serial>`` through ``client.request``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from ably import AblyRealtime
+from ably.types.channeloptions import ChannelOptions
+from ably.types.message import Message
+from ably.util.exceptions import AblyException
+
+from agent_worker.config import Secret
+from agent_worker.errors import TransportError
+from agent_worker.logs import get_logger
+from agent_worker.protocol.wire import ACTION_BY_NUMBER, Action, InboundMessage, OutboundMessage
+from agent_worker.transport.ratelimit import RateLimiter
+
+__all__ = [
+    "AblySettings",
+    "AblyTransport",
+    "Channel",
+    "ChannelStateEvent",
+    "map_ably_errors",
+    "to_inbound",
+]
+
+log = get_logger("agent_worker.transport")
+
+# The agent identifier the official SDK sends on ATTACH (src/core/agent.ts); harmless for Ably and
+# lets the embedded server's logs tell AIT traffic apart.
+AGENT_PARAM = "ai-transport-python/0.1.0 vercel-ai-sdk-ui-message/0.8.0"
+_REST_VERSION = "5"
+
+TokenSource = Callable[[], Awaitable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class AblySettings:
+    """How to reach Ably. ``endpoint`` may be ``host`` or ``host:port``; ``None`` = Ably itself."""
+
+    endpoint: str | None = None
+    key: Secret | None = None
+    token_source: TokenSource | None = None
+    """Async callable returning a token string; used instead of the key when given."""
+    tls: bool | None = None
+    client_id: str | None = None
+    use_binary_protocol: bool = True
+    max_messages_per_second: float = 45.0
+    burst: int = 10
+    realtime_request_timeout_ms: int = 15000
+
+    def __repr__(self) -> str:
+        return (
+            f"AblySettings(endpoint={self.endpoint!r}, tls={self.resolved_tls}, "
+            f"client_id={self.client_id!r}, "
+            f"key={'set' if self.key else 'unset'}, token_source={'set' if self.token_source else 'unset'})"
+        )
+
+    @property
+    def resolved_tls(self) -> bool:
+        if self.tls is not None:
+            return self.tls
+        host = (self.endpoint or "").split(":")[0]
+        return host not in {"127.0.0.1", "localhost", "::1"}
+
+    def client_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {
+            "tls": self.resolved_tls,
+            "use_binary_protocol": self.use_binary_protocol,
+            "realtime_request_timeout": self.realtime_request_timeout_ms,
+            "auto_connect": False,
+        }
+        if self.endpoint:
+            # Trailing slash: see the module docstring (ably-python drops the port for realtime).
+            opts["endpoint"] = f"{self.endpoint}/" if ":" in self.endpoint else self.endpoint
+            opts["fallback_hosts"] = []
+        if self.client_id:
+            opts["client_id"] = self.client_id
+            opts["default_token_params"] = {"client_id": self.client_id}
+        if self.token_source is not None:
+            source = self.token_source
+
+            async def auth_callback(_params: Any) -> str:
+                return await source()
+
+            opts["auth_callback"] = auth_callback
+        elif self.key is not None:
+            opts["key"] = self.key.get()
+            if not self.resolved_tls:
+                opts["use_token_auth"] = True
+        else:
+            msg = (
+                "no Ably credentials: set [ably] key_env (or --ably-key), "
+                "or omit the endpoint to use the embedded server"
+            )
+            raise TransportError(msg, code=40101)
+        return opts
+
+
+@contextlib.contextmanager
+def map_ably_errors(operation: str) -> Iterator[None]:
+    """Translate ably-python (and socket) exceptions into :class:`TransportError`."""
+    try:
+        yield
+    except AblyException as exc:
+        code = exc.code if isinstance(exc.code, int) else 80003
+        status = exc.status_code if isinstance(exc.status_code, int) else None
+        msg = f"{operation} failed: {exc.message}"
+        raise TransportError(msg, code=code, status_code=status) from exc
+    except (TimeoutError, OSError) as exc:
+        msg = f"{operation} failed: {exc!r}"
+        raise TransportError(msg, code=80003) from exc
+
+
+def to_inbound(msg: Message) -> InboundMessage:
+    """Convert an SDK message (live or from history) into the protocol layer's shape."""
+    action_value = msg.action
+    action: Action = "message.create"
+    if action_value is not None:
+        action = ACTION_BY_NUMBER.get(int(action_value), "message.create")
+    version = msg.version
+    version_serial = getattr(version, "serial", None) if version is not None else None
+    extras = msg.extras if isinstance(msg.extras, Mapping) else None
+    return InboundMessage(
+        name=msg.name,
+        data=msg.data,
+        extras=extras,
+        action=action,
+        serial=msg.serial,
+        version_serial=version_serial or msg.serial,
+        client_id=msg.client_id,
+        connection_id=msg.connection_id,
+        id=msg.id,
+        timestamp=msg.timestamp,
+    )
+
+
+def _sdk_message(msg: OutboundMessage, *, serial: str | None = None) -> Message:
+    return Message(name=msg.name, data=msg.data, extras=msg.extras or None, serial=serial)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStateEvent:
+    current: str
+    previous: str
+    resumed: bool
+    reason: str | None
+
+
+class Channel:
+    """One realtime channel: attach, subscribe, publish/append/update, history, presence."""
+
+    def __init__(self, transport: AblyTransport, name: str) -> None:
+        self._transport = transport
+        self.name = name
+        self._sdk = transport.client.channels.get(name, ChannelOptions(params={"agent": AGENT_PARAM}))
+        self._listeners: list[Callable[[Any], None]] = []
+
+    @property
+    def limiter(self) -> RateLimiter:
+        return self._transport.limiter
+
+    @property
+    def state(self) -> str:
+        return str(self._sdk.state.value)
+
+    @property
+    def attach_serial(self) -> str | None:
+        # ably-python keeps the ATTACHED channelSerial private; it is exactly REST's ``from_serial``.
+        value = getattr(self._sdk, "_RealtimeChannel__attach_serial", None)
+        return value if isinstance(value, str) else None
+
+    async def subscribe(self, listener: Callable[[InboundMessage], None]) -> None:
+        """Register ``listener`` for every message (called synchronously, in delivery order) and
+        attach. A listener exception is logged, never propagated into the SDK."""
+
+        def on_message(msg: Message) -> None:
+            try:
+                inbound = to_inbound(msg)
+            except Exception:  # a malformed SDK message must not stop the subscription
+                log.warning("inbound_message_unreadable", channel=self.name, exc_info=True)
+                return
+            try:
+                listener(inbound)
+            except Exception:
+                log.exception("inbound_listener_failed", channel=self.name)
+
+        self._listeners.append(on_message)
+        with map_ably_errors(f"attach {self.name}"):
+            await self._sdk.subscribe(on_message)
+
+    def on_state_change(self, callback: Callable[[ChannelStateEvent], None]) -> None:
+        def handler(change: Any) -> None:
+            reason = getattr(change, "reason", None)
+            callback(
+                ChannelStateEvent(
+                    current=str(getattr(change.current, "value", change.current)),
+                    previous=str(getattr(change.previous, "value", change.previous)),
+                    resumed=bool(getattr(change, "resumed", False)),
+                    reason=None if reason is None else str(reason),
+                )
+            )
+
+        self._sdk.on(handler)
+
+    async def detach(self) -> None:
+        for listener in self._listeners:
+            self._sdk.unsubscribe(listener)
+        self._listeners.clear()
+        with contextlib.suppress(AblyException, asyncio.TimeoutError):
+            await self._sdk.detach()
+
+    async def publish(self, msg: OutboundMessage) -> str | None:
+        """Publish one message; returns its serial from the ACK."""
+        serials = await self.publish_batch([msg])
+        return serials[0] if serials else None
+
+    async def publish_batch(self, msgs: Sequence[OutboundMessage]) -> list[str | None]:
+        """Atomic batch publish (one ProtocolMessage); one serial per message, in order."""
+        await self.limiter.acquire()
+        with map_ably_errors(f"publish on {self.name}"):
+            result = await self._sdk.publish([_sdk_message(m) for m in msgs])
+        serials = list(getattr(result, "serials", None) or [])
+        return [s if isinstance(s, str) else None for s in serials]
+
+    async def append(self, serial: str, msg: OutboundMessage) -> str | None:
+        await self.limiter.acquire()
+        with map_ably_errors(f"append on {self.name}"):
+            result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
+        return getattr(result, "version_serial", None)
+
+    async def submit_append(
+        self, serial: str, msg: OutboundMessage, on_submitted: Callable[[asyncio.Task[str | None]], None]
+    ) -> None:
+        """Start an append without waiting for its ACK; ``on_submitted(task)`` receives the task.
+
+        The callback runs synchronously once the task exists (so a cancellation of the caller cannot
+        lose track of a sent append), and the task runs up to its first suspension before this
+        returns, so its frame is on the socket (msgSerial assigned) ahead of anything sent next."""
+        await self.limiter.acquire()
+
+        async def run() -> str | None:
+            with map_ably_errors(f"append on {self.name}"):
+                result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
+            return getattr(result, "version_serial", None)
+
+        task = asyncio.create_task(run())
+        on_submitted(task)
+        await asyncio.sleep(0)
+
+    async def update(self, serial: str, msg: OutboundMessage) -> str | None:
+        await self.limiter.acquire()
+        with map_ably_errors(f"update on {self.name}"):
+            result = await self._sdk.update_message(_sdk_message(msg, serial=serial))
+        return getattr(result, "version_serial", None)
+
+    async def history_pages(
+        self, *, page_size: int = 100, from_serial: str | None = None
+    ) -> AsyncIterator[list[InboundMessage]]:
+        """REST history newest-first, one list per page (each list newest-first too).
+
+        ``from_serial`` (the attach serial) bounds it to what was published before the attach, which
+        the live subscription cannot have delivered (ably-js's ``untilAttach``)."""
+        params: dict[str, Any] = {"limit": page_size, "direction": "backwards"}
+        if from_serial:
+            params["from_serial"] = from_serial
+        path = f"/channels/{quote(self.name, safe='')}/messages"
+        with map_ably_errors(f"history of {self.name}"):
+            page = await self._transport.client.request("GET", path, _REST_VERSION, params=params)
+        while page is not None:
+            if not page.success:
+                code = page.error_code
+                detail = page.error_message or ""
+                msg = f"history of {self.name} failed: HTTP {page.status_code} {detail}".strip()
+                raise TransportError(msg, code=int(code) if code and str(code).isdigit() else 104011)
+            items: list[InboundMessage] = []
+            for raw in page.items:
+                if isinstance(raw, Mapping):
+                    with map_ably_errors(f"decode history of {self.name}"):
+                        items.append(to_inbound(Message.from_encoded(dict(raw))))
+            yield items
+            if not page.has_next():
+                return
+            with map_ably_errors(f"history of {self.name}"):
+                page = await page.next()
+
+    async def presence_enter(self, data: Mapping[str, Any]) -> None:
+        await self.limiter.acquire()
+        with map_ably_errors(f"presence enter on {self.name}"):
+            await self._sdk.presence.enter(dict(data))
+
+    async def presence_update(self, data: Mapping[str, Any]) -> None:
+        await self.limiter.acquire()
+        with map_ably_errors(f"presence update on {self.name}"):
+            await self._sdk.presence.update(dict(data))
+
+    async def presence_leave(self) -> None:
+        await self.limiter.acquire()
+        with map_ably_errors(f"presence leave on {self.name}"):
+            await self._sdk.presence.leave()
+
+
+class AblyTransport:
+    """One realtime connection shared by every session a worker serves."""
+
+    def __init__(self, settings: AblySettings) -> None:
+        self.settings = settings
+        self.limiter = RateLimiter(settings.max_messages_per_second, settings.burst)
+        self._client: AblyRealtime | None = None
+        self._channels: dict[str, Channel] = {}
+
+    def __repr__(self) -> str:
+        return f"AblyTransport({self.settings!r})"
+
+    @property
+    def client(self) -> AblyRealtime:
+        if self._client is None:
+            msg = "transport is not connected; call await transport.connect() first"
+            raise RuntimeError(msg)
+        return self._client
+
+    async def connect(self, wait_s: float = 15.0) -> None:
+        if self._client is not None:
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def on_change(change: Any) -> None:
+            state = str(getattr(change.current, "value", change.current))
+            if done.done():
+                return
+            if state == "connected":
+                done.set_result(None)
+            elif state in {"failed", "suspended", "closed"}:
+                reason = getattr(change, "reason", None)
+                code = getattr(reason, "code", None)
+                msg = f"could not connect to {self.settings.endpoint or 'Ably'}: {reason or state}"
+                done.set_exception(TransportError(msg, code=code if isinstance(code, int) else 80000))
+
+        with map_ably_errors("connect"):
+            client = AblyRealtime(**self.settings.client_options())
+            self._client = client
+            client.connection.on(on_change)
+            client.connect()
+            try:
+                await asyncio.wait_for(done, wait_s)
+            except BaseException:
+                self._client = None
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.close(), 5)
+                raise
+            finally:
+                client.connection.off(on_change)
+        log.info("transport_connected", endpoint=self.settings.endpoint or "ably")
+
+    def channel(self, name: str) -> Channel:
+        ch = self._channels.get(name)
+        if ch is None:
+            ch = Channel(self, name)
+            self._channels[name] = ch
+        return ch
+
+    async def release(self, name: str) -> None:
+        ch = self._channels.pop(name, None)
+        if ch is not None:
+            await ch.detach()
+            with contextlib.suppress(Exception):
+                self.client.channels.release(name)
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and str(self._client.connection.state.value) == "connected"
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        self._channels.clear()
+        if client is not None:
+            with contextlib.suppress(AblyException, asyncio.TimeoutError, OSError):
+                await asyncio.wait_for(client.close(), 10)
