@@ -110,3 +110,39 @@ class AccumulatingStream:
 
     def get(self) -> ModelResponse:
         return self._acc.response
+
+
+class ToolCallAssembler:
+    """Emits start/delta/end events for tool calls streamed as fragments under a vendor key.
+
+    Vendors stream a call's JSON arguments in pieces keyed by a position (OpenAI's ``index``,
+    Anthropic's content block ``index``, a Responses ``item_id``); the end event must carry the
+    whole text, so the pieces are joined here rather than in each adapter.
+    """
+
+    def __init__(self) -> None:
+        self._calls: dict[object, tuple[str, str, list[str]]] = {}
+        self._count = 0
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._calls
+
+    def start(self, key: object, call_id: str | None, name: str) -> ToolCallStart:
+        self._count += 1
+        cid = call_id or f"call_{self._count}"
+        self._calls[key] = (cid, name, [])
+        return ToolCallStart(cid, name)
+
+    def delta(self, key: object, text: str) -> ToolCallDelta:
+        cid, _name, parts = self._calls[key]
+        parts.append(text)
+        return ToolCallDelta(cid, text)
+
+    def end(self, key: object, arguments: str | None = None) -> ToolCallEnd:
+        """Finish one call; ``arguments`` (when the vendor sends the final text) wins over the join."""
+        cid, name, parts = self._calls.pop(key)
+        text = arguments if arguments is not None else "".join(parts)
+        return ToolCallEnd(cid, name, text or "{}")
+
+    def end_all(self) -> list[ToolCallEnd]:
+        return [self.end(key) for key in list(self._calls)]

