@@ -23,7 +23,9 @@ __all__ = [
 
 # Ably message actions as ably-js names them (wire numbers: create 0, update 1, delete 2, meta 3,
 # summary 4, append 5).
-Action = Literal["message.create", "message.update", "message.delete", "message.append", "meta", "message.summary"]
+Action = Literal[
+    "message.create", "message.update", "message.delete", "message.append", "meta", "message.summary"
+]
 ACTION_BY_NUMBER: dict[int, Action] = {
     0: "message.create",
     1: "message.update",

@@ -1,0 +1,860 @@
+"""The conversation tree (src/core/transport/tree.ts, decode-fold.ts, wire-log.ts).
+
+Every channel message folds into a tree of *input nodes* (run-less user inputs, keyed by
+codec-message-id) and *run nodes* (keyed by run-id). Each node keeps a serial-ordered log of its
+decoded events and refolds from scratch when a wire arrives out of order; outputs of a superseded step
+attempt are gated out. The same tree serves the agent (branch walk, trigger lookup, steering) and a
+client (visible branch with default sibling selection).
+
+Not ported: the JS event-log retention sweep (a memory optimisation; without it a very late wire still
+refolds in serial order, which is the correct result).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agent_worker.protocol.headers import (
+    H_CODEC_MESSAGE_ID,
+    H_EVENT_ID,
+    H_FORK_OF,
+    H_INPUT_CODEC_MESSAGE_ID,
+    H_INVOCATION_ID,
+    H_MSG_REGENERATE,
+    H_PARENT,
+    H_ROLE,
+    H_RUN_CLIENT_ID,
+    H_RUN_ID,
+    H_STEER_CODEC_MESSAGE_IDS,
+    H_STEP_ID,
+    H_STEP_START_SERIAL,
+    H_STREAM,
+    H_SUPERSEDES,
+    RUN_LIFECYCLE_NAMES,
+    STEP_LIFECYCLE_NAMES,
+    RunEndError,
+    RunLifecycle,
+    StepLifecycle,
+    parse_run_lifecycle,
+    parse_step_lifecycle,
+)
+from agent_worker.protocol.vercel.decoder import Chunk, InputEvent, UIMessageDecoder
+from agent_worker.protocol.vercel.reducer import CodecMessage, VercelProjection
+from agent_worker.protocol.wire import InboundMessage
+
+__all__ = [
+    "ApplyResult",
+    "ConversationTree",
+    "InputNode",
+    "Node",
+    "RunNode",
+    "RunStatus",
+    "StepInfo",
+]
+
+RunStatus = Literal["active", "suspended", "complete", "cancelled", "error"]
+_Event = tuple[Literal["input", "output"], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """Read model of one step (its canonical attempt = highest ``ai-step-start`` serial)."""
+
+    step_id: str
+    status: Literal["active", "complete", "failed", "cancelled"]
+    attempt_count: int
+    step_client_id: str | None
+
+
+@dataclass(slots=True)
+class _LogEntry:
+    serial: str
+    message_id: str | None
+    events: list[_Event]
+    decoded_through: str
+
+
+class _WireLog:
+    """Per-node serial-ordered event log with a per-serial version high-water mark (wire-log.ts)."""
+
+    def __init__(self) -> None:
+        self.entries: list[_LogEntry] = []
+
+    def record(
+        self, serial: str, message_id: str | None, events: list[_Event], version: str | None, streamed: bool
+    ) -> Literal["dropped", "incremental", "refold"]:
+        for i in range(len(self.entries) - 1, -1, -1):
+            entry = self.entries[i]
+            if entry.serial == serial:
+                if version is not None and (version <= entry.decoded_through or not streamed):
+                    return "dropped"
+                entry.events.extend(events)
+                if version is not None:
+                    entry.decoded_through = version
+                return "incremental" if i == len(self.entries) - 1 else "refold"
+            if entry.serial < serial:
+                self.entries.insert(i + 1, _LogEntry(serial, message_id, list(events), version or serial))
+                return "incremental" if i + 1 == len(self.entries) - 1 else "refold"
+        self.entries.insert(0, _LogEntry(serial, message_id, list(events), version or serial))
+        return "incremental" if len(self.entries) == 1 else "refold"
+
+
+@dataclass(slots=True)
+class _StepRecord:
+    started: bool = False
+    canonical: str | None = None
+    step_client_id: str | None = None
+    start_serials: set[str] = field(default_factory=set)
+    end_reasons: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _StepState:
+    steps: dict[str, _StepRecord] = field(default_factory=dict)
+    attribution: dict[str, tuple[str, str]] = field(
+        default_factory=dict
+    )  # output serial → (step, start serial)
+    output_attempts: dict[str, set[str]] = field(default_factory=dict)
+
+
+@dataclass(slots=True, eq=False)
+class InputNode:
+    """A run-less user input (key = codec-message-id)."""
+
+    codec_message_id: str
+    parent: str | None
+    fork_of: str | None
+    serial: str | None
+    projection: VercelProjection = field(default_factory=VercelProjection)
+    kind: Literal["input"] = "input"
+
+    @property
+    def key(self) -> str:
+        return self.codec_message_id
+
+    @property
+    def sort_serial(self) -> str | None:
+        return self.serial
+
+    @property
+    def messages(self) -> list[CodecMessage]:
+        return self.projection.messages
+
+
+@dataclass(slots=True, eq=False)
+class RunNode:
+    """A run (key = run-id) with its lifecycle status and folded assistant/steering messages."""
+
+    run_id: str
+    parent: str | None
+    fork_of: str | None
+    regenerates: str | None
+    client_id: str
+    invocation_id: str
+    start_serial: str | None
+    status: RunStatus = "active"
+    error: RunEndError | None = None
+    end_serial: str | None = None
+    last_resume_invocation_id: str | None = None
+    steps: tuple[StepInfo, ...] = ()
+    projection: VercelProjection = field(default_factory=VercelProjection)
+    kind: Literal["run"] = "run"
+
+    @property
+    def key(self) -> str:
+        return self.run_id
+
+    @property
+    def sort_serial(self) -> str | None:
+        return self.start_serial
+
+    @property
+    def messages(self) -> list[CodecMessage]:
+        return self.projection.messages
+
+
+Node = InputNode | RunNode
+
+
+@dataclass(slots=True, eq=False)
+class _Internal:
+    node: Node
+    seq: int
+    log: _WireLog = field(default_factory=_WireLog)
+    run_start_seen: bool = False
+    optimistic: bool = False
+    step_state: _StepState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What one :meth:`ConversationTree.apply` did — the JS tree's ``run``/``output`` events in one value.
+
+    A steering message is an ``ai-input`` folded into a run: ``run_id`` set and ``inputs`` non-empty.
+    """
+
+    run_lifecycle: RunLifecycle | None = None
+    step_lifecycle: StepLifecycle | None = None
+    folded: bool = False
+    run_id: str | None = None
+    codec_message_id: str | None = None
+    input_codec_message_id: str | None = None
+    serial: str | None = None
+    step_id: str | None = None
+    step_start_serial: str | None = None
+    steer_codec_message_ids: tuple[str, ...] | None = None
+    inputs: tuple[InputEvent, ...] = ()
+    outputs: tuple[Chunk, ...] = ()
+
+
+class ConversationTree:
+    """The folded conversation of one channel (session). Pure: feed it every message with :meth:`apply`."""
+
+    def __init__(self, decoder: UIMessageDecoder | None = None) -> None:
+        self.decoder = decoder if decoder is not None else UIMessageDecoder()
+        self._nodes: dict[str, _Internal] = {}
+        self._cmid_to_key: dict[str, str] = {}
+        self._sorted: list[_Internal] = []
+        self._children: dict[str | None, set[str]] = {}
+        self._reply_runs: dict[str, set[str]] = {}
+        self._superseded: set[str] = set()
+        self._event_index: dict[str, InboundMessage] = {}
+        self._seq = 0
+        self._listeners: list[Callable[[InboundMessage, ApplyResult], None]] = []
+
+    # --- feeding -------------------------------------------------------------------------------
+
+    def apply(self, msg: InboundMessage) -> ApplyResult:
+        """Fold one delivery (live or history, any order, duplicates tolerated) and index its event-id."""
+        result = self._apply_wire(msg)
+        event_id = msg.transport_headers.get(H_EVENT_ID)
+        if isinstance(event_id, str) and event_id not in self._event_index:
+            self._event_index[event_id] = msg
+        for listener in list(self._listeners):
+            listener(msg, result)
+        return result
+
+    def apply_all(self, messages: Iterable[InboundMessage]) -> None:
+        """Fold many messages (e.g. a history page reversed to oldest-first)."""
+        for m in messages:
+            self.apply(m)
+
+    def on_apply(self, listener: Callable[[InboundMessage, ApplyResult], None]) -> Callable[[], None]:
+        """Call ``listener(msg, result)`` after every apply; returns an unsubscribe function."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def _apply_wire(self, msg: InboundMessage) -> ApplyResult:
+        if msg.name in RUN_LIFECYCLE_NAMES:
+            ev = parse_run_lifecycle(msg)
+            if ev is not None:
+                self.apply_run_lifecycle(ev)
+            return ApplyResult(run_lifecycle=ev)
+        if msg.name in STEP_LIFECYCLE_NAMES:
+            sev = parse_step_lifecycle(msg)
+            if sev is not None:
+                self._apply_step_lifecycle(sev)
+            return ApplyResult(step_lifecycle=sev)
+        decoded = self.decoder.decode(msg)
+        headers = dict(msg.transport_headers)
+        if decoded.inputs or decoded.outputs or headers.get(H_RUN_ID):
+            return self._apply_message(
+                decoded.inputs, decoded.outputs, headers, msg.serial, msg.version_serial
+            )
+        return ApplyResult()
+
+    # --- queries -------------------------------------------------------------------------------
+
+    def find_event(self, event_id: str) -> InboundMessage | None:
+        """The first message seen carrying transport ``event-id`` (any name) — the trigger lookup."""
+        return self._event_index.get(event_id)
+
+    def run(self, run_id: str) -> RunNode | None:
+        """The run node with that run-id."""
+        entry = self._nodes.get(run_id)
+        return entry.node if entry is not None and isinstance(entry.node, RunNode) else None
+
+    def runs(self) -> list[RunNode]:
+        """All run nodes in serial order."""
+        return [e.node for e in self._sorted if isinstance(e.node, RunNode)]
+
+    def node(self, key: str) -> Node | None:
+        """A node by its key (run-id or input codec-message-id)."""
+        entry = self._nodes.get(key)
+        return entry.node if entry is not None else None
+
+    def node_by_codec_message_id(self, codec_message_id: str) -> Node | None:
+        """The node holding (or keyed by) a codec-message-id."""
+        key = self._cmid_to_key.get(codec_message_id)
+        return self.node(key) if key is not None else None
+
+    def nodes(self) -> list[Node]:
+        """Every node in serial order (serial-less optimistic nodes last)."""
+        return [e.node for e in self._sorted]
+
+    def reply_runs(self, input_codec_message_id: str) -> list[RunNode]:
+        """Runs whose structural parent is that codec-message-id (superseded runs excluded)."""
+        out: list[RunNode] = []
+        for rid in self._reply_runs.get(input_codec_message_id, set()):
+            if rid in self._superseded:
+                continue
+            node = self.run(rid)
+            if node is not None:
+                out.append(node)
+        return out
+
+    def is_superseded(self, run_id: str) -> bool:
+        """Whether a client tool-result fork superseded that run."""
+        return run_id in self._superseded
+
+    # --- message application (tree.ts applyMessage) -------------------------------------------
+
+    def _apply_message(
+        self,
+        inputs: list[InputEvent],
+        outputs: list[Chunk],
+        headers: dict[str, str],
+        serial: str | None,
+        version: str | None,
+    ) -> ApplyResult:
+        wire_run_id = headers.get(H_RUN_ID)
+        cmid = headers.get(H_CODEC_MESSAGE_ID)
+        role = headers.get(H_ROLE)
+        run_less_input = wire_run_id is None and cmid is not None and len(inputs) > 0
+        input_cmid = cmid if run_less_input and role == "user" else None
+        fork_cmid = cmid if run_less_input and role != "user" else None
+        if wire_run_id is None and input_cmid is None and fork_cmid is None:
+            return ApplyResult()
+        events: list[_Event] = [("input", e) for e in inputs] + [("output", e) for e in outputs]
+        existing_key = input_cmid if input_cmid is not None else wire_run_id
+        if not events and existing_key is not None and existing_key not in self._nodes:
+            return ApplyResult()
+        if fork_cmid is not None:
+            supersedes = headers.get(H_SUPERSEDES)
+            if supersedes is not None:
+                self._superseded.add(supersedes)
+        streamed = headers.get(H_STREAM) == "true"
+        if input_cmid is not None:
+            entry = self._nodes.get(input_cmid)
+            if entry is None:
+                node = InputNode(input_cmid, headers.get(H_PARENT), headers.get(H_FORK_OF), serial)
+                entry = self._wrap(node)
+                self._insert(input_cmid, entry, node.parent)
+                self._cmid_to_key[input_cmid] = input_cmid
+            elif isinstance(entry.node, InputNode) and serial and not entry.node.serial:
+                entry.node.serial = serial
+                self._promote(entry)
+            self._record_and_fold(
+                entry, events=events, serial=serial, message_id=input_cmid, version=version, streamed=streamed
+            )
+            return ApplyResult(
+                folded=True,
+                codec_message_id=input_cmid,
+                input_codec_message_id=input_cmid,
+                serial=serial,
+                inputs=tuple(inputs),
+            )
+        if fork_cmid is not None:
+            mapped_key = self._cmid_to_key.get(fork_cmid)
+            mapped = self._nodes.get(mapped_key) if mapped_key is not None else None
+            run_key = (
+                mapped_key
+                if mapped is not None and isinstance(mapped.node, RunNode) and mapped_key
+                else fork_cmid
+            )
+            return self._apply_run_message(
+                run_key, inputs=inputs, outputs=outputs, headers=headers, serial=serial, version=version
+            )
+        assert wire_run_id is not None
+        return self._apply_run_message(
+            wire_run_id, inputs=inputs, outputs=outputs, headers=headers, serial=serial, version=version
+        )
+
+    def _apply_run_message(
+        self,
+        run_id: str,
+        *,
+        inputs: list[InputEvent],
+        outputs: list[Chunk],
+        headers: dict[str, str],
+        serial: str | None,
+        version: str | None,
+    ) -> ApplyResult:
+        cmid = headers.get(H_CODEC_MESSAGE_ID)
+        input_cmid = headers.get(H_INPUT_CODEC_MESSAGE_ID)
+        events: list[_Event] = [("input", e) for e in inputs] + [("output", e) for e in outputs]
+        self._link_fork_input(input_cmid, run_id)
+        run = self._nodes.get(run_id)
+        if run is None and cmid is not None:
+            indexed_key = self._cmid_to_key.get(cmid)
+            indexed = self._nodes.get(indexed_key) if indexed_key is not None else None
+            if (
+                indexed is not None
+                and isinstance(indexed.node, RunNode)
+                and indexed.node.start_serial is None
+            ):
+                run = indexed
+        if run is None:
+            fork_of = headers.get(H_FORK_OF)
+            node = RunNode(
+                run_id=run_id,
+                parent=headers.get(H_PARENT),
+                fork_of=self._cmid_to_key.get(fork_of) if fork_of else None,
+                regenerates=headers.get(H_MSG_REGENERATE),
+                client_id=headers.get(H_RUN_CLIENT_ID, ""),
+                invocation_id=headers.get(H_INVOCATION_ID, ""),
+                start_serial=serial,
+            )
+            run = self._wrap(node)
+            self._insert(run_id, run, node.parent)
+            self._index_reply_run(node)
+        elif serial and isinstance(run.node, RunNode) and not run.node.start_serial:
+            run.node.start_serial = serial
+            self._promote(run)
+        owner_key = run.node.key
+        if cmid:
+            self._cmid_to_key[cmid] = owner_key
+        step_id = headers.get(H_STEP_ID)
+        step_start_serial = headers.get(H_STEP_START_SERIAL)
+        if step_id is not None and step_start_serial is not None and serial is not None:
+            ss = run.step_state if run.step_state is not None else _StepState()
+            run.step_state = ss
+            ss.attribution[serial] = (step_id, step_start_serial)
+            ss.output_attempts.setdefault(step_id, set()).add(step_start_serial)
+        steer_ids = _parse_steer_stamp(headers.get(H_STEER_CODEC_MESSAGE_IDS))
+        self._record_and_fold(
+            run,
+            events=events,
+            serial=serial,
+            message_id=cmid,
+            version=version,
+            streamed=headers.get(H_STREAM) == "true",
+        )
+        gated = serial is not None and self._is_gated(run, serial)
+        return ApplyResult(
+            folded=not gated,
+            run_id=owner_key,
+            codec_message_id=cmid,
+            input_codec_message_id=input_cmid,
+            serial=serial,
+            step_id=step_id,
+            step_start_serial=step_start_serial,
+            steer_codec_message_ids=steer_ids,
+            inputs=tuple(inputs) if not gated else (),
+            outputs=tuple(outputs) if not gated else (),
+        )
+
+    # --- folding -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _fold(projection: VercelProjection, event: _Event, message_id: str | None) -> None:
+        direction, payload = event
+        if direction == "input":
+            projection.fold_input(payload, message_id)
+        else:
+            projection.fold_output(payload, message_id)
+
+    def _record_and_fold(
+        self,
+        entry: _Internal,
+        *,
+        events: list[_Event],
+        serial: str | None,
+        message_id: str | None,
+        version: str | None,
+        streamed: bool,
+    ) -> None:
+        if serial is None or not events:
+            if serial is None and events:
+                entry.optimistic = True
+            self._fold_into(entry, events, serial, message_id)
+            return
+        outcome = entry.log.record(serial, message_id, events, version, streamed)
+        if outcome == "dropped":
+            return
+        if entry.optimistic:
+            # The echo of an optimistic fold: rebuild from the log so the seed never doubles up.
+            entry.optimistic = False
+            self._refold(entry)
+            return
+        if outcome == "refold":
+            self._refold(entry)
+            return
+        self._fold_into(entry, events, serial, message_id)
+
+    def _fold_into(
+        self, entry: _Internal, events: list[_Event], serial: str | None, message_id: str | None
+    ) -> None:
+        if serial is not None and self._is_gated(entry, serial):
+            return
+        for ev in events:
+            self._fold(entry.node.projection, ev, message_id)
+
+    def _refold(self, entry: _Internal) -> None:
+        projection = VercelProjection()
+        for log_entry in entry.log.entries:
+            if self._is_gated(entry, log_entry.serial):
+                continue
+            for ev in log_entry.events:
+                self._fold(projection, ev, log_entry.message_id)
+        entry.node.projection = projection
+
+    @staticmethod
+    def _is_gated(entry: _Internal, serial: str) -> bool:
+        ss = entry.step_state
+        if ss is None:
+            return False
+        attr = ss.attribution.get(serial)
+        if attr is None:
+            return False
+        rec = ss.steps.get(attr[0])
+        if rec is None or rec.canonical is None:
+            return False
+        return attr[1] != rec.canonical
+
+    # --- structure -----------------------------------------------------------------------------
+
+    def _wrap(self, node: Node, *, run_start_seen: bool = False) -> _Internal:
+        self._seq += 1
+        return _Internal(node=node, seq=self._seq, run_start_seen=run_start_seen)
+
+    @staticmethod
+    def _sort_key(entry: _Internal) -> tuple[int, str, int]:
+        s = entry.node.sort_serial
+        return (1, "", entry.seq) if s is None else (0, s, entry.seq)
+
+    def _insert(self, key: str, entry: _Internal, parent: str | None) -> None:
+        self._nodes[key] = entry
+        self._children.setdefault(parent, set()).add(key)
+        self._insert_sorted(entry)
+
+    def _insert_sorted(self, entry: _Internal) -> None:
+        k = self._sort_key(entry)
+        lo, hi = 0, len(self._sorted)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._sort_key(self._sorted[mid]) <= k:
+                lo = mid + 1
+            else:
+                hi = mid
+        self._sorted.insert(lo, entry)
+
+    def _promote(self, entry: _Internal) -> None:
+        if entry in self._sorted:
+            self._sorted.remove(entry)
+        self._insert_sorted(entry)
+
+    def _reparent(self, key: str, old: str | None, new: str | None) -> None:
+        children = self._children.get(old)
+        if children is not None:
+            children.discard(key)
+            if not children:
+                del self._children[old]
+        self._children.setdefault(new, set()).add(key)
+
+    def _index_reply_run(self, node: Node) -> None:
+        if isinstance(node, RunNode) and node.parent is not None:
+            self._reply_runs.setdefault(node.parent, set()).add(node.run_id)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def apply_run_lifecycle(self, ev: RunLifecycle) -> None:
+        """Apply a parsed run-lifecycle event; serial None = the agent's optimistic local run-start."""
+        match ev.type:
+            case "start":
+                self._run_start(ev)
+            case "suspend":
+                entry = self._nodes.get(ev.run_id)
+                if entry is None or not isinstance(entry.node, RunNode):
+                    return
+                last = entry.node.last_resume_invocation_id
+                if last is not None and ev.invocation_id not in ("", last):
+                    return  # a late suspend from an invocation older than the latest resume
+                entry.node.status = "suspended"
+                entry.node.end_serial = ev.serial
+            case "resume":
+                entry = self._nodes.get(ev.run_id)
+                if entry is None or not isinstance(entry.node, RunNode):
+                    return
+                if ev.invocation_id != "":
+                    entry.node.last_resume_invocation_id = ev.invocation_id
+                if entry.node.status == "suspended":
+                    entry.node.status = "active"
+            case "end":
+                entry = self._nodes.get(ev.run_id)
+                if entry is None or not isinstance(entry.node, RunNode):
+                    return
+                reason = ev.reason or "complete"
+                entry.node.status = reason
+                entry.node.error = ev.error if reason == "error" else None
+                entry.node.end_serial = ev.serial
+
+    def _backfill(self, entry: _Internal, ev: RunLifecycle) -> None:
+        node = entry.node
+        assert isinstance(node, RunNode)
+        if node.parent is None and ev.parent is not None:
+            node.parent = ev.parent
+            self._reparent(node.run_id, None, ev.parent)
+            self._index_reply_run(node)
+        if node.fork_of is None and ev.fork_of is not None:
+            fork_key = self._cmid_to_key.get(ev.fork_of)
+            if fork_key is not None and fork_key != ev.run_id:
+                node.fork_of = fork_key
+        if node.regenerates is None and ev.regenerates is not None:
+            node.regenerates = ev.regenerates
+        if node.invocation_id == "" and ev.invocation_id != "":
+            node.invocation_id = ev.invocation_id
+        if ev.serial and not node.start_serial:
+            node.start_serial = ev.serial
+            self._promote(entry)
+        entry.run_start_seen = True
+
+    def _run_start(self, ev: RunLifecycle) -> None:
+        existing = self._nodes.get(ev.run_id)
+        if existing is not None:
+            if not isinstance(existing.node, RunNode):
+                return
+            self._link_fork_input(ev.input_codec_message_id, ev.run_id)
+            if existing.node.status == "suspended":
+                existing.node.status = "active"
+            self._backfill(existing, ev)
+            return
+        fork_entry = self._rekey_fork_run(ev.input_codec_message_id, ev.run_id)
+        if fork_entry is not None:
+            self._backfill(fork_entry, ev)
+            return
+        node = RunNode(
+            run_id=ev.run_id,
+            parent=ev.parent,
+            fork_of=self._cmid_to_key.get(ev.fork_of) if ev.fork_of else None,
+            regenerates=ev.regenerates,
+            client_id=ev.client_id,
+            invocation_id=ev.invocation_id,
+            start_serial=ev.serial,
+        )
+        entry = self._wrap(node, run_start_seen=True)
+        self._insert(ev.run_id, entry, node.parent)
+        self._index_reply_run(node)
+        self._link_fork_input(ev.input_codec_message_id, ev.run_id)
+
+    def _rekey_fork_run(self, fork_cmid: str | None, run_id: str) -> _Internal | None:
+        """Re-key an optimistic fork run (keyed by its codec-message-id) onto the agent-minted run-id."""
+        if fork_cmid is None or fork_cmid == run_id:
+            return None
+        entry = self._nodes.get(fork_cmid)
+        if entry is None or not isinstance(entry.node, RunNode) or entry.node.run_id != fork_cmid:
+            return None
+        other = self._nodes.get(run_id)
+        if other is not None and other is not entry:
+            return None
+        node = entry.node
+        del self._nodes[fork_cmid]
+        node.run_id = run_id
+        self._nodes[run_id] = entry
+        siblings = self._children.get(node.parent)
+        if siblings is not None:
+            siblings.discard(fork_cmid)
+        self._children.setdefault(node.parent, set()).add(run_id)
+        if node.parent is not None:
+            replies = self._reply_runs.setdefault(node.parent, set())
+            replies.discard(fork_cmid)
+            replies.add(run_id)
+        self._cmid_to_key[fork_cmid] = run_id
+        for cmid, key in list(self._cmid_to_key.items()):
+            if key == fork_cmid:
+                self._cmid_to_key[cmid] = run_id
+        return entry
+
+    def _link_fork_input(self, fork_cmid: str | None, run_id: str) -> None:
+        if fork_cmid is None or fork_cmid == run_id:
+            return
+        if self._rekey_fork_run(fork_cmid, run_id) is not None:
+            return
+        self._cmid_to_key.setdefault(fork_cmid, run_id)
+
+    def _apply_step_lifecycle(self, ev: StepLifecycle) -> None:
+        entry = self._nodes.get(ev.run_id)
+        if entry is None and ev.type == "step-start":
+            node = RunNode(ev.run_id, None, None, None, "", "", None)
+            entry = self._wrap(node)
+            self._insert(ev.run_id, entry, None)
+        if entry is None or not isinstance(entry.node, RunNode):
+            return
+        ss = entry.step_state if entry.step_state is not None else _StepState()
+        entry.step_state = ss
+        rec = ss.steps.setdefault(ev.step_id, _StepRecord())
+        start_serial = ev.serial if ev.type == "step-start" else ev.step_start_serial
+        if start_serial is not None:
+            rec.start_serials.add(start_serial)
+        if ev.type == "step-start":
+            serial = ev.serial
+            canonical = (
+                not rec.started
+                or (rec.canonical is None and serial is not None)
+                or (rec.canonical is not None and serial is not None and serial > rec.canonical)
+            )
+            rec.started = True
+            if canonical:
+                rec.canonical = serial
+                rec.step_client_id = ev.step_client_id
+                attempts = ss.output_attempts.get(ev.step_id, set())
+                if any(s != serial for s in attempts):
+                    self._refold(entry)
+        elif ev.step_start_serial is not None:
+            rec.end_reasons[ev.step_start_serial] = ev.reason or "complete"
+        steps: list[StepInfo] = []
+        for step_id, r in ss.steps.items():
+            status: Any = "active"
+            if r.started and r.canonical is not None:
+                status = r.end_reasons.get(r.canonical, "active")
+            steps.append(StepInfo(step_id, status, len(r.start_serials), r.step_client_id))
+        entry.node.steps = tuple(steps)
+
+    # --- client-side view (tree.ts visibleNodes + conversation-projection.ts) ------------------
+
+    def _parent_key(self, node: Node) -> str | None:
+        return self._cmid_to_key.get(node.parent) if node.parent is not None else None
+
+    def _input_group_root(self, node: InputNode) -> InputNode:
+        current = node
+        visited = {current.key}
+        while current.fork_of is not None and current.fork_of not in visited:
+            target = self._nodes.get(current.fork_of)
+            if (
+                target is None
+                or not isinstance(target.node, InputNode)
+                or target.node.parent != current.parent
+            ):
+                break
+            current = target.node
+            visited.add(current.key)
+        return current
+
+    def _is_sibling(self, node: Node, original: Node) -> bool:
+        if node.kind != original.kind or node.parent != original.parent:
+            return False
+        if isinstance(node, RunNode) or node.key == original.key:
+            return True
+        current: Node = node
+        visited = {current.key}
+        while isinstance(current, InputNode) and current.fork_of is not None:
+            if current.fork_of == original.key:
+                return True
+            if current.fork_of in visited:
+                break
+            target = self._nodes.get(current.fork_of)
+            if target is None:
+                break
+            current = target.node
+            visited.add(current.key)
+        return False
+
+    def siblings(self, key: str) -> list[Node]:
+        """Edit siblings (inputs linked by ``fork-of``) or regenerate siblings (runs sharing a parent)."""
+        entry = self._nodes.get(key)
+        if entry is None:
+            return []
+        original = entry.node
+        if isinstance(original, InputNode):
+            original = self._input_group_root(original)
+        group = [
+            self._nodes[k]
+            for k in self._children.get(original.parent, set())
+            if k not in self._superseded
+            and k in self._nodes
+            and self._is_sibling(self._nodes[k].node, original)
+        ]
+        group.sort(key=self._sort_key)
+        return [e.node for e in group]
+
+    def group_root(self, key: str) -> str:
+        """The key identifying a sibling group (the input edited first, or the earliest run)."""
+        entry = self._nodes.get(key)
+        if entry is None:
+            return key
+        if isinstance(entry.node, InputNode):
+            return self._input_group_root(entry.node).key
+        group = self.siblings(key)
+        return group[0].key if group else key
+
+    def visible_nodes(self, selections: Mapping[str, str] | None = None) -> list[Node]:
+        """The branch a client shows: per sibling group the selected key (default the latest serial)."""
+        chosen = selections or {}
+        result: list[Node] = []
+        path: set[str] = set()
+        resolved: dict[str, str] = {}
+        for entry in self._sorted:
+            node = entry.node
+            key = node.key
+            if key in self._superseded:
+                continue
+            parent_key = self._parent_key(node)
+            if parent_key is not None and parent_key not in path:
+                continue
+            group = self.siblings(key)
+            if len(group) > 1:
+                root = self.group_root(key)
+                selected = resolved.get(root)
+                if selected is None:
+                    preferred = chosen.get(root)
+                    selected = preferred if preferred in {n.key for n in group} else group[-1].key
+                    resolved[root] = selected
+                if key != selected:
+                    continue
+            path.add(key)
+            result.append(node)
+        return result
+
+    def _non_head_regenerators(self, target: str, predecessor: str) -> list[RunNode]:
+        runs = [r for r in self.reply_runs(predecessor) if r.regenerates == target]
+        runs.sort(key=lambda r: r.start_serial if r.start_serial is not None else "\uffff")
+        return runs
+
+    def visible_messages(self, selections: Mapping[str, str] | None = None) -> list[CodecMessage]:
+        """The flattened messages of :meth:`visible_nodes`, splicing in the latest non-head regenerate."""
+        nodes = self.visible_nodes(selections)
+
+        def emit(node: Node, out: list[CodecMessage]) -> None:
+            own = node.messages
+            if isinstance(node, InputNode):
+                out.extend(own)
+                return
+            for i, m in enumerate(own):
+                if i > 0:
+                    regens = self._non_head_regenerators(m.codec_message_id, own[i - 1].codec_message_id)
+                    if regens:
+                        emit(regens[-1], out)
+                        return
+                out.append(m)
+
+        skip: set[str] = set()
+        for node in nodes:
+            if isinstance(node, RunNode):
+                own = node.messages
+                for i in range(1, len(own)):
+                    for r in self._non_head_regenerators(
+                        own[i].codec_message_id, own[i - 1].codec_message_id
+                    ):
+                        skip.add(r.run_id)
+        out: list[CodecMessage] = []
+        for node in nodes:
+            if isinstance(node, RunNode) and node.run_id in skip:
+                continue
+            emit(node, out)
+        return out
+
+
+def _parse_steer_stamp(stamp: str | None) -> tuple[str, ...] | None:
+    if stamp is None:
+        return None
+    try:
+        parsed = json.loads(stamp)
+    except ValueError:
+        return None
+    if not isinstance(parsed, list):
+        return None
+    ids = tuple(i for i in parsed if isinstance(i, str))
+    return ids or None

@@ -1,0 +1,1 @@
+"""Vercel AI SDK UIMessage codec (adapter tag ``vercel-ai-sdk-ui-message``)."""

@@ -1,0 +1,590 @@
+"""Vercel UIMessage codec — decoding (src/core/codec/decoder.ts + src/vercel/codec/{outputs,inputs}.ts).
+
+:class:`UIMessageDecoder` is per channel and stateful: it tracks streams by message serial, guards
+replays by ``version.serial`` and repairs mid-stream joins (src/vercel/codec/decode-lifecycle.ts).
+Decoded chunks and inputs are plain dicts in the AI SDK / AIT JSON shapes, so they compare 1:1 with
+what the JS decoder produces.
+
+Like the JS decoder it never raises on wire content (any channel publisher can write garbage): unknown
+kinds, malformed JSON and foreign messages decode to nothing. ``strict=True`` turns those silent drops
+into :class:`CodecError` for diagnostics and tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent_worker.errors import CodecError
+from agent_worker.protocol.headers import (
+    AI_INPUT,
+    AI_OUTPUT,
+    H_CODEC_MESSAGE_ID,
+    H_ROLE,
+    H_RUN_ID,
+    H_STATUS,
+    H_STREAM,
+    H_STREAM_ID,
+    KIND,
+    MISSING,
+    PART_TYPE,
+    has_ai_envelope,
+    parse_json,
+    read_bool,
+    read_json,
+)
+from agent_worker.protocol.wire import InboundMessage
+
+__all__ = ["Chunk", "Decoded", "InputEvent", "UIMessageDecoder", "read_fork_seed"]
+
+Chunk = dict[str, Any]
+"""A ``UIMessageChunk`` as a JSON dict (``{"type": "text-delta", "id": ..., "delta": ...}``)."""
+InputEvent = dict[str, Any]
+"""A decoded Vercel input: ``{"kind": "user-message", "message": {...}}`` or
+``{"kind": "tool-result"|"tool-result-error"|"tool-approval-response", "codecMessageId", "payload"}``."""
+
+_FINISH_REASONS = ("stop", "length", "content-filter", "tool-calls", "error", "other")
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """What one wire message decodes to; the message name fixes the direction."""
+
+    inputs: list[InputEvent] = field(default_factory=list)
+    outputs: list[Chunk] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Tracker:
+    name: str
+    stream_id: str
+    accumulated: str
+    codec: dict[str, str]
+    transport: dict[str, str]
+    version: str
+    closed: bool = False
+
+
+# --- field readers (fields.ts semantics; MISSING = JS undefined, stripped from rebuilt chunks) -----
+
+
+def _str(h: Mapping[str, str], key: str, fallback: Any = MISSING) -> Any:
+    v = h.get(key)
+    return v if isinstance(v, str) else fallback
+
+
+def _bool(h: Mapping[str, str], key: str, fallback: Any = MISSING) -> Any:
+    v = read_bool(h, key)
+    return fallback if v is None else v
+
+
+def _strip(**kv: Any) -> dict[str, Any]:
+    return {k: v for k, v in kv.items() if v is not MISSING}
+
+
+def _as_string(data: Any) -> str:
+    return data if isinstance(data, str) else ""
+
+
+def _record(data: Any) -> Mapping[str, Any] | None:
+    """JS ``typeof data === 'object' && data !== null``: arrays pass but have no named fields."""
+    if isinstance(data, Mapping):
+        return data
+    if isinstance(data, list):
+        return {}
+    return None
+
+
+def _opt_string_field(data: Any, key: str) -> Mapping[str, Any] | None:
+    """``isRecordWithOptionalString``: a record whose ``key`` is absent or a string."""
+    rec = _record(data)
+    if rec is None:
+        return None
+    value = rec.get(key, MISSING)
+    return rec if value is MISSING or isinstance(value, str) else None
+
+
+def _parse_json_or_string(text: str) -> Any:
+    if not text:
+        return MISSING
+    try:
+        return parse_json(text)
+    except ValueError:
+        return text
+
+
+def _tool_fields(h: Mapping[str, str]) -> dict[str, Any]:
+    return _strip(
+        toolCallId=_str(h, "toolCallId", ""),
+        toolName=_str(h, "toolName", ""),
+        dynamic=_bool(h, "dynamic"),
+        title=_str(h, "title"),
+        providerExecuted=_bool(h, "providerExecuted"),
+        providerMetadata=read_json(h, "providerMetadata"),
+    )
+
+
+def read_fork_seed(data: Any) -> dict[str, Any] | None:
+    """``readForkSeedWireData``: validate ``data.forkSeed``, dropping malformed entries and parts."""
+    rec = _record(data)
+    if rec is None:
+        return None
+    seed = _record(rec.get("forkSeed"))
+    if seed is None or not isinstance(seed.get("messages"), list):
+        return None
+    messages: list[dict[str, Any]] = []
+    for entry in seed["messages"]:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("codecMessageId"), str):
+            continue
+        message = entry.get("message")
+        if not isinstance(message, Mapping) or not isinstance(message.get("parts"), list):
+            continue
+        parts = [p for p in message["parts"] if isinstance(p, Mapping) and isinstance(p.get("type"), str)]
+        messages.append({"codecMessageId": entry["codecMessageId"], "message": {**message, "parts": parts}})
+    return {"messages": messages}
+
+
+# --- output rebuilds (outputs.ts) ---------------------------------------------------------------------
+
+
+def _decode_discrete_output(kind: str, h: Mapping[str, str], data: Any) -> list[Chunk]:
+    match kind:
+        case "start":
+            return [
+                _strip(
+                    type=kind, messageId=_str(h, "messageId"), messageMetadata=read_json(h, "messageMetadata")
+                )
+            ]
+        case "start-step" | "finish-step":
+            return [{"type": kind}]
+        case "finish":
+            reason = h.get("finishReason")
+            return [
+                _strip(
+                    type=kind,
+                    finishReason=reason if reason in _FINISH_REASONS else "stop",
+                    messageMetadata=read_json(h, "messageMetadata"),
+                )
+            ]
+        case "message-metadata":
+            return [_strip(type=kind, messageMetadata=read_json(h, "messageMetadata"))]
+        case "error":
+            return [{"type": kind, "errorText": _as_string(data)}]
+        case "abort":
+            return [{"type": kind, "reason": data} if isinstance(data, str) and data else {"type": kind}]
+        case "file":
+            return [
+                _strip(
+                    type=kind,
+                    mediaType=_str(h, "mediaType", ""),
+                    providerMetadata=read_json(h, "providerMetadata"),
+                    url=_as_string(data),
+                )
+            ]
+        case "source-url":
+            return [
+                _strip(
+                    type=kind,
+                    sourceId=_str(h, "sourceId", ""),
+                    title=_str(h, "title"),
+                    providerMetadata=read_json(h, "providerMetadata"),
+                    url=_as_string(data),
+                )
+            ]
+        case "source-document":
+            return [
+                _strip(
+                    type=kind,
+                    sourceId=_str(h, "sourceId", ""),
+                    mediaType=_str(h, "mediaType", ""),
+                    title=_str(h, "title", ""),
+                    filename=_str(h, "filename"),
+                    providerMetadata=read_json(h, "providerMetadata"),
+                )
+            ]
+        case "tool-input-error":
+            rec = _opt_string_field(data, "errorText")
+            extra = (
+                {"errorText": rec.get("errorText", ""), "input": rec.get("input", MISSING)}
+                if rec is not None
+                else {"errorText": ""}
+            )
+            return [_strip(type=kind, **_tool_fields(h), **extra)]
+        case "tool-output-available":
+            rec = _record(data)
+            return [
+                _strip(
+                    type=kind,
+                    toolCallId=_str(h, "toolCallId", ""),
+                    dynamic=_bool(h, "dynamic"),
+                    providerExecuted=_bool(h, "providerExecuted"),
+                    preliminary=_bool(h, "preliminary"),
+                    output=rec.get("output", MISSING) if rec is not None else MISSING,
+                )
+            ]
+        case "tool-output-error":
+            rec = _opt_string_field(data, "errorText")
+            return [
+                _strip(
+                    type=kind,
+                    toolCallId=_str(h, "toolCallId", ""),
+                    dynamic=_bool(h, "dynamic"),
+                    providerExecuted=_bool(h, "providerExecuted"),
+                    errorText=rec.get("errorText", "") if rec is not None else "",
+                )
+            ]
+        case "tool-approval-request":
+            return [
+                {
+                    "type": kind,
+                    "toolCallId": _str(h, "toolCallId", ""),
+                    "approvalId": _str(h, "approvalId", ""),
+                }
+            ]
+        case "tool-output-denied":
+            return [{"type": kind, "toolCallId": _str(h, "toolCallId", "")}]
+        case "tool-input":
+            fields = _tool_fields(h)
+            return [
+                {"type": "tool-input-start", **fields},
+                _strip(
+                    type="tool-input-available",
+                    toolCallId=fields["toolCallId"],
+                    toolName=fields["toolName"],
+                    input=data,
+                    providerMetadata=fields.get("providerMetadata", MISSING),
+                ),
+            ]
+        case _ if kind.startswith("data-"):
+            return [_strip(type=kind, id=_str(h, "id"), transient=_bool(h, "transient"), data=data)]
+        case _:
+            return []
+
+
+_STREAM_KINDS = {
+    "text": ("text-start", "text-delta", "text-end"),
+    "reasoning": ("reasoning-start", "reasoning-delta", "reasoning-end"),
+    "tool-input": ("tool-input-start", "tool-input-delta", "tool-input-available"),
+}
+
+
+def _build_start(t: _Tracker) -> list[Chunk]:
+    kind = t.codec.get(KIND, "")
+    if kind == "tool-input":
+        return [{"type": "tool-input-start", **_tool_fields(t.codec)}]
+    if kind in _STREAM_KINDS:
+        start = _STREAM_KINDS[kind][0]
+        return [
+            _strip(
+                type=start, id=_str(t.codec, "id"), providerMetadata=read_json(t.codec, "providerMetadata")
+            )
+        ]
+    return []
+
+
+def _build_delta(t: _Tracker, delta: str) -> list[Chunk]:
+    kind = t.codec.get(KIND, "")
+    if kind == "tool-input":
+        return [
+            {
+                "type": "tool-input-delta",
+                "toolCallId": _str(t.codec, "toolCallId", ""),
+                "inputTextDelta": delta,
+            }
+        ]
+    if kind in _STREAM_KINDS:
+        return [_strip(type=_STREAM_KINDS[kind][1], id=_str(t.codec, "id"), delta=delta)]
+    return []
+
+
+def _build_end(t: _Tracker, closing: Mapping[str, str]) -> list[Chunk]:
+    kind = t.codec.get(KIND, "")
+    if kind == "tool-input":
+        return [
+            _strip(
+                type="tool-input-available",
+                toolCallId=t.stream_id,
+                toolName=_str(closing, "toolName", "") or _str(t.codec, "toolName", ""),
+                input=_parse_json_or_string(t.accumulated),
+                providerMetadata=read_json(closing, "providerMetadata"),
+            )
+        ]
+    if kind in _STREAM_KINDS:
+        end = _STREAM_KINDS[kind][2]
+        return [
+            _strip(type=end, id=_str(closing, "id"), providerMetadata=read_json(closing, "providerMetadata"))
+        ]
+    return []
+
+
+# --- inputs (inputs.ts) -------------------------------------------------------------------------------
+
+
+def _decode_input(
+    kind: str, codec: Mapping[str, str], transport: Mapping[str, str], data: Any
+) -> list[InputEvent]:
+    cmid = transport.get(H_CODEC_MESSAGE_ID, "")
+    match kind:
+        case "tool-result":
+            rec = _record(data)
+            seed = read_fork_seed(data)
+            payload = _strip(
+                toolCallId=_str(codec, "toolCallId", ""),
+                output=rec.get("output", MISSING) if rec is not None else MISSING,
+                forkSeed=seed if seed is not None else MISSING,
+            )
+            return [{"kind": kind, "codecMessageId": cmid, "payload": payload}]
+        case "tool-result-error":
+            rec = _opt_string_field(data, "message")
+            seed = read_fork_seed(data)
+            payload = _strip(
+                toolCallId=_str(codec, "toolCallId", ""),
+                message=rec.get("message", "") if rec is not None else "",
+                forkSeed=seed if seed is not None else MISSING,
+            )
+            return [{"kind": kind, "codecMessageId": cmid, "payload": payload}]
+        case "tool-approval-response":
+            payload = _strip(
+                toolCallId=_str(codec, "toolCallId", ""),
+                approved=_bool(codec, "approved", False),
+                reason=_str(codec, "reason"),
+            )
+            return [{"kind": kind, "codecMessageId": cmid, "payload": payload}]
+        case "regenerate":
+            return []
+        case "user-message":
+            part_type = codec.get(PART_TYPE, "")
+            if part_type == "text":
+                part: dict[str, Any] = {"text": _as_string(data)}
+            elif part_type == "file":
+                part = {"mediaType": _str(codec, "mediaType", ""), "url": _as_string(data)}
+            elif isinstance(part_type, str) and part_type.startswith("data-"):
+                part = _strip(id=_str(codec, "id"), data=data)
+            else:
+                return []
+            part["type"] = part_type
+            role = transport.get(H_ROLE, "user")
+            message = {"id": _str(codec, "messageId", ""), "role": role, "parts": [part]}
+            return [{"kind": kind, "message": message}]
+        case _:
+            return []
+
+
+# --- the decoder --------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class UIMessageDecoder:
+    """Per-channel stateful decoder (one per conversation tree)."""
+
+    strict: bool = False
+    _trackers: dict[str, _Tracker] = field(default_factory=dict)
+    # Mid-stream-join repair: per run-id, the lifecycle phases ("start", "start-step") already seen.
+    _phases: dict[str, set[str]] = field(default_factory=dict)
+
+    def decode(self, msg: InboundMessage) -> Decoded:
+        """Decode one delivery (live or history). Replays already incorporated decode to nothing."""
+        events = self._decode_core(msg)
+        if msg.name == AI_INPUT:
+            return Decoded(inputs=events)
+        return Decoded(outputs=events)
+
+    # --- core dispatch (decoder.ts) ------------------------------------------------------------
+
+    def _decode_core(self, msg: InboundMessage) -> list[dict[str, Any]]:
+        match msg.action:
+            case "message.create":
+                if dict(msg.transport_headers).get(H_STREAM) == "true":
+                    return self._streamed_create(msg)
+                return self._discrete(msg)
+            case "message.append":
+                return self._append(msg)
+            case "message.update":
+                return self._update(msg)
+            case "message.delete":
+                if msg.serial and (t := self._trackers.get(msg.serial)) is not None:
+                    self._close(t)
+                return []
+            case _:
+                return []
+
+    def _fail(self, message: str, field_name: str, payload: object) -> None:
+        if self.strict:
+            raise CodecError(message, field=field_name, payload=payload)
+
+    def _discrete(self, msg: InboundMessage) -> list[dict[str, Any]]:
+        codec = dict(msg.codec_headers)
+        transport = dict(msg.transport_headers)
+        kind = codec.get(KIND, "")
+        if msg.name == AI_INPUT:
+            out = _decode_input(kind, codec, transport, msg.data)
+            if not out and kind != "regenerate":
+                self._fail(f"unknown ai-input kind {kind!r}", "kind", codec)
+            return out
+        if msg.name == AI_OUTPUT:
+            pre = self._repair_discrete(kind, transport.get(H_RUN_ID, ""), codec)
+            out = _decode_discrete_output(kind, codec, msg.data)
+            if not out:
+                self._fail(f"unknown ai-output kind {kind!r}", "kind", codec)
+            return pre + out
+        return []
+
+    def _streamed_create(self, msg: InboundMessage) -> list[dict[str, Any]]:
+        serial = msg.serial
+        if not serial or serial in self._trackers:
+            return []
+        transport = dict(msg.transport_headers)
+        t = _Tracker(
+            name=msg.name or "",
+            stream_id=transport.get(H_STREAM_ID, ""),
+            accumulated="",
+            codec=dict(msg.codec_headers),
+            transport=transport,
+            version=msg.version_serial if msg.version_serial is not None else serial,
+        )
+        self._trackers[serial] = t
+        return self._start_events(t)
+
+    def _already_incorporated(self, t: _Tracker, version: str | None) -> bool:
+        if version is not None and version <= t.version:
+            return True
+        if t.closed:
+            return True
+        if version is not None:
+            t.version = version
+        return False
+
+    @staticmethod
+    def _close(t: _Tracker) -> None:
+        t.closed = True
+        t.accumulated = ""
+
+    def _terminal(
+        self, t: _Tracker, status: str | None, closing: Mapping[str, str], out: list[Chunk]
+    ) -> None:
+        if status == "complete":
+            out.extend(self._end_events(t, closing))
+            self._close(t)
+        elif status == "cancelled":
+            self._close(t)
+
+    def _append(self, msg: InboundMessage) -> list[dict[str, Any]]:
+        serial = msg.serial
+        if not serial:
+            return []
+        t = self._trackers.get(serial)
+        if t is None:
+            if not has_ai_envelope(msg):
+                return []  # a foreign append on a shared channel
+            # Out of contract (the platform should deliver a first post-attach append as an update).
+            return self._update(msg)
+        if self._already_incorporated(t, msg.version_serial):
+            return []
+        delta = msg.data if isinstance(msg.data, str) else ""
+        out: list[Chunk] = []
+        if delta:
+            t.accumulated += delta
+            out.extend(self._delta_events(t, delta))
+        self._terminal(t, dict(msg.transport_headers).get(H_STATUS), dict(msg.codec_headers), out)
+        return out
+
+    def _update(self, msg: InboundMessage) -> list[dict[str, Any]]:
+        serial = msg.serial
+        if not serial:
+            return []
+        transport = dict(msg.transport_headers)
+        codec = dict(msg.codec_headers)
+        status = transport.get(H_STATUS)
+        t = self._trackers.get(serial)
+        if t is None:
+            return self._first_contact(msg, serial, transport, codec, status)
+        if self._already_incorporated(t, msg.version_serial):
+            return []
+        data = msg.data if isinstance(msg.data, str) else ""
+        if data.startswith(t.accumulated):
+            delta = data[len(t.accumulated) :]
+            out: list[Chunk] = []
+            if delta:
+                t.accumulated = data
+                out.extend(self._delta_events(t, delta))
+            self._terminal(t, status, codec, out)
+            return out
+        # A replacement (not a prefix extension): adopt the new state, emit nothing.
+        t.accumulated = data
+        t.codec = codec
+        t.transport = transport
+        return []
+
+    def _first_contact(
+        self,
+        msg: InboundMessage,
+        serial: str,
+        transport: dict[str, str],
+        codec: dict[str, str],
+        status: str | None,
+    ) -> list[dict[str, Any]]:
+        if transport.get(H_STREAM) != "true":
+            return self._discrete(msg)
+        data = msg.data if isinstance(msg.data, str) else ""
+        t = _Tracker(
+            name=msg.name or "",
+            stream_id=transport.get(H_STREAM_ID, ""),
+            accumulated=data,
+            codec=codec,
+            transport=transport,
+            version=msg.version_serial if msg.version_serial is not None else serial,
+        )
+        self._trackers[serial] = t
+        out = self._start_events(t)
+        if data:
+            out.extend(self._delta_events(t, data))
+        if status == "complete":
+            out.extend(self._end_events(t, codec))
+        if status in ("complete", "cancelled"):
+            self._close(t)
+        return out
+
+    # --- hooks (define-codec.ts buildHooks: only ai-output streams rebuild) ---------------------
+
+    def _start_events(self, t: _Tracker) -> list[Chunk]:
+        if t.name != AI_OUTPUT:
+            return []
+        run_id = t.transport.get(H_RUN_ID, "")
+        pre = self._ensure_phases(run_id, _str(t.codec, "messageId"))
+        return pre + _build_start(t)
+
+    @staticmethod
+    def _delta_events(t: _Tracker, delta: str) -> list[Chunk]:
+        return _build_delta(t, delta) if t.name == AI_OUTPUT else []
+
+    @staticmethod
+    def _end_events(t: _Tracker, closing: Mapping[str, str]) -> list[Chunk]:
+        return _build_end(t, closing) if t.name == AI_OUTPUT else []
+
+    # --- mid-stream-join repair (decode-lifecycle.ts) -------------------------------------------
+
+    def _ensure_phases(self, run_id: str, message_id: Any) -> list[Chunk]:
+        seen = self._phases.setdefault(run_id, set())
+        out: list[Chunk] = []
+        if "start" not in seen:
+            seen.add("start")
+            out.append(_strip(type="start", messageId=message_id))
+        if "start-step" not in seen:
+            seen.add("start-step")
+            out.append({"type": "start-step"})
+        return out
+
+    def _repair_discrete(self, kind: str, run_id: str, codec: Mapping[str, str]) -> list[Chunk]:
+        match kind:
+            case "start" | "start-step":
+                self._phases.setdefault(run_id, set()).add(kind)
+            case "finish-step":
+                self._phases.get(run_id, set()).discard("start-step")
+            case "finish" | "error" | "abort":
+                self._phases.pop(run_id, None)
+            case "tool-input":
+                return self._ensure_phases(run_id, _str(codec, "messageId"))
+            case _:
+                pass
+        return []
