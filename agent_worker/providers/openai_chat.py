@@ -195,9 +195,12 @@ class OpenAIChatProvider:
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> OpenAIChatProvider:
         check_options(cls.name, options, cls._options)
+        return cls(options.get("model"), **cls._common_kwargs(options))
+
+    @classmethod
+    def _common_kwargs(cls, options: Mapping[str, Any]) -> dict[str, Any]:
         env = options.get("api_key_env", cls._default_key_env)
-        return cls(
-            options.get("model"),
+        return dict(
             api_key=secret_from_env(cls.name, str(env)) if env else None,
             base_url=options.get("base_url"),
             timeout=float(options.get("timeout", 120.0)),
@@ -252,12 +255,15 @@ class OpenAIChatProvider:
         check_allow_provider_requests(str(self.client.base_url), self.name)
         params = self._params(request)
         with map_openai_errors(self.name):
-            stream = await self.client.chat.completions.create(**params)
+            stream = await self._create(params)
         log.debug("provider_stream_opened", provider=self.name, model=params["model"])
         try:
             yield self._events(stream)
         finally:
             await stream.close()
+
+    async def _create(self, params: dict[str, Any]) -> Any:
+        return await self.client.chat.completions.create(**params)
 
     async def _events(self, stream: Any) -> AsyncIterator[StreamEvent]:
         calls = ToolCallAssembler()
