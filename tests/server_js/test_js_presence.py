@@ -12,7 +12,8 @@ pytestmark = pytest.mark.node
 
 @pytest.fixture(scope="module")
 def presence(protocol: str) -> dict[str, Any]:
-    return scenario("presence.mjs", protocol)
+    # an abruptly dropped member stays present this long (a resume would cancel its LEAVE)
+    return scenario("presence.mjs", protocol, server={"presence_leave_delay_ms": 1500})
 
 
 def members(listing: list[dict[str, Any]]) -> list[tuple[str, Any]]:
