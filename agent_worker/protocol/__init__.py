@@ -40,8 +40,9 @@ Public API (import from the submodules; everything here is synchronous and deter
       ``.set_default_header(key, value|None)`` (inject ``step-start-serial`` and
       ``steer-codec-message-ids`` once known); ``.open_stream_keys``; ``.stream_key_for(stream_id)``.
       Runtime contract: execute ops in order; record ``serial`` of a ``PublishOp`` with ``stream_key``;
-      appends may be pipelined; after a ``closing`` append (and after cancel ops) await all pending
-      appends; for each stream with a failed append publish ``recovery_update(key)`` (failure → 104000).
+      appends may be pipelined; after a ``closing`` append from ``encode`` await all pending appends;
+      publish all ``cancel_open_streams()`` appends, then await all pending appends once; for each
+      stream with a failed append publish ``recovery_update(key)`` (failure → 104000).
     Client inputs: ``encode_user_message(message, transport_headers) -> list[OutboundMessage]`` (ONE
     batch publish), ``encode_regenerate(headers)``, ``encode_tool_result(tool_call_id, output, headers,
     fork_seed=None)``, ``encode_tool_result_error(tool_call_id, message, headers, fork_seed=None)``,

@@ -83,6 +83,11 @@ def _strip(**kv: Any) -> dict[str, Any]:
     return {k: v for k, v in kv.items() if v is not MISSING}
 
 
+def _defined(data: Any) -> Any:
+    """Message ``data`` None means "no data" (JS ``undefined``): the key is stripped."""
+    return MISSING if data is None else data
+
+
 def _as_string(data: Any) -> str:
     return data if isinstance(data, str) else ""
 
@@ -252,12 +257,12 @@ def _decode_discrete_output(kind: str, h: Mapping[str, str], data: Any) -> list[
                     type="tool-input-available",
                     toolCallId=fields["toolCallId"],
                     toolName=fields["toolName"],
-                    input=data,
+                    input=_defined(data),
                     providerMetadata=fields.get("providerMetadata", MISSING),
                 ),
             ]
         case _ if kind.startswith("data-"):
-            return [_strip(type=kind, id=_str(h, "id"), transient=_bool(h, "transient"), data=data)]
+            return [_strip(type=kind, id=_str(h, "id"), transient=_bool(h, "transient"), data=_defined(data))]
         case _:
             return []
 
@@ -360,7 +365,7 @@ def _decode_input(
             elif part_type == "file":
                 part = {"mediaType": _str(codec, "mediaType", ""), "url": _as_string(data)}
             elif isinstance(part_type, str) and part_type.startswith("data-"):
-                part = _strip(id=_str(codec, "id"), data=data)
+                part = _strip(id=_str(codec, "id"), data=_defined(data))
             else:
                 return []
             part["type"] = part_type
