@@ -67,9 +67,10 @@ Public API (import from the submodules; everything here is synchronous and deter
     ``.find_event(event_id) -> InboundMessage | None`` (first message with that ``event-id``, any
     name); ``.run(run_id) -> RunNode | None``; ``.runs()``; ``.node(key)``;
     ``.node_by_codec_message_id(cmid)``; ``.nodes()``; ``.reply_runs(input_cmid)``;
-    ``.is_superseded(run_id)``; ``.apply_run_lifecycle(RunLifecycle)`` (optimistic local run-start,
-    serial None). Client view: ``.visible_nodes(selections=None)``, ``.visible_messages(selections=None)
-    -> list[CodecMessage]`` (default sibling = latest serial, superseded runs hidden),
+    ``.is_superseded(run_id)``; ``.delete(key)``; ``.apply_run_lifecycle(RunLifecycle)`` (optimistic
+    local run-start, serial None). Client view: ``.visible_nodes(selections=None)``,
+    ``.visible_messages(selections=None) -> list[CodecMessage]`` (default sibling = latest serial,
+    superseded runs hidden),
     ``.siblings(key)``, ``.group_root(key)``. Nodes: ``RunNode(run_id, parent, fork_of, regenerates,
     client_id, invocation_id, start_serial, status, error, end_serial, steps, .messages)``,
     ``InputNode(codec_message_id, parent, fork_of, serial, .messages)``.
@@ -77,7 +78,8 @@ Public API (import from the submodules; everything here is synchronous and deter
 ``protocol.branch`` — the agent's branch walk (§4.3, §7.3)
     ``TriggerInfo.from_message(trigger)`` (``codec_message_id, run_client_id, input_client_id, role,
     parent, fork_of, regenerates, supersedes, run_id, event_id``; ``.continuation``, ``.kind``);
-    ``resolve_anchors(tree, trigger) -> Anchors(leaf, run_parent)``; ``select_branch(tree, anchor,
+    ``resolve_anchors(tree, trigger) -> Anchors(leaf, run_parent)``; ``missing_ancestor(tree, anchor)
+    -> str | None`` (keep paging history while not None); ``select_branch(tree, anchor,
     run_id) -> list[Node]``; ``select_branch_messages(tree, anchor, run_id, regenerates=None,
     unresponded_steers=frozenset()) -> list[CodecMessage]``; ``SteerTracker`` (``add_pending``,
     ``has_pending``, ``drain_pending``, ``consume_recently_processed``, ``is_unresponded``; usable as

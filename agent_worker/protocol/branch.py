@@ -30,6 +30,7 @@ __all__ = [
     "TriggerKind",
     "approved_pending_tool_calls",
     "defer_unresponded_steers",
+    "missing_ancestor",
     "pending_tool_calls",
     "resolve_anchors",
     "select_branch",
@@ -129,6 +130,27 @@ def _walk(tree: ConversationTree, anchor: str | None) -> list[Node]:
             break
         current = tree.node_by_codec_message_id(current.parent)
     return chain
+
+
+def missing_ancestor(tree: ConversationTree, anchor: str | None) -> str | None:
+    """The first codec-message-id on the walk up from ``anchor`` that is not in the tree yet.
+
+    None once the walk reaches a root (or a cycle): page history until this is None or history ends.
+    ``anchor`` itself counts — a trigger that has not folded yet is missing.
+    """
+    if anchor is None:
+        return None
+    seen: set[str] = set()
+    cmid: str | None = anchor
+    while cmid is not None:
+        node = tree.node_by_codec_message_id(cmid)
+        if node is None:
+            return cmid
+        if node.key in seen:
+            return None
+        seen.add(node.key)
+        cmid = node.parent
+    return None
 
 
 def select_branch(tree: ConversationTree, anchor: str | None, run_id: str) -> list[Node]:

@@ -306,6 +306,23 @@ class ConversationTree:
                 out.append(node)
         return out
 
+    def delete(self, key: str) -> None:
+        """Remove a node (e.g. an optimistic input whose publish failed); its index entries go too."""
+        entry = self._nodes.pop(key, None)
+        if entry is None:
+            return
+        node = entry.node
+        children = self._children.get(node.parent)
+        if children is not None:
+            children.discard(key)
+        if entry in self._sorted:
+            self._sorted.remove(entry)
+        if isinstance(node, RunNode) and node.parent is not None:
+            self._reply_runs.get(node.parent, set()).discard(key)
+        for cmid, owner in list(self._cmid_to_key.items()):
+            if owner == key:
+                del self._cmid_to_key[cmid]
+
     def is_superseded(self, run_id: str) -> bool:
         """Whether a client tool-result fork superseded that run."""
         return run_id in self._superseded
