@@ -97,6 +97,8 @@ class HttpConfig:
     bearer_token: Secret | None = None
     bearer_token_env: str | None = None
     max_body_bytes: int = 64 * 1024
+    cors_origins: tuple[str, ...] = ()
+    """Origins allowed to POST from a browser (``"*"`` for any); empty = no CORS headers."""
     enabled: bool = True
 
     def resolved_token(self) -> Secret | None:
@@ -127,6 +129,8 @@ class WorkerConfig:
     max_messages_per_second: float = 45.0
     """Outbound messages per connection; Ably's inbound limit is 50/s per connection."""
     burst: int = 10
+    sessions: tuple[str, ...] = ("*",)
+    """Glob patterns of session (channel) names this worker serves; others are refused with 404."""
     watch_channels: tuple[str, ...] = ()
     """Channel-watch mode: sessions attached at startup; a fresh user ``ai-input`` starts a run."""
     cancel_policy: CancelPolicy = "owner"

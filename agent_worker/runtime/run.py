@@ -1,0 +1,437 @@
+"""One run: lifecycle publishes, steps, assistant messages, steering and cancellation.
+
+Mirrors the JS ``AgentRun`` (agent-session.ts, run-manager.ts, run-step-writer.ts) with Python
+mechanics: a run is driven by one asyncio task; :meth:`Run.cancel` records *who* asked and calls
+``task.cancel()``, so an authorised ``ai-cancel``, worker shutdown and a timeout share one teardown
+path. Lifecycle publishes (``ai-run-start``/``-resume``/``-suspend``/``-end``, ``ai-step-*``) carry
+no data and only the transport tier. Each :class:`OutputMessage` is one assistant message (one JS
+``pipe``): its own codec-message-id, encoder and stream writer, bracketed by one implicit step that
+opens at its first output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Literal
+
+from agent_worker.errors import AgentWorkerError
+from agent_worker.logs import get_logger
+from agent_worker.protocol.branch import SteerTracker, select_branch_messages
+from agent_worker.protocol.headers import (
+    AI_RUN_END,
+    AI_RUN_RESUME,
+    AI_RUN_START,
+    AI_RUN_SUSPEND,
+    AI_STEP_END,
+    AI_STEP_START,
+    H_STEER_CODEC_MESSAGE_IDS,
+    H_STEP_START_SERIAL,
+    RunEndReason,
+    RunLifecycle,
+    StepEndReason,
+    build_lifecycle_headers,
+    build_output_headers,
+    build_step_headers,
+    js_json,
+    lifecycle_message,
+)
+from agent_worker.protocol.vercel.encoder import UIMessageEncoder
+from agent_worker.protocol.vercel.reducer import UIMessage
+from agent_worker.protocol.wire import InboundMessage
+from agent_worker.runtime.streaming import StreamWriter
+from agent_worker.runtime.trigger import Trigger
+
+if TYPE_CHECKING:
+    from agent_worker.runtime.session import AgentSession
+
+__all__ = ["CancelHook", "CancelRequest", "OutputMessage", "Run", "RunPhase"]
+
+log = get_logger("agent_worker.runtime.run")
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """What a cancel hook sees: the raw ``ai-cancel`` (its ``client_id`` is Ably-verified) and the run."""
+
+    message: InboundMessage
+    run: Run
+
+
+CancelHook = Callable[[CancelRequest], "bool | Awaitable[bool | None] | None"]
+"""Return True to honour, False to refuse, None to defer to the next policy (run → worker → default)."""
+
+
+class RunPhase(Enum):
+    CREATED = "created"
+    LOCATED = "located"
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    ENDED = "ended"
+
+
+CancelSource = Literal["client", "shutdown", "timeout", "session"]
+
+
+class Run:
+    """A run on one session. Created by :meth:`AgentSession.create_run`."""
+
+    def __init__(
+        self,
+        session: AgentSession,
+        *,
+        event_id: str,
+        invocation_id: str | None = None,
+        run_id: str | None = None,
+        on_cancel: CancelHook | None = None,
+        coalesce_window_s: float = 0.04,
+    ) -> None:
+        self.session = session
+        self.event_id = event_id
+        self.invocation_id = invocation_id or str(uuid.uuid4())
+        self.run_id = run_id or str(uuid.uuid4())
+        """Provisional until the trigger is located: a continuation adopts the trigger's run-id."""
+        self.on_cancel = on_cancel
+        self.coalesce_window_s = coalesce_window_s
+        self.trigger: Trigger | None = None
+        self.phase = RunPhase.CREATED
+        self.outcome: RunEndReason | Literal["suspended"] | None = None
+        self.error: AgentWorkerError | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.cancel_source: CancelSource | None = None
+        self.cancelled_by: str | None = None
+        self.trigger_message: asyncio.Future[InboundMessage] = asyncio.get_running_loop().create_future()
+        """Resolved by the session when a message with this run's ``event-id`` folds in."""
+        self._start_published = False
+        self.steers = SteerTracker()
+        self._steers_seen: set[str] = set()
+        self._step_index = 0
+        self._step_client_id: str | None = None
+        self._active_message: OutputMessage | None = None
+        self._produced_output = False
+        self.first_output_at: float | None = None
+        self.on_steer: Callable[[], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Run(run_id={self.run_id!r}, session={self.session.name!r}, phase={self.phase.value})"
+
+    # --- identity ----------------------------------------------------------------------------------
+
+    @property
+    def owner_client_id(self) -> str | None:
+        """The Ably-verified clientId that published the trigger (the cancel policy's run owner)."""
+        return self.trigger.client_id if self.trigger is not None else None
+
+    @property
+    def run_client_id(self) -> str:
+        """The client-asserted ``run-client-id`` re-stamped on every agent message (``""`` if none)."""
+        return (self.trigger.run_client_id if self.trigger is not None else None) or ""
+
+    @property
+    def is_continuation(self) -> bool:
+        return self.trigger is not None and self.trigger.run_id is not None
+
+    @property
+    def started(self) -> bool:
+        """Whether ``ai-run-start``/``ai-run-resume`` is on the wire."""
+        return self._start_published
+
+    # --- locating ----------------------------------------------------------------------------------
+
+    def set_trigger(self, trigger: Trigger) -> None:
+        """Called by the session when the trigger folds in: adopt a continuation's run-id."""
+        self.trigger = trigger
+        if trigger.run_id is not None:
+            self.run_id = trigger.run_id
+        self.phase = RunPhase.LOCATED
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def _lifecycle_headers(self, **extra: Any) -> dict[str, str]:
+        t = self.trigger
+        return build_lifecycle_headers(
+            run_id=self.run_id,
+            run_client_id=self.run_client_id,
+            invocation_id=self.invocation_id,
+            input_client_id=t.client_id if t is not None else None,
+            input_codec_message_id=t.codec_message_id if t is not None else None,
+            **extra,
+        )
+
+    async def start(self) -> None:
+        """Publish ``ai-run-start`` (fresh run or fork) or ``ai-run-resume`` (continuation)."""
+        if self._start_published:
+            return
+        t = self.trigger
+        if t is not None and t.run_id is not None:
+            msg = lifecycle_message(AI_RUN_RESUME, self._lifecycle_headers())
+        else:
+            msg = lifecycle_message(
+                AI_RUN_START,
+                self._lifecycle_headers(
+                    parent=t.structural_parent if t is not None else None,
+                    fork_of=t.fork_of if t is not None else None,
+                    regenerates=t.regenerates if t is not None else None,
+                ),
+            )
+        await self.session.channel.publish(msg)
+        self._start_published = True
+        self.phase = RunPhase.ACTIVE
+        if t is not None and t.run_id is None:
+            # Optimistic local insert (as the JS agent does) so the prompt sees the run node even if
+            # the echo of the run-start has not folded yet; the echo reconciles it.
+            self.session.tree.apply_run_lifecycle(
+                RunLifecycle(
+                    type="start",
+                    run_id=self.run_id,
+                    client_id=self.run_client_id,
+                    invocation_id=self.invocation_id,
+                    serial=None,
+                    parent=t.structural_parent,
+                    fork_of=t.fork_of,
+                    regenerates=t.regenerates,
+                    input_codec_message_id=t.codec_message_id,
+                )
+            )
+        log.info("run_started", resume=self.is_continuation)
+
+    async def suspend(self) -> None:
+        """Publish ``ai-run-suspend`` (the model is waiting for client tools or approvals)."""
+        if self.phase is RunPhase.ENDED:
+            return
+        if self._active_message is not None:
+            msg = "end the active output message before suspending the run"
+            raise RuntimeError(msg)
+        await self.session.channel.publish(lifecycle_message(AI_RUN_SUSPEND, self._lifecycle_headers()))
+        self.phase = RunPhase.ENDED
+        self.outcome = "suspended"
+        self.session.deregister(self)
+        log.info("run_suspended")
+
+    async def end(self, reason: RunEndReason, error: AgentWorkerError | None = None) -> None:
+        """Close any open message (its step ends to match), then publish ``ai-run-end``."""
+        if self.phase is RunPhase.ENDED:
+            return
+        if self._active_message is not None:
+            await self._active_message.close_after_abort(reason)
+        extra: dict[str, Any] = {"reason": reason}
+        if reason == "error" and error is not None:
+            extra["error_code"] = error.code
+            extra["error_message"] = error.message
+        try:
+            await self.session.channel.publish(
+                lifecycle_message(AI_RUN_END, self._lifecycle_headers(**extra))
+            )
+        finally:
+            self.phase = RunPhase.ENDED
+            self.outcome = reason
+            self.error = error
+            self.session.deregister(self)
+        log.info("run_ended", reason=reason, error_code=error.code if error else None)
+
+    # --- cancellation ------------------------------------------------------------------------------
+
+    def cancel(self, source: CancelSource, by: str | None = None) -> bool:
+        """Cancel the run's task (idempotent). Returns False when there is nothing left to cancel."""
+        if self.phase is RunPhase.ENDED or self.cancel_source is not None:
+            return False
+        self.cancel_source = source
+        self.cancelled_by = by
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if not self.trigger_message.done():
+            self.trigger_message.cancel()
+        return True
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.cancel_source is not None
+
+    # --- steering ----------------------------------------------------------------------------------
+
+    def add_steer(self, codec_message_id: str) -> None:
+        """A steering ``ai-input`` folded into this run (the session calls this)."""
+        t = self.trigger
+        if t is not None and codec_message_id == t.codec_message_id:
+            return
+        if codec_message_id in self._steers_seen:
+            return
+        self._steers_seen.add(codec_message_id)
+        self.steers.add_pending(codec_message_id)
+        log.info("run_steered", steer=codec_message_id)
+        if self.on_steer is not None:
+            self.on_steer()
+
+    def has_input(self) -> bool:
+        """JS ``hasInput()``: true before any output, then only when steering arrived since the last
+        call. Drains pending steers, so the next message stamps them and the prompt answers them."""
+        if self.cancel_requested:
+            return False
+        had = self.steers.has_pending()
+        if had:
+            self.steers.drain_pending()
+        if not self._produced_output:
+            return True
+        return had
+
+    def conversation(self) -> list[UIMessage]:
+        """The prompt branch as UIMessages (§7.3): leaf-pinned walk, unanswered steers last,
+        truncated before a regenerated message."""
+        t = self.trigger
+        if t is None:
+            return []
+        selected = select_branch_messages(
+            self.session.tree,
+            t.leaf_anchor,
+            self.run_id,
+            regenerates=t.regenerates,
+            unresponded_steers=self.steers,
+        )
+        return [m.message for m in selected]
+
+    # --- steps and output --------------------------------------------------------------------------
+
+    def _next_step_id(self) -> str:
+        sid = f"{self.invocation_id}-step-{self._step_index}"
+        self._step_index += 1
+        return sid
+
+    def _resolve_step_client_id(self) -> str:
+        if self._step_client_id is None:
+            self._step_client_id = (self.trigger.client_id if self.trigger is not None else None) or ""
+        return self._step_client_id
+
+    def _step_headers(self, step_id: str, **extra: Any) -> dict[str, str]:
+        return build_step_headers(
+            run_id=self.run_id,
+            step_id=step_id,
+            invocation_id=self.invocation_id,
+            run_client_id=self.run_client_id,
+            input_client_id=self.trigger.client_id if self.trigger is not None else None,
+            step_client_id=self._resolve_step_client_id(),
+            **extra,
+        )
+
+    def open_message(self) -> OutputMessage:
+        """Begin one assistant message (a JS ``pipe``); its step opens at the first output."""
+        if self.phase is not RunPhase.ACTIVE:
+            msg = f"unable to publish output; the run is {self.phase.value}, call start() first"
+            raise RuntimeError(msg)
+        if self._active_message is not None:
+            msg = "unable to open a message; another message of this run is still open"
+            raise RuntimeError(msg)
+        self._produced_output = True
+        message = OutputMessage(self, self._next_step_id(), self.steers.consume_recently_processed())
+        self._active_message = message
+        return message
+
+    def _message_closed(self, message: OutputMessage) -> None:
+        if self._active_message is message:
+            self._active_message = None
+
+
+class OutputMessage:
+    """One assistant message: encoder + stream writer + its implicit step."""
+
+    def __init__(self, run: Run, step_id: str, steer_ids: list[str]) -> None:
+        self.run = run
+        self.step_id = step_id
+        self.codec_message_id = str(uuid.uuid4())
+        t = run.trigger
+        headers = build_output_headers(
+            codec_message_id=self.codec_message_id,
+            run_id=run.run_id,
+            run_client_id=run.run_client_id,
+            invocation_id=run.invocation_id,
+            input_codec_message_id=t.codec_message_id if t is not None else None,
+            parent=t.leaf_anchor if t is not None else None,
+            fork_of=t.fork_of if t is not None else None,
+            regenerates=t.regenerates if t is not None else None,
+            input_client_id=t.client_id if t is not None else None,
+            step_id=step_id,
+            step_client_id=run._resolve_step_client_id(),
+        )
+        self.encoder = UIMessageEncoder(headers)
+        if steer_ids:
+            self.encoder.set_default_header(H_STEER_CODEC_MESSAGE_IDS, js_json(steer_ids))
+        self.steer_ids = tuple(steer_ids)
+        self.writer = StreamWriter(run.session.channel, self.encoder, window_s=run.coalesce_window_s)
+        self._step_serial: str | None = None
+        self._step_open = False
+        self._closed = False
+
+    @property
+    def step_open(self) -> bool:
+        return self._step_open
+
+    async def _open_step(self) -> None:
+        self._step_open = True
+        serial = await self.run.session.channel.publish(
+            lifecycle_message(AI_STEP_START, self.run._step_headers(self.step_id))
+        )
+        self._step_serial = serial
+        if serial is not None:
+            self.encoder.set_default_header(H_STEP_START_SERIAL, serial)
+        if self.run.first_output_at is None:
+            self.run.first_output_at = asyncio.get_running_loop().time()
+
+    async def send(self, chunk: Mapping[str, Any]) -> None:
+        """Encode one UIMessageChunk and put it on the wire (the step opens before the first)."""
+        if self._closed:
+            msg = "unable to send; this output message is closed"
+            raise RuntimeError(msg)
+        if not self._step_open:
+            await self._open_step()
+        await self.writer.write(self.encoder.encode(chunk))
+
+    async def _close_step(self, reason: StepEndReason) -> None:
+        if not self._step_open:
+            return
+        self._step_open = False
+        if self._step_serial is None:
+            log.warning("step_end_skipped_no_serial", step_id=self.step_id)
+            return
+        await self.run.session.channel.publish(
+            lifecycle_message(
+                AI_STEP_END,
+                self.run._step_headers(self.step_id, step_start_serial=self._step_serial, reason=reason),
+            )
+        )
+
+    async def close(self, reason: StepEndReason = "complete") -> None:
+        """Finish normally: flush every append, close anything still streaming, end the step."""
+        if self._closed:
+            return
+        try:
+            await self.writer.cancel_streams()
+            await self.writer.flush()
+        finally:
+            self._closed = True
+            await self.writer.aclose()
+            try:
+                await self._close_step(reason)
+            finally:
+                self.run._message_closed(self)
+
+    async def close_after_abort(self, run_reason: RunEndReason) -> None:
+        """Cancellation/error teardown: every open stream is closed ``cancelled`` (never left
+        ``streaming``), pending appends are flushed, and the step ends cancelled/failed."""
+        if self._closed:
+            return
+        step_reason: StepEndReason = "cancelled" if run_reason == "cancelled" else "failed"
+        if run_reason == "complete":
+            step_reason = "complete"
+        try:
+            await self.writer.cancel_streams()
+        except AgentWorkerError as exc:
+            log.warning("stream_close_failed", error=exc.message)
+        finally:
+            self._closed = True
+            await self.writer.aclose()
+            try:
+                await self._close_step(step_reason)
+            finally:
+                self.run._message_closed(self)

@@ -1,0 +1,369 @@
+"""One session (= one Ably channel): subscribe, fold, locate triggers, route cancels and steers.
+
+The session subscribes to the whole channel and folds every message — live, and from REST history
+pages read backwards from the attach serial — into one :class:`ConversationTree` shared by all of
+its runs (agent-session.ts). On top of the fold it:
+
+* resolves runs waiting for their trigger ``event-id`` (live arrival or a history page);
+* pages history until a run's branch is complete (every ``parent`` on the walk is in the tree);
+* routes live ``ai-cancel`` by ``run-id`` or ``input-codec-message-id``, buffering early cancels by
+  the latter (at most 200, FIFO), and authorises each one: per-run hook → worker hook → policy;
+* notices steering ``ai-input``\\ s for its active runs;
+* reports fresh run-less ``ai-input``\\ s to the worker (channel-watch mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any, Literal
+
+from agent_worker.errors import InputEventNotFound, TransportError
+from agent_worker.logs import get_logger
+from agent_worker.protocol.headers import (
+    AI_CANCEL,
+    AI_INPUT,
+    H_EVENT_ID,
+    H_INPUT_CODEC_MESSAGE_ID,
+    H_RUN_ID,
+)
+from agent_worker.protocol.tree import ConversationTree
+from agent_worker.protocol.wire import InboundMessage
+from agent_worker.runtime.run import CancelHook, CancelRequest, Run, RunPhase
+from agent_worker.runtime.trigger import Trigger
+from agent_worker.transport.ably import Channel, ChannelStateEvent
+
+__all__ = ["AgentSession", "CancelDecision", "CancelPolicy"]
+
+log = get_logger("agent_worker.runtime.session")
+
+DEFERRED_CANCEL_LIMIT = 200
+CancelDecision = Literal["honoured", "refused", "buffered", "unmatched", "dropped"]
+
+
+class CancelPolicy:
+    """The default cancel authorisation: the run owner's verified clientId, or an admin."""
+
+    def __init__(self, mode: Literal["owner", "any"] = "owner", admins: Sequence[str] = ()) -> None:
+        self.mode = mode
+        self.admins = frozenset(admins)
+
+    def allows(self, message: InboundMessage, run: Run) -> bool:
+        if self.mode == "any":
+            return True
+        who = message.client_id
+        if not who:
+            return False  # an unidentified canceller cannot be proven to be anyone
+        return who in self.admins or (run.owner_client_id is not None and who == run.owner_client_id)
+
+
+class AgentSession:
+    def __init__(
+        self,
+        channel: Channel,
+        *,
+        history_page_size: int = 100,
+        policy: CancelPolicy | None = None,
+        worker_on_cancel: CancelHook | None = None,
+        on_fresh_input: Callable[[AgentSession, InboundMessage], None] | None = None,
+        on_cancel_decision: Callable[[CancelDecision], None] | None = None,
+    ) -> None:
+        self.channel = channel
+        self.name = channel.name
+        self.history_page_size = history_page_size
+        self.policy = policy or CancelPolicy()
+        self.worker_on_cancel = worker_on_cancel
+        self.on_fresh_input = on_fresh_input
+        self.on_cancel_decision = on_cancel_decision
+        self.tree = ConversationTree()
+        self.runs: dict[str, Run] = {}
+        self._by_input_cmid: dict[str, str] = {}
+        self._deferred: OrderedDict[str, InboundMessage] = OrderedDict()
+        self._waiting: dict[str, list[Run]] = {}
+        self._history: AsyncIterator[list[InboundMessage]] | None = None
+        self._history_exhausted = False
+        self._history_lock = asyncio.Lock()
+        self._oldest_loaded: str | None = None
+        self._connected = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.last_active = time.monotonic()
+        self.watch = False
+
+    def __repr__(self) -> str:
+        return f"AgentSession(name={self.name!r}, runs={len(self.runs)})"
+
+    # --- connection --------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        if self._connected:
+            return
+        self.channel.on_state_change(self._on_state)
+        await self.channel.subscribe(self._on_message)
+        self._connected = True
+        log.info("session_attached", session=self.name, attach_serial=self.channel.attach_serial)
+
+    def _on_state(self, change: ChannelStateEvent) -> None:
+        lost = change.current in {"failed", "suspended", "detached"} or (
+            change.current == "attached" and not change.resumed
+        )
+        if not lost or not self._connected:
+            return
+        # Messages may have been missed: start a fresh fold; the next run re-reads history. Runs in
+        # flight keep their prompt; a cancel published during the gap is lost (as in the JS SDK).
+        log.warning("session_continuity_lost", session=self.name, state=change.current, reason=change.reason)
+        self.tree = ConversationTree()
+        self._history = None
+        self._history_exhausted = False
+        self._oldest_loaded = None
+
+    # --- inbound -----------------------------------------------------------------------------------
+
+    def _on_message(self, msg: InboundMessage) -> None:
+        self.fold(msg)
+        if msg.name == AI_CANCEL:
+            self._route_cancel(msg)
+        elif msg.name == AI_INPUT and self.on_fresh_input is not None and self.watch:
+            h = msg.transport_headers
+            if not h.get(H_RUN_ID) and h.get(H_EVENT_ID) and msg.action == "message.create":
+                self.on_fresh_input(self, msg)
+
+    def fold(self, msg: InboundMessage) -> None:
+        """Fold one message (live or history) and wake whatever waits on it."""
+        result = self.tree.apply(msg)
+        event_id = msg.transport_headers.get(H_EVENT_ID)
+        if event_id and event_id in self._waiting:
+            for run in self._waiting.pop(event_id):
+                if not run.trigger_message.done():
+                    run.trigger_message.set_result(msg)
+        if (
+            msg.name == AI_INPUT
+            and result.run_id is not None
+            and result.codec_message_id is not None
+            and any(e.get("kind") == "user-message" for e in result.inputs)
+        ):
+            steered = self.runs.get(result.run_id)
+            if steered is not None and steered.phase in (RunPhase.LOCATED, RunPhase.ACTIVE):
+                steered.add_steer(result.codec_message_id)
+
+    # --- runs --------------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        event_id: str,
+        *,
+        invocation_id: str | None = None,
+        on_cancel: CancelHook | None = None,
+        coalesce_window_s: float = 0.04,
+    ) -> Run:
+        run = Run(
+            self,
+            event_id=event_id,
+            invocation_id=invocation_id,
+            on_cancel=on_cancel,
+            coalesce_window_s=coalesce_window_s,
+        )
+        self.runs[run.run_id] = run
+        self.last_active = time.monotonic()
+        return run
+
+    def deregister(self, run: Run) -> None:
+        if self.runs.get(run.run_id) is run:
+            del self.runs[run.run_id]
+        if run.trigger is not None:
+            cmid = run.trigger.codec_message_id
+            if self._by_input_cmid.get(cmid) == run.run_id:
+                del self._by_input_cmid[cmid]
+            self._deferred.pop(cmid, None)
+        waiting = self._waiting.get(run.event_id)
+        if waiting is not None and run in waiting:
+            waiting.remove(run)
+            if not waiting:
+                del self._waiting[run.event_id]
+        self.last_active = time.monotonic()
+
+    async def locate(
+        self,
+        run: Run,
+        *,
+        max_pages: int = 20,
+        wait_s: float = 5.0,
+        max_input_bytes: int = 64 * 1024,
+    ) -> Trigger:
+        """Find the run's trigger (already folded, live, or in history; then ``wait_s`` more for a
+        live arrival), validate it, re-key a continuation, and load the branch's history.
+
+        Raises :class:`InputEventNotFound` (104010) or :class:`ProtocolError` for a refused input."""
+        found = self.tree.find_event(run.event_id)
+        if found is None:
+            self._waiting.setdefault(run.event_id, []).append(run)
+            pages = 0
+            while not run.trigger_message.done() and pages < max_pages:
+                if not await self._load_page():
+                    break
+                pages += 1
+            if not run.trigger_message.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(run.trigger_message), wait_s)
+                except TimeoutError:
+                    self.deregister(run)
+                    msg = (
+                        f"unable to open run; trigger event {run.event_id} not located within "
+                        f"{pages} history pages and {wait_s:g}s"
+                    )
+                    raise InputEventNotFound(msg) from None
+            found = run.trigger_message.result()
+        elif not run.trigger_message.done():
+            run.trigger_message.set_result(found)
+        # A user message's parts share the event-id and may straddle a history page boundary.
+        if self._oldest_loaded is not None and found.serial == self._oldest_loaded:
+            await self._load_page()
+        trigger = Trigger.from_message(found, self.tree, max_bytes=max_input_bytes)
+        if trigger.run_id is not None and trigger.run_id != run.run_id:
+            self.runs.pop(run.run_id, None)
+            self.runs[trigger.run_id] = run
+        run.set_trigger(trigger)
+        self._by_input_cmid[trigger.codec_message_id] = run.run_id
+        await self.load_branch(trigger.leaf_anchor, max_pages=max_pages)
+        self._pull_deferred_cancel(run)
+        return trigger
+
+    # --- history -----------------------------------------------------------------------------------
+
+    async def _load_page(self) -> bool:
+        """Fold the next (older) history page; False once history is exhausted."""
+        async with self._history_lock:
+            if self._history_exhausted:
+                return False
+            if self._history is None:
+                self._history = self.channel.history_pages(
+                    page_size=self.history_page_size, from_serial=self.channel.attach_serial
+                )
+            try:
+                page = await anext(self._history)
+            except StopAsyncIteration:
+                self._history_exhausted = True
+                return False
+            except TransportError:
+                self._history = None
+                raise
+            for msg in reversed(page):  # pages are newest-first; fold oldest-first
+                self.fold(msg)
+            if page:
+                self._oldest_loaded = page[-1].serial
+            else:
+                self._history_exhausted = True
+            return bool(page)
+
+    def missing_ancestor(self, anchor: str | None) -> str | None:
+        """The first ``parent`` on the walk up from ``anchor`` that the tree has not seen."""
+        seen: set[str] = set()
+        key = anchor
+        while key is not None and key not in seen:
+            seen.add(key)
+            node = self.tree.node_by_codec_message_id(key) or self.tree.node(key)
+            if node is None:
+                return key
+            key = node.parent
+        return None
+
+    async def load_branch(self, anchor: str | None, *, max_pages: int = 20) -> None:
+        """Page history until the branch from ``anchor`` reaches its root (or history runs out)."""
+        pages = 0
+        while self.missing_ancestor(anchor) is not None and pages < max_pages:
+            if not await self._load_page():
+                return
+            pages += 1
+
+    # --- cancel routing ----------------------------------------------------------------------------
+
+    def _decide(self, decision: CancelDecision) -> None:
+        if self.on_cancel_decision is not None:
+            self.on_cancel_decision(decision)
+
+    def _route_cancel(self, msg: InboundMessage) -> None:
+        h = msg.transport_headers
+        run_id = h.get(H_RUN_ID) or None
+        icmid = h.get(H_INPUT_CODEC_MESSAGE_ID) or None
+        if run_id is None and icmid is None:
+            log.warning("cancel_dropped", session=self.name, reason="no run-id or input-codec-message-id")
+            self._decide("dropped")
+            return
+        target = run_id if run_id is not None else self._by_input_cmid.get(icmid or "")
+        run = self.runs.get(target) if target is not None else None
+        if run is None or run.trigger is None:
+            if icmid is not None:
+                self._deferred.pop(icmid, None)
+                self._deferred[icmid] = msg
+                while len(self._deferred) > DEFERRED_CANCEL_LIMIT:
+                    evicted, _ = self._deferred.popitem(last=False)
+                    log.warning("cancel_buffer_full", session=self.name, evicted=evicted)
+                self._decide("buffered")
+            else:
+                self._decide("unmatched")
+            return
+        self._spawn(self._authorise_and_cancel(run, msg))
+
+    def _pull_deferred_cancel(self, run: Run) -> None:
+        if run.trigger is None:
+            return
+        msg = self._deferred.pop(run.trigger.codec_message_id, None)
+        if msg is not None:
+            self._spawn(self._authorise_and_cancel(run, msg))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _authorise_and_cancel(self, run: Run, msg: InboundMessage) -> None:
+        request = CancelRequest(message=msg, run=run)
+        allowed: bool | None = None
+        try:
+            for hook in (run.on_cancel, self.worker_on_cancel):
+                if hook is None:
+                    continue
+                verdict = hook(request)
+                if inspect.isawaitable(verdict):
+                    verdict = await verdict
+                if verdict is not None:
+                    allowed = bool(verdict)
+                    break
+        except Exception as exc:
+            log.error(
+                "cancel_hook_failed", run_id=run.run_id, session=self.name, error=repr(exc), code=104002
+            )
+            self._decide("refused")
+            return
+        if allowed is None:
+            allowed = self.policy.allows(msg, run)
+        if not allowed:
+            log.warning(
+                "cancel_refused",
+                run_id=run.run_id,
+                session=self.name,
+                by=msg.client_id,
+                owner=run.owner_client_id,
+            )
+            self._decide("refused")
+            return
+        if run.cancel("client", by=msg.client_id):
+            log.info("cancel_honoured", run_id=run.run_id, session=self.name, by=msg.client_id)
+            self._decide("honoured")
+
+    # --- teardown ----------------------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        return not self.runs and not self._waiting
+
+    async def close(self) -> None:
+        """Detach (runs must have ended; the worker cancels them first)."""
+        for task in list(self._tasks):
+            task.cancel()
+        self._connected = False
+        self._waiting.clear()
+        self._deferred.clear()
+        await self.channel.detach()
