@@ -208,12 +208,18 @@ class AnthropicProvider:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.thinking_budget = thinking_budget
+        self._owns_client = client is None
         if client is None:
             import anthropic  # noqa: PLC0415
 
             key = api_key.get() if isinstance(api_key, Secret) else api_key
             client = anthropic.AsyncAnthropic(api_key=key, base_url=base_url, timeout=timeout, max_retries=0)
         self.client: AsyncAnthropic = client
+
+    async def aclose(self) -> None:
+        """Close the SDK client's connection pool (only a client this provider created)."""
+        if self._owns_client:
+            await self.client.close()
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> AnthropicProvider:

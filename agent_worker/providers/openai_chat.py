@@ -180,6 +180,7 @@ class OpenAIChatProvider:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.extra_body = dict(extra_body or {})
+        self._owns_client = client is None
         if client is None:
             try:
                 import openai  # noqa: PLC0415
@@ -191,6 +192,11 @@ class OpenAIChatProvider:
                 api_key=key or "not-needed", base_url=base_url, timeout=timeout, max_retries=0
             )
         self.client: AsyncOpenAI = client
+
+    async def aclose(self) -> None:
+        """Close the SDK client's connection pool (only a client this provider created)."""
+        if self._owns_client:
+            await self.client.close()
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> OpenAIChatProvider:
