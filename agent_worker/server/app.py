@@ -1,0 +1,174 @@
+"""``EmbeddedServer``: the Ably-compatible server, WebSocket and REST on one aiohttp port."""
+
+from __future__ import annotations
+
+import enum
+from types import TracebackType
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from agent_worker.server.auth import ApiKey, Capability, KeyRing, token_details
+from agent_worker.server.config import DEFAULT_DEV_KEY, ServerConfig
+from agent_worker.server.connection import RealtimeGateway
+from agent_worker.server.hub import Hub
+from agent_worker.server.rest import RestApi
+from agent_worker.server.store import MemoryStore, SQLiteStore, Store
+
+__all__ = ["EmbeddedServer"]
+
+log = structlog.get_logger(__name__)
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class EmbeddedServer:
+    """Start with ``await server.start()`` (or ``async with``); ``server.endpoint`` is ``host:port``."""
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config or ServerConfig()
+        key_texts = list(self.config.keys) or [DEFAULT_DEV_KEY]
+        self._keyring = KeyRing(ApiKey.parse(k) for k in key_texts)
+        self._state = _State.NEW
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._store: Store | None = None
+        self._hub: Hub | None = None
+        self._gateway: RealtimeGateway | None = None
+
+    def __repr__(self) -> str:
+        endpoint = self.endpoint if self._port else None
+        return f"EmbeddedServer(endpoint={endpoint!r}, state={self._state.value})"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> EmbeddedServer:
+        if self._state is not _State.NEW:
+            msg = f"EmbeddedServer.start() called in state {self._state.value}; create a new server instead"
+            raise RuntimeError(msg)
+        cfg = self.config
+        self._store = SQLiteStore(cfg.data_dir) if cfg.data_dir is not None else MemoryStore()
+        self._hub = Hub(cfg, self._keyring, self._store)
+        self._gateway = RealtimeGateway(self._hub)
+        rest = RestApi(self._hub)
+        gateway = self._gateway
+
+        async def root(request: web.Request) -> web.StreamResponse:
+            if request.path == "/" and request.headers.get("Upgrade", "").lower() == "websocket":
+                return await gateway.handle(request)
+            return await rest.dispatch(request)
+
+        app = web.Application(client_max_size=max(8 << 20, 8 * cfg.max_message_size))
+        app.router.add_route("*", "/{tail:.*}", root)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, cfg.host, cfg.port, shutdown_timeout=1.0)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self._port = sockets[0].getsockname()[1] if sockets else cfg.port
+        self._gateway.start()
+        self._state = _State.RUNNING
+        log.info(
+            "server_started",
+            endpoint=self.endpoint,
+            persistence="sqlite" if cfg.data_dir is not None else "memory",
+            keys=[k.split(":", 1)[0] for k in self.keys],
+        )
+        return self
+
+    async def stop(self) -> None:
+        """Close every connection and the listener; idempotent."""
+        if self._state is not _State.RUNNING:
+            self._state = _State.STOPPED
+            return
+        self._state = _State.STOPPED
+        if self._gateway is not None:
+            await self._gateway.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._store is not None:
+            self._store.close()
+        log.info("server_stopped", endpoint=self.endpoint)
+
+    async def __aenter__(self) -> EmbeddedServer:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # -- facts -------------------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return self.config.host
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            msg = "the server has not been started"
+            raise RuntimeError(msg)
+        return self._port
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def keys(self) -> list[str]:
+        """Accepted keys as ``app.keyid:secret`` strings (secrets! never log these)."""
+        return list(self.config.keys) or [DEFAULT_DEV_KEY]
+
+    @property
+    def default_key(self) -> str:
+        return self.keys[0]
+
+    @property
+    def hub(self) -> Hub:
+        if self._hub is None:
+            msg = "the server has not been started"
+            raise RuntimeError(msg)
+        return self._hub
+
+    # -- test hooks and helpers --------------------------------------------------------------
+
+    def drop_connections(self, client_id: str | None = None) -> int:
+        """Abruptly close client sockets (connection state is kept, so clients resume)."""
+        if self._gateway is None:
+            return 0
+        n = self._gateway.drop(client_id)
+        log.info("connections_dropped", count=n, client_id=client_id)
+        return n
+
+    def mint_token(
+        self,
+        client_id: str | None = None,
+        capability: dict[str, list[str]] | str | None = None,
+        ttl_s: float = 3600,
+    ) -> str:
+        """An HS256 JWT signed with the default key (``capability`` defaults to everything)."""
+        cap = Capability.parse(capability) if capability is not None else None
+        token, _ = self._keyring.mint(
+            client_id=client_id, capability=cap, ttl_ms=int(ttl_s * 1000), now_ms=Hub.now_ms()
+        )
+        return token
+
+    def token_details(
+        self,
+        client_id: str | None = None,
+        capability: dict[str, list[str]] | str | None = None,
+        ttl_s: float = 3600,
+    ) -> dict[str, Any]:
+        """Like :meth:`mint_token` but as an Ably TokenDetails dict."""
+        cap = Capability.parse(capability) if capability is not None else None
+        token, claims = self._keyring.mint(
+            client_id=client_id, capability=cap, ttl_ms=int(ttl_s * 1000), now_ms=Hub.now_ms()
+        )
+        return token_details(token, claims)

@@ -1,0 +1,194 @@
+"""Frames and bodies: JSON text / msgpack binary, plus binary-payload transcoding.
+
+Pure: no I/O. Messages are held internally in one canonical form — binary ``data`` as ``bytes``
+with the trailing ``base64`` step removed from ``encoding`` — so a msgpack publisher and a JSON
+subscriber (or REST reader) each see the representation native to their format.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import msgpack
+
+from agent_worker.errors import ProtocolError
+
+__all__ = [
+    "JSON",
+    "MSGPACK",
+    "Format",
+    "content_type_for",
+    "decode_body",
+    "decode_frame",
+    "encode_body",
+    "encode_frame",
+    "error_info",
+    "format_from_accept",
+    "format_from_content_type",
+    "inbound_payload",
+    "outbound_payload",
+]
+
+Format = Literal["json", "msgpack"]
+JSON: Format = "json"
+MSGPACK: Format = "msgpack"
+
+# Fields a client may put on the wire that the server must never store or relay: ably-js leaks its
+# internal ``size``; ``connectionKey`` is only meaningful on a REST publish.
+_STRIP_FIELDS = ("size", "connectionKey")
+
+
+def error_info(code: int, message: str, status_code: int | None = None) -> dict[str, Any]:
+    """An Ably ErrorInfo (``message`` is what both SDKs read; the spec calls it ``reason``)."""
+    status = status_code if status_code is not None else (code // 100 if 10000 <= code < 60000 else 500)
+    return {
+        "code": code,
+        "statusCode": status,
+        "message": message,
+        "href": f"https://help.ably.io/error/{code}",
+    }
+
+
+def _fail(message: str, code: int = 40000) -> ProtocolError:
+    return ProtocolError(message, code=code)
+
+
+def decode_frame(raw: str | bytes, fmt: Format) -> dict[str, Any]:
+    """Decode one WebSocket frame into a ProtocolMessage dict, or raise ``ProtocolError``."""
+    try:
+        if fmt == MSGPACK:
+            if isinstance(raw, str):
+                raw = raw.encode()
+            obj = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        else:
+            obj = json.loads(raw)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError) as exc:
+        msg = f"unable to decode {fmt} frame: {type(exc).__name__}"
+        raise _fail(msg, 40013) from None
+    if not isinstance(obj, dict):
+        msg = f"protocol message must be an object, got {type(obj).__name__}"
+        raise _fail(msg)
+    return obj
+
+
+def _drop_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [_drop_none(v) for v in obj]
+    return obj
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, bytes | bytearray):
+        return base64.b64encode(obj).decode("ascii")
+    msg = f"not JSON serialisable: {type(obj).__name__}"
+    raise TypeError(msg)
+
+
+def encode_frame(msg: Mapping[str, Any], fmt: Format) -> str | bytes:
+    """Encode a ProtocolMessage; ``None`` fields are omitted (both SDKs treat absent as unset)."""
+    clean = _drop_none(dict(msg))
+    if fmt == MSGPACK:
+        return msgpack.packb(clean, use_bin_type=True)  # type: ignore[no-any-return]
+    return json.dumps(clean, separators=(",", ":"), default=_json_default, ensure_ascii=False)
+
+
+def inbound_payload(item: Any, fmt: Format) -> dict[str, Any]:
+    """Canonicalise one Message / PresenceMessage from a client (validates the basic shape)."""
+    if not isinstance(item, dict):
+        msg = f"message must be an object, got {type(item).__name__}"
+        raise _fail(msg)
+    out: dict[str, Any] = {k: v for k, v in item.items() if v is not None and k not in _STRIP_FIELDS}
+    for key in ("name", "clientId", "encoding", "id", "serial", "connectionId"):
+        if key in out and not isinstance(out[key], str):
+            msg = f"message field {key!r} must be a string"
+            raise _fail(msg, 40013 if key in ("encoding",) else 40000)
+    if "extras" in out and not isinstance(out["extras"], dict):
+        msg = "message field 'extras' must be an object"
+        raise _fail(msg, 40013)
+    if "action" in out and (not isinstance(out["action"], int) or isinstance(out["action"], bool)):
+        msg = "message field 'action' must be an integer"
+        raise _fail(msg, 40013)
+    data = out.get("data")
+    encoding = out.get("encoding", "")
+    if isinstance(data, bytearray):
+        out["data"] = bytes(data)
+    elif isinstance(data, str) and encoding and encoding.split("/")[-1] == "base64":
+        try:
+            out["data"] = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            msg = "message data is not valid base64"
+            raise _fail(msg, 40013) from None
+        rest = encoding.rsplit("/", 1)[0] if "/" in encoding else ""
+        if rest:
+            out["encoding"] = rest
+        else:
+            out.pop("encoding", None)
+    elif data is not None and not isinstance(data, str | bytes | dict | list | int | float | bool):
+        msg = f"unsupported message data type {type(data).__name__}"
+        raise _fail(msg, 40013)
+    return out
+
+
+def outbound_payload(item: Mapping[str, Any], fmt: Format) -> dict[str, Any]:
+    """Render a canonical Message / PresenceMessage for a client of format ``fmt``."""
+    out = {k: v for k, v in item.items() if v is not None}
+    data = out.get("data")
+    if fmt == JSON and isinstance(data, bytes | bytearray):
+        out["data"] = base64.b64encode(data).decode("ascii")
+        enc = out.get("encoding")
+        out["encoding"] = f"{enc}/base64" if enc else "base64"
+    return out
+
+
+# --- HTTP bodies -------------------------------------------------------------------------------
+
+_CT_JSON = "application/json"
+_CT_MSGPACK = "application/x-msgpack"
+
+
+def content_type_for(fmt: Format) -> str:
+    """Exact content type: ably-js switches on the header value, so no ``; charset`` suffix."""
+    return _CT_MSGPACK if fmt == MSGPACK else _CT_JSON
+
+
+def format_from_accept(accept: str | None, default: Format = JSON) -> Format:
+    if not accept:
+        return default
+    lowered = accept.lower()
+    if "msgpack" in lowered:
+        return MSGPACK
+    if "json" in lowered:
+        return JSON
+    return default
+
+
+def format_from_content_type(content_type: str | None) -> Format:
+    if content_type and "msgpack" in content_type.lower():
+        return MSGPACK
+    return JSON
+
+
+def decode_body(body: bytes, fmt: Format) -> Any:
+    """Decode an HTTP request body; empty bodies decode to ``None``."""
+    if not body:
+        return None
+    try:
+        if fmt == MSGPACK:
+            return msgpack.unpackb(body, raw=False, strict_map_key=False)
+        return json.loads(body)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError):
+        msg = f"unable to decode {fmt} request body"
+        raise _fail(msg, 40001) from None
+
+
+def encode_body(obj: Any, fmt: Format) -> bytes:
+    clean = _drop_none(obj)
+    if fmt == MSGPACK:
+        return msgpack.packb(clean, use_bin_type=True)  # type: ignore[no-any-return]
+    return json.dumps(clean, separators=(",", ":"), default=_json_default, ensure_ascii=False).encode()

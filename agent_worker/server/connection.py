@@ -1,0 +1,622 @@
+"""The realtime WebSocket protocol: connections, transports, resume, and per-action handling.
+
+A :class:`RealtimeConnection` is the Ably *connection* (id, key, credentials, attachments,
+msgSerial dedupe); it outlives any one :class:`Transport` (WebSocket) for
+``connection_state_ttl_ms`` so a client can resume it. Inbound frames are handled synchronously
+on the event loop; outbound frames go through a per-transport queue so one slow client never
+blocks a publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+import structlog
+from aiohttp import WSMsgType, web
+
+from agent_worker.errors import AgentWorkerError, AuthError, ProtocolError
+from agent_worker.server import constants as C
+from agent_worker.server.auth import Principal, resolve_client_id
+from agent_worker.server.codec import JSON, MSGPACK, Format, decode_frame, encode_frame, inbound_payload
+from agent_worker.server.codec import outbound_payload as _outbound
+from agent_worker.server.hub import Attachment, Hub, RateLimiter, check_channel_name
+
+__all__ = ["RealtimeConnection", "RealtimeGateway", "Transport"]
+
+log = structlog.get_logger(__name__)
+
+_MAX_QUEUE = 50_000
+_DEDUPE_WINDOW = 1024
+
+
+class Transport:
+    """One WebSocket with an ordered outbound queue drained by a writer task."""
+
+    def __init__(self, ws: web.WebSocketResponse, raw: asyncio.BaseTransport | None) -> None:
+        self.ws = ws
+        self.raw = raw
+        self.closing = False
+        self._queue: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    def enqueue(self, data: str | bytes) -> None:
+        if self.closing:
+            return
+        if self._queue.qsize() > _MAX_QUEUE:
+            log.warning("slow_consumer_dropped", queued=self._queue.qsize())
+            self.abort()
+            return
+        self._queue.put_nowait(data)
+
+    async def _write(self) -> None:
+        while True:
+            data = await self._queue.get()
+            if data is None:
+                break
+            try:
+                if isinstance(data, bytes):
+                    await self.ws.send_bytes(data)
+                else:
+                    await self.ws.send_str(data)
+            except (ConnectionError, RuntimeError, asyncio.CancelledError):
+                self.abort()
+                return
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+
+    def close_soon(self) -> None:
+        """Flush what is queued, then close the socket cleanly."""
+        if not self.closing:
+            self.closing = True
+            self._queue.put_nowait(None)
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a close handshake (clients see an abrupt disconnect)."""
+        self.closing = True
+        self._writer.cancel()
+        if self.raw is not None:
+            self.raw.abort()  # type: ignore[attr-defined]
+        else:  # pragma: no cover - aiohttp always exposes the transport
+            asyncio.get_running_loop().create_task(self.ws.close())
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._writer
+
+
+class RealtimeConnection:
+    def __init__(
+        self,
+        gateway: RealtimeGateway,
+        principal: Principal,
+        requested_client_id: str | None,
+        fmt: Format,
+        echo: bool,
+    ) -> None:
+        self.gateway = gateway
+        self.hub = gateway.hub
+        self.id = secrets.token_urlsafe(9).replace("-", "x").replace("_", "y")
+        self.key = f"{self.id}!{secrets.token_urlsafe(12)}"
+        self.principal = principal
+        self.requested_client_id = requested_client_id
+        self.fmt = fmt
+        self.echo = echo
+        self.transport: Transport | None = None
+        self.attachments: dict[str, Attachment] = {}
+        self.closed = False
+        self._processed: OrderedDict[int, tuple[bytes, list[dict[str, Any]]]] = OrderedDict()
+        self._limiter = RateLimiter(gateway.hub.config.rate_limit_per_s)
+        self._expiry: asyncio.TimerHandle | None = None
+        self._leave: asyncio.TimerHandle | None = None
+        self._discard: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"RealtimeConnection(id={self.id!r}, client_id={self.principal.client_id!r})"
+
+    # -- outbound ----------------------------------------------------------------------------
+
+    def send(self, msg: dict[str, Any]) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if msg.get("messages"):
+            msg = dict(msg, messages=[_outbound(m, self.fmt) for m in msg["messages"]])
+        if msg.get("presence"):
+            msg = dict(msg, presence=[_outbound(p, self.fmt) for p in msg["presence"]])
+        transport.enqueue(encode_frame(msg, self.fmt))
+
+    def connection_details(self) -> dict[str, Any]:
+        cfg = self.hub.config
+        p = self.principal
+        client_id = p.client_id if p.client_id is not None else ("*" if p.wildcard and p.expires_ms else None)
+        return {
+            "clientId": client_id,
+            "connectionKey": self.key,
+            "maxMessageSize": cfg.max_message_size,
+            "maxFrameSize": cfg.max_frame_size,
+            "maxInboundRate": cfg.rate_limit_per_s if cfg.enforce_rate_limits else 1000,
+            "connectionStateTtl": cfg.connection_state_ttl_ms,
+            "maxIdleInterval": cfg.max_idle_interval_ms,
+            "serverId": "agent-worker-embedded",
+            "siteCode": "local",
+        }
+
+    def send_connected(self, error: dict[str, Any] | None = None) -> None:
+        self.send(
+            {
+                "action": C.CONNECTED,
+                "connectionId": self.id,
+                "connectionKey": self.key,
+                "connectionDetails": self.connection_details(),
+                "error": error,
+            }
+        )
+
+    def send_error(self, exc: AgentWorkerError, channel: str | None = None) -> None:
+        self.send({"action": C.ERROR, "channel": channel, "error": exc.to_error_info()})
+
+    # -- transport lifecycle -----------------------------------------------------------------
+
+    def attach_transport(self, transport: Transport) -> None:
+        old = self.transport
+        self.transport = transport
+        if old is not None and old is not transport:
+            old.abort()
+        for handle in (self._leave, self._discard):
+            if handle is not None:
+                handle.cancel()
+        self._leave = self._discard = None
+        self._schedule_expiry()
+
+    def transport_gone(self, transport: Transport) -> None:
+        if self.transport is not transport:
+            return
+        self.transport = None
+        if self.closed:
+            return
+        for att in self.attachments.values():
+            att.live = False
+        loop = asyncio.get_running_loop()
+        cfg = self.hub.config
+        self._leave = loop.call_later(cfg.presence_leave_delay_ms / 1000, self._leave_presence)
+        self._discard = loop.call_later(cfg.connection_state_ttl_ms / 1000, self.discard)
+        log.info("connection_dropped", connection_id=self.id)
+
+    def _leave_presence(self) -> None:
+        self._leave = None
+        self.hub.leave_presence(self.id, list(self.attachments))
+
+    def discard(self) -> None:
+        """Forget the connection (CLOSE, or no resume within connectionStateTtl)."""
+        if self.closed:
+            return
+        self.closed = True
+        for handle in (self._expiry, self._leave, self._discard):
+            if handle is not None:
+                handle.cancel()
+        self.hub.leave_presence(self.id, list(self.attachments))
+        for name in self.attachments:
+            rt = self.hub.channels.get(name)
+            if rt is not None:
+                rt.attachments.pop(self.id, None)
+        self.attachments.clear()
+        self.gateway.forget(self)
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        expires = self.principal.expires_ms
+        if expires is None:
+            return
+        delay = max(0.0, (expires - self.hub.now_ms()) / 1000)
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._token_expired)
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        transport = self.transport
+        if transport is None:
+            return
+        err = AuthError("token expired", code=40142, status_code=401)
+        log.info("connection_token_expired", connection_id=self.id)
+        self.send({"action": C.DISCONNECTED, "error": err.to_error_info()})
+        transport.close_soon()
+
+    # -- inbound -----------------------------------------------------------------------------
+
+    def handle(self, frame: dict[str, Any]) -> None:
+        action = frame.get("action")
+        if not isinstance(action, int) or isinstance(action, bool):
+            msg = "protocol message has no integer action"
+            raise ProtocolError(msg, code=40000)
+        if action == C.HEARTBEAT:
+            if frame.get("id") is not None:
+                self.send({"action": C.HEARTBEAT, "id": frame["id"]})
+        elif action == C.MESSAGE:
+            self._on_message(frame)
+        elif action == C.ATTACH:
+            self._on_attach(frame)
+        elif action == C.DETACH:
+            self._on_detach(frame)
+        elif action == C.PRESENCE:
+            self._on_presence(frame)
+        elif action == C.AUTH:
+            self._on_auth(frame)
+        elif action == C.SYNC:
+            name = frame.get("channel")
+            att = self.attachments.get(name) if isinstance(name, str) else None
+            if att is not None:
+                self.hub.channel(att.channel).send_sync(att)
+        elif action == C.CLOSE:
+            self.send({"action": C.CLOSED})
+            transport = self.transport
+            self.discard()
+            if transport is not None:
+                transport.close_soon()
+        elif action == C.DISCONNECT:
+            self.send({"action": C.DISCONNECTED})
+            if self.transport is not None:
+                self.transport.close_soon()
+        elif action == C.ACTIVATE:
+            return
+        elif action in (C.OBJECT, C.ANNOTATION):
+            serial = self._msg_serial(frame)
+            err = ProtocolError("LiveObjects and annotations are not supported by this server", code=40000)
+            self.send({"action": C.NACK, "msgSerial": serial, "count": 1, "error": err.to_error_info()})
+        else:
+            msg = f"unexpected protocol action {action} from a client"
+            raise ProtocolError(msg, code=40000)
+
+    @staticmethod
+    def _msg_serial(frame: Mapping[str, Any]) -> int:
+        serial = frame.get("msgSerial")
+        if not isinstance(serial, int) or isinstance(serial, bool) or serial < 0:
+            msg = "msgSerial must be a non-negative integer"
+            raise ProtocolError(msg, code=40000)
+        return serial
+
+    def _ack(self, serial: int, res: list[dict[str, Any]]) -> None:
+        self.send({"action": C.ACK, "msgSerial": serial, "count": 1, "res": res})
+
+    def _nack(self, serial: int, exc: AgentWorkerError) -> None:
+        log.info("publish_refused", connection_id=self.id, code=exc.code, reason=exc.message)
+        self.send({"action": C.NACK, "msgSerial": serial, "count": 1, "error": exc.to_error_info()})
+
+    def _remember(self, serial: int, digest: bytes, res: list[dict[str, Any]]) -> None:
+        self._processed[serial] = (digest, res)
+        while len(self._processed) > _DEDUPE_WINDOW:
+            self._processed.popitem(last=False)
+
+    @staticmethod
+    def _digest(frame: Mapping[str, Any]) -> bytes:
+        body = [frame.get("channel"), frame.get("messages"), frame.get("presence")]
+        try:
+            return hashlib.sha1(msgpack.packb(body, use_bin_type=True, default=str)).digest()
+        except (TypeError, ValueError):
+            return b""
+
+    def _on_message(self, frame: dict[str, Any]) -> None:
+        serial = self._msg_serial(frame)
+        digest = self._digest(frame)
+        seen = self._processed.get(serial)
+        if seen is not None and seen[0] == digest:
+            # A retransmit after resume: ACK again without publishing twice.
+            self._ack(serial, seen[1])
+            return
+        try:
+            channel = check_channel_name(frame.get("channel"))
+            raw = frame.get("messages")
+            if not isinstance(raw, list) or not raw:
+                msg = "MESSAGE must carry a non-empty messages array"
+                raise ProtocolError(msg, code=40000)
+            items = [inbound_payload(m, self.fmt) for m in raw]
+            if self.hub.config.enforce_rate_limits and not self._limiter.take(len(items)):
+                msg = f"max per-connection publish rate ({self.hub.config.rate_limit_per_s}/s) exceeded"
+                raise AgentWorkerError(msg, code=42911, status_code=429)
+            published = self.hub.publish(
+                channel,
+                items,
+                self.principal,
+                publisher_id=self.id,
+                proto_id=f"{self.id}:{serial}",
+                id_base=f"{self.id}:{serial}",
+            )
+        except AgentWorkerError as exc:
+            self._nack(serial, exc)
+            return
+        res = [{"serials": published.serials}]
+        self._remember(serial, digest, res)
+        self._ack(serial, res)
+
+    def _on_presence(self, frame: dict[str, Any]) -> None:
+        serial = self._msg_serial(frame)
+        digest = self._digest(frame)
+        seen = self._processed.get(serial)
+        if seen is not None and seen[0] == digest:
+            self._ack(serial, seen[1])
+            return
+        try:
+            channel = check_channel_name(frame.get("channel"))
+            raw = frame.get("presence")
+            if not isinstance(raw, list) or not raw:
+                msg = "PRESENCE must carry a non-empty presence array"
+                raise ProtocolError(msg, code=40000)
+            if channel not in self.attachments:
+                msg = "unable to enter presence channel (invalid channel state)"
+                raise ProtocolError(msg, code=91001)
+            items = [inbound_payload(p, self.fmt) for p in raw]
+            if self.hub.config.enforce_rate_limits and not self._limiter.take(len(items)):
+                msg = f"max per-connection publish rate ({self.hub.config.rate_limit_per_s}/s) exceeded"
+                raise AgentWorkerError(msg, code=42911, status_code=429)
+            self.hub.presence_update(channel, items, self.principal, connection_id=self.id, msg_serial=serial)
+        except AgentWorkerError as exc:
+            self._nack(serial, exc)
+            return
+        res: list[dict[str, Any]] = [{"serials": []}]
+        self._remember(serial, digest, res)
+        self._ack(serial, res)
+
+    def _on_attach(self, frame: dict[str, Any]) -> None:
+        name = frame.get("channel")
+        if not isinstance(name, str):
+            msg = "ATTACH without a channel"
+            raise ProtocolError(msg, code=40010)
+        try:
+            check_channel_name(name)
+            caps = self.principal.capability.ops_for(name)
+            if not caps:
+                msg = f"operation not permitted with provided capability: attach to {name!r}"
+                raise AuthError(msg, code=40160, status_code=401)
+        except AgentWorkerError as exc:
+            log.info("attach_refused", connection_id=self.id, code=exc.code, reason=exc.message)
+            self.send_error(exc, channel=name)
+            return
+        flags = frame.get("flags")
+        flags = flags if isinstance(flags, int) and not isinstance(flags, bool) else 0
+        requested = flags & C.MODE_MASK or C.DEFAULT_MODES
+        modes = 0
+        for mode, op in C.MODE_TO_OP.items():
+            if requested & mode and op in caps:
+                modes |= mode
+        raw_params = frame.get("params")
+        params = (
+            {str(k): str(v) for k, v in raw_params.items() if v is not None}
+            if isinstance(raw_params, dict)
+            else {}
+        )
+        serial = frame.get("channelSerial")
+        serial = serial if isinstance(serial, str) and serial else None
+        rt = self.hub.channel(name)
+        chlog = rt.log
+        att = self.attachments.get(name)
+        resumable = serial is not None and chlog.resumable_from(serial)
+        resumed = False
+        replay_from: str | None = None
+        error: dict[str, Any] | None = None
+        if att is not None and (resumable or (serial is None and att.live)):
+            resumed = True
+            if serial is not None:
+                replay_from = max(serial, att.last_delivered) if att.live else serial
+        elif att is None and resumable:
+            assert serial is not None
+            att = Attachment(self, name, modes, params, attach_point=serial)
+            resumed, replay_from = True, serial
+        else:
+            if att is None:
+                att = Attachment(self, name, modes, params, attach_point=chlog.head)
+            else:
+                att.attach_point, att.seen = chlog.head, set()
+            att.last_delivered = chlog.head
+            if serial is not None:
+                error = ProtocolError(
+                    "unable to resume the channel from that channelSerial; attached at the current position",
+                    code=90005,
+                ).to_error_info()
+        att.modes, att.params, att.live = modes, params, True
+        self.attachments[name] = att
+        rt.attachments[self.id] = att
+        channel_serial = chlog.head
+        if resumed:
+            channel_serial = replay_from or max(att.attach_point, att.last_delivered)
+        out_flags = modes
+        if resumed:
+            out_flags |= C.FLAG_RESUMED
+        has_presence = bool(rt.presence.members) and bool(modes & C.MODE_PRESENCE_SUBSCRIBE)
+        if has_presence:
+            out_flags |= C.FLAG_HAS_PRESENCE
+        echoed = {k: v for k, v in params.items() if k != "agent"}
+        self.send(
+            {
+                "action": C.ATTACHED,
+                "channel": name,
+                "flags": out_flags,
+                "channelSerial": channel_serial,
+                "params": echoed or None,
+                "error": error,
+            }
+        )
+        if has_presence:
+            rt.send_sync(att)
+        if replay_from is not None:
+            rt.replay(att, replay_from)
+        elif not resumed and params.get("rewind"):
+            rt.rewind(att, params["rewind"], self.hub.now_ms())
+
+    def _on_detach(self, frame: dict[str, Any]) -> None:
+        name = frame.get("channel")
+        if not isinstance(name, str):
+            msg = "DETACH without a channel"
+            raise ProtocolError(msg, code=40010)
+        att = self.attachments.pop(name, None)
+        if att is not None:
+            rt = self.hub.channels.get(name)
+            if rt is not None:
+                rt.attachments.pop(self.id, None)
+            self.hub.leave_presence(self.id, [name])
+        self.send({"action": C.DETACHED, "channel": name})
+
+    def _on_auth(self, frame: dict[str, Any]) -> None:
+        auth = frame.get("auth")
+        token = auth.get("accessToken") if isinstance(auth, dict) else None
+        try:
+            if not isinstance(token, str) or not token:
+                msg = "AUTH must carry auth.accessToken"
+                raise AuthError(msg, code=40101, status_code=401)
+            principal = self.gateway.principal_from_token(token, self.requested_client_id)
+            if self.principal.client_id is not None and principal.client_id != self.principal.client_id:
+                msg = "the new token's clientId differs from the connection's clientId"
+                raise AuthError(msg, code=40102, status_code=401)
+        except AgentWorkerError as exc:
+            log.info("reauth_refused", connection_id=self.id, code=exc.code, reason=exc.message)
+            self.send_error(exc)
+            if self.transport is not None:
+                self.transport.close_soon()
+            return
+        self.principal = principal
+        self._schedule_expiry()
+        self.send_connected()
+
+
+class RealtimeGateway:
+    """Accepts WebSockets, authenticates them, and keeps connections for resume."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.connections: dict[str, RealtimeConnection] = {}
+        self._by_key: dict[str, RealtimeConnection] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeats())
+
+    async def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        for conn in list(self.connections.values()):
+            transport = conn.transport
+            conn.discard()
+            if transport is not None:
+                transport.abort()
+
+    async def _heartbeats(self) -> None:
+        interval = self.hub.config.heartbeat_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            for conn in list(self.connections.values()):
+                if conn.transport is not None:
+                    conn.send({"action": C.HEARTBEAT})
+
+    def forget(self, conn: RealtimeConnection) -> None:
+        self.connections.pop(conn.id, None)
+        self._by_key.pop(conn.key, None)
+
+    def drop(self, client_id: str | None = None) -> int:
+        n = 0
+        for conn in list(self.connections.values()):
+            if conn.transport is not None and (client_id is None or conn.principal.client_id == client_id):
+                conn.transport.abort()
+                n += 1
+        return n
+
+    # -- auth --------------------------------------------------------------------------------
+
+    def principal_from_token(self, token: str, requested: str | None) -> Principal:
+        claims = self.hub.keyring.verify_token(token, self.hub.now_ms())
+        client_id, wildcard = resolve_client_id(claims.client_id, requested, via_token=True)
+        return Principal(claims.key_name, client_id, wildcard, claims.capability, claims.expires_ms)
+
+    def authenticate(self, q: Mapping[str, str]) -> Principal:
+        requested = q.get("clientId") or None
+        token = q.get("accessToken") or q.get("access_token")
+        if token:
+            return self.principal_from_token(token, requested)
+        key_text = q.get("key")
+        if key_text:
+            key = self.hub.keyring.check_key(key_text)
+            client_id, wildcard = resolve_client_id(None, requested, via_token=False)
+            return Principal(key.name, client_id, wildcard, key.capability, None)
+        msg = "no credentials: pass key or accessToken"
+        raise AuthError(msg, code=40101, status_code=401)
+
+    # -- websocket endpoint ------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        cfg = self.hub.config
+        ws = web.WebSocketResponse(autoping=True, max_msg_size=max(4 << 20, 4 * cfg.max_message_size))
+        await ws.prepare(request)
+        transport = Transport(ws, request.transport)
+        q = request.query
+        fmt: Format = MSGPACK if q.get("format") == "msgpack" else JSON
+        try:
+            principal = self.authenticate(q)
+        except AgentWorkerError as exc:
+            log.info("connection_refused", code=exc.code, reason=exc.message)
+            transport.enqueue(encode_frame({"action": C.ERROR, "error": exc.to_error_info()}, fmt))
+            transport.close_soon()
+            await transport.wait_closed()
+            return ws
+        conn, error = self._resume_or_create(q.get("resume") or q.get("recover"), principal, q, fmt)
+        conn.attach_transport(transport)
+        conn.send_connected(error)
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    data: str | bytes = msg.data
+                    frame_fmt: Format = JSON
+                elif msg.type == WSMsgType.BINARY:
+                    data, frame_fmt = msg.data, MSGPACK
+                else:
+                    break
+                if conn.transport is not transport or transport.closing:
+                    break
+                try:
+                    conn.handle(decode_frame(data, frame_fmt))
+                except ProtocolError as exc:
+                    log.info("frame_refused", connection_id=conn.id, code=exc.code, reason=exc.message)
+                    conn.send_error(exc)
+                    transport.close_soon()
+                    break
+                except Exception:
+                    log.exception("frame_handler_failed", connection_id=conn.id)
+                    conn.send_error(AgentWorkerError("internal error", code=50000))
+                    transport.close_soon()
+                    break
+        finally:
+            conn.transport_gone(transport)
+            if not transport.closing:
+                transport.close_soon()
+            await transport.wait_closed()
+        return ws
+
+    def _resume_or_create(
+        self, key: str | None, principal: Principal, q: Mapping[str, str], fmt: Format
+    ) -> tuple[RealtimeConnection, dict[str, Any] | None]:
+        requested = q.get("clientId") or None
+        echo = q.get("echo", "true") != "false"
+        if key:
+            conn = self._by_key.get(key)
+            if conn is not None and not conn.closed and conn.principal.client_id == principal.client_id:
+                conn.principal, conn.fmt, conn.echo = principal, fmt, echo
+                log.info("connection_resumed", connection_id=conn.id)
+                return conn, None
+        conn = RealtimeConnection(self, principal, requested, fmt, echo)
+        self.connections[conn.id] = conn
+        self._by_key[conn.key] = conn
+        error = None
+        if key:
+            code = 80008 if "!" in key else 80018
+            text = "unable to recover connection (connection expired)"
+            if code == 80018:
+                text = "invalid connection id"
+            error = ProtocolError(text, code=code).to_error_info()
+        log.info("connection_opened", connection_id=conn.id, client_id=principal.client_id, format=fmt)
+        return conn, error

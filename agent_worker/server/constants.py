@@ -1,0 +1,100 @@
+"""Ably protocol numbers (ably-js ``protocolmessagecommon.ts``, spec TR2/TR3)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ACK",
+    "ACTIVATE",
+    "ANNOTATION",
+    "ATTACH",
+    "ATTACHED",
+    "AUTH",
+    "CLOSE",
+    "CLOSED",
+    "CONNECT",
+    "CONNECTED",
+    "DEFAULT_MODES",
+    "DETACH",
+    "DETACHED",
+    "DISCONNECT",
+    "DISCONNECTED",
+    "ERROR",
+    "FLAG_ATTACH_RESUME",
+    "FLAG_HAS_BACKLOG",
+    "FLAG_HAS_PRESENCE",
+    "FLAG_RESUMED",
+    "HEARTBEAT",
+    "MESSAGE",
+    "MODE_ANNOTATION_PUBLISH",
+    "MODE_ANNOTATION_SUBSCRIBE",
+    "MODE_MASK",
+    "MODE_OBJECT_PUBLISH",
+    "MODE_OBJECT_SUBSCRIBE",
+    "MODE_PRESENCE",
+    "MODE_PRESENCE_SUBSCRIBE",
+    "MODE_PUBLISH",
+    "MODE_SUBSCRIBE",
+    "MODE_TO_OP",
+    "NACK",
+    "OBJECT",
+    "OBJECT_SYNC",
+    "PRESENCE",
+    "SYNC",
+]
+
+HEARTBEAT = 0
+ACK = 1
+NACK = 2
+CONNECT = 3
+CONNECTED = 4
+DISCONNECT = 5
+DISCONNECTED = 6
+CLOSE = 7
+CLOSED = 8
+ERROR = 9
+ATTACH = 10
+ATTACHED = 11
+DETACH = 12
+DETACHED = 13
+PRESENCE = 14
+MESSAGE = 15
+SYNC = 16
+AUTH = 17
+ACTIVATE = 18
+OBJECT = 19
+OBJECT_SYNC = 20
+ANNOTATION = 21
+
+FLAG_HAS_PRESENCE = 1 << 0
+FLAG_HAS_BACKLOG = 1 << 1
+FLAG_RESUMED = 1 << 2
+FLAG_ATTACH_RESUME = 1 << 5
+
+MODE_PRESENCE = 1 << 16
+MODE_PUBLISH = 1 << 17
+MODE_SUBSCRIBE = 1 << 18
+MODE_PRESENCE_SUBSCRIBE = 1 << 19
+MODE_ANNOTATION_PUBLISH = 1 << 21
+MODE_ANNOTATION_SUBSCRIBE = 1 << 22
+MODE_OBJECT_SUBSCRIBE = 1 << 24
+MODE_OBJECT_PUBLISH = 1 << 25
+
+# The capability operation each mode needs.
+MODE_TO_OP = {
+    MODE_PRESENCE: "presence",
+    MODE_PUBLISH: "publish",
+    MODE_SUBSCRIBE: "subscribe",
+    MODE_PRESENCE_SUBSCRIBE: "subscribe",
+    MODE_ANNOTATION_PUBLISH: "annotation-publish",
+    MODE_ANNOTATION_SUBSCRIBE: "annotation-subscribe",
+    MODE_OBJECT_SUBSCRIBE: "object-subscribe",
+    MODE_OBJECT_PUBLISH: "object-publish",
+}
+MODE_MASK = 0
+for _mode in MODE_TO_OP:
+    MODE_MASK |= _mode
+
+# Ably's default when an ATTACH requests no modes (AIT's channel-options.ts comment).
+DEFAULT_MODES = (
+    MODE_PUBLISH | MODE_SUBSCRIBE | MODE_PRESENCE | MODE_PRESENCE_SUBSCRIBE | MODE_ANNOTATION_PUBLISH
+)

@@ -1,0 +1,375 @@
+"""Shared server state: channels, their attachments and fan-out, and the checks every publish passes.
+
+Used by both the realtime connection handler and the REST handlers. Everything here runs on the
+event loop without awaiting, so a publish is assigned its serial and fanned out atomically: every
+subscriber sees the channel in serial order, and a publisher's echo is queued before its ACK.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from agent_worker.errors import AgentWorkerError, AuthError, ProtocolError
+from agent_worker.server import constants as C
+from agent_worker.server.auth import KeyRing, Principal
+from agent_worker.server.config import ServerConfig
+from agent_worker.server.log import CREATE, DELETE, ChannelLog, MessageRecord, Published
+from agent_worker.server.presence import ENTER, LEAVE, PRESENT, UPDATE, PresenceSet
+from agent_worker.server.store import Store
+
+__all__ = ["Attachment", "ChannelRuntime", "Hub", "RateLimiter", "Subscriber"]
+
+log = structlog.get_logger(__name__)
+
+
+class Subscriber(Protocol):
+    """What a channel needs from a realtime connection to deliver to it."""
+
+    id: str
+    echo: bool
+
+    def send(self, msg: dict[str, Any]) -> None: ...
+
+
+@dataclass(slots=True)
+class Attachment:
+    sub: Subscriber
+    channel: str
+    modes: int
+    params: dict[str, str]
+    attach_point: str  # channel serial at the (first) attach; later creates count as seen
+    seen: set[str] = field(default_factory=set)  # older messages this attachment has been shown
+    live: bool = True  # False while the connection has no transport (until it re-attaches)
+    last_delivered: str = ""  # newest channel serial sent on the current transport
+
+    def has_seen(self, record: MessageRecord) -> bool:
+        return record.channel_serial > self.attach_point or record.serial in self.seen
+
+    def mark_seen(self, record: MessageRecord) -> None:
+        if record.channel_serial <= self.attach_point:
+            self.seen.add(record.serial)
+
+
+class RateLimiter:
+    """Token bucket: ``rate`` events per second with a burst of ``rate``."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = float(rate)
+        self.tokens = float(rate)
+        self.at = time.monotonic()
+
+    def take(self, n: int = 1) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < n:
+            return False
+        self.tokens -= n
+        return True
+
+
+class ChannelRuntime:
+    def __init__(self, log_: ChannelLog, rate: int) -> None:
+        self.log = log_
+        self.name = log_.name
+        self.presence = PresenceSet()
+        self.attachments: dict[str, Attachment] = {}
+        self.limiter = RateLimiter(rate)
+
+    def deliver(
+        self, published: Published, *, publisher_id: str | None, proto_id: str | None, now_ms: int
+    ) -> None:
+        """Fan a publish out to every live SUBSCRIBE attachment (appends per first sight)."""
+        for att in self.attachments.values():
+            if not att.live or not att.modes & C.MODE_SUBSCRIBE:
+                continue
+            if publisher_id is not None and att.sub.id == publisher_id and not att.sub.echo:
+                continue
+            msgs = []
+            for record, idx in published.items:
+                first_sight = not att.has_seen(record)
+                msgs.append(record.render(idx, first_sight=first_sight))
+                att.mark_seen(record)
+            att.sub.send(
+                {
+                    "action": C.MESSAGE,
+                    "channel": self.name,
+                    "channelSerial": published.channel_serial,
+                    "id": proto_id,
+                    "connectionId": publisher_id,
+                    "timestamp": now_ms,
+                    "messages": msgs,
+                }
+            )
+            att.last_delivered = published.channel_serial
+
+    def replay(self, att: Attachment, after: str) -> None:
+        """Send every logged version after channel serial ``after``, grouped per channel serial."""
+        batch: list[dict[str, Any]] = []
+        batch_cs = ""
+        for ev in self.log.events_after(after):
+            record = self.log.records.get(ev.message_serial)
+            if record is None:
+                continue
+            if batch and ev.channel_serial != batch_cs:
+                self._send_replay(att, batch_cs, batch)
+                batch = []
+            batch_cs = ev.channel_serial
+            batch.append(record.render(ev.version_index, first_sight=not att.has_seen(record)))
+            att.mark_seen(record)
+        if batch:
+            self._send_replay(att, batch_cs, batch)
+
+    def _send_replay(self, att: Attachment, cs: str, msgs: list[dict[str, Any]]) -> None:
+        if att.modes & C.MODE_SUBSCRIBE:
+            att.sub.send({"action": C.MESSAGE, "channel": self.name, "channelSerial": cs, "messages": msgs})
+        att.last_delivered = cs
+
+    def rewind(self, att: Attachment, spec: str, now_ms: int) -> None:
+        """``params.rewind`` on a fresh attach: replay recent messages, rolled up to their latest."""
+        records: list[MessageRecord] = []
+        m = re.fullmatch(r"(\d+)([smh]?)", spec.strip())
+        if m is None:
+            return
+        n, unit = int(m.group(1)), m.group(2)
+        if unit:
+            cutoff = now_ms - n * {"s": 1000, "m": 60_000, "h": 3_600_000}[unit]
+            page, _ = self.log.history(backwards=True, limit=100, start=cutoff)
+        else:
+            page, _ = self.log.history(backwards=True, limit=min(n, 100))
+        records = list(reversed(page))
+        if not records or not att.modes & C.MODE_SUBSCRIBE:
+            return
+        msgs = []
+        for record in records:
+            msgs.append(record.render_latest())
+            att.mark_seen(record)
+        att.sub.send(
+            {"action": C.MESSAGE, "channel": self.name, "channelSerial": att.attach_point, "messages": msgs}
+        )
+
+    def deliver_presence(self, events: Sequence[dict[str, Any]], now_ms: int) -> None:
+        if not events:
+            return
+        for att in self.attachments.values():
+            if att.live and att.modes & C.MODE_PRESENCE_SUBSCRIBE:
+                att.sub.send(
+                    {
+                        "action": C.PRESENCE,
+                        "channel": self.name,
+                        "timestamp": now_ms,
+                        "presence": list(events),
+                    }
+                )
+
+    def send_sync(self, att: Attachment, page_size: int = 100) -> None:
+        members = list(self.presence.members.values())
+        sync_id = f"sync-{att.sub.id}"
+        for start in range(0, max(len(members), 1), page_size):
+            page = members[start : start + page_size]
+            last = start + page_size >= len(members)
+            cursor = "" if last else str(start + page_size)
+            att.sub.send(
+                {
+                    "action": C.SYNC,
+                    "channel": self.name,
+                    "channelSerial": f"{sync_id}:{cursor}",
+                    "presence": page,
+                }
+            )
+
+
+def message_size(m: dict[str, Any]) -> int:
+    """Ably's size rule (TO3l8): name + data + clientId + extras (as JSON)."""
+    size = 0
+    for key in ("name", "clientId"):
+        v = m.get(key)
+        if isinstance(v, str):
+            size += len(v.encode())
+    data = m.get("data")
+    if isinstance(data, str):
+        size += len(data.encode())
+    elif isinstance(data, bytes | bytearray):
+        size += len(data)
+    elif data is not None:
+        size += len(json.dumps(data, default=str).encode())
+    extras = m.get("extras")
+    if extras is not None:
+        size += len(json.dumps(extras, default=str).encode())
+    return size
+
+
+_CHANNEL_NAME_RE = re.compile(r"^(\[[^\]]*\])?[^\[:\n\r][^\n\r]*$")
+
+
+def check_channel_name(name: Any) -> str:
+    if not isinstance(name, str) or not _CHANNEL_NAME_RE.match(name) or len(name) > 2048:
+        msg = "invalid channel name"
+        raise ProtocolError(msg, code=40010)
+    return name
+
+
+class Hub:
+    def __init__(self, config: ServerConfig, keyring: KeyRing, store: Store) -> None:
+        self.config = config
+        self.keyring = keyring
+        self.store = store
+        self.channels: dict[str, ChannelRuntime] = {}
+
+    @staticmethod
+    def now_ms() -> int:
+        return int(time.time() * 1000)
+
+    def channel(self, name: str) -> ChannelRuntime:
+        rt = self.channels.get(name)
+        if rt is None:
+            rt = ChannelRuntime(self.store.open_channel(name), self.config.rate_limit_per_s)
+            self.channels[name] = rt
+        return rt
+
+    # -- publish -----------------------------------------------------------------------------
+
+    def prepare_messages(
+        self, rt: ChannelRuntime, items: list[dict[str, Any]], principal: Principal
+    ) -> list[dict[str, Any]]:
+        """Capability, clientId and size checks; stamps the publisher's clientId on creates."""
+        if not items:
+            msg = "no messages to publish"
+            raise ProtocolError(msg, code=40000)
+        total = 0
+        out: list[dict[str, Any]] = []
+        for item in items:
+            m = dict(item)
+            action = m.get("action", CREATE)
+            if action == CREATE:
+                self.require(principal, rt.name, "publish")
+                cid = m.get("clientId")
+                if cid is not None:
+                    if not principal.can_assume(cid):
+                        msg = f"message clientId {cid!r} does not match the connection's clientId"
+                        raise AuthError(msg, code=40012, status_code=400)
+                elif principal.client_id is not None:
+                    m["clientId"] = principal.client_id
+                # Only mutations address an existing message.
+                m.pop("serial", None)
+                m.pop("version", None)
+            else:
+                record = rt.log.records.get(m.get("serial") or "")
+                kind = "delete" if action == DELETE else "update"
+                own = (
+                    record is not None
+                    and record.client_id is not None
+                    and record.client_id == principal.client_id
+                )
+                caps = principal.capability.ops_for(rt.name)
+                if f"message-{kind}-any" not in caps and not (own and f"message-{kind}-own" in caps):
+                    msg = f"operation not permitted: message-{kind} on channel {rt.name!r}"
+                    raise AuthError(msg, code=40160, status_code=401)
+            total += message_size(m)
+            out.append(m)
+        if total > self.config.max_message_size:
+            msg = f"message size {total} exceeds the maximum of {self.config.max_message_size} bytes"
+            raise ProtocolError(msg, code=40009, status_code=400)
+        return out
+
+    def require(self, principal: Principal, channel: str, op: str) -> None:
+        if not principal.capability.allows(channel, op):
+            msg = f"operation not permitted with provided capability: {op} on channel {channel!r}"
+            raise AuthError(msg, code=40160, status_code=401)
+
+    def check_channel_rate(self, rt: ChannelRuntime, n: int) -> None:
+        if self.config.enforce_rate_limits and not rt.limiter.take(n):
+            msg = f"rate limit exceeded on channel {rt.name!r} ({self.config.rate_limit_per_s} messages/s)"
+            raise AgentWorkerError(msg, code=42910, status_code=429)
+
+    def publish(
+        self,
+        channel: str,
+        items: list[dict[str, Any]],
+        principal: Principal,
+        *,
+        publisher_id: str | None = None,
+        proto_id: str | None = None,
+        id_base: str | None = None,
+    ) -> Published:
+        """Validate, log and fan out one batch; raises an ``AgentWorkerError`` with the Ably code."""
+        rt = self.channel(channel)
+        prepared = self.prepare_messages(rt, items, principal)
+        dup = rt.log.find_duplicate(prepared)
+        if dup is not None:
+            return Published(channel_serial=rt.log.head, items=[], serials=list(dup), duplicate=True)
+        self.check_channel_rate(rt, len(prepared))
+        now = self.now_ms()
+        published = rt.log.publish(
+            prepared,
+            connection_id=publisher_id,
+            client_id=principal.client_id,
+            now_ms=now,
+            message_id_base=id_base,
+        )
+        rt.deliver(published, publisher_id=publisher_id, proto_id=proto_id, now_ms=now)
+        if self.config.retention is not None:
+            rt.log.prune(self.config.retention, now)
+        return published
+
+    # -- presence ----------------------------------------------------------------------------
+
+    def presence_update(
+        self,
+        channel: str,
+        items: list[dict[str, Any]],
+        principal: Principal,
+        *,
+        connection_id: str,
+        msg_serial: int,
+    ) -> None:
+        rt = self.channel(channel)
+        self.require(principal, channel, "presence")
+        now = self.now_ms()
+        stamped: list[dict[str, Any]] = []
+        size = 0
+        for i, p in enumerate(items):
+            action = p.get("action")
+            if action not in (ENTER, LEAVE, UPDATE, PRESENT):
+                msg = f"invalid presence action {action!r}"
+                raise ProtocolError(msg, code=40000)
+            cid = p.get("clientId") or principal.client_id
+            if cid is None:
+                msg = "unable to enter presence channel (no clientId)"
+                raise ProtocolError(msg, code=91000, status_code=400)
+            if cid != principal.client_id and not principal.can_assume(cid):
+                msg = f"presence clientId {cid!r} does not match the connection's clientId"
+                raise AuthError(msg, code=40012, status_code=400)
+            size += message_size(p)
+            stamped.append(
+                dict(
+                    p,
+                    clientId=cid,
+                    connectionId=connection_id,
+                    timestamp=now,
+                    id=f"{connection_id}:{msg_serial}:{i}",
+                )
+            )
+        if size > self.config.max_message_size:
+            msg = f"presence message size {size} exceeds the maximum of {self.config.max_message_size} bytes"
+            raise ProtocolError(msg, code=40009, status_code=400)
+        events = [e for e in (rt.presence.apply(p) for p in stamped) if e is not None]
+        rt.deliver_presence(events, now)
+
+    def leave_presence(self, connection_id: str, channels: Sequence[str] | None = None) -> None:
+        now = self.now_ms()
+        for name in channels if channels is not None else list(self.channels):
+            rt = self.channels.get(name)
+            if rt is None:
+                continue
+            events = rt.presence.leave_connection(connection_id, now)
+            rt.deliver_presence(events, now)
+            if events:
+                log.info("presence_left", channel=name, connection_id=connection_id, members=len(events))

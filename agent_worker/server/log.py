@@ -1,0 +1,549 @@
+"""Per-channel ordered message log: serials, mutable-message versions, history, replay, retention.
+
+Pure: no I/O, no asyncio; the caller passes the clock and a :class:`LogSink` that persists.
+
+Model. Each published ProtocolMessage gets one *channel serial* ``<ms14>-<ctr3>@<series>``; its
+i-th message gets the serial ``<channelSerial>:<i03>``. Serials sort lexicographically in publish
+order, which both SDKs and AIT rely on. A message is a :class:`MessageRecord` holding its versions:
+the create, then every update / delete / append, each with its own version serial minted the same
+way. The replay log is the sequence of versions in channel-serial order; history shows one entry
+per message at its create position with the latest content rolled up.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agent_worker.errors import ProtocolError
+
+__all__ = [
+    "APPEND",
+    "CREATE",
+    "DELETE",
+    "UPDATE",
+    "ChannelLog",
+    "Event",
+    "LogSink",
+    "MessageRecord",
+    "Retention",
+    "Version",
+    "channel_part",
+    "parse_channel_serial",
+]
+
+CREATE, UPDATE, DELETE, APPEND = 0, 1, 2, 5
+MUTATIONS = frozenset({UPDATE, DELETE, APPEND})
+CONTENT_FIELDS = ("name", "data", "encoding", "extras")
+
+_CS_RE = re.compile(r"^(\d{14})-(\d{3})@([\w-]+)$")
+
+
+def parse_channel_serial(serial: str) -> tuple[int, int, str] | None:
+    m = _CS_RE.match(serial)
+    if m is None:
+        return None
+    return int(m.group(1)), int(m.group(2)), m.group(3)
+
+
+def channel_part(serial: str) -> str:
+    """The channel serial of a message/version serial (``cs:idx`` → ``cs``); identity otherwise."""
+    head, sep, tail = serial.rpartition(":")
+    if sep and tail.isdigit() and _CS_RE.match(head):
+        return head
+    return serial
+
+
+def new_series() -> str:
+    return secrets.token_hex(5)
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How much of each channel's log to keep; ``None`` fields mean unbounded."""
+
+    max_messages: int | None = None
+    max_age_s: float | None = None
+
+
+@dataclass(slots=True)
+class Version:
+    serial: str
+    channel_serial: str
+    action: int
+    timestamp: int
+    # create/update/delete: the full content after the op. append: the fragment (data/encoding)
+    # plus the name and extras in force after it, so a delta renders without a walk.
+    fields: dict[str, Any]
+    op: dict[str, Any] = field(default_factory=dict)  # version clientId / description / metadata
+    connection_id: str | None = None  # performer, for echo suppression
+
+
+@dataclass(slots=True)
+class MessageRecord:
+    serial: str
+    channel_serial: str
+    id: str | None
+    client_id: str | None
+    connection_id: str | None
+    timestamp: int
+    versions: list[Version]
+    content: dict[str, Any]  # latest rolled-up content
+    ephemeral: bool = False
+
+    @property
+    def latest_action(self) -> int:
+        last_full = next((v.action for v in reversed(self.versions) if v.action != APPEND), CREATE)
+        if last_full == DELETE:
+            return DELETE
+        return CREATE if len(self.versions) == 1 else UPDATE
+
+    def content_at(self, k: int) -> dict[str, Any]:
+        if k == len(self.versions) - 1:
+            return dict(self.content)
+        j = k
+        while self.versions[j].action == APPEND:
+            j -= 1
+        out = dict(self.versions[j].fields)
+        for v in self.versions[j + 1 : k + 1]:
+            out["data"] = _concat(out.get("data"), v.fields.get("data"))
+            out["name"] = v.fields.get("name")
+            out["extras"] = v.fields.get("extras")
+        return out
+
+    def _header(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "clientId": self.client_id,
+            "connectionId": self.connection_id,
+            "timestamp": self.timestamp,
+            "serial": self.serial,
+        }
+
+    @staticmethod
+    def _version_obj(v: Version) -> dict[str, Any]:
+        out: dict[str, Any] = {"serial": v.serial, "timestamp": v.timestamp}
+        out.update({k: v.op[k] for k in ("clientId", "description", "metadata") if v.op.get(k) is not None})
+        return out
+
+    def render(self, k: int, *, first_sight: bool = False) -> dict[str, Any]:
+        """Message dict for delivering version ``k``; an append is a delta unless ``first_sight``."""
+        v = self.versions[k]
+        out = self._header()
+        if v.action == APPEND and not first_sight:
+            out.update(name=v.fields.get("name"), extras=v.fields.get("extras"))
+            out.update(data=v.fields.get("data"), encoding=v.fields.get("encoding"))
+            out["action"] = APPEND
+        else:
+            out.update(self.content_at(k))
+            out["action"] = {CREATE: CREATE, DELETE: DELETE}.get(v.action, UPDATE)
+        out["version"] = self._version_obj(v)
+        return out
+
+    def render_latest(self) -> dict[str, Any]:
+        out = self._header()
+        out.update(self.content)
+        out["action"] = self.latest_action
+        out["version"] = self._version_obj(self.versions[-1])
+        return out
+
+    def render_versions(self) -> list[dict[str, Any]]:
+        """Oldest first; a run of appends collapses to its last version (the aggregate)."""
+        out: list[dict[str, Any]] = []
+        for k, v in enumerate(self.versions):
+            nxt = self.versions[k + 1] if k + 1 < len(self.versions) else None
+            if v.action == APPEND and nxt is not None and nxt.action == APPEND:
+                continue
+            out.append(self.render(k, first_sight=True))
+        return out
+
+    def fold(self, v: Version) -> None:
+        """Apply an already-minted version (live or when loading from the store)."""
+        if v.action == APPEND:
+            self.content["data"] = _concat(self.content.get("data"), v.fields.get("data"))
+            self.content["name"] = v.fields.get("name")
+            self.content["extras"] = v.fields.get("extras")
+        elif v.action != CREATE:
+            self.content = dict(v.fields)
+        self.versions.append(v)
+
+
+def _concat(a: Any, b: Any) -> Any:
+    if b is None:
+        return a
+    if a is None:
+        return b
+    if isinstance(a, str) and isinstance(b, str):
+        return a + b
+    if isinstance(a, bytes) and isinstance(b, bytes):
+        return a + b
+    msg = "append data must have the same type as the message data (string or binary)"
+    raise ProtocolError(msg, code=40013)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One replayable entry: version ``version_index`` of message ``message_serial``."""
+
+    channel_serial: str
+    message_serial: str
+    version_index: int
+
+
+class LogSink(Protocol):
+    def add_version(self, channel: str, record: MessageRecord, index: int) -> None: ...
+
+    def remove_messages(self, channel: str, serials: Sequence[str]) -> None: ...
+
+
+class _NullSink:
+    def add_version(self, channel: str, record: MessageRecord, index: int) -> None:
+        return None
+
+    def remove_messages(self, channel: str, serials: Sequence[str]) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class Published:
+    """What one inbound ProtocolMessage did: its channel serial and (record, version index) pairs."""
+
+    channel_serial: str
+    items: list[tuple[MessageRecord, int]]
+    serials: list[str | None]  # per message, for the ACK ``res`` / REST response
+    duplicate: bool = False
+
+
+class ChannelLog:
+    def __init__(self, name: str, series: str | None = None, sink: LogSink | None = None) -> None:
+        self.name = name
+        self.series = series or new_series()
+        self.sink: LogSink = sink or _NullSink()
+        self._last_ms = 0
+        self._last_ctr = -1
+        self.records: dict[str, MessageRecord] = {}
+        self.order: list[str] = []  # message serials in create order (sorted)
+        self.events: list[Event] = []
+        self._event_cs: list[str] = []
+        self._ids: dict[str, list[str]] = {}  # client message id -> serials (idempotent publish)
+        self.horizon: str | None = None  # newest channel serial dropped by retention
+        self.head: str = self.zero_serial
+
+    # -- serials ---------------------------------------------------------------------------
+
+    @property
+    def zero_serial(self) -> str:
+        return f"{0:014d}-000@{self.series}"
+
+    def _mint(self, now_ms: int) -> str:
+        if now_ms > self._last_ms:
+            self._last_ms, self._last_ctr = now_ms, 0
+        else:
+            self._last_ctr += 1
+            if self._last_ctr > 999:
+                self._last_ms, self._last_ctr = self._last_ms + 1, 0
+        self.head = f"{self._last_ms:014d}-{self._last_ctr:03d}@{self.series}"
+        return self.head
+
+    def _observe(self, cs: str) -> None:
+        parsed = parse_channel_serial(cs)
+        if parsed is not None and (parsed[0], parsed[1]) > (self._last_ms, self._last_ctr):
+            self._last_ms, self._last_ctr = parsed[0], parsed[1]
+            self.head = cs
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def validate(self, items: Sequence[dict[str, Any]]) -> list[MessageRecord | None]:
+        """Check a batch before applying it atomically; returns each mutation's target record."""
+        targets: list[MessageRecord | None] = []
+        for m in items:
+            action = m.get("action", CREATE)
+            if action == CREATE:
+                targets.append(None)
+                continue
+            if action not in MUTATIONS:
+                msg = f"message action {action} cannot be published"
+                raise ProtocolError(msg, code=40003)
+            serial = m.get("serial")
+            if not isinstance(serial, str) or not serial:
+                msg = "an update, delete or append must carry the serial of the message it changes"
+                raise ProtocolError(msg, code=40003)
+            record = self.records.get(serial)
+            if record is None:
+                msg = f"no message with serial {serial!r} on this channel"
+                raise ProtocolError(msg, code=40400, status_code=404)
+            if action == APPEND:
+                _concat(record.content.get("data"), m.get("data"))
+                if (m.get("data") is not None) and (m.get("encoding") or None) != (
+                    record.content.get("encoding") or None
+                ):
+                    msg = "append encoding must match the message encoding"
+                    raise ProtocolError(msg, code=40013)
+            targets.append(record)
+        return targets
+
+    def find_duplicate(self, items: Sequence[dict[str, Any]]) -> list[str] | None:
+        """Serials of an earlier publish with the same client-supplied ids (idempotent retry)."""
+        ids = [m.get("id") for m in items]
+        if not ids or any(not isinstance(i, str) for i in ids):
+            return None
+        found: list[str] = []
+        for i in ids:
+            serials = self._ids.get(i)  # type: ignore[arg-type]
+            if not serials:
+                return None
+            found.append(serials[-1])
+        return found
+
+    def publish(
+        self,
+        items: Sequence[dict[str, Any]],
+        *,
+        connection_id: str | None,
+        client_id: str | None,
+        now_ms: int,
+        message_id_base: str | None = None,
+    ) -> Published:
+        """Append a batch of creates and/or mutations atomically (call :meth:`validate` first)."""
+        targets = self.validate(items)
+        cs = self._mint(now_ms)
+        out = Published(channel_serial=cs, items=[], serials=[])
+        for i, (m, target) in enumerate(zip(items, targets, strict=True)):
+            serial = f"{cs}:{i:03d}"
+            if target is None:
+                record = self._create(
+                    m,
+                    serial=serial,
+                    cs=cs,
+                    i=i,
+                    connection_id=connection_id,
+                    client_id=client_id,
+                    now_ms=now_ms,
+                    id_base=message_id_base,
+                )
+                out.items.append((record, 0))
+                out.serials.append(serial)
+            else:
+                idx = self._mutate(
+                    target,
+                    m,
+                    serial=serial,
+                    cs=cs,
+                    connection_id=connection_id,
+                    client_id=client_id,
+                    now_ms=now_ms,
+                )
+                out.items.append((target, idx))
+                out.serials.append(serial)
+        return out
+
+    def _create(
+        self,
+        m: dict[str, Any],
+        *,
+        serial: str,
+        cs: str,
+        i: int,
+        connection_id: str | None,
+        client_id: str | None,
+        now_ms: int,
+        id_base: str | None,
+    ) -> MessageRecord:
+        content = {k: m[k] for k in CONTENT_FIELDS if m.get(k) is not None}
+        extras = m.get("extras")
+        ephemeral = isinstance(extras, dict) and extras.get("ephemeral") is True
+        msg_id = m.get("id") or (f"{id_base}:{i}" if id_base else None)
+        ts = now_ms  # server time, so history time filters follow serial order
+        v = Version(serial, cs, CREATE, ts, dict(content), {}, connection_id)
+        record = MessageRecord(
+            serial=serial,
+            channel_serial=cs,
+            id=msg_id,
+            client_id=m.get("clientId") or client_id,
+            connection_id=connection_id,
+            timestamp=ts,
+            versions=[v],
+            content=content,
+            ephemeral=ephemeral,
+        )
+        if ephemeral:
+            return record
+        self._store(record, 0)
+        if isinstance(m.get("id"), str):
+            self._ids.setdefault(m["id"], []).append(serial)
+        return record
+
+    def _mutate(
+        self,
+        record: MessageRecord,
+        m: dict[str, Any],
+        *,
+        serial: str,
+        cs: str,
+        connection_id: str | None,
+        client_id: str | None,
+        now_ms: int,
+    ) -> int:
+        action: int = m["action"]
+        op = dict(m.get("version") or {}) if isinstance(m.get("version"), dict) else {}
+        op = {k: op[k] for k in ("clientId", "description", "metadata") if op.get(k) is not None}
+        # The message's own clientId is the creator's (SDKs copy it from the original); the
+        # version records who performed the operation.
+        if "clientId" not in op and client_id:
+            op["clientId"] = client_id
+        if action == APPEND:
+            fields: dict[str, Any] = {
+                "data": m.get("data"),
+                "encoding": m.get("encoding") if m.get("data") is not None else None,
+                "name": m["name"] if m.get("name") is not None else record.content.get("name"),
+                "extras": m["extras"] if m.get("extras") is not None else record.content.get("extras"),
+            }
+        else:
+            fields = dict(record.content)
+            for k in ("name", "extras"):
+                if m.get(k) is not None:
+                    fields[k] = m[k]
+            if m.get("data") is not None:
+                fields["data"] = m["data"]
+                fields["encoding"] = m.get("encoding")
+            fields = {k: v for k, v in fields.items() if v is not None}
+        v = Version(serial, cs, action, now_ms, fields, op, connection_id)
+        record.fold(v)
+        idx = len(record.versions) - 1
+        if not record.ephemeral:
+            self.events.append(Event(cs, record.serial, idx))
+            self._event_cs.append(cs)
+            self.sink.add_version(self.name, record, idx)
+        return idx
+
+    def _store(self, record: MessageRecord, idx: int) -> None:
+        self.records[record.serial] = record
+        self.order.append(record.serial)
+        self.events.append(Event(record.channel_serial, record.serial, idx))
+        self._event_cs.append(record.channel_serial)
+        self.sink.add_version(self.name, record, idx)
+
+    def restore(self, record_meta: dict[str, Any], version: Version) -> None:
+        """Rebuild state from a stored version (no new serials, no sink writes)."""
+        self._observe(version.channel_serial)
+        if version.action == CREATE:
+            record = MessageRecord(
+                serial=version.serial,
+                channel_serial=version.channel_serial,
+                id=record_meta.get("id"),
+                client_id=record_meta.get("clientId"),
+                connection_id=record_meta.get("connectionId"),
+                timestamp=version.timestamp,
+                versions=[version],
+                content=dict(version.fields),
+            )
+            self.records[record.serial] = record
+            self.order.append(record.serial)
+            if record.id:
+                self._ids.setdefault(record.id, []).append(record.serial)
+            idx = 0
+        else:
+            target = self.records.get(record_meta["messageSerial"])
+            if target is None:
+                return
+            target.fold(version)
+            record = target
+            idx = len(target.versions) - 1
+        self.events.append(Event(version.channel_serial, record.serial, idx))
+        self._event_cs.append(version.channel_serial)
+
+    def finish_restore(self) -> None:
+        self.order.sort()
+        order = sorted(range(len(self.events)), key=lambda i: self._event_cs[i])
+        self.events = [self.events[i] for i in order]
+        self._event_cs = [self._event_cs[i] for i in order]
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def resumable_from(self, channel_serial: str) -> bool:
+        """Whether every event after ``channel_serial`` is still in the log."""
+        parsed = parse_channel_serial(channel_serial)
+        if parsed is None or parsed[2] != self.series:
+            return False
+        if channel_serial > self.head:
+            return False
+        return self.horizon is None or channel_serial >= self.horizon
+
+    def events_after(self, channel_serial: str) -> list[Event]:
+        start = bisect.bisect_right(self._event_cs, channel_serial)
+        return self.events[start:]
+
+    def history(
+        self,
+        *,
+        backwards: bool = True,
+        limit: int = 100,
+        start: int | None = None,
+        end: int | None = None,
+        until: str | None = None,
+        cursor: str | None = None,
+    ) -> tuple[list[MessageRecord], str | None]:
+        """One page of messages (latest versions) and the cursor for the next page, if any."""
+        order = self.order
+        lo, hi = 0, len(order)
+        if until is not None:
+            hi = bisect.bisect_right(order, channel_part(until) + ";")
+        if cursor is not None:
+            if backwards:
+                hi = min(hi, bisect.bisect_left(order, cursor))
+            else:
+                lo = bisect.bisect_right(order, cursor)
+        indices: Iterable[int] = range(hi - 1, lo - 1, -1) if backwards else range(lo, hi)
+        page: list[MessageRecord] = []
+        for i in indices:
+            record = self.records[order[i]]
+            if start is not None and record.timestamp < start:
+                if backwards:
+                    break
+                continue
+            if end is not None and record.timestamp > end:
+                if backwards:
+                    continue
+                break
+            if len(page) == limit:
+                return page, page[-1].serial
+            page.append(record)
+        return page, None
+
+    # -- retention -------------------------------------------------------------------------
+
+    def prune(self, retention: Retention | None, now_ms: int) -> int:
+        """Drop the oldest messages beyond the retention policy; returns how many went."""
+        if retention is None or not self.order:
+            return 0
+        drop = 0
+        if retention.max_messages is not None and len(self.order) > retention.max_messages:
+            drop = len(self.order) - retention.max_messages
+        if retention.max_age_s is not None:
+            cutoff = now_ms - int(retention.max_age_s * 1000)
+            while drop < len(self.order) and self.records[self.order[drop]].timestamp < cutoff:
+                drop += 1
+        if drop == 0:
+            return 0
+        gone = self.order[:drop]
+        gone_set = set(gone)
+        del self.order[:drop]
+        for s in gone:
+            record = self.records.pop(s)
+            if record.id and record.id in self._ids:
+                self._ids[record.id] = [x for x in self._ids[record.id] if x != s]
+                if not self._ids[record.id]:
+                    del self._ids[record.id]
+        dropped_cs = [e.channel_serial for e in self.events if e.message_serial in gone_set]
+        keep = [i for i, e in enumerate(self.events) if e.message_serial not in gone_set]
+        self.events = [self.events[i] for i in keep]
+        self._event_cs = [self._event_cs[i] for i in keep]
+        if dropped_cs:
+            newest = max(dropped_cs)
+            self.horizon = newest if self.horizon is None else max(self.horizon, newest)
+        self.sink.remove_messages(self.name, gone)
+        return drop

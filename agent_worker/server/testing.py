@@ -1,0 +1,89 @@
+"""Helpers that point the official ably-python SDK at an :class:`EmbeddedServer`.
+
+ably-python 3.1.4 ignores ``port`` for WebSockets, so both helpers use the trailing-slash endpoint
+``"127.0.0.1:PORT/"``: realtime connects to ``ws://127.0.0.1:PORT/?…`` and REST requests become
+``http://127.0.0.1:PORT/:80`` + absolute path, which ``urljoin`` collapses to the right URL. Over
+plain HTTP ably-python refuses Basic auth, so both use token auth with JWTs the server mints.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ably import AblyRealtime, AblyRest
+from ably.types.tokendetails import TokenDetails
+
+from agent_worker.server.app import EmbeddedServer
+
+__all__ = ["python_realtime", "python_rest", "sdk_endpoint"]
+
+
+def sdk_endpoint(server: EmbeddedServer) -> str:
+    """The ``endpoint`` option value that works for ably-python realtime and REST alike."""
+    return f"{server.host}:{server.port}/"
+
+
+def _auth_opts(
+    server: EmbeddedServer,
+    client_id: str | None,
+    token: str | None,
+    capability: dict[str, list[str]] | None,
+    ttl_s: float,
+) -> dict[str, Any]:
+    if token is not None:
+        return {"token": token}
+
+    async def auth_callback(_params: Any) -> TokenDetails:
+        # A fresh JWT on every (re-)auth, so renewal works as against Ably. TokenDetails rather
+        # than a bare string: ably-python insists the token's clientId matches its own.
+        d = server.token_details(client_id=client_id, capability=capability, ttl_s=ttl_s)
+        return TokenDetails(
+            token=d["token"],
+            expires=d["expires"],
+            issued=d["issued"],
+            capability=json.loads(d["capability"]),
+            client_id=d.get("clientId"),
+        )
+
+    return {"auth_callback": auth_callback}
+
+
+def python_realtime(
+    server: EmbeddedServer,
+    client_id: str | None = None,
+    token: str | None = None,
+    *,
+    capability: dict[str, list[str]] | None = None,
+    ttl_s: float = 3600,
+    **opts: Any,
+) -> AblyRealtime:
+    """An ``AblyRealtime`` connected (auto-connect) to ``server`` with token auth.
+
+    With ``token`` the client uses that fixed JWT (it cannot renew); otherwise an ``auth_callback``
+    mints a JWT for ``client_id`` / ``capability`` on each auth. Extra ``opts`` go to the SDK.
+    """
+    options: dict[str, Any] = {"endpoint": sdk_endpoint(server), "tls": False}
+    options.update(_auth_opts(server, client_id, token, capability, ttl_s))
+    if client_id is not None:
+        options["client_id"] = client_id
+    options.update(opts)
+    return AblyRealtime(**options)
+
+
+def python_rest(
+    server: EmbeddedServer,
+    client_id: str | None = None,
+    token: str | None = None,
+    *,
+    capability: dict[str, list[str]] | None = None,
+    ttl_s: float = 3600,
+    **opts: Any,
+) -> AblyRest:
+    """An ``AblyRest`` for ``server`` with token auth (see :func:`python_realtime`)."""
+    options: dict[str, Any] = {"endpoint": sdk_endpoint(server), "tls": False}
+    options.update(_auth_opts(server, client_id, token, capability, ttl_s))
+    if client_id is not None:
+        options["client_id"] = client_id
+    options.update(opts)
+    return AblyRest(**options)
