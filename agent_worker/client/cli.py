@@ -1,0 +1,119 @@
+"""``agent-worker chat`` (a terminal device on a session) and ``agent-worker token`` (mint a JWT)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+__all__ = ["DEFAULT_AGENT_URL", "DEFAULT_LOCAL_ENDPOINT", "register"]
+
+#: Where `agent-worker run` (offline default) serves its embedded Ably-compatible server and its
+#: invocation endpoint, so `agent-worker chat SESSION` needs no flags on the same machine.
+DEFAULT_LOCAL_ENDPOINT = "127.0.0.1:8788"
+DEFAULT_AGENT_URL = "http://127.0.0.1:8787/api/chat"
+
+
+def chat(  # noqa: PLR0917 - typer maps parameters to options
+    session: Annotated[str, typer.Argument(help="Session (channel) name, e.g. 'conversations:demo'.")],
+    client_id: Annotated[
+        str | None,
+        typer.Option("--client-id", envvar="AGENT_WORKER_CLIENT_ID", help="Your identity on the session."),
+    ] = None,
+    ably_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--ably-endpoint",
+            envvar="AGENT_WORKER_ABLY_ENDPOINT",
+            help=f"HOST:PORT of the Ably-compatible server (default {DEFAULT_LOCAL_ENDPOINT}; 'ably' = Ably)",
+        ),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option("--key", envvar="ABLY_KEY", help="API key; a JWT is minted from it locally."),
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="ABLY_TOKEN", help="A JWT (see `agent-worker token`).")
+    ] = None,
+    agent_url: Annotated[
+        str | None,
+        typer.Option(
+            "--agent-url",
+            envvar="AGENT_WORKER_AGENT_URL",
+            help=f"Where prompts are POSTed to wake the agent (default {DEFAULT_AGENT_URL}; 'none' = don't).",
+        ),
+    ] = None,
+    no_color: Annotated[bool, typer.Option("--no-color", help="Plain text output.")] = False,
+    transcript: Annotated[
+        bool, typer.Option("--transcript", help="Print the conversation once and exit (non-interactive).")
+    ] = False,
+    wait: Annotated[
+        float,
+        typer.Option("--wait", help="With --transcript: first wait up to this many seconds for runs to end."),
+    ] = 0.0,
+) -> None:
+    """Open a terminal device on SESSION: history, live runs from every device, prompts and cancel."""
+    import asyncio  # noqa: PLC0415 - keep `agent-worker --help` fast
+
+    from agent_worker.client.app import ChatOptions, run_chat  # noqa: PLC0415
+    from agent_worker.server.config import DEFAULT_DEV_KEY  # noqa: PLC0415
+
+    if key is not None and token is not None:
+        msg = "pass either --key or --token, not both"
+        raise typer.BadParameter(msg)
+    endpoint: str | None = ably_endpoint or DEFAULT_LOCAL_ENDPOINT
+    if endpoint == "ably":
+        endpoint = None  # Ably's own endpoint (TLS)
+    if key is None and token is None:
+        if endpoint is None:
+            msg = "Ably needs --key or --token"
+            raise typer.BadParameter(msg)
+        key = DEFAULT_DEV_KEY  # the key every local embedded server accepts out of the box
+    url = agent_url or DEFAULT_AGENT_URL
+    options = ChatOptions(
+        session=session,
+        client_id=client_id,
+        endpoint=endpoint,
+        key=key,
+        token=token,
+        agent_url=None if url.lower() == "none" else url,
+        color=not no_color,
+    )
+    raise typer.Exit(asyncio.run(run_chat(options, transcript=transcript, wait_s=wait)))
+
+
+def token(
+    client_id: Annotated[
+        str | None,
+        typer.Option("--client-id", help="The token's clientId ('*' = any); omit for an anonymous token."),
+    ] = None,
+    capability: Annotated[
+        str | None,
+        typer.Option(
+            "--capability",
+            help='JSON, e.g. \'{"conversations:*":["publish","subscribe","history","presence"]}\'.',
+        ),
+    ] = None,
+    ttl: Annotated[str, typer.Option("--ttl", help="Lifetime: 3600, 90s, 30m, 1h (max 24h).")] = "1h",
+    key: Annotated[
+        str | None,
+        typer.Option("--key", envvar="ABLY_KEY", help="API key to sign with (default: the local dev key)."),
+    ] = None,
+) -> None:
+    """Mint an Ably-style JWT (HS256, kid = key name) and print it."""
+    from agent_worker.client.tokens import mint_token, parse_ttl  # noqa: PLC0415
+    from agent_worker.errors import ConfigError  # noqa: PLC0415
+    from agent_worker.server.config import DEFAULT_DEV_KEY  # noqa: PLC0415
+
+    try:
+        jwt_text = mint_token(
+            key or DEFAULT_DEV_KEY, client_id=client_id, capability=capability, ttl_s=parse_ttl(ttl)
+        )
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message) from exc
+    typer.echo(jwt_text)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("chat")(chat)
+    app.command("token")(token)
