@@ -1,0 +1,134 @@
+"""Test helpers: a raw protocol-level WebSocket client and small async waiting utilities."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import msgpack
+
+from agent_worker.server import EmbeddedServer
+
+HEARTBEAT, ACK, NACK, CONNECTED, DISCONNECTED, CLOSE, CLOSED, ERROR = 0, 1, 2, 4, 6, 7, 8, 9
+ATTACH, ATTACHED, DETACH, DETACHED, PRESENCE, MESSAGE, SYNC, AUTH = 10, 11, 12, 13, 14, 15, 16, 17
+RESUMED = 1 << 2
+HAS_PRESENCE = 1 << 0
+
+
+async def eventually(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``pred`` until true; fail the test (not time it) if it never becomes true."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        if loop.time() > deadline:
+            msg = f"timed out waiting for {what}"
+            raise AssertionError(msg)
+        await asyncio.sleep(0.02)
+
+
+class RawClient:
+    """Speaks the Ably protocol directly, to assert on exact frames."""
+
+    def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse, fmt: str) -> None:
+        self.session = session
+        self.ws = ws
+        self.fmt = fmt
+        self.frames: list[dict[str, Any]] = []
+        self.msg_serial = 0
+
+    @classmethod
+    async def connect(
+        cls,
+        server: EmbeddedServer,
+        *,
+        fmt: str = "json",
+        expect_connected: bool = True,
+        **params: str,
+    ) -> RawClient:
+        if not any(k in params for k in ("key", "accessToken", "access_token")):
+            params["key"] = server.default_key
+        if fmt == "msgpack":
+            params["format"] = "msgpack"
+        session = aiohttp.ClientSession()
+        ws = await session.ws_connect(f"ws://{server.endpoint}/", params=params)
+        client = cls(session, ws, fmt)
+        if expect_connected:
+            connected = await client.expect(CONNECTED)
+            client.connection_id = connected["connectionId"]
+            client.connection_key = connected["connectionDetails"]["connectionKey"]
+        return client
+
+    connection_id: str = ""
+    connection_key: str = ""
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        if self.fmt == "msgpack":
+            await self.ws.send_bytes(msgpack.packb(msg, use_bin_type=True))
+        else:
+            await self.ws.send_str(json.dumps(msg))
+
+    async def send_raw(self, data: str | bytes) -> None:
+        if isinstance(data, bytes):
+            await self.ws.send_bytes(data)
+        else:
+            await self.ws.send_str(data)
+
+    async def recv(self, timeout: float = 10.0) -> dict[str, Any] | None:
+        """Next non-heartbeat frame, or ``None`` when the socket closed."""
+        while True:
+            msg = await self.ws.receive(timeout=timeout)
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                frame: dict[str, Any] = json.loads(msg.data)
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                frame = msgpack.unpackb(msg.data, raw=False)
+            else:
+                return None
+            if frame.get("action") == HEARTBEAT and "id" not in frame:
+                continue
+            self.frames.append(frame)
+            return frame
+
+    async def expect(self, action: int, timeout: float = 10.0) -> dict[str, Any]:
+        """The next frame, which must have ``action``."""
+        frame = await self.recv(timeout)
+        assert frame is not None, f"socket closed while waiting for action {action}"
+        assert frame["action"] == action, f"expected action {action}, got {frame}"
+        return frame
+
+    async def publish(self, channel: str, messages: list[dict[str, Any]]) -> int:
+        serial = self.msg_serial
+        self.msg_serial += 1
+        await self.send({"action": MESSAGE, "channel": channel, "msgSerial": serial, "messages": messages})
+        return serial
+
+    async def attach(self, channel: str, **fields: Any) -> dict[str, Any]:
+        await self.send({"action": ATTACH, "channel": channel, **fields})
+        return await self.expect(ATTACHED)
+
+    async def closed(self, timeout: float = 10.0) -> bool:
+        """Drain until the server closes the socket."""
+        while True:
+            frame = await self.recv(timeout)
+            if frame is None:
+                return True
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.session.close()
+
+
+async def gather_with_timeout(*aws: Awaitable[Any], timeout: float = 20.0) -> list[Any]:
+    return list(await asyncio.wait_for(asyncio.gather(*aws), timeout))
+
+
+def collector() -> tuple[list[Any], Callable[[Any], None]]:
+    """A list and a plain-function listener appending to it (ably-python rejects bound builtins)."""
+    items: list[Any] = []
+
+    def listener(item: Any) -> None:
+        items.append(item)
+
+    return items, listener
