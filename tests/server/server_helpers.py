@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -18,10 +18,10 @@ RESUMED = 1 << 2
 HAS_PRESENCE = 1 << 0
 
 
-async def eventually(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+async def eventually(pred: Callable[[], bool], within: float = 10.0, what: str = "condition") -> None:
     """Poll ``pred`` until true; fail the test (not time it) if it never becomes true."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not pred():
         if loop.time() > deadline:
             msg = f"timed out waiting for {what}"
@@ -76,10 +76,10 @@ class RawClient:
         else:
             await self.ws.send_str(data)
 
-    async def recv(self, timeout: float = 10.0) -> dict[str, Any] | None:
+    async def recv(self, within: float = 10.0) -> dict[str, Any] | None:
         """Next non-heartbeat frame, or ``None`` when the socket closed."""
         while True:
-            msg = await self.ws.receive(timeout=timeout)
+            msg = await self.ws.receive(timeout=within)
             if msg.type == aiohttp.WSMsgType.TEXT:
                 frame: dict[str, Any] = json.loads(msg.data)
             elif msg.type == aiohttp.WSMsgType.BINARY:
@@ -91,9 +91,9 @@ class RawClient:
             self.frames.append(frame)
             return frame
 
-    async def expect(self, action: int, timeout: float = 10.0) -> dict[str, Any]:
+    async def expect(self, action: int, within: float = 10.0) -> dict[str, Any]:
         """The next frame, which must have ``action``."""
-        frame = await self.recv(timeout)
+        frame = await self.recv(within)
         assert frame is not None, f"socket closed while waiting for action {action}"
         assert frame["action"] == action, f"expected action {action}, got {frame}"
         return frame
@@ -108,20 +108,16 @@ class RawClient:
         await self.send({"action": ATTACH, "channel": channel, **fields})
         return await self.expect(ATTACHED)
 
-    async def closed(self, timeout: float = 10.0) -> bool:
+    async def closed(self, within: float = 10.0) -> bool:
         """Drain until the server closes the socket."""
         while True:
-            frame = await self.recv(timeout)
+            frame = await self.recv(within)
             if frame is None:
                 return True
 
     async def close(self) -> None:
         await self.ws.close()
         await self.session.close()
-
-
-async def gather_with_timeout(*aws: Awaitable[Any], timeout: float = 20.0) -> list[Any]:
-    return list(await asyncio.wait_for(asyncio.gather(*aws), timeout))
 
 
 def collector() -> tuple[list[Any], Callable[[Any], None]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+
 import pytest
 from ably.types.connectionstate import ConnectionState
 from server_helpers import (
