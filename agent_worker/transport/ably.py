@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from urllib.parse import quote
 from ably import AblyRealtime
 from ably.types.channeloptions import ChannelOptions
 from ably.types.message import Message
+from ably.types.tokendetails import TokenDetails
 from ably.util.exceptions import AblyException
 
 from agent_worker.config import Secret
@@ -51,7 +53,10 @@ log = get_logger("agent_worker.transport")
 AGENT_PARAM = "ai-transport-python/0.1.0 vercel-ai-sdk-ui-message/0.8.0"
 _REST_VERSION = "5"
 
-TokenSource = Callable[[], Awaitable[str]]
+TokenSource = Callable[[], Awaitable["str | Mapping[str, Any]"]]
+"""Returns a token string, or an Ably TokenDetails dict (``token``, ``expires``, ``issued``,
+``capability``, ``clientId``). ably-python needs the clientId of a token to match its own, so pass
+TokenDetails when the client has a ``client_id``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +93,6 @@ class AblySettings:
             "tls": self.resolved_tls,
             "use_binary_protocol": self.use_binary_protocol,
             "realtime_request_timeout": self.realtime_request_timeout_ms,
-            "auto_connect": False,
         }
         if self.endpoint:
             # Trailing slash: see the module docstring (ably-python drops the port for realtime).
@@ -96,18 +100,30 @@ class AblySettings:
             opts["fallback_hosts"] = []
         if self.client_id:
             opts["client_id"] = self.client_id
-            opts["default_token_params"] = {"client_id": self.client_id}
         if self.token_source is not None:
             source = self.token_source
 
-            async def auth_callback(_params: Any) -> str:
-                return await source()
+            async def auth_callback(_params: Any) -> Any:
+                value = await source()
+                if isinstance(value, Mapping):
+                    capability = value.get("capability")
+                    return TokenDetails(
+                        token=value.get("token"),
+                        expires=value.get("expires"),
+                        issued=value.get("issued"),
+                        capability=json.loads(capability) if isinstance(capability, str) else capability,
+                        client_id=value.get("clientId"),
+                    )
+                return value
 
             opts["auth_callback"] = auth_callback
         elif self.key is not None:
             opts["key"] = self.key.get()
             if not self.resolved_tls:
                 opts["use_token_auth"] = True
+                if self.client_id:
+                    # ably-python's first token request omits the clientId unless this carries it.
+                    opts["default_token_params"] = {"client_id": self.client_id}
         else:
             msg = (
                 "no Ably credentials: set [ably] key_env (or --ably-key), "
@@ -361,7 +377,6 @@ class AblyTransport:
             client = AblyRealtime(**self.settings.client_options())
             self._client = client
             client.connection.on(on_change)
-            client.connect()
             try:
                 await asyncio.wait_for(done, wait_s)
             except BaseException:

@@ -1,0 +1,155 @@
+"""The worker's HTTP face: the AIT invocation endpoint, ``/healthz`` and Prometheus ``/metrics``.
+
+``POST /api/chat`` (path configurable) takes the official ChatTransport body
+``{"inputEventId", "sessionName", ...custom}`` and answers ``200 {"runId", "invocationId"}`` as soon
+as the run task exists — the work happens after the response, like the README's ``after()``. The
+client only checks ``response.ok``; refusals carry an Ably-style error body
+``{"error": {"code", "statusCode", "message"}}`` and the matching status (400/401/404/413/429/503).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from aiohttp import web
+
+from agent_worker.config import HttpConfig
+from agent_worker.errors import AgentWorkerError, TransportError
+from agent_worker.logs import get_logger
+from agent_worker.worker.metrics import CONTENT_TYPE_LATEST
+from agent_worker.worker.service import InvocationRefused, Worker, WorkerBusy
+
+__all__ = ["build_app", "serve"]
+
+log = get_logger("agent_worker.worker.http")
+
+WORKER_KEY: web.AppKey[Worker] = web.AppKey("worker", Worker)
+CONFIG_KEY: web.AppKey[HttpConfig] = web.AppKey("http_config", HttpConfig)
+
+
+def _error(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": {"code": code, "statusCode": status, "message": message}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _cors_headers(request: web.Request, config: HttpConfig) -> dict[str, str]:
+    origin = request.headers.get("Origin")
+    if not origin or not config.cors_origins:
+        return {}
+    if "*" in config.cors_origins:
+        allowed = "*"
+    elif origin in config.cors_origins:
+        allowed = origin
+    else:
+        return {}
+    return {
+        "Access-Control-Allow-Origin": allowed,
+        "Access-Control-Allow-Methods": "POST, OPTIONS",
+        "Access-Control-Allow-Headers": "Content-Type, Authorization",
+        "Vary": "Origin",
+    }
+
+
+def _authorised(request: web.Request, config: HttpConfig) -> bool:
+    token = config.resolved_token()
+    if token is None:
+        return True
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value:
+        return False
+    return hmac.compare_digest(value.strip().encode(), token.get().encode())
+
+
+async def invoke(request: web.Request) -> web.Response:
+    worker = request.app[WORKER_KEY]
+    config = request.app[CONFIG_KEY]
+    cors = _cors_headers(request, config)
+    if not _authorised(request, config):
+        worker.metrics.invocations.labels("unauthorized").inc()
+        log.warning("invocation_unauthorized", remote=request.remote)
+        return _error(401, 40101, "missing or invalid bearer token", {**cors, "WWW-Authenticate": "Bearer"})
+    if request.content_length is not None and request.content_length > config.max_body_bytes:
+        worker.metrics.invocations.labels("refused").inc()
+        return _error(413, 40009, f"body larger than {config.max_body_bytes} bytes", cors)
+    try:
+        raw = await request.content.read(config.max_body_bytes + 1)
+    except (ConnectionError, ValueError):
+        return _error(400, 40000, "could not read the request body", cors)
+    if len(raw) > config.max_body_bytes:
+        worker.metrics.invocations.labels("refused").inc()
+        return _error(413, 40009, f"body larger than {config.max_body_bytes} bytes", cors)
+    try:
+        body: Any = json.loads(raw or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        worker.metrics.invocations.labels("refused").inc()
+        log.warning("invocation_refused", reason="body is not JSON")
+        return _error(400, 40000, "body must be a JSON object {inputEventId, sessionName}", cors)
+    if not isinstance(body, dict):
+        worker.metrics.invocations.labels("refused").inc()
+        return _error(400, 40000, "body must be a JSON object {inputEventId, sessionName}", cors)
+    try:
+        invocation = await worker.invoke(body.get("sessionName"), body.get("inputEventId"))
+    except WorkerBusy as exc:
+        log.info("invocation_busy", retry_after=exc.retry_after)
+        return _error(429, exc.code, exc.message, {**cors, "Retry-After": str(exc.retry_after)})
+    except InvocationRefused as exc:
+        worker.metrics.invocations.labels("refused").inc()
+        log.warning("invocation_refused", reason=exc.message, status=exc.status_code)
+        return _error(exc.status_code, exc.code, exc.message, cors)
+    except TransportError as exc:
+        log.error("invocation_transport_failed", error=exc.message)
+        return _error(503, exc.code, f"cannot reach Ably: {exc.message}", {**cors, "Retry-After": "1"})
+    except AgentWorkerError as exc:
+        return _error(exc.status_code, exc.code, exc.message, cors)
+    return web.json_response(invocation.to_json(), headers=cors)
+
+
+async def preflight(request: web.Request) -> web.Response:
+    cors = _cors_headers(request, request.app[CONFIG_KEY])
+    return web.Response(status=204 if cors else 405, headers=cors)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    worker = request.app[WORKER_KEY]
+    healthy = worker.transport.connected and worker.state == "running"
+    body = {
+        "status": "ok" if healthy else worker.state,
+        "connected": worker.transport.connected,
+        "activeRuns": len(worker.active_runs),
+        "sessions": len(worker.sessions),
+    }
+    return web.json_response(body, status=200 if healthy else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    worker = request.app[WORKER_KEY]
+    resp = web.Response(body=worker.metrics.render())
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
+
+
+def build_app(worker: Worker, config: HttpConfig | None = None) -> web.Application:
+    cfg = config or HttpConfig()
+    app = web.Application(client_max_size=cfg.max_body_bytes + 1024)
+    app[WORKER_KEY] = worker
+    app[CONFIG_KEY] = cfg
+    app.router.add_post(cfg.path, invoke)
+    app.router.add_route("OPTIONS", cfg.path, preflight)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def serve(
+    worker: Worker, config: HttpConfig, *, host: str | None = None, port: int | None = None
+) -> web.AppRunner:
+    """Start the HTTP server; returns the runner (``await runner.cleanup()`` to stop).
+    The bound port is ``runner.addresses[0][1]``."""
+    runner = web.AppRunner(build_app(worker, config), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host or config.host, config.port if port is None else port)
+    await site.start()
+    return runner

@@ -1,0 +1,54 @@
+"""End-to-end runs over the embedded server: invocation → run-start → streamed reply → run-end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime_support import ChatClient, Harness
+
+from agent_worker.protocol.headers import AI_OUTPUT, AI_RUN_END, AI_RUN_START, AI_STEP_END, AI_STEP_START
+from agent_worker.providers.echo import EchoProvider
+
+
+async def test_plain_reply_streams_echo_and_ends_complete(
+    make_worker: Any, make_client: Any, session_name: str
+) -> None:
+    """The echo provider's reply arrives as one streamed text part inside a step, bracketed by
+    run-start/run-end that echo the trigger's identity."""
+    harness: Harness = await make_worker(EchoProvider())
+    client: ChatClient = await make_client()
+    sent = await client.send_text("Hello there, agent")
+    status, body = await harness.invoke(session_name, sent.event_id)
+    assert status == 200
+    assert set(body) == {"runId", "invocationId"}
+
+    end = await client.run_end_for(sent.codec_message_id)
+    headers = end.transport_headers
+    assert headers["run-reason"] == "complete"
+    assert headers["run-id"] == body["runId"]
+    assert headers["invocation-id"] == body["invocationId"]
+    assert headers["input-client-id"] == "user-abc"
+    assert headers["run-client-id"] == "user-abc"
+
+    run_id = body["runId"]
+    start = client.for_input(AI_RUN_START, sent.codec_message_id)[0].transport_headers
+    assert start["parent"] == sent.codec_message_id
+    assert client.run_text(run_id) == "Hello there, agent"
+    names = [m.name for m in client.run_wires(run_id) if m.action == "message.create"]
+    assert names[0] == AI_RUN_START and names[1] == AI_STEP_START and names[-1] == AI_RUN_END
+    assert names[-2] == AI_STEP_END
+    # Every streamed output was closed complete; the step end references the step start's serial.
+    streamed = [
+        m
+        for m in client.run_wires(run_id)
+        if m.name == AI_OUTPUT and m.transport_headers.get("stream") == "true"
+    ]
+    assert streamed, "expected a streamed text part"
+    step_start = next(m for m in client.run_wires(run_id) if m.name == AI_STEP_START)
+    step_end = next(m for m in client.run_wires(run_id) if m.name == AI_STEP_END)
+    assert step_end.transport_headers["step-start-serial"] == step_start.serial
+    assert step_end.transport_headers["step-reason"] == "complete"
+    node = client.run_node(run_id)
+    assert node is not None and node.status == "complete"
+    await harness.worker.run_until_idle()
+    assert harness.worker.runs_completed == 1
