@@ -86,6 +86,11 @@ Public API (import from the submodules; everything here is synchronous and deter
     ``unresponded_steers``); ``defer_unresponded_steers``; ``pending_tool_calls(ui_messages)``,
     ``approved_pending_tool_calls(ui_messages)``.
 
+``protocol.view`` — ``ClientView(tree)`` for a terminal client: ``.apply(msg)`` (live; pins on-screen
+    edit groups like the JS view), ``.apply_history(page_oldest_first)``, ``.messages() ->
+    list[CodecMessage]`` (== JS ``view.getMessages()``), ``.branch(cmid) -> Branch(siblings, index,
+    kind, group)``, ``.select(cmid, index)``, ``.expect_edit(new_cmid)``, ``.expect_regenerate(target)``.
+
 ``protocol.convert`` — ``to_model_messages(ui_messages, ignore_incomplete_tool_calls=False) ->
     list[ModelMessage]`` (``protocol.model``: System/User/Assistant/Tool messages).
 """

@@ -15,6 +15,8 @@ if str(TESTS) not in sys.path:  # makes tests/nodeutil.py importable without pac
 
 from nodeutil import JS_ROOT, node_config, run_node  # noqa: E402
 
+__all__ = ["JS_ROOT", "node_config", "run_node"]
+
 from agent_worker.errors import CodecError  # noqa: E402
 from agent_worker.protocol.vercel.encoder import UIMessageEncoder  # noqa: E402
 from agent_worker.protocol.wire import (  # noqa: E402
