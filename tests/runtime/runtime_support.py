@@ -88,7 +88,7 @@ class ChatClient:
         self,
         text: str,
         *,
-        parent: str | None | object = ...,
+        parent: str | object | None = ...,
         fork_of: str | None = None,
         run_id: str | None = None,
     ) -> Sent:
@@ -163,8 +163,8 @@ class ChatClient:
 
     # --- reading ---------------------------------------------------------------------------------
 
-    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
-        async with asyncio.timeout(timeout):
+    async def wait_for(self, predicate: Callable[[], Any], wait_s: float = 15.0) -> Any:
+        async with asyncio.timeout(wait_s):
             while True:
                 value = predicate()
                 if value:
@@ -180,9 +180,9 @@ class ChatClient:
             m for m in self.named(name) if m.transport_headers.get("input-codec-message-id") == input_cmid
         ]
 
-    async def run_end_for(self, input_cmid: str, timeout: float = 15.0) -> InboundMessage:
+    async def run_end_for(self, input_cmid: str, wait_s: float = 15.0) -> InboundMessage:
         ends: list[InboundMessage] = await self.wait_for(
-            lambda: self.for_input(AI_RUN_END, input_cmid), timeout
+            lambda: self.for_input(AI_RUN_END, input_cmid), wait_s
         )
         return ends[0]
 
