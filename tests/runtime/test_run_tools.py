@@ -57,7 +57,8 @@ def message_holding(client: ChatClient, run_id: str, call_id: str) -> str:
     for cm in node.messages:
         if any(p.get("toolCallId") == call_id for p in cm.message.get("parts", [])):
             return cm.codec_message_id
-    raise AssertionError("no message holds the tool call")
+    msg = "no message holds the tool call"
+    raise AssertionError(msg)
 
 
 async def test_server_tool_then_text(make_worker: Any, make_client: Any, session_name: str) -> None:
@@ -144,7 +145,7 @@ async def test_approval_suspends_then_resumes(make_worker: Any, make_client: Any
 
     holder = message_holding(client, run_id, "call_n")
     approval = await client.approve(run_id, holder, "call_n", approved=True)
-    status, body2 = await harness.invoke(session_name, approval.event_id)
+    status, _ = await harness.invoke(session_name, approval.event_id)
     assert status == 200
     resumes = await client.wait_for(lambda: client.named(AI_RUN_RESUME))
     assert resumes[0].transport_headers["run-id"] == run_id
@@ -212,7 +213,8 @@ async def test_client_tool_suspends_then_fork_starts_new_run(
 
     def get_client_location() -> dict[str, str]:
         """Where the user is (runs in the browser)."""
-        raise AssertionError("client-side tools never run on the server")
+        msg = "client-side tools never run on the server"
+        raise AssertionError(msg)
 
     tools = ToolRegistry([Tool.from_function(get_client_location, client_side=True)])
     harness: Harness = await make_worker(provider, tools=tools)
@@ -234,7 +236,7 @@ async def test_client_tool_suspends_then_fork_starts_new_run(
         output={"city": "Lisbon"},
         seed=seed,
     )
-    status, body2 = await harness.invoke(session_name, fork.event_id)
+    status, _ = await harness.invoke(session_name, fork.event_id)
     assert status == 200
     starts = await client.wait_for(lambda: client.for_input(AI_RUN_START, fork.codec_message_id))
     fork_run = starts[0].transport_headers["run-id"]
