@@ -42,7 +42,7 @@ from agent_worker.providers.base import (
     UsageUpdate,
 )
 from agent_worker.providers.guard import check_allow_provider_requests
-from agent_worker.providers.retries import RetryConfig, parse_retry_after
+from agent_worker.providers.retries import RetryConfig, parse_retry_after, retry_config
 
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
@@ -229,7 +229,7 @@ class AnthropicProvider:
             api_key=secret_from_env(cls.name, str(options.get("api_key_env", "ANTHROPIC_API_KEY"))),
             base_url=options.get("base_url"),
             timeout=float(options.get("timeout", 120.0)),
-            retry=options.get("retry"),
+            retry=retry_config(cls.name, options.get("retry")),
             max_tokens=int(options.get("max_tokens", 4096)),
             temperature=options.get("temperature"),
             thinking_budget=options.get("thinking_budget"),

@@ -39,7 +39,7 @@ from agent_worker.providers.base import (
     UsageUpdate,
 )
 from agent_worker.providers.guard import check_allow_provider_requests
-from agent_worker.providers.retries import RetryConfig, parse_retry_after
+from agent_worker.providers.retries import RetryConfig, parse_retry_after, retry_config
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -210,7 +210,7 @@ class OpenAIChatProvider:
             api_key=secret_from_env(cls.name, str(env)) if env else None,
             base_url=options.get("base_url"),
             timeout=float(options.get("timeout", 120.0)),
-            retry=options.get("retry"),
+            retry=retry_config(cls.name, options.get("retry")),
             include_usage=bool(options.get("include_usage", True)),
             parallel_tool_calls=options.get("parallel_tool_calls"),
             max_tokens=options.get("max_tokens"),

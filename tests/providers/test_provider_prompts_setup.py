@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 
 from agent_worker.errors import ConfigError, UnknownProviderError, UnknownToolError
 from agent_worker.prompts import PromptTemplate, default_prompt_dirs, list_prompts, load_prompt
-from agent_worker.providers import EchoProvider
+from agent_worker.providers import EchoProvider, build_provider
+from agent_worker.providers.registry import local_model_available
 from agent_worker.providers.setup import build_agent_setup
 
 NOW = datetime(2025, 6, 2, 14, 5, tzinfo=UTC)  # a Monday
@@ -119,3 +121,28 @@ class TestAgentSetup:
             build_agent_setup(provider={"name": "echo"}, tools={"enabled": "current_time"})
         with pytest.raises(ConfigError, match="unknown prompt"):
             build_agent_setup(provider={"name": "echo"}, prompts={"system": "nope"})
+
+
+class TestExampleConfig:
+    def test_every_provider_section_of_the_example_builds(self) -> None:
+        """config.example.toml stays valid: each [providers.*] table builds its provider."""
+        raw = tomllib.loads((REPO_PROMPTS.parent / "config.example.toml").read_text())
+        sections = raw["providers"]
+        expected = {"echo", "openai", "openai-responses", "anthropic", "openai-compatible", "local"}
+        assert expected <= set(sections)
+        for name, options in sections.items():
+            if name == "local" and not local_model_available():
+                continue
+            assert build_provider(name, options).name == name
+        root = REPO_PROMPTS.parent
+        setup = build_agent_setup(raw["provider"], sections, raw["tools"], raw["prompts"], config_dir=root)
+        assert setup.provider_name == "echo"
+        assert [t.name for t in setup.tools] == ["current_time", "calculate"]
+        assert setup.prompt is not None and setup.prompt.name == "default"
+
+    def test_retry_table_is_validated(self) -> None:
+        """A misspelt or mistyped retry option is a ConfigError."""
+        with pytest.raises(ConfigError, match="retry"):
+            build_provider("openai", {"retry": {"attempt": 3}})
+        with pytest.raises(ConfigError, match="integer"):
+            build_provider("openai", {"retry": {"attempts": 2.5}})
