@@ -89,9 +89,9 @@ def _settings(options: ChatOptions) -> tuple[AblySettings, str | None]:
     else:
         msg = "no credentials: pass --key KEY or --token JWT (see `agent-worker run` output)"
         raise AgentWorkerError(msg, code=40101, status_code=401)
-    settings = AblySettings(
-        endpoint=options.endpoint, token_source=source, client_id=client_id, tls=options.tls
-    )
+    # No client_id option: ably-python would reject the bare JWT string the callback returns ("Client
+    # ID cannot be changed", it cannot read the claim); the identity comes from the token instead.
+    settings = AblySettings(endpoint=options.endpoint, token_source=source, tls=options.tls)
     return settings, client_id
 
 

@@ -1,0 +1,38 @@
+"""Helpers shared by the client tests (imported as a top-level module: tests have no packages)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from agent_worker.client.render import conversation_view, plain_text, render
+from agent_worker.client.session import ChatSession
+
+
+def transcript(session: ChatSession, *, decorate: bool = True) -> str:
+    return plain_text(render(conversation_view(session.tree, session.authors), decorate=decorate))
+
+
+async def wait_until(
+    session: ChatSession,
+    predicate: Callable[[], bool],
+    what: str,
+    timeout: float = 10.0,  # noqa: ASYNC109 - a bound on waiting, not a timing assertion
+) -> None:
+    """Until ``predicate()`` holds after some update of ``session`` (checked on every update)."""
+    changed = asyncio.Event()
+    off = session.on_update(changed.set)
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                changed.clear()
+                await changed.wait()
+    except TimeoutError:
+        msg = f"timed out waiting for {what}; transcript:\n{transcript(session)}"
+        raise AssertionError(msg) from None
+    finally:
+        off()
+
+
+DeviceFactory = Callable[..., Any]
