@@ -223,6 +223,10 @@ class ConversationTree:
         self._superseded: set[str] = set()
         self._event_index: dict[str, InboundMessage] = {}
         self._seq = 0
+        # Structural version: bumped whenever sibling grouping can change; keys the siblings cache.
+        self._version = 0
+        self._sibling_cache: dict[str, list[Node]] = {}
+        self._sibling_cache_version = -1
         self._listeners: list[Callable[[InboundMessage, ApplyResult], None]] = []
 
     # --- feeding -------------------------------------------------------------------------------
@@ -311,6 +315,7 @@ class ConversationTree:
         entry = self._nodes.pop(key, None)
         if entry is None:
             return
+        self._version += 1
         node = entry.node
         children = self._children.get(node.parent)
         if children is not None:
@@ -322,6 +327,11 @@ class ConversationTree:
         for cmid, owner in list(self._cmid_to_key.items()):
             if owner == key:
                 del self._cmid_to_key[cmid]
+
+    @property
+    def version(self) -> int:
+        """Structural version: changes whenever nodes, parents, ordering or the id index change."""
+        return self._version
 
     def is_superseded(self, run_id: str) -> bool:
         """Whether a client tool-result fork superseded that run."""
@@ -351,8 +361,9 @@ class ConversationTree:
             return ApplyResult()
         if fork_cmid is not None:
             supersedes = headers.get(H_SUPERSEDES)
-            if supersedes is not None:
+            if supersedes is not None and supersedes not in self._superseded:
                 self._superseded.add(supersedes)
+                self._version += 1
         streamed = headers.get(H_STREAM) == "true"
         if input_cmid is not None:
             entry = self._nodes.get(input_cmid)
@@ -361,6 +372,7 @@ class ConversationTree:
                 entry = self._wrap(node)
                 self._insert(input_cmid, entry, node.parent)
                 self._cmid_to_key[input_cmid] = input_cmid
+                self._version += 1
             elif isinstance(entry.node, InputNode) and serial and not entry.node.serial:
                 entry.node.serial = serial
                 self._promote(entry)
@@ -432,8 +444,9 @@ class ConversationTree:
             run.node.start_serial = serial
             self._promote(run)
         owner_key = run.node.key
-        if cmid:
+        if cmid and self._cmid_to_key.get(cmid) != owner_key:
             self._cmid_to_key[cmid] = owner_key
+            self._version += 1
         step_id = headers.get(H_STEP_ID)
         step_start_serial = headers.get(H_STEP_START_SERIAL)
         if step_id is not None and step_start_serial is not None and serial is not None:
@@ -547,6 +560,7 @@ class ConversationTree:
         self._nodes[key] = entry
         self._children.setdefault(parent, set()).add(key)
         self._insert_sorted(entry)
+        self._version += 1
 
     def _insert_sorted(self, entry: _Internal) -> None:
         k = self._sort_key(entry)
@@ -560,11 +574,13 @@ class ConversationTree:
         self._sorted.insert(lo, entry)
 
     def _promote(self, entry: _Internal) -> None:
+        self._version += 1
         if entry in self._sorted:
             self._sorted.remove(entry)
         self._insert_sorted(entry)
 
     def _reparent(self, key: str, old: str | None, new: str | None) -> None:
+        self._version += 1
         children = self._children.get(old)
         if children is not None:
             children.discard(key)
@@ -668,6 +684,7 @@ class ConversationTree:
         if other is not None and other is not entry:
             return None
         node = entry.node
+        self._version += 1
         del self._nodes[fork_cmid]
         node.run_id = run_id
         self._nodes[run_id] = entry
@@ -690,7 +707,9 @@ class ConversationTree:
             return
         if self._rekey_fork_run(fork_cmid, run_id) is not None:
             return
-        self._cmid_to_key.setdefault(fork_cmid, run_id)
+        if fork_cmid not in self._cmid_to_key:
+            self._cmid_to_key[fork_cmid] = run_id
+            self._version += 1
 
     def _apply_step_lifecycle(self, ev: StepLifecycle) -> None:
         entry = self._nodes.get(ev.run_id)
@@ -771,6 +790,12 @@ class ConversationTree:
 
     def siblings(self, key: str) -> list[Node]:
         """Edit siblings (inputs linked by ``fork-of``) or regenerate siblings (runs sharing a parent)."""
+        if self._sibling_cache_version != self._version:
+            self._sibling_cache.clear()
+            self._sibling_cache_version = self._version
+        cached = self._sibling_cache.get(key)
+        if cached is not None:
+            return list(cached)
         entry = self._nodes.get(key)
         if entry is None:
             return []
@@ -785,7 +810,9 @@ class ConversationTree:
             and self._is_sibling(self._nodes[k].node, original)
         ]
         group.sort(key=self._sort_key)
-        return [e.node for e in group]
+        nodes = [e.node for e in group]
+        self._sibling_cache[key] = nodes
+        return list(nodes)
 
     def group_root(self, key: str) -> str:
         """The key identifying a sibling group (the input edited first, or the earliest run)."""

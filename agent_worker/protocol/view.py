@@ -46,7 +46,10 @@ class ClientView:
 
     def apply(self, msg: InboundMessage) -> None:
         """Fold a live message, pinning edit groups that were on screen (view.ts ``_onTreeUpdate``)."""
+        before = self.tree.version
         self.tree.apply(msg)
+        if self.tree.version == before:
+            return  # content-only fold (e.g. a stream delta): the visible structure is unchanged
         self._pin(self._last_keys)
         self._roll_pending_regen()
         self._snapshot()

@@ -209,6 +209,29 @@ class TestBranchSelection:
             ("user", "fourth"),
         ]
 
+    @pytest.mark.parametrize("close_stream", [False, True])
+    def test_d_error_run(self, close_stream: bool) -> None:
+        """§10(d): the source fails mid-stream; the official path leaves the stream 'streaming', the
+        cleaner one closes it cancelled. Either way clients keep the partial text and mark the run error."""
+        c = Convo()
+        c.user("CU", "tell me a story")
+        r = c.run("R1", input_cmid="CU", leaf="CU").start(run_parent="CU")
+        r.begin_step(cmid="CA")
+        r.emit({"type": "start"}, {"type": "start-step"}, {"type": "text-start", "id": "txt-0"})
+        r.emit({"type": "text-delta", "id": "txt-0", "delta": "Once upon"})
+        r.end_step(reason="failed", cancel=close_stream)
+        r.end("error", error=(104008, "unable to complete run; upstream 500"))
+        status = [m.transport_headers.get("status") for m in c.ch.history() if m.action == "message.update"]
+        assert status == ["cancelled" if close_stream else "streaming"]
+        got = check_against_js(c, run_ids=["R1"])
+        assert got["runs"]["R1"]["status"] == "error"
+        assert got["runs"]["R1"]["error"] == {
+            "code": 104008,
+            "message": "unable to complete run; upstream 500",
+        }
+        assert got["runs"]["R1"]["steps"][0]["status"] == "failed"
+        assert texts(got["messages"]) == [("user", "tell me a story"), ("assistant", "Once upon")]
+
     def test_current_run_is_kept_even_while_active(self) -> None:
         """The run being served stays in the branch (its steering messages and earlier passes)."""
         c = Convo()
