@@ -48,6 +48,14 @@ def _int_param(q: Any, name: str, default: int | None = None) -> int | None:
         raise ProtocolError(msg, code=40003) from None
 
 
+def _limit(q: Any) -> int:
+    limit = _int_param(q, "limit", 100)
+    if limit is None or limit < 1 or limit > _MAX_LIMIT:
+        msg = f"limit must be between 1 and {_MAX_LIMIT}"
+        raise ProtocolError(msg, code=40003)
+    return limit
+
+
 def _header_safe(text: str) -> str:
     return "".join(c if 32 <= ord(c) < 127 else "?" for c in text)[:500]
 
@@ -278,8 +286,8 @@ class RestApi:
         if direction not in ("backwards", "forwards"):
             msg = "direction must be 'backwards' or 'forwards'"
             raise ProtocolError(msg, code=40003)
-        limit = _int_param(q, "limit", 100) or 100
-        if limit < 1 or limit > _MAX_LIMIT:
+        limit = _int_param(q, "limit", 100)
+        if limit is None or limit < 1 or limit > _MAX_LIMIT:
             msg = f"limit must be between 1 and {_MAX_LIMIT}"
             raise ProtocolError(msg, code=40003)
         start, end = _int_param(q, "start"), _int_param(q, "end")
@@ -303,7 +311,7 @@ class RestApi:
 
     def _presence(self, request: web.Request, name: str) -> web.Response:
         q = request.query
-        limit = _int_param(q, "limit", 100) or 100
+        limit = _limit(q)
         members = self.hub.channel(name).presence.snapshot(
             client_id=q.get("clientId") or None, connection_id=q.get("connectionId") or None
         )
@@ -316,7 +324,7 @@ class RestApi:
 
     def _presence_history(self, request: web.Request, name: str) -> web.Response:
         q = request.query
-        limit = _int_param(q, "limit", 100) or 100
+        limit = _limit(q)
         events = list(self.hub.channel(name).presence.history)
         start, end = _int_param(q, "start"), _int_param(q, "end")
         events = [

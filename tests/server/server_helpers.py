@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import msgpack
+from ably.types.connectionstate import ConnectionState
 
 from agent_worker.server import EmbeddedServer
 
@@ -128,3 +129,8 @@ def collector() -> tuple[list[Any], Callable[[Any], None]]:
         items.append(item)
 
     return items, listener
+
+
+async def wait_connected(client: Any, within: float = 10.0) -> None:
+    """Wait until an ably-python realtime client is CONNECTED (it may already be)."""
+    await eventually(lambda: client.connection.state == ConnectionState.CONNECTED, within, "CONNECTED")

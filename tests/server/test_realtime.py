@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from ably.types.connectionstate import ConnectionState
 from server_helpers import (
     ACK,
     ATTACHED,
@@ -19,6 +18,7 @@ from server_helpers import (
     RawClient,
     collector,
     eventually,
+    wait_connected,
 )
 
 from agent_worker.server import EmbeddedServer, ServerConfig
@@ -30,7 +30,7 @@ class TestConnect:
         """A JWT-authenticated client is CONNECTED and adopts the token's clientId."""
         rt = python_realtime(ably_server, client_id="alice")
         try:
-            await rt.connection.once_async(ConnectionState.CONNECTED)
+            await wait_connected(rt)
             assert rt.auth.client_id == "alice"
             assert rt.connection.connection_manager.connection_id
         finally:
@@ -40,7 +40,7 @@ class TestConnect:
         """A static token string with no clientId connects anonymously."""
         rt = python_realtime(ably_server, token=ably_server.mint_token())
         try:
-            await rt.connection.once_async(ConnectionState.CONNECTED)
+            await wait_connected(rt)
             assert rt.auth.client_id is None
         finally:
             await rt.close()
@@ -85,7 +85,7 @@ class TestConnect:
         """connection.ping() completes: the server echoes HEARTBEAT ids."""
         rt = python_realtime(ably_server, client_id="alice")
         try:
-            await rt.connection.once_async(ConnectionState.CONNECTED)
+            await wait_connected(rt)
             assert await rt.connection.ping() >= 0
         finally:
             await rt.close()
