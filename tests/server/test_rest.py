@@ -133,9 +133,8 @@ class TestMisc:
             assert abs(await rest.time() - time.time() * 1000) < 60_000
         finally:
             await rest.close()
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://{ably_server.endpoint}/time") as resp:
-                assert isinstance((await resp.json())[0], int)
+        async with aiohttp.ClientSession() as http, http.get(f"http://{ably_server.endpoint}/time") as resp:
+            assert isinstance((await resp.json())[0], int)
 
     async def test_idempotent_publish_by_id(self, ably_server: EmbeddedServer) -> None:
         """Re-publishing the same message ids returns the original serials and stores nothing new."""
