@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from agent_worker.protocol.headers import (
     H_CODEC_MESSAGE_ID,
@@ -35,11 +34,22 @@ from agent_worker.protocol.headers import (
     H_SUPERSEDES,
     RUN_LIFECYCLE_NAMES,
     STEP_LIFECYCLE_NAMES,
-    RunEndError,
     RunLifecycle,
     StepLifecycle,
     parse_run_lifecycle,
     parse_step_lifecycle,
+)
+from agent_worker.protocol.nodes import (
+    ApplyResult,
+    Event,
+    InputNode,
+    Internal,
+    Node,
+    RunNode,
+    RunStatus,
+    StepInfo,
+    StepRecord,
+    StepState,
 )
 from agent_worker.protocol.vercel.decoder import Chunk, InputEvent, UIMessageDecoder
 from agent_worker.protocol.vercel.reducer import CodecMessage, VercelProjection
@@ -55,169 +65,15 @@ __all__ = [
     "StepInfo",
 ]
 
-RunStatus = Literal["active", "suspended", "complete", "cancelled", "error"]
-_Event = tuple[Literal["input", "output"], dict[str, Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class StepInfo:
-    """Read model of one step (its canonical attempt = highest ``ai-step-start`` serial)."""
-
-    step_id: str
-    status: Literal["active", "complete", "failed", "cancelled"]
-    attempt_count: int
-    step_client_id: str | None
-
-
-@dataclass(slots=True)
-class _LogEntry:
-    serial: str
-    message_id: str | None
-    events: list[_Event]
-    decoded_through: str
-
-
-class _WireLog:
-    """Per-node serial-ordered event log with a per-serial version high-water mark (wire-log.ts)."""
-
-    def __init__(self) -> None:
-        self.entries: list[_LogEntry] = []
-
-    def record(
-        self, serial: str, message_id: str | None, events: list[_Event], version: str | None, streamed: bool
-    ) -> Literal["dropped", "incremental", "refold"]:
-        for i in range(len(self.entries) - 1, -1, -1):
-            entry = self.entries[i]
-            if entry.serial == serial:
-                if version is not None and (version <= entry.decoded_through or not streamed):
-                    return "dropped"
-                entry.events.extend(events)
-                if version is not None:
-                    entry.decoded_through = version
-                return "incremental" if i == len(self.entries) - 1 else "refold"
-            if entry.serial < serial:
-                self.entries.insert(i + 1, _LogEntry(serial, message_id, list(events), version or serial))
-                return "incremental" if i + 1 == len(self.entries) - 1 else "refold"
-        self.entries.insert(0, _LogEntry(serial, message_id, list(events), version or serial))
-        return "incremental" if len(self.entries) == 1 else "refold"
-
-
-@dataclass(slots=True)
-class _StepRecord:
-    started: bool = False
-    canonical: str | None = None
-    step_client_id: str | None = None
-    start_serials: set[str] = field(default_factory=set)
-    end_reasons: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _StepState:
-    steps: dict[str, _StepRecord] = field(default_factory=dict)
-    attribution: dict[str, tuple[str, str]] = field(
-        default_factory=dict
-    )  # output serial → (step, start serial)
-    output_attempts: dict[str, set[str]] = field(default_factory=dict)
-
-
-@dataclass(slots=True, eq=False)
-class InputNode:
-    """A run-less user input (key = codec-message-id)."""
-
-    codec_message_id: str
-    parent: str | None
-    fork_of: str | None
-    serial: str | None
-    projection: VercelProjection = field(default_factory=VercelProjection)
-    kind: Literal["input"] = "input"
-
-    @property
-    def key(self) -> str:
-        return self.codec_message_id
-
-    @property
-    def sort_serial(self) -> str | None:
-        return self.serial
-
-    @property
-    def messages(self) -> list[CodecMessage]:
-        return self.projection.messages
-
-
-@dataclass(slots=True, eq=False)
-class RunNode:
-    """A run (key = run-id) with its lifecycle status and folded assistant/steering messages."""
-
-    run_id: str
-    parent: str | None
-    fork_of: str | None
-    regenerates: str | None
-    client_id: str
-    invocation_id: str
-    start_serial: str | None
-    status: RunStatus = "active"
-    error: RunEndError | None = None
-    end_serial: str | None = None
-    last_resume_invocation_id: str | None = None
-    steps: tuple[StepInfo, ...] = ()
-    projection: VercelProjection = field(default_factory=VercelProjection)
-    kind: Literal["run"] = "run"
-
-    @property
-    def key(self) -> str:
-        return self.run_id
-
-    @property
-    def sort_serial(self) -> str | None:
-        return self.start_serial
-
-    @property
-    def messages(self) -> list[CodecMessage]:
-        return self.projection.messages
-
-
-Node = InputNode | RunNode
-
-
-@dataclass(slots=True, eq=False)
-class _Internal:
-    node: Node
-    seq: int
-    log: _WireLog = field(default_factory=_WireLog)
-    run_start_seen: bool = False
-    optimistic: bool = False
-    step_state: _StepState | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyResult:
-    """What one :meth:`ConversationTree.apply` did — the JS tree's ``run``/``output`` events in one value.
-
-    A steering message is an ``ai-input`` folded into a run: ``run_id`` set and ``inputs`` non-empty.
-    """
-
-    run_lifecycle: RunLifecycle | None = None
-    step_lifecycle: StepLifecycle | None = None
-    folded: bool = False
-    run_id: str | None = None
-    codec_message_id: str | None = None
-    input_codec_message_id: str | None = None
-    serial: str | None = None
-    step_id: str | None = None
-    step_start_serial: str | None = None
-    steer_codec_message_ids: tuple[str, ...] | None = None
-    inputs: tuple[InputEvent, ...] = ()
-    outputs: tuple[Chunk, ...] = ()
-
 
 class ConversationTree:
     """The folded conversation of one channel (session). Pure: feed it every message with :meth:`apply`."""
 
     def __init__(self, decoder: UIMessageDecoder | None = None) -> None:
         self.decoder = decoder if decoder is not None else UIMessageDecoder()
-        self._nodes: dict[str, _Internal] = {}
+        self._nodes: dict[str, Internal] = {}
         self._cmid_to_key: dict[str, str] = {}
-        self._sorted: list[_Internal] = []
+        self._sorted: list[Internal] = []
         self._children: dict[str | None, set[str]] = {}
         self._reply_runs: dict[str, set[str]] = {}
         self._superseded: set[str] = set()
@@ -355,7 +211,7 @@ class ConversationTree:
         fork_cmid = cmid if run_less_input and role != "user" else None
         if wire_run_id is None and input_cmid is None and fork_cmid is None:
             return ApplyResult()
-        events: list[_Event] = [("input", e) for e in inputs] + [("output", e) for e in outputs]
+        events: list[Event] = [("input", e) for e in inputs] + [("output", e) for e in outputs]
         existing_key = input_cmid if input_cmid is not None else wire_run_id
         if not events and existing_key is not None and existing_key not in self._nodes:
             return ApplyResult()
@@ -414,7 +270,7 @@ class ConversationTree:
     ) -> ApplyResult:
         cmid = headers.get(H_CODEC_MESSAGE_ID)
         input_cmid = headers.get(H_INPUT_CODEC_MESSAGE_ID)
-        events: list[_Event] = [("input", e) for e in inputs] + [("output", e) for e in outputs]
+        events: list[Event] = [("input", e) for e in inputs] + [("output", e) for e in outputs]
         self._link_fork_input(input_cmid, run_id)
         run = self._nodes.get(run_id)
         if run is None and cmid is not None:
@@ -450,7 +306,7 @@ class ConversationTree:
         step_id = headers.get(H_STEP_ID)
         step_start_serial = headers.get(H_STEP_START_SERIAL)
         if step_id is not None and step_start_serial is not None and serial is not None:
-            ss = run.step_state if run.step_state is not None else _StepState()
+            ss = run.step_state if run.step_state is not None else StepState()
             run.step_state = ss
             ss.attribution[serial] = (step_id, step_start_serial)
             ss.output_attempts.setdefault(step_id, set()).add(step_start_serial)
@@ -480,7 +336,7 @@ class ConversationTree:
     # --- folding -------------------------------------------------------------------------------
 
     @staticmethod
-    def _fold(projection: VercelProjection, event: _Event, message_id: str | None) -> None:
+    def _fold(projection: VercelProjection, event: Event, message_id: str | None) -> None:
         direction, payload = event
         if direction == "input":
             projection.fold_input(payload, message_id)
@@ -489,9 +345,9 @@ class ConversationTree:
 
     def _record_and_fold(
         self,
-        entry: _Internal,
+        entry: Internal,
         *,
-        events: list[_Event],
+        events: list[Event],
         serial: str | None,
         message_id: str | None,
         version: str | None,
@@ -516,14 +372,14 @@ class ConversationTree:
         self._fold_into(entry, events, serial, message_id)
 
     def _fold_into(
-        self, entry: _Internal, events: list[_Event], serial: str | None, message_id: str | None
+        self, entry: Internal, events: list[Event], serial: str | None, message_id: str | None
     ) -> None:
         if serial is not None and self._is_gated(entry, serial):
             return
         for ev in events:
             self._fold(entry.node.projection, ev, message_id)
 
-    def _refold(self, entry: _Internal) -> None:
+    def _refold(self, entry: Internal) -> None:
         projection = VercelProjection()
         for log_entry in entry.log.entries:
             if self._is_gated(entry, log_entry.serial):
@@ -533,7 +389,7 @@ class ConversationTree:
         entry.node.projection = projection
 
     @staticmethod
-    def _is_gated(entry: _Internal, serial: str) -> bool:
+    def _is_gated(entry: Internal, serial: str) -> bool:
         ss = entry.step_state
         if ss is None:
             return False
@@ -547,22 +403,22 @@ class ConversationTree:
 
     # --- structure -----------------------------------------------------------------------------
 
-    def _wrap(self, node: Node, *, run_start_seen: bool = False) -> _Internal:
+    def _wrap(self, node: Node, *, run_start_seen: bool = False) -> Internal:
         self._seq += 1
-        return _Internal(node=node, seq=self._seq, run_start_seen=run_start_seen)
+        return Internal(node=node, seq=self._seq, run_start_seen=run_start_seen)
 
     @staticmethod
-    def _sort_key(entry: _Internal) -> tuple[int, str, int]:
+    def _sort_key(entry: Internal) -> tuple[int, str, int]:
         s = entry.node.sort_serial
         return (1, "", entry.seq) if s is None else (0, s, entry.seq)
 
-    def _insert(self, key: str, entry: _Internal, parent: str | None) -> None:
+    def _insert(self, key: str, entry: Internal, parent: str | None) -> None:
         self._nodes[key] = entry
         self._children.setdefault(parent, set()).add(key)
         self._insert_sorted(entry)
         self._version += 1
 
-    def _insert_sorted(self, entry: _Internal) -> None:
+    def _insert_sorted(self, entry: Internal) -> None:
         k = self._sort_key(entry)
         lo, hi = 0, len(self._sorted)
         while lo < hi:
@@ -573,7 +429,7 @@ class ConversationTree:
                 hi = mid
         self._sorted.insert(lo, entry)
 
-    def _promote(self, entry: _Internal) -> None:
+    def _promote(self, entry: Internal) -> None:
         self._version += 1
         if entry in self._sorted:
             self._sorted.remove(entry)
@@ -625,7 +481,7 @@ class ConversationTree:
                 entry.node.error = ev.error if reason == "error" else None
                 entry.node.end_serial = ev.serial
 
-    def _backfill(self, entry: _Internal, ev: RunLifecycle) -> None:
+    def _backfill(self, entry: Internal, ev: RunLifecycle) -> None:
         node = entry.node
         assert isinstance(node, RunNode)
         if node.parent is None and ev.parent is not None:
@@ -673,7 +529,7 @@ class ConversationTree:
         self._index_reply_run(node)
         self._link_fork_input(ev.input_codec_message_id, ev.run_id)
 
-    def _rekey_fork_run(self, fork_cmid: str | None, run_id: str) -> _Internal | None:
+    def _rekey_fork_run(self, fork_cmid: str | None, run_id: str) -> Internal | None:
         """Re-key an optimistic fork run (keyed by its codec-message-id) onto the agent-minted run-id."""
         if fork_cmid is None or fork_cmid == run_id:
             return None
@@ -719,9 +575,9 @@ class ConversationTree:
             self._insert(ev.run_id, entry, None)
         if entry is None or not isinstance(entry.node, RunNode):
             return
-        ss = entry.step_state if entry.step_state is not None else _StepState()
+        ss = entry.step_state if entry.step_state is not None else StepState()
         entry.step_state = ss
-        rec = ss.steps.setdefault(ev.step_id, _StepRecord())
+        rec = ss.steps.setdefault(ev.step_id, StepRecord())
         start_serial = ev.serial if ev.type == "step-start" else ev.step_start_serial
         if start_serial is not None:
             rec.start_serials.add(start_serial)

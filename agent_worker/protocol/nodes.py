@@ -1,0 +1,178 @@
+"""Tree node types and the per-node wire log (src/core/transport/tree.ts, wire-log.ts, types/tree.ts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agent_worker.protocol.headers import RunEndError, RunLifecycle, StepLifecycle
+from agent_worker.protocol.vercel.decoder import Chunk, InputEvent
+from agent_worker.protocol.vercel.reducer import CodecMessage, VercelProjection
+
+__all__ = [
+    "ApplyResult",
+    "Event",
+    "InputNode",
+    "Internal",
+    "Node",
+    "RunNode",
+    "RunStatus",
+    "StepInfo",
+    "StepRecord",
+    "StepState",
+    "WireLog",
+]
+
+RunStatus = Literal["active", "suspended", "complete", "cancelled", "error"]
+Event = tuple[Literal["input", "output"], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """Read model of one step (its canonical attempt = highest ``ai-step-start`` serial)."""
+
+    step_id: str
+    status: Literal["active", "complete", "failed", "cancelled"]
+    attempt_count: int
+    step_client_id: str | None
+
+
+@dataclass(slots=True)
+class LogEntry:
+    serial: str
+    message_id: str | None
+    events: list[Event]
+    decoded_through: str
+
+
+class WireLog:
+    """Per-node serial-ordered event log with a per-serial version high-water mark (wire-log.ts)."""
+
+    def __init__(self) -> None:
+        self.entries: list[LogEntry] = []
+
+    def record(
+        self, serial: str, message_id: str | None, events: list[Event], version: str | None, streamed: bool
+    ) -> Literal["dropped", "incremental", "refold"]:
+        for i in range(len(self.entries) - 1, -1, -1):
+            entry = self.entries[i]
+            if entry.serial == serial:
+                if version is not None and (version <= entry.decoded_through or not streamed):
+                    return "dropped"
+                entry.events.extend(events)
+                if version is not None:
+                    entry.decoded_through = version
+                return "incremental" if i == len(self.entries) - 1 else "refold"
+            if entry.serial < serial:
+                self.entries.insert(i + 1, LogEntry(serial, message_id, list(events), version or serial))
+                return "incremental" if i + 1 == len(self.entries) - 1 else "refold"
+        self.entries.insert(0, LogEntry(serial, message_id, list(events), version or serial))
+        return "incremental" if len(self.entries) == 1 else "refold"
+
+
+@dataclass(slots=True)
+class StepRecord:
+    started: bool = False
+    canonical: str | None = None
+    step_client_id: str | None = None
+    start_serials: set[str] = field(default_factory=set)
+    end_reasons: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class StepState:
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+    attribution: dict[str, tuple[str, str]] = field(
+        default_factory=dict
+    )  # output serial → (step, start serial)
+    output_attempts: dict[str, set[str]] = field(default_factory=dict)
+
+
+@dataclass(slots=True, eq=False)
+class InputNode:
+    """A run-less user input (key = codec-message-id)."""
+
+    codec_message_id: str
+    parent: str | None
+    fork_of: str | None
+    serial: str | None
+    projection: VercelProjection = field(default_factory=VercelProjection)
+    kind: Literal["input"] = "input"
+
+    @property
+    def key(self) -> str:
+        return self.codec_message_id
+
+    @property
+    def sort_serial(self) -> str | None:
+        return self.serial
+
+    @property
+    def messages(self) -> list[CodecMessage]:
+        return self.projection.messages
+
+
+@dataclass(slots=True, eq=False)
+class RunNode:
+    """A run (key = run-id) with its lifecycle status and folded assistant/steering messages."""
+
+    run_id: str
+    parent: str | None
+    fork_of: str | None
+    regenerates: str | None
+    client_id: str
+    invocation_id: str
+    start_serial: str | None
+    status: RunStatus = "active"
+    error: RunEndError | None = None
+    end_serial: str | None = None
+    last_resume_invocation_id: str | None = None
+    steps: tuple[StepInfo, ...] = ()
+    projection: VercelProjection = field(default_factory=VercelProjection)
+    kind: Literal["run"] = "run"
+
+    @property
+    def key(self) -> str:
+        return self.run_id
+
+    @property
+    def sort_serial(self) -> str | None:
+        return self.start_serial
+
+    @property
+    def messages(self) -> list[CodecMessage]:
+        return self.projection.messages
+
+
+Node = InputNode | RunNode
+
+
+@dataclass(slots=True, eq=False)
+class Internal:
+    node: Node
+    seq: int
+    log: WireLog = field(default_factory=WireLog)
+    run_start_seen: bool = False
+    optimistic: bool = False
+    step_state: StepState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What one :meth:`ConversationTree.apply` did — the JS tree's ``run``/``output`` events in one value.
+
+    A steering message is an ``ai-input`` folded into a run: ``run_id`` set and ``inputs`` non-empty.
+    """
+
+    run_lifecycle: RunLifecycle | None = None
+    step_lifecycle: StepLifecycle | None = None
+    folded: bool = False
+    run_id: str | None = None
+    codec_message_id: str | None = None
+    input_codec_message_id: str | None = None
+    serial: str | None = None
+    step_id: str | None = None
+    step_start_serial: str | None = None
+    steer_codec_message_ids: tuple[str, ...] | None = None
+    inputs: tuple[InputEvent, ...] = ()
+    outputs: tuple[Chunk, ...] = ()
