@@ -135,6 +135,8 @@ class ChatApp:
     def redraw(self) -> None:
         self._redraw_scheduled = False
         self.printer.update(render(conversation_view(self.session.tree, self.session.authors)))
+        if not self.session.active_runs() and not self.session.pending_own():
+            self.printer.settle()
 
     def _on_event(self, event: SessionEvent) -> None:
         style = {"connection": "dim yellow", "error": "bold red", "info": "dim"}[event.kind]

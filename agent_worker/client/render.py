@@ -309,6 +309,12 @@ class LivePrinter:
             self._printed.append(block)
             self._restart_last = False
 
+    def settle(self) -> None:
+        """Nothing is streaming: end the line so the user's typing starts on a fresh one."""
+        if not self._at_line_start:
+            self._newline()
+            self._restart_last = bool(self._printed)
+
     def notice(self, text: str, style: str = "dim") -> None:
         """A line outside the conversation; a block still streaming is reprinted after it."""
         self._newline()

@@ -87,6 +87,12 @@ class ScriptedAgent:
             await self._arrived.wait_for(lambda: event_id in self.inputs)
         return self.inputs[event_id]
 
+    async def wait_inputs(self, count: int, timeout: float = 15.0) -> list[InboundMessage]:  # noqa: ASYNC109
+        """Until ``count`` ai-input wires have arrived; returns all of them in arrival order."""
+        async with asyncio.timeout(timeout), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.input_wires) >= count)
+        return list(self.input_wires)
+
     async def wait_cancels(self, count: int, timeout: float = 10.0) -> list[InboundMessage]:  # noqa: ASYNC109
         async with asyncio.timeout(timeout), self._arrived:
             await self._arrived.wait_for(lambda: len(self.cancels) >= count)
