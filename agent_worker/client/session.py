@@ -376,15 +376,12 @@ class ChatSession:
         return sent
 
     def _drop_optimistic(self, codec_message_id: str) -> None:
+        """The publish failed: remove the optimistic node unless an echo already gave it a serial."""
         node = self.tree.node_by_codec_message_id(codec_message_id)
-        if not (isinstance(node, InputNode) and node.serial is None):
-            return
-        delete = getattr(self.tree, "delete", None)  # JS tree.delete; see notes/protocol-requests.md
-        if callable(delete):
-            delete(codec_message_id)
+        if isinstance(node, InputNode) and node.serial is None:
+            self.tree.delete(codec_message_id)
+            self.authors.pop(codec_message_id, None)
             self._notify()
-        else:
-            self._emit("error", "the message was not sent (it is shown only on this device)")
 
     async def _publish(self, wires: list[OutboundMessage], sent: SentInput) -> None:
         self._pending_starts[sent.codec_message_id] = sent

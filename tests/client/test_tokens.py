@@ -99,3 +99,16 @@ class TestDevEndpoint:
             assert bad.status == 400
             anonymous = decode_token(await (await client.get("/api/auth/token")).text())
             assert "x-ably-clientId" not in anonymous
+
+    async def test_refused_publish_removes_the_optimistic_message(
+        self, ably_server: EmbeddedServer, device: DeviceFactory
+    ) -> None:
+        """Without publish capability the send fails and the message does not linger on screen."""
+        capability = {"conversations:read-only": ["subscribe", "history", "presence"]}
+        token = mint_token(ably_server.default_key, client_id="eve", capability=capability)
+        eve = await device("conversations:read-only", None, key=None, token=token)
+        with pytest.raises(TransportError) as refused:
+            await eve.send_text("let me in")
+        assert refused.value.code == 40160
+        assert eve.visible_messages() == []
+        assert eve.pending_own() == []
