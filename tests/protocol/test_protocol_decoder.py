@@ -3,10 +3,11 @@ inputs, bad input; differential runs against the official JS decoder/reducer."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
-from protocol_support import ALL_OUTPUT_CHUNKS, Channel, inbound_json, js_codec, message_json
+from protocol_support import ALL_OUTPUT_CHUNKS, Channel, inbound_json, js_codec, message_json, run_encoder
 
 from agent_worker.errors import CodecError
 from agent_worker.protocol.headers import build_input_headers, build_output_headers
@@ -620,3 +621,77 @@ class TestDecoderAgainstJs:
         decoded, messages = fold(raw)
         assert decoded == js["decoded"]
         assert messages == js["messages"]
+
+
+def interleaved_chunks(seed: int) -> list[dict[str, Any]]:
+    """A reproducible pseudo-random pass with several streams open at once and discrete events between."""
+    rnd = random.Random(seed)
+    chunks: list[dict[str, Any]] = [{"type": "start"}, {"type": "start-step"}]
+    open_streams: list[tuple[str, str]] = []
+    ids = iter(range(1000))
+    for _ in range(60):
+        roll = rnd.random()
+        if roll < 0.25 and len(open_streams) < 3:
+            kind = rnd.choice(["text", "reasoning", "tool"])
+            sid = f"{kind[0]}{next(ids)}"
+            if kind == "tool":
+                chunks.append(
+                    {
+                        "type": "tool-input-start",
+                        "toolCallId": sid,
+                        "toolName": "f",
+                        "dynamic": rnd.random() < 0.5,
+                    }
+                )
+            else:
+                chunks.append({"type": f"{kind}-start", "id": sid})
+            open_streams.append((kind, sid))
+        elif roll < 0.75 and open_streams:
+            kind, sid = rnd.choice(open_streams)
+            frag = rnd.choice(["a", "ü ", '{"k":', "1}", "", "\n"])
+            if kind == "tool":
+                chunks.append({"type": "tool-input-delta", "toolCallId": sid, "inputTextDelta": frag})
+            else:
+                chunks.append({"type": f"{kind}-delta", "id": sid, "delta": frag})
+        elif roll < 0.9 and open_streams:
+            kind, sid = open_streams.pop(rnd.randrange(len(open_streams)))
+            if kind == "tool":
+                chunks.append(
+                    {"type": "tool-input-available", "toolCallId": sid, "toolName": "f", "input": {}}
+                )
+                chunks.append(
+                    {"type": "tool-output-available", "toolCallId": sid, "output": rnd.random() < 0.5}
+                )
+            else:
+                chunks.append({"type": f"{kind}-end", "id": sid})
+        else:
+            chunks.append(
+                rnd.choice(
+                    [
+                        {"type": "data-tick", "id": "d", "data": rnd.randrange(9)},
+                        {"type": "finish-step"},
+                        {"type": "start-step"},
+                    ]
+                )
+            )
+    return chunks
+
+
+@pytest.mark.node
+@pytest.mark.parametrize("seed", [7, 2024])
+def test_interleaved_streams_round_trip_like_js(seed: int) -> None:
+    """Concurrently open streams (some left open, then cancelled) encode, deliver and fold exactly like JS."""
+    chunks = interleaved_chunks(seed)
+    js = js_codec("encode", defaultHeaders=DEFAULTS, messageId="CA", chunks=chunks, cancelAtEnd=True)
+    assert run_encoder(UIMessageEncoder(DEFAULTS), chunks, cancel_at_end=True)["ops"] == js["ops"]
+    ch = Channel()
+    enc = UIMessageEncoder(DEFAULTS)
+    streams: dict[str, str] = {}
+    for chunk in chunks:
+        ch.run_ops(enc.encode(chunk), streams)
+    ch.run_ops(enc.cancel_open_streams(), streams)
+    msgs = [*ch.live, *ch.history()]
+    js_dec = js_codec("decode", messages=[inbound_json(m) for m in msgs])
+    decoded, messages = fold(msgs)
+    assert decoded == js_dec["decoded"]
+    assert messages == js_dec["messages"]
