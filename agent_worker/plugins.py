@@ -37,6 +37,7 @@ __all__ = [
     "load_plugins",
     "provider_specs",
     "register_plugin",
+    "reset_plugins",
     "tool_specs",
     "unregister_plugin",
 ]

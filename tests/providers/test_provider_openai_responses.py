@@ -6,8 +6,9 @@ import json
 
 import pytest
 from provider_replay import ReplayServer
+from structlog.testing import capture_logs
 
-from agent_worker.errors import ProviderError, ProviderHTTPError
+from agent_worker.errors import ProviderConnectionError, ProviderError, ProviderHTTPError
 from agent_worker.protocol.model import (
     AssistantMessage,
     TextPart,
@@ -147,3 +148,25 @@ class TestErrors:
         replay.sse("openai_responses_incomplete.sse")
         _, response = await collect(provider(replay), hello())
         assert response.finish_reason == "length"
+
+    async def test_mid_stream_break_after_text_is_a_connection_error(self, replay: ReplayServer) -> None:
+        """Text already streamed, then the connection drops: an error from the iteration, no retry."""
+        replay.sse("openai_responses_incomplete.sse", break_after=3)
+        got: list[str] = []
+        with pytest.raises(ProviderConnectionError):
+            async with provider(replay).stream(hello()) as stream:
+                async for event in stream:
+                    if isinstance(event, TextDelta):
+                        got.append(event.text)
+        assert got == ["Once"]
+        assert len(replay.requests) == 1
+
+    async def test_429_is_retried_and_the_key_stays_out_of_logs(self, replay: ReplayServer) -> None:
+        """A 429 with retry-after is retried; neither the retry log nor the error shows the key."""
+        replay.error(429, {"error": {"message": "Rate limit", "type": "requests"}}, {"retry-after": "0"})
+        replay.error(429, {"error": {"message": "Rate limit", "type": "requests"}}, {"retry-after": "0"})
+        with capture_logs() as logs, pytest.raises(ProviderHTTPError) as info:
+            await collect(provider(replay), hello())
+        assert info.value.http_status == 429 and info.value.retry_after == 0.0
+        assert [entry["event"] for entry in logs].count("provider_retry") == 1
+        assert "mock-api-key" not in repr(logs) + repr(info.value) + str(info.value.body)
