@@ -42,9 +42,9 @@ class ChannelWriter(Protocol):
 
     async def publish(self, msg: OutboundMessage) -> str | None: ...
 
-    async def submit_append(
-        self, serial: str, msg: OutboundMessage, on_submitted: Callable[[asyncio.Task[str | None]], None]
-    ) -> None: ...
+    async def acquire(self) -> None: ...
+
+    def start_append(self, serial: str, msg: OutboundMessage) -> asyncio.Task[str | None]: ...
 
     async def update(self, serial: str, msg: OutboundMessage) -> str | None: ...
 
@@ -227,30 +227,30 @@ class StreamWriter:
             # The stream never opened (its publish failed); nothing to append to.
             log.warning("append_without_stream", stream_key=key)
             return
+        await self._channel.acquire()
+        self._start(key, serial, msg)
+        await asyncio.sleep(0)
 
-        def on_submitted(task: asyncio.Task[str | None]) -> None:
-            self._pending.append((key, task))
-            self.stats.appends += 1
-
-        await self._channel.submit_append(serial, msg, on_submitted)
+    def _start(self, key: str, serial: str, msg: OutboundMessage) -> None:
+        self._pending.append((key, self._channel.start_append(serial, msg)))
+        self.stats.appends += 1
 
     async def _flush_buffers(self) -> None:
         while self._buffers:
             key = next(iter(self._buffers))
-            buf = self._buffers[key]
-            # Removed only once submitted: if this task is cancelled while waiting for a rate
-            # token, the text stays buffered and goes out with the cancelling close.
             serial = self._serials.get(key)
             if serial is None:
                 self._buffers.pop(key)
                 continue
-
-            def on_submitted(task: asyncio.Task[str | None], key: str = key) -> None:
-                self._buffers.pop(key, None)
-                self._pending.append((key, task))
-                self.stats.appends += 1
-
-            await self._channel.submit_append(serial, _merged(buf), on_submitted)
+            # Take the rate token first: deltas arriving while we wait join this append. The buffer
+            # is taken only once the token is ours, so a cancellation here loses no text (it goes
+            # out with the cancelling close instead).
+            await self._channel.acquire()
+            buf = self._buffers.pop(key, None)
+            if buf is None:
+                continue
+            self._start(key, serial, _merged(buf))
+            await asyncio.sleep(0)
 
     async def _drain(self) -> None:
         pending, self._pending = self._pending, []

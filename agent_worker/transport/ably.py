@@ -265,24 +265,22 @@ class Channel:
             result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
         return getattr(result, "version_serial", None)
 
-    async def submit_append(
-        self, serial: str, msg: OutboundMessage, on_submitted: Callable[[asyncio.Task[str | None]], None]
-    ) -> None:
-        """Start an append without waiting for its ACK; ``on_submitted(task)`` receives the task.
-
-        The callback runs synchronously once the task exists (so a cancellation of the caller cannot
-        lose track of a sent append), and the task runs up to its first suspension before this
-        returns, so its frame is on the socket (msgSerial assigned) ahead of anything sent next."""
+    async def acquire(self) -> None:
+        """Take one token from the connection's rate limiter (for :meth:`start_append`)."""
         await self.limiter.acquire()
+
+    def start_append(self, serial: str, msg: OutboundMessage) -> asyncio.Task[str | None]:
+        """Start an append without waiting for its ACK (pipelining); the caller has taken a rate
+        token with :meth:`acquire` and yields once (``await asyncio.sleep(0)``) before sending
+        anything else: the task's first step assigns its msgSerial and writes its frame, so wire
+        order equals call order."""
 
         async def run() -> str | None:
             with map_ably_errors(f"append on {self.name}"):
                 result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
             return getattr(result, "version_serial", None)
 
-        task = asyncio.create_task(run())
-        on_submitted(task)
-        await asyncio.sleep(0)
+        return asyncio.create_task(run())
 
     async def update(self, serial: str, msg: OutboundMessage) -> str | None:
         await self.limiter.acquire()

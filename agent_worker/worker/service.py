@@ -126,7 +126,7 @@ class Worker:
         self._presence: dict[str, SessionPresence] = {}
         self._session_locks: dict[str, asyncio.Lock] = {}
         self._active: dict[asyncio.Task[None], Run] = {}
-        self._seen: OrderedDict[tuple[str, str], Invocation] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, str], Invocation | asyncio.Future[Invocation]] = OrderedDict()
         self._state: Literal["new", "running", "draining", "closed"] = "new"
         self._reaper: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -311,24 +311,31 @@ class Worker:
         if not self.accepting:
             msg = "the worker is shutting down; retry on another worker"
             raise InvocationRefused(msg, code=50300, status_code=503)
-        seen = self._seen.get((name, input_event_id))
+        key = (name, input_event_id)
+        seen = self._seen.get(key)
         if seen is not None:
             self.metrics.invocations.labels("duplicate").inc()
+            if isinstance(seen, asyncio.Future):
+                seen = await asyncio.shield(seen)
             log.info("invocation_duplicate", session=name, event_id=input_event_id, run_id=seen.run_id)
             return Invocation(seen.run_id, seen.invocation_id, name, duplicate=True)
         if len(self._active) >= self.config.max_concurrent_runs:
             self.metrics.invocations.labels("busy").inc()
             msg = f"the worker is at its limit of {self.config.max_concurrent_runs} concurrent runs"
             raise WorkerBusy(msg, retry_after=self.config.retry_after_s)
-        # Reserve the event-id before any await so a concurrent duplicate cannot slip in.
-        placeholder = Invocation("", "", name)
-        self._seen[(name, input_event_id)] = placeholder
+        # Reserve the event-id before any await so a concurrent duplicate waits for this run.
+        pending: asyncio.Future[Invocation] = asyncio.get_running_loop().create_future()
+        self._seen[key] = pending
         try:
             session = await self.session(name)
-        except TransportError:
-            self._seen.pop((name, input_event_id), None)
+            invocation = self._start_run(session, input_event_id)
+        except BaseException as exc:
+            self._seen.pop(key, None)
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: waiting duplicates re-raise it
             raise
-        return self._start_run(session, input_event_id)
+        pending.set_result(invocation)
+        return invocation
 
     def _remember(self, key: tuple[str, str], invocation: Invocation) -> None:
         self._seen[key] = invocation

@@ -1,47 +1,7 @@
-"""Fixtures for the runtime suite: worker harness and chat-client factories that close what they make."""
+"""Fixtures for the runtime suite (defined in runtime_fixtures.py, shared with tests/worker)."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from runtime_fixtures import make_client, make_worker, session_name
 
-import pytest
-from runtime_support import ChatClient, Harness, start_harness
-
-from agent_worker.server import EmbeddedServer
-
-
-@pytest.fixture
-def session_name() -> str:
-    return f"conversations:{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-async def make_worker(ably_server: EmbeddedServer) -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
-    made: list[Harness] = []
-
-    async def factory(provider: Any, **kwargs: Any) -> Harness:
-        harness = await start_harness(ably_server, provider, **kwargs)
-        made.append(harness)
-        return harness
-
-    yield factory
-    for harness in made:
-        await harness.close()
-
-
-@pytest.fixture
-async def make_client(
-    ably_server: EmbeddedServer, session_name: str
-) -> AsyncIterator[Callable[..., Awaitable[ChatClient]]]:
-    made: list[ChatClient] = []
-
-    async def factory(client_id: str | None = "user-abc", session: str | None = None) -> ChatClient:
-        client = ChatClient(ably_server, session or session_name, client_id)
-        made.append(client)
-        return await client.connect()
-
-    yield factory
-    for client in made:
-        await client.close()
+__all__ = ["make_client", "make_worker", "session_name"]

@@ -1,0 +1,174 @@
+"""Worker lifecycle: drain on close, channel-watch mode, concurrency, presence, rate governance."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from runtime_support import ChatClient, Harness, start_harness
+
+from agent_worker.protocol.headers import AI_OUTPUT, AI_RUN_END, AI_RUN_START
+from agent_worker.providers.base import ModelRequest, StreamEvent
+from agent_worker.providers.echo import EchoProvider, ScriptedProvider
+from agent_worker.server import EmbeddedServer, ServerConfig
+from agent_worker.server.testing import python_realtime
+from agent_worker.transport.ably import to_inbound
+
+
+async def test_close_drains_then_cancels_and_every_run_ends(
+    make_worker: Any, make_client: Any, session_name: str
+) -> None:
+    """close() lets a short run finish within the drain timeout and cancels a long one after it;
+    both publish ai-run-end, and new invocations are refused while draining."""
+
+    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+        text = request.messages[-1].text  # type: ignore[union-attr]
+        n = 3 if text == "short" else 10_000
+        for i in range(n):
+            yield f"t{i} "
+            await asyncio.sleep(0.02)
+
+    harness: Harness = await make_worker(ScriptedProvider(script))
+    client: ChatClient = await make_client()
+    short = await client.send_text("short")
+    long = await client.send_text("long", parent=short.codec_message_id)
+    await harness.invoke(session_name, short.event_id)
+    await harness.invoke(session_name, long.event_id)
+    await client.wait_for(lambda: client.for_input(AI_RUN_START, long.codec_message_id))
+    closing = asyncio.create_task(harness.worker.close(drain_timeout_s=0.5))
+    await asyncio.sleep(0.05)
+    late = await client.send_text("too late", parent=short.codec_message_id)
+    status, body = await harness.invoke(session_name, late.event_id)
+    assert status == 503
+    await closing
+    assert (await client.run_end_for(short.codec_message_id)).transport_headers["run-reason"] == "complete"
+    assert (await client.run_end_for(long.codec_message_id)).transport_headers["run-reason"] == "cancelled"
+    assert harness.worker.runs_completed == 1 and harness.worker.runs_cancelled == 1
+    assert harness.worker.state == "closed"
+    await harness.worker.close()  # idempotent
+
+
+async def test_watch_mode_starts_runs_without_http(
+    ably_server: EmbeddedServer, make_client: Any, session_name: str
+) -> None:
+    """In channel-watch mode a fresh user ai-input starts a run by itself (once per event-id, even
+    if it is also POSTed), while run-tagged inputs (steering) and outputs start nothing."""
+    harness = await start_harness(ably_server, EchoProvider(), watch_channels=(session_name,))
+    try:
+        client: ChatClient = await make_client()
+        first = await client.send_text("watched hello")
+        end = await client.run_end_for(first.codec_message_id)
+        assert end.transport_headers["run-reason"] == "complete"
+        status, _ = await harness.invoke(session_name, first.event_id)
+        assert status == 200
+        second = await client.send_text("again", parent=client.last_visible())
+        await client.run_end_for(second.codec_message_id)
+        await harness.worker.run_until_idle()
+        assert harness.worker.runs_completed == 2
+        assert len(client.named(AI_RUN_START)) == 2
+        run_id = client.for_input(AI_RUN_START, second.codec_message_id)[0].transport_headers["run-id"]
+        assert client.run_text(run_id) == "again"
+    finally:
+        await harness.close()
+
+
+async def test_concurrent_runs_on_one_session_and_across_sessions(
+    make_worker: Any, make_client: Any, session_name: str
+) -> None:
+    """Runs started together interleave on the wire but each gets exactly its own reply."""
+    harness: Harness = await make_worker(EchoProvider(tokens_per_second=200))
+    a: ChatClient = await make_client("alice")
+    b: ChatClient = await make_client("bob", session=f"{session_name}-b")
+    texts = [f"message number {i} with several words in it" for i in range(4)]
+    sent_a = [await a.send_text(t, parent=None) for t in texts]
+    sent_b = [await b.send_text(t.upper(), parent=None) for t in texts]
+    results = await asyncio.gather(
+        *(harness.invoke(session_name, s.event_id) for s in sent_a),
+        *(harness.invoke(f"{session_name}-b", s.event_id) for s in sent_b),
+    )
+    assert all(status == 200 for status, _ in results)
+    for client, sent, expected in ((a, sent_a, texts), (b, sent_b, [t.upper() for t in texts])):
+        for s, text in zip(sent, expected, strict=True):
+            end = await client.run_end_for(s.codec_message_id)
+            assert end.transport_headers["run-reason"] == "complete"
+            assert client.run_text(end.transport_headers["run-id"]) == text
+    await harness.worker.run_until_idle()
+    assert harness.worker.runs_completed == 8
+
+
+async def test_presence_reports_status_and_returns_to_idle(
+    make_worker: Any, make_client: Any, session_name: str
+) -> None:
+    """The worker enters presence on the session; during a run it shows the run, after it idle."""
+    release = asyncio.Event()
+
+    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+        yield "streaming now "
+        await release.wait()
+
+    harness: Harness = await make_worker(ScriptedProvider(script))
+    client: ChatClient = await make_client()
+    updates: list[dict[str, Any]] = []
+    changed = asyncio.Event()
+
+    def on_presence(msg: Any) -> None:
+        if msg.client_id == "agent-worker":
+            updates.append(msg.data)
+            changed.set()
+
+    await client.channel.presence.subscribe(on_presence)
+    sent = await client.send_text("hi")
+    _, body = await harness.invoke(session_name, sent.event_id)
+    await client.wait_for(lambda: any(u.get("status") == "streaming" for u in updates) or None)
+    streaming = next(u for u in updates if u.get("status") == "streaming")
+    assert streaming["runId"] == body["runId"]
+    release.set()
+    await client.run_end_for(sent.codec_message_id)
+
+    async def idle_seen() -> None:
+        while not (updates and updates[-1] == {"status": "idle", "runId": None}):
+            changed.clear()
+            await changed.wait()
+
+    await asyncio.wait_for(idle_seen(), 10)
+    members = await client.channel.presence.get()
+    assert any(m.client_id == "agent-worker" and m.data["status"] == "idle" for m in members)
+
+
+async def test_coalescing_and_rate_limit_keep_text_intact() -> None:
+    """With a rate limit enforced by the server and a coalescing window, a fast 300-token reply
+    arrives complete and in order, in far fewer appends than tokens, and nothing is rejected."""
+    config = ServerConfig(port=0, enforce_rate_limits=True, rate_limit_per_s=50)
+    async with EmbeddedServer(config) as server:
+        words = [f"w{i:03d}" for i in range(300)]
+        text = " ".join(words)
+        harness = await start_harness(server, EchoProvider(), rate=40.0, coalesce_window_ms=30.0)
+        reader = python_realtime(server, client_id="user-abc")
+        try:
+            client = ChatClient(server, "conversations:rate", "user-abc")
+            await client.connect()
+            sent = await client.send_text(text, parent=None)
+            await harness.invoke("conversations:rate", sent.event_id)
+            end = await client.run_end_for(sent.codec_message_id, wait_s=60)
+            assert end.transport_headers["run-reason"] == "complete"
+            run_id = end.transport_headers["run-id"]
+            assert client.run_text(run_id) == text
+            serials = {
+                m.serial
+                for m in client.run_wires(run_id)
+                if m.name == AI_OUTPUT and m.transport_headers.get("stream") == "true"
+            }
+            appends = [m for m in client.messages if m.serial in serials and m.action == "message.append"]
+            assert 0 < len(appends) < len(words) // 3
+            # A late reader gets the same text from history (one rolled-up message per stream).
+            channel = reader.channels.get("conversations:rate")
+            page = await channel.history()
+            rolled = [to_inbound(m) for m in page.items if m.serial in serials]
+            assert "".join(m.data for m in rolled) == text
+            assert all(m.transport_headers.get("status") == "complete" for m in rolled)
+            assert client.named(AI_RUN_END)
+            await client.close()
+        finally:
+            await reader.close()
+            await harness.close()
