@@ -7,6 +7,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runtime"))
 
-from runtime_fixtures import make_client, make_worker, session_name  # noqa: E402
+from runtime_fixtures import make_client, make_worker, session_name
 
 __all__ = ["make_client", "make_worker", "session_name"]

@@ -39,7 +39,7 @@ async def test_close_drains_then_cancels_and_every_run_ends(
     closing = asyncio.create_task(harness.worker.close(drain_timeout_s=0.5))
     await asyncio.sleep(0.05)
     late = await client.send_text("too late", parent=short.codec_message_id)
-    status, body = await harness.invoke(session_name, late.event_id)
+    status, _body = await harness.invoke(session_name, late.event_id)
     assert status == 503
     await closing
     assert (await client.run_end_for(short.codec_message_id)).transport_headers["run-reason"] == "complete"
