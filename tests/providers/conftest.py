@@ -29,6 +29,12 @@ def no_real_provider_requests(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
 
 
 @pytest.fixture
+def allow_provider_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opt in to real vendor URLs for one test (none of the suite's tests does)."""
+    monkeypatch.setattr(guard, "ALLOW_PROVIDER_REQUESTS", True)
+
+
+@pytest.fixture
 async def replay() -> AsyncIterator[ReplayServer]:
     server = ReplayServer()
     await server.start()
