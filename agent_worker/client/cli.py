@@ -51,13 +51,19 @@ def chat(  # noqa: PLR0917 - typer maps parameters to options
         float,
         typer.Option("--wait", help="With --transcript: first wait up to this many seconds for runs to end."),
     ] = 0.0,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="Diagnostics on stderr: debug, info, warning, error.")
+    ] = "error",
 ) -> None:
     """Open a terminal device on SESSION: history, live runs from every device, prompts and cancel."""
     import asyncio  # noqa: PLC0415 - keep `agent-worker --help` fast
 
     from agent_worker.client.app import ChatOptions, run_chat  # noqa: PLC0415
+    from agent_worker.logs import configure_logging  # noqa: PLC0415
     from agent_worker.server.config import DEFAULT_DEV_KEY  # noqa: PLC0415
 
+    # The terminal is the conversation: diagnostics go to stderr and stay quiet by default.
+    configure_logging("console", log_level)
     if key is not None and token is not None:
         msg = "pass either --key or --token, not both"
         raise typer.BadParameter(msg)

@@ -11,7 +11,13 @@ from client_helpers import DeviceFactory
 
 from agent_worker.client.app import ChatOptions, connect_session
 from agent_worker.client.session import ChatSession
+from agent_worker.config import HttpConfig, WorkerConfig
+from agent_worker.providers.echo import EchoProvider
+from agent_worker.runtime.loop import AgentSpec
 from agent_worker.server import EmbeddedServer
+from agent_worker.transport.ably import AblySettings
+from agent_worker.worker.http import serve
+from agent_worker.worker.service import Worker
 
 
 @pytest.fixture
@@ -39,3 +45,27 @@ async def device(ably_server: EmbeddedServer) -> AsyncIterator[DeviceFactory]:
             await session.close()
         with contextlib.suppress(Exception):
             await transport.close()
+
+
+@pytest.fixture
+async def worker_url(ably_server: EmbeddedServer) -> AsyncIterator[str]:
+    """A real worker (echo provider) on the in-process server; yields its invocation URL."""
+
+    async def token() -> dict[str, Any]:
+        return ably_server.token_details(client_id="agent-worker")
+
+    settings = AblySettings(endpoint=ably_server.endpoint, token_source=token, client_id="agent-worker")
+    worker = Worker(
+        transport=settings,
+        agent=AgentSpec(provider=EchoProvider(prefix="echo: ")),
+        config=WorkerConfig(coalesce_window_ms=0.0, presence=True),
+    )
+    await worker.start()
+    http = HttpConfig(port=0)
+    runner = await serve(worker, http, port=0)
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}{http.path}"
+    finally:
+        await runner.cleanup()
+        await worker.close(drain_timeout_s=5)
