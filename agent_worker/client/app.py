@@ -28,7 +28,7 @@ from agent_worker.client.render import (
 )
 from agent_worker.client.session import ChatSession, SentInput, SessionEvent
 from agent_worker.client.tokens import ApiKey, decode_token, mint_token
-from agent_worker.errors import AgentWorkerError
+from agent_worker.errors import AgentWorkerError, TransportError
 from agent_worker.transport.ably import AblySettings, AblyTransport
 
 __all__ = ["HELP", "ChatApp", "ChatOptions", "connect_session", "run_chat"]
@@ -95,8 +95,25 @@ def _settings(options: ChatOptions) -> tuple[AblySettings, str | None]:
     return settings, client_id
 
 
+async def _probe(endpoint: str) -> None:
+    """Fail fast (instead of ably-python's retry loop) when nothing listens on a host:port endpoint."""
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 5)
+    except (OSError, TimeoutError) as exc:
+        msg = f"nothing answers on {endpoint} ({exc.__class__.__name__})"
+        raise TransportError(msg, code=80003) from exc
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
 async def connect_session(options: ChatOptions) -> ChatSession:
     """Connect the transport and the session (history hydrated, presence entered)."""
+    if options.endpoint is not None:
+        await _probe(options.endpoint)
     settings, client_id = _settings(options)
     transport = AblyTransport(settings)
     await transport.connect()
@@ -298,6 +315,12 @@ async def run_chat(options: ChatOptions, *, transcript: bool = False, wait_s: fl
         session = await connect_session(options)
     except AgentWorkerError as exc:
         console.print(f"✖ {exc.message}", style="bold red")
+        where = options.endpoint or "Ably"
+        console.print(
+            f"  (Ably endpoint {where}; start a local one with `agent-worker run`, "
+            "or pass --ably-endpoint and --key/--token)",
+            style="dim",
+        )
         return 1
     try:
         if transcript:

@@ -57,6 +57,7 @@ def chat(  # noqa: PLR0917 - typer maps parameters to options
 ) -> None:
     """Open a terminal device on SESSION: history, live runs from every device, prompts and cancel."""
     import asyncio  # noqa: PLC0415 - keep `agent-worker --help` fast
+    import logging  # noqa: PLC0415
 
     from agent_worker.client.app import ChatOptions, run_chat  # noqa: PLC0415
     from agent_worker.logs import configure_logging  # noqa: PLC0415
@@ -64,6 +65,9 @@ def chat(  # noqa: PLR0917 - typer maps parameters to options
 
     # The terminal is the conversation: diagnostics go to stderr and stay quiet by default.
     configure_logging("console", log_level)
+    if log_level == "error":
+        # ably-python leaves "Task exception was never retrieved" noise behind on failed connects.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     if key is not None and token is not None:
         msg = "pass either --key or --token, not both"
         raise typer.BadParameter(msg)
@@ -85,7 +89,11 @@ def chat(  # noqa: PLR0917 - typer maps parameters to options
         agent_url=None if url.lower() == "none" else url,
         color=not no_color,
     )
-    raise typer.Exit(asyncio.run(run_chat(options, transcript=transcript, wait_s=wait)))
+    try:
+        code = asyncio.run(run_chat(options, transcript=transcript, wait_s=wait))
+    except KeyboardInterrupt:  # Ctrl-C before the interactive loop took over SIGINT
+        code = 130
+    raise typer.Exit(code)
 
 
 def token(

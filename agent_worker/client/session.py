@@ -70,6 +70,8 @@ class SentInput:
     headers: dict[str, str]
     run_id: str | None = None
     continuation_run_id: str | None = None
+    failed: bool = False
+    """The agent could not be woken (the invocation POST failed): no run will start."""
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -263,6 +265,8 @@ class ChatSession:
         """Own sends whose run has not started yet, or whose run is still active."""
         out: list[SentInput] = []
         for s in self.sent:
+            if s.failed:
+                continue
             if s.run_id is None:
                 out.append(s)
                 continue
@@ -410,10 +414,14 @@ class ChatSession:
                 await resp.read()
                 status: int = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            msg = f"unable to send; HTTP POST to {self.agent_url} failed: {exc}"
+            sent.failed = True
+            self._notify()
+            msg = f"could not wake the agent: POST {self.agent_url} failed ({exc}); is it running?"
             raise TransportError(msg, code=104005) from exc
         if not 200 <= status < 300:
-            msg = f"unable to send; HTTP POST to {self.agent_url} returned {status}"
+            sent.failed = True
+            self._notify()
+            msg = f"could not wake the agent: POST {self.agent_url} returned HTTP {status}"
             raise TransportError(msg, code=104005, status_code=status)
         return status
 
