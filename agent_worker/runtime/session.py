@@ -29,6 +29,7 @@ from agent_worker.protocol.headers import (
     H_EVENT_ID,
     H_INPUT_CODEC_MESSAGE_ID,
     H_RUN_ID,
+    RUN_LIFECYCLE_NAMES,
 )
 from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.wire import InboundMessage
@@ -87,6 +88,7 @@ class AgentSession:
         self._history_exhausted = False
         self._history_lock = asyncio.Lock()
         self._oldest_loaded: str | None = None
+        self._lifecycle: dict[str, InboundMessage] = {}
         self._connected = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.last_active = time.monotonic()
@@ -115,6 +117,7 @@ class AgentSession:
         # flight keep their prompt; a cancel published during the gap is lost (as in the JS SDK).
         log.warning("session_continuity_lost", session=self.name, state=change.current, reason=change.reason)
         self.tree = ConversationTree()
+        self._lifecycle.clear()
         self._history = None
         self._history_exhausted = False
         self._oldest_loaded = None
@@ -133,6 +136,8 @@ class AgentSession:
     def fold(self, msg: InboundMessage) -> None:
         """Fold one message (live or history) and wake whatever waits on it."""
         result = self.tree.apply(msg)
+        if msg.name in RUN_LIFECYCLE_NAMES and msg.serial:
+            self._lifecycle[msg.serial] = msg
         event_id = msg.transport_headers.get(H_EVENT_ID)
         if event_id and event_id in self._waiting:
             for run in self._waiting.pop(event_id):
@@ -251,6 +256,11 @@ class AgentSession:
                 raise
             for msg in reversed(page):  # pages are newest-first; fold oldest-first
                 self.fold(msg)
+            # History arrives newest page first, so a run's ai-run-end can fold before any other
+            # wire of that run created its node (the tree then drops it, as the JS tree does).
+            # Re-apply every run lifecycle seen so far, in serial order, now that older pages exist.
+            for serial in sorted(self._lifecycle):
+                self.tree.apply(self._lifecycle[serial])
             if page:
                 self._oldest_loaded = page[-1].serial
             else:
@@ -258,14 +268,21 @@ class AgentSession:
             return bool(page)
 
     def missing_ancestor(self, anchor: str | None) -> str | None:
-        """The first ``parent`` on the walk up from ``anchor`` that the tree has not seen."""
+        """The first ``parent`` on the walk up from ``anchor`` that the tree has not seen.
+
+        A run's ``input-codec-message-id`` is indexed to the run itself until the input folds (fork
+        re-keying), so a parent that resolves back to the node we came from counts as missing."""
         seen: set[str] = set()
         key = anchor
-        while key is not None and key not in seen:
-            seen.add(key)
+        came_from: str | None = None
+        while key is not None:
             node = self.tree.node_by_codec_message_id(key) or self.tree.node(key)
-            if node is None:
+            if node is None or node.key == came_from:
                 return key
+            if node.key in seen:
+                return None
+            seen.add(node.key)
+            came_from = node.key
             key = node.parent
         return None
 
