@@ -54,7 +54,8 @@ def test_publish_serials_echo_and_delivery(basics: dict[str, Any]) -> None:
     assert strictly_increasing(durable)
 
     a_id = basics["connection"]["aId"]
-    for seen in (basics["seenB"], basics["seenA"]):  # seenA: echo of alice's own publishes
+    # seenA: echo of alice's own publishes; seenD: a subscriber using the other wire format
+    for seen in (basics["seenB"], basics["seenA"], basics["seenD"]):
         mine = [m for m in seen if m["name"] in PUBLISHED]
         assert [m["name"] for m in mine] == PUBLISHED
         assert [m["serial"] for i, m in enumerate(mine) if i != 3] == durable
@@ -81,6 +82,10 @@ def test_extras_verbatim_and_ephemeral_not_in_history(basics: dict[str, Any]) ->
     assert names == ["marker-c", "carol-own", "bin", "three", "two", "one"]
     assert by_name(basics["history"], "three")["extras"] == EXTRAS
     assert by_name(basics["history"], "bin")["data"] == {"binary": "AAEC+g=="}
+    other = basics["historyOtherFormat"]
+    assert [m["name"] for m in other] == names
+    assert by_name(other, "bin")["data"] == {"binary": "AAEC+g=="}
+    assert by_name(other, "three")["extras"] == EXTRAS
 
 
 def test_detach_stops_delivery(basics: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 // Prints observations; tests/server_js/test_basics.py asserts on them.
 import {
   allPages,
+  binary,
   config,
   connected,
   errorOf,
@@ -34,6 +35,8 @@ main(async () => {
   const a = await connected(realtime({ clientId: 'alice' }));
   const b = await connected(realtime({ clientId: 'bob' }));
   const c = await connected(realtime({ clientId: 'carol', echoMessages: false }));
+  // dave speaks the other wire format: the server must transcode (binary <-> base64) between them
+  const d = await connected(realtime({ clientId: 'dave', useBinaryProtocol: !binary }));
   out.connection = {
     aId: a.connection.id,
     bId: b.connection.id,
@@ -52,11 +55,13 @@ main(async () => {
   const change = await within(chA.attach(), 10000, 'attach A');
   await within(chB.attach(), 10000, 'attach B');
   await within(chC.attach(), 10000, 'attach C');
+  const chD = d.channels.get(name);
   out.attach = { state: chA.state, resumed: change ? change.resumed : null, modes: chA.modes ?? null };
 
   const seenA = await collector(chA);
   const seenB = await collector(chB);
   const seenC = await collector(chC);
+  const seenD = await collector(chD);
 
   step('publish -> serials');
   const extras = {
@@ -80,8 +85,8 @@ main(async () => {
     10000,
     'publish ephemeral',
   );
-  const binary = await within(chA.publish('bin', Buffer.from([0, 1, 2, 250])), 10000, 'publish binary');
-  out.publish = { single, batch, ephemeral, binary };
+  const binaryPub = await within(chA.publish('bin', Buffer.from([0, 1, 2, 250])), 10000, 'publish binary');
+  out.publish = { single, batch, ephemeral, binary: binaryPub };
 
   step('deliveries');
   await until(() => seenB.length >= 5, 10000, 'B to receive 5 messages');
@@ -94,10 +99,14 @@ main(async () => {
   out.seenA = seenA.slice();
   out.seenB = seenB.slice();
   out.seenC = seenC.slice();
+  await until(() => seenD.some((m) => m.name === 'marker-c'), 10000, 'dave to receive marker');
+  out.seenD = seenD.slice();
 
   step('history (extras verbatim, ephemeral absent)');
   const hist = await allPages(await within(chB.history({ limit: 100 }), 10000, 'history'));
   out.history = hist.items.map(msg);
+  const histD = await allPages(await within(chD.history({ limit: 100 }), 10000, 'history, other format'));
+  out.historyOtherFormat = histD.items.map(msg);
 
   step('detach');
   await within(chB.detach(), 10000, 'detach B');

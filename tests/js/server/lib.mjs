@@ -181,6 +181,9 @@ export function main(body, { timeoutMs = 60000 } = {}) {
         await within(c.connection.whenState('closed'), 5000, 'close').catch(() => {});
       }),
     );
+    // ably-js reports `closed` before its CLOSE frame (deflated asynchronously by `ws`) is on the
+    // wire; give it a moment so the server sees clean closes rather than dropped sockets.
+    if (clients.length) await sleep(100);
     clearTimeout(hard);
     finished = true;
     finish({ ok: true, ...result }, 0);

@@ -65,7 +65,7 @@ main(
         const answer = await ctl(DROPS[i]);
         out.drops.push({ at: i, ...DROPS[i], answer });
       }
-      pending.push(chA.publish(`m-${i}`, i));
+      pending.push(chA.publish(`m-${i}`, String(i)));
       pending.push(chA.appendMessage({ serial: streamSerial, data: `t${i} ` }));
       expected += `t${i} `;
       await sleep(5);
@@ -83,7 +83,8 @@ main(
     out.publishSerials = results.filter((_, i) => i % 2 === 0).map((r) => r.serials[0]);
     out.appendVersions = results.filter((_, i) => i % 2 === 1).map((r) => r.versionSerial);
     out.finalStates = { agent: agent.connection.state, watcher: watcher.connection.state, chA: chA.state, chW: chW.state };
-    return out;
+    // snapshot: the harness closes the clients after we return, which would log their detach
+    return JSON.parse(JSON.stringify(out));
   },
   { timeoutMs: 90000 },
 );
