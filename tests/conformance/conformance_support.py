@@ -39,6 +39,7 @@ from agent_worker.protocol.model import (  # noqa: E402
 from agent_worker.providers.base import ModelRequest, StreamEvent  # noqa: E402
 from agent_worker.providers.echo import ScriptedProvider  # noqa: E402
 from agent_worker.runtime.loop import AgentSpec  # noqa: E402
+from agent_worker.runtime.run import Run  # noqa: E402
 from agent_worker.server import EmbeddedServer  # noqa: E402
 from agent_worker.tools.registry import ToolRegistry  # noqa: E402
 from agent_worker.transport.ably import AblySettings  # noqa: E402
@@ -58,6 +59,7 @@ class Conductor:
         self._gates: dict[str, asyncio.Event] = {}
         self._events: dict[str, asyncio.Event] = {}
         self.log: list[str] = []
+        self.metric: Callable[[str, dict[str, str]], float | None] | None = None
 
     def _gate(self, name: str) -> asyncio.Event:
         return self._gates.setdefault(name, asyncio.Event())
@@ -78,6 +80,20 @@ class Conductor:
         async with asyncio.timeout(limit_s):
             await self._events.setdefault(event, asyncio.Event()).wait()
 
+    async def _wait_metric(self, request: dict[str, Any]) -> Any:
+        """Polls a worker metric until it reaches ``atLeast`` (how Node learns a cancel was decided)."""
+        assert self.metric is not None
+        name, labels = str(request["name"]), dict(request.get("labels") or {})
+        target = float(request.get("atLeast", 1))
+        try:
+            async with asyncio.timeout(float(request.get("limit_s", 20.0))):
+                # A Prometheus counter has no change notification; poll it.
+                while (self.metric(name, labels) or 0.0) < target:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            return {"ok": False, "value": self.metric(name, labels)}
+        return {"ok": True, "value": self.metric(name, labels)}
+
     async def handle(self, request: dict[str, Any]) -> Any:
         """The ``on_control`` handler for the Node script."""
         op = request.get("op")
@@ -92,6 +108,8 @@ class Conductor:
             return {"ok": True}
         if op == "log":
             return {"ok": True, "log": self.log}
+        if op == "metric" and self.metric is not None:
+            return await self._wait_metric(request)
         return {"ok": False, "error": f"unknown op {op!r}"}
 
 
@@ -168,11 +186,18 @@ async def start_stack(
     config.setdefault("trigger_wait_s", 2.0)
     config.setdefault("presence", False)
     provider = ScriptedProvider(script)
+
+    def on_run_start(run: Run) -> None:
+        # Lets Node wait until the worker has folded a steer before it releases the first pass.
+        run.on_steer = lambda: conductor.record("steered")
+
     worker = Worker(
         transport=worker_settings(server),
         agent=AgentSpec(provider=provider, tools=tools or ToolRegistry()),
         config=WorkerConfig(**config),
+        on_run_start=on_run_start,
     )
+    conductor.metric = worker.metrics.registry.get_sample_value
     await worker.start()
     http_config = HttpConfig(port=0)
     runner = await serve(worker, http_config, port=0)

@@ -140,6 +140,11 @@ export function runsOf(dev) {
 
 /** Everything a test may want to assert about a device, JSON-friendly. */
 export function snapshot(dev) {
+  // Deep copy: the view hands out the tree's live objects, which later folds mutate.
+  return JSON.parse(JSON.stringify(rawSnapshot(dev)));
+}
+
+function rawSnapshot(dev) {
   return {
     clientId: dev.clientId,
     view: viewMessages(dev),
