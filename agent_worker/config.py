@@ -73,6 +73,9 @@ class AblyConfig:
     """The worker's own clientId: its presence identity on each session."""
     use_binary_protocol: bool = True
     history_page_size: int = 100
+    embedded_port: int = 8080
+    """Port of the embedded server started when no endpoint and no key are configured (0 = any free
+    port; a busy port falls back to a free one)."""
 
     def resolved_key(self) -> Secret | None:
         if self.key:

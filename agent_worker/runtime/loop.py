@@ -68,7 +68,8 @@ class AgentSpec:
 
     provider: ModelProvider
     tools: ToolRegistry = field(default_factory=ToolRegistry)
-    system_prompt: str | None = None
+    system_prompt: str | Callable[[Run], str | None] | None = None
+    """A fixed prompt, or a function of the run (placeholders such as the client id or date)."""
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
@@ -227,6 +228,7 @@ async def _one_pass(run: Run, spec: AgentSpec, stats: LoopStats) -> LoopOutcome:
     conversation = run.conversation()
     approved = approved_pending_tool_calls(conversation) if run.is_continuation else []
     history: list[ModelMessage] = to_model_messages(conversation)
+    system = spec.system_prompt(run) if callable(spec.system_prompt) else spec.system_prompt
     message = run.open_message()
     ctx = _tool_context(run, spec)
     counter = [0]
@@ -253,7 +255,7 @@ async def _one_pass(run: Run, spec: AgentSpec, stats: LoopStats) -> LoopOutcome:
         await message.send({"type": "start-step"})
         request = ModelRequest(
             messages=tuple(history),
-            system=spec.system_prompt,
+            system=system,
             tools=spec.tools.definitions(),
             model=spec.model,
             max_tokens=spec.max_tokens,

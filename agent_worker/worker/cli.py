@@ -1,0 +1,90 @@
+"""``agent-worker run``: the worker service.
+
+With no Ably endpoint and no key configured it starts the embedded Ably-compatible server in-process
+and prints its endpoint and key — the offline default. Flags override the config file; each flag
+also reads an environment variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run(  # noqa: PLR0917 - typer maps each parameter to a CLI option
+        config: Annotated[
+            Path | None,
+            typer.Option(
+                "--config", envvar="AGENT_WORKER_CONFIG", help="TOML config file (see config.example.toml)."
+            ),
+        ] = None,
+        ably_endpoint: Annotated[
+            str | None,
+            typer.Option(
+                "--ably-endpoint",
+                envvar="AGENT_WORKER_ABLY_ENDPOINT",
+                help="HOST:PORT of an Ably-compatible service, or 'ably' for Ably itself "
+                "(default: start the embedded server).",
+            ),
+        ] = None,
+        ably_key: Annotated[
+            str | None,
+            typer.Option(
+                "--ably-key", envvar="ABLY_KEY", help="Ably API key (APP.KEY:SECRET).", show_default=False
+            ),
+        ] = None,
+        http: Annotated[
+            str | None,
+            typer.Option(
+                "--http", envvar="AGENT_WORKER_HTTP", help="HOST:PORT for /api/chat, /healthz, /metrics."
+            ),
+        ] = None,
+        provider: Annotated[
+            str | None,
+            typer.Option(
+                "--provider", envvar="AGENT_WORKER_PROVIDER", help="Model provider (echo, openai, ...)."
+            ),
+        ] = None,
+        watch: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--watch", help="Channel-watch mode: serve this session without invocations (repeatable)."
+            ),
+        ] = None,
+        log_format: Annotated[
+            str | None,
+            typer.Option("--log-format", envvar="AGENT_WORKER_LOG_FORMAT", help="console or json."),
+        ] = None,
+        log_level: Annotated[
+            str | None, typer.Option("--log-level", envvar="AGENT_WORKER_LOG_LEVEL", help="debug, info, ...")
+        ] = None,
+    ) -> None:
+        """Run the agent worker (HTTP invocations + channel sessions) until SIGINT/SIGTERM."""
+        import asyncio  # noqa: PLC0415
+
+        from agent_worker.errors import AgentWorkerError  # noqa: PLC0415
+        from agent_worker.worker.main import Overrides, serve_forever  # noqa: PLC0415
+
+        overrides = Overrides(
+            config=config,
+            ably_endpoint=ably_endpoint,
+            ably_key=ably_key,
+            http=http,
+            provider=provider,
+            watch=tuple(watch or ()),
+            log_format=log_format,
+            log_level=log_level,
+        )
+        try:
+            asyncio.run(serve_forever(overrides))
+        except AgentWorkerError as exc:
+            typer.echo(f"agent-worker: {exc.message}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:  # pragma: no cover - a second Ctrl-C during shutdown
+            raise typer.Exit(130) from None
