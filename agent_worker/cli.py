@@ -21,6 +21,7 @@ app = typer.Typer(
 # inside the command bodies, so `agent-worker --help` stays fast.
 _COMMAND_MODULES = (
     "agent_worker.server.cli",
+    "agent_worker.providers.cli",
     "agent_worker.worker.cli",
     "agent_worker.client.cli",
 )

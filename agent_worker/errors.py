@@ -95,7 +95,9 @@ class ProtocolError(AgentWorkerError):
 class CodecError(ProtocolError):
     """An AI Transport message the codec cannot decode or a chunk it cannot encode."""
 
-    def __init__(self, message: str, *, field: str | None = None, payload: object = None, code: int = 40000) -> None:
+    def __init__(
+        self, message: str, *, field: str | None = None, payload: object = None, code: int = 40000
+    ) -> None:
         detail = message
         if field is not None:
             detail = f"{message} (field {field!r})"
