@@ -302,7 +302,7 @@ class KeyRing:
         )
         payload: dict[str, Any] = {
             "iat": now_ms // 1000,
-            "exp": (now_ms + ttl_ms) // 1000,
+            "exp": -(-(now_ms + ttl_ms) // 1000),  # round up: never shorter than asked
             "x-ably-capability": cap.canonical(),
         }
         if client_id is not None:

@@ -16,12 +16,33 @@ from ably.types.tokendetails import TokenDetails
 
 from agent_worker.server.app import EmbeddedServer
 
-__all__ = ["python_realtime", "python_rest", "sdk_endpoint"]
+__all__ = ["python_realtime", "python_rest", "sdk_endpoint", "sdk_token_details"]
 
 
 def sdk_endpoint(server: EmbeddedServer) -> str:
     """The ``endpoint`` option value that works for ably-python realtime and REST alike."""
     return f"{server.host}:{server.port}/"
+
+
+def sdk_token_details(
+    server: EmbeddedServer,
+    client_id: str | None = None,
+    capability: dict[str, list[str]] | None = None,
+    ttl_s: float = 3600,
+) -> TokenDetails:
+    """A fresh server-minted JWT as an ably-python ``TokenDetails``.
+
+    Return this (not a bare string) from an ``auth_callback``: ably-python insists that a renewed
+    token's clientId matches the one it already has, and a bare string has none.
+    """
+    d = server.token_details(client_id=client_id, capability=capability, ttl_s=ttl_s)
+    return TokenDetails(
+        token=d["token"],
+        expires=d["expires"],
+        issued=d["issued"],
+        capability=json.loads(d["capability"]),
+        client_id=d.get("clientId"),
+    )
 
 
 def _auth_opts(
@@ -35,16 +56,8 @@ def _auth_opts(
         return {"token": token}
 
     async def auth_callback(_params: Any) -> TokenDetails:
-        # A fresh JWT on every (re-)auth, so renewal works as against Ably. TokenDetails rather
-        # than a bare string: ably-python insists the token's clientId matches its own.
-        d = server.token_details(client_id=client_id, capability=capability, ttl_s=ttl_s)
-        return TokenDetails(
-            token=d["token"],
-            expires=d["expires"],
-            issued=d["issued"],
-            capability=json.loads(d["capability"]),
-            client_id=d.get("clientId"),
-        )
+        # A fresh JWT on every (re-)auth, so renewal works as against Ably.
+        return sdk_token_details(server, client_id, capability, ttl_s)
 
     return {"auth_callback": auth_callback}
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ably import AblyRealtime
 from ably.types.channelstate import ChannelState
 from ably.types.message import Message, MessageAction
+from ably.types.tokendetails import TokenDetails
 from server_helpers import ACK, CONNECTED, MESSAGE, RESUMED, RawClient, collector, eventually, wait_connected
 
 from agent_worker.server import EmbeddedServer, ServerConfig
-from agent_worker.server.testing import python_realtime, python_rest
+from agent_worker.server.testing import python_realtime, python_rest, sdk_endpoint, sdk_token_details
 
 
 def _fold(messages: list[Any], serial: str) -> str:
@@ -166,14 +168,21 @@ async def test_inband_auth_before_rest_reattaches_resumed(ably_server: EmbeddedS
 
 async def test_token_expiry_renews_and_keeps_connection(ably_server: EmbeddedServer) -> None:
     """An expiring token gets DISCONNECTED 40142; the SDK renews via its callback and resumes."""
-    rt = python_realtime(ably_server, client_id="alice", ttl_s=1.5)
+    issued: list[float] = []
+
+    async def auth_callback(_params: Any) -> TokenDetails:
+        issued.append(1.0 if not issued else 3600.0)  # a short-lived first token, then long ones
+        return sdk_token_details(ably_server, "alice", ttl_s=issued[-1])
+
+    endpoint = sdk_endpoint(ably_server)
+    rt = AblyRealtime(auth_callback=auth_callback, client_id="alice", endpoint=endpoint, tls=False)
     try:
         await wait_connected(rt)
         connection_id = rt.connection.connection_manager.connection_id
         ch = rt.channels.get("renew")
         got, listener = collector()
         await ch.subscribe(listener)
-        await asyncio.sleep(2.0)  # let the first token expire: the server must disconnect it
+        await eventually(lambda: len(issued) >= 2, what="a token renewal after expiry")
         await wait_connected(rt)
         await ch.publish("n", "after renewal")
         await eventually(lambda: [m.data for m in got] == ["after renewal"])
