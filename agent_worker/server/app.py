@@ -139,12 +139,18 @@ class EmbeddedServer:
 
     # -- test hooks and helpers --------------------------------------------------------------
 
-    def drop_connections(self, client_id: str | None = None) -> int:
-        """Abruptly close client sockets (connection state is kept, so clients resume)."""
+    def drop_connections(self, client_id: str | None = None, *, resume: bool = True) -> int:
+        """Abruptly close client sockets (all, or those of ``client_id``); returns how many.
+
+        By default connection state is kept, so clients resume and re-attach with RESUMED and no
+        gap. ``resume=False`` simulates lost continuity: the connection state is discarded (resume
+        declined with 80008) and each affected channel's next ATTACH is answered without RESUMED
+        and without replay.
+        """
         if self._gateway is None:
             return 0
-        n = self._gateway.drop(client_id)
-        log.info("connections_dropped", count=n, client_id=client_id)
+        n = self._gateway.drop(client_id, continuity=resume)
+        log.info("connections_dropped", count=n, client_id=client_id, resume=resume)
         return n
 
     def mint_token(

@@ -397,6 +397,10 @@ class RealtimeConnection:
         chlog = rt.log
         att = self.attachments.get(name)
         resumable = serial is not None and chlog.resumable_from(serial)
+        forced = (self.principal.client_id, name)
+        if forced in self.gateway.lose_continuity:
+            self.gateway.lose_continuity.discard(forced)
+            resumable = False
         resumed = False
         replay_from: str | None = None
         error: dict[str, Any] | None = None
@@ -492,6 +496,8 @@ class RealtimeGateway:
         self.connections: dict[str, RealtimeConnection] = {}
         self._by_key: dict[str, RealtimeConnection] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        # (clientId, channel) pairs whose next ATTACH must not resume (test hook, see drop()).
+        self.lose_continuity: set[tuple[str | None, str]] = set()
 
     def start(self) -> None:
         self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeats())
@@ -519,11 +525,17 @@ class RealtimeGateway:
         self.connections.pop(conn.id, None)
         self._by_key.pop(conn.key, None)
 
-    def drop(self, client_id: str | None = None) -> int:
+    def drop(self, client_id: str | None = None, *, continuity: bool = True) -> int:
+        """Abort matching sockets. ``continuity=False`` also forgets the connections and makes
+        each of their channels' next ATTACH answer without RESUMED (as when Ably cannot resume)."""
         n = 0
         for conn in list(self.connections.values()):
             if conn.transport is not None and (client_id is None or conn.principal.client_id == client_id):
-                conn.transport.abort()
+                transport = conn.transport
+                if not continuity:
+                    self.lose_continuity.update((conn.principal.client_id, ch) for ch in conn.attachments)
+                    conn.discard()
+                transport.abort()
                 n += 1
         return n
 

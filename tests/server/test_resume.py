@@ -12,7 +12,10 @@ from ably.types.tokendetails import TokenDetails
 from server_helpers import ACK, CONNECTED, MESSAGE, RESUMED, RawClient, collector, eventually, wait_connected
 
 from agent_worker.server import EmbeddedServer, ServerConfig
+from agent_worker.server.auth import Capability, Principal
 from agent_worker.server.testing import python_realtime, python_rest, sdk_endpoint, sdk_token_details
+
+_AGENT = Principal("local.dev", "agent", False, Capability.full(), None)
 
 
 def _fold(messages: list[Any], serial: str) -> str:
@@ -189,3 +192,30 @@ async def test_token_expiry_renews_and_keeps_connection(ably_server: EmbeddedSer
         assert rt.connection.connection_manager.connection_id == connection_id
     finally:
         await rt.close()
+
+
+async def test_drop_without_resume_loses_continuity(ably_server: EmbeddedServer) -> None:
+    """drop_connections(resume=False): new connection id, re-attach without RESUMED, no replay."""
+    viewer = python_realtime(ably_server, client_id="viewer")
+    agent = python_realtime(ably_server, client_id="agent")
+    try:
+        ch = viewer.channels.get("lossy")
+        got, listener = collector()
+        changes, on_change = collector()
+        await ch.subscribe(listener)
+        ch.on(on_change)
+        await wait_connected(viewer)
+        first_id = viewer.connection.connection_manager.connection_id
+        assert ably_server.drop_connections(client_id="viewer", resume=False) == 1
+        # Published synchronously, before the viewer can possibly have reconnected.
+        ably_server.hub.publish("lossy", [{"name": "n", "data": "during the gap"}], _AGENT)
+        await eventually(lambda: any(c.current == ChannelState.ATTACHED for c in changes), what="re-attach")
+        reattached = [c for c in changes if c.current == ChannelState.ATTACHED]
+        assert reattached[-1].resumed is False
+        assert viewer.connection.connection_manager.connection_id != first_id
+        await agent.channels.get("lossy").publish("n", "after")
+        await eventually(lambda: len(got) >= 1)
+        assert [m.data for m in got] == ["after"]
+    finally:
+        await viewer.close()
+        await agent.close()
