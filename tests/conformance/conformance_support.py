@@ -60,6 +60,7 @@ class Conductor:
         self._events: dict[str, asyncio.Event] = {}
         self.log: list[str] = []
         self.metric: Callable[[str, dict[str, str]], float | None] | None = None
+        self.server: EmbeddedServer | None = None
 
     def _gate(self, name: str) -> asyncio.Event:
         return self._gates.setdefault(name, asyncio.Event())
@@ -108,6 +109,9 @@ class Conductor:
             return {"ok": True}
         if op == "log":
             return {"ok": True, "log": self.log}
+        if op == "drop" and self.server is not None:
+            # Abrupt socket close; the SDKs resume the connection (state kept by the server).
+            return {"ok": True, "dropped": self.server.drop_connections(request.get("clientId"))}
         if op == "metric" and self.metric is not None:
             return await self._wait_metric(request)
         return {"ok": False, "error": f"unknown op {op!r}"}
@@ -198,6 +202,7 @@ async def start_stack(
         on_run_start=on_run_start,
     )
     conductor.metric = worker.metrics.registry.get_sample_value
+    conductor.server = server
     await worker.start()
     http_config = HttpConfig(port=0)
     runner = await serve(worker, http_config, port=0)

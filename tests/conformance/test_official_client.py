@@ -16,8 +16,15 @@ import pytest
 from conformance_support import Conductor, last_user_text, transcript
 
 from agent_worker.errors import ProviderConnectionError
-from agent_worker.protocol.model import ToolMessage
-from agent_worker.providers.base import ModelRequest, StreamEvent, ToolCallDelta, ToolCallEnd, ToolCallStart
+from agent_worker.protocol.model import ToolMessage, UserMessage
+from agent_worker.providers.base import (
+    ModelRequest,
+    ReasoningDelta,
+    StreamEvent,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+)
 from agent_worker.tools.base import Tool
 from agent_worker.tools.builtin import get_client_location, send_notification
 from agent_worker.tools.registry import ToolRegistry
@@ -134,6 +141,35 @@ async def test_multi_turn_prompt_carries_history(make_stack: Any) -> None:
     ]
 
 
+async def test_reasoning_and_file_parts(make_stack: Any) -> None:
+    """A user file part reaches the provider; reasoning and text stream as separate parts."""
+
+    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+        yield ReasoningDelta("The user sent ")
+        yield ReasoningDelta("a picture.")
+        yield "Nice picture."
+
+    stack = await make_stack(script)
+    image = "data:image/png;base64,iVBORw0KGgo="
+    files = [{"type": "file", "mediaType": "image/png", "url": image}]
+    result = await stack.scenario("send", texts=["What is this?"], files=files)
+    a = result["a"]
+    user, assistant = a["view"]
+    assert [p["type"] for p in user["parts"]] == ["file", "text"]
+    assert user["parts"][0]["url"] == image
+    assert [p["type"] for p in assistant["parts"]] == ["step-start", "reasoning", "text"]
+    assert assistant["parts"][1]["text"] == "The user sent a picture."
+    assert assistant["text"] == "Nice picture."
+    assert_chat_matches_view(a)
+    [prompt_user] = stack.provider.requests[0].messages
+    assert isinstance(prompt_user, UserMessage)
+    kinds = [
+        (type(p).__name__, getattr(p, "url", None) or getattr(p, "text", None)) for p in prompt_user.parts
+    ]
+    assert kinds == [("FilePart", image), ("TextPart", "What is this?")]
+    assert prompt_user.parts[0].media_type == "image/png"  # type: ignore[union-attr]
+
+
 # --- server-side tool --------------------------------------------------------------------------
 
 
@@ -181,28 +217,49 @@ async def test_server_tool_then_text(make_stack: Any) -> None:
 # --- cancel ------------------------------------------------------------------------------------
 
 
-async def test_owner_cancel_mid_stream(make_stack: Any, conductor: Conductor) -> None:
-    stack = await make_stack(story(conductor))
-    result = await stack.scenario("cancelOwner")
-    a = result["a"]
-    [run] = a["runs"]
+@pytest.mark.parametrize("via", ["stop", "session"])
+async def test_owner_cancel_mid_stream(make_stack: Any, conductor: Conductor, via: str) -> None:
+    story_script = story(conductor)
+
+    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+        if last_user_text(request) == "And now?":
+            yield "Fresh answer"
+            return
+        async for item in story_script(request):
+            yield item
+
+    stack = await make_stack(script)
+    result = await stack.scenario("cancelOwner", via=via)
+    at_cancel = result["atCancel"]
+    [run] = at_cancel["runs"]
     assert run["status"] == "cancelled"
     # The text streamed so far is kept, in the view and in useChat's message.
-    assert turns(a["view"]) == [("user", "Tell me a long story"), ("assistant", "Once upon a time")]
+    assert turns(at_cancel["view"]) == [("user", "Tell me a long story"), ("assistant", "Once upon a time")]
     assert result["chatTextBeforeStop"] == "Once upon a time"
-    assert a["chat"][-1]["text"] == "Once upon a time"
-    assert a["chatStatus"] == "ready"
+    assert at_cancel["chat"][-1]["text"] == "Once upon a time"
+    assert at_cancel["chatStatus"] == "ready"
+    assert at_cancel["sessionErrors"] == []
     # The provider stream was closed by the cancel, never finished.
     assert "provider-closed" in conductor.log and "provider-finished" not in conductor.log
     assert open_streams(result["wire"]) == []
-    closing = [
+    streamed = [
         m
         for m in result["wire"]
-        if m["name"] == "ai-output" and (m["transport"] or {}).get("stream") == "true"
+        if m["name"] == "ai-output"
+        and (m["transport"] or {}).get("stream") == "true"
+        and m["transport"]["run-id"] == run["runId"]
     ]
-    assert closing and all(m["transport"]["status"] == "cancelled" for m in closing)
-    end = next(m for m in result["wire"] if m["name"] == "ai-run-end")
-    assert end["transport"]["run-reason"] == "cancelled"
+    assert streamed and all(m["transport"]["status"] == "cancelled" for m in streamed)
+    ends = [m for m in result["wire"] if m["name"] == "ai-run-end"]
+    assert ends[0]["transport"]["run-reason"] == "cancelled"
+    [cancel] = [m for m in result["wire"] if m["name"] == "ai-cancel"]
+    if via == "session":
+        assert cancel["transport"]["run-id"] == run["runId"]
+    else:
+        assert "input-codec-message-id" in cancel["transport"]
+    # The follow-up's prompt leaves out the cancelled turn (question included), like the JS agent.
+    assert transcript(stack.provider.requests[-1]) == [("user", "And now?")]
+    assert turns(result["a"]["view"])[-2:] == [("user", "And now?"), ("assistant", "Fresh answer")]
     await stack.worker.run_until_idle()
     assert stack.worker.runs_cancelled == 1
 
@@ -278,6 +335,28 @@ async def test_late_joiner_mid_stream_sees_complete_text(
     assert turns(b["view"]) == expected
     assert [m["parts"] for m in b["view"]] == [m["parts"] for m in a["view"]]
     assert [r["status"] for r in b["runs"]] == ["complete"]
+
+
+@pytest.mark.parametrize("drop", ["agent-worker", "alice"])
+async def test_connection_drop_mid_stream(make_stack: Any, conductor: Conductor, drop: str) -> None:
+    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+        for token in ("one ", "two ", "three "):
+            yield token
+        await conductor.gate("half")
+        for token in ("four ", "five ", "six"):
+            yield token
+
+    stack = await make_stack(script)
+    result = await stack.scenario("dropMidStream", dropClient=drop)
+    assert result["dropped"]["dropped"] >= 1
+    a = result["a"]
+    assert turns(a["view"]) == [("user", "Count to six"), ("assistant", "one two three four five six")]
+    assert_chat_matches_view(a)
+    assert [r["status"] for r in a["runs"]] == ["complete"]
+    assert a["sessionErrors"] == []
+    assert open_streams(result["wire"]) == []
+    stored = [m for m in result["wire"] if m["name"] == "ai-output" and m["codec"].get("kind") == "text"]
+    assert [m["data"] for m in stored] == ["one two three four five six"]
 
 
 # --- regenerate and edit -------------------------------------------------------------------------
