@@ -197,14 +197,14 @@ class Event:
 class LogSink(Protocol):
     def add_version(self, channel: str, record: MessageRecord, index: int) -> None: ...
 
-    def remove_messages(self, channel: str, serials: Sequence[str]) -> None: ...
+    def remove_messages(self, channel: str, serials: Sequence[str], horizon: str | None) -> None: ...
 
 
 class _NullSink:
     def add_version(self, channel: str, record: MessageRecord, index: int) -> None:
         return None
 
-    def remove_messages(self, channel: str, serials: Sequence[str]) -> None:
+    def remove_messages(self, channel: str, serials: Sequence[str], horizon: str | None) -> None:
         return None
 
 
@@ -545,5 +545,5 @@ class ChannelLog:
         if dropped_cs:
             newest = max(dropped_cs)
             self.horizon = newest if self.horizon is None else max(self.horizon, newest)
-        self.sink.remove_messages(self.name, gone)
+        self.sink.remove_messages(self.name, gone, self.horizon)
         return drop

@@ -29,7 +29,7 @@ class Store(LogSink):
     def add_version(self, channel: str, record: MessageRecord, index: int) -> None:
         return None
 
-    def remove_messages(self, channel: str, serials: Sequence[str]) -> None:
+    def remove_messages(self, channel: str, serials: Sequence[str], horizon: str | None) -> None:
         return None
 
     def close(self) -> None:
@@ -51,7 +51,7 @@ def _unpack(blob: bytes | None) -> Any:
 
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS channels (name TEXT PRIMARY KEY, series TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS channels (name TEXT PRIMARY KEY, series TEXT NOT NULL, horizon TEXT);
 CREATE TABLE IF NOT EXISTS versions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     channel TEXT NOT NULL,
@@ -79,17 +79,21 @@ class SQLiteStore(Store):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(channels)")}
+        if "horizon" not in columns:  # databases from before retention horizons were stored
+            self._db.execute("ALTER TABLE channels ADD COLUMN horizon TEXT")
 
     def __repr__(self) -> str:
         return f"SQLiteStore(path={str(self.path)!r})"
 
     def open_channel(self, name: str) -> ChannelLog:
-        row = self._db.execute("SELECT series FROM channels WHERE name = ?", (name,)).fetchone()
+        row = self._db.execute("SELECT series, horizon FROM channels WHERE name = ?", (name,)).fetchone()
         if row is None:
             series = new_series()
             self._db.execute("INSERT INTO channels (name, series) VALUES (?, ?)", (name, series))
             return ChannelLog(name, series=series, sink=self)
         log = ChannelLog(name, series=row[0], sink=self)
+        log.horizon = row[1]
         cur = self._db.execute(
             "SELECT message_serial, serial, channel_serial, action, timestamp, fields, op, connection_id, "
             "meta FROM versions WHERE channel = ? ORDER BY seq",
@@ -127,9 +131,10 @@ class SQLiteStore(Store):
             ),
         )
 
-    def remove_messages(self, channel: str, serials: Sequence[str]) -> None:
+    def remove_messages(self, channel: str, serials: Sequence[str], horizon: str | None) -> None:
         self._db.execute("BEGIN")
         try:
+            self._db.execute("UPDATE channels SET horizon = ? WHERE name = ?", (horizon, channel))
             self._db.executemany(
                 "DELETE FROM versions WHERE channel = ? AND message_serial = ?",
                 [(channel, s) for s in serials],

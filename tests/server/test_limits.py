@@ -1,0 +1,106 @@
+"""maxMessageSize and the optional Ably rate limits."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from ably.util.exceptions import AblyException
+from server_helpers import ACK, NACK, RawClient
+
+from agent_worker.server import EmbeddedServer, ServerConfig
+from agent_worker.server.testing import python_realtime, python_rest
+
+
+async def _outcomes(client: RawClient, n: int) -> list[dict[str, object]]:
+    """Read ``n`` ACK/NACK frames (skipping channel messages)."""
+    out: list[dict[str, object]] = []
+    while len(out) < n:
+        frame = await client.recv()
+        assert frame is not None
+        if frame["action"] in (ACK, NACK):
+            out.append(frame)
+    return out
+
+
+async def test_oversized_messages_are_refused() -> None:
+    """Over maxMessageSize: realtime NACK 40009 and REST 400/40009; the connection keeps working."""
+    async with EmbeddedServer(ServerConfig(max_message_size=1024)) as server:
+        rt = python_realtime(server, client_id="big")
+        rest = python_rest(server, client_id="big")
+        try:
+            ch = rt.channels.get("size")
+            with pytest.raises(AblyException) as info:
+                await ch.publish("n", "x" * 2000)
+            assert info.value.code == 40009
+            assert (await ch.publish("n", "small")).serials
+            with pytest.raises(AblyException) as rest_info:
+                await rest.channels.get("size").publish("n", "y" * 2000)
+            assert (rest_info.value.code, rest_info.value.status_code) == (40009, 400)
+            assert [m.data for m in (await rest.channels.get("size").history()).items] == ["small"]
+        finally:
+            await rt.close()
+            await rest.close()
+
+
+async def test_extras_and_name_count_towards_size() -> None:
+    """Size is name + data + clientId + extras, as Ably counts it."""
+    async with EmbeddedServer(ServerConfig(max_message_size=100)) as server:
+        c = await RawClient.connect(server)
+        try:
+            await c.publish("s", [{"name": "n" * 40, "data": "d" * 40, "extras": {"k": "v" * 40}}])
+            assert (await c.expect(NACK))["error"]["code"] == 40009
+        finally:
+            await c.close()
+
+
+async def test_per_connection_rate_limit() -> None:
+    """With --enforce-rate-limits a burst beyond 50/s on one connection gets NACK 42911."""
+    async with EmbeddedServer(ServerConfig(enforce_rate_limits=True)) as server:
+        c = await RawClient.connect(server, echo="false")
+        try:
+            for i in range(80):
+                await c.publish(f"rate-{i % 4}", [{"data": str(i)}])  # spread over channels
+            outcomes = await _outcomes(c, 80)
+            codes = {f["error"]["code"] for f in outcomes if f["action"] == NACK}  # type: ignore[index]
+            assert codes == {42911}
+            assert sum(1 for f in outcomes if f["action"] == ACK) >= 50
+        finally:
+            await c.close()
+
+
+async def test_per_channel_rate_limit() -> None:
+    """Two connections each under their own limit, together over 50/s on one channel: 42910."""
+    async with EmbeddedServer(ServerConfig(enforce_rate_limits=True)) as server:
+        a = await RawClient.connect(server, echo="false")
+        b = await RawClient.connect(server, echo="false")
+        try:
+            for i in range(45):
+                await a.publish("hot", [{"data": f"a{i}"}])
+                await b.publish("hot", [{"data": f"b{i}"}])
+            outcomes = await _outcomes(a, 45) + await _outcomes(b, 45)
+            codes = {f["error"]["code"] for f in outcomes if f["action"] == NACK}  # type: ignore[index]
+            assert codes == {42910}
+        finally:
+            await a.close()
+            await b.close()
+
+
+async def test_no_rate_limits_by_default(ably_server: EmbeddedServer) -> None:
+    """Without the flag the same burst is all ACKed."""
+    c = await RawClient.connect(ably_server, echo="false")
+    try:
+        for i in range(80):
+            await c.publish("free", [{"data": str(i)}])
+        assert all(f["action"] == ACK for f in await _outcomes(c, 80))
+    finally:
+        await c.close()
+
+
+async def test_oversized_http_body_is_refused(ably_server: EmbeddedServer) -> None:
+    """A request body far beyond any message limit is an Ably-style 4xx, never a crash."""
+    token = ably_server.mint_token()
+    url = f"http://{ably_server.endpoint}/channels/x/messages"
+    body = b'{"data":"' + b"z" * (5 << 20) + b'"}'
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=headers) as resp:
+        assert 400 <= resp.status < 500
