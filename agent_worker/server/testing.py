@@ -15,17 +15,58 @@ from ably import AblyRealtime, AblyRest
 from ably.types.tokendetails import TokenDetails
 
 from agent_worker.server.app import EmbeddedServer
+from agent_worker.server.auth import ApiKey, Capability, KeyRing, token_details
+from agent_worker.server.hub import Hub
 
-__all__ = ["python_realtime", "python_rest", "sdk_endpoint", "sdk_token_details"]
+__all__ = ["RemoteServer", "python_realtime", "python_rest", "sdk_endpoint", "sdk_token_details"]
 
 
-def sdk_endpoint(server: EmbeddedServer) -> str:
+class RemoteServer:
+    """A server running elsewhere (e.g. ``agent-worker server``), known by endpoint and key.
+
+    Offers what the helpers below need from an :class:`EmbeddedServer`: ``host``, ``port``,
+    ``endpoint``, ``mint_token`` and ``token_details`` (JWTs signed locally with ``key``).
+    """
+
+    def __init__(self, endpoint: str, key: str) -> None:
+        host, _, port = endpoint.rpartition(":")
+        self.host, self.port, self.endpoint = host, int(port), endpoint
+        self._keyring = KeyRing([ApiKey.parse(key)])
+
+    def __repr__(self) -> str:
+        return f"RemoteServer(endpoint={self.endpoint!r})"
+
+    def mint_token(
+        self,
+        client_id: str | None = None,
+        capability: dict[str, list[str]] | str | None = None,
+        ttl_s: float = 3600,
+    ) -> str:
+        return str(self.token_details(client_id, capability, ttl_s)["token"])
+
+    def token_details(
+        self,
+        client_id: str | None = None,
+        capability: dict[str, list[str]] | str | None = None,
+        ttl_s: float = 3600,
+    ) -> dict[str, Any]:
+        cap = Capability.parse(capability) if capability is not None else None
+        token, claims = self._keyring.mint(
+            client_id=client_id, capability=cap, ttl_ms=int(ttl_s * 1000), now_ms=Hub.now_ms()
+        )
+        return token_details(token, claims)
+
+
+Target = EmbeddedServer | RemoteServer
+
+
+def sdk_endpoint(server: Target) -> str:
     """The ``endpoint`` option value that works for ably-python realtime and REST alike."""
     return f"{server.host}:{server.port}/"
 
 
 def sdk_token_details(
-    server: EmbeddedServer,
+    server: Target,
     client_id: str | None = None,
     capability: dict[str, list[str]] | None = None,
     ttl_s: float = 3600,
@@ -46,7 +87,7 @@ def sdk_token_details(
 
 
 def _auth_opts(
-    server: EmbeddedServer,
+    server: Target,
     client_id: str | None,
     token: str | None,
     capability: dict[str, list[str]] | None,
@@ -63,7 +104,7 @@ def _auth_opts(
 
 
 def python_realtime(
-    server: EmbeddedServer,
+    server: Target,
     client_id: str | None = None,
     token: str | None = None,
     *,
@@ -85,7 +126,7 @@ def python_realtime(
 
 
 def python_rest(
-    server: EmbeddedServer,
+    server: Target,
     client_id: str | None = None,
     token: str | None = None,
     *,

@@ -1,0 +1,93 @@
+"""``agent-worker server``: prints endpoint and keys, serves SDKs, stops cleanly on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from server_helpers import collector, eventually
+
+from agent_worker.server import DEFAULT_DEV_KEY
+from agent_worker.server.testing import RemoteServer, python_realtime, python_rest
+
+# The command registered on a fresh Typer app beside a no-op command, so the test does not depend
+# on which other packages have registered their commands yet.
+_RUNNER = """
+import typer
+from agent_worker.server.cli import register
+app = typer.Typer()
+register(app)
+@app.command("noop")
+def noop() -> None:
+    pass
+app()
+"""
+
+
+async def _start(*args: str) -> tuple[asyncio.subprocess.Process, dict[str, list[str]]]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _RUNNER,
+        "server",
+        "--port",
+        "0",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    facts: dict[str, list[str]] = {"endpoint": [], "key": []}
+    while not (facts["endpoint"] and facts["key"] and facts.get("ably-python")):
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert line, "server exited before printing its endpoint"
+        name, sep, value = line.partition(": ")
+        if sep and name in ("endpoint", "key", "ably-python"):
+            facts.setdefault(name, []).append(value.strip())
+    return proc, facts
+
+
+async def test_cli_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """Two --key options are printed and accepted; SIGTERM exits 0; --data-dir keeps history."""
+    keys = [
+        "app.one:secret-one-long-enough-xxxxxxxxxxxxxxxx",
+        "app.two:secret-two-long-enough-xxxxxxxxxxxxxxxx",
+    ]
+    proc, facts = await _start("--key", keys[0], "--key", keys[1], "--data-dir", str(tmp_path))
+    try:
+        assert facts["key"] == keys
+        server = RemoteServer(facts["endpoint"][0], keys[1])  # tokens signed with the second key
+        rt = python_realtime(server, client_id="cli")
+        try:
+            got, listener = collector()
+            ch = rt.channels.get("cli")
+            await ch.subscribe(listener)
+            await ch.publish("n", "hello")
+            await eventually(lambda: len(got) == 1)
+        finally:
+            await rt.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    proc, facts = await _start("--key", keys[0], "--data-dir", str(tmp_path))
+    try:
+        rest = python_rest(RemoteServer(facts["endpoint"][0], keys[0]))
+        try:
+            assert [m.data for m in (await rest.channels.get("cli").history()).items] == ["hello"]
+        finally:
+            await rest.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_cli_default_dev_key() -> None:
+    """Without --key the server prints and accepts the default dev key."""
+    proc, facts = await _start()
+    try:
+        assert facts["key"] == [DEFAULT_DEV_KEY]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
