@@ -76,6 +76,7 @@ class SQLiteStore(Store):
         path.mkdir(parents=True, exist_ok=True)
         self.path = path / "channels.sqlite3"
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._known: set[str] = set()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
@@ -89,9 +90,9 @@ class SQLiteStore(Store):
     def open_channel(self, name: str) -> ChannelLog:
         row = self._db.execute("SELECT series, horizon FROM channels WHERE name = ?", (name,)).fetchone()
         if row is None:
-            series = new_series()
-            self._db.execute("INSERT INTO channels (name, series) VALUES (?, ?)", (name, series))
-            return ChannelLog(name, series=series, sink=self)
+            # The row is written with the first message, so reads of unknown channels write nothing.
+            return ChannelLog(name, series=new_series(), sink=self)
+        self._known.add(name)
         log = ChannelLog(name, series=row[0], sink=self)
         log.horizon = row[1]
         cur = self._db.execute(
@@ -108,6 +109,10 @@ class SQLiteStore(Store):
         return log
 
     def add_version(self, channel: str, record: MessageRecord, index: int) -> None:
+        if channel not in self._known:
+            series = record.serial.split("@", 1)[1].split(":", 1)[0]
+            self._db.execute("INSERT OR IGNORE INTO channels (name, series) VALUES (?, ?)", (channel, series))
+            self._known.add(channel)
         v = record.versions[index]
         meta = (
             {"id": record.id, "clientId": record.client_id, "connectionId": record.connection_id}
