@@ -42,7 +42,7 @@ from agent_worker.protocol.headers import (
 from agent_worker.protocol.vercel.encoder import UIMessageEncoder
 from agent_worker.protocol.vercel.reducer import UIMessage
 from agent_worker.protocol.wire import InboundMessage
-from agent_worker.runtime.streaming import StreamWriter
+from agent_worker.runtime.streaming import StreamWriter, publish_reliably
 from agent_worker.runtime.trigger import Trigger
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ class Run:
                     regenerates=t.regenerates if t is not None else None,
                 ),
             )
-        await self.session.channel.publish(msg)
+        await publish_reliably(self.session.channel, msg)
         self._start_published = True
         self.phase = RunPhase.ACTIVE
         if t is not None and t.run_id is None:
@@ -205,7 +205,9 @@ class Run:
         if self._active_message is not None:
             msg = "end the active output message before suspending the run"
             raise RuntimeError(msg)
-        await self.session.channel.publish(lifecycle_message(AI_RUN_SUSPEND, self._lifecycle_headers()))
+        await publish_reliably(
+            self.session.channel, lifecycle_message(AI_RUN_SUSPEND, self._lifecycle_headers())
+        )
         self.phase = RunPhase.ENDED
         self.outcome = "suspended"
         self.session.deregister(self)
@@ -222,8 +224,8 @@ class Run:
             extra["error_code"] = error.code
             extra["error_message"] = error.message
         try:
-            await self.session.channel.publish(
-                lifecycle_message(AI_RUN_END, self._lifecycle_headers(**extra))
+            await publish_reliably(
+                self.session.channel, lifecycle_message(AI_RUN_END, self._lifecycle_headers(**extra))
             )
         finally:
             self.phase = RunPhase.ENDED
@@ -369,8 +371,8 @@ class OutputMessage:
 
     async def _open_step(self) -> None:
         self._step_open = True
-        serial = await self.run.session.channel.publish(
-            lifecycle_message(AI_STEP_START, self.run._step_headers(self.step_id))
+        serial = await publish_reliably(
+            self.run.session.channel, lifecycle_message(AI_STEP_START, self.run._step_headers(self.step_id))
         )
         self._step_serial = serial
         if serial is not None:
@@ -394,11 +396,12 @@ class OutputMessage:
         if self._step_serial is None:
             log.warning("step_end_skipped_no_serial", step_id=self.step_id)
             return
-        await self.run.session.channel.publish(
+        await publish_reliably(
+            self.run.session.channel,
             lifecycle_message(
                 AI_STEP_END,
                 self.run._step_headers(self.step_id, step_start_serial=self._step_serial, reason=reason),
-            )
+            ),
         )
 
     async def close(self, reason: StepEndReason = "complete") -> None:

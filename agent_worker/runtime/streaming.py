@@ -26,15 +26,39 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
 from agent_worker.errors import TransportError
 from agent_worker.logs import get_logger
 from agent_worker.protocol.wire import AppendOp, OutboundMessage, PublishOp, UpdateOp, WireOp
 
-__all__ = ["ChannelWriter", "StreamEncoder", "StreamWriter", "WriterStats"]
+__all__ = ["ChannelWriter", "StreamEncoder", "StreamWriter", "WriterStats", "publish_reliably"]
 
 log = get_logger("agent_worker.runtime.streaming")
 
 ERROR_RECOVERY_FAILED = 104000
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, TransportError) and (exc.status_code == 429 or exc.status_code >= 500)
+
+
+def _rate_limited(exc: BaseException) -> bool:
+    # A 429 NACK means the message was refused, so publishing it again cannot duplicate it.
+    return isinstance(exc, TransportError) and exc.status_code == 429
+
+
+async def publish_reliably(channel: ChannelWriter, msg: OutboundMessage, *, attempts: int = 5) -> str | None:
+    """Publish, retrying with backoff while the service refuses it for rate (HTTP 429)."""
+    async for attempt in AsyncRetrying(
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=0.2, max=2.0),
+        retry=retry_if_exception(_rate_limited),
+        reraise=True,
+    ):
+        with attempt:
+            return await channel.publish(msg)
+    return None  # pragma: no cover - AsyncRetrying either returns or raises
 
 
 class ChannelWriter(Protocol):
@@ -213,7 +237,7 @@ class StreamWriter:
             await self._update(op)
 
     async def _publish(self, op: PublishOp) -> None:
-        serial = await self._channel.publish(op.message)
+        serial = await publish_reliably(self._channel, op.message)
         self.stats.published += 1
         if op.stream_key is not None:
             if serial is None:
@@ -266,12 +290,24 @@ class StreamWriter:
             op = self._encoder.recovery_update(key)
             self.stats.recoveries += 1
             try:
-                await self._update(op)
+                await self._recover(op)
             except TransportError as exc:
                 errors.append(f"{key}: {exc.message}")
         if errors:
             msg = f"unable to flush pending appends; recovery failed for stream(s): {'; '.join(errors)}"
             raise TransportError(msg, code=ERROR_RECOVERY_FAILED)
+
+    async def _recover(self, op: UpdateOp) -> None:
+        """The recovery update, retried with backoff when the failure is transient (a rate limit or
+        a connection blip is what usually made the appends fail): a full replace is idempotent."""
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(4),
+            wait=wait_exponential(multiplier=0.25, max=2.0),
+            retry=retry_if_exception(_transient),
+            reraise=True,
+        ):
+            with attempt:
+                await self._update(op)
 
     async def _update(self, op: UpdateOp) -> None:
         serial = self._serials.get(op.stream_key)

@@ -172,3 +172,41 @@ async def test_coalescing_and_rate_limit_keep_text_intact() -> None:
         finally:
             await reader.close()
             await harness.close()
+
+
+async def test_failed_appends_are_recovered_by_a_full_update() -> None:
+    """When the server rejects appends (here: its rate limit, with the worker's own limiter off),
+    the writer replaces each damaged stream with the full text by update, and the run completes;
+    history shows the exact text. (A live subscriber that saw the gapped appends keeps them, as with
+    the JS SDK, whose decoder treats a non-prefix update as a silent replacement.)"""
+    config = ServerConfig(port=0, enforce_rate_limits=True, rate_limit_per_s=50)
+    async with EmbeddedServer(config) as server:
+        words = [f"v{i:03d}" for i in range(200)]
+        text = " ".join(words)
+        harness = await start_harness(
+            server, EchoProvider(tokens_per_second=2000), rate=100_000.0, coalesce_window_ms=0.0
+        )
+        reader = python_realtime(server, client_id="user-abc")
+        try:
+            client = ChatClient(server, "conversations:recover", "user-abc")
+            await client.connect()
+            sent = await client.send_text(text, parent=None)
+            await harness.invoke("conversations:recover", sent.event_id)
+            end = await client.run_end_for(sent.codec_message_id, wait_s=60)
+            assert end.transport_headers["run-reason"] == "complete"
+            run_id = end.transport_headers["run-id"]
+            serials = {
+                m.serial
+                for m in client.run_wires(run_id)
+                if m.name == AI_OUTPUT and m.transport_headers.get("stream") == "true"
+            }
+            updates = [m for m in client.messages if m.serial in serials and m.action == "message.update"]
+            assert updates, "expected a recovery update"
+            assert updates[-1].data == text and updates[-1].transport_headers["status"] == "complete"
+            page = await reader.channels.get("conversations:recover").history()
+            rolled = [to_inbound(m) for m in page.items if m.serial in serials]
+            assert "".join(m.data for m in rolled) == text
+            await client.close()
+        finally:
+            await reader.close()
+            await harness.close()
