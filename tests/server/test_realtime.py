@@ -265,3 +265,26 @@ async def test_many_clients_in_parallel(ably_server: EmbeddedServer) -> None:
     finally:
         for c in clients:
             await c.close()
+
+
+async def test_protocol_heartbeats_keep_idle_python_client_alive() -> None:
+    """Protocol HEARTBEATs arrive unprompted and keep ably-python's idle timer from firing."""
+    config = ServerConfig(max_idle_interval_ms=300, heartbeat_interval_ms=100)
+    async with EmbeddedServer(config) as server:
+        raw = await RawClient.connect(server)
+        try:
+            frame = await raw.ws.receive(timeout=5)
+            assert frame.json() == {"action": HEARTBEAT}
+        finally:
+            await raw.close()
+        rt = python_realtime(server, client_id="idle", realtime_request_timeout=300)
+        try:
+            await wait_connected(rt)
+            connection_id = rt.connection.connection_manager.connection_id
+            states, on_state = collector()
+            rt.connection.on(on_state)
+            await asyncio.sleep(1.5)  # several idle windows (300 + 300 ms) with no traffic of our own
+            assert states == [], "no disconnect while heartbeats flow"
+            assert rt.connection.connection_manager.connection_id == connection_id
+        finally:
+            await rt.close()
