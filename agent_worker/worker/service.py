@@ -104,6 +104,7 @@ class Worker:
         history_page_size: int = 100,
         on_startup: Hook | None = None,
         on_shutdown: Hook | None = None,
+        on_run_created: Callable[[Run], None] | None = None,
         on_run_start: Hook | None = None,
         on_run_end: Hook | None = None,
         on_cancel: CancelHook | None = None,
@@ -116,6 +117,9 @@ class Worker:
         self.history_page_size = history_page_size
         self.on_startup = on_startup
         self.on_shutdown = on_shutdown
+        self.on_run_created = on_run_created
+        """Called synchronously as each run is created, before it can receive a cancel: set per-run
+        hooks here (``run.on_cancel``, ``run.on_steer``)."""
         self.on_run_start = on_run_start
         self.on_run_end = on_run_end
         self.on_cancel = on_cancel
@@ -345,6 +349,11 @@ class Worker:
 
     def _start_run(self, session: AgentSession, event_id: str) -> Invocation:
         run = session.create_run(event_id, coalesce_window_s=self.config.coalesce_window_ms / 1000.0)
+        if self.on_run_created is not None:
+            try:
+                self.on_run_created(run)
+            except Exception:
+                log.exception("worker_hook_failed", hook="on_run_created")
         invocation = Invocation(run.run_id, run.invocation_id, session.name)
         self._remember((session.name, event_id), invocation)
         task = asyncio.create_task(self._execute(run, time.monotonic()), name=f"run:{run.run_id}")

@@ -74,7 +74,9 @@ async def test_history_is_rebuilt_from_the_channel_by_a_cold_worker(
     ]
 
 
-async def test_regenerate_truncates_before_the_target(make_worker: Any, make_client: Any, session_name: str) -> None:
+async def test_regenerate_truncates_before_the_target(
+    make_worker: Any, make_client: Any, session_name: str
+) -> None:
     """Regenerate: a fresh run with msg-regenerate, parented at the user input; the prompt stops
     before the regenerated assistant message."""
     provider = ScriptedProvider(reply_script)

@@ -244,3 +244,31 @@ async def test_provider_error_before_first_token(
     assert end.transport_headers["run-reason"] == "error"
     assert "no route to vendor" in end.transport_headers["error-message"]
     assert stream_statuses(client, body["runId"]) == {}
+
+
+async def test_per_run_sync_hook_wins_over_policy(
+    make_worker: Any, make_client: Any, session_name: str
+) -> None:
+    """A per-run cancel hook (sync, set as the run is created) is asked first: here it refuses even
+    the owner's cancel for a 'locked' run, and the run completes."""
+    script = SlowScript(words=30, pause=0.005)
+    asked: list[str] = []
+
+    def locked(request: CancelRequest) -> bool:
+        asked.append(request.run.run_id)
+        return False
+
+    def on_run_created(run: Any) -> None:
+        run.on_cancel = locked
+
+    harness: Harness = await make_worker(
+        ScriptedProvider(script), worker_kwargs={"on_run_created": on_run_created}
+    )
+    client: ChatClient = await make_client()
+    sent = await client.send_text("story")
+    await harness.invoke(session_name, sent.event_id)
+    run_id = await started_run(client, sent.codec_message_id)
+    await client.cancel(run_id=run_id)
+    end = await client.run_end_for(sent.codec_message_id)
+    assert end.transport_headers["run-reason"] == "complete"
+    assert asked == [run_id]

@@ -210,3 +210,23 @@ async def test_failed_appends_are_recovered_by_a_full_update() -> None:
         finally:
             await reader.close()
             await harness.close()
+
+
+async def test_connection_drop_mid_stream_resumes_without_losing_text(
+    ably_server: EmbeddedServer, make_client: Any, session_name: str
+) -> None:
+    """The worker's socket is cut mid-run: ably-python resumes the connection, pending appends are
+    retransmitted once, and the reply still arrives whole and the run completes."""
+    harness = await start_harness(ably_server, EchoProvider(tokens_per_second=100), coalesce_window_ms=0.0)
+    try:
+        client: ChatClient = await make_client()
+        text = " ".join(f"x{i}" for i in range(120))
+        sent = await client.send_text(text)
+        _, body = await harness.invoke(session_name, sent.event_id)
+        await client.wait_for(lambda: len(client.run_text(body["runId"])) > 40)
+        assert ably_server.drop_connections("agent-worker") == 1
+        end = await client.run_end_for(sent.codec_message_id, wait_s=60)
+        assert end.transport_headers["run-reason"] == "complete"
+        assert client.run_text(body["runId"]) == text
+    finally:
+        await harness.close()
