@@ -563,7 +563,11 @@ class RealtimeGateway:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         cfg = self.hub.config
-        ws = web.WebSocketResponse(autoping=True, max_msg_size=max(4 << 20, 4 * cfg.max_message_size))
+        ws = web.WebSocketResponse(
+            autoping=True,
+            max_msg_size=max(4 << 20, 4 * cfg.max_message_size),
+            compress=cfg.websocket_compression,
+        )
         await ws.prepare(request)
         transport = Transport(ws, request.transport)
         q = request.query
