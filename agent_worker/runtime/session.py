@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, Literal
 
-from agent_worker.errors import InputEventNotFound, TransportError
+from agent_worker.errors import InputEventNotFound
 from agent_worker.logs import get_logger
 from agent_worker.protocol.headers import (
     AI_CANCEL,
@@ -251,7 +251,9 @@ class AgentSession:
             except StopAsyncIteration:
                 self._history_exhausted = True
                 return False
-            except TransportError:
+            except BaseException:
+                # A failed or cancelled page read closes the generator: restart the cursor next
+                # time (re-folding pages is idempotent).
                 self._history = None
                 raise
             for msg in reversed(page):  # pages are newest-first; fold oldest-first

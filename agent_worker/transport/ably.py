@@ -299,8 +299,12 @@ class Channel:
         if from_serial:
             params["from_serial"] = from_serial
         path = f"/channels/{quote(self.name, safe='')}/messages"
-        with map_ably_errors(f"history of {self.name}"):
-            page = await self._transport.client.request("GET", path, _REST_VERSION, params=params)
+        client = self._transport.client
+
+        async def first() -> Any:
+            return await client.request("GET", path, _REST_VERSION, params=params)
+
+        page = await self._with_retries(first)
         while page is not None:
             if not page.success:
                 code = page.error_code
@@ -315,8 +319,28 @@ class Channel:
             yield items
             if not page.has_next():
                 return
-            with map_ably_errors(f"history of {self.name}"):
-                page = await page.next()
+            current = page
+
+            async def following(current: Any = current) -> Any:
+                return await current.next()
+
+            page = await self._with_retries(following)
+
+    async def _with_retries(self, fetch: Callable[[], Awaitable[Any]], retries: int = 3) -> Any:
+        """One history page, retried 3 times (100 ms doubling) like the JS hydrator, then 104011."""
+        delay = 0.1
+        for attempt in range(retries + 1):
+            try:
+                with map_ably_errors(f"history of {self.name}"):
+                    return await fetch()
+            except TransportError as exc:
+                if attempt == retries:
+                    msg = f"unable to fetch history page; {exc.message}"
+                    raise TransportError(msg, code=104011) from exc
+                log.warning("history_page_retry", channel=self.name, attempt=attempt + 1, error=exc.message)
+                await asyncio.sleep(delay)
+                delay *= 2
+        return None  # pragma: no cover - the loop returns or raises
 
     async def presence_enter(self, data: Mapping[str, Any]) -> None:
         await self.limiter.acquire()
