@@ -10,7 +10,7 @@ __all__ = ["DEFAULT_AGENT_URL", "DEFAULT_LOCAL_ENDPOINT", "register"]
 
 #: Where `agent-worker run` (offline default) serves its embedded Ably-compatible server and its
 #: invocation endpoint, so `agent-worker chat SESSION` needs no flags on the same machine.
-DEFAULT_LOCAL_ENDPOINT = "127.0.0.1:8788"
+DEFAULT_LOCAL_ENDPOINT = "127.0.0.1:8080"
 DEFAULT_AGENT_URL = "http://127.0.0.1:8787/api/chat"
 
 
