@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 BENCHMARKS: dict[str, str] = {
     "server": "bench.server",
+    "agent": "bench.agent",
 }
 
 

@@ -1,0 +1,557 @@
+"""Agent-runtime benchmark: this Python worker vs the official JS agent, side by side.
+
+``python -m bench agent`` (or ``python -m bench.agent``) starts the embedded server in its own
+process, then, for each agent variant, that agent in its own process — the official
+@ably/ai-transport 0.8.0 agent (``tests/js/bench/agent.mjs``, the README's route handler) or this
+worker (``bench/agent/procs.py``) — both fed the same scripted token stream
+(``bench/agent/script.py``), and runs the same client workload against it
+(``tests/js/bench/client.mjs``): provider→client latency at 1 and N concurrent streams, tokens/s
+and tokens per agent CPU-second, memory per active run, cancel latency (``ai-cancel`` published →
+provider stream closed) and the time to rebuild a 1,000-message session from history. It writes
+the "Agent runtime" section of ``docs/benchmarks.md``. Loopback only; every phase is bounded in
+count and time. Not a test: nothing asserts on timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))  # reuse the Node runner shared with the test suite
+
+from nodeutil import JS_ROOT, node_binary, node_config, run_node_async  # noqa: E402
+
+CLIENT = JS_ROOT / "bench" / "client.mjs"
+JS_AGENT = JS_ROOT / "bench" / "agent.mjs"
+DOC = ROOT / "docs" / "benchmarks.md"
+START = "<!-- bench:agent:start -->"
+END = "<!-- bench:agent:end -->"
+COMMAND = ".venv/bin/python -m bench agent"
+
+# Agent variants. Every Python variant lifts the worker's concurrency limit (default 32) so the
+# N-stream phases run at all; "py" also matches the JS agent's behaviour (no coalescing, no
+# presence, no outbound rate limiter — the embedded server does not enforce Ably's 50 msg/s).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "js": {"kind": "js", "label": "official JS agent"},
+    "py": {
+        "kind": "py",
+        "label": "Python worker (like-for-like)",
+        "max_messages_per_second": 1_000_000.0,
+        "burst": 100_000,
+        "worker": {"coalesce_window_ms": 0.0, "presence": False, "max_concurrent_runs": 1000},
+    },
+    "py-defaults": {
+        "kind": "py",
+        "label": "Python worker (production defaults)",
+        "max_messages_per_second": 45.0,
+        "burst": 10,
+        "worker": {"max_concurrent_runs": 1000},
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    streams: int = 100
+    turns: int = 500
+    reps: int = 2
+    cancels: int = 20
+    protocol: str = "msgpack"
+
+    def phases(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "warmup": {"n": 3, "tokens": 20, "rate": 0},
+            "latency1": {"n": 1, "tokens": 200, "rate": 50},
+            "latencyN": {"n": self.streams, "tokens": 60, "rate": 10, "timeoutMs": 180_000},
+            "throughput": {"n": 20, "tokens": 500},
+            "memory": {"n": self.streams},
+            "cancel": {"n": self.cancels},
+            "history": history,
+        }
+
+
+# --- child processes -------------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """A long-running child that prints ``@@ready {...}`` and ``@@event {...}`` lines."""
+
+    argv: list[str]
+    env: Mapping[str, str]
+    proc: asyncio.subprocess.Process | None = None
+    ready: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    stderr_tail: list[str] = field(default_factory=list)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self, limit_s: float = 30.0) -> dict[str, Any]:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv,
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            limit=16 * 1024 * 1024,
+        )
+        self._tasks = [asyncio.create_task(self._read_stdout()), asyncio.create_task(self._read_stderr())]
+        try:
+            async with asyncio.timeout(limit_s):
+                while not self.ready:
+                    if self.proc.returncode is not None:
+                        break
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            pass
+        if not self.ready:
+            await self.stop()
+            tail = "".join(self.stderr_tail[-40:])
+            msg = f"{self.argv[-1]} did not become ready\n{tail}"
+            raise RuntimeError(msg)
+        return self.ready
+
+    async def _read_stdout(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if line.startswith("@@ready "):
+                self.ready = json.loads(line[8:])
+            elif line.startswith("@@event "):
+                self.events.append(json.loads(line[8:]))
+            self._changed.set()
+        self._changed.set()
+
+    async def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            self.stderr_tail.append(raw.decode(errors="replace"))
+            del self.stderr_tail[:-200]
+
+    async def wait_events(self, ids: list[str], event: str, limit_s: float) -> list[dict[str, Any]]:
+        def found() -> list[dict[str, Any]]:
+            return [e for e in self.events if e.get("event") == event and e.get("id") in ids]
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit_s):
+                while len(found()) < len(ids):
+                    self._changed.clear()
+                    await self._changed.wait()
+        return found()
+
+    async def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.returncode is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.terminate()
+            try:
+                async with asyncio.timeout(10):
+                    await self.proc.wait()
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_agent(variant: str, port: int, key: str, protocol: str) -> Child:
+    spec = VARIANTS[variant]
+    if spec["kind"] == "js":
+        return Child(
+            [node_binary(), str(JS_AGENT)],
+            node_config(host="127.0.0.1", port=port, key=key, protocol=protocol),
+        )
+    cfg = {
+        "port": port,
+        "key": key,
+        "protocol": protocol,
+        "max_messages_per_second": spec["max_messages_per_second"],
+        "burst": spec["burst"],
+        "worker": spec["worker"],
+    }
+    return Child(
+        [sys.executable, "-m", "bench.agent.procs", "pyworker"], {"AW_BENCH_CONFIG": json.dumps(cfg)}
+    )
+
+
+# --- one run ---------------------------------------------------------------------------------------
+
+
+async def populate(port: int, key: str, plan: Plan, names: list[str]) -> list[dict[str, Any]]:
+    env = node_config(
+        mode="populate",
+        host="127.0.0.1",
+        port=port,
+        key=key,
+        protocol=plan.protocol,
+        sessions=names,
+        turns=plan.turns,
+        connections=4,
+        timeoutMs=900_000,
+    )
+    result = await run_node_async(CLIENT, env=env, timeout=960)
+    sessions: list[dict[str, Any]] = result["sessions"]
+    return sessions
+
+
+async def run_variant(
+    variant: str, port: int, key: str, plan: Plan, history: list[dict[str, Any]]
+) -> dict[str, Any]:
+    agent = start_agent(variant, port, key, plan.protocol)
+    ready = await agent.start()
+    pid = int(ready["pid"])
+
+    async def control(request: dict[str, Any]) -> Any:
+        op = request.get("op")
+        if op == "rss":
+            return {"kb": rss_kb(pid)}
+        if op == "cpu":
+            return {"seconds": cpu_seconds(pid)}
+        if op == "events":
+            events = await agent.wait_events(
+                list(request["ids"]), str(request["event"]), float(request.get("limit_s", 10))
+            )
+            return {"events": events}
+        return {"error": f"unknown op {op!r}"}
+
+    env = node_config(
+        mode="run",
+        variant=variant,
+        host="127.0.0.1",
+        port=port,
+        key=key,
+        protocol=plan.protocol,
+        api=ready["url"],
+        phases=plan.phases(history),
+        connections=4,
+        timeline=bool(os.environ.get("AW_BENCH_TIMELINE")),
+        timeoutMs=1_200_000,
+    )
+    try:
+        result: dict[str, Any] = await run_node_async(CLIENT, env=env, timeout=1260, on_control=control)
+    finally:
+        await agent.stop()
+    result["agentErrors"] = [e for e in agent.events if e.get("event") == "error"]
+    return result
+
+
+# --- numbers ---------------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summarise(raw: dict[str, Any]) -> dict[str, Any]:
+    def lat(phase: dict[str, Any]) -> dict[str, Any]:
+        ms = [us / 1000 for us in phase["latenciesUs"]]
+        received = phase["received"]
+        return {
+            "p50": pct(ms, 50),
+            "p99": pct(ms, 99),
+            "tokens": received,
+            "expected": phase["n"] * phase["tokens"],
+            "cpuMsPer1k": phase["cpuSeconds"] * 1e6 / received if received else None,
+            "appendsPerToken": phase["appends"] / received if received else None,
+        }
+
+    thr = raw["throughput"]
+    mem = raw["memory"]
+    cancels = raw["cancel"]["samples"]
+    closed = [s["closedUs"] / 1000 for s in cancels if s["closedUs"] is not None]
+    run_end = [s["runEndUs"] / 1000 for s in cancels]
+    hist = raw["history"]["samples"]
+    return {
+        "latency1": lat(raw["latency1"]),
+        "latencyN": lat(raw["latencyN"]),
+        "throughput": {
+            "tokensPerSec": thr["received"] / (thr["wallUs"] / 1e6),
+            "tokensPerCpuSec": thr["received"] / thr["cpuSeconds"] if thr["cpuSeconds"] > 0 else None,
+            "tokens": thr["received"],
+            "expected": thr["n"] * thr["tokens"],
+            "appendsPerToken": thr["appends"] / thr["received"] if thr["received"] else None,
+        },
+        "memory": {
+            "perRunKb": (mem["activeKb"] - mem["baseKb"]) / mem["n"],
+            "baseMb": mem["baseKb"] / 1024,
+            "activeMb": mem["activeKb"] / 1024,
+            "afterMb": mem["afterKb"] / 1024,
+            "n": mem["n"],
+        },
+        "cancel": {
+            "p50": pct(closed, 50),
+            "p99": pct(closed, 99),
+            "runEndP50": pct(run_end, 50),
+            "n": len(closed),
+            "reasons": sorted({s["reason"] for s in cancels}),
+        },
+        "history": {
+            "runStartMs": statistics.median(s["runStartUs"] / 1000 for s in hist) if hist else None,
+            "firstTokenMs": statistics.median(s["firstTokenUs"] / 1000 for s in hist) if hist else None,
+            "promptMessages": sorted({s["promptMessages"] for s in hist}),
+            "n": len(hist),
+        },
+    }
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    node = subprocess.run([node_binary(), "--version"], capture_output=True, text=True, check=True)
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "node": node.stdout.strip(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
+    }
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "n/a"
+    return f"{a / b:.2f}"
+
+
+Row = tuple[str, str, dict[str, str], dict[str, float | None]]
+
+
+def rows(results: dict[str, dict[str, Any]]) -> list[Row]:
+    """(metric, better, {variant: formatted value}) for the comparison table."""
+    getters: list[tuple[str, str, Any, int]] = [
+        ("latency p50, 1 stream (ms)", "lower", lambda s: s["latency1"]["p50"], 2),
+        ("latency p99, 1 stream (ms)", "lower", lambda s: s["latency1"]["p99"], 2),
+        ("latency p50, N streams (ms)", "lower", lambda s: s["latencyN"]["p50"], 2),
+        ("latency p99, N streams (ms)", "lower", lambda s: s["latencyN"]["p99"], 2),
+        (
+            "agent CPU per 1,000 paced tokens, N streams (ms)",
+            "lower",
+            lambda s: s["latencyN"]["cpuMsPer1k"],
+            0,
+        ),
+        ("appends per token, N streams", "—", lambda s: s["latencyN"]["appendsPerToken"], 2),
+        ("tokens/s, one agent process (unpaced)", "higher", lambda s: s["throughput"]["tokensPerSec"], 0),
+        ("tokens per agent CPU-second (unpaced)", "higher", lambda s: s["throughput"]["tokensPerCpuSec"], 0),
+        ("appends per token (unpaced)", "—", lambda s: s["throughput"]["appendsPerToken"], 3),
+        ("history rebuild: POST → ai-run-start (ms)", "lower", lambda s: s["history"]["runStartMs"], 1),
+        ("history rebuild: POST → first token (ms)", "lower", lambda s: s["history"]["firstTokenMs"], 1),
+        ("cancel p50: ai-cancel → provider closed (ms)", "lower", lambda s: s["cancel"]["p50"], 2),
+        ("cancel p99: ai-cancel → provider closed (ms)", "lower", lambda s: s["cancel"]["p99"], 2),
+        ("cancel p50: ai-cancel → ai-run-end at client (ms)", "lower", lambda s: s["cancel"]["runEndP50"], 2),
+        ("memory per active run (KiB RSS)", "lower", lambda s: s["memory"]["perRunKb"], 0),
+        ("agent RSS idle → N active runs (MiB)", "lower", lambda s: s["memory"]["activeMb"], 0),
+    ]
+    out: list[Row] = []
+    for label, better, get, digits in getters:
+        raw = {name: get(summary) for name, summary in results.items()}
+        out.append((label, better, {name: _f(v, digits) for name, v in raw.items()}, raw))
+    return out
+
+
+def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str]) -> str:
+    names = list(results)
+    py_names = [n for n in names if n != "js"]
+    header = "| metric | better | " + " | ".join(VARIANTS[n]["label"] for n in names)
+    header += "".join(f" | {n} / js" for n in py_names if "js" in names) + " |"
+    sep = "|---|---|" + "---:|" * len(names) + ("---:|" * len(py_names) if "js" in names else "")
+    lines = [
+        START,
+        "## Agent runtime: Python worker vs official JS agent",
+        "",
+        "The same scripted model stream, the same client workload and the same embedded server, against",
+        "(a) the official `@ably/ai-transport` 0.8.0 agent — the README's route handler verbatim",
+        "(`createAgentSession` per request, `while (run.view.hasOlder()) await run.view.loadOlder()`,",
+        "`run.start()`, `run.pipe(stream)`, `run.end()`, `session.end()`) in one Node process",
+        "(`tests/js/bench/agent.mjs`) — and (b) this worker (`Worker` + its HTTP app, one Python process,",
+        "`bench/agent/procs.py`). The server, the agent and the client each run in their own process on",
+        "loopback. The model is scripted (`bench/agent/script.py` and its JS twin): each token carries",
+        "the CLOCK_MONOTONIC time it left the model, and the client (raw ably-js subscriptions, one Node",
+        "process, 4 connections) subtracts it from its receive time.",
+        "",
+        f"* Latency: 1 stream x 200 tokens at 50 tokens/s; N = {plan.streams} concurrent streams x 60",
+        "  tokens at 10 tokens/s each. Over every token received.",
+        "* CPU: agent process CPU time (utime + stime) during the N-stream phase, per 1,000 tokens.",
+        "* Throughput: 20 concurrent streams x 500 unpaced tokens (the model yields as fast as the agent",
+        "  pulls); tokens received per wall-second from the first POST to the last token, and per",
+        "  CPU-second of the agent process. The JS agent publishes one append per token; the worker's",
+        "  stream writer merges whatever deltas accumulated while it was busy (with coalescing off it",
+        "  still merges deltas produced in the same event-loop turn), so an unpaced model collapses into",
+        "  very few appends — the `appends per token` rows show how many messages each agent sent.",
+        f"* History rebuild: sessions of {plan.turns * 2:,} messages ({plan.turns} user/assistant turns,",
+        "  built beforehand by the official agent library); one more message is POSTed to a cold agent,",
+        f"  median of {plan.reps} sessions. The model call received "
+        + ", ".join(f"{VARIANTS[n]['label']}: {results[n]['history']['promptMessages']}" for n in names)
+        + " prompt messages.",
+        f"* Cancel: {plan.cancels} sequential runs (20 tokens/s), `ai-cancel` (by run-id) published after",
+        "  the third token; latency to the moment the agent closed the model stream (the JS agent: its",
+        "  `run.abortSignal` fired, which is when `streamText` aborts its fetch; the worker: the provider",
+        "  stream's task was cancelled), and to `ai-run-end` arriving at the client.",
+        f"* Memory: agent RSS with {plan.streams} runs streaming (1 token/s), minus RSS just before",
+        "  they started, divided by the number of runs. Each run is on its own session (channel).",
+        "",
+        "Variants: *like-for-like* = coalescing off (one append per token, as the JS agent does), presence",
+        "off, outbound rate limiter lifted (the embedded server does not enforce Ably's 50 msg/s per",
+        "connection; the JS agent has no limiter). *production defaults* = the worker's shipped",
+        "`[worker]` settings (40 ms append coalescing, 45 msg/s per connection, presence on) — the",
+        "settings that keep a real Ably connection under its rate limit, at the cost of latency under",
+        "load. Both Python variants raise `max_concurrent_runs` from 32 to 1000 so the N-stream phases",
+        "can run. Ratios are Python / JS (for latency, time and memory lower is better; for tokens/s",
+        "higher is better).",
+        "",
+        f"Command: `{COMMAND}` (several minutes; `--help` for a smaller run, e.g. `--quick`).",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['os']}, Python {info['python']},",
+        f"Node {info['node']}, {plan.protocol}, measured {info['date']}. Server, agent and client share",
+        "the cores (other work on the machine adds noise; treat differences under ~20% as noise).",
+        "",
+        header,
+        sep,
+    ]
+    for label, better, values, raw_values in rows(results):
+        line = f"| {label} | {better} | " + " | ".join(values[n] for n in names)
+        if "js" in names:
+            line += "".join(f" | {_ratio(raw_values[n], raw_values['js'])}" for n in py_names)
+        lines.append(line + " |")
+    checks = []
+    for n in names:
+        s = results[n]
+        one, many = s["latency1"], s["latencyN"]
+        checks.append(
+            f"{VARIANTS[n]['label']}: tokens delivered {one['tokens']}/{one['expected']}, "
+            f"{many['tokens']}/{many['expected']}, "
+            f"{s['throughput']['tokens']}/{s['throughput']['expected']}; cancelled runs ended "
+            f"{'/'.join(s['cancel']['reasons'])}"
+        )
+    lines += ["", "Sanity checks (every token arrived, every cancel ended the run `cancelled`):", ""]
+    lines += [f"* {c}" for c in checks]
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def write_section(section: str, doc: Path = DOC) -> None:
+    """Replaces only this benchmark's marked section; other sections are left untouched."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+
+
+async def run(plan: Plan, variants: list[str]) -> dict[str, dict[str, Any]]:
+    server = Child([sys.executable, "-m", "bench.agent.procs", "server"], {"AW_BENCH_CONFIG": "{}"})
+    ready = await server.start()
+    port, key = int(ready["port"]), str(ready["key"])
+    raw: dict[str, dict[str, Any]] = {}
+    try:
+        names = {
+            v: [f"bench:hist:{v}:{r}:{uuid.uuid4().hex[:6]}" for r in range(plan.reps)] for v in variants
+        }
+        print(
+            f"  populating {plan.reps * len(variants)} sessions of {plan.turns * 2} messages ...", flush=True
+        )
+        made = await populate(port, key, plan, [n for v in variants for n in names[v]])
+        by_name = {m["session"]: m for m in made}
+        for variant in variants:
+            print(f"  {VARIANTS[variant]['label']} ...", flush=True)
+            history = [by_name[n] for n in names[variant]]
+            raw[variant] = await run_variant(variant, port, key, plan, history)
+            summary = summarise(raw[variant])
+            print(
+                f"      latency p50 {_f(summary['latency1']['p50'], 2)} ms (1), "
+                f"{_f(summary['latencyN']['p50'], 2)} ms ({plan.streams}); "
+                f"{_f(summary['throughput']['tokensPerSec'], 0)} tokens/s; "
+                f"cancel {_f(summary['cancel']['p50'], 2)} ms; "
+                f"history {_f(summary['history']['runStartMs'], 1)} ms; "
+                f"{_f(summary['memory']['perRunKb'], 0)} KiB/run",
+                flush=True,
+            )
+    finally:
+        await server.stop()
+    return raw
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.agent", description=__doc__)
+    parser.add_argument(
+        "--variants", default="js,py,py-defaults", help=f"comma-separated: {', '.join(VARIANTS)}"
+    )
+    parser.add_argument("--streams", type=int, default=100, help="concurrent streams (latency, memory)")
+    parser.add_argument("--turns", type=int, default=500, help="user/assistant turns per history session")
+    parser.add_argument("--reps", type=int, default=2, help="history sessions per agent")
+    parser.add_argument("--cancels", type=int, default=20, help="sequential cancel samples per agent")
+    parser.add_argument("--protocol", default="msgpack", choices=["msgpack", "json"])
+    parser.add_argument(
+        "--quick", action="store_true", help="small run: 20 streams, 100 turns, 1 rep, 5 cancels"
+    )
+    parser.add_argument("--no-write", action="store_true", help="print the section, leave the doc alone")
+    parser.add_argument("--json", type=Path, help="also dump raw results to this file")
+    args = parser.parse_args(argv)
+    plan = Plan(args.streams, args.turns, args.reps, args.cancels, args.protocol)
+    if args.quick:
+        plan = Plan(20, 100, 1, 5, args.protocol)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        print(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+    print(f"agent-runtime benchmark: {', '.join(variants)}")
+    raw = asyncio.run(run(plan, variants))
+    results = {v: summarise(r) for v, r in raw.items()}
+    section = render(results, plan, machine())
+    if args.json:
+        args.json.write_text(json.dumps({"plan": asdict(plan), "raw": raw}))
+    if args.no_write:
+        print(section)
+    else:
+        write_section(section)
+        print(f"wrote the 'Agent runtime' section of {DOC.relative_to(ROOT)}")
+    return 0

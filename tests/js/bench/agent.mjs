@@ -1,0 +1,129 @@
+// The official JS agent for the agent-runtime benchmark: an HTTP endpoint shaped exactly like the
+// @ably/ai-transport 0.8.0 README route handler (createAgentSession per request, page the history,
+// run.start(), pipe the model's UIMessageChunk stream, end, session.end()), with the model replaced
+// by the benchmark's scripted token stream (the same grammar as bench/agent/script.py).
+//
+// AW_NODE_CONFIG = {host, port, key, protocol}. Prints `@@ready {"url", "pid"}` once listening and
+// `@@event {...}` lines (prompt size at model call, provider-stream close time). Runs until stdin
+// closes or SIGTERM. Times are CLOCK_MONOTONIC microseconds (process.hrtime), shared by every
+// process on the machine, so the Python driver and the other Node process can compare them.
+import { createServer } from 'node:http';
+
+import { Invocation } from '@ably/ai-transport';
+import { createAgentSession } from '@ably/ai-transport/vercel';
+import * as Ably from 'ably';
+
+const config = JSON.parse(process.env.AW_NODE_CONFIG || '{}');
+const nowUs = () => Number(process.hrtime.bigint() / 1000n);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const emit = (tag, obj) => process.stdout.write(`@@${tag} ${JSON.stringify(obj)}\n`);
+
+const ably = new Ably.Realtime({
+  key: config.key,
+  endpoint: config.host,
+  port: config.port,
+  tls: false,
+  useBinaryProtocol: config.protocol !== 'json',
+  disableConnectivityCheck: true,
+  fallbackHosts: [],
+  logLevel: 0,
+});
+
+/** The benchmark "model": `{"bench":"stream","id","tokens","rate"}` → `seq:us;` tokens. */
+function parseScript(text) {
+  try {
+    const spec = JSON.parse(text);
+    if (spec && spec.bench === 'stream') return spec;
+  } catch {
+    /* plain text */
+  }
+  return { bench: 'plain', id: null, tokens: 1, rate: 0 };
+}
+
+const lastUserText = (messages) => {
+  const user = messages.findLast((m) => m.role === 'user');
+  return user ? user.parts.filter((p) => p.type === 'text').map((p) => p.text).join('') : '';
+};
+
+async function* modelStream(spec, signal) {
+  let closedReported = false;
+  const reportClosed = () => {
+    if (closedReported) return;
+    closedReported = true;
+    emit('event', { event: 'closed', id: spec.id, us: nowUs() });
+  };
+  // streamText closes its HTTP response when the run's abortSignal fires; this is that moment.
+  signal.addEventListener('abort', reportClosed, { once: true });
+  const textId = 'txt-0';
+  yield { type: 'start' };
+  yield { type: 'start-step' };
+  yield { type: 'text-start', id: textId };
+  const interval = spec.rate > 0 ? 1000 / spec.rate : 0;
+  try {
+    for (let seq = 1; seq <= spec.tokens; seq++) {
+      if (interval > 0) await sleep(interval);
+      if (signal.aborted) return;
+      yield { type: 'text-delta', id: textId, delta: spec.bench === 'plain' ? 'ok' : `${seq}:${nowUs()};` };
+    }
+  } finally {
+    if (signal.aborted) reportClosed();
+  }
+  yield { type: 'text-end', id: textId };
+  yield { type: 'finish-step' };
+  yield { type: 'finish', finishReason: 'stop' };
+}
+
+async function handle(invocation) {
+  const session = createAgentSession({ client: ably, channelName: invocation.sessionName });
+  await session.connect();
+  const run = session.createRun(invocation);
+  const work = async () => {
+    try {
+      // Page in the conversation so far, then open the run on the session (README).
+      while (run.view.hasOlder()) await run.view.loadOlder();
+      await run.start();
+      const conversation = run.view.getMessages().map(({ message }) => message);
+      const spec = parseScript(lastUserText(conversation));
+      emit('event', { event: 'prompt', id: spec.id, messages: conversation.length, us: nowUs() });
+      const result = await run.pipe(modelStream(spec, run.abortSignal));
+      await run.end(result);
+    } catch (err) {
+      emit('event', { event: 'error', message: String(err?.message ?? err) });
+    } finally {
+      await session.end().catch(() => {});
+    }
+  };
+  void work();
+  return { runId: run.runId, invocationId: run.invocationId };
+}
+
+const server = createServer((req, res) => {
+  let body = '';
+  req.on('data', (chunk) => {
+    body += chunk;
+  });
+  req.on('end', async () => {
+    try {
+      const answer = await handle(Invocation.fromJSON(JSON.parse(body)));
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(answer));
+    } catch (err) {
+      res.writeHead(500, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error: String(err?.message ?? err) }));
+    }
+  });
+});
+
+await ably.connection.whenState('connected');
+server.listen(0, '127.0.0.1', () => {
+  emit('ready', { url: `http://127.0.0.1:${server.address().port}/api/chat`, pid: process.pid });
+});
+
+const stop = () => {
+  server.close();
+  ably.close();
+  setTimeout(() => process.exit(0), 200);
+};
+process.on('SIGTERM', stop);
+process.stdin.on('end', stop);
+process.stdin.resume();
