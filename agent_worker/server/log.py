@@ -521,8 +521,10 @@ class ChannelLog:
         if retention is None or not self.order:
             return 0
         drop = 0
-        if retention.max_messages is not None and len(self.order) > retention.max_messages:
-            drop = len(self.order) - retention.max_messages
+        cap = retention.max_messages
+        # Prune in batches (10% slack) so a full channel does not rebuild its event list per publish.
+        if cap is not None and len(self.order) > cap + cap // 10:
+            drop = len(self.order) - cap
         if retention.max_age_s is not None:
             cutoff = now_ms - int(retention.max_age_s * 1000)
             while drop < len(self.order) and self.records[self.order[drop]].timestamp < cutoff:
