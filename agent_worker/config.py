@@ -72,6 +72,8 @@ class AblyConfig:
     client_id: str = "agent-worker"
     """The worker's own clientId: its presence identity on each session."""
     use_binary_protocol: bool = True
+    connections: int = 1
+    """Realtime connections; sessions are spread over them (each stays under 50 messages/s)."""
     history_page_size: int = 100
     embedded_port: int = 8080
     """Port of the embedded server started when no endpoint and no key are configured (0 = any free
@@ -245,6 +247,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(msg)
     if w.coalesce_window_ms < 0:
         msg = "[worker] coalesce_window_ms must not be negative"
+        raise ConfigError(msg)
+    if cfg.ably.connections < 1:
+        msg = "[ably] connections must be at least 1"
         raise ConfigError(msg)
     if not cfg.http.path.startswith("/"):
         msg = "[http] path must start with '/'"

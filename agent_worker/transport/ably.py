@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,7 @@ class AblySettings:
     use_binary_protocol: bool = True
     max_messages_per_second: float = 45.0
     burst: int = 10
+    connections: int = 1
     realtime_request_timeout_ms: int = 15000
 
     def __repr__(self) -> str:
@@ -186,15 +188,15 @@ class ChannelStateEvent:
 class Channel:
     """One realtime channel: attach, subscribe, publish/append/update, history, presence."""
 
-    def __init__(self, transport: AblyTransport, name: str) -> None:
+    def __init__(
+        self, transport: AblyTransport, name: str, client: AblyRealtime, limiter: RateLimiter
+    ) -> None:
         self._transport = transport
         self.name = name
-        self._sdk = transport.client.channels.get(name, ChannelOptions(params={"agent": AGENT_PARAM}))
+        self.client = client
+        self.limiter = limiter
+        self._sdk = client.channels.get(name, ChannelOptions(params={"agent": AGENT_PARAM}))
         self._listeners: list[Callable[[Any], None]] = []
-
-    @property
-    def limiter(self) -> RateLimiter:
-        return self._transport.limiter
 
     @property
     def state(self) -> str:
@@ -299,7 +301,7 @@ class Channel:
         if from_serial:
             params["from_serial"] = from_serial
         path = f"/channels/{quote(self.name, safe='')}/messages"
-        client = self._transport.client
+        client = self.client
 
         async def first() -> Any:
             return await client.request("GET", path, _REST_VERSION, params=params)
@@ -358,28 +360,70 @@ class Channel:
             await self._sdk.presence.leave()
 
 
+class _Connection:
+    """One realtime client and the rate limiter that keeps it under the per-connection limit."""
+
+    def __init__(self, client: AblyRealtime, limiter: RateLimiter) -> None:
+        self.client = client
+        self.limiter = limiter
+
+
 class AblyTransport:
-    """One realtime connection shared by every session a worker serves."""
+    """The worker's realtime connections (``settings.connections``, default 1). Each session channel
+    lives on one of them, chosen by a stable hash of its name, so a busy worker can spread its
+    outbound messages over several connections, each under Ably's 50 messages/s."""
 
     def __init__(self, settings: AblySettings) -> None:
         self.settings = settings
-        self.limiter = RateLimiter(settings.max_messages_per_second, settings.burst)
-        self._client: AblyRealtime | None = None
+        self._connections: list[_Connection] = []
         self._channels: dict[str, Channel] = {}
 
     def __repr__(self) -> str:
-        return f"AblyTransport({self.settings!r})"
+        return f"AblyTransport({self.settings!r}, connections={len(self._connections)})"
+
+    def _connection(self, name: str) -> _Connection:
+        if not self._connections:
+            msg = "transport is not connected; call await transport.connect() first"
+            raise RuntimeError(msg)
+        return self._connections[zlib.crc32(name.encode()) % len(self._connections)]
 
     @property
     def client(self) -> AblyRealtime:
-        if self._client is None:
+        """The first connection's client (the only one unless ``connections`` > 1)."""
+        if not self._connections:
             msg = "transport is not connected; call await transport.connect() first"
             raise RuntimeError(msg)
-        return self._client
+        return self._connections[0].client
+
+    @property
+    def limiter(self) -> RateLimiter:
+        if not self._connections:
+            msg = "transport is not connected; call await transport.connect() first"
+            raise RuntimeError(msg)
+        return self._connections[0].limiter
 
     async def connect(self, wait_s: float = 15.0) -> None:
-        if self._client is not None:
+        if self._connections:
             return
+        count = max(1, self.settings.connections)
+        clients = await asyncio.gather(
+            *(self._connect_one(wait_s) for _ in range(count)), return_exceptions=True
+        )
+        errors = [c for c in clients if isinstance(c, BaseException)]
+        if errors:
+            for c in clients:
+                if isinstance(c, AblyRealtime):
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(c.close(), 5)
+            raise errors[0]
+        self._connections = [
+            _Connection(c, RateLimiter(self.settings.max_messages_per_second, self.settings.burst))
+            for c in clients
+            if isinstance(c, AblyRealtime)
+        ]
+        log.info("transport_connected", endpoint=self.settings.endpoint or "ably", connections=count)
+
+    async def _connect_one(self, wait_s: float) -> AblyRealtime:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
@@ -397,23 +441,22 @@ class AblyTransport:
 
         with map_ably_errors("connect"):
             client = AblyRealtime(**self.settings.client_options())
-            self._client = client
             client.connection.on(on_change)
             try:
                 await asyncio.wait_for(done, wait_s)
             except BaseException:
-                self._client = None
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(client.close(), 5)
                 raise
             finally:
                 client.connection.off(on_change)
-        log.info("transport_connected", endpoint=self.settings.endpoint or "ably")
+        return client
 
     def channel(self, name: str) -> Channel:
         ch = self._channels.get(name)
         if ch is None:
-            ch = Channel(self, name)
+            conn = self._connection(name)
+            ch = Channel(self, name, conn.client, conn.limiter)
             self._channels[name] = ch
         return ch
 
@@ -422,15 +465,17 @@ class AblyTransport:
         if ch is not None:
             await ch.detach()
             with contextlib.suppress(Exception):
-                self.client.channels.release(name)
+                ch.client.channels.release(name)
 
     @property
     def connected(self) -> bool:
-        return self._client is not None and str(self._client.connection.state.value) == "connected"
+        return bool(self._connections) and all(
+            str(c.client.connection.state.value) == "connected" for c in self._connections
+        )
 
     async def close(self) -> None:
-        client, self._client = self._client, None
+        connections, self._connections = self._connections, []
         self._channels.clear()
-        if client is not None:
+        for conn in connections:
             with contextlib.suppress(AblyException, asyncio.TimeoutError, OSError):
-                await asyncio.wait_for(client.close(), 10)
+                await asyncio.wait_for(conn.client.close(), 10)

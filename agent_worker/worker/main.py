@@ -121,6 +121,7 @@ async def serve_forever(o: Overrides) -> None:
             client_id=cfg.ably.client_id,
             max_messages_per_second=cfg.worker.max_messages_per_second,
             burst=cfg.worker.burst,
+            connections=cfg.ably.connections,
         )
     else:
         key = cfg.ably.resolved_key()
@@ -142,6 +143,7 @@ async def serve_forever(o: Overrides) -> None:
             use_binary_protocol=cfg.ably.use_binary_protocol,
             max_messages_per_second=cfg.worker.max_messages_per_second,
             burst=cfg.worker.burst,
+            connections=cfg.ably.connections,
         )
     worker = Worker(
         transport=settings,

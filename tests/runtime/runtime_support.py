@@ -243,7 +243,7 @@ class Harness:
 
 
 def worker_settings(
-    server: EmbeddedServer, *, client_id: str = "agent-worker", rate: float = 45.0
+    server: EmbeddedServer, *, client_id: str = "agent-worker", rate: float = 45.0, connections: int = 1
 ) -> AblySettings:
     async def token() -> dict[str, Any]:
         return server.token_details(client_id=client_id)
@@ -254,6 +254,7 @@ def worker_settings(
         tls=False,
         client_id=client_id,
         max_messages_per_second=rate,
+        connections=connections,
     )
 
 
@@ -264,6 +265,7 @@ async def start_harness(
     tools: ToolRegistry | None = None,
     http: HttpConfig | None = None,
     rate: float = 1000.0,
+    connections: int = 1,
     system_prompt: str | None = None,
     worker_kwargs: dict[str, Any] | None = None,
     **config: Any,
@@ -271,7 +273,7 @@ async def start_harness(
     config.setdefault("coalesce_window_ms", 0.0)
     config.setdefault("trigger_wait_s", 1.0)
     worker = Worker(
-        transport=worker_settings(server, rate=rate),
+        transport=worker_settings(server, rate=rate, connections=connections),
         agent=AgentSpec(provider=provider, tools=tools or ToolRegistry(), system_prompt=system_prompt),
         config=WorkerConfig(**config),
         **(worker_kwargs or {}),

@@ -230,3 +230,26 @@ async def test_connection_drop_mid_stream_resumes_without_losing_text(
         assert client.run_text(body["runId"]) == text
     finally:
         await harness.close()
+
+
+async def test_sessions_spread_over_several_connections(
+    ably_server: EmbeddedServer, make_client: Any, session_name: str
+) -> None:
+    """With connections = 3 the worker publishes different sessions over different connections
+    (seen as distinct connectionIds on the wire), and every run completes."""
+    harness = await start_harness(ably_server, EchoProvider(), connections=3)
+    try:
+        names = [f"{session_name}-{i}" for i in range(12)]
+        clients: list[ChatClient] = [await make_client("user-abc", session=n) for n in names]
+        sends = [await c.send_text(f"hello {i}", parent=None) for i, c in enumerate(clients)]
+        for name, s in zip(names, sends, strict=True):
+            assert (await harness.invoke(name, s.event_id))[0] == 200
+        connection_ids = set()
+        for i, (c, s) in enumerate(zip(clients, sends, strict=True)):
+            end = await c.run_end_for(s.codec_message_id)
+            assert end.transport_headers["run-reason"] == "complete"
+            assert c.run_text(end.transport_headers["run-id"]) == f"hello {i}"
+            connection_ids.add(end.connection_id)
+        assert len(connection_ids) >= 2  # 12 names over 3 connections: all on one is ~1e-5 likely
+    finally:
+        await harness.close()
