@@ -282,3 +282,38 @@ class TestContinuityLoss:
                 for s in (alice, bob):
                     await s.close()
                     await s.transport.close()
+
+    async def test_lost_continuity_is_caught_up_from_history(
+        self, ably_server: EmbeddedServer, device: DeviceFactory
+    ) -> None:
+        """Re-attached *without* continuity (no RESUMED, no replay), the device re-reads history from the
+        new attach point: the tokens it missed appear once, and the live tail continues after them."""
+        async with ScriptedAgent(ably_server, CHANNEL) as agent:
+            alice = await device(CHANNEL, "alice")
+            bob = await device(CHANNEL, "bob")
+            out = io.StringIO()
+            printer = LivePrinter(make_console(out, color=False))
+            bob.on_update(lambda: printer.update(render(conversation_view(bob.tree, bob.authors))))
+            events: list[str] = []
+            bob.on_event(lambda e: events.append(e.text))
+            sent = await alice.send_text("stream please")
+            run = await agent.open_run(await agent.wait_input(sent.event_id))
+            await run.begin_text()
+            await run.delta("alpha")
+            await wait_until(bob, lambda: transcript(bob).endswith("alpha"), "first token")
+            hydrations = bob.hydrations
+
+            assert ably_server.drop_connections("bob", resume=False) >= 1
+            for token in (" beta", " gamma"):
+                await run.delta(token)
+            await wait_until(bob, lambda: bob.hydrations > hydrations, "bob to re-read history", timeout=30)
+            await run.delta(" delta")
+            await run.finish_text()
+            await run.end("complete")
+            expected = "#1 alice> stream please\nassistant> alpha beta gamma delta"
+            await wait_until(bob, lambda: transcript(bob) == expected, "bob: full answer", timeout=30)
+            assert transcript(alice) == expected
+            assert any("catching up" in e for e in events)
+            screen = out.getvalue()
+            assert screen.count("alpha beta gamma delta") == 1
+            assert screen.count("alpha") == 1  # the stream continued in place: nothing reprinted
