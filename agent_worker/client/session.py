@@ -446,12 +446,16 @@ class ChatSession:
         if own:
             target = own[-1]
             await self.cancel_sent(target)
-            return f"run {target.run_id}" if target.run_id else "pending request"
+            return "your run" if target.run_id else "your pending request"
         runs = self.active_runs()
         if runs:
             run = runs[-1]
             await self.cancel_run(run.run_id)
-            return f"run {run.run_id}"
+            owner = run.client_id or "anonymous"
+            if owner == self.client_id:
+                return "your run"
+            # The worker's default policy lets only the owner (or an admin) cancel.
+            return f"{owner}'s run; the agent may refuse a cancel from another user"
         return None
 
     async def who(self) -> list[str]:

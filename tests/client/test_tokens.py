@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
+from pathlib import Path
 
 import jwt
 import pytest
@@ -16,6 +18,12 @@ from agent_worker.cli import app
 from agent_worker.client.tokens import ApiKey, decode_token, make_token_handler, mint_token, parse_ttl
 from agent_worker.errors import ConfigError, TransportError
 from agent_worker.server import DEFAULT_DEV_KEY, EmbeddedServer
+
+TESTS = Path(__file__).resolve().parent.parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+from nodeutil import JS_ROOT, node_config, run_node_async  # noqa: E402
 
 
 class TestMint:
@@ -112,3 +120,22 @@ class TestDevEndpoint:
         assert refused.value.code == 40160
         assert eve.visible_messages() == []
         assert eve.pending_own() == []
+
+
+@pytest.mark.node
+async def test_ably_js_uses_the_dev_endpoint_as_auth_url(ably_server: EmbeddedServer) -> None:
+    """ably-js (as a browser would) gets its JWT from the handler via `authUrl`; the capability holds."""
+    capability = {"conversations:*": ["publish", "subscribe", "history", "presence"]}
+    web_app = web.Application()
+    web_app.router.add_get("/api/auth/token", make_token_handler(ably_server.default_key, capability))
+    async with TestServer(web_app, host="127.0.0.1") as http:
+        env = node_config(
+            host="127.0.0.1",
+            port=ably_server.port,
+            authUrl=str(http.make_url("/api/auth/token")),
+            clientId="frank",
+            channel="conversations:browser",
+        )
+        result = await run_node_async(JS_ROOT / "client" / "auth_url.mjs", env=env, timeout=60)
+    assert result["clientId"] == "frank"
+    assert result["refused"] is not None and result["refused"]["code"] == 40160
