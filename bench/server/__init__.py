@@ -127,6 +127,7 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "node": node.stdout.strip(),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
+        "load": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
 
 
@@ -174,7 +175,9 @@ def render(rows: list[Row], info: dict[str, str], deflate: bool) -> str:
         f"Command: `{COMMAND}` (about three minutes; `--help` for a smaller run).",
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['os']}, Python {info['python']},",
-        f"Node {info['node']}, measured {info['date']}. Server and clients share the two cores.",
+        f"Node {info['node']}, measured {info['date']} (load average 1/5/15 min after the run:",
+        f"{info['load']}; other work on the machine moves these numbers, ratios less so).",
+        "Server and clients share the cores.",
         compression,
         "",
         "| subs | format | p50 ms | p99 ms | msgs/s | deliveries/s | baseline p50 | baseline p99 "
