@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from runtime_support import ChatClient, Harness
 
 from agent_worker.protocol.headers import AI_OUTPUT, AI_RUN_END, AI_RUN_START, AI_STEP_END, AI_STEP_START
-from agent_worker.providers.echo import EchoProvider
+from agent_worker.providers.base import ModelRequest, ReasoningDelta, StreamEvent, UsageUpdate
+from agent_worker.providers.echo import EchoProvider, ScriptedProvider
 
 
 async def test_plain_reply_streams_echo_and_ends_complete(
@@ -52,3 +54,32 @@ async def test_plain_reply_streams_echo_and_ends_complete(
     assert node is not None and node.status == "complete"
     await harness.worker.run_until_idle()
     assert harness.worker.runs_completed == 1
+
+
+async def test_reasoning_then_text_are_separate_parts(
+    make_worker: Any, make_client: Any, session_name: str
+) -> None:
+    """Reasoning deltas stream as a reasoning part, closed before the answer's text part starts."""
+
+    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+        yield UsageUpdate(input_tokens=5)
+        yield ReasoningDelta("The user greets; ")
+        yield ReasoningDelta("greet back.")
+        yield "Hello!"
+        yield UsageUpdate(output_tokens=3)
+
+    harness: Harness = await make_worker(ScriptedProvider(script))
+    client: ChatClient = await make_client()
+    sent = await client.send_text("hi")
+    _, body = await harness.invoke(session_name, sent.event_id)
+    end = await client.run_end_for(sent.codec_message_id)
+    assert end.transport_headers["run-reason"] == "complete"
+    parts = [p for p in client.run_parts(body["runId"]) if p.get("type") in ("reasoning", "text")]
+    assert [(p["type"], p["text"]) for p in parts] == [
+        ("reasoning", "The user greets; greet back."),
+        ("text", "Hello!"),
+    ]
+    kinds = [
+        m.codec_headers.get("kind") for m in client.run_wires(body["runId"]) if m.action == "message.create"
+    ]
+    assert kinds.index("reasoning") < kinds.index("text")
