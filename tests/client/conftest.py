@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 from client_helpers import DeviceFactory
 
 from agent_worker.client.app import ChatOptions, connect_session
 from agent_worker.client.session import ChatSession
 from agent_worker.config import HttpConfig, WorkerConfig
+from agent_worker.providers.base import ModelProvider
 from agent_worker.providers.echo import EchoProvider
 from agent_worker.runtime.loop import AgentSpec
 from agent_worker.server import EmbeddedServer
@@ -47,25 +49,35 @@ async def device(ably_server: EmbeddedServer) -> AsyncIterator[DeviceFactory]:
             await transport.close()
 
 
+WorkerFactory = Callable[..., Awaitable[str]]
+
+
 @pytest.fixture
-async def worker_url(ably_server: EmbeddedServer) -> AsyncIterator[str]:
-    """A real worker (echo provider) on the in-process server; yields its invocation URL."""
+async def make_worker(ably_server: EmbeddedServer) -> AsyncIterator[WorkerFactory]:
+    """``await make_worker(provider)`` → the invocation URL of a real worker on the in-process server."""
+    started: list[tuple[Worker, web.AppRunner]] = []
 
-    async def token() -> dict[str, Any]:
-        return ably_server.token_details(client_id="agent-worker")
+    async def start(provider: ModelProvider, **config: Any) -> str:
+        async def token() -> dict[str, Any]:
+            return ably_server.token_details(client_id="agent-worker")
 
-    settings = AblySettings(endpoint=ably_server.endpoint, token_source=token, client_id="agent-worker")
-    worker = Worker(
-        transport=settings,
-        agent=AgentSpec(provider=EchoProvider(prefix="echo: ")),
-        config=WorkerConfig(coalesce_window_ms=0.0, presence=True),
-    )
-    await worker.start()
-    http = HttpConfig(port=0)
-    runner = await serve(worker, http, port=0)
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}{http.path}"
-    finally:
+        settings = AblySettings(endpoint=ably_server.endpoint, token_source=token, client_id="agent-worker")
+        config.setdefault("coalesce_window_ms", 0.0)
+        worker = Worker(transport=settings, agent=AgentSpec(provider=provider), config=WorkerConfig(**config))
+        await worker.start()
+        http = HttpConfig(port=0)
+        runner = await serve(worker, http, port=0)
+        started.append((worker, runner))
+        host, port = runner.addresses[0][:2]
+        return f"http://{host}:{port}{http.path}"
+
+    yield start
+    for worker, runner in started:
         await runner.cleanup()
         await worker.close(drain_timeout_s=5)
+
+
+@pytest.fixture
+async def worker_url(make_worker: WorkerFactory) -> str:
+    """A real worker answering with the echo provider (``echo: <prompt>``)."""
+    return await make_worker(EchoProvider(prefix="echo: "))
