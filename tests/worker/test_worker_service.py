@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from runtime_support import ChatClient, Harness, start_harness
+from structlog.testing import capture_logs
 
 from agent_worker.protocol.headers import AI_OUTPUT, AI_RUN_END, AI_RUN_START
 from agent_worker.providers.base import ModelRequest, StreamEvent
@@ -251,5 +252,40 @@ async def test_sessions_spread_over_several_connections(
             assert c.run_text(end.transport_headers["run-id"]) == f"hello {i}"
             connection_ids.add(end.connection_id)
         assert len(connection_ids) >= 2  # 12 names over 3 connections: all on one is ~1e-5 likely
+    finally:
+        await harness.close()
+
+
+async def test_continuity_loss_mid_run_then_history_is_reread(
+    ably_server: EmbeddedServer, make_client: Any, session_name: str
+) -> None:
+    """A connection that cannot be resumed (continuity lost): the run in flight still completes
+    with its whole text, and the next run's prompt is rebuilt from history."""
+
+    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+        text = request.messages[-1].text  # type: ignore[union-attr]
+        for word in text.split():
+            yield word + " "
+            await asyncio.sleep(0.01)
+
+    provider = ScriptedProvider(script)
+    harness = await start_harness(ably_server, provider, coalesce_window_ms=0.0)
+    try:
+        client: ChatClient = await make_client()
+        text = " ".join(f"y{i}" for i in range(60))
+        sent = await client.send_text(text)
+        _, body = await harness.invoke(session_name, sent.event_id)
+        await client.wait_for(lambda: len(client.run_text(body["runId"])) > 30)
+        with capture_logs() as logs:
+            assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            end = await client.run_end_for(sent.codec_message_id, wait_s=60)
+        assert end.transport_headers["run-reason"] == "complete"
+        assert client.run_text(body["runId"]) == text + " "
+        assert [e["session"] for e in logs if e["event"] == "session_continuity_lost"] == [session_name]
+        follow = await client.send_text("next")
+        await harness.invoke(session_name, follow.event_id)
+        await client.run_end_for(follow.codec_message_id)
+        prompt = [(m.role, m.text) for m in provider.requests[-1].messages]  # type: ignore[union-attr]
+        assert prompt == [("user", text), ("assistant", text + " "), ("user", "next")]
     finally:
         await harness.close()
