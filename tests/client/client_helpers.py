@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agent_worker.client.render import conversation_view, plain_text, render
@@ -36,3 +36,4 @@ async def wait_until(
 
 
 DeviceFactory = Callable[..., Any]
+WorkerFactory = Callable[..., Awaitable[str]]

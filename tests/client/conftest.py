@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp import web
-from client_helpers import DeviceFactory
+from client_helpers import DeviceFactory, WorkerFactory
 
 from agent_worker.client.app import ChatOptions, connect_session
 from agent_worker.client.session import ChatSession
@@ -47,9 +47,6 @@ async def device(ably_server: EmbeddedServer) -> AsyncIterator[DeviceFactory]:
             await session.close()
         with contextlib.suppress(Exception):
             await transport.close()
-
-
-WorkerFactory = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from client_helpers import DeviceFactory, transcript, wait_until
+from client_helpers import DeviceFactory, WorkerFactory, transcript, wait_until
 
 from agent_worker.client.render import render_ui_messages
 from agent_worker.client.session import ChatSession
+from agent_worker.providers.echo import EchoProvider
 from agent_worker.server import EmbeddedServer
 
 TESTS = Path(__file__).resolve().parent.parent
@@ -140,3 +141,25 @@ async def test_js_live_observer_folds_chat_traffic(
         m.codec_message_id for m in bob.visible_messages()
     ]
     assert {r["status"] for r in result["runs"]} == {"complete"}
+
+
+async def test_js_folds_a_run_cancelled_from_chat(
+    ably_server: EmbeddedServer, device: DeviceFactory, make_worker: WorkerFactory
+) -> None:
+    """A run cancelled from chat mid-stream folds in the official client with the same partial text,
+    and its run status is `cancelled` there as well."""
+    url = await make_worker(EchoProvider(tokens_per_second=50))
+    session = "conversations:conformance-cancel"
+    alice = await device(session, "alice", agent_url=url)
+    story = " ".join(f"w{i}" for i in range(200))
+    await alice.invoke(await alice.send_text(story))
+    await wait_until(alice, lambda: "assistant> w0 w1 w2" in transcript(alice), "the reply to stream")
+    assert await alice.cancel_active() == "your run"
+    await wait_until(alice, lambda: transcript(alice).endswith("⊘ cancelled"), "the cancel mark", 30)
+
+    token = ably_server.mint_token(client_id="js-viewer", capability=VIEWER_CAPABILITY, ttl_s=600)
+    env = node_config(host="127.0.0.1", port=ably_server.port, session=session, token=token, mode="history")
+    result = await run_node_async(FOLD, env=env, timeout=90)
+    assert [m["message"] for m in result["messages"]] == [m.message for m in alice.visible_messages()]
+    assert js_transcript(result) + "\n  ⊘ cancelled" == transcript(alice, decorate=False)
+    assert [r["status"] for r in result["runs"]] == ["cancelled"]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from client_helpers import DeviceFactory, transcript, wait_until
-from conftest import WorkerFactory
+from client_helpers import DeviceFactory, WorkerFactory, transcript, wait_until
 
 from agent_worker.client.session import ChatSession
 from agent_worker.providers.echo import EchoProvider
