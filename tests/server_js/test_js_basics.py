@@ -104,6 +104,12 @@ def test_rest_publish_and_link_paging(basics: dict[str, Any]) -> None:
     assert rest["extras"] == [{"headers": {"i": str(i)}} for i in range(1, 6)]
 
 
+def test_rest_publish_is_idempotent_on_message_id(basics: dict[str, Any]) -> None:
+    idem = basics["idempotent"]
+    assert [(m["id"], m["data"]) for m in idem["history"]] == [("fixed-id:0", "once")]
+    assert len(idem["first"]["serials"]) == 1
+
+
 def test_rest_get_update_delete_versions(basics: dict[str, Any]) -> None:
     mut = basics["mutable"]
     target = mut["target"]

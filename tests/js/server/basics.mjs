@@ -135,6 +135,13 @@ main(async () => {
     extras: fwd.items.map((m) => m.extras ?? null),
   };
 
+  step('idempotent rest publish');
+  const idemCh = r.channels.get(`${ns}:idem`);
+  const idem1 = await within(idemCh.publish({ id: 'fixed-id:0', name: 'idem', data: 'once' }), 10000, 'idem 1');
+  const idem2 = await within(idemCh.publish({ id: 'fixed-id:0', name: 'idem', data: 'once' }), 10000, 'idem 2');
+  const idemHist = await within(idemCh.history(), 10000, 'idem history');
+  out.idempotent = { first: idem1, second: idem2, history: idemHist.items.map(msg) };
+
   step('rest mutable messages');
   const target = restPub.serials[0];
   const got = msg(await within(restCh.getMessage(target), 10000, 'getMessage'));
