@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ably.types.presence import PresenceAction
 from runtime_support import ChatClient, Harness, start_harness
 from structlog.testing import capture_logs
 
@@ -289,3 +290,37 @@ async def test_continuity_loss_mid_run_then_history_is_reread(
         assert prompt == [("user", text), ("assistant", text + " "), ("user", "next")]
     finally:
         await harness.close()
+
+
+async def test_idle_sessions_are_released_and_come_back(
+    ably_server: EmbeddedServer, make_client: Any, session_name: str
+) -> None:
+    """A session without runs for session_idle_s is detached (presence left); the next invocation
+    re-attaches it and rebuilds the conversation from history."""
+    provider = ScriptedProvider(_echo_last)
+    harness = await start_harness(ably_server, provider, session_idle_s=0.5)
+    try:
+        client: ChatClient = await make_client()
+        left = asyncio.Event()
+
+        def on_presence(msg: Any) -> None:
+            if msg.client_id == "agent-worker" and msg.action == PresenceAction.LEAVE:
+                left.set()
+
+        await client.channel.presence.subscribe(on_presence)
+        first = await client.send_text("first")
+        await harness.invoke(session_name, first.event_id)
+        await client.run_end_for(first.codec_message_id)
+        await asyncio.wait_for(left.wait(), 10)
+        assert session_name not in harness.worker.sessions
+        second = await client.send_text("second")
+        await harness.invoke(session_name, second.event_id)
+        await client.run_end_for(second.codec_message_id)
+        prompt = [(m.role, m.text) for m in provider.requests[-1].messages]  # type: ignore[union-attr]
+        assert prompt == [("user", "first"), ("assistant", "first"), ("user", "second")]
+    finally:
+        await harness.close()
+
+
+async def _echo_last(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+    yield request.messages[-1].text  # type: ignore[union-attr]
