@@ -52,7 +52,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "label": "Python worker (like-for-like)",
         "max_messages_per_second": 1_000_000.0,
         "burst": 100_000,
-        "worker": {"coalesce_window_ms": 0.0, "presence": False, "max_concurrent_runs": 1000},
+        "worker": {
+            "coalesce_window_ms": 0.0,
+            "presence": False,
+            "max_concurrent_runs": 1000,
+            "history_max_pages": 1000,
+        },
     },
     "py-defaults": {
         "kind": "py",
@@ -436,7 +441,8 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         "",
         "Variants: *like-for-like* = coalescing off (one append per token, as the JS agent does), presence",
         "off, outbound rate limiter lifted (the embedded server does not enforce Ably's 50 msg/s per",
-        "connection; the JS agent has no limiter). *production defaults* = the worker's shipped",
+        "connection; the JS agent has no limiter), `history_max_pages` raised so the whole history is",
+        "read, as the README loop does. *production defaults* = the worker's shipped",
         "`[worker]` settings (40 ms append coalescing, 45 msg/s per connection, presence on) — the",
         "settings that keep a real Ably connection under its rate limit, at the cost of latency under",
         "load. Both Python variants raise `max_concurrent_runs` from 32 to 1000 so the N-stream phases",

@@ -140,9 +140,11 @@ class Stack:
         protocol: str = "msgpack",
         clients: tuple[str, ...] = ("alice",),
         timeout: float = 90.0,  # noqa: ASYNC109 - bounds the Node child process
+        api: str | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
-        """Runs ``scenarios.mjs name`` on a fresh session; returns its result object."""
+        """Runs ``scenarios.mjs name`` on a fresh session against this worker (or the agent at
+        ``api``); returns its result object."""
         session = f"conversations:{name}-{uuid.uuid4().hex[:8]}"
         tokens = {
             cid: self.server.mint_token(client_id=cid, capability=CLIENT_CAPABILITY, ttl_s=600)
@@ -153,7 +155,7 @@ class Stack:
             port=self.server.port,
             protocol=protocol,
             session=session,
-            api=self.url,
+            api=api or self.url,
             tokens=tokens,
             **extra,
         )

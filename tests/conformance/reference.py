@@ -1,0 +1,174 @@
+"""Differential conformance: the same declarative model script for the Python worker and for the
+official JS agent (tests/js/conformance/reference-agent.mjs: the README route handler with the AI
+SDK's MockLanguageModelV3), so one client scenario can run against both and the results compare.
+
+A script is a list of rules ``{"if": {...}, "then": [events]}``; the first rule whose conditions
+hold for a model call answers it. Conditions: ``lastUser`` (text of the last user message),
+``toolResults`` (number of tool results in the prompt), ``call`` (1-based model call number).
+Events: ``{"text": token | [tokens]}``, ``{"reasoning": ...}``, ``{"tool": {"id", "name",
+"input"}}``, ``{"error": message}`` (the stream fails after the events before it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from conformance_support import JS_ROOT, Script
+
+from agent_worker.errors import ProviderConnectionError
+from agent_worker.protocol.model import AssistantMessage, FilePart, TextPart, ToolCallPart, ToolMessage, UserMessage
+from agent_worker.providers.base import ModelRequest, ReasoningDelta, StreamEvent, ToolCallEnd
+from agent_worker.server import EmbeddedServer
+from nodeutil import node_binary, node_config
+
+REFERENCE_AGENT = JS_ROOT / "conformance" / "reference-agent.mjs"
+
+Rules = list[dict[str, Any]]
+
+
+def normalise(request: ModelRequest) -> list[dict[str, Any]]:
+    """A prompt in the reference agent's normal form (see ``normalise`` in reference-agent.mjs)."""
+    out: list[dict[str, Any]] = []
+    for message in request.messages:
+        entry: dict[str, Any] = {"role": "", "text": "", "calls": [], "results": [], "files": []}
+        if isinstance(message, UserMessage):
+            entry["role"] = "user"
+        elif isinstance(message, AssistantMessage):
+            entry["role"] = "assistant"
+        elif isinstance(message, ToolMessage):
+            entry["role"] = "tool"
+        else:
+            continue
+        for part in getattr(message, "parts", ()):
+            if isinstance(part, TextPart):
+                entry["text"] += part.text
+            elif isinstance(part, FilePart):
+                entry["files"].append(part.media_type)
+            elif isinstance(part, ToolCallPart):
+                entry["calls"].append([part.call_id, part.name, json.dumps(part.arguments, separators=(",", ":"))])
+            elif hasattr(part, "call_id") and hasattr(part, "is_error"):
+                entry["results"].append([part.call_id, None if part.is_error else part.output, part.is_error])
+        out.append(entry)
+    return out
+
+
+def _matches(rule: dict[str, Any], norm: list[dict[str, Any]], call: int) -> bool:
+    when = rule.get("if", {})
+    last_user = next((m["text"] for m in reversed(norm) if m["role"] == "user"), "")
+    tool_results = sum(len(m["results"]) for m in norm)
+    if "lastUser" in when and when["lastUser"] != last_user:
+        return False
+    if "toolResults" in when and when["toolResults"] != tool_results:
+        return False
+    return not ("call" in when and when["call"] != call)
+
+
+def rules_script(rules: Rules) -> tuple[Script, list[list[dict[str, Any]]]]:
+    """A ScriptedProvider script following ``rules``; also returns the list of normalised prompts."""
+    prompts: list[list[dict[str, Any]]] = []
+
+    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+        norm = normalise(request)
+        prompts.append(norm)
+        rule = next((r for r in rules if _matches(r, norm, len(prompts))), None)
+        if rule is None:
+            msg = f"no scripted rule matches call {len(prompts)}"
+            raise AssertionError(msg)
+        for event in rule["then"]:
+            if "text" in event:
+                for token in [event["text"]] if isinstance(event["text"], str) else event["text"]:
+                    yield token
+            elif "reasoning" in event:
+                reasoning = event["reasoning"]
+                for token in [reasoning] if isinstance(reasoning, str) else reasoning:
+                    yield ReasoningDelta(token)
+            elif "tool" in event:
+                tool = event["tool"]
+                yield ToolCallEnd(tool["id"], tool["name"], json.dumps(tool.get("input", {})))
+            elif "error" in event:
+                raise ProviderConnectionError(str(event["error"]))
+
+    return script, prompts
+
+
+class ReferenceAgent:
+    """The official JS agent as a child process on the embedded server."""
+
+    def __init__(self, server: EmbeddedServer, rules: Rules, protocol: str = "msgpack") -> None:
+        self.server = server
+        self.rules = rules
+        self.protocol = protocol
+        self.proc: asyncio.subprocess.Process | None = None
+        self.url = ""
+        self.errors: list[dict[str, Any]] = []
+        self._reader: asyncio.Task[None] | None = None
+        self._stderr: list[str] = []
+
+    async def start(self) -> ReferenceAgent:
+        env = {
+            **os.environ,
+            **node_config(
+                host="127.0.0.1",
+                port=self.server.port,
+                key=self.server.default_key,
+                protocol=self.protocol,
+                rules=self.rules,
+            ),
+        }
+        self.proc = await asyncio.create_subprocess_exec(
+            node_binary(),
+            str(REFERENCE_AGENT),
+            cwd=JS_ROOT,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        async def read() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            async for raw in self.proc.stdout:
+                line = raw.decode(errors="replace").rstrip("\n")
+                if line.startswith("@@ready ") and not ready.done():
+                    ready.set_result(json.loads(line[8:]))
+                elif line.startswith("@@event "):
+                    self.errors.append(json.loads(line[8:]))
+            if not ready.done():
+                assert self.proc.stderr is not None
+                tail = (await self.proc.stderr.read()).decode(errors="replace")
+                ready.set_exception(RuntimeError(f"reference agent exited before ready:\n{tail[-3000:]}"))
+
+        self._reader = asyncio.create_task(read())
+        async with asyncio.timeout(30):
+            info = await ready
+        self.url = str(info["url"])
+        return self
+
+    async def prompts(self) -> list[list[dict[str, Any]]]:
+        base = self.url.rsplit("/api/chat", 1)[0]
+        async with aiohttp.ClientSession() as http, http.get(f"{base}/prompts") as resp:
+            data: list[list[dict[str, Any]]] = await resp.json()
+            return data
+
+    async def close(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.terminate()
+            try:
+                async with asyncio.timeout(10):
+                    await self.proc.wait()
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader

@@ -1,0 +1,172 @@
+"""Differential conformance: one client scenario, one model script, two agents — this worker and the
+official JS agent (the README route handler with the AI SDK's mock model). What the official client
+folds (session view, useChat messages, run statuses) and what the model was asked must agree,
+modulo ids minted at random (message ids, approval ids) and error wording.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from reference import ReferenceAgent, Rules, rules_script
+
+from agent_worker.server import EmbeddedServer
+from agent_worker.tools.base import Tool
+from agent_worker.tools.builtin import get_client_location, send_notification
+from agent_worker.tools.registry import ToolRegistry
+
+pytestmark = pytest.mark.node
+
+
+def get_weather(city: str) -> dict[str, Any]:
+    """Current weather for a city.
+
+    Args:
+        city: The city name.
+    """
+    return {"city": city, "tempC": 21}
+
+
+def tools() -> ToolRegistry:
+    return ToolRegistry(
+        [
+            Tool.from_function(get_weather),
+            Tool.from_function(send_notification, requires_approval=True),
+            Tool.from_function(get_client_location, client_side=True),
+        ]
+    )
+
+
+def weather_call(n: int) -> dict[str, Any]:
+    return {"if": {"toolResults": n}}
+
+
+CASES: dict[str, tuple[str, dict[str, Any], Rules]] = {
+    "plain": ("send", {}, [{"then": [{"text": ["Hi", " there", "!"]}]}]),
+    "multi_turn": (
+        "send",
+        {"texts": ["one", "two"]},
+        [
+            {"if": {"lastUser": "one"}, "then": [{"text": ["Reply ", "to one"]}]},
+            {"if": {"lastUser": "two"}, "then": [{"text": ["Reply ", "to two"]}]},
+        ],
+    ),
+    "reasoning_and_file": (
+        "send",
+        {
+            "texts": ["What is this?"],
+            "files": [{"type": "file", "mediaType": "image/png", "url": "data:image/png;base64,iVBORw0KGgo="}],
+        },
+        [{"then": [{"reasoning": ["The user sent ", "a picture."]}, {"text": ["Nice ", "picture."]}]}],
+    ),
+    "server_tool": (
+        "send",
+        {"texts": ["Weather in Paris?"]},
+        [
+            {
+                "if": {"toolResults": 0},
+                "then": [{"tool": {"id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}}],
+            },
+            {"if": {"toolResults": 1}, "then": [{"text": ["It is 21°C ", "in Paris."]}]},
+        ],
+    ),
+    "regenerate": (
+        "regenerate",
+        {},
+        [
+            {"if": {"call": 1}, "then": [{"text": "Joke 1"}]},
+            {"if": {"call": 2}, "then": [{"text": "Joke 2"}]},
+        ],
+    ),
+    "edit": (
+        "edit",
+        {},
+        [{"if": {"call": n}, "then": [{"text": f"Answer {n}"}]} for n in (1, 2, 3)],
+    ),
+    "approval_approved": (
+        "approval",
+        {"approved": True},
+        [
+            {
+                "if": {"toolResults": 0},
+                "then": [
+                    {"text": "Let me notify them."},
+                    {"tool": {"id": "call_n", "name": "send_notification", "input": {"message": "hi"}}},
+                ],
+            },
+            {"if": {"toolResults": 1}, "then": [{"text": "Done."}]},
+        ],
+    ),
+    "approval_denied": (
+        "approval",
+        {"approved": False},
+        [
+            {
+                "if": {"toolResults": 0, "call": 1},
+                "then": [
+                    {"text": "Let me notify them."},
+                    {"tool": {"id": "call_n", "name": "send_notification", "input": {"message": "hi"}}},
+                ],
+            },
+            {"then": [{"text": "Not sent."}]},
+        ],
+    ),
+    "client_tool": (
+        "clientTool",
+        {},
+        [
+            {
+                "if": {"toolResults": 0},
+                "then": [{"tool": {"id": "call_loc", "name": "get_client_location", "input": {}}}],
+            },
+            {"if": {"toolResults": 1}, "then": [{"text": "You are in Lisbon."}]},
+        ],
+    ),
+    "provider_error": (
+        "providerError",
+        {},
+        [{"then": [{"text": ["Partial", " answer"]}, {"error": "upstream stream broke"}]}],
+    ),
+}
+
+# Part keys that carry ids minted at random on each side, or provider metadata.
+_VOLATILE = {"providerMetadata", "callProviderMetadata", "providerExecuted", "preliminary"}
+
+
+def norm_part(part: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in part.items() if k not in _VOLATILE}
+    if isinstance(out.get("approval"), dict):
+        out["approval"] = {k: v for k, v in out["approval"].items() if k != "id"}
+    return out
+
+
+def norm_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"role": m["role"], "parts": [norm_part(p) for p in m["parts"]]} for m in messages]
+
+
+def norm_device(device: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "view": norm_messages(device["view"]),
+        "chat": norm_messages(device["chat"]),
+        "runs": [(r["status"], r["clientId"], r["error"]["code"] if r["error"] else None) for r in device["runs"]],
+        "chatStatus": device["chatStatus"],
+        "chatError": device["chatError"] is not None,
+    }
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_worker_matches_official_agent(make_stack: Any, ably_server: EmbeddedServer, case: str) -> None:
+    scenario, extra, rules = CASES[case]
+    script, worker_prompts = rules_script(rules)
+    stack = await make_stack(script, tools=tools())
+    reference = await ReferenceAgent(ably_server, rules).start()
+    try:
+        ours = await stack.scenario(scenario, **extra)
+        theirs = await stack.scenario(scenario, api=reference.url, **extra)
+        reference_prompts = await reference.prompts()
+    finally:
+        await reference.close()
+    assert reference.errors == [], f"the reference agent failed: {reference.errors}"
+    assert norm_device(ours["a"]) == norm_device(theirs["a"])
+    assert worker_prompts == reference_prompts

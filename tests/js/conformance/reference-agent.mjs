@@ -1,0 +1,205 @@
+// The reference agent for differential conformance: the official @ably/ai-transport 0.8.0 agent
+// exactly as its README route handler runs it (createAgentSession per invocation, page history,
+// run.start(), streamText → toUIMessageStream → run.pipe, vercelRunOutcome → end/suspend,
+// session.end()), with the model replaced by the AI SDK's own MockLanguageModelV3 driven by the same
+// declarative script the Python worker's ScriptedProvider gets (tests/conformance/reference.py).
+//
+// AW_NODE_CONFIG = {host, port, key, protocol, rules}. Prints `@@ready {"url", "pid"}`; serves
+// POST /api/chat (invocations) and GET /prompts (every prompt the model received, normalised).
+import { createServer } from 'node:http';
+
+import { Invocation } from '@ably/ai-transport';
+import { createAgentSession, vercelRunOutcome } from '@ably/ai-transport/vercel';
+import * as Ably from 'ably';
+import { convertToModelMessages, jsonSchema, stepCountIs, streamText, tool } from 'ai';
+import { MockLanguageModelV3 } from 'ai/test';
+
+const config = JSON.parse(process.env.AW_NODE_CONFIG || '{}');
+const emit = (tag, obj) => process.stdout.write(`@@${tag} ${JSON.stringify(obj)}\n`);
+
+const ably = new Ably.Realtime({
+  key: config.key,
+  endpoint: config.host,
+  port: config.port,
+  tls: false,
+  useBinaryProtocol: config.protocol !== 'json',
+  disableConnectivityCheck: true,
+  fallbackHosts: [],
+  logLevel: 0,
+});
+
+// --- the tools (same names, schemas and behaviour as the Python tests) ---------------------------
+
+const tools = {
+  get_weather: tool({
+    description: 'Current weather for a city.',
+    inputSchema: jsonSchema({ type: 'object', properties: { city: { type: 'string' } }, required: ['city'] }),
+    execute: async ({ city }) => ({ city, tempC: 21 }),
+  }),
+  send_notification: tool({
+    description: "Send a notification to the user's other devices. Needs the user's approval first.",
+    inputSchema: jsonSchema({ type: 'object', properties: { message: { type: 'string' } }, required: ['message'] }),
+    needsApproval: true,
+    execute: async ({ message }) => `notification sent: ${message}`,
+  }),
+  get_client_location: tool({
+    description: "Ask the user's device for its approximate location (the client runs this tool).",
+    inputSchema: jsonSchema({ type: 'object', properties: {} }),
+  }),
+};
+
+// --- the scripted model ----------------------------------------------------------------------------
+
+/** A prompt as [{role, text, calls: [[id, name, input]], results: [[id, output|null, isError]]}]. */
+function normalise(prompt) {
+  return prompt
+    .filter((m) => m.role !== 'system')
+    .map((m) => {
+      const parts = typeof m.content === 'string' ? [{ type: 'text', text: m.content }] : m.content;
+      const out = { role: m.role, text: '', calls: [], results: [], files: [] };
+      for (const p of parts) {
+        if (p.type === 'text') out.text += p.text;
+        else if (p.type === 'tool-call') out.calls.push([p.toolCallId, p.toolName, p.input]);
+        else if (p.type === 'file') out.files.push(p.mediaType);
+        else if (p.type === 'tool-result') {
+          const o = p.output ?? {};
+          const isError = o.type === 'error-text' || o.type === 'error-json' || o.type === 'execution-denied';
+          out.results.push([p.toolCallId, isError ? null : (o.value ?? null), isError]);
+        }
+      }
+      return out;
+    });
+}
+
+const prompts = [];
+
+function matches(rule, norm, call) {
+  const when = rule.if ?? {};
+  const lastUser = norm.findLast((m) => m.role === 'user')?.text ?? '';
+  const toolResults = norm.reduce((a, m) => a + m.results.length, 0);
+  if (when.lastUser !== undefined && when.lastUser !== lastUser) return false;
+  if (when.toolResults !== undefined && when.toolResults !== toolResults) return false;
+  if (when.call !== undefined && when.call !== call) return false;
+  return true;
+}
+
+const usage = {
+  inputTokens: { total: 1, noCache: 1, cacheRead: undefined, cacheWrite: undefined },
+  outputTokens: { total: 1, text: 1, reasoning: undefined },
+};
+
+function streamFor(rule) {
+  const parts = [{ type: 'stream-start', warnings: [] }];
+  let n = 0;
+  let failure = null;
+  let calledTool = false;
+  for (const ev of rule.then) {
+    if (ev.text !== undefined || ev.reasoning !== undefined) {
+      const kind = ev.text !== undefined ? 'text' : 'reasoning';
+      const tokens = [].concat(ev.text ?? ev.reasoning);
+      const id = `${kind}-${n++}`;
+      parts.push({ type: `${kind}-start`, id });
+      for (const delta of tokens) parts.push({ type: `${kind}-delta`, id, delta });
+      parts.push({ type: `${kind}-end`, id });
+    } else if (ev.tool) {
+      calledTool = true;
+      const input = JSON.stringify(ev.tool.input ?? {});
+      parts.push({ type: 'tool-input-start', id: ev.tool.id, toolName: ev.tool.name });
+      parts.push({ type: 'tool-input-delta', id: ev.tool.id, delta: input });
+      parts.push({ type: 'tool-input-end', id: ev.tool.id });
+      parts.push({ type: 'tool-call', toolCallId: ev.tool.id, toolName: ev.tool.name, input });
+    } else if (ev.error) {
+      failure = ev.error;
+    }
+  }
+  if (!failure) {
+    const unified = calledTool ? 'tool-calls' : 'stop';
+    parts.push({ type: 'finish', finishReason: { unified, raw: unified }, usage });
+  }
+  return new ReadableStream({
+    start(controller) {
+      for (const p of parts) controller.enqueue(p);
+      if (failure) controller.error(new Error(failure));
+      else controller.close();
+    },
+  });
+}
+
+const model = new MockLanguageModelV3({
+  doStream: async (options) => {
+    const norm = normalise(options.prompt);
+    prompts.push(norm);
+    const call = prompts.length;
+    const rule = (config.rules ?? []).find((r) => matches(r, norm, call));
+    if (!rule) throw new Error(`no scripted rule matches call ${call}`);
+    return { stream: streamFor(rule) };
+  },
+});
+
+// --- the README route handler ----------------------------------------------------------------------
+
+async function handle(invocation) {
+  const session = createAgentSession({ client: ably, channelName: invocation.sessionName });
+  await session.connect();
+  const run = session.createRun(invocation);
+  const work = async () => {
+    try {
+      while (run.view.hasOlder()) await run.view.loadOlder();
+      await run.start();
+      const conversation = run.view.getMessages().map(({ message }) => message);
+      const result = streamText({
+        model,
+        messages: await convertToModelMessages(conversation),
+        tools,
+        stopWhen: stepCountIs(8),
+        abortSignal: run.abortSignal,
+      });
+      const pipeResult = await run.pipe(result.toUIMessageStream());
+      const outcome = await vercelRunOutcome(pipeResult, result.finishReason);
+      if (outcome.reason === 'suspend') await run.suspend();
+      else await run.end(outcome);
+    } catch (err) {
+      emit('event', { event: 'error', message: String(err?.message ?? err), stack: err?.stack ?? null });
+    } finally {
+      await session.end().catch(() => {});
+    }
+  };
+  void work();
+  return { runId: run.runId, invocationId: run.invocationId };
+}
+
+const server = createServer((req, res) => {
+  if (req.method === 'GET' && req.url === '/prompts') {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(prompts));
+    return;
+  }
+  let body = '';
+  req.on('data', (chunk) => {
+    body += chunk;
+  });
+  req.on('end', async () => {
+    try {
+      const answer = await handle(Invocation.fromJSON(JSON.parse(body)));
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(answer));
+    } catch (err) {
+      res.writeHead(500, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error: String(err?.message ?? err) }));
+    }
+  });
+});
+
+await ably.connection.whenState('connected');
+server.listen(0, '127.0.0.1', () => {
+  emit('ready', { url: `http://127.0.0.1:${server.address().port}/api/chat`, pid: process.pid });
+});
+
+const stop = () => {
+  server.close();
+  ably.close();
+  setTimeout(() => process.exit(0), 200);
+};
+process.on('SIGTERM', stop);
+process.stdin.on('end', stop);
+process.stdin.resume();
