@@ -20,12 +20,19 @@ from typing import Any
 
 import aiohttp
 from conformance_support import JS_ROOT, Script
+from nodeutil import node_binary, node_config
 
 from agent_worker.errors import ProviderConnectionError
-from agent_worker.protocol.model import AssistantMessage, FilePart, TextPart, ToolCallPart, ToolMessage, UserMessage
+from agent_worker.protocol.model import (
+    AssistantMessage,
+    FilePart,
+    TextPart,
+    ToolCallPart,
+    ToolMessage,
+    UserMessage,
+)
 from agent_worker.providers.base import ModelRequest, ReasoningDelta, StreamEvent, ToolCallEnd
 from agent_worker.server import EmbeddedServer
-from nodeutil import node_binary, node_config
 
 REFERENCE_AGENT = JS_ROOT / "conformance" / "reference-agent.mjs"
 
@@ -51,7 +58,8 @@ def normalise(request: ModelRequest) -> list[dict[str, Any]]:
             elif isinstance(part, FilePart):
                 entry["files"].append(part.media_type)
             elif isinstance(part, ToolCallPart):
-                entry["calls"].append([part.call_id, part.name, json.dumps(part.arguments, separators=(",", ":"))])
+                args = json.dumps(part.arguments, separators=(",", ":"))
+                entry["calls"].append([part.call_id, part.name, args])
             elif hasattr(part, "call_id") and hasattr(part, "is_error"):
                 entry["results"].append([part.call_id, None if part.is_error else part.output, part.is_error])
         out.append(entry)

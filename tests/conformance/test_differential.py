@@ -38,8 +38,7 @@ def tools() -> ToolRegistry:
     )
 
 
-def weather_call(n: int) -> dict[str, Any]:
-    return {"if": {"toolResults": n}}
+PNG = "data:image/png;base64,iVBORw0KGgo="
 
 
 CASES: dict[str, tuple[str, dict[str, Any], Rules]] = {
@@ -56,7 +55,7 @@ CASES: dict[str, tuple[str, dict[str, Any], Rules]] = {
         "send",
         {
             "texts": ["What is this?"],
-            "files": [{"type": "file", "mediaType": "image/png", "url": "data:image/png;base64,iVBORw0KGgo="}],
+            "files": [{"type": "file", "mediaType": "image/png", "url": PNG}],
         },
         [{"then": [{"reasoning": ["The user sent ", "a picture."]}, {"text": ["Nice ", "picture."]}]}],
     ),
@@ -149,7 +148,7 @@ def norm_device(device: dict[str, Any]) -> dict[str, Any]:
     return {
         "view": norm_messages(device["view"]),
         "chat": norm_messages(device["chat"]),
-        "runs": [(r["status"], r["clientId"], r["error"]["code"] if r["error"] else None) for r in device["runs"]],
+        "runs": [(r["status"], r["clientId"], (r["error"] or {}).get("code")) for r in device["runs"]],
         "chatStatus": device["chatStatus"],
         "chatError": device["chatError"] is not None,
     }
