@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from ably import AblyRealtime
+from ably import AblyRealtime, AblyRest
 from ably.types.channeloptions import ChannelOptions
 from ably.types.message import Message
 from ably.types.tokendetails import TokenDetails
@@ -189,9 +189,10 @@ class Channel:
     """One realtime channel: attach, subscribe, publish/append/update, history, presence."""
 
     def __init__(
-        self, transport: AblyTransport, name: str, client: AblyRealtime, limiter: RateLimiter
+        self, transport: AblyTransport, name: str, client: AblyRealtime, limiter: RateLimiter, rest: AblyRest
     ) -> None:
         self._transport = transport
+        self._rest = rest
         self.name = name
         self.client = client
         self.limiter = limiter
@@ -301,7 +302,9 @@ class Channel:
         if from_serial:
             params["from_serial"] = from_serial
         path = f"/channels/{quote(self.name, safe='')}/messages"
-        client = self.client
+        # A separate REST client: ably-python's token-authenticated *realtime* client re-authorises
+        # (and so re-attaches every channel) before each REST request.
+        client = self._rest
 
         async def first() -> Any:
             return await client.request("GET", path, _REST_VERSION, params=params)
@@ -377,6 +380,7 @@ class AblyTransport:
         self.settings = settings
         self._connections: list[_Connection] = []
         self._channels: dict[str, Channel] = {}
+        self._rest: AblyRest | None = None
 
     def __repr__(self) -> str:
         return f"AblyTransport({self.settings!r}, connections={len(self._connections)})"
@@ -421,6 +425,10 @@ class AblyTransport:
             for c in clients
             if isinstance(c, AblyRealtime)
         ]
+        rest_options = self.settings.client_options()
+        rest_options.pop("realtime_request_timeout", None)
+        with map_ably_errors("create REST client"):
+            self._rest = AblyRest(**rest_options)
         log.info("transport_connected", endpoint=self.settings.endpoint or "ably", connections=count)
 
     async def _connect_one(self, wait_s: float) -> AblyRealtime:
@@ -456,7 +464,8 @@ class AblyTransport:
         ch = self._channels.get(name)
         if ch is None:
             conn = self._connection(name)
-            ch = Channel(self, name, conn.client, conn.limiter)
+            assert self._rest is not None
+            ch = Channel(self, name, conn.client, conn.limiter, self._rest)
             self._channels[name] = ch
         return ch
 
@@ -476,6 +485,10 @@ class AblyTransport:
     async def close(self) -> None:
         connections, self._connections = self._connections, []
         self._channels.clear()
+        rest, self._rest = self._rest, None
+        if rest is not None:
+            with contextlib.suppress(Exception):
+                await rest.close()
         for conn in connections:
             with contextlib.suppress(AblyException, asyncio.TimeoutError, OSError):
                 await asyncio.wait_for(conn.client.close(), 10)

@@ -104,6 +104,9 @@ async def invoke(request: web.Request) -> web.Response:
         return _error(503, exc.code, f"cannot reach Ably: {exc.message}", {**cors, "Retry-After": "1"})
     except AgentWorkerError as exc:
         return _error(exc.status_code, exc.code, exc.message, cors)
+    except Exception:
+        log.exception("invocation_failed")
+        return _error(500, 50000, "internal error while accepting the invocation", cors)
     return web.json_response(invocation.to_json(), headers=cors)
 
 
