@@ -36,7 +36,6 @@ from agent_worker.protocol.model import (
     ToolMessage,
     ToolResultPart,
 )
-from agent_worker.protocol.vercel.reducer import UIMessage, is_tool_part
 from agent_worker.providers.base import (
     Finished,
     FinishReason,
@@ -211,19 +210,6 @@ async def _publish_result(message: OutputMessage, call_id: str, result: ToolResu
         await message.send({"type": "tool-output-available", "toolCallId": call_id, "output": result.output})
 
 
-def _approval_denials(conversation: list[UIMessage]) -> list[str]:
-    last = next((m for m in reversed(conversation) if m.get("role") == "assistant"), None)
-    if last is None:
-        return []
-    out: list[str] = []
-    for part in last.get("parts", []):
-        if isinstance(part, dict) and is_tool_part(part) and part.get("state") == "approval-responded":
-            approval = part.get("approval")
-            if isinstance(approval, dict) and approval.get("approved") is False:
-                out.append(str(part.get("toolCallId")))
-    return out
-
-
 async def _one_pass(run: Run, spec: AgentSpec, stats: LoopStats) -> LoopOutcome:
     conversation = run.conversation()
     approved = approved_pending_tool_calls(conversation) if run.is_continuation else []
@@ -233,26 +219,29 @@ async def _one_pass(run: Run, spec: AgentSpec, stats: LoopStats) -> LoopOutcome:
     ctx = _tool_context(run, spec)
     counter = [0]
     await message.send({"type": "start"})
-    if approved or (run.is_continuation and _approval_denials(conversation)):
-        # Approval continuation: run the approved calls now; their results join the prompt.
-        await message.send({"type": "start-step"})
+    # Approval continuation: run the approved calls first; their results join the prompt and are
+    # published inside the first step (as the AI SDK's streamText does), before the model's output.
+    approved_results: list[tuple[str, ToolResult]] = []
+    if approved:
         results: list[ToolResultPart] = []
         for pending in approved:
             tool = spec.tools.get(pending.tool_name)
+            stats.status("tool")
             result = await _execute(tool, pending.tool_name, ctx, pending.input)
             stats.tool_calls += 1
-            await _publish_result(message, pending.tool_call_id, result)
+            approved_results.append((pending.tool_call_id, result))
             results.append(
                 ToolResultPart(pending.tool_call_id, pending.tool_name, result.output, result.is_error)
             )
-        await message.send({"type": "finish-step"})
-        if results:
-            history.append(ToolMessage(tuple(results)))
+        history.append(ToolMessage(tuple(results)))
     finish: FinishReason = "stop"
     for _ in range(spec.max_model_calls):
         stats.model_calls += 1
         stats.status("thinking")
         await message.send({"type": "start-step"})
+        for call_id, result in approved_results:
+            await _publish_result(message, call_id, result)
+        approved_results = []
         request = ModelRequest(
             messages=tuple(history),
             system=system,
