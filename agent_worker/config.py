@@ -104,6 +104,11 @@ class HttpConfig:
     max_body_bytes: int = 64 * 1024
     cors_origins: tuple[str, ...] = ()
     """Origins allowed to POST from a browser (``"*"`` for any); empty = no CORS headers."""
+    dev_token_endpoint: bool = False
+    """Serve ``GET /api/auth/token?clientId=&ttl=`` (JWTs signed with the worker's key) for local
+    development; anyone who can reach it gets a token, so it is off by default."""
+    dev_token_capability: str | None = None
+    """JSON capability of those tokens (default: publish/subscribe/history/presence on everything)."""
     enabled: bool = True
 
     def resolved_token(self) -> Secret | None:
@@ -129,6 +134,9 @@ class WorkerConfig:
     trigger_wait_s: float = 5.0
     """After history is exhausted, how long to wait for the trigger to arrive live (then 104010)."""
     history_max_pages: int = 20
+    """History pages searched for the trigger (the JS ``pageUntilLocated`` bound)."""
+    history_max_branch_pages: int = 10_000
+    """Safety net for rebuilding a conversation: pages read until the branch reaches its root."""
     coalesce_window_ms: float = 40.0
     """Deltas of one stream are merged into one append per window (0 = one append per delta)."""
     max_messages_per_second: float = 45.0

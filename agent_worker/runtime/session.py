@@ -88,11 +88,12 @@ class AgentSession:
         self._history_exhausted = False
         self._history_lock = asyncio.Lock()
         self._oldest_loaded: str | None = None
-        self._lifecycle: dict[str, InboundMessage] = {}
+        self._orphans: dict[str, InboundMessage] = {}
         self._connected = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.last_active = time.monotonic()
         self.watch = False
+        self.truncated_branches = 0
 
     def __repr__(self) -> str:
         return f"AgentSession(name={self.name!r}, runs={len(self.runs)})"
@@ -117,7 +118,7 @@ class AgentSession:
         # flight keep their prompt; a cancel published during the gap is lost (as in the JS SDK).
         log.warning("session_continuity_lost", session=self.name, state=change.current, reason=change.reason)
         self.tree = ConversationTree()
-        self._lifecycle.clear()
+        self._orphans.clear()
         self._history = None
         self._history_exhausted = False
         self._oldest_loaded = None
@@ -137,7 +138,11 @@ class AgentSession:
         """Fold one message (live or history) and wake whatever waits on it."""
         result = self.tree.apply(msg)
         if msg.name in RUN_LIFECYCLE_NAMES and msg.serial:
-            self._lifecycle[msg.serial] = msg
+            run_id = msg.transport_headers.get(H_RUN_ID)
+            if run_id and self.tree.run(run_id) is None:
+                # The tree drops lifecycle for a run it has not seen yet (history arrives newest
+                # page first): keep it and re-apply once the run's node exists.
+                self._orphans[msg.serial] = msg
         event_id = msg.transport_headers.get(H_EVENT_ID)
         if event_id and event_id in self._waiting:
             for run in self._waiting.pop(event_id):
@@ -194,6 +199,7 @@ class AgentSession:
         run: Run,
         *,
         max_pages: int = 20,
+        max_branch_pages: int = 10_000,
         wait_s: float = 5.0,
         max_input_bytes: int = 64 * 1024,
     ) -> Trigger:
@@ -231,7 +237,7 @@ class AgentSession:
             self.runs[trigger.run_id] = run
         run.set_trigger(trigger)
         self._by_input_cmid[trigger.codec_message_id] = run.run_id
-        await self.load_branch(trigger.leaf_anchor, max_pages=max_pages)
+        await self.load_branch(trigger.leaf_anchor, max_pages=max_branch_pages)
         self._pull_deferred_cancel(run)
         return trigger
 
@@ -258,16 +264,22 @@ class AgentSession:
                 raise
             for msg in reversed(page):  # pages are newest-first; fold oldest-first
                 self.fold(msg)
-            # History arrives newest page first, so a run's ai-run-end can fold before any other
-            # wire of that run created its node (the tree then drops it, as the JS tree does).
-            # Re-apply every run lifecycle seen so far, in serial order, now that older pages exist.
-            for serial in sorted(self._lifecycle):
-                self.tree.apply(self._lifecycle[serial])
+            self._adopt_orphans()
             if page:
                 self._oldest_loaded = page[-1].serial
             else:
                 self._history_exhausted = True
             return bool(page)
+
+    def _adopt_orphans(self) -> None:
+        """Re-apply, in serial order, lifecycle messages whose run node now exists."""
+        ready = sorted(
+            serial
+            for serial, msg in self._orphans.items()
+            if self.tree.run(msg.transport_headers.get(H_RUN_ID, "")) is not None
+        )
+        for serial in ready:
+            self.tree.apply(self._orphans.pop(serial))
 
     def missing_ancestor(self, anchor: str | None) -> str | None:
         """The first ``parent`` on the walk up from ``anchor`` that the tree has not seen.
@@ -288,10 +300,18 @@ class AgentSession:
             key = node.parent
         return None
 
-    async def load_branch(self, anchor: str | None, *, max_pages: int = 20) -> None:
-        """Page history until the branch from ``anchor`` reaches its root (or history runs out)."""
+    async def load_branch(self, anchor: str | None, *, max_pages: int = 10_000) -> None:
+        """Page history until the branch from ``anchor`` reaches its root (or history runs out).
+
+        Unlike locating the trigger (bounded like the JS ``pageUntilLocated``), the prompt needs the
+        whole branch, as the JS agent's ``while (view.hasOlder()) loadOlder()``; ``max_pages`` is only
+        a safety net, and hitting it is logged."""
         pages = 0
-        while self.missing_ancestor(anchor) is not None and pages < max_pages:
+        while (missing := self.missing_ancestor(anchor)) is not None:
+            if pages >= max_pages:
+                log.warning("prompt_history_truncated", session=self.name, pages=pages, missing=missing)
+                self.truncated_branches += 1
+                return
             if not await self._load_page():
                 return
             pages += 1

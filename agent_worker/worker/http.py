@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from agent_worker.config import HttpConfig
-from agent_worker.errors import AgentWorkerError, TransportError
+from agent_worker.errors import AgentWorkerError, ConfigError, TransportError
 from agent_worker.logs import get_logger
 from agent_worker.worker.metrics import CONTENT_TYPE_LATEST
 from agent_worker.worker.service import InvocationRefused, Worker, WorkerBusy
@@ -134,7 +134,10 @@ async def metrics(request: web.Request) -> web.Response:
     return resp
 
 
-def build_app(worker: Worker, config: HttpConfig | None = None) -> web.Application:
+def build_app(
+    worker: Worker, config: HttpConfig | None = None, *, token_key: str | None = None
+) -> web.Application:
+    """The app; with ``config.dev_token_endpoint`` and a ``token_key`` it also serves dev tokens."""
     cfg = config or HttpConfig()
     app = web.Application(client_max_size=cfg.max_body_bytes + 1024)
     app[WORKER_KEY] = worker
@@ -143,15 +146,28 @@ def build_app(worker: Worker, config: HttpConfig | None = None) -> web.Applicati
     app.router.add_route("OPTIONS", cfg.path, preflight)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    if cfg.dev_token_endpoint:
+        if token_key is None:
+            msg = "[http] dev_token_endpoint needs the worker's API key (embedded server or --ably-key)"
+            raise ConfigError(msg)
+        from agent_worker.client.tokens import make_token_handler  # noqa: PLC0415
+
+        app.router.add_get("/api/auth/token", make_token_handler(token_key, cfg.dev_token_capability))
+        log.warning("dev_token_endpoint_enabled", path="/api/auth/token")
     return app
 
 
 async def serve(
-    worker: Worker, config: HttpConfig, *, host: str | None = None, port: int | None = None
+    worker: Worker,
+    config: HttpConfig,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    token_key: str | None = None,
 ) -> web.AppRunner:
     """Start the HTTP server; returns the runner (``await runner.cleanup()`` to stop).
     The bound port is ``runner.addresses[0][1]``."""
-    runner = web.AppRunner(build_app(worker, config), access_log=None)
+    runner = web.AppRunner(build_app(worker, config, token_key=token_key), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host or config.host, config.port if port is None else port)
     await site.start()

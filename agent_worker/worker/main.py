@@ -156,7 +156,10 @@ async def serve_forever(o: Overrides) -> None:
     try:
         await worker.start()
         if cfg.http.enabled:
-            runner = await serve(worker, cfg.http)
+            token_key = embedded.default_key if embedded is not None else None
+            if token_key is None and settings.key is not None:
+                token_key = settings.key.get()
+            runner = await serve(worker, cfg.http, token_key=token_key)
         _banner(cfg, embedded, runner, setup.provider_name, setup.provider_reason)
         await worker.wait_closed()
     finally:

@@ -407,6 +407,7 @@ class Worker:
                     await session.locate(
                         run,
                         max_pages=self.config.history_max_pages,
+                        max_branch_pages=self.config.history_max_branch_pages,
                         wait_s=self.config.trigger_wait_s,
                         max_input_bytes=self.config.max_input_bytes,
                     )

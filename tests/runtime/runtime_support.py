@@ -266,6 +266,7 @@ async def start_harness(
     http: HttpConfig | None = None,
     rate: float = 1000.0,
     connections: int = 1,
+    token_key: str | None = None,
     system_prompt: str | None = None,
     worker_kwargs: dict[str, Any] | None = None,
     **config: Any,
@@ -280,7 +281,7 @@ async def start_harness(
     )
     await worker.start()
     http_config = http or HttpConfig(port=0)
-    runner = await serve(worker, http_config, port=0)
+    runner = await serve(worker, http_config, port=0, token_key=token_key)
     host, port = runner.addresses[0][:2]
     url = f"http://{host}:{port}{http_config.path}"
     return Harness(worker, url, aiohttp.ClientSession(), runner)

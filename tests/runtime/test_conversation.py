@@ -48,7 +48,7 @@ async def test_history_is_rebuilt_from_the_channel_by_a_cold_worker(
     ably_server: EmbeddedServer, make_client: Any, session_name: str
 ) -> None:
     """A fresh worker (new process, nothing cached) pages history from its attach serial and sends
-    the whole branch; a system prompt goes first."""
+    the whole branch, however many pages it takes; a system prompt goes first."""
     first = ScriptedProvider(reply_script)
     h1 = await start_harness(ably_server, first)
     client: ChatClient = await make_client()
@@ -57,8 +57,9 @@ async def test_history_is_rebuilt_from_the_channel_by_a_cold_worker(
     await h1.close()
 
     second = ScriptedProvider(reply_script)
-    h2 = await start_harness(ably_server, second, system_prompt="You are terse.")
-    h2.worker.history_page_size = 3  # force several history pages
+    # Tiny pages, and a trigger search bound of one page: the branch itself must still load fully.
+    h2 = await start_harness(ably_server, second, system_prompt="You are terse.", history_max_pages=1)
+    h2.worker.history_page_size = 3
     try:
         await converse(h2, client, session_name, "three")
     finally:

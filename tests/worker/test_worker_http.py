@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from runtime_support import ChatClient, Harness
+from ably import AblyRealtime
+from runtime_support import ChatClient, Harness, start_harness
 from structlog.testing import capture_logs
 
 from agent_worker.config import HttpConfig, Secret
@@ -237,3 +238,34 @@ async def test_unreachable_session_body_is_json(make_worker: Any) -> None:
     async with aiohttp.ClientSession() as http, http.post(harness.url, data=b"") as resp:
         assert resp.status == 400
         assert resp.content_type == "application/json"
+
+
+async def test_dev_token_endpoint(ably_server: Any) -> None:
+    """With [http] dev_token_endpoint the worker hands out JWTs for a clientId that the Ably
+    service accepts; without it the route does not exist."""
+    off = await start_harness(ably_server, EchoProvider())
+    on = await start_harness(
+        ably_server,
+        EchoProvider(),
+        http=HttpConfig(port=0, dev_token_endpoint=True),
+        token_key=ably_server.default_key,
+    )
+    try:
+        base_off = off.url.rsplit("/api/chat", 1)[0]
+        async with off.http.get(f"{base_off}/api/auth/token?clientId=bob") as resp:
+            assert resp.status == 404
+        base = on.url.rsplit("/api/chat", 1)[0]
+        async with on.http.get(f"{base}/api/auth/token?clientId=bob&ttl=10m") as resp:
+            assert resp.status == 200 and resp.content_type == "application/jwt"
+            jwt = await resp.text()
+        client = AblyRealtime(token=jwt, endpoint=f"{ably_server.host}:{ably_server.port}/", tls=False)
+        try:
+            channel = client.channels.get("conversations:token")
+            await channel.attach()
+            result = await channel.publish("hello", "x")
+            assert result.serials
+        finally:
+            await client.close()
+    finally:
+        await off.close()
+        await on.close()
