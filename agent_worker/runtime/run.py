@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal
 
-from agent_worker.errors import AgentWorkerError
+from agent_worker.errors import AgentWorkerError, TransportError
 from agent_worker.logs import get_logger
 from agent_worker.protocol.branch import SteerTracker, select_branch_messages
 from agent_worker.protocol.headers import (
@@ -177,8 +177,14 @@ class Run:
                     regenerates=t.regenerates if t is not None else None,
                 ),
             )
-        await publish_reliably(self.session.channel, msg)
+        # Marked before awaiting, and shielded: if the run is cancelled while the ACK is pending, the
+        # run-start is on the wire anyway, and the teardown must not publish a second one.
         self._start_published = True
+        try:
+            await asyncio.shield(publish_reliably(self.session.channel, msg))
+        except TransportError:
+            self._start_published = False
+            raise
         self.phase = RunPhase.ACTIVE
         if t is not None and t.run_id is None:
             # Optimistic local insert (as the JS agent does) so the prompt sees the run node even if

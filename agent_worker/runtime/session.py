@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, Literal
 
-from agent_worker.errors import InputEventNotFound
+from agent_worker.errors import InputEventNotFound, ProtocolError
 from agent_worker.logs import get_logger
 from agent_worker.protocol.headers import (
     AI_CANCEL,
@@ -37,12 +37,19 @@ from agent_worker.runtime.run import CancelHook, CancelRequest, Run, RunPhase
 from agent_worker.runtime.trigger import Trigger
 from agent_worker.transport.ably import Channel, ChannelStateEvent
 
-__all__ = ["AgentSession", "CancelDecision", "CancelPolicy"]
+__all__ = ["AgentSession", "CancelDecision", "CancelPolicy", "RunAlreadyActive"]
 
 log = get_logger("agent_worker.runtime.session")
 
 DEFERRED_CANCEL_LIMIT = 200
 CancelDecision = Literal["honoured", "refused", "buffered", "unmatched", "dropped"]
+
+
+class RunAlreadyActive(ProtocolError):
+    """A continuation names a run this worker is already running; nothing is published for it."""
+
+    code = 40900
+    status_code = 409
 
 
 class CancelPolicy:
@@ -233,6 +240,13 @@ class AgentSession:
             await self._load_page()
         trigger = Trigger.from_message(found, self.tree, max_bytes=max_input_bytes)
         if trigger.run_id is not None and trigger.run_id != run.run_id:
+            other = self.runs.get(trigger.run_id)
+            if other is not None and other is not run:
+                # Two continuations of one run at once (e.g. two approval responses POSTed together):
+                # the active one carries on; this one must not publish anything for that run.
+                self.deregister(run)
+                msg = f"run {trigger.run_id} is already being continued by this worker"
+                raise RunAlreadyActive(msg)
             self.runs.pop(run.run_id, None)
             self.runs[trigger.run_id] = run
         run.set_trigger(trigger)

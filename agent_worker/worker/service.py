@@ -39,7 +39,7 @@ from agent_worker.logs import get_logger
 from agent_worker.protocol.wire import InboundMessage
 from agent_worker.runtime.loop import AgentSpec, LoopStats, run_agent
 from agent_worker.runtime.run import CancelHook, Run, RunPhase
-from agent_worker.runtime.session import AgentSession, CancelDecision, CancelPolicy
+from agent_worker.runtime.session import AgentSession, CancelDecision, CancelPolicy, RunAlreadyActive
 from agent_worker.transport.ably import AblySettings, AblyTransport
 from agent_worker.worker.metrics import WorkerMetrics
 from agent_worker.worker.presence import SessionPresence
@@ -433,6 +433,10 @@ class Worker:
                     current.uncancel()
                 log.info("run_cancelled", source=run.cancel_source, by=run.cancelled_by)
                 await asyncio.shield(self._terminate(run, "cancelled", None))
+            except RunAlreadyActive as exc:
+                log.warning("run_refused", code=exc.code, reason=exc.message)
+                run.phase = RunPhase.ENDED
+                run.outcome = "error"
             except (InputEventNotFound, ProtocolError) as exc:
                 error = exc
                 log.warning("run_refused", code=exc.code, reason=exc.message)
