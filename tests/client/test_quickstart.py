@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ BANNER_HTTP = re.compile(r"invocations: POST (\S+)")
 def worker(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
     """`agent-worker run` with the echo provider on ephemeral ports; yields (endpoint, key, url)."""
     config = tmp_path / "worker.toml"
-    config.write_text("[ably]\nembedded_port = 0\n")
+    config.write_text("[ably]\nembedded_port = 0\n\n[http]\ndev_token_endpoint = true\n")
     env = {**os.environ, "NO_COLOR": "1"}
     env.pop("ABLY_KEY", None)
     proc = pexpect.spawn(
@@ -40,16 +41,22 @@ def worker(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
     finally:
         proc.sendintr()  # SIGINT: the worker drains and exits
         try:
-            proc.expect(pexpect.EOF, timeout=20)
-        finally:
+            proc.expect(pexpect.EOF, timeout=30)
+        except pexpect.TIMEOUT:
+            tail = (proc.before or "")[-2000:]
             proc.close(force=True)
+            pytest.fail(f"agent-worker run did not exit on SIGINT within 30 s; output tail:\n{tail}")
+        proc.close(force=True)
 
 
-def open_chat(client_id: str, session: str, endpoint: str, key: str, url: str) -> pexpect.spawn:
-    env = {**os.environ, "NO_COLOR": "1", "ABLY_KEY": key}
+def open_chat(*args: str, key: str | None = None) -> pexpect.spawn:
+    env = {**os.environ, "NO_COLOR": "1"}
+    env.pop("ABLY_KEY", None)
+    if key is not None:
+        env["ABLY_KEY"] = key
     child = pexpect.spawn(
         EXE,
-        ["chat", session, "--client-id", client_id, "--ably-endpoint", endpoint, "--agent-url", url],
+        ["chat", *args],
         env=env,
         encoding="utf-8",
         timeout=20,
@@ -60,11 +67,17 @@ def open_chat(client_id: str, session: str, endpoint: str, key: str, url: str) -
 
 
 def test_quickstart_two_devices_one_session(worker: tuple[str, str, str]) -> None:
-    """Alice's prompt is answered by the worker; Bob's terminal shows the prompt and the reply too."""
+    """Alice's prompt is answered by the worker; Bob's terminal shows the prompt and the reply too.
+    Alice uses the printed key; Bob a JWT from the worker's dev token endpoint (as a browser would)."""
     endpoint, key, url = worker
     session = "conversations:quickstart"
-    alice = open_chat("alice", session, endpoint, key, url)
-    bob = open_chat("bob", session, endpoint, key, url)
+    token_url = url.replace("/api/chat", "/api/auth/token") + "?clientId=bob"
+    with urllib.request.urlopen(token_url, timeout=10) as resp:
+        assert resp.headers.get_content_type() == "application/jwt"
+        bob_token = resp.read().decode()
+    common = ("--ably-endpoint", endpoint, "--agent-url", url)
+    alice = open_chat(session, "--client-id", "alice", *common, key=key)
+    bob = open_chat(session, "--token", bob_token, *common)
     try:
         alice.sendline("hello from the quick start")
         for device in (alice, bob):
