@@ -31,7 +31,14 @@ from agent_worker.protocol.model import (
     ToolMessage,
     UserMessage,
 )
-from agent_worker.providers.base import ModelRequest, ReasoningDelta, StreamEvent, ToolCallEnd
+from agent_worker.providers.base import (
+    ModelRequest,
+    ReasoningDelta,
+    StreamEvent,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+)
 from agent_worker.server import EmbeddedServer
 
 REFERENCE_AGENT = JS_ROOT / "conformance" / "reference-agent.mjs"
@@ -58,8 +65,7 @@ def normalise(request: ModelRequest) -> list[dict[str, Any]]:
             elif isinstance(part, FilePart):
                 entry["files"].append(part.media_type)
             elif isinstance(part, ToolCallPart):
-                args = json.dumps(part.arguments, separators=(",", ":"))
-                entry["calls"].append([part.call_id, part.name, args])
+                entry["calls"].append([part.call_id, part.name, part.arguments])
             elif hasattr(part, "call_id") and hasattr(part, "is_error"):
                 entry["results"].append([part.call_id, None if part.is_error else part.output, part.is_error])
         out.append(entry)
@@ -97,8 +103,12 @@ def rules_script(rules: Rules) -> tuple[Script, list[list[dict[str, Any]]]]:
                 for token in [reasoning] if isinstance(reasoning, str) else reasoning:
                     yield ReasoningDelta(token)
             elif "tool" in event:
+                # As the mock model streams it: start, the whole input as one delta, the call.
                 tool = event["tool"]
-                yield ToolCallEnd(tool["id"], tool["name"], json.dumps(tool.get("input", {})))
+                arguments = json.dumps(tool.get("input", {}))
+                yield ToolCallStart(tool["id"], tool["name"])
+                yield ToolCallDelta(tool["id"], arguments)
+                yield ToolCallEnd(tool["id"], tool["name"], arguments)
             elif "error" in event:
                 raise ProviderConnectionError(str(event["error"]))
 

@@ -6,6 +6,7 @@ modulo ids minted at random (message ids, approval ids) and error wording.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -144,6 +145,20 @@ def norm_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"role": m["role"], "parts": [norm_part(p) for p in m["parts"]]} for m in messages]
 
 
+_DELTAS = {"text-delta", "reasoning-delta", "tool-input-delta"}
+
+
+def norm_chunks(types: list[str]) -> list[str]:
+    """Consecutive deltas of one kind count once: appends may be merged on the wire (the worker's
+    writer coalesces; Ably may conflate) without changing a character of the folded text."""
+    out: list[str] = []
+    for t in types:
+        if t in _DELTAS and out and out[-1] == t:
+            continue
+        out.append(t)
+    return out
+
+
 def norm_device(device: dict[str, Any]) -> dict[str, Any]:
     return {
         "view": norm_messages(device["view"]),
@@ -154,18 +169,69 @@ def norm_device(device: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def chunk_sequences(device: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """The UIMessageChunk types useChat read from the ChatTransport, per request."""
+    return [(r["trigger"], norm_chunks(r["chunks"])) for r in device["requests"]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ours: dict[str, Any]
+    theirs: dict[str, Any]
+    our_prompts: list[list[dict[str, Any]]]
+    their_prompts: list[list[dict[str, Any]]]
+    reference_errors: list[dict[str, Any]]
+
+
+_outcomes: dict[str, Outcome] = {}
+
+
+async def outcome(case: str, make_stack: Any, ably_server: EmbeddedServer) -> Outcome:
+    """Runs the case against both agents once per test session (both tests below read it)."""
+    if case not in _outcomes:
+        scenario, extra, rules = CASES[case]
+        script, our_prompts = rules_script(rules)
+        stack = await make_stack(script, tools=tools())
+        reference = await ReferenceAgent(ably_server, rules).start()
+        try:
+            ours = await stack.scenario(scenario, **extra)
+            theirs = await stack.scenario(scenario, api=reference.url, **extra)
+            their_prompts = await reference.prompts()
+        finally:
+            await reference.close()
+        _outcomes[case] = Outcome(ours["a"], theirs["a"], our_prompts, their_prompts, reference.errors)
+    return _outcomes[case]
+
+
 @pytest.mark.parametrize("case", list(CASES))
-async def test_worker_matches_official_agent(make_stack: Any, ably_server: EmbeddedServer, case: str) -> None:
-    scenario, extra, rules = CASES[case]
-    script, worker_prompts = rules_script(rules)
-    stack = await make_stack(script, tools=tools())
-    reference = await ReferenceAgent(ably_server, rules).start()
-    try:
-        ours = await stack.scenario(scenario, **extra)
-        theirs = await stack.scenario(scenario, api=reference.url, **extra)
-        reference_prompts = await reference.prompts()
-    finally:
-        await reference.close()
-    assert reference.errors == [], f"the reference agent failed: {reference.errors}"
-    assert norm_device(ours["a"]) == norm_device(theirs["a"])
-    assert worker_prompts == reference_prompts
+async def test_folded_state_and_prompts_match_official_agent(
+    make_stack: Any, ably_server: EmbeddedServer, case: str
+) -> None:
+    result = await outcome(case, make_stack, ably_server)
+    assert result.reference_errors == [], f"the reference agent failed: {result.reference_errors}"
+    assert norm_device(result.ours) == norm_device(result.theirs)
+    assert result.our_prompts == result.their_prompts
+
+
+# Known divergences (filed in /work/notes/runtime-bugs.md); strict, so a fix turns them red.
+_CHUNK_DIVERGENCES = {
+    "approval_approved": "R4: approved tool outputs are wrapped in start-step/finish-step",
+    "provider_error": "R5: the open text stream is closed cancelled (no text-end) on a provider error",
+}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, marks=pytest.mark.xfail(reason=_CHUNK_DIVERGENCES[c], strict=True))
+        if c in _CHUNK_DIVERGENCES
+        else c
+        for c in CASES
+    ],
+)
+async def test_chunk_stream_matches_official_agent(
+    make_stack: Any, ably_server: EmbeddedServer, case: str
+) -> None:
+    """What useChat reads from the ChatTransport, chunk type by chunk type."""
+    result = await outcome(case, make_stack, ably_server)
+    assert chunk_sequences(result.ours) == chunk_sequences(result.theirs)

@@ -82,13 +82,29 @@ export async function device(clientId, { history = false, chatOptions = {}, sync
     while (session.view.hasOlder() && guard++ < 100) await within(session.view.loadOlder(100), 10000, 'loadOlder');
   }
   const transport = createChatTransport(session, { api: config.api });
+  // Record every UIMessageChunk useChat reads, per request (the stream the ChatTransport built).
+  const requests = [];
+  const sendMessages = transport.sendMessages;
+  transport.sendMessages = async (options) => {
+    const stream = await sendMessages(options);
+    const seen = [];
+    requests.push({ trigger: options.trigger, chunks: seen });
+    return stream.pipeThrough(
+      new TransformStream({
+        transform(chunk, controller) {
+          seen.push(chunk);
+          controller.enqueue(chunk);
+        },
+      }),
+    );
+  };
   const chatErrors = [];
   const chat = new TestChat({
     transport,
     onError: (err) => chatErrors.push(errorJson(err)),
     ...chatOptions,
   });
-  const dev = { clientId, client, session, transport, chat, errors, chatErrors };
+  const dev = { clientId, client, session, transport, chat, errors, chatErrors, requests, sync: () => {} };
   if (sync) {
     const apply = () => {
       if (transport.streaming) return;
@@ -100,6 +116,7 @@ export async function device(clientId, { history = false, chatOptions = {}, sync
       if (!streaming) apply();
     });
     apply();
+    dev.sync = apply;
   }
   return dev;
 }
@@ -154,6 +171,7 @@ function rawSnapshot(dev) {
     chatError: errorJson(dev.chat.error),
     sessionErrors: [...dev.errors],
     chatErrors: [...dev.chatErrors],
+    requests: dev.requests.map((r) => ({ trigger: r.trigger, chunks: r.chunks.map((c) => c.type) })),
   };
 }
 
@@ -172,9 +190,15 @@ export async function until(predicate, ms, what) {
 export const untilRun = (dev, predicate, what, ms = 20000) =>
   until(() => dev.session.view.runs().find(predicate), ms, what);
 
-/** Waits until the chat returns to `ready` or `error` (after a request it issued). */
-export const untilChatIdle = (dev, what = 'chat to settle', ms = 20000) =>
-  until(() => dev.chat.status === 'ready' || dev.chat.status === 'error', ms, what);
+/**
+ * Waits until the chat returns to `ready` or `error` (after a request it issued), then re-syncs it
+ * from the view — useMessageSync's effect runs again after useChat's last state write.
+ */
+export async function untilChatIdle(dev, what = 'chat to settle', ms = 20000) {
+  await until(() => dev.chat.status === 'ready' || dev.chat.status === 'error', ms, what);
+  await sleep(0);
+  dev.sync();
+}
 
 /** The last assistant message in the view whose text satisfies `predicate` (polls). */
 export const untilAssistantText = (dev, predicate, what, ms = 20000) =>

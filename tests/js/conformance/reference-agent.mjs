@@ -116,10 +116,13 @@ function streamFor(rule) {
     const unified = calledTool ? 'tool-calls' : 'stop';
     parts.push({ type: 'finish', finishReason: { unified, raw: unified }, usage });
   }
+  // Pull-based, so a failure surfaces after every part before it was read (erroring a stream
+  // drops whatever is still queued).
+  let next = 0;
   return new ReadableStream({
-    start(controller) {
-      for (const p of parts) controller.enqueue(p);
-      if (failure) controller.error(new Error(failure));
+    pull(controller) {
+      if (next < parts.length) controller.enqueue(parts[next++]);
+      else if (failure) controller.error(new Error(failure));
       else controller.close();
     },
   });
