@@ -6,7 +6,8 @@ A script is a list of rules ``{"if": {...}, "then": [events]}``; the first rule 
 hold for a model call answers it. Conditions: ``lastUser`` (text of the last user message),
 ``toolResults`` (number of tool results in the prompt), ``call`` (1-based model call number).
 Events: ``{"text": token | [tokens]}``, ``{"reasoning": ...}``, ``{"tool": {"id", "name",
-"input"}}``, ``{"error": message}`` (the stream fails after the events before it).
+"input"}}``, ``{"error": message}`` (the stream fails after the events before it), ``{"hang": true}``
+(the model stalls until the run is cancelled).
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ def rules_script(rules: Rules) -> tuple[Script, list[list[dict[str, Any]]]]:
                 yield ToolCallEnd(tool["id"], tool["name"], arguments)
             elif "error" in event:
                 raise ProviderConnectionError(str(event["error"]))
+            elif event.get("hang"):
+                await asyncio.Event().wait()  # stalls until the run is cancelled
 
     return script, prompts
 

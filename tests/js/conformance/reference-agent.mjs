@@ -88,7 +88,9 @@ const usage = {
   outputTokens: { total: 1, text: 1, reasoning: undefined },
 };
 
-function streamFor(rule) {
+const HANG = Symbol('hang');
+
+function streamFor(rule, signal) {
   const parts = [{ type: 'stream-start', warnings: [] }];
   let n = 0;
   let failure = null;
@@ -110,6 +112,8 @@ function streamFor(rule) {
       parts.push({ type: 'tool-call', toolCallId: ev.tool.id, toolName: ev.tool.name, input });
     } else if (ev.error) {
       failure = ev.error;
+    } else if (ev.hang) {
+      parts.push(HANG); // the model stalls until the request is aborted (a cancelled run)
     }
   }
   if (!failure) {
@@ -120,7 +124,15 @@ function streamFor(rule) {
   // drops whatever is still queued).
   let next = 0;
   return new ReadableStream({
-    pull(controller) {
+    async pull(controller) {
+      if (parts[next] === HANG) {
+        await new Promise((resolve) => {
+          if (signal?.aborted) resolve();
+          else signal?.addEventListener('abort', resolve, { once: true });
+        });
+        controller.error(signal?.reason ?? new Error('aborted'));
+        return;
+      }
       if (next < parts.length) controller.enqueue(parts[next++]);
       else if (failure) controller.error(new Error(failure));
       else controller.close();
@@ -135,7 +147,7 @@ const model = new MockLanguageModelV3({
     const call = prompts.length;
     const rule = (config.rules ?? []).find((r) => matches(r, norm, call));
     if (!rule) throw new Error(`no scripted rule matches call ${call}`);
-    return { stream: streamFor(rule) };
+    return { stream: streamFor(rule, options.abortSignal) };
   },
 });
 

@@ -83,8 +83,10 @@ async function cancelOwner({ step }) {
     await a.chat.stop();
   }
   await sending;
-  step('provider closed');
-  await waitEvent('provider-closed');
+  if (config.providerEvents !== false) {
+    step('provider closed');
+    await waitEvent('provider-closed');
+  }
   step('run cancelled');
   await untilRun(a, (r) => r.status === 'cancelled', 'run to end cancelled');
   await untilChatIdle(a);
