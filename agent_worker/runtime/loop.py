@@ -220,8 +220,7 @@ async def _one_pass(run: Run, spec: AgentSpec, stats: LoopStats) -> LoopOutcome:
     counter = [0]
     await message.send({"type": "start"})
     # Approval continuation: run the approved calls first; their results join the prompt and are
-    # published inside the first step (as the AI SDK's streamText does), before the model's output.
-    approved_results: list[tuple[str, ToolResult]] = []
+    # published before the first step, as the AI SDK's streamText does.
     if approved:
         results: list[ToolResultPart] = []
         for pending in approved:
@@ -229,7 +228,7 @@ async def _one_pass(run: Run, spec: AgentSpec, stats: LoopStats) -> LoopOutcome:
             stats.status("tool")
             result = await _execute(tool, pending.tool_name, ctx, pending.input)
             stats.tool_calls += 1
-            approved_results.append((pending.tool_call_id, result))
+            await _publish_result(message, pending.tool_call_id, result)
             results.append(
                 ToolResultPart(pending.tool_call_id, pending.tool_name, result.output, result.is_error)
             )
@@ -239,9 +238,6 @@ async def _one_pass(run: Run, spec: AgentSpec, stats: LoopStats) -> LoopOutcome:
         stats.model_calls += 1
         stats.status("thinking")
         await message.send({"type": "start-step"})
-        for call_id, result in approved_results:
-            await _publish_result(message, call_id, result)
-        approved_results = []
         request = ModelRequest(
             messages=tuple(history),
             system=system,

@@ -442,11 +442,12 @@ class Worker:
                 log.warning("run_refused", code=exc.code, reason=exc.message)
                 await asyncio.shield(self._terminate(run, "error", exc))
             except AgentWorkerError as exc:
-                error = exc
+                # As the JS agent wraps a failed pipe: "unable to complete run; <cause>".
+                error = AgentWorkerError(f"unable to complete run; {exc.message}", code=exc.code)
                 log.error("run_failed", code=exc.code, error=exc.message)
-                await asyncio.shield(self._terminate(run, "error", exc))
+                await asyncio.shield(self._terminate(run, "error", error))
             except Exception as exc:
-                error = AgentWorkerError(f"internal error: {type(exc).__name__}: {exc}", code=50000)
+                error = AgentWorkerError(f"unable to complete run; {type(exc).__name__}: {exc}", code=50000)
                 log.exception("run_crashed")
                 await asyncio.shield(self._terminate(run, "error", error))
             finally:
