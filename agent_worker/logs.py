@@ -54,9 +54,10 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     # ably-python and aiohttp log through the stdlib; keep them quiet unless debugging.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=stream or sys.stderr)
+    if stream is None:
+        logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+        _state["configured"] = (fmt, level)
     logging.getLogger("ably").setLevel(max(numeric, logging.WARNING))
-    _state["configured"] = (fmt, level)
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

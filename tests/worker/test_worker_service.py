@@ -324,3 +324,40 @@ async def test_idle_sessions_are_released_and_come_back(
 
 async def _echo_last(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
     yield request.messages[-1].text  # type: ignore[union-attr]
+
+
+async def test_lifecycle_hooks_are_called(
+    ably_server: EmbeddedServer, make_client: Any, session_name: str
+) -> None:
+    """on_startup/on_shutdown get the worker, on_run_start/on_run_end each run (sync or async)."""
+    calls: list[str] = []
+
+    async def on_startup(worker: Any) -> None:
+        calls.append("startup")
+
+    def on_run_start(run: Any) -> None:
+        calls.append(f"start:{run.phase.value}")
+
+    async def on_run_end(run: Any) -> None:
+        calls.append(f"end:{run.outcome}")
+
+    def on_shutdown(worker: Any) -> None:
+        calls.append(f"shutdown:{worker.state}")
+
+    harness = await start_harness(
+        ably_server,
+        EchoProvider(),
+        worker_kwargs={
+            "on_startup": on_startup,
+            "on_run_start": on_run_start,
+            "on_run_end": on_run_end,
+            "on_shutdown": on_shutdown,
+        },
+    )
+    client: ChatClient = await make_client()
+    sent = await client.send_text("hooks")
+    await harness.invoke(session_name, sent.event_id)
+    await client.run_end_for(sent.codec_message_id)
+    await harness.worker.run_until_idle()
+    await harness.close()
+    assert calls == ["startup", "start:active", "end:complete", "shutdown:closed"]
