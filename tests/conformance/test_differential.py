@@ -246,8 +246,8 @@ async def test_folded_state_and_prompts_match_official_agent(
 
 
 # Known divergences (filed in /work/notes/runtime-bugs.md); strict, so a fix turns them red.
-_CHUNK_DIVERGENCES = {
-    "approval_approved": "R4: approved tool outputs are wrapped in start-step/finish-step",
+_CHUNK_DIVERGENCES: dict[str, str] = {
+    # R4 fixed by the runtime (approved tool outputs now precede the first step).
 }
 
 
