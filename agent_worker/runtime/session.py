@@ -42,6 +42,7 @@ __all__ = ["AgentSession", "CancelDecision", "CancelPolicy", "RunAlreadyActive"]
 log = get_logger("agent_worker.runtime.session")
 
 DEFERRED_CANCEL_LIMIT = 200
+_ORPHAN_LIMIT = 10_000
 CancelDecision = Literal["honoured", "refused", "buffered", "unmatched", "dropped"]
 
 
@@ -150,6 +151,8 @@ class AgentSession:
                 # The tree drops lifecycle for a run it has not seen yet (history arrives newest
                 # page first): keep it and re-apply once the run's node exists.
                 self._orphans[msg.serial] = msg
+                if len(self._orphans) > _ORPHAN_LIMIT:
+                    self._orphans.pop(next(iter(self._orphans)))
         event_id = msg.transport_headers.get(H_EVENT_ID)
         if event_id and event_id in self._waiting:
             for run in self._waiting.pop(event_id):

@@ -33,7 +33,6 @@ class SessionPresence:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self.sent: list[dict[str, str | None]] = []
 
     def start(self) -> None:
         if self._task is None:
@@ -72,7 +71,6 @@ class SessionPresence:
                     self._entered = True
                 else:
                     await self.channel.presence_update(state)
-                self.sent.append(state)
                 last = state
             except TransportError as exc:
                 log.warning("presence_update_failed", session=self.channel.name, error=exc.message)
