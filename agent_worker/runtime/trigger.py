@@ -15,6 +15,7 @@ from agent_worker.protocol.branch import TriggerInfo, resolve_anchors
 from agent_worker.protocol.headers import AI_INPUT, H_CODEC_MESSAGE_ID, KIND, has_ai_envelope
 from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.wire import InboundMessage
+from agent_worker.transport.ably import Undecodable
 
 __all__ = ["INPUT_KINDS", "Trigger", "payload_size"]
 
@@ -81,6 +82,11 @@ class Trigger:
         kind = codec.get(KIND)
         if kind not in INPUT_KINDS:
             text = f"the trigger ai-input has an unknown kind {kind!r}"
+            raise ProtocolError(text, code=40003)
+        if isinstance(msg.data, Undecodable):
+            text = (
+                f"the trigger ai-input data could not be decoded (encoding {msg.data.encoding or 'none'!r})"
+            )
             raise ProtocolError(text, code=40003)
         size = payload_size(msg)
         if size > max_bytes:

@@ -43,6 +43,7 @@ __all__ = [
     "AblyTransport",
     "Channel",
     "ChannelStateEvent",
+    "Undecodable",
     "map_ably_errors",
     "to_inbound",
 ]
@@ -175,6 +176,14 @@ def to_inbound(msg: Message) -> InboundMessage:
 
 def _sdk_message(msg: OutboundMessage, *, serial: str | None = None) -> Message:
     return Message(name=msg.name, data=msg.data, extras=msg.extras or None, serial=serial)
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """Message data the SDK could not decode (kept raw with its ``encoding``)."""
+
+    raw: Any
+    encoding: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,8 +328,7 @@ class Channel:
             items: list[InboundMessage] = []
             for raw in page.items:
                 if isinstance(raw, Mapping):
-                    with map_ably_errors(f"decode history of {self.name}"):
-                        items.append(to_inbound(Message.from_encoded(dict(raw))))
+                    items.append(self._decode_history_item(raw))
             yield items
             if not page.has_next():
                 return
@@ -330,6 +338,35 @@ class Channel:
                 return await current.next()
 
             page = await self._with_retries(following)
+
+    def _decode_history_item(self, raw: Mapping[str, Any]) -> InboundMessage:
+        """One history item; an undecodable payload (say ``encoding: json`` over garbled text) stays
+        in the page with :class:`Undecodable` data, so a trigger lookup still finds it and refuses it
+        with a reason instead of one bad message breaking the whole history read."""
+        try:
+            return to_inbound(Message.from_encoded(dict(raw)))
+        except Exception as exc:
+            log.warning(
+                "history_message_unreadable", channel=self.name, serial=raw.get("serial"), error=repr(exc)
+            )
+            version = raw.get("version")
+            action = raw.get("action")
+            extras = raw.get("extras")
+            return InboundMessage(
+                name=raw.get("name"),
+                data=Undecodable(raw.get("data"), str(raw.get("encoding") or "")),
+                extras=extras if isinstance(extras, Mapping) else None,
+                action=ACTION_BY_NUMBER.get(action, "message.create")
+                if isinstance(action, int)
+                else "message.create",
+                serial=raw.get("serial"),
+                version_serial=(version.get("serial") if isinstance(version, Mapping) else None)
+                or raw.get("serial"),
+                client_id=raw.get("clientId"),
+                connection_id=raw.get("connectionId"),
+                id=raw.get("id"),
+                timestamp=raw.get("timestamp"),
+            )
 
     async def _with_retries(self, fetch: Callable[[], Awaitable[Any]], retries: int = 3) -> Any:
         """One history page, retried 3 times (100 ms doubling) like the JS hydrator, then 104011."""

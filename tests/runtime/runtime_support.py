@@ -106,8 +106,8 @@ class ChatClient:
         await self.channel.publish([_sdk(m) for m in encode_user_message(message, headers)])
         return Sent(cmid, eid)
 
-    async def send_raw(self, name: str, data: Any, extras: dict[str, Any] | None) -> None:
-        await self.channel.publish(Message(name=name, data=data, extras=extras))
+    async def send_raw(self, name: str, data: Any, extras: dict[str, Any] | None, encoding: str = "") -> None:
+        await self.channel.publish(Message(name=name, data=data, extras=extras, encoding=encoding))
 
     async def regenerate(self, target: str, parent: str | None) -> Sent:
         cmid, eid = str(uuid.uuid4()), str(uuid.uuid4())

@@ -87,17 +87,24 @@ async def test_missing_trigger_ends_with_104010(
 async def test_malformed_triggers_end_with_clear_errors(
     make_worker: Any, make_client: Any, session_name: str
 ) -> None:
-    """Triggers with missing headers, an unknown kind, a non-input name, garbled tool-result data or
-    an oversized payload each end their run with an error naming the problem."""
+    """Triggers with missing headers, an unknown kind, a non-input name, a tool result that is not a
+    JSON object, an oversized payload or data the SDK cannot decode (garbled JSON) each end their
+    run with an error naming the problem."""
     harness: Harness = await make_worker(EchoProvider(), max_input_bytes=1000)
     client: ChatClient = await make_client()
-    cases: list[tuple[str, Any, dict[str, Any] | None, str]] = []
+    cases: list[tuple[str, Any, dict[str, Any] | None, str, str]] = []
 
     def add(
-        name: str, data: Any, transport: dict[str, str] | None, codec: dict[str, str] | None, why: str
+        name: str,
+        data: Any,
+        transport: dict[str, str] | None,
+        codec: dict[str, str] | None,
+        why: str,
+        *,
+        encoding: str = "",
     ) -> None:
         extras = None if transport is None else build_extras(transport, codec)
-        cases.append((name, data, extras, why))
+        cases.append((name, data, extras, why, encoding))
 
     e = [str(uuid.uuid4()) for _ in range(6)]
     add(
@@ -129,23 +136,31 @@ async def test_malformed_triggers_end_with_clear_errors(
         {"kind": "user-message", "partType": "text"},
         "limit",
     )
-    for name, data, extras, _ in cases:
-        await client.send_raw(name, data, extras)
+    add(
+        AI_INPUT,
+        '{"output": garbled',
+        {"event-id": e[5], "codec-message-id": "c5"},
+        {"kind": "tool-result", "toolCallId": "t"},
+        "could not be decoded",
+        encoding="json",
+    )
+    for name, data, extras, _, encoding in cases:
+        await client.send_raw(name, data, extras, encoding)
     with capture_logs() as logs:
         run_ids = []
-        for event_id in e[:5]:
+        for event_id in e:
             status, body = await harness.invoke(session_name, event_id)
             assert status == 200
             run_ids.append(body["runId"])
-        for run_id, (_, _, _, why) in zip(run_ids, cases, strict=True):
+        for run_id, (_, _, _, why, _) in zip(run_ids, cases, strict=True):
             ends = await client.wait_for(lambda rid=run_id: ends_for_run(client, rid))
             h = ends[0].transport_headers
             assert h["run-reason"] == "error", why
             assert why in h["error-message"], (why, h["error-message"])
             assert h["error-code"] in {"40003", "40009"}
         await harness.worker.run_until_idle()
-    assert len([x for x in logs if x["event"] == "run_refused"]) == 5
-    assert harness.worker.runs_failed == 5
+    assert len([x for x in logs if x["event"] == "run_refused"]) == 6
+    assert harness.worker.runs_failed == 6
 
 
 async def test_full_worker_answers_429_with_retry_after(
