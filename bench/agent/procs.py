@@ -55,6 +55,7 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
         use_binary_protocol=cfg.get("protocol", "msgpack") != "json",
         max_messages_per_second=float(cfg.get("max_messages_per_second", 45.0)),
         burst=int(cfg.get("burst", 10)),
+        connections=int(cfg.get("connections", 1)),
     )
     worker = Worker(
         transport=settings,

@@ -37,6 +37,7 @@ class Stream {
     this.client = client;
     this.channel = client.channels.get(name);
     this.latencies = [];
+    this.emitted = [];
     this.maxSeq = 0;
     this.tokens = 0;
     this.appends = 0;
@@ -82,6 +83,7 @@ class Stream {
         this.tokens += 1;
         if (us !== undefined) {
           this.latencies.push(t - Number(us));
+          this.emitted.push(Number(us));
           if (config.timeline) this.samples.push([n, Number(us), t]);
         }
         if (this.firstTokenUs === null) this.firstTokenUs = t;
@@ -166,7 +168,12 @@ async function streamsPhase(phase, { n, tokens, rate, timeoutMs = 120000 }) {
   await endAll(streams, timeoutMs, `${phase} runs to end`);
   const t1 = Math.max(...streams.map((s) => s.lastTokenUs ?? s.endUs));
   const cpu1 = await ctl({ op: 'cpu' });
+  // Steady state: tokens the model emitted once every stream had delivered its first token, i.e.
+  // after the burst of N simultaneous invocations (attach, history, run-start) is over.
+  const allStreaming = Math.max(...streams.map((s) => s.firstTokenUs ?? 0));
+  const steady = streams.flatMap((s) => s.latencies.filter((_, i) => s.emitted[i] >= allStreaming));
   const out = {
+    steadyLatenciesUs: steady,
     cpuSeconds: cpu1.seconds - cpu0.seconds,
     n,
     tokens,
@@ -186,6 +193,7 @@ async function streamsPhase(phase, { n, tokens, rate, timeoutMs = 120000 }) {
 async function throughputPhase({ n, tokens }) {
   const out = await streamsPhase('throughput', { n, tokens, rate: 0 });
   delete out.latenciesUs;
+  delete out.steadyLatenciesUs;
   return out;
 }
 
@@ -313,10 +321,11 @@ main(
     const p = config.phases;
     const out = {};
     if (p.warmup) out.warmup = await streamsPhase('warmup', p.warmup);
+    // memory first: later phases leave freed memory behind that held runs would simply reuse
+    if (p.memory) out.memory = await memoryPhase(p.memory);
     if (p.latency1) out.latency1 = await streamsPhase('latency1', p.latency1);
     if (p.latencyN) out.latencyN = await streamsPhase('latencyN', p.latencyN);
     if (p.throughput) out.throughput = await throughputPhase(p.throughput);
-    if (p.memory) out.memory = await memoryPhase(p.memory);
     if (p.cancel) out.cancel = await cancelPhase(p.cancel);
     if (p.history) out.history = await historyPhase(p.history);
     return out;
