@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
-__all__ = ["dump_json", "parse_json_object", "raise_missing_extra", "tool_output_text", "transport_errors"]
+from agent_worker.errors import ProviderConnectionError, ProviderError, ProviderHTTPError
+from agent_worker.providers.retries import parse_retry_after
+
+__all__ = [
+    "dump_json",
+    "map_sdk_errors",
+    "parse_json_object",
+    "raise_missing_extra",
+    "tool_output_text",
+    "transport_errors",
+]
 
 
 def transport_errors() -> tuple[type[BaseException], ...]:
@@ -23,6 +35,31 @@ def transport_errors() -> tuple[type[BaseException], ...]:
             continue
         errors.extend([module.RequestError, module.StreamError])
     return tuple(errors)
+
+
+@contextmanager
+def map_sdk_errors(sdk: Any, provider: str, status_of: Callable[[Any], int] | None = None) -> Iterator[None]:
+    """Translate the exceptions of a vendor SDK module (``openai``, ``anthropic``: generated from the
+    same template, so the same class names and fields) and raw transport failures into
+    :mod:`agent_worker.errors`. ``status_of(exc)`` lets an adapter correct an ``APIStatusError``'s
+    status (an error event inside a 200 stream)."""
+    try:
+        yield
+    except sdk.APIStatusError as exc:
+        status = status_of(exc) if status_of is not None else exc.status_code
+        msg = f"{provider}: HTTP {status}: {exc.message}"
+        raise ProviderHTTPError(
+            msg, http_status=status, body=exc.body, retry_after=parse_retry_after(exc.response.headers)
+        ) from exc
+    except sdk.APIConnectionError as exc:  # includes APITimeoutError
+        msg = f"{provider}: connection failed: {exc.message}"
+        raise ProviderConnectionError(msg) from exc
+    except sdk.APIError as exc:  # an error object inside an otherwise fine stream
+        msg = f"{provider}: {exc.message}"
+        raise ProviderError(msg) from exc
+    except transport_errors() as exc:
+        msg = f"{provider}: stream broke: {type(exc).__name__}: {exc}"
+        raise ProviderConnectionError(msg) from exc
 
 
 def dump_json(value: Any) -> str:

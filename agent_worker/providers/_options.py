@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any
 
 from agent_worker.errors import ConfigError
+from agent_worker.providers.retries import retry_config
 
-__all__ = ["Secret", "check_options", "secret_from_env"]
+__all__ = ["CLIENT_OPTIONS", "Secret", "check_options", "client_options", "secret_from_env"]
+
+# The options every SDK-backed adapter accepts (``model`` plus what :func:`client_options` reads).
+CLIENT_OPTIONS = frozenset({"model", "api_key_env", "base_url", "timeout", "retry"})
 
 
-def check_options(provider: str, options: Mapping[str, Any], allowed: set[str]) -> None:
+def check_options(provider: str, options: Mapping[str, Any], allowed: Set[str]) -> None:
     """Fail loudly on a misspelt option instead of silently ignoring it."""
     unknown = sorted(set(options) - allowed)
     if unknown:
@@ -54,3 +58,18 @@ def secret_from_env(provider: str, env_var: str, *, required: bool = True) -> Se
         )
         raise ConfigError(msg)
     return None
+
+
+def client_options(
+    provider: str, options: Mapping[str, Any], key_env: str | None, *, key_required: bool = False
+) -> dict[str, Any]:
+    """The constructor arguments every SDK-backed adapter takes: ``api_key`` (read from the variable
+    ``api_key_env`` names, default ``key_env``; none if that is empty unless ``key_required``),
+    ``base_url``, ``timeout`` and ``retry``."""
+    env = options.get("api_key_env", key_env)
+    return {
+        "api_key": secret_from_env(provider, str(env)) if env or key_required else None,
+        "base_url": options.get("base_url"),
+        "timeout": float(options.get("timeout", 120.0)),
+        "retry": retry_config(provider, options.get("retry")),
+    }

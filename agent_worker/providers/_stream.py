@@ -9,15 +9,27 @@ the task is cancelled, which is what stops the vendor from streaming into the vo
 
 from __future__ import annotations
 
+import abc
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    AsyncExitStack,
+    asynccontextmanager,
+)
 from types import TracebackType
+from typing import Any
+
+import structlog
 
 from agent_worker.providers._accumulator import AccumulatingStream
-from agent_worker.providers.base import StreamEvent, UsageUpdate
+from agent_worker.providers.base import ModelRequest, ResponseStream, StreamEvent, UsageUpdate
+from agent_worker.providers.guard import check_allow_provider_requests
 from agent_worker.providers.retries import RetryConfig, retry_open
 
-__all__ = ["EventSource", "ProviderStream", "prepend"]
+__all__ = ["EventSource", "ProviderStream", "SdkProvider", "prepend"]
+
+log = structlog.get_logger("agent_worker.providers")
 
 EventSource = Callable[[], AbstractAsyncContextManager[AsyncIterator[StreamEvent]]]
 
@@ -75,3 +87,55 @@ class ProviderStream:
     ) -> None:
         if self._stack is not None:
             await self._stack.aclose()
+
+
+class SdkProvider(abc.ABC):
+    """Plumbing shared by the adapters built on a vendor SDK client (``self.client``): open the call
+    under the request guard and the adapter's error mapping, stream its events, close the response,
+    and close the client on :meth:`aclose` if the adapter created it. The vendor parts are the
+    abstract methods."""
+
+    name: str
+    model: str
+    retry: RetryConfig | None
+    client: Any
+    _owns_client: bool
+
+    def stream(self, request: ModelRequest) -> AbstractAsyncContextManager[ResponseStream]:
+        return ProviderStream(lambda: self._source(request), provider=self.name, retry=self.retry)
+
+    async def aclose(self) -> None:
+        """Close the SDK client's connection pool (only a client this provider created)."""
+        if self._owns_client:
+            await self.client.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model!r}, base_url={str(self.client.base_url)!r})"
+
+    @asynccontextmanager
+    async def _source(self, request: ModelRequest) -> AsyncIterator[AsyncIterator[StreamEvent]]:
+        check_allow_provider_requests(str(self.client.base_url), self.name)
+        params = self._params(request)
+        with self._map_errors():
+            stream = await self._create(params)
+        log.debug("provider_stream_opened", provider=self.name, model=params["model"])
+        try:
+            yield self._events(stream)
+        finally:
+            await stream.close()
+
+    @abc.abstractmethod
+    def _map_errors(self) -> AbstractContextManager[None]:
+        """Vendor exceptions → :mod:`agent_worker.errors`."""
+
+    @abc.abstractmethod
+    def _params(self, request: ModelRequest) -> dict[str, Any]:
+        """The vendor call's keyword arguments (``model`` among them)."""
+
+    @abc.abstractmethod
+    async def _create(self, params: dict[str, Any]) -> Any:
+        """Open the vendor's streamed call; the result is async-iterable and has ``close()``."""
+
+    @abc.abstractmethod
+    def _events(self, stream: Any) -> AsyncIterator[StreamEvent]:
+        """Translate the vendor's stream into our events."""

@@ -12,13 +12,11 @@ Limitation: thinking blocks are streamed as reasoning but not sent back on later
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import structlog
-
-from agent_worker.errors import ProviderConnectionError, ProviderError, ProviderHTTPError
+from agent_worker.errors import ProviderConnectionError
 from agent_worker.protocol.model import (
     AssistantMessage,
     SystemMessage,
@@ -28,28 +26,24 @@ from agent_worker.protocol.model import (
     UserMessage,
 )
 from agent_worker.providers._accumulator import ToolCallAssembler
-from agent_worker.providers._common import parse_json_object, tool_output_text, transport_errors
-from agent_worker.providers._options import Secret, check_options, secret_from_env
-from agent_worker.providers._stream import ProviderStream
+from agent_worker.providers._common import map_sdk_errors, parse_json_object, tool_output_text
+from agent_worker.providers._options import CLIENT_OPTIONS, Secret, check_options, client_options
+from agent_worker.providers._stream import SdkProvider
 from agent_worker.providers.base import (
     Finished,
     FinishReason,
     ModelRequest,
     ReasoningDelta,
-    ResponseStream,
     StreamEvent,
     TextDelta,
     UsageUpdate,
 )
-from agent_worker.providers.guard import check_allow_provider_requests
-from agent_worker.providers.retries import RetryConfig, parse_retry_after, retry_config
+from agent_worker.providers.retries import RetryConfig
 
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
 
 __all__ = ["AnthropicProvider", "map_anthropic_errors", "to_anthropic_messages"]
-
-log = structlog.get_logger("agent_worker.providers")
 
 _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -80,30 +74,17 @@ def _error_type(body: object) -> str | None:
     return None
 
 
-@contextmanager
-def map_anthropic_errors(provider: str) -> Iterator[None]:
+def _status(exc: Any) -> int:
+    if exc.status_code < 400:  # an `error` event inside a 200 stream: use the status its type stands for
+        return _ERROR_TYPE_STATUS.get(_error_type(exc.body) or "", 500)
+    return int(exc.status_code)
+
+
+def map_anthropic_errors(provider: str) -> AbstractContextManager[None]:
     """Translate Anthropic SDK (and raw transport) exceptions into :mod:`agent_worker.errors`."""
     import anthropic  # noqa: PLC0415 - vendor SDKs load only with their adapter
 
-    try:
-        yield
-    except anthropic.APIStatusError as exc:
-        status = exc.status_code
-        if status < 400:  # an `error` event inside a 200 stream: use the status its type stands for
-            status = _ERROR_TYPE_STATUS.get(_error_type(exc.body) or "", 500)
-        msg = f"{provider}: HTTP {status}: {exc.message}"
-        raise ProviderHTTPError(
-            msg, http_status=status, body=exc.body, retry_after=parse_retry_after(exc.response.headers)
-        ) from exc
-    except anthropic.APIConnectionError as exc:
-        msg = f"{provider}: connection failed: {exc.message}"
-        raise ProviderConnectionError(msg) from exc
-    except anthropic.APIError as exc:
-        msg = f"{provider}: {exc.message}"
-        raise ProviderError(msg) from exc
-    except transport_errors() as exc:
-        msg = f"{provider}: stream broke: {type(exc).__name__}: {exc}"
-        raise ProviderConnectionError(msg) from exc
+    return map_sdk_errors(anthropic, provider, _status)
 
 
 def _file_block(url: str, media_type: str) -> dict[str, Any]:
@@ -174,17 +155,12 @@ def to_anthropic_messages(request: ModelRequest) -> tuple[str | None, list[dict[
     return ("\n\n".join(systems) or None), out
 
 
-class AnthropicProvider:
+class AnthropicProvider(SdkProvider):
     """Anthropic Messages API."""
 
     name = "anthropic"
     default_model: ClassVar[str] = "claude-sonnet-4-5"
-    _options: ClassVar[set[str]] = {
-        "model",
-        "api_key_env",
-        "base_url",
-        "timeout",
-        "retry",
+    _options: ClassVar[frozenset[str]] = CLIENT_OPTIONS | {
         "max_tokens",
         "temperature",
         "thinking_budget",
@@ -216,27 +192,19 @@ class AnthropicProvider:
             client = anthropic.AsyncAnthropic(api_key=key, base_url=base_url, timeout=timeout, max_retries=0)
         self.client: AsyncAnthropic = client
 
-    async def aclose(self) -> None:
-        """Close the SDK client's connection pool (only a client this provider created)."""
-        if self._owns_client:
-            await self.client.close()
-
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> AnthropicProvider:
         check_options(cls.name, options, cls._options)
         return cls(
             options.get("model"),
-            api_key=secret_from_env(cls.name, str(options.get("api_key_env", "ANTHROPIC_API_KEY"))),
-            base_url=options.get("base_url"),
-            timeout=float(options.get("timeout", 120.0)),
-            retry=retry_config(cls.name, options.get("retry")),
+            **client_options(cls.name, options, "ANTHROPIC_API_KEY", key_required=True),
             max_tokens=int(options.get("max_tokens", 4096)),
             temperature=options.get("temperature"),
             thinking_budget=options.get("thinking_budget"),
         )
 
-    def __repr__(self) -> str:
-        return f"AnthropicProvider(model={self.model!r}, base_url={str(self.client.base_url)!r})"
+    def _map_errors(self) -> AbstractContextManager[None]:
+        return map_anthropic_errors(self.name)
 
     def _params(self, request: ModelRequest) -> dict[str, Any]:
         system, messages = to_anthropic_messages(request)
@@ -260,26 +228,14 @@ class AnthropicProvider:
             params["thinking"] = {"type": "enabled", "budget_tokens": self.thinking_budget}
         return params
 
-    def stream(self, request: ModelRequest) -> AbstractAsyncContextManager[ResponseStream]:
-        return ProviderStream(lambda: self._source(request), provider=self.name, retry=self.retry)
-
-    @asynccontextmanager
-    async def _source(self, request: ModelRequest) -> AsyncIterator[AsyncIterator[StreamEvent]]:
-        check_allow_provider_requests(str(self.client.base_url), self.name)
-        params = self._params(request)
-        with map_anthropic_errors(self.name):
-            stream = await self.client.messages.create(**params)
-        log.debug("provider_stream_opened", provider=self.name, model=params["model"])
-        try:
-            yield self._events(stream)
-        finally:
-            await stream.close()
+    async def _create(self, params: dict[str, Any]) -> Any:
+        return await self.client.messages.create(**params)
 
     async def _events(self, stream: Any) -> AsyncIterator[StreamEvent]:
         calls = ToolCallAssembler()
         stop_reason: str | None = None
         stopped = False
-        with map_anthropic_errors(self.name):
+        with self._map_errors():
             async for event in stream:
                 kind = getattr(event, "type", None)
                 if kind == "message_start":

@@ -8,13 +8,11 @@ chunk → usage. The SDK's own retries are off (``max_retries=0``): :mod:`.retri
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import structlog
-
-from agent_worker.errors import ConfigError, ProviderConnectionError, ProviderError, ProviderHTTPError
+from agent_worker.errors import ConfigError, ProviderConnectionError
 from agent_worker.protocol.model import (
     AssistantMessage,
     ModelMessage,
@@ -25,28 +23,24 @@ from agent_worker.protocol.model import (
     UserMessage,
 )
 from agent_worker.providers._accumulator import ToolCallAssembler
-from agent_worker.providers._common import dump_json, tool_output_text, transport_errors
-from agent_worker.providers._options import Secret, check_options, secret_from_env
-from agent_worker.providers._stream import ProviderStream
+from agent_worker.providers._common import dump_json, map_sdk_errors, tool_output_text
+from agent_worker.providers._options import CLIENT_OPTIONS, Secret, check_options, client_options
+from agent_worker.providers._stream import SdkProvider
 from agent_worker.providers.base import (
     Finished,
     FinishReason,
     ModelRequest,
     ReasoningDelta,
-    ResponseStream,
     StreamEvent,
     TextDelta,
     UsageUpdate,
 )
-from agent_worker.providers.guard import check_allow_provider_requests
-from agent_worker.providers.retries import RetryConfig, parse_retry_after, retry_config
+from agent_worker.providers.retries import RetryConfig
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
 __all__ = ["OpenAIChatProvider", "OpenAICompatibleProvider", "map_openai_errors", "to_openai_messages"]
-
-log = structlog.get_logger("agent_worker.providers")
 
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
@@ -57,30 +51,11 @@ _FINISH: dict[str, FinishReason] = {
 }
 
 
-@contextmanager
-def map_openai_errors(provider: str) -> Iterator[None]:
+def map_openai_errors(provider: str) -> AbstractContextManager[None]:
     """Translate OpenAI SDK (and raw transport) exceptions into :mod:`agent_worker.errors`."""
     import openai  # noqa: PLC0415 - vendor SDKs load only with their adapter
 
-    try:
-        yield
-    except openai.APIStatusError as exc:
-        msg = f"{provider}: HTTP {exc.status_code}: {exc.message}"
-        raise ProviderHTTPError(
-            msg,
-            http_status=exc.status_code,
-            body=exc.body,
-            retry_after=parse_retry_after(exc.response.headers),
-        ) from exc
-    except openai.APIConnectionError as exc:  # includes APITimeoutError
-        msg = f"{provider}: connection failed: {exc.message}"
-        raise ProviderConnectionError(msg) from exc
-    except openai.APIError as exc:  # an error object inside an otherwise fine stream
-        msg = f"{provider}: {exc.message}"
-        raise ProviderError(msg) from exc
-    except transport_errors() as exc:
-        msg = f"{provider}: stream broke: {type(exc).__name__}: {exc}"
-        raise ProviderConnectionError(msg) from exc
+    return map_sdk_errors(openai, provider)
 
 
 def _user_content(message: UserMessage) -> str | list[dict[str, Any]]:
@@ -138,19 +113,14 @@ def to_openai_messages(request: ModelRequest) -> list[dict[str, Any]]:
     return out
 
 
-class OpenAIChatProvider:
+class OpenAIChatProvider(SdkProvider):
     """OpenAI Chat Completions (``name = "openai"``)."""
 
     name = "openai"
     default_model: ClassVar[str] = "gpt-4.1-mini"
     _max_tokens_param: ClassVar[str] = "max_completion_tokens"
     _default_key_env: ClassVar[str | None] = "OPENAI_API_KEY"
-    _options: ClassVar[set[str]] = {
-        "model",
-        "api_key_env",
-        "base_url",
-        "timeout",
-        "retry",
+    _options: ClassVar[frozenset[str]] = CLIENT_OPTIONS | {
         "include_usage",
         "parallel_tool_calls",
         "max_tokens",
@@ -193,11 +163,6 @@ class OpenAIChatProvider:
             )
         self.client: AsyncOpenAI = client
 
-    async def aclose(self) -> None:
-        """Close the SDK client's connection pool (only a client this provider created)."""
-        if self._owns_client:
-            await self.client.close()
-
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> OpenAIChatProvider:
         check_options(cls.name, options, cls._options)
@@ -205,12 +170,8 @@ class OpenAIChatProvider:
 
     @classmethod
     def _common_kwargs(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        env = options.get("api_key_env", cls._default_key_env)
         return dict(
-            api_key=secret_from_env(cls.name, str(env)) if env else None,
-            base_url=options.get("base_url"),
-            timeout=float(options.get("timeout", 120.0)),
-            retry=retry_config(cls.name, options.get("retry")),
+            **client_options(cls.name, options, cls._default_key_env),
             include_usage=bool(options.get("include_usage", True)),
             parallel_tool_calls=options.get("parallel_tool_calls"),
             max_tokens=options.get("max_tokens"),
@@ -218,8 +179,8 @@ class OpenAIChatProvider:
             extra_body=options.get("extra_body"),
         )
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(model={self.model!r}, base_url={str(self.client.base_url)!r})"
+    def _map_errors(self) -> AbstractContextManager[None]:
+        return map_openai_errors(self.name)
 
     def _params(self, request: ModelRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -243,6 +204,10 @@ class OpenAIChatProvider:
             ]
             if self.parallel_tool_calls is not None:
                 params["parallel_tool_calls"] = self.parallel_tool_calls
+        return self._add_limits(request, params)
+
+    def _add_limits(self, request: ModelRequest, params: dict[str, Any]) -> dict[str, Any]:
+        """Token limit, temperature and ``extra_body``: the same for Chat Completions and Responses."""
         max_tokens = request.max_tokens or self.max_tokens
         if max_tokens is not None:
             params[self._max_tokens_param] = max_tokens
@@ -253,21 +218,6 @@ class OpenAIChatProvider:
             params["extra_body"] = self.extra_body
         return params
 
-    def stream(self, request: ModelRequest) -> AbstractAsyncContextManager[ResponseStream]:
-        return ProviderStream(lambda: self._source(request), provider=self.name, retry=self.retry)
-
-    @asynccontextmanager
-    async def _source(self, request: ModelRequest) -> AsyncIterator[AsyncIterator[StreamEvent]]:
-        check_allow_provider_requests(str(self.client.base_url), self.name)
-        params = self._params(request)
-        with map_openai_errors(self.name):
-            stream = await self._create(params)
-        log.debug("provider_stream_opened", provider=self.name, model=params["model"])
-        try:
-            yield self._events(stream)
-        finally:
-            await stream.close()
-
     async def _create(self, params: dict[str, Any]) -> Any:
         return await self.client.chat.completions.create(**params)
 
@@ -275,7 +225,7 @@ class OpenAIChatProvider:
         calls = ToolCallAssembler()
         finish: FinishReason | None = None
         saw_calls = False
-        with map_openai_errors(self.name):
+        with self._map_errors():
             async for chunk in stream:
                 usage = getattr(chunk, "usage", None)
                 if usage is not None:

@@ -34,7 +34,7 @@ from agent_worker.providers.base import (
     TextDelta,
     UsageUpdate,
 )
-from agent_worker.providers.openai_chat import OpenAIChatProvider, map_openai_errors
+from agent_worker.providers.openai_chat import OpenAIChatProvider
 from agent_worker.providers.retries import RetryConfig
 
 if TYPE_CHECKING:
@@ -94,7 +94,8 @@ class OpenAIResponsesProvider(OpenAIChatProvider):
 
     name = "openai-responses"
     default_model = "gpt-5-mini"
-    _options: ClassVar[set[str]] = (OpenAIChatProvider._options - {"include_usage"}) | {
+    _max_tokens_param = "max_output_tokens"
+    _options: ClassVar[frozenset[str]] = (OpenAIChatProvider._options - {"include_usage"}) | {
         "reasoning_effort",
         "reasoning_summary",
     }
@@ -172,15 +173,7 @@ class OpenAIResponsesProvider(OpenAIChatProvider):
             reasoning["summary"] = self.reasoning_summary
         if reasoning:
             params["reasoning"] = reasoning
-        max_tokens = request.max_tokens or self.max_tokens
-        if max_tokens is not None:
-            params["max_output_tokens"] = max_tokens
-        temperature = request.temperature if request.temperature is not None else self.temperature
-        if temperature is not None:
-            params["temperature"] = temperature
-        if self.extra_body:
-            params["extra_body"] = self.extra_body
-        return params
+        return self._add_limits(request, params)
 
     async def _create(self, params: dict[str, Any]) -> Any:
         return await self.client.responses.create(**params)
@@ -189,7 +182,7 @@ class OpenAIResponsesProvider(OpenAIChatProvider):
         calls = ToolCallAssembler()
         finish: FinishReason | None = None
         saw_calls = False
-        with map_openai_errors(self.name):
+        with self._map_errors():
             async for event in stream:
                 kind = getattr(event, "type", None)
                 if kind == "response.output_text.delta":
