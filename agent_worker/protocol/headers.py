@@ -221,6 +221,11 @@ def has_ai_envelope(msg: InboundMessage) -> bool:
 # --- builders ---------------------------------------------------------------------------------------
 
 
+def _present(*pairs: tuple[str, str | None]) -> dict[str, str]:
+    """The pairs whose value is not None, in the given order (a builder's optional headers)."""
+    return {key: value for key, value in pairs if value is not None}
+
+
 def build_transport_headers(
     *,
     role: str,
@@ -244,34 +249,25 @@ def build_transport_headers(
     Like JS, ``parent``/``fork-of``/``msg-regenerate``/``supersedes``/``invocation-id``/``event-id``
     are omitted when empty; the others are stamped whenever not None (``""`` included).
     """
-    h: dict[str, str] = {H_ROLE: role, H_CODEC_MESSAGE_ID: codec_message_id}
-    if run_id is not None:
-        h[H_RUN_ID] = run_id
-    if run_client_id is not None:
-        h[H_RUN_CLIENT_ID] = run_client_id
-    if parent:
-        h[H_PARENT] = parent
-    if fork_of:
-        h[H_FORK_OF] = fork_of
-    if regenerates:
-        h[H_MSG_REGENERATE] = regenerates
-    if supersedes:
-        h[H_SUPERSEDES] = supersedes
-    if invocation_id:
-        h[H_INVOCATION_ID] = invocation_id
-    if input_client_id is not None:
-        h[H_INPUT_CLIENT_ID] = input_client_id
-    if input_codec_message_id is not None:
-        h[H_INPUT_CODEC_MESSAGE_ID] = input_codec_message_id
-    if event_id:
-        h[H_EVENT_ID] = event_id
-    if step_id is not None:
-        h[H_STEP_ID] = step_id
-    if step_start_serial is not None:
-        h[H_STEP_START_SERIAL] = step_start_serial
-    if step_client_id is not None:
-        h[H_STEP_CLIENT_ID] = step_client_id
-    return h
+    return {
+        H_ROLE: role,
+        H_CODEC_MESSAGE_ID: codec_message_id,
+        **_present(
+            (H_RUN_ID, run_id),
+            (H_RUN_CLIENT_ID, run_client_id),
+            (H_PARENT, parent or None),
+            (H_FORK_OF, fork_of or None),
+            (H_MSG_REGENERATE, regenerates or None),
+            (H_SUPERSEDES, supersedes or None),
+            (H_INVOCATION_ID, invocation_id or None),
+            (H_INPUT_CLIENT_ID, input_client_id),
+            (H_INPUT_CODEC_MESSAGE_ID, input_codec_message_id),
+            (H_EVENT_ID, event_id or None),
+            (H_STEP_ID, step_id),
+            (H_STEP_START_SERIAL, step_start_serial),
+            (H_STEP_CLIENT_ID, step_client_id),
+        ),
+    }
 
 
 def build_output_headers(
@@ -357,26 +353,21 @@ def build_lifecycle_headers(
     Pass ``parent``/``fork_of``/``regenerates`` only for a fresh run-start, ``reason`` (and the error
     pair) only for run-end.
     """
-    h: dict[str, str] = {H_RUN_ID: run_id, H_RUN_CLIENT_ID: run_client_id}
-    if reason is not None:
-        h[H_RUN_REASON] = reason
-    if parent is not None:
-        h[H_PARENT] = parent
-    if fork_of is not None:
-        h[H_FORK_OF] = fork_of
-    if regenerates is not None:
-        h[H_MSG_REGENERATE] = regenerates
-    if invocation_id is not None:
-        h[H_INVOCATION_ID] = invocation_id
-    if input_client_id is not None:
-        h[H_INPUT_CLIENT_ID] = input_client_id
-    if input_codec_message_id is not None:
-        h[H_INPUT_CODEC_MESSAGE_ID] = input_codec_message_id
-    if error_code is not None:
-        h[H_ERROR_CODE] = str(error_code)
-    if error_message is not None:
-        h[H_ERROR_MESSAGE] = error_message
-    return h
+    return {
+        H_RUN_ID: run_id,
+        H_RUN_CLIENT_ID: run_client_id,
+        **_present(
+            (H_RUN_REASON, reason),
+            (H_PARENT, parent),
+            (H_FORK_OF, fork_of),
+            (H_MSG_REGENERATE, regenerates),
+            (H_INVOCATION_ID, invocation_id),
+            (H_INPUT_CLIENT_ID, input_client_id),
+            (H_INPUT_CODEC_MESSAGE_ID, input_codec_message_id),
+            (H_ERROR_CODE, str(error_code) if error_code is not None else None),
+            (H_ERROR_MESSAGE, error_message),
+        ),
+    }
 
 
 def build_step_headers(
@@ -391,20 +382,18 @@ def build_step_headers(
     reason: StepEndReason | None = None,
 ) -> dict[str, str]:
     """``buildStepHeaders`` for ``ai-step-start`` (no serial, no reason) and ``ai-step-end`` (§3.4)."""
-    h: dict[str, str] = {H_RUN_ID: run_id, H_STEP_ID: step_id}
-    if step_start_serial is not None:
-        h[H_STEP_START_SERIAL] = step_start_serial
-    if invocation_id is not None:
-        h[H_INVOCATION_ID] = invocation_id
-    if run_client_id is not None:
-        h[H_RUN_CLIENT_ID] = run_client_id
-    if input_client_id is not None:
-        h[H_INPUT_CLIENT_ID] = input_client_id
-    if step_client_id is not None:
-        h[H_STEP_CLIENT_ID] = step_client_id
-    if reason is not None:
-        h[H_STEP_REASON] = reason
-    return h
+    return {
+        H_RUN_ID: run_id,
+        H_STEP_ID: step_id,
+        **_present(
+            (H_STEP_START_SERIAL, step_start_serial),
+            (H_INVOCATION_ID, invocation_id),
+            (H_RUN_CLIENT_ID, run_client_id),
+            (H_INPUT_CLIENT_ID, input_client_id),
+            (H_STEP_CLIENT_ID, step_client_id),
+            (H_STEP_REASON, reason),
+        ),
+    }
 
 
 def build_cancel_headers(
@@ -414,12 +403,10 @@ def build_cancel_headers(
     if run_id is None and input_codec_message_id is None:
         msg = "a cancel needs a run-id or an input-codec-message-id"
         raise ValueError(msg)
-    h: dict[str, str] = {H_EVENT_ID: event_id}
-    if run_id is not None:
-        h[H_RUN_ID] = run_id
-    if input_codec_message_id is not None:
-        h[H_INPUT_CODEC_MESSAGE_ID] = input_codec_message_id
-    return h
+    return {
+        H_EVENT_ID: event_id,
+        **_present((H_RUN_ID, run_id), (H_INPUT_CODEC_MESSAGE_ID, input_codec_message_id)),
+    }
 
 
 def build_extras(
