@@ -115,41 +115,61 @@ def resolve_anchors(tree: ConversationTree, trigger: TriggerInfo) -> Anchors:
     return Anchors(leaf=leaf, run_parent=run_parent)
 
 
+def _up(tree: ConversationTree, node: Node) -> tuple[str | None, Node | None]:
+    """The parent codec-message-id of ``node`` and the node it resolves to.
+
+    ``(None, None)``: a root. ``(cmid, None)``: an ancestor not folded yet — cmid is the parent, or the
+    run-id of a run whose ``ai-run-start`` (and so its parent) is still missing. A run's parent comes
+    from its run-start once folded: a continuation's outputs name the run's own message. A run's
+    outputs index its ``input-codec-message-id`` to the run itself until that input folds (tree.ts
+    ``_linkForkInput``), so a parent resolving back to ``node`` is missing, not a cycle.
+    """
+    cmid = node.parent
+    if isinstance(node, RunNode):
+        if tree.run_start_seen(node.run_id):
+            cmid = node.start_parent
+        elif cmid is None:
+            return node.run_id, None
+    if cmid is None:
+        return None, None
+    parent = tree.node_by_codec_message_id(cmid)
+    return cmid, (None if parent is node else parent)
+
+
 def _walk(tree: ConversationTree, anchor: str | None) -> list[Node]:
     if anchor is None:
         return []
     chain: list[Node] = []
     seen: set[str] = set()
     current = tree.node_by_codec_message_id(anchor)
-    while current is not None:
-        if current.key in seen:
-            break
+    while current is not None and current.key not in seen:
         seen.add(current.key)
         chain.insert(0, current)
-        if current.parent is None:
-            break
-        current = tree.node_by_codec_message_id(current.parent)
+        current = _up(tree, current)[1]
     return chain
 
 
 def missing_ancestor(tree: ConversationTree, anchor: str | None) -> str | None:
-    """The first codec-message-id on the walk up from ``anchor`` that is not in the tree yet.
+    """The first codec-message-id on the walk up from ``anchor`` that is not in the tree yet (or the
+    run-id of a run on the walk whose ``ai-run-start`` has not folded and whose parent is unknown).
 
     None once the walk reaches a root (or a cycle): page history until this is None or history ends.
     ``anchor`` itself counts — a trigger that has not folded yet is missing.
     """
     if anchor is None:
         return None
+    node = tree.node_by_codec_message_id(anchor)
+    if node is None:
+        return anchor
     seen: set[str] = set()
-    cmid: str | None = anchor
-    while cmid is not None:
-        node = tree.node_by_codec_message_id(cmid)
-        if node is None:
-            return cmid
-        if node.key in seen:
-            return None
+    while node.key not in seen:
         seen.add(node.key)
-        cmid = node.parent
+        cmid, parent = _up(tree, node)
+        if cmid is None:
+            return None
+        if parent is None:
+            return cmid
+        node = parent
     return None
 
 

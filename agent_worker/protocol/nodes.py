@@ -127,6 +127,9 @@ class RunNode:
     error: RunEndError | None = None
     end_serial: str | None = None
     last_resume_invocation_id: str | None = None
+    # ``parent`` of the folded ai-run-start: ``parent`` is taken from whichever wire created the node
+    # (a continuation's output names the run's own message), so the agent's branch walk trusts this.
+    start_parent: str | None = None
     steps: tuple[StepInfo, ...] = ()
     projection: VercelProjection = field(default_factory=VercelProjection)
     kind: Literal["run"] = "run"
@@ -155,6 +158,8 @@ class Internal:
     run_start_seen: bool = False
     optimistic: bool = False
     step_state: StepState | None = None
+    # A run's suspend/resume/end by serial, so a late older one refolds the status in serial order.
+    lifecycle: dict[str, RunLifecycle] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

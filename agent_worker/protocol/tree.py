@@ -13,6 +13,7 @@ refolds in serial order, which is the correct result).
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -69,6 +70,9 @@ __all__ = [
 class ConversationTree:
     """The folded conversation of one channel (session). Pure: feed it every message with :meth:`apply`."""
 
+    #: Lifecycle events held for runs not seen yet, at most (oldest runs evicted first).
+    EARLY_LIFECYCLE_LIMIT = 10_000
+
     def __init__(self, decoder: UIMessageDecoder | None = None) -> None:
         self.decoder = decoder if decoder is not None else UIMessageDecoder()
         self._nodes: dict[str, Internal] = {}
@@ -84,6 +88,9 @@ class ConversationTree:
         self._sibling_cache: dict[str, list[Node]] = {}
         self._sibling_cache_version = -1
         self._listeners: list[Callable[[InboundMessage, ApplyResult], None]] = []
+        # Lifecycle of runs with no node yet (run-id → serial → event), oldest run first.
+        self._early: OrderedDict[str, dict[str, RunLifecycle]] = OrderedDict()
+        self._early_count = 0
 
     # --- feeding -------------------------------------------------------------------------------
 
@@ -188,6 +195,11 @@ class ConversationTree:
     def version(self) -> int:
         """Structural version: changes whenever nodes, parents, ordering or the id index change."""
         return self._version
+
+    def run_start_seen(self, run_id: str) -> bool:
+        """Whether the run's ``ai-run-start`` (or the agent's optimistic local one) has folded."""
+        entry = self._nodes.get(run_id)
+        return entry is not None and isinstance(entry.node, RunNode) and entry.run_start_seen
 
     def is_superseded(self, run_id: str) -> bool:
         """Whether a client tool-result fork superseded that run."""
@@ -417,6 +429,8 @@ class ConversationTree:
         self._children.setdefault(parent, set()).add(key)
         self._insert_sorted(entry)
         self._version += 1
+        if isinstance(entry.node, RunNode):
+            self._adopt_early(entry)
 
     def _insert_sorted(self, entry: Internal) -> None:
         k = self._sort_key(entry)
@@ -451,35 +465,67 @@ class ConversationTree:
     # --- lifecycle -----------------------------------------------------------------------------
 
     def apply_run_lifecycle(self, ev: RunLifecycle) -> None:
-        """Apply a parsed run-lifecycle event; serial None = the agent's optimistic local run-start."""
-        match ev.type:
-            case "start":
-                self._run_start(ev)
-            case "suspend":
-                entry = self._nodes.get(ev.run_id)
-                if entry is None or not isinstance(entry.node, RunNode):
-                    return
-                last = entry.node.last_resume_invocation_id
-                if last is not None and ev.invocation_id not in ("", last):
-                    return  # a late suspend from an invocation older than the latest resume
-                entry.node.status = "suspended"
-                entry.node.end_serial = ev.serial
-            case "resume":
-                entry = self._nodes.get(ev.run_id)
-                if entry is None or not isinstance(entry.node, RunNode):
-                    return
-                if ev.invocation_id != "":
-                    entry.node.last_resume_invocation_id = ev.invocation_id
-                if entry.node.status == "suspended":
-                    entry.node.status = "active"
-            case "end":
-                entry = self._nodes.get(ev.run_id)
-                if entry is None or not isinstance(entry.node, RunNode):
-                    return
-                reason = ev.reason or "complete"
-                entry.node.status = reason
-                entry.node.error = ev.error if reason == "error" else None
-                entry.node.end_serial = ev.serial
+        """Apply a parsed run-lifecycle event; serial None = the agent's optimistic local run-start.
+
+        Unlike the JS tree, a suspend/resume/end for a run not seen yet is kept (history arrives newest
+        page first, so a run-end can fold before every other wire of its run) and applied when the node
+        appears; a node's lifecycle is refolded in serial order when an older event arrives late."""
+        if ev.type == "start":
+            self._run_start(ev)
+            return
+        entry = self._nodes.get(ev.run_id)
+        if entry is None:
+            if ev.serial is not None:
+                self._hold_early(ev)
+            return
+        if isinstance(entry.node, RunNode):
+            self._record_lifecycle(entry, ev)
+
+    def _hold_early(self, ev: RunLifecycle) -> None:
+        assert ev.serial is not None
+        held = self._early.get(ev.run_id)
+        if held is None:
+            held = self._early[ev.run_id] = {}
+        if ev.serial not in held:
+            held[ev.serial] = ev
+            self._early_count += 1
+        while self._early_count > self.EARLY_LIFECYCLE_LIMIT:
+            _, evicted = self._early.popitem(last=False)
+            self._early_count -= len(evicted)
+
+    def pending_lifecycle_count(self) -> int:
+        """How many lifecycle events wait for a run node that has not appeared yet."""
+        return self._early_count
+
+    def _adopt_early(self, entry: Internal) -> None:
+        """A run node appeared (or was re-keyed onto its run-id): apply its held lifecycle."""
+        held = self._early.pop(entry.node.key, None)
+        if held is None:
+            return
+        self._early_count -= len(held)
+        for serial in sorted(held):
+            self._record_lifecycle(entry, held[serial])
+
+    def _record_lifecycle(self, entry: Internal, ev: RunLifecycle) -> None:
+        node = entry.node
+        assert isinstance(node, RunNode)
+        if ev.serial is None:
+            _apply_status(node, ev)
+            return
+        if ev.serial in entry.lifecycle:
+            return  # a duplicate delivery
+        newest = max(entry.lifecycle, default=None)
+        entry.lifecycle[ev.serial] = ev
+        if newest is None or ev.serial > newest:
+            _apply_status(node, ev)
+            return
+        # An older event after newer ones (history pages, or a held event adopted mid-page): refold.
+        node.status = "active"
+        node.error = None
+        node.end_serial = None
+        node.last_resume_invocation_id = None
+        for serial in sorted(entry.lifecycle):
+            _apply_status(node, entry.lifecycle[serial])
 
     def _backfill(self, entry: Internal, ev: RunLifecycle) -> None:
         node = entry.node
@@ -499,6 +545,8 @@ class ConversationTree:
         if ev.serial and not node.start_serial:
             node.start_serial = ev.serial
             self._promote(entry)
+        if not entry.run_start_seen or ev.parent is not None:
+            node.start_parent = ev.parent
         entry.run_start_seen = True
 
     def _run_start(self, ev: RunLifecycle) -> None:
@@ -507,7 +555,11 @@ class ConversationTree:
             if not isinstance(existing.node, RunNode):
                 return
             self._link_fork_input(ev.input_codec_message_id, ev.run_id)
-            if existing.node.status == "suspended":
+            # Only a suspended run reactivates, and never on a start older than its recorded lifecycle
+            # (history folds newest page first, so the start of a suspended run often comes last).
+            newest = max(existing.lifecycle, default=None)
+            stale = ev.serial is not None and newest is not None and newest > ev.serial
+            if existing.node.status == "suspended" and not stale:
                 existing.node.status = "active"
             self._backfill(existing, ev)
             return
@@ -523,6 +575,7 @@ class ConversationTree:
             client_id=ev.client_id,
             invocation_id=ev.invocation_id,
             start_serial=ev.serial,
+            start_parent=ev.parent,
         )
         entry = self._wrap(node, run_start_seen=True)
         self._insert(ev.run_id, entry, node.parent)
@@ -556,6 +609,7 @@ class ConversationTree:
         for cmid, key in list(self._cmid_to_key.items()):
             if key == fork_cmid:
                 self._cmid_to_key[cmid] = run_id
+        self._adopt_early(entry)
         return entry
 
     def _link_fork_input(self, fork_cmid: str | None, run_id: str) -> None:
@@ -745,6 +799,29 @@ class ConversationTree:
                 continue
             emit(node, out)
         return out
+
+
+def _apply_status(node: RunNode, ev: RunLifecycle) -> None:
+    """One suspend/resume/end on a run's status (tree.ts ``_applyRunSuspend/Resume/End``)."""
+    match ev.type:
+        case "suspend":
+            last = node.last_resume_invocation_id
+            if last is not None and ev.invocation_id not in ("", last):
+                return  # a late suspend from an invocation older than the latest resume
+            node.status = "suspended"
+            node.end_serial = ev.serial
+        case "resume":
+            if ev.invocation_id != "":
+                node.last_resume_invocation_id = ev.invocation_id
+            if node.status == "suspended":
+                node.status = "active"
+        case "end":
+            reason = ev.reason or "complete"
+            node.status = reason
+            node.error = ev.error if reason == "error" else None
+            node.end_serial = ev.serial
+        case _:
+            pass
 
 
 def _parse_steer_stamp(stamp: str | None) -> tuple[str, ...] | None:

@@ -23,13 +23,13 @@ from typing import Any, Literal
 
 from agent_worker.errors import InputEventNotFound, ProtocolError
 from agent_worker.logs import get_logger
+from agent_worker.protocol.branch import missing_ancestor
 from agent_worker.protocol.headers import (
     AI_CANCEL,
     AI_INPUT,
     H_EVENT_ID,
     H_INPUT_CODEC_MESSAGE_ID,
     H_RUN_ID,
-    RUN_LIFECYCLE_NAMES,
 )
 from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.wire import InboundMessage
@@ -42,7 +42,6 @@ __all__ = ["AgentSession", "CancelDecision", "CancelPolicy", "RunAlreadyActive"]
 log = get_logger("agent_worker.runtime.session")
 
 DEFERRED_CANCEL_LIMIT = 200
-_ORPHAN_LIMIT = 10_000
 CancelDecision = Literal["honoured", "refused", "buffered", "unmatched", "dropped"]
 
 
@@ -96,7 +95,6 @@ class AgentSession:
         self._history_exhausted = False
         self._history_lock = asyncio.Lock()
         self._oldest_loaded: str | None = None
-        self._orphans: dict[str, InboundMessage] = {}
         self._connected = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.last_active = time.monotonic()
@@ -126,7 +124,6 @@ class AgentSession:
         # flight keep their prompt; a cancel published during the gap is lost (as in the JS SDK).
         log.warning("session_continuity_lost", session=self.name, state=change.current, reason=change.reason)
         self.tree = ConversationTree()
-        self._orphans.clear()
         self._history = None
         self._history_exhausted = False
         self._oldest_loaded = None
@@ -145,14 +142,6 @@ class AgentSession:
     def fold(self, msg: InboundMessage) -> None:
         """Fold one message (live or history) and wake whatever waits on it."""
         result = self.tree.apply(msg)
-        if msg.name in RUN_LIFECYCLE_NAMES and msg.serial:
-            run_id = msg.transport_headers.get(H_RUN_ID)
-            if run_id and self.tree.run(run_id) is None:
-                # The tree drops lifecycle for a run it has not seen yet (history arrives newest
-                # page first): keep it and re-apply once the run's node exists.
-                self._orphans[msg.serial] = msg
-                if len(self._orphans) > _ORPHAN_LIMIT:
-                    self._orphans.pop(next(iter(self._orphans)))
         event_id = msg.transport_headers.get(H_EVENT_ID)
         if event_id and event_id in self._waiting:
             for run in self._waiting.pop(event_id):
@@ -281,41 +270,15 @@ class AgentSession:
                 raise
             for msg in reversed(page):  # pages are newest-first; fold oldest-first
                 self.fold(msg)
-            self._adopt_orphans()
             if page:
                 self._oldest_loaded = page[-1].serial
             else:
                 self._history_exhausted = True
             return bool(page)
 
-    def _adopt_orphans(self) -> None:
-        """Re-apply, in serial order, lifecycle messages whose run node now exists."""
-        ready = sorted(
-            serial
-            for serial, msg in self._orphans.items()
-            if self.tree.run(msg.transport_headers.get(H_RUN_ID, "")) is not None
-        )
-        for serial in ready:
-            self.tree.apply(self._orphans.pop(serial))
-
     def missing_ancestor(self, anchor: str | None) -> str | None:
-        """The first ``parent`` on the walk up from ``anchor`` that the tree has not seen.
-
-        A run's ``input-codec-message-id`` is indexed to the run itself until the input folds (fork
-        re-keying), so a parent that resolves back to the node we came from counts as missing."""
-        seen: set[str] = set()
-        key = anchor
-        came_from: str | None = None
-        while key is not None:
-            node = self.tree.node_by_codec_message_id(key) or self.tree.node(key)
-            if node is None or node.key == came_from:
-                return key
-            if node.key in seen:
-                return None
-            seen.add(node.key)
-            came_from = node.key
-            key = node.parent
-        return None
+        """The first ancestor on the walk up from ``anchor`` that the tree has not seen yet."""
+        return missing_ancestor(self.tree, anchor)
 
     async def load_branch(self, anchor: str | None, *, max_pages: int = 10_000) -> None:
         """Page history until the branch from ``anchor`` reaches its root (or history runs out).

@@ -92,6 +92,18 @@ def summary(
     }
 
 
+def statuses(summary: dict[str, Any]) -> dict[str, Any]:
+    return {r: None if n is None else (n["status"], n["error"]) for r, n in summary["runs"].items()}
+
+
+def without_status(summary: dict[str, Any]) -> dict[str, Any]:
+    runs = {
+        r: None if n is None else {k: v for k, v in n.items() if k not in ("status", "error")}
+        for r, n in summary["runs"].items()
+    }
+    return {**summary, "runs": runs}
+
+
 def check_against_js(
     c: Convo,
     *,
@@ -100,7 +112,8 @@ def check_against_js(
     cmids: list[str] = (),  # type: ignore[assignment]
     history_equals_live: bool = True,
 ) -> dict[str, Any]:
-    """Python tree == JS ClientSession for live delivery and for 3-message history pages."""
+    """Python tree == JS ClientSession for live delivery and for 3-message history pages (run statuses
+    of the history fold: == the live fold's, where JS may lose a lifecycle event)."""
     query = {"runIds": list(run_ids), "eventIds": list(event_ids), "codecMessageIds": list(cmids)}
     py_live = summary(
         live_view(c.ch.live), run_ids=list(run_ids), event_ids=list(event_ids), cmids=list(cmids)
@@ -111,7 +124,14 @@ def check_against_js(
         history_view(c.ch.history(), 3), run_ids=list(run_ids), event_ids=list(event_ids), cmids=list(cmids)
     )
     js_hist = c.js_view(live=False, history=True, page_size=3, **query)
-    assert py_hist == {k: js_hist[k] for k in py_hist}
+    # The JS tree drops a run's suspend/resume/end that folds before any other wire of the run (a page
+    # boundary just before a run-end); ours holds it until the run appears. So the statuses of a history
+    # fold equal the in-order fold's; everything else equals JS's history fold exactly.
+    assert without_status(py_hist) == without_status({k: js_hist[k] for k in py_hist})
+    assert statuses(py_hist) == statuses(js_live)
+    for rid, (js_status, _) in statuses(js_hist).items():
+        if js_status != statuses(js_live)[rid][0]:
+            assert js_status == "active", rid  # the only way the JS drop shows: a run stuck active
     # Small pages are not always identical to live, in JS as here: a stream decoded before its run's
     # discrete start-step gets a synthesised start-step, and a continuation/fork run first seen through
     # an output (parent = its own message) stays hidden. One history page folds like live.
