@@ -27,7 +27,36 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
-class EmbeddedServer:
+class TokenMint:
+    """Test-side JWTs signed with ``self._keyring``'s default key; shared by :class:`EmbeddedServer`
+    and :class:`~agent_worker.server.testing.RemoteServer`."""
+
+    _keyring: KeyRing
+
+    def mint_token(
+        self,
+        client_id: str | None = None,
+        capability: dict[str, list[str]] | str | None = None,
+        ttl_s: float = 3600,
+    ) -> str:
+        """An HS256 JWT signed with the default key (``capability`` defaults to everything)."""
+        return str(self.token_details(client_id, capability, ttl_s)["token"])
+
+    def token_details(
+        self,
+        client_id: str | None = None,
+        capability: dict[str, list[str]] | str | None = None,
+        ttl_s: float = 3600,
+    ) -> dict[str, Any]:
+        """Like :meth:`mint_token` but as an Ably TokenDetails dict."""
+        cap = Capability.parse(capability) if capability is not None else None
+        token, claims = self._keyring.mint(
+            client_id=client_id, capability=cap, ttl_ms=int(ttl_s * 1000), now_ms=Hub.now_ms()
+        )
+        return token_details(token, claims)
+
+
+class EmbeddedServer(TokenMint):
     """Start with ``await server.start()`` (or ``async with``); ``server.endpoint`` is ``host:port``."""
 
     def __init__(self, config: ServerConfig | None = None) -> None:
@@ -152,29 +181,3 @@ class EmbeddedServer:
         n = self._gateway.drop(client_id, continuity=resume)
         log.info("connections_dropped", count=n, client_id=client_id, resume=resume)
         return n
-
-    def mint_token(
-        self,
-        client_id: str | None = None,
-        capability: dict[str, list[str]] | str | None = None,
-        ttl_s: float = 3600,
-    ) -> str:
-        """An HS256 JWT signed with the default key (``capability`` defaults to everything)."""
-        cap = Capability.parse(capability) if capability is not None else None
-        token, _ = self._keyring.mint(
-            client_id=client_id, capability=cap, ttl_ms=int(ttl_s * 1000), now_ms=Hub.now_ms()
-        )
-        return token
-
-    def token_details(
-        self,
-        client_id: str | None = None,
-        capability: dict[str, list[str]] | str | None = None,
-        ttl_s: float = 3600,
-    ) -> dict[str, Any]:
-        """Like :meth:`mint_token` but as an Ably TokenDetails dict."""
-        cap = Capability.parse(capability) if capability is not None else None
-        token, claims = self._keyring.mint(
-            client_id=client_id, capability=cap, ttl_ms=int(ttl_s * 1000), now_ms=Hub.now_ms()
-        )
-        return token_details(token, claims)

@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import secrets
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
@@ -302,7 +302,9 @@ class RealtimeConnection:
         except (TypeError, ValueError):
             return b""
 
-    def _on_message(self, frame: dict[str, Any]) -> None:
+    def _acked(self, frame: dict[str, Any], handle: Callable[[int], list[dict[str, Any]]]) -> None:
+        """Run a ``msgSerial``-acknowledged request (MESSAGE, PRESENCE): NACK a refusal, ACK (and
+        remember) ``handle``'s result, and ACK a retransmit again without handling it twice."""
         serial = self._msg_serial(frame)
         digest = self._digest(frame)
         seen = self._processed.get(serial)
@@ -311,15 +313,33 @@ class RealtimeConnection:
             self._ack(serial, seen[1])
             return
         try:
+            res = handle(serial)
+        except AgentWorkerError as exc:
+            self._nack(serial, exc)
+            return
+        self._remember(serial, digest, res)
+        self._ack(serial, res)
+
+    @staticmethod
+    def _non_empty(frame: dict[str, Any], key: str, action: str) -> list[Any]:
+        raw = frame.get(key)
+        if not isinstance(raw, list) or not raw:
+            msg = f"{action} must carry a non-empty {key} array"
+            raise ProtocolError(msg, code=40000)
+        return raw
+
+    def _payloads(self, raw: list[Any]) -> list[dict[str, Any]]:
+        """Canonical payloads, charged against the per-connection publish rate."""
+        items = [inbound_payload(m, self.fmt) for m in raw]
+        if self.hub.config.enforce_rate_limits and not self._limiter.take(len(items)):
+            msg = f"max per-connection publish rate ({self.hub.config.rate_limit_per_s}/s) exceeded"
+            raise AgentWorkerError(msg, code=42911, status_code=429)
+        return items
+
+    def _on_message(self, frame: dict[str, Any]) -> None:
+        def publish(serial: int) -> list[dict[str, Any]]:
             channel = check_channel_name(frame.get("channel"))
-            raw = frame.get("messages")
-            if not isinstance(raw, list) or not raw:
-                msg = "MESSAGE must carry a non-empty messages array"
-                raise ProtocolError(msg, code=40000)
-            items = [inbound_payload(m, self.fmt) for m in raw]
-            if self.hub.config.enforce_rate_limits and not self._limiter.take(len(items)):
-                msg = f"max per-connection publish rate ({self.hub.config.rate_limit_per_s}/s) exceeded"
-                raise AgentWorkerError(msg, code=42911, status_code=429)
+            items = self._payloads(self._non_empty(frame, "messages", "MESSAGE"))
             published = self.hub.publish(
                 channel,
                 items,
@@ -328,40 +348,22 @@ class RealtimeConnection:
                 proto_id=f"{self.id}:{serial}",
                 id_base=f"{self.id}:{serial}",
             )
-        except AgentWorkerError as exc:
-            self._nack(serial, exc)
-            return
-        res = [{"serials": published.serials}]
-        self._remember(serial, digest, res)
-        self._ack(serial, res)
+            return [{"serials": published.serials}]
+
+        self._acked(frame, publish)
 
     def _on_presence(self, frame: dict[str, Any]) -> None:
-        serial = self._msg_serial(frame)
-        digest = self._digest(frame)
-        seen = self._processed.get(serial)
-        if seen is not None and seen[0] == digest:
-            self._ack(serial, seen[1])
-            return
-        try:
+        def update(serial: int) -> list[dict[str, Any]]:
             channel = check_channel_name(frame.get("channel"))
-            raw = frame.get("presence")
-            if not isinstance(raw, list) or not raw:
-                msg = "PRESENCE must carry a non-empty presence array"
-                raise ProtocolError(msg, code=40000)
+            raw = self._non_empty(frame, "presence", "PRESENCE")
             if channel not in self.attachments:
                 msg = "unable to enter presence channel (invalid channel state)"
                 raise ProtocolError(msg, code=91001)
-            items = [inbound_payload(p, self.fmt) for p in raw]
-            if self.hub.config.enforce_rate_limits and not self._limiter.take(len(items)):
-                msg = f"max per-connection publish rate ({self.hub.config.rate_limit_per_s}/s) exceeded"
-                raise AgentWorkerError(msg, code=42911, status_code=429)
+            items = self._payloads(raw)
             self.hub.presence_update(channel, items, self.principal, connection_id=self.id, msg_serial=serial)
-        except AgentWorkerError as exc:
-            self._nack(serial, exc)
-            return
-        res: list[dict[str, Any]] = [{"serials": []}]
-        self._remember(serial, digest, res)
-        self._ack(serial, res)
+            return [{"serials": []}]
+
+        self._acked(frame, update)
 
     def _on_attach(self, frame: dict[str, Any]) -> None:
         name = frame.get("channel")

@@ -14,14 +14,13 @@ from typing import Any
 from ably import AblyRealtime, AblyRest
 from ably.types.tokendetails import TokenDetails
 
-from agent_worker.server.app import EmbeddedServer
-from agent_worker.server.auth import ApiKey, Capability, KeyRing, token_details
-from agent_worker.server.hub import Hub
+from agent_worker.server.app import EmbeddedServer, TokenMint
+from agent_worker.server.auth import ApiKey, KeyRing
 
 __all__ = ["RemoteServer", "python_realtime", "python_rest", "sdk_endpoint", "sdk_token_details"]
 
 
-class RemoteServer:
+class RemoteServer(TokenMint):
     """A server running elsewhere (e.g. ``agent-worker server``), known by endpoint and key.
 
     Offers what the helpers below need from an :class:`EmbeddedServer`: ``host``, ``port``,
@@ -35,26 +34,6 @@ class RemoteServer:
 
     def __repr__(self) -> str:
         return f"RemoteServer(endpoint={self.endpoint!r})"
-
-    def mint_token(
-        self,
-        client_id: str | None = None,
-        capability: dict[str, list[str]] | str | None = None,
-        ttl_s: float = 3600,
-    ) -> str:
-        return str(self.token_details(client_id, capability, ttl_s)["token"])
-
-    def token_details(
-        self,
-        client_id: str | None = None,
-        capability: dict[str, list[str]] | str | None = None,
-        ttl_s: float = 3600,
-    ) -> dict[str, Any]:
-        cap = Capability.parse(capability) if capability is not None else None
-        token, claims = self._keyring.mint(
-            client_id=client_id, capability=cap, ttl_ms=int(ttl_s * 1000), now_ms=Hub.now_ms()
-        )
-        return token_details(token, claims)
 
 
 Target = EmbeddedServer | RemoteServer
@@ -86,21 +65,30 @@ def sdk_token_details(
     )
 
 
-def _auth_opts(
+def _sdk_options(
     server: Target,
     client_id: str | None,
     token: str | None,
+    *,
     capability: dict[str, list[str]] | None,
     ttl_s: float,
+    opts: dict[str, Any],
 ) -> dict[str, Any]:
+    """Client options shared by realtime and REST: endpoint, token auth, clientId, then ``opts``."""
+    options: dict[str, Any] = {"endpoint": sdk_endpoint(server), "tls": False}
     if token is not None:
-        return {"token": token}
+        options["token"] = token
+    else:
 
-    async def auth_callback(_params: Any) -> TokenDetails:
-        # A fresh JWT on every (re-)auth, so renewal works as against Ably.
-        return sdk_token_details(server, client_id, capability, ttl_s)
+        async def auth_callback(_params: Any) -> TokenDetails:
+            # A fresh JWT on every (re-)auth, so renewal works as against Ably.
+            return sdk_token_details(server, client_id, capability, ttl_s)
 
-    return {"auth_callback": auth_callback}
+        options["auth_callback"] = auth_callback
+    if client_id is not None:
+        options["client_id"] = client_id
+    options.update(opts)
+    return options
 
 
 def python_realtime(
@@ -117,12 +105,9 @@ def python_realtime(
     With ``token`` the client uses that fixed JWT (it cannot renew); otherwise an ``auth_callback``
     mints a JWT for ``client_id`` / ``capability`` on each auth. Extra ``opts`` go to the SDK.
     """
-    options: dict[str, Any] = {"endpoint": sdk_endpoint(server), "tls": False}
-    options.update(_auth_opts(server, client_id, token, capability, ttl_s))
-    if client_id is not None:
-        options["client_id"] = client_id
-    options.update(opts)
-    return AblyRealtime(**options)
+    return AblyRealtime(
+        **_sdk_options(server, client_id, token, capability=capability, ttl_s=ttl_s, opts=opts)
+    )
 
 
 def python_rest(
@@ -135,9 +120,4 @@ def python_rest(
     **opts: Any,
 ) -> AblyRest:
     """An ``AblyRest`` for ``server`` with token auth (see :func:`python_realtime`)."""
-    options: dict[str, Any] = {"endpoint": sdk_endpoint(server), "tls": False}
-    options.update(_auth_opts(server, client_id, token, capability, ttl_s))
-    if client_id is not None:
-        options["client_id"] = client_id
-    options.update(opts)
-    return AblyRest(**options)
+    return AblyRest(**_sdk_options(server, client_id, token, capability=capability, ttl_s=ttl_s, opts=opts))
