@@ -115,22 +115,26 @@ def resolve_anchors(tree: ConversationTree, trigger: TriggerInfo) -> Anchors:
     return Anchors(leaf=leaf, run_parent=run_parent)
 
 
+def _structural_parent(tree: ConversationTree, node: Node) -> str | None:
+    """A node's parent; for a run, the one its ``ai-run-start`` named once that has folded (the run
+    node may have been created from a continuation's output, whose ``parent`` is the run's own message)."""
+    if isinstance(node, RunNode) and tree.run_start_seen(node.run_id):
+        return node.start_parent
+    return node.parent
+
+
 def _up(tree: ConversationTree, node: Node) -> tuple[str | None, Node | None]:
     """The parent codec-message-id of ``node`` and the node it resolves to.
 
     ``(None, None)``: a root. ``(cmid, None)``: an ancestor not folded yet — cmid is the parent, or the
-    run-id of a run whose ``ai-run-start`` (and so its parent) is still missing. A run's parent comes
-    from its run-start once folded: a continuation's outputs name the run's own message. A run's
+    run-id of a run known only from its step lifecycle (no parent until its run-start folds). A run's
     outputs index its ``input-codec-message-id`` to the run itself until that input folds (tree.ts
     ``_linkForkInput``), so a parent resolving back to ``node`` is missing, not a cycle.
     """
-    cmid = node.parent
-    if isinstance(node, RunNode):
-        if tree.run_start_seen(node.run_id):
-            cmid = node.start_parent
-        elif cmid is None:
-            return node.run_id, None
+    cmid = _structural_parent(tree, node)
     if cmid is None:
+        if isinstance(node, RunNode) and not tree.run_start_seen(node.run_id):
+            return node.run_id, None
         return None, None
     parent = tree.node_by_codec_message_id(cmid)
     return cmid, (None if parent is node else parent)
@@ -193,8 +197,9 @@ def select_branch(tree: ConversationTree, anchor: str | None, run_id: str) -> li
             and node.run_id not in (run_id, leaf_run_id)
             and node.status != "complete"
         ):
-            if node.parent is not None:
-                dropped_inputs.add(node.parent)
+            parent = _structural_parent(tree, node)
+            if parent is not None:
+                dropped_inputs.add(parent)
             continue
         kept.append(node)
     return [n for n in kept if not (n.kind == "input" and n.key in dropped_inputs)]

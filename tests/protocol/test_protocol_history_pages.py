@@ -291,3 +291,18 @@ class TestBranchWalkOverPartialHistory:
             ("assistant", "removed one"),
             ("assistant", ""),
         ]
+
+    @pytest.mark.parametrize("page_size", range(1, APPROVED_TWICE_LEN + 6))
+    def test_cancelled_continuation_drops_the_input_it_answered(self, page_size: int) -> None:
+        """A run cancelled in its second invocation leaves the next prompt together with its user input,
+        even when the run node was first created from that invocation's output (parent = A1)."""
+        c = approved_twice()
+        r3 = c.run("R1", input_cmid="A2", leaf="A2", invocation_id="I-3").start(
+            run_parent=None, continuation=True
+        )
+        r3.end("cancelled")
+        c.user("U2", "never mind", parent="A2")
+        c.run("R2", input_cmid="U2", leaf="U2").start(run_parent="U2")
+        tree, _ = cold_fold(c.ch.history(), page_size, "E-U2")
+        assert tree.run("R1").status == "cancelled"  # type: ignore[union-attr]
+        assert prompt(tree, "E-U2", "R2") == [("user", "never mind")]
