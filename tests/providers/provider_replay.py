@@ -5,7 +5,7 @@ Each request pops the next scripted :class:`Reply`: either a plain response (a 4
 ``Retry-After``, a 500, ...) or an SSE body taken from ``tests/fixtures/*.sse`` exactly as the
 vendor sends it, written event by event (optionally slowly, optionally breaking the connection
 mid-stream). The server records every request and counts the events it managed to write, and
-notices when the client hangs up.
+notices when the client hangs up. The helpers at the end build tracked adapters and drain streams.
 """
 
 from __future__ import annotations
@@ -15,11 +15,23 @@ import json
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
+from agent_worker.providers import (
+    ModelProvider,
+    ModelRequest,
+    ModelResponse,
+    StreamEvent,
+    TextDelta,
+    build_provider,
+)
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FAST_RETRY = {"attempts": 3, "initial_wait": 0.01, "max_wait": 2.0, "jitter": 0.0}
+
+P = TypeVar("P")
 
 
 def load_events(name: str) -> list[str]:
@@ -134,3 +146,25 @@ class ReplayServer:
                 await asyncio.sleep(reply.delay)
         await resp.write_eof()
         return resp
+
+
+def tracked_provider(replay: ReplayServer, kind: type[P], name: str, options: dict[str, Any]) -> P:
+    """``build_provider(name, options)``, checked to be a ``kind`` and closed with the replay server."""
+    p = build_provider(name, options)
+    assert isinstance(p, kind)
+    return replay.track(p)  # type: ignore[no-any-return]
+
+
+async def collect(p: ModelProvider, request: ModelRequest) -> tuple[list[StreamEvent], ModelResponse]:
+    """Every event of one stream, and the response it assembles."""
+    async with p.stream(request) as stream:
+        events = [e async for e in stream]
+    return events, stream.get()
+
+
+async def stream_texts(p: ModelProvider, request: ModelRequest, into: list[str]) -> None:
+    """Append each text delta to ``into`` as it arrives (so a test sees them when the stream breaks)."""
+    async with p.stream(request) as stream:
+        async for event in stream:
+            if isinstance(event, TextDelta):
+                into.append(event.text)

@@ -6,7 +6,7 @@ import asyncio
 import json
 
 import pytest
-from provider_replay import ReplayServer
+from provider_replay import FAST_RETRY, ReplayServer, collect, stream_texts, tracked_provider
 
 from agent_worker.errors import ProviderConnectionError, ProviderHTTPError
 from agent_worker.protocol.model import (
@@ -21,20 +21,15 @@ from agent_worker.protocol.model import (
 from agent_worker.providers import (
     Finished,
     ModelRequest,
-    ModelResponse,
     ReasoningDelta,
-    StreamEvent,
     TextDelta,
     ToolCallDelta,
     ToolCallEnd,
     ToolCallStart,
     ToolDefinition,
     UsageUpdate,
-    build_provider,
 )
 from agent_worker.providers.anthropic import AnthropicProvider
-
-FAST_RETRY = {"attempts": 3, "initial_wait": 0.01, "max_wait": 2.0, "jitter": 0.0}
 
 
 def hello() -> ModelRequest:
@@ -42,15 +37,8 @@ def hello() -> ModelRequest:
 
 
 def provider(replay: ReplayServer, **options: object) -> AnthropicProvider:
-    p = build_provider("anthropic", {"base_url": replay.base_url, "retry": FAST_RETRY, **options})
-    assert isinstance(p, AnthropicProvider)
-    return replay.track(p)  # type: ignore[no-any-return]
-
-
-async def collect(p: AnthropicProvider, request: ModelRequest) -> tuple[list[StreamEvent], ModelResponse]:
-    async with p.stream(request) as stream:
-        events = [e async for e in stream]
-    return events, stream.get()
+    options = {"base_url": replay.base_url, "retry": FAST_RETRY, **options}
+    return tracked_provider(replay, AnthropicProvider, "anthropic", options)
 
 
 class TestStreaming:
@@ -178,10 +166,7 @@ class TestErrors:
         replay.sse("anthropic_text.sse", break_after=5)
         got: list[str] = []
         with pytest.raises(ProviderConnectionError):
-            async with provider(replay).stream(hello()) as stream:
-                async for event in stream:
-                    if isinstance(event, TextDelta):
-                        got.append(event.text)
+            await stream_texts(provider(replay), hello(), got)
         assert got == ["Hello", "! How"]
         assert len(replay.requests) == 1
 

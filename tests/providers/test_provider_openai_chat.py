@@ -7,7 +7,7 @@ import json
 import socket
 
 import pytest
-from provider_replay import ReplayServer
+from provider_replay import FAST_RETRY, ReplayServer, collect, tracked_provider
 from structlog.testing import capture_logs
 
 from agent_worker.errors import ConfigError, ProviderConnectionError, ProviderHTTPError
@@ -35,23 +35,14 @@ from agent_worker.providers import (
 )
 from agent_worker.providers.openai_chat import OpenAIChatProvider
 
-FAST_RETRY = {"attempts": 3, "initial_wait": 0.01, "max_wait": 2.0, "jitter": 0.0}
-
 
 def hello() -> ModelRequest:
     return ModelRequest(messages=[UserMessage((TextPart("Hi"),))], system="Be brief.")
 
 
 def provider(replay: ReplayServer, name: str = "openai", **options: object) -> OpenAIChatProvider:
-    p = build_provider(name, {"base_url": f"{replay.base_url}/v1", "retry": FAST_RETRY, **options})
-    assert isinstance(p, OpenAIChatProvider)
-    return replay.track(p)  # type: ignore[no-any-return]
-
-
-async def collect(p: OpenAIChatProvider, request: ModelRequest) -> tuple[list[StreamEvent], object]:
-    async with p.stream(request) as stream:
-        events = [e async for e in stream]
-    return events, stream.get()
+    options = {"base_url": f"{replay.base_url}/v1", "retry": FAST_RETRY, **options}
+    return tracked_provider(replay, OpenAIChatProvider, name, options)
 
 
 class TestStreaming:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from provider_replay import ReplayServer
+from provider_replay import ReplayServer, collect, stream_texts, tracked_provider
 from structlog.testing import capture_logs
 
 from agent_worker.errors import ProviderConnectionError, ProviderError, ProviderHTTPError
@@ -20,15 +20,12 @@ from agent_worker.protocol.model import (
 from agent_worker.providers import (
     Finished,
     ModelRequest,
-    ModelResponse,
     ReasoningDelta,
-    StreamEvent,
     TextDelta,
     ToolCallEnd,
     ToolCallStart,
     ToolDefinition,
     UsageUpdate,
-    build_provider,
 )
 from agent_worker.providers.openai_responses import OpenAIResponsesProvider
 
@@ -42,17 +39,7 @@ def provider(replay: ReplayServer, **options: object) -> OpenAIResponsesProvider
         "base_url": f"{replay.base_url}/v1",
         "retry": {"attempts": 2, "initial_wait": 0.01, "jitter": 0.0},
     }
-    p = build_provider("openai-responses", {**opts, **options})
-    assert isinstance(p, OpenAIResponsesProvider)
-    return replay.track(p)  # type: ignore[no-any-return]
-
-
-async def collect(
-    p: OpenAIResponsesProvider, request: ModelRequest
-) -> tuple[list[StreamEvent], ModelResponse]:
-    async with p.stream(request) as stream:
-        events = [e async for e in stream]
-    return events, stream.get()
+    return tracked_provider(replay, OpenAIResponsesProvider, "openai-responses", {**opts, **options})
 
 
 class TestStreaming:
@@ -154,10 +141,7 @@ class TestErrors:
         replay.sse("openai_responses_incomplete.sse", break_after=3)
         got: list[str] = []
         with pytest.raises(ProviderConnectionError):
-            async with provider(replay).stream(hello()) as stream:
-                async for event in stream:
-                    if isinstance(event, TextDelta):
-                        got.append(event.text)
+            await stream_texts(provider(replay), hello(), got)
         assert got == ["Once"]
         assert len(replay.requests) == 1
 
