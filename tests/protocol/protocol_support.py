@@ -18,6 +18,7 @@ from nodeutil import JS_ROOT, node_config, run_node  # noqa: E402
 __all__ = ["JS_ROOT", "node_config", "run_node"]
 
 from agent_worker.errors import CodecError  # noqa: E402
+from agent_worker.protocol.headers import build_output_headers  # noqa: E402
 from agent_worker.protocol.vercel.encoder import UIMessageEncoder  # noqa: E402
 from agent_worker.protocol.wire import (  # noqa: E402
     Action,
@@ -30,6 +31,21 @@ from agent_worker.protocol.wire import (  # noqa: E402
 )
 
 CODEC_SCRIPT = JS_ROOT / "protocol" / "codec.mjs"
+
+
+def section_10_output_headers() -> dict[str, str]:
+    """§10's agent-output defaults B (run R1 of user-abc answering CU), before ``step-start-serial``."""
+    return build_output_headers(
+        codec_message_id="CA",
+        run_id="R1",
+        run_client_id="user-abc",
+        parent="CU",
+        invocation_id="I1",
+        input_client_id="user-abc",
+        input_codec_message_id="CU",
+        step_id="I1-step-0",
+        step_client_id="user-abc",
+    )
 
 
 def js_codec(mode: str, **config: Any) -> dict[str, Any]:

@@ -7,10 +7,18 @@ import random
 from typing import Any
 
 import pytest
-from protocol_support import ALL_OUTPUT_CHUNKS, Channel, inbound_json, js_codec, message_json, run_encoder
+from protocol_support import (
+    ALL_OUTPUT_CHUNKS,
+    Channel,
+    inbound_json,
+    js_codec,
+    message_json,
+    run_encoder,
+    section_10_output_headers,
+)
 
 from agent_worker.errors import CodecError
-from agent_worker.protocol.headers import build_input_headers, build_output_headers
+from agent_worker.protocol.headers import build_input_headers
 from agent_worker.protocol.vercel.decoder import UIMessageDecoder
 from agent_worker.protocol.vercel.encoder import (
     UIMessageEncoder,
@@ -23,17 +31,7 @@ from agent_worker.protocol.vercel.encoder import (
 from agent_worker.protocol.vercel.reducer import VercelProjection
 from agent_worker.protocol.wire import InboundMessage
 
-DEFAULTS = build_output_headers(
-    codec_message_id="CA",
-    run_id="R1",
-    run_client_id="user-abc",
-    parent="CU",
-    invocation_id="I1",
-    input_client_id="user-abc",
-    input_codec_message_id="CU",
-    step_id="I1-step-0",
-    step_client_id="user-abc",
-)
+DEFAULTS = section_10_output_headers()
 USER_HEADERS = build_input_headers(codec_message_id="CU", event_id="E1", run_client_id="user-abc")
 
 
@@ -306,6 +304,38 @@ class TestDecoderEdgeCases:
         assert UIMessageDecoder().decode(InboundMessage("ai-input", "", extras, serial="s1")).inputs == []
 
 
+def input_user() -> dict[str, Any]:
+    """The UI user message every input test sends (text, a step marker, a file, a data part)."""
+    return {
+        "id": "ui-9",
+        "role": "user",
+        "parts": [
+            {"type": "text", "text": "look"},
+            {"type": "step-start"},
+            {
+                "type": "file",
+                "url": "data:image/png;base64,AA==",
+                "mediaType": "image/png",
+                "filename": "a.png",
+            },
+            {"type": "data-ctx", "id": "d1", "data": {"k": [1]}},
+        ],
+    }
+
+
+def input_headers() -> tuple[dict[str, str], ...]:
+    """Transport headers of the inputs: (user, empty user, regenerate, tool answer, tool-result fork)."""
+    return (
+        build_input_headers(codec_message_id="C1", event_id="E1", run_client_id="u", parent="P0"),
+        build_input_headers(codec_message_id="C2", event_id="E2", run_client_id="*"),
+        build_input_headers(codec_message_id="C3", event_id="E3", parent="CU", regenerates="CA"),
+        build_input_headers(codec_message_id="CA", event_id="E4", run_id="R1", run_client_id="u"),
+        build_input_headers(
+            codec_message_id="F", event_id="E5", role="assistant", parent="CU", supersedes="R1"
+        ),
+    )
+
+
 def client_inputs() -> list[tuple[str, Any]]:
     """(label, OutboundMessage or list) for every §8.2 input kind."""
     seed = {
@@ -324,28 +354,8 @@ def client_inputs() -> list[tuple[str, Any]]:
             {"codecMessageId": 7, "message": {}},
         ]
     }
-    user = {
-        "id": "ui-9",
-        "role": "user",
-        "parts": [
-            {"type": "text", "text": "look"},
-            {"type": "step-start"},
-            {
-                "type": "file",
-                "url": "data:image/png;base64,AA==",
-                "mediaType": "image/png",
-                "filename": "a.png",
-            },
-            {"type": "data-ctx", "id": "d1", "data": {"k": [1]}},
-        ],
-    }
-    h = build_input_headers(codec_message_id="C1", event_id="E1", run_client_id="u", parent="P0")
-    empty_h = build_input_headers(codec_message_id="C2", event_id="E2", run_client_id="*")
-    regen_h = build_input_headers(codec_message_id="C3", event_id="E3", parent="CU", regenerates="CA")
-    tool_h = build_input_headers(codec_message_id="CA", event_id="E4", run_id="R1", run_client_id="u")
-    fork_h = build_input_headers(
-        codec_message_id="F", event_id="E5", role="assistant", parent="CU", supersedes="R1"
-    )
+    user = input_user()
+    h, empty_h, regen_h, tool_h, fork_h = input_headers()
     return [
         ("user", encode_user_message(user, h)),
         ("empty", encode_user_message({"id": "ui-e", "role": "user", "parts": []}, empty_h)),
@@ -425,28 +435,8 @@ class TestClientInputs:
 def js_input_items() -> list[dict[str, Any]]:
     """The same inputs as JS publishInput calls."""
     seed = client_inputs()[5][1].data["forkSeed"]
-    user = {
-        "id": "ui-9",
-        "role": "user",
-        "parts": [
-            {"type": "text", "text": "look"},
-            {"type": "step-start"},
-            {
-                "type": "file",
-                "url": "data:image/png;base64,AA==",
-                "mediaType": "image/png",
-                "filename": "a.png",
-            },
-            {"type": "data-ctx", "id": "d1", "data": {"k": [1]}},
-        ],
-    }
-    h = build_input_headers(codec_message_id="C1", event_id="E1", run_client_id="u", parent="P0")
-    empty_h = build_input_headers(codec_message_id="C2", event_id="E2", run_client_id="*")
-    regen_h = build_input_headers(codec_message_id="C3", event_id="E3", parent="CU", regenerates="CA")
-    tool_h = build_input_headers(codec_message_id="CA", event_id="E4", run_id="R1", run_client_id="u")
-    fork_h = build_input_headers(
-        codec_message_id="F", event_id="E5", role="assistant", parent="CU", supersedes="R1"
-    )
+    user = input_user()
+    h, empty_h, regen_h, tool_h, fork_h = input_headers()
     return [
         {"input": {"kind": "user-message", "message": user}, "headers": h, "messageId": "C1"},
         {

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from protocol_support import ALL_OUTPUT_CHUNKS as ALL_CHUNKS
-from protocol_support import js_codec, run_encoder
+from protocol_support import js_codec, run_encoder, section_10_output_headers
 
 from agent_worker.errors import CodecError
 from agent_worker.protocol.headers import (
@@ -16,7 +16,6 @@ from agent_worker.protocol.headers import (
     AI_STEP_END,
     AI_STEP_START,
     build_lifecycle_headers,
-    build_output_headers,
     build_step_headers,
     js_json,
     lifecycle_message,
@@ -25,17 +24,7 @@ from agent_worker.protocol.vercel.encoder import UIMessageEncoder
 from agent_worker.protocol.wire import AppendOp, PublishOp
 
 # §10 fixtures
-B_DEFAULTS = build_output_headers(
-    codec_message_id="CA",
-    run_id="R1",
-    run_client_id="user-abc",
-    parent="CU",
-    invocation_id="I1",
-    input_client_id="user-abc",
-    input_codec_message_id="CU",
-    step_id="I1-step-0",
-    step_client_id="user-abc",
-)
+B_DEFAULTS = section_10_output_headers()
 B = {**B_DEFAULTS, "step-start-serial": "S_step"}
 
 
