@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agent_worker.client.render import conversation_view, plain_text, render
+from agent_worker.client.render import LivePrinter, conversation_view, make_console, plain_text, render
 from agent_worker.client.session import ChatSession
 
 
 def transcript(session: ChatSession, *, decorate: bool = True) -> str:
     return plain_text(render(conversation_view(session.tree, session.authors), decorate=decorate))
+
+
+def live_screen(session: ChatSession) -> io.StringIO:
+    """Redraw ``session``'s conversation with a :class:`LivePrinter` on every update, as the chat
+    app does; returns the buffer holding everything printed."""
+    out = io.StringIO()
+    printer = LivePrinter(make_console(out, color=False))
+    session.on_update(lambda: printer.update(render(conversation_view(session.tree, session.authors))))
+    return out
 
 
 async def wait_until(

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-import io
-
-from agent_double import ScriptedAgent
-from client_helpers import DeviceFactory, transcript, wait_until
+from agent_double import AgentRun, ScriptedAgent
+from client_helpers import DeviceFactory, live_screen, transcript, wait_until
 
 from agent_worker.client.app import ChatOptions, connect_session
-from agent_worker.client.render import LivePrinter, conversation_view, make_console, plain_text, render
+from agent_worker.client.render import conversation_view, plain_text, render
+from agent_worker.client.session import ChatSession
 from agent_worker.protocol.headers import H_CODEC_MESSAGE_ID
 from agent_worker.server import EmbeddedServer, ServerConfig
 
 CHANNEL = "conversations:client-test"
+
+
+async def stream_first_token(agent: ScriptedAgent, sender: ChatSession, watcher: ChatSession) -> AgentRun:
+    """``sender`` asks for a stream; the agent's run starts with "alpha", and ``watcher`` has seen it."""
+    sent = await sender.send_text("stream please")
+    run = await agent.open_run(await agent.wait_input(sent.event_id))
+    await run.begin_text()
+    await run.delta("alpha")
+    await wait_until(watcher, lambda: transcript(watcher).endswith("alpha"), "first token")
+    return run
 
 
 class TestHistory:
@@ -44,13 +53,7 @@ class TestLive:
         async with ScriptedAgent(ably_server, CHANNEL) as agent:
             alice = await device(CHANNEL, "alice")
             bob = await device(CHANNEL, "bob")
-            out = io.StringIO()
-            printer = LivePrinter(make_console(out, color=False))
-
-            def draw() -> None:
-                printer.update(render(conversation_view(bob.tree, bob.authors)))
-
-            bob.on_update(draw)
+            out = live_screen(bob)
             sent = await alice.send_text("count to three")
             run = await agent.open_run(await agent.wait_input(sent.event_id))
             await run.begin_text()
@@ -223,14 +226,8 @@ class TestReconnect:
         async with ScriptedAgent(ably_server, CHANNEL) as agent:
             alice = await device(CHANNEL, "alice")
             bob = await device(CHANNEL, "bob")
-            out = io.StringIO()
-            printer = LivePrinter(make_console(out, color=False))
-            bob.on_update(lambda: printer.update(render(conversation_view(bob.tree, bob.authors))))
-            sent = await alice.send_text("stream please")
-            run = await agent.open_run(await agent.wait_input(sent.event_id))
-            await run.begin_text()
-            await run.delta("alpha")
-            await wait_until(bob, lambda: transcript(bob).endswith("alpha"), "first token")
+            out = live_screen(bob)
+            run = await stream_first_token(agent, alice, bob)
 
             assert ably_server.drop_connections("bob") >= 1
             for token in (" beta", " gamma", " delta"):
@@ -257,14 +254,8 @@ class TestContinuityLoss:
             alice = await connect_session(opts("alice"))
             bob = await connect_session(opts("bob"))
             try:
-                out = io.StringIO()
-                printer = LivePrinter(make_console(out, color=False))
-                bob.on_update(lambda: printer.update(render(conversation_view(bob.tree, bob.authors))))
-                sent = await alice.send_text("stream please")
-                run = await agent.open_run(await agent.wait_input(sent.event_id))
-                await run.begin_text()
-                await run.delta("alpha")
-                await wait_until(bob, lambda: transcript(bob).endswith("alpha"), "first token")
+                out = live_screen(bob)
+                run = await stream_first_token(agent, alice, bob)
                 connection = bob.transport.client.connection.connection_manager.connection_id
 
                 assert server.drop_connections("bob") >= 1
@@ -291,16 +282,10 @@ class TestContinuityLoss:
         async with ScriptedAgent(ably_server, CHANNEL) as agent:
             alice = await device(CHANNEL, "alice")
             bob = await device(CHANNEL, "bob")
-            out = io.StringIO()
-            printer = LivePrinter(make_console(out, color=False))
-            bob.on_update(lambda: printer.update(render(conversation_view(bob.tree, bob.authors))))
+            out = live_screen(bob)
             events: list[str] = []
             bob.on_event(lambda e: events.append(e.text))
-            sent = await alice.send_text("stream please")
-            run = await agent.open_run(await agent.wait_input(sent.event_id))
-            await run.begin_text()
-            await run.delta("alpha")
-            await wait_until(bob, lambda: transcript(bob).endswith("alpha"), "first token")
+            run = await stream_first_token(agent, alice, bob)
             hydrations = bob.hydrations
 
             assert ably_server.drop_connections("bob", resume=False) >= 1
