@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping, Set
 from typing import Any
 
+from agent_worker.config import Secret
 from agent_worker.errors import ConfigError
 from agent_worker.providers.retries import retry_config
 
@@ -24,26 +25,6 @@ def check_options(provider: str, options: Mapping[str, Any], allowed: Set[str]) 
             f"allowed: {', '.join(sorted(allowed)) or '(none)'}"
         )
         raise ConfigError(msg)
-
-
-class Secret:
-    """A string that never shows itself in ``repr``/``str`` (so never in logs or tracebacks)."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
 
 
 def secret_from_env(provider: str, env_var: str, *, required: bool = True) -> Secret | None:
