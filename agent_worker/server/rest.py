@@ -17,7 +17,7 @@ from aiohttp import web
 
 from agent_worker.errors import AgentWorkerError, AuthError, ProtocolError
 from agent_worker.server import constants as C
-from agent_worker.server.auth import Principal, resolve_client_id
+from agent_worker.server.auth import Principal, TokenClaims, resolve_client_id
 from agent_worker.server.codec import (
     content_type_for,
     decode_body,
@@ -54,6 +54,13 @@ def _limit(q: Any) -> int:
         msg = f"limit must be between 1 and {_MAX_LIMIT}"
         raise ProtocolError(msg, code=40003)
     return limit
+
+
+def _token_principal(claims: TokenClaims) -> Principal:
+    """A token's principal: a ``*`` clientId makes it a wildcard, not an identity."""
+    wildcard = claims.client_id == "*"
+    client_id = None if wildcard else claims.client_id
+    return Principal(claims.key_name, client_id, wildcard, claims.capability, claims.expires_ms)
 
 
 def _header_safe(text: str) -> str:
@@ -100,26 +107,10 @@ class RestApi:
             cid, wildcard = resolve_client_id(None, requested, via_token=False)
             return Principal(key.name, cid, wildcard, key.capability, None)
         if scheme.lower() == "bearer" and value:
-            claims = keyring.check_bearer_header(value, self.hub.now_ms())
-            wildcard = claims.client_id == "*"
-            return Principal(
-                claims.key_name,
-                None if wildcard else claims.client_id,
-                wildcard,
-                claims.capability,
-                claims.expires_ms,
-            )
+            return _token_principal(keyring.check_bearer_header(value, self.hub.now_ms()))
         token = request.query.get("access_token") or request.query.get("accessToken")
         if token:
-            claims = keyring.verify_token(token, self.hub.now_ms())
-            wildcard = claims.client_id == "*"
-            return Principal(
-                claims.key_name,
-                None if wildcard else claims.client_id,
-                wildcard,
-                claims.capability,
-                claims.expires_ms,
-            )
+            return _token_principal(keyring.verify_token(token, self.hub.now_ms()))
         if request.query.get("key"):
             key = keyring.check_key(request.query["key"])
             return Principal(key.name, None, True, key.capability, None)
