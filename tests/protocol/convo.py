@@ -70,28 +70,25 @@ class AgentRun:
     step_n: int = 0
     _steer_ids: list[str] = field(default_factory=list)
 
+    def _lifecycle(self, name: str, **fields: Any) -> None:
+        """Publish a run-lifecycle message naming this run, its owner, invocation and input."""
+        headers = build_lifecycle_headers(
+            run_id=self.run_id,
+            run_client_id=self.owner,
+            invocation_id=self.invocation_id,
+            input_client_id=self.input_client_id,
+            input_codec_message_id=self.input_cmid,
+            **fields,
+        )
+        self.convo.ch.publish(lifecycle_message(name, headers))
+
     def start(self, *, run_parent: str | None, continuation: bool = False) -> AgentRun:
         if continuation:
-            headers = build_lifecycle_headers(
-                run_id=self.run_id,
-                run_client_id=self.owner,
-                invocation_id=self.invocation_id,
-                input_client_id=self.input_client_id,
-                input_codec_message_id=self.input_cmid,
-            )
-            self.convo.ch.publish(lifecycle_message(AI_RUN_RESUME, headers))
+            self._lifecycle(AI_RUN_RESUME)
         else:
-            headers = build_lifecycle_headers(
-                run_id=self.run_id,
-                run_client_id=self.owner,
-                parent=run_parent,
-                fork_of=self.fork_of,
-                regenerates=self.regenerates,
-                invocation_id=self.invocation_id,
-                input_client_id=self.input_client_id,
-                input_codec_message_id=self.input_cmid,
+            self._lifecycle(
+                AI_RUN_START, parent=run_parent, fork_of=self.fork_of, regenerates=self.regenerates
             )
-            self.convo.ch.publish(lifecycle_message(AI_RUN_START, headers))
         return self
 
     def stamp_steers(self, ids: Sequence[str]) -> None:
@@ -159,27 +156,15 @@ class AgentRun:
         return self.end_step(reason=reason, cancel=cancel)
 
     def end(self, reason: RunEndReason = "complete", *, error: tuple[int, str] | None = None) -> None:
-        headers = build_lifecycle_headers(
-            run_id=self.run_id,
-            run_client_id=self.owner,
+        self._lifecycle(
+            AI_RUN_END,
             reason=reason,
-            invocation_id=self.invocation_id,
-            input_client_id=self.input_client_id,
-            input_codec_message_id=self.input_cmid,
             error_code=error[0] if error else None,
             error_message=error[1] if error else None,
         )
-        self.convo.ch.publish(lifecycle_message(AI_RUN_END, headers))
 
     def suspend(self) -> None:
-        headers = build_lifecycle_headers(
-            run_id=self.run_id,
-            run_client_id=self.owner,
-            invocation_id=self.invocation_id,
-            input_client_id=self.input_client_id,
-            input_codec_message_id=self.input_cmid,
-        )
-        self.convo.ch.publish(lifecycle_message(AI_RUN_SUSPEND, headers))
+        self._lifecycle(AI_RUN_SUSPEND)
 
 
 @dataclass
