@@ -8,16 +8,23 @@ call tools reliably, so tool definitions are not offered to it.
 llama.cpp is synchronous and CPU-bound, so generation runs in a worker thread that hands chunks to
 the event loop; a stop flag checked between tokens makes cancellation take effect after at most one
 token, and a per-model lock serialises runs (a ``Llama`` object is not thread-safe).
+
+Loaded models are shared by the providers that use the same file and settings, and closed
+(``Llama.close()``) when the last of them is closed with :meth:`LocalLlamaProvider.aclose` — or at
+interpreter exit, before module teardown: a ``Llama`` left to the garbage collector then would call
+into the already-cleared ``llama_cpp`` module (``TypeError: 'NoneType' object is not callable``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import importlib.util
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +50,18 @@ __all__ = ["LocalLlamaProvider", "smollm2_gguf_path"]
 log = structlog.get_logger("agent_worker.providers")
 
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_models: dict[tuple[str, int, int | None], tuple[Any, threading.Lock]] = {}
+_ModelKey = tuple[str, int, int | None]
+_CLOSE_WAIT_S = 10.0
+
+
+@dataclass(slots=True)
+class _Loaded:
+    model: Any  # llama_cpp.Llama
+    lock: threading.Lock  # held while generating: a Llama object is not thread-safe
+    users: int = 0
+
+
+_models: dict[_ModelKey, _Loaded] = {}
 _models_lock = threading.Lock()
 
 
@@ -60,10 +78,12 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def _load(path: str, n_ctx: int, n_threads: int | None) -> tuple[Any, threading.Lock]:
-    key = (path, n_ctx, n_threads)
+def _acquire(key: _ModelKey) -> _Loaded:
+    """Load (or share) the model for ``key`` and count one more user of it."""
+    path, n_ctx, n_threads = key
     with _models_lock:
-        if key not in _models:
+        loaded = _models.get(key)
+        if loaded is None:
             try:
                 from llama_cpp import Llama  # noqa: PLC0415 - optional extra, loaded on first use
             except ImportError as exc:
@@ -71,8 +91,44 @@ def _load(path: str, n_ctx: int, n_threads: int | None) -> tuple[Any, threading.
             started = time.perf_counter()
             model = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
             log.info("local_model_loaded", path=path, seconds=round(time.perf_counter() - started, 3))
-            _models[key] = (model, threading.Lock())
-        return _models[key]
+            loaded = _models[key] = _Loaded(model, threading.Lock())
+        loaded.users += 1
+        return loaded
+
+
+def _close(loaded: _Loaded) -> None:
+    # Wait for a generation still finishing its current token (it holds the lock); after a
+    # timeout leave the model to the process exit rather than free it under a running thread.
+    if loaded.lock.acquire(timeout=_CLOSE_WAIT_S):
+        try:
+            loaded.model.close()
+        finally:
+            loaded.lock.release()
+
+
+def _release(key: _ModelKey) -> None:
+    """One user fewer; the last one closes the model."""
+    with _models_lock:
+        loaded = _models.get(key)
+        if loaded is None:
+            return
+        loaded.users -= 1
+        if loaded.users > 0:
+            return
+        del _models[key]
+    _close(loaded)
+
+
+def _close_all() -> None:
+    """At interpreter exit: close models whose providers were never closed."""
+    with _models_lock:
+        remaining = list(_models.values())
+        _models.clear()
+    for loaded in remaining:
+        _close(loaded)
+
+
+atexit.register(_close_all)  # runs before module teardown; a no-op when nothing was loaded
 
 
 def to_chat_messages(request: ModelRequest) -> list[dict[str, str]]:
@@ -123,6 +179,9 @@ class LocalLlamaProvider:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.seed = seed
+        self._key: _ModelKey = (str(self.model_path), n_ctx, n_threads)
+        self._held: _Loaded | None = None
+        self._hold_lock = threading.Lock()
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> LocalLlamaProvider:
@@ -139,9 +198,24 @@ class LocalLlamaProvider:
     def __repr__(self) -> str:
         return f"LocalLlamaProvider(model_path={str(self.model_path)!r}, n_ctx={self.n_ctx})"
 
+    def _model(self) -> _Loaded:
+        """This provider's hold on the shared model (taken on first use, again after :meth:`aclose`)."""
+        with self._hold_lock:
+            if self._held is None:
+                self._held = _acquire(self._key)
+            return self._held
+
     async def load(self) -> None:
         """Load the model now (it otherwise loads on the first request); safe to call twice."""
-        await asyncio.to_thread(_load, str(self.model_path), self.n_ctx, self.n_threads)
+        await asyncio.to_thread(self._model)
+
+    async def aclose(self) -> None:
+        """Let go of the model; the last provider using it closes it (waiting for a generation
+        still finishing its current token). Safe to call twice; a later request loads it again."""
+        with self._hold_lock:
+            held, self._held = self._held, None
+        if held is not None:
+            await asyncio.to_thread(_release, self._key)
 
     def stream(self, request: ModelRequest) -> AbstractAsyncContextManager[ResponseStream]:
         return ProviderStream(lambda: self._source(request), provider=self.name, retry={"attempts": 1})
@@ -157,8 +231,9 @@ class LocalLlamaProvider:
 
         def generate() -> None:
             try:
-                model, lock = _load(str(self.model_path), self.n_ctx, self.n_threads)
-                with lock:
+                loaded = self._model()
+                model = loaded.model
+                with loaded.lock:
                     if stop.is_set():
                         return
                     chunks = model.create_chat_completion(
