@@ -306,12 +306,7 @@ class RestApi:
         members = self.hub.channel(name).presence.snapshot(
             client_id=q.get("clientId") or None, connection_id=q.get("connectionId") or None
         )
-        offset = _int_param(q, "cursor", 0) or 0
-        page = members[offset : offset + limit]
-        nxt = str(offset + limit) if offset + limit < len(members) else None
-        fmt = format_from_accept(request.headers.get("Accept"))
-        items = [outbound_payload(m, fmt) for m in page]
-        return self._reply(request, items, headers=self._links("presence", dict(q), nxt))
+        return self._offset_page(request, members, limit, "presence")
 
     def _presence_history(self, request: web.Request, name: str) -> web.Response:
         q = request.query
@@ -326,9 +321,16 @@ class RestApi:
         ]
         if q.get("direction", "backwards") == "backwards":
             events.reverse()
+        return self._offset_page(request, events, limit, "history")
+
+    def _offset_page(
+        self, request: web.Request, rows: list[dict[str, Any]], limit: int, link: str
+    ) -> web.Response:
+        """The page of ``rows`` at the ``cursor`` offset, linking to the next one while rows remain."""
+        q = request.query
         offset = _int_param(q, "cursor", 0) or 0
-        page = events[offset : offset + limit]
-        nxt = str(offset + limit) if offset + limit < len(events) else None
+        page = rows[offset : offset + limit]
+        nxt = str(offset + limit) if offset + limit < len(rows) else None
         fmt = format_from_accept(request.headers.get("Accept"))
-        items = [outbound_payload(e, fmt) for e in page]
-        return self._reply(request, items, headers=self._links("history", dict(q), nxt))
+        items = [outbound_payload(r, fmt) for r in page]
+        return self._reply(request, items, headers=self._links(link, dict(q), nxt))
