@@ -7,7 +7,10 @@ attempt are gated out. The same tree serves the agent (branch walk, trigger look
 client (visible branch with default sibling selection).
 
 Not ported: the JS event-log retention sweep (a memory optimisation; without it a very late wire still
-refolds in serial order, which is the correct result).
+refolds in serial order, which is the correct result). Deliberately different: a run's suspend/resume/end
+folded before any other wire of the run (history pages arrive newest first) is held until the run node
+appears instead of being dropped, and a run's status refolds in serial order — so run statuses after a
+paged history read equal those of an in-order fold, where the JS tree can leave such a run ``active``.
 """
 
 from __future__ import annotations
