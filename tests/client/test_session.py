@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from agent_double import AgentRun, ScriptedAgent
 from client_helpers import DeviceFactory, live_screen, transcript, wait_until
 
@@ -12,6 +15,15 @@ from agent_worker.protocol.headers import H_CODEC_MESSAGE_ID
 from agent_worker.server import EmbeddedServer, ServerConfig
 
 CHANNEL = "conversations:client-test"
+
+
+@asynccontextmanager
+async def alice_and_bob(
+    server: EmbeddedServer, device: DeviceFactory
+) -> AsyncIterator[tuple[ScriptedAgent, ChatSession, ChatSession]]:
+    """The scripted agent on :data:`CHANNEL`, then Alice's device, then Bob's."""
+    async with ScriptedAgent(server, CHANNEL) as agent:
+        yield agent, await device(CHANNEL, "alice"), await device(CHANNEL, "bob")
 
 
 async def stream_first_token(agent: ScriptedAgent, sender: ChatSession, watcher: ChatSession) -> AgentRun:
@@ -50,9 +62,7 @@ class TestLive:
         self, ably_server: EmbeddedServer, device: DeviceFactory
     ) -> None:
         """Bob watches Alice's run token by token; his printer output is the transcript, nothing repeated."""
-        async with ScriptedAgent(ably_server, CHANNEL) as agent:
-            alice = await device(CHANNEL, "alice")
-            bob = await device(CHANNEL, "bob")
+        async with alice_and_bob(ably_server, device) as (agent, alice, bob):
             out = live_screen(bob)
             sent = await alice.send_text("count to three")
             run = await agent.open_run(await agent.wait_input(sent.event_id))
@@ -125,9 +135,7 @@ class TestWrites:
         self, ably_server: EmbeddedServer, device: DeviceFactory
     ) -> None:
         """Own run: cancel by input-codec-message-id only; another device's run: by run-id only."""
-        async with ScriptedAgent(ably_server, CHANNEL) as agent:
-            alice = await device(CHANNEL, "alice")
-            bob = await device(CHANNEL, "bob")
+        async with alice_and_bob(ably_server, device) as (agent, alice, bob):
             sent = await alice.send_text("long story")
             trigger = await agent.wait_input(sent.event_id)
             assert await alice.cancel_active() == "your pending request"
@@ -158,9 +166,7 @@ class TestWrites:
         self, ably_server: EmbeddedServer, device: DeviceFactory
     ) -> None:
         """/regenerate publishes the wire-only regenerate input; both devices switch to the new answer."""
-        async with ScriptedAgent(ably_server, CHANNEL) as agent:
-            alice = await device(CHANNEL, "alice")
-            bob = await device(CHANNEL, "bob")
+        async with alice_and_bob(ably_server, device) as (agent, alice, bob):
             sent = await alice.send_text("pick a number")
             run = await agent.open_run(await agent.wait_input(sent.event_id))
             await run.reply("7")
@@ -187,9 +193,7 @@ class TestWrites:
 
     async def test_edit_headers_and_branch(self, ably_server: EmbeddedServer, device: DeviceFactory) -> None:
         """/edit forks the user message (fork-of, parent = predecessor); everyone follows the edit."""
-        async with ScriptedAgent(ably_server, CHANNEL) as agent:
-            alice = await device(CHANNEL, "alice")
-            bob = await device(CHANNEL, "bob")
+        async with alice_and_bob(ably_server, device) as (agent, alice, bob):
             first = await alice.send_text("hello")
             run1 = await agent.open_run(await agent.wait_input(first.event_id))
             await run1.reply("Hi")
@@ -223,9 +227,7 @@ class TestReconnect:
         self, ably_server: EmbeddedServer, device: DeviceFactory
     ) -> None:
         """Bob's socket dies mid-answer; tokens published meanwhile arrive once, in order."""
-        async with ScriptedAgent(ably_server, CHANNEL) as agent:
-            alice = await device(CHANNEL, "alice")
-            bob = await device(CHANNEL, "bob")
+        async with alice_and_bob(ably_server, device) as (agent, alice, bob):
             out = live_screen(bob)
             run = await stream_first_token(agent, alice, bob)
 
@@ -279,9 +281,7 @@ class TestContinuityLoss:
     ) -> None:
         """Re-attached *without* continuity (no RESUMED, no replay), the device re-reads history from the
         new attach point: the tokens it missed appear once, and the live tail continues after them."""
-        async with ScriptedAgent(ably_server, CHANNEL) as agent:
-            alice = await device(CHANNEL, "alice")
-            bob = await device(CHANNEL, "bob")
+        async with alice_and_bob(ably_server, device) as (agent, alice, bob):
             out = live_screen(bob)
             events: list[str] = []
             bob.on_event(lambda e: events.append(e.text))
