@@ -277,6 +277,8 @@ async def run_variant(
         result: dict[str, Any] = await run_node_async(CLIENT, env=env, timeout=1260, on_control=control)
     finally:
         await agent.stop()
+    if os.environ.get("AW_BENCH_GC"):
+        print("".join(line for line in agent.stderr_tail if line.startswith("gc ")), end="")
     result["agentErrors"] = [e for e in agent.events if e.get("event") == "error"]
     return result
 
@@ -446,7 +448,8 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         "  very few appends — the `appends per token` rows show how many messages each agent sent.",
         f"* History rebuild: sessions of {plan.turns * 2:,} messages ({plan.turns} user/assistant turns,",
         "  built beforehand by the official agent library); one more message is POSTed to a cold agent,",
-        f"  median of {plan.reps} sessions. The model call received "
+        f"  median of {plan.reps} sessions (single samples vary by up to 2x on this shared machine).",
+        "  The model call received "
         + ", ".join(f"{VARIANTS[n]['label']}: {results[n]['history']['promptMessages']}" for n in names)
         + " prompt messages.",
         f"* Cancel: {plan.cancels} sequential runs (20 tokens/s), `ai-cancel` (by run-id) published after",
@@ -455,8 +458,8 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         "  stream's task was cancelled), and to `ai-run-end` arriving at the client.",
         f"* Memory: agent RSS with {plan.streams} runs streaming (1 token/s), minus RSS just before",
         "  they started (right after warm-up), divided by the number of runs; each run on its own session",
-        "  (channel). RSS deltas depend on what the allocator / V8 heap had already reserved (the JS",
-        "  agent idles at ~150 MiB), so read this row as an order of magnitude.",
+        "  (channel). RSS deltas depend on what the allocator / V8 heap had already reserved (V8 grows",
+        "  its heap in steps), so read this row as an order of magnitude.",
         "",
         "Variants: *like-for-like* = coalescing off (one append per token, as the JS agent does), presence",
         "off, outbound rate limiter lifted (the embedded server does not enforce Ably's 50 msg/s per",
@@ -468,7 +471,13 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         "32 to 1000 so the N-stream phases can run. Ratios are Python / JS (for latency, time and memory",
         "lower is better; for tokens/s higher is better).",
         "",
-        f"Command: `{COMMAND}` (several minutes; `--help` for a smaller run, e.g. `--quick`).",
+        "The worker's steady-state latency tail at N streams comes from CPython's cyclic garbage collector",
+        "(full collections of 60-180 ms, mostly ably-python's per-message timer/cancel cycles); run with",
+        "`AW_BENCH_GC=1` to print the pauses, `AW_BENCH_GC_FREEZE=1` to try `gc.freeze()` after start-up",
+        "(p99 174 ms -> 24 ms in one trial).",
+        "",
+        f"Command: `{COMMAND}` (about 15 minutes; options go as `--name=value`, e.g.",
+        "`python -m bench agent --quick --variants=js,py`; `python -m bench.agent --help` lists them).",
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['os']}, Python {info['python']},",
         f"Node {info['node']}, {plan.protocol}, measured {info['date']}. Server, agent and client share",
@@ -559,7 +568,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-write", action="store_true", help="print the section, leave the doc alone")
     parser.add_argument("--json", type=Path, help="also dump raw results to this file")
+    parser.add_argument("--render", type=Path, help="no run: re-render the section from a --json dump")
     args = parser.parse_args(argv)
+    if args.render:
+        dump = json.loads(args.render.read_text())
+        plan = Plan(**dump["plan"])
+        section = render({v: summarise(r) for v, r in dump["raw"].items()}, plan, machine())
+        if args.no_write:
+            print(section)
+        else:
+            write_section(section)
+            print(f"wrote the 'Agent runtime' section of {DOC.relative_to(ROOT)}")
+        return 0
     plan = Plan(args.streams, args.turns, args.reps, args.cancels, args.protocol)
     if args.quick:
         plan = Plan(20, 100, 1, 5, args.protocol)

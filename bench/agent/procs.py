@@ -46,7 +46,27 @@ async def server_main(cfg: dict[str, Any]) -> None:
         await _until_stopped()
 
 
+def _trace_gc() -> None:
+    """AW_BENCH_GC=1: report garbage-collector pauses over 5 ms on stderr (diagnosing latency tails)."""
+    import gc  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    started: dict[str, float] = {}
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started["t"] = time.perf_counter()
+            return
+        pause = (time.perf_counter() - started.get("t", time.perf_counter())) * 1000
+        if pause > 5:
+            sys.stderr.write(f"gc gen{info['generation']} {pause:.1f} ms collected={info['collected']}\n")
+
+    gc.callbacks.append(callback)
+
+
 async def pyworker_main(cfg: dict[str, Any]) -> None:
+    if os.environ.get("AW_BENCH_GC"):
+        _trace_gc()
     settings = AblySettings(
         endpoint=f"127.0.0.1:{cfg['port']}",
         key=Secret(cfg["key"]),
@@ -64,6 +84,11 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
     )
     await worker.start()
     runner = await serve(worker, HttpConfig(port=0), port=0)
+    if os.environ.get("AW_BENCH_GC_FREEZE"):  # experiment: keep start-up objects out of full collections
+        import gc  # noqa: PLC0415
+
+        gc.collect()
+        gc.freeze()
     host, port = runner.addresses[0][:2]
     emit("ready", {"url": f"http://{host}:{port}/api/chat", "pid": os.getpid()})
     try:
