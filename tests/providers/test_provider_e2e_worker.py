@@ -49,7 +49,10 @@ async def test_local_model_streams_into_a_session(
 ) -> None:
     """The in-process model's tokens reach the client as a streamed, completed text part."""
     provider = build_provider("local", {"max_tokens": 48, "temperature": 0.0})
-    text, outputs = await ask_through_worker(provider, make_worker, make_client, session_name)
+    try:
+        text, outputs = await ask_through_worker(provider, make_worker, make_client, session_name)
+    finally:
+        await provider.aclose()  # type: ignore[attr-defined]
     assert text.strip()
     assert any(m.transport_headers.get("stream") == "true" for m in outputs)
 
