@@ -73,7 +73,7 @@ Public API (import from the submodules; everything here is synchronous and deter
     superseded runs hidden),
     ``.siblings(key)``, ``.group_root(key)``. Lifecycle that arrives before its run (history read newest
     page first) is held and applied when the run appears: ``.run_start_seen(run_id)``,
-    ``.pending_lifecycle_count``, ``ConversationTree.EARLY_LIFECYCLE_LIMIT``. Nodes: ``RunNode(run_id,
+    ``.pending_lifecycle_count()``, ``ConversationTree.EARLY_LIFECYCLE_LIMIT``. Nodes: ``RunNode(run_id,
     parent, start_parent, fork_of, regenerates, client_id, invocation_id, start_serial, status, error,
     end_serial, steps, .messages)`` (``start_parent`` = the run-start's ``parent``, which the agent's walk
     prefers over an output's),
