@@ -46,6 +46,8 @@ from agent_worker.transport.ably import AblySettings  # noqa: E402
 from agent_worker.worker.http import serve  # noqa: E402
 from agent_worker.worker.service import Worker  # noqa: E402
 
+__all__ = ["JS_ROOT", "Conductor", "Script", "Stack", "last_user_text", "start_stack", "transcript"]
+
 SCENARIOS = JS_ROOT / "conformance" / "scenarios.mjs"
 CLIENT_CAPABILITY = {"conversations:*": ["publish", "subscribe", "history", "presence"]}
 
@@ -159,7 +161,7 @@ class Stack:
             tokens=tokens,
             **extra,
         )
-        result = await run_node_async(
+        result: dict[str, Any] = await run_node_async(
             SCENARIOS, name, env=env, timeout=timeout, on_control=self.conductor.handle
         )
         result["session"] = session

@@ -152,6 +152,10 @@ _VOLATILE = {"providerMetadata", "callProviderMetadata", "providerExecuted", "pr
 
 def norm_part(part: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in part.items() if k not in _VOLATILE}
+    if out.get("type") in ("text", "reasoning"):
+        # useChat's own streaming flag (the tree never sets it); on a cut-short stream it depends on
+        # whether an end chunk was seen (see cut_short) and on when useMessageSync last re-synced.
+        out.pop("state", None)
     if isinstance(out.get("approval"), dict):
         out["approval"] = {k: v for k, v in out["approval"].items() if k != "id"}
     return out
