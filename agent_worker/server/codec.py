@@ -75,12 +75,37 @@ def decode_frame(raw: str | bytes, fmt: Format) -> dict[str, Any]:
     return obj
 
 
+# Publisher-owned content inside a Message / PresenceMessage: relayed exactly as published (a
+# ``null`` inside it included), and never walked — it is most of a message's size.
+_VERBATIM = frozenset(("data", "extras"))
+
+
 def _drop_none(obj: Any) -> Any:
+    """A copy without ``None``-valued dict entries (both SDKs treat absent as unset, and some
+    envelope fields are ``None`` when unset), at every depth except under :data:`_VERBATIM` keys."""
     if isinstance(obj, dict):
-        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+        return _drop_none_dict(obj)
     if isinstance(obj, list):
         return [_drop_none(v) for v in obj]
     return obj
+
+
+def _drop_none_dict(obj: dict[Any, Any]) -> dict[Any, Any]:
+    # A plain loop, recursing only into containers: most values are strings and numbers, and a call
+    # per leaf was most of the cost of encoding a history page.
+    out: dict[Any, Any] = {}
+    for k, v in obj.items():
+        if v is None:
+            continue
+        if k in _VERBATIM:
+            out[k] = v
+        elif isinstance(v, dict):
+            out[k] = _drop_none_dict(v)
+        elif isinstance(v, list):
+            out[k] = [_drop_none(x) for x in v]
+        else:
+            out[k] = v
+    return out
 
 
 def _json_default(obj: Any) -> Any:

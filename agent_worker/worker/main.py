@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from agent_worker.runtime.loop import AgentSpec
 from agent_worker.runtime.run import Run
 from agent_worker.transport.ably import AblySettings
 from agent_worker.worker.http import serve
-from agent_worker.worker.service import Worker
+from agent_worker.worker.service import Worker, tune_gc
 
 __all__ = ["Overrides", "apply_overrides", "serve_forever"]
 
@@ -160,6 +161,10 @@ async def serve_forever(o: Overrides) -> None:
             if token_key is None and settings.key is not None:
                 token_key = settings.key.get()
             runner = await serve(worker, cfg.http, token_key=token_key)
+        # Start-up is over: keep its objects out of every later full GC (see tune_gc for why).
+        # AGENT_WORKER_GC_TUNING=0 leaves the interpreter's GC as it is.
+        if os.environ.get("AGENT_WORKER_GC_TUNING", "1") != "0":
+            tune_gc()
         _banner(cfg, embedded, runner, setup.provider_name, setup.provider_reason)
         await worker.wait_closed()
     finally:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -83,8 +84,16 @@ class Plan:
     reps: int = 2
     cancels: int = 20
     protocol: str = "msgpack"
+    only: tuple[str, ...] = ()
+    """Run just these phases (plus ``warmup``); the doc is then not written."""
 
     def phases(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        every = self._all_phases(history)
+        if not self.only:
+            return every
+        return {k: v for k, v in every.items() if k == "warmup" or k in self.only}
+
+    def _all_phases(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "warmup": {"n": 3, "tokens": 20, "rate": 0},
             # memory right after warm-up, before bigger phases leave freed memory to be reused
@@ -294,23 +303,42 @@ def pct(values: list[float], q: float) -> float | None:
     return ordered[index]
 
 
-def summarise(raw: dict[str, Any]) -> dict[str, Any]:
-    def lat(phase: dict[str, Any]) -> dict[str, Any]:
-        ms = [us / 1000 for us in phase["latenciesUs"]]
-        steady = [us / 1000 for us in phase.get("steadyLatenciesUs", [])]
-        received = phase["received"]
-        return {
-            "p50": pct(steady, 50),
-            "p99": pct(steady, 99),
-            "steadyTokens": len(steady),
-            "p50All": pct(ms, 50),
-            "p99All": pct(ms, 99),
-            "tokens": received,
-            "expected": phase["n"] * phase["tokens"],
-            "cpuMsPer1k": phase["cpuSeconds"] * 1e6 / received if received else None,
-            "appendsPerToken": phase["appends"] / received if received else None,
-        }
+def _lat(phase: dict[str, Any]) -> dict[str, Any]:
+    ms = [us / 1000 for us in phase["latenciesUs"]]
+    steady = [us / 1000 for us in phase.get("steadyLatenciesUs", [])]
+    received = phase["received"]
+    return {
+        "p50": pct(steady, 50),
+        "p99": pct(steady, 99),
+        "steadyTokens": len(steady),
+        "p50All": pct(ms, 50),
+        "p99All": pct(ms, 99),
+        "tokens": received,
+        "expected": phase["n"] * phase["tokens"],
+        "cpuMsPer1k": phase["cpuSeconds"] * 1e6 / received if received else None,
+        "appendsPerToken": phase["appends"] / received if received else None,
+    }
 
+
+def brief(raw: dict[str, Any]) -> str:
+    """One line per latency phase that ran (for ``--phases`` iterations; the doc needs every phase)."""
+    out = []
+    for name in ("latency1", "latencyN"):
+        if name in raw:
+            s = _lat(raw[name])
+            out.append(
+                f"      {name}: steady p50 {_f(s['p50'], 2)} ms, p99 {_f(s['p99'], 2)} ms "
+                f"({s['steadyTokens']} tokens); incl. burst p99 {_f(s['p99All'], 2)} ms; "
+                f"CPU {_f(s['cpuMsPer1k'], 0)} ms/1k tokens; {s['tokens']}/{s['expected']} tokens"
+            )
+    if "throughput" in raw:
+        thr = raw["throughput"]
+        out.append(f"      throughput: {_f(thr['received'] / (thr['wallUs'] / 1e6), 0)} tokens/s")
+    return "\n".join(out)
+
+
+def summarise(raw: dict[str, Any]) -> dict[str, Any]:
+    lat = _lat
     thr = raw["throughput"]
     mem = raw["memory"]
     cancels = raw["cancel"]["samples"]
@@ -529,15 +557,23 @@ async def run(plan: Plan, variants: list[str]) -> dict[str, dict[str, Any]]:
         names = {
             v: [f"bench:hist:{v}:{r}:{uuid.uuid4().hex[:6]}" for r in range(plan.reps)] for v in variants
         }
-        print(
-            f"  populating {plan.reps * len(variants)} sessions of {plan.turns * 2} messages ...", flush=True
-        )
-        made = await populate(port, key, plan, [n for v in variants for n in names[v]])
+        if plan.only and "history" not in plan.only:
+            names = {v: [] for v in variants}  # no history phase: nothing to populate
+        else:
+            print(
+                f"  populating {plan.reps * len(variants)} sessions of {plan.turns * 2} messages ...",
+                flush=True,
+            )
+        wanted = [n for v in variants for n in names[v]]
+        made = await populate(port, key, plan, wanted) if wanted else []
         by_name = {m["session"]: m for m in made}
         for variant in variants:
             print(f"  {VARIANTS[variant]['label']} ...", flush=True)
             history = [by_name[n] for n in names[variant]]
             raw[variant] = await run_variant(variant, port, key, plan, history)
+            if plan.only:
+                print(brief(raw[variant]), flush=True)
+                continue
             summary = summarise(raw[variant])
             print(
                 f"      latency p50 {_f(summary['latency1']['p50'], 2)} ms (1), "
@@ -569,6 +605,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print the section, leave the doc alone")
     parser.add_argument("--json", type=Path, help="also dump raw results to this file")
     parser.add_argument("--render", type=Path, help="no run: re-render the section from a --json dump")
+    parser.add_argument(
+        "--phases",
+        default="",
+        help="run only these phases (comma-separated: memory, latency1, latencyN, throughput, cancel, "
+        "history; warm-up always runs) and print their numbers; the doc is not written",
+    )
     args = parser.parse_args(argv)
     if args.render:
         dump = json.loads(args.render.read_text())
@@ -583,6 +625,12 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(args.streams, args.turns, args.reps, args.cancels, args.protocol)
     if args.quick:
         plan = Plan(20, 100, 1, 5, args.protocol)
+    only = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+    known = ("memory", "latency1", "latencyN", "throughput", "cancel", "history")
+    if [p for p in only if p not in known]:
+        print(f"unknown phase(s) in {args.phases!r}; known: {', '.join(known)}", file=sys.stderr)
+        return 2
+    plan = dataclasses.replace(plan, only=only)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -590,6 +638,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"agent-runtime benchmark: {', '.join(variants)}")
     raw = asyncio.run(run(plan, variants))
+    if plan.only:
+        if args.json:
+            args.json.write_text(json.dumps({"plan": asdict(plan), "raw": raw}))
+        return 0
     results = {v: summarise(r) for v, r in raw.items()}
     section = render(results, plan, machine())
     if args.json:

@@ -21,7 +21,7 @@ from agent_worker.runtime.loop import AgentSpec
 from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.transport.ably import AblySettings
 from agent_worker.worker.http import serve
-from agent_worker.worker.service import Worker
+from agent_worker.worker.service import GC_THRESHOLDS, Worker, tune_gc
 from bench.agent.script import bench_provider, emit
 
 
@@ -46,12 +46,13 @@ async def server_main(cfg: dict[str, Any]) -> None:
         await _until_stopped()
 
 
-def _trace_gc() -> None:
+def _trace_gc(worker: Worker) -> None:
     """AW_BENCH_GC=1: report garbage-collector pauses over 5 ms on stderr (diagnosing latency tails)."""
     import gc  # noqa: PLC0415
     import time  # noqa: PLC0415
 
     started: dict[str, float] = {}
+    t0 = time.perf_counter()
 
     def callback(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -59,14 +60,15 @@ def _trace_gc() -> None:
             return
         pause = (time.perf_counter() - started.get("t", time.perf_counter())) * 1000
         if pause > 5:
-            sys.stderr.write(f"gc gen{info['generation']} {pause:.1f} ms collected={info['collected']}\n")
+            sys.stderr.write(
+                f"gc gen{info['generation']} {pause:.1f} ms collected={info['collected']} "
+                f"at +{time.perf_counter() - t0:.1f} s, {len(worker.active_runs)} runs active\n"
+            )
 
     gc.callbacks.append(callback)
 
 
 async def pyworker_main(cfg: dict[str, Any]) -> None:
-    if os.environ.get("AW_BENCH_GC"):
-        _trace_gc()
     settings = AblySettings(
         endpoint=f"127.0.0.1:{cfg['port']}",
         key=Secret(cfg["key"]),
@@ -82,18 +84,37 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
         agent=AgentSpec(provider=bench_provider()),
         config=WorkerConfig(**cfg.get("worker", {})),
     )
+    if os.environ.get("AW_BENCH_GC"):
+        _trace_gc(worker)
     await worker.start()
     runner = await serve(worker, HttpConfig(port=0), port=0)
-    if os.environ.get("AW_BENCH_GC_FREEZE"):  # experiment: keep start-up objects out of full collections
-        import gc  # noqa: PLC0415
-
-        gc.collect()
-        gc.freeze()
+    if not os.environ.get("AW_BENCH_GC_DEFAULT"):  # as `agent-worker run` does; =1 to compare without
+        raw = os.environ.get("AW_BENCH_GC_THRESHOLDS")
+        thresholds = tuple(int(x) for x in raw.split(",")) if raw else GC_THRESHOLDS
+        tune_gc(thresholds)  # type: ignore[arg-type]
     host, port = runner.addresses[0][:2]
+    profile_to = os.environ.get("AW_BENCH_PROFILE")  # =path: cProfile the worker's whole run there
+    profiler = None
+    if profile_to:
+        import cProfile  # noqa: PLC0415
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     emit("ready", {"url": f"http://{host}:{port}/api/chat", "pid": os.getpid()})
     try:
         await _until_stopped()
     finally:
+        if profiler is not None and profile_to:
+            profiler.disable()
+            profiler.dump_stats(profile_to)
+        if os.environ.get("AW_BENCH_GC"):
+            import gc  # noqa: PLC0415
+
+            stats = ", ".join(f"gen{i} {s['collections']}x" for i, s in enumerate(gc.get_stats()))
+            sys.stderr.write(
+                f"gc totals: {stats}; tracked objects {len(gc.get_objects())}, "
+                f"frozen {gc.get_freeze_count()}, thresholds {gc.get_threshold()}\n"
+            )
         await runner.cleanup()
         await worker.close(drain_timeout_s=2)
 
