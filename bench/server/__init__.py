@@ -79,7 +79,8 @@ async def _run_clients(mode: str, port: int, key: str | None, case: Case) -> dic
         payloadBytes=64,
         timeoutMs=240_000,
     )
-    return await run_node_async(CLIENTS, env=env, timeout=270)
+    result: dict[str, Any] = await run_node_async(CLIENTS, env=env, timeout=270)
+    return result
 
 
 @dataclass(frozen=True, slots=True)
