@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,8 +161,7 @@ async def serve_forever(o: Overrides) -> None:
                 token_key = settings.key.get()
             runner = await serve(worker, cfg.http, token_key=token_key)
         # Start-up is over: keep its objects out of every later full GC (see tune_gc for why).
-        # AGENT_WORKER_GC_TUNING=0 leaves the interpreter's GC as it is.
-        if os.environ.get("AGENT_WORKER_GC_TUNING", "1") != "0":
+        if cfg.worker.gc_tuning:
             tune_gc()
         _banner(cfg, embedded, runner, setup.provider_name, setup.provider_reason)
         await worker.wait_closed()
