@@ -1,13 +1,13 @@
-"""Configuration: TOML → frozen dataclasses, validated at startup.
+"""Configuration: TOML → frozen, strict pydantic models, validated at startup.
 
-Unknown keys fail loudly (a misspelt ``max_concurent_runs`` must not silently fall back to the
-default). Secrets (the Ably key, the HTTP bearer token) are :class:`Secret` values that never show in
-``repr``; config files should name an environment variable (``key_env``) rather than hold the key.
-Command-line flags and their ``envvar=`` overrides are applied on top with :func:`dataclasses.replace`
-by the CLI.
+Unknown keys fail loudly with the key's path (a misspelt ``[worker] max_concurent_runs`` must not
+silently fall back to the default), as do wrong types (strict: ``"10"`` is not a number). Secrets
+(the Ably key, the HTTP bearer token) are :class:`Secret` values that never show in ``repr``;
+config files should name an environment variable (``key_env``) rather than hold the key.
+Command-line flags and their ``envvar=`` overrides are applied on top with ``model_copy`` by the CLI.
 
-The ``[provider]``, ``[providers.*]``, ``[tools]`` and ``[prompts]`` sections belong to the provider
-layer; they are kept here as plain mappings and validated by ``providers.registry``.
+``[provider]``, ``[tools]`` and ``[prompts]`` are typed here too; the options under
+``[providers.<name>]`` belong to that provider and are checked by its ``from_options``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from agent_worker.errors import ConfigError
 
@@ -25,8 +26,12 @@ __all__ = [
     "AblyConfig",
     "Config",
     "HttpConfig",
+    "PromptsConfig",
+    "ProviderConfig",
     "Secret",
+    "ToolsConfig",
     "WorkerConfig",
+    "config_from_mapping",
     "load_config",
     "parse_host_port",
 ]
@@ -58,13 +63,30 @@ class Secret:
         return bool(self._value)
 
 
-@dataclass(frozen=True, slots=True)
-class AblyConfig:
+def _to_secret(value: Any) -> Any:
+    return Secret(value) if isinstance(value, str) else value
+
+
+def _to_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+SecretField = Annotated[Secret | None, BeforeValidator(_to_secret)]
+StrTuple = Annotated[tuple[str, ...], BeforeValidator(_to_tuple)]
+
+
+class _Section(BaseModel):
+    """Frozen, strict, and no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, arbitrary_types_allowed=True)
+
+
+class AblyConfig(_Section):
     """Where the worker's Ably connection goes. No endpoint and no key ⇒ the embedded server."""
 
     endpoint: str | None = None
     """``host`` or ``host:port`` of an Ably-compatible service; ``None`` = Ably's default (with a key)."""
-    key: Secret | None = None
+    key: SecretField = None
     key_env: str | None = None
     """Read the key from this environment variable (preferred over ``key`` in files)."""
     tls: bool | None = None
@@ -72,7 +94,7 @@ class AblyConfig:
     client_id: str = "agent-worker"
     """The worker's own clientId: its presence identity on each session."""
     use_binary_protocol: bool = True
-    connections: int = 1
+    connections: Annotated[int, Field(ge=1)] = 1
     """Realtime connections; sessions are spread over them (each stays under 50 messages/s)."""
     history_page_size: int = 100
     embedded_port: int = 8080
@@ -93,16 +115,15 @@ class AblyConfig:
         return self.endpoint is None and self.resolved_key() is None
 
 
-@dataclass(frozen=True, slots=True)
-class HttpConfig:
+class HttpConfig(_Section):
     host: str = "127.0.0.1"
     port: int = 8787
-    path: str = "/api/chat"
+    path: Annotated[str, Field(pattern="^/")] = "/api/chat"
     """Where the official ChatTransport POSTs invocations (its default ``api``)."""
-    bearer_token: Secret | None = None
+    bearer_token: SecretField = None
     bearer_token_env: str | None = None
     max_body_bytes: int = 64 * 1024
-    cors_origins: tuple[str, ...] = ()
+    cors_origins: StrTuple = ()
     """Origins allowed to POST from a browser (``"*"`` for any); empty = no CORS headers."""
     dev_token_endpoint: bool = False
     """Serve ``GET /api/auth/token?clientId=&ttl=`` (JWTs signed with the worker's key) for local
@@ -124,9 +145,8 @@ class HttpConfig:
 CancelPolicy = Literal["owner", "any"]
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerConfig:
-    max_concurrent_runs: int = 32
+class WorkerConfig(_Section):
+    max_concurrent_runs: Annotated[int, Field(ge=1)] = 32
     """Runs in flight per worker; a full worker answers 429 with ``Retry-After``."""
     retry_after_s: int = 1
     drain_timeout_s: float = 30.0
@@ -137,21 +157,21 @@ class WorkerConfig:
     """History pages searched for the trigger (the JS ``pageUntilLocated`` bound)."""
     history_max_branch_pages: int = 10_000
     """Safety net for rebuilding a conversation: pages read until the branch reaches its root."""
-    coalesce_window_ms: float = 40.0
+    coalesce_window_ms: Annotated[float, Field(ge=0)] = 40.0
     """Deltas of one stream are merged into one append per window (0 = one append per delta)."""
-    max_messages_per_second: float = 45.0
+    max_messages_per_second: Annotated[float, Field(gt=0)] = 45.0
     """Outbound messages per connection; Ably's inbound limit is 50/s per connection."""
-    burst: int = 10
-    sessions: tuple[str, ...] = ("*",)
+    burst: Annotated[int, Field(ge=1)] = 10
+    sessions: StrTuple = ("*",)
     """Glob patterns of session (channel) names this worker serves; others are refused with 404."""
-    watch_channels: tuple[str, ...] = ()
+    watch_channels: StrTuple = ()
     """Channel-watch mode: sessions attached at startup; a fresh user ``ai-input`` starts a run."""
     cancel_policy: CancelPolicy = "owner"
     """``owner``: only the run owner's verified clientId or an admin may cancel; ``any``: the JS default."""
-    admin_client_ids: tuple[str, ...] = ()
+    admin_client_ids: StrTuple = ()
     max_input_bytes: int = 64 * 1024
     """Trigger ``ai-input`` payloads above this are refused (the run ends with an error)."""
-    max_model_calls: int = 8
+    max_model_calls: Annotated[int, Field(ge=1)] = 8
     """Server-side tool loop bound per run."""
     presence: bool = True
     session_idle_s: float = 300.0
@@ -162,108 +182,77 @@ class WorkerConfig:
     """After start-up, freeze the start-up objects out of CPython's full collections (p99 latency)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
-    ably: AblyConfig = field(default_factory=AblyConfig)
-    http: HttpConfig = field(default_factory=HttpConfig)
-    worker: WorkerConfig = field(default_factory=WorkerConfig)
-    provider: Mapping[str, Any] = field(default_factory=dict)
-    providers: Mapping[str, Any] = field(default_factory=dict)
-    tools: Mapping[str, Any] = field(default_factory=dict)
-    prompts: Mapping[str, Any] = field(default_factory=dict)
+class ProviderConfig(_Section):
+    name: str | None = None
+    """A registered provider or an import path; omitted: chosen automatically (and the reason shown)."""
+    model: str | None = None
+    """Shortcut for ``[providers.<name>] model``."""
 
 
-T = TypeVar("T")
-
-_SECRET_FIELDS = {"key", "bearer_token"}
-
-
-def _build(cls: type[T], section: str, raw: Any) -> T:
-    if not isinstance(raw, Mapping):
-        msg = f"config section [{section}] must be a table"
-        raise ConfigError(msg)
-    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        msg = f"unknown key(s) {', '.join(unknown)} in [{section}]; allowed: {', '.join(sorted(known))}"
-        raise ConfigError(msg)
-    values: dict[str, Any] = {}
-    for name, value in raw.items():
-        if name in _SECRET_FIELDS:
-            if not isinstance(value, str):
-                msg = f"[{section}] {name} must be a string"
-                raise ConfigError(msg)
-            values[name] = Secret(value)
-            continue
-        values[name] = _coerce(section, name, known[name].type, value)
-    return cls(**values)
+class ToolsConfig(_Section):
+    enabled: StrTuple = ()
+    """Registered tool names, or import paths ``"package.module:function"`` (``?client``/``?approval``)."""
 
 
-def _coerce(section: str, name: str, annotation: Any, value: Any) -> Any:
-    text = str(annotation)
-    if "tuple" in text:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            msg = f"[{section}] {name} must be a list of strings"
-            raise ConfigError(msg)
-        return tuple(value)
-    if text.startswith("Literal") or "CancelPolicy" in text:
-        allowed = get_args(CancelPolicy) if "CancelPolicy" in text else ("console", "json")
-        if value not in allowed:
-            msg = f"[{section}] {name} must be one of {', '.join(allowed)}"
-            raise ConfigError(msg)
-        return value
-    expected: tuple[type, ...]
-    if "bool" in text:
-        expected = (bool,)
-    elif "float" in text:
-        expected = (int, float)
-    elif "int" in text:
-        expected = (int,)
-    else:
-        expected = (str,)
-    ok = not (isinstance(value, bool) and bool not in expected) and isinstance(value, expected)
-    if not ok:
-        msg = f"[{section}] {name} has the wrong type ({type(value).__name__}); expected {text}"
-        raise ConfigError(msg)
-    return float(value) if expected == (int, float) else value
+class PromptsConfig(_Section):
+    system: str = "default"
+    """A prompt name (``prompts/<name>.md``) or a path to a ``.md`` file; ``""`` for none."""
+    dir: str | None = None
+    timezone: str = "UTC"
+    values: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def system_set(self) -> bool:
+        """Whether ``system`` was chosen explicitly (then the prompt must exist)."""
+        return "system" in self.model_fields_set
+
+
+class Config(_Section):
+    ably: AblyConfig = AblyConfig()
+    http: HttpConfig = HttpConfig()
+    worker: WorkerConfig = WorkerConfig()
+    provider: ProviderConfig = ProviderConfig()
+    providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    tools: ToolsConfig = ToolsConfig()
+    prompts: PromptsConfig = PromptsConfig()
+
+
+def _where(loc: tuple[int | str, ...]) -> tuple[str, str]:
+    """``("worker", "burst")`` → ``("[worker]", "burst")``; a top-level key is its own section."""
+    parts = [str(p) for p in loc]
+    if len(parts) == 1:
+        return "config", parts[0]
+    return f"[{'.'.join(parts[:-1])}]", parts[-1]
+
+
+def _allowed(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def config_error(exc: ValidationError, model: type[BaseModel] = Config) -> ConfigError:
+    """One message naming every bad key by its path, and the allowed keys for unknown ones."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        section, key = _where(err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed(model, err["loc"])) or "(none)"
+            lines.append(f"unknown key {key!r} in {section}; allowed: {allowed}")
+        else:
+            lines.append(f"{section} {key}: {err['msg']}")
+    return ConfigError("; ".join(lines))
 
 
 def config_from_mapping(raw: Mapping[str, Any]) -> Config:
-    allowed = {"ably", "http", "worker", "provider", "providers", "tools", "prompts"}
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        msg = f"unknown config section(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-        raise ConfigError(msg)
-    cfg = Config(
-        ably=_build(AblyConfig, "ably", raw.get("ably", {})),
-        http=_build(HttpConfig, "http", raw.get("http", {})),
-        worker=_build(WorkerConfig, "worker", raw.get("worker", {})),
-        provider=dict(raw.get("provider", {})),
-        providers=dict(raw.get("providers", {})),
-        tools=dict(raw.get("tools", {})),
-        prompts=dict(raw.get("prompts", {})),
-    )
-    _validate(cfg)
-    return cfg
-
-
-def _validate(cfg: Config) -> None:
-    w = cfg.worker
-    if w.max_concurrent_runs < 1:
-        msg = "[worker] max_concurrent_runs must be at least 1"
-        raise ConfigError(msg)
-    if w.max_messages_per_second <= 0 or w.burst < 1:
-        msg = "[worker] max_messages_per_second must be positive and burst at least 1"
-        raise ConfigError(msg)
-    if w.coalesce_window_ms < 0:
-        msg = "[worker] coalesce_window_ms must not be negative"
-        raise ConfigError(msg)
-    if cfg.ably.connections < 1:
-        msg = "[ably] connections must be at least 1"
-        raise ConfigError(msg)
-    if not cfg.http.path.startswith("/"):
-        msg = "[http] path must start with '/'"
-        raise ConfigError(msg)
+    try:
+        return Config.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise config_error(exc) from None
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -1,4 +1,7 @@
-"""Plugin loading: built-ins and third-party packages register providers and tools the same way.
+"""Plugins and the one resolver: provider and tool *names* (or import paths) → objects.
+
+This layer sits above :mod:`agent_worker.providers` and :mod:`agent_worker.tools` (which never
+import it). Built-ins and third-party packages register providers and tools the same way.
 
 Third-party packages declare an entry point in the ``agent_worker`` group::
 
@@ -16,7 +19,7 @@ from __future__ import annotations
 import importlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -24,14 +27,20 @@ from typing import Any
 import pluggy
 
 from agent_worker import hookspecs
-from agent_worker.errors import ConfigError
+from agent_worker.errors import ConfigError, UnknownProviderError, UnknownToolError
 from agent_worker.hookspecs import ProviderFactory
+from agent_worker.providers.base import ModelProvider
 from agent_worker.tools.base import Tool
+from agent_worker.tools.registry import ToolRegistry
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "PLUGINS_ENV",
     "ProviderSpec",
+    "available_providers",
+    "available_tools",
+    "build_provider",
+    "build_tools",
     "get_plugin_manager",
     "import_path",
     "load_plugins",
@@ -186,3 +195,81 @@ def import_path(path: str) -> Any:
             msg = f"{module_name!r} has no attribute {attr!r} (from {path!r})"
             raise ConfigError(msg) from exc
     return obj
+
+
+# --- the resolver ----------------------------------------------------------------------------------
+
+
+def available_providers() -> dict[str, str]:
+    """Registered provider names with a one-line description."""
+    return {name: spec.description for name, spec in sorted(provider_specs().items())}
+
+
+def available_tools() -> dict[str, Tool]:
+    """Every tool registered by a plugin (built-ins included)."""
+    return tool_specs()
+
+
+def build_provider(name: str, options: Mapping[str, Any] | None = None) -> ModelProvider:
+    """Build the provider registered as ``name`` (or ``"package.module:factory"``) with ``options``.
+
+    An import path may name a class with ``from_options(options)`` or any callable taking the
+    options mapping. Unknown names and bad options raise :class:`ConfigError` subclasses.
+    """
+    opts = dict(options or {})
+    if ":" in name:
+        obj = import_path(name)
+        factory = getattr(obj, "from_options", obj)
+        if not callable(factory):
+            msg = f"provider {name!r} is neither a factory nor a class with from_options()"
+            raise ConfigError(msg)
+        provider = factory(opts)
+    else:
+        specs = provider_specs()
+        spec = specs.get(name)
+        if spec is None:
+            msg = (
+                f"unknown provider {name!r}; registered: {', '.join(sorted(specs))} "
+                "(or name a factory by import path, 'package.module:factory')"
+            )
+            raise UnknownProviderError(msg)
+        provider = spec.factory(opts)
+    if not isinstance(provider, ModelProvider):
+        msg = f"provider {name!r} built {type(provider).__name__}, which lacks name/stream()"
+        raise ConfigError(msg)
+    return provider
+
+
+def build_tools(names: Sequence[str]) -> ToolRegistry:
+    """Tools by registered name, or by import path ``"package.module:function"``.
+
+    An import path may end in ``?client`` or ``?approval`` (or both, ``?client&approval``) to declare
+    a client-side or approval-required tool without writing a plugin.
+    """
+    known: dict[str, Tool] | None = None
+    registry = ToolRegistry()
+    for name in names:
+        if ":" in name:
+            path, _, flags_text = name.partition("?")
+            flags = {f.strip() for f in flags_text.split("&") if f.strip()}
+            bad = flags - {"client", "approval"}
+            if bad:
+                msg = f"tool {name!r}: unknown flag(s) {', '.join(sorted(bad))}; use ?client and/or ?approval"
+                raise ConfigError(msg)
+            obj = import_path(path)
+            if isinstance(obj, Tool):
+                registry.add(obj)
+            else:
+                registry.add(obj, client_side="client" in flags, requires_approval="approval" in flags)
+            continue
+        if known is None:
+            known = tool_specs()
+        tool = known.get(name)
+        if tool is None:
+            msg = (
+                f"unknown tool {name!r}; registered tools: {', '.join(sorted(known)) or '(none)'} "
+                "(or name a function by import path, 'package.module:function')"
+            )
+            raise UnknownToolError(msg)
+        registry.add(tool)
+    return registry

@@ -1,7 +1,7 @@
 """Model providers: one port (:mod:`.base`), deterministic doubles (:mod:`.echo`) and vendor adapters.
 
 Vendor adapters (``openai_chat``, ``openai_responses``, ``anthropic``, ``local``) are imported lazily
-through :func:`build_provider`, so importing this package never imports a vendor SDK.
+through :func:`agent_worker.plugins.build_provider`, so importing this package never imports a vendor SDK.
 """
 
 from agent_worker.providers._accumulator import Accumulator
@@ -23,7 +23,7 @@ from agent_worker.providers.base import (
     UsageUpdate,
 )
 from agent_worker.providers.echo import EchoProvider, ScriptedProvider
-from agent_worker.providers.registry import available_providers, build_provider, choose_default_provider
+from agent_worker.providers.registry import choose_default_provider
 from agent_worker.providers.retries import RetryConfig
 
 __all__ = [
@@ -46,7 +46,5 @@ __all__ = [
     "ToolCallStart",
     "ToolDefinition",
     "UsageUpdate",
-    "available_providers",
-    "build_provider",
     "choose_default_provider",
 ]

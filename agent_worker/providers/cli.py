@@ -19,12 +19,9 @@ def register(app: typer.Typer) -> None:
         """List model providers, tools and system prompts (built-ins and installed plugins)."""
         # Heavy imports stay inside the command so `agent-worker --help` stays fast.
         from agent_worker.errors import ConfigError  # noqa: PLC0415
+        from agent_worker.plugins import available_providers, available_tools  # noqa: PLC0415
         from agent_worker.prompts import default_prompt_dirs, list_prompts  # noqa: PLC0415
-        from agent_worker.providers.registry import (  # noqa: PLC0415
-            available_providers,
-            choose_default_provider,
-        )
-        from agent_worker.tools.registry import available_tools  # noqa: PLC0415
+        from agent_worker.providers.registry import choose_default_provider  # noqa: PLC0415
 
         try:
             names = available_providers()

@@ -1,55 +1,11 @@
-"""Build a provider by name (or import path) from config options, and pick a sensible default."""
+"""Pick a sensible default provider (names are resolved by :mod:`agent_worker.plugins`)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Mapping
-from typing import Any
 
-from agent_worker.errors import ConfigError, UnknownProviderError
-from agent_worker.providers.base import ModelProvider
-
-__all__ = ["available_providers", "build_provider", "choose_default_provider"]
-
-
-def available_providers() -> dict[str, str]:
-    """Registered provider names with a one-line description."""
-    from agent_worker.plugins import provider_specs  # noqa: PLC0415 - plugins import tools; keep lazy
-
-    return {name: spec.description for name, spec in sorted(provider_specs().items())}
-
-
-def build_provider(name: str, options: Mapping[str, Any] | None = None) -> ModelProvider:
-    """Build the provider registered as ``name`` (or ``"package.module:factory"``) with ``options``.
-
-    An import path may name a class with ``from_options(options)`` or any callable taking the
-    options mapping. Unknown names and bad options raise :class:`ConfigError` subclasses.
-    """
-    from agent_worker.plugins import import_path, provider_specs  # noqa: PLC0415 - as above
-
-    opts = dict(options or {})
-    if ":" in name:
-        obj = import_path(name)
-        factory = getattr(obj, "from_options", obj)
-        if not callable(factory):
-            msg = f"provider {name!r} is neither a factory nor a class with from_options()"
-            raise ConfigError(msg)
-        provider = factory(opts)
-    else:
-        specs = provider_specs()
-        spec = specs.get(name)
-        if spec is None:
-            msg = (
-                f"unknown provider {name!r}; registered: {', '.join(sorted(specs))} "
-                "(or name a factory by import path, 'package.module:factory')"
-            )
-            raise UnknownProviderError(msg)
-        provider = spec.factory(opts)
-    if not isinstance(provider, ModelProvider):
-        msg = f"provider {name!r} built {type(provider).__name__}, which lacks name/stream()"
-        raise ConfigError(msg)
-    return provider
+__all__ = ["choose_default_provider", "local_model_available"]
 
 
 def local_model_available() -> bool:

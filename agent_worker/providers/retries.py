@@ -14,10 +14,9 @@ from email.utils import parsedate_to_datetime
 from typing import Any, TypedDict, TypeVar, cast
 
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.wait import wait_base, wait_exponential_jitter
 
 from agent_worker.errors import ConfigError, ProviderConnectionError, ProviderHTTPError
+from agent_worker.retry import Wait, backoff, retry
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -34,7 +33,7 @@ log = structlog.get_logger("agent_worker.providers")
 
 
 class RetryConfig(TypedDict, total=False):
-    """Mirrors tenacity's knobs; every key is optional (see :data:`DEFAULT_RETRY`)."""
+    """The retry knobs; every key is optional (see :data:`DEFAULT_RETRY`)."""
 
     attempts: int
     """Total tries including the first (1 disables retries)."""
@@ -100,35 +99,16 @@ def parse_retry_after(headers: Any) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-class wait_retry_after(wait_base):
-    """Wait what the vendor's ``Retry-After`` asks (capped at ``max_wait``), else ``fallback``."""
+def wait_retry_after(cfg: RetryConfig) -> Wait:
+    """Wait what the vendor's ``Retry-After`` asks (capped at ``max_wait``), else jittered backoff."""
+    fallback = backoff(cfg["initial_wait"], cfg["max_wait"], cfg["jitter"])
 
-    def __init__(self, fallback: wait_base, max_wait: float) -> None:
-        self.fallback = fallback
-        self.max_wait = max_wait
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        outcome = retry_state.outcome
-        exc = outcome.exception() if outcome is not None else None
+    def wait(failures: int, exc: BaseException) -> float:
         if isinstance(exc, ProviderHTTPError) and exc.retry_after is not None:
-            return min(exc.retry_after, self.max_wait)
-        return float(self.fallback(retry_state))
+            return min(exc.retry_after, cfg["max_wait"])
+        return fallback(failures, exc)
 
-
-def _log_retry(provider: str) -> Callable[[RetryCallState], None]:
-    def before_sleep(state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        wait = state.next_action.sleep if state.next_action is not None else None
-        log.warning(
-            "provider_retry",
-            provider=provider,
-            attempt=state.attempt_number,
-            wait=wait,
-            error=type(exc).__name__,
-            http_status=getattr(exc, "http_status", None),
-        )
-
-    return before_sleep
+    return wait
 
 
 async def retry_open(
@@ -136,21 +116,21 @@ async def retry_open(
 ) -> T:
     """Call ``open_once`` until it succeeds, a non-retryable error occurs or attempts run out."""
     cfg: RetryConfig = {**DEFAULT_RETRY, **(config or {})}
-    attempts = max(1, cfg["attempts"])
-    if attempts == 1:
-        return await open_once()
-    retrying = AsyncRetrying(
-        stop=stop_after_attempt(attempts),
-        wait=wait_retry_after(
-            wait_exponential_jitter(initial=cfg["initial_wait"], max=cfg["max_wait"], jitter=cfg["jitter"]),
-            cfg["max_wait"],
-        ),
-        retry=retry_if_exception(is_retryable),
-        before_sleep=_log_retry(provider),
-        reraise=True,
+
+    def log_retry(failures: int, exc: BaseException, wait: float) -> None:
+        log.warning(
+            "provider_retry",
+            provider=provider,
+            attempt=failures,
+            wait=wait,
+            error=type(exc).__name__,
+            http_status=getattr(exc, "http_status", None),
+        )
+
+    return await retry(
+        open_once,
+        attempts=max(1, cfg["attempts"]),
+        retry_if=is_retryable,
+        wait=wait_retry_after(cfg),
+        on_retry=log_retry,
     )
-    async for attempt in retrying:
-        with attempt:
-            return await open_once()
-    msg = "unreachable: tenacity either returns or re-raises"  # pragma: no cover
-    raise AssertionError(msg)  # pragma: no cover

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from agent_worker.errors import AgentWorkerError, TransportError
 from agent_worker.logs import get_logger
@@ -39,16 +39,31 @@ from agent_worker.protocol.headers import (
     js_json,
     lifecycle_message,
 )
+from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.vercel.encoder import UIMessageEncoder
 from agent_worker.protocol.vercel.reducer import UIMessage
 from agent_worker.protocol.wire import InboundMessage
-from agent_worker.runtime.streaming import StreamWriter, publish_reliably
+from agent_worker.runtime.streaming import ChannelWriter, StreamWriter, publish_reliably
 from agent_worker.runtime.trigger import Trigger
 
-if TYPE_CHECKING:
-    from agent_worker.runtime.session import AgentSession
+__all__ = ["CancelHook", "CancelRequest", "OutputMessage", "Run", "RunHost", "RunPhase"]
 
-__all__ = ["CancelHook", "CancelRequest", "OutputMessage", "Run", "RunPhase"]
+
+class RunHost(Protocol):
+    """The narrow interface a run needs from the session that hosts it (``AgentSession`` provides
+    it); it keeps ``run`` independent of ``session``, which creates and routes runs."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def channel(self) -> ChannelWriter: ...
+
+    @property
+    def tree(self) -> ConversationTree: ...
+
+    def deregister(self, run: Run) -> None: ...
+
 
 log = get_logger("agent_worker.runtime.run")
 
@@ -81,7 +96,7 @@ class Run:
 
     def __init__(
         self,
-        session: AgentSession,
+        session: RunHost,
         *,
         event_id: str,
         invocation_id: str | None = None,
@@ -133,6 +148,11 @@ class Run:
     @property
     def is_continuation(self) -> bool:
         return self.trigger is not None and self.trigger.run_id is not None
+
+    @property
+    def produced_output(self) -> bool:
+        """Whether an assistant message was opened (a pass that opens none ends the run)."""
+        return self._produced_output
 
     @property
     def started(self) -> bool:

@@ -29,6 +29,7 @@ from typing import Any, Protocol, TypeVar
 from agent_worker.errors import TransportError
 from agent_worker.logs import get_logger
 from agent_worker.protocol.wire import AppendOp, OutboundMessage, PublishOp, UpdateOp, WireOp
+from agent_worker.retry import backoff, retry
 
 __all__ = [
     "ChannelWriter",
@@ -36,7 +37,6 @@ __all__ = [
     "StreamWriter",
     "WriterStats",
     "publish_reliably",
-    "retry_with_backoff",
 ]
 
 log = get_logger("agent_worker.runtime.streaming")
@@ -55,34 +55,9 @@ def _rate_limited(exc: BaseException) -> bool:
     return isinstance(exc, TransportError) and exc.status_code == 429
 
 
-async def retry_with_backoff(
-    call: Callable[[], Awaitable[T]],
-    *,
-    attempts: int,
-    retry: Callable[[BaseException], bool],
-    multiplier: float = 0.2,
-    max_wait_s: float = 2.0,
-) -> T:
-    """``await call()``, retrying failures that ``retry`` accepts, sleeping ``multiplier * 2**(n-1)``
-    (at most ``max_wait_s``) after the n-th failure; the last failure is re-raised.
-
-    The same schedule as tenacity's ``wait_exponential(multiplier, max=max_wait_s)``, without its
-    per-call object graph: this wraps every publish, and tenacity's ``AsyncRetrying`` (retry state,
-    attempt managers, a thread-local) is cyclic garbage that the GC has to collect each time."""
-    failures = 0
-    while True:
-        try:
-            return await call()
-        except Exception as exc:
-            failures += 1
-            if failures >= attempts or not retry(exc):
-                raise
-        await asyncio.sleep(min(max_wait_s, multiplier * 2 ** (failures - 1)))
-
-
 async def publish_reliably(channel: ChannelWriter, msg: OutboundMessage, *, attempts: int = 5) -> str | None:
     """Publish, retrying with backoff while the service refuses it for rate (HTTP 429)."""
-    return await retry_with_backoff(lambda: channel.publish(msg), attempts=attempts, retry=_rate_limited)
+    return await retry(lambda: channel.publish(msg), attempts=attempts, retry_if=_rate_limited)
 
 
 class ChannelWriter(Protocol):
@@ -324,7 +299,7 @@ class StreamWriter:
     async def _recover(self, op: UpdateOp) -> None:
         """The recovery update, retried with backoff when the failure is transient (a rate limit or
         a connection blip is what usually made the appends fail): a full replace is idempotent."""
-        await retry_with_backoff(lambda: self._update(op), attempts=4, retry=_transient, multiplier=0.25)
+        await retry(lambda: self._update(op), attempts=4, retry_if=_transient, wait=backoff(0.25))
 
     async def _update(self, op: UpdateOp) -> None:
         serial = self._serials.get(op.stream_key)

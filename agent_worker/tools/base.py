@@ -15,16 +15,20 @@ import inspect
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic
 
 import structlog
 from pydantic import BaseModel, ValidationError
+from typing_extensions import TypeVar
 
 from agent_worker.errors import ConfigError, ToolError
 from agent_worker.providers.base import ToolDefinition
 from agent_worker.tools._schema import FunctionSignature
 
-__all__ = ["RunContext", "Tool", "ToolResult"]
+__all__ = ["DepsT", "RunContext", "Tool", "ToolResult"]
+
+DepsT = TypeVar("DepsT", default=None)
+"""The type of an agent's dependencies (``None`` when it has none)."""
 
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
@@ -34,16 +38,16 @@ def _default_logger() -> Any:
 
 
 @dataclass(frozen=True, slots=True)
-class RunContext:
-    """What a tool knows about the run that called it."""
+class RunContext(Generic[DepsT]):
+    """What a tool (or a system-prompt function) knows about the run that called it."""
 
     session_name: str
     run_id: str
     client_id: str | None = None
     logger: Any = field(default_factory=_default_logger)
     """A structlog logger bound to the run (``logger.info("event", key=value)``)."""
-    deps: Any = None
-    """Whatever the embedding application passes along (a DB pool, an HTTP client, ...)."""
+    deps: DepsT = None  # type: ignore[assignment]  # None is the default DepsT
+    """The agent's dependencies for this run (its ``deps`` factory's result: a DB pool, a client)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,10 +127,15 @@ class Tool:
         return ToolDefinition(self.name, self.description, self._signature.parameters)
 
     @property
+    def takes_context(self) -> bool:
+        """Whether the function's first parameter is a :class:`RunContext`."""
+        return self._signature.takes_context
+
+    @property
     def parameters(self) -> dict[str, Any]:
         return self._signature.parameters
 
-    async def call(self, ctx: RunContext, arguments: Mapping[str, Any] | str) -> ToolResult:
+    async def call(self, ctx: RunContext[Any], arguments: Mapping[str, Any] | str) -> ToolResult:
         """Run the tool; every failure except cancellation comes back as an error result."""
         log = ctx.logger.bind(tool=self.name) if hasattr(ctx.logger, "bind") else ctx.logger
         try:

@@ -36,6 +36,7 @@ from agent_worker.config import Secret
 from agent_worker.errors import TransportError
 from agent_worker.logs import get_logger
 from agent_worker.protocol.wire import ACTION_BY_NUMBER, Action, InboundMessage, OutboundMessage
+from agent_worker.retry import backoff, retry
 from agent_worker.transport.ratelimit import RateLimiter
 
 __all__ = [
@@ -129,7 +130,7 @@ class AblySettings:
                     opts["default_token_params"] = {"client_id": self.client_id}
         else:
             msg = (
-                "no Ably credentials: set [ably] key_env (or --ably-key), "
+                "no Ably credentials: set [ably] key_env (or --key), "
                 "or omit the endpoint to use the embedded server"
             )
             raise TransportError(msg, code=40101)
@@ -370,19 +371,27 @@ class Channel:
 
     async def _with_retries(self, fetch: Callable[[], Awaitable[Any]], retries: int = 3) -> Any:
         """One history page, retried 3 times (100 ms doubling) like the JS hydrator, then 104011."""
-        delay = 0.1
-        for attempt in range(retries + 1):
-            try:
-                with map_ably_errors(f"history of {self.name}"):
-                    return await fetch()
-            except TransportError as exc:
-                if attempt == retries:
-                    msg = f"unable to fetch history page; {exc.message}"
-                    raise TransportError(msg, code=104011) from exc
-                log.warning("history_page_retry", channel=self.name, attempt=attempt + 1, error=exc.message)
-                await asyncio.sleep(delay)
-                delay *= 2
-        return None  # pragma: no cover - the loop returns or raises
+
+        async def once() -> Any:
+            with map_ably_errors(f"history of {self.name}"):
+                return await fetch()
+
+        def log_retry(failures: int, exc: BaseException, _wait: float) -> None:
+            log.warning(
+                "history_page_retry", channel=self.name, attempt=failures, error=getattr(exc, "message", exc)
+            )
+
+        try:
+            return await retry(
+                once,
+                attempts=retries + 1,
+                retry_if=lambda exc: isinstance(exc, TransportError),
+                wait=backoff(0.1, max_wait=60.0),
+                on_retry=log_retry,
+            )
+        except TransportError as exc:
+            msg = f"unable to fetch history page; {exc.message}"
+            raise TransportError(msg, code=104011) from exc
 
     async def presence_enter(self, data: Mapping[str, Any]) -> None:
         await self.limiter.acquire()

@@ -10,17 +10,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from agent_worker.worker.admission import Invocation, InvocationRefused, WorkerBusy
     from agent_worker.worker.http import build_app, serve
     from agent_worker.worker.metrics import WorkerMetrics
-    from agent_worker.worker.service import Invocation, InvocationRefused, Worker, WorkerBusy
+    from agent_worker.worker.service import Worker
 
 __all__ = ["Invocation", "InvocationRefused", "Worker", "WorkerBusy", "WorkerMetrics", "build_app", "serve"]
 
 _WHERE = {
-    "Invocation": "service",
-    "InvocationRefused": "service",
+    "Invocation": "admission",
+    "InvocationRefused": "admission",
     "Worker": "service",
-    "WorkerBusy": "service",
+    "WorkerBusy": "admission",
     "WorkerMetrics": "metrics",
     "build_app": "http",
     "serve": "http",

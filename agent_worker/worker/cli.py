@@ -1,6 +1,8 @@
-"""``agent-worker run``: the worker service.
+"""``agent-worker run [TARGET]``: the worker service.
 
-With no Ably endpoint and no key configured it starts the embedded Ably-compatible server in-process
+``TARGET`` is an import path to the agent to serve, arq-style: ``myapp.agents:support_agent`` (an
+``Agent``, a ``Worker`` or a run handler); without it the config file describes the agent. With no
+Ably endpoint and no key configured it starts the embedded Ably-compatible server in-process
 and prints its endpoint and key — the offline default. Flags override the config file; each flag
 also reads an environment variable.
 """
@@ -18,6 +20,14 @@ __all__ = ["register"]
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(  # noqa: PLR0917 - typer maps each parameter to a CLI option
+        target: Annotated[
+            str | None,
+            typer.Argument(
+                help="The agent to serve, 'package.module:attribute' (an Agent, a Worker or a run "
+                "handler); default: the agent the config describes.",
+                show_default=False,
+            ),
+        ] = None,
         config: Annotated[
             Path | None,
             typer.Option(
@@ -33,10 +43,10 @@ def register(app: typer.Typer) -> None:
                 "(default: start the embedded server).",
             ),
         ] = None,
-        ably_key: Annotated[
+        key: Annotated[
             str | None,
             typer.Option(
-                "--ably-key", envvar="ABLY_KEY", help="Ably API key (APP.KEY:SECRET).", show_default=False
+                "--key", envvar="ABLY_KEY", help="Ably API key (APP.KEY:SECRET).", show_default=False
             ),
         ] = None,
         http: Annotated[
@@ -66,6 +76,10 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Run the agent worker (HTTP invocations + channel sessions) until SIGINT/SIGTERM."""
+        import sys  # noqa: PLC0415
+
+        if target is not None and "" not in sys.path:
+            sys.path.insert(0, "")  # like `python -m` and arq: the target may live in the cwd
         import asyncio  # noqa: PLC0415
 
         from agent_worker.errors import AgentWorkerError  # noqa: PLC0415
@@ -74,7 +88,7 @@ def register(app: typer.Typer) -> None:
         overrides = Overrides(
             config=config,
             ably_endpoint=ably_endpoint,
-            ably_key=ably_key,
+            key=key,
             http=http,
             provider=provider,
             watch=tuple(watch or ()),
@@ -82,7 +96,7 @@ def register(app: typer.Typer) -> None:
             log_level=log_level,
         )
         try:
-            asyncio.run(serve_forever(overrides))
+            asyncio.run(serve_forever(overrides, target))
         except AgentWorkerError as exc:
             typer.echo(f"agent-worker: {exc.message}", err=True)
             raise typer.Exit(1) from None

@@ -11,21 +11,49 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any
+from collections.abc import Sized
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from agent_worker.config import HttpConfig
 from agent_worker.errors import AgentWorkerError, ConfigError, TransportError
 from agent_worker.logs import get_logger
-from agent_worker.worker.metrics import CONTENT_TYPE_LATEST
-from agent_worker.worker.service import InvocationRefused, Worker, WorkerBusy
+from agent_worker.worker.admission import Invocation, InvocationRefused, WorkerBusy
+from agent_worker.worker.metrics import CONTENT_TYPE_LATEST, WorkerMetrics
 
-__all__ = ["build_app", "serve"]
+__all__ = ["HttpWorker", "build_app", "serve"]
 
 log = get_logger("agent_worker.worker.http")
 
-WORKER_KEY: web.AppKey[Worker] = web.AppKey("worker", Worker)
+
+class _Connected(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+
+class HttpWorker(Protocol):
+    """What the HTTP face needs from the worker (:class:`agent_worker.Worker` provides it)."""
+
+    @property
+    def metrics(self) -> WorkerMetrics: ...
+
+    @property
+    def transport(self) -> _Connected | None: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def active_runs(self) -> Sized: ...
+
+    @property
+    def sessions(self) -> Sized: ...
+
+    async def invoke(self, session_name: object, input_event_id: object) -> Invocation: ...
+
+
+WORKER_KEY: web.AppKey[HttpWorker] = web.AppKey("worker")
 CONFIG_KEY: web.AppKey[HttpConfig] = web.AppKey("http_config", HttpConfig)
 
 
@@ -117,10 +145,11 @@ async def preflight(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     worker = request.app[WORKER_KEY]
-    healthy = worker.transport.connected and worker.state == "running"
+    connected = worker.transport is not None and worker.transport.connected
+    healthy = connected and worker.state == "running"
     body = {
         "status": "ok" if healthy else worker.state,
-        "connected": worker.transport.connected,
+        "connected": connected,
         "activeRuns": len(worker.active_runs),
         "sessions": len(worker.sessions),
     }
@@ -135,7 +164,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def build_app(
-    worker: Worker, config: HttpConfig | None = None, *, token_key: str | None = None
+    worker: HttpWorker, config: HttpConfig | None = None, *, token_key: str | None = None
 ) -> web.Application:
     """The app; with ``config.dev_token_endpoint`` and a ``token_key`` it also serves dev tokens."""
     cfg = config or HttpConfig()
@@ -148,7 +177,7 @@ def build_app(
     app.router.add_get("/metrics", metrics)
     if cfg.dev_token_endpoint:
         if token_key is None:
-            msg = "[http] dev_token_endpoint needs the worker's API key (embedded server or --ably-key)"
+            msg = "[http] dev_token_endpoint needs the worker's API key (embedded server or --key)"
             raise ConfigError(msg)
         from agent_worker.client.tokens import make_token_handler  # noqa: PLC0415
 
@@ -158,7 +187,7 @@ def build_app(
 
 
 async def serve(
-    worker: Worker,
+    worker: HttpWorker,
     config: HttpConfig,
     *,
     host: str | None = None,

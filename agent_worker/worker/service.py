@@ -1,56 +1,45 @@
-"""The long-lived worker: sessions, invocations, the run task, drain and shutdown.
+"""The long-lived worker: admission, the session pool and run supervision, plus serving it.
 
 Shape borrowed from arq's ``Worker``: lifecycle hooks (``on_startup``, ``on_shutdown``,
 ``on_run_start``, ``on_run_end``), a concurrency limit, a graceful drain on SIGTERM (stop accepting,
 wait up to ``drain_timeout_s``, then cancel what is left — every started run still publishes its
 ``ai-run-end``), and :meth:`Worker.run_until_idle` plus counters for deterministic tests.
 
-A run is one task (:meth:`Worker._execute`): locate the trigger → ``ai-run-start``/``-resume`` →
-agent loop → ``ai-run-end``/``ai-run-suspend``. Its outer edge turns every way a run can stop into a
-terminal publish: an honoured cancel (``task.cancel()`` recorded by the run) ends ``cancelled``; a
-refused input or a missing trigger ends ``error`` with the protocol's code; anything unexpected ends
-``error`` (50000) and is logged once. The cleanup runs under :func:`asyncio.shield`.
+The parts: :mod:`.admission` decides which invocations become runs (validation, dedup, capacity),
+:mod:`.pool` keeps one attached session per channel, and
+:class:`agent_worker.runtime.supervisor.RunSupervisor` drives each run to a terminal state. The
+worker owns their lifecycle and the counters. :meth:`Worker.serve` adds the HTTP face and, with no
+Ably configured, the embedded server; :meth:`Worker.run` is ``asyncio.run(worker.serve())``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import gc
-import inspect
 import signal
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Literal
 
-import structlog
-
-from agent_worker.config import WorkerConfig
-from agent_worker.errors import (
-    AgentWorkerError,
-    InputEventNotFound,
-    ProtocolError,
-    TransportError,
-)
-from agent_worker.logs import get_logger
+from agent_worker.config import Config, WorkerConfig
+from agent_worker.errors import AgentWorkerError
+from agent_worker.logs import configure_logging, get_logger
 from agent_worker.protocol.wire import InboundMessage
-from agent_worker.runtime.loop import AgentSpec, LoopStats, run_agent
-from agent_worker.runtime.run import CancelHook, Run, RunPhase
-from agent_worker.runtime.session import AgentSession, CancelDecision, CancelPolicy, RunAlreadyActive
-from agent_worker.runtime.streaming import retry_with_backoff
+from agent_worker.runtime.handler import RunHandler
+from agent_worker.runtime.run import CancelHook, Run
+from agent_worker.runtime.session import AgentSession, CancelDecision, CancelPolicy
+from agent_worker.runtime.supervisor import Hook, LocateLimits, RunSupervisor, call_hook
 from agent_worker.transport.ably import AblySettings, AblyTransport
+from agent_worker.worker.admission import Admission, Invocation, InvocationRefused, WorkerBusy
+from agent_worker.worker.connect import Connection, connect
+from agent_worker.worker.http import serve as serve_http
 from agent_worker.worker.metrics import WorkerMetrics
-from agent_worker.worker.presence import SessionPresence
+from agent_worker.worker.pool import SessionPool
 
 __all__ = ["GC_THRESHOLDS", "Invocation", "InvocationRefused", "Worker", "WorkerBusy", "tune_gc"]
 
 log = get_logger("agent_worker.worker")
-
-Hook = Callable[..., "Awaitable[None] | None"]
-_DEDUP_LIMIT = 10_000
 
 
 GC_THRESHOLDS = (700, 10, 10)
@@ -76,56 +65,23 @@ def tune_gc(thresholds: tuple[int, int, int] | None = GC_THRESHOLDS) -> None:
     gc.freeze()
 
 
-@dataclass(frozen=True, slots=True)
-class Invocation:
-    """The answer to an invocation: ids of the run it started (or had already started)."""
-
-    run_id: str
-    invocation_id: str
-    session_name: str
-    duplicate: bool = False
-
-    def to_json(self) -> dict[str, str]:
-        return {"runId": self.run_id, "invocationId": self.invocation_id}
-
-
-class WorkerBusy(AgentWorkerError):
-    """The concurrency limit is reached; retry after ``retry_after`` seconds (HTTP 429)."""
-
-    code = 42910
-    status_code = 429
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class InvocationRefused(AgentWorkerError):
-    """The invocation is invalid (4xx with the reason)."""
-
-    code = 40000
-    status_code = 400
-
-
-async def _call_hook(hook: Hook | None, *args: Any) -> None:
-    if hook is None:
-        return
-    try:
-        result = hook(*args)
-        if inspect.isawaitable(result):
-            await result
-    except Exception:
-        log.exception("worker_hook_failed", hook=getattr(hook, "__name__", repr(hook)))
-
-
 class Worker:
+    """Serves one agent (or any run handler) on AI Transport sessions.
+
+    ``Worker(agent).run()`` blocks until SIGINT/SIGTERM; ``await worker.serve()`` does the same
+    inside your loop; ``async with Worker(agent, transport=...)`` (or :meth:`start`/:meth:`close`)
+    runs it without the HTTP face, for tests and embedding. ``config`` is the whole
+    :class:`~agent_worker.config.Config` (or just its ``[worker]`` section); with no ``transport``
+    the worker connects as ``[ably]`` says, starting the embedded server when nothing is configured.
+    """
+
     def __init__(
         self,
+        agent: RunHandler,
         *,
-        transport: AblyTransport | AblySettings,
-        agent: AgentSpec,
-        config: WorkerConfig | None = None,
-        history_page_size: int = 100,
+        config: Config | WorkerConfig | None = None,
+        transport: AblyTransport | AblySettings | None = None,
+        history_page_size: int | None = None,
         on_startup: Hook | None = None,
         on_shutdown: Hook | None = None,
         on_run_created: Callable[[Run], None] | None = None,
@@ -135,10 +91,17 @@ class Worker:
         handle_signals: bool = False,
         metrics: WorkerMetrics | None = None,
     ) -> None:
-        self.transport = transport if isinstance(transport, AblyTransport) else AblyTransport(transport)
         self.agent = agent
-        self.config = config or WorkerConfig()
-        self.history_page_size = history_page_size
+        self.transport: AblyTransport | None = (
+            None
+            if transport is None
+            else transport
+            if isinstance(transport, AblyTransport)
+            else AblyTransport(transport)
+        )
+        self.connection: Connection | None = None
+        """How ``[ably]`` was reached when no transport was given (``.embedded``: the server started)."""
+        self._history_page_size = history_page_size
         self.on_startup = on_startup
         self.on_shutdown = on_shutdown
         self.on_run_created = on_run_created
@@ -146,17 +109,15 @@ class Worker:
         hooks here (``run.on_cancel``, ``run.on_steer``)."""
         self.on_run_start = on_run_start
         self.on_run_end = on_run_end
-        self.on_cancel = on_cancel
+        self.on_cancel = on_cancel if on_cancel is not None else getattr(agent, "on_cancel", None)
         self.handle_signals = handle_signals
         self.metrics = metrics or WorkerMetrics()
-        self.policy = CancelPolicy(self.config.cancel_policy, self.config.admin_client_ids)
-        self.sessions: dict[str, AgentSession] = {}
-        self._presence: dict[str, SessionPresence] = {}
-        self._session_locks: dict[str, asyncio.Lock] = {}
-        self._active: dict[asyncio.Task[None], Run] = {}
-        self._seen: OrderedDict[tuple[str, str], Invocation | asyncio.Future[Invocation]] = OrderedDict()
         self._state: Literal["new", "running", "draining", "closed"] = "new"
-        self._reaper: asyncio.Task[None] | None = None
+        self.configure(config if isinstance(config, Config) else Config(worker=config or WorkerConfig()))
+        self.pool: SessionPool | None = None
+        self.http_url: str | None = None
+        """``http://host:port/api/chat`` once :meth:`serve` has started the HTTP face."""
+        self._active: dict[asyncio.Task[None], Run] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self._finished = asyncio.Condition()
@@ -166,6 +127,32 @@ class Worker:
         self.runs_cancelled = 0
         self.runs_suspended = 0
         self.finished_runs: list[Run] = []
+
+    def configure(self, settings: Config) -> None:
+        """Adopt ``settings`` (before :meth:`start`): ``agent-worker run app:worker`` applies the
+        config file and the flags to a worker built in code this way."""
+        if self._state != "new":
+            msg = "configure the worker before starting it"
+            raise RuntimeError(msg)
+        self.settings = settings
+        self.config = settings.worker
+        self.history_page_size = self._history_page_size or settings.ably.history_page_size
+        self.policy = CancelPolicy(self.config.cancel_policy, self.config.admin_client_ids)
+        self.admission = Admission(
+            self.config.sessions, self.config.max_concurrent_runs, self.config.retry_after_s
+        )
+        self.supervisor = RunSupervisor(
+            self.agent,
+            self,
+            LocateLimits(
+                max_pages=self.config.history_max_pages,
+                max_branch_pages=self.config.history_max_branch_pages,
+                wait_s=self.config.trigger_wait_s,
+                max_input_bytes=self.config.max_input_bytes,
+            ),
+            on_run_start=self.on_run_start,
+            on_run_end=self.on_run_end,
+        )
 
     def __repr__(self) -> str:
         return f"Worker(state={self._state}, active_runs={len(self._active)}, sessions={len(self.sessions)})"
@@ -184,11 +171,29 @@ class Worker:
     def active_runs(self) -> list[Run]:
         return list(self._active.values())
 
+    @property
+    def sessions(self) -> dict[str, AgentSession]:
+        return self.pool.sessions if self.pool is not None else {}
+
     async def start(self) -> None:
         if self._state != "new":
             msg = f"worker cannot start from state {self._state}"
             raise RuntimeError(msg)
-        await self.transport.connect()
+        if self.transport is None:
+            self.connection = await connect(self.settings)
+            self.transport = AblyTransport(self.connection.settings)
+        try:
+            await self.transport.connect()
+        except BaseException:
+            if self.connection is not None:
+                await self.connection.close()
+            raise
+        self.pool = SessionPool(
+            self.transport,
+            self._new_session,
+            presence=self.config.presence,
+            idle_s=self.config.session_idle_s,
+        )
         self._state = "running"
         if self.handle_signals:
             loop = asyncio.get_running_loop()
@@ -198,8 +203,8 @@ class Worker:
         for name in self.config.watch_channels:
             session = await self.session(name)
             session.watch = True
-        self._reaper = asyncio.create_task(self._reap_idle_sessions())
-        await _call_hook(self.on_startup, self)
+        self.pool.start_reaper()
+        await call_hook(self.on_startup, self)
         log.info("worker_started", watch=list(self.config.watch_channels))
 
     def _on_signal(self, sig: signal.Signals) -> None:
@@ -223,6 +228,9 @@ class Worker:
             if self._closing is not None and asyncio.current_task() is not self._closing:
                 await asyncio.shield(self._closing)
             return
+        if self._state == "new":
+            self._state = "closed"
+            return
         self._state = "draining"
         timeout = self.config.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
         pending = list(self._active)
@@ -235,20 +243,14 @@ class Worker:
                     run.cancel("shutdown")
             if still:
                 await asyncio.wait(still, timeout=30)
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-        for presence in list(self._presence.values()):
-            await presence.close()
-        for session in list(self.sessions.values()):
-            with contextlib.suppress(AgentWorkerError):
-                await session.close()
-        self.sessions.clear()
-        self._presence.clear()
-        await self.transport.close()
+        if self.pool is not None:
+            await self.pool.close()
+        if self.transport is not None:
+            await self.transport.close()
+        if self.connection is not None:
+            await self.connection.close()
         self._state = "closed"
-        await _call_hook(self.on_shutdown, self)
+        await call_hook(self.on_shutdown, self)
         log.info(
             "worker_closed",
             completed=self.runs_completed,
@@ -264,112 +266,106 @@ class Worker:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    # --- serving -----------------------------------------------------------------------------------
+
+    async def serve(self, *, on_ready: Callable[[Worker], None] | None = None) -> None:
+        """Start (with signal handling), serve HTTP as ``[http]`` says, and run until SIGINT/SIGTERM
+        or :meth:`close`; then drain. ``on_ready`` is called once everything listens."""
+        self.handle_signals = True
+        configure_logging(self.config.log_format, self.config.log_level)
+        runner = None
+        try:
+            await self.start()
+            http = self.settings.http
+            if http.enabled:
+                token_key = self.connection.token_key if self.connection is not None else None
+                if (
+                    token_key is None
+                    and self.transport is not None
+                    and self.transport.settings.key is not None
+                ):
+                    token_key = self.transport.settings.key.get()
+                runner = await serve_http(self, http, token_key=token_key)
+                host, port = runner.addresses[0][:2]
+                self.http_url = f"http://{host}:{port}{http.path}"
+            # Start-up is over: keep its objects out of every later full GC (see tune_gc for why).
+            if self.config.gc_tuning:
+                tune_gc()
+            if on_ready is not None:
+                on_ready(self)
+            await self.wait_closed()
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+            await self.close()
+            aclose = getattr(self.agent, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+    def run(self) -> None:
+        """Serve until SIGINT/SIGTERM (blocking): ``asyncio.run(self.serve())``."""
+        asyncio.run(self.serve())
+
     # --- sessions ----------------------------------------------------------------------------------
+
+    def _new_session(self, channel: Any) -> AgentSession:
+        return AgentSession(
+            channel,
+            history_page_size=self.history_page_size,
+            policy=self.policy,
+            worker_on_cancel=self.on_cancel,
+            on_fresh_input=self._on_fresh_input,
+            on_cancel_decision=self._count_cancel,
+        )
 
     async def session(self, name: str) -> AgentSession:
         """The (attached) session for a channel, created on first use."""
-        existing = self.sessions.get(name)
-        if existing is not None:
-            return existing
-        lock = self._session_locks.setdefault(name, asyncio.Lock())
-        async with lock:
-            existing = self.sessions.get(name)
-            if existing is not None:
-                return existing
-            session = AgentSession(
-                self.transport.channel(name),
-                history_page_size=self.history_page_size,
-                policy=self.policy,
-                worker_on_cancel=self.on_cancel,
-                on_fresh_input=self._on_fresh_input,
-                on_cancel_decision=self._count_cancel,
-            )
-            await session.connect()
-            self.sessions[name] = session
-            if self.config.presence:
-                presence = SessionPresence(session.channel)
-                self._presence[name] = presence
-                presence.start()
-            return session
+        if self.pool is None:
+            msg = "start the worker before using its sessions"
+            raise RuntimeError(msg)
+        return await self.pool.get(name)
 
     def _count_cancel(self, decision: CancelDecision) -> None:
         self.metrics.cancels.labels(decision).inc()
 
-    async def _reap_idle_sessions(self) -> None:
-        interval = max(1.0, min(30.0, self.config.session_idle_s / 4))
-        while True:
-            await asyncio.sleep(interval)
-            now = time.monotonic()
-            for name, session in list(self.sessions.items()):
-                if session.watch or not session.idle:
-                    continue
-                if now - session.last_active < self.config.session_idle_s:
-                    continue
-                log.info("session_released", session=name)
-                self.sessions.pop(name, None)
-                presence = self._presence.pop(name, None)
-                if presence is not None:
-                    await presence.close()
-                with contextlib.suppress(AgentWorkerError):
-                    await session.close()
-                await self.transport.release(name)
-
     # --- invocations -------------------------------------------------------------------------------
 
     def check_session_name(self, name: object) -> str:
-        if not isinstance(name, str) or not name.strip():
-            msg = "sessionName must be a non-empty string"
-            raise InvocationRefused(msg)
-        if name.startswith("[") or len(name) > 512 or any(c in name for c in "\n\r\x00"):
-            msg = "sessionName is not a valid channel name"
-            raise InvocationRefused(msg)
-        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.config.sessions):
-            msg = f"unknown session {name!r}: this worker serves {', '.join(self.config.sessions)}"
-            raise InvocationRefused(msg, code=40400, status_code=404)
-        return name
+        return self.admission.session_name(name)
 
     async def invoke(self, session_name: object, input_event_id: object) -> Invocation:
         """Accept an invocation: validate, deduplicate by event-id, check capacity, start the run.
 
         Returns once the run task exists — before its work — like the JS handler's ``after()``."""
-        name = self.check_session_name(session_name)
-        if not isinstance(input_event_id, str) or not input_event_id.strip():
-            msg = "inputEventId must be a non-empty string"
-            raise InvocationRefused(msg)
+        name = self.admission.session_name(session_name)
+        event_id = self.admission.event_id(input_event_id)
         if not self.accepting:
             msg = "the worker is shutting down; retry on another worker"
             raise InvocationRefused(msg, code=50300, status_code=503)
-        key = (name, input_event_id)
-        seen = self._seen.get(key)
+        seen = self.admission.seen(name, event_id)
         if seen is not None:
             self.metrics.invocations.labels("duplicate").inc()
             if isinstance(seen, asyncio.Future):
                 seen = await asyncio.shield(seen)
-            log.info("invocation_duplicate", session=name, event_id=input_event_id, run_id=seen.run_id)
+            log.info("invocation_duplicate", session=name, event_id=event_id, run_id=seen.run_id)
             return Invocation(seen.run_id, seen.invocation_id, name, duplicate=True)
-        if len(self._active) >= self.config.max_concurrent_runs:
+        try:
+            self.admission.check_capacity(len(self._active))
+        except WorkerBusy:
             self.metrics.invocations.labels("busy").inc()
-            msg = f"the worker is at its limit of {self.config.max_concurrent_runs} concurrent runs"
-            raise WorkerBusy(msg, retry_after=self.config.retry_after_s)
-        # Reserve the event-id before any await so a concurrent duplicate waits for this run.
-        pending: asyncio.Future[Invocation] = asyncio.get_running_loop().create_future()
-        self._seen[key] = pending
+            raise
+        pending = self.admission.reserve(name, event_id)
         try:
             session = await self.session(name)
-            invocation = self._start_run(session, input_event_id)
+            invocation = self._start_run(session, event_id)
         except BaseException as exc:
-            self._seen.pop(key, None)
+            self.admission.release(name, event_id)
             pending.set_exception(exc)
             pending.exception()  # retrieved: waiting duplicates re-raise it
             raise
         pending.set_result(invocation)
         return invocation
-
-    def _remember(self, key: tuple[str, str], invocation: Invocation) -> None:
-        self._seen[key] = invocation
-        self._seen.move_to_end(key)
-        while len(self._seen) > _DEDUP_LIMIT:
-            self._seen.popitem(last=False)
 
     def _start_run(self, session: AgentSession, event_id: str) -> Invocation:
         run = session.create_run(event_id, coalesce_window_s=self.config.coalesce_window_ms / 1000.0)
@@ -379,8 +375,10 @@ class Worker:
             except Exception:
                 log.exception("worker_hook_failed", hook="on_run_created")
         invocation = Invocation(run.run_id, run.invocation_id, session.name)
-        self._remember((session.name, event_id), invocation)
-        task = asyncio.create_task(self._execute(run, time.monotonic()), name=f"run:{run.run_id}")
+        self.admission.remember(invocation, event_id)
+        task = asyncio.create_task(
+            self.supervisor.execute(run, session, time.monotonic()), name=f"run:{run.run_id}"
+        )
         run.task = task
         self._active[task] = run
         self._idle.clear()
@@ -393,11 +391,11 @@ class Worker:
     def _on_fresh_input(self, session: AgentSession, msg: InboundMessage) -> None:
         """Channel-watch mode: a live run-less ``ai-input`` starts a run (once per event-id)."""
         event_id = msg.transport_headers.get("event-id")
-        if not event_id or (session.name, event_id) in self._seen:
+        if not event_id or self.admission.seen(session.name, event_id) is not None:
             return
         if not self.accepting:
             return
-        if len(self._active) >= self.config.max_concurrent_runs:
+        if not self.admission.has_capacity(len(self._active)):
             self.metrics.invocations.labels("busy").inc()
             log.warning("watch_input_dropped", session=session.name, event_id=event_id, reason="busy")
             return
@@ -409,110 +407,25 @@ class Worker:
         if not self._active:
             self._idle.set()
 
-    # --- the run -----------------------------------------------------------------------------------
+    # --- what the supervisor reports (RunObserver) -------------------------------------------------
 
-    def _set_presence(self, run: Run, status: str) -> None:
-        presence = self._presence.get(run.session.name)
-        if presence is not None:
-            presence.set(run.run_id, status)  # type: ignore[arg-type]
+    def run_status(self, run: Run, status: str) -> None:
+        if self.pool is not None:
+            self.pool.set_status(run.session.name, run.run_id, status)  # type: ignore[arg-type]
 
-    async def _execute(self, run: Run, accepted_at: float) -> None:
-        session = run.session
-        stats = LoopStats(
-            on_usage=self._count_tokens,
-            on_status=lambda status: self._set_presence(run, status),
-        )
-        error: AgentWorkerError | None = None
-        with structlog.contextvars.bound_contextvars(
-            run_id=run.run_id, session=session.name, invocation_id=run.invocation_id
-        ):
-            try:
-                try:
-                    await session.locate(
-                        run,
-                        max_pages=self.config.history_max_pages,
-                        max_branch_pages=self.config.history_max_branch_pages,
-                        wait_s=self.config.trigger_wait_s,
-                        max_input_bytes=self.config.max_input_bytes,
-                    )
-                finally:
-                    self.metrics.trigger_wait.observe(time.monotonic() - accepted_at)
-                structlog.contextvars.bind_contextvars(run_id=run.run_id)
-                self._set_presence(run, "thinking")
-                await self._start_with_retry(run)
-                await _call_hook(self.on_run_start, run)
-                outcome = await run_agent(run, self.agent, stats)
-                if run.first_output_at is not None:
-                    self.metrics.time_to_first_token.observe(run.first_output_at - accepted_at)
-                if outcome == "suspended":
-                    await run.suspend()
-                else:
-                    await run.end("complete")
-            except asyncio.CancelledError:
-                if not run.cancel_requested:
-                    await asyncio.shield(self._terminate(run, "cancelled", None))
-                    raise
-                current = asyncio.current_task()
-                if current is not None:
-                    current.uncancel()
-                log.info("run_cancelled", source=run.cancel_source, by=run.cancelled_by)
-                await asyncio.shield(self._terminate(run, "cancelled", None))
-            except RunAlreadyActive as exc:
-                log.warning("run_refused", code=exc.code, reason=exc.message)
-                run.phase = RunPhase.ENDED
-                run.outcome = "error"
-            except (InputEventNotFound, ProtocolError) as exc:
-                error = exc
-                log.warning("run_refused", code=exc.code, reason=exc.message)
-                await asyncio.shield(self._terminate(run, "error", exc))
-            except AgentWorkerError as exc:
-                # As the JS agent wraps a failed pipe: "unable to complete run; <cause>".
-                error = AgentWorkerError(f"unable to complete run; {exc.message}", code=exc.code)
-                log.error("run_failed", code=exc.code, error=exc.message)
-                await asyncio.shield(self._terminate(run, "error", error))
-            except Exception as exc:
-                error = AgentWorkerError(f"unable to complete run; {type(exc).__name__}: {exc}", code=50000)
-                log.exception("run_crashed")
-                await asyncio.shield(self._terminate(run, "error", error))
-            finally:
-                self._set_presence(run, "idle")
-                self._record(run, error, accepted_at)
-                await _call_hook(self.on_run_end, run)
+    def run_tokens(self, input_tokens: int, output_tokens: int) -> None:
+        if input_tokens:
+            self.metrics.tokens.labels("input").inc(input_tokens)
+        if output_tokens:
+            self.metrics.tokens.labels("output").inc(output_tokens)
 
-    async def _start_with_retry(self, run: Run) -> None:
-        # Nothing is on the wire before the run-start, so retrying its publish is always safe.
-        await retry_with_backoff(run.start, attempts=3, retry=lambda exc: isinstance(exc, TransportError))
+    def trigger_waited(self, seconds: float) -> None:
+        self.metrics.trigger_wait.observe(seconds)
 
-    async def _terminate(
-        self, run: Run, reason: Literal["cancelled", "error"], error: AgentWorkerError | None
-    ) -> None:
-        """Publish whatever is missing for a terminal state: run-start (when the run exists on the
-        channel or its failure must be visible there), then run-end. Never raises."""
-        try:
-            if run.phase is RunPhase.ENDED:
-                return
-            if not run.started:
-                if reason == "cancelled" and run.trigger is None:
-                    # Never located: nothing of this run is on the channel; publish nothing.
-                    run.phase = RunPhase.ENDED
-                    run.outcome = "cancelled"
-                    run.session.deregister(run)
-                    return
-                await run.start()
-            await run.end(reason, error)
-        except AgentWorkerError as exc:
-            log.error("run_terminal_publish_failed", error=exc.message, reason=reason)
-            run.phase = RunPhase.ENDED
-            run.outcome = run.outcome or reason
-            run.session.deregister(run)
+    def first_output(self, seconds: float) -> None:
+        self.metrics.time_to_first_token.observe(seconds)
 
-    def _count_tokens(self, inp: int, out: int) -> None:
-        if inp:
-            self.metrics.tokens.labels("input").inc(inp)
-        if out:
-            self.metrics.tokens.labels("output").inc(out)
-
-    def _record(self, run: Run, error: AgentWorkerError | None, accepted_at: float) -> None:
+    def run_finished(self, run: Run, error: AgentWorkerError | None, accepted_at: float) -> None:
         outcome = run.outcome or ("error" if error is not None else "cancelled")
         if outcome == "complete":
             self.runs_completed += 1

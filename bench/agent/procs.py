@@ -15,9 +15,9 @@ import signal
 import sys
 from typing import Any
 
+from agent_worker.agent import Agent
 from agent_worker.config import HttpConfig, Secret, WorkerConfig
 from agent_worker.logs import configure_logging
-from agent_worker.runtime.loop import AgentSpec
 from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.transport.ably import AblySettings
 from agent_worker.worker.http import serve
@@ -81,7 +81,7 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
     )
     worker = Worker(
         transport=settings,
-        agent=AgentSpec(provider=bench_provider()),
+        agent=Agent(bench_provider()),
         config=WorkerConfig(**cfg.get("worker", {})),
     )
     if os.environ.get("AW_BENCH_GC"):

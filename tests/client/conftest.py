@@ -10,12 +10,12 @@ import pytest
 from aiohttp import web
 from client_helpers import DeviceFactory, WorkerFactory
 
+from agent_worker.agent import Agent
 from agent_worker.client.app import ChatOptions, connect_session
 from agent_worker.client.session import ChatSession
 from agent_worker.config import HttpConfig, WorkerConfig
 from agent_worker.providers.base import ModelProvider
 from agent_worker.providers.echo import EchoProvider
-from agent_worker.runtime.loop import AgentSpec
 from agent_worker.server import EmbeddedServer
 from agent_worker.transport.ably import AblySettings
 from agent_worker.worker.http import serve
@@ -60,7 +60,7 @@ async def make_worker(ably_server: EmbeddedServer) -> AsyncIterator[WorkerFactor
 
         settings = AblySettings(endpoint=ably_server.endpoint, token_source=token, client_id="agent-worker")
         config.setdefault("coalesce_window_ms", 0.0)
-        worker = Worker(transport=settings, agent=AgentSpec(provider=provider), config=WorkerConfig(**config))
+        worker = Worker(transport=settings, agent=Agent(provider), config=WorkerConfig(**config))
         await worker.start()
         http = HttpConfig(port=0)
         runner = await serve(worker, http, port=0)

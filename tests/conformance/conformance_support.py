@@ -28,6 +28,7 @@ if str(TESTS) not in sys.path:  # makes tests/nodeutil.py importable without pac
 
 from nodeutil import JS_ROOT, node_config, run_node_async  # noqa: E402
 
+from agent_worker.agent import Agent  # noqa: E402
 from agent_worker.config import HttpConfig, WorkerConfig  # noqa: E402
 from agent_worker.protocol.model import (  # noqa: E402
     AssistantMessage,
@@ -38,7 +39,6 @@ from agent_worker.protocol.model import (  # noqa: E402
 )
 from agent_worker.providers.base import ModelRequest, StreamEvent  # noqa: E402
 from agent_worker.providers.echo import ScriptedProvider  # noqa: E402
-from agent_worker.runtime.loop import AgentSpec  # noqa: E402
 from agent_worker.runtime.run import Run  # noqa: E402
 from agent_worker.server import EmbeddedServer  # noqa: E402
 from agent_worker.tools.registry import ToolRegistry  # noqa: E402
@@ -201,7 +201,7 @@ async def start_stack(
 
     worker = Worker(
         transport=worker_settings(server),
-        agent=AgentSpec(provider=provider, tools=tools or ToolRegistry()),
+        agent=Agent(provider, tools=tools or ToolRegistry()),
         config=WorkerConfig(**config),
         on_run_start=on_run_start,
     )

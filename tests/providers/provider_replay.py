@@ -19,13 +19,13 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from agent_worker.plugins import build_provider
 from agent_worker.providers import (
     ModelProvider,
     ModelRequest,
     ModelResponse,
     StreamEvent,
     TextDelta,
-    build_provider,
 )
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

@@ -16,8 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runtime"))
 from runtime_fixtures import make_client, make_worker, session_name
 from runtime_support import ChatClient, Harness
 
+from agent_worker.plugins import build_provider
 from agent_worker.protocol.headers import AI_OUTPUT
-from agent_worker.providers import ModelProvider, build_provider
+from agent_worker.providers import ModelProvider
 
 __all__ = ["make_client", "make_worker", "session_name"]
 

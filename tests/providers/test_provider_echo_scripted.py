@@ -9,6 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent_worker.errors import ConfigError, ProviderConnectionError, ProviderHTTPError, UnknownProviderError
+from agent_worker.plugins import available_providers, build_provider
 from agent_worker.protocol.model import AssistantMessage, TextPart, UserMessage
 from agent_worker.providers import (
     Accumulator,
@@ -25,8 +26,6 @@ from agent_worker.providers import (
     ToolCallEnd,
     ToolCallStart,
     UsageUpdate,
-    available_providers,
-    build_provider,
     choose_default_provider,
 )
 from agent_worker.providers.retries import parse_retry_after

@@ -31,7 +31,7 @@ def test_importing_providers_does_not_import_vendor_sdks() -> None:
     """Vendor SDKs (and llama.cpp) load only when their adapter is built."""
     code = (
         "import sys, agent_worker.providers, agent_worker.tools, agent_worker.plugins;"
-        "from agent_worker.providers import available_providers; available_providers();"
+        "from agent_worker.plugins import available_providers; available_providers();"
         "print(sorted(m for m in ('openai', 'anthropic', 'llama_cpp') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from agent_worker.plugins import build_provider
 from agent_worker.protocol.model import AssistantMessage, TextPart, UserMessage
 from agent_worker.providers import (
     Finished,
@@ -28,7 +29,6 @@ from agent_worker.providers import (
     StreamEvent,
     TextDelta,
     UsageUpdate,
-    build_provider,
 )
 
 pytestmark = pytest.mark.slow
@@ -151,7 +151,8 @@ class TestInProcess:
         script = f"""
 import asyncio
 from agent_worker.protocol.model import TextPart, UserMessage
-from agent_worker.providers import ModelRequest, build_provider
+from agent_worker.providers import ModelRequest
+from agent_worker.plugins import build_provider
 
 provider = build_provider("local", {{"max_tokens": 4}})
 

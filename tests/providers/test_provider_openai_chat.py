@@ -11,6 +11,7 @@ from provider_replay import FAST_RETRY, ReplayServer, collect, tracked_provider
 from structlog.testing import capture_logs
 
 from agent_worker.errors import ConfigError, ProviderConnectionError, ProviderHTTPError
+from agent_worker.plugins import build_provider
 from agent_worker.protocol.model import (
     AssistantMessage,
     FilePart,
@@ -31,7 +32,6 @@ from agent_worker.providers import (
     ToolCallStart,
     ToolDefinition,
     UsageUpdate,
-    build_provider,
 )
 from agent_worker.providers.openai_chat import OpenAIChatProvider
 

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from agent_worker.agent import Agent
 from agent_worker.errors import ConfigError, UnknownProviderError, UnknownToolError
+from agent_worker.plugins import build_provider
 from agent_worker.prompts import PromptTemplate, default_prompt_dirs, list_prompts, load_prompt
-from agent_worker.providers import EchoProvider, build_provider
+from agent_worker.providers import EchoProvider
 from agent_worker.providers.registry import local_model_available
-from agent_worker.providers.setup import build_agent_setup
+from agent_worker.tools import RunContext
 
 NOW = datetime(2025, 6, 2, 14, 5, tzinfo=UTC)  # a Monday
 REPO_PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
@@ -69,58 +71,79 @@ class TestPrompts:
             load_prompt("missing.md", dirs=dirs)
 
 
-class TestAgentSetup:
-    def test_configured_provider_tools_and_prompt(self, tmp_path: Path) -> None:
-        """The four config tables become a provider, a tool registry and a rendered system prompt."""
+def agent_from(tmp_path: Path, text: str, *, provider: str | None = None) -> Agent[None]:
+    """``Agent.from_config`` over a config file with ``text`` in ``tmp_path``."""
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return Agent.from_config(path, provider=provider)
+
+
+def context(client_id: str = "ann") -> RunContext[None]:
+    return RunContext(session_name="s", run_id="r", client_id=client_id)
+
+
+class TestAgentFromConfig:
+    async def test_configured_provider_tools_and_prompt(self, tmp_path: Path) -> None:
+        """The config tables become a provider, a tool registry and a rendered system prompt."""
         (tmp_path / "team").mkdir()
         (tmp_path / "team" / "support.md").write_text("{company} support for {client_id}, model {model}.")
-        setup = build_agent_setup(
-            provider={"name": "echo"},
-            providers={"echo": {"prefix": "> "}, "openai": {"model": "unused"}},
-            tools={"enabled": ["current_time", "send_notification"]},
-            prompts={"system": "support", "dir": "team", "values": {"company": "Acme"}},
-            config_dir=tmp_path,
+        agent = agent_from(
+            tmp_path,
+            """
+[provider]
+name = "echo"
+[providers.echo]
+prefix = "> "
+[providers.openai]
+model = "unused"
+[tools]
+enabled = ["current_time", "send_notification"]
+[prompts]
+system = "support"
+dir = "team"
+values = { company = "Acme" }
+""",
         )
-        assert isinstance(setup.provider, EchoProvider) and setup.provider.prefix == "> "
-        assert (setup.provider_name, setup.provider_reason) == ("echo", "configured")
-        assert [d.name for d in setup.tools.definitions()] == ["current_time", "send_notification"]
-        assert setup.tools["send_notification"].requires_approval
-        rendered = setup.system_prompt(session_name="s", run_id="r", client_id="ann", now=NOW)
-        assert rendered == "Acme support for ann, model ."
+        assert isinstance(agent.provider, EchoProvider) and agent.provider.prefix == "> "
+        assert (agent.provider_name, agent.provider_reason) == ("echo", "configured")
+        assert [d.name for d in agent.tools.definitions()] == ["current_time", "send_notification"]
+        assert agent.tools["send_notification"].requires_approval
+        assert await agent.render_system_prompt(context()) == "Acme support for ann, model ."
 
     def test_defaults_pick_a_provider_and_the_default_prompt(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """With nothing configured the automatic choice is used and explained."""
         monkeypatch.delenv("OPENAI_API_KEY")
         monkeypatch.delenv("ANTHROPIC_API_KEY")
         monkeypatch.chdir(REPO_PROMPTS.parent)
-        setup = build_agent_setup()
-        assert setup.provider_name in {"local", "echo"}
-        assert setup.provider_reason != "configured"
-        assert len(setup.tools) == 0
-        assert setup.prompt is not None and setup.prompt.name == "default"
+        agent = Agent.from_config()
+        assert agent.provider_name in {"local", "echo"}
+        assert agent.provider_reason != "configured"
+        assert len(agent.tools) == 0
+        assert isinstance(agent.system_prompt, PromptTemplate) and agent.system_prompt.name == "default"
 
-    def test_model_shortcut_and_override(self) -> None:
+    def test_model_shortcut_and_override(self, tmp_path: Path) -> None:
         """[provider] model fills the provider's model; a CLI override beats [provider] name."""
-        setup = build_agent_setup(provider={"name": "openai", "model": "gpt-x"}, prompts={"system": ""})
-        assert getattr(setup.provider, "model", None) == "gpt-x"
-        assert setup.prompt is None
-        override = build_agent_setup(
-            provider={"name": "openai"}, provider_override="echo", prompts={"system": ""}
+        text = '[provider]\nname = "openai"\nmodel = "gpt-x"\n[prompts]\nsystem = ""\n'
+        agent = agent_from(tmp_path, text)
+        assert getattr(agent.provider, "model", None) == "gpt-x"
+        assert agent.system_prompt is None
+        override = agent_from(
+            tmp_path, '[provider]\nname = "openai"\n[prompts]\nsystem = ""\n', provider="echo"
         )
         assert override.provider_name == "echo"
 
-    def test_errors_are_config_errors(self) -> None:
+    def test_errors_are_config_errors(self, tmp_path: Path) -> None:
         """Misspelt keys, unknown providers/tools and missing prompts fail at startup."""
-        with pytest.raises(ConfigError, match="nmae"):
-            build_agent_setup(provider={"nmae": "echo"})
+        with pytest.raises(ConfigError, match=r"unknown key 'nmae' in \[provider\]"):
+            agent_from(tmp_path, '[provider]\nnmae = "echo"\n')
         with pytest.raises(UnknownProviderError):
-            build_agent_setup(provider={"name": "nope"})
+            agent_from(tmp_path, '[provider]\nname = "nope"\n')
         with pytest.raises(UnknownToolError):
-            build_agent_setup(provider={"name": "echo"}, tools={"enabled": ["nope"]})
-        with pytest.raises(ConfigError, match="list"):
-            build_agent_setup(provider={"name": "echo"}, tools={"enabled": "current_time"})
+            agent_from(tmp_path, '[provider]\nname = "echo"\n[tools]\nenabled = ["nope"]\n')
+        with pytest.raises(ConfigError, match=r"\[tools\] enabled"):
+            agent_from(tmp_path, '[provider]\nname = "echo"\n[tools]\nenabled = "current_time"\n')
         with pytest.raises(ConfigError, match="unknown prompt"):
-            build_agent_setup(provider={"name": "echo"}, prompts={"system": "nope"})
+            agent_from(tmp_path, '[provider]\nname = "echo"\n[prompts]\nsystem = "nope"\n')
 
 
 class TestExampleConfig:
@@ -134,11 +157,10 @@ class TestExampleConfig:
             if name == "local" and not local_model_available():
                 continue
             assert build_provider(name, options).name == name
-        root = REPO_PROMPTS.parent
-        setup = build_agent_setup(raw["provider"], sections, raw["tools"], raw["prompts"], config_dir=root)
-        assert setup.provider_name == "echo"
-        assert [t.name for t in setup.tools] == ["current_time", "calculate"]
-        assert setup.prompt is not None and setup.prompt.name == "default"
+        agent = Agent.from_config(REPO_PROMPTS.parent / "config.example.toml")
+        assert agent.provider_name == "echo"
+        assert [t.name for t in agent.tools] == ["current_time", "calculate"]
+        assert isinstance(agent.system_prompt, PromptTemplate) and agent.system_prompt.name == "default"
 
     def test_retry_table_is_validated(self) -> None:
         """A misspelt or mistyped retry option is a ConfigError."""

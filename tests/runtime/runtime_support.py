@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 from ably.types.message import Message
 
+from agent_worker.agent import Agent
 from agent_worker.config import HttpConfig, WorkerConfig
 from agent_worker.protocol.headers import (
     AI_RUN_END,
@@ -33,7 +34,6 @@ from agent_worker.protocol.vercel.encoder import (
     encode_user_message,
 )
 from agent_worker.protocol.wire import InboundMessage, OutboundMessage
-from agent_worker.runtime.loop import AgentSpec
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.testing import python_realtime
 from agent_worker.tools.registry import ToolRegistry
@@ -275,7 +275,7 @@ async def start_harness(
     config.setdefault("trigger_wait_s", 1.0)
     worker = Worker(
         transport=worker_settings(server, rate=rate, connections=connections),
-        agent=AgentSpec(provider=provider, tools=tools or ToolRegistry(), system_prompt=system_prompt),
+        agent=Agent(provider, tools=tools or ToolRegistry(), system_prompt=system_prompt),
         config=WorkerConfig(**config),
         **(worker_kwargs or {}),
     )

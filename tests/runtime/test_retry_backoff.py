@@ -1,4 +1,4 @@
-"""``retry_with_backoff`` / ``publish_reliably``: which failures are retried, and how often."""
+"""``agent_worker.retry`` / ``publish_reliably``: which failures are retried, and how often."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 
 from agent_worker.errors import TransportError
 from agent_worker.protocol.wire import OutboundMessage
-from agent_worker.runtime.streaming import publish_reliably, retry_with_backoff
+from agent_worker.retry import backoff, retry
+from agent_worker.runtime.streaming import publish_reliably
 
 
 class FlakyChannel:
@@ -48,7 +49,7 @@ async def test_last_failure_is_raised_after_the_attempts() -> None:
         raise TransportError(msg, code=42910, status_code=429)
 
     with pytest.raises(TransportError, match="attempt 3"):
-        await retry_with_backoff(always_fails, attempts=3, retry=lambda exc: True, multiplier=0.001)
+        await retry(always_fails, attempts=3, retry_if=lambda exc: True, wait=backoff(0.001))
     assert len(calls) == 3
 
 
@@ -59,5 +60,35 @@ async def test_success_first_time_calls_once() -> None:
         calls.append(1)
         return "done"
 
-    assert await retry_with_backoff(ok, attempts=5, retry=lambda exc: True) == "done"
+    assert await retry(ok, attempts=5, retry_if=lambda exc: True) == "done"
     assert calls == [1]
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    """The schedule is initial * 2**(n-1), never above max_wait."""
+    wait = backoff(0.25, max_wait=1.0)
+    err = RuntimeError("x")
+    assert [wait(n, err) for n in (1, 2, 3, 4)] == [0.25, 0.5, 1.0, 1.0]
+
+
+async def test_on_retry_sees_each_failure_and_its_wait() -> None:
+    """on_retry is called before every sleep with the failure count, the error and the wait."""
+    seen: list[tuple[int, str, float]] = []
+    calls: list[int] = []
+
+    async def twice_then_ok() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            msg = "busy"
+            raise TransportError(msg, code=42910, status_code=429)
+        return "ok"
+
+    result = await retry(
+        twice_then_ok,
+        attempts=5,
+        retry_if=lambda exc: True,
+        wait=lambda n, _exc: 0.001 * n,
+        on_retry=lambda n, exc, s: seen.append((n, str(exc), s)),
+    )
+    assert result == "ok"
+    assert [(n, s) for n, _, s in seen] == [(1, 0.001), (2, 0.002)]

@@ -12,7 +12,13 @@ from pydantic import BaseModel
 from structlog.testing import capture_logs
 
 from agent_worker.errors import ConfigError, ToolError, UnknownToolError
-from agent_worker.tools import RunContext, Tool, ToolRegistry, ToolResult, available_tools, build_tools
+from agent_worker.plugins import available_tools, build_tools
+from agent_worker.tools import (
+    RunContext,
+    Tool,
+    ToolRegistry,
+    ToolResult,
+)
 
 CTX = RunContext(session_name="sess-1", run_id="run-1", client_id="alice")
 

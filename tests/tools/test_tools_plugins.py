@@ -16,9 +16,10 @@ import pytest
 from agent_worker import plugins
 from agent_worker.errors import ConfigError
 from agent_worker.hookspecs import RegisterProvider, RegisterTool, hookimpl
+from agent_worker.plugins import available_providers, available_tools, build_provider, build_tools
 from agent_worker.protocol.model import TextPart, UserMessage
-from agent_worker.providers import EchoProvider, ModelRequest, available_providers, build_provider
-from agent_worker.tools import RunContext, ToolResult, available_tools, build_tools
+from agent_worker.providers import EchoProvider, ModelRequest
+from agent_worker.tools import RunContext, ToolResult
 
 PLUGIN_SRC = Path(__file__).resolve().parent.parent / "plugin_pkg"
 
@@ -80,7 +81,7 @@ class TestInstalledPlugin:
 
     def test_fresh_process_discovers_the_plugin(self, plugin_site: Path) -> None:
         """A new interpreter with the plugin on its path finds it through importlib.metadata alone."""
-        code = "from agent_worker.providers import available_providers as a; print('shouty' in a())"
+        code = "from agent_worker.plugins import available_providers as a; print('shouty' in a())"
         env = {"PYTHONPATH": str(plugin_site), "PATH": "/usr/bin:/bin"}
         out = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True

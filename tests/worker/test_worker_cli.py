@@ -14,12 +14,12 @@ import aiohttp
 from ably import AblyRealtime
 from ably.types.message import Message
 
+from agent_worker.agent import Agent
 from agent_worker.config import load_config
 from agent_worker.errors import ConfigError
 from agent_worker.protocol.headers import build_input_headers
 from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.vercel.encoder import encode_user_message
-from agent_worker.providers.setup import build_agent_setup
 from agent_worker.server import DEFAULT_DEV_KEY
 from agent_worker.transport.ably import to_inbound
 
@@ -145,7 +145,7 @@ def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
     try:
         load_config(config)
     except ConfigError as exc:
-        assert "max_concurent_runs" in exc.message and "max_concurrent_runs" in exc.message
+        assert "'max_concurent_runs' in [worker]" in exc.message and "max_concurrent_runs" in exc.message
     else:
         msg = "expected a ConfigError"
         raise AssertionError(msg)
@@ -156,8 +156,7 @@ def test_example_config_loads() -> None:
     root = Path(__file__).resolve().parents[2]
     cfg = load_config(root / "config.example.toml")
     assert cfg.http.path == "/api/chat" and cfg.worker.cancel_policy == "owner"
-    setup = build_agent_setup(cfg.provider, cfg.providers, cfg.tools, cfg.prompts, config_dir=root)
-    assert setup.provider_name == "echo"
+    assert Agent.from_config(root / "config.example.toml").provider_name == "echo"
 
 
 def test_secrets_stay_out_of_repr(tmp_path: Path) -> None:

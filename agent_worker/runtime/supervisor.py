@@ -1,0 +1,188 @@
+"""Run supervision: every run ends in a terminal state, whatever its handler does.
+
+One run is one task (:meth:`RunSupervisor.execute`): locate the trigger → ``ai-run-start``/``-resume``
+→ the handler, once per pass (the trigger, then each batch of steering) → ``ai-run-end`` or
+``ai-run-suspend``. Its outer edge turns every way a run can stop into a terminal publish: an
+honoured cancel (``task.cancel()`` recorded by the run) ends ``cancelled``; a refused input or a
+missing trigger ends ``error`` with the protocol's code; anything unexpected ends ``error`` (50000)
+and is logged once. The cleanup runs under :func:`asyncio.shield`. Admission (which runs start) and
+the session pool live in :mod:`agent_worker.worker`; this module knows neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import structlog
+
+from agent_worker.errors import AgentWorkerError, InputEventNotFound, ProtocolError, TransportError
+from agent_worker.logs import get_logger
+from agent_worker.retry import retry
+from agent_worker.runtime.handler import AgentRun, RunHandler, RunStats
+from agent_worker.runtime.run import Run, RunPhase
+from agent_worker.runtime.session import AgentSession, RunAlreadyActive
+
+__all__ = ["Hook", "LocateLimits", "RunObserver", "RunSupervisor", "call_hook"]
+
+log = get_logger("agent_worker.runtime.supervisor")
+
+Hook = Callable[..., "Awaitable[None] | None"]
+
+
+async def call_hook(hook: Hook | None, *args: Any) -> None:
+    """Call a user hook (sync or async); its failure is logged, never propagated."""
+    if hook is None:
+        return
+    try:
+        result = hook(*args)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.exception("worker_hook_failed", hook=getattr(hook, "__name__", repr(hook)))
+
+
+class RunObserver(Protocol):
+    """What the host (the worker) learns about a supervised run: presence, metrics, counters."""
+
+    def run_status(self, run: Run, status: str) -> None: ...
+
+    def run_tokens(self, input_tokens: int, output_tokens: int) -> None: ...
+
+    def trigger_waited(self, seconds: float) -> None: ...
+
+    def first_output(self, seconds: float) -> None: ...
+
+    def run_finished(self, run: Run, error: AgentWorkerError | None, accepted_at: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LocateLimits:
+    """How hard to look for a run's trigger (see :class:`agent_worker.config.WorkerConfig`)."""
+
+    max_pages: int = 20
+    max_branch_pages: int = 10_000
+    wait_s: float = 5.0
+    max_input_bytes: int = 64 * 1024
+
+
+class RunSupervisor:
+    def __init__(
+        self,
+        handler: RunHandler,
+        observer: RunObserver,
+        limits: LocateLimits,
+        *,
+        on_run_start: Hook | None = None,
+        on_run_end: Hook | None = None,
+    ) -> None:
+        self.handler = handler
+        self.observer = observer
+        self.limits = limits
+        self.on_run_start = on_run_start
+        self.on_run_end = on_run_end
+
+    async def _passes(self, run: Run, stats: RunStats) -> Literal["complete", "suspended"]:
+        """Call the handler while the run has input: the trigger, then steering that arrived."""
+        while run.has_input():
+            stats.passes += 1
+            view = AgentRun(run, stats)
+            await self.handler(view)
+            if view.suspended:
+                return "suspended"
+            if not run.produced_output:
+                break  # a handler that says nothing must not be called forever
+            await asyncio.sleep(0)  # let steering that arrived during the pass fold in
+        return "complete"
+
+    async def execute(self, run: Run, session: AgentSession, accepted_at: float) -> None:
+        """The run task's body. Never raises except an external cancellation (after the terminal
+        publish)."""
+        observer = self.observer
+        stats = RunStats(
+            on_usage=observer.run_tokens, on_status=lambda status: observer.run_status(run, status)
+        )
+        error: AgentWorkerError | None = None
+        limits = self.limits
+        with structlog.contextvars.bound_contextvars(
+            run_id=run.run_id, session=session.name, invocation_id=run.invocation_id
+        ):
+            try:
+                try:
+                    await session.locate(
+                        run,
+                        max_pages=limits.max_pages,
+                        max_branch_pages=limits.max_branch_pages,
+                        wait_s=limits.wait_s,
+                        max_input_bytes=limits.max_input_bytes,
+                    )
+                finally:
+                    observer.trigger_waited(time.monotonic() - accepted_at)
+                structlog.contextvars.bind_contextvars(run_id=run.run_id)
+                observer.run_status(run, "thinking")
+                # Nothing is on the wire before the run-start, so retrying its publish is always safe.
+                await retry(run.start, attempts=3, retry_if=lambda exc: isinstance(exc, TransportError))
+                await call_hook(self.on_run_start, run)
+                outcome = await self._passes(run, stats)
+                if run.first_output_at is not None:
+                    observer.first_output(run.first_output_at - accepted_at)
+                if outcome == "suspended":
+                    await run.suspend()
+                else:
+                    await run.end("complete")
+            except asyncio.CancelledError:
+                if not run.cancel_requested:
+                    await asyncio.shield(terminate(run, "cancelled", None))
+                    raise
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                log.info("run_cancelled", source=run.cancel_source, by=run.cancelled_by)
+                await asyncio.shield(terminate(run, "cancelled", None))
+            except RunAlreadyActive as exc:
+                log.warning("run_refused", code=exc.code, reason=exc.message)
+                run.phase = RunPhase.ENDED
+                run.outcome = "error"
+            except (InputEventNotFound, ProtocolError) as exc:
+                error = exc
+                log.warning("run_refused", code=exc.code, reason=exc.message)
+                await asyncio.shield(terminate(run, "error", exc))
+            except AgentWorkerError as exc:
+                # As the JS agent wraps a failed pipe: "unable to complete run; <cause>".
+                error = AgentWorkerError(f"unable to complete run; {exc.message}", code=exc.code)
+                log.error("run_failed", code=exc.code, error=exc.message)
+                await asyncio.shield(terminate(run, "error", error))
+            except Exception as exc:
+                error = AgentWorkerError(f"unable to complete run; {type(exc).__name__}: {exc}", code=50000)
+                log.exception("run_crashed")
+                await asyncio.shield(terminate(run, "error", error))
+            finally:
+                observer.run_status(run, "idle")
+                observer.run_finished(run, error, accepted_at)
+                await call_hook(self.on_run_end, run)
+
+
+async def terminate(run: Run, reason: Literal["cancelled", "error"], error: AgentWorkerError | None) -> None:
+    """Publish whatever is missing for a terminal state: run-start (when the run exists on the
+    channel or its failure must be visible there), then run-end. Never raises."""
+    try:
+        if run.phase is RunPhase.ENDED:
+            return
+        if not run.started:
+            if reason == "cancelled" and run.trigger is None:
+                # Never located: nothing of this run is on the channel; publish nothing.
+                run.phase = RunPhase.ENDED
+                run.outcome = "cancelled"
+                run.session.deregister(run)
+                return
+            await run.start()
+        await run.end(reason, error)
+    except AgentWorkerError as exc:
+        log.error("run_terminal_publish_failed", error=exc.message, reason=reason)
+        run.phase = RunPhase.ENDED
+        run.outcome = run.outcome or reason
+        run.session.deregister(run)

@@ -1,0 +1,104 @@
+"""The session pool: one attached :class:`AgentSession` (and its presence) per channel in use.
+
+Sessions are created on first use (one lock per name, so concurrent invocations share one attach),
+released after ``session_idle_s`` without runs (watched channels stay), and closed on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent_worker.errors import AgentWorkerError
+from agent_worker.logs import get_logger
+from agent_worker.runtime.session import AgentSession
+from agent_worker.transport.ably import AblyTransport
+from agent_worker.worker.presence import AgentStatus, SessionPresence
+
+__all__ = ["SessionPool"]
+
+log = get_logger("agent_worker.worker.pool")
+
+
+class SessionPool:
+    def __init__(
+        self,
+        transport: AblyTransport,
+        make_session: Callable[[Any], AgentSession],
+        *,
+        presence: bool = True,
+        idle_s: float = 300.0,
+    ) -> None:
+        self.transport = transport
+        self._make_session = make_session
+        self.presence_enabled = presence
+        self.idle_s = idle_s
+        self.sessions: dict[str, AgentSession] = {}
+        self._presence: dict[str, SessionPresence] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    async def get(self, name: str) -> AgentSession:
+        """The (attached) session for a channel, created on first use."""
+        existing = self.sessions.get(name)
+        if existing is not None:
+            return existing
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            existing = self.sessions.get(name)
+            if existing is not None:
+                return existing
+            session = self._make_session(self.transport.channel(name))
+            await session.connect()
+            self.sessions[name] = session
+            if self.presence_enabled:
+                presence = SessionPresence(session.channel)
+                self._presence[name] = presence
+                presence.start()
+            return session
+
+    def set_status(self, session: str, run_id: str, status: AgentStatus) -> None:
+        presence = self._presence.get(session)
+        if presence is not None:
+            presence.set(run_id, status)
+
+    def start_reaper(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_idle())
+
+    async def _release(self, name: str) -> None:
+        session = self.sessions.pop(name, None)
+        presence = self._presence.pop(name, None)
+        if presence is not None:
+            await presence.close()
+        if session is not None:
+            with contextlib.suppress(AgentWorkerError):
+                await session.close()
+
+    async def _reap_idle(self) -> None:
+        interval = max(1.0, min(30.0, self.idle_s / 4))
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for name, session in list(self.sessions.items()):
+                if session.watch or not session.idle or now - session.last_active < self.idle_s:
+                    continue
+                log.info("session_released", session=name)
+                await self._release(name)
+                await self.transport.release(name)
+
+    async def close(self) -> None:
+        """Stop the reaper, leave presence and detach every session."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for presence in list(self._presence.values()):
+            await presence.close()
+        self._presence.clear()
+        for name in list(self.sessions):
+            await self._release(name)
