@@ -215,6 +215,8 @@ class Config(_Section):
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     tools: ToolsConfig = ToolsConfig()
     prompts: PromptsConfig = PromptsConfig()
+    server: dict[str, Any] = Field(default_factory=dict)
+    """The embedded server's ``[server]`` table (keys, channel rules); validated by ``server.config``."""
 
 
 def _where(loc: tuple[int | str, ...]) -> tuple[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from types import TracebackType
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from agent_worker.errors import ConfigError
 from agent_worker.server.auth import ApiKey, Capability, KeyRing, token_details
 from agent_worker.server.config import DEFAULT_DEV_KEY, ServerConfig
 from agent_worker.server.connection import RealtimeGateway
@@ -56,13 +58,28 @@ class TokenMint:
         return token_details(token, claims)
 
 
+def _api_keys(config: ServerConfig) -> list[ApiKey]:
+    """The accepted keys, each with its capability (``config.key_capabilities``; default all)."""
+    keys = [ApiKey.parse(k) for k in list(config.keys) or [DEFAULT_DEV_KEY]]
+    names = {k.name for k in keys}
+    unknown = sorted(set(config.key_capabilities) - names)
+    if unknown:
+        msg = f"capability given for unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        raise ConfigError(msg)
+    return [
+        dataclasses.replace(k, capability=Capability.parse(config.key_capabilities[k.name]))
+        if k.name in config.key_capabilities
+        else k
+        for k in keys
+    ]
+
+
 class EmbeddedServer(TokenMint):
     """Start with ``await server.start()`` (or ``async with``); ``server.endpoint`` is ``host:port``."""
 
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config or ServerConfig()
-        key_texts = list(self.config.keys) or [DEFAULT_DEV_KEY]
-        self._keyring = KeyRing(ApiKey.parse(k) for k in key_texts)
+        self._keyring = KeyRing(_api_keys(self.config))
         self._state = _State.NEW
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -84,7 +101,7 @@ class EmbeddedServer(TokenMint):
         self._store = SQLiteStore(cfg.data_dir) if cfg.data_dir is not None else MemoryStore()
         self._hub = Hub(cfg, self._keyring, self._store)
         self._gateway = RealtimeGateway(self._hub)
-        rest = RestApi(self._hub)
+        rest = RestApi(self._hub, self._gateway.live_connection)
         gateway = self._gateway
 
         async def root(request: web.Request) -> web.StreamResponse:
@@ -108,6 +125,8 @@ class EmbeddedServer(TokenMint):
             endpoint=self.endpoint,
             persistence="sqlite" if cfg.data_dir is not None else "memory",
             keys=[k.split(":", 1)[0] for k in self.keys],
+            restricted_keys=sorted(cfg.key_capabilities),
+            channel_rules=[r.describe() for r in cfg.channel_rules],
         )
         return self
 

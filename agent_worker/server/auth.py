@@ -110,6 +110,27 @@ def resource_matches(pattern: str, name: str) -> bool:
     return len(n) == len(p)
 
 
+def _covers(outer: str, inner: str) -> bool:
+    """Whether every channel ``inner`` matches is matched by ``outer`` (both resource patterns)."""
+    outer, inner = _strip_qualifier(outer), _strip_qualifier(inner)
+    if outer in ("*", inner):
+        return True
+    if "*" not in inner:
+        return resource_matches(outer, inner)
+    if outer.endswith("*") and "*" not in outer[:-1]:
+        return inner.startswith(outer[:-1])
+    return resource_matches(outer, inner.replace("*", "x"))
+
+
+def narrower_resource(a: str, b: str) -> str | None:
+    """The intersection of two resource patterns when one contains the other, else ``None``."""
+    if _covers(b, a):
+        return a
+    if _covers(a, b):
+        return b
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Capability:
     """``resource -> ops`` as in Ably's capability JSON."""
@@ -141,6 +162,9 @@ class Capability:
                 if not isinstance(op, str) or (op != "*" and op not in ALL_OPS):
                     msg = f"capability has an unknown operation {op!r}"
                     raise _auth_error(msg, 40000, 400)
+            if "*" in ops and len(ops) > 1:  # Ably refuses ["*", "publish"] (ably-js rest/capability)
+                msg = f"invalid capability for {resource!r}: '*' must be the only operation"
+                raise _auth_error(msg, 40000, 400)
             grants[resource] = frozenset(ops)
         return cls(grants)
 
@@ -163,22 +187,29 @@ class Capability:
         return {r: sorted(ops) for r, ops in self.grants.items()}
 
     def restrict_to(self, outer: Capability) -> Capability:
-        """``self`` narrowed to what ``outer`` permits; ``AuthError(40160)`` if nothing remains."""
-        grants: dict[str, frozenset[str]] = {}
+        """``self`` narrowed to what ``outer`` permits; ``AuthError(40160)`` if nothing remains.
+
+        Resources intersect to the narrower of two nested patterns (``ns:*`` and ``ns:a:*`` give
+        ``ns:a:*``, whichever side holds which), operations to their common subset.
+        """
+        grants: dict[str, set[str]] = {}
         for resource, ops in self.grants.items():
-            allowed: set[str] = set()
             for outer_res, outer_ops in outer.grants.items():
-                probe = _strip_qualifier(resource)
-                if resource_matches(outer_res, probe.replace("*", "x")) or outer_res in ("*", "[*]*"):
-                    allowed |= ALL_OPS | {"*"} if "*" in outer_ops else set(outer_ops)
-            wanted = ops if "*" not in ops or "*" in allowed else ALL_OPS
-            kept = frozenset(op for op in wanted if op in allowed)
-            if kept:
-                grants[resource] = kept
+                narrower = narrower_resource(resource, outer_res)
+                if narrower is None:
+                    continue
+                if "*" in outer_ops:
+                    kept = set(ops)
+                elif "*" in ops:
+                    kept = set(outer_ops)
+                else:
+                    kept = set(ops) & set(outer_ops)
+                if kept:
+                    grants.setdefault(narrower, set()).update(kept)
         if not grants:
             msg = "requested capability is not permitted by the key"
             raise _auth_error(msg, 40160, 401)
-        return Capability(grants)
+        return Capability({r: frozenset({"*"} if "*" in ops else ops) for r, ops in grants.items()})
 
 
 # --- keys, tokens, principals ------------------------------------------------------------------
@@ -314,7 +345,8 @@ class KeyRing:
         )
         payload: dict[str, Any] = {
             "iat": now_ms // 1000,
-            "exp": -(-(now_ms + ttl_ms) // 1000),  # round up: never shorter than asked
+            # NumericDate may be fractional (RFC 7519): keep the expiry to the millisecond, as Ably does.
+            "exp": _seconds(now_ms + ttl_ms),
             "x-ably-capability": cap.canonical(),
         }
         if client_id is not None:
@@ -358,7 +390,7 @@ class KeyRing:
         if not isinstance(exp, int | float):
             msg = "JWT exp claim must be a number"
             raise _auth_error(msg, 40144, 401)
-        if exp * 1000 <= now_ms:
+        if round(exp * 1000) <= now_ms:
             msg = "token expired"
             raise _auth_error(msg, 40142, 401)
         cap_raw = payload.get("x-ably-capability")
@@ -374,7 +406,7 @@ class KeyRing:
             client_id=client_id or None,
             capability=capability,
             issued_ms=int(iat * 1000) if isinstance(iat, int | float) else now_ms,
-            expires_ms=int(exp * 1000),
+            expires_ms=round(exp * 1000),
         )
 
     def check_bearer_header(self, value: str, now_ms: int) -> TokenClaims:
@@ -467,6 +499,11 @@ def token_details(token: str, claims: TokenClaims) -> dict[str, Any]:
     if claims.client_id is not None:
         out["clientId"] = claims.client_id
     return out
+
+
+def _seconds(ms: int) -> int | float:
+    """Milliseconds as JWT seconds: an integer when whole, else fractional."""
+    return ms // 1000 if ms % 1000 == 0 else ms / 1000
 
 
 def _str(value: Any) -> str:

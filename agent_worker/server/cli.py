@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 __all__ = ["register"]
+
+
+def _server_table(path: Path) -> dict[str, Any]:
+    import tomllib  # noqa: PLC0415
+
+    from agent_worker.errors import ConfigError  # noqa: PLC0415
+
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        msg = f"cannot read config file {path}: {exc}"
+        raise ConfigError(msg) from None
+    table = raw.get("server", {})
+    if not isinstance(table, dict):
+        msg = f"[server] in {path} must be a table"
+        raise ConfigError(msg)
+    return table
 
 
 def register(app: typer.Typer) -> None:
@@ -35,37 +52,79 @@ def register(app: typer.Typer) -> None:
         retention_seconds: Annotated[
             float | None, typer.Option(help="Drop messages older than this many seconds (default: never).")
         ] = None,
+        key_capability: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--key-capability",
+                help='Restrict a key: APP.KEY=\'{"chat:*":["subscribe"]}\' (repeatable; default: all).',
+            ),
+        ] = None,
+        channel_rule: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--channel-rule",
+                help="NAMESPACE=mutable,persisted,identified as on Ably's dashboard (repeatable; "
+                "default: mutable messages on every channel).",
+            ),
+        ] = None,
+        config: Annotated[
+            Path | None,
+            typer.Option(
+                "--config",
+                help="TOML file whose `server` table has keys and channel rules (see docs/server.md).",
+            ),
+        ] = None,
     ) -> None:
         """Run the embedded Ably-compatible server (WebSocket + REST on one port)."""
         # Heavy imports stay inside the command so `agent-worker --help` is fast.
         import asyncio  # noqa: PLC0415
         import signal  # noqa: PLC0415
 
+        from agent_worker.errors import AgentWorkerError  # noqa: PLC0415
         from agent_worker.server import EmbeddedServer, Retention, ServerConfig  # noqa: PLC0415
+        from agent_worker.server.channel_rules import ChannelRule  # noqa: PLC0415
+        from agent_worker.server.config import parse_key_capability, server_settings  # noqa: PLC0415
 
         retention = None
         if retention_messages is not None or retention_seconds is not None:
             retention = Retention(max_messages=retention_messages, max_age_s=retention_seconds)
-        config = ServerConfig(
-            host=host,
-            port=port,
-            keys=list(key or []),
-            data_dir=data_dir,
-            max_message_size=max_message_size,
-            connection_state_ttl_ms=connection_state_ttl_ms,
-            enforce_rate_limits=enforce_rate_limits,
-            retention=retention,
-        )
+        try:
+            settings = server_settings(_server_table(config)) if config is not None else {}
+            if key:
+                settings["keys"] = list(key)
+            caps = dict(settings.get("key_capabilities", {}))
+            caps.update(parse_key_capability(spec) for spec in key_capability or [])
+            settings["key_capabilities"] = caps
+            if channel_rule:
+                settings["channel_rules"] = tuple(ChannelRule.parse(spec) for spec in channel_rule)
+            server_config = ServerConfig(
+                host=host,
+                port=port,
+                data_dir=data_dir,
+                max_message_size=max_message_size,
+                connection_state_ttl_ms=connection_state_ttl_ms,
+                enforce_rate_limits=enforce_rate_limits,
+                retention=retention,
+                **settings,
+            )
+            srv_check = EmbeddedServer(server_config)  # validates keys and capabilities now
+        except AgentWorkerError as exc:
+            typer.echo(f"agent-worker server: {exc.message}", err=True)
+            raise typer.Exit(2) from None
 
         async def main() -> None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            async with EmbeddedServer(config) as srv:
+            async with srv_check as srv:
                 typer.echo(f"endpoint: {srv.endpoint}")
                 for k in srv.keys:
-                    typer.echo(f"key: {k}")
+                    name = k.partition(":")[0]
+                    restricted = server_config.key_capabilities.get(name)
+                    typer.echo(f"key: {k}" + (f"  capability: {restricted}" if restricted else ""))
+                for rule in server_config.channel_rules:
+                    typer.echo(f"channel rule: {rule.describe()}")
                 typer.echo(
                     f'ably-python: AblyRealtime(endpoint="{srv.endpoint}/", tls=False, token=...)  '
                     f"ably-js: {{endpoint: '{srv.host}', port: {srv.port}, tls: false, key}}"

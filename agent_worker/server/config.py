@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from agent_worker.errors import AgentWorkerError, ConfigError
+from agent_worker.server.auth import Capability
+from agent_worker.server.channel_rules import DEFAULT_CHANNEL_RULES, UNPERSISTED_HISTORY_MS, ChannelRule
 from agent_worker.server.log import Retention
 
-__all__ = ["DEFAULT_DEV_KEY", "Retention", "ServerConfig"]
+__all__ = ["DEFAULT_DEV_KEY", "Retention", "ServerConfig", "parse_key_capability", "server_settings"]
 
 # A fixed, obviously-local key so `agent-worker server` and `agent-worker run` agree out of the box.
 DEFAULT_DEV_KEY = "local.dev:local-dev-secret-not-for-production"
@@ -35,3 +42,79 @@ class ServerConfig:
     # permessage-deflate costs 3-4x throughput on loopback (measured by bench.server), so it is off
     # unless asked for; clients work either way.
     websocket_compression: bool = False
+    # Per-namespace channel rules as on Ably's dashboard (mutable messages, persisted,
+    # identified-only); the default enables mutable messages everywhere.
+    channel_rules: tuple[ChannelRule, ...] = DEFAULT_CHANNEL_RULES
+    # How long history keeps messages of channels without a persistence rule (Ably: 2 minutes).
+    unpersisted_history_ms: int = UNPERSISTED_HISTORY_MS
+    # Capabilities of keys, by key name (APP.KEY); keys not listed may do everything.
+    key_capabilities: Mapping[str, str] = field(default_factory=dict)
+
+
+def _capability_text(where: str, value: Any) -> str:
+    if isinstance(value, Mapping):
+        value = json.dumps(dict(value))
+    if not isinstance(value, str):
+        msg = f"{where} capability must be a JSON string or a table"
+        raise ConfigError(msg)
+    try:
+        Capability.parse(value)
+    except AgentWorkerError as exc:
+        msg = f"{where} capability is invalid: {exc.message}"
+        raise ConfigError(msg) from None
+    return value
+
+
+def parse_key_capability(spec: str) -> tuple[str, str]:
+    """``APP.KEY=JSON`` (the ``--key-capability`` option) → ``(key name, capability JSON)``."""
+    name, sep, cap = spec.partition("=")
+    if not sep or "." not in name or ":" in name:
+        msg = f'--key-capability {spec!r} must look like APP.KEY=\'{{"channel:*":["subscribe"]}}\''
+        raise ConfigError(msg)
+    return name.strip(), _capability_text(f"--key-capability {name}", cap)
+
+
+def server_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``ServerConfig`` fields from a config file's ``[server]`` table.
+
+    ``[[server.keys]]`` tables take ``key`` (``APP.KEY:SECRET``) or ``key_env`` (an environment
+    variable holding it) and an optional ``capability`` (JSON string or table);
+    ``[[server.channel_rules]]`` tables take ``namespace`` and ``mutable_messages`` / ``persisted`` /
+    ``identified_only``; ``unpersisted_history_ms`` is a number.
+    """
+    allowed = {"keys", "channel_rules", "unpersisted_history_ms"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        msg = f"unknown key(s) {', '.join(unknown)} in [server]; allowed: {', '.join(sorted(allowed))}"
+        raise ConfigError(msg)
+    out: dict[str, Any] = {}
+    keys: list[str] = []
+    caps: dict[str, str] = {}
+    for i, entry in enumerate(raw.get("keys", [])):
+        where = f"[[server.keys]] #{i + 1}"
+        if not isinstance(entry, Mapping) or set(entry) - {"key", "key_env", "capability"}:
+            msg = f"{where} takes key or key_env, and capability"
+            raise ConfigError(msg)
+        text = entry.get("key") or (os.environ.get(entry["key_env"], "") if entry.get("key_env") else "")
+        if not isinstance(text, str) or not text:
+            msg = f"{where} has no key (set key, or key_env to a set environment variable)"
+            raise ConfigError(msg)
+        keys.append(text)
+        if entry.get("capability") is not None:
+            caps[text.partition(":")[0]] = _capability_text(where, entry["capability"])
+    if keys:
+        out["keys"] = keys
+        out["key_capabilities"] = caps
+    if "channel_rules" in raw:
+        rules = raw["channel_rules"]
+        if not isinstance(rules, list) or not all(isinstance(r, Mapping) for r in rules):
+            msg = "[server] channel_rules must be an array of tables ([[server.channel_rules]])"
+            raise ConfigError(msg)
+        out["channel_rules"] = tuple(ChannelRule.from_mapping(r) for r in rules)
+    if "unpersisted_history_ms" in raw:
+        value = raw["unpersisted_history_ms"]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            msg = "[server] unpersisted_history_ms must be a non-negative integer"
+            raise ConfigError(msg)
+        out["unpersisted_history_ms"] = value
+    return out

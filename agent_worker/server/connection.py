@@ -23,9 +23,11 @@ from aiohttp import WSMsgType, web
 
 from agent_worker.errors import AgentWorkerError, AuthError, ProtocolError
 from agent_worker.server import constants as C
+from agent_worker.server.attach_params import mode_error, parse_attach
 from agent_worker.server.auth import Principal, resolve_client_id
 from agent_worker.server.codec import JSON, MSGPACK, Format, decode_frame, encode_frame, inbound_payload
 from agent_worker.server.codec import outbound_payload as _outbound
+from agent_worker.server.connection_keys import ConnectionKeys
 from agent_worker.server.hub import Attachment, Hub, RateLimiter, check_channel_name
 
 __all__ = ["RealtimeConnection", "RealtimeGateway", "Transport"]
@@ -103,7 +105,7 @@ class RealtimeConnection:
         self.gateway = gateway
         self.hub = gateway.hub
         self.id = secrets.token_urlsafe(9).replace("-", "x").replace("_", "y")
-        self.key = f"{self.id}!{secrets.token_urlsafe(12)}"
+        self.key = gateway.keys.issue(self.id)
         self.principal = principal
         self.requested_client_id = requested_client_id
         self.fmt = fmt
@@ -339,6 +341,7 @@ class RealtimeConnection:
     def _on_message(self, frame: dict[str, Any]) -> None:
         def publish(serial: int) -> list[dict[str, Any]]:
             channel = check_channel_name(frame.get("channel"))
+            self._require_mode(channel, C.MODE_PUBLISH, "publish a message", "PUBLISH")
             items = self._payloads(self._non_empty(frame, "messages", "MESSAGE"))
             published = self.hub.publish(
                 channel,
@@ -352,6 +355,17 @@ class RealtimeConnection:
 
         self._acked(frame, publish)
 
+    def _require_mode(self, channel: str, mode: int, operation: str, mode_name: str) -> None:
+        """40165 when the channel is attached without ``mode`` (an unattached publish is fine); a
+        capability that lacks the operation is left to the 40160 check."""
+        att = self.attachments.get(channel)
+        if (
+            att is not None
+            and not att.modes & mode
+            and self.principal.capability.allows(channel, C.MODE_TO_OP[mode])
+        ):
+            raise mode_error(operation, mode_name)
+
     def _on_presence(self, frame: dict[str, Any]) -> None:
         def update(serial: int) -> list[dict[str, Any]]:
             channel = check_channel_name(frame.get("channel"))
@@ -359,6 +373,7 @@ class RealtimeConnection:
             if channel not in self.attachments:
                 msg = "unable to enter presence channel (invalid channel state)"
                 raise ProtocolError(msg, code=91001)
+            self._require_mode(channel, C.MODE_PRESENCE, "enter presence", "PRESENCE")
             items = self._payloads(raw)
             self.hub.presence_update(channel, items, self.principal, connection_id=self.id, msg_serial=serial)
             return [{"serials": []}]
@@ -376,28 +391,23 @@ class RealtimeConnection:
             if not caps:
                 msg = f"operation not permitted with provided capability: attach to {name!r}"
                 raise AuthError(msg, code=40160, status_code=401)
+            self.hub.rules.require_identified(name, self.principal.client_id)
+            request = parse_attach(name, frame)
         except AgentWorkerError as exc:
             log.info("attach_refused", connection_id=self.id, code=exc.code, reason=exc.message)
             self.send_error(exc, channel=name)
             return
-        flags = frame.get("flags")
-        flags = flags if isinstance(flags, int) and not isinstance(flags, bool) else 0
-        requested = flags & C.MODE_MASK or C.DEFAULT_MODES
         modes = 0
         for mode, op in C.MODE_TO_OP.items():
-            if requested & mode and op in caps:
+            if request.modes & mode and op in caps:
                 modes |= mode
-        raw_params = frame.get("params")
-        params = (
-            {str(k): str(v) for k, v in raw_params.items() if v is not None}
-            if isinstance(raw_params, dict)
-            else {}
-        )
+        params = request.params
         serial = frame.get("channelSerial")
         serial = serial if isinstance(serial, str) and serial else None
         rt = self.hub.channel(name)
         chlog = rt.log
         att = self.attachments.get(name)
+        fresh = att is None
         resumable = serial is not None and chlog.resumable_from(serial)
         forced = (self.principal.client_id, name)
         if forced in self.gateway.lose_continuity:
@@ -406,10 +416,14 @@ class RealtimeConnection:
         resumed = False
         replay_from: str | None = None
         error: dict[str, Any] | None = None
-        if att is not None and (resumable or (serial is None and att.live)):
+        if att is not None and (resumable or serial is None):
+            # The connection (and so this attachment) survived: continuity is kept. A client that
+            # re-attaches without a channelSerial gets what it missed since the last delivery.
             resumed = True
             if serial is not None:
                 replay_from = max(serial, att.last_delivered) if att.live else serial
+            elif not att.live:
+                replay_from = att.last_delivered or att.attach_point
         elif att is None and resumable:
             assert serial is not None
             att = Attachment(self, name, modes, params, attach_point=serial)
@@ -431,20 +445,28 @@ class RealtimeConnection:
         channel_serial = chlog.head
         if resumed:
             channel_serial = replay_from or max(att.attach_point, att.last_delivered)
+        # A rewind only applies to a new attachment, never again when it is resumed.
+        now = self.hub.now_ms()
+        backlog = (
+            rt.rewind_records(params["rewind"], now, self.hub.rules.history_horizon(name, now))
+            if fresh and not resumed and params.get("rewind") and modes & C.MODE_SUBSCRIBE
+            else []
+        )
         out_flags = modes
         if resumed:
             out_flags |= C.FLAG_RESUMED
+        if backlog:
+            out_flags |= C.FLAG_HAS_BACKLOG
         has_presence = bool(rt.presence.members) and bool(modes & C.MODE_PRESENCE_SUBSCRIBE)
         if has_presence:
             out_flags |= C.FLAG_HAS_PRESENCE
-        echoed = {k: v for k, v in params.items() if k != "agent"}
         self.send(
             {
                 "action": C.ATTACHED,
                 "channel": name,
                 "flags": out_flags,
                 "channelSerial": channel_serial,
-                "params": echoed or None,
+                "params": request.echoed or None,
                 "error": error,
             }
         )
@@ -452,8 +474,8 @@ class RealtimeConnection:
             rt.send_sync(att)
         if replay_from is not None:
             rt.replay(att, replay_from)
-        elif not resumed and params.get("rewind"):
-            rt.rewind(att, params["rewind"], self.hub.now_ms())
+        elif backlog:
+            rt.send_rewind(att, backlog)
 
     def _on_detach(self, frame: dict[str, Any]) -> None:
         name = frame.get("channel")
@@ -497,6 +519,7 @@ class RealtimeGateway:
         self.hub = hub
         self.connections: dict[str, RealtimeConnection] = {}
         self._by_key: dict[str, RealtimeConnection] = {}
+        self.keys = ConnectionKeys(hub.keyring.default.secret)
         self._heartbeat: asyncio.Task[None] | None = None
         # (clientId, channel) pairs whose next ATTACH must not resume (test hook, see drop()).
         self.lose_continuity: set[tuple[str | None, str]] = set()
@@ -522,6 +545,11 @@ class RealtimeGateway:
             for conn in list(self.connections.values()):
                 if conn.transport is not None:
                     conn.send({"action": C.HEARTBEAT})
+
+    def live_connection(self, key: str) -> RealtimeConnection | None:
+        """The connection ``key`` currently names (for REST publishes on its behalf)."""
+        conn = self._by_key.get(key) if isinstance(key, str) else None
+        return conn if conn is not None and not conn.closed else None
 
     def forget(self, conn: RealtimeConnection) -> None:
         self.connections.pop(conn.id, None)
@@ -582,7 +610,7 @@ class RealtimeGateway:
             transport.close_soon()
             await transport.wait_closed()
             return ws
-        conn, error = self._resume_or_create(q.get("resume") or q.get("recover"), principal, q, fmt)
+        conn, error = self._resume_or_create(q, principal, fmt)
         conn.attach_transport(transport)
         conn.send_connected(error)
         try:
@@ -616,25 +644,32 @@ class RealtimeGateway:
         return ws
 
     def _resume_or_create(
-        self, key: str | None, principal: Principal, q: Mapping[str, str], fmt: Format
+        self, q: Mapping[str, str], principal: Principal, fmt: Format
     ) -> tuple[RealtimeConnection, dict[str, Any] | None]:
         requested = q.get("clientId") or None
         echo = q.get("echo", "true") != "false"
+        key = q.get("resume") or q.get("recover")
         if key:
             conn = self._by_key.get(key)
             if conn is not None and not conn.closed and conn.principal.client_id == principal.client_id:
                 conn.principal, conn.fmt, conn.echo = principal, fmt, echo
-                log.info("connection_resumed", connection_id=conn.id)
+                if not q.get("resume"):
+                    # Recover (RTN16d): same connectionId, a new key; the key the old client holds
+                    # stops working, so it cannot take the connection back (its transport is
+                    # dropped when the new one is attached).
+                    self._by_key.pop(conn.key, None)
+                    conn.key = self.keys.issue(conn.id)
+                    self._by_key[conn.key] = conn
+                log.info("connection_resumed", connection_id=conn.id, recover=not q.get("resume"))
                 return conn, None
         conn = RealtimeConnection(self, principal, requested, fmt, echo)
         self.connections[conn.id] = conn
         self._by_key[conn.key] = conn
         error = None
         if key:
-            code = 80008 if "!" in key else 80018
-            text = "unable to recover connection (connection expired)"
-            if code == 80018:
-                text = "invalid connection id"
-            error = ProtocolError(text, code=code).to_error_info()
+            if self.keys.verify(key):
+                error = ProtocolError("unable to recover connection (connection expired)", code=80008)
+            else:
+                error = ProtocolError("invalid connection id (invalid format)", code=80018, status_code=400)
         log.info("connection_opened", connection_id=conn.id, client_id=principal.client_id, format=fmt)
-        return conn, error
+        return conn, error.to_error_info() if error is not None else None

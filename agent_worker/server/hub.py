@@ -19,6 +19,7 @@ import structlog
 from agent_worker.errors import AgentWorkerError, AuthError, ProtocolError
 from agent_worker.server import constants as C
 from agent_worker.server.auth import KeyRing, Principal
+from agent_worker.server.channel_rules import ChannelRules
 from agent_worker.server.config import ServerConfig
 from agent_worker.server.log import CREATE, DELETE, ChannelLog, MessageRecord, Published
 from agent_worker.server.presence import ENTER, LEAVE, PRESENT, UPDATE, PresenceSet
@@ -132,21 +133,21 @@ class ChannelRuntime:
             att.sub.send({"action": C.MESSAGE, "channel": self.name, "channelSerial": cs, "messages": msgs})
         att.last_delivered = cs
 
-    def rewind(self, att: Attachment, spec: str, now_ms: int) -> None:
-        """``params.rewind`` on a fresh attach: replay recent messages, rolled up to their latest."""
-        records: list[MessageRecord] = []
+    def rewind_records(self, spec: str, now_ms: int, horizon_ms: int | None = None) -> list[MessageRecord]:
+        """What ``params.rewind`` (N messages, or ``30s``/``2m``/``1h``) replays, oldest first."""
         m = re.fullmatch(r"(\d+)([smh]?)", spec.strip())
         if m is None:
-            return
+            return []
         n, unit = int(m.group(1)), m.group(2)
         if unit:
             cutoff = now_ms - n * {"s": 1000, "m": 60_000, "h": 3_600_000}[unit]
-            page, _ = self.log.history(backwards=True, limit=100, start=cutoff)
+            page, _ = self.log.history(backwards=True, limit=100, start=max(cutoff, horizon_ms or 0))
         else:
-            page, _ = self.log.history(backwards=True, limit=min(n, 100))
-        records = list(reversed(page))
-        if not records or not att.modes & C.MODE_SUBSCRIBE:
-            return
+            page, _ = self.log.history(backwards=True, limit=min(n, 100), start=horizon_ms)
+        return list(reversed(page))
+
+    def send_rewind(self, att: Attachment, records: Sequence[MessageRecord]) -> None:
+        """Replay ``records`` to a fresh attachment, each rolled up to its latest version."""
         msgs = []
         for record in records:
             msgs.append(record.render_latest())
@@ -222,6 +223,7 @@ class Hub:
         self.keyring = keyring
         self.store = store
         self.channels: dict[str, ChannelRuntime] = {}
+        self.rules = ChannelRules(config.channel_rules, config.unpersisted_history_ms)
 
     @staticmethod
     def now_ms() -> int:
@@ -243,6 +245,7 @@ class Hub:
         if not items:
             msg = "no messages to publish"
             raise ProtocolError(msg, code=40000)
+        self.rules.require_identified(rt.name, principal.client_id)
         total = 0
         out: list[dict[str, Any]] = []
         for item in items:
@@ -261,6 +264,7 @@ class Hub:
                 m.pop("serial", None)
                 m.pop("version", None)
             else:
+                self.rules.require_mutable(rt.name)
                 record = rt.log.records.get(m.get("serial") or "")
                 kind = "delete" if action == DELETE else "update"
                 own = (
@@ -332,6 +336,7 @@ class Hub:
     ) -> None:
         rt = self.channel(channel)
         self.require(principal, channel, "presence")
+        self.rules.require_identified(channel, principal.client_id)
         now = self.now_ms()
         stamped: list[dict[str, Any]] = []
         size = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_plus, urlencode
 
@@ -68,8 +69,10 @@ def _header_safe(text: str) -> str:
 
 
 class RestApi:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, connection_lookup: Callable[[str], Any] | None = None) -> None:
         self.hub = hub
+        # connectionKey -> live realtime connection (for publishes on behalf of one), if any
+        self.connection_lookup: Callable[[str], Any] = connection_lookup or (lambda _key: None)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -177,6 +180,7 @@ class RestApi:
         principal = self.principal(request)
         method = request.method
         hub = self.hub
+        hub.rules.require_identified(name, principal.client_id)
         if not rest and method == "GET":
             hub.require(principal, name, "channel-metadata")
             return self._reply(request, self._details(name))
@@ -250,13 +254,29 @@ class RestApi:
                 msg = "use PATCH /channels/{channel}/messages/{serial} to update, delete or append"
                 raise ProtocolError(msg, code=40003)
         base = secrets.token_urlsafe(9)
-        published = self.hub.publish(name, items, principal, id_base=base)
+        publisher = self._on_behalf_of(raw, principal)
+        published = self.hub.publish(name, items, principal, publisher_id=publisher, id_base=base)
         given = items[0].get("id")
         first_id = given if isinstance(given, str) else f"{base}:0"
         message_id = first_id.rsplit(":", 1)[0] if ":" in first_id else first_id
         return self._reply(
             request, {"channel": name, "messageId": message_id, "serials": published.serials}, status=201
         )
+
+    def _on_behalf_of(self, raw: list[Any], principal: Principal) -> str | None:
+        """The realtime connection a publish names with ``connectionKey`` (TM2h), or ``None``;
+        a key that is not a live connection of the same client is 40006, as on Ably."""
+        keys = {m["connectionKey"] for m in raw if isinstance(m, dict) and m.get("connectionKey") is not None}
+        if not keys:
+            return None
+        conn = self.connection_lookup(keys.pop()) if len(keys) == 1 else None
+        if conn is None or (
+            principal.client_id is not None and conn.principal.client_id != principal.client_id
+        ):
+            msg = "Malformed message; invalid connectionKey"
+            raise ProtocolError(msg, code=40006, status_code=400)
+        connection_id: str = conn.id
+        return connection_id
 
     async def _mutate(
         self, request: web.Request, name: str, serial: str, principal: Principal
@@ -285,6 +305,9 @@ class RestApi:
         if start is not None and end is not None and start > end:
             msg = "start must not be after end"
             raise ProtocolError(msg, code=40003)
+        horizon = self.hub.rules.history_horizon(name, self.hub.now_ms())
+        if horizon is not None:  # a channel without a persistence rule keeps two minutes (Ably)
+            start = horizon if start is None else max(start, horizon)
         until = q.get("from_serial") or q.get("fromSerial") or None
         page, cursor = self.hub.channel(name).log.history(
             backwards=direction == "backwards",

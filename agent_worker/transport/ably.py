@@ -137,8 +137,26 @@ class AblySettings:
         return opts
 
 
+MUTABLE_MESSAGES_NOT_ENABLED = 93002
+_explained_namespaces: set[str] = set()
+
+
+def _mutable_rule_hint(channel: str) -> str:
+    """What to do about a 93002 on ``channel`` (logged once per namespace, as an error)."""
+    namespace = channel.split(":", 1)[0]
+    hint = (
+        f"Ably refused it because channel namespace {namespace!r} does not have the 'Message annotations, "
+        "updates, deletes and appends' channel rule (mutableMessages) that AI Transport's streaming needs; "
+        f"enable it for {namespace!r} in your Ably app's settings (Channel rules)"
+    )
+    if namespace not in _explained_namespaces:
+        _explained_namespaces.add(namespace)
+        log.error("mutable_messages_rule_missing", namespace=namespace, channel=channel, hint=hint)
+    return hint
+
+
 @contextlib.contextmanager
-def map_ably_errors(operation: str) -> Iterator[None]:
+def map_ably_errors(operation: str, *, channel: str | None = None) -> Iterator[None]:
     """Translate ably-python (and socket) exceptions into :class:`TransportError`."""
     try:
         yield
@@ -146,6 +164,8 @@ def map_ably_errors(operation: str) -> Iterator[None]:
         code = exc.code if isinstance(exc.code, int) else 80003
         status = exc.status_code if isinstance(exc.status_code, int) else None
         msg = f"{operation} failed: {exc.message}"
+        if code == MUTABLE_MESSAGES_NOT_ENABLED and channel is not None:
+            msg = f"{operation} failed (93002): {_mutable_rule_hint(channel)}"
         raise TransportError(msg, code=code, status_code=status) from exc
     except (TimeoutError, OSError) as exc:
         msg = f"{operation} failed: {exc!r}"
@@ -274,7 +294,7 @@ class Channel:
 
     async def append(self, serial: str, msg: OutboundMessage) -> str | None:
         await self.limiter.acquire()
-        with map_ably_errors(f"append on {self.name}"):
+        with map_ably_errors(f"append on {self.name}", channel=self.name):
             result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
         return getattr(result, "version_serial", None)
 
@@ -289,7 +309,7 @@ class Channel:
         order equals call order."""
 
         async def run() -> str | None:
-            with map_ably_errors(f"append on {self.name}"):
+            with map_ably_errors(f"append on {self.name}", channel=self.name):
                 result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
             return getattr(result, "version_serial", None)
 
@@ -297,7 +317,7 @@ class Channel:
 
     async def update(self, serial: str, msg: OutboundMessage) -> str | None:
         await self.limiter.acquire()
-        with map_ably_errors(f"update on {self.name}"):
+        with map_ably_errors(f"update on {self.name}", channel=self.name):
             result = await self._sdk.update_message(_sdk_message(msg, serial=serial))
         return getattr(result, "version_serial", None)
 

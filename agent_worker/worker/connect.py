@@ -15,7 +15,7 @@ from agent_worker.errors import ConfigError
 from agent_worker.logs import get_logger
 from agent_worker.transport.ably import AblySettings
 
-__all__ = ["Connection", "connect"]
+__all__ = ["Connection", "connect", "embedded_server_config"]
 
 log = get_logger("agent_worker.worker.connect")
 
@@ -42,16 +42,31 @@ class Connection:
             self.embedded = None
 
 
-async def _start_embedded(port: int) -> Any:
-    from agent_worker.server import EmbeddedServer, ServerConfig  # noqa: PLC0415 - only when embedded
+def embedded_server_config(cfg: Config, port: int) -> Any:
+    """The embedded server's config: the ``[server]`` table, and unless it sets channel rules,
+    mutable messages for the namespaces the worker's sessions use (AIT appends need them)."""
+    from agent_worker.server import ServerConfig  # noqa: PLC0415 - only when embedded
+    from agent_worker.server.channel_rules import rules_for_sessions  # noqa: PLC0415
+    from agent_worker.server.config import server_settings  # noqa: PLC0415
 
+    settings = server_settings(cfg.server)
+    settings.setdefault(
+        "channel_rules", rules_for_sessions((*cfg.worker.sessions, *cfg.worker.watch_channels))
+    )
+    return ServerConfig(host="127.0.0.1", port=port, **settings)
+
+
+async def _start_embedded(cfg: Config) -> Any:
+    from agent_worker.server import EmbeddedServer  # noqa: PLC0415 - only when embedded
+
+    port = cfg.ably.embedded_port
     try:
-        return await EmbeddedServer(ServerConfig(host="127.0.0.1", port=port)).start()
+        return await EmbeddedServer(embedded_server_config(cfg, port)).start()
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE or port == 0:
             raise
         log.warning("embedded_port_in_use", port=port)
-        return await EmbeddedServer(ServerConfig(host="127.0.0.1", port=0)).start()
+        return await EmbeddedServer(embedded_server_config(cfg, 0)).start()
 
 
 async def connect(cfg: Config) -> Connection:
@@ -63,7 +78,7 @@ async def connect(cfg: Config) -> Connection:
         "connections": cfg.ably.connections,
     }
     if cfg.ably.embedded:
-        server = await _start_embedded(cfg.ably.embedded_port)
+        server = await _start_embedded(cfg)
 
         async def token() -> dict[str, Any]:
             details: dict[str, Any] = server.token_details(client_id=cfg.ably.client_id)

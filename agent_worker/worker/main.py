@@ -95,6 +95,8 @@ def _banner(worker: Worker) -> None:
     embedded = worker.connection.embedded if worker.connection is not None else None
     if embedded is not None:
         lines.append(f"  embedded Ably server: {embedded.endpoint}   key: {embedded.default_key}")
+        rules = "; ".join(r.describe() for r in embedded.config.channel_rules) or "none"
+        lines.append(f"  channel rules: {rules} (on Ably, enable the same rules for these namespaces)")
     else:
         lines.append(f"  Ably: {worker.settings.ably.endpoint or 'Ably (default endpoint)'}")
     if worker.http_url is not None:
