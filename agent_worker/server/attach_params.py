@@ -50,6 +50,7 @@ class AttachRequest:
     modes: int  # requested (before intersecting with the capability)
     params: dict[str, str]  # accepted params
     echoed: dict[str, str]  # what ATTACHED reflects
+    attach_resume: bool  # ATTACH_RESUME: the client was attached before, so no rewind (RTL4j2)
 
 
 def _modes_from_param(raw: str) -> int:
@@ -85,4 +86,4 @@ def parse_attach(channel: str, frame: Mapping[str, Any]) -> AttachRequest:
     requested = _modes_from_param(params["modes"]) if "modes" in params else flags & C.MODE_MASK
     accepted = {k: v for k, v in params.items() if k in _ACCEPTED}
     echoed = {k: v for k, v in accepted.items() if k in _ECHOED}
-    return AttachRequest(requested or C.DEFAULT_MODES, accepted, echoed)
+    return AttachRequest(requested or C.DEFAULT_MODES, accepted, echoed, bool(flags & C.FLAG_ATTACH_RESUME))

@@ -445,11 +445,17 @@ class RealtimeConnection:
         channel_serial = chlog.head
         if resumed:
             channel_serial = replay_from or max(att.attach_point, att.last_delivered)
-        # A rewind only applies to a new attachment, never again when it is resumed.
+        # A rewind applies to a first attach only: not on resume, nor when the client continues from
+        # a channelSerial or says it was attached before (ATTACH_RESUME), e.g. after a lost connection.
         now = self.hub.now_ms()
         backlog = (
             rt.rewind_records(params["rewind"], now, self.hub.rules.history_horizon(name, now))
-            if fresh and not resumed and params.get("rewind") and modes & C.MODE_SUBSCRIBE
+            if fresh
+            and not resumed
+            and serial is None
+            and not request.attach_resume
+            and params.get("rewind")
+            and modes & C.MODE_SUBSCRIBE
             else []
         )
         out_flags = modes
