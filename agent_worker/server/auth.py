@@ -335,7 +335,7 @@ class KeyRing:
         now_ms: int,
     ) -> tuple[str, TokenClaims]:
         key = key or self.default
-        cap = capability or key.capability
+        cap = capability.restrict_to(key.capability) if capability is not None else key.capability
         claims = TokenClaims(
             key_name=key.name,
             client_id=client_id,

@@ -7,6 +7,9 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+from ably.types.message import Message
+from ably.util.exceptions import AblyException
 from server_helpers import collector, eventually
 
 from agent_worker.server import DEFAULT_DEV_KEY
@@ -91,3 +94,95 @@ async def test_cli_default_dev_key() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def _check_key_capability_and_rules(endpoint: str, full: str, narrow: str) -> None:
+    """``narrow`` may only subscribe under ``team:``; appends need the ``conversations`` rule."""
+    rt = python_realtime(RemoteServer(endpoint, narrow), client_id="narrow")
+    try:
+        with pytest.raises(AblyException) as err:
+            await rt.channels.get("team:a").publish("n", "x")
+        assert err.value.code == 40160
+        await rt.channels.get("team:a").attach()
+    finally:
+        await rt.close()
+    rt = python_realtime(RemoteServer(endpoint, full), client_id="full")
+    try:
+        plain = rt.channels.get("notes:a")
+        serial = (await plain.publish("n", "te")).serials[0]
+        with pytest.raises(AblyException) as err:
+            await plain.append_message(Message(serial=serial, data="xt"))
+        assert err.value.code == 93002
+        chat = rt.channels.get("conversations:a")
+        serial = (await chat.publish("n", "te")).serials[0]
+        assert (await chat.append_message(Message(serial=serial, data="xt"))).version_serial
+    finally:
+        await rt.close()
+
+
+FULL_KEY = "app.one:secret-one-long-enough-xxxxxxxxxxxxxxxx"
+NARROW_KEY = "app.two:secret-two-long-enough-xxxxxxxxxxxxxxxx"
+
+
+async def test_cli_key_capability_and_channel_rule_options() -> None:
+    proc, facts = await _start(
+        "--key",
+        FULL_KEY,
+        "--key",
+        NARROW_KEY,
+        "--key-capability",
+        'app.two={"team:*":["subscribe"]}',
+        "--channel-rule",
+        "conversations=mutable",
+    )
+    try:
+        assert facts["key"] == [FULL_KEY, f'{NARROW_KEY}  capability: {{"team:*":["subscribe"]}}']
+        await _check_key_capability_and_rules(facts["endpoint"][0], FULL_KEY, NARROW_KEY)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_cli_keys_and_rules_from_a_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AW_TEST_NARROW_KEY", NARROW_KEY)
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f"""
+[[server.keys]]
+key = "{FULL_KEY}"
+
+[[server.keys]]
+key_env = "AW_TEST_NARROW_KEY"
+capability = {{ "team:*" = ["subscribe"] }}
+
+[[server.channel_rules]]
+namespace = "conversations"
+mutable_messages = true
+""",
+        encoding="utf-8",
+    )
+    proc, facts = await _start("--config", str(config))
+    try:
+        assert facts["key"][0] == FULL_KEY and facts["key"][1].startswith(NARROW_KEY)
+        await _check_key_capability_and_rules(facts["endpoint"][0], FULL_KEY, NARROW_KEY)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_cli_refuses_a_capability_for_an_unknown_key() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _RUNNER,
+        "server",
+        "--port",
+        "0",
+        "--key-capability",
+        'app.nope={"*":["subscribe"]}',
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert b"unknown key(s) app.nope" in out

@@ -51,6 +51,8 @@ async def read_banner(proc: asyncio.subprocess.Process) -> dict[str, str]:
                 raise AssertionError(msg)
             if m := re.search(r"embedded Ably server: (\S+)\s+key: (\S+)", line):
                 found["ably"], found["key"] = m.group(1), m.group(2)
+            if m := re.search(r"channel rules: (.*)", line):
+                found["rules"] = m.group(1)
             if m := re.search(r"POST (http://\S+)", line):
                 found["http"] = m.group(1)
     return found
@@ -78,6 +80,8 @@ async def test_run_offline_reply_then_sigterm_drains(tmp_path: Path) -> None:
     try:
         banner = await read_banner(proc)
         assert banner["key"] == DEFAULT_DEV_KEY
+        # Sessions default to "*": the embedded server enables mutable messages everywhere, and says so.
+        assert banner["rules"].startswith("every channel: mutable messages")
         client = AblyRealtime(
             key=banner["key"],
             endpoint=f"{banner['ably']}/",
