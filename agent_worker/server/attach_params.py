@@ -6,7 +6,8 @@
   (Ably may always send a full message instead of a delta, so clients cannot tell); params Ably does
   not know are dropped from the echo, as Ably does (ably-js ``attachWithInvalidChannelParams``);
   ``occupancy`` events are not implemented and are refused rather than silently never sent.
-* Derived channels with a subscription filter (``[filter=…]name``) are refused likewise.
+* Derived channels with a subscription filter (``[filter=…]name``) and other qualified channel names
+  (``[?rewind=1]name``, ``[meta]…``) are refused likewise.
 """
 
 from __future__ import annotations
@@ -69,8 +70,12 @@ def _modes_from_param(raw: str) -> int:
 
 def parse_attach(channel: str, frame: Mapping[str, Any]) -> AttachRequest:
     """Modes and params of an ATTACH; ``ProtocolError`` for what must be refused."""
-    if channel.startswith("[") and "filter=" in channel[: channel.find("]") + 1]:
-        msg = "Subscription filters (derived channels)"
+    if channel.startswith("["):
+        # [filter=…] (subscription filters), [?param=…] and [meta] channels would otherwise be
+        # separate, silent channels here.
+        qualifier = channel[: channel.find("]") + 1]
+        what = "Subscription filters (derived channels)" if "filter=" in qualifier else "Channel qualifiers"
+        msg = f"{what} such as {qualifier!r}"
         raise unsupported(msg)
     raw = frame.get("params")
     params = {str(k): str(v) for k, v in raw.items() if v is not None} if isinstance(raw, dict) else {}

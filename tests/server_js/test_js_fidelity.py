@@ -73,6 +73,7 @@ def test_unknown_params_are_dropped_unsupported_ones_refused(seen: dict[str, Any
     assert got["occupancy"]["code"] == 40000 and got["occupancy"]["statusCode"] == 400
     assert got["derived"]["code"] == 40000
     assert "not supported" in got["derived"]["message"]
+    assert got["qualified"]["code"] == 40000
 
 
 def test_rewind_sets_has_backlog_only_with_messages(seen: dict[str, Any]) -> None:

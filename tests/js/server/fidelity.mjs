@@ -64,6 +64,7 @@ main(async () => {
       echoed: ch.params,
       occupancy: await errorOf(occupancy.attach(), 10000, 'attach with occupancy'),
       derived: await errorOf(derived.attach(), 10000, 'attach derived channel'),
+      qualified: await errorOf(client.channels.get(`[?rewind=1]${ns}:q`).attach(), 10000, 'attach [?rewind=1]'),
     };
   }
 
