@@ -10,7 +10,7 @@ from agent_worker.config import config_from_mapping
 from agent_worker.providers.echo import EchoProvider
 from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.server.channel_rules import ChannelRule
-from agent_worker.worker.main import embedded_server_config
+from agent_worker.worker.connect import embedded_server_config
 
 
 def test_embedded_server_enables_mutable_messages_for_the_session_namespaces() -> None:
