@@ -4,8 +4,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LOCAL := $(VENV)/.installed-local
 JS := tests/js/node_modules/.installed
+WEB := web/node_modules/.installed
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: help setup run test lint typecheck bench all
+.PHONY: help setup run test lint typecheck bench all web
 
 help: ## list targets
 	@grep -E '^[a-z]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -25,7 +27,19 @@ $(JS): tests/js/package.json tests/js/package-lock.json
 	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
 	@touch $(JS)
 
-setup: $(STAMP) $(LOCAL) $(JS) ## install Python (.venv, incl. the local model) and Node (tests/js) dependencies
+# The web client's build tools (esbuild, TypeScript); only tests and `make web` need them.
+$(WEB): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	@touch $(WEB)
+
+# The browser tests drive Debian's chromium (Playwright cannot download browsers here).
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+setup: $(STAMP) $(LOCAL) $(JS) $(WEB) $(CHROMIUM) ## install Python (.venv, incl. the local model), Node (tests/js, web) and chromium
+
+web: $(WEB) ## rebuild the web client bundle (agent_worker/web/static) from web/src
+	cd web && node build.mjs
 
 run: $(STAMP) ## run the worker on the embedded server, offline
 	$(VENV)/bin/agent-worker run

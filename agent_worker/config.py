@@ -125,12 +125,16 @@ class HttpConfig(_Section):
     max_body_bytes: int = 64 * 1024
     cors_origins: StrTuple = ()
     """Origins allowed to POST from a browser (``"*"`` for any); empty = no CORS headers."""
-    dev_token_endpoint: bool = False
+    dev_token_endpoint: bool | None = None
     """Serve ``GET /api/auth/token?clientId=&ttl=`` (JWTs signed with the worker's key) for local
-    development; anyone who can reach it gets a token, so it is off by default."""
+    development; anyone who can reach it gets a token, so unset it is on only with the embedded
+    server (the offline default) and off when the worker is pointed at Ably."""
     dev_token_capability: str | None = None
     """JSON capability of those tokens (default: publish/subscribe/history/presence on everything)."""
     enabled: bool = True
+    web: bool | None = None
+    """Serve the browser client at ``GET /`` (:mod:`agent_worker.web`); unset it is on with the
+    embedded server and off when the worker is pointed at Ably."""
 
     def resolved_token(self) -> Secret | None:
         if self.bearer_token:

@@ -23,6 +23,29 @@ __all__ = ["EmbeddedServer"]
 log = structlog.get_logger(__name__)
 
 
+def _cors_headers(request: web.Request, origin: str, *, preflight: bool) -> dict[str, str]:
+    """CORS as Ably's REST hosts answer it, so ably-js in a web page served from another origin (the
+    worker's browser client) can read history and presence. The origin is echoed with credentials
+    allowed because ably-js sends ``credentials: include`` with an ``Authorization`` header, and the
+    paging ``Link`` header is exposed."""
+    headers = {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Credentials": "true",
+        "Vary": "Origin",
+    }
+    if preflight:
+        headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+        headers["Access-Control-Allow-Headers"] = request.headers.get(
+            "Access-Control-Request-Headers", "Authorization, Content-Type, Accept"
+        )
+        headers["Access-Control-Max-Age"] = "86400"
+    else:
+        headers["Access-Control-Expose-Headers"] = (
+            "Link, X-Ably-ErrorCode, X-Ably-ErrorMessage, X-Ably-Serverid"
+        )
+    return headers
+
+
 class _State(enum.Enum):
     NEW = "new"
     RUNNING = "running"
@@ -107,7 +130,14 @@ class EmbeddedServer(TokenMint):
         async def root(request: web.Request) -> web.StreamResponse:
             if request.path == "/" and request.headers.get("Upgrade", "").lower() == "websocket":
                 return await gateway.handle(request)
-            return await rest.dispatch(request)
+            origin = request.headers.get("Origin")
+            if origin is None:
+                return await rest.dispatch(request)
+            if request.method == "OPTIONS":  # a browser's CORS preflight
+                return web.Response(status=204, headers=_cors_headers(request, origin, preflight=True))
+            response = await rest.dispatch(request)
+            response.headers.update(_cors_headers(request, origin, preflight=False))
+            return response
 
         app = web.Application(client_max_size=max(8 << 20, 8 * cfg.max_message_size))
         app.router.add_route("*", "/{tail:.*}", root)

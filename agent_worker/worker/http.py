@@ -19,6 +19,7 @@ from aiohttp import web
 from agent_worker.config import HttpConfig
 from agent_worker.errors import AgentWorkerError, ConfigError, TransportError
 from agent_worker.logs import get_logger
+from agent_worker.web import WebSettings, add_web_routes
 from agent_worker.worker.admission import Invocation, InvocationRefused, WorkerBusy
 from agent_worker.worker.metrics import CONTENT_TYPE_LATEST, WorkerMetrics
 
@@ -164,9 +165,14 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def build_app(
-    worker: HttpWorker, config: HttpConfig | None = None, *, token_key: str | None = None
+    worker: HttpWorker,
+    config: HttpConfig | None = None,
+    *,
+    token_key: str | None = None,
+    web_client: WebSettings | None = None,
 ) -> web.Application:
-    """The app; with ``config.dev_token_endpoint`` and a ``token_key`` it also serves dev tokens."""
+    """The app; with ``config.dev_token_endpoint`` and a ``token_key`` it also serves dev tokens, and
+    with ``web_client`` the browser client at ``/`` (:mod:`agent_worker.web`)."""
     cfg = config or HttpConfig()
     app = web.Application(client_max_size=cfg.max_body_bytes + 1024)
     app[WORKER_KEY] = worker
@@ -183,6 +189,8 @@ def build_app(
 
         app.router.add_get("/api/auth/token", make_token_handler(token_key, cfg.dev_token_capability))
         log.warning("dev_token_endpoint_enabled", path="/api/auth/token")
+    if web_client is not None:
+        add_web_routes(app, web_client)
     return app
 
 
@@ -193,10 +201,12 @@ async def serve(
     host: str | None = None,
     port: int | None = None,
     token_key: str | None = None,
+    web_client: WebSettings | None = None,
 ) -> web.AppRunner:
     """Start the HTTP server; returns the runner (``await runner.cleanup()`` to stop).
     The bound port is ``runner.addresses[0][1]``."""
-    runner = web.AppRunner(build_app(worker, config, token_key=token_key), access_log=None)
+    app = build_app(worker, config, token_key=token_key, web_client=web_client)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host or config.host, config.port if port is None else port)
     await site.start()

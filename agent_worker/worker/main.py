@@ -101,6 +101,8 @@ def _banner(worker: Worker) -> None:
         lines.append(f"  Ably: {worker.settings.ably.endpoint or 'Ably (default endpoint)'}")
     if worker.http_url is not None:
         lines.append(f"  invocations: POST {worker.http_url}   health: /healthz   metrics: /metrics")
+    if worker.web_url is not None:
+        lines.append(f"  web client: {worker.web_url}?clientId=alice   (and ?clientId=bob in another tab)")
     agent = worker.agent
     if isinstance(agent, Agent):
         reason = agent.provider_reason

@@ -31,6 +31,7 @@ from agent_worker.runtime.run import CancelHook, Run
 from agent_worker.runtime.session import AgentSession, CancelDecision, CancelPolicy
 from agent_worker.runtime.supervisor import Hook, LocateLimits, RunSupervisor, call_hook
 from agent_worker.transport.ably import AblySettings, AblyTransport
+from agent_worker.web import web_defaults
 from agent_worker.worker.admission import Admission, Invocation, InvocationRefused, WorkerBusy
 from agent_worker.worker.connect import Connection, connect
 from agent_worker.worker.http import serve as serve_http
@@ -116,6 +117,8 @@ class Worker:
         self.configure(config if isinstance(config, Config) else Config(worker=config or WorkerConfig()))
         self.pool: SessionPool | None = None
         self.http_url: str | None = None
+        self.web_url: str | None = None
+        """Where the browser client is served (``[http] web``), once :meth:`serve` listens."""
         """``http://host:port/api/chat`` once :meth:`serve` has started the HTTP face."""
         self._active: dict[asyncio.Task[None], Run] = {}
         self._idle = asyncio.Event()
@@ -285,9 +288,12 @@ class Worker:
                     and self.transport.settings.key is not None
                 ):
                     token_key = self.transport.settings.key.get()
-                runner = await serve_http(self, http, token_key=token_key)
+                embedded = self.connection.embedded if self.connection is not None else None
+                http, web_client = web_defaults(self.settings, embedded and embedded.endpoint)
+                runner = await serve_http(self, http, token_key=token_key, web_client=web_client)
                 host, port = runner.addresses[0][:2]
                 self.http_url = f"http://{host}:{port}{http.path}"
+                self.web_url = f"http://{host}:{port}/" if web_client is not None else None
             # Start-up is over: keep its objects out of every later full GC (see tune_gc for why).
             if self.config.gc_tuning:
                 tune_gc()
