@@ -9,7 +9,7 @@ from ably.types.channelmode import ChannelMode
 from ably.types.channeloptions import ChannelOptions
 from ably.types.message import Message
 from ably.util.exceptions import AblyException
-from server_helpers import MESSAGE, RawClient, collector
+from server_helpers import CONNECTED, MESSAGE, RawClient, collector
 
 from agent_worker.errors import AuthError
 from agent_worker.server import EmbeddedServer, ServerConfig
@@ -159,3 +159,21 @@ async def test_restricted_key_from_config_scopes_its_tokens() -> None:
         # Tokens minted for the key are narrowed to its capability, nested namespaces included.
         details = server.token_details(capability={"team:x:*": ["*"]})
         assert details["capability"] == '{"team:x:*":["subscribe"]}'
+
+
+async def test_connection_keys_are_recognised_across_a_restart() -> None:
+    """A key this server (or its predecessor with the same API key) issued, whose connection is gone,
+    is 80008; a key it never issued is 80018 — both answered with a new connection."""
+    async with EmbeddedServer(ServerConfig(port=0)) as first:
+        raw = await RawClient.connect(first)
+        old_key, old_id = raw.connection_key, raw.connection_id
+        await raw.close()
+    async with EmbeddedServer(ServerConfig(port=0)) as second:
+        for key, code in ((old_key, 80008), (old_key.replace("!", "!x", 1), 80018), ("no-bang", 80018)):
+            conn = await RawClient.connect(second, expect_connected=False, resume=key)
+            try:
+                connected = await conn.expect(CONNECTED)
+                assert connected["error"]["code"] == code, key
+                assert connected["connectionId"] != old_id
+            finally:
+                await conn.close()
