@@ -1,0 +1,1 @@
+"""Runnable user programs; each is exercised by tests/test_examples.py."""
