@@ -48,11 +48,11 @@ test: setup ## run the test suite (the local-model tests are required, not skipp
 	AGENT_WORKER_REQUIRE_LOCAL=1 $(VENV)/bin/pytest
 
 lint: $(STAMP) ## ruff
-	$(VENV)/bin/ruff check agent_worker tests bench
-	$(VENV)/bin/ruff format --check agent_worker tests bench
+	$(VENV)/bin/ruff check agent_worker tests bench examples
+	$(VENV)/bin/ruff format --check agent_worker tests bench examples
 
-typecheck: $(STAMP) ## mypy --strict
-	$(VENV)/bin/mypy agent_worker
+typecheck: $(STAMP) ## mypy --strict (the package, its tests and the examples)
+	$(VENV)/bin/mypy agent_worker tests examples
 
 bench: setup ## run the benchmarks (writes docs/benchmarks.md sections)
 	$(PY) -m bench

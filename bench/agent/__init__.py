@@ -31,10 +31,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))  # reuse the Node runner shared with the test suite
+from tests.nodeutil import JS_ROOT, node_binary, node_config, run_node_async
 
-from nodeutil import JS_ROOT, node_binary, node_config, run_node_async  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 CLIENT = JS_ROOT / "bench" / "client.mjs"
 JS_AGENT = JS_ROOT / "bench" / "agent.mjs"

@@ -16,20 +16,18 @@ import json
 import os
 import platform
 import subprocess
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from websockets.asyncio.client import connect
+
+from agent_worker.logs import configure_logging
+from agent_worker.server import EmbeddedServer, ServerConfig
+from bench.server.baseline import fanout_server
+from tests.nodeutil import node_binary, node_config, run_node_async
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))  # reuse the Node runner shared with the test suite
-
-from nodeutil import node_binary, node_config, run_node_async  # noqa: E402
-from websockets.asyncio.client import connect  # noqa: E402
-
-from agent_worker.logs import configure_logging  # noqa: E402
-from agent_worker.server import EmbeddedServer, ServerConfig  # noqa: E402
-from bench.server.baseline import fanout_server  # noqa: E402
 
 CLIENTS = Path(__file__).resolve().parent / "clients.mjs"
 DOC = ROOT / "docs" / "benchmarks.md"

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from client_helpers import DeviceFactory, WorkerFactory
 
 from agent_worker.agent import Agent
 from agent_worker.client.app import ChatOptions, connect_session
@@ -20,6 +19,7 @@ from agent_worker.server import EmbeddedServer
 from agent_worker.transport.ably import AblySettings
 from agent_worker.worker.http import serve
 from agent_worker.worker.service import Worker
+from tests.client.client_helpers import DeviceFactory, WorkerFactory
 
 
 @pytest.fixture

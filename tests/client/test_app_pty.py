@@ -16,9 +16,9 @@ from typing import Any
 
 import pexpect
 import pytest
-from agent_double import ScriptedAgent
 
 from agent_worker.server import EmbeddedServer
+from tests.client.agent_double import ScriptedAgent
 
 CHANNEL = "conversations:pty"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

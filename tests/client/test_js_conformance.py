@@ -11,18 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from client_helpers import DeviceFactory, WorkerFactory, transcript, wait_until
 
 from agent_worker.client.render import render_ui_messages
 from agent_worker.client.session import ChatSession
 from agent_worker.providers.echo import EchoProvider
 from agent_worker.server import EmbeddedServer
-
-TESTS = Path(__file__).resolve().parent.parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-
-from nodeutil import JS_ROOT, node_config, run_node_async  # noqa: E402
+from tests.client.client_helpers import DeviceFactory, WorkerFactory, transcript, wait_until
+from tests.nodeutil import JS_ROOT, node_config, run_node_async
 
 pytestmark = pytest.mark.node
 
@@ -45,7 +40,11 @@ async def converse(alice: ChatSession, bob: ChatSession) -> None:
     for who, text in ((alice, "hello there"), (bob, "second question")):
         await who.invoke(await who.send_text(text))
         await idle(who)
-        await wait_until(alice, lambda t=text: f"echo: {t}" in transcript(alice), f"reply to {text!r}")
+
+        def replied(t: str = text) -> bool:
+            return f"echo: {t}" in transcript(alice)
+
+        await wait_until(alice, replied, f"reply to {text!r}")
     await bob.invoke(await bob.regenerate())
     await idle(bob)
     first_user = next(m for m in alice.visible_messages() if m.message["role"] == "user")

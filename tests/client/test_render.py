@@ -35,7 +35,7 @@ def assistant(cmid: str, *parts: dict[str, object]) -> MessageItem:
 class TestRender:
     def test_messages_tools_and_marks(self) -> None:
         """Text, reasoning, tool calls with results and run marks each render on their own line."""
-        items = [
+        items: list[MessageItem | RunStatusItem] = [
             user("weather in Paris?"),
             assistant(
                 "a1",

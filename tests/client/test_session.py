@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from agent_double import AgentRun, ScriptedAgent
-from client_helpers import DeviceFactory, live_screen, transcript, wait_until
-
 from agent_worker.client.app import ChatOptions, connect_session
 from agent_worker.client.render import conversation_view, plain_text, render
 from agent_worker.client.session import ChatSession
 from agent_worker.protocol.headers import H_CODEC_MESSAGE_ID
 from agent_worker.server import EmbeddedServer, ServerConfig
+from tests.client.agent_double import AgentRun, ScriptedAgent
+from tests.client.client_helpers import DeviceFactory, live_screen, transcript, wait_until
 
 CHANNEL = "conversations:client-test"
 
@@ -72,7 +71,11 @@ class TestLive:
                 await run.delta(token)
                 seen.append(token)
                 partial = "#1 alice> count to three\nassistant> " + "".join(seen)
-                await wait_until(bob, lambda p=partial: transcript(bob) == p, f"bob to see {seen!r}")
+
+                def caught_up(p: str = partial) -> bool:
+                    return transcript(bob) == p
+
+                await wait_until(bob, caught_up, f"bob to see {seen!r}")
             await run.finish_text()
             await run.end("complete")
             await wait_until(bob, lambda: not bob.active_runs(), "the run to end")

@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
 import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from client_helpers import DeviceFactory
 from typer.testing import CliRunner
 
 from agent_worker.cli import app
 from agent_worker.client.tokens import ApiKey, decode_token, make_token_handler, mint_token, parse_ttl
 from agent_worker.errors import ConfigError, TransportError
 from agent_worker.server import DEFAULT_DEV_KEY, EmbeddedServer
-
-TESTS = Path(__file__).resolve().parent.parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-
-from nodeutil import JS_ROOT, node_config, run_node_async  # noqa: E402
+from tests.client.client_helpers import DeviceFactory
+from tests.nodeutil import JS_ROOT, node_config, run_node_async
 
 
 class TestMint:

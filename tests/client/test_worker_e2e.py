@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from client_helpers import DeviceFactory, WorkerFactory, transcript, wait_until
-
 from agent_worker.client.session import ChatSession
 from agent_worker.providers.echo import EchoProvider
+from tests.client.client_helpers import DeviceFactory, WorkerFactory, transcript, wait_until
 
 SESSION = "conversations:e2e"
 STORY = " ".join(f"word{i}" for i in range(200))

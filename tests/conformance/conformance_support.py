@@ -13,38 +13,31 @@ mid-stream), and the script can wait for provider-side events (``ctl({op: "wait"
 from __future__ import annotations
 
 import asyncio
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-TESTS = Path(__file__).resolve().parent.parent
-if str(TESTS) not in sys.path:  # makes tests/nodeutil.py importable without packages
-    sys.path.insert(0, str(TESTS))
-
-from nodeutil import JS_ROOT, node_config, run_node_async  # noqa: E402
-
-from agent_worker.agent import Agent  # noqa: E402
-from agent_worker.config import HttpConfig, WorkerConfig  # noqa: E402
-from agent_worker.protocol.model import (  # noqa: E402
+from agent_worker.agent import Agent
+from agent_worker.config import HttpConfig, WorkerConfig
+from agent_worker.protocol.model import (
     AssistantMessage,
     ModelMessage,
     TextPart,
     ToolMessage,
     UserMessage,
 )
-from agent_worker.providers.base import ModelRequest, StreamEvent  # noqa: E402
-from agent_worker.providers.echo import ScriptedProvider  # noqa: E402
-from agent_worker.runtime.run import Run  # noqa: E402
-from agent_worker.server import EmbeddedServer  # noqa: E402
-from agent_worker.tools.registry import ToolRegistry  # noqa: E402
-from agent_worker.transport.ably import AblySettings  # noqa: E402
-from agent_worker.worker.http import serve  # noqa: E402
-from agent_worker.worker.service import Worker  # noqa: E402
+from agent_worker.providers.base import ModelRequest, StreamEvent
+from agent_worker.providers.echo import ScriptedProvider
+from agent_worker.runtime.run import Run
+from agent_worker.server import EmbeddedServer
+from agent_worker.tools.registry import ToolRegistry
+from agent_worker.transport.ably import AblySettings
+from agent_worker.worker.http import serve
+from agent_worker.worker.service import Worker
+from tests.nodeutil import JS_ROOT, node_config, run_node_async
 
 __all__ = ["JS_ROOT", "Conductor", "Script", "Stack", "last_user_text", "start_stack", "transcript"]
 

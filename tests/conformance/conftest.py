@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from conformance_support import Conductor, Script, Stack, start_stack
 
 from agent_worker.server import EmbeddedServer
+from tests.conformance.conformance_support import Conductor, Script, Stack, start_stack
 
 StackFactory = Callable[..., Awaitable[Stack]]
 

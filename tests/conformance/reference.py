@@ -20,8 +20,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from conformance_support import JS_ROOT, Script
-from nodeutil import node_binary, node_config
 
 from agent_worker.errors import ProviderConnectionError
 from agent_worker.protocol.model import (
@@ -41,6 +39,8 @@ from agent_worker.providers.base import (
     ToolCallStart,
 )
 from agent_worker.server import EmbeddedServer
+from tests.conformance.conformance_support import JS_ROOT, Script
+from tests.nodeutil import node_binary, node_config
 
 REFERENCE_AGENT = JS_ROOT / "conformance" / "reference-agent.mjs"
 

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from reference import ReferenceAgent, Rules, rules_script
 
 from agent_worker.server import EmbeddedServer
 from agent_worker.tools.base import Tool
 from agent_worker.tools.builtin import get_client_location, send_notification
 from agent_worker.tools.registry import ToolRegistry
+from tests.conformance.reference import ReferenceAgent, Rules, rules_script
 
 pytestmark = pytest.mark.node
 

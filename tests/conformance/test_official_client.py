@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from conformance_support import Conductor, last_user_text, transcript
 
 from agent_worker.errors import ProviderConnectionError
 from agent_worker.protocol.model import ToolMessage, UserMessage
@@ -28,6 +27,7 @@ from agent_worker.providers.base import (
 from agent_worker.tools.base import Tool
 from agent_worker.tools.builtin import get_client_location, send_notification
 from agent_worker.tools.registry import ToolRegistry
+from tests.conformance.conformance_support import Conductor, last_user_text, transcript
 
 pytestmark = pytest.mark.node
 

@@ -7,8 +7,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol_support import JS_ROOT, Channel, inbound_json, node_config, run_node
-
 from agent_worker.protocol.headers import (
     AI_RUN_END,
     AI_RUN_RESUME,
@@ -35,6 +33,7 @@ from agent_worker.protocol.vercel.encoder import (
     encode_user_message,
 )
 from agent_worker.protocol.wire import InboundMessage
+from tests.protocol.protocol_support import JS_ROOT, Channel, inbound_json, node_config, run_node
 
 TREE_SCRIPT = JS_ROOT / "protocol" / "tree.mjs"
 
@@ -98,7 +97,7 @@ class AgentRun:
         """Publish ai-step-start and prepare the pass's encoder (outputs go through :meth:`emit`)."""
         step_id = step_id or f"{self.invocation_id}-step-{self.step_n}"
         self.step_n += 1
-        self._common = {
+        self._common: dict[str, Any] = {
             "run_id": self.run_id,
             "step_id": step_id,
             "invocation_id": self.invocation_id,

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-TESTS = Path(__file__).resolve().parent.parent
-if str(TESTS) not in sys.path:  # makes tests/nodeutil.py importable without packages
-    sys.path.insert(0, str(TESTS))
-
-from nodeutil import JS_ROOT, node_config, run_node  # noqa: E402
+from tests.nodeutil import JS_ROOT, node_config, run_node
 
 __all__ = ["JS_ROOT", "node_config", "run_node"]
 
-from agent_worker.errors import CodecError  # noqa: E402
-from agent_worker.protocol.headers import build_output_headers  # noqa: E402
-from agent_worker.protocol.vercel.encoder import UIMessageEncoder  # noqa: E402
-from agent_worker.protocol.wire import (  # noqa: E402
+from agent_worker.errors import CodecError
+from agent_worker.protocol.headers import build_output_headers
+from agent_worker.protocol.vercel.encoder import UIMessageEncoder
+from agent_worker.protocol.wire import (
     Action,
     AppendOp,
     InboundMessage,

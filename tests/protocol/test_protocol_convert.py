@@ -40,7 +40,7 @@ def tool(state: str, call_id: str, **extra: Any) -> dict[str, Any]:
 class TestToModelMessages:
     def test_step_boundaries_split_assistant_and_tool_messages(self) -> None:
         """Each step becomes assistant(call) + tool(result); text after the last step closes the turn."""
-        messages = [
+        messages: list[dict[str, Any]] = [
             {"id": "s", "role": "system", "parts": [{"type": "text", "text": "be brief"}]},
             {
                 "id": "u",

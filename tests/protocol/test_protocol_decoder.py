@@ -4,18 +4,9 @@ inputs, bad input; differential runs against the official JS decoder/reducer."""
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from protocol_support import (
-    ALL_OUTPUT_CHUNKS,
-    Channel,
-    inbound_json,
-    js_codec,
-    message_json,
-    run_encoder,
-    section_10_output_headers,
-)
 
 from agent_worker.errors import CodecError
 from agent_worker.protocol.headers import build_input_headers
@@ -30,6 +21,15 @@ from agent_worker.protocol.vercel.encoder import (
 )
 from agent_worker.protocol.vercel.reducer import VercelProjection
 from agent_worker.protocol.wire import InboundMessage
+from tests.protocol.protocol_support import (
+    ALL_OUTPUT_CHUNKS,
+    Channel,
+    inbound_json,
+    js_codec,
+    message_json,
+    run_encoder,
+    section_10_output_headers,
+)
 
 DEFAULTS = section_10_output_headers()
 USER_HEADERS = build_input_headers(codec_message_id="CU", event_id="E1", run_client_id="user-abc")
@@ -84,7 +84,7 @@ def section_10_channel() -> Channel:
         {"type": "finish-step"},
         {"type": "finish", "finishReason": "stop"},
     ]:
-        ch.run_ops(enc.encode(chunk), streams)
+        ch.run_ops(enc.encode(cast("dict[str, Any]", chunk)), streams)
     return ch
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from protocol_support import ALL_OUTPUT_CHUNKS as ALL_CHUNKS
-from protocol_support import js_codec, run_encoder, section_10_output_headers
 
 from agent_worker.errors import CodecError
 from agent_worker.protocol.headers import (
@@ -22,6 +20,8 @@ from agent_worker.protocol.headers import (
 )
 from agent_worker.protocol.vercel.encoder import UIMessageEncoder
 from agent_worker.protocol.wire import AppendOp, PublishOp
+from tests.protocol.protocol_support import ALL_OUTPUT_CHUNKS as ALL_CHUNKS
+from tests.protocol.protocol_support import js_codec, run_encoder, section_10_output_headers
 
 # §10 fixtures
 B_DEFAULTS = section_10_output_headers()
@@ -197,7 +197,7 @@ class TestSection10Wire:
             }
         }
         assert enc.cancel_open_streams() == []
-        assert enc.open_stream_keys == ()
+        assert len(enc.open_stream_keys) == 0
 
     def test_recovery_update_carries_the_full_text(self) -> None:
         """After a failed append the repair is an update with the accumulated text and the final status."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from convo import Convo, text_reply
 
 from agent_worker.protocol.branch import (
     TriggerInfo,
@@ -22,6 +21,7 @@ from agent_worker.protocol.branch import (
 from agent_worker.protocol.headers import RunLifecycle
 from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.wire import InboundMessage
+from tests.protocol.convo import Convo, text_reply
 
 
 def texts(messages: list[Any]) -> list[tuple[str, str]]:
@@ -204,10 +204,10 @@ class TestLifecycleBeforeTheRunNode:
         # The newer invocation's end, then an older page replays its earlier lifecycle.
         tree.apply_run_lifecycle(ev("end", "z9", "I-3", reason="complete"))
         tree.apply_run_lifecycle(ev("resume", "z1", "I-3"))
-        assert node.status == "complete"
+        assert str(node.status) == "complete"
         tree.apply_run_lifecycle(ev("suspend", "000001", ""))
         tree.apply_run_lifecycle(ev("start", "000000", "I-R1"))
-        assert node.status == "complete" and node.end_serial == "z9"
+        assert str(node.status) == "complete" and node.end_serial == "z9"
 
     def test_start_after_suspend_from_an_older_page_keeps_the_run_suspended(self) -> None:
         """History newest first: the suspend folds before the run-start; the start must not reactivate."""

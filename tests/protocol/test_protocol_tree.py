@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from convo import Convo, text_reply
 
 from agent_worker.protocol.branch import (
     SteerTracker,
@@ -22,6 +21,7 @@ from agent_worker.protocol.tree import ConversationTree, RunNode
 from agent_worker.protocol.vercel.reducer import ToolCall
 from agent_worker.protocol.view import ClientView
 from agent_worker.protocol.wire import InboundMessage
+from tests.protocol.convo import Convo, text_reply
 
 
 def history_fold_order(messages: list[InboundMessage], page_size: int) -> list[InboundMessage]:
@@ -114,7 +114,11 @@ def check_against_js(
 ) -> dict[str, Any]:
     """Python tree == JS ClientSession for live delivery and for 3-message history pages (run statuses
     of the history fold: == the live fold's, where JS may lose a lifecycle event)."""
-    query = {"runIds": list(run_ids), "eventIds": list(event_ids), "codecMessageIds": list(cmids)}
+    query: dict[str, Any] = {
+        "runIds": list(run_ids),
+        "eventIds": list(event_ids),
+        "codecMessageIds": list(cmids),
+    }
     py_live = summary(
         live_view(c.ch.live), run_ids=list(run_ids), event_ids=list(event_ids), cmids=list(cmids)
     )
@@ -520,7 +524,7 @@ class TestSuspendResumeAndForks:
         c = Convo()
         c.user("U1", "where am I?")
         r1 = c.run("R1", input_cmid="U1", leaf="U1").start(run_parent="U1")
-        tool_chunks = [
+        tool_chunks: list[dict[str, Any]] = [
             {"type": "start"},
             {"type": "start-step"},
             {"type": "tool-input-available", "toolCallId": "c1", "toolName": "getLocation", "input": {}},

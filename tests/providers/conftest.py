@@ -11,12 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # provider_replay, without a tests package
-
-from provider_replay import ReplayServer
-
 from agent_worker.providers import guard
 from agent_worker.providers.registry import local_model_available
+from tests.providers.provider_replay import ReplayServer
 
 
 @pytest.fixture(autouse=True)

@@ -100,7 +100,7 @@ class ReplayServer:
         await site.start()
         server = site._server
         assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined,union-attr]
 
     async def close(self) -> None:
         for provider in self._tracked:

@@ -6,7 +6,6 @@ import asyncio
 import json
 
 import pytest
-from provider_replay import FAST_RETRY, ReplayServer, collect, stream_texts, tracked_provider
 
 from agent_worker.errors import ProviderConnectionError, ProviderHTTPError
 from agent_worker.protocol.model import (
@@ -30,6 +29,7 @@ from agent_worker.providers import (
     UsageUpdate,
 )
 from agent_worker.providers.anthropic import AnthropicProvider
+from tests.providers.provider_replay import FAST_RETRY, ReplayServer, collect, stream_texts, tracked_provider
 
 
 def hello() -> ModelRequest:

@@ -4,21 +4,17 @@ llama.cpp's OpenAI-compatible server (``openai-compatible``)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runtime"))
-
-from runtime_fixtures import make_client, make_worker, session_name
-from runtime_support import ChatClient, Harness
-
 from agent_worker.plugins import build_provider
 from agent_worker.protocol.headers import AI_OUTPUT
 from agent_worker.providers import ModelProvider
+from tests.runtime.runtime_fixtures import make_client, make_worker, session_name
+from tests.runtime.runtime_support import ChatClient, Harness
 
 __all__ = ["make_client", "make_worker", "session_name"]
 

@@ -184,7 +184,13 @@ class TestAccumulator:
     def test_usage_last_value_wins_and_unfinished_calls_are_reported(self) -> None:
         """Later usage replaces earlier; a started call without end shows up as unfinished."""
         acc = Accumulator()
-        for e in [UsageUpdate(5, None), UsageUpdate(None, 2), UsageUpdate(None, 9), ToolCallStart("c", "f")]:
+        events: list[StreamEvent] = [
+            UsageUpdate(5, None),
+            UsageUpdate(None, 2),
+            UsageUpdate(None, 9),
+            ToolCallStart("c", "f"),
+        ]
+        for e in events:
             acc.feed(e)
         assert (acc.response.input_tokens, acc.response.output_tokens) == (5, 9)
         assert acc.unfinished_calls == {"c": "f"}

@@ -7,7 +7,6 @@ import json
 import socket
 
 import pytest
-from provider_replay import FAST_RETRY, ReplayServer, collect, tracked_provider
 from structlog.testing import capture_logs
 
 from agent_worker.errors import ConfigError, ProviderConnectionError, ProviderHTTPError
@@ -34,6 +33,7 @@ from agent_worker.providers import (
     UsageUpdate,
 )
 from agent_worker.providers.openai_chat import OpenAIChatProvider
+from tests.providers.provider_replay import FAST_RETRY, ReplayServer, collect, tracked_provider
 
 
 def hello() -> ModelRequest:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from provider_replay import ReplayServer, collect, stream_texts, tracked_provider
 from structlog.testing import capture_logs
 
 from agent_worker.errors import ProviderConnectionError, ProviderError, ProviderHTTPError
@@ -28,6 +27,7 @@ from agent_worker.providers import (
     UsageUpdate,
 )
 from agent_worker.providers.openai_responses import OpenAIResponsesProvider
+from tests.providers.provider_replay import ReplayServer, collect, stream_texts, tracked_provider
 
 
 def hello() -> ModelRequest:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from runtime_fixtures import make_client, make_worker, session_name
+from tests.runtime.runtime_fixtures import make_client, make_worker, session_name
 
 __all__ = ["make_client", "make_worker", "session_name"]

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from runtime_support import ChatClient, Harness, start_harness
 
 from agent_worker.server import EmbeddedServer
+from tests.runtime.runtime_support import ChatClient, Harness, start_harness
 
 
 @pytest.fixture

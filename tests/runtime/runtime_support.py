@@ -140,8 +140,9 @@ class ChatClient:
     ) -> Sent:
         """A client tool result as the Vercel ChatTransport sends it: a run-less fork with a seed."""
         eid = str(uuid.uuid4())
-        fork_seed = {"messages": [{"codecMessageId": str(uuid.uuid4()), "message": m} for m in seed]}
-        holder = fork_seed["messages"][-1]["codecMessageId"]
+        holder = str(uuid.uuid4())
+        seeded = [{"codecMessageId": str(uuid.uuid4()), "message": m} for m in seed[:-1]]
+        fork_seed = {"messages": [*seeded, {"codecMessageId": holder, "message": seed[-1]}]}
         headers = build_input_headers(
             codec_message_id=holder,
             event_id=eid,

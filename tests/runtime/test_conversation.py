@@ -6,13 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from runtime_support import ChatClient, Harness, start_harness
-
 from agent_worker.protocol.headers import AI_OUTPUT, AI_RUN_START
 from agent_worker.protocol.model import AssistantMessage, ModelMessage, UserMessage
 from agent_worker.providers.base import ModelRequest, StreamEvent
 from agent_worker.providers.echo import ScriptedProvider
 from agent_worker.server import EmbeddedServer
+from tests.runtime.runtime_support import ChatClient, Harness, start_harness
 
 
 def transcript(messages: Any) -> list[tuple[str, str]]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from runtime_support import ChatClient, Harness
-
 from agent_worker.protocol.headers import AI_OUTPUT, AI_RUN_END, AI_RUN_START, AI_STEP_END, AI_STEP_START
 from agent_worker.providers.base import ModelRequest, ReasoningDelta, StreamEvent, UsageUpdate
 from agent_worker.providers.echo import EchoProvider, ScriptedProvider
+from tests.runtime.runtime_support import ChatClient, Harness
 
 
 async def test_plain_reply_streams_echo_and_ends_complete(

@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from runtime_support import ChatClient, Harness
 from structlog.testing import capture_logs
 
 from agent_worker.errors import ProviderConnectionError
@@ -16,6 +15,7 @@ from agent_worker.protocol.wire import InboundMessage
 from agent_worker.providers.base import ModelRequest, StreamEvent
 from agent_worker.providers.echo import ScriptedProvider
 from agent_worker.runtime.run import CancelRequest
+from tests.runtime.runtime_support import ChatClient, Harness
 
 
 class SlowScript:

@@ -6,14 +6,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from runtime_support import ChatClient, Harness
-
 from agent_worker.protocol.headers import AI_OUTPUT, AI_RUN_RESUME, AI_RUN_START, AI_RUN_SUSPEND
 from agent_worker.protocol.model import ToolMessage, UserMessage
 from agent_worker.providers.base import ModelRequest, StreamEvent, ToolCallDelta, ToolCallEnd, ToolCallStart
 from agent_worker.providers.echo import ScriptedProvider
 from agent_worker.tools.base import Tool
 from agent_worker.tools.registry import ToolRegistry
+from tests.runtime.runtime_support import ChatClient, Harness
 
 
 def get_weather(city: str) -> dict[str, Any]:

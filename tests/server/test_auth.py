@@ -10,7 +10,11 @@ import jwt
 import pytest
 from ably.types.message import Message
 from ably.util.exceptions import AblyException
-from server_helpers import (
+
+from agent_worker.server import EmbeddedServer
+from agent_worker.server.auth import Capability, resource_matches
+from agent_worker.server.testing import python_realtime
+from tests.server.server_helpers import (
     ACK,
     ATTACH,
     ERROR,
@@ -22,10 +26,6 @@ from server_helpers import (
     eventually,
     wait_connected,
 )
-
-from agent_worker.server import EmbeddedServer
-from agent_worker.server.auth import Capability, resource_matches
-from agent_worker.server.testing import python_realtime
 
 ALICE_ONLY = {"conversations:alice-*": ["*"]}
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from ably.types.message import Message
 from ably.util.exceptions import AblyException
-from server_helpers import collector, eventually
 
 from agent_worker.server import DEFAULT_DEV_KEY
 from agent_worker.server.testing import RemoteServer, python_realtime, python_rest
+from tests.server.server_helpers import collector, eventually
 
 # The command registered on a fresh Typer app beside a no-op command, so the test does not depend
 # on which other packages have registered their commands yet.

@@ -8,10 +8,10 @@ from typing import Any
 import msgpack
 import pytest
 from ably.types.message import Message
-from server_helpers import collector, eventually
 
 from agent_worker.server import EmbeddedServer, codec
 from agent_worker.server.testing import python_realtime
+from tests.server.server_helpers import collector, eventually
 
 CONTENT = {"ai": {"transport": {"run-id": "r1", "gone": None}, "codec": {"k": [1, None, {"x": None}]}}}
 

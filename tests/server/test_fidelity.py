@@ -9,13 +9,13 @@ from ably.types.channelmode import ChannelMode
 from ably.types.channeloptions import ChannelOptions
 from ably.types.message import Message
 from ably.util.exceptions import AblyException
-from server_helpers import CONNECTED, MESSAGE, RawClient, collector
 
 from agent_worker.errors import AuthError
 from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.server.auth import ApiKey, Capability, KeyRing
 from agent_worker.server.channel_rules import ChannelRule, rules_for_sessions
 from agent_worker.server.testing import python_realtime, python_rest
+from tests.server.server_helpers import CONNECTED, MESSAGE, RawClient, collector
 
 HAS_BACKLOG, ATTACH_RESUME = 1 << 1, 1 << 5
 

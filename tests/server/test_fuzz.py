@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
+from websockets.sync.connection import Connection
 
 from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.server.testing import python_realtime, python_rest
@@ -117,7 +118,7 @@ def _send(ws: ClientConnection, frame: tuple[str, Any]) -> None:
         ws.send(msgpack.packb(value, use_bin_type=True))
 
 
-def _drain(ws: ClientConnection) -> list[Any]:
+def _drain(ws: Connection) -> list[Any]:
     out: list[Any] = []
     try:
         while True:

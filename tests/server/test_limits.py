@@ -5,10 +5,10 @@ from __future__ import annotations
 import aiohttp
 import pytest
 from ably.util.exceptions import AblyException
-from server_helpers import ACK, NACK, RawClient
 
 from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.server.testing import python_realtime, python_rest
+from tests.server.server_helpers import ACK, NACK, RawClient
 
 
 async def _outcomes(client: RawClient, n: int) -> list[dict[str, object]]:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import aiohttp
 from ably.types.presence import PresenceAction
-from server_helpers import (
+
+from agent_worker.server import EmbeddedServer
+from agent_worker.server.testing import python_realtime, python_rest
+from tests.server.server_helpers import (
     ACK,
     ATTACH,
     ATTACHED,
@@ -16,9 +19,6 @@ from server_helpers import (
     collector,
     eventually,
 )
-
-from agent_worker.server import EmbeddedServer
-from agent_worker.server.testing import python_realtime, python_rest
 
 
 async def test_enter_update_leave_seen_by_subscriber(ably_server: EmbeddedServer) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from server_helpers import (
+
+from agent_worker.server import EmbeddedServer, ServerConfig
+from agent_worker.server.testing import python_realtime
+from tests.server.server_helpers import (
     ACK,
     ATTACHED,
     CLOSE,
@@ -20,9 +23,6 @@ from server_helpers import (
     eventually,
     wait_connected,
 )
-
-from agent_worker.server import EmbeddedServer, ServerConfig
-from agent_worker.server.testing import python_realtime
 
 
 class TestConnect:

@@ -15,10 +15,10 @@ import pytest
 from ably import AblyRealtime, AblyRest
 from ably.types.message import Message
 from ably.util.exceptions import AblyException
-from server_helpers import collector, eventually, wait_connected
 
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.testing import python_realtime, python_rest, sdk_endpoint
+from tests.server.server_helpers import collector, eventually, wait_connected
 
 
 def _bearer(server: EmbeddedServer, **kw: Any) -> dict[str, str]:

@@ -9,11 +9,20 @@ from ably import AblyRealtime
 from ably.types.channelstate import ChannelState
 from ably.types.message import Message, MessageAction
 from ably.types.tokendetails import TokenDetails
-from server_helpers import ACK, CONNECTED, MESSAGE, RESUMED, RawClient, collector, eventually, wait_connected
 
 from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.server.auth import Capability, Principal
 from agent_worker.server.testing import python_realtime, python_rest, sdk_endpoint, sdk_token_details
+from tests.server.server_helpers import (
+    ACK,
+    CONNECTED,
+    MESSAGE,
+    RESUMED,
+    RawClient,
+    collector,
+    eventually,
+    wait_connected,
+)
 
 _AGENT = Principal("local.dev", "agent", False, Capability.full(), None)
 

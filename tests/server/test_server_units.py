@@ -27,7 +27,7 @@ class TestSerials:
         """More than 1000 publishes in one millisecond still mint strictly increasing serials."""
         log = _log()
         serials = [
-            log.publish([{"data": i}], connection_id="c", client_id=None, now_ms=1000).serials[0]
+            log.publish([{"data": i}], connection_id="c", client_id=None, now_ms=1000).serials[0] or ""
             for i in range(1500)
         ]
         assert serials == sorted(serials) and len(set(serials)) == 1500
@@ -36,8 +36,8 @@ class TestSerials:
     def test_clock_going_backwards_keeps_order(self) -> None:
         """A wall clock stepping back never produces a smaller serial."""
         log = _log()
-        a = log.publish([{"data": 1}], connection_id=None, client_id=None, now_ms=5000).serials[0]
-        b = log.publish([{"data": 2}], connection_id=None, client_id=None, now_ms=4000).serials[0]
+        a = log.publish([{"data": 1}], connection_id=None, client_id=None, now_ms=5000).serials[0] or ""
+        b = log.publish([{"data": 2}], connection_id=None, client_id=None, now_ms=4000).serials[0] or ""
         assert b > a
 
     def test_channel_part(self) -> None:
@@ -50,9 +50,10 @@ class TestVersions:
     def test_content_at_each_version_and_replay(self) -> None:
         """Historical content is reconstructible at every version; replay yields every event."""
         log = _log()
-        serial = log.publish(
-            [{"name": "n", "data": "a"}], connection_id="c", client_id="x", now_ms=10
-        ).serials[0]
+        serial = (
+            log.publish([{"name": "n", "data": "a"}], connection_id="c", client_id="x", now_ms=10).serials[0]
+            or ""
+        )
         for i, part in enumerate(["b", "c"]):
             log.publish(
                 [{"action": APPEND, "serial": serial, "data": part}],
@@ -92,7 +93,7 @@ class TestVersions:
         """until (a channel serial) includes that publish; cursors continue without overlap."""
         log = _log()
         serials = [
-            log.publish([{"data": i}], connection_id=None, client_id=None, now_ms=100 + i).serials[0]
+            log.publish([{"data": i}], connection_id=None, client_id=None, now_ms=100 + i).serials[0] or ""
             for i in range(5)
         ]
         page, cursor = log.history(backwards=True, limit=2, until=channel_part(serials[2]))

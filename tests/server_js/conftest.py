@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from js_server_harness import ServerFactory
 
 from agent_worker.server import EmbeddedServer, ServerConfig
+from tests.server_js.js_server_harness import ServerFactory
 
 
 @pytest.fixture(scope="module", params=["msgpack", "json"])

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import sys
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any
 
-TESTS = Path(__file__).resolve().parent.parent
-if str(TESTS) not in sys.path:  # makes tests/nodeutil.py importable without packages
-    sys.path.insert(0, str(TESTS))
-
-from nodeutil import JS_ROOT, node_config, run_node_async  # noqa: E402
-
-from agent_worker.server import EmbeddedServer, ServerConfig  # noqa: E402
+from agent_worker.server import EmbeddedServer, ServerConfig
+from tests.nodeutil import JS_ROOT, node_config, run_node_async
 
 SCRIPTS = JS_ROOT / "server"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from js_server_harness import scenario, strictly_increasing
+
+from tests.server_js.js_server_harness import scenario, strictly_increasing
 
 pytestmark = pytest.mark.node
 

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from js_server_harness import scenario
 
 from agent_worker.server import EmbeddedServer
+from tests.server_js.js_server_harness import scenario
 
 pytestmark = pytest.mark.node
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from js_server_harness import ServerFactory, run_script
+
+from tests.server_js.js_server_harness import ServerFactory, run_script
 
 pytestmark = pytest.mark.node
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, async_playwright
-from web_support import ARTIFACTS, WebStack, launch, start_stack
 
 from agent_worker.server import EmbeddedServer, ServerConfig
+from tests.web.web_support import ARTIFACTS, WebStack, launch, start_stack
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

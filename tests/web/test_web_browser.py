@@ -11,7 +11,8 @@ import asyncio
 
 import pytest
 from playwright.async_api import Browser, expect
-from web_support import (
+
+from tests.web.web_support import (
     FULL,
     PARTIAL,
     WebStack,

@@ -15,7 +15,8 @@ import aiohttp
 import pexpect
 import pytest
 from playwright.async_api import Browser, expect
-from web_support import messages, ready, send, snapshot
+
+from tests.web.web_support import messages, ready, send, snapshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 

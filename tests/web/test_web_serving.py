@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from web_support import agent_settings
 
 from agent_worker.agent import Agent
 from agent_worker.config import AblyConfig, Config, HttpConfig, Secret, WorkerConfig
@@ -16,6 +15,7 @@ from agent_worker.server import EmbeddedServer
 from agent_worker.web import WebSettings, static_file, web_defaults, web_settings
 from agent_worker.worker.http import serve
 from agent_worker.worker.service import Worker
+from tests.web.web_support import agent_settings
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ sessions' namespaces, and a missing rule (93002) ends a run with an error that s
 
 from __future__ import annotations
 
-from runtime_support import ChatClient, start_harness
 from structlog.testing import capture_logs
 
 from agent_worker.config import config_from_mapping
@@ -11,6 +10,7 @@ from agent_worker.providers.echo import EchoProvider
 from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.server.channel_rules import ChannelRule
 from agent_worker.worker.connect import embedded_server_config
+from tests.runtime.runtime_support import ChatClient, start_harness
 
 
 def test_embedded_server_enables_mutable_messages_for_the_session_namespaces() -> None:

@@ -10,13 +10,13 @@ from typing import Any
 
 import aiohttp
 from ably import AblyRealtime
-from runtime_support import ChatClient, Harness, start_harness
 from structlog.testing import capture_logs
 
 from agent_worker.config import HttpConfig, Secret
 from agent_worker.protocol.headers import AI_INPUT, AI_RUN_END, AI_RUN_START, build_extras
 from agent_worker.providers.base import ModelRequest, StreamEvent
 from agent_worker.providers.echo import EchoProvider, ScriptedProvider
+from tests.runtime.runtime_support import ChatClient, Harness, start_harness
 
 
 def ends_for_run(client: ChatClient, run_id: str) -> list[Any]:
@@ -153,7 +153,11 @@ async def test_malformed_triggers_end_with_clear_errors(
             assert status == 200
             run_ids.append(body["runId"])
         for run_id, (_, _, _, why, _) in zip(run_ids, cases, strict=True):
-            ends = await client.wait_for(lambda rid=run_id: ends_for_run(client, rid))
+
+            def ended(rid: str = run_id) -> list[Any]:
+                return ends_for_run(client, rid)
+
+            ends = await client.wait_for(ended)
             h = ends[0].transport_headers
             assert h["run-reason"] == "error", why
             assert why in h["error-message"], (why, h["error-message"])

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ably.types.presence import PresenceAction
-from runtime_support import ChatClient, Harness, start_harness
 from structlog.testing import capture_logs
 
 from agent_worker.protocol.headers import AI_OUTPUT, AI_RUN_END, AI_RUN_START
@@ -16,6 +15,7 @@ from agent_worker.providers.echo import EchoProvider, ScriptedProvider
 from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.server.testing import python_realtime
 from agent_worker.transport.ably import to_inbound
+from tests.runtime.runtime_support import ChatClient, Harness, start_harness
 
 
 async def test_close_drains_then_cancels_and_every_run_ends(
