@@ -26,7 +26,7 @@ async def test_agent_by_import_path_serves_the_official_client(tmp_path: Path) -
     """The CLI imports the user's Agent (typed deps, a tool, its own model), applies the config file
     and flags, and the official client sees the tool call, its result and the reply stream in."""
     config = tmp_path / "worker.toml"
-    config.write_text("[ably]\nembedded_port = 0\n[worker]\ncoalesce_window_ms = 0.0\ndrain_timeout_s = 1.0\n")
+    config.write_text("[ably]\nembedded_port = 0\n[worker]\ncoalesce_window_ms = 0.0\ndrain_timeout_s = 1\n")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
