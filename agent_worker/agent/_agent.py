@@ -160,7 +160,7 @@ class Agent(Generic[DepsT]):
         def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
             tool = Tool.from_function(func, **options)
             if tool.takes_context != with_context:
-                which = "@agent.tool_plain" if tool.takes_context else "@agent.tool"
+                which = "@agent.tool" if tool.takes_context else "@agent.tool_plain"
                 msg = (
                     f"tool {tool.name!r}: @agent.tool functions take 'ctx: RunContext[...]' first, "
                     f"@agent.tool_plain functions do not; use {which}"
