@@ -31,6 +31,7 @@ __all__ = [
     "Secret",
     "ToolsConfig",
     "WorkerConfig",
+    "config_error",
     "config_from_mapping",
     "load_config",
     "parse_host_port",
@@ -241,11 +242,14 @@ def _allowed(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
     return sorted(model.model_fields)
 
 
-def config_error(exc: ValidationError, model: type[BaseModel] = Config) -> ConfigError:
-    """One message naming every bad key by its path, and the allowed keys for unknown ones."""
+def config_error(
+    exc: ValidationError, model: type[BaseModel] = Config, prefix: tuple[str, ...] = ()
+) -> ConfigError:
+    """One message naming every bad key by its path, and the allowed keys for unknown ones.
+    ``prefix``: where ``model`` sits in the file (``("providers", "openai")`` for its options)."""
     lines = []
     for err in exc.errors(include_url=False):
-        section, key = _where(err["loc"])
+        section, key = _where((*prefix, *err["loc"]))
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(_allowed(model, err["loc"])) or "(none)"
             lines.append(f"unknown key {key!r} in {section}; allowed: {allowed}")

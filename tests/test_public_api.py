@@ -115,7 +115,7 @@ async def test_worker_serve_in_your_own_loop() -> None:
         ready.append(w.http_url or "")
         listening.set()
 
-    task = asyncio.create_task(worker.serve(on_ready=on_ready))
+    task = asyncio.create_task(worker.serve(on_ready=on_ready, handle_signals=False))
     async with asyncio.timeout(30):
         await listening.wait()
     assert ready[0].startswith("http://127.0.0.1:") and worker.connection is not None

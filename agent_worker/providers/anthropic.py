@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+
+from pydantic import Field
 
 from agent_worker.errors import ProviderConnectionError
 from agent_worker.protocol.model import (
@@ -27,7 +29,7 @@ from agent_worker.protocol.model import (
 )
 from agent_worker.providers._accumulator import ToolCallAssembler
 from agent_worker.providers._common import map_sdk_errors, parse_json_object, tool_output_text
-from agent_worker.providers._options import CLIENT_OPTIONS, Secret, check_options, client_options
+from agent_worker.providers._options import ClientOptions, Secret, client_options, parse_options
 from agent_worker.providers._stream import SdkProvider
 from agent_worker.providers.base import (
     Finished,
@@ -155,16 +157,19 @@ def to_anthropic_messages(request: ModelRequest) -> tuple[str | None, list[dict[
     return ("\n\n".join(systems) or None), out
 
 
+class AnthropicOptions(ClientOptions):
+    """``[providers.anthropic]``."""
+
+    max_tokens: Annotated[int, Field(ge=1)] = 4096
+    temperature: float | None = None
+    thinking_budget: Annotated[int, Field(ge=1)] | None = None
+
+
 class AnthropicProvider(SdkProvider):
     """Anthropic Messages API."""
 
     name = "anthropic"
     default_model: ClassVar[str] = "claude-sonnet-4-5"
-    _options: ClassVar[frozenset[str]] = CLIENT_OPTIONS | {
-        "max_tokens",
-        "temperature",
-        "thinking_budget",
-    }
 
     def __init__(
         self,
@@ -194,13 +199,13 @@ class AnthropicProvider(SdkProvider):
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> AnthropicProvider:
-        check_options(cls.name, options, cls._options)
+        opts = parse_options(cls.name, AnthropicOptions, options)
         return cls(
-            options.get("model"),
-            **client_options(cls.name, options, "ANTHROPIC_API_KEY", key_required=True),
-            max_tokens=int(options.get("max_tokens", 4096)),
-            temperature=options.get("temperature"),
-            thinking_budget=options.get("thinking_budget"),
+            opts.model,
+            **client_options(cls.name, opts, "ANTHROPIC_API_KEY", key_required=True),
+            max_tokens=opts.max_tokens,
+            temperature=opts.temperature,
+            thinking_budget=opts.thinking_budget,
         )
 
     def _map_errors(self) -> AbstractContextManager[None]:

@@ -11,11 +11,13 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from agent_worker.errors import ConfigError
 from agent_worker.protocol.model import AssistantMessage, SystemMessage, ToolMessage, UserMessage
-from agent_worker.providers._options import check_options
+from agent_worker.providers._options import ProviderOptions, parse_options
 from agent_worker.providers._stream import ProviderStream
 from agent_worker.providers.base import (
     Finished,
@@ -53,6 +55,14 @@ def _count_words(request: ModelRequest) -> int:
     return n
 
 
+class EchoOptions(ProviderOptions):
+    """``[providers.echo]``."""
+
+    tokens_per_second: Annotated[float, Field(gt=0)] | None = None
+    """Omitted: as fast as possible."""
+    prefix: str = ""
+
+
 class EchoProvider:
     """Streams ``prefix + latest user text`` back, one :class:`TextDelta` per word (with the
     whitespace that follows it), then usage (words in / deltas out) and ``Finished("stop")``.
@@ -73,11 +83,8 @@ class EchoProvider:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> EchoProvider:
-        check_options("echo", options, {"tokens_per_second", "prefix"})
-        tps = options.get("tokens_per_second")
-        return cls(
-            tokens_per_second=None if tps is None else float(tps), prefix=str(options.get("prefix", ""))
-        )
+        opts = parse_options("echo", EchoOptions, options)
+        return cls(tokens_per_second=opts.tokens_per_second, prefix=opts.prefix)
 
     def __repr__(self) -> str:
         return f"EchoProvider(tokens_per_second={self.tokens_per_second!r}, prefix={self.prefix!r})"

@@ -26,14 +26,15 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
+from pydantic import Field
 
 from agent_worker.errors import ConfigError, ProviderError
 from agent_worker.protocol.model import AssistantMessage, SystemMessage, ToolMessage, UserMessage
 from agent_worker.providers._common import raise_missing_extra, tool_output_text
-from agent_worker.providers._options import check_options
+from agent_worker.providers._options import ProviderOptions, parse_options
 from agent_worker.providers._stream import ProviderStream
 from agent_worker.providers.base import (
     Finished,
@@ -152,11 +153,21 @@ def to_chat_messages(request: ModelRequest) -> list[dict[str, str]]:
     return out
 
 
+class LocalOptions(ProviderOptions):
+    """``[providers.local]``."""
+
+    model_path: str | None = None
+    n_ctx: Annotated[int, Field(ge=1)] = 2048
+    n_threads: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] = 256
+    temperature: Annotated[float, Field(ge=0)] = 0.2
+    seed: int | None = 0
+
+
 class LocalLlamaProvider:
     """In-process llama.cpp model (``name = "local"``)."""
 
     name = "local"
-    _options = {"model_path", "n_ctx", "n_threads", "max_tokens", "temperature", "seed"}
 
     def __init__(
         self,
@@ -185,14 +196,14 @@ class LocalLlamaProvider:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> LocalLlamaProvider:
-        check_options(cls.name, options, cls._options)
+        opts = parse_options(cls.name, LocalOptions, options)
         return cls(
-            options.get("model_path"),
-            n_ctx=int(options.get("n_ctx", 2048)),
-            n_threads=options.get("n_threads"),
-            max_tokens=int(options.get("max_tokens", 256)),
-            temperature=float(options.get("temperature", 0.2)),
-            seed=options.get("seed", 0),
+            opts.model_path,
+            n_ctx=opts.n_ctx,
+            n_threads=opts.n_threads,
+            max_tokens=opts.max_tokens,
+            temperature=opts.temperature,
+            seed=opts.seed,
         )
 
     def __repr__(self) -> str:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+
+from pydantic import Field
 
 from agent_worker.errors import ConfigError, ProviderConnectionError
 from agent_worker.protocol.model import (
@@ -24,7 +26,7 @@ from agent_worker.protocol.model import (
 )
 from agent_worker.providers._accumulator import ToolCallAssembler
 from agent_worker.providers._common import dump_json, map_sdk_errors, tool_output_text
-from agent_worker.providers._options import CLIENT_OPTIONS, Secret, check_options, client_options
+from agent_worker.providers._options import ClientOptions, Secret, client_options, parse_options
 from agent_worker.providers._stream import SdkProvider
 from agent_worker.providers.base import (
     Finished,
@@ -113,6 +115,21 @@ def to_openai_messages(request: ModelRequest) -> list[dict[str, Any]]:
     return out
 
 
+class OpenAIOptions(ClientOptions):
+    """What the OpenAI adapters share (``[providers.openai]``, ``[providers.openai-responses]``)."""
+
+    parallel_tool_calls: bool | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: float | None = None
+    extra_body: dict[str, Any] | None = None
+
+
+class OpenAIChatOptions(OpenAIOptions):
+    """``[providers.openai]`` and ``[providers.openai-compatible]``."""
+
+    include_usage: bool = True
+
+
 class OpenAIChatProvider(SdkProvider):
     """OpenAI Chat Completions (``name = "openai"``)."""
 
@@ -120,13 +137,6 @@ class OpenAIChatProvider(SdkProvider):
     default_model: ClassVar[str] = "gpt-4.1-mini"
     _max_tokens_param: ClassVar[str] = "max_completion_tokens"
     _default_key_env: ClassVar[str | None] = "OPENAI_API_KEY"
-    _options: ClassVar[frozenset[str]] = CLIENT_OPTIONS | {
-        "include_usage",
-        "parallel_tool_calls",
-        "max_tokens",
-        "temperature",
-        "extra_body",
-    }
 
     def __init__(
         self,
@@ -165,18 +175,17 @@ class OpenAIChatProvider(SdkProvider):
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> OpenAIChatProvider:
-        check_options(cls.name, options, cls._options)
-        return cls(options.get("model"), **cls._common_kwargs(options))
+        opts = parse_options(cls.name, OpenAIChatOptions, options)
+        return cls(opts.model, **cls._common_kwargs(opts), include_usage=opts.include_usage)
 
     @classmethod
-    def _common_kwargs(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+    def _common_kwargs(cls, opts: OpenAIOptions) -> dict[str, Any]:
         return dict(
-            **client_options(cls.name, options, cls._default_key_env),
-            include_usage=bool(options.get("include_usage", True)),
-            parallel_tool_calls=options.get("parallel_tool_calls"),
-            max_tokens=options.get("max_tokens"),
-            temperature=options.get("temperature"),
-            extra_body=options.get("extra_body"),
+            **client_options(cls.name, opts, cls._default_key_env),
+            parallel_tool_calls=opts.parallel_tool_calls,
+            max_tokens=opts.max_tokens,
+            temperature=opts.temperature,
+            extra_body=opts.extra_body,
         )
 
     def _map_errors(self) -> AbstractContextManager[None]:

@@ -11,7 +11,7 @@ worker resends the conversation each turn.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from agent_worker.errors import ProviderConnectionError, ProviderError, ProviderHTTPError
 from agent_worker.protocol.model import (
@@ -24,7 +24,7 @@ from agent_worker.protocol.model import (
 )
 from agent_worker.providers._accumulator import ToolCallAssembler
 from agent_worker.providers._common import dump_json, tool_output_text
-from agent_worker.providers._options import Secret, check_options
+from agent_worker.providers._options import Secret, parse_options
 from agent_worker.providers.base import (
     Finished,
     FinishReason,
@@ -34,7 +34,7 @@ from agent_worker.providers.base import (
     TextDelta,
     UsageUpdate,
 )
-from agent_worker.providers.openai_chat import OpenAIChatProvider
+from agent_worker.providers.openai_chat import OpenAIChatProvider, OpenAIOptions
 from agent_worker.providers.retries import RetryConfig
 
 if TYPE_CHECKING:
@@ -89,16 +89,21 @@ def to_responses_input(request: ModelRequest) -> list[dict[str, Any]]:
     return items
 
 
+class OpenAIResponsesOptions(OpenAIOptions):
+    """``[providers.openai-responses]``."""
+
+    reasoning_effort: str | None = None
+    """``minimal`` | ``low`` | ``medium`` | ``high`` (model-dependent)."""
+    reasoning_summary: str = "auto"
+    """``auto`` | ``concise`` | ``detailed``; ``""`` to not ask for summaries."""
+
+
 class OpenAIResponsesProvider(OpenAIChatProvider):
     """OpenAI Responses API with reasoning summaries."""
 
     name = "openai-responses"
     default_model = "gpt-5-mini"
     _max_tokens_param = "max_output_tokens"
-    _options: ClassVar[frozenset[str]] = (OpenAIChatProvider._options - {"include_usage"}) | {
-        "reasoning_effort",
-        "reasoning_summary",
-    }
 
     def __init__(
         self,
@@ -133,14 +138,12 @@ class OpenAIResponsesProvider(OpenAIChatProvider):
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> OpenAIResponsesProvider:
-        check_options(cls.name, options, cls._options)
-        kwargs = cls._common_kwargs(options)
-        kwargs.pop("include_usage")
+        opts = parse_options(cls.name, OpenAIResponsesOptions, options)
         return cls(
-            options.get("model"),
-            reasoning_effort=options.get("reasoning_effort"),
-            reasoning_summary=options.get("reasoning_summary", "auto"),
-            **kwargs,
+            opts.model,
+            reasoning_effort=opts.reasoning_effort,
+            reasoning_summary=opts.reasoning_summary,
+            **cls._common_kwargs(opts),
         )
 
     def _params(self, request: ModelRequest) -> dict[str, Any]:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, TypedDict, TypeVar, cast
+from typing import Any, TypedDict, TypeVar
 
 import structlog
 
-from agent_worker.errors import ConfigError, ProviderConnectionError, ProviderHTTPError
+from agent_worker.errors import ProviderConnectionError, ProviderHTTPError
 from agent_worker.retry import Wait, backoff, retry
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "RetryConfig",
     "is_retryable",
     "parse_retry_after",
-    "retry_config",
     "retry_open",
     "wait_retry_after",
 ]
@@ -45,28 +44,6 @@ class RetryConfig(TypedDict, total=False):
 
 
 DEFAULT_RETRY: RetryConfig = {"attempts": 4, "initial_wait": 0.5, "max_wait": 30.0, "jitter": 0.5}
-
-
-def retry_config(provider: str, raw: Any) -> RetryConfig | None:
-    """Validate a ``retry`` table from the config (unknown keys and wrong types are errors)."""
-    if raw is None:
-        return None
-    allowed = {"attempts": int, "initial_wait": float, "max_wait": float, "jitter": float}
-    if not isinstance(raw, dict) or not set(raw) <= set(allowed):
-        msg = f"[providers.{provider}.retry] must be a table with keys among {', '.join(allowed)}"
-        raise ConfigError(msg)
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        kind = allowed[key]
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or (kind is int and isinstance(value, float))
-        ):
-            msg = f"[providers.{provider}.retry] {key} must be a{'n integer' if kind is int else ' number'}"
-            raise ConfigError(msg)
-        out[key] = kind(value)
-    return cast(RetryConfig, out)
 
 
 def is_retryable(exc: BaseException) -> bool:

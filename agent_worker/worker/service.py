@@ -271,10 +271,12 @@ class Worker:
 
     # --- serving -----------------------------------------------------------------------------------
 
-    async def serve(self, *, on_ready: Callable[[Worker], None] | None = None) -> None:
-        """Start (with signal handling), serve HTTP as ``[http]`` says, and run until SIGINT/SIGTERM
-        or :meth:`close`; then drain. ``on_ready`` is called once everything listens."""
-        self.handle_signals = True
+    async def serve(
+        self, *, on_ready: Callable[[Worker], None] | None = None, handle_signals: bool = True
+    ) -> None:
+        """Start, serve HTTP as ``[http]`` says, and run until SIGINT/SIGTERM (``handle_signals``) or
+        :meth:`close`; then drain. ``on_ready`` is called once everything listens."""
+        self.handle_signals = handle_signals
         configure_logging(self.config.log_format, self.config.log_level)
         runner = None
         try:
