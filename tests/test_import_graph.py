@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "agent_worker"
 LAYERS: list[set[str]] = [
     {"errors"},
     {"logs", "retry"},
-    {"config", "prompts"},
+    {"config", "prompts", "tokens"},
     {"protocol"},
     {"transport", "server"},
     {"providers"},

@@ -10,15 +10,14 @@ from __future__ import annotations
 import json
 import re
 import time
-import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jwt
-from jwt.warnings import InsecureKeyLengthWarning
 
 from agent_worker.errors import AuthError, ConfigError
+from agent_worker.tokens import decode_jwt, encode_jwt
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -123,32 +122,22 @@ def mint_token(
         msg = "client id must be non-empty (omit it for an anonymous token)"
         raise ConfigError(msg)
     issued = int(time.time() if now is None else now)
-    claims: dict[str, Any] = {
-        "iat": issued,
-        "exp": issued + max(1, int(ttl_s)),
+    return encode_jwt(
+        api_key.name,
+        api_key.secret,
+        issued_s=issued,
+        expires_s=issued + max(1, int(ttl_s)),
         # Ably reads the capability claim as a JSON *string*, not a nested object.
-        "x-ably-capability": json.dumps(cap, separators=(",", ":")),
-    }
-    if client_id is not None:
-        claims["x-ably-clientId"] = client_id
-    with warnings.catch_warnings():
-        # The key's length is Ably's (or the local server's) choice, not ours to warn about.
-        warnings.simplefilter("ignore", InsecureKeyLengthWarning)
-        return jwt.encode(
-            claims, api_key.secret, algorithm="HS256", headers={"kid": api_key.name, "typ": "JWT"}
-        )
+        capability_json=json.dumps(cap, separators=(",", ":")),
+        client_id=client_id,
+    )
 
 
 def decode_token(token: str, key: ApiKey | str | None = None) -> dict[str, Any]:
     """Claims of ``token``; verified against ``key`` when given (for tests and `token --decode`)."""
+    secret = None if key is None else (ApiKey.parse(key) if isinstance(key, str) else key).secret
     try:
-        if key is None:
-            claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
-        else:
-            api_key = ApiKey.parse(key) if isinstance(key, str) else key
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", InsecureKeyLengthWarning)
-                claims = jwt.decode(token, api_key.secret, algorithms=["HS256"])
+        claims = decode_jwt(token, secret, check_expiry=True)
     except jwt.PyJWTError as exc:
         msg = f"invalid token: {exc}"
         raise AuthError(msg, code=40144) from exc

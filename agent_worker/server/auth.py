@@ -7,21 +7,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import json
 import secrets
-import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
-from jwt.warnings import InsecureKeyLengthWarning
 
 from agent_worker.errors import AuthError
+from agent_worker.tokens import decode_jwt, encode_jwt, unverified_header
 
 __all__ = [
     "ALL_OPS",
@@ -63,15 +61,6 @@ TOKEN_REQUEST_MAX_SKEW_MS = 2 * 60 * 1000
 
 def _auth_error(message: str, code: int, status: int | None = None) -> AuthError:
     return AuthError(message, code=code, status_code=status)
-
-
-@contextlib.contextmanager
-def _short_secrets_ok() -> Iterator[None]:
-    # Dev keys given on the command line may have short secrets; PyJWT warns about those, which
-    # is noise for a local emulator (and an error under pytest's warnings-as-errors).
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
-        yield
 
 
 # --- capabilities ------------------------------------------------------------------------------
@@ -343,18 +332,15 @@ class KeyRing:
             issued_ms=now_ms,
             expires_ms=now_ms + ttl_ms,
         )
-        payload: dict[str, Any] = {
-            "iat": now_ms // 1000,
+        token = encode_jwt(
+            key.name,
+            key.secret,
+            issued_s=now_ms // 1000,
             # NumericDate may be fractional (RFC 7519): keep the expiry to the millisecond, as Ably does.
-            "exp": _seconds(now_ms + ttl_ms),
-            "x-ably-capability": cap.canonical(),
-        }
-        if client_id is not None:
-            payload["x-ably-clientId"] = client_id
-        with _short_secrets_ok():
-            token = jwt.encode(
-                payload, key.secret, algorithm="HS256", headers={"kid": key.name, "typ": "JWT"}
-            )
+            expires_s=_seconds(now_ms + ttl_ms),
+            capability_json=cap.canonical(),
+            client_id=client_id,
+        )
         return token, claims
 
     def verify_token(self, token: str, now_ms: int) -> TokenClaims:
@@ -363,7 +349,7 @@ class KeyRing:
             msg = "token unrecognised (only JWTs are issued by this server)"
             raise _auth_error(msg, 40143, 401)
         try:
-            header = jwt.get_unverified_header(token)
+            header = unverified_header(token)
         except jwt.PyJWTError:
             msg = "invalid JWT format"
             raise _auth_error(msg, 40144, 401) from None
@@ -373,13 +359,7 @@ class KeyRing:
             msg = "JWT is not signed by a key this server knows (kid)"
             raise _auth_error(msg, 40101, 401)
         try:
-            with _short_secrets_ok():
-                payload = jwt.decode(
-                    token,
-                    key.secret,
-                    algorithms=["HS256"],
-                    options={"require": ["exp"], "verify_exp": False, "verify_iat": False},
-                )
+            payload = decode_jwt(token, key.secret, require_exp=True)
         except jwt.InvalidSignatureError:
             msg = "JWT signature does not verify"
             raise _auth_error(msg, 40144, 401) from None
