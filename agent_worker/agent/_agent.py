@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Generic, overload
+from typing import Any, Generic, TypeVar, overload
 
 from agent_worker.agent.loop import run_pass
 from agent_worker.config import Config, load_config
@@ -34,6 +34,7 @@ SystemPrompt = (
 """Fixed text, a prompt template (placeholders filled per run), or a function of the run context."""
 
 ToolFunc = Callable[..., Any]
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Agent(Generic[DepsT]):
@@ -99,7 +100,7 @@ class Agent(Generic[DepsT]):
     # --- tools -------------------------------------------------------------------------------------
 
     @overload
-    def tool(self, fn: Callable[..., Any], /) -> Callable[..., Any]: ...
+    def tool(self, fn: F, /) -> F: ...
 
     @overload
     def tool(
@@ -110,7 +111,7 @@ class Agent(Generic[DepsT]):
         description: str | None = None,
         client_side: bool = False,
         requires_approval: bool = False,
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
+    ) -> Callable[[F], F]: ...
 
     def tool(
         self,
@@ -129,7 +130,7 @@ class Agent(Generic[DepsT]):
         return self._register(fn, with_context=True, requires_approval=requires_approval, **options)
 
     @overload
-    def tool_plain(self, fn: Callable[..., Any], /) -> Callable[..., Any]: ...
+    def tool_plain(self, fn: F, /) -> F: ...
 
     @overload
     def tool_plain(
@@ -140,7 +141,7 @@ class Agent(Generic[DepsT]):
         description: str | None = None,
         client_side: bool = False,
         requires_approval: bool = False,
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
+    ) -> Callable[[F], F]: ...
 
     def tool_plain(
         self,
