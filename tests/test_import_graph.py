@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"providers"},
     {"tools"},
     {"hookspecs", "plugins", "plugins_builtin"},
-    {"runtime", "client"},
+    {"runtime", "client", "web"},
     {"agent"},
     {"worker"},
     {"cli", "testing", ""},

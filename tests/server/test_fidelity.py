@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from ably.types.channelmode import ChannelMode
@@ -105,7 +106,7 @@ async def test_rewind_backlog_flag_and_attach_resume_over_the_wire(ably_server: 
         await rest.channels.get("fid:rw").publish("n", "one")
     finally:
         await rest.close()
-    cases = [
+    cases: list[tuple[str, dict[str, Any], bool, str]] = [
         ("fid:rw", {}, True, "one"),
         ("fid:empty", {}, False, "marker"),
         ("fid:rw", {"flags": ATTACH_RESUME}, False, "marker"),
