@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.nodeutil import JS_ROOT, node_binary, node_config, run_node_async
+from tests.node_support import JS_ROOT, node_binary, node_config, run_node_async
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -25,7 +25,7 @@ from websockets.asyncio.client import connect
 from agent_worker.logs import configure_logging
 from agent_worker.server import EmbeddedServer, ServerConfig
 from bench.server.baseline import fanout_server
-from tests.nodeutil import node_binary, node_config, run_node_async
+from tests.node_support import node_binary, node_config, run_node_async
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,7 @@ from agent_worker.server import EmbeddedServer
 from agent_worker.transport.ably import AblySettings
 from agent_worker.worker.http import serve
 from agent_worker.worker.service import Worker
-from tests.client.client_helpers import DeviceFactory, WorkerFactory
+from tests.client.client_support import DeviceFactory, WorkerFactory
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from agent_worker.client.render import render_ui_messages
 from agent_worker.client.session import ChatSession
 from agent_worker.providers.echo import EchoProvider
 from agent_worker.server import EmbeddedServer
-from tests.client.client_helpers import DeviceFactory, WorkerFactory, transcript, wait_until
-from tests.nodeutil import JS_ROOT, node_config, run_node_async
+from tests.client.client_support import DeviceFactory, WorkerFactory, transcript, wait_until
+from tests.node_support import JS_ROOT, node_config, run_node_async
 
 pytestmark = pytest.mark.node
 

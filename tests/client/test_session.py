@@ -11,7 +11,7 @@ from agent_worker.client.session import ChatSession
 from agent_worker.protocol.headers import H_CODEC_MESSAGE_ID
 from agent_worker.server import EmbeddedServer, ServerConfig
 from tests.client.agent_double import AgentRun, ScriptedAgent
-from tests.client.client_helpers import DeviceFactory, live_screen, transcript, wait_until
+from tests.client.client_support import DeviceFactory, live_screen, transcript, wait_until
 
 CHANNEL = "conversations:client-test"
 

@@ -15,8 +15,8 @@ from agent_worker.cli import app
 from agent_worker.client.tokens import ApiKey, decode_token, make_token_handler, mint_token, parse_ttl
 from agent_worker.errors import ConfigError, TransportError
 from agent_worker.server import DEFAULT_DEV_KEY, EmbeddedServer
-from tests.client.client_helpers import DeviceFactory
-from tests.nodeutil import JS_ROOT, node_config, run_node_async
+from tests.client.client_support import DeviceFactory
+from tests.node_support import JS_ROOT, node_config, run_node_async
 
 
 class TestMint:

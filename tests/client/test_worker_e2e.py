@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agent_worker.client.session import ChatSession
 from agent_worker.providers.echo import EchoProvider
-from tests.client.client_helpers import DeviceFactory, WorkerFactory, transcript, wait_until
+from tests.client.client_support import DeviceFactory, WorkerFactory, transcript, wait_until
 
 SESSION = "conversations:e2e"
 STORY = " ".join(f"word{i}" for i in range(200))

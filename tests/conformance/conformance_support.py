@@ -37,7 +37,7 @@ from agent_worker.tools.registry import ToolRegistry
 from agent_worker.transport.ably import AblySettings
 from agent_worker.worker.http import serve
 from agent_worker.worker.service import Worker
-from tests.nodeutil import JS_ROOT, node_config, run_node_async
+from tests.node_support import JS_ROOT, node_config, run_node_async
 
 __all__ = ["JS_ROOT", "Conductor", "Script", "Stack", "last_user_text", "start_stack", "transcript"]
 

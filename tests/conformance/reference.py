@@ -40,7 +40,7 @@ from agent_worker.providers.base import (
 )
 from agent_worker.server import EmbeddedServer
 from tests.conformance.conformance_support import JS_ROOT, Script
-from tests.nodeutil import node_binary, node_config
+from tests.node_support import node_binary, node_config
 
 REFERENCE_AGENT = JS_ROOT / "conformance" / "reference-agent.mjs"
 

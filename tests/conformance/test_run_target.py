@@ -14,7 +14,7 @@ import pytest
 
 from agent_worker.server.testing import RemoteServer
 from tests.conformance.conformance_support import CLIENT_CAPABILITY, SCENARIOS, Conductor
-from tests.nodeutil import node_config, run_node_async
+from tests.node_support import node_config, run_node_async
 from tests.worker.test_worker_cli import read_banner
 
 pytestmark = pytest.mark.node

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.nodeutil import JS_ROOT, node_config, run_node
+from tests.node_support import JS_ROOT, node_config, run_node
 
 __all__ = ["JS_ROOT", "node_config", "run_node"]
 

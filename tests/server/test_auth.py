@@ -14,7 +14,7 @@ from ably.util.exceptions import AblyException
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.auth import Capability, resource_matches
 from agent_worker.server.testing import python_realtime
-from tests.server.server_helpers import (
+from tests.server.server_support import (
     ACK,
     ATTACH,
     ERROR,

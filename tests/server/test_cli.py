@@ -13,7 +13,7 @@ from ably.util.exceptions import AblyException
 
 from agent_worker.server import DEFAULT_DEV_KEY
 from agent_worker.server.testing import RemoteServer, python_realtime, python_rest
-from tests.server.server_helpers import collector, eventually
+from tests.server.server_support import collector, eventually
 
 # The command registered on a fresh Typer app beside a no-op command, so the test does not depend
 # on which other packages have registered their commands yet.

@@ -11,7 +11,7 @@ from ably.types.message import Message
 
 from agent_worker.server import EmbeddedServer, codec
 from agent_worker.server.testing import python_realtime
-from tests.server.server_helpers import collector, eventually
+from tests.server.server_support import collector, eventually
 
 CONTENT = {"ai": {"transport": {"run-id": "r1", "gone": None}, "codec": {"k": [1, None, {"x": None}]}}}
 

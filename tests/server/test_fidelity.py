@@ -16,7 +16,7 @@ from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.server.auth import ApiKey, Capability, KeyRing
 from agent_worker.server.channel_rules import ChannelRule, rules_for_sessions
 from agent_worker.server.testing import python_realtime, python_rest
-from tests.server.server_helpers import CONNECTED, MESSAGE, RawClient, collector
+from tests.server.server_support import CONNECTED, MESSAGE, RawClient, collector
 
 HAS_BACKLOG, ATTACH_RESUME = 1 << 1, 1 << 5
 

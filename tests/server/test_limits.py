@@ -8,7 +8,7 @@ from ably.util.exceptions import AblyException
 
 from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.server.testing import python_realtime, python_rest
-from tests.server.server_helpers import ACK, NACK, RawClient
+from tests.server.server_support import ACK, NACK, RawClient
 
 
 async def _outcomes(client: RawClient, n: int) -> list[dict[str, object]]:

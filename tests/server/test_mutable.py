@@ -10,7 +10,7 @@ from ably.types.operations import MessageOperation
 
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.testing import python_realtime, python_rest
-from tests.server.server_helpers import ACK, MESSAGE, RawClient, collector, eventually
+from tests.server.server_support import ACK, MESSAGE, RawClient, collector, eventually
 
 
 def _view(m: Any) -> tuple[MessageAction, Any]:

@@ -8,7 +8,7 @@ from ably.types.message import Message, MessageAction
 
 from agent_worker.server import EmbeddedServer, Retention, ServerConfig
 from agent_worker.server.testing import python_realtime, python_rest
-from tests.server.server_helpers import ACK, MESSAGE, RESUMED, RawClient
+from tests.server.server_support import ACK, MESSAGE, RESUMED, RawClient
 
 
 async def test_history_survives_restart(tmp_path: Path) -> None:

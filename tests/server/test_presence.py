@@ -7,7 +7,7 @@ from ably.types.presence import PresenceAction
 
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.testing import python_realtime, python_rest
-from tests.server.server_helpers import (
+from tests.server.server_support import (
     ACK,
     ATTACH,
     ATTACHED,

@@ -8,7 +8,7 @@ import pytest
 
 from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.server.testing import python_realtime
-from tests.server.server_helpers import (
+from tests.server.server_support import (
     ACK,
     ATTACHED,
     CLOSE,

@@ -18,7 +18,7 @@ from ably.util.exceptions import AblyException
 
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.testing import python_realtime, python_rest, sdk_endpoint
-from tests.server.server_helpers import collector, eventually, wait_connected
+from tests.server.server_support import collector, eventually, wait_connected
 
 
 def _bearer(server: EmbeddedServer, **kw: Any) -> dict[str, str]:

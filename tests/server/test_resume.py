@@ -13,7 +13,7 @@ from ably.types.tokendetails import TokenDetails
 from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.server.auth import Capability, Principal
 from agent_worker.server.testing import python_realtime, python_rest, sdk_endpoint, sdk_token_details
-from tests.server.server_helpers import (
+from tests.server.server_support import (
     ACK,
     CONNECTED,
     MESSAGE,

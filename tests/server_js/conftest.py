@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from agent_worker.server import EmbeddedServer, ServerConfig
-from tests.server_js.js_server_harness import ServerFactory
+from tests.server_js.server_js_support import ServerFactory
 
 
 @pytest.fixture(scope="module", params=["msgpack", "json"])

@@ -13,7 +13,7 @@ import pytest
 
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.channel_rules import ChannelRule
-from tests.server_js.js_server_harness import scenario
+from tests.server_js.server_js_support import scenario
 
 pytestmark = pytest.mark.node
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from agent_worker.server import EmbeddedServer
-from tests.server_js.js_server_harness import scenario
+from tests.server_js.server_js_support import scenario
 
 pytestmark = pytest.mark.node
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_js.js_server_harness import ServerFactory, run_script
+from tests.server_js.server_js_support import ServerFactory, run_script
 
 pytestmark = pytest.mark.node
 

@@ -1,6 +1,6 @@
 // Shared harness for the ably-js scripts that run against the embedded server.
 //
-// Contract with tests/nodeutil.py:
+// Contract with tests/node_support.py:
 //   * configuration arrives as JSON in the AW_NODE_CONFIG environment variable
 //     (host, port, key, protocol "json"|"msgpack", plus script-specific fields);
 //   * the script prints exactly one `@@result <json>` line at the end, `{"ok": true, ...}` on

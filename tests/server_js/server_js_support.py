@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from agent_worker.server import EmbeddedServer, ServerConfig
-from tests.nodeutil import JS_ROOT, node_config, run_node_async
+from tests.node_support import JS_ROOT, node_config, run_node_async
 
 SCRIPTS = JS_ROOT / "server"
 
