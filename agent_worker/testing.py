@@ -12,6 +12,8 @@
 Nothing is patched: the agent runs in a :class:`~agent_worker.Worker` connected through ably-python
 to the embedded Ably-compatible server, and the question is published as the official client does.
 Use :class:`ScriptedProvider` (a model you script) or :class:`EchoProvider` to stay deterministic.
+For a bare server in pytest, ``pytest_plugins = ["agent_worker.pytest_plugin"]`` gives the
+``ably_server`` fixture.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"agent"},
     {"worker"},
     {"cli", "testing", ""},
+    {"pytest_plugin"},
 ]
 GROUPS = {"hookspecs": "plugins", "plugins_builtin": "plugins"}
 
