@@ -41,6 +41,11 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
     ]
+    from agent_worker.telemetry import log_processor  # noqa: PLC0415 - telemetry logs through here
+
+    trace_ids = log_processor()
+    if trace_ids is not None:
+        processors.insert(1, trace_ids)  # trace_id/span_id of the current span, when there is one
     renderer: structlog.typing.Processor
     if fmt == "json":
         processors.append(structlog.processors.format_exc_info)

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, Literal
 
+from agent_worker import telemetry
 from agent_worker.errors import InputEventNotFound, ProtocolError
 from agent_worker.logs import get_logger
 from agent_worker.protocol.branch import missing_ancestor
@@ -355,6 +356,7 @@ class AgentSession:
                 "cancel_hook_failed", run_id=run.run_id, session=self.name, error=repr(exc), code=104002
             )
             self._decide("refused")
+            telemetry.cancel_decision(run, msg.client_id, allowed=False)
             return
         if allowed is None:
             allowed = self.policy.allows(msg, run)
@@ -367,7 +369,9 @@ class AgentSession:
                 owner=run.owner_client_id,
             )
             self._decide("refused")
+            telemetry.cancel_decision(run, msg.client_id, allowed=False)
             return
+        telemetry.cancel_decision(run, msg.client_id, allowed=True)
         if run.cancel("client", by=msg.client_id):
             log.info("cancel_honoured", run_id=run.run_id, session=self.name, by=msg.client_id)
             self._decide("honoured")

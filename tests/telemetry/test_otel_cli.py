@@ -1,0 +1,207 @@
+"""``OTEL_TRACES_EXPORTER=console agent-worker run`` as a user would set it: a real worker process on
+its embedded server, an OpenAI-compatible model (a loopback replay server) that calls the built-in
+``calculate`` tool, and the console exporter printing invoke_agent → chat → execute_tool → chat."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from ably import AblyRealtime
+from ably.types.message import Message
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "providers"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "worker"))
+
+from provider_replay import ReplayServer, Reply
+from test_worker_cli import read_banner
+
+from agent_worker.protocol.headers import build_input_headers
+from agent_worker.protocol.tree import ConversationTree
+from agent_worker.protocol.vercel.encoder import encode_user_message
+from agent_worker.transport.ably import to_inbound
+
+SESSION = "conversations:otel"
+
+
+def chunk(
+    delta: dict[str, Any] | None, finish: str | None = None, usage: dict[str, int] | None = None
+) -> str:
+    body: dict[str, Any] = {
+        "id": "chatcmpl-otel",
+        "object": "chat.completion.chunk",
+        "created": 1764600000,
+        "model": "replayed-model",
+        "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    if usage is not None:
+        body["usage"] = usage
+    return "data: " + json.dumps(body)
+
+
+def tool_call_reply() -> Reply:
+    call = {"index": 0, "id": "call_calc", "type": "function"}
+    call["function"] = {"name": "calculate", "arguments": '{"expression": "6*7"}'}
+    return Reply(
+        events=[
+            chunk({"role": "assistant", "content": None, "tool_calls": [call]}),
+            chunk({}, "tool_calls"),
+            chunk(None, usage={"prompt_tokens": 40, "completion_tokens": 9, "total_tokens": 49}),
+            "data: [DONE]",
+        ]
+    )
+
+
+def text_reply() -> Reply:
+    return Reply(
+        events=[
+            chunk({"role": "assistant", "content": "6*7 is "}),
+            chunk({"content": "42."}),
+            chunk({}, "stop"),
+            chunk(None, usage={"prompt_tokens": 60, "completion_tokens": 4, "total_tokens": 64}),
+            "data: [DONE]",
+        ]
+    )
+
+
+def config(base_url: str) -> str:
+    return f"""
+[ably]
+embedded_port = 0
+[worker]
+drain_timeout_s = 1.0
+log_format = "json"
+[provider]
+name = "openai-compatible"
+[providers.openai-compatible]
+base_url = "{base_url}/v1"
+model = "replayed-model"
+[tools]
+enabled = ["calculate"]
+[prompts]
+system = ""
+"""
+
+
+def console_spans(stdout: str) -> list[dict[str, Any]]:
+    """The JSON objects the console exporter printed, skipping the banner's lines."""
+    decoder = json.JSONDecoder()
+    spans, i = [], 0
+    while (i := stdout.find("{", i)) != -1:
+        try:
+            obj, end = decoder.raw_decode(stdout, i)
+        except json.JSONDecodeError:
+            i += 1
+            continue
+        if isinstance(obj, dict) and "context" in obj and "name" in obj:
+            spans.append(obj)
+        i = end
+    return spans
+
+
+async def chat_once(banner: dict[str, str], text: str) -> tuple[str, ConversationTree]:
+    client = AblyRealtime(
+        key=banner["key"],
+        endpoint=f"{banner['ably']}/",
+        tls=False,
+        use_token_auth=True,
+        client_id="user-abc",
+        default_token_params={"client_id": "user-abc"},
+    )
+    try:
+        channel = client.channels.get(SESSION)
+        tree = ConversationTree()
+        arrived = asyncio.Event()
+
+        def on_message(msg: Message) -> None:
+            tree.apply(to_inbound(msg))
+            arrived.set()
+
+        await channel.subscribe(on_message)
+        cmid, eid = str(uuid.uuid4()), str(uuid.uuid4())
+        headers = build_input_headers(codec_message_id=cmid, event_id=eid, run_client_id="user-abc")
+        parts = encode_user_message(
+            {"id": cmid, "role": "user", "parts": [{"type": "text", "text": text}]}, headers
+        )
+        await channel.publish([Message(name=m.name, data=m.data, extras=m.extras) for m in parts])
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(banner["http"], json={"inputEventId": eid, "sessionName": SESSION}) as resp,
+        ):
+            assert resp.status == 200
+            run_id = str((await resp.json())["runId"])
+        async with asyncio.timeout(30):
+            while (node := tree.run(run_id)) is None or node.status != "complete":
+                arrived.clear()
+                await arrived.wait()
+        return run_id, tree
+    finally:
+        await client.close()
+
+
+async def test_console_exporter_prints_the_run_trace(tmp_path: Path) -> None:
+    replay = ReplayServer()
+    await replay.start()
+    replay.replies.extend([tool_call_reply(), text_reply()])
+    path = tmp_path / "worker.toml"
+    path.write_text(config(replay.base_url))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME="otel-cli-test", AGENT_WORKER_PROVIDER="")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent_worker.cli",
+        "run",
+        "--config",
+        str(path),
+        "--http",
+        "127.0.0.1:0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        banner = await read_banner(proc)
+        run_id, tree = await chat_once(banner, "What is 6*7?")
+        assert "42" in "".join(
+            p.get("text", "") for cm in tree.run(run_id).messages for p in cm.message["parts"]
+        )  # type: ignore[union-attr]
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            stdout, _ = await proc.communicate()
+        assert proc.returncode == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await replay.close()
+
+    spans = console_spans(stdout.decode())
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for s in spans:
+        by_name.setdefault(s["name"].split(" ")[0], []).append(s)
+    (run,) = by_name["invoke_agent"]
+    assert run["attributes"]["gen_ai.conversation.id"] == SESSION
+    assert run["attributes"]["agent_worker.run.id"] == run_id
+    assert run["attributes"]["agent_worker.client_id"] == "user-abc"
+    assert run["resource"]["attributes"]["service.name"] == "otel-cli-test"
+    run_span = run["context"]["span_id"]
+    chats = sorted(by_name["chat"], key=lambda s: s["start_time"])
+    (tool,) = by_name["execute_tool"]
+    assert [c["parent_id"] for c in chats] == [run_span, run_span] and tool["parent_id"] == run_span
+    assert chats[0]["name"] == "chat replayed-model"
+    assert chats[0]["attributes"]["gen_ai.provider.name"] == "openai-compatible"
+    assert chats[0]["attributes"]["gen_ai.usage.input_tokens"] == 40
+    assert chats[0]["attributes"]["gen_ai.response.finish_reasons"] == ["tool-calls"]
+    assert chats[1]["attributes"]["gen_ai.usage.output_tokens"] == 4
+    assert tool["name"] == "execute_tool calculate"
+    assert tool["attributes"]["gen_ai.tool.call.id"] == "call_calc"
+    assert chats[0]["end_time"] <= tool["start_time"] <= tool["end_time"] <= chats[1]["start_time"]
+    assert {s["context"]["trace_id"] for s in (run, tool, *chats)} == {run["context"]["trace_id"]}
