@@ -41,6 +41,7 @@ from agent_worker.protocol.headers import build_input_headers
 from agent_worker.protocol.vercel.encoder import encode_user_message
 from agent_worker.transport.ably import to_inbound
 from bench.agent.script import now_us
+from bench.otel.micro import measure as measure_hooks
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -228,7 +229,7 @@ def best(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def render(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> str:
+def render(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, micro: dict[str, Any]) -> str:
     b = {m: best(rs) for m, rs in results.items()}
     base = b.get("absent") or b[next(iter(b))]
 
@@ -273,7 +274,28 @@ def render(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
             f"{v['stream']['p99_ms']:.1f}",
         ]
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
-    lines += ["", "Percentages are relative to `absent`.", END]
+    us = micro["us_per_run"]
+    lines += [
+        "",
+        "Percentages are relative to `absent`.",
+        "",
+        "The hooks alone, in process (`python -m bench.otel.micro`): one simulated run = `trace_run`",
+        f"around one model call of {micro['tokens']} events through `chat_stream` (a scripted provider,",
+        "no network) and one `tool_span`; *direct* = the same calls without hooks (what the absent",
+        "extra amounts to), *on-null* = SDK providers with a null span exporter (the instrumentation",
+        "and the SDK's bookkeeping), *on-console* = batch processor + console exporters on /dev/null",
+        f"(the export thread's JSON encoding included). Best of {micro['repeat']} x {micro['runs']} runs.",
+        "",
+        "| | direct | off | on-null | on-console |",
+        "|---|---:|---:|---:|---:|",
+        "| µs per run | "
+        + " | ".join(f"{us[m]:.0f}" for m in ("direct", "off", "on-null", "on-console"))
+        + " |",
+        "| µs over direct | 0 | "
+        + " | ".join(f"{us[m] - us['direct']:+.0f}" for m in ("off", "on-null", "on-console"))
+        + " |",
+        END,
+    ]
     return "\n".join(lines)
 
 
@@ -294,10 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--streams", type=int, default=10)
     p.add_argument("--tokens", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--micro-runs", type=int, default=2000, help="simulated runs per micro-benchmark round")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--no-write", action="store_true", help="print the section instead of updating the doc")
     args = p.parse_args(argv)
-    section = render(asyncio.run(measure(args)), args)
+    micro = measure_hooks(args.micro_runs, 100, args.rounds)
+    section = render(asyncio.run(measure(args)), args, micro)
     print(section)
     if not args.no_write:
         write_section(section)
