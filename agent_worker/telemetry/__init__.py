@@ -21,7 +21,6 @@ from agent_worker.telemetry.setup import Configured, configure_from_env
 
 if TYPE_CHECKING:
     from agent_worker.providers.base import ModelProvider, ModelRequest
-    from agent_worker.runtime.loop import AgentSpec
     from agent_worker.runtime.run import Run
     from agent_worker.tools.base import Tool
 
@@ -105,8 +104,9 @@ def set_capture_content(enabled: bool) -> None:
         _genai.set_capture_content(enabled)
 
 
-def trace_run(run: Run, coro: Coroutine[Any, Any, None], agent: AgentSpec) -> Coroutine[Any, Any, None]:
-    """Wrap a run's task body in its ``invoke_agent`` span (returns ``coro`` itself when off)."""
+def trace_run(run: Run, coro: Coroutine[Any, Any, None], agent: object) -> Coroutine[Any, Any, None]:
+    """Wrap a run's task body in its ``invoke_agent`` span (returns ``coro`` itself when off).
+    ``agent``: anything with ``provider``/``model`` attributes labels the span (optional)."""
     if _genai is None:
         return coro
     return _genai.trace_run(run, coro, agent)

@@ -30,7 +30,6 @@ from agent_worker.telemetry import attrs as A
 
 if TYPE_CHECKING:
     from agent_worker.providers.base import ModelProvider, ModelRequest, ModelResponse, ResponseStream
-    from agent_worker.runtime.loop import AgentSpec
     from agent_worker.runtime.run import Run
     from agent_worker.tools.base import Tool
 
@@ -178,7 +177,7 @@ _CURRENT: contextvars.ContextVar[_RunTrace | None] = contextvars.ContextVar("aw_
 _RUNS: dict[int, _RunTrace] = {}
 
 
-def trace_run(run: Run, coro: Coroutine[Any, Any, None], agent: AgentSpec) -> Coroutine[Any, Any, None]:
+def trace_run(run: Run, coro: Coroutine[Any, Any, None], agent: object) -> Coroutine[Any, Any, None]:
     """The run's task body wrapped in its ``invoke_agent`` span (or ``coro`` itself when disabled)."""
     tracing, metering = _state.tracing(), _state.metering()
     if not (tracing or metering):
@@ -186,9 +185,13 @@ def trace_run(run: Run, coro: Coroutine[Any, Any, None], agent: AgentSpec) -> Co
     return _traced_run(run, coro, agent, metering)
 
 
-async def _traced_run(run: Run, coro: Coroutine[Any, Any, None], agent: AgentSpec, metering: bool) -> None:
-    provider = agent.provider
-    base = {A.PROVIDER_NAME: _provider_name(provider), A.REQUEST_MODEL: _model(provider, agent.model)}
+async def _traced_run(run: Run, coro: Coroutine[Any, Any, None], agent: object, metering: bool) -> None:
+    # Any agent object: its provider and model, when it has them, label the run and its metrics.
+    provider = getattr(agent, "provider", None)
+    base: dict[str, str] = {}
+    if provider is not None:
+        base[A.PROVIDER_NAME] = _provider_name(provider)
+        base[A.REQUEST_MODEL] = _model(provider, getattr(agent, "model", None))
     span = _state.tracer.start_span(
         f"{A.OP_INVOKE_AGENT} {_state.agent_name}",
         kind=SpanKind.INTERNAL,
@@ -325,8 +328,8 @@ class _TracedChat:
         )
         self._token = otel_context.attach(trace.set_span_in_context(span))
         self.started = time.perf_counter()
-        self._cm = self.provider.stream(req)
         try:
+            self._cm = self.provider.stream(req)
             self._inner = await self._cm.__aenter__()
         except BaseException as exc:
             self._finish(exc)

@@ -339,3 +339,52 @@ async def test_log_lines_carry_trace_and_span_ids(otel: Otel) -> None:
     assert inside["trace_id"] == format(ctx.trace_id, "032x")
     assert inside["span_id"] == format(ctx.span_id, "016x")
     assert "trace_id" not in outside
+
+
+async def test_client_side_tool_suspends_visibly(
+    otel: Otel, make_worker: Any, make_client: Any, session_name: str
+) -> None:
+    """A client-side tool call is an execute_tool span with execution ``client``, marked suspended."""
+
+    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+        yield ToolCallEnd("call_loc", "get_client_location", "{}")
+
+    def get_client_location() -> dict[str, str]:
+        """Where the user is (runs on the client)."""
+        return {}
+
+    tools = ToolRegistry([Tool.from_function(get_client_location, client_side=True)])
+    harness: Harness = await make_worker(ScriptedProvider(script), tools=tools)
+    client: ChatClient = await make_client()
+    sent = await client.send_text("Where am I?")
+    await harness.invoke(session_name, sent.event_id)
+    await client.wait_for(lambda: client.for_input(AI_RUN_SUSPEND, sent.codec_message_id))
+    await harness.worker.run_until_idle()
+    run = otel.one("invoke_agent")
+    assert attrs(run)["agent_worker.run.outcome"] == "suspended"
+    (tool,) = otel.named("execute_tool")
+    assert tool.parent is not None and tool.parent.span_id == run.context.span_id  # type: ignore[union-attr]
+    t = attrs(tool)
+    assert t["agent_worker.tool.execution"] == "client" and t["agent_worker.tool.suspended"] is True
+    assert t["gen_ai.tool.call.id"] == "call_loc"
+    assert events(tool, "agent_worker.suspend") == [{"agent_worker.suspend.reason": "client"}]
+
+
+async def test_shutdown_cancel_is_an_event_too(
+    otel: Otel, make_worker: Any, make_client: Any, session_name: str
+) -> None:
+    """A run the worker cancels on shutdown (drain timeout over) records a ``shutdown`` cancel."""
+    script = SlowScript()
+    harness: Harness = await make_worker(ScriptedProvider(script))
+    client: ChatClient = await make_client()
+    sent = await client.send_text("A long story please")
+    await harness.invoke(session_name, sent.event_id)
+    await asyncio.wait_for(script.started.wait(), 30)
+    await harness.worker.close(drain_timeout_s=0)
+    run = otel.one("invoke_agent")
+    assert attrs(run)["agent_worker.run.outcome"] == "cancelled"
+    (cancel,) = events(run, "agent_worker.cancel")
+    assert cancel["agent_worker.cancel.source"] == "shutdown"
+    assert cancel["agent_worker.cancel.allowed"] is True
+    (active,) = otel.points("agent_worker.runs.active")
+    assert active.value == 0
