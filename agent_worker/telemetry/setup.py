@@ -85,6 +85,11 @@ def _load(signal: Signal, name: str) -> Any:
     return found[0].load()
 
 
+def _meter_provider_unset(provider: object) -> bool:
+    # The API's placeholder until set_meter_provider() is called is a private proxy class.
+    return type(provider).__name__ in ("_ProxyMeterProvider", "NoOpMeterProvider")
+
+
 def configure_from_env(environ: Mapping[str, str] | None = None) -> Configured | None:
     """Install SDK tracer/meter providers as the ``OTEL_*`` variables ask; None when they ask for
     nothing (or the SDK is disabled or absent — then a warning says so)."""
@@ -122,7 +127,7 @@ def configure_from_env(environ: Mapping[str, str] | None = None) -> Configured |
             configured._shutdown.append(tracer_provider.shutdown)
         else:
             log.info("otel_tracer_provider_exists", kept=type(trace.get_tracer_provider()).__name__)
-    if metrics:
+    if metrics and _meter_provider_unset(otel_metrics.get_meter_provider()):
         readers = [PeriodicExportingMetricReader(_load("metrics", name)()) for name in metrics]
         meter_provider = MeterProvider(resource=resource, metric_readers=readers)
         otel_metrics.set_meter_provider(meter_provider)

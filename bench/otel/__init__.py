@@ -104,6 +104,7 @@ class Client:
     latencies_us: list[int] = field(default_factory=list)
     tokens: int = 0
     ended: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    failed: int = 0
 
     def on_message(self, msg: Message) -> None:
         now = now_us()
@@ -112,7 +113,9 @@ class Client:
                 self.tokens += 1
                 self.latencies_us.append(now - int(sent))
         if msg.name == "ai-run-end":
-            run_id = to_inbound(msg).transport_headers.get("run-id", "")
+            headers = to_inbound(msg).transport_headers
+            run_id = headers.get("run-id", "")
+            self.failed += headers.get("run-reason") != "complete"
             # The end may arrive before the POST's answer names the run: leave a resolved future.
             fut = self.ended.setdefault(run_id, asyncio.get_running_loop().create_future())
             if not fut.done():
@@ -175,6 +178,10 @@ async def phase(
             await c.realtime.close()
     lat = sorted(v for c in clients for v in c.latencies_us)
     received = sum(c.tokens for c in clients)
+    failed = sum(c.failed for c in clients)
+    if failed:
+        msg = f"{failed} runs did not complete: the numbers would not be comparable"
+        raise RuntimeError(msg)
     return {
         "runs": runs,
         "wall_s": wall,
@@ -308,8 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.otel", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=300)
     p.add_argument("--concurrency", type=int, default=10)
-    p.add_argument("--streams", type=int, default=10)
-    p.add_argument("--tokens", type=int, default=5000)
+    p.add_argument("--streams", type=int, default=20)
+    p.add_argument(
+        "--tokens", type=int, default=1000, help="per stream; ~20 bytes each, under 64 KiB a message"
+    )
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--micro-runs", type=int, default=2000, help="simulated runs per micro-benchmark round")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)

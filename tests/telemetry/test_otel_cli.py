@@ -90,20 +90,35 @@ system = ""
 """
 
 
-def console_spans(stdout: str) -> list[dict[str, Any]]:
-    """The JSON objects the console exporter printed, skipping the banner's lines."""
+def console_objects(stdout: str) -> list[dict[str, Any]]:
+    """The JSON objects the console exporters printed, skipping the banner's lines."""
     decoder = json.JSONDecoder()
-    spans, i = [], 0
+    found, i = [], 0
     while (i := stdout.find("{", i)) != -1:
         try:
             obj, end = decoder.raw_decode(stdout, i)
         except json.JSONDecodeError:
             i += 1
             continue
-        if isinstance(obj, dict) and "context" in obj and "name" in obj:
-            spans.append(obj)
+        if isinstance(obj, dict):
+            found.append(obj)
         i = end
-    return spans
+    return found
+
+
+def console_spans(stdout: str) -> list[dict[str, Any]]:
+    return [o for o in console_objects(stdout) if "context" in o and "name" in o]
+
+
+def console_metrics(stdout: str) -> dict[str, list[dict[str, Any]]]:
+    """Metric name → its data points, from the console metric exporter's output."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for obj in console_objects(stdout):
+        for rm in obj.get("resource_metrics", []):
+            for sm in rm["scope_metrics"]:
+                for m in sm["metrics"]:
+                    out.setdefault(m["name"], []).extend(m["data"]["data_points"])
+    return out
 
 
 async def chat_once(banner: dict[str, str], text: str) -> tuple[str, ConversationTree]:
@@ -153,7 +168,12 @@ async def test_console_exporter_prints_the_run_trace(tmp_path: Path) -> None:
     path = tmp_path / "worker.toml"
     path.write_text(config(replay.base_url))
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update(OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME="otel-cli-test", AGENT_WORKER_PROVIDER="")
+    env.update(
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_METRICS_EXPORTER="console",
+        OTEL_SERVICE_NAME="otel-cli-test",
+        AGENT_WORKER_PROVIDER="",
+    )
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -205,3 +225,9 @@ async def test_console_exporter_prints_the_run_trace(tmp_path: Path) -> None:
     assert tool["attributes"]["gen_ai.tool.call.id"] == "call_calc"
     assert chats[0]["end_time"] <= tool["start_time"] <= tool["end_time"] <= chats[1]["start_time"]
     assert {s["context"]["trace_id"] for s in (run, tool, *chats)} == {run["context"]["trace_id"]}
+    # The metrics are flushed at shutdown too: two model calls' tokens, one run's duration.
+    points = console_metrics(stdout.decode())
+    usage = {p["attributes"]["gen_ai.token.type"]: p for p in points["gen_ai.client.token.usage"]}
+    assert usage["input"]["sum"] == 100 and usage["output"]["sum"] == 13
+    ops = sorted(p["attributes"]["gen_ai.operation.name"] for p in points["gen_ai.client.operation.duration"])
+    assert ops == ["chat", "invoke_agent"]
