@@ -36,11 +36,32 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 try:  # the API's proxy that delegates once a real provider is set (private name, stable since 1.x)
+    from opentelemetry.metrics import _internal as _metrics_internal
     from opentelemetry.metrics._internal import _ProxyMeterProvider
 
     _UNSET_METERS: tuple[type, ...] = (_ProxyMeterProvider, NoOpMeterProvider)
 except ImportError:  # pragma: no cover - another API layout
+    _metrics_internal = None  # type: ignore[assignment]
     _UNSET_METERS = (NoOpMeterProvider,)
+
+_MISSING = object()
+
+
+def _global_tracer_provider() -> object:
+    # The public getter looks up OTEL_PYTHON_TRACER_PROVIDER in os.environ on every call (~4 µs);
+    # the module global it reads costs nothing. The public call remains the fallback.
+    provider = getattr(trace, "_TRACER_PROVIDER", _MISSING)
+    return trace.get_tracer_provider() if provider is _MISSING else provider
+
+
+def _global_meter_provider() -> object:
+    provider = getattr(_metrics_internal, "_METER_PROVIDER", _MISSING)
+    return metrics.get_meter_provider() if provider is _MISSING else provider
+
+
+# A provider named by OTEL_PYTHON_{TRACER,METER}_PROVIDER is installed on the first public get.
+trace.get_tracer_provider()
+metrics.get_meter_provider()
 
 # Bucket advice from the GenAI metric conventions.
 _DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
@@ -91,12 +112,16 @@ class _State:
         )
 
     def tracing(self) -> bool:
-        return self.explicit_traces or not isinstance(
-            trace.get_tracer_provider(), ProxyTracerProvider | NoOpTracerProvider
-        )
+        if self.explicit_traces:
+            return True
+        provider = _global_tracer_provider()
+        return provider is not None and not isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
 
     def metering(self) -> bool:
-        return self.explicit_metrics or not isinstance(metrics.get_meter_provider(), _UNSET_METERS)
+        if self.explicit_metrics:
+            return True
+        provider = _global_meter_provider()
+        return provider is not None and not isinstance(provider, _UNSET_METERS)
 
 
 _state = _State()

@@ -91,3 +91,35 @@ print("ok")
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_a_global_provider_set_later_is_picked_up() -> None:
+    """An embedding application's own global provider (set after import) turns the hooks on."""
+    code = """
+import asyncio
+from types import SimpleNamespace
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from agent_worker import telemetry
+assert not telemetry.enabled()
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+assert telemetry.enabled()
+run = SimpleNamespace(session=SimpleNamespace(name="conversations:x"), invocation_id="i", event_id="e",
+    run_id="r", outcome="complete", error=None, owner_client_id="u", is_continuation=False,
+    cancel_source=None, cancelled_by=None)
+async def body():
+    return None
+asyncio.run(telemetry.trace_run(run, body(), None))
+(span,) = exporter.get_finished_spans()
+print(span.name, span.attributes["gen_ai.conversation.id"])
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "invoke_agent agent-worker conversations:x"
