@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from agent_worker import telemetry
 from agent_worker.errors import RunError
 from agent_worker.protocol.model import (
     AssistantMessage,
@@ -61,19 +62,36 @@ def _assistant_turn(response: ModelResponse) -> AssistantMessage:
     return AssistantMessage(tuple(parts))
 
 
-async def _execute(tool: Tool | None, name: str, ctx: RunContext[Any], arguments: Any) -> ToolResult:
-    if tool is None:
-        return ToolResult(UNKNOWN_TOOL.format(name=name), is_error=True)
-    args = arguments if isinstance(arguments, dict | str) else {}
-    return await tool.call(ctx, args)
+async def _execute(
+    tool: Tool | None,
+    name: str,
+    ctx: RunContext[Any],
+    arguments: Any,
+    call_id: str,
+    *,
+    approved: bool = False,
+) -> ToolResult:
+    with telemetry.tool_span(call_id, name, tool, arguments, approved=approved) as span:  # execute_tool
+        if tool is None:
+            result = ToolResult(UNKNOWN_TOOL.format(name=name), is_error=True)
+        else:
+            result = await tool.call(ctx, arguments if isinstance(arguments, dict | str) else {})
+        span.result(result.output, result.is_error)
+        return result
 
 
 async def _call_tool(
-    out: MessageStream, run: AgentRun, ctx: RunContext[Any], call: tuple[str, str, Any], tools: ToolRegistry
+    out: MessageStream,
+    run: AgentRun,
+    ctx: RunContext[Any],
+    call: tuple[str, str, Any],
+    tools: ToolRegistry,
+    *,
+    approved: bool = False,
 ) -> ToolResultPart:
     call_id, name, args = call
     run.stats.status("tool")
-    result = await _execute(tools.get(name), name, ctx, args)
+    result = await _execute(tools.get(name), name, ctx, args, call_id, approved=approved)
     run.stats.tool_calls += 1
     await out.tool_result(call_id, result.output, is_error=result.is_error)
     return ToolResultPart(call_id, name, result.output, result.is_error)
@@ -88,7 +106,7 @@ async def _model_calls(
     # published before the first step, as the AI SDK's streamText does.
     approved = run.approved_tool_calls()
     if approved:
-        results = [await _call_tool(out, run, ctx, call, agent.tools) for call in approved]
+        results = [await _call_tool(out, run, ctx, call, agent.tools, approved=True) for call in approved]
         history.append(ToolMessage(tuple(results)))
     for _ in range(agent.max_model_calls):
         run.stats.model_calls += 1
@@ -103,7 +121,7 @@ async def _model_calls(
             temperature=agent.temperature,
         )
         out.finish_reason = None
-        async with agent.provider.stream(request) as stream:
+        async with telemetry.chat_stream(agent.provider, request) as stream:  # a `chat` span when traced
             await out.stream(stream)
             response = stream.get()
         finish: FinishReason = out.finish_reason or response.finish_reason or "stop"
@@ -111,8 +129,10 @@ async def _model_calls(
         for call in response.tool_calls:
             tool = agent.tools.get(call.name)
             if tool is not None and tool.client_side:
+                telemetry.tool_suspended(call.call_id, call.name, tool, call.arguments, reason="client")
                 out.suspend()
             elif tool is not None and tool.requires_approval:
+                telemetry.tool_suspended(call.call_id, call.name, tool, call.arguments, reason="approval")
                 await out.request_approval(call.call_id)
             else:
                 server_call = (call.call_id, call.name, parse_tool_input(call.arguments))

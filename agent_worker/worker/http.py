@@ -19,6 +19,7 @@ from aiohttp import web
 from agent_worker.config import HttpConfig
 from agent_worker.errors import AgentWorkerError, ConfigError, TransportError
 from agent_worker.logs import get_logger
+from agent_worker.telemetry import continue_trace
 from agent_worker.web import WebSettings, add_web_routes
 from agent_worker.worker.admission import Invocation, InvocationRefused, WorkerBusy
 from agent_worker.worker.metrics import CONTENT_TYPE_LATEST, WorkerMetrics
@@ -76,7 +77,7 @@ def _cors_headers(request: web.Request, config: HttpConfig) -> dict[str, str]:
     return {
         "Access-Control-Allow-Origin": allowed,
         "Access-Control-Allow-Methods": "POST, OPTIONS",
-        "Access-Control-Allow-Headers": "Content-Type, Authorization",
+        "Access-Control-Allow-Headers": "Content-Type, Authorization, traceparent, tracestate",
         "Vary": "Origin",
     }
 
@@ -120,7 +121,10 @@ async def invoke(request: web.Request) -> web.Response:
         worker.metrics.invocations.labels("refused").inc()
         return _error(400, 40000, "body must be a JSON object {inputEventId, sessionName}", cors)
     try:
-        invocation = await worker.invoke(body.get("sessionName"), body.get("inputEventId"))
+        # A W3C traceparent on the POST makes the run's spans part of the caller's trace.
+        invocation = await continue_trace(
+            request.headers, worker.invoke(body.get("sessionName"), body.get("inputEventId"))
+        )
     except WorkerBusy as exc:
         log.info("invocation_busy", retry_after=exc.retry_after)
         return _error(429, exc.code, exc.message, {**cors, "Retry-After": str(exc.retry_after)})

@@ -30,6 +30,7 @@ from agent_worker.runtime.handler import RunHandler
 from agent_worker.runtime.run import CancelHook, Run
 from agent_worker.runtime.session import AgentSession, CancelDecision, CancelPolicy
 from agent_worker.runtime.supervisor import Hook, LocateLimits, RunSupervisor, call_hook
+from agent_worker.telemetry import configure_from_env, trace_run
 from agent_worker.transport.ably import AblySettings, AblyTransport
 from agent_worker.web import web_defaults
 from agent_worker.worker.admission import Admission, Invocation, InvocationRefused, WorkerBusy
@@ -278,6 +279,7 @@ class Worker:
         :meth:`close`; then drain. ``on_ready`` is called once everything listens."""
         self.handle_signals = handle_signals
         configure_logging(self.config.log_format, self.config.log_level)
+        otel = configure_from_env()  # OTEL_TRACES_EXPORTER=console|otlp, OTEL_METRICS_EXPORTER, ...
         runner = None
         try:
             await self.start()
@@ -310,6 +312,8 @@ class Worker:
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
+            if otel is not None:
+                otel.shutdown()  # flush the last spans and metrics
 
     def run(self) -> None:
         """Serve until SIGINT/SIGTERM (blocking): ``asyncio.run(self.serve())``."""
@@ -384,9 +388,8 @@ class Worker:
                 log.exception("worker_hook_failed", hook="on_run_created")
         invocation = Invocation(run.run_id, run.invocation_id, session.name)
         self.admission.remember(invocation, event_id)
-        task = asyncio.create_task(
-            self.supervisor.execute(run, session, time.monotonic()), name=f"run:{run.run_id}"
-        )
+        body = trace_run(run, self.supervisor.execute(run, session, time.monotonic()), self.agent)
+        task = asyncio.create_task(body, name=f"run:{run.run_id}")  # body: the invoke_agent span
         run.task = task
         self._active[task] = run
         self._idle.clear()

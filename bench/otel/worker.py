@@ -19,9 +19,9 @@ import contextlib
 import json
 import os
 
+from agent_worker.agent import Agent
 from agent_worker.config import HttpConfig, Secret, WorkerConfig
 from agent_worker.logs import configure_logging
-from agent_worker.runtime.loop import AgentSpec
 from agent_worker.telemetry import configure_from_env, enabled
 from agent_worker.transport.ably import AblySettings
 from agent_worker.worker.http import serve
@@ -47,7 +47,7 @@ async def main(mode: str, cfg: dict[str, object]) -> None:
     )
     worker = Worker(
         transport=settings,
-        agent=AgentSpec(provider=bench_provider()),
+        agent=Agent(bench_provider()),
         config=WorkerConfig(coalesce_window_ms=0.0, presence=False, max_concurrent_runs=1000),
     )
     await worker.start()

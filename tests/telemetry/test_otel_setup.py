@@ -78,7 +78,7 @@ import sys
 sys.modules["opentelemetry"] = None
 from structlog.testing import capture_logs
 from agent_worker import telemetry
-from agent_worker.runtime.loop import run_agent
+from agent_worker.agent.loop import run_pass
 from agent_worker.worker.service import Worker
 assert not telemetry.available() and not telemetry.enabled() and telemetry.log_processor() is None
 with capture_logs() as logs:
