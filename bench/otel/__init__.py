@@ -39,6 +39,7 @@ from ably.types.message import Message
 
 from agent_worker.protocol.headers import build_input_headers
 from agent_worker.protocol.vercel.encoder import encode_user_message
+from agent_worker.server.testing import RemoteServer, python_realtime
 from agent_worker.transport.ably import to_inbound
 from bench.agent.script import now_us
 
@@ -123,13 +124,8 @@ class Client:
 
 
 async def connect(server: dict[str, Any], session: str) -> Client:
-    realtime = AblyRealtime(
-        key=server["key"],
-        endpoint=f"127.0.0.1:{server['port']}/",
-        tls=False,
-        use_token_auth=True,
-        client_id="bench-user",
-        default_token_params={"client_id": "bench-user"},
+    realtime = python_realtime(
+        RemoteServer(f"127.0.0.1:{server['port']}", server["key"]), client_id="bench-user"
     )
     client = Client(realtime, session)
     await realtime.channels.get(session).subscribe(client.on_message)

@@ -9,24 +9,19 @@ import json
 import os
 import signal
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from ably import AblyRealtime
-from ably.types.message import Message
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "providers"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "worker"))
 
 from provider_replay import ReplayServer, Reply
+from runtime_support import ChatClient
 from test_worker_cli import read_banner
 
-from agent_worker.protocol.headers import build_input_headers
-from agent_worker.protocol.tree import ConversationTree
-from agent_worker.protocol.vercel.encoder import encode_user_message
-from agent_worker.transport.ably import to_inbound
+from agent_worker.server.testing import RemoteServer
 
 SESSION = "conversations:otel"
 
@@ -121,42 +116,22 @@ def console_metrics(stdout: str) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-async def chat_once(banner: dict[str, str], text: str) -> tuple[str, ConversationTree]:
-    client = AblyRealtime(
-        key=banner["key"],
-        endpoint=f"{banner['ably']}/",
-        tls=False,
-        use_token_auth=True,
-        client_id="user-abc",
-        default_token_params={"client_id": "user-abc"},
-    )
+async def chat_once(banner: dict[str, str], text: str) -> tuple[str, str]:
+    """As a user would: publish the prompt on the worker's embedded server, POST the invocation,
+    wait for the run to end. Returns the run id and its text."""
+    client = ChatClient(RemoteServer(banner["ably"], banner["key"]), SESSION, "user-abc")  # type: ignore[arg-type]
+    await client.connect()
     try:
-        channel = client.channels.get(SESSION)
-        tree = ConversationTree()
-        arrived = asyncio.Event()
-
-        def on_message(msg: Message) -> None:
-            tree.apply(to_inbound(msg))
-            arrived.set()
-
-        await channel.subscribe(on_message)
-        cmid, eid = str(uuid.uuid4()), str(uuid.uuid4())
-        headers = build_input_headers(codec_message_id=cmid, event_id=eid, run_client_id="user-abc")
-        parts = encode_user_message(
-            {"id": cmid, "role": "user", "parts": [{"type": "text", "text": text}]}, headers
-        )
-        await channel.publish([Message(name=m.name, data=m.data, extras=m.extras) for m in parts])
+        sent = await client.send_text(text)
         async with (
             aiohttp.ClientSession() as http,
-            http.post(banner["http"], json={"inputEventId": eid, "sessionName": SESSION}) as resp,
+            http.post(banner["http"], json={"inputEventId": sent.event_id, "sessionName": SESSION}) as resp,
         ):
             assert resp.status == 200
             run_id = str((await resp.json())["runId"])
-        async with asyncio.timeout(30):
-            while (node := tree.run(run_id)) is None or node.status != "complete":
-                arrived.clear()
-                await arrived.wait()
-        return run_id, tree
+        end = await client.run_end_for(sent.codec_message_id, wait_s=30)
+        assert end.transport_headers["run-reason"] == "complete"
+        return run_id, client.run_text(run_id)
     finally:
         await client.close()
 
@@ -189,10 +164,8 @@ async def test_console_exporter_prints_the_run_trace(tmp_path: Path) -> None:
     )
     try:
         banner = await read_banner(proc)
-        run_id, tree = await chat_once(banner, "What is 6*7?")
-        assert "42" in "".join(
-            p.get("text", "") for cm in tree.run(run_id).messages for p in cm.message["parts"]
-        )  # type: ignore[union-attr]
+        run_id, text = await chat_once(banner, "What is 6*7?")
+        assert text == "6*7 is 42."
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
             stdout, _ = await proc.communicate()
