@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal, TextIO
+from collections.abc import MutableMapping
+from typing import Any, Literal, TextIO
 
 import structlog
 
-__all__ = ["LogFormat", "configure_logging", "get_logger"]
+try:  # the `otel` extra: lines logged inside a span carry its ids (docs/observability.md)
+    from opentelemetry import trace as _otel_trace
+except ImportError:
+    _otel_trace = None  # type: ignore[assignment]
+
+__all__ = ["LogFormat", "add_trace_ids", "configure_logging", "get_logger"]
 
 LogFormat = Literal["console", "json"]
 
@@ -41,11 +47,8 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
     ]
-    from agent_worker.telemetry import log_processor  # noqa: PLC0415 - telemetry logs through here
-
-    trace_ids = log_processor()
-    if trace_ids is not None:
-        processors.insert(1, trace_ids)  # trace_id/span_id of the current span, when there is one
+    if _otel_trace is not None:
+        processors.insert(1, add_trace_ids)
     renderer: structlog.typing.Processor
     if fmt == "json":
         processors.append(structlog.processors.format_exc_info)
@@ -63,6 +66,18 @@ def configure_logging(
         logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
         _state["configured"] = (fmt, level)
     logging.getLogger("ably").setLevel(max(numeric, logging.WARNING))
+
+
+def add_trace_ids(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: ``trace_id``/``span_id`` of the current OpenTelemetry span, if any."""
+    assert _otel_trace is not None
+    ctx = _otel_trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        event_dict["trace_id"] = _otel_trace.format_trace_id(ctx.trace_id)
+        event_dict["span_id"] = _otel_trace.format_span_id(ctx.span_id)
+    return event_dict
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "agent_worker"
 LAYERS: list[set[str]] = [
     {"errors"},
     {"logs", "retry"},
+    {"telemetry"},
     {"config", "prompts", "tokens"},
     {"protocol"},
     {"transport", "server"},

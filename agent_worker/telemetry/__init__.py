@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from agent_worker.telemetry.attrs import CAPTURE_CONTENT_ENV
 from agent_worker.telemetry.setup import Configured, configure_from_env
 
-if TYPE_CHECKING:
-    from agent_worker.providers.base import ModelProvider, ModelRequest
-    from agent_worker.runtime.run import Run
-    from agent_worker.tools.base import Tool
+# Stand-ins: telemetry sits below the runtime, providers and tools it observes.
+Run = Any
+ModelProvider = Any
+ModelRequest = Any
+Tool = Any
 
 __all__ = [
     "Configured",
@@ -33,7 +34,6 @@ __all__ = [
     "continue_trace",
     "enabled",
     "instrument",
-    "log_processor",
     "set_capture_content",
     "tool_span",
     "tool_suspended",
@@ -144,8 +144,3 @@ async def continue_trace(carrier: Mapping[str, str], awaitable: Awaitable[T]) ->
     if _genai is None:
         return await awaitable
     return await _genai.continue_trace(carrier, awaitable)
-
-
-def log_processor() -> Any:
-    """The structlog processor adding ``trace_id``/``span_id``, or None without OpenTelemetry."""
-    return _genai.add_trace_ids if _genai is not None else None

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import asdict, is_dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
@@ -28,10 +28,14 @@ from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, SpanKin
 from agent_worker.errors import AgentWorkerError
 from agent_worker.telemetry import attrs as A
 
-if TYPE_CHECKING:
-    from agent_worker.providers.base import ModelProvider, ModelRequest, ModelResponse, ResponseStream
-    from agent_worker.runtime.run import Run
-    from agent_worker.tools.base import Tool
+# Structural stand-ins for the runtime's, providers' and tools' types: telemetry sits below the
+# layers it observes (tests/test_import_graph.py), so it names none of them.
+Run = Any
+ModelProvider = Any
+ModelRequest = Any
+ModelResponse = Any
+ResponseStream = Any
+Tool = Any
 
 T = TypeVar("T")
 
@@ -386,7 +390,7 @@ class _TracedChat:
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
         try:
-            suppressed = await self._cm.__aexit__(et, exc, tb)
+            suppressed: bool | None = await self._cm.__aexit__(et, exc, tb)
         except BaseException as raised:
             self._finish(raised)
             raise
@@ -514,12 +518,3 @@ async def continue_trace(carrier: Mapping[str, str], awaitable: Awaitable[T]) ->
         return await awaitable
     finally:
         otel_context.detach(token)
-
-
-def add_trace_ids(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """structlog processor: ``trace_id``/``span_id`` of the current span, when there is one."""
-    ctx = trace.get_current_span().get_span_context()
-    if ctx.is_valid:
-        event_dict["trace_id"] = trace.format_trace_id(ctx.trace_id)
-        event_dict["span_id"] = trace.format_span_id(ctx.span_id)
-    return event_dict

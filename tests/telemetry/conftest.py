@@ -3,18 +3,13 @@ OpenTelemetry exporters handed to :func:`agent_worker.telemetry.instrument` for 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runtime"))
-
-from otel_support import Otel
-from runtime_fixtures import make_client, make_worker, session_name
-
 from agent_worker import telemetry
+from tests.runtime.runtime_fixtures import make_client, make_worker, session_name
+from tests.telemetry.telemetry_support import Otel
 
 __all__ = ["make_client", "make_worker", "otel", "session_name"]
 

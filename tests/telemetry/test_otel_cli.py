@@ -14,14 +14,10 @@ from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "providers"))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "worker"))
-
-from provider_replay import ReplayServer, Reply
-from runtime_support import ChatClient
-from test_worker_cli import read_banner
-
 from agent_worker.server.testing import RemoteServer
+from tests.providers.provider_replay import ReplayServer, Reply
+from tests.runtime.runtime_support import ChatClient
+from tests.worker.test_worker_cli import read_banner
 
 SESSION = "conversations:otel"
 

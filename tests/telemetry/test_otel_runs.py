@@ -12,8 +12,6 @@ from typing import Any
 
 import structlog
 from opentelemetry.trace import SpanKind, StatusCode
-from otel_support import Otel, attrs, events
-from runtime_support import ChatClient, Harness
 
 from agent_worker import telemetry
 from agent_worker.errors import ProviderConnectionError
@@ -24,6 +22,8 @@ from agent_worker.providers.base import ModelRequest, StreamEvent, ToolCallEnd, 
 from agent_worker.providers.echo import ScriptedProvider
 from agent_worker.tools.base import Tool
 from agent_worker.tools.registry import ToolRegistry
+from tests.runtime.runtime_support import ChatClient, Harness
+from tests.telemetry.telemetry_support import Otel, attrs, events
 
 
 async def reply_script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:

@@ -1,0 +1,1 @@
+"""OpenTelemetry spans, metrics, env configuration and the console exporter on a real worker."""
