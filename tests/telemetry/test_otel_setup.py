@@ -38,10 +38,12 @@ async def test_unconfigured_hooks_pass_objects_through() -> None:
         assert [e async for e in stream]
     span = telemetry.tool_span("c1", "t", None, {})
     assert span is telemetry.tool_span("c2", "u", None, {})  # one shared object, no allocation
-    assert (
-        await telemetry.continue_trace({"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}, body())
-        is None
-    )
+
+    async def answer() -> int:
+        return 42
+
+    traceparent = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
+    assert await telemetry.continue_trace(traceparent, answer()) == 42
 
 
 def test_exporter_names_follow_the_otel_variables() -> None:
