@@ -16,7 +16,8 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -84,12 +85,16 @@ def _matches(rule: dict[str, Any], norm: list[dict[str, Any]], call: int) -> boo
     return not ("call" in when and when["call"] != call)
 
 
-def rules_script(rules: Rules) -> tuple[Script, list[list[dict[str, Any]]]]:
-    """A ScriptedProvider script following ``rules``; also returns the list of normalised prompts."""
+def rules_script(
+    rules: Rules, normalise_prompt: Callable[[ModelRequest], list[dict[str, Any]]] | None = None
+) -> tuple[Script, list[list[dict[str, Any]]]]:
+    """A ScriptedProvider script following ``rules``; also returns the list of normalised prompts
+    (``normalise_prompt`` defaults to :func:`normalise`)."""
     prompts: list[list[dict[str, Any]]] = []
+    to_norm = normalise_prompt or normalise
 
     async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
-        norm = normalise(request)
+        norm = to_norm(request)
         prompts.append(norm)
         rule = next((r for r in rules if _matches(r, norm, len(prompts))), None)
         if rule is None:
@@ -106,7 +111,7 @@ def rules_script(rules: Rules) -> tuple[Script, list[list[dict[str, Any]]]]:
             elif "tool" in event:
                 # As the mock model streams it: start, the whole input as one delta, the call.
                 tool = event["tool"]
-                arguments = json.dumps(tool.get("input", {}))
+                arguments = json.dumps(tool.get("input", {}), separators=(",", ":"))  # JSON.stringify
                 yield ToolCallStart(tool["id"], tool["name"])
                 yield ToolCallDelta(tool["id"], arguments)
                 yield ToolCallEnd(tool["id"], tool["name"], arguments)
@@ -121,7 +126,10 @@ def rules_script(rules: Rules) -> tuple[Script, list[list[dict[str, Any]]]]:
 class ReferenceAgent:
     """The official JS agent as a child process on the embedded server."""
 
-    def __init__(self, server: EmbeddedServer, rules: Rules, protocol: str = "msgpack") -> None:
+    def __init__(
+        self, server: EmbeddedServer, rules: Rules, protocol: str = "msgpack", script: Path = REFERENCE_AGENT
+    ) -> None:
+        self.script = script
         self.server = server
         self.rules = rules
         self.protocol = protocol
@@ -144,7 +152,7 @@ class ReferenceAgent:
         }
         self.proc = await asyncio.create_subprocess_exec(
             node_binary(),
-            str(REFERENCE_AGENT),
+            str(self.script),
             cwd=JS_ROOT,
             env=env,
             stdin=asyncio.subprocess.PIPE,

@@ -1,0 +1,261 @@
+// The reference agent for `openai-responses` differential conformance: the official @ably/ai-transport
+// 0.8.0 agent side (createAgentSession with ResponsesCodec per invocation, page history, run.start(),
+// one run.pipe() of Responses events per pass, run.end()/run.suspend(), session.end()), with the
+// model replaced by the same declarative script the Python worker's ScriptedProvider follows
+// (tests/conformance/reference.py). The scripted model speaks Responses stream events the way the
+// worker's Responses dialect renders a model call (item ids rs_/msg_/fc_<n> per message, output_index
+// per response), so folded state can be compared exactly.
+//
+// AW_NODE_CONFIG = {host, port, key, protocol, rules}. Prints `@@ready {"url", "pid"}`; serves
+// POST /api/chat (invocations) and GET /prompts (every prompt the model received, normalised).
+import { createServer } from 'node:http';
+
+import { createAgentSession, Invocation } from '@ably/ai-transport';
+import { approvedUnexecutedCalls, ResponsesCodec, toResponsesInput } from '@ably/ai-transport/openai';
+import * as Ably from 'ably';
+
+const config = JSON.parse(process.env.AW_NODE_CONFIG || '{}');
+const emit = (tag, obj) => process.stdout.write(`@@${tag} ${JSON.stringify(obj)}\n`);
+
+const ably = new Ably.Realtime({
+  key: config.key,
+  endpoint: config.host,
+  port: config.port,
+  tls: false,
+  useBinaryProtocol: config.protocol !== 'json',
+  disableConnectivityCheck: true,
+  fallbackHosts: [],
+  logLevel: 0,
+});
+
+// --- the tools (same names and behaviour as the Python tests) --------------------------------------
+
+const TOOLS = {
+  get_weather: { execute: ({ city }) => ({ city, tempC: 21 }) },
+  send_notification: { needsApproval: true, execute: ({ message }) => `notification sent: ${message}` },
+  get_client_location: { clientSide: true },
+};
+
+// providers/_common.py tool_output_text: strings pass through, anything else compact JSON.
+const outputText = (value) => (typeof value === 'string' ? value : JSON.stringify(value));
+
+// --- the scripted model ----------------------------------------------------------------------------
+
+/** Responses items in the reference normal form: [{role, text, calls, results, files}]. */
+function normalise(items) {
+  const out = [];
+  for (const item of items) {
+    const entry = { role: '', text: '', calls: [], results: [], files: [] };
+    if (item.type === 'message') {
+      entry.role = item.role === 'user' ? 'user' : 'assistant';
+      entry.text = (item.content ?? []).map((p) => p.text ?? p.refusal ?? '').join('');
+    } else if (item.type === 'function_call') {
+      entry.role = 'assistant';
+      entry.calls.push([item.call_id, item.name, JSON.parse(item.arguments || '{}')]);
+    } else if (item.type === 'function_call_output') {
+      entry.role = 'tool';
+      entry.results.push([item.call_id, item.output, false]);
+    } else continue;
+    out.push(entry);
+  }
+  return out;
+}
+
+const prompts = [];
+
+function matches(rule, norm, call) {
+  const when = rule.if ?? {};
+  const lastUser = norm.findLast((m) => m.role === 'user')?.text ?? '';
+  const toolResults = norm.reduce((a, m) => a + m.results.length, 0);
+  if (when.lastUser !== undefined && when.lastUser !== lastUser) return false;
+  if (when.toolResults !== undefined && when.toolResults !== toolResults) return false;
+  if (when.call !== undefined && when.call !== call) return false;
+  return true;
+}
+
+/** One model call rendered as Responses events (mirrors runtime/dialects.py _ResponsesMapper). */
+function* modelCall(rule, counter) {
+  let index = 0;
+  let open = null; // {kind, id, index, text}
+  const next = (prefix) => ({ id: `${prefix}_${++counter.n}`, index: index++ });
+  function* closeOpen() {
+    if (!open) return;
+    const { kind, id, index: oi, text } = open;
+    open = null;
+    if (kind === 'message') {
+      yield { type: 'response.output_text.done', item_id: id, output_index: oi, content_index: 0, text };
+      const content = [{ type: 'output_text', text, annotations: [] }];
+      yield { type: 'response.output_item.done', output_index: oi, item: { id, type: 'message', role: 'assistant', status: 'completed', content } };
+    } else {
+      yield { type: 'response.reasoning_summary_text.done', item_id: id, output_index: oi, summary_index: 0, text };
+      const item = { id, type: 'reasoning', summary: [{ type: 'summary_text', text }] };
+      yield { type: 'response.output_item.done', output_index: oi, item };
+    }
+  }
+  function* textDelta(kind, delta) {
+    if (!open || open.kind !== kind) {
+      yield* closeOpen();
+      const { id, index: oi } = next(kind === 'message' ? 'msg' : 'rs');
+      open = { kind, id, index: oi, text: '' };
+      if (kind === 'message') {
+        yield { type: 'response.output_item.added', output_index: oi, item: { id, type: 'message', role: 'assistant', status: 'in_progress', content: [] } };
+        yield { type: 'response.content_part.added', item_id: id, output_index: oi, content_index: 0, part: { type: 'output_text', text: '', annotations: [] } };
+      } else {
+        yield { type: 'response.output_item.added', output_index: oi, item: { id, type: 'reasoning', summary: [] } };
+        yield { type: 'response.reasoning_summary_part.added', item_id: id, output_index: oi, summary_index: 0, part: { type: 'summary_text', text: '' } };
+      }
+    }
+    open.text += delta;
+    if (kind === 'message') {
+      yield { type: 'response.output_text.delta', item_id: open.id, output_index: open.index, content_index: 0, delta };
+    } else {
+      yield { type: 'response.reasoning_summary_text.delta', item_id: open.id, output_index: open.index, summary_index: 0, delta };
+    }
+  }
+  const calls = [];
+  for (const ev of rule.then) {
+    if (ev.text !== undefined || ev.reasoning !== undefined) {
+      const kind = ev.text !== undefined ? 'message' : 'reasoning';
+      for (const delta of [].concat(ev.text ?? ev.reasoning)) if (delta) yield* textDelta(kind, delta);
+    } else if (ev.tool) {
+      yield* closeOpen();
+      const args = JSON.stringify(ev.tool.input ?? {});
+      const { id, index: oi } = next('fc');
+      const base = { id, type: 'function_call', call_id: ev.tool.id, name: ev.tool.name };
+      yield { type: 'response.output_item.added', output_index: oi, item: { ...base, status: 'in_progress', arguments: '' } };
+      yield { type: 'response.function_call_arguments.delta', item_id: id, output_index: oi, delta: args };
+      yield { type: 'response.function_call_arguments.done', item_id: id, output_index: oi, arguments: args, name: ev.tool.name };
+      yield { type: 'response.output_item.done', output_index: oi, item: { ...base, status: 'completed', arguments: args } };
+      calls.push({ call_id: ev.tool.id, name: ev.tool.name, arguments: args });
+    }
+  }
+  yield* closeOpen();
+  return calls;
+}
+
+/** Items this pass already produced: the codec's own fold of the events piped so far. */
+function localFold() {
+  let projection = ResponsesCodec.init();
+  return {
+    fold: (event) => {
+      projection = ResponsesCodec.fold(projection, { direction: 'output', event }, { serial: '', messageId: 'pass' });
+    },
+    items: () => toResponsesInput(ResponsesCodec.getMessages(projection).map((m) => m.message)),
+  };
+}
+
+async function* pass(conversation, outcome) {
+  const local = localFold();
+  const counter = { n: 0 };
+  const out = function* (event) {
+    local.fold(event);
+    yield event;
+  };
+  const history = toResponsesInput(conversation);
+  for (const call of approvedUnexecutedCalls(conversation)) {
+    const output = outputText(TOOLS[call.name].execute(JSON.parse(call.arguments || '{}')));
+    yield* out({ type: 'function_call_output', item: { type: 'function_call_output', call_id: call.call_id, output } });
+  }
+  for (let step = 0; step < 8; step++) {
+    const norm = normalise([...history, ...local.items()]);
+    prompts.push(norm);
+    const rule = (config.rules ?? []).find((r) => matches(r, norm, prompts.length));
+    if (!rule) throw new Error(`no scripted rule matches call ${prompts.length}`);
+    const gen = modelCall(rule, counter);
+    let calls;
+    for (;;) {
+      const { value, done } = gen.next();
+      if (done) {
+        calls = value;
+        break;
+      }
+      yield* out(value);
+    }
+    if (calls.length === 0) return;
+    let suspend = false;
+    for (const call of calls) {
+      const tool = TOOLS[call.name];
+      if (tool?.clientSide) {
+        suspend = true;
+      } else if (tool?.needsApproval) {
+        suspend = true;
+        yield* out({ type: 'tool-approval-request', call_id: call.call_id, name: call.name, arguments: call.arguments });
+      } else {
+        const output = outputText(tool.execute(JSON.parse(call.arguments)));
+        yield* out({ type: 'function_call_output', item: { type: 'function_call_output', call_id: call.call_id, output } });
+      }
+    }
+    if (suspend) {
+      outcome.suspend = true;
+      return;
+    }
+  }
+}
+
+// --- the route handler -----------------------------------------------------------------------------
+
+// session.end() detaches the shared channel; a next invocation on the same channel waits for it
+// (ably-js refuses an attach racing a detach), as an app reusing one Realtime client would.
+const ending = new Map();
+
+async function handle(invocation) {
+  await ending.get(invocation.sessionName);
+  const session = createAgentSession({ client: ably, channelName: invocation.sessionName, codec: ResponsesCodec });
+  await session.connect();
+  const run = session.createRun(invocation);
+  const work = async () => {
+    try {
+      while (run.view.hasOlder()) await run.view.loadOlder();
+      await run.start();
+      const conversation = run.view.getMessages().map(({ message }) => message);
+      const outcome = { suspend: false };
+      await run.pipe(pass(conversation, outcome));
+      if (outcome.suspend) await run.suspend();
+      else await run.end({ reason: 'complete' });
+    } catch (err) {
+      emit('event', { event: 'error', message: String(err?.message ?? err), stack: err?.stack ?? null });
+    } finally {
+      const ended = session.end().catch(() => {});
+      ending.set(invocation.sessionName, ended);
+      await ended;
+    }
+  };
+  void work();
+  return { runId: run.runId, invocationId: run.invocationId };
+}
+
+const server = createServer((req, res) => {
+  if (req.method === 'GET' && req.url === '/prompts') {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(prompts));
+    return;
+  }
+  let body = '';
+  req.on('data', (chunk) => {
+    body += chunk;
+  });
+  req.on('end', async () => {
+    try {
+      const answer = await handle(Invocation.fromJSON(JSON.parse(body)));
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(answer));
+    } catch (err) {
+      res.writeHead(500, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error: String(err?.message ?? err) }));
+    }
+  });
+});
+
+await ably.connection.whenState('connected');
+server.listen(0, '127.0.0.1', () => {
+  emit('ready', { url: `http://127.0.0.1:${server.address().port}/api/chat`, pid: process.pid });
+});
+
+const stop = () => {
+  server.close();
+  ably.close();
+  setTimeout(() => process.exit(0), 200);
+};
+process.on('SIGTERM', stop);
+process.stdin.on('end', stop);
+process.stdin.resume();
