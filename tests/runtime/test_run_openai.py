@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from runtime_support import ChatClient, Harness
 from test_run_tools import get_weather, weather_script
 
+from agent_worker.config import config_from_mapping
+from agent_worker.errors import ConfigError
 from agent_worker.protocol.codecs import OPENAI_RESPONSES, VERCEL
 from agent_worker.protocol.headers import AI_OUTPUT
 from agent_worker.providers.base import ModelRequest, StreamEvent, ToolCallEnd, ToolCallStart
@@ -163,3 +166,9 @@ async def test_approval_suspend_then_resume(make_worker: Any, make_client: Any, 
     await client.wait_for(lambda: "Done: sent hi" in client.run_text(run_id))
     items = client.run_items(run_id)
     assert {"type": "function_call_output", "call_id": "call_n", "output": "sent hi"} in items
+
+
+def test_codec_pin_is_validated() -> None:
+    assert config_from_mapping({"worker": {"codec": OPENAI_RESPONSES}}).worker.codec == OPENAI_RESPONSES
+    with pytest.raises(ConfigError, match="must be one of openai-responses, vercel-ai-sdk-ui-message"):
+        config_from_mapping({"worker": {"codec": "bogus"}})
