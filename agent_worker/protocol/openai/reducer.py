@@ -89,10 +89,16 @@ class OpenAIProjection:
     """Per-node projection: one ``OpenAIMessage`` per codec-message-id, in publication order."""
 
     _entries: list[_Entry] = field(default_factory=list)
+    _cache: list[CodecMessage] | None = None  # getMessages memo, dropped by every fold (as the JS view)
 
     @property
     def messages(self) -> list[CodecMessage]:
         """``getMessages``: compacted copies (a later fold never changes a returned message)."""
+        if self._cache is None:
+            self._cache = self._build_messages()
+        return self._cache
+
+    def _build_messages(self) -> list[CodecMessage]:
         out: list[CodecMessage] = []
         for entry in self._entries:
             message: OpenAIMessage = {
@@ -140,6 +146,7 @@ class OpenAIProjection:
     # --- outputs -------------------------------------------------------------------------------
 
     def fold_output(self, event: Mapping[str, Any], codec_message_id: str | None) -> None:
+        self._cache = None
         if codec_message_id is None:
             return
         cmid = codec_message_id
@@ -242,6 +249,7 @@ class OpenAIProjection:
     # --- inputs --------------------------------------------------------------------------------
 
     def fold_input(self, event: Mapping[str, Any], codec_message_id: str | None) -> None:
+        self._cache = None
         if codec_message_id is None:
             return
         kind = event.get("kind")

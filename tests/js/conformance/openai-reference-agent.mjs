@@ -8,25 +8,10 @@
 //
 // AW_NODE_CONFIG = {host, port, key, protocol, rules}. Prints `@@ready {"url", "pid"}`; serves
 // POST /api/chat (invocations) and GET /prompts (every prompt the model received, normalised).
-import { createServer } from 'node:http';
-
-import { createAgentSession, Invocation } from '@ably/ai-transport';
+import { createAgentSession } from '@ably/ai-transport';
 import { approvedUnexecutedCalls, ResponsesCodec, toResponsesInput } from '@ably/ai-transport/openai';
-import * as Ably from 'ably';
 
-const config = JSON.parse(process.env.AW_NODE_CONFIG || '{}');
-const emit = (tag, obj) => process.stdout.write(`@@${tag} ${JSON.stringify(obj)}\n`);
-
-const ably = new Ably.Realtime({
-  key: config.key,
-  endpoint: config.host,
-  port: config.port,
-  tls: false,
-  useBinaryProtocol: config.protocol !== 'json',
-  disableConnectivityCheck: true,
-  fallbackHosts: [],
-  logLevel: 0,
-});
+import { ably, config, handleWith, matches, serveAgent } from './agent-host.mjs';
 
 // --- the tools (same names and behaviour as the Python tests) --------------------------------------
 
@@ -62,16 +47,6 @@ function normalise(items) {
 }
 
 const prompts = [];
-
-function matches(rule, norm, call) {
-  const when = rule.if ?? {};
-  const lastUser = norm.findLast((m) => m.role === 'user')?.text ?? '';
-  const toolResults = norm.reduce((a, m) => a + m.results.length, 0);
-  if (when.lastUser !== undefined && when.lastUser !== lastUser) return false;
-  if (when.toolResults !== undefined && when.toolResults !== toolResults) return false;
-  if (when.call !== undefined && when.call !== call) return false;
-  return true;
-}
 
 /** One model call rendered as Responses events (mirrors runtime/dialects.py _ResponsesMapper). */
 function* modelCall(rule, counter) {
@@ -194,17 +169,11 @@ async function* pass(conversation, outcome) {
 
 // --- the route handler -----------------------------------------------------------------------------
 
-// session.end() detaches the shared channel; a next invocation on the same channel waits for it
-// (ably-js refuses an attach racing a detach), as an app reusing one Realtime client would.
-const ending = new Map();
-
-async function handle(invocation) {
-  await ending.get(invocation.sessionName);
-  const session = createAgentSession({ client: ably, channelName: invocation.sessionName, codec: ResponsesCodec });
-  await session.connect();
-  const run = session.createRun(invocation);
-  const work = async () => {
-    try {
+const handle = (invocation) =>
+  handleWith(
+    invocation,
+    (channelName) => createAgentSession({ client: ably, channelName, codec: ResponsesCodec }),
+    async (run) => {
       while (run.view.hasOlder()) await run.view.loadOlder();
       await run.start();
       const conversation = run.view.getMessages().map(({ message }) => message);
@@ -212,50 +181,7 @@ async function handle(invocation) {
       await run.pipe(pass(conversation, outcome));
       if (outcome.suspend) await run.suspend();
       else await run.end({ reason: 'complete' });
-    } catch (err) {
-      emit('event', { event: 'error', message: String(err?.message ?? err), stack: err?.stack ?? null });
-    } finally {
-      const ended = session.end().catch(() => {});
-      ending.set(invocation.sessionName, ended);
-      await ended;
-    }
-  };
-  void work();
-  return { runId: run.runId, invocationId: run.invocationId };
-}
+    },
+  );
 
-const server = createServer((req, res) => {
-  if (req.method === 'GET' && req.url === '/prompts') {
-    res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(JSON.stringify(prompts));
-    return;
-  }
-  let body = '';
-  req.on('data', (chunk) => {
-    body += chunk;
-  });
-  req.on('end', async () => {
-    try {
-      const answer = await handle(Invocation.fromJSON(JSON.parse(body)));
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify(answer));
-    } catch (err) {
-      res.writeHead(500, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ error: String(err?.message ?? err) }));
-    }
-  });
-});
-
-await ably.connection.whenState('connected');
-server.listen(0, '127.0.0.1', () => {
-  emit('ready', { url: `http://127.0.0.1:${server.address().port}/api/chat`, pid: process.pid });
-});
-
-const stop = () => {
-  server.close();
-  ably.close();
-  setTimeout(() => process.exit(0), 200);
-};
-process.on('SIGTERM', stop);
-process.stdin.on('end', stop);
-process.stdin.resume();
+await serveAgent(handle, prompts);
