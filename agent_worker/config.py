@@ -18,10 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from agent_worker.errors import ConfigError
-from agent_worker.protocol.codecs import CODECS
 
 __all__ = [
     "AblyConfig",
@@ -71,13 +70,6 @@ def _to_secret(value: Any) -> Any:
 
 def _to_tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
-
-
-def _known_codec(value: Any) -> Any:
-    if value is not None and value not in CODECS:
-        msg = f"must be one of {', '.join(sorted(CODECS))}"
-        raise ValueError(msg)
-    return value
 
 
 SecretField = Annotated[Secret | None, BeforeValidator(_to_secret)]
@@ -193,7 +185,7 @@ class WorkerConfig(_Section):
     log_level: str = "info"
     gc_tuning: bool = True
     """After start-up, freeze the start-up objects out of CPython's full collections (p99 latency)."""
-    codec: Annotated[str | None, AfterValidator(_known_codec)] = None
+    codec: Literal["vercel-ai-sdk-ui-message", "openai-responses"] | None = None
     """Pin every session to one codec (``vercel-ai-sdk-ui-message`` / ``openai-responses``); by
     default each session speaks the codec its messages' codec headers show."""
 
