@@ -94,6 +94,17 @@ CASES: dict[str, tuple[str, dict[str, Any], Rules]] = {
             {"then": [{"text": "Not sent."}]},
         ],
     ),
+    **{
+        f"cancel_{via}": (
+            "openaiCancelOwner",
+            {"via": via, "providerEvents": False},
+            [
+                {"if": {"lastUser": "And now?"}, "then": [{"text": "Fresh answer"}]},
+                {"then": [{"text": ["Once", " upon", " a time"]}, {"hang": True}]},
+            ],
+        )
+        for via in ("session", "run")
+    },
     "client_tool": (
         "openaiClientTool",
         {},

@@ -102,11 +102,22 @@ function* modelCall(rule, counter) {
       yield { type: 'response.function_call_arguments.done', item_id: id, output_index: oi, arguments: args, name: ev.tool.name };
       yield { type: 'response.output_item.done', output_index: oi, item: { ...base, status: 'completed', arguments: args } };
       calls.push({ call_id: ev.tool.id, name: ev.tool.name, arguments: args });
+    } else if (ev.hang) {
+      yield HANG; // the model stalls until the run is cancelled
     }
   }
   yield* closeOpen();
   return calls;
 }
+
+const HANG = Symbol('hang');
+
+/** Resolves when `signal` aborts (the run was cancelled). */
+const aborted = (signal) =>
+  new Promise((resolve) => {
+    if (signal.aborted) resolve();
+    else signal.addEventListener('abort', resolve, { once: true });
+  });
 
 /** Items this pass already produced: the codec's own fold of the events piped so far. */
 function localFold() {
@@ -119,7 +130,7 @@ function localFold() {
   };
 }
 
-async function* pass(conversation, outcome) {
+async function* pass(conversation, outcome, signal) {
   const local = localFold();
   const counter = { n: 0 };
   const out = function* (event) {
@@ -143,6 +154,10 @@ async function* pass(conversation, outcome) {
       if (done) {
         calls = value;
         break;
+      }
+      if (value === HANG) {
+        await aborted(signal);
+        return;
       }
       yield* out(value);
     }
@@ -178,8 +193,9 @@ const handle = (invocation) =>
       await run.start();
       const conversation = run.view.getMessages().map(({ message }) => message);
       const outcome = { suspend: false };
-      await run.pipe(pass(conversation, outcome));
-      if (outcome.suspend) await run.suspend();
+      const result = await run.pipe(pass(conversation, outcome, run.abortSignal));
+      if (result.reason === 'cancelled' || run.abortSignal.aborted) await run.end({ reason: 'cancelled' });
+      else if (outcome.suspend) await run.suspend();
       else await run.end({ reason: 'complete' });
     },
   );

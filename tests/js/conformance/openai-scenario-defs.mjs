@@ -116,7 +116,7 @@ async function openaiCancelOwner({ step }) {
   step(`cancel via ${config.via}`);
   if (config.via === 'session') await a.session.cancel(run.runId);
   else await run.cancel();
-  await waitEvent('provider-closed');
+  if (config.providerEvents !== false) await waitEvent('provider-closed');
   await untilRun(a, (r) => r.runId === run.runId && r.status === 'cancelled', 'run to end cancelled');
   const atCancel = snapshot(a);
   step('follow-up');
