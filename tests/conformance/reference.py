@@ -40,7 +40,7 @@ from agent_worker.providers.base import (
     ToolCallStart,
 )
 from agent_worker.server import EmbeddedServer
-from tests.conformance.conformance_support import JS_ROOT, Script
+from tests.conformance.conformance_support import JS_ROOT, Conductor, Script
 from tests.node_support import node_binary, node_config
 
 REFERENCE_AGENT = JS_ROOT / "conformance" / "reference-agent.mjs"
@@ -86,10 +86,13 @@ def _matches(rule: dict[str, Any], norm: list[dict[str, Any]], call: int) -> boo
 
 
 def rules_script(
-    rules: Rules, normalise_prompt: Callable[[ModelRequest], list[dict[str, Any]]] | None = None
+    rules: Rules,
+    normalise_prompt: Callable[[ModelRequest], list[dict[str, Any]]] | None = None,
+    conductor: Conductor | None = None,
 ) -> tuple[Script, list[list[dict[str, Any]]]]:
     """A ScriptedProvider script following ``rules``; also returns the list of normalised prompts
-    (``normalise_prompt`` defaults to :func:`normalise`)."""
+    (``normalise_prompt`` defaults to :func:`normalise`). ``{"gate": name}`` waits for the
+    scenario to open that gate (needs ``conductor``, which forwards it to the reference agent)."""
     prompts: list[list[dict[str, Any]]] = []
     to_norm = normalise_prompt or normalise
 
@@ -119,6 +122,8 @@ def rules_script(
                 raise ProviderConnectionError(str(event["error"]))
             elif event.get("hang"):
                 await asyncio.Event().wait()  # stalls until the run is cancelled
+            elif "gate" in event and conductor is not None:
+                await conductor.gate(str(event["gate"]))
 
     return script, prompts
 
@@ -179,6 +184,11 @@ class ReferenceAgent:
             info = await ready
         self.url = str(info["url"])
         return self
+
+    @property
+    def gates_url(self) -> str:
+        """Where the conductor forwards opened gates (``POST {gates_url}/<name>``)."""
+        return self.url.rsplit("/api/chat", 1)[0] + "/gates"
 
     async def prompts(self) -> list[list[dict[str, Any]]]:
         base = self.url.rsplit("/api/chat", 1)[0]

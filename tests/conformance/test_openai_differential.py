@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conformance_support import JS_ROOT
+from conformance_support import JS_ROOT, Conductor
 from reference import ReferenceAgent, Rules, rules_script
 from test_differential import tools
 
@@ -105,6 +105,19 @@ CASES: dict[str, tuple[str, dict[str, Any], Rules]] = {
         )
         for via in ("session", "run")
     },
+    "late_joiner": (
+        "openaiLateJoiner",
+        {"clients": ("alice", "bob")},
+        [
+            {
+                "then": [
+                    {"text": ["one ", "two ", "three "]},
+                    {"gate": "half"},
+                    {"text": ["four ", "five ", "six"]},
+                ]
+            }
+        ],
+    ),
     "client_tool": (
         "openaiClientTool",
         {},
@@ -140,13 +153,16 @@ class Outcome:
     reference_errors: list[dict[str, Any]]
 
 
-async def run_case(case: str, make_stack: Any, ably_server: EmbeddedServer) -> Outcome:
+async def run_case(case: str, make_stack: Any, ably_server: EmbeddedServer, conductor: Conductor) -> Outcome:
     scenario, extra, rules = CASES[case]
-    script, our_prompts = rules_script(rules, normalise_items)
+    script, our_prompts = rules_script(rules, normalise_items, conductor)
     stack = await make_stack(script, tools=tools())
     reference = await ReferenceAgent(ably_server, rules, script=OPENAI_REFERENCE_AGENT).start()
     try:
         ours = await stack.scenario(scenario, **extra)
+        # the same gates again, now opened for the reference agent's scripted model
+        conductor.reset_gates()
+        conductor.gate_urls.append(reference.gates_url)
         theirs = await stack.scenario(scenario, api=reference.url, **extra)
         their_prompts = await reference.prompts()
     finally:
@@ -156,9 +172,9 @@ async def run_case(case: str, make_stack: Any, ably_server: EmbeddedServer) -> O
 
 @pytest.mark.parametrize("case", list(CASES))
 async def test_folded_state_and_prompts_match_official_agent(
-    make_stack: Any, ably_server: EmbeddedServer, case: str
+    make_stack: Any, ably_server: EmbeddedServer, conductor: Conductor, case: str
 ) -> None:
-    result = await run_case(case, make_stack, ably_server)
+    result = await run_case(case, make_stack, ably_server, conductor)
     assert result.reference_errors == [], f"the reference agent failed: {result.reference_errors}"
     assert norm_device(result.ours) == norm_device(result.theirs)
     assert result.our_prompts == result.their_prompts

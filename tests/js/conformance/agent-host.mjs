@@ -49,9 +49,33 @@ export async function handleWith(invocation, createSession, work) {
   return { runId: run.runId, invocationId: run.invocationId };
 }
 
-/** Serves POST /api/chat (→ `handle(invocation)`) and GET /prompts; prints `@@ready` once listening. */
+// Gates the scripted model may wait on; the test's conductor opens them with POST /gates/<name>.
+const gates = new Map();
+const gateEntry = (name) => {
+  if (!gates.has(name)) {
+    let open;
+    const opened = new Promise((resolve) => {
+      open = resolve;
+    });
+    gates.set(name, { opened, open });
+  }
+  return gates.get(name);
+};
+
+/** Resolves once the test opens gate `name`. */
+export const gate = (name) => gateEntry(name).opened;
+
+/** Serves POST /api/chat (→ `handle(invocation)`), POST /gates/<name> and GET /prompts; prints
+ * `@@ready` once listening. */
 export async function serveAgent(handle, prompts) {
   const server = createServer((req, res) => {
+    if (req.method === 'POST' && req.url.startsWith('/gates/')) {
+      gateEntry(decodeURIComponent(req.url.slice('/gates/'.length))).open();
+      req.resume();
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{}');
+      return;
+    }
     if (req.method === 'GET' && req.url === '/prompts') {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify(prompts));

@@ -11,7 +11,7 @@
 import { createAgentSession } from '@ably/ai-transport';
 import { approvedUnexecutedCalls, ResponsesCodec, toResponsesInput } from '@ably/ai-transport/openai';
 
-import { ably, config, handleWith, matches, serveAgent } from './agent-host.mjs';
+import { ably, config, gate, handleWith, matches, serveAgent } from './agent-host.mjs';
 
 // --- the tools (same names and behaviour as the Python tests) --------------------------------------
 
@@ -104,6 +104,8 @@ function* modelCall(rule, counter) {
       calls.push({ call_id: ev.tool.id, name: ev.tool.name, arguments: args });
     } else if (ev.hang) {
       yield HANG; // the model stalls until the run is cancelled
+    } else if (ev.gate) {
+      yield { [GATE]: ev.gate }; // the model waits for the test to open the gate
     }
   }
   yield* closeOpen();
@@ -111,6 +113,7 @@ function* modelCall(rule, counter) {
 }
 
 const HANG = Symbol('hang');
+const GATE = Symbol('gate');
 
 /** Resolves when `signal` aborts (the run was cancelled). */
 const aborted = (signal) =>
@@ -158,6 +161,11 @@ async function* pass(conversation, outcome, signal) {
       if (value === HANG) {
         await aborted(signal);
         return;
+      }
+      if (value[GATE] !== undefined) {
+        await Promise.race([gate(value[GATE]), aborted(signal)]);
+        if (signal.aborted) return;
+        continue;
       }
       yield* out(value);
     }
