@@ -8,13 +8,12 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 
-from client_helpers import DeviceFactory, WorkerFactory, transcript, wait_until
-
 from agent_worker.client.render import MessageItem, plain_text, render
 from agent_worker.protocol.codecs import OPENAI_RESPONSES
 from agent_worker.providers.base import ModelRequest, StreamEvent
 from agent_worker.providers.echo import ScriptedProvider
 from agent_worker.server import EmbeddedServer
+from tests.client.client_support import DeviceFactory, WorkerFactory, transcript, wait_until
 
 SESSION = "conversations:openai-chat"
 

@@ -10,8 +10,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conformance_support import Conductor, last_user_text
-from test_official_client import open_streams, story, tokens, turns
 
 from agent_worker.providers.base import (
     ModelRequest,
@@ -24,6 +22,8 @@ from agent_worker.providers.base import (
 from agent_worker.tools.base import Tool
 from agent_worker.tools.builtin import get_client_location, send_notification
 from agent_worker.tools.registry import ToolRegistry
+from tests.conformance.conformance_support import Conductor, last_user_text
+from tests.conformance.test_official_client import open_streams, story, tokens, turns
 
 pytestmark = pytest.mark.node
 

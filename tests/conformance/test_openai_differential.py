@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conformance_support import JS_ROOT, Conductor
-from reference import ReferenceAgent, Rules, rules_script
-from test_differential import tools
 
 from agent_worker.providers.base import ModelRequest
 from agent_worker.server import EmbeddedServer
+from tests.conformance.conformance_support import JS_ROOT, Conductor
+from tests.conformance.reference import ReferenceAgent, Rules, rules_script
+from tests.conformance.test_differential import tools
 
 pytestmark = pytest.mark.node
 

@@ -7,14 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from protocol_support import (
-    Channel,
-    inbound_json,
-    js_codec,
-    message_json,
-    run_encoder,
-    section_10_output_headers,
-)
 
 from agent_worker.errors import CodecError
 from agent_worker.protocol.codecs import OPENAI_RESPONSES, VERCEL, detect_codec
@@ -37,6 +29,14 @@ from agent_worker.protocol.openai.reducer import (
 )
 from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.wire import InboundMessage
+from tests.protocol.protocol_support import (
+    Channel,
+    inbound_json,
+    js_codec,
+    message_json,
+    run_encoder,
+    section_10_output_headers,
+)
 
 DEFAULTS = section_10_output_headers()
 
@@ -242,7 +242,7 @@ def reply_events() -> list[dict[str, Any]]:
     ]
 
 
-HOSTED = [
+HOSTED: list[dict[str, Any]] = [
     {"type": "response.web_search_call.in_progress", "item_id": "ws_1", "output_index": 3},
     {
         "type": "response.output_item.added",
@@ -463,7 +463,7 @@ class TestDecoder:
             serial="z1",
         )
         tree.apply(vercel_user)
-        assert tree.codecs.mixed == (OPENAI_RESPONSES, VERCEL)
+        assert list(tree.codecs.mixed) == [OPENAI_RESPONSES, VERCEL]
 
 
 @pytest.mark.node

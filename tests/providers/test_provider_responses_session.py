@@ -5,20 +5,15 @@ Responses items; hosted tools end the run with a clear error."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runtime"))
-
-from provider_replay import ReplayServer, Reply, tracked_provider
-from runtime_fixtures import make_client, make_worker, session_name
-from test_run_tools import get_weather
 
 from agent_worker.protocol.codecs import OPENAI_RESPONSES
 from agent_worker.providers.openai_responses import OpenAIResponsesProvider
 from agent_worker.tools.base import Tool
 from agent_worker.tools.registry import ToolRegistry
+from tests.providers.provider_replay import ReplayServer, Reply, tracked_provider
+from tests.runtime.runtime_fixtures import make_client, make_worker, session_name
+from tests.runtime.test_run_tools import get_weather
 
 __all__ = ["make_client", "make_worker", "session_name"]
 

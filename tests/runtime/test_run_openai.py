@@ -7,8 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from runtime_support import ChatClient, Harness
-from test_run_tools import get_weather, weather_script
 
 from agent_worker.config import config_from_mapping
 from agent_worker.errors import ConfigError
@@ -18,6 +16,8 @@ from agent_worker.providers.base import ModelRequest, StreamEvent, ToolCallEnd, 
 from agent_worker.providers.echo import ScriptedProvider
 from agent_worker.tools.base import Tool
 from agent_worker.tools.registry import ToolRegistry
+from tests.runtime.runtime_support import ChatClient, Harness
+from tests.runtime.test_run_tools import get_weather, weather_script
 
 
 async def hello(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
