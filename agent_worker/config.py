@@ -185,6 +185,9 @@ class WorkerConfig(_Section):
     log_level: str = "info"
     gc_tuning: bool = True
     """After start-up, freeze the start-up objects out of CPython's full collections (p99 latency)."""
+    codec: Literal["vercel-ai-sdk-ui-message", "openai-responses"] | None = None
+    """Pin every session to one codec (``vercel-ai-sdk-ui-message`` / ``openai-responses``); by
+    default each session speaks the codec its messages' codec headers show."""
 
 
 class ProviderConfig(_Section):

@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "server": "bench.server",
     "agent": "bench.agent",
     "otel": "bench.otel",
+    "codecs": "bench.codecs",
 }
 
 

@@ -112,6 +112,9 @@ async def _model_calls(
         run.stats.model_calls += 1
         run.stats.status("thinking")
         await out.start_step()
+        # openai-responses sessions: the branch as Responses items plus this message's own items so
+        # far (function calls and their outputs), exactly as every client folds them.
+        items = None if run.responses_input is None else [*run.responses_input, *out.responses_items()]
         request = ModelRequest(
             messages=tuple(history),
             system=system,
@@ -119,6 +122,7 @@ async def _model_calls(
             model=agent.model,
             max_tokens=agent.max_tokens,
             temperature=agent.temperature,
+            responses_input=items,
         )
         out.finish_reason = None
         async with telemetry.chat_stream(agent.provider, request) as stream:  # a `chat` span when traced

@@ -54,6 +54,8 @@ class ChatOptions:
     agent_url: str | None
     color: bool = True
     tls: bool | None = None
+    codec: str | None = None
+    """Pin the session's codec (``--codec``); None: the session's messages choose."""
 
     def __repr__(self) -> str:
         return (
@@ -117,7 +119,9 @@ async def connect_session(options: ChatOptions) -> ChatSession:
     settings, client_id = _settings(options)
     transport = AblyTransport(settings)
     await transport.connect()
-    session = ChatSession(transport, options.session, client_id=client_id, agent_url=options.agent_url)
+    session = ChatSession(
+        transport, options.session, client_id=client_id, agent_url=options.agent_url, codec=options.codec
+    )
     try:
         await session.connect(presence_data={"device": "chat"})
     except BaseException:

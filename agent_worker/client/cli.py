@@ -43,6 +43,14 @@ def chat(  # noqa: PLR0917 - typer maps parameters to options
             help=f"Where prompts are POSTed to wake the agent (default {DEFAULT_AGENT_URL}; 'none' = don't).",
         ),
     ] = None,
+    codec: Annotated[
+        str | None,
+        typer.Option(
+            "--codec",
+            help="The session's codec: vercel-ai-sdk-ui-message or openai-responses "
+            "(default: what the session's messages show, else vercel-ai-sdk-ui-message).",
+        ),
+    ] = None,
     no_color: Annotated[bool, typer.Option("--no-color", help="Plain text output.")] = False,
     transcript: Annotated[
         bool, typer.Option("--transcript", help="Print the conversation once and exit (non-interactive).")
@@ -79,6 +87,11 @@ def chat(  # noqa: PLR0917 - typer maps parameters to options
             msg = "Ably needs --key or --token"
             raise typer.BadParameter(msg)
         key = DEFAULT_DEV_KEY  # the key every local embedded server accepts out of the box
+    from agent_worker.protocol.codecs import CODECS  # noqa: PLC0415
+
+    if codec is not None and codec not in CODECS:
+        msg = f"--codec must be one of {', '.join(sorted(CODECS))}"
+        raise typer.BadParameter(msg)
     url = agent_url or DEFAULT_AGENT_URL
     options = ChatOptions(
         session=session,
@@ -88,6 +101,7 @@ def chat(  # noqa: PLR0917 - typer maps parameters to options
         token=token,
         agent_url=None if url.lower() == "none" else url,
         color=not no_color,
+        codec=codec,
     )
     try:
         code = asyncio.run(run_chat(options, transcript=transcript, wait_s=wait))

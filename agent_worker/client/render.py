@@ -169,6 +169,61 @@ def _part_spans(part: Mapping[str, Any]) -> list[Span] | None:
     return None
 
 
+def _item_spans(item: Mapping[str, Any], message: Mapping[str, Any]) -> list[Span] | None:
+    """Spans of one OpenAI Responses item (``openai-responses`` sessions), or None to skip it."""
+    itype = item.get("type")
+    raw_content = item.get("content")
+    content: list[Any] = raw_content if isinstance(raw_content, list) else []
+    if itype == "message":
+        texts = [str(p.get("text", "")) for p in content if p.get("type") in ("input_text", "output_text")]
+        refusals = [
+            Span(f"[refused] {p.get('refusal', '')}", "red") for p in content if p.get("type") == "refusal"
+        ]
+        return [Span("".join(texts)), *refusals] if texts or refusals else None
+    if itype == "reasoning":
+        summary = "".join(str(p.get("text", "")) for p in item.get("summary") or [])
+        raw = "".join(str(p.get("text", "")) for p in item.get("content") or [])
+        return [Span(f"  ∴ {summary or raw}", "dim italic")] if summary or raw else None
+    if itype == "function_call":
+        call_id = item.get("call_id")
+        spans = [Span(f"  ⚙ {item.get('name', '')} {item.get('arguments', '')}", "yellow")]
+        output = next(
+            (
+                i
+                for i in message.get("items", [])
+                if i.get("type") == "function_call_output" and i.get("call_id") == call_id
+            ),
+            None,
+        )
+        state = (message.get("toolCallStates") or {}).get(call_id) or {}
+        if state.get("approval") == "pending":
+            spans.append(Span(" (approval requested)", "magenta"))
+        elif state.get("approval") in ("approved", "denied") and output is None:
+            spans.append(Span(f" ({state['approval']})", "magenta"))
+        if output is not None:
+            failed = state.get("result") == "failed" or state.get("approval") == "denied"
+            spans.append(
+                Span(
+                    f" {'✖' if failed else '→'} {_json(output.get('output'))}", "red" if failed else "yellow"
+                )
+            )
+        return spans
+    if itype == "function_call_output":
+        calls = {i.get("call_id") for i in message.get("items", []) if i.get("type") == "function_call"}
+        return (
+            None if item.get("call_id") in calls else [Span(f"  ⚙ → {_json(item.get('output'))}", "yellow")]
+        )
+    return None
+
+
+def _message_spans(message: Mapping[str, Any]) -> list[list[Span]]:
+    if isinstance(message.get("items"), list):  # an OpenAIMessage
+        rendered = (_item_spans(i, message) for i in message["items"] if isinstance(i, Mapping))
+    else:  # a UIMessage
+        rendered = (_part_spans(p) for p in message.get("parts") or () if isinstance(p, Mapping))
+    return [spans for spans in rendered if spans is not None]
+
+
 def _message_block(item: MessageItem, *, decorate: bool) -> Block:
     role = str(item.message.get("role", ""))
     if role == "user":
@@ -177,17 +232,10 @@ def _message_block(item: MessageItem, *, decorate: bool) -> Block:
         spans: list[Span] = [Span(f"{prefix}{label}> ", "bold cyan")]
     else:
         spans = [Span(f"{role}> ", "bold green")]
-    first = True
-    for part in item.message.get("parts") or ():
-        if not isinstance(part, Mapping):
-            continue
-        rendered = _part_spans(part)
-        if rendered is None:
-            continue
-        if not first:
+    for i, rendered in enumerate(_message_spans(item.message)):
+        if i:
             spans.append(Span("\n"))
         spans.extend(rendered)
-        first = False
     return Block(item.codec_message_id, tuple(spans))
 
 

@@ -25,6 +25,9 @@ from typing import Any, Literal
 
 from agent_worker.errors import ProtocolError, TransportError
 from agent_worker.logs import get_logger
+from agent_worker.protocol import openai as openai_codec
+from agent_worker.protocol.codec_core import CodecMessage
+from agent_worker.protocol.codecs import OPENAI_RESPONSES
 from agent_worker.protocol.headers import (
     AI_INPUT,
     H_CODEC_MESSAGE_ID,
@@ -35,7 +38,6 @@ from agent_worker.protocol.headers import (
 )
 from agent_worker.protocol.tree import ApplyResult, ConversationTree, InputNode, Node, RunNode
 from agent_worker.protocol.vercel.encoder import encode_regenerate, encode_user_message
-from agent_worker.protocol.vercel.reducer import CodecMessage
 from agent_worker.protocol.wire import InboundMessage, OutboundMessage
 from agent_worker.transport.ably import AblyTransport, Channel, ChannelStateEvent
 
@@ -95,6 +97,7 @@ class ChatSession:
         agent_url: str | None = None,
         agent_headers: Mapping[str, str] | None = None,
         history_page_size: int = 100,
+        codec: str | None = None,
     ) -> None:
         self.transport = transport
         self.channel_name = channel_name
@@ -103,7 +106,8 @@ class ChatSession:
         self.agent_url = agent_url
         self._agent_headers = dict(agent_headers or {})
         self._page_size = history_page_size
-        self.tree = ConversationTree()
+        # ``codec`` pins the session's codec; by default the session's own messages choose it.
+        self.tree = ConversationTree(codec=codec)
         self.authors: dict[str, str] = {}
         """codec-message-id of a user input → who sent it (Ably-verified clientId when present)."""
         self.sent: list[SentInput] = []
@@ -361,8 +365,11 @@ class ChatSession:
             parent=parent,
             fork_of=fork_of,
         )
-        message = {"id": generate_message_id(), "role": "user", "parts": [{"type": "text", "text": text}]}
-        wires = encode_user_message(message, headers)
+        if self.tree.codecs.adapter_tag == OPENAI_RESPONSES:
+            wires = openai_codec.encode_user_message(openai_codec.user_text_message(text), headers)
+        else:
+            message = {"id": generate_message_id(), "role": "user", "parts": [{"type": "text", "text": text}]}
+            wires = encode_user_message(message, headers)
         sent = SentInput(kind, headers["codec-message-id"], headers["event-id"], headers)
         # Optimistic fold (AIT-CT3c): the next send's auto-parent must see this message even before
         # the echo; the echo later promotes the node to its serial without doubling its content.

@@ -59,7 +59,24 @@ Public API (import from the submodules; everything here is synchronous and deter
     codec_message_id, message)`` where ``message`` is a UIMessage dict ``{id, role, parts, metadata?}``;
     ``ToolCall(tool_call_id, tool_name, input)``; ``is_tool_part``, ``tool_name``.
 
-``protocol.tree`` — ``ConversationTree(decoder=None)``
+``protocol.codec_core`` — ``EncoderCore`` / ``DecoderCore`` (the codec-agnostic stream halves every
+    codec subclasses), ``Projection`` (reducer protocol), ``CodecMessage``, ``Decoded``.
+
+``protocol.openai`` — OpenAI Responses codec (adapter tag ``openai-responses``, the official
+    ``ResponsesCodec``): ``encoder.ResponsesEncoder(default_headers).encode(event)`` for Responses
+    stream events plus ``function_call_output`` / ``tool-approval-request`` (hosted-tool events and
+    unmodelled items → ``CodecError``; framing events → no ops); ``encode_user_message`` (one
+    ``input_text`` part per wire), ``encode_tool_result`` / ``_error`` / ``encode_tool_approval_response``
+    (snake_case ``call_id``); ``decoder.ResponsesDecoder`` (mid-stream-join: synthesised
+    ``output_item.added``); ``reducer.OpenAIProjection`` (``{role, items, toolCallStates?}``),
+    ``to_responses_input``, ``unanswered_calls``, ``approved_unexecuted_calls``;
+    ``convert.to_model_messages``.
+
+``protocol.codecs`` — ``CODECS`` (adapter tag → ``Codec(new_decoder, new_projection, new_encoder)``),
+    ``codec_for(tag)``, ``detect_codec(msg)`` (codec headers → tag or None), ``CodecSelector``.
+
+``protocol.tree`` — ``ConversationTree(decoder=None, *, codec=None)`` (``codec`` pins the adapter
+    tag; by default the first classifiable message chooses it; ``.codecs`` is the selector)
     ``.apply(msg) -> ApplyResult`` (idempotent, any order; refolds on late earlier serials; step
     gating); ``ApplyResult(run_lifecycle, step_lifecycle, folded, run_id, codec_message_id,
     input_codec_message_id, serial, step_id, step_start_serial, steer_codec_message_ids, inputs,

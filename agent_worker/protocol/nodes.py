@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from agent_worker.protocol.codec_core import CodecMessage, Projection
 from agent_worker.protocol.headers import RunEndError, RunLifecycle, StepLifecycle
 from agent_worker.protocol.vercel.decoder import Chunk, InputEvent
-from agent_worker.protocol.vercel.reducer import CodecMessage, VercelProjection
+from agent_worker.protocol.vercel.reducer import VercelProjection
 
 __all__ = [
     "ApplyResult",
@@ -96,7 +97,7 @@ class InputNode:
     parent: str | None
     fork_of: str | None
     serial: str | None
-    projection: VercelProjection = field(default_factory=VercelProjection)
+    projection: Projection = field(default_factory=VercelProjection)
     kind: Literal["input"] = "input"
 
     @property
@@ -131,7 +132,7 @@ class RunNode:
     # (a continuation's output names the run's own message), so the agent's branch walk trusts this.
     start_parent: str | None = None
     steps: tuple[StepInfo, ...] = ()
-    projection: VercelProjection = field(default_factory=VercelProjection)
+    projection: Projection = field(default_factory=VercelProjection)
     kind: Literal["run"] = "run"
 
     @property

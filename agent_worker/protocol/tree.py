@@ -20,6 +20,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from agent_worker.protocol.codec_core import CodecMessage, DecoderCore, Projection
+from agent_worker.protocol.codecs import CodecSelector
 from agent_worker.protocol.headers import (
     H_CODEC_MESSAGE_ID,
     H_EVENT_ID,
@@ -55,8 +57,7 @@ from agent_worker.protocol.nodes import (
     StepRecord,
     StepState,
 )
-from agent_worker.protocol.vercel.decoder import Chunk, InputEvent, UIMessageDecoder
-from agent_worker.protocol.vercel.reducer import CodecMessage, VercelProjection
+from agent_worker.protocol.vercel.decoder import Chunk, InputEvent
 from agent_worker.protocol.wire import InboundMessage
 
 __all__ = [
@@ -76,8 +77,13 @@ class ConversationTree:
     #: Lifecycle events held for runs not seen yet, at most (oldest runs evicted first).
     EARLY_LIFECYCLE_LIMIT = 10_000
 
-    def __init__(self, decoder: UIMessageDecoder | None = None) -> None:
-        self.decoder = decoder if decoder is not None else UIMessageDecoder()
+    def __init__(self, decoder: DecoderCore | None = None, *, codec: str | None = None) -> None:
+        # ``codec`` pins the adapter tag; by default the first message whose codec headers tell
+        # chooses it (see :class:`CodecSelector`). An explicit ``decoder`` pins its codec too.
+        self.codecs = CodecSelector(codec)
+        if decoder is not None:
+            self.codecs.locked = True
+            self.codecs.decoder = decoder
         self._nodes: dict[str, Internal] = {}
         self._cmid_to_key: dict[str, str] = {}
         self._sorted: list[Internal] = []
@@ -128,7 +134,12 @@ class ConversationTree:
             if sev is not None:
                 self._apply_step_lifecycle(sev)
             return ApplyResult(step_lifecycle=sev)
-        decoded = self.decoder.decode(msg)
+        admitted, switched = self.codecs.admit(msg)
+        if switched:
+            self._switch_codec()
+        if not admitted:
+            return ApplyResult()
+        decoded = self.codecs.decoder.decode(msg)
         headers = dict(msg.transport_headers)
         if decoded.inputs or decoded.outputs or headers.get(H_RUN_ID):
             return self._apply_message(
@@ -350,8 +361,21 @@ class ConversationTree:
 
     # --- folding -------------------------------------------------------------------------------
 
+    @property
+    def decoder(self) -> DecoderCore:
+        return self.codecs.decoder
+
+    def _switch_codec(self) -> None:
+        # Only lifecycle-created nodes can exist before the first classifiable message: give them
+        # the chosen codec's projection (refolding whatever their logs hold).
+        for entry in self._nodes.values():
+            self._refold(entry)
+
+    def new_projection(self) -> Projection:
+        return self.codecs.codec.new_projection()
+
     @staticmethod
-    def _fold(projection: VercelProjection, event: Event, message_id: str | None) -> None:
+    def _fold(projection: Projection, event: Event, message_id: str | None) -> None:
         direction, payload = event
         if direction == "input":
             projection.fold_input(payload, message_id)
@@ -395,7 +419,7 @@ class ConversationTree:
             self._fold(entry.node.projection, ev, message_id)
 
     def _refold(self, entry: Internal) -> None:
-        projection = VercelProjection()
+        projection = self.new_projection()
         for log_entry in entry.log.entries:
             if self._is_gated(entry, log_entry.serial):
                 continue
@@ -420,6 +444,7 @@ class ConversationTree:
 
     def _wrap(self, node: Node, *, run_start_seen: bool = False) -> Internal:
         self._seq += 1
+        node.projection = self.new_projection()
         return Internal(node=node, seq=self._seq, run_start_seen=run_start_seen)
 
     @staticmethod

@@ -62,6 +62,10 @@ class ModelRequest:
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
+    responses_input: Sequence[Mapping[str, Any]] | None = None
+    """The same conversation as OpenAI Responses input items, set when the session's codec
+    (``openai-responses``) stores them natively; a Responses provider sends these as they are,
+    every other provider uses ``messages``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from agent_worker.errors import ProviderConnectionError, ProviderError, ProviderHTTPError
+from agent_worker.errors import CodecError, ProviderConnectionError, ProviderError, ProviderHTTPError
 from agent_worker.protocol.model import (
     AssistantMessage,
     SystemMessage,
@@ -98,6 +98,14 @@ class OpenAIResponsesOptions(OpenAIOptions):
     """``auto`` | ``concise`` | ``detailed``; ``""`` to not ask for summaries."""
 
 
+def _refuse_hosted_item(item_type: Any) -> None:
+    """Hosted tools (web/file search, code interpreter, image generation, MCP, custom tools) have no
+    representation in either codec (``@ably/ai-transport`` AIT-1121): fail the run clearly."""
+    if item_type not in ("message", "reasoning", "function_call"):
+        msg = f"unsupported output item type {item_type!r}: hosted tools are not supported by the codecs"
+        raise CodecError(msg, field="item.type", code=40003)
+
+
 class OpenAIResponsesProvider(OpenAIChatProvider):
     """OpenAI Responses API with reasoning summaries."""
 
@@ -150,7 +158,11 @@ class OpenAIResponsesProvider(OpenAIChatProvider):
         system = "\n\n".join(s for s in [request.system] if s)
         params: dict[str, Any] = {
             "model": request.model or self.model,
-            "input": to_responses_input(request),
+            "input": (
+                [dict(item) for item in request.responses_input]
+                if request.responses_input is not None
+                else to_responses_input(request)
+            ),
             "stream": True,
             "store": False,
         }
@@ -198,6 +210,7 @@ class OpenAIResponsesProvider(OpenAIChatProvider):
                     yield ReasoningDelta("\n\n")  # separate summary paragraphs
                 elif kind == "response.output_item.added":
                     item = event.item
+                    _refuse_hosted_item(getattr(item, "type", None))
                     if getattr(item, "type", None) == "function_call":
                         saw_calls = True
                         yield calls.start(item.id, item.call_id, item.name)

@@ -9,6 +9,7 @@ keeps its own loop (pydantic-ai, LangGraph, plain code) writes another::
 
     async def handler(run: AgentRun) -> None:
         prompt = run.history            # the rebuilt branch as provider-neutral model messages
+                                        # (run.responses_input: as Responses items, openai-responses)
         async with run.message() as out:
             await out.stream(my_tokens(prompt))   # any async iterable of str or stream events
 
@@ -20,16 +21,12 @@ handler's current ``await``; ``run.cancel_requested`` tells the handler why, and
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Protocol
 
-from agent_worker.protocol.branch import approved_pending_tool_calls
-from agent_worker.protocol.convert import to_model_messages
 from agent_worker.protocol.model import ModelMessage
-from agent_worker.protocol.vercel.reducer import UIMessage
 from agent_worker.providers.base import (
     Finished,
     FinishReason,
@@ -41,6 +38,7 @@ from agent_worker.providers.base import (
     ToolCallStart,
     UsageUpdate,
 )
+from agent_worker.runtime.dialects import Writer, prompt_for, writer_for
 from agent_worker.runtime.run import OutputMessage, Run
 
 __all__ = [
@@ -106,10 +104,17 @@ class AgentRun:
         self._run = run
         self.stats = stats
         self.suspended = False
-        self.conversation: list[UIMessage] = run.conversation()
-        """The prompt branch as AI SDK UIMessage dicts (what the client renders)."""
-        self.history: list[ModelMessage] = to_model_messages(self.conversation)
+        self.codec = run.codec.adapter_tag
+        """The session's codec (adapter tag): ``vercel-ai-sdk-ui-message`` or ``openai-responses``."""
+        self.conversation: list[dict[str, Any]] = run.conversation()
+        """The prompt branch as the codec's messages (what the client renders): UIMessage dicts, or
+        OpenAIMessage dicts (``{role, items, toolCallStates?}``) on ``openai-responses`` sessions."""
+        self._prompt = prompt_for(self.codec, self.conversation, run.is_continuation)
+        self.history: list[ModelMessage] = self._prompt.history
         """The prompt branch as provider-neutral model messages (system prompt not included)."""
+        self.responses_input: list[dict[str, Any]] | None = self._prompt.items
+        """On ``openai-responses`` sessions: the branch as OpenAI Responses input items (what a
+        Responses provider should get, see ``ModelRequest.responses_input``); else None."""
 
     @property
     def run_id(self) -> str:
@@ -136,11 +141,7 @@ class AgentRun:
 
     def approved_tool_calls(self) -> list[tuple[str, str, Any]]:
         """On a continuation: ``(call_id, tool_name, input)`` of the calls the user approved."""
-        if not self.is_continuation:
-            return []
-        return [
-            (c.tool_call_id, c.tool_name, c.input) for c in approved_pending_tool_calls(self.conversation)
-        ]
+        return list(self._prompt.approved)
 
     def message(self) -> MessageStream:
         """Open one assistant message (``async with``): its ``start`` and ``finish`` chunks, one step."""
@@ -148,7 +149,8 @@ class AgentRun:
 
 
 class MessageStream:
-    """Streams one assistant message: text, reasoning, tool calls and results, steps.
+    """Streams one assistant message: text, reasoning, tool calls and results, steps — in the
+    session's codec (the writer of ``runtime/dialects.py``).
 
     Use as ``async with run.message() as out:``; leaving the block closes the open step and
     finishes the message (with the reason set by :meth:`finish`, default ``stop``). A step (one per
@@ -159,10 +161,7 @@ class MessageStream:
     def __init__(self, run: AgentRun) -> None:
         self._agent_run = run
         self._message: OutputMessage | None = None
-        self._open: tuple[str, str] | None = None  # (kind, id) of an open text/reasoning stream
-        self._tool_names: dict[str, str] = {}  # streaming tool calls: call id → tool name
-        self._ids = 0
-        self._step_open = False
+        self._writer: Writer | None = None
         self.finish_reason: FinishReason | None = None
         self._finished_with: FinishReason | Literal["tool-calls"] = "stop"
 
@@ -173,9 +172,17 @@ class MessageStream:
             raise RuntimeError(msg)
         return self._message
 
+    @property
+    def _w(self) -> Writer:
+        if self._writer is None:
+            msg = "use the message stream inside 'async with run.message() as out:'"
+            raise RuntimeError(msg)
+        return self._writer
+
     async def __aenter__(self) -> MessageStream:
         self._message = self._agent_run._run.open_message()
-        await self._message.send({"type": "start"})
+        self._writer = writer_for(self._agent_run.codec, self._message.send)
+        await self._writer.begin()
         return self
 
     async def __aexit__(
@@ -184,88 +191,54 @@ class MessageStream:
         if exc_type is not None:
             return  # the worker's teardown closes every open stream as cancelled/failed
         await self.finish_step()
-        await self._out.send({"type": "finish", "finishReason": self._finished_with})
+        await self._w.end(self._finished_with)
         await self._out.close()
 
     # --- the chunks --------------------------------------------------------------------------------
 
     async def send(self, chunk: dict[str, Any]) -> None:
-        """Send one raw AI SDK ``UIMessageChunk`` (for chunk types without a method here)."""
+        """Send one raw codec output event (a UIMessageChunk, or a Responses event on
+        ``openai-responses`` sessions) for what has no method here."""
         await self._out.send(chunk)
 
-    def _next_id(self, prefix: str) -> str:
-        self._ids += 1
-        return f"{prefix}-{self._ids}"
-
-    async def _close_open(self) -> None:
-        if self._open is not None:
-            kind, sid = self._open
-            self._open = None
-            await self._out.send({"type": f"{kind}-end", "id": sid})
+    def responses_items(self) -> list[dict[str, Any]]:
+        """The Responses items this message produced so far (``[]`` unless ``openai-responses``)."""
+        return self._w.items()
 
     async def start_step(self) -> None:
         """Open a step (``start-step``) unless one is open."""
-        if not self._step_open:
-            self._step_open = True
-            await self._out.send({"type": "start-step"})
+        await self._w.start_step()
 
     async def finish_step(self) -> None:
         """Close the open step (``finish-step``), if any."""
-        await self._close_open()
-        if self._step_open:
-            self._step_open = False
-            await self._out.send({"type": "finish-step"})
+        await self._w.finish_step()
 
     async def step(self) -> None:
         """End the current step; the next output opens another (one step per model call)."""
         await self.finish_step()
 
-    async def _ensure(self, kind: str) -> str:
-        await self.start_step()
-        if self._open is not None and self._open[0] == kind:
-            return self._open[1]
-        await self._close_open()
-        sid = self._next_id("txt" if kind == "text" else "rsn")
-        self._open = (kind, sid)
-        await self._out.send({"type": f"{kind}-start", "id": sid})
-        return sid
-
     async def text(self, delta: str) -> None:
         """Append text to the message (a text part opens on the first delta)."""
         if delta:
             self._agent_run.stats.status("streaming")
-            sid = await self._ensure("text")
-            await self._out.send({"type": "text-delta", "id": sid, "delta": delta})
+            await self._w.text(delta)
 
     async def reasoning(self, delta: str) -> None:
         if delta:
-            sid = await self._ensure("reasoning")
-            await self._out.send({"type": "reasoning-delta", "id": sid, "delta": delta})
+            await self._w.reasoning(delta)
 
-    async def tool_call(self, call_id: str, name: str, input: Any) -> None:
-        """A complete tool call (``tool-input-available``), streamed or not before."""
-        await self.start_step()
-        await self._close_open()
-        self._tool_names.pop(call_id, None)
-        await self._out.send(
-            {"type": "tool-input-available", "toolCallId": call_id, "toolName": name, "input": input}
-        )
+    async def tool_call(self, call_id: str, name: str, input: Any, *, arguments: str | None = None) -> None:
+        """A complete tool call (``tool-input-available``), streamed or not before; ``arguments`` is
+        its JSON text when known (else ``input`` is serialised)."""
+        await self._w.tool_call(call_id, name, input, arguments)
 
     async def tool_result(self, call_id: str, output: Any, *, is_error: bool = False) -> None:
         """The result of a server-side tool call (an error's ``output`` is its message)."""
-        await self._close_open()
-        if is_error:
-            await self._out.send(
-                {"type": "tool-output-error", "toolCallId": call_id, "errorText": str(output)}
-            )
-        else:
-            await self._out.send({"type": "tool-output-available", "toolCallId": call_id, "output": output})
+        await self._w.tool_result(call_id, output, is_error)
 
     async def request_approval(self, call_id: str) -> None:
         """Ask the user to approve a tool call; the run suspends when the message ends."""
-        await self._out.send(
-            {"type": "tool-approval-request", "toolCallId": call_id, "approvalId": str(uuid.uuid4())}
-        )
+        await self._w.approval_request(call_id)
         self.suspend()
 
     def suspend(self) -> None:
@@ -292,17 +265,11 @@ class MessageStream:
             case ReasoningDelta(text=text):
                 await self.reasoning(text)
             case ToolCallStart(call_id=call_id, name=name):
-                await self.start_step()
-                await self._close_open()
-                self._tool_names[call_id] = name
-                await self._out.send({"type": "tool-input-start", "toolCallId": call_id, "toolName": name})
+                await self._w.tool_call_start(call_id, name)
             case ToolCallDelta(call_id=call_id, arguments_delta=delta):
-                if call_id in self._tool_names and delta:
-                    await self._out.send(
-                        {"type": "tool-input-delta", "toolCallId": call_id, "inputTextDelta": delta}
-                    )
+                await self._w.tool_call_delta(call_id, delta)
             case ToolCallEnd(call_id=call_id, name=name, arguments=arguments):
-                await self.tool_call(call_id, name, parse_tool_input(arguments))
+                await self.tool_call(call_id, name, parse_tool_input(arguments), arguments=arguments)
             case ToolResultEvent(call_id=call_id, output=output, is_error=is_error):
                 await self.tool_result(call_id, output, is_error=is_error)
             case UsageUpdate(input_tokens=inp, output_tokens=out):
@@ -319,4 +286,4 @@ class MessageStream:
         """Send everything an async source yields (an async generator of tokens, a provider stream)."""
         async for event in source:
             await self.feed(event)
-        await self._close_open()
+        await self._w.flush()

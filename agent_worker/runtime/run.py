@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal, Protocol
 
-from agent_worker.errors import AgentWorkerError, TransportError
+from agent_worker.errors import AgentWorkerError, CodecError, TransportError
 from agent_worker.logs import get_logger
 from agent_worker.protocol.branch import SteerTracker, select_branch_messages
+from agent_worker.protocol.codecs import Codec, detect_codec
 from agent_worker.protocol.headers import (
     AI_RUN_END,
     AI_RUN_RESUME,
@@ -40,8 +41,6 @@ from agent_worker.protocol.headers import (
     lifecycle_message,
 )
 from agent_worker.protocol.tree import ConversationTree
-from agent_worker.protocol.vercel.encoder import UIMessageEncoder
-from agent_worker.protocol.vercel.reducer import UIMessage
 from agent_worker.protocol.wire import InboundMessage
 from agent_worker.runtime.streaming import ChannelWriter, StreamWriter, publish_reliably
 from agent_worker.runtime.trigger import Trigger
@@ -305,9 +304,26 @@ class Run:
             return True
         return had
 
-    def conversation(self) -> list[UIMessage]:
-        """The prompt branch as UIMessages (§7.3): leaf-pinned walk, unanswered steers last,
-        truncated before a regenerated message."""
+    @property
+    def codec(self) -> Codec:
+        """The session's codec. A trigger in another codec (the session's messages would mix
+        codecs) is a clear error; the session goes on serving its own codec."""
+        selector = self.session.tree.codecs
+        trigger = self.trigger_message
+        tag = None
+        if trigger.done() and not trigger.cancelled() and trigger.exception() is None:
+            tag = detect_codec(trigger.result())
+        if tag is not None and tag != selector.adapter_tag:
+            msg = (
+                f"session {self.session.name!r} speaks {selector.adapter_tag} but this input is "
+                f"{tag}; a session's messages must not mix codecs"
+            )
+            raise CodecError(msg, field="codec", code=40003)
+        return selector.codec
+
+    def conversation(self) -> list[dict[str, Any]]:
+        """The prompt branch as codec messages (§7.3; UIMessages or OpenAIMessages): leaf-pinned
+        walk, unanswered steers last, truncated before a regenerated message."""
         t = self.trigger
         if t is None:
             return []
@@ -382,7 +398,7 @@ class OutputMessage:
             step_id=step_id,
             step_client_id=run._resolve_step_client_id(),
         )
-        self.encoder = UIMessageEncoder(headers)
+        self.encoder = run.codec.new_encoder(headers)
         if steer_ids:
             self.encoder.set_default_header(H_STEER_CODEC_MESSAGE_IDS, js_json(steer_ids))
         self.steer_ids = tuple(steer_ids)
@@ -407,7 +423,8 @@ class OutputMessage:
             self.run.first_output_at = asyncio.get_running_loop().time()
 
     async def send(self, chunk: Mapping[str, Any]) -> None:
-        """Encode one UIMessageChunk and put it on the wire (the step opens before the first)."""
+        """Encode one codec output event (a UIMessageChunk, a Responses event) and put it on the
+        wire (the step opens before the first)."""
         if self._closed:
             msg = "unable to send; this output message is closed"
             raise RuntimeError(msg)

@@ -79,15 +79,18 @@ class AgentSession:
         worker_on_cancel: CancelHook | None = None,
         on_fresh_input: Callable[[AgentSession, InboundMessage], None] | None = None,
         on_cancel_decision: Callable[[CancelDecision], None] | None = None,
+        codec: str | None = None,
     ) -> None:
         self.channel = channel
+        self.codec = codec
+        """Adapter tag pinned for this session; None lets its messages choose (protocol/codecs.py)."""
         self.name = channel.name
         self.history_page_size = history_page_size
         self.policy = policy or CancelPolicy()
         self.worker_on_cancel = worker_on_cancel
         self.on_fresh_input = on_fresh_input
         self.on_cancel_decision = on_cancel_decision
-        self.tree = ConversationTree()
+        self.tree = ConversationTree(codec=self.codec)
         self.runs: dict[str, Run] = {}
         self._by_input_cmid: dict[str, str] = {}
         self._deferred: OrderedDict[str, InboundMessage] = OrderedDict()
@@ -124,7 +127,7 @@ class AgentSession:
         # Messages may have been missed: start a fresh fold; the next run re-reads history. Runs in
         # flight keep their prompt; a cancel published during the gap is lost (as in the JS SDK).
         log.warning("session_continuity_lost", session=self.name, state=change.current, reason=change.reason)
-        self.tree = ConversationTree()
+        self.tree = ConversationTree(codec=self.codec)
         self._history = None
         self._history_exhausted = False
         self._oldest_loaded = None

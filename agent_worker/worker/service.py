@@ -329,6 +329,7 @@ class Worker:
             worker_on_cancel=self.on_cancel,
             on_fresh_input=self._on_fresh_input,
             on_cancel_decision=self._count_cancel,
+            codec=self.config.codec,
         )
 
     async def session(self, name: str) -> AgentSession:

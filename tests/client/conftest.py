@@ -35,6 +35,7 @@ async def device(ably_server: EmbeddedServer) -> AsyncIterator[DeviceFactory]:
             key=kw.pop("key", ably_server.default_key),
             token=kw.pop("token", None),
             agent_url=kw.pop("agent_url", None),
+            codec=kw.pop("codec", None),
         )
         session = await connect_session(options)
         opened.append(session)

@@ -56,12 +56,18 @@ class Conductor:
         self.log: list[str] = []
         self.metric: Callable[[str, dict[str, str]], float | None] | None = None
         self.server: EmbeddedServer | None = None
+        self.gate_urls: list[str] = []
+        """Reference agents whose scripted model also waits on gates (``POST {url}/<gate>``)."""
 
     def _gate(self, name: str) -> asyncio.Event:
         return self._gates.setdefault(name, asyncio.Event())
 
     def open(self, name: str) -> None:
         self._gate(name).set()
+
+    def reset_gates(self) -> None:
+        """Close every gate again (the same scenario runs once more, e.g. against a reference)."""
+        self._gates.clear()
 
     async def gate(self, name: str, limit_s: float = 60.0) -> None:
         """Blocks the provider until the test (or Node) opens ``name``; cancellable."""
@@ -95,6 +101,8 @@ class Conductor:
         op = request.get("op")
         if op == "open":
             self.open(str(request["gate"]))
+            for url in self.gate_urls:
+                await http_post(f"{url}/{request['gate']}", {})
             return {"ok": True}
         if op == "wait":
             try:

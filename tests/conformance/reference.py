@@ -16,7 +16,8 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -39,7 +40,7 @@ from agent_worker.providers.base import (
     ToolCallStart,
 )
 from agent_worker.server import EmbeddedServer
-from tests.conformance.conformance_support import JS_ROOT, Script
+from tests.conformance.conformance_support import JS_ROOT, Conductor, Script
 from tests.node_support import node_binary, node_config
 
 REFERENCE_AGENT = JS_ROOT / "conformance" / "reference-agent.mjs"
@@ -84,12 +85,19 @@ def _matches(rule: dict[str, Any], norm: list[dict[str, Any]], call: int) -> boo
     return not ("call" in when and when["call"] != call)
 
 
-def rules_script(rules: Rules) -> tuple[Script, list[list[dict[str, Any]]]]:
-    """A ScriptedProvider script following ``rules``; also returns the list of normalised prompts."""
+def rules_script(
+    rules: Rules,
+    normalise_prompt: Callable[[ModelRequest], list[dict[str, Any]]] | None = None,
+    conductor: Conductor | None = None,
+) -> tuple[Script, list[list[dict[str, Any]]]]:
+    """A ScriptedProvider script following ``rules``; also returns the list of normalised prompts
+    (``normalise_prompt`` defaults to :func:`normalise`). ``{"gate": name}`` waits for the
+    scenario to open that gate (needs ``conductor``, which forwards it to the reference agent)."""
     prompts: list[list[dict[str, Any]]] = []
+    to_norm = normalise_prompt or normalise
 
     async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
-        norm = normalise(request)
+        norm = to_norm(request)
         prompts.append(norm)
         rule = next((r for r in rules if _matches(r, norm, len(prompts))), None)
         if rule is None:
@@ -106,7 +114,7 @@ def rules_script(rules: Rules) -> tuple[Script, list[list[dict[str, Any]]]]:
             elif "tool" in event:
                 # As the mock model streams it: start, the whole input as one delta, the call.
                 tool = event["tool"]
-                arguments = json.dumps(tool.get("input", {}))
+                arguments = json.dumps(tool.get("input", {}), separators=(",", ":"))  # JSON.stringify
                 yield ToolCallStart(tool["id"], tool["name"])
                 yield ToolCallDelta(tool["id"], arguments)
                 yield ToolCallEnd(tool["id"], tool["name"], arguments)
@@ -114,6 +122,8 @@ def rules_script(rules: Rules) -> tuple[Script, list[list[dict[str, Any]]]]:
                 raise ProviderConnectionError(str(event["error"]))
             elif event.get("hang"):
                 await asyncio.Event().wait()  # stalls until the run is cancelled
+            elif "gate" in event and conductor is not None:
+                await conductor.gate(str(event["gate"]))
 
     return script, prompts
 
@@ -121,7 +131,10 @@ def rules_script(rules: Rules) -> tuple[Script, list[list[dict[str, Any]]]]:
 class ReferenceAgent:
     """The official JS agent as a child process on the embedded server."""
 
-    def __init__(self, server: EmbeddedServer, rules: Rules, protocol: str = "msgpack") -> None:
+    def __init__(
+        self, server: EmbeddedServer, rules: Rules, protocol: str = "msgpack", script: Path = REFERENCE_AGENT
+    ) -> None:
+        self.script = script
         self.server = server
         self.rules = rules
         self.protocol = protocol
@@ -144,7 +157,7 @@ class ReferenceAgent:
         }
         self.proc = await asyncio.create_subprocess_exec(
             node_binary(),
-            str(REFERENCE_AGENT),
+            str(self.script),
             cwd=JS_ROOT,
             env=env,
             stdin=asyncio.subprocess.PIPE,
@@ -171,6 +184,11 @@ class ReferenceAgent:
             info = await ready
         self.url = str(info["url"])
         return self
+
+    @property
+    def gates_url(self) -> str:
+        """Where the conductor forwards opened gates (``POST {gates_url}/<name>``)."""
+        return self.url.rsplit("/api/chat", 1)[0] + "/gates"
 
     async def prompts(self) -> list[list[dict[str, Any]]]:
         base = self.url.rsplit("/api/chat", 1)[0]

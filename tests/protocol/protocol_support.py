@@ -12,8 +12,8 @@ from tests.node_support import JS_ROOT, node_config, run_node
 __all__ = ["JS_ROOT", "node_config", "run_node"]
 
 from agent_worker.errors import CodecError
+from agent_worker.protocol.codec_core import EncoderCore
 from agent_worker.protocol.headers import build_output_headers
-from agent_worker.protocol.vercel.encoder import UIMessageEncoder
 from agent_worker.protocol.wire import (
     Action,
     AppendOp,
@@ -61,7 +61,7 @@ def message_json(msg: OutboundMessage, serial: str | None = None) -> dict[str, A
 
 
 def run_encoder(
-    encoder: UIMessageEncoder,
+    encoder: EncoderCore,
     chunks: Sequence[Mapping[str, Any]],
     *,
     cancel_at_end: bool = False,

@@ -37,8 +37,10 @@ async def make_client(
 ) -> AsyncIterator[Callable[..., Awaitable[ChatClient]]]:
     made: list[ChatClient] = []
 
-    async def factory(client_id: str | None = "user-abc", session: str | None = None) -> ChatClient:
-        client = ChatClient(ably_server, session or session_name, client_id)
+    async def factory(
+        client_id: str | None = "user-abc", session: str | None = None, codec: str | None = None
+    ) -> ChatClient:
+        client = ChatClient(ably_server, session or session_name, client_id, codec=codec)
         made.append(client)
         return await client.connect()
 

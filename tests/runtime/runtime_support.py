@@ -19,6 +19,8 @@ from ably.types.message import Message
 
 from agent_worker.agent import Agent
 from agent_worker.config import HttpConfig, WorkerConfig
+from agent_worker.protocol import openai as openai_codec
+from agent_worker.protocol.codecs import OPENAI_RESPONSES
 from agent_worker.protocol.headers import (
     AI_RUN_END,
     AI_RUN_START,
@@ -55,14 +57,23 @@ def _sdk(msg: OutboundMessage) -> Message:
 class ChatClient:
     """One user (Ably clientId) on one session channel."""
 
-    def __init__(self, server: EmbeddedServer, session: str, client_id: str | None = "user-abc") -> None:
+    def __init__(
+        self,
+        server: EmbeddedServer,
+        session: str,
+        client_id: str | None = "user-abc",
+        *,
+        codec: str | None = None,
+    ) -> None:
+        self.codec = codec
+        """``openai-responses`` makes this a ResponsesCodec client; default: Vercel UIMessages."""
         self.server = server
         self.session = session
         self.client_id = client_id
         self.realtime = python_realtime(server, client_id=client_id)
         self.channel = self.realtime.channels.get(session)
         self.messages: list[InboundMessage] = []
-        self.tree = ConversationTree()
+        self.tree = ConversationTree(codec=codec)
         self._changed = asyncio.Event()
 
     async def connect(self) -> ChatClient:
@@ -102,8 +113,12 @@ class ChatClient:
             parent=None if run_id is not None else resolved_parent,  # type: ignore[arg-type]
             fork_of=fork_of,
         )
-        message = {"id": f"ui-{cmid[:8]}", "role": "user", "parts": [{"type": "text", "text": text}]}
-        await self.channel.publish([_sdk(m) for m in encode_user_message(message, headers)])
+        if self.codec == OPENAI_RESPONSES:
+            batch = openai_codec.encode_user_message(openai_codec.user_text_message(text), headers)
+        else:
+            message = {"id": f"ui-{cmid[:8]}", "role": "user", "parts": [{"type": "text", "text": text}]}
+            batch = encode_user_message(message, headers)
+        await self.channel.publish([_sdk(m) for m in batch])
         return Sent(cmid, eid)
 
     async def send_raw(self, name: str, data: Any, extras: dict[str, Any] | None, encoding: str = "") -> None:
@@ -126,7 +141,12 @@ class ChatClient:
         headers = build_input_headers(
             codec_message_id=assistant_cmid, event_id=eid, run_id=run_id, run_client_id=self.client_id
         )
-        await self.channel.publish(_sdk(encode_tool_approval_response(tool_call_id, approved, headers)))
+        encode = (
+            openai_codec.encode_tool_approval_response
+            if self.codec == OPENAI_RESPONSES
+            else encode_tool_approval_response
+        )
+        await self.channel.publish(_sdk(encode(tool_call_id, approved, headers)))
         return Sent(assistant_cmid, eid)
 
     async def tool_result_fork(
@@ -206,7 +226,17 @@ class ChatClient:
             for part in cm.message.get("parts", []):
                 if part.get("type") == "text":
                     out.append(part.get("text", ""))
+            for item in cm.message.get("items", []):  # openai-responses: output_text of message items
+                if item.get("type") == "message":
+                    out.extend(
+                        p.get("text", "") for p in item.get("content", []) if p.get("type") == "output_text"
+                    )
         return "".join(out)
+
+    def run_items(self, run_id: str) -> list[dict[str, Any]]:
+        """An openai-responses run's folded Responses items, in order."""
+        node = self.tree.run(run_id)
+        return [i for cm in node.messages for i in cm.message.get("items", [])] if node else []
 
     def run_parts(self, run_id: str) -> list[dict[str, Any]]:
         node = self.tree.run(run_id)

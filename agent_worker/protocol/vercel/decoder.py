@@ -13,28 +13,20 @@ into :class:`CodecError` for diagnostics and tests.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from agent_worker.errors import CodecError
+from agent_worker.protocol.codec_core import Decoded, DecoderCore, StreamTracker, strip
 from agent_worker.protocol.headers import (
-    AI_INPUT,
-    AI_OUTPUT,
     H_CODEC_MESSAGE_ID,
     H_ROLE,
     H_RUN_ID,
-    H_STATUS,
-    H_STREAM,
-    H_STREAM_ID,
     KIND,
     MISSING,
     PART_TYPE,
-    has_ai_envelope,
     parse_json,
     read_bool,
     read_json,
 )
-from agent_worker.protocol.wire import InboundMessage
 
 __all__ = ["Chunk", "Decoded", "InputEvent", "UIMessageDecoder", "read_fork_seed"]
 
@@ -45,25 +37,6 @@ InputEvent = dict[str, Any]
 ``{"kind": "tool-result"|"tool-result-error"|"tool-approval-response", "codecMessageId", "payload"}``."""
 
 _FINISH_REASONS = ("stop", "length", "content-filter", "tool-calls", "error", "other")
-
-
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    """What one wire message decodes to; the message name fixes the direction."""
-
-    inputs: list[InputEvent] = field(default_factory=list)
-    outputs: list[Chunk] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Tracker:
-    name: str
-    stream_id: str
-    accumulated: str
-    codec: dict[str, str]
-    transport: dict[str, str]
-    version: str
-    closed: bool = False
 
 
 # --- field readers (fields.ts semantics; MISSING = JS undefined, stripped from rebuilt chunks) -----
@@ -79,8 +52,7 @@ def _bool(h: Mapping[str, str], key: str, fallback: Any = MISSING) -> Any:
     return fallback if v is None else v
 
 
-def _strip(**kv: Any) -> dict[str, Any]:
-    return {k: v for k, v in kv.items() if v is not MISSING}
+_strip = strip
 
 
 def _defined(data: Any) -> Any:
@@ -274,7 +246,7 @@ _STREAM_KINDS = {
 }
 
 
-def _build_start(t: _Tracker) -> list[Chunk]:
+def _build_start(t: StreamTracker) -> list[Chunk]:
     kind = t.codec.get(KIND, "")
     if kind == "tool-input":
         return [{"type": "tool-input-start", **_tool_fields(t.codec)}]
@@ -288,7 +260,7 @@ def _build_start(t: _Tracker) -> list[Chunk]:
     return []
 
 
-def _build_delta(t: _Tracker, delta: str) -> list[Chunk]:
+def _build_delta(t: StreamTracker, delta: str) -> list[Chunk]:
     kind = t.codec.get(KIND, "")
     if kind == "tool-input":
         return [
@@ -303,7 +275,7 @@ def _build_delta(t: _Tracker, delta: str) -> list[Chunk]:
     return []
 
 
-def _build_end(t: _Tracker, closing: Mapping[str, str]) -> list[Chunk]:
+def _build_end(t: StreamTracker, closing: Mapping[str, str]) -> list[Chunk]:
     kind = t.codec.get(KIND, "")
     if kind == "tool-input":
         return [
@@ -379,193 +351,35 @@ def _decode_input(
 # --- the decoder --------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class UIMessageDecoder:
+class UIMessageDecoder(DecoderCore):
     """Per-channel stateful decoder (one per conversation tree)."""
 
-    strict: bool = False
-    _trackers: dict[str, _Tracker] = field(default_factory=dict)
-    # Mid-stream-join repair: per run-id, the lifecycle phases ("start", "start-step") already seen.
-    _phases: dict[str, set[str]] = field(default_factory=dict)
+    def __init__(self, strict: bool = False) -> None:
+        super().__init__(strict)
+        # Mid-stream-join repair: per run-id, the lifecycle phases ("start", "start-step") already seen.
+        self._phases: dict[str, set[str]] = {}
 
-    def decode(self, msg: InboundMessage) -> Decoded:
-        """Decode one delivery (live or history). Replays already incorporated decode to nothing."""
-        events = self._decode_core(msg)
-        if msg.name == AI_INPUT:
-            return Decoded(inputs=events)
-        return Decoded(outputs=events)
+    def decode_input(
+        self, kind: str, codec: Mapping[str, str], transport: Mapping[str, str], data: Any
+    ) -> list[InputEvent]:
+        return _decode_input(kind, codec, transport, data)
 
-    # --- core dispatch (decoder.ts) ------------------------------------------------------------
+    def decode_output(
+        self, kind: str, codec: Mapping[str, str], transport: Mapping[str, str], data: Any
+    ) -> list[Chunk]:
+        pre = self._repair_discrete(kind, transport.get(H_RUN_ID, ""), codec)
+        out = _decode_discrete_output(kind, codec, data)
+        return pre + out
 
-    def _decode_core(self, msg: InboundMessage) -> list[dict[str, Any]]:
-        match msg.action:
-            case "message.create":
-                if dict(msg.transport_headers).get(H_STREAM) == "true":
-                    return self._streamed_create(msg)
-                return self._discrete(msg)
-            case "message.append":
-                return self._append(msg)
-            case "message.update":
-                return self._update(msg)
-            case "message.delete":
-                if msg.serial and (t := self._trackers.get(msg.serial)) is not None:
-                    self._close(t)
-                return []
-            case _:
-                return []
-
-    def _fail(self, message: str, field_name: str, payload: object) -> None:
-        if self.strict:
-            raise CodecError(message, field=field_name, payload=payload)
-
-    def _discrete(self, msg: InboundMessage) -> list[dict[str, Any]]:
-        codec = dict(msg.codec_headers)
-        transport = dict(msg.transport_headers)
-        kind = codec.get(KIND, "")
-        if msg.name == AI_INPUT:
-            out = _decode_input(kind, codec, transport, msg.data)
-            if not out and kind != "regenerate":
-                self._fail(f"unknown ai-input kind {kind!r}", "kind", codec)
-            return out
-        if msg.name == AI_OUTPUT:
-            pre = self._repair_discrete(kind, transport.get(H_RUN_ID, ""), codec)
-            out = _decode_discrete_output(kind, codec, msg.data)
-            if not out:
-                self._fail(f"unknown ai-output kind {kind!r}", "kind", codec)
-            return pre + out
-        return []
-
-    def _streamed_create(self, msg: InboundMessage) -> list[dict[str, Any]]:
-        serial = msg.serial
-        if not serial or serial in self._trackers:
-            return []
-        transport = dict(msg.transport_headers)
-        t = _Tracker(
-            name=msg.name or "",
-            stream_id=transport.get(H_STREAM_ID, ""),
-            accumulated="",
-            codec=dict(msg.codec_headers),
-            transport=transport,
-            version=msg.version_serial if msg.version_serial is not None else serial,
-        )
-        self._trackers[serial] = t
-        return self._start_events(t)
-
-    def _already_incorporated(self, t: _Tracker, version: str | None) -> bool:
-        if version is not None and version <= t.version:
-            return True
-        if t.closed:
-            return True
-        if version is not None:
-            t.version = version
-        return False
-
-    @staticmethod
-    def _close(t: _Tracker) -> None:
-        t.closed = True
-        t.accumulated = ""
-
-    def _terminal(
-        self, t: _Tracker, status: str | None, closing: Mapping[str, str], out: list[Chunk]
-    ) -> None:
-        if status == "complete":
-            out.extend(self._end_events(t, closing))
-            self._close(t)
-        elif status == "cancelled":
-            self._close(t)
-
-    def _append(self, msg: InboundMessage) -> list[dict[str, Any]]:
-        serial = msg.serial
-        if not serial:
-            return []
-        t = self._trackers.get(serial)
-        if t is None:
-            if not has_ai_envelope(msg):
-                return []  # a foreign append on a shared channel
-            # Out of contract (the platform should deliver a first post-attach append as an update).
-            return self._update(msg)
-        if self._already_incorporated(t, msg.version_serial):
-            return []
-        delta = msg.data if isinstance(msg.data, str) else ""
-        out: list[Chunk] = []
-        if delta:
-            t.accumulated += delta
-            out.extend(self._delta_events(t, delta))
-        self._terminal(t, dict(msg.transport_headers).get(H_STATUS), dict(msg.codec_headers), out)
-        return out
-
-    def _update(self, msg: InboundMessage) -> list[dict[str, Any]]:
-        serial = msg.serial
-        if not serial:
-            return []
-        transport = dict(msg.transport_headers)
-        codec = dict(msg.codec_headers)
-        status = transport.get(H_STATUS)
-        t = self._trackers.get(serial)
-        if t is None:
-            return self._first_contact(msg, serial, transport, codec, status)
-        if self._already_incorporated(t, msg.version_serial):
-            return []
-        data = msg.data if isinstance(msg.data, str) else ""
-        if data.startswith(t.accumulated):
-            delta = data[len(t.accumulated) :]
-            out: list[Chunk] = []
-            if delta:
-                t.accumulated = data
-                out.extend(self._delta_events(t, delta))
-            self._terminal(t, status, codec, out)
-            return out
-        # A replacement (not a prefix extension): adopt the new state, emit nothing.
-        t.accumulated = data
-        t.codec = codec
-        t.transport = transport
-        return []
-
-    def _first_contact(
-        self,
-        msg: InboundMessage,
-        serial: str,
-        transport: dict[str, str],
-        codec: dict[str, str],
-        status: str | None,
-    ) -> list[dict[str, Any]]:
-        if transport.get(H_STREAM) != "true":
-            return self._discrete(msg)
-        data = msg.data if isinstance(msg.data, str) else ""
-        t = _Tracker(
-            name=msg.name or "",
-            stream_id=transport.get(H_STREAM_ID, ""),
-            accumulated=data,
-            codec=codec,
-            transport=transport,
-            version=msg.version_serial if msg.version_serial is not None else serial,
-        )
-        self._trackers[serial] = t
-        out = self._start_events(t)
-        if data:
-            out.extend(self._delta_events(t, data))
-        if status == "complete":
-            out.extend(self._end_events(t, codec))
-        if status in ("complete", "cancelled"):
-            self._close(t)
-        return out
-
-    # --- hooks (define-codec.ts buildHooks: only ai-output streams rebuild) ---------------------
-
-    def _start_events(self, t: _Tracker) -> list[Chunk]:
-        if t.name != AI_OUTPUT:
-            return []
-        run_id = t.transport.get(H_RUN_ID, "")
+    def build_start(self, t: StreamTracker, run_id: str) -> list[Chunk]:
         pre = self._ensure_phases(run_id, _str(t.codec, "messageId"))
         return pre + _build_start(t)
 
-    @staticmethod
-    def _delta_events(t: _Tracker, delta: str) -> list[Chunk]:
-        return _build_delta(t, delta) if t.name == AI_OUTPUT else []
+    def build_delta(self, t: StreamTracker, delta: str) -> list[Chunk]:
+        return _build_delta(t, delta)
 
-    @staticmethod
-    def _end_events(t: _Tracker, closing: Mapping[str, str]) -> list[Chunk]:
-        return _build_end(t, closing) if t.name == AI_OUTPUT else []
+    def build_end(self, t: StreamTracker, closing: Mapping[str, str]) -> list[Chunk]:
+        return _build_end(t, closing)
 
     # --- mid-stream-join repair (decode-lifecycle.ts) -------------------------------------------
 

@@ -10,26 +10,20 @@ messages.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from agent_worker.errors import CodecError
+from agent_worker.protocol.codec_core import EncoderCore, input_message
 from agent_worker.protocol.headers import (
-    AI_INPUT,
-    AI_OUTPUT,
-    H_DISCRETE,
     H_ROLE,
-    H_STATUS,
-    H_STREAM,
-    H_STREAM_ID,
     KIND,
     PART_TYPE,
-    build_extras,
     write_bool,
     write_json,
     write_str,
 )
-from agent_worker.protocol.wire import AppendOp, OutboundMessage, PublishOp, UpdateOp, WireOp
+from agent_worker.protocol.wire import AppendOp, OutboundMessage, PublishOp, WireOp
 
 __all__ = [
     "UIMessageEncoder",
@@ -157,18 +151,7 @@ _DATA_FIELDS: tuple[_Field, ...] = (("id", _STR), ("transient", _BOOL))
 
 
 @dataclass(slots=True)
-class _Stream:
-    stream_key: str
-    stream_id: str
-    accumulated: str
-    transport: dict[str, str]
-    codec: dict[str, str]
-    cancelled: bool = False
-    completed: bool = False
-
-
-@dataclass(slots=True)
-class UIMessageEncoder:
+class UIMessageEncoder(EncoderCore):
     """Stateful, pure encoder for one assistant message (one ``pipe``/``send``).
 
     ``default_headers`` are the per-message transport defaults (:func:`build_output_headers`);
@@ -177,43 +160,12 @@ class UIMessageEncoder:
     in the JS encoder core; every stream gets a globally unique ``stream_key``.
     """
 
-    default_headers: dict[str, str]
     message_id: str | None = None
-    _injected: dict[str, str] = field(default_factory=dict)
-    _streams: dict[str, _Stream] = field(default_factory=dict)
-    _by_key: dict[str, _Stream] = field(default_factory=dict)
-    _seq: int = 0
 
     def __post_init__(self) -> None:
         self.default_headers = dict(self.default_headers)
         if self.message_id is None:
             self.message_id = self.default_headers.get("codec-message-id")
-
-    # --- configuration -------------------------------------------------------------------------
-
-    def set_default_header(self, key: str, value: str | None) -> None:
-        """Stamp ``key`` on every message built from now on (None stops stamping it).
-
-        Mirrors the JS ``onAblyMessage`` stamping of ``step-start-serial`` / ``steer-codec-message-ids``:
-        an injected header overrides the defaults and is captured into a stream's persistent headers
-        when the stream opens.
-        """
-        if value is None:
-            self._injected.pop(key, None)
-        else:
-            self._injected[key] = value
-
-    @property
-    def open_stream_keys(self) -> tuple[str, ...]:
-        """Keys of streams neither completed nor cancelled, in open order."""
-        return tuple(s.stream_key for s in self._by_key.values() if not (s.completed or s.cancelled))
-
-    def stream_key_for(self, stream_id: str) -> str | None:
-        """The current stream key tracked for a stream id (text id / toolCallId), if any."""
-        s = self._streams.get(stream_id)
-        return s.stream_key if s else None
-
-    # --- encoding ------------------------------------------------------------------------------
 
     def encode(self, chunk: Mapping[str, Any]) -> list[WireOp]:
         """Encode one ``UIMessageChunk`` (§8.1). Raises :class:`CodecError` for unsupported types."""
@@ -222,7 +174,11 @@ class UIMessageEncoder:
             msg = "chunk has no string 'type'"
             raise CodecError(msg, field="type", payload=chunk)
         if (group := _BY_START.get(ctype)) is not None:
-            return [self._start(group, chunk)]
+            return [
+                self.open_stream(
+                    self._stream_id(group, chunk), _write_fields(group.fields, group.kind, chunk)
+                )
+            ]
         if (group := _BY_DELTA.get(ctype)) is not None:
             return [self._delta(group, chunk)]
         if (group := _BY_END.get(ctype)) is not None:
@@ -234,54 +190,13 @@ class UIMessageEncoder:
                 source = {**chunk, "messageId": self.message_id}
             codec = _write_fields(spec.fields, ctype, source)
             data = spec.data(chunk) if spec.data is not None else ""
-            return [PublishOp(self._discrete(data, codec))]
+            return [PublishOp(self.discrete(data, codec))]
         if ctype.startswith("data-"):
             codec = _write_fields(_DATA_FIELDS, ctype, chunk)
             ephemeral = chunk.get("transient") is True
-            return [PublishOp(self._discrete(chunk.get("data"), codec, ephemeral=ephemeral))]
+            return [PublishOp(self.discrete(chunk.get("data"), codec, ephemeral=ephemeral))]
         msg = f"unable to publish; unsupported event type {ctype!r}"
         raise CodecError(msg, field="type", payload=chunk)
-
-    def cancel_open_streams(self) -> list[AppendOp]:
-        """Closing appends with ``status: cancelled`` for every stream not yet completed/cancelled."""
-        ops: list[AppendOp] = []
-        for s in self._streams.values():
-            if s.cancelled or s.completed:
-                continue
-            s.cancelled = True
-            transport = {**s.transport, **self.default_headers, **self._injected, H_STATUS: "cancelled"}
-            ops.append(
-                AppendOp(s.stream_key, self._append_message("", transport, dict(s.codec)), closing=True)
-            )
-        return ops
-
-    def recovery_update(self, stream_key: str) -> UpdateOp:
-        """The full-content ``updateMessage`` that repairs a stream after a failed append.
-
-        Status is ``cancelled`` when the stream was cancelled, else ``complete`` (encoder.ts ``_doFlush``).
-        """
-        s = self._by_key.get(stream_key)
-        if s is None:
-            msg = f"no stream for key {stream_key!r}"
-            raise CodecError(msg, field="stream_key")
-        status = "cancelled" if s.cancelled else "complete"
-        transport = {**s.transport, H_STATUS: status}
-        return UpdateOp(stream_key, self._append_message(s.accumulated, transport, dict(s.codec)))
-
-    # --- internals -----------------------------------------------------------------------------
-
-    def _base_transport(self) -> dict[str, str]:
-        return {**self.default_headers, **self._injected}
-
-    def _discrete(self, data: Any, codec: dict[str, str], *, ephemeral: bool = False) -> OutboundMessage:
-        transport = {**self.default_headers, H_STREAM: "false", **self._injected}
-        return OutboundMessage(
-            name=AI_OUTPUT, data=data, extras=build_extras(transport, codec, ephemeral=ephemeral)
-        )
-
-    @staticmethod
-    def _append_message(data: str, transport: dict[str, str], codec: dict[str, str]) -> OutboundMessage:
-        return OutboundMessage(name=None, data=data, extras=build_extras(transport, codec))
 
     def _stream_id(self, group: _StreamGroup, chunk: Mapping[str, Any]) -> str:
         sid = chunk.get(group.id_field)
@@ -290,66 +205,31 @@ class UIMessageEncoder:
             raise CodecError(msg, field=group.id_field, payload=chunk)
         return sid
 
-    def _start(self, group: _StreamGroup, chunk: Mapping[str, Any]) -> PublishOp:
-        sid = self._stream_id(group, chunk)
-        transport = {**self.default_headers, H_STREAM: "true", H_STATUS: "streaming", H_STREAM_ID: sid}
-        transport.update(self._injected)
-        codec = _write_fields(group.fields, group.kind, chunk)
-        self._seq += 1
-        key = f"{self.default_headers.get('codec-message-id', '')}:{sid}:{self._seq}"
-        stream = _Stream(key, sid, "", transport, codec)
-        self._streams[sid] = stream
-        self._by_key[key] = stream
-        msg = OutboundMessage(name=AI_OUTPUT, data="", extras=build_extras(transport, codec))
-        return PublishOp(msg, stream_key=key)
-
-    def _tracked(self, sid: str, chunk: Mapping[str, Any], verb: str) -> _Stream:
-        s = self._streams.get(sid)
-        if s is None:
-            msg = f"unable to {verb} stream; no active stream for streamId {sid!r}"
-            raise CodecError(msg, field="streamId", payload=chunk)
-        return s
-
     def _delta(self, group: _StreamGroup, chunk: Mapping[str, Any]) -> AppendOp:
         sid = self._stream_id(group, chunk)
-        s = self._tracked(sid, chunk, "append to")
+        self.require_stream(sid, chunk, "append to")
         delta = chunk.get(group.delta_field)
         if not isinstance(delta, str):
             msg = f"{group.delta} needs a string {group.delta_field!r}"
             raise CodecError(msg, field=group.delta_field, payload=chunk)
-        s.accumulated += delta
-        transport = {**s.transport, **self._injected}
-        return AppendOp(s.stream_key, self._append_message(delta, transport, dict(s.codec)))
+        return self.append_stream(sid, delta, chunk)
 
     def _end(self, group: _StreamGroup, chunk: Mapping[str, Any]) -> WireOp:
         sid = self._stream_id(group, chunk)
         if group.kind == "tool-input":
-            if sid not in self._streams:
+            if not self.has_stream(sid):
                 # closeStream raises InvalidArgument → outputs.ts falls back to a discrete publish.
                 codec = _write_fields(group.fields, group.kind, chunk)
-                return PublishOp(self._discrete(chunk.get("input"), codec))
+                return PublishOp(self.discrete(chunk.get("input"), codec))
             closing_codec = _write_fields(
                 group.fields, group.kind, chunk, ("toolCallId", "toolName", "providerMetadata")
             )
         else:
             closing_codec = _write_fields(group.fields, group.kind, chunk)
-        s = self._tracked(sid, chunk, "close")
-        s.completed = True
-        transport = {**s.transport, **self.default_headers, **self._injected, H_STATUS: "complete"}
-        codec = {**s.codec, **closing_codec}
-        return AppendOp(s.stream_key, self._append_message("", transport, codec), closing=True)
+        return self.close_stream(sid, closing_codec, chunk)
 
 
 # --- client inputs (src/vercel/codec/inputs.ts) -----------------------------------------------------
-
-
-def _input_message(
-    transport_headers: Mapping[str, str], codec: dict[str, str], data: Any, *, discrete: bool = False
-) -> OutboundMessage:
-    transport = {**transport_headers, H_STREAM: "false"}
-    if discrete:
-        transport[H_DISCRETE] = "true"
-    return OutboundMessage(name=AI_INPUT, data=data, extras=build_extras(transport, codec))
 
 
 def _is_encodable_part(part: Mapping[str, Any]) -> bool:
@@ -387,13 +267,13 @@ def encode_user_message(
             data = part.get("data")
         write_str(codec, "messageId", message.get("id"))
         codec[PART_TYPE] = ptype
-        out.append(_input_message(transport, codec, data, discrete=True))
+        out.append(input_message(transport, codec, data, discrete=True))
     return out
 
 
 def encode_regenerate(transport_headers: Mapping[str, str]) -> OutboundMessage:
     """The wire-only ``regenerate`` input (headers carry ``parent`` and ``msg-regenerate``)."""
-    return _input_message(transport_headers, {KIND: "regenerate"}, "")
+    return input_message(transport_headers, {KIND: "regenerate"}, "")
 
 
 def encode_tool_result(
@@ -407,7 +287,7 @@ def encode_tool_result(
     data: dict[str, Any] = {"output": output}
     if fork_seed is not None:
         data["forkSeed"] = dict(fork_seed)
-    return _input_message(transport_headers, {KIND: "tool-result", "toolCallId": tool_call_id}, data)
+    return input_message(transport_headers, {KIND: "tool-result", "toolCallId": tool_call_id}, data)
 
 
 def encode_tool_result_error(
@@ -421,7 +301,7 @@ def encode_tool_result_error(
     data: dict[str, Any] = {"message": message}
     if fork_seed is not None:
         data["forkSeed"] = dict(fork_seed)
-    return _input_message(transport_headers, {KIND: "tool-result-error", "toolCallId": tool_call_id}, data)
+    return input_message(transport_headers, {KIND: "tool-result-error", "toolCallId": tool_call_id}, data)
 
 
 def encode_tool_approval_response(
@@ -438,4 +318,4 @@ def encode_tool_approval_response(
         "approved": "true" if approved else "false",
     }
     write_str(codec, "reason", reason)
-    return _input_message(transport_headers, codec, "")
+    return input_message(transport_headers, codec, "")

@@ -15,24 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from agent_worker.protocol.codec_core import CodecMessage
 from agent_worker.protocol.headers import MISSING, parse_json
 
 __all__ = ["CodecMessage", "ToolCall", "UIMessage", "VercelProjection", "is_tool_part", "tool_name"]
 
 UIMessage = dict[str, Any]
 """A Vercel ``UIMessage`` as JSON: ``{"id": str, "role": str, "parts": list, "metadata"?: Any}``."""
-
-
-@dataclass(slots=True)
-class CodecMessage:
-    """A UIMessage paired with the codec-message-id that identifies it on the wire."""
-
-    codec_message_id: str
-    message: UIMessage
-
-    def to_json(self) -> dict[str, Any]:
-        """The JS ``CodecMessage`` shape ``{codecMessageId, message}``."""
-        return {"codecMessageId": self.codec_message_id, "message": self.message}
 
 
 @dataclass(frozen=True, slots=True)

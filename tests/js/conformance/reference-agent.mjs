@@ -6,27 +6,11 @@
 //
 // AW_NODE_CONFIG = {host, port, key, protocol, rules}. Prints `@@ready {"url", "pid"}`; serves
 // POST /api/chat (invocations) and GET /prompts (every prompt the model received, normalised).
-import { createServer } from 'node:http';
-
-import { Invocation } from '@ably/ai-transport';
 import { createAgentSession, vercelRunOutcome } from '@ably/ai-transport/vercel';
-import * as Ably from 'ably';
 import { convertToModelMessages, jsonSchema, stepCountIs, streamText, tool } from 'ai';
 import { MockLanguageModelV3 } from 'ai/test';
 
-const config = JSON.parse(process.env.AW_NODE_CONFIG || '{}');
-const emit = (tag, obj) => process.stdout.write(`@@${tag} ${JSON.stringify(obj)}\n`);
-
-const ably = new Ably.Realtime({
-  key: config.key,
-  endpoint: config.host,
-  port: config.port,
-  tls: false,
-  useBinaryProtocol: config.protocol !== 'json',
-  disableConnectivityCheck: true,
-  fallbackHosts: [],
-  logLevel: 0,
-});
+import { ably, config, handleWith, matches, serveAgent } from './agent-host.mjs';
 
 // --- the tools (same names, schemas and behaviour as the Python tests) ---------------------------
 
@@ -72,16 +56,6 @@ function normalise(prompt) {
 }
 
 const prompts = [];
-
-function matches(rule, norm, call) {
-  const when = rule.if ?? {};
-  const lastUser = norm.findLast((m) => m.role === 'user')?.text ?? '';
-  const toolResults = norm.reduce((a, m) => a + m.results.length, 0);
-  if (when.lastUser !== undefined && when.lastUser !== lastUser) return false;
-  if (when.toolResults !== undefined && when.toolResults !== toolResults) return false;
-  if (when.call !== undefined && when.call !== call) return false;
-  return true;
-}
 
 const usage = {
   inputTokens: { total: 1, noCache: 1, cacheRead: undefined, cacheWrite: undefined },
@@ -153,12 +127,11 @@ const model = new MockLanguageModelV3({
 
 // --- the README route handler ----------------------------------------------------------------------
 
-async function handle(invocation) {
-  const session = createAgentSession({ client: ably, channelName: invocation.sessionName });
-  await session.connect();
-  const run = session.createRun(invocation);
-  const work = async () => {
-    try {
+const handle = (invocation) =>
+  handleWith(
+    invocation,
+    (channelName) => createAgentSession({ client: ably, channelName }),
+    async (run) => {
       while (run.view.hasOlder()) await run.view.loadOlder();
       await run.start();
       const conversation = run.view.getMessages().map(({ message }) => message);
@@ -173,48 +146,7 @@ async function handle(invocation) {
       const outcome = await vercelRunOutcome(pipeResult, result.finishReason);
       if (outcome.reason === 'suspend') await run.suspend();
       else await run.end(outcome);
-    } catch (err) {
-      emit('event', { event: 'error', message: String(err?.message ?? err), stack: err?.stack ?? null });
-    } finally {
-      await session.end().catch(() => {});
-    }
-  };
-  void work();
-  return { runId: run.runId, invocationId: run.invocationId };
-}
+    },
+  );
 
-const server = createServer((req, res) => {
-  if (req.method === 'GET' && req.url === '/prompts') {
-    res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(JSON.stringify(prompts));
-    return;
-  }
-  let body = '';
-  req.on('data', (chunk) => {
-    body += chunk;
-  });
-  req.on('end', async () => {
-    try {
-      const answer = await handle(Invocation.fromJSON(JSON.parse(body)));
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify(answer));
-    } catch (err) {
-      res.writeHead(500, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ error: String(err?.message ?? err) }));
-    }
-  });
-});
-
-await ably.connection.whenState('connected');
-server.listen(0, '127.0.0.1', () => {
-  emit('ready', { url: `http://127.0.0.1:${server.address().port}/api/chat`, pid: process.pid });
-});
-
-const stop = () => {
-  server.close();
-  ably.close();
-  setTimeout(() => process.exit(0), 200);
-};
-process.on('SIGTERM', stop);
-process.stdin.on('end', stop);
-process.stdin.resume();
+await serveAgent(handle, prompts);

@@ -1,13 +1,21 @@
-// Differential oracle for the Python protocol layer: runs the official @ably/ai-transport 0.8.0 Vercel
-// codec (encoder, decoder, reducer) over a JSON scenario and prints what it produced.
+// Differential oracle for the Python protocol layer: runs an official @ably/ai-transport 0.8.0 codec
+// (encoder, decoder, reducer) over a JSON scenario and prints what it produced.
 //
-// Input: AW_NODE_CONFIG = {"mode": "encode" | "inputs" | "decode", ...} (see each mode below).
+// Input: AW_NODE_CONFIG = {"mode": "encode" | "inputs" | "decode", "codec"?: "openai", ...} (see each
+// mode below); "codec": "openai" selects ResponsesCodec instead of the Vercel UIMessage codec.
 // Output: one line "@@result <json>" ({"ok": true, ...} or {"ok": false, "error": ...}).
 import * as Ably from 'ably';
+import {
+  approvedUnexecutedCalls,
+  ResponsesCodec,
+  toResponsesInput,
+  unansweredCalls,
+} from '@ably/ai-transport/openai';
 import { createUIMessageCodec } from '@ably/ai-transport/vercel';
 
 const config = JSON.parse(process.env.AW_NODE_CONFIG ?? '{}');
-const codec = createUIMessageCodec();
+const openai = config.codec === 'openai';
+const codec = openai ? ResponsesCodec : createUIMessageCodec();
 const clone = (value) => (value === undefined ? null : JSON.parse(JSON.stringify(value)));
 
 // A ChannelWriter that records every call. Publishes get serials s0001, s0002, ... in call order;
@@ -70,11 +78,16 @@ const encode = async () => {
 const inputs = async () => {
   const { ops, writer } = recordingWriter();
   const encoder = codec.createEncoder(writer, {});
+  const errors = [];
   for (const item of config.items) {
-    await encoder.publishInput(item.input, { extras: { headers: item.headers }, messageId: item.messageId });
+    try {
+      await encoder.publishInput(item.input, { extras: { headers: item.headers }, messageId: item.messageId });
+    } catch (error) {
+      errors.push({ kind: item.input.kind, code: error.code, message: error.message });
+    }
   }
   await encoder.close();
-  return { ops };
+  return { ops, errors };
 };
 
 // mode "decode": {messages: [InboundMessage JSON], fold?: true}
@@ -93,7 +106,17 @@ const decode = async () => {
     for (const event of result.inputs) projection = codec.fold(projection, { direction: 'input', event }, meta);
     for (const event of result.outputs) projection = codec.fold(projection, { direction: 'output', event }, meta);
   }
-  return { decoded, messages: clone(codec.getMessages(projection)) };
+  const messages = clone(codec.getMessages(projection));
+  if (!openai) return { decoded, messages };
+  // The model-input side of the OpenAI codec: toResponsesInput and the correlation readers.
+  const bare = messages.map((m) => m.message);
+  return {
+    decoded,
+    messages,
+    responsesInput: clone(toResponsesInput(bare)),
+    unanswered: clone(unansweredCalls(bare)),
+    approved: clone(approvedUnexecutedCalls(bare)),
+  };
 };
 
 const modes = { encode, inputs, decode };
