@@ -49,6 +49,8 @@ class ServerConfig:
     unpersisted_history_ms: int = UNPERSISTED_HISTORY_MS
     # Capabilities of keys, by key name (APP.KEY); keys not listed may do everything.
     key_capabilities: Mapping[str, str] = field(default_factory=dict)
+    # The VAPID ``sub`` claim (RFC 8292 §2.1): a contact for push services about this sender.
+    push_vapid_subject: str = "mailto:push@agent-worker.invalid"
 
 
 def _capability_text(where: str, value: Any) -> str:
