@@ -91,9 +91,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _web_recipient(recipient: dict[str, Any]) -> dict[str, Any]:
-    """A ``web`` recipient checked as a browser would have made it: an https endpoint (http only on
-    loopback, for local receivers), a P-256 public key and a 16-byte auth secret."""
+def _web_recipient(recipient: dict[str, Any], allow_loopback_http: bool) -> dict[str, Any]:
+    """A ``web`` recipient checked as a browser would have made it: an https endpoint (http on
+    loopback only when allowed, for local receivers), a P-256 public key and a 16-byte auth secret."""
     target = recipient.get("targetUrl")
     keys = recipient.get("encryptionKey")
     if not isinstance(target, str) or not isinstance(keys, dict):
@@ -108,8 +108,9 @@ def _web_recipient(recipient: dict[str, Any]) -> dict[str, Any]:
         raise _invalid(msg) from None
     url = urlsplit(endpoint)
     host = url.hostname or ""
-    if not host or not (url.scheme == "https" or (url.scheme == "http" and _is_loopback(host))):
-        msg = "targetUrl must be an https:// push service endpoint (http:// only on loopback)"
+    loopback_ok = allow_loopback_http and url.scheme == "http" and _is_loopback(host)
+    if not host or not (url.scheme == "https" or loopback_ok):
+        msg = "targetUrl must be an https:// push service endpoint"
         raise _invalid(msg)
     if len(p256dh) != 65 or p256dh[0] != 4:
         msg = "encryptionKey.p256dh must be an uncompressed P-256 public key (65 bytes)"
@@ -127,7 +128,7 @@ def _web_recipient(recipient: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validate_device(body: Any, device_id: str | None) -> dict[str, Any]:
+def validate_device(body: Any, device_id: str | None, *, allow_loopback_http: bool = False) -> dict[str, Any]:
     """A device registration as stored: the DeviceDetails fields we know, checked."""
     if not isinstance(body, dict):
         msg = "the body must be a DeviceDetails object"
@@ -168,7 +169,7 @@ def validate_device(body: Any, device_id: str | None) -> dict[str, Any]:
         "id": did,
         "platform": body["platform"],
         "formFactor": body["formFactor"],
-        "push": {"recipient": _web_recipient(recipient), "state": "ACTIVE"},
+        "push": {"recipient": _web_recipient(recipient, allow_loopback_http), "state": "ACTIVE"},
     }
     if client_id is not None:
         device["clientId"] = client_id
@@ -230,8 +231,11 @@ def _holds(principal: Principal, op: str) -> bool:
 class PushApi:
     """The ``/push/...`` routes of :class:`~agent_worker.server.rest.RestApi`."""
 
-    def __init__(self, rest: RestApi, data_dir: str | Path | None, subject: str) -> None:
+    def __init__(
+        self, rest: RestApi, data_dir: str | Path | None, subject: str, *, allow_loopback_http: bool = False
+    ) -> None:
         self.rest = rest
+        self.allow_loopback_http = allow_loopback_http
         self.store = PushStore(data_dir)
         self.subject = subject
         self._session: aiohttp.ClientSession | None = None
@@ -324,7 +328,7 @@ class PushApi:
     def _save(
         self, request: web.Request, body: Any, device_id: str | None, scope: str | None, *, fresh: bool
     ) -> web.Response:
-        device = validate_device(body, device_id)
+        device = validate_device(body, device_id, allow_loopback_http=self.allow_loopback_http)
         if scope is not None:
             if device.setdefault("clientId", scope) != scope:
                 msg = f"a push-subscribe client may register devices only for its own clientId {scope!r}"

@@ -75,7 +75,9 @@ class RestApi:
         # connectionKey -> live realtime connection (for publishes on behalf of one), if any
         self.connection_lookup: Callable[[str], Any] = connection_lookup or (lambda _key: None)
         cfg = hub.config
-        self.push = PushApi(self, cfg.data_dir, cfg.push_vapid_subject)
+        self.push = PushApi(
+            self, cfg.data_dir, cfg.push_vapid_subject, allow_loopback_http=cfg.push_allow_loopback_http
+        )
 
     # -- plumbing ----------------------------------------------------------------------------
 

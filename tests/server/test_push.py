@@ -22,6 +22,16 @@ SUBSCRIBE = {"*": ["push-subscribe"]}
 
 
 @pytest.fixture
+async def ably_server() -> AsyncIterator[EmbeddedServer]:
+    """The suite's server, accepting http:// push endpoints on loopback (the local receivers)."""
+    config = ServerConfig(
+        port=0, presence_leave_delay_ms=300, connection_state_ttl_ms=5_000, push_allow_loopback_http=True
+    )
+    async with EmbeddedServer(config) as server:
+        yield server
+
+
+@pytest.fixture
 async def receiver() -> AsyncIterator[WebPushReceiver]:
     async with WebPushReceiver() as r:
         yield r
@@ -74,7 +84,7 @@ async def test_public_vapid_key_is_a_p256_point(ably_server: EmbeddedServer) -> 
 
 
 async def test_vapid_key_and_devices_persist_with_data_dir(tmp_path: Path, receiver: WebPushReceiver) -> None:
-    config = ServerConfig(data_dir=tmp_path)
+    config = ServerConfig(data_dir=tmp_path, push_allow_loopback_http=True)
     async with EmbeddedServer(config) as first:
         key = first.push.store.public_key
         status, _ = await _raw(
@@ -230,3 +240,14 @@ async def test_publish_limits(ably_server: EmbeddedServer) -> None:
     assert status == 400 and body["error"]["code"] == 40000
     status, body = await _raw(ably_server, "POST", "/push/deviceRegistrations", admin, {"id": "x" * 20_000})
     assert status == 413 and body["error"]["code"] == 40009
+
+
+async def test_loopback_http_endpoints_are_refused_by_default(receiver: WebPushReceiver) -> None:
+    """Without push_allow_loopback_http a token holder cannot make the server POST to local ports."""
+    async with EmbeddedServer(ServerConfig()) as server:
+        token = server.mint_token("alice", ADMIN)
+        status, body = await _raw(
+            server, "POST", "/push/deviceRegistrations", token, receiver.device("d", "alice")
+        )
+        assert status == 400 and body["error"]["code"] == 40000 and "https" in body["error"]["message"]
+        assert server.push.store.devices == {}

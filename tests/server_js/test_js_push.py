@@ -12,7 +12,7 @@ pytestmark = pytest.mark.node
 
 @pytest.mark.parametrize("protocol", ["json", "msgpack"])
 async def test_ably_js_push_admin(make_server: ServerFactory, protocol: str) -> None:
-    server = await make_server()
+    server = await make_server(push_allow_loopback_http=True)
     async with WebPushReceiver() as receiver:
         result = await run_script(
             "push.mjs",

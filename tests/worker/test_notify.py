@@ -18,12 +18,22 @@ from agent_worker.errors import TransportError
 from agent_worker.providers.base import ModelRequest, StreamEvent, ToolCallEnd
 from agent_worker.providers.echo import ScriptedProvider
 from agent_worker.runtime.digest import RunDigest
-from agent_worker.server import EmbeddedServer
+from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.tools.base import Tool
 from agent_worker.tools.registry import ToolRegistry
 from agent_worker.worker.notify import Notice, Notifier
 
 REPLY = "The migration finished: 1,204 rows moved, 0 errors."
+
+
+@pytest.fixture
+async def ably_server() -> AsyncIterator[EmbeddedServer]:
+    """The suite's server, accepting http:// push endpoints on loopback (the local receivers)."""
+    config = ServerConfig(
+        port=0, presence_leave_delay_ms=300, connection_state_ttl_ms=5_000, push_allow_loopback_http=True
+    )
+    async with EmbeddedServer(config) as server:
+        yield server
 
 
 async def register(server: EmbeddedServer, receiver: WebPushReceiver, client_id: str) -> None:
