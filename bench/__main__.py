@@ -13,6 +13,7 @@ from collections.abc import Callable
 BENCHMARKS: dict[str, str] = {
     "server": "bench.server",
     "agent": "bench.agent",
+    "push": "bench.push",
 }
 
 
