@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import pytest
@@ -32,10 +33,13 @@ async def test_notify_me_tries_activation_and_reports_an_unreachable_push_servic
 ) -> None:
     page = await open_tab(browser, stack, "alice", new_session("push"), permissions=["notifications"])
     await page.get_by_test_id("push-toggle").click()
-    await expect(page.get_by_test_id("push")).to_have_attribute("data-state", "failed", timeout=60_000)
-    await expect(page.get_by_test_id("push-error")).to_contain_text("push unavailable")
-    # headless chromium refuses PushManager.subscribe (no vendor push service): ably-js reports it
-    await expect(page.get_by_test_id("push-error")).to_contain_text("Failed to register service worker")
+    push = page.get_by_test_id("push")
+    await expect(push).to_have_attribute("data-state", re.compile("^(on|failed)$"), timeout=60_000)
+    if await push.get_attribute("data-state") == "on":  # a machine that reaches the vendor's push service
+        devices = stack.server.push.store.for_client("alice")
+        assert devices and devices[0]["push"]["recipient"]["transportType"] == "web"
+    else:  # here: headless chromium refuses PushManager.subscribe; ably-js reports it, the page says so
+        await expect(page.get_by_test_id("push-error")).to_contain_text("Failed to register service worker")
     # the service worker was registered at the root scope on the way
     scope = await page.evaluate("navigator.serviceWorker.getRegistration('/').then((r) => r && r.scope)")
     assert scope == f"{stack.base}/"
