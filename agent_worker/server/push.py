@@ -27,7 +27,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import structlog
@@ -39,9 +39,7 @@ from pywebpush import WebPushException, webpush
 from agent_worker.errors import AgentWorkerError, AuthError, ProtocolError
 from agent_worker.server.auth import Principal
 from agent_worker.server.codec import decode_body, format_from_content_type
-
-if TYPE_CHECKING:
-    from agent_worker.server.rest import RestApi
+from agent_worker.server.hub import Hub
 
 __all__ = ["PushApi", "PushStore", "b64decode_any"]
 
@@ -227,11 +225,28 @@ def _holds(principal: Principal, op: str) -> bool:
     return any(op in ops or "*" in ops for ops in principal.capability.grants.values())
 
 
+class RestFacade(Protocol):
+    """What the push routes use of :class:`~agent_worker.server.rest.RestApi` (which owns them)."""
+
+    hub: Hub
+
+    def principal(self, request: web.Request) -> Principal: ...
+
+    def reply(self, request: web.Request, body: Any, status: int = 200) -> web.Response: ...
+
+    def paged(self, request: web.Request, rows: list[dict[str, Any]], link: str) -> web.Response: ...
+
+
 class PushApi:
     """The ``/push/...`` routes of :class:`~agent_worker.server.rest.RestApi`."""
 
     def __init__(
-        self, rest: RestApi, data_dir: str | Path | None, subject: str, *, allow_loopback_http: bool = False
+        self,
+        rest: RestFacade,
+        data_dir: str | Path | None,
+        subject: str,
+        *,
+        allow_loopback_http: bool = False,
     ) -> None:
         self.rest = rest
         self.allow_loopback_http = allow_loopback_http

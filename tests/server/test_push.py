@@ -12,10 +12,10 @@ from typing import Any
 import aiohttp
 import pytest
 from ably import AblyException
-from pushutil import WebPushReceiver
 
 from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.server.testing import python_rest
+from tests.push_support import WebPushReceiver
 
 ADMIN = {"*": ["push-admin"]}
 SUBSCRIBE = {"*": ["push-subscribe"]}

@@ -4,8 +4,9 @@ Web Push to a local receiver that decrypts with the subscription's keys."""
 from __future__ import annotations
 
 import pytest
-from js_server_harness import ServerFactory, run_script
-from pushutil import WebPushReceiver
+
+from tests.push_support import WebPushReceiver
+from tests.server_js.server_js_support import ServerFactory, run_script
 
 pytestmark = pytest.mark.node
 

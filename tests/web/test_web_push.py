@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 from playwright.async_api import Browser, expect
-from web_support import WebStack, new_session, open_tab
+
+from tests.web.web_support import WebStack, new_session, open_tab
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 

@@ -10,8 +10,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from pushutil import WebPushReceiver
-from runtime_support import ChatClient, Harness
 from structlog.testing import capture_logs
 
 from agent_worker.errors import TransportError
@@ -22,6 +20,8 @@ from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.tools.base import Tool
 from agent_worker.tools.registry import ToolRegistry
 from agent_worker.worker.notify import Notice, Notifier
+from tests.push_support import WebPushReceiver
+from tests.runtime.runtime_support import ChatClient, Harness
 
 REPLY = "The migration finished: 1,204 rows moved, 0 errors."
 
