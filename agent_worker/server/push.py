@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hmac
 import ipaddress
 import json
 import os
@@ -304,6 +305,9 @@ class PushApi:
         if rest == ["publicVapidKey"] and method == "GET":
             self.rest.principal(request)
             return web.Response(text=self.store.public_key, content_type="text/plain")
+        device_id = self._device_credential(request)
+        if device_id is not None:
+            return await self._as_device(request, rest, device_id)
         principal = self.rest.principal(request)
         if rest == ["publish"] and method == "POST":
             if not _holds(principal, "push-admin"):
@@ -335,6 +339,53 @@ class PushApi:
                 return web.Response(status=204)
         msg = "not found"
         raise ProtocolError(msg, code=40400, status_code=404)
+
+    def _device_credential(self, request: web.Request) -> str | None:
+        """The device a request authenticates as with its own credentials, as ably-js's push plugin
+        does for its later updates and deregistration: ``Bearer base64(deviceIdentityToken)`` (or
+        ``X-Ably-DeviceToken``), or ``X-Ably-DeviceSecret``. ``None``: not a device credential."""
+        token = request.headers.get("X-Ably-DeviceToken")
+        secret = request.headers.get("X-Ably-DeviceSecret")
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if token is None and scheme.lower() == "bearer" and value:
+            try:
+                token = base64.b64decode(value, validate=True).decode()
+            except (binascii.Error, ValueError):
+                token = None
+        if not token and not secret:
+            return None
+        for device in self.store.devices.values():
+            own = device.get("deviceIdentityToken", {}).get("token", "")
+            if (token and own and hmac.compare_digest(own, token)) or (
+                secret and device.get("deviceSecret") and hmac.compare_digest(device["deviceSecret"], secret)
+            ):
+                return str(device["id"])
+        return None
+
+    async def _as_device(self, request: web.Request, rest: list[str], device_id: str) -> web.Response:
+        """A device acting on its own registration only: read, update (not its clientId), remove."""
+        method = request.method
+        own = rest == ["deviceRegistrations", device_id] or (
+            rest == ["deviceRegistrations"]
+            and method == "DELETE"
+            and request.query.get("deviceId") == device_id
+        )
+        if not own or method not in ("GET", "PATCH", "PUT", "DELETE"):
+            msg = "a device credential acts only on that device's own registration"
+            raise _forbidden(msg)
+        current = self.store.devices[device_id]
+        if method == "GET":
+            return self.rest.reply(request, _public(current))
+        if method == "DELETE":
+            del self.store.devices[device_id]
+            self.store.save()
+            return web.Response(status=204)
+        body = await self._json(request)
+        merged = {**_public(current), **(body if isinstance(body, dict) else {})}
+        if merged.get("clientId") != current.get("clientId"):
+            msg = "a device cannot change its own clientId"
+            raise _forbidden(msg)
+        return self._save(request, merged, device_id, None, fresh=False)
 
     def _save(
         self, request: web.Request, body: Any, device_id: str | None, scope: str | None, *, fresh: bool

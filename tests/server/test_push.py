@@ -251,3 +251,38 @@ async def test_loopback_http_endpoints_are_refused_by_default(receiver: WebPushR
         )
         assert status == 400 and body["error"]["code"] == 40000 and "https" in body["error"]["message"]
         assert server.push.store.devices == {}
+
+
+async def test_a_device_manages_its_own_registration_with_its_identity_token(
+    ably_server: EmbeddedServer, receiver: WebPushReceiver
+) -> None:
+    """As ably-js's push plugin does after activation: PATCH and deregister with
+    ``Bearer base64(deviceIdentityToken)``; another device's id is refused, the clientId is fixed."""
+    alice = ably_server.mint_token("alice", SUBSCRIBE)
+    status, created = await _raw(
+        ably_server, "POST", "/push/deviceRegistrations", alice, receiver.device("dev-a", None)
+    )
+    assert status == 201 and created["clientId"] == "alice"
+    device_token = created["deviceIdentityToken"]["token"]
+    status, _ = await _raw(
+        ably_server, "POST", "/push/deviceRegistrations", alice, receiver.device("dev-b", None)
+    )
+    assert status == 201
+    recipient = dict(receiver.web_recipient(), publicVapidKey=ably_server.push.store.public_key)
+    status, body = await _raw(
+        ably_server,
+        "PATCH",
+        "/push/deviceRegistrations/dev-a",
+        device_token,
+        {"push": {"recipient": recipient}},
+    )
+    assert status == 200 and body["push"]["recipient"]["publicVapidKey"] == ably_server.push.store.public_key
+    status, body = await _raw(ably_server, "GET", "/push/deviceRegistrations/dev-b", device_token)
+    assert status == 401 and body["error"]["code"] == 40160
+    status, body = await _raw(
+        ably_server, "PATCH", "/push/deviceRegistrations/dev-a", device_token, {"clientId": "mallory"}
+    )
+    assert status == 401 and body["error"]["code"] == 40160
+    status, _ = await _raw(ably_server, "DELETE", "/push/deviceRegistrations?deviceId=dev-a", device_token)
+    assert status == 204
+    assert set(ably_server.push.store.devices) == {"dev-b"}
