@@ -111,6 +111,7 @@ class Notifier:
         self.self_client_id = self_client_id
         self.tasks: set[asyncio.Task[None]] = set()
         self.sent: list[Notice] = []
+        self._refusals: set[int] = set()
 
     def run_ended(self, run: Run, duration_s: float) -> None:
         """Decide cheaply now; check presence and publish in the background."""
@@ -153,7 +154,11 @@ class Notifier:
         except Exception as exc:  # never the run's problem
             self.count("failed")
             code = exc.code if isinstance(exc, AgentWorkerError) else None
-            log.warning("notify_failed", run_id=run.run_id, client_id=owner, code=code, error=str(exc)[:300])
+            # A key without push-admin fails every run the same way: say it loudly once, then quietly.
+            emit = log.warning if code not in self._refusals else log.debug
+            if code is not None and 40100 <= code < 40400:
+                self._refusals.add(code)
+            emit("notify_failed", run_id=run.run_id, client_id=owner, code=code, error=str(exc)[:300])
             return
         self.count("sent")
         undelivered = _undelivered(report)
