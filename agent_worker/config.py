@@ -179,6 +179,11 @@ class WorkerConfig(_Section):
     max_model_calls: Annotated[int, Field(ge=1)] = 8
     """Server-side tool loop bound per run."""
     presence: bool = True
+    notify: Literal["absent", "always", "never"] = "absent"
+    """Push-notify a run's owner when it ends or waits for them: ``absent`` = only when none of the
+    owner's devices is present on the session (see docs/push.md)."""
+    notify_min_run_s: Annotated[float, Field(ge=0)] = 0.0
+    """Runs shorter than this never notify (the user is likely still looking)."""
     session_idle_s: float = 300.0
     """Detach a session's channel after it has had no runs for this long (watched channels stay)."""
     log_format: Literal["console", "json"] = "console"

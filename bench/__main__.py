@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "agent": "bench.agent",
     "otel": "bench.otel",
     "codecs": "bench.codecs",
+    "push": "bench.push",
 }
 
 

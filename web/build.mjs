@@ -29,4 +29,4 @@ await build({
   define: { 'process.env.NODE_ENV': '"production"' },
   logLevel: 'warning',
 });
-for (const file of ['index.html', 'app.css']) copyFileSync(join(here, file), join(outdir, file));
+for (const file of ['index.html', 'app.css', 'sw.js']) copyFileSync(join(here, file), join(outdir, file));

@@ -33,7 +33,10 @@ __all__ = [
 ]
 
 #: What a chat device needs on its session channels (AIT docs, setup/authentication).
-DEFAULT_CAPABILITY: dict[str, list[str]] = {"*": ["publish", "subscribe", "history", "presence"]}
+# push-subscribe: a tab may register its own browser for push notifications (docs/push.md).
+DEFAULT_CAPABILITY: dict[str, list[str]] = {
+    "*": ["publish", "subscribe", "history", "presence", "push-subscribe"]
+}
 
 _MAX_TTL_S = 24 * 3600
 _TTL_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")

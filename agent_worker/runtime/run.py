@@ -42,6 +42,7 @@ from agent_worker.protocol.headers import (
 )
 from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.wire import InboundMessage
+from agent_worker.runtime.digest import RunDigest
 from agent_worker.runtime.streaming import ChannelWriter, StreamWriter, publish_reliably
 from agent_worker.runtime.trigger import Trigger
 
@@ -128,6 +129,8 @@ class Run:
         self._produced_output = False
         self.first_output_at: float | None = None
         self.on_steer: Callable[[], None] | None = None
+        self.digest = RunDigest()
+        """The reply's opening words and what waits for the user (for notifications)."""
 
     def __repr__(self) -> str:
         return f"Run(run_id={self.run_id!r}, session={self.session.name!r}, phase={self.phase.value})"
@@ -430,6 +433,7 @@ class OutputMessage:
             raise RuntimeError(msg)
         if not self._step_open:
             await self._open_step()
+        self.run.digest.observe(chunk)
         await self.writer.write(self.encoder.encode(chunk))
 
     async def _close_step(self, reason: StepEndReason) -> None:

@@ -15,6 +15,7 @@ from agent_worker.server.auth import ApiKey, Capability, KeyRing, token_details
 from agent_worker.server.config import DEFAULT_DEV_KEY, ServerConfig
 from agent_worker.server.connection import RealtimeGateway
 from agent_worker.server.hub import Hub
+from agent_worker.server.push import PushApi
 from agent_worker.server.rest import RestApi
 from agent_worker.server.store import MemoryStore, SQLiteStore, Store
 
@@ -109,6 +110,7 @@ class EmbeddedServer(TokenMint):
         self._store: Store | None = None
         self._hub: Hub | None = None
         self._gateway: RealtimeGateway | None = None
+        self._rest: RestApi | None = None
 
     def __repr__(self) -> str:
         endpoint = self.endpoint if self._port else None
@@ -124,7 +126,7 @@ class EmbeddedServer(TokenMint):
         self._store = SQLiteStore(cfg.data_dir) if cfg.data_dir is not None else MemoryStore()
         self._hub = Hub(cfg, self._keyring, self._store)
         self._gateway = RealtimeGateway(self._hub)
-        rest = RestApi(self._hub, self._gateway.live_connection)
+        rest = self._rest = RestApi(self._hub, self._gateway.live_connection)
         gateway = self._gateway
 
         async def root(request: web.Request) -> web.StreamResponse:
@@ -170,6 +172,8 @@ class EmbeddedServer(TokenMint):
             await self._gateway.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._rest is not None:
+            await self._rest.push.close()
         if self._store is not None:
             self._store.close()
         log.info("server_stopped", endpoint=self.endpoint)
@@ -207,6 +211,14 @@ class EmbeddedServer(TokenMint):
     @property
     def default_key(self) -> str:
         return self.keys[0]
+
+    @property
+    def push(self) -> PushApi:
+        """The push admin API (device registrations, deliveries, the VAPID key)."""
+        if self._rest is None:
+            msg = "the server has not been started"
+            raise RuntimeError(msg)
+        return self._rest.push
 
     @property
     def hub(self) -> Hub:

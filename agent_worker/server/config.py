@@ -49,6 +49,11 @@ class ServerConfig:
     unpersisted_history_ms: int = UNPERSISTED_HISTORY_MS
     # Capabilities of keys, by key name (APP.KEY); keys not listed may do everything.
     key_capabilities: Mapping[str, str] = field(default_factory=dict)
+    # The VAPID ``sub`` claim (RFC 8292 §2.1): a contact for push services about this sender.
+    push_vapid_subject: str = "mailto:push@agent-worker.invalid"
+    # Accept http:// push endpoints on loopback (local Web Push receivers in tests and demos). Off by
+    # default: a token holder could otherwise make the server POST to local ports.
+    push_allow_loopback_http: bool = False
 
 
 def _capability_text(where: str, value: Any) -> str:

@@ -30,6 +30,7 @@ from agent_worker.server.codec import (
 )
 from agent_worker.server.hub import Hub, check_channel_name
 from agent_worker.server.log import APPEND, DELETE, UPDATE
+from agent_worker.server.push import PushApi
 
 __all__ = ["RestApi"]
 
@@ -73,6 +74,10 @@ class RestApi:
         self.hub = hub
         # connectionKey -> live realtime connection (for publishes on behalf of one), if any
         self.connection_lookup: Callable[[str], Any] = connection_lookup or (lambda _key: None)
+        cfg = hub.config
+        self.push = PushApi(
+            self, cfg.data_dir, cfg.push_vapid_subject, allow_loopback_http=cfg.push_allow_loopback_http
+        )
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -153,6 +158,8 @@ class RestApi:
             if parts == ["stats"] and method == "GET":
                 self.principal(request)
                 return self._reply(request, [], headers=self._links("stats", dict(request.query), None))
+            if len(parts) >= 2 and parts[0] == "push":
+                return await self.push.dispatch(request, parts[1:])
             if len(parts) >= 2 and parts[0] == "channels":
                 return await self._channel(request, parts[1], parts[2:])
             if parts in ([""], []) and method == "GET":
@@ -345,6 +352,13 @@ class RestApi:
         if q.get("direction", "backwards") == "backwards":
             events.reverse()
         return self._offset_page(request, events, limit, "history")
+
+    def reply(self, request: web.Request, body: Any, status: int = 200) -> web.Response:
+        return self._reply(request, body, status)
+
+    def paged(self, request: web.Request, rows: list[dict[str, Any]], link: str) -> web.Response:
+        """A ``limit``/``cursor`` page of ``rows`` (for the push API)."""
+        return self._offset_page(request, rows, _limit(request.query), link)
 
     def _offset_page(
         self, request: web.Request, rows: list[dict[str, Any]], limit: int, link: str

@@ -428,6 +428,33 @@ class Channel:
         with map_ably_errors(f"presence leave on {self.name}"):
             await self._sdk.presence.leave()
 
+    async def present_connections(self, client_id: str) -> int:
+        """How many presence members ``client_id`` has on this channel now (its open devices), by
+        REST: the server's current set, not this connection's possibly still-syncing copy."""
+        path = f"/channels/{quote(self.name, safe='')}/presence"
+        what = f"presence of {self.name}"
+        page = await rest_request(self._rest, "GET", path, what, params={"clientId": client_id})
+        return len(page.items)
+
+
+async def rest_request(
+    client: AblyRest,
+    method: str,
+    path: str,
+    what: str,
+    *,
+    params: dict[str, Any] | None = None,
+    body: Any = None,
+) -> Any:
+    """One REST request; a failed one is a :class:`TransportError` with Ably's code."""
+    with map_ably_errors(what):
+        page = await client.request(method, path, _REST_VERSION, params=params, body=body)
+    if not page.success:
+        code = page.error_code
+        msg = f"{what} failed: HTTP {page.status_code} {page.error_message or ''}".strip()
+        raise TransportError(msg, code=int(code) if code and str(code).isdigit() else 50000)
+    return page
+
 
 class _Connection:
     """One realtime client and the rate limiter that keeps it under the per-connection limit."""
@@ -525,6 +552,17 @@ class AblyTransport:
             finally:
                 client.connection.off(on_change)
         return client
+
+    async def push_publish(self, recipient: dict[str, Any], payload: dict[str, Any]) -> Any:
+        """``POST /push/publish`` (Ably's push admin API; the key needs ``push-admin``); returns
+        the response body's items (the embedded server reports each delivery there)."""
+        if self._rest is None:
+            msg = "transport is not connected; call await transport.connect() first"
+            raise RuntimeError(msg)
+        page = await rest_request(
+            self._rest, "POST", "/push/publish", "push publish", body={**payload, "recipient": recipient}
+        )
+        return page.items
 
     def channel(self, name: str) -> Channel:
         ch = self._channels.get(name)

@@ -2,7 +2,8 @@
 
 The page is a React app built on the official ``@ably/ai-transport`` 0.8.0 React bindings and
 ably-js 2.28 (sources in ``web/``, bundled by esbuild into ``static/``, shipped as package data, so
-serving it needs no Node). The worker adds four routes: the page, its two assets, and
+serving it needs no Node). The worker adds these routes: the page, its assets, the service worker
+``sw.js`` (push notifications, at the root so its scope is the page), and
 ``GET /api/web/config`` — where the browser's ably-js should connect, which endpoints to use and the
 cancel policy, so one bundle works against the embedded server and against Ably.
 """
@@ -26,6 +27,7 @@ STATIC_FILES = {
     "index.html": "text/html",
     "app.js": "text/javascript",
     "app.css": "text/css",
+    "sw.js": "text/javascript",
 }
 
 
@@ -112,6 +114,7 @@ def add_web_routes(app: web.Application, settings: WebSettings) -> None:
     app.router.add_get("/index.html", _Asset("index.html").serve)
     app.router.add_get("/app.js", _Asset("app.js").serve)
     app.router.add_get("/app.css", _Asset("app.css").serve)
+    app.router.add_get("/sw.js", _Asset("sw.js").serve)  # at the root: its scope is the whole page
     app.router.add_get("/api/web/config", web_config)
 
 

@@ -44,6 +44,13 @@ class WorkerMetrics:
             ["kind"],
             registry=r,
         )
+        self.notifications = Counter(
+            "agent_worker_notifications",
+            "Push notifications to run owners by result "
+            "(sent, failed, undelivered, present, vetoed, skipped).",
+            ["result"],
+            registry=r,
+        )
         self.active_runs = Gauge("agent_worker_active_runs", "Runs in flight.", registry=r)
         self.run_duration = Histogram(
             "agent_worker_run_duration_seconds",

@@ -37,6 +37,7 @@ from agent_worker.worker.admission import Admission, Invocation, InvocationRefus
 from agent_worker.worker.connect import Connection, connect
 from agent_worker.worker.http import serve as serve_http
 from agent_worker.worker.metrics import WorkerMetrics
+from agent_worker.worker.notify import Notifier, NotifyHook
 from agent_worker.worker.pool import SessionPool
 
 __all__ = ["GC_THRESHOLDS", "Invocation", "InvocationRefused", "Worker", "WorkerBusy", "tune_gc"]
@@ -90,6 +91,7 @@ class Worker:
         on_run_start: Hook | None = None,
         on_run_end: Hook | None = None,
         on_cancel: CancelHook | None = None,
+        on_notify: NotifyHook | None = None,
         handle_signals: bool = False,
         metrics: WorkerMetrics | None = None,
     ) -> None:
@@ -112,6 +114,8 @@ class Worker:
         self.on_run_start = on_run_start
         self.on_run_end = on_run_end
         self.on_cancel = on_cancel if on_cancel is not None else getattr(agent, "on_cancel", None)
+        self.on_notify = on_notify
+        """Shape (return the :class:`Notice`) or veto (return ``None``) each push notification."""
         self.handle_signals = handle_signals
         self.metrics = metrics or WorkerMetrics()
         self._state: Literal["new", "running", "draining", "closed"] = "new"
@@ -156,6 +160,14 @@ class Worker:
             ),
             on_run_start=self.on_run_start,
             on_run_end=self.on_run_end,
+        )
+        self.notifier = Notifier(
+            lambda: self.transport,
+            self.config.notify,
+            self.config.notify_min_run_s,
+            self.on_notify,
+            lambda result: self.metrics.notifications.labels(result).inc(),
+            self_client_id=settings.ably.client_id,
         )
 
     def __repr__(self) -> str:
@@ -247,6 +259,7 @@ class Worker:
                     run.cancel("shutdown")
             if still:
                 await asyncio.wait(still, timeout=30)
+        await self.notifier.drain()
         if self.pool is not None:
             await self.pool.close()
         if self.transport is not None:
@@ -449,6 +462,7 @@ class Worker:
             self.runs_failed += 1
         self.metrics.runs.labels(outcome).inc()
         self.metrics.run_duration.observe(time.monotonic() - accepted_at)
+        self.notifier.run_ended(run, time.monotonic() - accepted_at)
         self.finished_runs.append(run)
         if len(self.finished_runs) > 1000:
             del self.finished_runs[:100]

@@ -2,6 +2,7 @@
 // official providers — ably-js's AblyProvider and AI Transport's ChatTransportProvider — around it.
 import { ChatTransportProvider } from '@ably/ai-transport/vercel/react';
 import * as Ably from 'ably';
+import Push from 'ably/push';
 import { AblyProvider } from 'ably/react';
 import { type FormEvent, useEffect, useMemo, useRef, useState } from 'react';
 
@@ -67,6 +68,10 @@ function Connected({ config, clientId, session, authUrl }: ConnectedProps) {
         );
       },
       clientId,
+      // ably-js's push plugin: push.activate() registers this browser's Web Push subscription for
+      // clientId through the push admin API; sw.js shows what arrives (docs/push.md).
+      plugins: { Push },
+      pushServiceWorkerUrl: '/sw.js',
       ...(endpoint ? { endpoint } : {}),
       ...(port ? { port, tlsPort: port } : {}),
       tls,

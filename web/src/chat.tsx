@@ -13,7 +13,7 @@ import { type FormEvent, useCallback, useEffect, useMemo, useRef, useState } fro
 
 import type { WebConfig } from './config';
 import { MessageRow, type RowActions } from './message';
-import { Connection, Presence } from './status';
+import { Connection, Presence, PushToggle } from './status';
 import { locate } from './tools';
 
 type Notice = { kind: 'info' | 'refused' | 'error'; text: string };
@@ -119,6 +119,7 @@ export function Chat({ config, clientId, sessionName }: ChatProps) {
           you are <b>{clientId}</b>
         </span>
         <Connection />
+        <PushToggle />
       </header>
       <aside>
         <Presence sessionName={sessionName} agentClientId={config.agentClientId} />

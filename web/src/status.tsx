@@ -48,3 +48,36 @@ export function Connection() {
     </span>
   );
 }
+
+/** "Notify me": registers this browser for push notifications (run finished / waiting for you)
+ * through ably-js's push plugin. Where the browser's push service is unreachable (offline machines,
+ * headless browsers), activation fails and the reason is shown; nothing else depends on it. */
+export function PushToggle() {
+  const ably = useAbly();
+  const [state, setState] = useState<string>('off');
+  const [reason, setReason] = useState('');
+  const supported = typeof navigator !== 'undefined' && 'serviceWorker' in navigator && 'PushManager' in window;
+  const activate = () => {
+    setState('activating');
+    ably.push.activate().then(
+      () => setState('on'),
+      (error: unknown) => {
+        setState('failed');
+        setReason(error instanceof Error ? error.message : String(error));
+      },
+    );
+  };
+  if (!supported) return null;
+  return (
+    <span className="push" data-testid="push" data-state={state} title={reason}>
+      {state === 'on' ? (
+        'notifications on'
+      ) : (
+        <button type="button" data-testid="push-toggle" onClick={activate} disabled={state === 'activating'}>
+          Notify me
+        </button>
+      )}
+      {state === 'failed' ? <small data-testid="push-error"> push unavailable: {reason}</small> : null}
+    </span>
+  );
+}

@@ -1,0 +1,40 @@
+"""What a run said, in a few words: enough to tell a user who was away what happened.
+
+Fed every UIMessageChunk the run sends (:meth:`RunDigest.observe`); keeps the first ``limit``
+characters of the reply text, the names of tool calls still without a result (client-side tools when
+the run suspends) and of those awaiting approval. Bounded: a long reply costs ``limit`` characters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["RunDigest"]
+
+
+class RunDigest:
+    __slots__ = ("_text", "approvals", "limit", "tools")
+
+    def __init__(self, limit: int = 400) -> None:
+        self.limit = limit
+        self._text: list[str] = []
+        self.tools: dict[str, str] = {}
+        self.approvals: list[str] = []
+
+    def observe(self, chunk: Mapping[str, Any]) -> None:
+        kind = chunk.get("type")
+        if kind == "text-delta":
+            room = self.limit - sum(map(len, self._text))
+            if room > 0:
+                self._text.append(str(chunk.get("delta", ""))[:room])
+        elif kind in ("tool-input-start", "tool-input-available") and len(self.tools) < 64:
+            self.tools[str(chunk.get("toolCallId"))] = str(chunk.get("toolName", "tool"))
+        elif kind in ("tool-output-available", "tool-output-error"):
+            self.tools.pop(str(chunk.get("toolCallId")), None)  # answered: no longer waiting
+        elif kind == "tool-approval-request" and len(self.approvals) < 16:
+            self.approvals.append(self.tools.get(str(chunk.get("toolCallId")), "a tool"))
+
+    @property
+    def text(self) -> str:
+        return "".join(self._text).strip()
