@@ -23,17 +23,26 @@ class RunDigest:
         self.approvals: list[str] = []
 
     def observe(self, chunk: Mapping[str, Any]) -> None:
+        """One output event of either dialect: a Vercel UIMessageChunk or an OpenAI Responses event."""
         kind = chunk.get("type")
-        if kind == "text-delta":
+        raw_item = chunk.get("item")
+        item: Mapping[str, Any] = raw_item if isinstance(raw_item, Mapping) else {}
+        call = kind == "response.output_item.added" and item.get("type") == "function_call"
+        if kind in ("text-delta", "response.output_text.delta"):
             room = self.limit - sum(map(len, self._text))
             if room > 0:
                 self._text.append(str(chunk.get("delta", ""))[:room])
         elif kind in ("tool-input-start", "tool-input-available") and len(self.tools) < 64:
             self.tools[str(chunk.get("toolCallId"))] = str(chunk.get("toolName", "tool"))
+        elif call and len(self.tools) < 64:
+            self.tools[str(item.get("call_id"))] = str(item.get("name") or "tool")
         elif kind in ("tool-output-available", "tool-output-error"):
             self.tools.pop(str(chunk.get("toolCallId")), None)  # answered: no longer waiting
+        elif kind == "function_call_output":
+            self.tools.pop(str(item.get("call_id")), None)
         elif kind == "tool-approval-request" and len(self.approvals) < 16:
-            self.approvals.append(self.tools.get(str(chunk.get("toolCallId")), "a tool"))
+            call_id = str(chunk.get("toolCallId", chunk.get("call_id")))
+            self.approvals.append(self.tools.get(call_id) or str(chunk.get("name") or "a tool"))
 
     @property
     def text(self) -> str:
