@@ -168,6 +168,8 @@ class EmbeddedServer(TokenMint):
             self._state = _State.STOPPED
             return
         self._state = _State.STOPPED
+        if self._hub is not None:
+            self._hub.rollup.flush_all()  # held appends were ACKed: publish them before closing
         if self._gateway is not None:
             await self._gateway.stop()
         if self._runner is not None:

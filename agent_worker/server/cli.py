@@ -46,6 +46,14 @@ def register(app: typer.Typer) -> None:
         enforce_rate_limits: Annotated[
             bool, typer.Option(help="Reproduce Ably's 50 msg/s per-connection and per-channel limits.")
         ] = False,
+        append_rollup_window_ms: Annotated[
+            int,
+            typer.Option(
+                min=0,
+                max=500,
+                help="Default appendRollupWindow for connections that do not set it (0 = off).",
+            ),
+        ] = 40,
         retention_messages: Annotated[
             int | None, typer.Option(help="Keep at most this many messages per channel (default: all).")
         ] = None,
@@ -104,6 +112,7 @@ def register(app: typer.Typer) -> None:
                 max_message_size=max_message_size,
                 connection_state_ttl_ms=connection_state_ttl_ms,
                 enforce_rate_limits=enforce_rate_limits,
+                append_rollup_window_ms=append_rollup_window_ms,
                 retention=retention,
                 **settings,
             )

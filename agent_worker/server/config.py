@@ -38,6 +38,9 @@ class ServerConfig:
     # How long members of an abruptly dropped connection stay present (a resume cancels the LEAVE).
     presence_leave_delay_ms: int = 15_000
     rate_limit_per_s: int = 50
+    # Server-side append rollup for connections that do not send the appendRollupWindow transport
+    # parameter (Ably's default is 40 ms; 0 turns rollup off), see server/rollup.py.
+    append_rollup_window_ms: int = 40
     max_frame_size: int = 524_288
     # permessage-deflate costs 3-4x throughput on loopback (measured by bench.server), so it is off
     # unless asked for; clients work either way.

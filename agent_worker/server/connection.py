@@ -29,6 +29,7 @@ from agent_worker.server.codec import JSON, MSGPACK, Format, decode_frame, encod
 from agent_worker.server.codec import outbound_payload as _outbound
 from agent_worker.server.connection_keys import ConnectionKeys
 from agent_worker.server.hub import Attachment, Hub, RateLimiter, check_channel_name
+from agent_worker.server.rollup import TRANSPORT_PARAM, parse_window
 
 __all__ = ["RealtimeConnection", "RealtimeGateway", "Transport"]
 
@@ -103,6 +104,7 @@ class RealtimeConnection:
         echo: bool,
     ) -> None:
         self.gateway = gateway
+        self.rollup_window_ms = gateway.hub.config.append_rollup_window_ms
         self.hub = gateway.hub
         self.id = secrets.token_urlsafe(9).replace("-", "x").replace("_", "y")
         self.key = gateway.keys.issue(self.id)
@@ -333,16 +335,32 @@ class RealtimeConnection:
     def _payloads(self, raw: list[Any]) -> list[dict[str, Any]]:
         """Canonical payloads, charged against the per-connection publish rate."""
         items = [inbound_payload(m, self.fmt) for m in raw]
-        if self.hub.config.enforce_rate_limits and not self._limiter.take(len(items)):
+        self._charge(len(items))
+        return items
+
+    def _charge(self, n: int) -> None:
+        """Count ``n`` published messages against the connection's inbound limit (42911)."""
+        if self.hub.config.enforce_rate_limits and not self._limiter.take(n):
             msg = f"max per-connection publish rate ({self.hub.config.rate_limit_per_s}/s) exceeded"
             raise AgentWorkerError(msg, code=42911, status_code=429)
-        return items
 
     def _on_message(self, frame: dict[str, Any]) -> None:
         def publish(serial: int) -> list[dict[str, Any]]:
             channel = check_channel_name(frame.get("channel"))
             self._require_mode(channel, C.MODE_PUBLISH, "publish a message", "PUBLISH")
-            items = self._payloads(self._non_empty(frame, "messages", "MESSAGE"))
+            items = [inbound_payload(m, self.fmt) for m in self._non_empty(frame, "messages", "MESSAGE")]
+            # An append inside its rollup window is held (and charged once per window), see rollup.py.
+            held = self.hub.rollup.offer(
+                channel,
+                items,
+                self.principal,
+                publisher_id=self.id,
+                window_ms=self.rollup_window_ms,
+                charge=self._charge,
+            )
+            if held is not None:
+                return held
+            self._charge(len(items))
             published = self.hub.publish(
                 channel,
                 items,
@@ -610,6 +628,7 @@ class RealtimeGateway:
         fmt: Format = MSGPACK if q.get("format") == "msgpack" else JSON
         try:
             principal = self.authenticate(q)
+            window = parse_window(q.get(TRANSPORT_PARAM), cfg.append_rollup_window_ms)
         except AgentWorkerError as exc:
             log.info("connection_refused", code=exc.code, reason=exc.message)
             transport.enqueue(encode_frame({"action": C.ERROR, "error": exc.to_error_info()}, fmt))
@@ -617,6 +636,7 @@ class RealtimeGateway:
             await transport.wait_closed()
             return ws
         conn, error = self._resume_or_create(q, principal, fmt)
+        conn.rollup_window_ms = window
         conn.attach_transport(transport)
         conn.send_connected(error)
         try:

@@ -23,6 +23,7 @@ from agent_worker.server.channel_rules import ChannelRules
 from agent_worker.server.config import ServerConfig
 from agent_worker.server.log import CREATE, DELETE, ChannelLog, MessageRecord, Published
 from agent_worker.server.presence import ENTER, LEAVE, PRESENT, UPDATE, PresenceSet
+from agent_worker.server.rollup import AppendRollup
 from agent_worker.server.store import Store
 
 __all__ = ["Attachment", "ChannelRuntime", "Hub", "RateLimiter", "Subscriber"]
@@ -224,6 +225,7 @@ class Hub:
         self.store = store
         self.channels: dict[str, ChannelRuntime] = {}
         self.rules = ChannelRules(config.channel_rules, config.unpersisted_history_ms)
+        self.rollup = AppendRollup(self)
 
     @staticmethod
     def now_ms() -> int:
@@ -305,16 +307,37 @@ class Hub:
     ) -> Published:
         """Validate, log and fan out one batch; raises an ``AgentWorkerError`` with the Ably code."""
         rt = self.channel(channel)
+        self.rollup.before_publish(channel, items)
         prepared = self.prepare_messages(rt, items, principal)
         dup = rt.log.find_duplicate(prepared)
         if dup is not None:
             return Published(channel_serial=rt.log.head, items=[], serials=list(dup), duplicate=True)
         self.check_channel_rate(rt, len(prepared))
+        return self.commit(
+            rt,
+            prepared,
+            client_id=principal.client_id,
+            publisher_id=publisher_id,
+            proto_id=proto_id,
+            id_base=id_base,
+        )
+
+    def commit(
+        self,
+        rt: ChannelRuntime,
+        prepared: list[dict[str, Any]],
+        *,
+        client_id: str | None,
+        publisher_id: str | None = None,
+        proto_id: str | None = None,
+        id_base: str | None = None,
+    ) -> Published:
+        """Log and fan out an already checked batch (also the rollup's flush)."""
         now = self.now_ms()
         published = rt.log.publish(
             prepared,
             connection_id=publisher_id,
-            client_id=principal.client_id,
+            client_id=client_id,
             now_ms=now,
             message_id_base=id_base,
         )

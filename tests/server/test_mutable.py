@@ -17,10 +17,15 @@ def _view(m: Any) -> tuple[MessageAction, Any]:
     return m.action, m.data
 
 
+# These tests look at each append on its own; Ably's server-side rollup (tests/server/test_rollup.py)
+# would merge appends sent within 40 ms of each other, so the publisher turns it off.
+NO_ROLLUP = {"appendRollupWindow": "0"}
+
+
 class TestAppend:
     async def test_subscriber_present_from_create_gets_deltas(self, ably_server: EmbeddedServer) -> None:
         """A subscriber that saw the create gets each append as a delta with a new version serial."""
-        agent = python_realtime(ably_server, client_id="agent")
+        agent = python_realtime(ably_server, client_id="agent", transport_params=NO_ROLLUP)
         try:
             ch = agent.channels.get("stream:1")
             got, listener = collector()
@@ -46,7 +51,7 @@ class TestAppend:
         self, ably_server: EmbeddedServer
     ) -> None:
         """A client attaching mid-stream first sees the whole text as an update, then deltas."""
-        agent = python_realtime(ably_server, client_id="agent")
+        agent = python_realtime(ably_server, client_id="agent", transport_params=NO_ROLLUP)
         late = python_realtime(ably_server, client_id="viewer")
         try:
             ch = agent.channels.get("stream:late")
@@ -70,7 +75,7 @@ class TestAppend:
 
     async def test_pipelined_appends_keep_order(self, ably_server: EmbeddedServer) -> None:
         """Many appends fired without awaiting each ACK all land, in order (AIT's encoder does this)."""
-        agent = python_realtime(ably_server, client_id="agent")
+        agent = python_realtime(ably_server, client_id="agent", transport_params=NO_ROLLUP)
         viewer = python_realtime(ably_server, client_id="viewer")
         try:
             got, listener = collector()
