@@ -96,7 +96,13 @@ class AblyConfig(_Section):
     """The worker's own clientId: its presence identity on each session."""
     use_binary_protocol: bool = True
     connections: Annotated[int, Field(ge=1)] = 1
-    """Realtime connections; sessions are spread over them (each stays under 50 messages/s)."""
+    """Realtime connections kept open at all times; sessions are placed on them by load."""
+    max_connections: Annotated[int, Field(ge=1)] = 32
+    """The pool opens more connections, up to this many, when the open ones are loaded (each stays
+    under Ably's 50 messages/s inbound limit); idle ones close again."""
+    append_rollup_window_ms: Annotated[int, Field(ge=0, le=500)] | None = None
+    """``appendRollupWindow`` transport parameter (Ably's server-side append rollup, 0-500 ms);
+    unset = the service's default (40 ms)."""
     history_page_size: int = 100
     embedded_port: int = 8080
     """Port of the embedded server started when no endpoint and no key are configured (0 = any free
@@ -163,7 +169,8 @@ class WorkerConfig(_Section):
     history_max_branch_pages: int = 10_000
     """Safety net for rebuilding a conversation: pages read until the branch reaches its root."""
     coalesce_window_ms: Annotated[float, Field(ge=0)] = 40.0
-    """Deltas of one stream are merged into one append per window (0 = one append per delta)."""
+    """At most one append per stream per window: a delta after a quiet window goes out at once, later
+    ones are merged (0 = one append per delta). Ably's server-side rollup default is also 40 ms."""
     max_messages_per_second: Annotated[float, Field(gt=0)] = 45.0
     """Outbound messages per connection; Ably's inbound limit is 50/s per connection."""
     burst: Annotated[int, Field(ge=1)] = 10

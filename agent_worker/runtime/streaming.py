@@ -3,12 +3,16 @@
 One :class:`StreamWriter` serves one encoder (one assistant message). It preserves the encoder's
 operation order on the wire, with two liberties that change no text:
 
-* **Coalescing.** Deltas for one stream that arrive within ``window_s`` are merged into one append
-  (their data concatenated, the newest headers kept — appends repeat the full headers anyway). Any
-  other operation first flushes every buffered delta, so order across messages is unchanged; a
-  closing append carries the stream's last buffered text itself. While the connection's rate limiter
-  makes a flush wait, more deltas join the buffer — that is how the writer stays under Ably's
-  per-connection message rate without dropping or reordering text.
+* **Coalescing** (leading edge, the rule Ably's server-side append rollup uses). A delta that comes
+  at least ``window_s`` after the writer's last flush goes out at once; deltas that come sooner wait
+  until one window after that flush and go out merged into one append (their data concatenated, the
+  newest headers kept — appends repeat the full headers anyway). So a stream slower than one delta
+  per window is never delayed, and a fast one costs at most one message per window — exactly what
+  Ably would count for it with the same ``appendRollupWindow``. Any other operation first flushes
+  every buffered delta, so order across messages is unchanged; a closing append carries the
+  stream's last buffered text itself. While the connection's rate limiter makes a flush wait, more
+  deltas join the buffer — that is how the writer stays under Ably's per-connection message rate
+  without dropping or reordering text.
 * **Pipelining.** Appends are submitted without awaiting their ACKs (``Channel.submit_append``).
   Publishes and updates are awaited (a stream's opening serial is needed for its appends). After a
   closing append, and on :meth:`StreamWriter.flush`, every pending append is awaited; a stream with a
@@ -124,6 +128,7 @@ class StreamWriter:
         self._timer: asyncio.Task[None] | None = None
         self._inflight: asyncio.Future[Any] | None = None
         self._first_done = False
+        self._last_flush = float("-inf")
         self.stats = WriterStats()
 
     # --- public API ------------------------------------------------------------------------------
@@ -177,10 +182,9 @@ class StreamWriter:
         else:
             buf.parts.append(str(op.message.data or ""))
             buf.message = op.message
-        if self._window_s <= 0:
-            self._start_timer(0.0)
-        elif self._timer is None or self._timer.done():
-            self._start_timer(self._window_s)
+        if self._timer is None or self._timer.done():
+            due = self._last_flush + self._window_s - asyncio.get_running_loop().time()
+            self._start_timer(max(0.0, due))
 
     def _start_timer(self, delay: float) -> None:
         if self._timer is not None and not self._timer.done():
@@ -257,6 +261,7 @@ class StreamWriter:
     def _start(self, key: str, serial: str, msg: OutboundMessage) -> None:
         self._pending.append((key, self._channel.start_append(serial, msg)))
         self.stats.appends += 1
+        self._last_flush = asyncio.get_running_loop().time()
 
     async def _flush_buffers(self) -> None:
         while self._buffers:

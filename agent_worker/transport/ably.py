@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +36,7 @@ from agent_worker.errors import TransportError
 from agent_worker.logs import get_logger
 from agent_worker.protocol.wire import ACTION_BY_NUMBER, Action, InboundMessage, OutboundMessage
 from agent_worker.retry import backoff, retry
+from agent_worker.transport.pool import ConnectionPool, PooledConnection, PoolPolicy
 from agent_worker.transport.ratelimit import RateLimiter
 
 __all__ = [
@@ -76,6 +76,14 @@ class AblySettings:
     max_messages_per_second: float = 45.0
     burst: int = 10
     connections: int = 1
+    """Connections kept open at all times (the pool's minimum)."""
+    max_connections: int = 32
+    """The pool opens connections up to this many as load grows (see transport/pool.py)."""
+    target_messages_per_second: float = 36.0
+    """Load placed on one connection before the pool grows (under ``max_messages_per_second``)."""
+    append_rollup_window_ms: int | None = None
+    """``appendRollupWindow`` transport parameter (Ably's server-side append rollup); ``None`` = the
+    service's default (40 ms on Ably)."""
     realtime_request_timeout_ms: int = 15000
 
     def __repr__(self) -> str:
@@ -104,6 +112,8 @@ class AblySettings:
             opts["fallback_hosts"] = []
         if self.client_id:
             opts["client_id"] = self.client_id
+        if self.append_rollup_window_ms is not None:
+            opts["transport_params"] = {"appendRollupWindow": str(self.append_rollup_window_ms)}
         if self.token_source is not None:
             source = self.token_source
 
@@ -456,75 +466,76 @@ async def rest_request(
     return page
 
 
-class _Connection:
-    """One realtime client and the rate limiter that keeps it under the per-connection limit."""
-
-    def __init__(self, client: AblyRealtime, limiter: RateLimiter) -> None:
-        self.client = client
-        self.limiter = limiter
-
-
 class AblyTransport:
-    """The worker's realtime connections (``settings.connections``, default 1). Each session channel
-    lives on one of them, chosen by a stable hash of its name, so a busy worker can spread its
-    outbound messages over several connections, each under Ably's 50 messages/s."""
+    """The worker's realtime connections: a :class:`~agent_worker.transport.pool.ConnectionPool`
+    that opens connections as load grows (``settings.connections`` to ``max_connections``) and
+    places each session channel on the least-loaded one, each connection under Ably's 50 messages/s.
+    """
 
     def __init__(self, settings: AblySettings) -> None:
         self.settings = settings
-        self._connections: list[_Connection] = []
         self._channels: dict[str, Channel] = {}
         self._rest: AblyRest | None = None
+        policy = PoolPolicy(
+            min_connections=max(1, settings.connections),
+            max_connections=max(settings.connections, settings.max_connections),
+            max_messages_per_second=settings.max_messages_per_second,
+            burst=settings.burst,
+            target_rate=min(settings.target_messages_per_second, settings.max_messages_per_second),
+        )
+        self.pool: ConnectionPool[AblyRealtime] = ConnectionPool(
+            policy, self._connect_one, self._close_client
+        )
+        self._started = False
 
     def __repr__(self) -> str:
-        return f"AblyTransport({self.settings!r}, connections={len(self._connections)})"
+        return f"AblyTransport({self.settings!r}, connections={len(self.pool.connections)})"
 
-    def _connection(self, name: str) -> _Connection:
-        if not self._connections:
+    def _first(self) -> Any:
+        ready = self.pool.ready_connections
+        if not ready:
             msg = "transport is not connected; call await transport.connect() first"
             raise RuntimeError(msg)
-        return self._connections[zlib.crc32(name.encode()) % len(self._connections)]
+        return ready[0]
 
     @property
     def client(self) -> AblyRealtime:
-        """The first connection's client (the only one unless ``connections`` > 1)."""
-        if not self._connections:
-            msg = "transport is not connected; call await transport.connect() first"
-            raise RuntimeError(msg)
-        return self._connections[0].client
+        """The first connection's client."""
+        client: AblyRealtime = self._first().client
+        return client
 
     @property
     def limiter(self) -> RateLimiter:
-        if not self._connections:
-            msg = "transport is not connected; call await transport.connect() first"
-            raise RuntimeError(msg)
-        return self._connections[0].limiter
+        limiter: RateLimiter = self._first().limiter
+        return limiter
 
     async def connect(self, wait_s: float = 15.0) -> None:
-        if self._connections:
+        if self._started:
             return
-        count = max(1, self.settings.connections)
-        clients = await asyncio.gather(
-            *(self._connect_one(wait_s) for _ in range(count)), return_exceptions=True
-        )
-        errors = [c for c in clients if isinstance(c, BaseException)]
-        if errors:
-            for c in clients:
-                if isinstance(c, AblyRealtime):
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(c.close(), 5)
-            raise errors[0]
-        self._connections = [
-            _Connection(c, RateLimiter(self.settings.max_messages_per_second, self.settings.burst))
-            for c in clients
-            if isinstance(c, AblyRealtime)
-        ]
+        self._wait_s = wait_s
+        await self.pool.start()
+        self._started = True
         rest_options = self.settings.client_options()
         rest_options.pop("realtime_request_timeout", None)
+        rest_options.pop("transport_params", None)
         with map_ably_errors("create REST client"):
             self._rest = AblyRest(**rest_options)
-        log.info("transport_connected", endpoint=self.settings.endpoint or "ably", connections=count)
+        log.info(
+            "transport_connected",
+            endpoint=self.settings.endpoint or "ably",
+            connections=len(self.pool.connections),
+            max_connections=self.pool.policy.max_connections,
+        )
 
-    async def _connect_one(self, wait_s: float) -> AblyRealtime:
+    _wait_s = 15.0
+
+    @staticmethod
+    async def _close_client(client: AblyRealtime) -> None:
+        with contextlib.suppress(AblyException, asyncio.TimeoutError, OSError):
+            await asyncio.wait_for(client.close(), 10)
+
+    async def _connect_one(self) -> AblyRealtime:
+        wait_s = self._wait_s
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
@@ -565,16 +576,31 @@ class AblyTransport:
         return page.items
 
     def channel(self, name: str) -> Channel:
+        """The channel, placed on an open connection if new (see :meth:`open_channel`)."""
         ch = self._channels.get(name)
         if ch is None:
-            conn = self._connection(name)
-            assert self._rest is not None
-            ch = Channel(self, name, conn.client, conn.limiter, self._rest)
-            self._channels[name] = ch
+            ch = self._make_channel(name, self.pool.place(name, may_grow=False))
+        return ch
+
+    async def open_channel(self, name: str) -> Channel:
+        """The channel, placed by load; may open a new connection for it and wait for it."""
+        ch = self._channels.get(name)
+        if ch is None:
+            conn = await self.pool.acquire(name)
+            ch = self._channels.get(name) or self._make_channel(name, conn)
+        return ch
+
+    def _make_channel(self, name: str, conn: PooledConnection[AblyRealtime]) -> Channel:
+        if self._rest is None or conn.client is None:
+            msg = "transport is not connected; call await transport.connect() first"
+            raise RuntimeError(msg)
+        ch = Channel(self, name, conn.client, conn.limiter, self._rest)
+        self._channels[name] = ch
         return ch
 
     async def release(self, name: str) -> None:
         ch = self._channels.pop(name, None)
+        self.pool.release(name)
         if ch is not None:
             await ch.detach()
             with contextlib.suppress(Exception):
@@ -582,17 +608,16 @@ class AblyTransport:
 
     @property
     def connected(self) -> bool:
-        return bool(self._connections) and all(
-            str(c.client.connection.state.value) == "connected" for c in self._connections
+        ready = self.pool.ready_connections
+        return bool(ready) and all(
+            c.client is not None and str(c.client.connection.state.value) == "connected" for c in ready
         )
 
     async def close(self) -> None:
-        connections, self._connections = self._connections, []
+        self._started = False
         self._channels.clear()
         rest, self._rest = self._rest, None
         if rest is not None:
             with contextlib.suppress(Exception):
                 await rest.close()
-        for conn in connections:
-            with contextlib.suppress(AblyException, asyncio.TimeoutError, OSError):
-                await asyncio.wait_for(conn.client.close(), 10)
+        await self.pool.close()

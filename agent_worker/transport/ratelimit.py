@@ -10,9 +10,12 @@ go out as one larger append, so text is never dropped or reordered, only batched
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
-__all__ = ["RateLimiter"]
+__all__ = ["RATE_TAU_S", "RateLimiter"]
+
+RATE_TAU_S = 2.0
 
 
 class RateLimiter:
@@ -29,6 +32,10 @@ class RateLimiter:
         self._lock = asyncio.Lock()
         self.waited = 0
         """How many acquisitions had to wait (observable in tests and metrics)."""
+        self.sent = 0
+        """Tokens taken so far (messages sent on the connection)."""
+        self._rate = 0.0  # exponentially decaying event rate, time constant RATE_TAU_S
+        self._rate_at = self._updated
 
     def _refill(self) -> None:
         now = time.monotonic()
@@ -48,3 +55,13 @@ class RateLimiter:
                 await asyncio.sleep((1.0 - self._tokens) / self.rate)
                 self._refill()
             self._tokens -= 1.0
+            self.sent += 1
+            now = time.monotonic()
+            self._rate = self.recent_rate(now) + 1.0 / RATE_TAU_S
+            self._rate_at = now
+
+    def recent_rate(self, now: float | None = None) -> float:
+        """Messages per second over roughly the last ``RATE_TAU_S`` seconds (an exponentially
+        weighted event rate: each message adds ``1/tau`` that decays with time constant tau)."""
+        now = time.monotonic() if now is None else now
+        return self._rate * math.exp(-max(0.0, now - self._rate_at) / RATE_TAU_S)

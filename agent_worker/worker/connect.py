@@ -76,6 +76,8 @@ async def connect(cfg: Config) -> Connection:
         "max_messages_per_second": cfg.worker.max_messages_per_second,
         "burst": cfg.worker.burst,
         "connections": cfg.ably.connections,
+        "max_connections": cfg.ably.max_connections,
+        "append_rollup_window_ms": cfg.ably.append_rollup_window_ms,
     }
     if cfg.ably.embedded:
         server = await _start_embedded(cfg)

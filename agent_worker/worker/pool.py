@@ -53,7 +53,7 @@ class SessionPool:
             existing = self.sessions.get(name)
             if existing is not None:
                 return existing
-            session = self._make_session(self.transport.channel(name))
+            session = self._make_session(await self.transport.open_channel(name))
             await session.connect()
             self.sessions[name] = session
             if self.presence_enabled:

@@ -274,7 +274,12 @@ class Harness:
 
 
 def worker_settings(
-    server: EmbeddedServer, *, client_id: str = "agent-worker", rate: float = 45.0, connections: int = 1
+    server: EmbeddedServer,
+    *,
+    client_id: str = "agent-worker",
+    rate: float = 45.0,
+    connections: int = 1,
+    append_rollup_window_ms: int | None = None,
 ) -> AblySettings:
     async def token() -> dict[str, Any]:
         return server.token_details(client_id=client_id)
@@ -286,6 +291,7 @@ def worker_settings(
         client_id=client_id,
         max_messages_per_second=rate,
         connections=connections,
+        append_rollup_window_ms=append_rollup_window_ms,
     )
 
 
@@ -297,6 +303,7 @@ async def start_harness(
     http: HttpConfig | None = None,
     rate: float = 1000.0,
     connections: int = 1,
+    append_rollup_window_ms: int | None = None,
     token_key: str | None = None,
     system_prompt: str | None = None,
     worker_kwargs: dict[str, Any] | None = None,
@@ -305,7 +312,9 @@ async def start_harness(
     config.setdefault("coalesce_window_ms", 0.0)
     config.setdefault("trigger_wait_s", 1.0)
     worker = Worker(
-        transport=worker_settings(server, rate=rate, connections=connections),
+        transport=worker_settings(
+            server, rate=rate, connections=connections, append_rollup_window_ms=append_rollup_window_ms
+        ),
         agent=Agent(provider, tools=tools or ToolRegistry(), system_prompt=system_prompt),
         config=WorkerConfig(**config),
         **(worker_kwargs or {}),

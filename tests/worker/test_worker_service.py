@@ -177,7 +177,8 @@ async def test_coalescing_and_rate_limit_keep_text_intact() -> None:
 
 
 async def test_failed_appends_are_recovered_by_a_full_update() -> None:
-    """When the server rejects appends (here: its rate limit, with the worker's own limiter off),
+    """When the server rejects appends (here: its rate limit, with the worker's own limiter and the
+    server-side append rollup off),
     the writer replaces each damaged stream with the full text by update, and the run completes;
     history shows the exact text. (A live subscriber that saw the gapped appends keeps them, as with
     the JS SDK, whose decoder treats a non-prefix update as a silent replacement.)"""
@@ -186,7 +187,11 @@ async def test_failed_appends_are_recovered_by_a_full_update() -> None:
         words = [f"v{i:03d}" for i in range(200)]
         text = " ".join(words)
         harness = await start_harness(
-            server, EchoProvider(tokens_per_second=2000), rate=100_000.0, coalesce_window_ms=0.0
+            server,
+            EchoProvider(tokens_per_second=2000),
+            rate=100_000.0,
+            coalesce_window_ms=0.0,
+            append_rollup_window_ms=0,
         )
         reader = python_realtime(server, client_id="user-abc")
         try:

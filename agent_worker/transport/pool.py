@@ -1,0 +1,217 @@
+"""The worker's realtime connections: a pool that grows and shrinks with the load it carries.
+
+Ably limits what one connection may publish (50 messages/s inbound), so how many streams a worker
+can serve at a low latency is a matter of how many connections carry them. Each session channel is
+placed on one connection when it is opened, and stays there (moving a live channel would mean a
+re-attach). Placement is by *load*: a connection's load is the rate it has recently been sending
+at (an exponentially weighted rate, ``RateLimiter.recent_rate``) plus a reservation of
+``session_rate`` messages/s for each session placed on it in the last ``reserve_s`` seconds (a
+session about to start a run has sent nothing yet, and a burst of simultaneous starts must not all
+land on one connection). A new session goes to the least-loaded connection; if even that one would
+go over ``target_rate``, a new connection is opened for it (up to ``max_connections``) and the
+session waits for it. A connection that carries no session for ``idle_close_s`` is closed, down to
+``min_connections``. Each connection keeps its own token bucket as a hard ceiling, so a connection
+whose sessions all turn busy at once slows down (its streams' coalescing windows widen) instead of
+being refused by Ably.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from agent_worker.logs import get_logger
+from agent_worker.transport.ratelimit import RateLimiter
+
+__all__ = ["ConnectionPool", "PoolPolicy", "PooledConnection"]
+
+log = get_logger("agent_worker.transport.pool")
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPolicy:
+    min_connections: int = 1
+    max_connections: int = 32
+    max_messages_per_second: float = 45.0
+    """Hard ceiling per connection (Ably's limit is 50/s)."""
+    burst: int = 10
+    target_rate: float = 36.0
+    """Place no more load than this on a connection while the pool may still grow."""
+    session_rate: float = 12.0
+    """Load reserved for a freshly placed session (a 10 tokens/s stream plus its lifecycle)."""
+    reserve_s: float = 2.0
+    idle_close_s: float = 30.0
+
+
+@dataclass(eq=False)
+class PooledConnection(Generic[C]):
+    limiter: RateLimiter
+    ready: asyncio.Future[None]
+    client: C | None = None
+    channels: set[str] = field(default_factory=set)
+    placed: deque[float] = field(default_factory=deque)
+    idle_since: float | None = None
+    failed: bool = False
+
+    def load(self, now: float, policy: PoolPolicy) -> float:
+        while self.placed and now - self.placed[0] > policy.reserve_s:
+            self.placed.popleft()
+        return self.limiter.recent_rate(now) + policy.session_rate * len(self.placed)
+
+
+class ConnectionPool(Generic[C]):
+    """Placement and lifecycle of ``C`` clients; ``connect``/``close`` do the SDK work."""
+
+    def __init__(
+        self,
+        policy: PoolPolicy,
+        connect: Callable[[], Awaitable[C]],
+        close: Callable[[C], Awaitable[None]],
+    ) -> None:
+        self.policy = policy
+        self._connect = connect
+        self._close = close
+        self.connections: list[PooledConnection[C]] = []
+        self._placement: dict[str, PooledConnection[C]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+        self.opened = 0
+        self.closed = 0
+        self.peak = 0
+
+    @property
+    def ready_connections(self) -> list[PooledConnection[C]]:
+        return [c for c in self.connections if c.client is not None]
+
+    async def start(self) -> None:
+        """Open ``min_connections`` (all must succeed) and start closing idle ones."""
+        conns = [self._open() for _ in range(max(1, self.policy.min_connections))]
+        results = await asyncio.gather(*(c.ready for c in conns), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self.close()
+            raise errors[0]
+        self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    def _open(self) -> PooledConnection[C]:
+        loop = asyncio.get_running_loop()
+        conn: PooledConnection[C] = PooledConnection(
+            RateLimiter(self.policy.max_messages_per_second, self.policy.burst), loop.create_future()
+        )
+        self.connections.append(conn)
+        self.peak = max(self.peak, len(self.connections))
+
+        async def run() -> None:
+            try:
+                client = await self._connect()
+            except BaseException as exc:
+                conn.failed = True
+                with contextlib.suppress(ValueError):
+                    self.connections.remove(conn)
+                if not conn.ready.done():
+                    conn.ready.set_exception(exc)
+                    conn.ready.exception()  # retrieved here: placement falls back
+                return
+            conn.client = client
+            self.opened += 1
+            conn.ready.set_result(None)
+
+        task = loop.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return conn
+
+    def place(self, name: str, *, may_grow: bool = True) -> PooledConnection[C]:
+        """Choose (and reserve load on) the connection for a new session channel."""
+        existing = self._placement.get(name)
+        if existing is not None and not existing.failed:
+            return existing
+        now = time.monotonic()
+        policy = self.policy
+        candidates = self.connections if may_grow else self.ready_connections
+        if not candidates:
+            msg = "transport is not connected; call await transport.connect() first"
+            raise RuntimeError(msg)
+        best = min(candidates, key=lambda c: c.load(now, policy))
+        full = best.load(now, policy) + policy.session_rate > policy.target_rate
+        if may_grow and full and len(self.connections) < policy.max_connections:
+            best = self._open()
+            log.info("connection_pool_grow", connections=len(self.connections), session=name)
+        best.placed.append(now)
+        best.channels.add(name)
+        best.idle_since = None
+        self._placement[name] = best
+        return best
+
+    async def acquire(self, name: str) -> PooledConnection[C]:
+        """:meth:`place`, then wait until that connection is up (falling back to an open one)."""
+        conn = self.place(name)
+        try:
+            await conn.ready
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            log.warning("connection_pool_open_failed", error=str(exc))
+            self._forget(name)
+            conn = self.place(name, may_grow=False)
+        return conn
+
+    def release(self, name: str) -> None:
+        conn = self._forget(name)
+        if conn is not None and not conn.channels:
+            conn.idle_since = time.monotonic()
+
+    def _forget(self, name: str) -> PooledConnection[C] | None:
+        conn = self._placement.pop(name, None)
+        if conn is not None:
+            conn.channels.discard(name)
+        return conn
+
+    async def _reap(self) -> None:
+        interval = max(0.5, min(10.0, self.policy.idle_close_s / 3))
+        while True:
+            await asyncio.sleep(interval)
+            await self.close_idle()
+
+    async def close_idle(self) -> int:
+        """Close connections idle for ``idle_close_s`` while more than ``min_connections`` remain."""
+        now = time.monotonic()
+        closed = 0
+        for conn in reversed(list(self.connections)):  # newest first: the long-lived ones stay
+            if len(self.connections) <= max(1, self.policy.min_connections):
+                break
+            idle = conn.idle_since
+            if conn.client is None or conn.channels or idle is None or now - idle < self.policy.idle_close_s:
+                continue
+            self.connections.remove(conn)
+            self.closed += 1
+            closed += 1
+            log.info("connection_pool_shrink", connections=len(self.connections))
+            with contextlib.suppress(Exception):
+                await self._close(conn.client)
+        return closed
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        connections, self.connections = self.connections, []
+        self._placement.clear()
+        for conn in connections:
+            if conn.client is not None:
+                with contextlib.suppress(Exception):
+                    await self._close(conn.client)
