@@ -291,6 +291,7 @@ class RealtimeConnection:
 
     def _nack(self, serial: int, exc: AgentWorkerError) -> None:
         log.info("publish_refused", connection_id=self.id, code=exc.code, reason=exc.message)
+        self.hub.refused[exc.code] += 1
         self.send({"action": C.NACK, "msgSerial": serial, "count": 1, "error": exc.to_error_info()})
 
     def _remember(self, serial: int, digest: bytes, res: list[dict[str, Any]]) -> None:

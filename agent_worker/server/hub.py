@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -226,6 +227,7 @@ class Hub:
         self.channels: dict[str, ChannelRuntime] = {}
         self.rules = ChannelRules(config.channel_rules, config.unpersisted_history_ms)
         self.rollup = AppendRollup(self)
+        self.refused: Counter[int] = Counter()  # realtime NACKs by Ably error code (bench, metrics)
 
     @staticmethod
     def now_ms() -> int:

@@ -42,16 +42,21 @@ START = "<!-- bench:agent:start -->"
 END = "<!-- bench:agent:end -->"
 COMMAND = ".venv/bin/python -m bench agent"
 
-# Agent variants. Every Python variant lifts the worker's concurrency limit (default 32) so the
-# N-stream phases run at all; "py" also matches the JS agent's behaviour (no coalescing, no
-# presence, no outbound rate limiter — the embedded server does not enforce Ably's 50 msg/s).
+# Agent variants. "js" and "py" run like for like on a server without rate limits, with Ably's
+# server-side append rollup turned off for both (appendRollupWindow=0): one append per token each
+# (the worker's coalescing off), no presence, the worker's outbound limiter lifted. "py-defaults" is
+# the worker exactly as shipped (coalescing, limiter, presence, connection pool, the service's
+# default 40 ms rollup) against a server enforcing Ably's limits. Every Python variant raises
+# max_concurrent_runs (default 32) so the N-stream phases can run.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "js": {"kind": "js", "label": "official JS agent"},
+    "js": {"kind": "js", "label": "official JS agent", "rollup": 0},
     "py": {
         "kind": "py",
         "label": "Python worker (like-for-like)",
         "max_messages_per_second": 1_000_000.0,
         "burst": 100_000,
+        "max_connections": 1,
+        "rollup": 0,
         "worker": {
             "coalesce_window_ms": 0.0,
             "presence": False,
@@ -60,17 +65,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "py-defaults": {
         "kind": "py",
-        "label": "Python worker (production defaults)",
-        "max_messages_per_second": 45.0,
-        "burst": 10,
-        "worker": {"max_concurrent_runs": 1000},
-    },
-    "py-pool": {
-        "kind": "py",
-        "label": "Python worker (defaults, 4 connections)",
-        "max_messages_per_second": 45.0,
-        "burst": 10,
-        "connections": 4,
+        "label": "Python worker (production defaults, enforced limits)",
+        "server": "limits",
         "worker": {"max_concurrent_runs": 1000},
     },
 }
@@ -79,15 +75,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
 @dataclass(frozen=True, slots=True)
 class Plan:
     streams: int = 100
+    big: int = 500
     turns: int = 500
     reps: int = 2
     cancels: int = 20
     protocol: str = "msgpack"
     only: tuple[str, ...] = ()
     """Run just these phases (plus ``warmup``); the doc is then not written."""
+    skip: tuple[str, ...] = ()
 
     def phases(self, history: list[dict[str, Any]]) -> dict[str, Any]:
-        every = self._all_phases(history)
+        every = {k: v for k, v in self._all_phases(history).items() if k not in self.skip}
         if not self.only:
             return every
         return {k: v for k, v in every.items() if k == "warmup" or k in self.only}
@@ -99,6 +97,7 @@ class Plan:
             "memory": {"n": self.streams},
             "latency1": {"n": 1, "tokens": 200, "rate": 50},
             "latencyN": {"n": self.streams, "tokens": 60, "rate": 10, "timeoutMs": 180_000},
+            "latencyBig": {"n": self.big, "tokens": 30, "rate": 10, "timeoutMs": 300_000},
             "throughput": {"n": 20, "tokens": 500},
             "cancel": {"n": self.cancels},
             "history": history,
@@ -210,19 +209,14 @@ def cpu_seconds(pid: int) -> float:
 def start_agent(variant: str, port: int, key: str, protocol: str) -> Child:
     spec = VARIANTS[variant]
     if spec["kind"] == "js":
-        return Child(
-            [node_binary(), str(JS_AGENT)],
-            node_config(host="127.0.0.1", port=port, key=key, protocol=protocol),
-        )
-    cfg = {
-        "port": port,
-        "key": key,
-        "protocol": protocol,
-        "max_messages_per_second": spec["max_messages_per_second"],
-        "burst": spec["burst"],
-        "connections": spec.get("connections", 1),
-        "worker": spec["worker"],
-    }
+        cfg_js: dict[str, Any] = {"host": "127.0.0.1", "port": port, "key": key, "protocol": protocol}
+        if "rollup" in spec:
+            cfg_js["rollup"] = spec["rollup"]
+        return Child([node_binary(), str(JS_AGENT)], node_config(**cfg_js))
+    # Only what the variant overrides; the rest are the shipped defaults.
+    keys = ("max_messages_per_second", "burst", "connections", "max_connections", "rollup")
+    cfg = {"port": port, "key": key, "protocol": protocol, "worker": spec["worker"]}
+    cfg.update({k: spec[k] for k in keys if k in spec})
     return Child(
         [sys.executable, "-m", "bench.agent.procs", "pyworker"], {"AW_BENCH_CONFIG": json.dumps(cfg)}
     )
@@ -248,9 +242,26 @@ async def populate(port: int, key: str, plan: Plan, names: list[str]) -> list[di
     return sessions
 
 
+async def server_stats(server: Child) -> dict[str, Any]:
+    """The server's realtime refusals so far (``{code: count}``), asked for on its stdin."""
+    assert server.proc is not None and server.proc.stdin is not None
+    before = sum(1 for e in server.events if e.get("event") == "stats")
+    server.proc.stdin.write(b"stats\n")
+    await server.proc.stdin.drain()
+    async with asyncio.timeout(10):
+        while sum(1 for e in server.events if e.get("event") == "stats") <= before:
+            server._changed.clear()
+            await server._changed.wait()
+    refused: dict[str, Any] = [e for e in server.events if e.get("event") == "stats"][-1]["refused"]
+    return refused
+
+
 async def run_variant(
-    variant: str, port: int, key: str, plan: Plan, history: list[dict[str, Any]]
+    variant: str, server: Child, plan: Plan, history: list[dict[str, Any]]
 ) -> dict[str, Any]:
+    port, key = int(server.ready["port"]), str(server.ready["key"])
+    refused0 = await server_stats(server)
+    load0 = os.getloadavg()
     agent = start_agent(variant, port, key, plan.protocol)
     ready = await agent.start()
     pid = int(ready["pid"])
@@ -288,6 +299,13 @@ async def run_variant(
     if os.environ.get("AW_BENCH_GC"):
         print("".join(line for line in agent.stderr_tail if line.startswith("gc ")), end="")
     result["agentErrors"] = [e for e in agent.events if e.get("event") == "error"]
+    pools = [e for e in agent.events if e.get("event") == "pool"]
+    result["peakConnections"] = pools[-1]["peak"] if pools else 1
+    refused1 = await server_stats(server)
+    result["refused"] = {
+        code: n - refused0.get(code, 0) for code, n in refused1.items() if n - refused0.get(code, 0)
+    }
+    result["loadavg"] = [load0, os.getloadavg()]
     return result
 
 
@@ -322,7 +340,7 @@ def _lat(phase: dict[str, Any]) -> dict[str, Any]:
 def brief(raw: dict[str, Any]) -> str:
     """One line per latency phase that ran (for ``--phases`` iterations; the doc needs every phase)."""
     out = []
-    for name in ("latency1", "latencyN"):
+    for name in ("latency1", "latencyN", "latencyBig"):
         if name in raw:
             s = _lat(raw[name])
             out.append(
@@ -336,6 +354,11 @@ def brief(raw: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _first_tokens(phase: dict[str, Any]) -> dict[str, float | None]:
+    ms = [us / 1000 for us in phase.get("firstTokenUs", [])]
+    return {"p50": pct(ms, 50), "p99": pct(ms, 99)}
+
+
 def summarise(raw: dict[str, Any]) -> dict[str, Any]:
     lat = _lat
     thr = raw["throughput"]
@@ -343,10 +366,17 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
     cancels = raw["cancel"]["samples"]
     closed = [s["closedUs"] / 1000 for s in cancels if s["closedUs"] is not None]
     run_end = [s["runEndUs"] / 1000 for s in cancels]
-    hist = raw["history"]["samples"]
+    hist = raw.get("history", {"samples": []})["samples"]
+    big = raw.get("latencyBig")
+    refused = raw.get("refused", {})
     return {
         "latency1": lat(raw["latency1"]),
         "latencyN": lat(raw["latencyN"]),
+        "firstToken": _first_tokens(raw["latencyN"]),
+        "latencyBig": lat(big) if big else None,
+        "refused": sum(v for k, v in refused.items() if k in ("42910", "42911")),
+        "peakConnections": raw.get("peakConnections", 1),
+        "loadavg": raw.get("loadavg"),
         "throughput": {
             "tokensPerSec": thr["received"] / (thr["wallUs"] / 1e6),
             "tokensPerCpuSec": thr["received"] / thr["cpuSeconds"] if thr["cpuSeconds"] > 0 else None,
@@ -399,6 +429,12 @@ def _f(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _loadavg(pair: Any) -> str:
+    if not pair:
+        return "n/a"
+    return " → ".join("/".join(f"{x:.1f}" for x in triple) for triple in pair)
+
+
 def _ratio(a: float | None, b: float | None) -> str:
     if a is None or b is None or b == 0:
         return "n/a"
@@ -408,7 +444,7 @@ def _ratio(a: float | None, b: float | None) -> str:
 Row = tuple[str, str, dict[str, str], dict[str, float | None]]
 
 
-def rows(results: dict[str, dict[str, Any]]) -> list[Row]:
+def rows(results: dict[str, dict[str, Any]], big: int = 500) -> list[Row]:
     """(metric, better, {variant: formatted value}) for the comparison table."""
     getters: list[tuple[str, str, Any, int]] = [
         ("latency p50, 1 stream (ms)", "lower", lambda s: s["latency1"]["p50"], 2),
@@ -416,6 +452,22 @@ def rows(results: dict[str, dict[str, Any]]) -> list[Row]:
         ("latency p50, N streams, steady (ms)", "lower", lambda s: s["latencyN"]["p50"], 2),
         ("latency p99, N streams, steady (ms)", "lower", lambda s: s["latencyN"]["p99"], 2),
         ("latency p99, N streams, incl. start-up burst (ms)", "lower", lambda s: s["latencyN"]["p99All"], 2),
+        ("first token p50, N simultaneous starts (ms)", "lower", lambda s: s["firstToken"]["p50"], 1),
+        ("first token p99, N simultaneous starts (ms)", "lower", lambda s: s["firstToken"]["p99"], 1),
+        (
+            f"latency p50, {big} streams, steady (ms)",
+            "lower",
+            lambda s: (s["latencyBig"] or {}).get("p50"),
+            2,
+        ),
+        (
+            f"latency p99, {big} streams, steady (ms)",
+            "lower",
+            lambda s: (s["latencyBig"] or {}).get("p99"),
+            2,
+        ),
+        ("rate-limit refusals (NACK 42911/42910)", "lower", lambda s: s["refused"], 0),
+        ("peak realtime connections of the agent", "—", lambda s: s["peakConnections"], 0),
         (
             "agent CPU per 1,000 paced tokens, N streams (ms)",
             "lower",
@@ -466,6 +518,8 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         "  stream had delivered its first token (the N simultaneous invocations — attach, history read,",
         "  run-start — are over); *incl. start-up burst*: every token. The burst-time p99 varies a lot from",
         "  run to run for both agents (2 shared cores).",
+        f"* Big run: {plan.big} concurrent streams x 30 tokens at 10 tokens/s, all invoked at once: every",
+        "  token must arrive, in order (sanity checks below); steady latency as above.",
         "* CPU: agent process CPU time (utime + stime) during the N-stream phase, per 1,000 tokens.",
         "* Throughput: 20 concurrent streams x 500 unpaced tokens (the model yields as fast as the agent",
         "  pulls); tokens received per wall-second from the first POST to the last token, and per",
@@ -488,15 +542,21 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         "  (channel). RSS deltas depend on what the allocator / V8 heap had already reserved (V8 grows",
         "  its heap in steps), so read this row as an order of magnitude.",
         "",
-        "Variants: *like-for-like* = coalescing off (one append per token, as the JS agent does), presence",
-        "off, outbound rate limiter lifted (the embedded server does not enforce Ably's 50 msg/s per",
-        "connection; the JS agent has no limiter). *production defaults* = the worker's shipped",
-        "`[worker]` settings (40 ms append coalescing, 45 msg/s per connection, presence on) — the",
-        "settings that keep a real Ably connection under its rate limit, at the cost of latency under",
-        "load; *4 connections* = the same with `[ably] connections = 4` (sessions spread over four",
-        "connections, one 45 msg/s budget each). Every Python variant raises `max_concurrent_runs` from",
-        "32 to 1000 so the N-stream phases can run. Ratios are Python / JS (for latency, time and memory",
-        "lower is better; for tokens/s higher is better).",
+        "Variants: *official JS agent* and *like-for-like* run on a server without rate limits, both with",
+        "Ably's server-side append rollup off (transport parameter `appendRollupWindow=0`), so each sends",
+        "and each client receives one append per token: the worker with coalescing off, presence off, its",
+        "outbound rate limiter lifted and one connection (the JS agent has no limiter and one connection).",
+        "*production defaults, enforced limits* = the worker exactly as `agent-worker run` ships it",
+        "(`[worker]` and `[ably]` defaults: 40 ms leading-edge coalescing per stream, 45 msg/s per",
+        "connection, presence on, a connection pool from 1 up to 32 connections placed by load, the",
+        "service's default 40 ms rollup) against a second embedded server started with",
+        "`--enforce-rate-limits` (Ably's 50 msg/s per connection, NACK 42911, and per channel, 42910;",
+        "rolled-up appends count once). Its history phase is skipped (`n/a`): the 1,000-message sessions",
+        "are built at a speed the limits would refuse. Every Python variant raises `max_concurrent_runs`",
+        "from 32 to 1000 so the N-stream phases can run. Ratios are Python / JS (for latency, time and",
+        "memory lower is better; for tokens/s higher is better). *First token*: POST → first token at the",
+        f"client, over the N = {plan.streams} conversations invoked at the same moment. *Refusals*: NACKs",
+        "the server sent during the variant's run (a connection over its inbound limit gets 42911).",
         "",
         "GC: the worker process calls `agent_worker.worker.service.tune_gc()` after start-up, as",
         "`agent-worker run` does (`gc.freeze()`: the ~75k objects left by imports and start-up are never",
@@ -505,17 +565,20 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         "steady p99); with it they take 9-17 ms. `AW_BENCH_GC=1` prints the pauses over 5 ms,",
         "`AW_BENCH_GC_DEFAULT=1` runs the worker without `tune_gc`, `--phases=latencyN` runs one phase.",
         "",
-        f"Command: `{COMMAND}` (about 15 minutes; options go as `--name=value`, e.g.",
+        f"Command: `{COMMAND}` (about 20 minutes; options go as `--name=value`, e.g.",
         "`python -m bench agent --quick --variants=js,py`; `python -m bench.agent --help` lists them).",
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['os']}, Python {info['python']},",
         f"Node {info['node']}, {plan.protocol}, measured {info['date']}. Server, agent and client share",
-        "the cores (other work on the machine adds noise; treat differences under ~20% as noise).",
+        "the cores with other work on the machine, which moves absolute numbers (compare within one",
+        "run: ratios are same-run). Load average (1/5/15 min) before → after each variant: "
+        + "; ".join(f"{VARIANTS[n]['label']}: {_loadavg(results[n].get('loadavg'))}" for n in names)
+        + ".",
         "",
         header,
         sep,
     ]
-    for label, better, values, raw_values in rows(results):
+    for label, better, values, raw_values in rows(results, plan.big):
         line = f"| {label} | {better} | " + " | ".join(values[n] for n in names)
         if "js" in names:
             line += "".join(f" | {_ratio(raw_values[n], raw_values['js'])}" for n in py_names)
@@ -523,10 +586,10 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
     checks = []
     for n in names:
         s = results[n]
-        one, many = s["latency1"], s["latencyN"]
+        one, many, big = s["latency1"], s["latencyN"], s["latencyBig"] or {"tokens": 0, "expected": 0}
         checks.append(
-            f"{VARIANTS[n]['label']}: tokens delivered {one['tokens']}/{one['expected']}, "
-            f"{many['tokens']}/{many['expected']}, "
+            f"{VARIANTS[n]['label']}: tokens delivered in order {one['tokens']}/{one['expected']}, "
+            f"{many['tokens']}/{many['expected']}, {big['tokens']}/{big['expected']}, "
             f"{s['throughput']['tokens']}/{s['throughput']['expected']}; cancelled runs ended "
             f"{'/'.join(s['cancel']['reasons'])}"
         )
@@ -549,29 +612,47 @@ def write_section(section: str, doc: Path = DOC) -> None:
     doc.write_text(text)
 
 
+def _server_kind(variant: str) -> str:
+    return str(VARIANTS[variant].get("server", "free"))
+
+
 async def run(plan: Plan, variants: list[str]) -> dict[str, dict[str, Any]]:
-    server = Child([sys.executable, "-m", "bench.agent.procs", "server"], {"AW_BENCH_CONFIG": "{}"})
-    ready = await server.start()
-    port, key = int(ready["port"]), str(ready["key"])
+    """One server per kind ("free", and "limits" = Ably's limits enforced) for the whole run."""
+    servers: dict[str, Child] = {}
     raw: dict[str, dict[str, Any]] = {}
     try:
+        for kind in sorted({_server_kind(v) for v in variants}):
+            cfg = json.dumps({"enforce": kind == "limits"})
+            servers[kind] = Child(
+                [sys.executable, "-m", "bench.agent.procs", "server"], {"AW_BENCH_CONFIG": cfg}
+            )
+            await servers[kind].start()
+        # The history phase needs sessions built beforehand, which a rate-limited server would refuse
+        # at populate speed: it runs on the free server's variants only.
+        with_history = [v for v in variants if _server_kind(v) == "free"]
         names = {
-            v: [f"bench:hist:{v}:{r}:{uuid.uuid4().hex[:6]}" for r in range(plan.reps)] for v in variants
+            v: [f"bench:hist:{v}:{r}:{uuid.uuid4().hex[:6]}" for r in range(plan.reps)] for v in with_history
         }
         if plan.only and "history" not in plan.only:
-            names = {v: [] for v in variants}  # no history phase: nothing to populate
-        else:
+            names = {v: [] for v in with_history}  # no history phase: nothing to populate
+        elif with_history:
             print(
-                f"  populating {plan.reps * len(variants)} sessions of {plan.turns * 2} messages ...",
+                f"  populating {plan.reps * len(with_history)} sessions of {plan.turns * 2} messages ...",
                 flush=True,
             )
-        wanted = [n for v in variants for n in names[v]]
-        made = await populate(port, key, plan, wanted) if wanted else []
+        wanted = [n for v in with_history for n in names[v]]
+        free = servers.get("free")
+        made = []
+        if wanted and free is not None:
+            made = await populate(int(free.ready["port"]), str(free.ready["key"]), plan, wanted)
         by_name = {m["session"]: m for m in made}
         for variant in variants:
             print(f"  {VARIANTS[variant]['label']} ...", flush=True)
-            history = [by_name[n] for n in names[variant]]
-            raw[variant] = await run_variant(variant, port, key, plan, history)
+            history = [by_name[n] for n in names.get(variant, [])]
+            variant_plan = plan
+            if variant not in with_history:
+                variant_plan = dataclasses.replace(plan, skip=("history",))
+            raw[variant] = await run_variant(variant, servers[_server_kind(variant)], variant_plan, history)
             if plan.only:
                 print(brief(raw[variant]), flush=True)
                 continue
@@ -579,29 +660,33 @@ async def run(plan: Plan, variants: list[str]) -> dict[str, dict[str, Any]]:
             print(
                 f"      latency p50 {_f(summary['latency1']['p50'], 2)} ms (1), "
                 f"{_f(summary['latencyN']['p50'], 2)} ms ({plan.streams}); "
+                f"first token p50 {_f(summary['firstToken']['p50'], 1)} ms; "
                 f"{_f(summary['throughput']['tokensPerSec'], 0)} tokens/s; "
                 f"cancel {_f(summary['cancel']['p50'], 2)} ms; "
                 f"history {_f(summary['history']['runStartMs'], 1)} ms; "
-                f"{_f(summary['memory']['perRunKb'], 0)} KiB/run",
+                f"{_f(summary['memory']['perRunKb'], 0)} KiB/run; refused {summary['refused']}; "
+                f"load {summary['loadavg']}",
                 flush=True,
             )
     finally:
-        await server.stop()
+        for server in servers.values():
+            await server.stop()
     return raw
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.agent", description=__doc__)
     parser.add_argument(
-        "--variants", default="js,py,py-defaults,py-pool", help=f"comma-separated: {', '.join(VARIANTS)}"
+        "--variants", default="js,py,py-defaults", help=f"comma-separated: {', '.join(VARIANTS)}"
     )
     parser.add_argument("--streams", type=int, default=100, help="concurrent streams (latency, memory)")
+    parser.add_argument("--big", type=int, default=500, help="concurrent streams of the big latency run")
     parser.add_argument("--turns", type=int, default=500, help="user/assistant turns per history session")
     parser.add_argument("--reps", type=int, default=2, help="history sessions per agent")
     parser.add_argument("--cancels", type=int, default=20, help="sequential cancel samples per agent")
     parser.add_argument("--protocol", default="msgpack", choices=["msgpack", "json"])
     parser.add_argument(
-        "--quick", action="store_true", help="small run: 20 streams, 100 turns, 1 rep, 5 cancels"
+        "--quick", action="store_true", help="small run: 20 / 60 streams, 100 turns, 1 rep, 5 cancels"
     )
     parser.add_argument("--no-write", action="store_true", help="print the section, leave the doc alone")
     parser.add_argument("--json", type=Path, help="also dump raw results to this file")
@@ -609,7 +694,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--phases",
         default="",
-        help="run only these phases (comma-separated: memory, latency1, latencyN, throughput, cancel, "
+        help="run only these phases (comma-separated: memory, latency1, latencyN, latencyBig, throughput, "
+        "cancel, "
         "history; warm-up always runs) and print their numbers; the doc is not written",
     )
     args = parser.parse_args(argv)
@@ -623,11 +709,11 @@ def main(argv: list[str] | None = None) -> int:
             write_section(section)
             print(f"wrote the 'Agent runtime' section of {DOC.relative_to(ROOT)}")
         return 0
-    plan = Plan(args.streams, args.turns, args.reps, args.cancels, args.protocol)
+    plan = Plan(args.streams, args.big, args.turns, args.reps, args.cancels, args.protocol)
     if args.quick:
-        plan = Plan(20, 100, 1, 5, args.protocol)
+        plan = Plan(20, 60, 100, 1, 5, args.protocol)
     only = tuple(p.strip() for p in args.phases.split(",") if p.strip())
-    known = ("memory", "latency1", "latencyN", "throughput", "cancel", "history")
+    known = ("memory", "latency1", "latencyN", "latencyBig", "throughput", "cancel", "history")
     if [p for p in only if p not in known]:
         print(f"unknown phase(s) in {args.phases!r}; known: {', '.join(known)}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from agent_worker.agent import Agent
-from agent_worker.config import HttpConfig, Secret, WorkerConfig
+from agent_worker.config import AblyConfig, HttpConfig, Secret, WorkerConfig
 from agent_worker.logs import configure_logging
 from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.transport.ably import AblySettings
@@ -25,25 +25,41 @@ from agent_worker.worker.service import GC_THRESHOLDS, Worker, tune_gc
 from bench.agent.script import bench_provider, emit
 
 
-async def _until_stopped() -> None:
+async def _until_stopped(on_line: Any = None) -> None:
+    """Run until SIGTERM/SIGINT or stdin closes; each stdin line goes to ``on_line``."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    def stdin_closed() -> None:
-        if not os.read(sys.stdin.fileno(), 4096):
+    def stdin_readable() -> None:
+        data = os.read(sys.stdin.fileno(), 4096)
+        if not data:
             stop.set()
             loop.remove_reader(sys.stdin.fileno())
+            return
+        if on_line is not None:
+            for line in data.decode(errors="replace").splitlines():
+                on_line(line.strip())
 
-    loop.add_reader(sys.stdin.fileno(), stdin_closed)
+    loop.add_reader(sys.stdin.fileno(), stdin_readable)
     await stop.wait()
 
 
 async def server_main(cfg: dict[str, Any]) -> None:
-    async with EmbeddedServer(ServerConfig(host="127.0.0.1", port=0)) as server:
+    """The embedded server; ``{"enforce": true}`` = Ably's rate limits (42911/42910). A ``stats``
+    line on stdin prints ``@@event {"event": "stats", "refused": {code: count}}``."""
+    config = ServerConfig(host="127.0.0.1", port=0, enforce_rate_limits=bool(cfg.get("enforce")))
+    async with EmbeddedServer(config) as server:
         emit("ready", {"port": server.port, "key": server.default_key, "pid": os.getpid()})
-        await _until_stopped()
+
+        def on_line(line: str) -> None:
+            if line == "stats":
+                emit(
+                    "event", {"event": "stats", "refused": {str(k): v for k, v in server.hub.refused.items()}}
+                )
+
+        await _until_stopped(on_line)
 
 
 def _trace_gc(worker: Worker) -> None:
@@ -69,15 +85,19 @@ def _trace_gc(worker: Worker) -> None:
 
 
 async def pyworker_main(cfg: dict[str, Any]) -> None:
+    shipped, shipped_ably = WorkerConfig(), AblyConfig()
     settings = AblySettings(
         endpoint=f"127.0.0.1:{cfg['port']}",
         key=Secret(cfg["key"]),
         tls=False,
         client_id="agent-worker",
         use_binary_protocol=cfg.get("protocol", "msgpack") != "json",
-        max_messages_per_second=float(cfg.get("max_messages_per_second", 45.0)),
-        burst=int(cfg.get("burst", 10)),
-        connections=int(cfg.get("connections", 1)),
+        # Unless the variant overrides them: what `agent-worker run` passes by default.
+        max_messages_per_second=float(cfg.get("max_messages_per_second", shipped.max_messages_per_second)),
+        burst=int(cfg.get("burst", shipped.burst)),
+        connections=int(cfg.get("connections", shipped_ably.connections)),
+        max_connections=int(cfg.get("max_connections", shipped_ably.max_connections)),
+        append_rollup_window_ms=cfg.get("rollup"),
     )
     worker = Worker(
         transport=settings,
@@ -115,6 +135,8 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
                 f"gc totals: {stats}; tracked objects {len(gc.get_objects())}, "
                 f"frozen {gc.get_freeze_count()}, thresholds {gc.get_threshold()}\n"
             )
+        pool = worker.transport.pool
+        emit("event", {"event": "pool", "peak": pool.peak, "opened": pool.opened, "closed": pool.closed})
         await runner.cleanup()
         await worker.close(drain_timeout_s=2)
 

@@ -3,7 +3,7 @@
 // run.start(), pipe the model's UIMessageChunk stream, end, session.end()), with the model replaced
 // by the benchmark's scripted token stream (the same grammar as bench/agent/script.py).
 //
-// AW_NODE_CONFIG = {host, port, key, protocol}. Prints `@@ready {"url", "pid"}` once listening and
+// AW_NODE_CONFIG = {host, port, key, protocol, rollup?}. Prints `@@ready {"url", "pid"}` once listening and
 // `@@event {...}` lines (prompt size at model call, provider-stream close time). Runs until stdin
 // closes or SIGTERM. Times are CLOCK_MONOTONIC microseconds (process.hrtime), shared by every
 // process on the machine, so the Python driver and the other Node process can compare them.
@@ -27,6 +27,8 @@ const ably = new Ably.Realtime({
   disableConnectivityCheck: true,
   fallbackHosts: [],
   logLevel: 0,
+  // Like-for-like runs turn Ably's server-side append rollup off for both agents (appendRollupWindow).
+  ...(config.rollup !== undefined ? { transportParams: { appendRollupWindow: config.rollup } } : {}),
 });
 
 /** The benchmark "model": `{"bench":"stream","id","tokens","rate"}` → `seq:us;` tokens. */

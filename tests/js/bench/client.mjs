@@ -325,6 +325,7 @@ main(
     if (p.memory) out.memory = await memoryPhase(p.memory);
     if (p.latency1) out.latency1 = await streamsPhase('latency1', p.latency1);
     if (p.latencyN) out.latencyN = await streamsPhase('latencyN', p.latencyN);
+    if (p.latencyBig) out.latencyBig = await streamsPhase('latencyBig', p.latencyBig);
     if (p.throughput) out.throughput = await throughputPhase(p.throughput);
     if (p.cancel) out.cancel = await cancelPhase(p.cancel);
     if (p.history) out.history = await historyPhase(p.history);

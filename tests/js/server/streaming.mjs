@@ -14,7 +14,9 @@ async function pipelined(channel, serial, fragments) {
 main(async () => {
   const out = {};
   step('connect');
-  const agent = await connected(realtime({ clientId: 'agent' }));
+  // Each append is examined on its own here: the agent turns Ably's server-side rollup off
+  // (rollup.mjs covers it).
+  const agent = await connected(realtime({ clientId: 'agent', transportParams: { appendRollupWindow: 0 } }));
   const early = await connected(realtime({ clientId: 'early' }));
   const chP = agent.channels.get(name);
   const chE = early.channels.get(name);
