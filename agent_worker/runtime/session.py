@@ -34,6 +34,7 @@ from agent_worker.protocol.headers import (
 )
 from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.wire import InboundMessage
+from agent_worker.runtime.folding import AppendDeferral
 from agent_worker.runtime.run import CancelHook, CancelRequest, Run, RunPhase
 from agent_worker.runtime.trigger import Trigger
 from agent_worker.transport.ably import Channel, ChannelStateEvent
@@ -90,7 +91,8 @@ class AgentSession:
         self.worker_on_cancel = worker_on_cancel
         self.on_fresh_input = on_fresh_input
         self.on_cancel_decision = on_cancel_decision
-        self.tree = ConversationTree(codec=self.codec)
+        self._tree = ConversationTree(codec=self.codec)
+        self._appends = AppendDeferral()
         self.runs: dict[str, Run] = {}
         self._by_input_cmid: dict[str, str] = {}
         self._deferred: OrderedDict[str, InboundMessage] = OrderedDict()
@@ -107,6 +109,14 @@ class AgentSession:
 
     def __repr__(self) -> str:
         return f"AgentSession(name={self.name!r}, runs={len(self.runs)})"
+
+    @property
+    def tree(self) -> ConversationTree:
+        """The session's fold, with any deferred appends folded first (see runtime/folding.py)."""
+        if len(self._appends):
+            for msg in self._appends.drain():
+                self._fold_now(msg)
+        return self._tree
 
     # --- connection --------------------------------------------------------------------------------
 
@@ -127,7 +137,8 @@ class AgentSession:
         # Messages may have been missed: start a fresh fold; the next run re-reads history. Runs in
         # flight keep their prompt; a cancel published during the gap is lost (as in the JS SDK).
         log.warning("session_continuity_lost", session=self.name, state=change.current, reason=change.reason)
-        self.tree = ConversationTree(codec=self.codec)
+        self._appends.drain()
+        self._tree = ConversationTree(codec=self.codec)
         self._history = None
         self._history_exhausted = False
         self._oldest_loaded = None
@@ -144,8 +155,15 @@ class AgentSession:
                 self.on_fresh_input(self, msg)
 
     def fold(self, msg: InboundMessage) -> None:
-        """Fold one message (live or history) and wake whatever waits on it."""
-        result = self.tree.apply(msg)
+        """Fold one message (live or history) and wake whatever waits on it; a string append is
+        deferred and folded together with the appends that follow it to the same message."""
+        if self._appends.offer(msg):
+            return
+        self.tree  # noqa: B018 - folds the deferred appends first, keeping the channel's order
+        self._fold_now(msg)
+
+    def _fold_now(self, msg: InboundMessage) -> None:
+        result = self._tree.apply(msg)
         event_id = msg.transport_headers.get(H_EVENT_ID)
         if event_id and event_id in self._waiting:
             for run in self._waiting.pop(event_id):

@@ -88,6 +88,7 @@ def register(app: typer.Typer) -> None:
         import asyncio  # noqa: PLC0415
         import signal  # noqa: PLC0415
 
+        from agent_worker import eventloop  # noqa: PLC0415
         from agent_worker.errors import AgentWorkerError  # noqa: PLC0415
         from agent_worker.server import EmbeddedServer, Retention, ServerConfig  # noqa: PLC0415
         from agent_worker.server.channel_rules import ChannelRule  # noqa: PLC0415
@@ -140,4 +141,4 @@ def register(app: typer.Typer) -> None:
                 )
                 await stop.wait()
 
-        asyncio.run(main())
+        eventloop.run(main())

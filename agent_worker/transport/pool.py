@@ -3,16 +3,16 @@
 Ably limits what one connection may publish (50 messages/s inbound), so how many streams a worker
 can serve at a low latency is a matter of how many connections carry them. Each session channel is
 placed on one connection when it is opened, and stays there (moving a live channel would mean a
-re-attach). Placement is by *load*: a connection's load is the rate it has recently been sending
-at (an exponentially weighted rate, ``RateLimiter.recent_rate``) plus a reservation of
-``session_rate`` messages/s for each session placed on it in the last ``reserve_s`` seconds (a
-session about to start a run has sent nothing yet, and a burst of simultaneous starts must not all
-land on one connection). A new session goes to the least-loaded connection; if even that one would
-go over ``target_rate``, a new connection is opened for it (up to ``max_connections``) and the
-session waits for it. A connection that carries no session for ``idle_close_s`` is closed, down to
-``min_connections``. Each connection keeps its own token bucket as a hard ceiling, so a connection
-whose sessions all turn busy at once slows down (its streams' coalescing windows widen) instead of
-being refused by Ably.
+re-attach). Placement is by *load*: what a connection sent in the last second
+(``RateLimiter.recent_rate``) plus a reservation of ``session_rate`` messages/s for each session
+placed on it less than ``reserve_s`` seconds after the connection was up (a session about to start
+a run has sent nothing yet, and a burst of simultaneous starts must not all land on one connection,
+even while the connections opened for it are still connecting). A new session goes to the
+least-loaded connection; if even that one would go over ``target_rate``, a new connection is opened
+for it (up to ``max_connections``) and the session waits for it. A connection that carries no
+session for ``idle_close_s`` is closed, down to ``min_connections``. Each connection keeps its own
+token bucket as a hard ceiling, so a connection whose sessions all turn busy at once slows down (its
+streams' coalescing windows widen) instead of being refused by Ably.
 """
 
 from __future__ import annotations
@@ -57,12 +57,16 @@ class PooledConnection(Generic[C]):
     client: C | None = None
     channels: set[str] = field(default_factory=set)
     placed: deque[float] = field(default_factory=deque)
+    """When each recent session was placed (its reservation runs from when the connection is up)."""
+    ready_at: float | None = None
     idle_since: float | None = None
     failed: bool = False
 
     def load(self, now: float, policy: PoolPolicy) -> float:
-        while self.placed and now - self.placed[0] > policy.reserve_s:
-            self.placed.popleft()
+        """Messages/s sent in the last second plus the reservations of sessions too new to show."""
+        if self.ready_at is not None:
+            while self.placed and now - max(self.placed[0], self.ready_at) > policy.reserve_s:
+                self.placed.popleft()
         return self.limiter.recent_rate(now) + policy.session_rate * len(self.placed)
 
 
@@ -120,6 +124,7 @@ class ConnectionPool(Generic[C]):
                     conn.ready.exception()  # retrieved here: placement falls back
                 return
             conn.client = client
+            conn.ready_at = time.monotonic()
             self.opened += 1
             conn.ready.set_result(None)
 

@@ -10,12 +10,10 @@ go out as one larger append, so text is never dropped or reordered, only batched
 from __future__ import annotations
 
 import asyncio
-import math
 import time
+from collections import deque
 
-__all__ = ["RATE_TAU_S", "RateLimiter"]
-
-RATE_TAU_S = 2.0
+__all__ = ["RateLimiter"]
 
 
 class RateLimiter:
@@ -34,8 +32,7 @@ class RateLimiter:
         """How many acquisitions had to wait (observable in tests and metrics)."""
         self.sent = 0
         """Tokens taken so far (messages sent on the connection)."""
-        self._rate = 0.0  # exponentially decaying event rate, time constant RATE_TAU_S
-        self._rate_at = self._updated
+        self._recent: deque[float] = deque()  # send times within the last second
 
     def _refill(self) -> None:
         now = time.monotonic()
@@ -56,12 +53,12 @@ class RateLimiter:
                 self._refill()
             self._tokens -= 1.0
             self.sent += 1
-            now = time.monotonic()
-            self._rate = self.recent_rate(now) + 1.0 / RATE_TAU_S
-            self._rate_at = now
+            self._recent.append(self._updated)
 
     def recent_rate(self, now: float | None = None) -> float:
-        """Messages per second over roughly the last ``RATE_TAU_S`` seconds (an exponentially
-        weighted event rate: each message adds ``1/tau`` that decays with time constant tau)."""
+        """Messages sent in the last second (what Ably's per-second limit sees)."""
         now = time.monotonic() if now is None else now
-        return self._rate * math.exp(-max(0.0, now - self._rate_at) / RATE_TAU_S)
+        recent = self._recent
+        while recent and now - recent[0] > 1.0:
+            recent.popleft()
+        return float(len(recent))

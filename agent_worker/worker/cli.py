@@ -80,8 +80,7 @@ def register(app: typer.Typer) -> None:
 
         if target is not None and "" not in sys.path:
             sys.path.insert(0, "")  # like `python -m` and arq: the target may live in the cwd
-        import asyncio  # noqa: PLC0415
-
+        from agent_worker import eventloop  # noqa: PLC0415
         from agent_worker.errors import AgentWorkerError  # noqa: PLC0415
         from agent_worker.worker.main import Overrides, serve_forever  # noqa: PLC0415
 
@@ -96,7 +95,7 @@ def register(app: typer.Typer) -> None:
             log_level=log_level,
         )
         try:
-            asyncio.run(serve_forever(overrides, target))
+            eventloop.run(serve_forever(overrides, target))
         except AgentWorkerError as exc:
             typer.echo(f"agent-worker: {exc.message}", err=True)
             raise typer.Exit(1) from None

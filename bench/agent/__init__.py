@@ -348,6 +348,13 @@ def brief(raw: dict[str, Any]) -> str:
                 f"({s['steadyTokens']} tokens); incl. burst p99 {_f(s['p99All'], 2)} ms; "
                 f"CPU {_f(s['cpuMsPer1k'], 0)} ms/1k tokens; {s['tokens']}/{s['expected']} tokens"
             )
+    if "latencyN" in raw:
+        first = _first_tokens(raw["latencyN"])
+        out.append(f"      first token p50 {_f(first['p50'], 1)} ms, p99 {_f(first['p99'], 1)} ms")
+    out.append(
+        f"      refused {raw.get('refused')}, peak connections {raw.get('peakConnections')}, "
+        f"load {_loadavg(raw.get('loadavg'))}"
+    )
     if "throughput" in raw:
         thr = raw["throughput"]
         out.append(f"      throughput: {_f(thr['received'] / (thr['wallUs'] / 1e6), 0)} tokens/s")

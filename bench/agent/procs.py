@@ -15,6 +15,7 @@ import signal
 import sys
 from typing import Any
 
+from agent_worker import eventloop
 from agent_worker.agent import Agent
 from agent_worker.config import AblyConfig, HttpConfig, Secret, WorkerConfig
 from agent_worker.logs import configure_logging
@@ -146,7 +147,7 @@ def main() -> None:
     cfg = json.loads(os.environ.get("AW_BENCH_CONFIG", "{}"))
     configure_logging(level="warning", fmt="console", stream=sys.stderr)
     target = {"server": server_main, "pyworker": pyworker_main}[role]
-    asyncio.run(target(cfg))
+    eventloop.run(target(cfg))  # uvloop, as `agent-worker run` / `agent-worker server` use
 
 
 if __name__ == "__main__":
