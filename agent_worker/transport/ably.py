@@ -23,7 +23,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 from ably import AblyRealtime, AblyRest
 from ably.types.channeloptions import ChannelOptions
@@ -205,6 +205,20 @@ def to_inbound(msg: Message) -> InboundMessage:
     )
 
 
+def _next_params(page: Any, limit: int) -> dict[str, str] | None:
+    """The query of a history page's ``Link: rel="next"`` with ``limit`` raised (``None`` when the
+    link is not a ``./messages?...`` query, then the SDK follows it as is)."""
+    links = getattr(getattr(page, "response", None), "links", None)
+    url = links.get("next", {}).get("url") if isinstance(links, Mapping) else None
+    if not isinstance(url, str) or "?" not in url:
+        return None
+    params = dict(parse_qsl(url.split("?", 1)[1], keep_blank_values=True))
+    current = params.get("limit", "")
+    if not current.isdigit() or int(current) < limit:
+        params["limit"] = str(limit)
+    return params
+
+
 def _sdk_message(msg: OutboundMessage, *, serial: str | None = None) -> Message:
     return Message(name=msg.name, data=msg.data, extras=msg.extras or None, serial=serial)
 
@@ -332,12 +346,15 @@ class Channel:
         return getattr(result, "version_serial", None)
 
     async def history_pages(
-        self, *, page_size: int = 100, from_serial: str | None = None
+        self, *, page_size: int = 100, from_serial: str | None = None, later_page_size: int = 1000
     ) -> AsyncIterator[list[InboundMessage]]:
         """REST history newest-first, one list per page (each list newest-first too).
 
         ``from_serial`` (the attach serial) bounds it to what was published before the attach, which
-        the live subscription cannot have delivered (ably-js's ``untilAttach``)."""
+        the live subscription cannot have delivered (ably-js's ``untilAttach``). The first page has
+        ``page_size`` messages (the trigger is usually among the newest); a caller that asks for more
+        is rebuilding a long conversation, so later pages ask for ``later_page_size`` (Ably's maximum
+        is 1000): one round trip per 1,000 messages instead of ten."""
         params: dict[str, Any] = {"limit": page_size, "direction": "backwards"}
         if from_serial:
             params["from_serial"] = from_serial
@@ -366,7 +383,10 @@ class Channel:
             current = page
 
             async def following(current: Any = current) -> Any:
-                return await current.next()
+                params = _next_params(current, later_page_size)
+                if params is None:
+                    return await current.next()
+                return await client.request("GET", path, _REST_VERSION, params=params)
 
             page = await self._with_retries(following)
 
