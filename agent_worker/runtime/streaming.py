@@ -138,7 +138,11 @@ class StreamWriter:
         for op in ops:
             await self._settle_inflight()
             if isinstance(op, AppendOp) and not op.closing:
-                self._buffer(op)
+                if self._buffer(op):
+                    # Leading edge: the window since the last flush is over, send it now (inline,
+                    # which spares a timer task per delta at model speeds below one per window).
+                    async with self._lock:
+                        await self._flush_buffers()
                 continue
             async with self._lock:
                 await self._execute(op)
@@ -174,7 +178,8 @@ class StreamWriter:
 
     # --- internals -------------------------------------------------------------------------------
 
-    def _buffer(self, op: AppendOp) -> None:
+    def _buffer(self, op: AppendOp) -> bool:
+        """Buffer a delta; ``True`` = flush now (the caller does), else a timer will."""
         self.stats.deltas += 1
         buf = self._buffers.get(op.stream_key)
         if buf is None:
@@ -184,7 +189,11 @@ class StreamWriter:
             buf.message = op.message
         if self._timer is None or self._timer.done():
             due = self._last_flush + self._window_s - asyncio.get_running_loop().time()
+            if due <= 0 and self._window_s > 0 and not self._lock.locked():
+                return True
+            # window 0: a zero-delay timer still merges the deltas of one event-loop turn
             self._start_timer(max(0.0, due))
+        return False
 
     def _start_timer(self, delay: float) -> None:
         if self._timer is not None and not self._timer.done():
