@@ -97,7 +97,7 @@ class Plan:
             "memory": {"n": self.streams},
             "latency1": {"n": 1, "tokens": 200, "rate": 50},
             "latencyN": {"n": self.streams, "tokens": 60, "rate": 10, "timeoutMs": 180_000},
-            "latencyBig": {"n": self.big, "tokens": 30, "rate": 10, "timeoutMs": 300_000},
+            "latencyBig": {"n": self.big, "tokens": 30, "rate": 10, "timeoutMs": 240_000, "partialOk": True},
             "throughput": {"n": 20, "tokens": 500},
             "cancel": {"n": self.cancels},
             "history": history,
@@ -288,12 +288,17 @@ async def run_variant(
         protocol=plan.protocol,
         api=ready["url"],
         phases=plan.phases(history),
-        connections=4,
+        # Under enforced limits the client's own connections must stay under 50 publishes/s too:
+        # enough of them that the big run's simultaneous inputs fit (500 / 16 ≈ 31 each).
+        connections=16 if _server_kind(variant) == "limits" else 4,
         timeline=bool(os.environ.get("AW_BENCH_TIMELINE")),
         timeoutMs=1_200_000,
     )
     try:
         result: dict[str, Any] = await run_node_async(CLIENT, env=env, timeout=1260, on_control=control)
+    except Exception:
+        print("".join(agent.stderr_tail[-30:]), file=sys.stderr)
+        raise
     finally:
         await agent.stop()
     if os.environ.get("AW_BENCH_GC"):
@@ -332,6 +337,9 @@ def _lat(phase: dict[str, Any]) -> dict[str, Any]:
         "p99All": pct(ms, 99),
         "tokens": received,
         "expected": phase["n"] * phase["tokens"],
+        "runsEnded": phase.get("ended", phase["n"]),
+        "runs": phase["n"],
+        "timedOut": bool(phase.get("timedOut")),
         "cpuMsPer1k": phase["cpuSeconds"] * 1e6 / received if received else None,
         "appendsPerToken": phase["appends"] / received if received else None,
     }
@@ -593,10 +601,14 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
     checks = []
     for n in names:
         s = results[n]
-        one, many, big = s["latency1"], s["latencyN"], s["latencyBig"] or {"tokens": 0, "expected": 0}
+        one, many, big = s["latency1"], s["latencyN"], s["latencyBig"]
+        big_text = "not run"
+        if big:
+            big_text = f"{big['tokens']}/{big['expected']} ({big['runsEnded']}/{big['runs']} runs ended"
+            big_text += " before the 240 s bound)" if big["timedOut"] else ")"
         checks.append(
             f"{VARIANTS[n]['label']}: tokens delivered in order {one['tokens']}/{one['expected']}, "
-            f"{many['tokens']}/{many['expected']}, {big['tokens']}/{big['expected']}, "
+            f"{many['tokens']}/{many['expected']}, {big_text}, "
             f"{s['throughput']['tokens']}/{s['throughput']['expected']}; cancelled runs ended "
             f"{'/'.join(s['cancel']['reasons'])}"
         )
