@@ -9,7 +9,8 @@ The parts: :mod:`.admission` decides which invocations become runs (validation, 
 :mod:`.pool` keeps one attached session per channel, and
 :class:`agent_worker.runtime.supervisor.RunSupervisor` drives each run to a terminal state. The
 worker owns their lifecycle and the counters. :meth:`Worker.serve` adds the HTTP face and, with no
-Ably configured, the embedded server; :meth:`Worker.run` is ``asyncio.run(worker.serve())``.
+Ably configured, the embedded server; :meth:`Worker.run` is ``asyncio.run(worker.serve())``
+(on uvloop when installed).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+from agent_worker import eventloop
 from agent_worker.config import Config, WorkerConfig
 from agent_worker.errors import AgentWorkerError
 from agent_worker.logs import configure_logging, get_logger
@@ -329,8 +331,9 @@ class Worker:
                 otel.shutdown()  # flush the last spans and metrics
 
     def run(self) -> None:
-        """Serve until SIGINT/SIGTERM (blocking): ``asyncio.run(self.serve())``."""
-        asyncio.run(self.serve())
+        """Serve until SIGINT/SIGTERM (blocking): ``asyncio.run(self.serve())``, on uvloop when
+        installed (see agent_worker/eventloop.py)."""
+        eventloop.run(self.serve())
 
     # --- sessions ----------------------------------------------------------------------------------
 
