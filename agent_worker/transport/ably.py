@@ -571,9 +571,14 @@ class AblyTransport:
                 msg = f"could not connect to {self.settings.endpoint or 'Ably'}: {reason or state}"
                 done.set_exception(TransportError(msg, code=code if isinstance(code, int) else 80000))
 
+        opts = self.settings.client_options()
         with map_ably_errors("connect"):
-            client = AblyRealtime(**self.settings.client_options())
+            # Building a client loads a TLS trust store for its internal HTTP client (~50-100 ms of
+            # CPU), which would stall every stream on this loop each time the pool grows: build it
+            # on a thread, bound to this loop, and connect it here.
+            client = await asyncio.to_thread(lambda: AblyRealtime(loop=loop, auto_connect=False, **opts))
             client.connection.on(on_change)
+            client.connect()
             try:
                 await asyncio.wait_for(done, wait_s)
             except BaseException:
