@@ -163,7 +163,10 @@ async function streamsPhase(phase, { n, tokens, rate, timeoutMs = 120000, partia
   step(`${phase}: send`);
   const cpu0 = await ctl({ op: 'cpu' });
   const t0 = nowUs();
-  await Promise.all(streams.map((s, i) => s.send(spec(`${phase}-${i}`, tokens, rate))));
+  const sends = await Promise.allSettled(streams.map((s, i) => s.send(spec(`${phase}-${i}`, tokens, rate))));
+  const refusedSends = sends.filter((r) => r.status === 'rejected');
+  if (refusedSends.length && !partialOk) throw refusedSends[0].reason;
+  for (const [i, r] of sends.entries()) if (r.status === 'rejected') streams[i]._ended(); // never started
   step(`${phase}: streaming`);
   let timedOut = false;
   try {
@@ -185,6 +188,7 @@ async function streamsPhase(phase, { n, tokens, rate, timeoutMs = 120000, partia
     tokens,
     rate,
     timedOut,
+    failedInvocations: refusedSends.length,
     ended: streams.filter((s) => s.reason !== null).length,
     received: streams.reduce((a, s) => a + s.tokens, 0),
     appends: streams.reduce((a, s) => a + s.appends, 0),
