@@ -136,8 +136,9 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
                 f"gc totals: {stats}; tracked objects {len(gc.get_objects())}, "
                 f"frozen {gc.get_freeze_count()}, thresholds {gc.get_threshold()}\n"
             )
-        pool = worker.transport.pool
-        emit("event", {"event": "pool", "peak": pool.peak, "opened": pool.opened, "closed": pool.closed})
+        if worker.transport is not None:
+            pool = worker.transport.pool
+            emit("event", {"event": "pool", "peak": pool.peak, "opened": pool.opened, "closed": pool.closed})
         await runner.cleanup()
         await worker.close(drain_timeout_s=2)
 
