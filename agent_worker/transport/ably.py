@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
+import httpx
 from ably import AblyRealtime, AblyRest
 from ably.types.channeloptions import ChannelOptions
 from ably.types.message import Message
@@ -177,7 +178,7 @@ def map_ably_errors(operation: str, *, channel: str | None = None) -> Iterator[N
         if code == MUTABLE_MESSAGES_NOT_ENABLED and channel is not None:
             msg = f"{operation} failed (93002): {_mutable_rule_hint(channel)}"
         raise TransportError(msg, code=code, status_code=status) from exc
-    except (TimeoutError, OSError) as exc:
+    except (TimeoutError, OSError, httpx.HTTPError) as exc:  # httpx: ably-python's REST client
         msg = f"{operation} failed: {exc!r}"
         raise TransportError(msg, code=80003) from exc
 
