@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol_support import Channel, section_10_output_headers
-
 from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.vercel.encoder import UIMessageEncoder
 from agent_worker.protocol.wire import InboundMessage
 from agent_worker.runtime.folding import AppendDeferral
+from tests.protocol.protocol_support import Channel, section_10_output_headers
 
 
 def _snapshot(tree: ConversationTree) -> list[Any]:

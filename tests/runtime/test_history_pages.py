@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from ably.types.message import Message
-from runtime_support import worker_settings
 
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.testing import python_rest
 from agent_worker.transport.ably import AblyTransport
+from tests.runtime.runtime_support import worker_settings
 
 
 async def test_later_history_pages_are_large(ably_server: EmbeddedServer) -> None:

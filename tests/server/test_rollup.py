@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 from ably.types.message import Message, MessageAction
-from server_helpers import ACK, ERROR, MESSAGE, NACK, RawClient, collector, eventually
 
 from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.server.testing import python_realtime, python_rest
+from tests.server.server_support import ACK, ERROR, MESSAGE, NACK, RawClient, collector, eventually
 
 APPEND = 5
 
@@ -186,8 +186,10 @@ async def test_rollups_count_once_against_the_connection_limit(window: str | Non
     window they are rolled up (one message per window) and all ACKed; without rollup the same burst
     gets NACK 42911."""
     async with EmbeddedServer(ServerConfig(enforce_rate_limits=True)) as server:
-        params = {} if window is None else {"appendRollupWindow": window}
-        agent = await RawClient.connect(server, echo="false", **params)
+        if window is None:
+            agent = await RawClient.connect(server, echo="false")
+        else:
+            agent = await RawClient.connect(server, echo="false", appendRollupWindow=window)
         try:
             serial = await _create(agent, "roll:limit", "")
             for i in range(300):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from js_server_harness import scenario
+
+from tests.server_js.server_js_support import scenario
 
 pytestmark = pytest.mark.node
 

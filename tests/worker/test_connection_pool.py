@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from runtime_support import ChatClient, start_harness
-
 from agent_worker.providers.echo import EchoProvider
 from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.transport.pool import ConnectionPool, PoolPolicy
+from tests.runtime.runtime_support import ChatClient, start_harness
 
 
 class _Client:
@@ -115,6 +114,7 @@ async def test_worker_opens_connections_for_simultaneous_sessions_under_enforced
                 assert end.transport_headers["run-reason"] == "complete"
                 assert c.run_text(end.transport_headers["run-id"]) == text
                 connection_ids.add(end.connection_id)
+            assert harness.worker.transport is not None
             pool = harness.worker.transport.pool
             assert pool.peak >= 4  # 12 fresh sessions x 12 msg/s reserved, 36 msg/s per connection
             assert len(connection_ids) >= 4
