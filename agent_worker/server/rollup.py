@@ -24,9 +24,9 @@ in ``msgSerial`` order, and its ``versionSerial`` is null, which is how the SDKs
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -35,7 +35,31 @@ from agent_worker.server.log import APPEND
 
 if TYPE_CHECKING:
     from agent_worker.server.auth import Principal
-    from agent_worker.server.hub import Hub
+
+
+class _Hub(Protocol):
+    """What the rollup needs from ``server.hub.Hub`` (a protocol: the hub owns the rollup)."""
+
+    @property
+    def channels(self) -> Mapping[str, Any]: ...
+
+    def channel(self, name: str) -> Any: ...
+
+    def prepare_messages(
+        self, rt: Any, items: list[dict[str, Any]], principal: Principal
+    ) -> list[dict[str, Any]]: ...
+
+    def check_channel_rate(self, rt: Any, n: int) -> None: ...
+
+    def commit(
+        self,
+        rt: Any,
+        prepared: list[dict[str, Any]],
+        *,
+        client_id: str | None,
+        publisher_id: str | None = None,
+    ) -> Any: ...
+
 
 __all__ = ["DEFAULT_WINDOW_MS", "MAX_WINDOW_MS", "AppendRollup", "parse_window"]
 
@@ -95,7 +119,7 @@ class _Pending:
 class AppendRollup:
     """The hub's open rollups and, per key, when it last published."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: _Hub) -> None:
         self.hub = hub
         self._pending: dict[_Key, _Pending] = {}
         self._by_channel: dict[str, set[_Key]] = {}

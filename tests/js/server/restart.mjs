@@ -6,7 +6,8 @@ const channelName = `${config.ns}:durable`;
 
 main(async () => {
   step('connect');
-  const client = await connected(realtime({ clientId: 'keeper' }));
+  // Compares each append's versionSerial with history: server-side rollup (rollup.mjs) is off.
+  const client = await connected(realtime({ clientId: 'keeper', transportParams: { appendRollupWindow: 0 } }));
   const ch = client.channels.get(channelName);
   await within(ch.attach(), 10000, 'attach');
   if (config.phase === 'write') {

@@ -36,7 +36,8 @@ main(
   async () => {
     const out = { agentLog: [], watcherLog: [], drops: [] };
     step('connect');
-    const agent = await connected(realtime({ clientId: 'agent' }));
+    // Checks each append's versionSerial across the resume: server-side rollup (rollup.mjs) is off.
+    const agent = await connected(realtime({ clientId: 'agent', transportParams: { appendRollupWindow: 0 } }));
     const watcher = await connected(realtime({ clientId: 'watcher' }));
     const chA = agent.channels.get(channelName);
     const chW = watcher.channels.get(channelName);
