@@ -299,7 +299,7 @@ class StreamWriter:
     async def _recover(self, op: UpdateOp) -> None:
         """The recovery update, retried with backoff when the failure is transient (a rate limit or
         a connection blip is what usually made the appends fail): a full replace is idempotent."""
-        await retry(lambda: self._update(op), attempts=4, retry_if=_transient, wait=backoff(0.25))
+        await retry(lambda: self._update(op), attempts=8, retry_if=_transient, wait=backoff(0.25))
 
     async def _update(self, op: UpdateOp) -> None:
         serial = self._serials.get(op.stream_key)
