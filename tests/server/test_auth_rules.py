@@ -8,12 +8,12 @@ from unittest import mock
 
 import jwt
 from aiohttp.test_utils import make_mocked_request
-from server_helpers import ATTACH, ATTACHED, DETACHED, ERROR, MESSAGE, RawClient
 
 from agent_worker.client.tokens import make_token_handler
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.auth import resource_matches
 from agent_worker.server.config import DEFAULT_DEV_KEY
+from tests.server.server_support import ATTACH, ATTACHED, DETACHED, ERROR, MESSAGE, RawClient
 
 AUTH = 17
 

@@ -16,11 +16,11 @@ import aiohttp
 import msgpack
 import pytest
 import structlog
-from server_helpers import ACK, ERROR, HEARTBEAT, NACK, RawClient
 
 from agent_worker.limits import MAX_DEPTH, check_depth
 from agent_worker.logs import configure_logging, get_logger
 from agent_worker.server import EmbeddedServer, ServerConfig
+from tests.server.server_support import ACK, ERROR, HEARTBEAT, NACK, RawClient
 
 
 def nested(depth: int) -> Any:
@@ -88,10 +88,10 @@ async def test_deep_frames_answer_40000_and_bystander_keeps_going(fmt: str, dept
 
 def _deep_msgpack(frame: dict[str, Any], depth: int) -> bytes:
     """msgpack.packb refuses depth > 511; write the nested fixarrays by hand."""
-    placeholder = msgpack.packb("\x00PLACEHOLDER", use_bin_type=True)
+    placeholder: bytes = msgpack.packb("\x00PLACEHOLDER", use_bin_type=True)
     frame["messages"][0]["data"] = "\x00PLACEHOLDER"
-    body = msgpack.packb(frame, use_bin_type=True)
-    deep = b"\x91" * depth + msgpack.packb("x")
+    body: bytes = msgpack.packb(frame, use_bin_type=True)
+    deep = b"\x91" * depth + b"\xa1x"
     return body.replace(placeholder, deep)
 
 

@@ -6,10 +6,19 @@ from __future__ import annotations
 import resource
 from pathlib import Path
 
-from server_helpers import ACK, ATTACH, DETACH, DETACHED, DISCONNECTED, ERROR, MESSAGE, RawClient, eventually
-
 from agent_worker.server import EmbeddedServer, Retention, ServerConfig
 from agent_worker.server.log import DEFAULT_MEMORY_RETENTION
+from tests.server.server_support import (
+    ACK,
+    ATTACH,
+    DETACH,
+    DETACHED,
+    DISCONNECTED,
+    ERROR,
+    MESSAGE,
+    RawClient,
+    eventually,
+)
 
 
 def rss_mb() -> float:
@@ -38,9 +47,9 @@ async def test_slow_consumers_are_disconnected_with_80020() -> None:
                 await pub.expect(ACK)
             grown = rss_mb() - before
             print(f"RSS growth with 3 slow consumers after 24 MB published: {grown:.1f} MB")
-            await eventually(
-                lambda: not any(c.connection_id in server._gateway.connections for c in slow), 30
-            )
+            gateway = server._gateway
+            assert gateway is not None
+            await eventually(lambda: not any(c.connection_id in gateway.connections for c in slow), 30)
             for c in slow:
                 codes = []
                 while (frame := await c.recv(within=30)) is not None:

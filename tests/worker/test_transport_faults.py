@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from runtime_support import ChatClient, Harness, start_harness
 from websockets.exceptions import ConnectionClosedError
 from websockets.frames import Close
 
@@ -14,6 +13,7 @@ from agent_worker.errors import TransportError
 from agent_worker.providers.echo import EchoProvider
 from agent_worker.server import EmbeddedServer
 from agent_worker.transport.ably import map_ably_errors
+from tests.runtime.runtime_support import ChatClient, Harness, start_harness
 
 
 def test_connection_closed_is_a_transport_error() -> None:
@@ -57,10 +57,14 @@ async def test_hundred_streams_survive_twenty_drops(ably_server: EmbeddedServer)
             end = await client.run_end_for(sent.codec_message_id, wait_s=120)
             run_id = end.transport_headers["run-id"]
             outcomes.append((end.transport_headers["run-reason"], end.transport_headers.get("error-code")))
+
             # ably-python may deliver the closing append just after the run-end (its re-sends after
             # a reconnect are not strictly ordered); the text must still converge to the exact reply.
+            def exact(c: ChatClient = client, r: str = run_id, t: str = text) -> bool:
+                return c.run_text(r) == t
+
             with contextlib.suppress(TimeoutError):
-                await client.wait_for(lambda c=client, r=run_id, t=text: c.run_text(r) == t or None, 20)
+                await client.wait_for(exact, 20)
             texts.append((client.run_text(run_id), text))
         assert outcomes == [("complete", None)] * 100
         assert [got for got, _ in texts] == [want for _, want in texts]

@@ -8,8 +8,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from runtime_support import ChatClient, Harness, _sdk, start_harness
-
 from agent_worker.config import HttpConfig
 from agent_worker.protocol.headers import (
     AI_RUN_END,
@@ -21,6 +19,7 @@ from agent_worker.protocol.headers import (
 from agent_worker.protocol.vercel.encoder import encode_user_message
 from agent_worker.providers.echo import EchoProvider
 from agent_worker.server import EmbeddedServer
+from tests.runtime.runtime_support import ChatClient, Harness, _sdk, start_harness
 
 
 async def test_deep_and_huge_bodies_are_refused_with_ably_codes(make_worker: Any, session_name: str) -> None:
