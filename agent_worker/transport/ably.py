@@ -247,6 +247,11 @@ class Channel:
         return str(self._sdk.state.value)
 
     @property
+    def reconnects(self) -> int:
+        """How often this channel's connection has reconnected (see :class:`StreamWriter`)."""
+        return self._conn.reconnects
+
+    @property
     def attach_serial(self) -> str | None:
         # ably-python keeps the ATTACHED channelSerial private; it is exactly REST's ``from_serial``.
         value = getattr(self._sdk, "_RealtimeChannel__attach_serial", None)
@@ -503,16 +508,15 @@ class _Connection:
     messages awaiting an ACK are queued in ``msgSerial`` order, but a message sent while
     disconnected is queued at once, ahead of the earlier messages it re-sends after the reconnect
     (and a send just after CONNECTED also beats the re-send tasks); ACK results are then handed to
-    the wrong messages (an ACK "without serials", or another message's serial), and a new append
-    can reach the server before an older one being re-sent. So sends wait until the connection is
-    CONNECTED and its re-sends are acknowledged (at most ``wait_s``)."""
+    the wrong messages (an ACK "without serials", or another message's serial). So sends wait
+    until the connection is CONNECTED and its re-sends are queued (at most ``wait_s``)."""
 
     def __init__(self, client: AblyRealtime, limiter: RateLimiter, wait_s: float = 15.0) -> None:
         self.client = client
         self.limiter = limiter
         self._wait_s = wait_s
         self._settled = asyncio.Event()
-        self._settler: asyncio.Task[None] | None = None
+        self.reconnects = 0  # transitions to CONNECTED since this client connected
         if str(client.connection.state.value) == "connected":
             self._settled.set()
         # The manager's emitter is synchronous (the public one defers), so this runs before the
@@ -522,23 +526,11 @@ class _Connection:
     def _on_state(self, change: Any) -> None:
         self._settled.clear()
         if str(getattr(change.current, "value", change.current)) == "connected":
+            self.reconnects += 1
             loop = asyncio.get_running_loop()
             loop.call_soon(loop.call_soon, self._settle)
 
     def _settle(self) -> None:
-        if self._settler is None or self._settler.done():
-            self._settler = asyncio.get_running_loop().create_task(self._await_resends())
-
-    async def _await_resends(self) -> None:
-        """Open the gate once the messages re-sent after the reconnect are acknowledged (at most
-        ``wait_s``): a new send can then neither overtake them on the wire nor in the ACK order."""
-        manager = self.client.connection.connection_manager
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._wait_s
-        while manager.pending_message_queue.count() and loop.time() < deadline:
-            if str(self.client.connection.state.value) != "connected":
-                return  # the next CONNECTED starts over
-            await asyncio.sleep(0.01)
         if str(self.client.connection.state.value) == "connected":
             self._settled.set()
 
