@@ -142,6 +142,18 @@ class HttpConfig(_Section):
     web: bool | None = None
     """Serve the browser client at ``GET /`` (:mod:`agent_worker.web`); unset it is on with the
     embedded server and off when the worker is pointed at Ably."""
+    auth: Literal["auto", "none", "ably-token"] = "auto"
+    """Who may invoke: ``ably-token`` = a caller presenting ``Authorization: Bearer <Ably JWT>``
+    signed with the worker's key, whose capability covers the session and whose clientId published
+    the input; ``none`` = anyone who can reach the port; ``auto`` (default) = ``none`` on loopback,
+    ``ably-token`` when bound beyond it. A configured ``bearer_token`` replaces either."""
+
+    def requires_ably_token(self) -> bool:
+        if self.resolved_token() is not None:
+            return False
+        if self.auth == "auto":
+            return self.host not in ("127.0.0.1", "localhost", "::1")
+        return self.auth == "ably-token"
 
     def resolved_token(self) -> Secret | None:
         if self.bearer_token:
@@ -159,6 +171,10 @@ CancelPolicy = Literal["owner", "any"]
 class WorkerConfig(_Section):
     max_concurrent_runs: Annotated[int, Field(ge=1)] = 32
     """Runs in flight per worker; a full worker answers 429 with ``Retry-After``."""
+    max_pending_invocations: Annotated[int, Field(ge=1)] = 256
+    """Invocations still looking for their input (they hold no run slot); beyond this, 429."""
+    state_dir: str | None = None
+    """Keep the invocation log (dedup of retried POSTs) in SQLite here, so it survives a restart."""
     retry_after_s: int = 1
     drain_timeout_s: float = 30.0
     """On SIGTERM, how long in-flight runs may finish before they are cancelled."""

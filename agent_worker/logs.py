@@ -54,7 +54,11 @@ def configure_logging(
         processors.append(structlog.processors.format_exc_info)
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        # Plain tracebacks: structlog's default (rich, when installed) prints every frame's locals,
+        # which for a deep recursion holding client data took minutes and hundreds of MB.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "otel": "bench.otel",
     "codecs": "bench.codecs",
     "push": "bench.push",
+    "hardening": "bench.hardening",
 }
 
 

@@ -119,8 +119,17 @@ async def connect_session(options: ChatOptions) -> ChatSession:
     settings, client_id = _settings(options)
     transport = AblyTransport(settings)
     await transport.connect()
+    # A worker reachable beyond loopback authenticates invokers by their Ably token.
+    bearer = options.token or (
+        mint_token(options.key, client_id=client_id, ttl_s=86_400) if options.key else None
+    )
     session = ChatSession(
-        transport, options.session, client_id=client_id, agent_url=options.agent_url, codec=options.codec
+        transport,
+        options.session,
+        client_id=client_id,
+        agent_url=options.agent_url,
+        codec=options.codec,
+        agent_headers={"Authorization": f"Bearer {bearer}"} if bearer and client_id else None,
     )
     try:
         await session.connect(presence_data={"device": "chat"})

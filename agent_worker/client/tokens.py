@@ -166,7 +166,17 @@ def make_token_handler(
     capability = parse_capability(default_capability)
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        if request.remote not in ("127.0.0.1", "::1"):
+            body = {
+                "error": {"code": 40300, "statusCode": 403, "message": "dev tokens are for loopback only"}
+            }
+            return web.json_response(body, status=403)
         client_id = request.query.get("clientId") or request.query.get("client_id") or None
+        if client_id == "*":
+            message = "a wildcard clientId would let the holder act as anyone; ask for a concrete one"
+            return web.json_response(
+                {"error": {"code": 40012, "statusCode": 400, "message": message}}, status=400
+            )
         ttl_text = request.query.get("ttl")
         try:
             ttl_s = parse_ttl(ttl_text) if ttl_text else default_ttl_s

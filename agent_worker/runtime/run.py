@@ -116,6 +116,7 @@ class Run:
         self.outcome: RunEndReason | Literal["suspended"] | None = None
         self.error: AgentWorkerError | None = None
         self.task: asyncio.Task[Any] | None = None
+        self.caller_client_id: str | None = None  # an authenticated invoker: must be the input's publisher
         self.cancel_source: CancelSource | None = None
         self.cancelled_by: str | None = None
         self.trigger_message: asyncio.Future[InboundMessage] = asyncio.get_running_loop().create_future()

@@ -28,6 +28,12 @@ from agent_worker.protocol.branch import missing_ancestor
 from agent_worker.protocol.headers import (
     AI_CANCEL,
     AI_INPUT,
+    AI_RUN_END,
+    AI_RUN_RESUME,
+    AI_RUN_START,
+    AI_RUN_SUSPEND,
+    AI_STEP_END,
+    AI_STEP_START,
     H_EVENT_ID,
     H_INPUT_CODEC_MESSAGE_ID,
     H_RUN_ID,
@@ -44,6 +50,11 @@ __all__ = ["AgentSession", "CancelDecision", "CancelPolicy", "RunAlreadyActive"]
 log = get_logger("agent_worker.runtime.session")
 
 DEFERRED_CANCEL_LIMIT = 200
+#: Early cancels kept per input (one per canceller: a bystander's cancel cannot replace the owner's)
+#: and per canceller (one flooder cannot evict everyone else's).
+DEFERRED_PER_INPUT = 4
+DEFERRED_PER_CLIENT = 16
+_LIFECYCLE = frozenset((AI_RUN_START, AI_RUN_RESUME, AI_RUN_SUSPEND, AI_RUN_END, AI_STEP_START, AI_STEP_END))
 CancelDecision = Literal["honoured", "refused", "buffered", "unmatched", "dropped"]
 
 
@@ -81,10 +92,13 @@ class AgentSession:
         on_fresh_input: Callable[[AgentSession, InboundMessage], None] | None = None,
         on_cancel_decision: Callable[[CancelDecision], None] | None = None,
         codec: str | None = None,
+        agent_client_id: str | None = None,
     ) -> None:
         self.channel = channel
         self.codec = codec
         """Adapter tag pinned for this session; None lets its messages choose (protocol/codecs.py)."""
+        # Lifecycle messages are the agent's to publish: others' (forged) ones are not folded.
+        self.agent_client_id = agent_client_id
         self.name = channel.name
         self.history_page_size = history_page_size
         self.policy = policy or CancelPolicy()
@@ -95,7 +109,7 @@ class AgentSession:
         self._appends = AppendDeferral()
         self.runs: dict[str, Run] = {}
         self._by_input_cmid: dict[str, str] = {}
-        self._deferred: OrderedDict[str, InboundMessage] = OrderedDict()
+        self._deferred: OrderedDict[str, list[InboundMessage]] = OrderedDict()
         self._waiting: dict[str, list[Run]] = {}
         self._history: AsyncIterator[list[InboundMessage]] | None = None
         self._history_exhausted = False
@@ -157,6 +171,13 @@ class AgentSession:
     def fold(self, msg: InboundMessage) -> None:
         """Fold one message (live or history) and wake whatever waits on it; a string append is
         deferred and folded together with the appends that follow it to the same message."""
+        if (
+            msg.name in _LIFECYCLE
+            and self.agent_client_id is not None
+            and msg.client_id != self.agent_client_id
+        ):
+            log.warning("lifecycle_ignored", session=self.name, name=msg.name, by=msg.client_id)
+            return
         if self._appends.offer(msg):
             return
         self.tree  # noqa: B018 - folds the deferred appends first, keeping the channel's order
@@ -336,22 +357,31 @@ class AgentSession:
         run = self.runs.get(target) if target is not None else None
         if run is None or run.trigger is None:
             if icmid is not None:
-                self._deferred.pop(icmid, None)
-                self._deferred[icmid] = msg
-                while len(self._deferred) > DEFERRED_CANCEL_LIMIT:
-                    evicted, _ = self._deferred.popitem(last=False)
-                    log.warning("cancel_buffer_full", session=self.name, evicted=evicted)
-                self._decide("buffered")
+                self._defer_cancel(icmid, msg)
             else:
                 self._decide("unmatched")
             return
         self._spawn(self._authorise_and_cancel(run, msg))
 
+    def _defer_cancel(self, icmid: str, msg: InboundMessage) -> None:
+        """Keep an early cancel until its run is located (each is authorised then)."""
+        by = msg.client_id
+        mine = sum(1 for kept in self._deferred.values() for m in kept if m.client_id == by)
+        if mine >= DEFERRED_PER_CLIENT:
+            log.warning("cancel_buffer_full", session=self.name, by=by)
+            self._decide("dropped")
+            return
+        kept = [m for m in self._deferred.pop(icmid, []) if m.client_id != by][-(DEFERRED_PER_INPUT - 1) :]
+        self._deferred[icmid] = [*kept, msg]
+        while len(self._deferred) > DEFERRED_CANCEL_LIMIT:
+            evicted, _ = self._deferred.popitem(last=False)
+            log.warning("cancel_buffer_full", session=self.name, evicted=evicted)
+        self._decide("buffered")
+
     def _pull_deferred_cancel(self, run: Run) -> None:
         if run.trigger is None:
             return
-        msg = self._deferred.pop(run.trigger.codec_message_id, None)
-        if msg is not None:
+        for msg in self._deferred.pop(run.trigger.codec_message_id, []):
             self._spawn(self._authorise_and_cancel(run, msg))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

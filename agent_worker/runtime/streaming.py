@@ -124,6 +124,10 @@ class StreamWriter:
         self._buffers: dict[str, _Buffer] = {}
         self._pending: list[tuple[str, asyncio.Task[str | None]]] = []
         self._failed: set[str] = set()
+        # Connection reconnects seen when each stream opened: ably-python re-sends what was in flight
+        # after a reconnect without strict ordering, so a stream that spanned one is replaced by one
+        # idempotent update when it closes (the exact text whatever order its appends landed in).
+        self._epochs: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
         self._inflight: asyncio.Future[Any] | None = None
@@ -256,6 +260,7 @@ class StreamWriter:
                 msg = "unable to start stream; the publish ACK carried no serial"
                 raise TransportError(msg, code=50000)
             self._serials[op.stream_key] = serial
+            self._epochs[op.stream_key] = self._reconnects()
 
     async def _submit(self, key: str, msg: OutboundMessage) -> None:
         serial = self._serials.get(key)
@@ -297,6 +302,10 @@ class StreamWriter:
                 if isinstance(result, BaseException):
                     log.warning("append_failed", stream_key=key, error=str(result))
                     self._failed.add(key)
+        for key in [k for k in self._epochs if k in self._closed_keys]:
+            if self._epochs.pop(key) != self._reconnects():
+                log.info("stream_spanned_reconnect", stream_key=key)
+                self._failed.add(key)
         failed, self._failed = self._failed, set()
         errors: list[str] = []
         for key in failed:
@@ -310,10 +319,13 @@ class StreamWriter:
             msg = f"unable to flush pending appends; recovery failed for stream(s): {'; '.join(errors)}"
             raise TransportError(msg, code=ERROR_RECOVERY_FAILED)
 
+    def _reconnects(self) -> int:
+        return int(getattr(self._channel, "reconnects", 0))
+
     async def _recover(self, op: UpdateOp) -> None:
         """The recovery update, retried with backoff when the failure is transient (a rate limit or
         a connection blip is what usually made the appends fail): a full replace is idempotent."""
-        await retry(lambda: self._update(op), attempts=4, retry_if=_transient, wait=backoff(0.25))
+        await retry(lambda: self._update(op), attempts=8, retry_if=_transient, wait=backoff(0.25))
 
     async def _update(self, op: UpdateOp) -> None:
         serial = self._serials.get(op.stream_key)

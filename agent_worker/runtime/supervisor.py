@@ -20,12 +20,13 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
-from agent_worker.errors import AgentWorkerError, InputEventNotFound, ProtocolError, TransportError
+from agent_worker.errors import AgentWorkerError, AuthError, InputEventNotFound, ProtocolError, TransportError
 from agent_worker.logs import get_logger
 from agent_worker.retry import retry
 from agent_worker.runtime.handler import AgentRun, RunHandler, RunStats
 from agent_worker.runtime.run import Run, RunPhase
 from agent_worker.runtime.session import AgentSession, RunAlreadyActive
+from agent_worker.runtime.trigger import Trigger
 
 __all__ = ["Hook", "LocateLimits", "RunObserver", "RunSupervisor", "call_hook"]
 
@@ -54,6 +55,10 @@ class RunObserver(Protocol):
     def run_tokens(self, input_tokens: int, output_tokens: int) -> None: ...
 
     def trigger_waited(self, seconds: float) -> None: ...
+
+    async def run_located(self, run: Run, trigger: Trigger) -> None:
+        """The trigger is found: may refuse the run (``AuthError``: nothing is published) or wait
+        for capacity."""
 
     def first_output(self, seconds: float) -> None: ...
 
@@ -113,7 +118,7 @@ class RunSupervisor:
         ):
             try:
                 try:
-                    await session.locate(
+                    trigger = await session.locate(
                         run,
                         max_pages=limits.max_pages,
                         max_branch_pages=limits.max_branch_pages,
@@ -122,6 +127,7 @@ class RunSupervisor:
                     )
                 finally:
                     observer.trigger_waited(time.monotonic() - accepted_at)
+                await observer.run_located(run, trigger)
                 structlog.contextvars.bind_contextvars(run_id=run.run_id)
                 observer.run_status(run, "thinking")
                 # Nothing is on the wire before the run-start, so retrying its publish is always safe.
@@ -143,11 +149,15 @@ class RunSupervisor:
                     current.uncancel()
                 log.info("run_cancelled", source=run.cancel_source, by=run.cancelled_by)
                 await asyncio.shield(terminate(run, "cancelled", None))
-            except RunAlreadyActive as exc:
+            except (RunAlreadyActive, InputEventNotFound, AuthError) as exc:
+                # Nothing of this run is on the channel, and nothing is published: a stranger's POST
+                # naming someone else's session (or no input at all) leaves no trace there.
+                error = exc
                 log.warning("run_refused", code=exc.code, reason=exc.message)
                 run.phase = RunPhase.ENDED
                 run.outcome = "error"
-            except (InputEventNotFound, ProtocolError) as exc:
+                session.deregister(run)
+            except ProtocolError as exc:
                 error = exc
                 log.warning("run_refused", code=exc.code, reason=exc.message)
                 await asyncio.shield(terminate(run, "error", exc))

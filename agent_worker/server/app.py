@@ -141,7 +141,7 @@ class EmbeddedServer(TokenMint):
             response.headers.update(_cors_headers(request, origin, preflight=False))
             return response
 
-        app = web.Application(client_max_size=max(8 << 20, 8 * cfg.max_message_size))
+        app = web.Application(client_max_size=cfg.body_limit)
         app.router.add_route("*", "/{tail:.*}", root)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()

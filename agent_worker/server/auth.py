@@ -78,8 +78,8 @@ def resource_matches(pattern: str, name: str) -> bool:
     """Ably-style resource match with ``:``-segment wildcards.
 
     ``*`` alone matches everything; a ``*`` segment matches exactly one segment, except as the last
-    segment where it matches the rest (one or more segments); a last segment ending in ``*``
-    (``alice-*``) matches any remainder starting with that prefix.
+    segment where it matches the rest (one or more segments). Wildcards replace whole segments only,
+    as on Ably: ``conversations:alice-*`` names just that channel, it is not a prefix match.
     """
     pattern = _strip_qualifier(pattern)
     if pattern == "*":
@@ -90,8 +90,8 @@ def resource_matches(pattern: str, name: str) -> bool:
         last = i == len(p) - 1
         if i >= len(n):
             return False
-        if last and seg.endswith("*"):
-            return ":".join(n[i:]).startswith(seg[:-1])
+        if last and seg == "*":
+            return True
         if seg == "*":
             continue
         if seg != n[i]:
@@ -106,7 +106,7 @@ def _covers(outer: str, inner: str) -> bool:
         return True
     if "*" not in inner:
         return resource_matches(outer, inner)
-    if outer.endswith("*") and "*" not in outer[:-1]:
+    if outer.endswith(":*") and "*" not in outer[:-2]:  # whole segments: `ns:*` covers `ns:a:*`
         return inner.startswith(outer[:-1])
     return resource_matches(outer, inner.replace("*", "x"))
 
@@ -136,7 +136,7 @@ class Capability:
         if isinstance(value, str):
             try:
                 value = json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):
                 msg = "capability is not valid JSON"
                 raise _auth_error(msg, 40000, 400) from None
         if not isinstance(value, dict) or not value:
@@ -350,7 +350,7 @@ class KeyRing:
             raise _auth_error(msg, 40143, 401)
         try:
             header = unverified_header(token)
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, RecursionError):
             msg = "invalid JWT format"
             raise _auth_error(msg, 40144, 401) from None
         kid = header.get("kid")
@@ -373,6 +373,11 @@ class KeyRing:
         if round(exp * 1000) <= now_ms:
             msg = "token expired"
             raise _auth_error(msg, 40142, 401)
+        iat = payload.get("iat")
+        issued_ms = int(iat * 1000) if isinstance(iat, int | float) else now_ms
+        if exp * 1000 - min(issued_ms, now_ms) > MAX_TOKEN_TTL_MS + 1000:
+            msg = f"token lifetime exceeds the maximum of {MAX_TOKEN_TTL_MS // 3_600_000} hours"
+            raise _auth_error(msg, 40003, 400)
         cap_raw = payload.get("x-ably-capability")
         capability = Capability.parse(cap_raw) if cap_raw is not None else key.capability
         capability = capability.restrict_to(key.capability)
@@ -380,12 +385,11 @@ class KeyRing:
         if client_id is not None and not isinstance(client_id, str):
             msg = "JWT x-ably-clientId claim must be a string"
             raise _auth_error(msg, 40144, 401)
-        iat = payload.get("iat")
         return TokenClaims(
             key_name=key.name,
             client_id=client_id or None,
             capability=capability,
-            issued_ms=int(iat * 1000) if isinstance(iat, int | float) else now_ms,
+            issued_ms=issued_ms,
             expires_ms=round(exp * 1000),
         )
 

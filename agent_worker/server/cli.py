@@ -55,10 +55,11 @@ def register(app: typer.Typer) -> None:
             ),
         ] = 40,
         retention_messages: Annotated[
-            int | None, typer.Option(help="Keep at most this many messages per channel (default: all).")
+            int | None, typer.Option(help="Keep at most this many messages per channel.")
         ] = None,
         retention_seconds: Annotated[
-            float | None, typer.Option(help="Drop messages older than this many seconds (default: never).")
+            float | None,
+            typer.Option(help="Drop messages older than this (seconds; in memory default 24 h)."),
         ] = None,
         key_capability: Annotated[
             list[str] | None,
@@ -82,6 +83,12 @@ def register(app: typer.Typer) -> None:
                 help="TOML file whose `server` table has keys and channel rules (see docs/server.md).",
             ),
         ] = None,
+        retention_bytes: Annotated[
+            int | None,
+            typer.Option(help="Keep about this many bytes per channel (in memory default 16 MiB)."),
+        ] = None,
+        log_format: Annotated[str, typer.Option(help="Diagnostics on stderr: console or json.")] = "console",
+        log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     ) -> None:
         """Run the embedded Ably-compatible server (WebSocket + REST on one port)."""
         # Heavy imports stay inside the command so `agent-worker --help` is fast.
@@ -90,13 +97,22 @@ def register(app: typer.Typer) -> None:
 
         from agent_worker import eventloop  # noqa: PLC0415
         from agent_worker.errors import AgentWorkerError  # noqa: PLC0415
+        from agent_worker.logs import configure_logging  # noqa: PLC0415
         from agent_worker.server import EmbeddedServer, Retention, ServerConfig  # noqa: PLC0415
         from agent_worker.server.channel_rules import ChannelRule  # noqa: PLC0415
         from agent_worker.server.config import parse_key_capability, server_settings  # noqa: PLC0415
 
+        if log_format not in ("console", "json"):
+            msg = "--log-format must be console or json"
+            raise typer.BadParameter(msg)
+        configure_logging(log_format, log_level)  # type: ignore[arg-type]
+
         retention = None
-        if retention_messages is not None or retention_seconds is not None:
-            retention = Retention(max_messages=retention_messages, max_age_s=retention_seconds)
+        # Without any flag: in memory 24 h / 16 MiB per channel, with --data-dir everything.
+        if retention_messages is not None or retention_seconds is not None or retention_bytes is not None:
+            retention = Retention(
+                max_messages=retention_messages, max_age_s=retention_seconds, max_bytes=retention_bytes
+            )
         try:
             settings = server_settings(_server_table(config)) if config is not None else {}
             if key:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import msgpack
 
 from agent_worker.errors import ProtocolError
+from agent_worker.limits import loads_json, loads_msgpack
 
 __all__ = [
     "JSON",
@@ -57,18 +58,16 @@ def _fail(message: str, code: int = 40000) -> ProtocolError:
     return ProtocolError(message, code=code)
 
 
-def decode_frame(raw: str | bytes, fmt: Format) -> dict[str, Any]:
-    """Decode one WebSocket frame into a ProtocolMessage dict, or raise ``ProtocolError``."""
-    try:
-        if fmt == MSGPACK:
-            if isinstance(raw, str):
-                raw = raw.encode()
-            obj = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-        else:
-            obj = json.loads(raw)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError) as exc:
-        msg = f"unable to decode {fmt} frame: {type(exc).__name__}"
-        raise _fail(msg, 40013) from None
+def decode_frame(raw: str | bytes, fmt: Format, max_size: int | None = None) -> dict[str, Any]:
+    """Decode one WebSocket frame into a ProtocolMessage dict, or raise ``ProtocolError``
+    (40009 over ``max_size`` bytes, 40000 nested too deep, 40013 undecodable)."""
+    if max_size is not None and len(raw) > max_size:
+        msg = f"frame of {len(raw)} bytes exceeds maxFrameSize {max_size}"
+        raise _fail(msg, 40009)
+    if fmt == MSGPACK:
+        obj = loads_msgpack(raw.encode() if isinstance(raw, str) else raw, f"{fmt} frame")
+    else:
+        obj = loads_json(raw, f"{fmt} frame")
     if not isinstance(obj, dict):
         msg = f"protocol message must be an object, got {type(obj).__name__}"
         raise _fail(msg)
@@ -203,13 +202,8 @@ def decode_body(body: bytes, fmt: Format) -> Any:
     """Decode an HTTP request body; empty bodies decode to ``None``."""
     if not body:
         return None
-    try:
-        if fmt == MSGPACK:
-            return msgpack.unpackb(body, raw=False, strict_map_key=False)
-        return json.loads(body)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError):
-        msg = f"unable to decode {fmt} request body"
-        raise _fail(msg, 40001) from None
+    what = f"{fmt} request body"
+    return loads_msgpack(body, what, code=40001) if fmt == MSGPACK else loads_json(body, what, code=40001)
 
 
 def encode_body(obj: Any, fmt: Format) -> bytes:

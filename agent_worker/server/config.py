@@ -12,7 +12,7 @@ from typing import Any
 from agent_worker.errors import AgentWorkerError, ConfigError
 from agent_worker.server.auth import Capability
 from agent_worker.server.channel_rules import DEFAULT_CHANNEL_RULES, UNPERSISTED_HISTORY_MS, ChannelRule
-from agent_worker.server.log import Retention
+from agent_worker.server.log import DEFAULT_MEMORY_RETENTION, Retention
 
 __all__ = ["DEFAULT_DEV_KEY", "Retention", "ServerConfig", "parse_key_capability", "server_settings"]
 
@@ -31,7 +31,8 @@ class ServerConfig:
     max_message_size: int = 65536
     connection_state_ttl_ms: int = 120_000
     enforce_rate_limits: bool = False
-    retention: Retention | None = None  # None = keep everything
+    # None = DEFAULT_MEMORY_RETENTION in memory (24 h, 16 MB per channel), everything with data_dir.
+    retention: Retention | None = None
     # Promised to clients as maxIdleInterval; a protocol HEARTBEAT goes out at least this often.
     max_idle_interval_ms: int = 15_000
     heartbeat_interval_ms: int = 10_000
@@ -57,6 +58,28 @@ class ServerConfig:
     # Accept http:// push endpoints on loopback (local Web Push receivers in tests and demos). Off by
     # default: a token holder could otherwise make the server POST to local ports.
     push_allow_loopback_http: bool = False
+    # Bytes queued for one connection before it is disconnected as a slow consumer (80020).
+    max_outbound_bytes: int = 8 << 20
+    # Channels one connection may have attached at once (more: ERROR 90010 on ATTACH).
+    max_channels_per_connection: int = 1000
+    # Connections (live or resumable) one API key's clients may hold (more: ERROR 40111, 403).
+    max_connections_per_key: int = 10_000
+
+    @property
+    def effective_retention(self) -> Retention | None:
+        if self.retention is not None:
+            return self.retention
+        return DEFAULT_MEMORY_RETENTION if self.data_dir is None else None
+
+    @property
+    def frame_limit(self) -> int:
+        """Bytes one WebSocket frame may have (larger: ERROR 40009): a batch of maximal messages fits."""
+        return max(self.max_frame_size, 4 * self.max_message_size)
+
+    @property
+    def body_limit(self) -> int:
+        """Bytes one REST request body may have (larger: 413 / 40009, refused before it is read)."""
+        return max(1 << 20, 4 * self.max_message_size)
 
 
 def _capability_text(where: str, value: Any) -> str:

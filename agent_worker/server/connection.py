@@ -40,29 +40,51 @@ _DEDUPE_WINDOW = 1024
 
 
 class Transport:
-    """One WebSocket with an ordered outbound queue drained by a writer task."""
+    """One WebSocket with an ordered outbound queue drained by a writer task.
 
-    def __init__(self, ws: web.WebSocketResponse, raw: asyncio.BaseTransport | None) -> None:
+    The queue is bounded in bytes (``max_bytes``): a consumer that falls that far behind is a slow
+    consumer, and ``on_overflow`` disconnects it (as Ably does) instead of letting it hold the
+    server's memory."""
+
+    def __init__(
+        self, ws: web.WebSocketResponse, raw: asyncio.BaseTransport | None, max_bytes: int = 1 << 62
+    ) -> None:
         self.ws = ws
         self.raw = raw
         self.closing = False
+        self.max_bytes = max_bytes
+        self.queued_bytes = 0
+        self.on_overflow: Callable[[], None] | None = None
         self._queue: asyncio.Queue[str | bytes | None] = asyncio.Queue()
         self._writer = asyncio.get_running_loop().create_task(self._write())
 
     def enqueue(self, data: str | bytes) -> None:
         if self.closing:
             return
-        if self._queue.qsize() > _MAX_QUEUE:
-            log.warning("slow_consumer_dropped", queued=self._queue.qsize())
-            self.abort()
+        if self._queue.qsize() > _MAX_QUEUE or self.queued_bytes + len(data) > self.max_bytes:
+            log.warning("slow_consumer_dropped", queued=self._queue.qsize(), queued_bytes=self.queued_bytes)
+            if self.on_overflow is not None:
+                self.on_overflow()
+            else:
+                self.abort()
             return
+        self.queued_bytes += len(data)
         self._queue.put_nowait(data)
+
+    def overflow(self, last: str | bytes) -> None:
+        """Drop everything queued, send ``last`` (the DISCONNECTED error), then close."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self.queued_bytes = len(last)
+        self._queue.put_nowait(last)
+        self.close_soon()
 
     async def _write(self) -> None:
         while True:
             data = await self._queue.get()
             if data is None:
                 break
+            self.queued_bytes -= len(data)
             try:
                 if isinstance(data, bytes):
                     await self.ws.send_bytes(data)
@@ -171,6 +193,7 @@ class RealtimeConnection:
     def attach_transport(self, transport: Transport) -> None:
         old = self.transport
         self.transport = transport
+        transport.on_overflow = self._slow_consumer
         if old is not None and old is not transport:
             old.abort()
         for handle in (self._leave, self._discard):
@@ -192,6 +215,20 @@ class RealtimeConnection:
         self._leave = loop.call_later(cfg.presence_leave_delay_ms / 1000, self._leave_presence)
         self._discard = loop.call_later(cfg.connection_state_ttl_ms / 1000, self.discard)
         log.info("connection_dropped", connection_id=self.id)
+
+    def _slow_consumer(self) -> None:
+        """The client fell more than ``max_outbound_bytes`` behind: disconnect it with 80020 and
+        drop the connection's state, so it cannot resume past the frames it never got (its channels
+        re-attach from the last channelSerial they saw and are replayed from the log)."""
+        transport = self.transport
+        if transport is None or transport.closing:
+            return
+        err = ProtocolError("continuity loss: the client was too slow to consume messages", code=80020)
+        log.warning("slow_consumer_disconnected", connection_id=self.id, client_id=self.principal.client_id)
+        frame = encode_frame({"action": C.DISCONNECTED, "error": err.to_error_info()}, self.fmt)
+        transport.overflow(frame)
+        # Not now: this runs inside a channel's fan-out loop over its attachments.
+        asyncio.get_running_loop().call_soon(self.discard)
 
     def _leave_presence(self) -> None:
         self._leave = None
@@ -412,6 +449,10 @@ class RealtimeConnection:
                 raise AuthError(msg, code=40160, status_code=401)
             self.hub.rules.require_identified(name, self.principal.client_id)
             request = parse_attach(name, frame)
+            limit = self.hub.config.max_channels_per_connection
+            if name not in self.attachments and len(self.attachments) >= limit:
+                msg = f"maximum number of channels per connection ({limit}) exceeded"
+                raise ProtocolError(msg, code=90010, status_code=400)
         except AgentWorkerError as exc:
             log.info("attach_refused", connection_id=self.id, code=exc.code, reason=exc.message)
             self.send_error(exc, channel=name)
@@ -523,7 +564,8 @@ class RealtimeConnection:
                 msg = "AUTH must carry auth.accessToken"
                 raise AuthError(msg, code=40101, status_code=401)
             principal = self.gateway.principal_from_token(token, self.requested_client_id)
-            if self.principal.client_id is not None and principal.client_id != self.principal.client_id:
+            if principal.client_id != self.principal.client_id:
+                # Fixed for the connection's life (an anonymous connection cannot become alice).
                 msg = "the new token's clientId differs from the connection's clientId"
                 raise AuthError(msg, code=40102, status_code=401)
         except AgentWorkerError as exc:
@@ -535,6 +577,24 @@ class RealtimeConnection:
         self.principal = principal
         self._schedule_expiry()
         self.send_connected()
+        self._recheck_attachments()
+
+    def _recheck_attachments(self) -> None:
+        """After a re-auth: channels the new capability no longer allows are detached (40160), and
+        the others keep only the modes it still grants."""
+        for name, att in list(self.attachments.items()):
+            caps = self.principal.capability.ops_for(name)
+            if caps:
+                att.modes = sum(mode for mode, op in C.MODE_TO_OP.items() if att.modes & mode and op in caps)
+                continue
+            del self.attachments[name]
+            rt = self.hub.channels.get(name)
+            if rt is not None:
+                rt.attachments.pop(self.id, None)
+            self.hub.leave_presence(self.id, [name])
+            err = AuthError(f"capability no longer allows channel {name!r}", code=40160, status_code=401)
+            log.info("attachment_revoked", connection_id=self.id, channel=name)
+            self.send({"action": C.DETACHED, "channel": name, "error": err.to_error_info()})
 
 
 class RealtimeGateway:
@@ -570,6 +630,9 @@ class RealtimeGateway:
             for conn in list(self.connections.values()):
                 if conn.transport is not None:
                     conn.send({"action": C.HEARTBEAT})
+            released = self.hub.sweep()
+            if released:
+                log.info("channels_released", count=released, remaining=len(self.hub.channels))
 
     def live_connection(self, key: str) -> RealtimeConnection | None:
         """The connection ``key`` currently names (for REST publishes on its behalf)."""
@@ -601,6 +664,15 @@ class RealtimeGateway:
         client_id, wildcard = resolve_client_id(claims.client_id, requested, via_token=True)
         return Principal(claims.key_name, client_id, wildcard, claims.capability, claims.expires_ms)
 
+    def _check_key_quota(self, principal: Principal, resume_key: str | None) -> None:
+        if resume_key and resume_key in self._by_key:
+            return  # a resume reuses its connection
+        limit = self.hub.config.max_connections_per_key
+        held = sum(1 for c in self.connections.values() if c.principal.key_name == principal.key_name)
+        if held >= limit:
+            msg = f"connection limit exceeded: {limit} connections for key {principal.key_name}"
+            raise AuthError(msg, code=40111, status_code=403)
+
     def authenticate(self, q: Mapping[str, str]) -> Principal:
         requested = q.get("clientId") or None
         token = q.get("accessToken") or q.get("access_token")
@@ -620,15 +692,17 @@ class RealtimeGateway:
         cfg = self.hub.config
         ws = web.WebSocketResponse(
             autoping=True,
-            max_msg_size=max(4 << 20, 4 * cfg.max_message_size),
+            # aiohttp drops frames past this without buffering them; up to it we answer 40009.
+            max_msg_size=2 * cfg.frame_limit,
             compress=cfg.websocket_compression,
         )
         await ws.prepare(request)
-        transport = Transport(ws, request.transport)
+        transport = Transport(ws, request.transport, cfg.max_outbound_bytes)
         q = request.query
         fmt: Format = MSGPACK if q.get("format") == "msgpack" else JSON
         try:
             principal = self.authenticate(q)
+            self._check_key_quota(principal, q.get("resume") or q.get("recover"))
             window = parse_window(q.get(TRANSPORT_PARAM), cfg.append_rollup_window_ms)
         except AgentWorkerError as exc:
             log.info("connection_refused", code=exc.code, reason=exc.message)
@@ -652,7 +726,7 @@ class RealtimeGateway:
                 if conn.transport is not transport or transport.closing:
                     break
                 try:
-                    conn.handle(decode_frame(data, frame_fmt))
+                    conn.handle(decode_frame(data, frame_fmt, cfg.frame_limit))
                 except ProtocolError as exc:
                     log.info("frame_refused", connection_id=conn.id, code=exc.code, reason=exc.message)
                     conn.send_error(exc)

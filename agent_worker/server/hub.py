@@ -233,6 +233,24 @@ class Hub:
     def now_ms() -> int:
         return int(time.time() * 1000)
 
+    def sweep(self) -> int:
+        """Apply retention by age to idle channels too, and release the runtimes of channels nobody
+        is attached to or present on whose log is empty (or persisted: it is reloaded on next use).
+        Returns how many were released."""
+        retention = self.config.effective_retention
+        now = self.now_ms()
+        released = 0
+        for name, rt in list(self.channels.items()):
+            if retention is not None:
+                rt.log.prune(retention, now)
+            if rt.attachments or rt.presence.members:
+                continue
+            if rt.log.order and not self.store.persistent:
+                continue
+            del self.channels[name]
+            released += 1
+        return released
+
     def channel(self, name: str) -> ChannelRuntime:
         rt = self.channels.get(name)
         if rt is None:
@@ -344,8 +362,9 @@ class Hub:
             message_id_base=id_base,
         )
         rt.deliver(published, publisher_id=publisher_id, proto_id=proto_id, now_ms=now)
-        if self.config.retention is not None:
-            rt.log.prune(self.config.retention, now)
+        retention = self.config.effective_retention
+        if retention is not None:
+            rt.log.prune(retention, now)
         return published
 
     # -- presence ----------------------------------------------------------------------------

@@ -68,6 +68,16 @@ class Retention:
 
     max_messages: int | None = None
     max_age_s: float | None = None
+    max_bytes: int | None = None  # per channel, counting each version's data (+256 for the envelope)
+
+
+#: What the in-memory store keeps per channel unless told otherwise (``--data-dir`` keeps all).
+DEFAULT_MEMORY_RETENTION = Retention(max_age_s=24 * 3600, max_bytes=16 << 20)
+
+
+def _approx_size(m: dict[str, Any]) -> int:
+    data = m.get("data")
+    return 256 + (len(data) if isinstance(data, str | bytes | bytearray) else 256 if data is not None else 0)
 
 
 @dataclass(slots=True)
@@ -232,6 +242,8 @@ class ChannelLog:
         self._ids: dict[str, list[str]] = {}  # client message id -> serials (idempotent publish)
         self.horizon: str | None = None  # newest channel serial dropped by retention
         self.head: str = self.zero_serial
+        self.bytes = 0  # approximate bytes held (see Retention.max_bytes)
+        self._sizes: dict[str, int] = {}
 
     # -- serials ---------------------------------------------------------------------------
 
@@ -314,6 +326,10 @@ class ChannelLog:
         out = Published(channel_serial=cs, items=[], serials=[])
         for i, (m, target) in enumerate(zip(items, targets, strict=True)):
             serial = f"{cs}:{i:03d}"
+            size = _approx_size(m)
+            self.bytes += size
+            key = serial if target is None else target.serial
+            self._sizes[key] = self._sizes.get(key, 0) + size
             if target is None:
                 record = self._create(
                     m,
@@ -529,12 +545,20 @@ class ChannelLog:
             cutoff = now_ms - int(retention.max_age_s * 1000)
             while drop < len(self.order) and self.records[self.order[drop]].timestamp < cutoff:
                 drop += 1
+        if retention.max_bytes is not None and self.bytes > retention.max_bytes:
+            # Down to 90% of the cap, so a full channel is not pruned on every publish.
+            excess = self.bytes - retention.max_bytes * 9 // 10
+            freed = sum(self._sizes.get(s, 0) for s in self.order[:drop])
+            while drop < len(self.order) and freed < excess:
+                freed += self._sizes.get(self.order[drop], 0)
+                drop += 1
         if drop == 0:
             return 0
         gone = self.order[:drop]
         gone_set = set(gone)
         del self.order[:drop]
         for s in gone:
+            self.bytes -= self._sizes.pop(s, 0)
             record = self.records.pop(s)
             if record.id and record.id in self._ids:
                 self._ids[record.id] = [x for x in self._ids[record.id] if x != s]

@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from agent_worker.errors import AgentWorkerError, AuthError, ProtocolError
+from agent_worker.limits import read_body
 from agent_worker.server import constants as C
 from agent_worker.server.auth import Principal, TokenClaims, resolve_client_id
 from agent_worker.server.codec import (
@@ -126,10 +127,7 @@ class RestApi:
         raise AuthError(msg, code=40101, status_code=401)
 
     async def _body(self, request: web.Request) -> Any:
-        raw = await request.read()
-        if len(raw) > max(4 << 20, 4 * self.hub.config.max_message_size):
-            msg = "request body too large"
-            raise ProtocolError(msg, code=40009, status_code=413)
+        raw = await read_body(request, self.hub.config.body_limit)
         return decode_body(raw, format_from_content_type(request.headers.get("Content-Type")))
 
     @staticmethod

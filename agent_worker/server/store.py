@@ -23,6 +23,9 @@ __all__ = ["MemoryStore", "SQLiteStore", "Store"]
 class Store(LogSink):
     """Where channel logs live. The base class keeps nothing (memory only)."""
 
+    #: Whether a log can be dropped from memory and reopened later with its history.
+    persistent = False
+
     def open_channel(self, name: str) -> ChannelLog:
         return ChannelLog(name, sink=self)
 
@@ -71,6 +74,8 @@ CREATE INDEX IF NOT EXISTS versions_by_message ON versions (channel, message_ser
 
 
 class SQLiteStore(Store):
+    persistent = True
+
     def __init__(self, data_dir: str | Path) -> None:
         path = Path(data_dir)
         path.mkdir(parents=True, exist_ok=True)

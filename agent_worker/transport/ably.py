@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from ably.types.channeloptions import ChannelOptions
 from ably.types.message import Message
 from ably.types.tokendetails import TokenDetails
 from ably.util.exceptions import AblyException
+from websockets.exceptions import WebSocketException
 
 from agent_worker.config import Secret
 from agent_worker.errors import TransportError
@@ -178,9 +180,17 @@ def map_ably_errors(operation: str, *, channel: str | None = None) -> Iterator[N
         if code == MUTABLE_MESSAGES_NOT_ENABLED and channel is not None:
             msg = f"{operation} failed (93002): {_mutable_rule_hint(channel)}"
         raise TransportError(msg, code=code, status_code=status) from exc
-    except (TimeoutError, OSError, httpx.HTTPError) as exc:  # httpx: ably-python's REST client
+    except (TimeoutError, OSError, WebSocketException, httpx.HTTPError) as exc:
+        # A socket cut mid-send surfaces from ably-python as websockets' ConnectionClosedError;
+        # httpx errors come from ably-python's REST client.
         msg = f"{operation} failed: {exc!r}"
-        raise TransportError(msg, code=80003) from exc
+        raise TransportError(msg, code=80003, status_code=503) from exc
+    except Exception as exc:
+        if type(exc) is not Exception:
+            raise
+        # ably-python raises a bare ``Exception()`` when it has no socket to write to.
+        msg = f"{operation} failed: no active transport"
+        raise TransportError(msg, code=80003, status_code=503) from exc
 
 
 def to_inbound(msg: Message) -> InboundMessage:
@@ -220,8 +230,12 @@ def _next_params(page: Any, limit: int) -> dict[str, str] | None:
     return params
 
 
-def _sdk_message(msg: OutboundMessage, *, serial: str | None = None) -> Message:
-    return Message(name=msg.name, data=msg.data, extras=msg.extras or None, serial=serial)
+def _sdk_message(msg: OutboundMessage, *, serial: str | None = None, id: str | None = None) -> Message:
+    return Message(name=msg.name, data=msg.data, extras=msg.extras or None, serial=serial, id=id)
+
+
+def _transient(exc: TransportError) -> bool:
+    return exc.status_code >= 500 and exc.code != 40160
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,19 +258,26 @@ class Channel:
     """One realtime channel: attach, subscribe, publish/append/update, history, presence."""
 
     def __init__(
-        self, transport: AblyTransport, name: str, client: AblyRealtime, limiter: RateLimiter, rest: AblyRest
+        self, transport: AblyTransport, name: str, conn: _Connection, limiter: RateLimiter, rest: AblyRest
     ) -> None:
         self._transport = transport
         self._rest = rest
         self.name = name
-        self.client = client
+        self._conn = conn
+        self.client = conn.client
         self.limiter = limiter
+        client = conn.client
         self._sdk = client.channels.get(name, ChannelOptions(params={"agent": AGENT_PARAM}))
         self._listeners: list[Callable[[Any], None]] = []
 
     @property
     def state(self) -> str:
         return str(self._sdk.state.value)
+
+    @property
+    def reconnects(self) -> int:
+        """How often this channel's connection has reconnected (see :class:`StreamWriter`)."""
+        return self._conn.reconnects
 
     @property
     def attach_serial(self) -> str | None:
@@ -309,16 +330,38 @@ class Channel:
         serials = await self.publish_batch([msg])
         return serials[0] if serials else None
 
-    async def publish_batch(self, msgs: Sequence[OutboundMessage]) -> list[str | None]:
-        """Atomic batch publish (one ProtocolMessage); one serial per message, in order."""
+    async def publish_batch(self, msgs: Sequence[OutboundMessage], *, attempts: int = 8) -> list[str | None]:
+        """Atomic batch publish (one ProtocolMessage); one serial per message, in order.
+
+        Idempotent: the messages carry ids fixed for this call, so a retry after a transport fault
+        (the first attempt may still be delivered when ably-python resends it on resume) or after
+        an ACK that came back without serials is deduplicated by Ably (and the embedded server),
+        which answers with the original serials."""
         await self.limiter.acquire()
-        with map_ably_errors(f"publish on {self.name}"):
-            result = await self._sdk.publish([_sdk_message(m) for m in msgs])
-        serials = list(getattr(result, "serials", None) or [])
-        return [s if isinstance(s, str) else None for s in serials]
+        base = secrets.token_urlsafe(12)
+        sdk_msgs = [_sdk_message(m, id=f"{base}:{i}") for i, m in enumerate(msgs)]
+        delay = 0.1
+        for attempt in range(1, attempts + 1):
+            try:
+                await self._conn.ready()
+                with map_ably_errors(f"publish on {self.name}"):
+                    result = await self._sdk.publish(sdk_msgs)
+            except TransportError as exc:
+                if attempt == attempts or not _transient(exc):
+                    raise
+                log.warning("publish_retry", channel=self.name, attempt=attempt, error=exc.message)
+            else:
+                serials = [s if isinstance(s, str) else None for s in getattr(result, "serials", None) or []]
+                if (len(serials) == len(sdk_msgs) and all(serials)) or attempt == attempts:
+                    return serials
+                log.warning("publish_ack_without_serials", channel=self.name, attempt=attempt)
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+        return []  # pragma: no cover - the loop returns or raises
 
     async def append(self, serial: str, msg: OutboundMessage) -> str | None:
         await self.limiter.acquire()
+        await self._conn.ready()
         with map_ably_errors(f"append on {self.name}", channel=self.name):
             result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
         return getattr(result, "version_serial", None)
@@ -334,6 +377,7 @@ class Channel:
         order equals call order."""
 
         async def run() -> str | None:
+            await self._conn.ready()
             with map_ably_errors(f"append on {self.name}", channel=self.name):
                 result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
             return getattr(result, "version_serial", None)
@@ -342,6 +386,7 @@ class Channel:
 
     async def update(self, serial: str, msg: OutboundMessage) -> str | None:
         await self.limiter.acquire()
+        await self._conn.ready()
         with map_ably_errors(f"update on {self.name}", channel=self.name):
             result = await self._sdk.update_message(_sdk_message(msg, serial=serial))
         return getattr(result, "version_serial", None)
@@ -446,16 +491,19 @@ class Channel:
 
     async def presence_enter(self, data: Mapping[str, Any]) -> None:
         await self.limiter.acquire()
+        await self._conn.ready()
         with map_ably_errors(f"presence enter on {self.name}"):
             await self._sdk.presence.enter(dict(data))
 
     async def presence_update(self, data: Mapping[str, Any]) -> None:
         await self.limiter.acquire()
+        await self._conn.ready()
         with map_ably_errors(f"presence update on {self.name}"):
             await self._sdk.presence.update(dict(data))
 
     async def presence_leave(self) -> None:
         await self.limiter.acquire()
+        await self._conn.ready()
         with map_ably_errors(f"presence leave on {self.name}"):
             await self._sdk.presence.leave()
 
@@ -487,6 +535,44 @@ async def rest_request(
     return page
 
 
+class _Connection:
+    """One realtime client of the pool (its rate limiter is the pool's, see transport/pool.py).
+
+    :meth:`ready` works around an ably-python 3.1.4 ordering bug: its ACK bookkeeping assumes the
+    messages awaiting an ACK are queued in ``msgSerial`` order, but a message sent while
+    disconnected is queued at once, ahead of the earlier messages it re-sends after the reconnect
+    (and a send just after CONNECTED also beats the re-send tasks); ACK results are then handed to
+    the wrong messages (an ACK "without serials", or another message's serial). So sends wait
+    until the connection is CONNECTED and its re-sends are queued (at most ``wait_s``)."""
+
+    def __init__(self, client: AblyRealtime, wait_s: float = 15.0) -> None:
+        self.client = client
+        self._wait_s = wait_s
+        self._settled = asyncio.Event()
+        self.reconnects = 0  # transitions to CONNECTED since this client connected
+        if str(client.connection.state.value) == "connected":
+            self._settled.set()
+        # The manager's emitter is synchronous (the public one defers), so this runs before the
+        # re-send tasks are created; the doubly deferred set() runs after their first step.
+        client.connection.connection_manager.on("connectionstate", self._on_state)
+
+    def _on_state(self, change: Any) -> None:
+        self._settled.clear()
+        if str(getattr(change.current, "value", change.current)) == "connected":
+            self.reconnects += 1
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.call_soon, self._settle)
+
+    def _settle(self) -> None:
+        if str(self.client.connection.state.value) == "connected":
+            self._settled.set()
+
+    async def ready(self) -> None:
+        if not self._settled.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), self._wait_s)
+
+
 class AblyTransport:
     """The worker's realtime connections: a :class:`~agent_worker.transport.pool.ConnectionPool`
     that opens connections as load grows (``settings.connections`` to ``max_connections``) and
@@ -504,9 +590,7 @@ class AblyTransport:
             burst=settings.burst,
             target_rate=min(settings.target_messages_per_second, settings.max_messages_per_second),
         )
-        self.pool: ConnectionPool[AblyRealtime] = ConnectionPool(
-            policy, self._connect_one, self._close_client
-        )
+        self.pool: ConnectionPool[_Connection] = ConnectionPool(policy, self._connect_one, self._close_client)
         self._started = False
 
     def __repr__(self) -> str:
@@ -522,7 +606,7 @@ class AblyTransport:
     @property
     def client(self) -> AblyRealtime:
         """The first connection's client."""
-        client: AblyRealtime = self._first().client
+        client: AblyRealtime = self._first().client.client
         return client
 
     @property
@@ -551,11 +635,11 @@ class AblyTransport:
     _wait_s = 15.0
 
     @staticmethod
-    async def _close_client(client: AblyRealtime) -> None:
+    async def _close_client(conn: _Connection) -> None:
         with contextlib.suppress(AblyException, asyncio.TimeoutError, OSError):
-            await asyncio.wait_for(client.close(), 10)
+            await asyncio.wait_for(conn.client.close(), 10)
 
-    async def _connect_one(self) -> AblyRealtime:
+    async def _connect_one(self) -> _Connection:
         wait_s = self._wait_s
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
@@ -588,7 +672,7 @@ class AblyTransport:
                 raise
             finally:
                 client.connection.off(on_change)
-        return client
+        return _Connection(client, wait_s)
 
     async def push_publish(self, recipient: dict[str, Any], payload: dict[str, Any]) -> Any:
         """``POST /push/publish`` (Ably's push admin API; the key needs ``push-admin``); returns
@@ -616,7 +700,7 @@ class AblyTransport:
             ch = self._channels.get(name) or self._make_channel(name, conn)
         return ch
 
-    def _make_channel(self, name: str, conn: PooledConnection[AblyRealtime]) -> Channel:
+    def _make_channel(self, name: str, conn: PooledConnection[_Connection]) -> Channel:
         if self._rest is None or conn.client is None:
             msg = "transport is not connected; call await transport.connect() first"
             raise RuntimeError(msg)
@@ -636,7 +720,7 @@ class AblyTransport:
     def connected(self) -> bool:
         ready = self.pool.ready_connections
         return bool(ready) and all(
-            c.client is not None and str(c.client.connection.state.value) == "connected" for c in ready
+            c.client is not None and str(c.client.client.connection.state.value) == "connected" for c in ready
         )
 
     async def close(self) -> None:

@@ -1,18 +1,23 @@
 """Admission: which invocations become runs — validation, dedup by event-id, and capacity.
 
-Pure bookkeeping, no I/O: :class:`Admission` answers "refuse (why)", "duplicate of run X" or "go";
-the worker starts the run. Errors carry their HTTP status for the invocation endpoint.
+Bookkeeping: :class:`Admission` answers "refuse (why)", "duplicate of run X" or "go"; the worker
+starts the run. Errors carry their HTTP status for the invocation endpoint. Finished invocations
+are remembered by :class:`~agent_worker.worker.dedup.InvocationLog` (in SQLite with a
+``state_dir``, so a retried POST after a restart finds its run); failed ones are forgotten, so a
+retry starts over. Capacity counts runs whose input was found (they hold a slot) and, separately,
+invocations still looking for theirs: a bogus inputEventId must not lock real users out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent_worker.errors import AgentWorkerError
+from agent_worker.worker.dedup import InvocationLog
 
 __all__ = ["Admission", "Invocation", "InvocationRefused", "WorkerBusy"]
 
@@ -57,13 +62,22 @@ class Admission:
     """Validation, the event-id dedup memory (bounded, oldest forgotten first) and the run limit."""
 
     def __init__(
-        self, sessions: Sequence[str], max_runs: int, retry_after_s: int, dedup_limit: int = _DEDUP_LIMIT
+        self,
+        sessions: Sequence[str],
+        max_runs: int,
+        retry_after_s: int,
+        dedup_limit: int = _DEDUP_LIMIT,
+        *,
+        max_pending: int = 256,
+        state_dir: str | Path | None = None,
     ) -> None:
         self.sessions = tuple(sessions)
         self.max_runs = max_runs
+        self.max_pending = max_pending
         self.retry_after_s = retry_after_s
         self.dedup_limit = dedup_limit
-        self._seen: OrderedDict[tuple[str, str], Seen] = OrderedDict()
+        self._pending: dict[tuple[str, str], asyncio.Future[Invocation]] = {}
+        self._log = InvocationLog(state_dir, limit=dedup_limit)
 
     def session_name(self, name: object) -> str:
         """A valid channel name this worker serves, else :class:`InvocationRefused` (400/404)."""
@@ -86,28 +100,40 @@ class Admission:
         return value
 
     def seen(self, session: str, event_id: str) -> Seen | None:
-        return self._seen.get((session, event_id))
+        key = (session, event_id)
+        pending = self._pending.get(key)
+        if pending is not None:
+            return pending
+        done = self._log.get(key)
+        return Invocation(done[0], done[1], session) if done is not None else None
 
-    def check_capacity(self, active: int) -> None:
-        if active >= self.max_runs:
+    def check_capacity(self, running: int, unlocated: int = 0) -> None:
+        """``running``: runs holding a slot; ``unlocated``: invocations still looking for input."""
+        if running >= self.max_runs:
             msg = f"the worker is at its limit of {self.max_runs} concurrent runs"
             raise WorkerBusy(msg, retry_after=self.retry_after_s)
+        if unlocated >= self.max_pending:
+            msg = f"the worker is looking for {unlocated} inputs already; retry shortly"
+            raise WorkerBusy(msg, retry_after=self.retry_after_s)
 
-    def has_capacity(self, active: int) -> bool:
-        return active < self.max_runs
+    def has_capacity(self, running: int) -> bool:
+        return running < self.max_runs
 
     def reserve(self, session: str, event_id: str) -> asyncio.Future[Invocation]:
         """Claim an event-id before any await, so a concurrent duplicate waits for this run."""
         pending: asyncio.Future[Invocation] = asyncio.get_running_loop().create_future()
-        self._seen[(session, event_id)] = pending
+        self._pending[(session, event_id)] = pending
         return pending
 
     def release(self, session: str, event_id: str) -> None:
-        self._seen.pop((session, event_id), None)
+        self._pending.pop((session, event_id), None)
 
     def remember(self, invocation: Invocation, event_id: str) -> None:
-        key = (invocation.session_name, event_id)
-        self._seen[key] = invocation
-        self._seen.move_to_end(key)
-        while len(self._seen) > self.dedup_limit:
-            self._seen.popitem(last=False)
+        self._log.put((invocation.session_name, event_id), invocation.run_id, invocation.invocation_id)
+
+    def forget(self, session: str, event_id: str) -> None:
+        """A failed invocation (input never found, caller refused): a retry starts a new run."""
+        self._log.forget((session, event_id))
+
+    def close(self) -> None:
+        self._log.close()

@@ -10,15 +10,17 @@ client only checks ``response.ok``; refusals carry an Ably-style error body
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Sized
 from typing import Any, Protocol
 
 from aiohttp import web
 
+from agent_worker.client.tokens import decode_token
 from agent_worker.config import HttpConfig
-from agent_worker.errors import AgentWorkerError, ConfigError, TransportError
+from agent_worker.errors import AgentWorkerError, AuthError, ConfigError, ProtocolError, TransportError
+from agent_worker.limits import loads_json, read_body
 from agent_worker.logs import get_logger
+from agent_worker.server.auth import Capability
 from agent_worker.telemetry import continue_trace
 from agent_worker.web import WebSettings, add_web_routes
 from agent_worker.worker.admission import Invocation, InvocationRefused, WorkerBusy
@@ -52,11 +54,14 @@ class HttpWorker(Protocol):
     @property
     def sessions(self) -> Sized: ...
 
-    async def invoke(self, session_name: object, input_event_id: object) -> Invocation: ...
+    async def invoke(
+        self, session_name: object, input_event_id: object, *, caller_client_id: str | None = None
+    ) -> Invocation: ...
 
 
 WORKER_KEY: web.AppKey[HttpWorker] = web.AppKey("worker")
 CONFIG_KEY: web.AppKey[HttpConfig] = web.AppKey("http_config", HttpConfig)
+TOKEN_KEY: web.AppKey[str | None] = web.AppKey("token_key")
 
 
 def _error(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -93,6 +98,30 @@ def _authorised(request: web.Request, config: HttpConfig) -> bool:
     return hmac.compare_digest(value.strip().encode(), token.get().encode())
 
 
+def _ably_caller(request: web.Request, session: object) -> str:
+    """The clientId of an ``Authorization: Bearer <JWT>`` caller whose token (signed with the
+    worker's key) may publish on ``session``; ``AuthError`` otherwise."""
+    key = request.app[TOKEN_KEY]
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not value.strip() or key is None:
+        msg = "this worker requires an Ably token: Authorization: Bearer <JWT>"
+        raise AuthError(msg, code=40101, status_code=401)
+    claims = decode_token(value.strip(), key)
+    client_id = claims.get("x-ably-clientId")
+    if not isinstance(client_id, str) or not client_id:
+        msg = "the token has no clientId, so it cannot prove who published the input"
+        raise AuthError(msg, code=40101, status_code=401)
+    try:
+        capability = Capability.parse(claims.get("x-ably-capability", '{"*":["*"]}'))
+    except AgentWorkerError:
+        msg = "the token's capability is malformed"
+        raise AuthError(msg, code=40101, status_code=401) from None
+    if not isinstance(session, str) or not capability.allows(session, "publish"):
+        msg = "the token's capability does not cover this session"
+        raise AuthError(msg, code=40160, status_code=401)
+    return client_id
+
+
 async def invoke(request: web.Request) -> web.Response:
     worker = request.app[WORKER_KEY]
     config = request.app[CONFIG_KEY]
@@ -101,29 +130,28 @@ async def invoke(request: web.Request) -> web.Response:
         worker.metrics.invocations.labels("unauthorized").inc()
         log.warning("invocation_unauthorized", remote=request.remote)
         return _error(401, 40101, "missing or invalid bearer token", {**cors, "WWW-Authenticate": "Bearer"})
-    if request.content_length is not None and request.content_length > config.max_body_bytes:
-        worker.metrics.invocations.labels("refused").inc()
-        return _error(413, 40009, f"body larger than {config.max_body_bytes} bytes", cors)
     try:
-        raw = await request.content.read(config.max_body_bytes + 1)
-    except (ConnectionError, ValueError):
-        return _error(400, 40000, "could not read the request body", cors)
-    if len(raw) > config.max_body_bytes:
+        body: Any = loads_json(await read_body(request, config.max_body_bytes) or b"null", "body", code=40000)
+    except ProtocolError as exc:
         worker.metrics.invocations.labels("refused").inc()
-        return _error(413, 40009, f"body larger than {config.max_body_bytes} bytes", cors)
-    try:
-        body: Any = json.loads(raw or b"null")
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        worker.metrics.invocations.labels("refused").inc()
-        log.warning("invocation_refused", reason="body is not JSON")
-        return _error(400, 40000, "body must be a JSON object {inputEventId, sessionName}", cors)
+        log.warning("invocation_refused", reason=exc.message, code=exc.code)
+        return _error(exc.status_code, exc.code, exc.message, cors)
     if not isinstance(body, dict):
         worker.metrics.invocations.labels("refused").inc()
         return _error(400, 40000, "body must be a JSON object {inputEventId, sessionName}", cors)
+    caller: str | None = None
+    if config.requires_ably_token():
+        try:
+            caller = _ably_caller(request, body.get("sessionName"))
+        except AuthError as exc:
+            worker.metrics.invocations.labels("unauthorized").inc()
+            log.warning("invocation_unauthorized", remote=request.remote, reason=exc.message)
+            return _error(exc.status_code, exc.code, exc.message, {**cors, "WWW-Authenticate": "Bearer"})
     try:
         # A W3C traceparent on the POST makes the run's spans part of the caller's trace.
         invocation = await continue_trace(
-            request.headers, worker.invoke(body.get("sessionName"), body.get("inputEventId"))
+            request.headers,
+            worker.invoke(body.get("sessionName"), body.get("inputEventId"), caller_client_id=caller),
         )
     except WorkerBusy as exc:
         log.info("invocation_busy", retry_after=exc.retry_after)
@@ -181,6 +209,10 @@ def build_app(
     app = web.Application(client_max_size=cfg.max_body_bytes + 1024)
     app[WORKER_KEY] = worker
     app[CONFIG_KEY] = cfg
+    app[TOKEN_KEY] = token_key
+    if cfg.requires_ably_token() and token_key is None:
+        msg = "[http] auth = ably-token needs the worker's API key to verify callers' tokens"
+        raise ConfigError(msg)
     app.router.add_post(cfg.path, invoke)
     app.router.add_route("OPTIONS", cfg.path, preflight)
     app.router.add_get("/healthz", healthz)

@@ -25,13 +25,14 @@ from typing import Any, Literal
 
 from agent_worker import eventloop
 from agent_worker.config import Config, WorkerConfig
-from agent_worker.errors import AgentWorkerError
+from agent_worker.errors import AgentWorkerError, AuthError, InputEventNotFound
 from agent_worker.logs import configure_logging, get_logger
 from agent_worker.protocol.wire import InboundMessage
 from agent_worker.runtime.handler import RunHandler
 from agent_worker.runtime.run import CancelHook, Run
 from agent_worker.runtime.session import AgentSession, CancelDecision, CancelPolicy
 from agent_worker.runtime.supervisor import Hook, LocateLimits, RunSupervisor, call_hook
+from agent_worker.runtime.trigger import Trigger
 from agent_worker.telemetry import configure_from_env, trace_run
 from agent_worker.transport.ably import AblySettings, AblyTransport
 from agent_worker.web import web_defaults
@@ -128,6 +129,9 @@ class Worker:
         """Where the browser client is served (``[http] web``), once :meth:`serve` listens."""
         """``http://host:port/api/chat`` once :meth:`serve` has started the HTTP face."""
         self._active: dict[asyncio.Task[None], Run] = {}
+        # Runs whose input is not located yet hold no slot (see Admission); those located do.
+        self._unlocated: set[Run] = set()
+        self._slotted: set[Run] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._finished = asyncio.Condition()
@@ -149,8 +153,13 @@ class Worker:
         self.history_page_size = self._history_page_size or settings.ably.history_page_size
         self.policy = CancelPolicy(self.config.cancel_policy, self.config.admin_client_ids)
         self.admission = Admission(
-            self.config.sessions, self.config.max_concurrent_runs, self.config.retry_after_s
+            self.config.sessions,
+            self.config.max_concurrent_runs,
+            self.config.retry_after_s,
+            max_pending=self.config.max_pending_invocations,
+            state_dir=self.config.state_dir,
         )
+        self._slots = asyncio.Semaphore(self.config.max_concurrent_runs)
         self.supervisor = RunSupervisor(
             self.agent,
             self,
@@ -264,6 +273,7 @@ class Worker:
         await self.notifier.drain()
         if self.pool is not None:
             await self.pool.close()
+        self.admission.close()
         if self.transport is not None:
             await self.transport.close()
         if self.connection is not None:
@@ -346,6 +356,8 @@ class Worker:
             on_fresh_input=self._on_fresh_input,
             on_cancel_decision=self._count_cancel,
             codec=self.config.codec,
+            # Lifecycle messages are the agent's: others' (forged) ones are not folded.
+            agent_client_id=self.transport.settings.client_id if self.transport is not None else None,
         )
 
     async def session(self, name: str) -> AgentSession:
@@ -363,10 +375,14 @@ class Worker:
     def check_session_name(self, name: object) -> str:
         return self.admission.session_name(name)
 
-    async def invoke(self, session_name: object, input_event_id: object) -> Invocation:
+    async def invoke(
+        self, session_name: object, input_event_id: object, *, caller_client_id: str | None = None
+    ) -> Invocation:
         """Accept an invocation: validate, deduplicate by event-id, check capacity, start the run.
 
-        Returns once the run task exists — before its work — like the JS handler's ``after()``."""
+        Returns once the run task exists — before its work — like the JS handler's ``after()``.
+        ``caller_client_id`` (an authenticated caller): the input must have been published by that
+        clientId (``*``: any), else the run publishes nothing."""
         name = self.admission.session_name(session_name)
         event_id = self.admission.event_id(input_event_id)
         if not self.accepting:
@@ -380,24 +396,28 @@ class Worker:
             log.info("invocation_duplicate", session=name, event_id=event_id, run_id=seen.run_id)
             return Invocation(seen.run_id, seen.invocation_id, name, duplicate=True)
         try:
-            self.admission.check_capacity(len(self._active))
+            self.admission.check_capacity(len(self._slotted), len(self._unlocated))
         except WorkerBusy:
             self.metrics.invocations.labels("busy").inc()
             raise
         pending = self.admission.reserve(name, event_id)
         try:
             session = await self.session(name)
-            invocation = self._start_run(session, event_id)
+            invocation = self._start_run(session, event_id, caller_client_id)
         except BaseException as exc:
-            self.admission.release(name, event_id)
             pending.set_exception(exc)
             pending.exception()  # retrieved: waiting duplicates re-raise it
             raise
+        finally:
+            self.admission.release(name, event_id)
         pending.set_result(invocation)
         return invocation
 
-    def _start_run(self, session: AgentSession, event_id: str) -> Invocation:
+    def _start_run(
+        self, session: AgentSession, event_id: str, caller_client_id: str | None = None
+    ) -> Invocation:
         run = session.create_run(event_id, coalesce_window_s=self.config.coalesce_window_ms / 1000.0)
+        run.caller_client_id = caller_client_id
         if self.on_run_created is not None:
             try:
                 self.on_run_created(run)
@@ -409,6 +429,7 @@ class Worker:
         task = asyncio.create_task(body, name=f"run:{run.run_id}")  # body: the invoke_agent span
         run.task = task
         self._active[task] = run
+        self._unlocated.add(run)
         self._idle.clear()
         self.metrics.active_runs.set(len(self._active))
         self.metrics.invocations.labels("accepted").inc()
@@ -423,14 +444,16 @@ class Worker:
             return
         if not self.accepting:
             return
-        if not self.admission.has_capacity(len(self._active)):
+        if not self.admission.has_capacity(len(self._slotted)):
             self.metrics.invocations.labels("busy").inc()
             log.warning("watch_input_dropped", session=session.name, event_id=event_id, reason="busy")
             return
         self._start_run(session, event_id)
 
     def _run_done(self, task: asyncio.Task[None]) -> None:
-        self._active.pop(task, None)
+        run = self._active.pop(task, None)
+        if run is not None:
+            self._unlocated.discard(run)
         self.metrics.active_runs.set(len(self._active))
         if not self._active:
             self._idle.set()
@@ -450,10 +473,27 @@ class Worker:
     def trigger_waited(self, seconds: float) -> None:
         self.metrics.trigger_wait.observe(seconds)
 
+    async def run_located(self, run: Run, trigger: Trigger) -> None:
+        """The run's input exists: check it is the authenticated caller's, then take a run slot
+        (several accepted at once queue here)."""
+        self._unlocated.discard(run)
+        caller = run.caller_client_id
+        if caller is not None and caller not in ("*", trigger.client_id):
+            msg = f"the input was published by {trigger.client_id!r}, not by the caller {caller!r}"
+            raise AuthError(msg, code=40160, status_code=401)
+        await self._slots.acquire()
+        self._slotted.add(run)
+
     def first_output(self, seconds: float) -> None:
         self.metrics.time_to_first_token.observe(seconds)
 
     def run_finished(self, run: Run, error: AgentWorkerError | None, accepted_at: float) -> None:
+        self._unlocated.discard(run)
+        if run in self._slotted:
+            self._slotted.discard(run)
+            self._slots.release()
+        if isinstance(error, InputEventNotFound | AuthError):
+            self.admission.forget(run.session.name, run.event_id)
         outcome = run.outcome or ("error" if error is not None else "cancelled")
         if outcome == "complete":
             self.runs_completed += 1

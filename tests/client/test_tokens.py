@@ -72,9 +72,9 @@ class TestConnect:
         self, ably_server: EmbeddedServer, device: DeviceFactory
     ) -> None:
         """A token scoped to one session works there and is refused on another session."""
-        capability = {"conversations:alice-*": ["publish", "subscribe", "history", "presence"]}
+        capability = {"conversations:alice:*": ["publish", "subscribe", "history", "presence"]}
         token = mint_token(ably_server.default_key, client_id="alice", capability=capability)
-        mine = await device("conversations:alice-1", None, key=None, token=token)
+        mine = await device("conversations:alice:1", None, key=None, token=token)
         await mine.send_text("allowed")
         with pytest.raises(TransportError) as refused:
             await device("conversations:bob-1", None, key=None, token=token)

@@ -142,6 +142,7 @@ class ReferenceAgent:
         self.url = ""
         self.errors: list[dict[str, Any]] = []
         self._reader: asyncio.Task[None] | None = None
+        self._stderr_reader: asyncio.Task[None] | None = None
         self._stderr: list[str] = []
 
     async def start(self) -> ReferenceAgent:
@@ -175,10 +176,20 @@ class ReferenceAgent:
                 elif line.startswith("@@event "):
                     self.errors.append(json.loads(line[8:]))
             if not ready.done():
-                assert self.proc.stderr is not None
-                tail = (await self.proc.stderr.read()).decode(errors="replace")
-                ready.set_exception(RuntimeError(f"reference agent exited before ready:\n{tail[-3000:]}"))
+                assert self._stderr_reader is not None
+                await self._stderr_reader
+                tail = "".join(self._stderr)[-3000:]
+                ready.set_exception(RuntimeError(f"reference agent exited before ready:\n{tail}"))
 
+        async def drain_stderr() -> None:
+            # Read for the whole life of the child: Node writes to a pipe synchronously, so a full,
+            # unread stderr pipe would stall the agent mid-run.
+            assert self.proc is not None and self.proc.stderr is not None
+            async for raw in self.proc.stderr:
+                self._stderr.append(raw.decode(errors="replace"))
+                del self._stderr[:-200]
+
+        self._stderr_reader = asyncio.create_task(drain_stderr())
         self._reader = asyncio.create_task(read())
         async with asyncio.timeout(30):
             info = await ready
@@ -207,7 +218,8 @@ class ReferenceAgent:
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        for task in (self._reader, self._stderr_reader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

@@ -1,4 +1,4 @@
-"""Auth: capabilities (incl. a token scoped to ``conversations:alice-*``), clientId rules, bad tokens."""
+"""Auth: capabilities (incl. a token scoped to ``conversations:alice:*``), clientId rules, bad tokens."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from tests.server.server_support import (
     wait_connected,
 )
 
-ALICE_ONLY = {"conversations:alice-*": ["*"]}
+ALICE_ONLY = {"conversations:alice:*": ["*"]}
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -36,10 +36,10 @@ def _bearer(token: str) -> dict[str, str]:
 
 class TestScopedToken:
     async def test_alice_scope_works_on_own_channels(self, ably_server: EmbeddedServer) -> None:
-        """A token for conversations:alice-* can attach, publish and read history there."""
+        """A token for conversations:alice:* can attach, publish and read history there."""
         rt = python_realtime(ably_server, client_id="alice", capability=ALICE_ONLY)
         try:
-            ch = rt.channels.get("conversations:alice-42")
+            ch = rt.channels.get("conversations:alice:42")
             got, listener = collector()
             await ch.subscribe(listener)
             await ch.publish("n", "mine")
@@ -56,7 +56,7 @@ class TestScopedToken:
                 await rt.channels.get("conversations:bob-1").attach()
             assert info.value.code == 40160
             # The connection itself is unaffected.
-            await rt.channels.get("conversations:alice-1").publish("n", "still fine")
+            await rt.channels.get("conversations:alice:1").publish("n", "still fine")
         finally:
             await rt.close()
 
@@ -234,8 +234,8 @@ def test_resource_matching() -> None:
     assert resource_matches("conversations:*", "conversations:a:b")
     assert not resource_matches("conversations:*", "conversations")
     assert resource_matches("a:*:c", "a:b:c") and not resource_matches("a:*:c", "a:b:d")
-    assert resource_matches("conversations:alice-*", "conversations:alice-1")
-    assert not resource_matches("conversations:alice-*", "conversations:bob-1")
+    assert resource_matches("conversations:alice:*", "conversations:alice:1")
+    assert not resource_matches("conversations:alice:*", "conversations:bob-1")
     assert resource_matches("[*]*", "x")
     cap = Capability.parse('{"chat:*":["publish"],"*":["subscribe"]}')
     assert cap.ops_for("chat:1") == {"publish", "subscribe"}

@@ -269,3 +269,95 @@ def test_server_still_serves_after_fuzzing(fuzz_server: EmbeddedServer) -> None:
     finally:
         bystander.close()
     asyncio.run(_healthy_round_trip(fuzz_server))
+
+
+DEEP_SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def _nested_text(depth: int, opener: str) -> str:
+    closer = "]" if opener == "[" else "}"
+    inner = '"x"'
+    if opener == "{":
+        return '{"k":' * depth + inner + closer * depth
+    return opener * depth + inner + closer * depth
+
+
+@DEEP_SETTINGS
+@given(
+    depth=st.integers(30, 5000), opener=st.sampled_from(["[", "{"]), where=st.sampled_from(["data", "extras"])
+)
+def test_deeply_nested_frames(fuzz_server: EmbeddedServer, depth: int, opener: str, where: str) -> None:
+    """Any nesting depth in a publish gets an ACK (shallow) or an ERROR/NACK with a 4xxxx code, never
+    50000 and never a stall."""
+    ws = _open(fuzz_server)
+    try:
+        frame = {"action": 15, "channel": "fuzz", "msgSerial": 0, "messages": [{"name": "n", where: "SLOT"}]}
+        ws.send(json.dumps(frame).replace('"SLOT"', _nested_text(depth, opener)))
+        for reply in _drain(ws):
+            if reply["action"] in (2, 9):
+                assert 40000 <= reply["error"]["code"] < 50000, reply
+    finally:
+        ws.close()
+
+
+@DEEP_SETTINGS
+@given(
+    depth=st.integers(30, 5000),
+    path=st.sampled_from(["/channels/fuzz/messages", "/keys/local.dev/requestToken"]),
+)
+def test_deeply_nested_bodies(fuzz_server: EmbeddedServer, depth: int, path: str) -> None:
+    conn = http.client.HTTPConnection(fuzz_server.host, fuzz_server.port, timeout=10)
+    try:
+        body = '{"name":"n","data":' + _nested_text(depth, "[") + "}"
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {fuzz_server.mint_token('fuzzer')}",
+        }
+        conn.request("POST", path, body=body.encode(), headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+    finally:
+        conn.close()
+    assert resp.status < 500
+
+
+def test_slow_readers_and_slow_writers_do_not_stall_a_bystander(fuzz_server: EmbeddedServer) -> None:
+    """A socket that never reads while a channel floods it, and an HTTP client dribbling its body one
+    byte at a time: a bystander's heartbeat round trips keep completing (measured, printed)."""
+    import socket  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    slow = _open(fuzz_server)
+    slow.send(json.dumps({"action": 10, "channel": "flood"}))
+    dribble = socket.create_connection((fuzz_server.host, fuzz_server.port), timeout=10)
+    dribble.sendall(
+        b"POST /keys/local.dev/requestToken HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100000\r\n\r\n"
+    )
+    bystander = _open(fuzz_server)
+    publisher = _open(fuzz_server)
+    rtts = []
+    try:
+        for i in range(30):
+            publisher.send(
+                json.dumps(
+                    {"action": 15, "channel": "flood", "msgSerial": i, "messages": [{"data": "z" * 3000}]}
+                )
+            )
+            dribble.sendall(b"[")
+            started = time.perf_counter()
+            bystander.send(json.dumps({"action": 0, "id": f"p{i}"}))
+            while True:
+                reply = json.loads(bystander.recv(timeout=30))
+                if reply.get("id") == f"p{i}":
+                    break
+            rtts.append(time.perf_counter() - started)
+        rtts.sort()
+        p50, worst = rtts[15] * 1000, rtts[-1] * 1000
+        print(f"bystander rtt with a slow reader and a slow writer: p50 {p50:.1f} ms max {worst:.1f} ms")
+    finally:
+        for ws in (slow, bystander, publisher):
+            ws.close()
+        dribble.close()

@@ -11,7 +11,7 @@ from tests.server_js.server_js_support import scenario
 
 pytestmark = pytest.mark.node
 
-SCOPE = {"conversations:alice-*": ["publish", "subscribe", "history", "presence"]}
+SCOPE = {"conversations:alice:*": ["publish", "subscribe", "history", "presence"]}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_scoped_token_works_inside_its_scope(auth: dict[str, Any]) -> None:
 @pytest.mark.parametrize("operation", ["attach", "publish", "history", "restPublish", "restHistory"])
 def test_scoped_token_is_refused_elsewhere(auth: dict[str, Any], operation: str) -> None:
     error = auth["scoped"]["denied"][operation]
-    assert error is not None, f"{operation} outside conversations:alice-* was allowed"
+    assert error is not None, f"{operation} outside conversations:alice:* was allowed"
     assert error["code"] == 40160
 
 

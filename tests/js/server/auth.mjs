@@ -1,5 +1,5 @@
 // Token auth in every shape ably-js supports (literal JWT from server.mint_token, authCallback,
-// authUrl, TokenRequest -> requestToken) and capability scoping of a `conversations:alice-*` token.
+// authUrl, TokenRequest -> requestToken) and capability scoping of a `conversations:alice:*` token.
 import { createServer } from 'node:http';
 import { allPages, config, connected, errorOf, main, msg, realtime, rest, step, within } from './lib.mjs';
 
@@ -96,7 +96,7 @@ main(async () => {
 
   step('scoped token: allowed channel');
   const scoped = await connected(realtime({ token: config.scopedToken }));
-  const mine = scoped.channels.get('conversations:alice-1');
+  const mine = scoped.channels.get('conversations:alice:1');
   await within(mine.attach(), 10000, 'attach own channel');
   const minePub = await within(mine.publish('ok', 'allowed'), 10000, 'publish own channel');
   const mineHist = await within(mine.history(), 10000, 'history own channel');
@@ -113,7 +113,7 @@ main(async () => {
   const scopedRest = rest({ token: config.scopedToken });
   const restPubErr = await errorOf(scopedRest.channels.get('conversations:bob-4').publish('no', 'x'), 10000, 'rest pub');
   const restHistErr = await errorOf(scopedRest.channels.get('conversations:bob-4').history(), 10000, 'rest history');
-  const restOk = await within(scopedRest.channels.get('conversations:alice-2').publish('ok', 'x'), 10000, 'rest ok');
+  const restOk = await within(scopedRest.channels.get('conversations:alice:2').publish('ok', 'x'), 10000, 'rest ok');
   out.scoped.denied = {
     attach: attachErr,
     attachState: other.state,

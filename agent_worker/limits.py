@@ -1,0 +1,101 @@
+"""Decode caps shared by every path that parses untrusted input (WebSocket frames, REST bodies,
+token requests, the worker's invocation endpoint).
+
+Why: CPython's ``json`` and ``msgpack`` decoders recurse in C up to ~1000 levels, and everything
+downstream that walks the result (copying, sizing, re-encoding, logging) recurses in Python; one
+2 KB frame nested 1000 deep used to end in a ``RecursionError`` deep inside a handler. So the depth
+is checked right after decoding, iteratively, and the byte size before decoding; each refusal is a
+:class:`~agent_worker.errors.ProtocolError` with Ably's code (40000 too deep, 40009 too large,
+40013 undecodable).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgpack
+
+from agent_worker.errors import ProtocolError
+
+__all__ = ["MAX_DEPTH", "check_depth", "loads_json", "loads_msgpack", "read_body", "too_large"]
+
+#: Containers nested deeper than this are refused (AIT payloads nest < 10 deep).
+MAX_DEPTH = 64
+
+
+def check_depth(obj: Any, max_depth: int = MAX_DEPTH) -> None:
+    """Raise ``ProtocolError(40000)`` if ``obj`` nests lists/dicts deeper than ``max_depth``.
+
+    Iterative (an explicit stack), so it cannot itself hit the recursion limit."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > max_depth:
+            msg = f"payload nests deeper than {max_depth} levels"
+            raise ProtocolError(msg, code=40000, status_code=400)
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list | tuple))
+
+
+def _too_deep(what: str) -> ProtocolError:
+    return ProtocolError(f"{what} nests deeper than {MAX_DEPTH} levels", code=40000, status_code=400)
+
+
+def loads_json(raw: str | bytes, what: str = "JSON", *, code: int = 40013) -> Any:
+    """``json.loads`` with the depth cap; undecodable input is ``ProtocolError(code)``."""
+    try:
+        obj = json.loads(raw)
+    except RecursionError:
+        raise _too_deep(what) from None
+    except (ValueError, TypeError) as exc:
+        msg = f"unable to decode {what}: {type(exc).__name__}"
+        raise ProtocolError(msg, code=code, status_code=400) from None
+    check_depth(obj)
+    return obj
+
+
+def loads_msgpack(raw: bytes, what: str = "msgpack", *, code: int = 40013) -> Any:
+    """``msgpack.unpackb`` with the depth cap; undecodable input is ``ProtocolError(code)``."""
+    try:
+        obj = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except (msgpack.StackError, RecursionError):
+        raise _too_deep(what) from None
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, TypeError) as exc:
+        msg = f"unable to decode {what}: {type(exc).__name__}"
+        raise ProtocolError(msg, code=code, status_code=400) from None
+    check_depth(obj)
+    return obj
+
+
+def too_large(limit: int) -> ProtocolError:
+    return ProtocolError(f"request body larger than {limit} bytes", code=40009, status_code=413)
+
+
+async def read_body(request: Any, limit: int) -> bytes:
+    """An aiohttp request body of at most ``limit`` bytes, refused (40009/413) before it is read
+    when ``Content-Length`` says it is larger, and after ``limit + 1`` bytes when chunked."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise too_large(limit)
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        # ``read(n)`` returns what is buffered (up to n), so loop until EOF or one byte past the cap.
+        while total <= limit:
+            chunk: bytes = await request.content.read(limit + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except (ConnectionError, ValueError):
+        msg = "could not read the request body"
+        raise ProtocolError(msg, code=40000, status_code=400) from None
+    if total > limit:
+        raise too_large(limit)
+    return b"".join(chunks)

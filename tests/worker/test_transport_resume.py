@@ -1,0 +1,97 @@
+"""The transport adapter across a dropped connection: what ably-python resends and what is new must
+reach the server in ``msgSerial`` order (see the notes in agent_worker/transport/ably.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from agent_worker.protocol.wire import OutboundMessage
+from agent_worker.server import EmbeddedServer
+from agent_worker.transport.ably import AblyTransport
+from tests.runtime.runtime_support import worker_settings
+
+
+async def test_append_submitted_while_reconnecting_follows_the_resent_one(
+    ably_server: EmbeddedServer,
+) -> None:
+    """An append in flight when the socket drops is resent on resume; one submitted while the
+    client reconnects is sent only once the connection is back, so both are ACKed and the text is
+    in order. (Started while reconnecting, ably-python would queue it ahead of the resent append
+    in its ACK queue: the resent append's ACK would resolve nothing and its future would hang; and
+    a send started just before the resend tasks run would overtake them on the wire.)"""
+    # Checks each append as sent across the resume: server-side rollup (server/rollup.py) is off.
+    transport = AblyTransport(worker_settings(ably_server, rate=1000.0, append_rollup_window_ms=0))
+    await transport.connect()
+    try:
+        name = f"conversations:resume-{uuid.uuid4().hex[:8]}"
+        channel = transport.channel(name)
+        serial = await channel.publish(OutboundMessage(name="t", data="a"))
+        assert serial is not None
+        connection = channel.client.connection
+        down = asyncio.Event()
+
+        def on_change(change: Any) -> None:
+            if str(getattr(change.current, "value", change.current)) in {"disconnected", "connecting"}:
+                down.set()
+
+        connection.on(on_change)
+        # Written (its first step ran) but never ACKed: the server drops the socket unread.
+        await channel.acquire()
+        in_flight = channel.start_append(serial, OutboundMessage(name="t", data="b"))
+        await asyncio.sleep(0)
+        assert ably_server.drop_connections("agent-worker") == 1
+        async with asyncio.timeout(20):
+            await down.wait()
+
+        async def submit() -> asyncio.Task[str | None]:
+            await channel.acquire()
+            return channel.start_append(serial, OutboundMessage(name="t", data="c"))
+
+        async with asyncio.timeout(20):
+            later = await submit()
+            await asyncio.gather(in_flight, later)
+        connection.off(on_change)
+        assert ably_server.hub.channel(name).log.records[serial].content["data"] == "abc"
+    finally:
+        await transport.close()
+
+
+async def test_connections_the_pool_opens_count_reconnects_and_send_after_one(
+    ably_server: EmbeddedServer,
+) -> None:
+    """Each connection the pool opens as load grows carries the reconnect count and the send gate
+    (``_Connection.ready``), not just the first one."""
+    settings = worker_settings(ably_server, rate=1000.0, append_rollup_window_ms=0)
+    # A target below one session's reservation: every new session channel grows the pool.
+    transport = AblyTransport(replace(settings, target_messages_per_second=1.0))
+    await transport.connect()
+    try:
+        names = [f"conversations:pool-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+        channels = [await transport.open_channel(name) for name in names]
+        assert len({id(ch.client) for ch in channels}) == 2
+        assert [ch.reconnects for ch in channels] == [0, 0]
+        back = [asyncio.Event() for _ in channels]
+
+        def watch(event: asyncio.Event) -> Any:
+            def on_change(change: Any) -> None:
+                if str(getattr(change.current, "value", change.current)) == "connected":
+                    event.set()
+
+            return on_change
+
+        for ch, event in zip(channels, back, strict=True):
+            ch.client.connection.on(watch(event))
+        assert ably_server.drop_connections("agent-worker") == len(transport.pool.connections)
+        async with asyncio.timeout(20):
+            await asyncio.gather(*(event.wait() for event in back))
+            # The public emitter is deferred; the count is taken on the manager's synchronous one.
+            assert [ch.reconnects for ch in channels] == [1, 1]
+            serials = [await ch.publish(OutboundMessage(name="t", data=ch.name)) for ch in channels]
+        for name, serial in zip(names, serials, strict=True):
+            assert serial is not None
+            assert ably_server.hub.channel(name).log.records[serial].content["data"] == name
+    finally:
+        await transport.close()
