@@ -205,6 +205,10 @@ class WorkerConfig(_Section):
     log_format: Literal["console", "json"] = "console"
     log_level: str = "info"
     gc_tuning: bool = True
+    state_dir: str | None = None
+    """Crash journal directory (SQLite, one worker process each): runs a killed process left open are
+    ended at start. Unset: ``agent-worker run`` picks a per-user state dir (none for an in-memory
+    embedded server), an embedded ``Worker`` journals nothing; ``""``: no journal."""
     """After start-up, freeze the start-up objects out of CPython's full collections (p99 latency)."""
     codec: Literal["vercel-ai-sdk-ui-message", "openai-responses"] | None = None
     """Pin every session to one codec (``vercel-ai-sdk-ui-message`` / ``openai-responses``); by
