@@ -241,6 +241,10 @@ class Channel:
         client = conn.client
         self._sdk = client.channels.get(name, ChannelOptions(params={"agent": AGENT_PARAM}))
         self._listeners: list[Callable[[Any], None]] = []
+        # An ACK that never comes (a server that died with the message in flight: ably-python
+        # resends it on the next connection, where it may never be ACKed) must fail the operation,
+        # not hang the run forever; then the run ends, or the crash journal's sweep ends it.
+        self.ack_timeout_s = 2 * transport.settings.realtime_request_timeout_ms / 1000
 
     @property
     def state(self) -> str:
@@ -317,7 +321,8 @@ class Channel:
             try:
                 await self._conn.ready()
                 with map_ably_errors(f"publish on {self.name}"):
-                    result = await self._sdk.publish(sdk_msgs)
+                    async with asyncio.timeout(self.ack_timeout_s):
+                        result = await self._sdk.publish(sdk_msgs)
             except TransportError as exc:
                 if attempt == attempts or not _transient(exc):
                     raise
@@ -335,7 +340,8 @@ class Channel:
         await self.limiter.acquire()
         await self._conn.ready()
         with map_ably_errors(f"append on {self.name}", channel=self.name):
-            result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
+            async with asyncio.timeout(self.ack_timeout_s):
+                result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
         return getattr(result, "version_serial", None)
 
     async def acquire(self) -> None:
@@ -351,7 +357,8 @@ class Channel:
         async def run() -> str | None:
             await self._conn.ready()
             with map_ably_errors(f"append on {self.name}", channel=self.name):
-                result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
+                async with asyncio.timeout(self.ack_timeout_s):
+                    result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
             return getattr(result, "version_serial", None)
 
         return asyncio.create_task(run())
@@ -360,7 +367,8 @@ class Channel:
         await self.limiter.acquire()
         await self._conn.ready()
         with map_ably_errors(f"update on {self.name}", channel=self.name):
-            result = await self._sdk.update_message(_sdk_message(msg, serial=serial))
+            async with asyncio.timeout(self.ack_timeout_s):
+                result = await self._sdk.update_message(_sdk_message(msg, serial=serial))
         return getattr(result, "version_serial", None)
 
     async def history_pages(
@@ -627,6 +635,7 @@ class AblyTransport:
                 raise
             finally:
                 client.connection.off(on_change)
+        client.connection.on(self._log_state)
         return client
 
     async def push_publish(self, recipient: dict[str, Any], payload: dict[str, Any]) -> Any:
@@ -639,6 +648,16 @@ class AblyTransport:
             self._rest, "POST", "/push/publish", "push publish", body={**payload, "recipient": recipient}
         )
         return page.items
+
+    @staticmethod
+    def _log_state(change: Any) -> None:
+        """Connection state changes after start-up (a lost server, a reconnect) are worth a line."""
+        reason = getattr(change, "reason", None)
+        log.info(
+            "transport_state",
+            state=str(getattr(change.current, "value", change.current)),
+            reason=str(reason) if reason is not None else None,
+        )
 
     def channel(self, name: str) -> Channel:
         ch = self._channels.get(name)
