@@ -301,7 +301,9 @@ async def test_sigkill_server_mid_stream_worker_reconnects_and_no_run_stays_open
                 return {r["runId"]: r["status"] for r in result["runs"]}
 
             try:
-                async with asyncio.timeout(60):
+                # ably-python reconnects after its retry timeout and a lost ACK fails after the
+                # transport's ACK timeout: tens of seconds, so wait generously.
+                async with asyncio.timeout(180):
                     while (await statuses()).get(run_id, "active") == "active":  # noqa: ASYNC110
                         await asyncio.sleep(1)  # another process's view: nothing to wait on here
             except TimeoutError:
