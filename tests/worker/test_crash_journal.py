@@ -27,12 +27,7 @@ from agent_worker.protocol.vercel.encoder import encode_user_message
 from agent_worker.runtime.journal import ERROR_WORKER_RESTARTED
 from agent_worker.server.testing import RemoteServer, python_realtime
 from agent_worker.transport.ably import to_inbound
-
-TESTS = Path(__file__).resolve().parent.parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-
-from nodeutil import JS_ROOT, node_config, run_node_async  # noqa: E402
+from tests.node_support import JS_ROOT, node_config, run_node_async
 
 FOLD = JS_ROOT / "client" / "fold.mjs"
 SESSION = "conversations:crash"
