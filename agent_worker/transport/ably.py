@@ -548,6 +548,34 @@ class _Connection:
                 await asyncio.wait_for(self._settled.wait(), self._wait_s)
 
 
+class _StateWatch:
+    """Logs connection state changes after start-up, and works around an ably-python 3.1.4 bug.
+
+    When a dropped connection cannot be resumed (the server restarted: 80008) the SDK opens a new
+    one and re-sends the messages still awaiting ACK, but with their old ``msgSerial`` while new
+    messages restart at 0: the server's ACKs then never match, and every later publish on that
+    connection waits forever. So on a new connection id, those messages are failed instead
+    (RTN7e-style, before the SDK re-sends them); the stream writer repairs the streams with a full
+    content update, sent with a fresh serial."""
+
+    def __init__(self, client: AblyRealtime) -> None:
+        self._client = client
+        # Registered once connected: the id to compare the next connection's with.
+        self._connection_id: str | None = client.connection.connection_manager.connection_id
+
+    def on_change(self, change: Any) -> None:
+        state = str(getattr(change.current, "value", change.current))
+        reason = getattr(change, "reason", None)
+        log.info("transport_state", state=state, reason=str(reason) if reason is not None else None)
+        if state != "connected":
+            return
+        manager = self._client.connection.connection_manager
+        previous, self._connection_id = self._connection_id, manager.connection_id
+        if previous is not None and previous != manager.connection_id:
+            error = AblyException("connection not resumed; unacknowledged messages failed", 500, 80008)
+            manager.fail_queued_messages(error)
+
+
 class AblyTransport:
     """The worker's realtime connections (``settings.connections``, default 1). Each session channel
     lives on one of them, chosen by a stable hash of its name, so a busy worker can spread its
@@ -635,7 +663,7 @@ class AblyTransport:
                 raise
             finally:
                 client.connection.off(on_change)
-        client.connection.on(self._log_state)
+        client.connection.on(_StateWatch(client).on_change)
         return client
 
     async def push_publish(self, recipient: dict[str, Any], payload: dict[str, Any]) -> Any:
@@ -648,16 +676,6 @@ class AblyTransport:
             self._rest, "POST", "/push/publish", "push publish", body={**payload, "recipient": recipient}
         )
         return page.items
-
-    @staticmethod
-    def _log_state(change: Any) -> None:
-        """Connection state changes after start-up (a lost server, a reconnect) are worth a line."""
-        reason = getattr(change, "reason", None)
-        log.info(
-            "transport_state",
-            state=str(getattr(change.current, "value", change.current)),
-            reason=str(reason) if reason is not None else None,
-        )
 
     def channel(self, name: str) -> Channel:
         ch = self._channels.get(name)
