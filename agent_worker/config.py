@@ -168,7 +168,10 @@ class WorkerConfig(_Section):
     max_pending_invocations: Annotated[int, Field(ge=1)] = 256
     """Invocations still looking for their input (they hold no run slot); beyond this, 429."""
     state_dir: str | None = None
-    """Keep the invocation log (dedup of retried POSTs) in SQLite here, so it survives a restart."""
+    """Keep the invocation log (dedup of retried POSTs) in SQLite here, so it survives a restart, and
+    the crash journal (runs a killed process left open are ended at start; one worker process per
+    dir). Unset: ``agent-worker run`` picks a per-user state dir (none for an in-memory embedded
+    server), an embedded ``Worker`` keeps nothing; ``""``: none."""
     retry_after_s: int = 1
     drain_timeout_s: float = 30.0
     """On SIGTERM, how long in-flight runs may finish before they are cancelled."""
@@ -205,10 +208,6 @@ class WorkerConfig(_Section):
     log_format: Literal["console", "json"] = "console"
     log_level: str = "info"
     gc_tuning: bool = True
-    state_dir: str | None = None
-    """Crash journal directory (SQLite, one worker process each): runs a killed process left open are
-    ended at start. Unset: ``agent-worker run`` picks a per-user state dir (none for an in-memory
-    embedded server), an embedded ``Worker`` journals nothing; ``""``: no journal."""
     """After start-up, freeze the start-up objects out of CPython's full collections (p99 latency)."""
     codec: Literal["vercel-ai-sdk-ui-message", "openai-responses"] | None = None
     """Pin every session to one codec (``vercel-ai-sdk-ui-message`` / ``openai-responses``); by

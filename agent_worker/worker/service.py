@@ -158,7 +158,7 @@ class Worker:
             self.config.max_concurrent_runs,
             self.config.retry_after_s,
             max_pending=self.config.max_pending_invocations,
-            state_dir=self.config.state_dir,
+            state_dir=self.config.state_dir or None,
         )
         self._slots = asyncio.Semaphore(self.config.max_concurrent_runs)
         self.supervisor = RunSupervisor(
