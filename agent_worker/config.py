@@ -174,7 +174,10 @@ class WorkerConfig(_Section):
     max_pending_invocations: Annotated[int, Field(ge=1)] = 256
     """Invocations still looking for their input (they hold no run slot); beyond this, 429."""
     state_dir: str | None = None
-    """Keep the invocation log (dedup of retried POSTs) in SQLite here, so it survives a restart."""
+    """Keep the invocation log (dedup of retried POSTs) in SQLite here, so it survives a restart, and
+    the crash journal (runs a killed process left open are ended at start; one worker process per
+    dir). Unset: ``agent-worker run`` picks a per-user state dir (none for an in-memory embedded
+    server), an embedded ``Worker`` keeps nothing; ``""``: none."""
     retry_after_s: int = 1
     drain_timeout_s: float = 30.0
     """On SIGTERM, how long in-flight runs may finish before they are cancelled."""

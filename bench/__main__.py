@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "codecs": "bench.codecs",
     "push": "bench.push",
     "hardening": "bench.hardening",
+    "recovery": "bench.recovery",
 }
 
 

@@ -41,8 +41,9 @@ from agent_worker.protocol.headers import (
     lifecycle_message,
 )
 from agent_worker.protocol.tree import ConversationTree
-from agent_worker.protocol.wire import InboundMessage
+from agent_worker.protocol.wire import InboundMessage, OutboundMessage
 from agent_worker.runtime.digest import RunDigest
+from agent_worker.runtime.journal import RunRecorder
 from agent_worker.runtime.streaming import ChannelWriter, StreamWriter, publish_reliably
 from agent_worker.runtime.trigger import Trigger
 
@@ -132,6 +133,8 @@ class Run:
         self.on_steer: Callable[[], None] | None = None
         self.digest = RunDigest()
         """The reply's opening words and what waits for the user (for notifications)."""
+        self.journal: RunRecorder | None = None
+        """Set by a worker with a crash journal: what this run has open on the wire is recorded."""
 
     def __repr__(self) -> str:
         return f"Run(run_id={self.run_id!r}, session={self.session.name!r}, phase={self.phase.value})"
@@ -200,6 +203,19 @@ class Run:
                     regenerates=t.regenerates if t is not None else None,
                 ),
             )
+        if self.journal is not None:
+            self.journal.run_opened(
+                self.session.name,
+                self.run_id,
+                self.owner_client_id,
+                {
+                    "run_id": self.run_id,
+                    "run_client_id": self.run_client_id,
+                    "invocation_id": self.invocation_id,
+                    "input_client_id": t.client_id if t is not None else None,
+                    "input_codec_message_id": t.codec_message_id if t is not None else None,
+                },
+            )
         # Marked before awaiting, and shielded: if the run is cancelled while the ACK is pending, the
         # run-start is on the wire anyway, and the teardown must not publish a second one.
         self._start_published = True
@@ -240,6 +256,8 @@ class Run:
         self.phase = RunPhase.ENDED
         self.outcome = "suspended"
         self.session.deregister(self)
+        if self.journal is not None:
+            self.journal.run_closed()
         log.info("run_suspended")
 
     async def end(self, reason: RunEndReason, error: AgentWorkerError | None = None) -> None:
@@ -256,6 +274,9 @@ class Run:
             await publish_reliably(
                 self.session.channel, lifecycle_message(AI_RUN_END, self._lifecycle_headers(**extra))
             )
+            if self.journal is not None:
+                # Only once the run-end is ACKed: a run whose end failed stays for the journal's sweep.
+                self.journal.run_closed()
         finally:
             self.phase = RunPhase.ENDED
             self.outcome = reason
@@ -406,7 +427,14 @@ class OutputMessage:
         if steer_ids:
             self.encoder.set_default_header(H_STEER_CODEC_MESSAGE_IDS, js_json(steer_ids))
         self.steer_ids = tuple(steer_ids)
-        self.writer = StreamWriter(run.session.channel, self.encoder, window_s=run.coalesce_window_s)
+        journal = run.journal
+        self.writer = StreamWriter(
+            run.session.channel,
+            self.encoder,
+            window_s=run.coalesce_window_s,
+            on_stream_open=(lambda k, s, m: journal.opened("stream", k, s, m)) if journal else None,
+            on_stream_closed=(lambda k: journal.closed("stream", k)) if journal else None,
+        )
         self._step_serial: str | None = None
         self._step_open = False
         self._closed = False
@@ -423,6 +451,8 @@ class OutputMessage:
         self._step_serial = serial
         if serial is not None:
             self.encoder.set_default_header(H_STEP_START_SERIAL, serial)
+            if self.run.journal is not None:
+                self.run.journal.opened("step", self.step_id, serial, self._step_end("cancelled"))
         if self.run.first_output_at is None:
             self.run.first_output_at = asyncio.get_running_loop().time()
 
@@ -444,12 +474,14 @@ class OutputMessage:
         if self._step_serial is None:
             log.warning("step_end_skipped_no_serial", step_id=self.step_id)
             return
-        await publish_reliably(
-            self.run.session.channel,
-            lifecycle_message(
-                AI_STEP_END,
-                self.run._step_headers(self.step_id, step_start_serial=self._step_serial, reason=reason),
-            ),
+        await publish_reliably(self.run.session.channel, self._step_end(reason))
+        if self.run.journal is not None:
+            self.run.journal.closed("step", self.step_id)
+
+    def _step_end(self, reason: StepEndReason) -> OutboundMessage:
+        return lifecycle_message(
+            AI_STEP_END,
+            self.run._step_headers(self.step_id, step_start_serial=self._step_serial, reason=reason),
         )
 
     async def close(self, reason: StepEndReason = "complete") -> None:

@@ -114,11 +114,16 @@ class StreamWriter:
         *,
         window_s: float = 0.04,
         on_first_publish: Callable[[], Awaitable[None]] | None = None,
+        on_stream_open: Callable[[str, str, OutboundMessage], None] | None = None,
+        on_stream_closed: Callable[[str], None] | None = None,
     ) -> None:
         self._channel = channel
         self._encoder = encoder
         self._window_s = window_s
         self._on_first_publish = on_first_publish
+        # The crash journal's view: a stream is open from its publish ACK until its close is ACKed.
+        self._on_stream_open = on_stream_open
+        self._on_stream_closed = on_stream_closed
         self._serials: dict[str, str] = {}
         self._closed_keys: set[str] = set()
         self._buffers: dict[str, _Buffer] = {}
@@ -248,6 +253,8 @@ class StreamWriter:
             await self._submit(op.stream_key, msg)
             self._closed_keys.add(op.stream_key)
             await self._drain()
+            if self._on_stream_closed is not None:
+                self._on_stream_closed(op.stream_key)
         else:
             await self._flush_buffers()
             await self._update(op)
@@ -261,6 +268,8 @@ class StreamWriter:
                 raise TransportError(msg, code=50000)
             self._serials[op.stream_key] = serial
             self._epochs[op.stream_key] = self._reconnects()
+            if self._on_stream_open is not None:
+                self._on_stream_open(op.stream_key, serial, op.message)
 
     async def _submit(self, key: str, msg: OutboundMessage) -> None:
         serial = self._serials.get(key)

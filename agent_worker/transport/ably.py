@@ -269,6 +269,10 @@ class Channel:
         client = conn.client
         self._sdk = client.channels.get(name, ChannelOptions(params={"agent": AGENT_PARAM}))
         self._listeners: list[Callable[[Any], None]] = []
+        # An ACK that never comes (a server that died with the message in flight: ably-python
+        # resends it on the next connection, where it may never be ACKed) must fail the operation,
+        # not hang the run forever; then the run ends, or the crash journal's sweep ends it.
+        self.ack_timeout_s = 2 * transport.settings.realtime_request_timeout_ms / 1000
 
     @property
     def state(self) -> str:
@@ -345,7 +349,8 @@ class Channel:
             try:
                 await self._conn.ready()
                 with map_ably_errors(f"publish on {self.name}"):
-                    result = await self._sdk.publish(sdk_msgs)
+                    async with asyncio.timeout(self.ack_timeout_s):
+                        result = await self._sdk.publish(sdk_msgs)
             except TransportError as exc:
                 if attempt == attempts or not _transient(exc):
                     raise
@@ -363,7 +368,8 @@ class Channel:
         await self.limiter.acquire()
         await self._conn.ready()
         with map_ably_errors(f"append on {self.name}", channel=self.name):
-            result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
+            async with asyncio.timeout(self.ack_timeout_s):
+                result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
         return getattr(result, "version_serial", None)
 
     async def acquire(self) -> None:
@@ -379,7 +385,8 @@ class Channel:
         async def run() -> str | None:
             await self._conn.ready()
             with map_ably_errors(f"append on {self.name}", channel=self.name):
-                result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
+                async with asyncio.timeout(self.ack_timeout_s):
+                    result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
             return getattr(result, "version_serial", None)
 
         return asyncio.create_task(run())
@@ -388,7 +395,8 @@ class Channel:
         await self.limiter.acquire()
         await self._conn.ready()
         with map_ably_errors(f"update on {self.name}", channel=self.name):
-            result = await self._sdk.update_message(_sdk_message(msg, serial=serial))
+            async with asyncio.timeout(self.ack_timeout_s):
+                result = await self._sdk.update_message(_sdk_message(msg, serial=serial))
         return getattr(result, "version_serial", None)
 
     async def history_pages(
@@ -573,6 +581,34 @@ class _Connection:
                 await asyncio.wait_for(self._settled.wait(), self._wait_s)
 
 
+class _StateWatch:
+    """Logs connection state changes after start-up, and works around an ably-python 3.1.4 bug.
+
+    When a dropped connection cannot be resumed (the server restarted: 80008) the SDK opens a new
+    one and re-sends the messages still awaiting ACK, but with their old ``msgSerial`` while new
+    messages restart at 0: the server's ACKs then never match, and every later publish on that
+    connection waits forever. So on a new connection id, those messages are failed instead
+    (RTN7e-style, before the SDK re-sends them); the stream writer repairs the streams with a full
+    content update, sent with a fresh serial."""
+
+    def __init__(self, client: AblyRealtime) -> None:
+        self._client = client
+        # Registered once connected: the id to compare the next connection's with.
+        self._connection_id: str | None = client.connection.connection_manager.connection_id
+
+    def on_change(self, change: Any) -> None:
+        state = str(getattr(change.current, "value", change.current))
+        reason = getattr(change, "reason", None)
+        log.info("transport_state", state=state, reason=str(reason) if reason is not None else None)
+        if state != "connected":
+            return
+        manager = self._client.connection.connection_manager
+        previous, self._connection_id = self._connection_id, manager.connection_id
+        if previous is not None and previous != manager.connection_id:
+            error = AblyException("connection not resumed; unacknowledged messages failed", 500, 80008)
+            manager.fail_queued_messages(error)
+
+
 class AblyTransport:
     """The worker's realtime connections: a :class:`~agent_worker.transport.pool.ConnectionPool`
     that opens connections as load grows (``settings.connections`` to ``max_connections``) and
@@ -672,6 +708,7 @@ class AblyTransport:
                 raise
             finally:
                 client.connection.off(on_change)
+        client.connection.on(_StateWatch(client).on_change)
         return _Connection(client, wait_s)
 
     async def push_publish(self, recipient: dict[str, Any], payload: dict[str, Any]) -> Any:

@@ -74,6 +74,16 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[
             str | None, typer.Option("--log-level", envvar="AGENT_WORKER_LOG_LEVEL", help="debug, info, ...")
         ] = None,
+        state_dir: Annotated[
+            str | None,
+            typer.Option(
+                "--state-dir",
+                envvar="AGENT_WORKER_STATE_DIR",
+                help="Crash journal directory (one worker per dir; default: a per-user state dir for "
+                "the Ably service, none for the in-memory embedded server; '' = off).",
+                show_default=False,
+            ),
+        ] = None,
     ) -> None:
         """Run the agent worker (HTTP invocations + channel sessions) until SIGINT/SIGTERM."""
         import sys  # noqa: PLC0415
@@ -93,6 +103,7 @@ def register(app: typer.Typer) -> None:
             watch=tuple(watch or ()),
             log_format=log_format,
             log_level=log_level,
+            state_dir=state_dir,
         )
         try:
             eventloop.run(serve_forever(overrides, target))

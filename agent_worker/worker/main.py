@@ -16,9 +16,10 @@ from agent_worker.agent import Agent
 from agent_worker.config import Config, Secret, load_config, parse_host_port
 from agent_worker.errors import ConfigError
 from agent_worker.plugins import import_path
+from agent_worker.runtime.journal import default_state_dir
 from agent_worker.worker.service import Worker
 
-__all__ = ["Overrides", "apply_overrides", "build_worker", "serve_forever"]
+__all__ = ["Overrides", "apply_overrides", "build_worker", "serve_forever", "with_state_dir"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,7 @@ class Overrides:
     watch: tuple[str, ...] = ()
     log_format: str | None = None
     log_level: str | None = None
+    state_dir: str | None = None
 
 
 def apply_overrides(cfg: Config, o: Overrides) -> Config:
@@ -55,6 +57,8 @@ def apply_overrides(cfg: Config, o: Overrides) -> Config:
         worker["log_format"] = o.log_format
     if o.log_level is not None:
         worker["log_level"] = o.log_level
+    if o.state_dir is not None:
+        worker["state_dir"] = o.state_dir
     return cfg.model_copy(
         update={
             "ably": cfg.ably.model_copy(update=ably),
@@ -62,6 +66,15 @@ def apply_overrides(cfg: Config, o: Overrides) -> Config:
             "worker": cfg.worker.model_copy(update=worker),
         }
     )
+
+
+def with_state_dir(cfg: Config) -> Config:
+    """``agent-worker run``'s crash journal: unless configured, a per-user state dir per Ably service.
+    An in-memory embedded server dies with the process, taking its channels along: no journal."""
+    if cfg.worker.state_dir is not None or cfg.ably.embedded:
+        return cfg
+    state_dir = str(default_state_dir(cfg.ably.endpoint or "ably"))
+    return cfg.model_copy(update={"worker": cfg.worker.model_copy(update={"state_dir": state_dir})})
 
 
 def build_worker(o: Overrides, target: str | None = None) -> Worker:
@@ -78,9 +91,9 @@ def build_worker(o: Overrides, target: str | None = None) -> Worker:
             raise ConfigError(msg)
     if isinstance(obj, Worker):
         base = load_config(o.config) if o.config is not None else obj.settings
-        obj.configure(apply_overrides(base, o))
+        obj.configure(with_state_dir(apply_overrides(base, o)))
         return obj
-    cfg = apply_overrides(load_config(o.config), o)
+    cfg = with_state_dir(apply_overrides(load_config(o.config), o))
     agent = obj if obj is not None else Agent.from_config(o.config or cfg, provider=o.provider or None)
     return Worker(agent, config=cfg)
 
@@ -111,6 +124,8 @@ def _banner(worker: Worker) -> None:
         )
     else:
         lines.append(f"  handler: {getattr(agent, '__qualname__', type(agent).__name__)}")
+    if worker.journal is not None:
+        lines.append(f"  crash journal: {worker.journal.journal.state_dir}")
     if worker.config.watch_channels:
         lines.append(f"  watching: {', '.join(worker.config.watch_channels)}")
     lines.append("  stop with Ctrl-C (in-flight runs drain, then end cancelled)")

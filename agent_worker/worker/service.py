@@ -38,6 +38,7 @@ from agent_worker.transport.ably import AblySettings, AblyTransport
 from agent_worker.web import web_defaults
 from agent_worker.worker.admission import Admission, Invocation, InvocationRefused, WorkerBusy
 from agent_worker.worker.connect import Connection, connect
+from agent_worker.worker.durability import JournalKeeper
 from agent_worker.worker.http import serve as serve_http
 from agent_worker.worker.metrics import WorkerMetrics
 from agent_worker.worker.notify import Notifier, NotifyHook
@@ -132,6 +133,8 @@ class Worker:
         # Runs whose input is not located yet hold no slot (see Admission); those located do.
         self._unlocated: set[Run] = set()
         self._slotted: set[Run] = set()
+        self.journal: JournalKeeper | None = None
+        """The crash journal (``[worker] state_dir``), open while the worker runs."""
         self._idle = asyncio.Event()
         self._idle.set()
         self._finished = asyncio.Condition()
@@ -157,7 +160,7 @@ class Worker:
             self.config.max_concurrent_runs,
             self.config.retry_after_s,
             max_pending=self.config.max_pending_invocations,
-            state_dir=self.config.state_dir,
+            state_dir=self.config.state_dir or None,
         )
         self._slots = asyncio.Semaphore(self.config.max_concurrent_runs)
         self.supervisor = RunSupervisor(
@@ -206,14 +209,23 @@ class Worker:
         if self._state != "new":
             msg = f"worker cannot start from state {self._state}"
             raise RuntimeError(msg)
-        if self.transport is None:
-            self.connection = await connect(self.settings)
-            self.transport = AblyTransport(self.connection.settings)
+        if self.config.state_dir:
+            # First: a second local worker on this state dir must fail before touching anything.
+            self.journal = JournalKeeper(self.config.state_dir)
         try:
+            if self.transport is None:
+                self.connection = await connect(self.settings)
+                self.transport = AblyTransport(self.connection.settings)
             await self.transport.connect()
+            if self.journal is not None:
+                # Before any session is served: its open runs would block new ones and mislead clients.
+                await self.journal.recover(self.transport)
         except BaseException:
             if self.connection is not None:
                 await self.connection.close()
+            if self.journal is not None:
+                await self.journal.close()
+                self.journal = None
             raise
         self.pool = SessionPool(
             self.transport,
@@ -231,6 +243,11 @@ class Worker:
             session = await self.session(name)
             session.watch = True
         self.pool.start_reaper()
+        if self.journal is not None:
+            transport = self.transport
+            self.journal.start_sweep(
+                transport, lambda: frozenset(r.invocation_id for r in self._active.values())
+            )
         await call_hook(self.on_startup, self)
         log.info("worker_started", watch=list(self.config.watch_channels))
 
@@ -271,6 +288,8 @@ class Worker:
             if still:
                 await asyncio.wait(still, timeout=30)
         await self.notifier.drain()
+        if self.journal is not None:
+            await self.journal.close()
         if self.pool is not None:
             await self.pool.close()
         self.admission.close()
@@ -418,6 +437,8 @@ class Worker:
     ) -> Invocation:
         run = session.create_run(event_id, coalesce_window_s=self.config.coalesce_window_ms / 1000.0)
         run.caller_client_id = caller_client_id
+        if self.journal is not None:
+            self.journal.attach(run)
         if self.on_run_created is not None:
             try:
                 self.on_run_created(run)
