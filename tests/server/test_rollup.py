@@ -197,7 +197,9 @@ async def test_rollups_count_once_against_the_connection_limit(window: str | Non
             outcomes = await _acks(agent, 300)
             nacks = {f["error"]["code"] for f in outcomes if f["action"] == NACK}
             if window == "0":
-                assert nacks == {42911}
+                # The connection limit refuses the burst; the channel's (also 50/s, its bucket
+                # created a moment later) may refuse one the connection's refill just let through.
+                assert 42911 in nacks and nacks <= {42910, 42911}
             else:
                 assert nacks == set()
                 await eventually(lambda: server.hub.rollup.open_rollups == 0, what="the rollup to flush")
