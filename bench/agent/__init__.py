@@ -33,6 +33,10 @@ from typing import Any
 
 from tests.node_support import JS_ROOT, node_binary, node_config, run_node_async
 
+AGENT_CLIENT_ID = "agent-worker"
+"""The worker's clientId. The history sessions are populated under it: the worker folds lifecycle
+messages only from its own clientId, as if an earlier run of the same agent had built them."""
+
 ROOT = Path(__file__).resolve().parents[2]
 
 CLIENT = JS_ROOT / "bench" / "client.mjs"
@@ -230,6 +234,7 @@ def start_agent(variant: str, port: int, key: str, protocol: str) -> Child:
 async def populate(port: int, key: str, plan: Plan, names: list[str]) -> list[dict[str, Any]]:
     env = node_config(
         mode="populate",
+        agentClientId=AGENT_CLIENT_ID,
         host="127.0.0.1",
         port=port,
         key=key,
@@ -369,6 +374,14 @@ def brief(raw: dict[str, Any]) -> str:
     if "throughput" in raw:
         thr = raw["throughput"]
         out.append(f"      throughput: {_f(thr['received'] / (thr['wallUs'] / 1e6), 0)} tokens/s")
+    if raw.get("history"):
+        samples = raw["history"]["samples"]
+        out.append(
+            "      history: POST → ai-run-start "
+            + ", ".join(f"{s['runStartUs'] / 1000:.1f}" for s in samples)
+            + " ms; prompt messages "
+            + ", ".join(str(s["promptMessages"]) for s in samples)
+        )
     return "\n".join(out)
 
 
@@ -617,9 +630,15 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
             f"{VARIANTS[n]['label']}: tokens delivered in order {one['tokens']}/{one['expected']}, "
             f"{many['tokens']}/{many['expected']}, {big_text}, "
             f"{s['throughput']['tokens']}/{s['throughput']['expected']}; cancelled runs ended "
-            f"{'/'.join(s['cancel']['reasons'])}"
+            f"{'/'.join(s['cancel']['reasons'])}; history prompts {s['history']['promptMessages']} "
+            f"messages (a whole branch: {plan.turns * 2 + 1})"
         )
-    lines += ["", "Sanity checks (every token arrived, every cancel ended the run `cancelled`):", ""]
+    lines += [
+        "",
+        "Sanity checks (every token arrived, every cancel ended the run `cancelled`, every history "
+        "prompt held the whole branch):",
+        "",
+    ]
     lines += [f"* {c}" for c in checks]
     lines += ["", END]
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.transport.ably import AblySettings
 from agent_worker.worker.http import serve
 from agent_worker.worker.service import GC_THRESHOLDS, Worker, tune_gc
+from bench.agent import AGENT_CLIENT_ID
 from bench.agent.script import bench_provider, emit
 
 
@@ -91,7 +92,7 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
         endpoint=f"127.0.0.1:{cfg['port']}",
         key=Secret(cfg["key"]),
         tls=False,
-        client_id="agent-worker",
+        client_id=AGENT_CLIENT_ID,
         use_binary_protocol=cfg.get("protocol", "msgpack") != "json",
         # Unless the variant overrides them: what `agent-worker run` passes by default.
         max_messages_per_second=float(cfg.get("max_messages_per_second", shipped.max_messages_per_second)),

@@ -319,7 +319,9 @@ async function populateOne(name, turns, agentClient, i) {
 }
 
 async function populate() {
-  const agentClient = await connected(realtime({ key: config.key }));
+  // The worker folds lifecycle messages only from its own clientId (others' would be forged): the
+  // sessions are built as by an earlier run of the agent under test, with the worker's clientId.
+  const agentClient = await connected(realtime({ key: config.key, clientId: config.agentClientId }));
   const names = config.sessions;
   const made = await Promise.all(names.map((name, i) => populateOne(name, config.turns, agentClient, i)));
   return { sessions: made };
