@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 __all__ = [
@@ -36,6 +37,18 @@ ACTION_BY_NUMBER: dict[int, Action] = {
 }
 
 
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+def _ai_section(extras: Mapping[str, Any] | None, key: str) -> Mapping[str, str]:
+    ai = extras.get("ai") if extras else None
+    if type(ai) is dict or isinstance(ai, Mapping):
+        section = ai.get(key)
+        if type(section) is dict or isinstance(section, Mapping):
+            return section
+    return _NO_HEADERS
+
+
 @dataclass(frozen=True, slots=True)
 class InboundMessage:
     """One Ably message delivered live or read from history."""
@@ -50,24 +63,13 @@ class InboundMessage:
     connection_id: str | None = None
     id: str | None = None
     timestamp: int | None = None
+    # Read on every fold (several times per message): looked up once, here.
+    transport_headers: Mapping[str, str] = field(init=False, repr=False, compare=False)
+    codec_headers: Mapping[str, str] = field(init=False, repr=False, compare=False)
 
-    @property
-    def transport_headers(self) -> Mapping[str, str]:
-        ai = (self.extras or {}).get("ai")
-        if isinstance(ai, Mapping):
-            t = ai.get("transport")
-            if isinstance(t, Mapping):
-                return t
-        return {}
-
-    @property
-    def codec_headers(self) -> Mapping[str, str]:
-        ai = (self.extras or {}).get("ai")
-        if isinstance(ai, Mapping):
-            c = ai.get("codec")
-            if isinstance(c, Mapping):
-                return c
-        return {}
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "transport_headers", _ai_section(self.extras, "transport"))
+        object.__setattr__(self, "codec_headers", _ai_section(self.extras, "codec"))
 
 
 @dataclass(frozen=True, slots=True)

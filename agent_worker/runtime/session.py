@@ -50,6 +50,8 @@ __all__ = ["AgentSession", "CancelDecision", "CancelPolicy", "RunAlreadyActive"]
 log = get_logger("agent_worker.runtime.session")
 
 DEFERRED_CANCEL_LIMIT = 200
+#: History messages folded between two yields to the event loop.
+FOLD_SLICE = 200
 #: Early cancels kept per input (one per canceller: a bystander's cancel cannot replace the owner's)
 #: and per canceller (one flooder cannot evict everyone else's).
 DEFERRED_PER_INPUT = 4
@@ -303,16 +305,21 @@ class AgentSession:
                 )
             try:
                 page = await anext(self._history)
+                # Oldest first (pages are newest-first), yielding to the loop every FOLD_SLICE
+                # messages: other streams keep flowing, and the next page (read ahead by the
+                # transport) is requested while this one folds.
+                for n, msg in enumerate(reversed(page), 1):
+                    self.fold(msg)
+                    if n % FOLD_SLICE == 0:
+                        await asyncio.sleep(0)
             except StopAsyncIteration:
                 self._history_exhausted = True
                 return False
             except BaseException:
-                # A failed or cancelled page read closes the generator: restart the cursor next
-                # time (re-folding pages is idempotent).
+                # A failed or cancelled page read (or fold) closes the cursor: restart it next time
+                # (re-folding pages is idempotent).
                 self._history = None
                 raise
-            for msg in reversed(page):  # pages are newest-first; fold oldest-first
-                self.fold(msg)
             if page:
                 self._oldest_loaded = page[-1].serial
             else:

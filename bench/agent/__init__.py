@@ -48,9 +48,10 @@ COMMAND = ".venv/bin/python -m bench agent"
 
 # Agent variants. "js" and "py" run like for like on a server without rate limits, with Ably's
 # server-side append rollup turned off for both (appendRollupWindow=0): one append per token each
-# (the worker's coalescing off), no presence, the worker's outbound limiter lifted. "py-defaults" is
-# the worker exactly as shipped (coalescing, limiter, presence, connection pool, the service's
-# default 40 ms rollup) against a server enforcing Ably's limits. Every Python variant raises
+# (the worker's coalescing off), no presence, no push notifications (the JS agent has neither), the
+# worker's outbound limiter lifted. "py-defaults" is the worker exactly as shipped (coalescing,
+# limiter, presence, connection pool, the service's default 40 ms rollup) against a server enforcing
+# Ably's limits. Every Python variant raises
 # max_concurrent_runs (default 32) so the N-stream phases can run.
 VARIANTS: dict[str, dict[str, Any]] = {
     "js": {"kind": "js", "label": "official JS agent", "rollup": 0},
@@ -66,6 +67,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "worker": {
             "coalesce_window_ms": 0.0,
             "presence": False,
+            "notify": "never",
             "max_concurrent_runs": 1000,
         },
     },
@@ -577,8 +579,9 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         "",
         "Variants: *official JS agent* and *like-for-like* run on a server without rate limits, both with",
         "Ably's server-side append rollup off (transport parameter `appendRollupWindow=0`), so each sends",
-        "and each client receives one append per token: the worker with coalescing off, presence off, its",
-        "outbound rate limiter lifted and one connection (the JS agent has no limiter and one connection).",
+        "and each client receives one append per token: the worker with coalescing off, presence off,",
+        "push notifications off, its outbound rate limiter lifted and one connection (the JS agent has",
+        "no presence, no push, no limiter and one connection).",
         "*production defaults, enforced limits* = the worker exactly as `agent-worker run` ships it",
         "(`[worker]` and `[ably]` defaults: 40 ms leading-edge coalescing per stream, 45 msg/s per",
         "connection, presence on, a connection pool from 1 up to 32 connections placed by load, the",

@@ -3,6 +3,7 @@ inputs, bad input; differential runs against the official JS decoder/reducer."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any, cast
 
@@ -170,7 +171,7 @@ class TestSection10Decode:
         )
         decoded, messages = fold([as_update, *live[text_create + 2 :]])
         assert decoded[0]["outputs"] == []  # an update without a name decodes as nothing (not ai-output)
-        named = InboundMessage(**{**_fields(as_update), "name": "ai-output"})
+        named = dataclasses.replace(as_update, name="ai-output")
         decoded, messages = fold([named, *live[text_create + 2 :]])
         assert decoded[0]["outputs"][:4] == [
             {"type": "start"},
@@ -204,10 +205,6 @@ class TestSection10Decode:
         ]
         _, from_history = fold(ch.history())
         assert from_history == messages
-
-
-def _fields(m: InboundMessage) -> dict[str, Any]:
-    return {k: getattr(m, k) for k in InboundMessage.__slots__}
 
 
 class TestDecoderEdgeCases:
