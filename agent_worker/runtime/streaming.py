@@ -71,6 +71,10 @@ class ChannelWriter(Protocol):
 
     async def acquire(self) -> None: ...
 
+    def try_acquire(self) -> bool:
+        """Take a rate token if one is free right now, without waiting."""
+        ...
+
     def start_append(self, serial: str, msg: OutboundMessage) -> asyncio.Task[str | None]: ...
 
     async def update(self, serial: str, msg: OutboundMessage) -> str | None: ...
@@ -135,6 +139,7 @@ class StreamWriter:
         self._epochs: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
+        self._soon: asyncio.Handle | None = None
         self._inflight: asyncio.Future[Any] | None = None
         self._first_done = False
         self._last_flush = float("-inf")
@@ -175,6 +180,9 @@ class StreamWriter:
             await self._drain()
 
     async def aclose(self) -> None:
+        if self._soon is not None:
+            self._soon.cancel()
+            self._soon = None
         if self._timer is not None:
             self._timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -196,13 +204,35 @@ class StreamWriter:
         else:
             buf.parts.append(str(op.message.data or ""))
             buf.message = op.message
-        if self._timer is None or self._timer.done():
-            due = self._last_flush + self._window_s - asyncio.get_running_loop().time()
+        if self._soon is None and (self._timer is None or self._timer.done()):
+            loop = asyncio.get_running_loop()
+            due = self._last_flush + self._window_s - loop.time()
             if due <= 0 and self._window_s > 0 and not self._lock.locked():
                 return True
-            # window 0: a zero-delay timer still merges the deltas of one event-loop turn
-            self._start_timer(max(0.0, due))
+            if due <= 0:
+                # window 0: flush on the next loop turn, merging the deltas of this one
+                self._soon = loop.call_soon(self._flush_soon)
+            else:
+                self._start_timer(due)
         return False
+
+    def _flush_soon(self) -> None:
+        """The zero-delay flush, done in the callback when nothing is in the way (no task, lock or
+        yield per delta: the append tasks it starts run their first steps in order); else as a task."""
+        self._soon = None
+        if self._lock.locked():
+            self._start_timer(0.0)
+            return
+        while self._buffers:
+            key = next(iter(self._buffers))
+            serial = self._serials.get(key)
+            if serial is None:
+                self._buffers.pop(key)
+                continue
+            if not self._channel.try_acquire():
+                self._start_timer(0.0)
+                return
+            self._start(key, serial, _merged(self._buffers.pop(key)))
 
     def _start_timer(self, delay: float) -> None:
         if self._timer is not None and not self._timer.done():

@@ -23,7 +23,7 @@ import functools
 import itertools
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -419,6 +419,10 @@ class Channel:
         """Take one token from the connection's rate limiter (for :meth:`start_append`)."""
         await self.limiter.acquire()
 
+    def try_acquire(self) -> bool:
+        """A rate token if one is free right now (see :meth:`RateLimiter.try_acquire`)."""
+        return self.limiter.try_acquire()
+
     def start_append(self, serial: str, msg: OutboundMessage) -> asyncio.Task[str | None]:
         """Start an append without waiting for its ACK (pipelining); the caller has taken a rate
         token with :meth:`acquire` and yields once (``await asyncio.sleep(0)``) before sending
@@ -444,7 +448,7 @@ class Channel:
 
     async def history_pages(
         self, *, page_size: int = 100, from_serial: str | None = None, later_page_size: int = 1000
-    ) -> AsyncIterator[list[InboundMessage]]:
+    ) -> AsyncGenerator[list[InboundMessage], None]:
         """REST history newest-first, one list per page (each list newest-first too).
 
         ``from_serial`` (the attach serial) bounds it to what was published before the attach, which

@@ -43,6 +43,18 @@ class RateLimiter:
         self._refill()
         return self._tokens < 1.0 or self._lock.locked()
 
+    def try_acquire(self) -> bool:
+        """Take a token only if one is free now and nobody is queued for one."""
+        if self._lock.locked():
+            return False
+        self._refill()
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        self.sent += 1
+        self._recent.append(self._updated)
+        return True
+
     async def acquire(self) -> None:
         # The lock makes waiters queue in arrival order, so one busy stream cannot starve another.
         async with self._lock:

@@ -23,6 +23,9 @@ class RecordingChannel:
     async def acquire(self) -> None:
         return None
 
+    def try_acquire(self) -> bool:
+        return True
+
     def start_append(self, serial: str, msg: OutboundMessage) -> asyncio.Task[str | None]:
         self.sent.append(("append", msg.data))
 
