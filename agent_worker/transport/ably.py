@@ -23,9 +23,9 @@ import functools
 import itertools
 import json
 import secrets
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, quote
 
 import httpx
@@ -39,8 +39,9 @@ from websockets.exceptions import WebSocketException
 from agent_worker.config import Secret
 from agent_worker.errors import TransportError
 from agent_worker.logs import get_logger
-from agent_worker.protocol.wire import ACTION_BY_NUMBER, Action, InboundMessage, OutboundMessage
+from agent_worker.protocol.wire import InboundMessage, OutboundMessage
 from agent_worker.retry import backoff, retry
+from agent_worker.transport.inbound import Undecodable, history_item, raw_inbound, to_inbound
 from agent_worker.transport.pool import ConnectionPool, PooledConnection, PoolPolicy
 from agent_worker.transport.ratelimit import RateLimiter
 
@@ -170,93 +171,52 @@ def _mutable_rule_hint(channel: str) -> str:
     return hint
 
 
-@contextlib.contextmanager
-def map_ably_errors(operation: str, *, channel: str | None = None) -> Iterator[None]:
-    """Translate ably-python (and socket) exceptions into :class:`TransportError`."""
-    try:
-        yield
-    except AblyException as exc:
+class map_ably_errors:
+    """Translate ably-python (and socket) exceptions into :class:`TransportError`.
+
+    A class, not a generator-based context manager: it wraps every append, so entering and leaving
+    it must cost next to nothing when nothing is raised."""
+
+    __slots__ = ("channel", "operation")
+
+    def __init__(self, operation: str, *, channel: str | None = None) -> None:
+        self.operation = operation
+        self.channel = channel
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, _type: type[BaseException] | None, exc: BaseException | None, _tb: Any
+    ) -> Literal[False]:
+        if exc is None:
+            return False
+        translated = _translate(exc, self.operation, self.channel)
+        if translated is None:
+            return False
+        raise translated from exc
+
+
+def _translate(exc: BaseException, operation: str, channel: str | None) -> TransportError | None:
+    if isinstance(exc, AblyException):
         code = exc.code if isinstance(exc.code, int) else 80003
         status = exc.status_code if isinstance(exc.status_code, int) else None
         msg = f"{operation} failed: {exc.message}"
         if code == MUTABLE_MESSAGES_NOT_ENABLED and channel is not None:
             msg = f"{operation} failed (93002): {_mutable_rule_hint(channel)}"
-        raise TransportError(msg, code=code, status_code=status) from exc
-    except (TimeoutError, OSError, WebSocketException, httpx.HTTPError) as exc:
+        return TransportError(msg, code=code, status_code=status)
+    if isinstance(exc, TimeoutError | OSError | WebSocketException | httpx.HTTPError):
         # A socket cut mid-send surfaces from ably-python as websockets' ConnectionClosedError;
         # httpx errors come from ably-python's REST client.
-        msg = f"{operation} failed: {exc!r}"
-        raise TransportError(msg, code=80003, status_code=503) from exc
-    except Exception as exc:
-        if type(exc) is not Exception:
-            raise
+        return TransportError(f"{operation} failed: {exc!r}", code=80003, status_code=503)
+    if type(exc) is Exception:
         # ably-python raises a bare ``Exception()`` when it has no socket to write to.
-        msg = f"{operation} failed: no active transport"
-        raise TransportError(msg, code=80003, status_code=503) from exc
-
-
-def to_inbound(msg: Message) -> InboundMessage:
-    """Convert an SDK message (live or from history) into the protocol layer's shape."""
-    action_value = msg.action
-    action: Action = "message.create"
-    if action_value is not None:
-        action = ACTION_BY_NUMBER.get(int(action_value), "message.create")
-    version = msg.version
-    version_serial = getattr(version, "serial", None) if version is not None else None
-    extras = msg.extras if isinstance(msg.extras, Mapping) else None
-    return InboundMessage(
-        name=msg.name,
-        data=msg.data,
-        extras=extras,
-        action=action,
-        serial=msg.serial,
-        version_serial=version_serial or msg.serial,
-        client_id=msg.client_id,
-        connection_id=msg.connection_id,
-        id=msg.id,
-        timestamp=msg.timestamp,
-    )
-
-
-def history_item(raw: Mapping[str, Any]) -> InboundMessage:
-    """A REST history item (as the response decoded it) as :func:`to_inbound` of the SDK's
-    ``Message.from_encoded`` reads it; raises what that raises for an undecodable payload."""
-    data = raw.get("data")
-    version = raw.get("version")
-    if (
-        not raw.get("encoding")
-        and type(data) is not bytes
-        and raw.get("annotations") is None
-        and (version is None or type(version) is dict)
-    ):
-        # Nothing to decode (the usual case on the msgpack wire): the same fields without building
-        # an SDK Message per item (a third of the CPU of reading a long history).
-        return _raw_inbound(raw, data)
-    return to_inbound(Message.from_encoded(dict(raw)))
+        return TransportError(f"{operation} failed: no active transport", code=80003, status_code=503)
+    return None
 
 
 HISTORY_READS = 8
 """REST history requests in flight at once per transport (see :meth:`Channel._with_retries`)."""
-
-
-def _raw_inbound(raw: Mapping[str, Any], data: Any) -> InboundMessage:
-    """A REST history item as :func:`to_inbound` reads it, with ``data`` already decoded."""
-    version = raw.get("version")
-    action = raw.get("action")
-    extras = raw.get("extras")
-    serial = raw.get("serial")
-    return InboundMessage(
-        name=raw.get("name"),
-        data=data,
-        extras=extras if isinstance(extras, Mapping) else None,
-        action=ACTION_BY_NUMBER.get(action, "message.create") if type(action) is int else "message.create",
-        serial=serial,
-        version_serial=(version.get("serial") if isinstance(version, Mapping) else None) or serial,
-        client_id=raw.get("clientId"),
-        connection_id=raw.get("connectionId"),
-        id=raw.get("id"),
-        timestamp=raw.get("timestamp"),
-    )
 
 
 def _next_params(page: Any, limit: int) -> dict[str, str] | None:
@@ -279,14 +239,6 @@ def _sdk_message(msg: OutboundMessage, *, serial: str | None = None, id: str | N
 
 def _transient(exc: TransportError) -> bool:
     return exc.status_code >= 500 and exc.code != 40160
-
-
-@dataclass(frozen=True, slots=True)
-class Undecodable:
-    """Message data the SDK could not decode (kept raw with its ``encoding``)."""
-
-    raw: Any
-    encoding: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,7 +464,7 @@ class Channel:
             log.warning(
                 "history_message_unreadable", channel=self.name, serial=raw.get("serial"), error=repr(exc)
             )
-            return _raw_inbound(raw, Undecodable(raw.get("data"), str(raw.get("encoding") or "")))
+            return raw_inbound(raw, Undecodable(raw.get("data"), str(raw.get("encoding") or "")))
 
     async def _with_retries(self, fetch: Callable[[], Awaitable[Any]], retries: int = 3) -> Any:
         """One history page, retried 3 times (100 ms doubling) like the JS hydrator, then 104011."""

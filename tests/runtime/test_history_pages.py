@@ -12,7 +12,8 @@ from ably.types.message import Message
 from agent_worker.protocol.wire import InboundMessage
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.testing import python_rest
-from agent_worker.transport.ably import AblyTransport, history_item, to_inbound
+from agent_worker.transport.ably import AblyTransport
+from agent_worker.transport.inbound import history_item, to_inbound
 from tests.runtime.runtime_support import worker_settings
 
 
