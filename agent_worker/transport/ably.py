@@ -215,8 +215,10 @@ def _translate(exc: BaseException, operation: str, channel: str | None) -> Trans
     return None
 
 
-HISTORY_READS = 8
-"""REST history requests in flight at once per transport (see :meth:`Channel._with_retries`)."""
+HISTORY_READS = 64
+"""REST history requests in flight at once per transport (see :meth:`Channel._with_retries`): under
+httpx's pool of 100 connections, so it never opens more or scans them per request; not lower, or
+sessions starting under load wait for each other (the loop, not the server, is the bottleneck)."""
 
 
 def _next_params(page: Any, limit: int) -> dict[str, str] | None:
@@ -470,8 +472,8 @@ class Channel:
         """One history page, retried 3 times (100 ms doubling) like the JS hydrator, then 104011."""
 
         async def once() -> Any:
-            # Bounded per transport: many sessions starting at once reuse httpx's keep-alive
-            # connections instead of opening one each (and a single server answers one at a time).
+            # Bounded per transport (HISTORY_READS): httpx neither queues internally nor grows its
+            # pool past it.
             async with self._transport.history_reads:
                 with map_ably_errors(f"history of {self.name}"):
                     return await fetch()
