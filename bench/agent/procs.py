@@ -9,6 +9,7 @@ measured (CPU, RSS), as in production.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -100,6 +101,8 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
         max_connections=int(cfg.get("max_connections", shipped_ably.max_connections)),
         append_rollup_window_ms=cfg.get("rollup"),
     )
+    if "spare_clients" in cfg:
+        settings = dataclasses.replace(settings, spare_clients=int(cfg["spare_clients"]))
     worker = Worker(
         transport=settings,
         agent=Agent(bench_provider()),
@@ -107,7 +110,15 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
     )
     if os.environ.get("AW_BENCH_GC"):
         _trace_gc(worker)
+    trace_to = os.environ.get("AW_BENCH_TRACE")  # =path: the start-up timeline (bench/agent/trace.py)
+    trace = None
+    if trace_to:
+        from bench.agent import trace as tracing  # noqa: PLC0415
+
+        trace = tracing.install(worker, trace_to)
     await worker.start()
+    if trace is not None:
+        tracing.install_pool(worker, trace)
     runner = await serve(worker, HttpConfig(port=0), port=0)
     if not os.environ.get("AW_BENCH_GC_DEFAULT"):  # as `agent-worker run` does; =1 to compare without
         raw = os.environ.get("AW_BENCH_GC_THRESHOLDS")
@@ -141,6 +152,8 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
             emit("event", {"event": "pool", "peak": pool.peak, "opened": pool.opened, "closed": pool.closed})
         await runner.cleanup()
         await worker.close(drain_timeout_s=2)
+        if trace is not None:
+            trace.close()
 
 
 def main() -> None:

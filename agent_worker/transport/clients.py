@@ -1,0 +1,126 @@
+"""Building the connection pool's ``AblyRealtime`` clients cheaply: spares built ahead, one token shared.
+
+Opening a pooled connection used to cost ~30 ms of CPU, most of it before a byte was sent:
+
+* constructing ``AblyRealtime`` builds an ``httpx.AsyncClient`` for its REST side, which loads a TLS
+  trust store (``load_verify_locations``, ~20 ms holding the GIL — on a thread or not, the event
+  loop and every stream on it stall meanwhile), ~0.8 MB each;
+* with a key over plain HTTP (a local server) each client first requests its own token over REST
+  (a new HTTP connection, a request, a token signed by the server).
+
+When a burst of sessions makes the pool open 31 connections at once that is ~1 s of CPU, all of it
+in front of the burst's first tokens. So :class:`ClientFactory` keeps spare clients built ahead (by
+default as many as the pool may still open: ~0.8 MB each buys a burst instant growth), built one at
+a time, on a thread, only while the worker is quiet; and with a key over plain HTTP every client
+authenticates with one token, requested once by the transport's REST client and renewed shortly
+before it expires (an Ably token is not tied to one connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ably import AblyRealtime, AblyRest
+from ably.types.tokendetails import TokenDetails
+
+from agent_worker.logs import get_logger
+
+__all__ = ["ClientFactory"]
+
+log = get_logger("agent_worker.transport")
+
+_RENEW_S = 60.0  # renew a shared token this long before it expires
+
+
+class ClientFactory:
+    """``await take()``: an unconnected ``AblyRealtime`` on this loop, a spare when one is ready."""
+
+    def __init__(
+        self,
+        options: Callable[[], dict[str, Any]],
+        *,
+        spares: Callable[[], int] = lambda: 0,
+        quiet: Callable[[], bool] = lambda: True,
+        spacing_s: float = 0.05,
+    ) -> None:
+        self._options = options
+        self.spares = spares
+        self._quiet = quiet
+        self._spacing_s = spacing_s
+        self._ready: list[AblyRealtime] = []
+        self._task: asyncio.Task[None] | None = None
+        self._token: TokenDetails | None = None
+        self._token_rest: AblyRest | None = None
+        self._token_lock = asyncio.Lock()
+        self.built = 0
+        self.taken_spare = 0
+
+    def share_token(self, rest: AblyRest) -> None:
+        """Authenticate every client with one token requested by ``rest`` (key-based)."""
+        self._token_rest = rest
+
+    async def _shared_token(self, _params: Any) -> TokenDetails:
+        token = self._token
+        if token is None or token.expires / 1000 - time.time() < _RENEW_S:
+            async with self._token_lock:
+                token = self._token
+                if token is None or token.expires / 1000 - time.time() < _RENEW_S:
+                    assert self._token_rest is not None
+                    token = self._token = await self._token_rest.auth.request_token()
+        return token
+
+    def _client_options(self) -> dict[str, Any]:
+        opts = self._options()
+        if self._token_rest is not None and "key" in opts:
+            for name in ("key", "use_token_auth", "default_token_params"):
+                opts.pop(name, None)
+            opts["auth_callback"] = self._shared_token
+        return opts
+
+    async def _build(self) -> AblyRealtime:
+        loop = asyncio.get_running_loop()
+        opts = self._client_options()
+        client = await asyncio.to_thread(lambda: AblyRealtime(loop=loop, auto_connect=False, **opts))
+        self.built += 1
+        return client
+
+    async def take(self) -> AblyRealtime:
+        if self._ready:
+            self.taken_spare += 1
+            client = self._ready.pop()
+        else:
+            client = await self._build()
+        self.wake()
+        return client
+
+    def wake(self) -> None:
+        """(Re)start building spares up to ``spares()`` in the background."""
+        if self.spares() <= len(self._ready) or (self._task is not None and not self._task.done()):
+            return
+        self._task = asyncio.get_running_loop().create_task(self._keep())
+
+    async def _keep(self) -> None:
+        while len(self._ready) < self.spares():
+            await asyncio.sleep(self._spacing_s)
+            if not self._quiet():
+                continue
+            try:
+                self._ready.append(await self._build())
+            except Exception as exc:  # a spare is an optimisation: take() builds on demand anyway
+                log.warning("spare_client_failed", error=repr(exc))
+                return
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        spares, self._ready = self._ready, []
+        for client in spares:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), 5)
