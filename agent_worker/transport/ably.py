@@ -481,8 +481,9 @@ class Channel:
         """One history page, retried 3 times (100 ms doubling) like the JS hydrator, then 104011."""
 
         async def once() -> Any:
-            with map_ably_errors(f"history of {self.name}"):
-                return await fetch()
+            async with self._transport.rest_slots:  # see AblyTransport.rest_slots
+                with map_ably_errors(f"history of {self.name}"):
+                    return await fetch()
 
         def log_retry(failures: int, exc: BaseException, _wait: float) -> None:
             log.warning(
@@ -613,6 +614,10 @@ class _StateWatch:
             manager.fail_queued_messages(error)
 
 
+_REST_CONCURRENCY = 8
+_MAX_OPENING = int(__import__("os").environ.get("AW_MAX_OPENING", "0"))  # EXPERIMENT
+
+
 class AblyTransport:
     """The worker's realtime connections: a :class:`~agent_worker.transport.pool.ConnectionPool`
     that opens connections as load grows (``settings.connections`` to ``max_connections``) and
@@ -629,9 +634,15 @@ class AblyTransport:
             max_messages_per_second=settings.max_messages_per_second,
             burst=settings.burst,
             target_rate=min(settings.target_messages_per_second, settings.max_messages_per_second),
+            max_opening=_MAX_OPENING,
         )
         self.pool: ConnectionPool[_Connection] = ConnectionPool(policy, self._connect_one, self._close_client)
         self._clients = ClientFactory(settings.client_options, spares=self._spares, quiet=self._quiet)
+        self.rest_slots = asyncio.Semaphore(_REST_CONCURRENCY)
+        """REST history requests in flight at once: when a burst of sessions starts, a hundred at
+        once would each open an HTTP connection (client and server) and make httpx's pool scan a
+        hundred connections per request; a few at a time reuse kept-alive connections and answer
+        the sessions first come, first served."""
         self._started = False
 
     def _spares(self) -> int:

@@ -3,17 +3,18 @@
 Opening a pooled connection used to cost ~30 ms of CPU, most of it before a byte was sent:
 
 * constructing ``AblyRealtime`` builds an ``httpx.AsyncClient`` for its REST side, which loads a TLS
-  trust store (``load_verify_locations``, ~20 ms holding the GIL — on a thread or not, the event
-  loop and every stream on it stall meanwhile), ~0.8 MB each;
+  trust store (``load_verify_locations``, ~20 ms of CPU, ~0.8 MB each). It was built on the loop's
+  default executor, where 31 of them at once also held up every ``getaddrinfo`` the burst needed
+  (websocket connects, REST history requests) behind them;
 * with a key over plain HTTP (a local server) each client first requests its own token over REST
   (a new HTTP connection, a request, a token signed by the server).
 
-When a burst of sessions makes the pool open 31 connections at once that is ~1 s of CPU, all of it
-in front of the burst's first tokens. So :class:`ClientFactory` keeps spare clients built ahead (by
-default as many as the pool may still open: ~0.8 MB each buys a burst instant growth), built one at
-a time, on a thread, only while the worker is quiet; and with a key over plain HTTP every client
-authenticates with one token, requested once by the transport's REST client and renewed shortly
-before it expires (an Ably token is not tied to one connection).
+So :class:`ClientFactory` builds clients on a thread of its own, one at a time (the first
+connection of a burst is up after one build, not after all of them), keeps spare clients built
+ahead (by default as many as the pool may still open: ~0.8 MB each buys a burst instant growth),
+built only while the worker is quiet; and with a key over plain HTTP every client authenticates
+with one token, requested once by the transport's REST client and renewed shortly before it
+expires (an Ably token is not tied to one connection).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ably import AblyRealtime, AblyRest
@@ -45,7 +47,7 @@ class ClientFactory:
         *,
         spares: Callable[[], int] = lambda: 0,
         quiet: Callable[[], bool] = lambda: True,
-        spacing_s: float = 0.05,
+        spacing_s: float = 0.01,
     ) -> None:
         self._options = options
         self.spares = spares
@@ -56,6 +58,7 @@ class ClientFactory:
         self._token: TokenDetails | None = None
         self._token_rest: AblyRest | None = None
         self._token_lock = asyncio.Lock()
+        self._executor: ThreadPoolExecutor | None = None
         self.built = 0
         self.taken_spare = 0
 
@@ -84,7 +87,11 @@ class ClientFactory:
     async def _build(self) -> AblyRealtime:
         loop = asyncio.get_running_loop()
         opts = self._client_options()
-        client = await asyncio.to_thread(lambda: AblyRealtime(loop=loop, auto_connect=False, **opts))
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="ably-client")
+        client = await loop.run_in_executor(
+            self._executor, lambda: AblyRealtime(loop=loop, auto_connect=False, **opts)
+        )
         self.built += 1
         return client
 
@@ -114,6 +121,11 @@ class ClientFactory:
                 log.warning("spare_client_failed", error=repr(exc))
                 return
 
+    @property
+    def ready(self) -> int:
+        """Spare clients built and waiting."""
+        return len(self._ready)
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -124,3 +136,6 @@ class ClientFactory:
         for client in spares:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.close(), 5)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None

@@ -117,6 +117,12 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
 
         trace = tracing.install(worker, trace_to)
     await worker.start()
+    if worker.transport is not None:  # a worker is started well before bursts: let it finish
+        transport = worker.transport
+        for _ in range(200):
+            if transport._clients.ready >= transport._spares():
+                break
+            await asyncio.sleep(0.05)
     if trace is not None:
         tracing.install_pool(worker, trace)
     runner = await serve(worker, HttpConfig(port=0), port=0)
@@ -149,7 +155,18 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
             )
         if worker.transport is not None:
             pool = worker.transport.pool
-            emit("event", {"event": "pool", "peak": pool.peak, "opened": pool.opened, "closed": pool.closed})
+            clients = worker.transport._clients
+            emit(
+                "event",
+                {
+                    "event": "pool",
+                    "peak": pool.peak,
+                    "opened": pool.opened,
+                    "closed": pool.closed,
+                    "spares_taken": clients.taken_spare,
+                    "clients_built": clients.built,
+                },
+            )
         await runner.cleanup()
         await worker.close(drain_timeout_s=2)
         if trace is not None:

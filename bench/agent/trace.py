@@ -156,6 +156,16 @@ def install_pool(worker: Worker, emit_to: TextIO) -> None:
             emit("conn_opened", n=n)
 
     pool._connect = traced_connect
+    clients = worker.transport._clients
+    take = clients.take
+
+    async def traced_take() -> Any:
+        before = clients.taken_spare
+        client = await take()
+        emit("client_taken", spare=clients.taken_spare > before)
+        return client
+
+    clients.take = traced_take  # type: ignore[method-assign]
     assign = pool._assign
 
     def traced_assign(name: str, conn: Any, now: float) -> Any:
@@ -207,6 +217,8 @@ def summarise(path: str, prefix: str = "bench:") -> str:
         grow = sorted((us - t0) / 1000 for us in opens.values() if us >= t0)
         at = [round(g) for g in grow]
         lines.append(f"  connections opened after the first POST: {len(grow)}, at ms {at}")
+    taken = [ev["spare"] for ev in events if ev["e"] == "client_taken"]
+    lines.append(f"  clients for new connections: {sum(taken)} spares, {len(taken) - sum(taken)} built then")
     waits = [ev["us_waited"] / 1000 for ev in events if ev["e"] == "limiter_wait"]
     lines.append(f"  limiter waits (ms)           {_pcts(waits)}  total {sum(waits):.0f} ms")
     if waits:
