@@ -615,7 +615,6 @@ class _StateWatch:
 
 
 _REST_CONCURRENCY = 8
-_MAX_OPENING = int(__import__("os").environ.get("AW_MAX_OPENING", "0"))  # EXPERIMENT
 
 
 class AblyTransport:
@@ -634,7 +633,6 @@ class AblyTransport:
             max_messages_per_second=settings.max_messages_per_second,
             burst=settings.burst,
             target_rate=min(settings.target_messages_per_second, settings.max_messages_per_second),
-            max_opening=_MAX_OPENING,
         )
         self.pool: ConnectionPool[_Connection] = ConnectionPool(policy, self._connect_one, self._close_client)
         self._clients = ClientFactory(settings.client_options, spares=self._spares, quiet=self._quiet)

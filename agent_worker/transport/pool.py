@@ -50,8 +50,6 @@ class PoolPolicy:
     """Load reserved for a freshly placed session (a 10 tokens/s stream plus its lifecycle)."""
     reserve_s: float = 2.0
     idle_close_s: float = 30.0
-    max_opening: int = 0
-    """Connections opening at once (0 = no cap)."""
     retry_open_s: float = 5.0
     """After a connection failed to open, queued sessions use the open ones this long."""
 
@@ -215,8 +213,6 @@ class ConnectionPool(Generic[C]):
         per_connection = max(1, int(policy.target_rate // policy.session_rate))
         wanted = -(-len(queue) // per_connection) - opening
         room = policy.max_connections - len(self.connections)
-        if policy.max_opening > 0:
-            room = min(room, policy.max_opening - opening)
         if now >= self._grow_after:
             for _ in range(max(0, min(wanted, room))):
                 self._open()

@@ -53,6 +53,13 @@ async def server_main(cfg: dict[str, Any]) -> None:
     line on stdin prints ``@@event {"event": "stats", "refused": {code: count}}``."""
     config = ServerConfig(host="127.0.0.1", port=0, enforce_rate_limits=bool(cfg.get("enforce")))
     async with EmbeddedServer(config) as server:
+        profile_to = os.environ.get("AW_BENCH_SERVER_PROFILE")  # =path: cProfile the server's run
+        profiler = None
+        if profile_to:
+            import cProfile  # noqa: PLC0415
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         emit("ready", {"port": server.port, "key": server.default_key, "pid": os.getpid()})
 
         def on_line(line: str) -> None:
@@ -61,7 +68,12 @@ async def server_main(cfg: dict[str, Any]) -> None:
                     "event", {"event": "stats", "refused": {str(k): v for k, v in server.hub.refused.items()}}
                 )
 
-        await _until_stopped(on_line)
+        try:
+            await _until_stopped(on_line)
+        finally:
+            if profiler is not None and profile_to:
+                profiler.disable()
+                profiler.dump_stats(profile_to)
 
 
 def _trace_gc(worker: Worker) -> None:

@@ -156,6 +156,18 @@ def install_pool(worker: Worker, emit_to: TextIO) -> None:
             emit("conn_opened", n=n)
 
     pool._connect = traced_connect
+    rest = worker.transport._rest
+    assert rest is not None
+    request = rest.request
+
+    async def traced_request(method: str, path: str, *args: Any, **kw: Any) -> Any:
+        t0 = _now()
+        try:
+            return await request(method, path, *args, **kw)
+        finally:
+            emit("rest", path=path, us_took=_now() - t0)
+
+    rest.request = traced_request  # type: ignore[method-assign]
     clients = worker.transport._clients
     take = clients.take
 
@@ -219,6 +231,8 @@ def summarise(path: str, prefix: str = "bench:") -> str:
         lines.append(f"  connections opened after the first POST: {len(grow)}, at ms {at}")
     taken = [ev["spare"] for ev in events if ev["e"] == "client_taken"]
     lines.append(f"  clients for new connections: {sum(taken)} spares, {len(taken) - sum(taken)} built then")
+    rests = [ev["us_took"] / 1000 for ev in events if ev["e"] == "rest" and prefix.strip(":") in ev["path"]]
+    lines.append(f"  REST request (ms)            {_pcts(rests)}")
     waits = [ev["us_waited"] / 1000 for ev in events if ev["e"] == "limiter_wait"]
     lines.append(f"  limiter waits (ms)           {_pcts(waits)}  total {sum(waits):.0f} ms")
     if waits:
