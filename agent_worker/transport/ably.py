@@ -88,6 +88,8 @@ class AblySettings:
     spare_clients: int | None = None
     """SDK clients kept built ahead for the pool to grow with (~0.8 MB each, see
     transport/clients.py); ``None``: as many as it may still open (``max_connections`` - open)."""
+    spare_clients_after_s: float = 5.0
+    """Spares are built once the transport has been connected this long (and is quiet)."""
     append_rollup_window_ms: int | None = None
     """``appendRollupWindow`` transport parameter (Ably's server-side append rollup); ``None`` = the
     service's default (40 ms on Ably)."""
@@ -614,7 +616,7 @@ class _StateWatch:
             manager.fail_queued_messages(error)
 
 
-_REST_CONCURRENCY = 8
+_REST_CONCURRENCY = 16
 
 
 class AblyTransport:
@@ -635,7 +637,12 @@ class AblyTransport:
             target_rate=min(settings.target_messages_per_second, settings.max_messages_per_second),
         )
         self.pool: ConnectionPool[_Connection] = ConnectionPool(policy, self._connect_one, self._close_client)
-        self._clients = ClientFactory(settings.client_options, spares=self._spares, quiet=self._quiet)
+        self._clients = ClientFactory(
+            settings.client_options,
+            spares=self._spares,
+            quiet=self._quiet,
+            after_s=settings.spare_clients_after_s,
+        )
         self.rest_slots = asyncio.Semaphore(_REST_CONCURRENCY)
         """REST history requests in flight at once: when a burst of sessions starts, a hundred at
         once would each open an HTTP connection (client and server) and make httpx's pool scan a

@@ -12,7 +12,8 @@ Opening a pooled connection used to cost ~30 ms of CPU, most of it before a byte
 So :class:`ClientFactory` builds clients on a thread of its own, one at a time (the first
 connection of a burst is up after one build, not after all of them), keeps spare clients built
 ahead (by default as many as the pool may still open: ~0.8 MB each buys a burst instant growth),
-built only while the worker is quiet; and with a key over plain HTTP every client authenticates
+built only while the worker is quiet and once it has run ``after_s`` (a short-lived worker — a test,
+a one-off command — never pays for them); and with a key over plain HTTP every client authenticates
 with one token, requested once by the transport's REST client and renewed shortly before it
 expires (an Ably token is not tied to one connection).
 """
@@ -48,11 +49,14 @@ class ClientFactory:
         spares: Callable[[], int] = lambda: 0,
         quiet: Callable[[], bool] = lambda: True,
         spacing_s: float = 0.01,
+        after_s: float = 0.0,
     ) -> None:
         self._options = options
         self.spares = spares
         self._quiet = quiet
         self._spacing_s = spacing_s
+        self._after_s = after_s
+        self._not_before: float | None = None
         self._ready: list[AblyRealtime] = []
         self._task: asyncio.Task[None] | None = None
         self._token: TokenDetails | None = None
@@ -111,6 +115,10 @@ class ClientFactory:
         self._task = asyncio.get_running_loop().create_task(self._keep())
 
     async def _keep(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._not_before is None:
+            self._not_before = loop.time() + self._after_s
+        await asyncio.sleep(max(0.0, self._not_before - loop.time()))
         while len(self._ready) < self.spares():
             await asyncio.sleep(self._spacing_s)
             if not self._quiet():

@@ -131,7 +131,7 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
     await worker.start()
     if worker.transport is not None:  # a worker is started well before bursts: let it finish
         transport = worker.transport
-        for _ in range(200):
+        for _ in range(400):
             if transport._clients.ready >= transport._spares():
                 break
             await asyncio.sleep(0.05)

@@ -122,6 +122,7 @@ async def test_presence_reports_status_and_returns_to_idle(
     await client.channel.presence.subscribe(on_presence)
     sent = await client.send_text("hi")
     _, body = await harness.invoke(session_name, sent.event_id)
+
     async def streaming_seen() -> None:  # presence is deferred behind the run's own messages
         while not any(u.get("status") == "streaming" for u in updates):
             changed.clear()
