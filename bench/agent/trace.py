@@ -156,6 +156,16 @@ def install_pool(worker: Worker, emit_to: TextIO) -> None:
             emit("conn_opened", n=n)
 
     pool._connect = traced_connect
+    async def lag_monitor() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(0.01)
+            lag = loop.time() - t0 - 0.01
+            if lag > 0.005:
+                emit("loop_lag", us_lag=int(lag * 1e6))
+
+    worker._trace_lag = asyncio.get_running_loop().create_task(lag_monitor())  # type: ignore[attr-defined]
     rest = worker.transport._rest
     assert rest is not None
     request = rest.request
@@ -233,6 +243,12 @@ def summarise(path: str, prefix: str = "bench:") -> str:
     lines.append(f"  clients for new connections: {sum(taken)} spares, {len(taken) - sum(taken)} built then")
     rests = [ev["us_took"] / 1000 for ev in events if ev["e"] == "rest" and prefix.strip(":") in ev["path"]]
     lines.append(f"  REST request (ms)            {_pcts(rests)}")
+    posts_all = [ev["us"] for ev in events if ev["e"] == "post" and prefix in str(ev.get("s"))]
+    if posts_all:
+        t0 = min(posts_all)
+        lags = [(ev["us"] - t0, ev["us_lag"]) for ev in events if ev["e"] == "loop_lag" and ev["us"] >= t0]
+        window = [lag / 1000 for at, lag in lags if at < 1_500_000]
+        lines.append(f"  worker loop lag > 5 ms in the first 1.5 s: {len(window)}x, {sum(window):.0f} ms")
     waits = [ev["us_waited"] / 1000 for ev in events if ev["e"] == "limiter_wait"]
     lines.append(f"  limiter waits (ms)           {_pcts(waits)}  total {sum(waits):.0f} ms")
     if waits:
