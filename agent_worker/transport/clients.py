@@ -141,9 +141,7 @@ class ClientFactory:
                 await self._task
             self._task = None
         spares, self._ready = self._ready, []
-        for client in spares:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.close(), 5)
+        await asyncio.gather(*(asyncio.wait_for(c.close(), 5) for c in spares), return_exceptions=True)
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
