@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from agent_worker.errors import TransportError
 from agent_worker.logs import get_logger
 from agent_worker.transport.ratelimit import RateLimiter
 
@@ -195,7 +196,15 @@ class ConnectionPool(Generic[C]):
             self._waiters[name] = waiter
             self._queue.append(name)
             self._dispatch()
-        return await asyncio.shield(waiter)
+        try:
+            return await asyncio.shield(waiter)
+        except asyncio.CancelledError:
+            if self._waiters.get(name) is waiter:  # still queued: leave the queue
+                del self._waiters[name]
+                self._queue.remove(name)
+            elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release(name)  # placed meanwhile: give the reservation back
+            raise
 
     def _dispatch(self) -> None:
         """Hand waiting sessions (oldest first) to connections with room; open more for the rest."""
@@ -224,14 +233,17 @@ class ConnectionPool(Generic[C]):
         ready = self.ready_connections
         while queue:
             if not ready:
-                error = RuntimeError("no realtime connection could be opened")
-                for name in queue:
-                    waiter = self._waiters.pop(name)
-                    if not waiter.done():
-                        waiter.set_exception(error)
-                queue.clear()
+                self._fail_waiters(TransportError("no realtime connection could be opened", code=80003))
                 return
             self._resolve(queue.popleft(), min(ready, key=lambda c: c.load(now, policy)), now)
+
+    def _fail_waiters(self, error: TransportError) -> None:
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(error)
+                waiter.exception()  # retrieved: a waiter whose caller was cancelled stays quiet
+        self._waiters.clear()
+        self._queue.clear()
 
     def _resolve(self, name: str, conn: PooledConnection[C], now: float) -> None:
         waiter = self._waiters.pop(name)
@@ -279,13 +291,7 @@ class ConnectionPool(Generic[C]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
-        error = RuntimeError("the connection pool is closed")
-        for waiter in self._waiters.values():
-            if not waiter.done():
-                waiter.set_exception(error)
-                waiter.exception()
-        self._waiters.clear()
-        self._queue.clear()
+        self._fail_waiters(TransportError("the connection pool is closed", code=80017))
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

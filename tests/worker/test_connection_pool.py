@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from agent_worker.config import Secret
+from agent_worker.errors import TransportError
 from agent_worker.providers.echo import EchoProvider
 from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.transport.ably import AblySettings, AblyTransport
@@ -247,8 +248,33 @@ async def test_closing_the_pool_fails_queued_sessions() -> None:
     await _settle()
     assert tasks[3].done() is False
     await pool.close()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(TransportError, match="closed") as refused:
         await tasks[3]
+    assert refused.value.code == 80017
+
+
+async def test_a_session_cancelled_while_queued_leaves_the_queue() -> None:
+    """An invocation cancelled while its session waits for a connection takes no room on the
+    connection that comes up: the next session in line gets it."""
+    gate = _Gate()
+    pool: ConnectionPool[_Client] = ConnectionPool(PoolPolicy(max_connections=2), gate.connect, gate.close)
+    starting = asyncio.ensure_future(pool.start())
+    await _settle()
+    gate.open_next()
+    await starting
+    try:
+        tasks = [asyncio.ensure_future(pool.acquire(f"s{i}")) for i in range(7)]
+        await _settle()
+        tasks[3].cancel()
+        await _settle()
+        gate.open_next()
+        await _settle()
+        assert tasks[3].cancelled()
+        second = {f"s{i}" for i in (4, 5, 6) if tasks[i].result().client is gate.made[1]}
+        assert second == {"s4", "s5", "s6"}
+        assert "s3" not in pool.connections[1].channels
+    finally:
+        await pool.close()
 
 
 async def _until(predicate: Any, what: str, limit_s: float = 30.0) -> None:
