@@ -156,6 +156,7 @@ def install_pool(worker: Worker, emit_to: TextIO) -> None:
             emit("conn_opened", n=n)
 
     pool._connect = traced_connect
+
     async def lag_monitor() -> None:
         loop = asyncio.get_running_loop()
         while True:

@@ -156,6 +156,17 @@ class _Gate:
         client.closed = True
 
 
+async def _gated_pool(policy: PoolPolicy) -> tuple[_Gate, ConnectionPool[_Client]]:
+    """A started pool (its first connection open) whose further opens the test completes."""
+    gate = _Gate()
+    pool: ConnectionPool[_Client] = ConnectionPool(policy, gate.connect, gate.close)
+    starting = asyncio.ensure_future(pool.start())
+    await _settle()
+    gate.open_next()
+    await starting
+    return gate, pool
+
+
 async def _settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -165,12 +176,7 @@ async def test_a_burst_opens_the_connections_it_needs_in_parallel_and_is_served_
     """Ten sessions arrive at once: three fit the open connection, the other seven queue and the
     pool starts ceil(7 / 3) = 3 opens at once (not one per session, not one after another); each
     connection that comes up takes the oldest waiting sessions it has room for."""
-    gate = _Gate()
-    pool: ConnectionPool[_Client] = ConnectionPool(PoolPolicy(max_connections=8), gate.connect, gate.close)
-    starting = asyncio.ensure_future(pool.start())
-    await _settle()
-    gate.open_next()
-    await starting
+    gate, pool = await _gated_pool(PoolPolicy(max_connections=8))
     try:
         tasks = [asyncio.ensure_future(pool.acquire(f"s{i}")) for i in range(10)]
         await _settle()
@@ -194,12 +200,7 @@ async def test_a_burst_opens_the_connections_it_needs_in_parallel_and_is_served_
 
 
 async def test_a_burst_never_opens_more_than_max_connections() -> None:
-    gate = _Gate()
-    pool: ConnectionPool[_Client] = ConnectionPool(PoolPolicy(max_connections=3), gate.connect, gate.close)
-    starting = asyncio.ensure_future(pool.start())
-    await _settle()
-    gate.open_next()
-    await starting
+    gate, pool = await _gated_pool(PoolPolicy(max_connections=3))
     try:
         tasks = [asyncio.ensure_future(pool.acquire(f"s{i}")) for i in range(30)]
         await _settle()
@@ -217,12 +218,7 @@ async def test_a_burst_never_opens_more_than_max_connections() -> None:
 
 
 async def test_queued_sessions_fall_back_to_open_connections_when_an_open_fails() -> None:
-    gate = _Gate()
-    pool: ConnectionPool[_Client] = ConnectionPool(PoolPolicy(max_connections=4), gate.connect, gate.close)
-    starting = asyncio.ensure_future(pool.start())
-    await _settle()
-    gate.open_next()
-    await starting
+    gate, pool = await _gated_pool(PoolPolicy(max_connections=4))
     try:
         tasks = [asyncio.ensure_future(pool.acquire(f"s{i}")) for i in range(5)]
         await _settle()
@@ -238,12 +234,7 @@ async def test_queued_sessions_fall_back_to_open_connections_when_an_open_fails(
 
 
 async def test_closing_the_pool_fails_queued_sessions() -> None:
-    gate = _Gate()
-    pool: ConnectionPool[_Client] = ConnectionPool(PoolPolicy(max_connections=2), gate.connect, gate.close)
-    starting = asyncio.ensure_future(pool.start())
-    await _settle()
-    gate.open_next()
-    await starting
+    _gate, pool = await _gated_pool(PoolPolicy(max_connections=2))
     tasks = [asyncio.ensure_future(pool.acquire(f"s{i}")) for i in range(4)]
     await _settle()
     assert tasks[3].done() is False
@@ -256,12 +247,7 @@ async def test_closing_the_pool_fails_queued_sessions() -> None:
 async def test_a_session_cancelled_while_queued_leaves_the_queue() -> None:
     """An invocation cancelled while its session waits for a connection takes no room on the
     connection that comes up: the next session in line gets it."""
-    gate = _Gate()
-    pool: ConnectionPool[_Client] = ConnectionPool(PoolPolicy(max_connections=2), gate.connect, gate.close)
-    starting = asyncio.ensure_future(pool.start())
-    await _settle()
-    gate.open_next()
-    await starting
+    gate, pool = await _gated_pool(PoolPolicy(max_connections=2))
     try:
         tasks = [asyncio.ensure_future(pool.acquire(f"s{i}")) for i in range(7)]
         await _settle()
