@@ -710,10 +710,11 @@ class AblyTransport:
 
     _wait_s = 15.0
 
-    @staticmethod
-    async def _close_client(conn: _Connection) -> None:
+    async def _close_client(self, conn: _Connection) -> None:
         with contextlib.suppress(AblyException, asyncio.TimeoutError, OSError):
             await asyncio.wait_for(conn.client.close(), 10)
+        if self._started:
+            self._clients.wake()  # the pool shrank: room for spares again
 
     async def _connect_one(self) -> _Connection:
         wait_s = self._wait_s

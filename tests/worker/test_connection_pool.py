@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -299,5 +300,12 @@ async def test_pool_grows_with_spare_clients_sharing_one_token() -> None:
             for ch in channels:
                 await ch.subscribe(lambda _m: None)
             assert {ch.state for ch in channels} == {"attached"}
+            # Once the pool shrinks again there is room for spares: they are built back.
+            assert factory.spares() == 0
+            pool.policy = dataclasses.replace(pool.policy, idle_close_s=0.0)
+            for ch in channels:
+                await transport.release(ch.name)
+            assert await pool.close_idle() == 2
+            await _until(lambda: factory.ready == 2, "the spares built back")
         finally:
             await transport.close()
