@@ -100,6 +100,9 @@ class AblyConfig(_Section):
     max_connections: Annotated[int, Field(ge=1)] = 32
     """The pool opens more connections, up to this many, when the open ones are loaded (each stays
     under Ably's 50 messages/s inbound limit); idle ones close again."""
+    spare_clients: Annotated[int, Field(ge=0)] | None = None
+    """SDK clients built ahead (~0.8 MB each, once the worker has run 5 s) so the pool grows in a
+    burst without building them then; unset = enough to reach ``max_connections``, 0 = none."""
     append_rollup_window_ms: Annotated[int, Field(ge=0, le=500)] | None = None
     """``appendRollupWindow`` transport parameter (Ably's server-side append rollup, 0-500 ms);
     unset = the service's default (40 ms)."""

@@ -41,6 +41,7 @@ from agent_worker.errors import TransportError
 from agent_worker.logs import get_logger
 from agent_worker.protocol.wire import InboundMessage, OutboundMessage
 from agent_worker.retry import backoff, retry
+from agent_worker.transport.clients import ClientFactory
 from agent_worker.transport.inbound import Undecodable, history_item, raw_inbound, to_inbound
 from agent_worker.transport.pool import ConnectionPool, PooledConnection, PoolPolicy
 from agent_worker.transport.ratelimit import RateLimiter
@@ -87,6 +88,11 @@ class AblySettings:
     """The pool opens connections up to this many as load grows (see transport/pool.py)."""
     target_messages_per_second: float = 36.0
     """Load placed on one connection before the pool grows (under ``max_messages_per_second``)."""
+    spare_clients: int | None = None
+    """SDK clients kept built ahead for the pool to grow with (~0.8 MB each, see
+    transport/clients.py); ``None``: as many as it may still open (``max_connections`` - open)."""
+    spare_clients_after_s: float = 5.0
+    """Spares are built once the transport has been connected this long (and is quiet)."""
     append_rollup_window_ms: int | None = None
     """``appendRollupWindow`` transport parameter (Ably's server-side append rollup); ``None`` = the
     service's default (40 ms on Ably)."""
@@ -626,7 +632,25 @@ class AblyTransport:
             target_rate=min(settings.target_messages_per_second, settings.max_messages_per_second),
         )
         self.pool: ConnectionPool[_Connection] = ConnectionPool(policy, self._connect_one, self._close_client)
+        self._clients = ClientFactory(
+            settings.client_options,
+            spares=self._spares,
+            quiet=self._quiet,
+            after_s=settings.spare_clients_after_s,
+        )
         self._started = False
+
+    def _spares(self) -> int:
+        room = self.pool.policy.max_connections - len(self.pool.connections)
+        wanted = self.settings.spare_clients
+        return room if wanted is None else min(wanted, room)
+
+    def _quiet(self) -> bool:
+        """No connection opening and less than one connection's worth of traffic: a good time to
+        build a spare client (it stalls the loop for ~20 ms)."""
+        conns = self.pool.connections
+        sent = sum(c.limiter.recent_rate() for c in conns)
+        return all(c.client is not None for c in conns) and sent < self.settings.max_messages_per_second
 
     def __repr__(self) -> str:
         return f"AblyTransport({self.settings!r}, connections={len(self.pool.connections)})"
@@ -653,13 +677,20 @@ class AblyTransport:
         if self._started:
             return
         self._wait_s = wait_s
-        await self.pool.start()
-        self._started = True
         rest_options = self.settings.client_options()
         rest_options.pop("realtime_request_timeout", None)
         rest_options.pop("transport_params", None)
         with map_ably_errors("create REST client"):
             self._rest = AblyRest(**rest_options)
+        if rest_options.get("use_token_auth"):  # a key over plain HTTP: one token for every connection
+            self._clients.share_token(self._rest)
+        try:
+            await self.pool.start()
+        except BaseException:
+            await self.close()
+            raise
+        self._started = True
+        self._clients.wake()
         log.info(
             "transport_connected",
             endpoint=self.settings.endpoint or "ably",
@@ -669,10 +700,11 @@ class AblyTransport:
 
     _wait_s = 15.0
 
-    @staticmethod
-    async def _close_client(conn: _Connection) -> None:
+    async def _close_client(self, conn: _Connection) -> None:
         with contextlib.suppress(AblyException, asyncio.TimeoutError, OSError):
             await asyncio.wait_for(conn.client.close(), 10)
+        if self._started:
+            self._clients.wake()  # the pool shrank: room for spares again
 
     async def _connect_one(self) -> _Connection:
         wait_s = self._wait_s
@@ -691,12 +723,8 @@ class AblyTransport:
                 msg = f"could not connect to {self.settings.endpoint or 'Ably'}: {reason or state}"
                 done.set_exception(TransportError(msg, code=code if isinstance(code, int) else 80000))
 
-        opts = self.settings.client_options()
         with map_ably_errors("connect"):
-            # Building a client loads a TLS trust store for its internal HTTP client (~50-100 ms of
-            # CPU), which would stall every stream on this loop each time the pool grows: build it
-            # on a thread, bound to this loop, and connect it here.
-            client = await asyncio.to_thread(lambda: AblyRealtime(loop=loop, auto_connect=False, **opts))
+            client = await self._clients.take()  # a spare built ahead, or one built now
             client.connection.on(on_change)
             client.connect()
             try:
@@ -725,7 +753,7 @@ class AblyTransport:
         """The channel, placed on an open connection if new (see :meth:`open_channel`)."""
         ch = self._channels.get(name)
         if ch is None:
-            ch = self._make_channel(name, self.pool.place(name, may_grow=False))
+            ch = self._make_channel(name, self.pool.place(name))
         return ch
 
     async def open_channel(self, name: str) -> Channel:
@@ -763,7 +791,8 @@ class AblyTransport:
         self._started = False
         self._channels.clear()
         rest, self._rest = self._rest, None
+        await self.pool.close()
+        await self._clients.close()
         if rest is not None:
             with contextlib.suppress(Exception):
                 await rest.close()
-        await self.pool.close()

@@ -6,10 +6,12 @@ placed on one connection when it is opened, and stays there (moving a live chann
 re-attach). Placement is by *load*: what a connection sent in the last second
 (``RateLimiter.recent_rate``) plus a reservation of ``session_rate`` messages/s for each session
 placed on it less than ``reserve_s`` seconds after the connection was up (a session about to start
-a run has sent nothing yet, and a burst of simultaneous starts must not all land on one connection,
-even while the connections opened for it are still connecting). A new session goes to the
-least-loaded connection; if even that one would go over ``target_rate``, a new connection is opened
-for it (up to ``max_connections``) and the session waits for it. A connection that carries no
+a run has sent nothing yet, and a burst of simultaneous starts must not all land on one connection).
+Sessions are served first come, first served: a new one takes the least-loaded open connection with
+room (load + one reservation <= ``target_rate``); when none has room it queues, and the pool opens,
+in parallel, as many connections as the queue needs (up to ``max_connections``). Each connection that
+comes up takes the oldest waiting sessions it has room for, so in a burst the first sessions start
+when the first new connections are up, not when the slowest is. A connection that carries no
 session for ``idle_close_s`` is closed, down to ``min_connections``. Each connection keeps its own
 token bucket as a hard ceiling, so a connection whose sessions all turn busy at once slows down (its
 streams' coalescing windows widen) instead of being refused by Ably.
@@ -25,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from agent_worker.errors import TransportError
 from agent_worker.logs import get_logger
 from agent_worker.transport.ratelimit import RateLimiter
 
@@ -48,6 +51,8 @@ class PoolPolicy:
     """Load reserved for a freshly placed session (a 10 tokens/s stream plus its lifecycle)."""
     reserve_s: float = 2.0
     idle_close_s: float = 30.0
+    retry_open_s: float = 5.0
+    """After a connection failed to open, queued sessions use the open ones this long."""
 
 
 @dataclass(eq=False)
@@ -85,6 +90,10 @@ class ConnectionPool(Generic[C]):
         self.connections: list[PooledConnection[C]] = []
         self._placement: dict[str, PooledConnection[C]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._queue: deque[str] = deque()
+        self._waiters: dict[str, asyncio.Future[PooledConnection[C]]] = {}
+        self._grow_after = 0.0
+        """After a failed open, no new one before this (``time.monotonic()``)."""
         self._reaper: asyncio.Task[None] | None = None
         self.opened = 0
         self.closed = 0
@@ -122,51 +131,124 @@ class ConnectionPool(Generic[C]):
                 if not conn.ready.done():
                     conn.ready.set_exception(exc)
                     conn.ready.exception()  # retrieved here: placement falls back
+                if not isinstance(exc, asyncio.CancelledError):
+                    log.warning("connection_pool_open_failed", error=str(exc))
+                    self._grow_after = time.monotonic() + self.policy.retry_open_s
+                    self._dispatch()
                 return
             conn.client = client
             conn.ready_at = time.monotonic()
             self.opened += 1
             conn.ready.set_result(None)
+            self._dispatch()
 
         task = loop.create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return conn
 
-    def place(self, name: str, *, may_grow: bool = True) -> PooledConnection[C]:
-        """Choose (and reserve load on) the connection for a new session channel."""
+    def _has_room(self, conn: PooledConnection[C], now: float) -> bool:
+        """Whether ``conn`` (up) can take one more fresh session: its load plus a reservation stays
+        under ``target_rate``; a connection carrying nothing always can."""
+        if conn.client is None:
+            return False
+        if not conn.channels and not conn.placed:
+            return True
+        return conn.load(now, self.policy) + self.policy.session_rate <= self.policy.target_rate
+
+    def _assign(self, name: str, conn: PooledConnection[C], now: float) -> PooledConnection[C]:
+        conn.placed.append(now)
+        conn.channels.add(name)
+        conn.idle_since = None
+        self._placement[name] = conn
+        return conn
+
+    def place(self, name: str) -> PooledConnection[C]:
+        """Place a new session channel now, on the least-loaded open connection (no waiting, no
+        growing: for channels used without :meth:`acquire`)."""
         existing = self._placement.get(name)
         if existing is not None and not existing.failed:
             return existing
-        now = time.monotonic()
-        policy = self.policy
-        candidates = self.connections if may_grow else self.ready_connections
-        if not candidates:
+        ready = self.ready_connections
+        if not ready:
             msg = "transport is not connected; call await transport.connect() first"
             raise RuntimeError(msg)
-        best = min(candidates, key=lambda c: c.load(now, policy))
-        full = best.load(now, policy) + policy.session_rate > policy.target_rate
-        if may_grow and full and len(self.connections) < policy.max_connections:
-            best = self._open()
-            log.info("connection_pool_grow", connections=len(self.connections), session=name)
-        best.placed.append(now)
-        best.channels.add(name)
-        best.idle_since = None
-        self._placement[name] = best
-        return best
+        now = time.monotonic()
+        return self._assign(name, min(ready, key=lambda c: c.load(now, self.policy)), now)
 
     async def acquire(self, name: str) -> PooledConnection[C]:
-        """:meth:`place`, then wait until that connection is up (falling back to an open one)."""
-        conn = self.place(name)
+        """The connection a new session channel goes on, once it is up.
+
+        First come, first served: a session takes the least-loaded open connection with room;
+        when none has room it queues, and the pool opens (in parallel) as many connections as the
+        queue needs. Each connection that comes up takes the oldest waiting sessions it has room
+        for, so under a burst the first sessions start as soon as the first connections are up
+        instead of every session waiting for the slowest open. With no room left and nothing more
+        to open, sessions go to the least-loaded connection (its rate limiter keeps it under Ably's
+        limit)."""
+        existing = self._placement.get(name)
+        if existing is not None and not existing.failed:
+            await existing.ready
+            return existing
+        waiter = self._waiters.get(name)
+        if waiter is None:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters[name] = waiter
+            self._queue.append(name)
+            self._dispatch()
         try:
-            await conn.ready
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            log.warning("connection_pool_open_failed", error=str(exc))
-            self._forget(name)
-            conn = self.place(name, may_grow=False)
-        return conn
+            return await asyncio.shield(waiter)
+        except asyncio.CancelledError:
+            if self._waiters.get(name) is waiter:  # still queued: leave the queue
+                del self._waiters[name]
+                self._queue.remove(name)
+            elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release(name)  # placed meanwhile: give the reservation back
+            raise
+
+    def _dispatch(self) -> None:
+        """Hand waiting sessions (oldest first) to connections with room; open more for the rest."""
+        now = time.monotonic()
+        policy = self.policy
+        queue = self._queue
+        while queue:
+            ready = [c for c in self.connections if self._has_room(c, now)]
+            if not ready:
+                break
+            self._resolve(queue.popleft(), min(ready, key=lambda c: c.load(now, policy)), now)
+        if not queue:
+            return
+        opening = sum(1 for c in self.connections if c.client is None)
+        per_connection = max(1, int(policy.target_rate // policy.session_rate))
+        wanted = -(-len(queue) // per_connection) - opening
+        room = policy.max_connections - len(self.connections)
+        if now >= self._grow_after:
+            for _ in range(max(0, min(wanted, room))):
+                self._open()
+                opening += 1
+            if wanted > 0 and room > 0:
+                log.info("connection_pool_grow", connections=len(self.connections), waiting=len(queue))
+        if opening:
+            return  # the connections coming up take the queue
+        ready = self.ready_connections
+        while queue:
+            if not ready:
+                self._fail_waiters(TransportError("no realtime connection could be opened", code=80003))
+                return
+            self._resolve(queue.popleft(), min(ready, key=lambda c: c.load(now, policy)), now)
+
+    def _fail_waiters(self, error: TransportError) -> None:
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(error)
+                waiter.exception()  # retrieved: a waiter whose caller was cancelled stays quiet
+        self._waiters.clear()
+        self._queue.clear()
+
+    def _resolve(self, name: str, conn: PooledConnection[C], now: float) -> None:
+        waiter = self._waiters.pop(name)
+        if not waiter.done():
+            waiter.set_result(self._assign(name, conn, now))
 
     def release(self, name: str) -> None:
         conn = self._forget(name)
@@ -209,6 +291,7 @@ class ConnectionPool(Generic[C]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
+        self._fail_waiters(TransportError("the connection pool is closed", code=80017))
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -39,6 +39,11 @@ class RateLimiter:
         self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.rate)
         self._updated = now
 
+    def available(self) -> float:
+        """Tokens that could be taken now without waiting (0 while others are queued)."""
+        self._refill()
+        return 0.0 if self._lock.locked() else self._tokens
+
     def would_wait(self) -> bool:
         self._refill()
         return self._tokens < 1.0 or self._lock.locked()

@@ -77,6 +77,7 @@ async def connect(cfg: Config) -> Connection:
         "burst": cfg.worker.burst,
         "connections": cfg.ably.connections,
         "max_connections": cfg.ably.max_connections,
+        "spare_clients": cfg.ably.spare_clients,
         "append_rollup_window_ms": cfg.ably.append_rollup_window_ms,
     }
     if cfg.ably.embedded:

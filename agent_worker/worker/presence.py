@@ -4,6 +4,13 @@ AIT defines no presence format (spec §12); this follows the AIT docs' conventio
 show "the agent is typing". Updates are serialised per session in a background task and coalesced
 (only the newest state is sent), so a run never waits for presence and a burst of status changes
 costs one message. Failures are logged and otherwise ignored: presence is cosmetic.
+
+Presence also yields to the runs' own messages on the connection's rate budget (Ably's 50 inbound
+messages/s per connection counts presence too): the first enter waits ``enter_delay_s`` (a session
+is usually opened by an invocation, whose run turns ``thinking`` then ``streaming`` within that
+time: one enter says it, instead of enter + two updates), and each presence message waits, up to
+``max_defer_s``, until the connection's limiter has ``spare_tokens`` left — so when sessions start
+in a burst their run-starts and first tokens go out first.
 """
 
 from __future__ import annotations
@@ -25,8 +32,18 @@ _RANK: dict[str, int] = {"idle": 0, "thinking": 1, "tool": 2, "streaming": 3}
 
 
 class SessionPresence:
-    def __init__(self, channel: Channel) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        *,
+        enter_delay_s: float = 0.25,
+        spare_tokens: float = 3.0,
+        max_defer_s: float = 2.0,
+    ) -> None:
         self.channel = channel
+        self.enter_delay_s = enter_delay_s
+        self.spare_tokens = spare_tokens
+        self.max_defer_s = max_defer_s
         self._runs: dict[str, AgentStatus] = {}
         self._order: list[str] = []
         self._entered = False
@@ -57,10 +74,24 @@ class SessionPresence:
         run_id = self._order[-1]
         return {"status": self._runs[run_id], "runId": run_id}
 
+    async def _yield_to_runs(self) -> None:
+        """Wait (bounded) until the connection's rate budget has room beyond the runs' needs."""
+        limiter = self.channel.limiter
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.max_defer_s
+        while True:
+            short = self.spare_tokens - limiter.available()
+            if short <= 0 or loop.time() >= until:
+                return
+            await asyncio.sleep(max(0.01, short / limiter.rate))
+
     async def _pump(self) -> None:
         last: dict[str, str | None] | None = None
+        if self.enter_delay_s > 0:
+            await asyncio.sleep(self.enter_delay_s)
         while not self._closed:
             await self._wake.wait()
+            await self._yield_to_runs()
             self._wake.clear()
             state = self.current()
             if state == last:

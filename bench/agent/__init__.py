@@ -222,7 +222,7 @@ def start_agent(variant: str, port: int, key: str, protocol: str) -> Child:
             cfg_js["rollup"] = spec["rollup"]
         return Child([node_binary(), str(JS_AGENT)], node_config(**cfg_js))
     # Only what the variant overrides; the rest are the shipped defaults.
-    keys = ("max_messages_per_second", "burst", "connections", "max_connections", "rollup")
+    keys = ("max_messages_per_second", "burst", "connections", "max_connections", "rollup", "spare_clients")
     cfg = {"port": port, "key": key, "protocol": protocol, "worker": spec["worker"]}
     cfg.update({k: spec[k] for k in keys if k in spec})
     return Child(

@@ -9,6 +9,7 @@ measured (CPU, RSS), as in production.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -53,6 +54,13 @@ async def server_main(cfg: dict[str, Any]) -> None:
     line on stdin prints ``@@event {"event": "stats", "refused": {code: count}}``."""
     config = ServerConfig(host="127.0.0.1", port=0, enforce_rate_limits=bool(cfg.get("enforce")))
     async with EmbeddedServer(config) as server:
+        profile_to = os.environ.get("AW_BENCH_SERVER_PROFILE")  # =path: cProfile the server's run
+        profiler = None
+        if profile_to:
+            import cProfile  # noqa: PLC0415
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         emit("ready", {"port": server.port, "key": server.default_key, "pid": os.getpid()})
 
         def on_line(line: str) -> None:
@@ -61,7 +69,12 @@ async def server_main(cfg: dict[str, Any]) -> None:
                     "event", {"event": "stats", "refused": {str(k): v for k, v in server.hub.refused.items()}}
                 )
 
-        await _until_stopped(on_line)
+        try:
+            await _until_stopped(on_line)
+        finally:
+            if profiler is not None and profile_to:
+                profiler.disable()
+                profiler.dump_stats(profile_to)
 
 
 def _trace_gc(worker: Worker) -> None:
@@ -101,6 +114,8 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
         max_connections=int(cfg.get("max_connections", shipped_ably.max_connections)),
         append_rollup_window_ms=cfg.get("rollup"),
     )
+    if "spare_clients" in cfg:
+        settings = dataclasses.replace(settings, spare_clients=int(cfg["spare_clients"]))
     worker = Worker(
         transport=settings,
         agent=Agent(bench_provider()),
@@ -108,7 +123,21 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
     )
     if os.environ.get("AW_BENCH_GC"):
         _trace_gc(worker)
+    trace_to = os.environ.get("AW_BENCH_TRACE")  # =path: the start-up timeline (bench/agent/trace.py)
+    trace = None
+    if trace_to:
+        from bench.agent import trace as tracing  # noqa: PLC0415
+
+        trace = tracing.install(worker, trace_to)
     await worker.start()
+    if worker.transport is not None:  # a worker is started well before bursts: let it finish
+        transport = worker.transport
+        for _ in range(400):
+            if transport._clients.ready >= transport._spares():
+                break
+            await asyncio.sleep(0.05)
+    if trace is not None:
+        tracing.install_pool(worker, trace)
     runner = await serve(worker, HttpConfig(port=0), port=0)
     if not os.environ.get("AW_BENCH_GC_DEFAULT"):  # as `agent-worker run` does; =1 to compare without
         raw = os.environ.get("AW_BENCH_GC_THRESHOLDS")
@@ -139,9 +168,22 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
             )
         if worker.transport is not None:
             pool = worker.transport.pool
-            emit("event", {"event": "pool", "peak": pool.peak, "opened": pool.opened, "closed": pool.closed})
+            clients = worker.transport._clients
+            emit(
+                "event",
+                {
+                    "event": "pool",
+                    "peak": pool.peak,
+                    "opened": pool.opened,
+                    "closed": pool.closed,
+                    "spares_taken": clients.taken_spare,
+                    "clients_built": clients.built,
+                },
+            )
         await runner.cleanup()
         await worker.close(drain_timeout_s=2)
+        if trace is not None:
+            trace.close()
 
 
 def main() -> None:

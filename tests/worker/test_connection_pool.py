@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
+import pytest
+
+from agent_worker.config import Secret
+from agent_worker.errors import TransportError
 from agent_worker.providers.echo import EchoProvider
 from agent_worker.server import EmbeddedServer, ServerConfig
+from agent_worker.transport.ably import AblySettings, AblyTransport
 from agent_worker.transport.pool import ConnectionPool, PoolPolicy
 from tests.runtime.runtime_support import ChatClient, start_harness
 
@@ -119,7 +125,187 @@ async def test_worker_opens_connections_for_simultaneous_sessions_under_enforced
             assert pool.peak >= 4  # 12 fresh sessions x 12 msg/s reserved, 36 msg/s per connection
             assert len(connection_ids) >= 4
             assert all(c.limiter.sent > 0 for c in pool.ready_connections[:4])
+            assert not server.hub.refused  # no 42911/42910: no connection went over Ably's limits
         finally:
             for c in clients:
                 await c.close()
             await harness.close()
+
+
+class _Gate:
+    """A fake ``connect`` whose opens finish only when the test says so (no timing involved)."""
+
+    def __init__(self) -> None:
+        self.pending: list[asyncio.Future[_Client]] = []
+        self.made: list[_Client] = []
+
+    async def connect(self) -> _Client:
+        future: asyncio.Future[_Client] = asyncio.get_running_loop().create_future()
+        self.pending.append(future)
+        return await future
+
+    def open_next(self, *, fail: bool = False) -> None:
+        future = self.pending.pop(0)
+        if fail:
+            future.set_exception(OSError("refused"))
+        else:
+            self.made.append(_Client(len(self.made)))
+            future.set_result(self.made[-1])
+
+    @staticmethod
+    async def close(client: _Client) -> None:
+        client.closed = True
+
+
+async def _gated_pool(policy: PoolPolicy) -> tuple[_Gate, ConnectionPool[_Client]]:
+    """A started pool (its first connection open) whose further opens the test completes."""
+    gate = _Gate()
+    pool: ConnectionPool[_Client] = ConnectionPool(policy, gate.connect, gate.close)
+    starting = asyncio.ensure_future(pool.start())
+    await _settle()
+    gate.open_next()
+    await starting
+    return gate, pool
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_burst_opens_the_connections_it_needs_in_parallel_and_is_served_in_order() -> None:
+    """Ten sessions arrive at once: three fit the open connection, the other seven queue and the
+    pool starts ceil(7 / 3) = 3 opens at once (not one per session, not one after another); each
+    connection that comes up takes the oldest waiting sessions it has room for."""
+    gate, pool = await _gated_pool(PoolPolicy(max_connections=8))
+    try:
+        tasks = [asyncio.ensure_future(pool.acquire(f"s{i}")) for i in range(10)]
+        await _settle()
+        assert [t.done() for t in tasks] == [True] * 3 + [False] * 7
+        assert len(gate.pending) == 3  # opened together for the queue
+        assert len(pool.connections) == 4
+        gate.open_next()
+        await _settle()
+        assert [t.done() for t in tasks] == [True] * 6 + [False] * 4  # the oldest three
+        assert {tasks[i].result().client for i in (3, 4, 5)} == {gate.made[1]}
+        gate.open_next()
+        gate.open_next()
+        await _settle()
+        assert all(t.done() for t in tasks)
+        assert tasks[9].result().client is gate.made[3]
+        per_connection = sorted(sum(1 for t in tasks if t.result().client is m) for m in gate.made)
+        assert per_connection == [1, 3, 3, 3]
+        assert pool.peak == 4 and not gate.pending
+    finally:
+        await pool.close()
+
+
+async def test_a_burst_never_opens_more_than_max_connections() -> None:
+    gate, pool = await _gated_pool(PoolPolicy(max_connections=3))
+    try:
+        tasks = [asyncio.ensure_future(pool.acquire(f"s{i}")) for i in range(30)]
+        await _settle()
+        assert len(pool.connections) == 3 and len(gate.pending) == 2
+        gate.open_next()
+        gate.open_next()
+        await _settle()
+        # Every connection full and nothing left to open: the rest share the least-loaded ones
+        # (their rate limiters keep each under Ably's limit).
+        assert all(t.done() for t in tasks)
+        counts = sorted(sum(1 for t in tasks if t.result().client is m) for m in gate.made)
+        assert counts == [10, 10, 10] and pool.peak == 3
+    finally:
+        await pool.close()
+
+
+async def test_queued_sessions_fall_back_to_open_connections_when_an_open_fails() -> None:
+    gate, pool = await _gated_pool(PoolPolicy(max_connections=4))
+    try:
+        tasks = [asyncio.ensure_future(pool.acquire(f"s{i}")) for i in range(5)]
+        await _settle()
+        assert len(gate.pending) == 1
+        gate.open_next(fail=True)
+        await _settle()
+        # No retry storm: the failed open is not replaced at once; the queue uses what is open.
+        assert all(t.done() for t in tasks) and not gate.pending
+        assert {t.result().client for t in tasks} == {gate.made[0]}
+        assert len(pool.connections) == 1
+    finally:
+        await pool.close()
+
+
+async def test_closing_the_pool_fails_queued_sessions() -> None:
+    _gate, pool = await _gated_pool(PoolPolicy(max_connections=2))
+    tasks = [asyncio.ensure_future(pool.acquire(f"s{i}")) for i in range(4)]
+    await _settle()
+    assert tasks[3].done() is False
+    await pool.close()
+    with pytest.raises(TransportError, match="closed") as refused:
+        await tasks[3]
+    assert refused.value.code == 80017
+
+
+async def test_a_session_cancelled_while_queued_leaves_the_queue() -> None:
+    """An invocation cancelled while its session waits for a connection takes no room on the
+    connection that comes up: the next session in line gets it."""
+    gate, pool = await _gated_pool(PoolPolicy(max_connections=2))
+    try:
+        tasks = [asyncio.ensure_future(pool.acquire(f"s{i}")) for i in range(7)]
+        await _settle()
+        tasks[3].cancel()
+        await _settle()
+        gate.open_next()
+        await _settle()
+        assert tasks[3].cancelled()
+        second = {f"s{i}" for i in (4, 5, 6) if tasks[i].result().client is gate.made[1]}
+        assert second == {"s4", "s5", "s6"}
+        assert "s3" not in pool.connections[1].channels
+    finally:
+        await pool.close()
+
+
+async def _until(predicate: Any, what: str, limit_s: float = 30.0) -> None:
+    async with asyncio.timeout(limit_s):
+        while not predicate():  # noqa: ASYNC110 - polls the factory's background building
+            await asyncio.sleep(0.02)
+
+
+async def test_pool_grows_with_spare_clients_sharing_one_token() -> None:
+    """With a key over plain HTTP every pooled connection authenticates with the one token the
+    transport requested (not one token request per connection), and growth takes the clients
+    built ahead instead of building them then."""
+    async with EmbeddedServer(ServerConfig(port=0)) as server:
+        settings = AblySettings(
+            endpoint=f"127.0.0.1:{server.port}",
+            key=Secret(server.default_key),
+            tls=False,
+            client_id="agent-worker",
+            max_connections=3,
+            spare_clients=2,
+            spare_clients_after_s=0.0,
+        )
+        transport = AblyTransport(settings)
+        await transport.connect()
+        try:
+            factory = transport._clients
+            await _until(lambda: factory.ready == 2, "two spare clients")
+            built = factory.built
+            channels = [await transport.open_channel(f"conversations:spare-{i}") for i in range(9)]
+            pool = transport.pool
+            assert len(pool.ready_connections) == 3
+            assert factory.taken_spare == 2 and factory.built == built  # none built on demand
+            tokens = {c.client.client.auth.token_details.token for c in pool.ready_connections if c.client}
+            assert len(tokens) == 1
+            # and it is a working token: every connection attaches its channels
+            for ch in channels:
+                await ch.subscribe(lambda _m: None)
+            assert {ch.state for ch in channels} == {"attached"}
+            # Once the pool shrinks again there is room for spares: they are built back.
+            assert factory.spares() == 0
+            pool.policy = dataclasses.replace(pool.policy, idle_close_s=0.0)
+            for ch in channels:
+                await transport.release(ch.name)
+            assert await pool.close_idle() == 2
+            await _until(lambda: factory.ready == 2, "the spares built back")
+        finally:
+            await transport.close()

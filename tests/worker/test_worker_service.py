@@ -122,7 +122,13 @@ async def test_presence_reports_status_and_returns_to_idle(
     await client.channel.presence.subscribe(on_presence)
     sent = await client.send_text("hi")
     _, body = await harness.invoke(session_name, sent.event_id)
-    await client.wait_for(lambda: any(u.get("status") == "streaming" for u in updates) or None)
+
+    async def streaming_seen() -> None:  # presence is deferred behind the run's own messages
+        while not any(u.get("status") == "streaming" for u in updates):
+            changed.clear()
+            await changed.wait()
+
+    await asyncio.wait_for(streaming_seen(), 15)
     streaming = next(u for u in updates if u.get("status") == "streaming")
     assert streaming["runId"] == body["runId"]
     release.set()

@@ -1,0 +1,261 @@
+"""``AW_BENCH_TRACE=path``: a start-up timeline of the benchmark's worker, one JSON line per event.
+
+Diagnostics only (what the first-token time of N simultaneous starts is made of): per session, when
+its POST arrived, when it was placed on a connection (and whether that opened one), when its channel
+was attached, when its run was located (history read) and took a slot, and when each of its first
+publishes (run-start, step-start, the stream's create) and presence messages went out; per
+connection, when it started and finished opening; every rate-limiter wait. Times are
+CLOCK_MONOTONIC microseconds, the clock the client stamps tokens with. It wraps the worker's objects
+in the benchmark process only; nothing here runs in production. ``python -m bench.agent.trace path``
+summarises a trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from typing import Any, TextIO
+
+from agent_worker.transport import ably as ably_transport
+from agent_worker.transport.ratelimit import RateLimiter
+from agent_worker.worker.service import Worker
+
+__all__ = ["install", "summarise"]
+
+
+def _now() -> int:
+    return time.monotonic_ns() // 1000
+
+
+def install(worker: Worker, path: str) -> TextIO:
+    """Wrap ``worker``'s start-up path (before :meth:`Worker.start`) to write events to ``path``."""
+    out = open(path, "w", buffering=1 << 16)  # noqa: SIM115 - closed by the caller
+
+    def emit(event: str, **fields: Any) -> None:
+        out.write(json.dumps({"us": _now(), "e": event, **fields}) + "\n")
+
+    invoke = worker.invoke
+    profile_to = os.environ.get("AW_BENCH_TRACE_PROFILE")  # =path: cProfile 1.5 s from the N-stream POSTs
+    profiling: list[Any] = []
+
+    def maybe_profile(name: object) -> None:
+        if not profile_to or profiling or ":latencyN:" not in str(name):
+            return
+        import cProfile  # noqa: PLC0415
+
+        profiler = cProfile.Profile()
+        profiling.append(profiler)
+        profiler.enable()
+
+        def stop() -> None:
+            profiler.disable()
+            profiler.dump_stats(profile_to)
+
+        asyncio.get_running_loop().call_later(1.5, stop)
+
+    @functools.wraps(invoke)
+    async def traced_invoke(session_name: object, input_event_id: object, **kw: Any) -> Any:
+        emit("post", s=session_name)
+        maybe_profile(session_name)
+        try:
+            return await invoke(session_name, input_event_id, **kw)
+        finally:
+            emit("invoked", s=session_name)
+
+    worker.invoke = traced_invoke  # type: ignore[method-assign]
+
+    located = worker.run_located
+
+    async def traced_located(run: Any, trigger: Any) -> None:
+        emit("located", s=run.session.name)
+        await located(run, trigger)
+        emit("slotted", s=run.session.name)
+
+    worker.run_located = traced_located  # type: ignore[method-assign]
+
+    new_session = worker._new_session
+
+    def traced_new_session(channel: Any) -> Any:
+        session = new_session(channel)
+        connect = session.connect
+
+        async def traced_connect() -> None:
+            emit("attach_start", s=session.name)
+            await connect()
+            emit("attached", s=session.name)
+
+        session.connect = traced_connect  # type: ignore[method-assign]
+        return session
+
+    worker._new_session = traced_new_session  # type: ignore[method-assign]
+
+    limiter_acquire = RateLimiter.acquire
+
+    async def traced_acquire(self: RateLimiter) -> None:
+        t0 = _now()
+        await limiter_acquire(self)
+        waited = _now() - t0
+        if waited > 1000:
+            emit("limiter_wait", limiter=id(self), us_waited=waited)
+
+    RateLimiter.acquire = traced_acquire  # type: ignore[method-assign]
+
+    channel_cls = ably_transport.Channel
+    publish_batch = channel_cls.publish_batch
+
+    async def traced_publish(self: Any, msgs: Any, **kw: Any) -> Any:
+        names = [m.name for m in msgs]
+        emit("publish", s=self.name, names=names)
+        try:
+            return await publish_batch(self, msgs, **kw)
+        finally:
+            emit("published", s=self.name, names=names)
+
+    channel_cls.publish_batch = traced_publish  # type: ignore[method-assign]
+
+    for op in ("presence_enter", "presence_update"):
+        original = getattr(channel_cls, op)
+
+        def make(original: Any, op: str) -> Any:
+            async def traced(self: Any, data: Any) -> None:
+                emit(op, s=self.name)
+                await original(self, data)
+                emit(f"{op}_done", s=self.name)
+
+            return traced
+
+        setattr(channel_cls, op, make(original, op))
+
+    emit("installed")
+    return out
+
+
+def install_pool(worker: Worker, emit_to: TextIO) -> None:
+    """After :meth:`Worker.start`: trace placement and connection opening."""
+
+    def emit(event: str, **fields: Any) -> None:
+        emit_to.write(json.dumps({"us": _now(), "e": event, **fields}) + "\n")
+
+    assert worker.transport is not None
+    pool = worker.transport.pool
+    connect = pool._connect
+    counter = iter(range(1_000_000))
+
+    async def traced_connect() -> Any:
+        n = next(counter)
+        emit("conn_open", n=n)
+        try:
+            return await connect()
+        finally:
+            emit("conn_opened", n=n)
+
+    pool._connect = traced_connect
+
+    async def lag_monitor() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(0.01)
+            lag = loop.time() - t0 - 0.01
+            if lag > 0.005:
+                emit("loop_lag", us_lag=int(lag * 1e6))
+
+    worker._trace_lag = asyncio.get_running_loop().create_task(lag_monitor())  # type: ignore[attr-defined]
+    rest = worker.transport._rest
+    assert rest is not None
+    request = rest.request
+
+    async def traced_request(method: str, path: str, *args: Any, **kw: Any) -> Any:
+        t0 = _now()
+        try:
+            return await request(method, path, *args, **kw)
+        finally:
+            emit("rest", path=path, us_took=_now() - t0)
+
+    rest.request = traced_request  # type: ignore[method-assign]
+    clients = worker.transport._clients
+    take = clients.take
+
+    async def traced_take() -> Any:
+        before = clients.taken_spare
+        client = await take()
+        emit("client_taken", spare=clients.taken_spare > before)
+        return client
+
+    clients.take = traced_take  # type: ignore[method-assign]
+    assign = pool._assign
+
+    def traced_assign(name: str, conn: Any, now: float) -> Any:
+        emit("placed", s=name, conn=pool.connections.index(conn))
+        return assign(name, conn, now)
+
+    pool._assign = traced_assign  # type: ignore[method-assign]
+
+
+def _pcts(values: list[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+
+    def p(q: float) -> float:
+        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+    return f"p50 {p(50):7.1f}  p90 {p(90):7.1f}  max {ordered[-1]:7.1f}  (n={len(values)})"
+
+
+def summarise(path: str, prefix: str = "bench:") -> str:
+    """Per-step milliseconds after each session's POST, over the sessions whose name has ``prefix``."""
+    events = [json.loads(line) for line in open(path)]  # noqa: SIM115
+    first: dict[str, dict[str, int]] = defaultdict(dict)
+    for ev in events:
+        s = ev.get("s")
+        if not isinstance(s, str) or prefix not in s:
+            continue
+        key = ev["e"]
+        if key in ("publish", "published"):
+            key = f"{key}:{ev['names'][0]}"
+        first[s].setdefault(key, ev["us"])
+    lines = []
+    steps = [
+        "placed", "attach_start", "attached", "invoked", "located", "slotted",
+        "presence_enter", "presence_enter_done", "publish:ai-run-start", "published:ai-run-start",
+        "published:ai-step-start", "published:ai-output",
+    ]  # fmt: skip
+    names = sorted({k for d in first.values() for k in d})
+    for step in steps + [n for n in names if n not in steps and n != "post"]:
+        deltas = [(d[step] - d["post"]) / 1000 for d in first.values() if "post" in d and step in d]
+        lines.append(f"  {step:28s} {_pcts(deltas)}")
+    opens = {ev["n"]: ev["us"] for ev in events if ev["e"] == "conn_open"}
+    durations = [(ev["us"] - opens[ev["n"]]) / 1000 for ev in events if ev["e"] == "conn_opened"]
+    lines.append(f"  connection open (ms)         {_pcts(durations)}")
+    posts = [d["post"] for d in first.values() if "post" in d]
+    if posts and opens:
+        t0 = min(posts)
+        grow = sorted((us - t0) / 1000 for us in opens.values() if us >= t0)
+        at = [round(g) for g in grow]
+        lines.append(f"  connections opened after the first POST: {len(grow)}, at ms {at}")
+    taken = [ev["spare"] for ev in events if ev["e"] == "client_taken"]
+    lines.append(f"  clients for new connections: {sum(taken)} spares, {len(taken) - sum(taken)} built then")
+    rests = [ev["us_took"] / 1000 for ev in events if ev["e"] == "rest" and prefix.strip(":") in ev["path"]]
+    lines.append(f"  REST request (ms)            {_pcts(rests)}")
+    posts_all = [ev["us"] for ev in events if ev["e"] == "post" and prefix in str(ev.get("s"))]
+    if posts_all:
+        t0 = min(posts_all)
+        lags = [(ev["us"] - t0, ev["us_lag"]) for ev in events if ev["e"] == "loop_lag" and ev["us"] >= t0]
+        window = [lag / 1000 for at, lag in lags if at < 1_500_000]
+        lines.append(f"  worker loop lag > 5 ms in the first 1.5 s: {len(window)}x, {sum(window):.0f} ms")
+    waits = [ev["us_waited"] / 1000 for ev in events if ev["e"] == "limiter_wait"]
+    lines.append(f"  limiter waits (ms)           {_pcts(waits)}  total {sum(waits):.0f} ms")
+    if waits:
+        lines.append(f"  mean wait {statistics.mean(waits):.1f} ms")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(summarise(sys.argv[1], *(sys.argv[2:3])))
