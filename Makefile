@@ -15,12 +15,12 @@ help: ## list targets
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,otel]'
+	$(PY) -m pip install -q -e '.[dev,otel,temporal]'
 	@touch $(STAMP)
 
 # The offline local model (llama-cpp-python compiles from source: several minutes, once).
 $(LOCAL): $(STAMP)
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install -q -e '.[dev,otel,local]'
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install -q -e '.[dev,otel,temporal,local]'
 	@touch $(LOCAL)
 
 $(JS): tests/js/package.json tests/js/package-lock.json
