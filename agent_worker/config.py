@@ -25,6 +25,7 @@ from agent_worker.errors import ConfigError
 __all__ = [
     "AblyConfig",
     "Config",
+    "EngineConfig",
     "HttpConfig",
     "PromptsConfig",
     "ProviderConfig",
@@ -224,6 +225,21 @@ class WorkerConfig(_Section):
     default each session speaks the codec its messages' codec headers show."""
 
 
+class EngineConfig(_Section):
+    """Where runs execute (docs/durability.md): ``local`` in this process (crash journal under
+    ``[worker] state_dir``), or ``temporal``: each invocation is a Temporal workflow, so a fleet of
+    workers on one task queue shares dedup, and a run whose worker dies moves on to another."""
+
+    kind: Literal["local", "temporal"] = "local"
+    address: str = "127.0.0.1:7233"
+    """The Temporal frontend, ``HOST:PORT`` (a dev server: ``temporal server start-dev``)."""
+    namespace: str = "default"
+    task_queue: str = "agent-worker"
+    """Every worker of one fleet (one agent) polls the same task queue."""
+    heartbeat_timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
+    """A streaming activity not heard from for this long is retried on another worker."""
+
+
 class ProviderConfig(_Section):
     name: str | None = None
     """A registered provider or an import path; omitted: chosen automatically (and the reason shown)."""
@@ -253,6 +269,7 @@ class Config(_Section):
     ably: AblyConfig = AblyConfig()
     http: HttpConfig = HttpConfig()
     worker: WorkerConfig = WorkerConfig()
+    engine: EngineConfig = EngineConfig()
     provider: ProviderConfig = ProviderConfig()
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     tools: ToolsConfig = ToolsConfig()

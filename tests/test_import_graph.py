@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
     {"hookspecs", "plugins", "plugins_builtin"},
     {"runtime", "client", "web"},
     {"agent"},
+    {"engine"},
     {"worker"},
     {"cli", "testing", ""},
     {"pytest_plugin"},

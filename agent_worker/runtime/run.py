@@ -135,6 +135,9 @@ class Run:
         """The reply's opening words and what waits for the user (for notifications)."""
         self.journal: RunRecorder | None = None
         """Set by a worker with a crash journal: what this run has open on the wire is recorded."""
+        self.step_id_base: str | None = None
+        """Set by a durable engine: step ids derive from it (stable across a retried activity, so
+        the retry's output supersedes the lost attempt's) instead of a per-process counter."""
 
     def __repr__(self) -> str:
         return f"Run(run_id={self.run_id!r}, session={self.session.name!r}, phase={self.phase.value})"
@@ -241,7 +244,24 @@ class Run:
                     input_codec_message_id=t.codec_message_id,
                 )
             )
+        elif t is not None:
+            # Likewise the resume: a suspended status must not outlive it here (status gates read it).
+            self.session.tree.apply_run_lifecycle(
+                RunLifecycle(
+                    type="resume",
+                    run_id=self.run_id,
+                    client_id=self.run_client_id,
+                    invocation_id=self.invocation_id,
+                    serial=None,
+                )
+            )
         log.info("run_started", resume=self.is_continuation)
+
+    def adopt_started(self) -> None:
+        """This run's ``ai-run-start``/``-resume`` is already on the wire (published by another
+        process, e.g. a durable engine's open-run step): carry on as if this object had published it."""
+        self._start_published = True
+        self.phase = RunPhase.ACTIVE
 
     async def suspend(self) -> None:
         """Publish ``ai-run-suspend`` (the model is waiting for client tools or approvals)."""
@@ -283,6 +303,16 @@ class Run:
             self.error = error
             self.session.deregister(self)
         log.info("run_ended", reason=reason, error_code=error.code if error else None)
+
+    async def abandon(self) -> None:
+        """Stop here without a terminal: close what this process has open (streams ``cancelled``,
+        the step ended), deregister. For a durable engine whose step moved on to another worker
+        (whose attempt supersedes this one) or whose terminal another step publishes."""
+        try:
+            if self._active_message is not None:
+                await self._active_message.close_after_abort("error")
+        finally:
+            self.session.deregister(self)
 
     # --- cancellation ------------------------------------------------------------------------------
 
@@ -364,7 +394,11 @@ class Run:
     # --- steps and output --------------------------------------------------------------------------
 
     def _next_step_id(self) -> str:
-        sid = f"{self.invocation_id}-step-{self._step_index}"
+        base = self.step_id_base
+        if base is not None:
+            sid = base if self._step_index == 0 else f"{base}.{self._step_index}"
+        else:
+            sid = f"{self.invocation_id}-step-{self._step_index}"
         self._step_index += 1
         return sid
 

@@ -209,13 +209,17 @@ class AgentSession:
         event_id: str,
         *,
         invocation_id: str | None = None,
+        run_id: str | None = None,
         on_cancel: CancelHook | None = None,
         coalesce_window_s: float = 0.04,
     ) -> Run:
+        """``run_id``: pinned (a durable engine pins it to the invocation id, so a retry re-enters
+        the same run); a continuation still adopts its trigger's run-id."""
         run = Run(
             self,
             event_id=event_id,
             invocation_id=invocation_id,
+            run_id=run_id,
             on_cancel=on_cancel,
             coalesce_window_s=coalesce_window_s,
         )

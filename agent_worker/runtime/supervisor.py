@@ -91,8 +91,9 @@ class RunSupervisor:
         self.on_run_start = on_run_start
         self.on_run_end = on_run_end
 
-    async def _passes(self, run: Run, stats: RunStats) -> Literal["complete", "suspended"]:
-        """Call the handler while the run has input: the trigger, then steering that arrived."""
+    async def passes(self, run: Run, stats: RunStats) -> Literal["complete", "suspended"]:
+        """Call the handler while the run has input: the trigger, then steering that arrived (the
+        body of a run in every engine: here, or in a Temporal activity)."""
         while run.has_input():
             stats.passes += 1
             view = AgentRun(run, stats)
@@ -133,7 +134,7 @@ class RunSupervisor:
                 # Nothing is on the wire before the run-start, so retrying its publish is always safe.
                 await retry(run.start, attempts=3, retry_if=lambda exc: isinstance(exc, TransportError))
                 await call_hook(self.on_run_start, run)
-                outcome = await self._passes(run, stats)
+                outcome = await self.passes(run, stats)
                 if run.first_output_at is not None:
                     observer.first_output(run.first_output_at - accepted_at)
                 if outcome == "suspended":

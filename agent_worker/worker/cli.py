@@ -84,6 +84,33 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
+        engine: Annotated[
+            str | None,
+            typer.Option(
+                "--engine",
+                envvar="AGENT_WORKER_ENGINE",
+                help="Where runs execute: local (this process) or temporal (a durable workflow per "
+                "invocation; a fleet of workers on one task queue).",
+            ),
+        ] = None,
+        temporal_address: Annotated[
+            str | None,
+            typer.Option(
+                "--temporal-address", envvar="TEMPORAL_ADDRESS", help="HOST:PORT of the Temporal frontend."
+            ),
+        ] = None,
+        temporal_namespace: Annotated[
+            str | None,
+            typer.Option("--temporal-namespace", envvar="TEMPORAL_NAMESPACE", help="Temporal namespace."),
+        ] = None,
+        temporal_task_queue: Annotated[
+            str | None,
+            typer.Option(
+                "--temporal-task-queue",
+                envvar="AGENT_WORKER_TEMPORAL_TASK_QUEUE",
+                help="The fleet's task queue (one per agent).",
+            ),
+        ] = None,
     ) -> None:
         """Run the agent worker (HTTP invocations + channel sessions) until SIGINT/SIGTERM."""
         import sys  # noqa: PLC0415
@@ -104,6 +131,10 @@ def register(app: typer.Typer) -> None:
             log_format=log_format,
             log_level=log_level,
             state_dir=state_dir,
+            engine=engine,
+            temporal_address=temporal_address,
+            temporal_namespace=temporal_namespace,
+            temporal_task_queue=temporal_task_queue,
         )
         try:
             eventloop.run(serve_forever(overrides, target))

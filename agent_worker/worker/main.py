@@ -33,6 +33,27 @@ class Overrides:
     log_format: str | None = None
     log_level: str | None = None
     state_dir: str | None = None
+    engine: str | None = None
+    temporal_address: str | None = None
+    temporal_namespace: str | None = None
+    temporal_task_queue: str | None = None
+
+
+def _engine_overrides(o: Overrides) -> dict[str, Any]:
+    engine: dict[str, Any] = {}
+    if o.engine is not None:
+        if o.engine not in ("local", "temporal"):
+            msg = "--engine must be local or temporal"
+            raise ConfigError(msg)
+        engine["kind"] = o.engine
+    if o.temporal_address is not None:
+        host, port = parse_host_port(o.temporal_address)
+        engine["address"] = f"{host}:{port}"
+    if o.temporal_namespace is not None:
+        engine["namespace"] = o.temporal_namespace
+    if o.temporal_task_queue is not None:
+        engine["task_queue"] = o.temporal_task_queue
+    return engine
 
 
 def apply_overrides(cfg: Config, o: Overrides) -> Config:
@@ -64,14 +85,16 @@ def apply_overrides(cfg: Config, o: Overrides) -> Config:
             "ably": cfg.ably.model_copy(update=ably),
             "http": cfg.http.model_copy(update=http),
             "worker": cfg.worker.model_copy(update=worker),
+            "engine": cfg.engine.model_copy(update=_engine_overrides(o)),
         }
     )
 
 
 def with_state_dir(cfg: Config) -> Config:
     """``agent-worker run``'s crash journal: unless configured, a per-user state dir per Ably service.
-    An in-memory embedded server dies with the process, taking its channels along: no journal."""
-    if cfg.worker.state_dir is not None or cfg.ably.embedded:
+    An in-memory embedded server dies with the process, taking its channels along: no journal; nor
+    under Temporal, which keeps the runs (and a fleet's workers share no directory)."""
+    if cfg.worker.state_dir is not None or cfg.ably.embedded or cfg.engine.kind == "temporal":
         return cfg
     state_dir = str(default_state_dir(cfg.ably.endpoint or "ably"))
     return cfg.model_copy(update={"worker": cfg.worker.model_copy(update={"state_dir": state_dir})})

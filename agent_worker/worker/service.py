@@ -21,11 +21,11 @@ import gc
 import signal
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from agent_worker import eventloop
 from agent_worker.config import Config, WorkerConfig
-from agent_worker.errors import AgentWorkerError, AuthError, InputEventNotFound
+from agent_worker.errors import AgentWorkerError, AuthError, ConfigError, InputEventNotFound
 from agent_worker.logs import configure_logging, get_logger
 from agent_worker.protocol.wire import InboundMessage
 from agent_worker.runtime.handler import RunHandler
@@ -43,6 +43,9 @@ from agent_worker.worker.http import serve as serve_http
 from agent_worker.worker.metrics import WorkerMetrics
 from agent_worker.worker.notify import Notifier, NotifyHook
 from agent_worker.worker.pool import SessionPool
+
+if TYPE_CHECKING:
+    from agent_worker.engine.temporal import TemporalEngine
 
 __all__ = ["GC_THRESHOLDS", "Invocation", "InvocationRefused", "Worker", "WorkerBusy", "tune_gc"]
 
@@ -135,6 +138,8 @@ class Worker:
         self._slotted: set[Run] = set()
         self.journal: JournalKeeper | None = None
         """The crash journal (``[worker] state_dir``), open while the worker runs."""
+        self.engine: TemporalEngine | None = None
+        """``[engine] kind = "temporal"``: where admitted runs execute (None: here, the local engine)."""
         self._idle = asyncio.Event()
         self._idle.set()
         self._finished = asyncio.Condition()
@@ -209,7 +214,7 @@ class Worker:
         if self._state != "new":
             msg = f"worker cannot start from state {self._state}"
             raise RuntimeError(msg)
-        if self.config.state_dir:
+        if self.config.state_dir and self.settings.engine.kind == "local":
             # First: a second local worker on this state dir must fail before touching anything.
             self.journal = JournalKeeper(self.config.state_dir)
         try:
@@ -233,6 +238,8 @@ class Worker:
             presence=self.config.presence,
             idle_s=self.config.session_idle_s,
         )
+        if self.settings.engine.kind == "temporal":
+            await self._start_engine()
         self._state = "running"
         if self.handle_signals:
             loop = asyncio.get_running_loop()
@@ -250,6 +257,36 @@ class Worker:
             )
         await call_hook(self.on_startup, self)
         log.info("worker_started", watch=list(self.config.watch_channels))
+
+    async def _start_engine(self) -> None:
+        # Imported here: the base install has no temporalio (the `temporal` extra brings it).
+        try:
+            from agent_worker.engine.temporal import TemporalEngine  # noqa: PLC0415
+        except ImportError as exc:
+            msg = (
+                "[engine] kind = 'temporal' needs the temporal extra "
+                f"(pip install 'agent-worker[temporal]'): {exc}"
+            )
+            raise ConfigError(msg) from None
+        engine = TemporalEngine(self, self.settings.engine)
+        try:
+            await engine.start()
+        except BaseException:
+            if self.pool is not None:
+                await self.pool.close()
+            if self.transport is not None:
+                await self.transport.close()
+            if self.connection is not None:
+                await self.connection.close()
+            raise
+        self.engine = engine
+
+    def track_run(self, run: Run, task: asyncio.Task[Any]) -> None:
+        """A run executing in an engine's step: active, drained and (then) cancelled like a local one."""
+        self._active[task] = run
+        self._idle.clear()
+        self.metrics.active_runs.set(len(self._active))
+        task.add_done_callback(self._run_done)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("worker_signal", signal=sig.name, active_runs=len(self._active))
@@ -277,6 +314,8 @@ class Worker:
             return
         self._state = "draining"
         timeout = self.config.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
+        # The engine stops taking steps first; those it runs here are in _active and drain below.
+        engine_closed = asyncio.create_task(self.engine.close()) if self.engine is not None else None
         pending = list(self._active)
         if pending:
             log.info("worker_draining", runs=len(pending), timeout_s=timeout)
@@ -287,6 +326,8 @@ class Worker:
                     run.cancel("shutdown")
             if still:
                 await asyncio.wait(still, timeout=30)
+        if engine_closed is not None:
+            await engine_closed
         await self.notifier.drain()
         if self.journal is not None:
             await self.journal.close()
@@ -421,8 +462,11 @@ class Worker:
             raise
         pending = self.admission.reserve(name, event_id)
         try:
-            session = await self.session(name)
-            invocation = self._start_run(session, event_id, caller_client_id)
+            if self.engine is not None:
+                invocation = await self._start_durable(name, event_id, caller_client_id)
+            else:
+                session = await self.session(name)
+                invocation = self._start_run(session, event_id, caller_client_id)
         except BaseException as exc:
             pending.set_exception(exc)
             pending.exception()  # retrieved: waiting duplicates re-raise it
@@ -458,12 +502,33 @@ class Worker:
         log.info("invocation_accepted", session=session.name, event_id=event_id, run_id=run.run_id)
         return invocation
 
+    async def _start_durable(self, name: str, event_id: str, caller_client_id: str | None) -> Invocation:
+        """The engine seam: a durable engine starts (or finds) the invocation's workflow; the run id
+        is the invocation id (a continuation's run keeps its own id on the wire, as in local mode
+        the answer names the provisional one)."""
+        assert self.engine is not None
+        invocation_id, duplicate = await self.engine.start_turn(name, event_id, caller_client_id)
+        invocation = Invocation(invocation_id, invocation_id, name, duplicate=duplicate)
+        self.admission.remember(invocation, event_id)
+        self.metrics.invocations.labels("duplicate" if duplicate else "accepted").inc()
+        log.info(
+            "invocation_duplicate" if duplicate else "invocation_accepted",
+            session=name,
+            event_id=event_id,
+            run_id=invocation_id,
+            engine="temporal",
+        )
+        return invocation
+
     def _on_fresh_input(self, session: AgentSession, msg: InboundMessage) -> None:
         """Channel-watch mode: a live run-less ``ai-input`` starts a run (once per event-id)."""
         event_id = msg.transport_headers.get("event-id")
         if not event_id or self.admission.seen(session.name, event_id) is not None:
             return
         if not self.accepting:
+            return
+        if self.engine is not None:
+            self.engine.start_watched(session.name, event_id)
             return
         if not self.admission.has_capacity(len(self._slotted)):
             self.metrics.invocations.labels("busy").inc()

