@@ -13,7 +13,6 @@ finds an imported fixture), or outside pytest (bench/) with ``with dev_server() 
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import subprocess
 import sys
@@ -76,61 +75,85 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _log_excerpt(log: Path) -> str:
+    """The server log's head (a panic names its cause first) and tail."""
+    text = log.read_text(errors="replace")
+    return text if len(text) <= 3000 else f"{text[:2000]}\n...\n{text[-1000:]}"
+
+
 def _wait_ready(server: TemporalDevServer, log: Path) -> None:
     deadline = time.monotonic() + _READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            msg = f"temporal dev server exited ({server.process.returncode}): {log.read_text()[-2000:]}"
+            msg = f"temporal dev server exited ({server.process.returncode}): {_log_excerpt(log)}"
             raise RuntimeError(msg)
         with contextlib.suppress(subprocess.TimeoutExpired):
             if server.cli_run("operator", "namespace", "describe", server.namespace).returncode == 0:
                 return
         time.sleep(0.3)
-    msg = f"temporal dev server did not answer within {_READY_TIMEOUT_S:.0f} s: {log.read_text()[-2000:]}"
+    msg = f"temporal dev server did not answer within {_READY_TIMEOUT_S:.0f} s: {_log_excerpt(log)}"
     raise RuntimeError(msg)
+
+
+def _start(cli: str, namespace: str, log: Path) -> TemporalDevServer:
+    port = _free_port()
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                cli,
+                "server",
+                "start-dev",
+                "--headless",
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--http-port",
+                str(_free_port()),
+                "--metrics-port",
+                str(_free_port()),
+                "--log-level",
+                "warn",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    return TemporalDevServer(f"127.0.0.1:{port}", namespace, cli, process)
+
+
+def _stop(server: TemporalDevServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(timeout=15)
 
 
 @contextlib.contextmanager
 def dev_server(namespace: str = "default") -> Iterator[TemporalDevServer]:
-    """Start ``temporal server start-dev`` (in memory, headless), wait until it answers, stop it after."""
+    """Start ``temporal server start-dev`` (in memory, headless), wait until it answers, stop it after.
+
+    A free port found by binding may be taken by another process before the server binds it (the
+    machine is shared): a server that exits at start is started again on new ports, twice at most."""
     cli = temporal_cli_path()
-    port = _free_port()
     with tempfile.TemporaryDirectory(prefix="aw-temporal-") as tmp:
         log = Path(tmp) / "server.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [
-                    cli,
-                    "server",
-                    "start-dev",
-                    "--headless",
-                    "--ip",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--http-port",
-                    str(_free_port()),
-                    "--metrics-port",
-                    str(_free_port()),
-                    "--log-level",
-                    "warn",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "TEMPORAL_CLI_SHOW_STACKS": "0"},
-            )
-        server = TemporalDevServer(f"127.0.0.1:{port}", namespace, cli, process)
+        for attempt in range(3):
+            server = _start(cli, namespace, log)
+            try:
+                _wait_ready(server, log)
+                break
+            except RuntimeError:
+                exited = server.process.poll() is not None  # at start: a port was taken meanwhile
+                _stop(server)
+                if attempt == 2 or not exited:
+                    raise
         try:
-            _wait_ready(server, log)
             yield server
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=15)
+            _stop(server)
 
 
 def task_queue(prefix: str = "aw-test") -> str:

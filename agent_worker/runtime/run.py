@@ -304,13 +304,18 @@ class Run:
             self.session.deregister(self)
         log.info("run_ended", reason=reason, error_code=error.code if error else None)
 
-    async def abandon(self) -> None:
-        """Stop here without a terminal: close what this process has open (streams ``cancelled``,
-        the step ended), deregister. For a durable engine whose step moved on to another worker
-        (whose attempt supersedes this one) or whose terminal another step publishes."""
+    async def abandon(self, *, publish: bool = True) -> None:
+        """Stop here without a terminal, for a durable engine whose terminal another step publishes:
+        close what this process has open (streams ``cancelled``, the step ``failed``) and deregister.
+        ``publish=False``: the step was handed to another attempt, whose step (same step id, higher
+        serial) supersedes this one on every client — publish nothing more, as a dead worker would."""
         try:
-            if self._active_message is not None:
-                await self._active_message.close_after_abort("error")
+            message = self._active_message
+            if message is not None:
+                if publish:
+                    await message.close_after_abort("error")
+                else:
+                    await message.drop()
         finally:
             self.session.deregister(self)
 
@@ -532,6 +537,15 @@ class OutputMessage:
                 await self._close_step(reason)
             finally:
                 self.run._message_closed(self)
+
+    async def drop(self) -> None:
+        """Stop writing without closing anything on the wire (the step is superseded)."""
+        self._closed = True
+        self._step_open = False
+        try:
+            await self.writer.aclose()
+        finally:
+            self.run._message_closed(self)
 
     async def close_after_abort(self, run_reason: RunEndReason) -> None:
         """Cancellation/error teardown: every open stream is closed ``cancelled`` (never left

@@ -4,6 +4,7 @@ server, ably-python chat clients. The same behaviour as local mode, through work
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -285,3 +286,45 @@ async def test_terminating_the_workflow_ends_the_run_for_clients(
     await asyncio.wait_for(script.closed.wait(), 30)
     assert set(stream_statuses(client, run_id).values()) == {"cancelled"}
     assert client.run_text(run_id).startswith("w0 w1 w2")
+
+
+async def test_a_step_that_stops_heartbeating_is_retried_and_its_output_supersedes(
+    make_temporal_worker: MakeWorker, make_client: Any, session_name: str, temporal_server: TemporalDevServer
+) -> None:
+    """The first attempt hangs (its process stops answering: the event loop is blocked past the
+    heartbeat timeout); Temporal retries the step, whose output has the same step id and replaces
+    the lost attempt's on the client: the provider's text shows exactly once."""
+    calls = 0
+
+    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            yield "Lost "
+            yield "attempt "
+            await asyncio.sleep(0.3)
+            time.sleep(4.0)  # a hung worker: no heartbeat reaches Temporal for 4 s  # noqa: ASYNC251
+            for i in range(400):
+                yield f"stale{i} "
+                await asyncio.sleep(0.05)
+            return
+        for word in ("Once ", "upon ", "a ", "time."):
+            yield word
+
+    harness = await make_temporal_worker(ScriptedProvider(script), heartbeat_timeout_s=1.0)
+    client: ChatClient = await make_client()
+    sent = await client.send_text("story")
+    _, body = await harness.invoke(session_name, sent.event_id)
+    run_id = body["runId"]
+    end = await client.run_end_for(sent.codec_message_id, wait_s=90)
+    assert end.transport_headers["run-reason"] == "complete"
+    # Attempts queued on the blocked loop may time out too; each retry re-runs the step.
+    assert calls >= 2
+    assert client.run_text(run_id) == "Once upon a time."
+    starts = [m for m in client.run_wires(run_id) if m.name == AI_STEP_START]
+    assert len(starts) >= 2  # every attempt opened the step, under one step id
+    assert {m.transport_headers["step-id"] for m in starts} == {f"{body['invocationId']}-2"}
+    assert len(client.for_input(AI_RUN_START, sent.codec_message_id)) == 1
+    await asyncio.sleep(1.0)
+    assert len(client.for_input(AI_RUN_END, sent.codec_message_id)) == 1
+    assert client.run_text(run_id) == "Once upon a time."

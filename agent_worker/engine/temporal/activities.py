@@ -85,9 +85,15 @@ def _source(details: activity.ActivityCancellationDetails | None) -> CancelSourc
 class TurnActivities:
     """The activities bound to one worker (register ``all()`` on a Temporal worker)."""
 
-    def __init__(self, host: EngineHost, on_cancel_honoured: Callable[[Run], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        host: EngineHost,
+        on_cancel_honoured: Callable[[Run], Awaitable[None]],
+        workflow_running: Callable[[str], Awaitable[bool]],
+    ) -> None:
         self.host = host
         self.on_cancel_honoured = on_cancel_honoured
+        self.workflow_running = workflow_running
         self._ended: OrderedDict[str, None] = OrderedDict()
         """Runs whose terminal this process published (their echo may not have folded yet)."""
 
@@ -130,6 +136,11 @@ class TurnActivities:
     async def _adopt(self, invocation: TurnInput, ids: RunIds) -> tuple[AgentSession, Run | None]:
         """The open run, re-created in this process; ``None`` when it is settled already."""
         session = await self.host.session(invocation.session)
+        stale = session.runs.get(ids.run_id)
+        if stale is not None:
+            # An earlier attempt of this run still executing here: what the workflow does now wins.
+            stale.cancel("timeout")
+            session.deregister(stale)
         run = self._new_run(session, invocation, ids.invocation_id)
         try:
             await self._locate(session, run)
@@ -235,6 +246,8 @@ class TurnActivities:
             except asyncio.CancelledError:
                 if not body.done():
                     source = _source(activity.cancellation_details())
+                    if source == "session" and await self.workflow_running(run.invocation_id):
+                        source = "timeout"  # this attempt timed out; a retry owns the run
                     log.info("run_turn_cancelled_by_temporal", source=source)
                     run.cancel(source)
                     with contextlib.suppress(BaseException):
@@ -266,7 +279,7 @@ class TurnActivities:
             if source is None or source == "timeout":
                 # Temporal gave this step to another worker: its attempt owns the run now.
                 quiet = True
-                await asyncio.shield(run.abandon())
+                await asyncio.shield(run.abandon(publish=False))
                 raise
             current = asyncio.current_task()
             if current is not None:

@@ -19,7 +19,7 @@ from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.worker import Worker as TemporalWorker
@@ -53,7 +53,7 @@ class TemporalEngine:
         self.host = host
         self.settings = settings
         self.client: Client | None = None
-        self.activities = TurnActivities(host, self._cancel_workflow)
+        self.activities = TurnActivities(host, self._cancel_workflow, self._workflow_running)
         self._worker: TemporalWorker | None = None
         self._running: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -140,6 +140,15 @@ class TemporalEngine:
         terminal must not wait on Temporal for long."""
         with contextlib.suppress(Exception):  # already finished or unreachable: the run ends anyway
             await asyncio.wait_for(self.workflow_handle(run.invocation_id).cancel(), 5)
+
+    async def _workflow_running(self, invocation_id: str) -> bool:
+        """Whether the invocation's workflow is still open (an activity Temporal no longer knows
+        of: its attempt timed out, or its workflow was terminated — only the latter ends the run)."""
+        try:
+            described = await asyncio.wait_for(self.workflow_handle(invocation_id).describe(), 10)
+        except Exception:
+            return False
+        return described.status == WorkflowExecutionStatus.RUNNING
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

@@ -98,11 +98,12 @@ class TurnWorkflow:
 
     @staticmethod
     async def _close(name: str, arg: EndRunInput | CleanupRunInput) -> None:
+        # start_activity (a handle, not a coroutine): nothing is left un-awaited if the workflow is
+        # evicted from this worker's cache before the shielded step ran.
+        handle = workflow.start_activity(
+            name, arg, start_to_close_timeout=_CLEANUP_TIMEOUT, retry_policy=_CLEANUP_RETRY
+        )
         try:
-            await asyncio.shield(
-                workflow.execute_activity(
-                    name, arg, start_to_close_timeout=_CLEANUP_TIMEOUT, retry_policy=_CLEANUP_RETRY
-                )
-            )
+            await asyncio.shield(handle)
         except Exception:
             workflow.logger.warning("run cleanup failed (best-effort)", exc_info=True)
