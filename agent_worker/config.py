@@ -238,6 +238,25 @@ class EngineConfig(_Section):
     """Every worker of one fleet (one agent) polls the same task queue."""
     heartbeat_timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
     """A streaming activity not heard from for this long is retried on another worker."""
+    tls: bool = False
+    """TLS to the frontend (Temporal Cloud, a TLS cluster); implied by an API key or a client cert."""
+    api_key_env: str | None = None
+    """Environment variable holding a Temporal Cloud API key (``TEMPORAL_API_KEY``); never the key."""
+    tls_cert: str | None = None
+    """mTLS: the client certificate (PEM file) and its private key (``tls_key``)."""
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    """A private CA's certificate (PEM file) to verify the frontend with."""
+
+    def api_key(self) -> Secret | None:
+        """The API key from ``api_key_env`` (a configured variable that is unset is an error)."""
+        if self.api_key_env is None:
+            return None
+        value = os.environ.get(self.api_key_env)
+        if not value:
+            msg = f"[engine] api_key_env names {self.api_key_env}, which is not set"
+            raise ConfigError(msg)
+        return Secret(value)
 
 
 class ProviderConfig(_Section):

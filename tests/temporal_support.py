@@ -26,7 +26,14 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["TemporalDevServer", "dev_server", "task_queue", "temporal_cli_path", "temporal_server"]
+__all__ = [
+    "TemporalDevServer",
+    "dev_server",
+    "free_port",
+    "task_queue",
+    "temporal_cli_path",
+    "temporal_server",
+]
 
 _READY_TIMEOUT_S = 60.0
 
@@ -69,7 +76,7 @@ def temporal_cli_path() -> str:
     raise RuntimeError(msg)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -96,7 +103,7 @@ def _wait_ready(server: TemporalDevServer, log: Path) -> None:
 
 
 def _start(cli: str, namespace: str, log: Path) -> TemporalDevServer:
-    port = _free_port()
+    port = free_port()
     with log.open("wb") as out:
         process = subprocess.Popen(
             [
@@ -109,9 +116,9 @@ def _start(cli: str, namespace: str, log: Path) -> TemporalDevServer:
                 "--port",
                 str(port),
                 "--http-port",
-                str(_free_port()),
+                str(free_port()),
                 "--metrics-port",
-                str(_free_port()),
+                str(free_port()),
                 "--log-level",
                 "warn",
             ],

@@ -149,6 +149,12 @@ def _banner(worker: Worker) -> None:
         lines.append(f"  handler: {getattr(agent, '__qualname__', type(agent).__name__)}")
     if worker.journal is not None:
         lines.append(f"  crash journal: {worker.journal.journal.state_dir}")
+    engine = worker.settings.engine
+    if engine.kind == "temporal":
+        lines.append(
+            f"  engine: temporal at {engine.address} (namespace {engine.namespace}, "
+            f"task queue {engine.task_queue})"
+        )
     if worker.config.watch_channels:
         lines.append(f"  watching: {', '.join(worker.config.watch_channels)}")
     lines.append("  stop with Ctrl-C (in-flight runs drain, then end cancelled)")

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import pytest
 from ably import AblyRealtime
 from ably.types.message import Message
 
@@ -22,6 +23,9 @@ from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.vercel.encoder import encode_user_message
 from agent_worker.server import DEFAULT_DEV_KEY
 from agent_worker.transport.ably import to_inbound
+from tests.temporal_support import TemporalDevServer, task_queue, temporal_server
+
+__all__ = ["temporal_server"]
 
 CONFIG = """
 [ably]
@@ -44,7 +48,7 @@ async def read_banner(proc: asyncio.subprocess.Process) -> dict[str, str]:
     found: dict[str, str] = {}
     assert proc.stdout is not None
     async with asyncio.timeout(30):
-        while "http" not in found or "ably" not in found:
+        while "end" not in found:
             line = (await proc.stdout.readline()).decode()
             if not line:
                 msg = "worker exited before printing its banner"
@@ -55,14 +59,27 @@ async def read_banner(proc: asyncio.subprocess.Process) -> dict[str, str]:
                 found["rules"] = m.group(1)
             if m := re.search(r"POST (http://\S+)", line):
                 found["http"] = m.group(1)
+            if m := re.search(r"engine: (\S+)", line):
+                found["engine"] = m.group(1)
+            if "stop with Ctrl-C" in line:
+                found["end"] = line
     return found
 
 
-async def test_run_offline_reply_then_sigterm_drains(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["local", "temporal"])
+async def test_run_offline_reply_then_sigterm_drains(
+    tmp_path: Path, engine: str, request: pytest.FixtureRequest
+) -> None:
     """With no Ably configured the worker starts the embedded server, prints endpoint and key,
-    answers an invocation, and on SIGTERM ends its in-flight run with ai-run-end before exiting 0."""
+    answers an invocation, and on SIGTERM ends its in-flight run with ai-run-end before exiting 0 —
+    running its runs here (local) or as Temporal workflows (``--engine temporal``, a dev server)."""
     config = tmp_path / "worker.toml"
     config.write_text(CONFIG)
+    flags: list[str] = []
+    if engine == "temporal":
+        server: TemporalDevServer = request.getfixturevalue("temporal_server")
+        flags = ["--engine", "temporal", "--temporal-address", server.address]
+        flags += ["--temporal-task-queue", task_queue("cli")]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -72,6 +89,7 @@ async def test_run_offline_reply_then_sigterm_drains(tmp_path: Path) -> None:
         str(config),
         "--http",
         "127.0.0.1:0",
+        *flags,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
         env={**os.environ, "AGENT_WORKER_PROVIDER": ""},
@@ -79,6 +97,7 @@ async def test_run_offline_reply_then_sigterm_drains(tmp_path: Path) -> None:
     client = None
     try:
         banner = await read_banner(proc)
+        assert banner.get("engine", "local") == engine
         assert banner["key"] == DEFAULT_DEV_KEY
         # Sessions default to "*": the embedded server enables mutable messages everywhere, and says so.
         assert banner["rules"].startswith("every channel: mutable messages")

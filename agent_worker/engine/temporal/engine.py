@@ -17,11 +17,13 @@ import json
 import uuid
 from collections.abc import Coroutine
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import TLSConfig
 from temporalio.worker import Worker as TemporalWorker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -48,6 +50,33 @@ def invocation_id_for(task_queue: str, session: str, event_id: str) -> str:
     return str(uuid.uuid5(_IDS, json.dumps([task_queue, session, event_id])))
 
 
+def _security(s: EngineConfig) -> dict[str, Any]:
+    """``api_key``/``tls`` for :meth:`Client.connect` from ``[engine]`` (PEM files read here)."""
+
+    def read(path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            return Path(path).expanduser().read_bytes()
+        except OSError as exc:
+            msg = f"[engine] cannot read {path}: {exc.strerror}"
+            raise ConfigError(msg) from None
+
+    key = s.api_key()
+    cert, private, ca = read(s.tls_cert), read(s.tls_key), read(s.tls_ca)
+    if (cert is None) != (private is None):
+        msg = "[engine] tls_cert and tls_key go together (mTLS)"
+        raise ConfigError(msg)
+    out: dict[str, Any] = {}
+    if key is not None:
+        out["api_key"] = key.get()
+    if cert is not None or ca is not None:
+        out["tls"] = TLSConfig(server_root_ca_cert=ca, client_cert=cert, client_private_key=private)
+    elif s.tls or key is not None:
+        out["tls"] = True
+    return out
+
+
 class TemporalEngine:
     def __init__(self, host: EngineHost, settings: EngineConfig) -> None:
         self.host = host
@@ -61,7 +90,7 @@ class TemporalEngine:
     async def start(self) -> None:
         s = self.settings
         try:
-            self.client = await Client.connect(s.address, namespace=s.namespace)
+            self.client = await Client.connect(s.address, namespace=s.namespace, **_security(s))
         except RuntimeError as exc:
             msg = f"cannot reach Temporal at {s.address} (namespace {s.namespace!r}): {exc}"
             raise ConfigError(msg) from None
