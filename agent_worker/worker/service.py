@@ -508,8 +508,9 @@ class Worker:
         the answer names the provisional one)."""
         assert self.engine is not None
         invocation_id, duplicate = await self.engine.start_turn(name, event_id, caller_client_id)
+        # Not remembered here: Temporal is the fleet's dedup, and a refused (failed) workflow may be
+        # started again by a retry, as local admission forgets a refused invocation.
         invocation = Invocation(invocation_id, invocation_id, name, duplicate=duplicate)
-        self.admission.remember(invocation, event_id)
         self.metrics.invocations.labels("duplicate" if duplicate else "accepted").inc()
         log.info(
             "invocation_duplicate" if duplicate else "invocation_accepted",

@@ -5,51 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from agent_worker.config import EngineConfig
 from agent_worker.errors import ProviderConnectionError
 from agent_worker.protocol.headers import AI_RUN_END, AI_RUN_RESUME, AI_RUN_START, AI_STEP_START
 from agent_worker.providers.base import ModelRequest, StreamEvent
 from agent_worker.providers.echo import ScriptedProvider
-from agent_worker.server import EmbeddedServer
 from agent_worker.tools import Tool, ToolRegistry
-from tests.runtime.runtime_support import ChatClient, Harness, start_harness
+from tests.engine.conftest import MakeWorker
+from tests.runtime.runtime_support import ChatClient, Harness
 from tests.runtime.test_run_cancel import SlowScript, started_run, stream_statuses
 from tests.runtime.test_run_tools import approval_script, find_tool_part, message_holding, send_notification
 from tests.temporal_support import TemporalDevServer, task_queue
 
 pytestmark = pytest.mark.timeout(180)
-
-MakeWorker = Callable[..., Awaitable[Harness]]
-
-
-@pytest.fixture
-async def make_temporal_worker(
-    ably_server: EmbeddedServer, temporal_server: TemporalDevServer
-) -> AsyncIterator[MakeWorker]:
-    """Workers in temporal mode, each fleet on a task queue of its own (``queue=`` to share one)."""
-    made: list[Harness] = []
-
-    async def factory(provider: Any, *, queue: str | None = None, **kwargs: Any) -> Harness:
-        engine = EngineConfig(
-            kind="temporal",
-            address=temporal_server.address,
-            namespace=temporal_server.namespace,
-            task_queue=queue or task_queue(),
-            heartbeat_timeout_s=kwargs.pop("heartbeat_timeout_s", 10.0),
-        )
-        harness = await start_harness(ably_server, provider, engine=engine, **kwargs)
-        made.append(harness)
-        return harness
-
-    yield factory
-    for harness in made:
-        await harness.close()
 
 
 async def temporal_client(server: TemporalDevServer) -> Client:
