@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from agent_worker.config import WorkerConfig
@@ -17,6 +18,8 @@ class EngineHost(Protocol):
     config: WorkerConfig
     supervisor: RunSupervisor
     """Its handler (``passes``), locate limits, observer (metrics, presence, counters) and hooks."""
+    on_run_created: Callable[[Run], None] | None
+    """Called as each run is created here, before it can receive a cancel (per-run hooks)."""
 
     async def session(self, name: str) -> AgentSession:
         """The worker's pooled, attached session for a channel (its fold, cancel routing)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,28 @@ async def test_an_unreachable_temporal_says_so(ably_server: EmbeddedServer) -> N
     with pytest.raises(ConfigError, match=f"cannot reach Temporal at {address}"):
         await worker.start()
     assert worker.engine is None
+
+
+def test_the_base_install_runs_without_temporalio() -> None:
+    """Without the extra, everything imports; only choosing the temporal engine says what is missing."""
+    code = """
+import asyncio, sys
+sys.modules["temporalio"] = None  # as if the extra were not installed
+import agent_worker, agent_worker.cli, agent_worker.worker, agent_worker.engine
+from agent_worker.agent import Agent
+from agent_worker.config import Config, EngineConfig
+from agent_worker.errors import ConfigError
+from agent_worker.providers.echo import EchoProvider
+from agent_worker.transport.ably import AblySettings
+worker = agent_worker.worker.Worker(
+    Agent(EchoProvider()),
+    transport=AblySettings(endpoint="127.0.0.1:1", key="a.b:c", tls=False),
+    config=Config(engine=EngineConfig(kind="temporal")),
+)
+try:
+    asyncio.run(worker._start_engine())
+except ConfigError as exc:
+    print(exc.message)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert "needs the temporal extra" in out.stdout, out.stderr

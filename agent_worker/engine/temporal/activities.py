@@ -234,6 +234,11 @@ class TurnActivities:
             node = session.tree.run(arg.ids.run_id)
             return node.status if node is not None else "complete"
         run.step_id_base = f"{arg.ids.invocation_id}-{activity.info().activity_id}"
+        if self.host.on_run_created is not None:
+            try:
+                self.host.on_run_created(run)
+            except Exception:
+                log.exception("worker_hook_failed", hook="on_run_created")
         with structlog.contextvars.bound_contextvars(
             run_id=run.run_id, session=session.name, invocation_id=run.invocation_id, engine="temporal"
         ):
