@@ -238,6 +238,8 @@ class EngineConfig(_Section):
     """Every worker of one fleet (one agent) polls the same task queue."""
     heartbeat_timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0
     """A streaming activity not heard from for this long is retried on another worker."""
+    turn_timeout_s: Annotated[float, Field(gt=0)] = 3600.0
+    """Longest a turn (one run's passes, one attempt) may take before Temporal retries it."""
     tls: bool = False
     """TLS to the frontend (Temporal Cloud, a TLS cluster); implied by an API key or a client cert."""
     api_key_env: str | None = None

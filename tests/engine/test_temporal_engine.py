@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +13,14 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from agent_worker.errors import ProviderConnectionError
-from agent_worker.protocol.headers import AI_RUN_END, AI_RUN_RESUME, AI_RUN_START, AI_STEP_START
+from agent_worker.protocol.headers import (
+    AI_RUN_END,
+    AI_RUN_RESUME,
+    AI_RUN_START,
+    AI_STEP_START,
+    build_input_headers,
+)
+from agent_worker.protocol.vercel.encoder import encode_user_message
 from agent_worker.providers.base import ModelRequest, StreamEvent
 from agent_worker.providers.echo import ScriptedProvider
 from agent_worker.tools import Tool, ToolRegistry
@@ -301,3 +309,35 @@ async def test_a_step_that_stops_heartbeating_is_retried_and_its_output_supersed
     await asyncio.sleep(1.0)
     assert len(client.for_input(AI_RUN_END, sent.codec_message_id)) == 1
     assert client.run_text(run_id) == "Once upon a time."
+
+
+async def test_an_early_cancel_is_honoured_when_the_run_opens(
+    make_temporal_worker: MakeWorker, make_client: Any, session_name: str
+) -> None:
+    """A cancel published before the run exists (keyed by its input) is buffered by the worker's
+    session; openRun honours it: ai-run-start, then ai-run-end cancelled, and no model call."""
+    script = SlowScript()
+    harness = await make_temporal_worker(ScriptedProvider(script), trigger_wait_s=5.0)
+    client: ChatClient = await make_client()
+    warmup = await client.send_text("warm up")  # attaches the worker's session (it sees cancels live)
+    await harness.invoke(session_name, warmup.event_id)
+    wrun = await started_run(client, warmup.codec_message_id)
+    await client.cancel(run_id=wrun)
+    await client.run_end_for(warmup.codec_message_id, wait_s=60)
+    produced = script.produced
+
+    sent_cmid = str(uuid.uuid4())
+    await client.cancel(input_cmid=sent_cmid)
+    await asyncio.sleep(0.2)
+    headers = build_input_headers(codec_message_id=sent_cmid, event_id="ev-early", run_client_id="user-abc")
+    msgs = encode_user_message(
+        {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "x"}]}, headers
+    )
+    await client.send_raw(msgs[0].name or "", msgs[0].data, msgs[0].extras)
+    await harness.invoke(session_name, "ev-early")
+    end = await client.run_end_for(sent_cmid, wait_s=60)
+    assert end.transport_headers["run-reason"] == "cancelled"
+    assert client.for_input(AI_RUN_START, sent_cmid)
+    await asyncio.sleep(1.0)
+    assert script.produced == produced  # the cancelled run never called the model
+    assert len(client.for_input(AI_RUN_END, sent_cmid)) == 1

@@ -172,6 +172,12 @@ class TurnActivities:
                     msg = f"the input was published by {trigger_client!r}, not by the caller {caller!r}"
                     raise AuthError(msg, code=40160, status_code=401)
                 await run.start()
+                if run.cancel_requested:
+                    # A cancel that arrived before the run was known (buffered by its input): it is
+                    # honoured now, as a local run ends cancelled at once after its run-start.
+                    await asyncio.shield(self.on_cancel_honoured(run))
+                    await asyncio.shield(terminate(run, "cancelled", None))
+                    self._mark_ended(run)
                 return RunIds(run.run_id, run.invocation_id)
             except (RunAlreadyActive, InputEventNotFound, AuthError) as exc:
                 log.warning("run_refused", code=exc.code, reason=exc.message)

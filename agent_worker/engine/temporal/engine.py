@@ -136,6 +136,7 @@ class TemporalEngine:
             invocation_id=invocation_id,
             caller_client_id=caller_client_id,
             heartbeat_timeout_s=s.heartbeat_timeout_s,
+            turn_timeout_s=s.turn_timeout_s,
         )
         try:
             await self.client.start_workflow(
