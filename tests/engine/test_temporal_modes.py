@@ -123,3 +123,28 @@ async def test_a_caller_cannot_start_a_run_on_someone_elses_input(
     end = await owner.run_end_for(sent.codec_message_id, wait_s=60)
     assert end.transport_headers["run-reason"] == "complete"
     assert owner.run_text(accepted.run_id) == "mine"
+
+
+async def test_a_refused_input_ends_its_run_with_the_error_once(
+    make_temporal_worker: MakeWorker, make_client: Any, session_name: str
+) -> None:
+    """An oversized trigger: openRun opens the run and ends it with the error (as local mode); the
+    workflow completes, so a retried POST names the same run and publishes nothing again."""
+    harness = await make_temporal_worker(EchoProvider(), max_input_bytes=1000)
+    client: ChatClient = await make_client()
+    sent = await client.send_text("x" * 5000)
+    _, body = await harness.invoke(session_name, sent.event_id)
+
+    def ends() -> list[Any]:
+        return [m for m in client.named(AI_RUN_END) if m.transport_headers.get("run-id") == body["runId"]]
+
+    end = (await client.wait_for(ends, wait_s=60))[0]
+    assert end.transport_headers["run-reason"] == "error"
+    assert "the limit is 1000" in end.transport_headers["error-message"]
+    await asyncio.sleep(1.0)
+    _, again = await harness.invoke(session_name, sent.event_id)
+    assert again == body
+    await asyncio.sleep(1.5)
+    starts = [m for m in client.named(AI_RUN_START) if m.transport_headers.get("run-id") == body["runId"]]
+    assert len(starts) == 1
+    assert len(ends()) == 1

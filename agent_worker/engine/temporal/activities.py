@@ -183,10 +183,12 @@ class TurnActivities:
                 log.warning("run_refused", code=exc.code, reason=exc.message)
                 raise _refused(exc) from None
             except ProtocolError as exc:
+                # A refused input (too large, another codec): the run opens and ends with the error,
+                # as locally; the workflow completes, so a retried POST answers with this run.
                 log.warning("run_refused", code=exc.code, reason=exc.message)
                 await asyncio.shield(terminate(run, "error", exc))
                 self._mark_ended(run)
-                raise _refused(exc) from None
+                raise ApplicationError(exc.message, exc.code, type=TURN_FAILED, non_retryable=True) from None
             finally:
                 session.deregister(run)
 

@@ -43,7 +43,7 @@ __all__ = ["WORKFLOW_NAME", "TurnWorkflow"]
 WORKFLOW_NAME = "agentWorkerTurn"
 
 _FRAMING_TIMEOUT = timedelta(minutes=2)
-_FRAMING_RETRY = RetryPolicy(maximum_attempts=3, non_retryable_error_types=[REFUSED])
+_FRAMING_RETRY = RetryPolicy(maximum_attempts=3, non_retryable_error_types=[REFUSED, TURN_FAILED])
 # Cleanup is best-effort and must not hold up a terminate: one attempt, tight timeout.
 _CLEANUP_TIMEOUT = timedelta(seconds=30)
 _CLEANUP_RETRY = RetryPolicy(maximum_attempts=1)
@@ -63,13 +63,18 @@ def _failure(exc: BaseException) -> tuple[str, int | None, bool]:
 class TurnWorkflow:
     @workflow.run
     async def run(self, invocation: TurnInput) -> str:
-        ids = await workflow.execute_activity(
-            OPEN_RUN,
-            OpenRunInput(invocation, invocation.invocation_id),
-            result_type=RunIds,
-            start_to_close_timeout=_FRAMING_TIMEOUT,
-            retry_policy=_FRAMING_RETRY,
-        )
+        try:
+            ids = await workflow.execute_activity(
+                OPEN_RUN,
+                OpenRunInput(invocation, invocation.invocation_id),
+                result_type=RunIds,
+                start_to_close_timeout=_FRAMING_TIMEOUT,
+                retry_policy=_FRAMING_RETRY,
+            )
+        except ActivityError as exc:
+            if _failure(exc)[2]:
+                return "error"  # the input was refused and the run ended with the error already
+            raise
         try:
             outcome: str = await workflow.execute_activity(
                 RUN_TURN,
