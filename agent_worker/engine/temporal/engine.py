@@ -23,7 +23,7 @@ from typing import Any
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import TLSConfig
+from temporalio.service import RPCError, TLSConfig
 from temporalio.worker import Worker as TemporalWorker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -32,7 +32,7 @@ from agent_worker.engine.host import EngineHost
 from agent_worker.engine.temporal.activities import TurnActivities
 from agent_worker.engine.temporal.types import TurnInput
 from agent_worker.engine.temporal.workflow import TurnWorkflow
-from agent_worker.errors import ConfigError, TransportError
+from agent_worker.errors import AgentWorkerError, ConfigError
 from agent_worker.logs import get_logger
 from agent_worker.runtime.run import Run
 
@@ -77,6 +77,11 @@ def _security(s: EngineConfig) -> dict[str, Any]:
     return out
 
 
+def _log_stopped(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("temporal_worker_failed", error=repr(task.exception()))
+
+
 class TemporalEngine:
     def __init__(self, host: EngineHost, settings: EngineConfig) -> None:
         self.host = host
@@ -113,6 +118,7 @@ class TemporalEngine:
             default_heartbeat_throttle_interval=timedelta(seconds=2),
         )
         self._running = asyncio.create_task(self._worker.run(), name="temporal-worker")
+        self._running.add_done_callback(_log_stopped)
         log.info("temporal_engine_started", address=s.address, namespace=s.namespace, task_queue=s.task_queue)
 
     def workflow_handle(self, invocation_id: str) -> WorkflowHandle[object, object]:
@@ -148,9 +154,10 @@ class TemporalEngine:
             )
         except WorkflowAlreadyStartedError:
             return invocation_id, True
-        except RuntimeError as exc:  # the bridge's RPC failures
-            msg = f"unable to start the run's workflow: {exc}"
-            raise TransportError(msg, code=50300, status_code=503) from None
+        except (RPCError, RuntimeError) as exc:  # Temporal unreachable or refusing: retry elsewhere
+            log.error("workflow_start_failed", session=session, event_id=event_id, error=str(exc))
+            msg = f"unable to start the run's workflow; Temporal did not accept it: {exc}"
+            raise AgentWorkerError(msg, code=50300, status_code=503) from None
         return invocation_id, False
 
     def start_watched(self, session: str, event_id: str) -> None:
