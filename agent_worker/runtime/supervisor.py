@@ -28,7 +28,7 @@ from agent_worker.runtime.run import Run, RunPhase
 from agent_worker.runtime.session import AgentSession, RunAlreadyActive
 from agent_worker.runtime.trigger import Trigger
 
-__all__ = ["Hook", "LocateLimits", "RunObserver", "RunSupervisor", "call_hook"]
+__all__ = ["Hook", "LocateLimits", "RunObserver", "RunSupervisor", "call_hook", "run_failure", "terminate"]
 
 log = get_logger("agent_worker.runtime.supervisor")
 
@@ -162,19 +162,23 @@ class RunSupervisor:
                 error = exc
                 log.warning("run_refused", code=exc.code, reason=exc.message)
                 await asyncio.shield(terminate(run, "error", exc))
-            except AgentWorkerError as exc:
-                # As the JS agent wraps a failed pipe: "unable to complete run; <cause>".
-                error = AgentWorkerError(f"unable to complete run; {exc.message}", code=exc.code)
-                log.error("run_failed", code=exc.code, error=exc.message)
-                await asyncio.shield(terminate(run, "error", error))
             except Exception as exc:
-                error = AgentWorkerError(f"unable to complete run; {type(exc).__name__}: {exc}", code=50000)
-                log.exception("run_crashed")
+                error = run_failure(exc)
                 await asyncio.shield(terminate(run, "error", error))
             finally:
                 observer.run_status(run, "idle")
                 observer.run_finished(run, error, accepted_at)
                 await call_hook(self.on_run_end, run)
+
+
+def run_failure(exc: Exception) -> AgentWorkerError:
+    """The error a failed handler's run ends with, logged once (call it in the ``except``). As the JS
+    agent wraps a failed pipe: "unable to complete run; <cause>"."""
+    if isinstance(exc, AgentWorkerError):
+        log.error("run_failed", code=exc.code, error=exc.message)
+        return AgentWorkerError(f"unable to complete run; {exc.message}", code=exc.code)
+    log.exception("run_crashed")
+    return AgentWorkerError(f"unable to complete run; {type(exc).__name__}: {exc}", code=50000)
 
 
 async def terminate(run: Run, reason: Literal["cancelled", "error"], error: AgentWorkerError | None) -> None:

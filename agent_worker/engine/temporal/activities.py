@@ -54,7 +54,7 @@ from agent_worker.logs import get_logger
 from agent_worker.runtime.handler import RunStats
 from agent_worker.runtime.run import CancelSource, Run
 from agent_worker.runtime.session import AgentSession, RunAlreadyActive
-from agent_worker.runtime.supervisor import call_hook, terminate
+from agent_worker.runtime.supervisor import call_hook, run_failure, terminate
 
 __all__ = ["TERMINATED_MESSAGE", "TurnActivities"]
 
@@ -314,12 +314,7 @@ class TurnActivities:
             await asyncio.shield(run.abandon())
             raise ApplicationError(exc.message, exc.code, type=TURN_FAILED, non_retryable=True) from None
         except Exception as exc:
-            if isinstance(exc, AgentWorkerError):
-                error = AgentWorkerError(f"unable to complete run; {exc.message}", code=exc.code)
-                log.error("run_failed", code=exc.code, error=exc.message)
-            else:
-                error = AgentWorkerError(f"unable to complete run; {type(exc).__name__}: {exc}", code=50000)
-                log.exception("run_crashed")
+            error = run_failure(exc)
             await asyncio.shield(run.abandon())
             raise ApplicationError(error.message, error.code, type=TURN_FAILED, non_retryable=True) from None
         finally:
