@@ -11,11 +11,12 @@ arrives (order across messages is kept) or before anything reads the tree.
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 
-from agent_worker.protocol.headers import H_EVENT_ID
+from agent_worker.protocol.headers import H_EVENT_ID, H_RUN_ID, H_STATUS, H_STREAM
 from agent_worker.protocol.wire import InboundMessage
 
-__all__ = ["AppendDeferral"]
+__all__ = ["AppendDeferral", "OpenStreams"]
 
 
 class AppendDeferral:
@@ -57,3 +58,36 @@ class AppendDeferral:
                     )
                 )
         return out
+
+
+class OpenStreams:
+    """Streamed messages whose status is still ``streaming``, by serial, with their opening publish:
+    what a process that died mid-stream left open, for whoever ends that run to close (a durable
+    engine's cleanup). History folds newest page first, so a stream's closing append can arrive
+    before its opening: closed serials are remembered (bounded) too."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._open: OrderedDict[str, InboundMessage] = OrderedDict()
+        self._closed: OrderedDict[str, None] = OrderedDict()
+        self._limit = limit
+
+    def observe(self, msg: InboundMessage) -> None:
+        serial = msg.serial
+        headers = msg.transport_headers
+        if serial is None or headers.get(H_STREAM) != "true":
+            return
+        status = headers.get(H_STATUS)
+        if status is not None and status != "streaming":
+            self._open.pop(serial, None)
+            self._closed[serial] = None
+            if len(self._closed) > self._limit:
+                self._closed.popitem(last=False)
+        elif serial not in self._closed and (msg.action == "message.create" or serial not in self._open):
+            # Live: the create, then appends; history: one entry, the latest version rolled up.
+            self._open[serial] = msg
+            if len(self._open) > self._limit:
+                self._open.popitem(last=False)
+
+    def of_run(self, run_id: str) -> list[InboundMessage]:
+        """The opening messages of the run's streams still open."""
+        return [m for m in self._open.values() if m.transport_headers.get(H_RUN_ID) == run_id]

@@ -40,7 +40,7 @@ from agent_worker.protocol.headers import (
 )
 from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.wire import InboundMessage
-from agent_worker.runtime.folding import AppendDeferral
+from agent_worker.runtime.folding import AppendDeferral, OpenStreams
 from agent_worker.runtime.run import CancelHook, CancelRequest, Run, RunPhase
 from agent_worker.runtime.trigger import Trigger
 from agent_worker.transport.ably import Channel, ChannelStateEvent
@@ -109,6 +109,8 @@ class AgentSession:
         self.on_cancel_decision = on_cancel_decision
         self._tree = ConversationTree(codec=self.codec)
         self._appends = AppendDeferral()
+        self.open_streams = OpenStreams()
+        """Streams of this channel still ``streaming`` (a dead writer's, to close when its run ends)."""
         self.runs: dict[str, Run] = {}
         self._by_input_cmid: dict[str, str] = {}
         self._deferred: OrderedDict[str, list[InboundMessage]] = OrderedDict()
@@ -187,6 +189,7 @@ class AgentSession:
 
     def _fold_now(self, msg: InboundMessage) -> None:
         result = self._tree.apply(msg)
+        self.open_streams.observe(msg)
         event_id = msg.transport_headers.get(H_EVENT_ID)
         if event_id and event_id in self._waiting:
             for run in self._waiting.pop(event_id):

@@ -37,6 +37,7 @@ from agent_worker.engine.temporal.types import (
     CLEANUP_RUN,
     END_RUN,
     OPEN_RUN,
+    REAP_RUN,
     REFUSED,
     RUN_TURN,
     SUSPEND_RUN,
@@ -51,7 +52,9 @@ from agent_worker.engine.temporal.types import (
 )
 from agent_worker.errors import AgentWorkerError, AuthError, InputEventNotFound, ProtocolError
 from agent_worker.logs import get_logger
+from agent_worker.protocol.wire import OutboundMessage
 from agent_worker.runtime.handler import RunStats
+from agent_worker.runtime.journal import closing_append
 from agent_worker.runtime.run import CancelSource, Run
 from agent_worker.runtime.session import AgentSession, RunAlreadyActive
 from agent_worker.runtime.supervisor import call_hook, run_failure, terminate
@@ -98,7 +101,7 @@ class TurnActivities:
         """Runs whose terminal this process published (their echo may not have folded yet)."""
 
     def all(self) -> list[Callable[..., Any]]:
-        return [self.open_run, self.run_turn, self.end_run, self.suspend_run, self.cleanup_run]
+        return [self.open_run, self.run_turn, self.end_run, self.suspend_run, self.cleanup_run, self.reap_run]
 
     # --- helpers -----------------------------------------------------------------------------------
 
@@ -132,6 +135,15 @@ class TurnActivities:
         self._ended[run.invocation_id] = None
         while len(self._ended) > _ENDED_MEMORY:
             self._ended.popitem(last=False)
+
+    @staticmethod
+    async def _close_streams(session: AgentSession, run: Run) -> None:
+        """Close (``cancelled``) the run's streams a dead attempt left ``streaming``, as the local
+        crash journal does, before the run's terminal."""
+        for opening in session.open_streams.of_run(run.run_id):
+            assert opening.serial is not None
+            extras = dict(opening.extras or {})
+            await session.channel.append(opening.serial, closing_append(OutboundMessage(None, "", extras)))
 
     async def _adopt(self, invocation: TurnInput, ids: RunIds) -> tuple[AgentSession, Run | None]:
         """The open run, re-created in this process; ``None`` when it is settled already."""
@@ -219,13 +231,37 @@ class TurnActivities:
     @activity.defn(name=CLEANUP_RUN)
     async def cleanup_run(self, arg: CleanupRunInput) -> None:
         """Best-effort failure cleanup: end a still-active run ``error`` so waiting clients unstick."""
-        _, run = await self._adopt(arg.invocation, arg.ids)
+        session, run = await self._adopt(arg.invocation, arg.ids)
         if run is None:
             return
         message = arg.error_message or "unable to complete run; the workflow failed"
+        await self._close_streams(session, run)
         await run.end("error", AgentWorkerError(message, code=arg.error_code or 50000))
         self._mark_ended(run)
         log.info("run_cleaned_up", run_id=run.run_id, error=message)
+
+    @activity.defn(name=REAP_RUN)
+    async def reap_run(self, invocation: TurnInput) -> None:
+        """End the run a terminated workflow left open: only when its node is still active and
+        belongs to that invocation (a later continuation may have resumed the run since)."""
+        session = await self.host.session(invocation.session)
+        run = self._new_run(session, invocation, invocation.invocation_id)
+        try:
+            try:
+                await self._locate(session, run)
+            except (InputEventNotFound, ProtocolError):
+                return  # the run never opened
+            node = session.tree.run(run.run_id)
+            owner = (node.last_resume_invocation_id or node.invocation_id) if node is not None else None
+            if node is None or node.status != "active" or owner != invocation.invocation_id:
+                return
+            run.adopt_started()
+            await self._close_streams(session, run)
+            await run.end("error", AgentWorkerError(TERMINATED_MESSAGE, code=50000))
+            self._mark_ended(run)
+            log.warning("run_reaped", run_id=run.run_id, invocation_id=invocation.invocation_id)
+        finally:
+            session.deregister(run)
 
     # --- the turn ----------------------------------------------------------------------------------
 

@@ -15,8 +15,9 @@ import asyncio
 import contextlib
 import json
 import uuid
+from collections import OrderedDict
 from collections.abc import Coroutine
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from agent_worker.config import EngineConfig
 from agent_worker.engine.host import EngineHost
 from agent_worker.engine.temporal.activities import TurnActivities
 from agent_worker.engine.temporal.types import TurnInput
-from agent_worker.engine.temporal.workflow import TurnWorkflow
+from agent_worker.engine.temporal.workflow import WORKFLOW_NAME, ReapWorkflow, TurnWorkflow
 from agent_worker.errors import AgentWorkerError, ConfigError
 from agent_worker.logs import get_logger
 from agent_worker.runtime.run import Run
@@ -43,6 +44,11 @@ log = get_logger("agent_worker.engine.temporal")
 _IDS = uuid.UUID("6c1d6f0e-8f3b-4b8e-9d55-3a0e4f1c7a21")
 # Room beyond the turns for the framing activities, so opening and closing runs never wait on turns.
 _FRAMING_SLOTS = 16
+SWEEP_INTERVAL_S = 5.0
+"""How often a worker looks for turn workflows terminated with their run still open."""
+_SWEEP_WINDOW = timedelta(hours=1)
+_VISIBILITY_LAG = timedelta(seconds=30)
+_REAPED_MEMORY = 4096
 
 
 def invocation_id_for(task_queue: str, session: str, event_id: str) -> str:
@@ -91,6 +97,8 @@ class TemporalEngine:
         self._worker: TemporalWorker | None = None
         self._running: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._reaped: OrderedDict[str, None] = OrderedDict()
 
     async def start(self) -> None:
         s = self.settings
@@ -103,7 +111,7 @@ class TemporalEngine:
         self._worker = TemporalWorker(
             self.client,
             task_queue=s.task_queue,
-            workflows=[TurnWorkflow],
+            workflows=[TurnWorkflow, ReapWorkflow],
             activities=self.activities.all(),
             # The workflow module imports only plain dataclasses from this package; passing the
             # package through keeps the sandbox from re-importing the worker's whole import graph.
@@ -119,6 +127,7 @@ class TemporalEngine:
         )
         self._running = asyncio.create_task(self._worker.run(), name="temporal-worker")
         self._running.add_done_callback(_log_stopped)
+        self._sweeper = asyncio.create_task(self._sweep(), name="temporal-sweep")
         log.info("temporal_engine_started", address=s.address, namespace=s.namespace, task_queue=s.task_queue)
 
     def workflow_handle(self, invocation_id: str) -> WorkflowHandle[object, object]:
@@ -151,6 +160,7 @@ class TemporalEngine:
                 id=invocation_id,
                 task_queue=s.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                memo={"session": session, "event_id": event_id},  # for the terminate sweep
             )
         except WorkflowAlreadyStartedError:
             return invocation_id, True
@@ -187,6 +197,46 @@ class TemporalEngine:
             return False
         return described.status == WorkflowExecutionStatus.RUNNING
 
+    async def _sweep(self) -> None:
+        """Terminate runs no workflow code, so a turn terminated while none of its steps ran (its
+        worker died, the retry not started yet) would leave its run open: every worker looks for
+        such workflows on its task queue and starts one reaper per termination (a derived id, so
+        the fleet's sweeps start it once), which ends the run ``error`` if it is still open."""
+        since = datetime.now(UTC) - _SWEEP_WINDOW
+        while True:
+            began = datetime.now(UTC)
+            try:
+                await self._reap_terminated(since)
+                since = began - _VISIBILITY_LAG
+            except Exception as exc:
+                log.warning("temporal_sweep_failed", error=str(exc))
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+
+    async def _reap_terminated(self, since: datetime) -> None:
+        assert self.client is not None
+        s = self.settings
+        query = (
+            f"TaskQueue = '{s.task_queue}' AND WorkflowType = '{WORKFLOW_NAME}' AND "
+            f"ExecutionStatus = 'Terminated' AND CloseTime > '{since.strftime('%Y-%m-%dT%H:%M:%SZ')}'"
+        )
+        async for execution in self.client.list_workflows(query):
+            if execution.id in self._reaped:
+                continue
+            memo = await execution.memo()
+            session, event_id = memo.get("session"), memo.get("event_id")
+            if isinstance(session, str) and isinstance(event_id, str):
+                with contextlib.suppress(WorkflowAlreadyStartedError):
+                    await self.client.start_workflow(
+                        ReapWorkflow.run,
+                        TurnInput(session=session, event_id=event_id, invocation_id=execution.id),
+                        id=f"{execution.id}-reap",
+                        task_queue=s.task_queue,
+                        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    )
+            self._reaped[execution.id] = None
+            while len(self._reaped) > _REAPED_MEMORY:
+                self._reaped.popitem(last=False)
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -194,6 +244,10 @@ class TemporalEngine:
 
     async def close(self) -> None:
         """Stop polling; steps in flight finish (the worker's drain bounds them)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(BaseException):
+                await self._sweeper
         if self._worker is not None:
             with contextlib.suppress(Exception):
                 await self._worker.shutdown()

@@ -9,6 +9,7 @@ __all__ = [
     "CLEANUP_RUN",
     "END_RUN",
     "OPEN_RUN",
+    "REAP_RUN",
     "REFUSED",
     "RUN_TURN",
     "SUSPEND_RUN",
@@ -28,6 +29,7 @@ END_RUN = "endRun"
 SUSPEND_RUN = "suspendRun"
 CLEANUP_RUN = "cleanupRun"
 RUN_TURN = "runTurn"
+REAP_RUN = "reapRun"
 
 # ApplicationError types that must not be retried.
 REFUSED = "RunRefused"

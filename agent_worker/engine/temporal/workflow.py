@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         CLEANUP_RUN,
         END_RUN,
         OPEN_RUN,
+        REAP_RUN,
         REFUSED,
         RUN_TURN,
         TURN_FAILED,
@@ -38,9 +39,10 @@ with workflow.unsafe.imports_passed_through():
         TurnStepInput,
     )
 
-__all__ = ["WORKFLOW_NAME", "TurnWorkflow"]
+__all__ = ["REAP_WORKFLOW_NAME", "WORKFLOW_NAME", "ReapWorkflow", "TurnWorkflow"]
 
 WORKFLOW_NAME = "agentWorkerTurn"
+REAP_WORKFLOW_NAME = "agentWorkerReap"
 
 _FRAMING_TIMEOUT = timedelta(minutes=2)
 _FRAMING_RETRY = RetryPolicy(maximum_attempts=3, non_retryable_error_types=[REFUSED, TURN_FAILED])
@@ -112,3 +114,16 @@ class TurnWorkflow:
             await asyncio.shield(handle)
         except Exception:
             workflow.logger.warning("run cleanup failed (best-effort)", exc_info=True)
+
+
+@workflow.defn(name=REAP_WORKFLOW_NAME)
+class ReapWorkflow:
+    """Ends the run of a terminated turn workflow (terminate runs no workflow code, so its own
+    cleanup never fires). One per terminated workflow: its id is derived, so the workers' sweeps,
+    which all find the termination, start it once."""
+
+    @workflow.run
+    async def run(self, invocation: TurnInput) -> None:
+        await workflow.execute_activity(
+            REAP_RUN, invocation, start_to_close_timeout=_FRAMING_TIMEOUT, retry_policy=_FRAMING_RETRY
+        )
