@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from agent_worker.engine.temporal.engine import SWEEP_INTERVAL_S
 from agent_worker.errors import ProviderConnectionError
 from agent_worker.protocol.headers import (
     AI_RUN_END,
@@ -267,6 +268,8 @@ async def test_terminating_the_workflow_ends_the_run_for_clients(
     await asyncio.wait_for(script.closed.wait(), 30)
     assert set(stream_statuses(client, run_id).values()) == {"cancelled"}
     assert client.run_text(run_id).startswith("w0 w1 w2")
+    await asyncio.sleep(SWEEP_INTERVAL_S + 3)  # the terminate sweep has seen it: it ends nothing twice
+    assert len(client.for_input(AI_RUN_END, sent.codec_message_id)) == 1
 
 
 async def test_a_step_that_stops_heartbeating_is_retried_and_its_output_supersedes(

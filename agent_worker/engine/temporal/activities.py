@@ -244,6 +244,8 @@ class TurnActivities:
     async def reap_run(self, invocation: TurnInput) -> None:
         """End the run a terminated workflow left open: only when its node is still active and
         belongs to that invocation (a later continuation may have resumed the run since)."""
+        if invocation.invocation_id in self._ended:
+            return  # its turn here saw the termination and ended the run itself
         session = await self.host.session(invocation.session)
         run = self._new_run(session, invocation, invocation.invocation_id)
         try:
