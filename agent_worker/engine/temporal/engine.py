@@ -203,13 +203,17 @@ class TemporalEngine:
         such workflows on its task queue and starts one reaper per termination (a derived id, so
         the fleet's sweeps start it once), which ends the run ``error`` if it is still open."""
         since = datetime.now(UTC) - _SWEEP_WINDOW
+        failing = False
         while True:
             began = datetime.now(UTC)
             try:
                 await self._reap_terminated(since)
                 since = began - _VISIBILITY_LAG
+                failing = False
             except Exception as exc:
-                log.warning("temporal_sweep_failed", error=str(exc))
+                if not failing:  # once per outage, not every sweep
+                    log.warning("temporal_sweep_failed", error=str(exc))
+                failing = True
             await asyncio.sleep(SWEEP_INTERVAL_S)
 
     async def _reap_terminated(self, since: datetime) -> None:
