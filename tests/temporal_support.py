@@ -121,6 +121,10 @@ def _start(cli: str, namespace: str, log: Path) -> TemporalDevServer:
                 str(free_port()),
                 "--log-level",
                 "warn",
+                # Activities scheduled by a workflow task go straight back to the worker that
+                # completed it (no poll round trip; a cluster enables it the same way).
+                "--dynamic-config-value",
+                "system.enableActivityEagerExecution=true",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -367,7 +367,11 @@ class TurnActivities:
 async def _heartbeating() -> AsyncIterator[None]:
     """Heartbeat while the body runs (the official ``withHeartbeat``, always on here: a streaming
     turn is exactly what must not look hung). Temporal delivers a cancellation on a heartbeat."""
-    timeout = activity.info().heartbeat_timeout
+    info = activity.info()
+    if info.is_local:  # openRun: the workflow task's own heartbeat covers a local activity
+        yield
+        return
+    timeout = info.heartbeat_timeout
     interval = min(2.0, timeout.total_seconds() / 4) if timeout else 2.0
 
     async def beat() -> None:

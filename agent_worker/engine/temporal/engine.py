@@ -161,6 +161,9 @@ class TemporalEngine:
                 task_queue=s.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 memo={"session": session, "event_id": event_id},  # for the terminate sweep
+                # This process polls the task queue: the server hands it the first workflow task
+                # in the start's answer (no poll round trip before openRun is scheduled).
+                request_eager_start=True,
             )
         except WorkflowAlreadyStartedError:
             return invocation_id, True

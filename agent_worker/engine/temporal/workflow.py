@@ -65,15 +65,18 @@ def _failure(exc: BaseException) -> tuple[str, int | None, bool]:
 class TurnWorkflow:
     @workflow.run
     async def run(self, invocation: TurnInput) -> str:
+        # openRun as a local activity: run by this worker inside the workflow task, so the turn is
+        # scheduled without a server round trip in between (POST → first token); the wire is the
+        # same, and a worker lost meanwhile fails the workflow task, which re-runs it elsewhere.
         try:
-            ids = await workflow.execute_activity(
+            ids = await workflow.execute_local_activity(
                 OPEN_RUN,
                 OpenRunInput(invocation, invocation.invocation_id),
                 result_type=RunIds,
                 start_to_close_timeout=_FRAMING_TIMEOUT,
                 retry_policy=_FRAMING_RETRY,
             )
-        except ActivityError as exc:
+        except (ActivityError, ApplicationError) as exc:  # a local activity's error arrives unwrapped
             if _failure(exc)[2]:
                 return "error"  # the input was refused and the run ended with the error already
             raise
