@@ -14,11 +14,12 @@ __all__ = ["RunDigest"]
 
 
 class RunDigest:
-    __slots__ = ("_text", "approvals", "limit", "tools")
+    __slots__ = ("_kept", "_text", "approvals", "limit", "tools")
 
     def __init__(self, limit: int = 400) -> None:
         self.limit = limit
         self._text: list[str] = []
+        self._kept = 0  # characters in _text (summing them per delta was quadratic in fragments)
         self.tools: dict[str, str] = {}
         self.approvals: list[str] = []
 
@@ -29,9 +30,11 @@ class RunDigest:
         item: Mapping[str, Any] = raw_item if isinstance(raw_item, Mapping) else {}
         call = kind == "response.output_item.added" and item.get("type") == "function_call"
         if kind in ("text-delta", "response.output_text.delta"):
-            room = self.limit - sum(map(len, self._text))
+            room = self.limit - self._kept
             if room > 0:
-                self._text.append(str(chunk.get("delta", ""))[:room])
+                kept = str(chunk.get("delta", ""))[:room]
+                self._text.append(kept)
+                self._kept += len(kept)
         elif kind in ("tool-input-start", "tool-input-available") and len(self.tools) < 64:
             self.tools[str(chunk.get("toolCallId"))] = str(chunk.get("toolName", "tool"))
         elif call and len(self.tools) < 64:

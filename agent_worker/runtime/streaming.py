@@ -140,6 +140,7 @@ class StreamWriter:
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
         self._soon: asyncio.Handle | None = None
+        self._turn_flushed = False
         self._inflight: asyncio.Future[Any] | None = None
         self._first_done = False
         self._last_flush = float("-inf")
@@ -209,12 +210,21 @@ class StreamWriter:
             due = self._last_flush + self._window_s - loop.time()
             if due <= 0 and self._window_s > 0 and not self._lock.locked():
                 return True
-            if due <= 0:
+            if due <= 0 and not self._turn_flushed:
+                # window 0, the first delta of this loop turn: out at once (paced tokens take no
+                # extra loop turn); the deltas that follow it in the same turn merge (below)
+                self._turn_flushed = True
+                loop.call_soon(self._next_turn)
+                self._flush_soon()
+            elif due <= 0:
                 # window 0: flush on the next loop turn, merging the deltas of this one
                 self._soon = loop.call_soon(self._flush_soon)
             else:
                 self._start_timer(due)
         return False
+
+    def _next_turn(self) -> None:
+        self._turn_flushed = False
 
     def _flush_soon(self) -> None:
         """The zero-delay flush, done in the callback when nothing is in the way (no task, lock or

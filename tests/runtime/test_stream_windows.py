@@ -76,3 +76,24 @@ async def test_window_zero_sends_every_turns_deltas() -> None:
     await writer.flush()
     assert channel.sent == [("publish", ""), ("append", "a"), ("append", "b"), ("append", "c")]
     await writer.aclose()
+
+
+async def test_window_zero_first_delta_of_a_turn_goes_at_once_the_rest_merge() -> None:
+    """Coalescing off: a turn's first delta starts its append without waiting for a loop turn (no
+    task or callback in between); the deltas after it in the same turn go as one append next turn."""
+    channel = RecordingChannel()
+    writer = StreamWriter(channel, NoEncoder(), window_s=0.0)
+    await writer.write([PublishOp(OutboundMessage(name="ai-output", data=""), stream_key="s")])
+    await asyncio.sleep(0.01)
+    await writer.write([_delta("a")])
+    assert channel.sent[-1] == ("append", "a")
+    await writer.write([_delta("b")])
+    await writer.write([_delta("c")])
+    assert channel.sent[-1] == ("append", "a")  # same turn: held
+    await asyncio.sleep(0.01)
+    assert channel.sent[1:] == [("append", "a"), ("append", "bc")]
+    await writer.write([_delta("d")])  # a later turn: at once again
+    assert channel.sent[-1] == ("append", "d")
+    assert (writer.stats.deltas, writer.stats.appends) == (4, 3)
+    await writer.flush()
+    await writer.aclose()
