@@ -51,8 +51,9 @@ COMMAND = ".venv/bin/python -m bench agent"
 # (the worker's coalescing off), no presence, no push notifications (the JS agent has neither), the
 # worker's outbound limiter lifted. "py-defaults" is the worker exactly as shipped (coalescing,
 # limiter, presence, connection pool, the service's default 40 ms rollup) against a server enforcing
-# Ably's limits. Every Python variant raises
-# max_concurrent_runs (default 32) so the N-stream phases can run.
+# Ably's limits. Every Python variant raises max_concurrent_runs (default 32) and
+# max_pending_invocations (default 256: invocations whose input is still being looked up in history,
+# all 500 of the big run's at once) so the N-stream phases can run.
 VARIANTS: dict[str, dict[str, Any]] = {
     "js": {"kind": "js", "label": "official JS agent", "rollup": 0},
     "py": {
@@ -69,13 +70,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "presence": False,
             "notify": "never",
             "max_concurrent_runs": 1000,
+            "max_pending_invocations": 1000,
         },
     },
     "py-defaults": {
         "kind": "py",
         "label": "Python worker (production defaults, enforced limits)",
         "server": "limits",
-        "worker": {"max_concurrent_runs": 1000},
+        "worker": {"max_concurrent_runs": 1000, "max_pending_invocations": 1000},
     },
 }
 
@@ -366,6 +368,11 @@ def brief(raw: dict[str, Any]) -> str:
                 f"({s['steadyTokens']} tokens); incl. burst p99 {_f(s['p99All'], 2)} ms; "
                 f"CPU {_f(s['cpuMsPer1k'], 0)} ms/1k tokens; {s['tokens']}/{s['expected']} tokens"
             )
+    for name in ("latencyN", "latencyBig"):
+        if raw.get(name, {}).get("failedInvocations"):
+            phase = raw[name]
+            failed, why = phase["failedInvocations"], phase.get("failedReasons")
+            out.append(f"      {name}: {failed} invocations failed: {why}")
     if "latencyN" in raw:
         first = _first_tokens(raw["latencyN"])
         out.append(f"      first token p50 {_f(first['p50'], 1)} ms, p99 {_f(first['p99'], 1)} ms")
@@ -589,7 +596,8 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         "`--enforce-rate-limits` (Ably's 50 msg/s per connection, NACK 42911, and per channel, 42910;",
         "rolled-up appends count once). Its history phase is skipped (`n/a`): the 1,000-message sessions",
         "are built at a speed the limits would refuse. Every Python variant raises `max_concurrent_runs`",
-        "from 32 to 1000 so the N-stream phases can run. Ratios are Python / JS (for latency, time and",
+        "from 32 and `max_pending_invocations` from 256 to 1000 so the N-stream phases can run. Ratios",
+        "are Python / JS (for latency, time and",
         "memory lower is better; for tokens/s higher is better). *First token*: POST → first token at the",
         f"client, over the N = {plan.streams} conversations invoked at the same moment. *Refusals*: NACKs",
         "the server sent during the variant's run (a connection over its inbound limit gets 42911).",

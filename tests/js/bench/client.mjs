@@ -189,6 +189,7 @@ async function streamsPhase(phase, { n, tokens, rate, timeoutMs = 120000, partia
     rate,
     timedOut,
     failedInvocations: refusedSends.length,
+    failedReasons: [...new Set(refusedSends.map((r) => String(r.reason?.cause?.code ?? r.reason?.message ?? r.reason)))].slice(0, 5),
     ended: streams.filter((s) => s.reason !== null).length,
     received: streams.reduce((a, s) => a + s.tokens, 0),
     appends: streams.reduce((a, s) => a + s.appends, 0),
