@@ -119,6 +119,11 @@ class Admission:
     def has_capacity(self, running: int) -> bool:
         return running < self.max_runs
 
+    @property
+    def in_flight(self) -> int:
+        """Invocations admitted and still opening their session (their run does not exist yet)."""
+        return len(self._pending)
+
     def reserve(self, session: str, event_id: str) -> asyncio.Future[Invocation]:
         """Claim an event-id before any await, so a concurrent duplicate waits for this run."""
         pending: asyncio.Future[Invocation] = asyncio.get_running_loop().create_future()

@@ -456,7 +456,9 @@ class Worker:
             log.info("invocation_duplicate", session=name, event_id=event_id, run_id=seen.run_id)
             return Invocation(seen.run_id, seen.invocation_id, name, duplicate=True)
         try:
-            self.admission.check_capacity(len(self._slotted), len(self._unlocated))
+            # In flight too: a burst of simultaneous invocations all pass this check before any of
+            # them has opened its session and created its run.
+            self.admission.check_capacity(len(self._slotted), len(self._unlocated) + self.admission.in_flight)
         except WorkerBusy:
             self.metrics.invocations.labels("busy").inc()
             raise

@@ -19,6 +19,7 @@ from agent_worker.protocol.headers import (
 from agent_worker.protocol.vercel.encoder import encode_user_message
 from agent_worker.providers.echo import EchoProvider
 from agent_worker.server import EmbeddedServer
+from agent_worker.worker.admission import Invocation, WorkerBusy
 from tests.runtime.runtime_support import ChatClient, Harness, _sdk, start_harness
 
 
@@ -74,6 +75,20 @@ async def test_pending_invocations_are_capped(make_worker: Any, session_name: st
     harness: Harness = await make_worker(EchoProvider(), max_pending_invocations=3, trigger_wait_s=3.0)
     statuses = [(await harness.invoke(session_name, str(uuid.uuid4())))[0] for _ in range(5)]
     assert statuses == [200, 200, 200, 429, 429]
+
+
+async def test_pending_cap_holds_for_simultaneous_invocations(make_worker: Any) -> None:
+    """Six invocations in the same instant (each on a new session, so each first waits for its
+    channel to attach) against a cap of 3: three are admitted, three refused — not all six because
+    each was checked before any of the others had created its run."""
+    harness: Harness = await make_worker(EchoProvider(), max_pending_invocations=3, trigger_wait_s=3.0)
+    names = [f"conversations:burst-{uuid.uuid4()}" for _ in range(6)]
+    results = await asyncio.gather(
+        *(harness.worker.invoke(name, str(uuid.uuid4())) for name in names), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, WorkerBusy)]
+    assert len(refused) == 3 and all(r.code == 42910 for r in refused)
+    assert len([r for r in results if isinstance(r, Invocation)]) == 3
 
 
 async def test_failed_invocation_can_be_retried(
