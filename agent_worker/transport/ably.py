@@ -647,7 +647,7 @@ class AblyTransport:
 
     def _quiet(self) -> bool:
         """No connection opening and less than one connection's worth of traffic: a good time to
-        build a spare client (it stalls the loop for ~20 ms)."""
+        build a spare client (~20 ms of CPU)."""
         conns = self.pool.connections
         sent = sum(c.limiter.recent_rate() for c in conns)
         return all(c.client is not None for c in conns) and sent < self.settings.max_messages_per_second

@@ -77,10 +77,11 @@ class SessionPresence:
     async def _yield_to_runs(self) -> None:
         """Wait (bounded) until the connection's rate budget has room beyond the runs' needs."""
         limiter = self.channel.limiter
+        spare = min(self.spare_tokens, limiter.burst / 2)  # a small bucket never holds 3
         loop = asyncio.get_running_loop()
         until = loop.time() + self.max_defer_s
         while True:
-            short = self.spare_tokens - limiter.available()
+            short = spare - limiter.available()
             if short <= 0 or loop.time() >= until:
                 return
             await asyncio.sleep(max(0.01, short / limiter.rate))
