@@ -646,11 +646,11 @@ class AblyTransport:
         return room if wanted is None else min(wanted, room)
 
     def _quiet(self) -> bool:
-        """No connection opening and less than one connection's worth of traffic: a good time to
-        build a spare client (~20 ms of CPU)."""
+        """No connection opening and less traffic than one connection is given (36 messages/s): a
+        good time to build a spare client (~20 ms of CPU)."""
         conns = self.pool.connections
         sent = sum(c.limiter.recent_rate() for c in conns)
-        return all(c.client is not None for c in conns) and sent < self.settings.max_messages_per_second
+        return all(c.client is not None for c in conns) and sent < self.pool.policy.target_rate
 
     def __repr__(self) -> str:
         return f"AblyTransport({self.settings!r}, connections={len(self.pool.connections)})"
