@@ -131,15 +131,25 @@ def rules_script(
 class ReferenceAgent:
     """The official JS agent as a child process on the embedded server."""
 
+    ready_timeout_s = 30.0
+
     def __init__(
-        self, server: EmbeddedServer, rules: Rules, protocol: str = "msgpack", script: Path = REFERENCE_AGENT
+        self,
+        server: EmbeddedServer,
+        rules: Rules,
+        protocol: str = "msgpack",
+        script: Path = REFERENCE_AGENT,
+        **extra: Any,
     ) -> None:
         self.script = script
         self.server = server
         self.rules = rules
         self.protocol = protocol
+        self.extra = extra
+        """More AW_NODE_CONFIG fields for the script (e.g. the Temporal agent's address)."""
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
+        self.pid = 0
         self.errors: list[dict[str, Any]] = []
         self._reader: asyncio.Task[None] | None = None
         self._stderr_reader: asyncio.Task[None] | None = None
@@ -154,6 +164,7 @@ class ReferenceAgent:
                 key=self.server.default_key,
                 protocol=self.protocol,
                 rules=self.rules,
+                **self.extra,
             ),
         }
         self.proc = await asyncio.create_subprocess_exec(
@@ -174,7 +185,7 @@ class ReferenceAgent:
                 if line.startswith("@@ready ") and not ready.done():
                     ready.set_result(json.loads(line[8:]))
                 elif line.startswith("@@event "):
-                    self.errors.append(json.loads(line[8:]))
+                    self.on_event(json.loads(line[8:]))
             if not ready.done():
                 assert self._stderr_reader is not None
                 await self._stderr_reader
@@ -191,10 +202,15 @@ class ReferenceAgent:
 
         self._stderr_reader = asyncio.create_task(drain_stderr())
         self._reader = asyncio.create_task(read())
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(self.ready_timeout_s):
             info = await ready
         self.url = str(info["url"])
+        self.pid = int(info["pid"])
         return self
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """An ``@@event`` line; the route-handler agents print only failures."""
+        self.errors.append(event)
 
     @property
     def gates_url(self) -> str:

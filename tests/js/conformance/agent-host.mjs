@@ -112,13 +112,4 @@ export async function serveAgent(handle, prompts) {
   process.stdin.resume();
 }
 
-/** The prompt-matching rule of the declarative model scripts (tests/conformance/reference.py). */
-export function matches(rule, norm, call) {
-  const when = rule.if ?? {};
-  const lastUser = norm.findLast((m) => m.role === 'user')?.text ?? '';
-  const toolResults = norm.reduce((a, m) => a + m.results.length, 0);
-  if (when.lastUser !== undefined && when.lastUser !== lastUser) return false;
-  if (when.toolResults !== undefined && when.toolResults !== toolResults) return false;
-  if (when.call !== undefined && when.call !== call) return false;
-  return true;
-}
+export { matches } from './mock-model.mjs';
