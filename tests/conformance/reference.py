@@ -239,3 +239,40 @@ class ReferenceAgent:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+TEMPORAL_AGENT = JS_ROOT / "temporal" / "agent.mjs"
+
+
+class OfficialTemporalAgent(ReferenceAgent):
+    """The official JS Temporal agent (tests/js/temporal/agent.mjs: ``createAblyTransportPlugin``,
+    ``withRun``, a ``stepIdFor`` inference activity) as a Temporal worker + HTTP trigger process.
+    ``rules`` may also condition on ``attempt`` (the activity attempt, from 1)."""
+
+    ready_timeout_s = 180.0  # Worker.create bundles the workflow code with webpack first
+
+    def __init__(
+        self, server: EmbeddedServer, rules: Rules, *, address: str, namespace: str, task_queue: str
+    ) -> None:
+        super().__init__(
+            server,
+            rules,
+            script=TEMPORAL_AGENT,
+            temporalAddress=address,
+            namespace=namespace,
+            taskQueue=task_queue,
+        )
+        self.steps: list[dict[str, Any]] = []
+        """One ``{runId, invocationId, stepId, activityId, attempt, pid}`` per activity attempt."""
+        self.workflows: list[dict[str, Any]] = []
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "step":
+            self.steps.append(event)
+        elif kind == "workflow":
+            self.workflows.append(event)
+            if "error" in event:
+                self.errors.append(event)
+        elif kind != "ended":
+            self.errors.append(event)

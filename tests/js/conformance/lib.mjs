@@ -68,8 +68,9 @@ const mergeMessages = (tree, overlay) => {
 /**
  * Opens a device for `clientId` (a token minted by the test must be in config.tokens).
  * `history`: page the whole session history into the view first (a late joiner / second device).
+ * `transportOptions`: more ChatTransport options (e.g. a `fetch` that routes each POST elsewhere).
  */
-export async function device(clientId, { history = false, chatOptions = {}, sync = true } = {}) {
+export async function device(clientId, { history = false, chatOptions = {}, transportOptions = {}, sync = true } = {}) {
   const token = config.tokens?.[clientId];
   if (!token) throw new Error(`no token for ${clientId} in AW_NODE_CONFIG.tokens`);
   const client = await connected(realtime({ token }));
@@ -81,7 +82,7 @@ export async function device(clientId, { history = false, chatOptions = {}, sync
     let guard = 0;
     while (session.view.hasOlder() && guard++ < 100) await within(session.view.loadOlder(100), 10000, 'loadOlder');
   }
-  const transport = createChatTransport(session, { api: config.api });
+  const transport = createChatTransport(session, { api: config.api, ...transportOptions });
   // Record every UIMessageChunk useChat reads, per request (the stream the ChatTransport built).
   const requests = [];
   const sendMessages = transport.sendMessages;

@@ -22,7 +22,7 @@ import {
 } from './lib.mjs';
 
 /** The channel history (oldest first) as seen through `dev`'s connection. */
-async function wire(dev) {
+export async function wire(dev) {
   const channel = dev.client.channels.get(config.session);
   const { items } = await allPages(await within(channel.history({ limit: 1000 }), 10000, 'history'));
   return items.reverse().map((m) => ({

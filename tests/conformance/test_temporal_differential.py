@@ -1,0 +1,109 @@
+"""Differential conformance under Temporal (issue 10 item 3): the official JS Temporal agent
+(tests/js/temporal/: ``createAblyTransportPlugin``, ``withRun``, a ``stepIdFor`` inference activity)
+and this worker's temporal engine take turns in one session, and the official client (one
+ClientSession + ChatTransport + useChat device, tests/js/temporal/turns.mjs) folds it into one
+conversation. Both follow the integration's wire rules (run id == invocation id, step ids
+``${invocationId}-${activityId}``), and a step retried after a failed attempt supersedes that
+attempt's output on the client.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from agent_worker.server import EmbeddedServer
+from tests.conformance.conformance_support import CLIENT_CAPABILITY, JS_ROOT
+from tests.conformance.reference import OfficialTemporalAgent, Rules
+from tests.conformance.temporal_wire import check_temporal_rules
+from tests.node_support import node_config, run_node_async
+from tests.temporal_support import TemporalDevServer, task_queue, temporal_server
+
+__all__ = ["temporal_server"]
+
+pytestmark = [pytest.mark.node, pytest.mark.timeout(420)]
+
+TURNS = JS_ROOT / "temporal" / "turns.mjs"
+
+
+def reply(to: str, text: list[str], *, failing_first: list[str] | None = None) -> Rules:
+    """Rules answering the prompt whose last user text is ``to``; with ``failing_first`` the first
+    activity attempt streams those tokens and then the model stream breaks (Temporal retries)."""
+    rules: Rules = []
+    if failing_first is not None:
+        rules.append({"if": {"lastUser": to, "attempt": 1}, "then": [{"text": failing_first}, {"error": "lost"}]})
+    rules.append({"if": {"lastUser": to}, "then": [{"text": text}]})
+    return rules
+
+
+@pytest.fixture
+async def official_agent(
+    ably_server: EmbeddedServer, temporal_server: TemporalDevServer, request: pytest.FixtureRequest
+) -> AsyncIterator[OfficialTemporalAgent]:
+    rules: Rules = request.param
+    agent = OfficialTemporalAgent(
+        ably_server,
+        rules,
+        address=temporal_server.address,
+        namespace=temporal_server.namespace,
+        task_queue=task_queue("official-js"),
+    )
+    await agent.start()
+    try:
+        yield agent
+    finally:
+        await agent.close()
+
+
+async def converse(server: EmbeddedServer, turns: list[tuple[str, str]]) -> dict[str, Any]:
+    """Runs turns.mjs: each ``(text, api)`` turn is sent by one official client device."""
+    session = f"conversations:temporal-{uuid.uuid4().hex[:8]}"
+    token = server.mint_token(client_id="alice", capability=CLIENT_CAPABILITY, ttl_s=600)
+    env = node_config(
+        host="127.0.0.1",
+        port=server.port,
+        protocol="msgpack",
+        session=session,
+        tokens={"alice": token},
+        turns=[{"text": text, "api": api} for text, api in turns],
+    )
+    return await run_node_async(TURNS, env=env, timeout=360)
+
+
+def folded(result: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(m["role"], m["text"]) for m in result["a"]["view"]]
+
+
+OFFICIAL_ONLY = reply("one", ["Reply ", "to one"], failing_first=["Half ", "a reply"]) + reply(
+    "two", ["Reply ", "to two"]
+)
+
+
+@pytest.mark.parametrize("official_agent", [OFFICIAL_ONLY], indirect=True)
+async def test_official_temporal_agent_retried_step_supersedes_the_failed_attempt(
+    ably_server: EmbeddedServer, official_agent: OfficialTemporalAgent
+) -> None:
+    """The reference itself: its first attempt streams half a reply and fails, Temporal retries the
+    activity under the same step id, and the client shows only the retry's reply."""
+    result = await converse(ably_server, [("one", official_agent.url), ("two", official_agent.url)])
+    assert official_agent.errors == []
+    assert folded(result) == [
+        ("user", "one"),
+        ("assistant", "Reply to one"),
+        ("user", "two"),
+        ("assistant", "Reply to two"),
+    ]
+    assert result["a"]["chatStatus"] == "ready"
+    assert [r["status"] for r in result["a"]["runs"]] == ["complete", "complete"]
+
+    invocations = [a["body"]["invocationId"] for a in result["answers"]]
+    runs = check_temporal_rules(result["wire"], invocations)
+    first, second = (runs[i] for i in invocations)
+    assert len(first.retried_steps) == 1 and second.retried_steps == []
+    attempts = [(s["stepId"], s["attempt"]) for s in official_agent.steps if s["invocationId"] == invocations[0]]
+    assert attempts == [(first.retried_steps[0], 1), (first.retried_steps[0], 2)]
+    # The failed attempt's text reached the wire, and the fold dropped it.
+    assert any("Half " in (m["data"] or "") for m in result["wire"])
