@@ -34,7 +34,8 @@ def reply(to: str, text: list[str], *, failing_first: list[str] | None = None) -
     activity attempt streams those tokens and then the model stream breaks (Temporal retries)."""
     rules: Rules = []
     if failing_first is not None:
-        rules.append({"if": {"lastUser": to, "attempt": 1}, "then": [{"text": failing_first}, {"error": "lost"}]})
+        broken = [{"text": failing_first}, {"error": "lost"}]
+        rules.append({"if": {"lastUser": to, "attempt": 1}, "then": broken})
     rules.append({"if": {"lastUser": to}, "then": [{"text": text}]})
     return rules
 
@@ -103,7 +104,7 @@ async def test_official_temporal_agent_retried_step_supersedes_the_failed_attemp
     runs = check_temporal_rules(result["wire"], invocations)
     first, second = (runs[i] for i in invocations)
     assert len(first.retried_steps) == 1 and second.retried_steps == []
-    attempts = [(s["stepId"], s["attempt"]) for s in official_agent.steps if s["invocationId"] == invocations[0]]
+    attempts = [(s["stepId"], s["attempt"]) for s in official_agent.steps if s["runId"] == invocations[0]]
     assert attempts == [(first.retried_steps[0], 1), (first.retried_steps[0], 2)]
     # The failed attempt's text reached the wire, and the fold dropped it.
     assert any("Half " in (m["data"] or "") for m in result["wire"])
