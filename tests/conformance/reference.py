@@ -4,7 +4,9 @@ SDK's MockLanguageModelV3), so one client scenario can run against both and the 
 
 A script is a list of rules ``{"if": {...}, "then": [events]}``; the first rule whose conditions
 hold for a model call answers it. Conditions: ``lastUser`` (text of the last user message),
-``toolResults`` (number of tool results in the prompt), ``call`` (1-based model call number).
+``toolResults`` (number of tool results in the prompt), ``call`` (1-based model call number),
+``worker`` / ``attempt`` (which agent process / Temporal activity attempt answers: the Temporal tests
+give those to one side only).
 Events: ``{"text": token | [tokens]}``, ``{"reasoning": ...}``, ``{"tool": {"id", "name",
 "input"}}``, ``{"error": message}`` (the stream fails after the events before it), ``{"hang": true}``
 (the model stalls until the run is cancelled).
@@ -40,12 +42,35 @@ from agent_worker.providers.base import (
     ToolCallStart,
 )
 from agent_worker.server import EmbeddedServer
+from agent_worker.tools.base import Tool
+from agent_worker.tools.builtin import get_client_location, send_notification
+from agent_worker.tools.registry import ToolRegistry
 from tests.conformance.conformance_support import JS_ROOT, Conductor, Script
 from tests.node_support import node_binary, node_config
 
 REFERENCE_AGENT = JS_ROOT / "conformance" / "reference-agent.mjs"
 
 Rules = list[dict[str, Any]]
+
+
+def get_weather(city: str) -> dict[str, Any]:
+    """Current weather for a city.
+
+    Args:
+        city: The city name.
+    """
+    return {"city": city, "tempC": 21}
+
+
+def tools() -> ToolRegistry:
+    """The tools of the reference agents (mock-model.mjs), as this worker's registry."""
+    return ToolRegistry(
+        [
+            Tool.from_function(get_weather),
+            Tool.from_function(send_notification, requires_approval=True),
+            Tool.from_function(get_client_location, client_side=True),
+        ]
+    )
 
 
 def normalise(request: ModelRequest) -> list[dict[str, Any]]:
@@ -74,8 +99,10 @@ def normalise(request: ModelRequest) -> list[dict[str, Any]]:
     return out
 
 
-def _matches(rule: dict[str, Any], norm: list[dict[str, Any]], call: int) -> bool:
+def _matches(rule: dict[str, Any], norm: list[dict[str, Any]], call: int, context: dict[str, Any]) -> bool:
     when = rule.get("if", {})
+    if any(key in when and when[key] != context.get(key) for key in ("worker", "attempt")):
+        return False
     last_user = next((m["text"] for m in reversed(norm) if m["role"] == "user"), "")
     tool_results = sum(len(m["results"]) for m in norm)
     if "lastUser" in when and when["lastUser"] != last_user:
@@ -89,6 +116,7 @@ def rules_script(
     rules: Rules,
     normalise_prompt: Callable[[ModelRequest], list[dict[str, Any]]] | None = None,
     conductor: Conductor | None = None,
+    context: dict[str, Any] | None = None,
 ) -> tuple[Script, list[list[dict[str, Any]]]]:
     """A ScriptedProvider script following ``rules``; also returns the list of normalised prompts
     (``normalise_prompt`` defaults to :func:`normalise`). ``{"gate": name}`` waits for the
@@ -99,7 +127,7 @@ def rules_script(
     async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
         norm = to_norm(request)
         prompts.append(norm)
-        rule = next((r for r in rules if _matches(r, norm, len(prompts))), None)
+        rule = next((r for r in rules if _matches(r, norm, len(prompts), context or {})), None)
         if rule is None:
             msg = f"no scripted rule matches call {len(prompts)}"
             raise AssertionError(msg)

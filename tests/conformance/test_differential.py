@@ -12,31 +12,9 @@ from typing import Any
 import pytest
 
 from agent_worker.server import EmbeddedServer
-from agent_worker.tools.base import Tool
-from agent_worker.tools.builtin import get_client_location, send_notification
-from agent_worker.tools.registry import ToolRegistry
-from tests.conformance.reference import ReferenceAgent, Rules, rules_script
+from tests.conformance.reference import ReferenceAgent, Rules, rules_script, tools
 
 pytestmark = pytest.mark.node
-
-
-def get_weather(city: str) -> dict[str, Any]:
-    """Current weather for a city.
-
-    Args:
-        city: The city name.
-    """
-    return {"city": city, "tempC": 21}
-
-
-def tools() -> ToolRegistry:
-    return ToolRegistry(
-        [
-            Tool.from_function(get_weather),
-            Tool.from_function(send_notification, requires_approval=True),
-            Tool.from_function(get_client_location, client_side=True),
-        ]
-    )
 
 
 PNG = "data:image/png;base64,iVBORw0KGgo="

@@ -16,8 +16,7 @@ import pytest
 from agent_worker.providers.base import ModelRequest
 from agent_worker.server import EmbeddedServer
 from tests.conformance.conformance_support import JS_ROOT, Conductor
-from tests.conformance.reference import ReferenceAgent, Rules, rules_script
-from tests.conformance.test_differential import tools
+from tests.conformance.reference import ReferenceAgent, Rules, rules_script, tools
 
 pytestmark = pytest.mark.node
 

@@ -131,5 +131,6 @@ export function matches(rule, norm, call, context = {}) {
   if (when.toolResults !== undefined && when.toolResults !== toolResults) return false;
   if (when.call !== undefined && when.call !== call) return false;
   if (when.attempt !== undefined && when.attempt !== context.attempt) return false;
+  if (when.worker !== undefined && when.worker !== context.worker) return false;
   return true;
 }
