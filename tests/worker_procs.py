@@ -26,7 +26,7 @@ from agent_worker.server.testing import RemoteServer, python_realtime
 from agent_worker.transport.ably import to_inbound
 from tests.node_support import JS_ROOT, node_config, run_node_async
 
-__all__ = ["FOLD", "Device", "Proc", "Server", "folded_history", "spawn", "start_server"]
+__all__ = ["FOLD", "Device", "Proc", "Server", "folded_history", "publish_prompt", "spawn", "start_server"]
 
 FOLD = JS_ROOT / "client" / "fold.mjs"
 
@@ -97,6 +97,17 @@ async def start_server(port: int = 0, data_dir: Path | None = None) -> tuple[Pro
     return proc, Server(endpoint, key)
 
 
+async def publish_prompt(channel: Any, text: str, client_id: str) -> str:
+    """Publishes a user message (Vercel codec) as ``client_id`` would; returns its event id."""
+    cmid, eid = str(uuid.uuid4()), str(uuid.uuid4())
+    headers = build_input_headers(codec_message_id=cmid, event_id=eid, run_client_id=client_id)
+    parts = encode_user_message(
+        {"id": cmid, "role": "user", "parts": [{"type": "text", "text": text}]}, headers
+    )
+    await channel.publish([Message(name=m.name, data=m.data, extras=m.extras) for m in parts])
+    return eid
+
+
 class Device:
     """One ably-python device on the session, folding live traffic into a conversation tree."""
 
@@ -108,6 +119,8 @@ class Device:
         self.tree = ConversationTree()
         self.streams: dict[str, tuple[str, str]] = {}
         """serial → (run-id, latest ``status`` header) of every stream message seen."""
+        self.run_ends: dict[str, int] = {}
+        """run-id → how many ``ai-run-end`` were seen for it."""
         self._arrived = asyncio.Event()
 
     async def attach(self) -> None:
@@ -117,17 +130,15 @@ class Device:
             headers = inbound.transport_headers
             if headers.get("stream") == "true" and inbound.serial:
                 self.streams[inbound.serial] = (headers.get("run-id", ""), headers.get("status", ""))
+            if inbound.name == "ai-run-end":
+                run_id = headers.get("run-id", "")
+                self.run_ends[run_id] = self.run_ends.get(run_id, 0) + 1
             self._arrived.set()
 
         await self.channel.subscribe(on_message)
 
     async def prompt(self, http: str, text: str) -> str:
-        cmid, eid = str(uuid.uuid4()), str(uuid.uuid4())
-        headers = build_input_headers(codec_message_id=cmid, event_id=eid, run_client_id=self.client_id)
-        parts = encode_user_message(
-            {"id": cmid, "role": "user", "parts": [{"type": "text", "text": text}]}, headers
-        )
-        await self.channel.publish([Message(name=m.name, data=m.data, extras=m.extras) for m in parts])
+        eid = await publish_prompt(self.channel, text, self.client_id)
         async with (
             aiohttp.ClientSession() as session,
             session.post(http, json={"inputEventId": eid, "sessionName": self.session}) as resp,

@@ -7,7 +7,8 @@
 //   {api, text}           send a user message, wait until no run is active;
 //   {api, approve: bool}  answer the pending tool approval (the continuation POSTs to `api`), wait
 //                         until the suspended run is terminal;
-//   plus optional `before: op` (ctl {op} before the turn, e.g. "stop worker a") and `midStream: op`
+//   plus optional `before: op` (ctl {op} before the turn, e.g. "swap workers"; an `api` in the
+//   answer replaces the turn's) and `midStream: op`
 //   (ctl {op, runId} once the turn's reply is streaming, e.g. "kill the streaming worker").
 import { lastAssistantMessageIsCompleteWithApprovalResponses } from 'ai';
 
@@ -22,6 +23,7 @@ const settled = (a) => a.session.view.runs().every((r) => r.status !== 'active')
 async function act(op, extra = {}) {
   const answer = await ctl({ op, ...extra }, TURN_MS);
   if (!answer?.ok) throw new Error(`the test could not ${op}: ${JSON.stringify(answer)}`);
+  return answer;
 }
 
 main(
@@ -40,12 +42,12 @@ main(
     });
     for (const [i, turn] of config.turns.entries()) {
       const name = `turn ${i + 1}`;
+      api = turn.api;
       if (turn.before) {
         step(`${name}: ${turn.before}`);
-        await act(turn.before);
+        api = (await act(turn.before)).api ?? api; // e.g. the URL of a worker the test just started
       }
       step(`${name}: ${turn.text ?? `approve=${turn.approve}`}`);
-      api = turn.api;
       const known = new Set(a.session.view.runs().map((r) => r.runId));
       const replies = () => viewMessages(a).filter((m) => m.role === 'assistant' && m.text.length > 0).length;
       const repliesBefore = replies();
