@@ -273,7 +273,9 @@ async def test_approval_suspended_on_one_worker_resumes_on_the_other(
         JS_ROOT / "temporal" / "turns.mjs", env=env_node, timeout=360, on_control=on_control
     )
     view = [(m["role"], m["text"]) for m in result["a"]["view"]]
-    assert view == [("user", "Notify my phone"), ("assistant", "Let me notify them.Done.")]
+    assert view == [("user", "Notify my phone"), ("assistant", "Let me notify them."), ("assistant", "Done.")]
+    tools = [p for m in result["a"]["view"] for p in m["parts"] if p["type"] == "tool-send_notification"]
+    assert [(t["state"], t["output"]) for t in tools] == [("output-available", "notification sent: hi")]
     assert [r["status"] for r in result["a"]["runs"]] == ["complete"]
     lifecycle = [(m["name"], m["clientId"]) for m in result["wire"] if m["name"].startswith("ai-run")]
     assert lifecycle == [
