@@ -9,8 +9,10 @@ attempt's output on the client.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +21,10 @@ from agent_worker.server import EmbeddedServer
 from tests.conformance.conformance_support import CLIENT_CAPABILITY, JS_ROOT
 from tests.conformance.reference import OfficialTemporalAgent, Rules
 from tests.conformance.temporal_wire import check_temporal_rules
-from tests.node_support import node_config, run_node_async
+from tests.fleet.fleet_support import SCRIPTED, FleetWorker, start_fleet_worker
+from tests.node_support import ControlHandler, node_config, run_node_async
 from tests.temporal_support import TemporalDevServer, task_queue, temporal_server
+from tests.worker_procs import Server
 
 __all__ = ["temporal_server"]
 
@@ -59,8 +63,11 @@ async def official_agent(
         await agent.close()
 
 
-async def converse(server: EmbeddedServer, turns: list[tuple[str, str]]) -> dict[str, Any]:
-    """Runs turns.mjs: each ``(text, api)`` turn is sent by one official client device."""
+async def converse(
+    server: EmbeddedServer, turns: list[tuple[str, ...]], on_control: ControlHandler | None = None
+) -> dict[str, Any]:
+    """Runs turns.mjs: each ``(text, api[, mid-stream op])`` turn is sent by one official client
+    device; ``on_control`` performs the ops."""
     session = f"conversations:temporal-{uuid.uuid4().hex[:8]}"
     token = server.mint_token(client_id="alice", capability=CLIENT_CAPABILITY, ttl_s=600)
     env = node_config(
@@ -69,9 +76,9 @@ async def converse(server: EmbeddedServer, turns: list[tuple[str, str]]) -> dict
         protocol="msgpack",
         session=session,
         tokens={"alice": token},
-        turns=[{"text": text, "api": api} for text, api in turns],
+        turns=[{"text": t[0], "api": t[1], **({"midStream": t[2]} if len(t) > 2 else {})} for t in turns],
     )
-    return await run_node_async(TURNS, env=env, timeout=360)
+    return await run_node_async(TURNS, env=env, timeout=360, on_control=on_control)
 
 
 def folded(result: dict[str, Any]) -> list[tuple[str, str]]:
@@ -108,3 +115,90 @@ async def test_official_temporal_agent_retried_step_supersedes_the_failed_attemp
     assert attempts == [(first.retried_steps[0], 1), (first.retried_steps[0], 2)]
     # The failed attempt's text reached the wire, and the fold dropped it.
     assert any("Half " in (m["data"] or "") for m in result["wire"])
+
+
+# Python worker a streams half a reply and stalls; it is SIGKILLed mid-stream (worker b has
+# started), and Temporal retries the turn on b after the heartbeat timeout.
+STALLS_ON_A = {
+    "if": {"lastUser": "two", "worker": "a"},
+    "then": [{"text": ["Half ", "from a"]}, {"hang": True}],
+}
+MIXED = [
+    *reply("one", ["Reply ", "to one"], failing_first=["Half ", "a reply"]),
+    STALLS_ON_A,
+    *reply("two", ["Reply ", "to two"]),
+    *reply("three", ["Reply ", "to three"]),
+]
+
+
+@pytest.mark.parametrize("official_agent", [MIXED], indirect=True)
+async def test_official_agent_and_this_worker_take_turns_in_one_conversation(
+    tmp_path: Path,
+    ably_server: EmbeddedServer,
+    temporal_server: TemporalDevServer,
+    official_agent: OfficialTemporalAgent,
+) -> None:
+    """JS turn (its first attempt fails mid-stream, retried) → Python turn (its worker is killed
+    mid-stream, the turn is retried on another worker) → JS turn: one conversation on the client,
+    each agent's prompt holds the other's replies, and both follow the same wire rules."""
+    server = Server(ably_server.endpoint, ably_server.default_key)
+    queue = task_queue("differential-py")
+    env = {"AW_FLEET_RULES": json.dumps(MIXED)}
+    workers: list[FleetWorker] = []
+
+    async def worker(name: str) -> FleetWorker:
+        started = await start_fleet_worker(
+            tmp_path, server, temporal_server, queue, name, target=SCRIPTED, config="", env=env
+        )
+        workers.append(started)
+        return started
+
+    async def on_control(request: dict[str, Any]) -> dict[str, Any]:
+        assert request["op"] == "swap"
+        await worker("b")
+        await workers[0].kill()
+        return {"ok": True}
+
+    try:
+        a = await worker("a")
+        result = await converse(
+            ably_server,
+            [("one", official_agent.url), ("two", a.http, "swap"), ("three", official_agent.url)],
+            on_control,
+        )
+    finally:
+        for started in workers:
+            await started.kill()
+    assert official_agent.errors == []
+    assert folded(result) == [
+        ("user", "one"),
+        ("assistant", "Reply to one"),
+        ("user", "two"),
+        ("assistant", "Reply to two"),
+        ("user", "three"),
+        ("assistant", "Reply to three"),
+    ]
+    assert result["a"]["chatStatus"] == "ready"
+    assert [r["status"] for r in result["a"]["runs"]] == ["complete"] * 3
+
+    invocations = [answer["body"]["invocationId"] for answer in result["answers"]]
+    runs = check_temporal_rules(result["wire"], invocations)
+    assert [len(runs[i].retried_steps) for i in invocations] == [1, 1, 0]
+    publishers = {
+        m["clientId"]
+        for m in result["wire"]
+        if (m["transport"] or {}).get("run-id") == invocations[1] and m["name"] != "ai-input"
+    }
+    assert publishers == {"worker-a", "worker-b"}, "turn two: started on a, finished on b"
+    for lost in ("a reply", "from a"):  # the failed attempts' tokens: on the wire, not in the fold
+        assert any(lost in (m["data"] or "") for m in result["wire"])
+
+    # The official agent's model saw this worker's reply (and not the superseded attempt's).
+    last_prompt = (await official_agent.prompts())[-1]
+    assert [(m["role"], m["text"]) for m in last_prompt] == [
+        ("user", "one"),
+        ("assistant", "Reply to one"),
+        ("user", "two"),
+        ("assistant", "Reply to two"),
+        ("user", "three"),
+    ]
