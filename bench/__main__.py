@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "push": "bench.push",
     "hardening": "bench.hardening",
     "recovery": "bench.recovery",
+    "temporal": "bench.temporal",
 }
 
 

@@ -30,7 +30,7 @@ from agent_worker.protocol.vercel.encoder import encode_user_message
 from agent_worker.server.testing import RemoteServer, python_realtime
 from agent_worker.transport.ably import to_inbound
 
-__all__ = ["main"]
+__all__ = ["drain", "line", "main", "pct", "spawn", "write_section"]
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -50,7 +50,8 @@ system = ""
 LONG = " ".join(f"w{i}" for i in range(400))
 
 
-async def _spawn(*args: str) -> asyncio.subprocess.Process:
+async def spawn(*args: str) -> asyncio.subprocess.Process:
+    """``agent-worker <args>`` as a child process (stdout piped, stderr discarded)."""
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent_worker.cli", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
@@ -58,17 +59,18 @@ async def _spawn(*args: str) -> asyncio.subprocess.Process:
     )  # fmt: skip
 
 
-async def _line(proc: asyncio.subprocess.Process, pattern: str) -> re.Match[str]:
+async def line(proc: asyncio.subprocess.Process, pattern: str) -> re.Match[str]:
+    """The first line of ``proc``'s stdout matching ``pattern`` (waits up to 60 s)."""
     assert proc.stdout is not None
     async with asyncio.timeout(60):
-        while line := (await proc.stdout.readline()).decode():
-            if m := re.search(pattern, line):
+        while text := (await proc.stdout.readline()).decode():
+            if m := re.search(pattern, text):
                 return m
     msg = f"process exited before printing {pattern!r}"
     raise RuntimeError(msg)
 
 
-def _drain(proc: asyncio.subprocess.Process) -> asyncio.Task[None]:
+def drain(proc: asyncio.subprocess.Process) -> asyncio.Task[None]:
     async def read() -> None:
         assert proc.stdout is not None
         while await proc.stdout.readline():
@@ -78,10 +80,10 @@ def _drain(proc: asyncio.subprocess.Process) -> asyncio.Task[None]:
 
 
 async def measure(kills: int) -> dict[str, list[float]]:
-    server_proc = await _spawn("server", "--port", "0")
-    endpoint = (await _line(server_proc, r"^endpoint: (\S+)")).group(1)
-    key = (await _line(server_proc, r"^key: (\S+)")).group(1)
-    _drain(server_proc)
+    server_proc = await spawn("server", "--port", "0")
+    endpoint = (await line(server_proc, r"^endpoint: (\S+)")).group(1)
+    key = (await line(server_proc, r"^key: (\S+)")).group(1)
+    drain(server_proc)
     server = RemoteServer(endpoint, key)
     tmp = Path(tempfile.mkdtemp(prefix="aw-bench-recovery-"))
     (tmp / "w.toml").write_text(CONFIG)
@@ -104,9 +106,9 @@ async def measure(kills: int) -> dict[str, list[float]]:
 
     await channel.subscribe(on_message)
     out: dict[str, list[float]] = {"kill_to_end": [], "restart_to_end": [], "startup": []}
-    worker = await _spawn(*args)
-    http = (await _line(worker, r"POST (http://\S+)")).group(1)
-    _drain(worker)
+    worker = await spawn(*args)
+    http = (await line(worker, r"POST (http://\S+)")).group(1)
+    drain(worker)
     try:
         for _ in range(kills):
             cmid, eid = str(uuid.uuid4()), str(uuid.uuid4())
@@ -130,11 +132,11 @@ async def measure(kills: int) -> dict[str, list[float]]:
             worker.kill()
             killed = time.monotonic()
             await worker.wait()
-            worker = await _spawn(*args)
+            worker = await spawn(*args)
             restarted = time.monotonic()
-            http = (await _line(worker, r"POST (http://\S+)")).group(1)
+            http = (await line(worker, r"POST (http://\S+)")).group(1)
             out["startup"].append(time.monotonic() - restarted)
-            _drain(worker)
+            drain(worker)
             async with asyncio.timeout(60):
                 while run_id not in ends:
                     changed.clear()
@@ -150,7 +152,7 @@ async def measure(kills: int) -> dict[str, list[float]]:
     return out
 
 
-def _pct(values: list[float], q: float) -> float:
+def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
@@ -179,17 +181,18 @@ def section(results: dict[str, list[float]], kills: int) -> str:
     ]
     for name, values in rows.items():
         lines.append(
-            f"| {name} | {statistics.median(values):.2f} | {_pct(values, 0.99):.2f} | {max(values):.2f} |"
+            f"| {name} | {statistics.median(values):.2f} | {pct(values, 0.99):.2f} | {max(values):.2f} |"
         )
     lines += ["", END]
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, start: str = START, end: str = END) -> None:
+    """Replaces the section between ``start`` and ``end`` in docs/benchmarks.md (or appends it)."""
     doc = DOC.read_text()
-    if START in doc and END in doc:
-        head, rest = doc.split(START, 1)
-        doc = head + text + rest.split(END, 1)[1]
+    if start in doc and end in doc:
+        head, rest = doc.split(start, 1)
+        doc = head + text + rest.split(end, 1)[1]
     else:
         doc = doc.rstrip("\n") + "\n\n" + text + "\n"
     DOC.write_text(doc)
