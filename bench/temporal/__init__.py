@@ -159,12 +159,8 @@ async def side_by_side(stack: Stack, mode: str, runs: int, words: int) -> dict[s
     await watcher.attach()
     proc, http = await stack.start_worker(stack.worker_args(mode, f"{mode}-1"))
     text = " ".join(f"w{i}" for i in range(words))
-    out: dict[str, list[float]] = {
-        "first_token_ms": [],
-        "tokens_per_s": [],
-        "cpu_ms": [],
-        "temporal_cpu_ms": [],
-    }
+    keys = ("answer_ms", "run_start_ms", "first_token_ms", "tokens_per_s", "cpu_ms", "temporal_cpu_ms")
+    out: dict[str, list[float]] = {k: [] for k in keys}
     try:
         for i in range(runs + 3):  # the first 3 warm the session, the pool and the Temporal worker
             cpu0, tcpu0 = cpu_seconds(proc.pid), cpu_seconds(stack.temporal.process.pid)
