@@ -21,7 +21,7 @@ from agent_worker.server import EmbeddedServer
 from tests.conformance.conformance_support import CLIENT_CAPABILITY, JS_ROOT
 from tests.conformance.reference import OfficialTemporalAgent, Rules
 from tests.conformance.temporal_wire import check_temporal_rules
-from tests.fleet.fleet_support import SCRIPTED, FleetWorker, start_fleet_worker
+from tests.fleet.fleet_support import FAILOVER_S, SCRIPTED, FleetWorker, start_fleet_worker
 from tests.node_support import ControlHandler, node_config, run_node_async
 from tests.temporal_support import TemporalDevServer, task_queue, temporal_server
 from tests.worker_procs import Server
@@ -148,7 +148,15 @@ async def test_official_agent_and_this_worker_take_turns_in_one_conversation(
 
     async def worker(name: str) -> FleetWorker:
         started = await start_fleet_worker(
-            tmp_path, server, temporal_server, queue, name, target=SCRIPTED, config="", env=env
+            tmp_path,
+            server,
+            temporal_server,
+            queue,
+            name,
+            target=SCRIPTED,
+            config="",
+            env=env,
+            heartbeat_timeout_s=FAILOVER_S,
         )
         workers.append(started)
         return started

@@ -19,7 +19,7 @@ from temporalio.client import Client
 from tests.temporal_support import TemporalDevServer
 from tests.worker_procs import Proc, Server
 
-__all__ = ["ECHO", "SCRIPTED", "FleetWorker", "running_worker_pid", "start_fleet_worker"]
+__all__ = ["ECHO", "FAILOVER_S", "SCRIPTED", "FleetWorker", "running_worker_pid", "start_fleet_worker"]
 
 ECHO = """
 [provider]
@@ -29,6 +29,8 @@ tokens_per_second = {tokens_per_second}
 [tools]
 enabled = []
 """
+FAILOVER_S = 5.0
+"""``heartbeat_timeout_s`` of the tests that SIGKILL a worker (how soon the other takes over)."""
 SCRIPTED = "tests.fleet.scripted_agent:agent"
 """The rules-scripted agent target (rules in ``AW_FLEET_RULES``, see :mod:`tests.fleet.scripted_agent`)."""
 
@@ -70,10 +72,14 @@ async def start_fleet_worker(
     *,
     target: str | None = None,
     config: str = ECHO.format(tokens_per_second=20),
-    heartbeat_timeout_s: float = 2.0,
+    heartbeat_timeout_s: float = 10.0,
     env: dict[str, str] | None = None,
 ) -> FleetWorker:
-    """``agent-worker run [target] --engine temporal ...`` on ``queue``; returns once it serves."""
+    """``agent-worker run [target] --engine temporal ...`` on ``queue``; returns once it serves.
+
+    The SDK sends heartbeats every 0.8 x ``heartbeat_timeout_s``, so a short timeout on a loaded
+    machine retries turns whose worker is alive but slow: tests that kill a worker use
+    :data:`FAILOVER_S`, the others the shipped default."""
     path = tmp_path / f"worker-{name}.toml"
     path.write_text(_BASE.format(name=name, heartbeat_timeout_s=heartbeat_timeout_s) + config)
     args = [

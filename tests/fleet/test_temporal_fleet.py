@@ -26,7 +26,14 @@ from temporalio.client import Client
 from agent_worker.server.testing import python_realtime
 from agent_worker.transport.ably import to_inbound
 from tests.conformance.conformance_support import CLIENT_CAPABILITY, JS_ROOT
-from tests.fleet.fleet_support import ECHO, SCRIPTED, FleetWorker, running_worker_pid, start_fleet_worker
+from tests.fleet.fleet_support import (
+    ECHO,
+    FAILOVER_S,
+    SCRIPTED,
+    FleetWorker,
+    running_worker_pid,
+    start_fleet_worker,
+)
 from tests.node_support import node_config, run_node_async
 from tests.temporal_support import TemporalDevServer, task_queue, temporal_server
 from tests.worker_procs import Device, Proc, Server, folded_history, publish_prompt, start_server
@@ -113,7 +120,7 @@ async def test_sigkill_of_the_streaming_worker_continues_the_run_on_the_other(
     fleet: Fleet, temporal_server: TemporalDevServer
 ) -> None:
     server = await fleet.start()
-    a, b = await asyncio.gather(fleet.worker("a"), fleet.worker("b"))
+    a, b = await asyncio.gather(*(fleet.worker(n, heartbeat_timeout_s=FAILOVER_S) for n in "ab"))
     client = await temporal_client(temporal_server)
     session = f"conversations:fleet-kill-{uuid.uuid4().hex[:6]}"
     device = Device(server, session)
