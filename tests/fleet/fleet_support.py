@@ -77,9 +77,9 @@ async def start_fleet_worker(
 ) -> FleetWorker:
     """``agent-worker run [target] --engine temporal ...`` on ``queue``; returns once it serves.
 
-    The SDK sends heartbeats every 0.8 x ``heartbeat_timeout_s``, so a short timeout on a loaded
-    machine retries turns whose worker is alive but slow: tests that kill a worker use
-    :data:`FAILOVER_S`, the others the shipped default."""
+    Heartbeats reach Temporal every min(0.8 x ``heartbeat_timeout_s``, 2 s), so a timeout of a
+    couple of seconds on a loaded machine retries turns whose worker is alive but slow: tests that
+    kill a worker use :data:`FAILOVER_S`, the others the shipped default."""
     path = tmp_path / f"worker-{name}.toml"
     path.write_text(_BASE.format(name=name, heartbeat_timeout_s=heartbeat_timeout_s) + config)
     args = [
