@@ -37,6 +37,7 @@ from temporalio.client import Client
 from agent_worker.server.testing import RemoteServer, python_realtime
 from agent_worker.transport.ably import to_inbound
 from bench.recovery import drain, line, pct, spawn, write_section
+from tests.fleet.fleet_support import running_worker_pid
 from tests.temporal_support import TemporalDevServer, dev_server
 from tests.worker_procs import publish_prompt
 
@@ -189,16 +190,6 @@ async def side_by_side(stack: Stack, mode: str, runs: int, words: int) -> dict[s
     return out
 
 
-async def running_pid(client: Client, workflow_id: str) -> int:
-    handle = client.get_workflow_handle(workflow_id)
-    async with asyncio.timeout(60):
-        while True:
-            for pending in (await handle.describe()).raw_description.pending_activities:
-                if pending.activity_type.name == "runTurn" and pending.last_worker_identity:
-                    return int(pending.last_worker_identity.split("@", 1)[0])
-            await asyncio.sleep(0.05)  # Temporal pushes nothing about this; poll its description
-
-
 async def recovery(stack: Stack, kills: int, heartbeat: float) -> dict[str, list[float]]:
     server = RemoteServer(stack.endpoint, stack.key)
     session = f"conversations:bench-kill-{uuid.uuid4().hex[:6]}"
@@ -214,7 +205,7 @@ async def recovery(stack: Stack, kills: int, heartbeat: float) -> dict[str, list
         for _ in range(kills):
             run_id = await watcher.prompt(procs["a"][1], session, text)
             await watcher.until(lambda r=run_id: watcher.outputs.get(r, 0) >= 5)
-            pid = await running_pid(client, run_id)
+            pid = await running_worker_pid(client, run_id)
             [name] = [n for n, (p, _) in procs.items() if p.pid == pid]
             procs[name][0].kill()
             killed = time.monotonic()
