@@ -192,6 +192,8 @@ async def test_official_agent_and_this_worker_take_turns_in_one_conversation(
     invocations = [answer["body"]["invocationId"] for answer in result["answers"]]
     runs = check_temporal_rules(result["wire"], invocations)
     assert [len(runs[i].retried_steps) for i in invocations] == [1, 1, 0]
+    # Both agents: openRun is activity 1, the turn activity 2 (retried under the same id).
+    assert [sorted(runs[i].step_starts) for i in invocations] == [[f"{i}-2"] for i in invocations]
     publishers = {
         m["clientId"]
         for m in result["wire"]
