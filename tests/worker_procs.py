@@ -156,6 +156,11 @@ class Device:
             msg = f"timed out waiting for {what}"
             raise AssertionError(msg) from None
 
+    def status(self, run_id: str) -> str | None:
+        """The run's status in this device's fold (``None``: not seen yet)."""
+        run = self.tree.run(run_id)
+        return None if run is None else run.status
+
     def streaming(self, run_id: str) -> bool:
         return any(rid == run_id and status == "streaming" for rid, status in self.streams.values())
 

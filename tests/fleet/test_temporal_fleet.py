@@ -35,7 +35,7 @@ from tests.fleet.fleet_support import (
     start_fleet_worker,
 )
 from tests.node_support import node_config, run_node_async
-from tests.temporal_support import TemporalDevServer, task_queue, temporal_server
+from tests.temporal_support import TemporalDevServer, dev_server, task_queue, temporal_server
 from tests.worker_procs import Device, Proc, Server, folded_history, publish_prompt, start_server
 
 __all__ = ["temporal_server"]
@@ -133,7 +133,7 @@ async def test_sigkill_of_the_streaming_worker_continues_the_run_on_the_other(
         assert pid == victim.pid, f"the turn runs in pid {pid}, not in one of the fleet's workers"
         await victim.kill()
 
-        await device.until(lambda: device.tree.run(run_id).status == "complete", "the run to complete", 120)  # type: ignore[union-attr]
+        await device.until(lambda: device.status(run_id) == "complete", "the run to complete", 120)
         assert device.text(run_id) == LONG
         assert device.run_ends == {run_id: 1}
         attempts = await turn_attempts(client, run_id)
@@ -291,3 +291,60 @@ async def test_approval_suspended_on_one_worker_resumes_on_the_other(
         ("ai-run-resume", "worker-b"),
         ("ai-run-end", "worker-b"),
     ]
+
+
+async def test_the_only_worker_killed_mid_stream_a_new_one_continues_the_run(
+    fleet: Fleet, temporal_server: TemporalDevServer
+) -> None:
+    """No other worker at the time of the SIGKILL: the reply waits; the next worker to start on the
+    task queue continues it (text once, one ``ai-run-end``)."""
+    server = await fleet.start()
+    a = await fleet.worker("a", heartbeat_timeout_s=FAILOVER_S)
+    session = f"conversations:fleet-alone-{uuid.uuid4().hex[:6]}"
+    device = Device(server, session)
+    try:
+        await device.attach()
+        run_id = await device.prompt(a.http, LONG)
+        await device.until(lambda: device.streaming(run_id) and len(device.text(run_id)) > 20, "text")
+        await a.kill()
+        assert device.status(run_id) == "active"
+        await fleet.worker("b", heartbeat_timeout_s=FAILOVER_S)
+        await device.until(lambda: device.status(run_id) == "complete", "the run to complete", 120)
+        assert device.text(run_id) == LONG
+        assert device.run_ends == {run_id: 1}
+    finally:
+        await device.client.close()
+
+
+async def test_temporal_down_the_streaming_run_ends_and_new_posts_get_503(tmp_path: Path) -> None:
+    """The Temporal server dies mid-stream: the turn in flight finishes in its worker and ends its
+    run; a POST while Temporal is down is refused with 503 / 50300, and no run starts."""
+    with dev_server() as temporal:
+        fleet = Fleet(tmp_path, temporal)
+        try:
+            server = await fleet.start()
+            a = await fleet.worker("a")
+            session = f"conversations:fleet-down-{uuid.uuid4().hex[:6]}"
+            device = Device(server, session)
+            try:
+                await device.attach()
+                run_id = await device.prompt(a.http, LONG)
+                await device.until(lambda: device.streaming(run_id) and len(device.text(run_id)) > 20, "text")
+                temporal.process.kill()
+                temporal.process.wait()
+                await device.until(lambda: device.status(run_id) == "complete", "the run to complete", 120)
+                assert device.text(run_id) == LONG
+                assert device.run_ends == {run_id: 1}
+
+                event_id = await publish_prompt(device.channel, "anyone there?", "alice")
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.post(a.http, json={"inputEventId": event_id, "sessionName": session}) as resp,
+                ):
+                    assert resp.status == 503, await resp.text()
+                    assert (await resp.json())["error"]["code"] == 50300
+                assert list(device.run_ends) == [run_id], "no run started"
+            finally:
+                await device.client.close()
+        finally:
+            await fleet.close()
