@@ -11,7 +11,8 @@ import pytest
 from temporalio.client import Client
 
 from tests.temporal_support import TemporalDevServer, task_queue
-from tests.worker.test_crash_journal import CONFIG, LONG, Device, Proc, Server, spawn, start_server
+from tests.worker.test_crash_journal import CONFIG, LONG
+from tests.worker_procs import Device, Proc, Server, spawn, start_server
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -37,7 +38,7 @@ async def test_terminating_a_stuck_turn_ends_its_run(
     server_proc, server = await start_server()
     queue = task_queue("terminate")
     worker, http = await start_temporal_worker(tmp_path, server, temporal_server, queue)
-    device = Device(server)
+    device = Device(server, "conversations:terminate")
     procs = [server_proc, worker]
     try:
         await device.attach()
