@@ -23,10 +23,8 @@ from tests.conformance.reference import OfficialTemporalAgent, Rules
 from tests.conformance.temporal_wire import check_temporal_rules
 from tests.fleet.fleet_support import FAILOVER_S, SCRIPTED, FleetWorker, start_fleet_worker
 from tests.node_support import ControlHandler, node_config, run_node_async
-from tests.temporal_support import TemporalDevServer, task_queue, temporal_server
+from tests.temporal_support import TemporalDevServer, task_queue
 from tests.worker_procs import Server
-
-__all__ = ["temporal_server"]
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(420)]
 

@@ -35,10 +35,8 @@ from tests.fleet.fleet_support import (
     start_fleet_worker,
 )
 from tests.node_support import node_config, run_node_async
-from tests.temporal_support import TemporalDevServer, dev_server, task_queue, temporal_server
+from tests.temporal_support import TemporalDevServer, dev_server, task_queue
 from tests.worker_procs import Device, Proc, Server, folded_history, publish_prompt, start_server
-
-__all__ = ["temporal_server"]
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(400)]
 
