@@ -246,13 +246,13 @@ async def measure(runs: int, words: int, kills: int, heartbeat: float) -> dict[s
 
 
 NOTES = [
-    "Where the overhead goes: the POST starts a workflow (one RPC; the answer waits for nothing",
-    "more), then the workflow schedules `openRun` (it publishes `ai-run-start`) and, once that has",
-    "completed, `runTurn` (the model call): two activity dispatches through the Temporal server",
-    "before the first token. The dev server's CPU is paid by the Temporal cluster, not by the",
-    "workers. Tokens/s is the echo provider at full speed through the worker's append coalescing (a",
-    "reply arrives in a few appends): it shows that the engine does not slow streaming down, not a",
-    "model's speed.",
+    "Where the overhead goes: the POST starts the workflow eagerly (one RPC, whose answer hands the",
+    "first workflow task to this worker), the workflow runs `openRun` as a local activity (it",
+    "publishes `ai-run-start`) and schedules `runTurn` (the model call): one activity dispatch and",
+    "the workflow tasks' round trips through the Temporal server before the first token. The dev",
+    "server's CPU is paid by the Temporal cluster, not by the workers. Tokens/s is the echo",
+    "provider at full speed through the worker's append coalescing (a reply arrives in a few",
+    "appends): it shows that the engine does not slow streaming down, not a model's speed.",
 ]
 RECOVERY_NOTES = [
     "SIGKILL → moving on is `heartbeat_timeout_s` plus the retry's backoff (Temporal's first retry",
