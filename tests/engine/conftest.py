@@ -1,5 +1,6 @@
-"""Fixtures for the engine suite: the runtime suite's worker and client factories, the Temporal
-dev server (one per test session), and workers in temporal mode."""
+"""Fixtures for the engine suite: the runtime suite's worker and client factories and workers in
+temporal mode (the Temporal dev server, ``temporal_server``, comes from tests/conftest.py: one per
+test session)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from agent_worker.config import EngineConfig
 from agent_worker.server import EmbeddedServer
 from tests.runtime.runtime_fixtures import make_client, make_worker, session_name
 from tests.runtime.runtime_support import Harness, start_harness
-from tests.temporal_support import TemporalDevServer, task_queue, temporal_server
+from tests.temporal_support import TemporalDevServer, task_queue
 
 __all__ = [
     "MakeWorker",
@@ -20,7 +21,6 @@ __all__ = [
     "make_temporal_worker",
     "make_worker",
     "session_name",
-    "temporal_server",
 ]
 
 MakeWorker = Callable[..., Awaitable[Harness]]
