@@ -136,6 +136,9 @@ class StreamWriter:
         # Connection reconnects seen when each stream opened: ably-python re-sends what was in flight
         # after a reconnect without strict ordering, so a stream that spanned one is replaced by one
         # idempotent update when it closes (the exact text whatever order its appends landed in).
+        # That repairs the stored message (history); a live client has already closed the stream
+        # at its closing append and ignores the update, so the transport must keep appends in
+        # order across a reconnect (``_Connection.ready`` in transport/ably.py).
         self._epochs: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None

@@ -18,6 +18,7 @@ exceptions are translated. Notes on ably-python 3.1.4 that shape this module:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import itertools
@@ -555,21 +556,27 @@ class _Connection:
     disconnected is queued at once, ahead of the earlier messages it re-sends after the reconnect
     (and a send just after CONNECTED also beats the re-send tasks); ACK results are then handed to
     the wrong messages (an ACK "without serials", or another message's serial). So sends wait
-    until the connection is CONNECTED and its re-sends are queued (at most ``wait_s``)."""
+    until the connection is CONNECTED and its re-sends are queued (at most ``wait_s``).
+
+    Waiters go on in the order they came (a FIFO handed on one at a time): the msgSerial, and so
+    the wire order of one stream's appends, is assigned when a waiter goes on, and a send that
+    arrived just after the re-connect must not overtake earlier ones still waking up (a reordered
+    stream cannot be repaired for a live client: its closing append ends the stream there)."""
 
     def __init__(self, client: AblyRealtime, wait_s: float = 15.0) -> None:
         self.client = client
         self._wait_s = wait_s
-        self._settled = asyncio.Event()
+        self._settled = False
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.reconnects = 0  # transitions to CONNECTED since this client connected
         if str(client.connection.state.value) == "connected":
-            self._settled.set()
+            self._settled = True
         # The manager's emitter is synchronous (the public one defers), so this runs before the
         # re-send tasks are created; the doubly deferred set() runs after their first step.
         client.connection.connection_manager.on("connectionstate", self._on_state)
 
     def _on_state(self, change: Any) -> None:
-        self._settled.clear()
+        self._settled = False
         if str(getattr(change.current, "value", change.current)) == "connected":
             self.reconnects += 1
             loop = asyncio.get_running_loop()
@@ -577,12 +584,27 @@ class _Connection:
 
     def _settle(self) -> None:
         if str(self.client.connection.state.value) == "connected":
-            self._settled.set()
+            self._settled = True
+            self._wake_head()
+
+    def _wake_head(self) -> None:
+        if self._settled and self._waiters and not self._waiters[0].done():
+            self._waiters[0].set_result(None)
 
     async def ready(self) -> None:
-        if not self._settled.is_set():
+        if self._settled and not self._waiters:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._wake_head()
+        try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._settled.wait(), self._wait_s)
+                await asyncio.wait_for(asyncio.shield(fut), self._wait_s)
+        finally:
+            # Go on (the caller sends now, synchronously), then hand the turn to the next waiter.
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
+            self._wake_head()
 
 
 class _StateWatch:

@@ -95,3 +95,37 @@ async def test_connections_the_pool_opens_count_reconnects_and_send_after_one(
             assert ably_server.hub.channel(name).log.records[serial].content["data"] == name
     finally:
         await transport.close()
+
+
+async def test_sends_waiting_for_the_reconnect_go_on_in_order(ably_server: EmbeddedServer) -> None:
+    """Appends started while the connection is down wait for it (``_Connection.ready``); one started
+    on the very loop turn the gate opens must still go after them, not overtake the waiters that are
+    still waking up (the closing append of a reordered stream would fix its wrong text for live
+    clients: the later full-text update is ignored by a closed stream)."""
+    transport = AblyTransport(worker_settings(ably_server, rate=1000.0, append_rollup_window_ms=0))
+    await transport.connect()
+    try:
+        name = f"conversations:gate-{uuid.uuid4().hex[:8]}"
+        channel = transport.channel(name)
+        serial = await channel.publish(OutboundMessage(name="t", data="a"))
+        assert serial is not None
+        conn = channel._conn
+        assert ably_server.drop_connections("agent-worker") == 1
+        async with asyncio.timeout(20):
+            # polled each loop turn: the test needs the exact turn each state is first seen on
+            while str(conn.client.connection.state.value) == "connected":  # noqa: ASYNC110
+                await asyncio.sleep(0)
+        waiting = []
+        for part in "bcd":
+            await channel.acquire()
+            waiting.append(channel.start_append(serial, OutboundMessage(name="t", data=part)))
+            await asyncio.sleep(0)
+        async with asyncio.timeout(20):
+            while not conn._settled:  # noqa: ASYNC110 - the first loop turn the gate is open
+                await asyncio.sleep(0)
+        late = channel.start_append(serial, OutboundMessage(name="t", data="e"))
+        async with asyncio.timeout(20):
+            await asyncio.gather(*waiting, late)
+        assert ably_server.hub.channel(name).log.records[serial].content["data"] == "abcde"
+    finally:
+        await transport.close()
