@@ -91,6 +91,19 @@ class RunSupervisor:
         self.on_run_start = on_run_start
         self.on_run_end = on_run_end
 
+    async def passes_to_terminal(
+        self, run: Run, stats: RunStats, accepted_at: float
+    ) -> Literal["complete", "suspended"]:
+        """:meth:`passes`, then the run's suspend or complete end (both engines end a run so)."""
+        outcome = await self.passes(run, stats)
+        if run.first_output_at is not None:
+            self.observer.first_output(run.first_output_at - accepted_at)
+        if outcome == "suspended":
+            await run.suspend()
+        else:
+            await run.end("complete")
+        return outcome
+
     async def passes(self, run: Run, stats: RunStats) -> Literal["complete", "suspended"]:
         """Call the handler while the run has input: the trigger, then steering that arrived (the
         body of a run in every engine: here, or in a Temporal activity)."""
@@ -134,13 +147,7 @@ class RunSupervisor:
                 # Nothing is on the wire before the run-start, so retrying its publish is always safe.
                 await retry(run.start, attempts=3, retry_if=lambda exc: isinstance(exc, TransportError))
                 await call_hook(self.on_run_start, run)
-                outcome = await self.passes(run, stats)
-                if run.first_output_at is not None:
-                    observer.first_output(run.first_output_at - accepted_at)
-                if outcome == "suspended":
-                    await run.suspend()
-                else:
-                    await run.end("complete")
+                await self.passes_to_terminal(run, stats, accepted_at)
             except asyncio.CancelledError:
                 if not run.cancel_requested:
                     await asyncio.shield(terminate(run, "cancelled", None))

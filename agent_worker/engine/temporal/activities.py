@@ -316,13 +316,7 @@ class TurnActivities:
         observer.run_status(run, "thinking")
         await call_hook(supervisor.on_run_start, run)
         try:
-            outcome = await supervisor.passes(run, stats)
-            if run.first_output_at is not None:
-                observer.first_output(run.first_output_at - accepted_at)
-            if outcome == "suspended":
-                await run.suspend()
-            else:
-                await run.end("complete")
+            outcome = await supervisor.passes_to_terminal(run, stats, accepted_at)
             self._mark_ended(run)
             return outcome
         except asyncio.CancelledError:
