@@ -109,6 +109,8 @@ class AgentSession:
         self.on_cancel_decision = on_cancel_decision
         self._tree = ConversationTree(codec=self.codec)
         self._appends = AppendDeferral()
+        self._forgers: set[str | None] = set()
+        """Client ids whose forged lifecycle was already logged (once each, not per message)."""
         self.open_streams = OpenStreams()
         """Streams of this channel still ``streaming`` (a dead writer's, to close when its run ends)."""
         self.runs: dict[str, Run] = {}
@@ -180,7 +182,9 @@ class AgentSession:
             and self.agent_client_id is not None
             and msg.client_id != self.agent_client_id
         ):
-            log.warning("lifecycle_ignored", session=self.name, name=msg.name, by=msg.client_id)
+            if msg.client_id not in self._forgers and len(self._forgers) < 64:
+                self._forgers.add(msg.client_id)
+                log.warning("lifecycle_ignored", session=self.name, name=msg.name, by=msg.client_id)
             return
         if self._appends.offer(msg):
             return

@@ -8,6 +8,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from agent_worker.config import HttpConfig
 from agent_worker.protocol.headers import (
     AI_RUN_END,
@@ -194,12 +196,17 @@ async def test_forged_lifecycle_is_ignored_by_the_worker(
     _, body = await harness.invoke(session_name, sent.event_id)
     await alice.run_end_for(sent.codec_message_id)
     headers = build_lifecycle_headers(run_id="forged-run", run_client_id="mallory", parent=None)
-    await mallory.send_raw(AI_RUN_START, None, build_extras(headers, None))
     end_headers = build_lifecycle_headers(
         run_id=body["runId"], run_client_id="alice", reason="error", error_code=50000, error_message="forged"
     )
-    await mallory.send_raw(AI_RUN_END, None, build_extras(end_headers, None))
-    await alice.wait_for(lambda: len(alice.named(AI_RUN_END)) >= 2)
+    with structlog.testing.capture_logs() as logs:
+        await mallory.send_raw(AI_RUN_START, None, build_extras(headers, None))
+        await mallory.send_raw(AI_RUN_END, None, build_extras(end_headers, None))
+        await alice.wait_for(lambda: len(alice.named(AI_RUN_END)) >= 2)
+        await asyncio.sleep(0.2)  # the worker receives the forgery after alice does
+    # One warning per forger and session, not one per forged message (a rebuild of a long session
+    # full of forgeries would otherwise log thousands).
+    assert [e["by"] for e in logs if e["event"] == "lifecycle_ignored"] == ["mallory"]
     tree = harness.worker.sessions[session_name].tree
     assert tree.run("forged-run") is None
     node = tree.run(body["runId"])
