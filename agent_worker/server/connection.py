@@ -36,6 +36,8 @@ __all__ = ["RealtimeConnection", "RealtimeGateway", "Transport"]
 log = structlog.get_logger(__name__)
 
 _MAX_QUEUE = 50_000
+# Frames that may overtake a pending ACK (see RealtimeConnection._ack).
+_AFTER_ACKS = frozenset({C.ACK, C.MESSAGE, C.PRESENCE})
 _DEDUPE_WINDOW = 1024
 
 
@@ -139,6 +141,8 @@ class RealtimeConnection:
         self.closed = False
         self._processed: OrderedDict[int, tuple[bytes, list[dict[str, Any]]]] = OrderedDict()
         self._limiter = RateLimiter(gateway.hub.config.rate_limit_per_s)
+        # ACKs of consecutive msgSerials handled in one loop turn go out as one ACK (``count``).
+        self._ack_run: tuple[int, list[int], list[dict[str, Any]]] | None = None  # serial, [count], res
         self._expiry: asyncio.TimerHandle | None = None
         self._leave: asyncio.TimerHandle | None = None
         self._discard: asyncio.TimerHandle | None = None
@@ -152,6 +156,8 @@ class RealtimeConnection:
         transport = self.transport
         if transport is None:
             return
+        if self._ack_run is not None and msg["action"] not in _AFTER_ACKS:
+            self._flush_acks()  # ACKs keep their place before NACKs and state changes
         if msg.get("messages"):
             msg = dict(msg, messages=[_outbound(m, self.fmt) for m in msg["messages"]])
         if msg.get("presence"):
@@ -191,6 +197,9 @@ class RealtimeConnection:
     # -- transport lifecycle -----------------------------------------------------------------
 
     def attach_transport(self, transport: Transport) -> None:
+        # ACKs owed on the old transport: the client re-sends those messages on resume (and gets
+        # them ACKed from the dedupe window), so they must not arrive twice.
+        self._ack_run = None
         old = self.transport
         self.transport = transport
         transport.on_overflow = self._slow_consumer
@@ -205,6 +214,7 @@ class RealtimeConnection:
     def transport_gone(self, transport: Transport) -> None:
         if self.transport is not transport:
             return
+        self._ack_run = None
         self.transport = None
         if self.closed:
             return
@@ -324,7 +334,24 @@ class RealtimeConnection:
         return serial
 
     def _ack(self, serial: int, res: list[dict[str, Any]]) -> None:
-        self.send({"action": C.ACK, "msgSerial": serial, "count": 1, "res": res})
+        """ACK ``serial``. Consecutive serials handled in the same loop turn (the frames one read
+        brought in) are acknowledged by one ACK with ``count`` and one ``res`` entry each, as Ably
+        may do and both SDKs handle (RTN7); it goes out on the next loop turn, after those frames'
+        echoes, or before any other frame but a message or presence."""
+        run = self._ack_run
+        if run is not None and run[0] + run[1][0] == serial:
+            run[1][0] += 1
+            run[2].extend(res)
+            return
+        if run is not None:
+            self._flush_acks()
+        self._ack_run = (serial, [1], list(res))
+        asyncio.get_running_loop().call_soon(self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        run, self._ack_run = self._ack_run, None
+        if run is not None:
+            self.send({"action": C.ACK, "msgSerial": run[0], "count": run[1][0], "res": run[2]})
 
     def _nack(self, serial: int, exc: AgentWorkerError) -> None:
         log.info("publish_refused", connection_id=self.id, code=exc.code, reason=exc.message)

@@ -99,6 +99,28 @@ class RawClient:
         assert frame["action"] == action, f"expected action {action}, got {frame}"
         return frame
 
+    async def outcomes(self, n: int) -> list[dict[str, Any]]:
+        """The next ``n`` acknowledgements, one per msgSerial: ACK/NACK frames (skipping everything
+        else) split by their ``count`` (the server acknowledges frames read together in one ACK),
+        each ``{"action", "msgSerial", "count": 1, "res": [its entry]}`` (or ``"error"``)."""
+        out: list[dict[str, Any]] = []
+        while len(out) < n:
+            frame = await self.recv()
+            assert frame is not None, "socket closed while waiting for ACK/NACK"
+            if frame["action"] not in (ACK, NACK):
+                continue
+            count = frame["count"]
+            assert count >= 1
+            if frame["action"] == ACK:
+                assert len(frame["res"]) == count, f"one res entry per acknowledged frame: {frame}"
+            for i in range(count):
+                one = {k: v for k, v in frame.items() if k != "res"}
+                one.update(msgSerial=frame["msgSerial"] + i, count=1)
+                if frame["action"] == ACK:
+                    one["res"] = [frame["res"][i]]
+                out.append(one)
+        return out
+
     async def publish(self, channel: str, messages: list[dict[str, Any]]) -> int:
         serial = self.msg_serial
         self.msg_serial += 1

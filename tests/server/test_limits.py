@@ -11,17 +11,6 @@ from agent_worker.server.testing import python_realtime, python_rest
 from tests.server.server_support import ACK, NACK, RawClient
 
 
-async def _outcomes(client: RawClient, n: int) -> list[dict[str, object]]:
-    """Read ``n`` ACK/NACK frames (skipping channel messages)."""
-    out: list[dict[str, object]] = []
-    while len(out) < n:
-        frame = await client.recv()
-        assert frame is not None
-        if frame["action"] in (ACK, NACK):
-            out.append(frame)
-    return out
-
-
 async def test_oversized_messages_are_refused() -> None:
     """Over maxMessageSize: realtime NACK 40009 and REST 400/40009; the connection keeps working."""
     async with EmbeddedServer(ServerConfig(max_message_size=1024)) as server:
@@ -60,7 +49,7 @@ async def test_per_connection_rate_limit() -> None:
         try:
             for i in range(80):
                 await c.publish(f"rate-{i % 4}", [{"data": str(i)}])  # spread over channels
-            outcomes = await _outcomes(c, 80)
+            outcomes = await c.outcomes(80)
             codes = {f["error"]["code"] for f in outcomes if f["action"] == NACK}  # type: ignore[index]
             assert codes == {42911}
             assert sum(1 for f in outcomes if f["action"] == ACK) >= 50
@@ -77,7 +66,7 @@ async def test_per_channel_rate_limit() -> None:
             for i in range(45):
                 await a.publish("hot", [{"data": f"a{i}"}])
                 await b.publish("hot", [{"data": f"b{i}"}])
-            outcomes = await _outcomes(a, 45) + await _outcomes(b, 45)
+            outcomes = await a.outcomes(45) + await b.outcomes(45)
             codes = {f["error"]["code"] for f in outcomes if f["action"] == NACK}  # type: ignore[index]
             assert codes == {42910}
         finally:
@@ -91,7 +80,7 @@ async def test_no_rate_limits_by_default(ably_server: EmbeddedServer) -> None:
     try:
         for i in range(80):
             await c.publish("free", [{"data": str(i)}])
-        assert all(f["action"] == ACK for f in await _outcomes(c, 80))
+        assert all(f["action"] == ACK for f in await c.outcomes(80))
     finally:
         await c.close()
 

@@ -17,6 +17,7 @@ from tests.server.server_support import (
     DETACHED,
     HEARTBEAT,
     MESSAGE,
+    NACK,
     RESUMED,
     RawClient,
     collector,
@@ -62,6 +63,23 @@ class TestConnect:
             assert got[0].serial == result.serials[0]
             assert got[0].client_id == "alice"
             assert got[0].version.serial == got[0].serial
+        finally:
+            await rt.close()
+
+    async def test_concurrent_publishes_resolve_with_their_own_serials(
+        self, ably_server: EmbeddedServer
+    ) -> None:
+        """20 publishes in flight at once (their ACKs coalesced, ``count`` > 1): each call gets the
+        serial of its own message, as its echo shows."""
+        rt = python_realtime(ably_server, client_id="alice")
+        try:
+            ch = rt.channels.get("many")
+            got, listener = collector()
+            await ch.subscribe(listener)
+            results = await asyncio.gather(*(ch.publish(str(i), "x") for i in range(20)))
+            await eventually(lambda: len(got) == 20)
+            by_name = {m.name: m.serial for m in got}
+            assert [r.serials[0] for r in results] == [by_name[str(i)] for i in range(20)]
         finally:
             await rt.close()
 
@@ -124,6 +142,44 @@ class TestFrames:
             assert serials == sorted(serials)
             assert echo["channelSerial"] == serials[0].rsplit(":", 1)[0]
             assert all(m["clientId"] == "bob" and m["action"] == 0 for m in echo["messages"])
+        finally:
+            await c.close()
+
+    @pytest.mark.parametrize("fmt", ["json", "msgpack"])
+    async def test_frames_read_together_are_acked_together(
+        self, ably_server: EmbeddedServer, fmt: str
+    ) -> None:
+        """Three MESSAGE frames written in one go (handled in one server loop turn) get one ACK:
+        msgSerial 0, count 3, one res entry per frame in msgSerial order, after all three echoes."""
+        c = await RawClient.connect(ably_server, fmt=fmt, clientId="bob")
+        try:
+            await c.attach("batched")
+            await asyncio.gather(*(c.publish("batched", [{"name": str(i), "data": "x"}]) for i in range(3)))
+            echoes = [await c.expect(MESSAGE) for _ in range(3)]
+            ack = await c.expect(ACK)
+            assert (ack["msgSerial"], ack["count"]) == (0, 3)
+            assert [r["serials"] for r in ack["res"]] == [[e["messages"][0]["serial"]] for e in echoes]
+            assert [e["messages"][0]["name"] for e in echoes] == ["0", "1", "2"]
+        finally:
+            await c.close()
+
+    async def test_nack_keeps_its_place_between_coalesced_acks(self, ably_server: EmbeddedServer) -> None:
+        """A refused frame between accepted ones: ACK 0, NACK 1, ACK 2, in msgSerial order."""
+        c = await RawClient.connect(ably_server, clientId="bob")
+        try:
+            await c.attach("mixed")
+            await asyncio.gather(
+                c.publish("mixed", [{"data": "ok"}]),
+                c.publish("mixed", [{"data": "forged", "clientId": "mallory"}]),
+                c.publish("mixed", [{"data": "ok too"}]),
+            )
+            acks = []
+            while len(acks) < 3:
+                frame = await c.recv()
+                assert frame is not None
+                if frame["action"] in (ACK, NACK):
+                    acks.append((frame["action"], frame["msgSerial"], frame["count"]))
+            assert acks == [(ACK, 0, 1), (NACK, 1, 1), (ACK, 2, 1)]
         finally:
             await c.close()
 

@@ -41,16 +41,6 @@ async def _create(client: RawClient, channel: str, data: str) -> str:
             return serial
 
 
-async def _acks(client: RawClient, n: int) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    while len(out) < n:
-        frame = await client.recv()
-        assert frame is not None
-        if frame["action"] in (ACK, NACK):
-            out.append(frame)
-    return out
-
-
 async def test_burst_of_appends_reaches_subscribers_as_first_plus_one_rollup(
     ably_server: EmbeddedServer,
 ) -> None:
@@ -67,7 +57,7 @@ async def test_burst_of_appends_reaches_subscribers_as_first_plus_one_rollup(
             await agent.publish(
                 "roll:a", [{"action": APPEND, "serial": serial, "data": t, "extras": {"i": i}}]
             )
-        acks = await _acks(agent, len(tokens))
+        acks = await agent.outcomes(len(tokens))
         assert [a["action"] for a in acks] == [ACK] * len(tokens)
         assert [a["msgSerial"] for a in acks] == [1, 2, 3, 4, 5]
         version_serials = [a["res"][0]["serials"][0] for a in acks]
@@ -104,7 +94,7 @@ async def test_window_zero_publishes_every_append(ably_server: EmbeddedServer) -
         serial = await _create(agent, "roll:off", "")
         for t in "abcdef":
             await agent.publish("roll:off", [{"action": APPEND, "serial": serial, "data": t}])
-        acks = await _acks(agent, 6)
+        acks = await agent.outcomes(6)
         assert all(a["res"][0]["serials"][0] for a in acks)
         await _read_until(viewer, lambda fr: len(_appends(fr, serial)) == 6)
         assert [m["data"] for m in _appends(viewer.frames, serial)] == list("abcdef")
@@ -123,7 +113,7 @@ async def test_later_publish_flushes_the_rollup_first(ably_server: EmbeddedServe
         for t in ["a", "b", "c"]:
             await agent.publish("roll:order", [{"action": APPEND, "serial": serial, "data": t}])
         await agent.publish("roll:order", [{"name": "ai-run-end", "data": "done"}])
-        await _acks(agent, 4)
+        await agent.outcomes(4)
         await _read_until(
             viewer,
             lambda fr: any(
@@ -194,7 +184,7 @@ async def test_rollups_count_once_against_the_connection_limit(window: str | Non
             serial = await _create(agent, "roll:limit", "")
             for i in range(300):
                 await agent.publish("roll:limit", [{"action": APPEND, "serial": serial, "data": f"{i},"}])
-            outcomes = await _acks(agent, 300)
+            outcomes = await agent.outcomes(300)
             nacks = {f["error"]["code"] for f in outcomes if f["action"] == NACK}
             if window == "0":
                 # The connection limit refuses the burst; the channel's (also 50/s, its bucket
