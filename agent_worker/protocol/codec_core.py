@@ -93,11 +93,31 @@ def input_message(
 # --- encoding -------------------------------------------------------------------------------------
 
 
+class _Text:
+    """A stream's text, built by appends in time linear in its length (``x.attr += delta`` on a
+    ``str`` copies the whole text each time: CPython resizes in place only for local variables)."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, text: str = "") -> None:
+        self._parts = [text] if text else []
+
+    def add(self, delta: str) -> None:
+        self._parts.append(delta)
+
+    @property
+    def value(self) -> str:
+        parts = self._parts
+        if len(parts) > 1:
+            self._parts = parts = ["".join(parts)]
+        return parts[0] if parts else ""
+
+
 @dataclass(slots=True)
 class _Stream:
     stream_key: str
     stream_id: str
-    accumulated: str
+    text: _Text
     transport: dict[str, str]
     codec: dict[str, str]
     cancelled: bool = False
@@ -167,7 +187,7 @@ class EncoderCore:
             raise CodecError(msg, field="stream_key")
         status = "cancelled" if s.cancelled else "complete"
         transport = {**s.transport, H_STATUS: status}
-        return UpdateOp(stream_key, _append_message(s.accumulated, transport, dict(s.codec)))
+        return UpdateOp(stream_key, _append_message(s.text.value, transport, dict(s.codec)))
 
     # --- for subclasses ------------------------------------------------------------------------
 
@@ -184,7 +204,7 @@ class EncoderCore:
         transport.update(self._injected)
         self._seq += 1
         key = f"{self.default_headers.get('codec-message-id', '')}:{sid}:{self._seq}"
-        stream = _Stream(key, sid, "", transport, codec)
+        stream = _Stream(key, sid, _Text(), transport, codec)
         self._streams[sid] = stream
         self._by_key[key] = stream
         msg = OutboundMessage(name=AI_OUTPUT, data="", extras=build_extras(transport, codec))
@@ -204,7 +224,7 @@ class EncoderCore:
     def append_stream(self, sid: str, delta: str, chunk: Mapping[str, Any]) -> AppendOp:
         """``appendStream``: the append carries the stream's persistent headers (re-stamped)."""
         s = self.require_stream(sid, chunk, "append to")
-        s.accumulated += delta
+        s.text.add(delta)
         transport = {**s.transport, **self._injected}
         return AppendOp(s.stream_key, _append_message(delta, transport, dict(s.codec)))
 
@@ -238,11 +258,19 @@ class StreamTracker:
 
     name: str
     stream_id: str
-    accumulated: str
+    text: _Text
     codec: dict[str, str]
     transport: dict[str, str]
     version: str
     closed: bool = False
+
+    @property
+    def accumulated(self) -> str:
+        return self.text.value
+
+    @accumulated.setter
+    def accumulated(self, value: str) -> None:
+        self.text = _Text(value)
 
 
 class DecoderCore:
@@ -330,7 +358,7 @@ class DecoderCore:
         t = StreamTracker(
             name=msg.name or "",
             stream_id=transport.get(H_STREAM_ID, ""),
-            accumulated=data,
+            text=_Text(data),
             codec=dict(msg.codec_headers),
             transport=transport,
             version=msg.version_serial if msg.version_serial is not None else serial,
@@ -383,7 +411,7 @@ class DecoderCore:
         delta = msg.data if isinstance(msg.data, str) else ""
         out: list[Event] = []
         if delta:
-            t.accumulated += delta
+            t.text.add(delta)
             out.extend(self._delta_events(t, delta))
         self._terminal(t, dict(msg.transport_headers).get(H_STATUS), dict(msg.codec_headers), out)
         return out
