@@ -378,8 +378,12 @@ class RealtimeConnection:
         digest = self._digest(frame)
         seen = self._processed.get(serial)
         if seen is not None and seen[0] == digest:
-            # A retransmit after resume: ACK again without publishing twice.
-            self._ack(serial, seen[1])
+            # A retransmit after resume: ACK again without publishing twice. On its own: ably-python
+            # (3.1.4) completes an ACK's first ``res`` entry with the oldest message it still waits
+            # for, and after a reconnect that need not be the oldest serial in the ACK; an ACK of
+            # one message is matched or ignored, never given another message's serials.
+            self._flush_acks()
+            self.send({"action": C.ACK, "msgSerial": serial, "count": 1, "res": seen[1]})
             return
         try:
             res = handle(serial)
