@@ -173,7 +173,7 @@ class TestFrames:
                 c.publish("mixed", [{"data": "forged", "clientId": "mallory"}]),
                 c.publish("mixed", [{"data": "ok too"}]),
             )
-            acks = []
+            acks: list[tuple[int, int, int]] = []
             while len(acks) < 3:
                 frame = await c.recv()
                 assert frame is not None
