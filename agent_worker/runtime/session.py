@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from agent_worker import telemetry
 from agent_worker.errors import InputEventNotFound, ProtocolError
+from agent_worker.gcpause import gc_paused
 from agent_worker.logs import get_logger
 from agent_worker.protocol.branch import missing_ancestor
 from agent_worker.protocol.headers import (
@@ -318,11 +319,14 @@ class AgentSession:
                 page = await anext(self._history)
                 # Oldest first (pages are newest-first), yielding to the loop every FOLD_SLICE
                 # messages: other streams keep flowing, and the next page (read ahead by the
-                # transport) is requested while this one folds.
-                for n, msg in enumerate(reversed(page), 1):
-                    self.fold(msg)
-                    if n % FOLD_SLICE == 0:
+                # transport) is requested while this one folds. The GC waits for each slice.
+                oldest_first = page[::-1]
+                for start in range(0, len(oldest_first), FOLD_SLICE):
+                    if start:
                         await asyncio.sleep(0)
+                    with gc_paused():
+                        for msg in oldest_first[start : start + FOLD_SLICE]:
+                            self.fold(msg)
             except StopAsyncIteration:
                 self._history_exhausted = True
                 return False

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import msgpack
@@ -27,10 +27,12 @@ __all__ = [
     "decode_frame",
     "encode_body",
     "encode_frame",
+    "encode_item",
     "error_info",
     "format_from_accept",
     "format_from_content_type",
     "inbound_payload",
+    "join_items",
     "outbound_payload",
 ]
 
@@ -211,3 +213,24 @@ def encode_body(obj: Any, fmt: Format) -> bytes:
     if fmt == MSGPACK:
         return msgpack.packb(clean, use_bin_type=True)  # type: ignore[no-any-return]
     return json.dumps(clean, separators=(",", ":"), default=_json_default, ensure_ascii=False).encode()
+
+
+def encode_item(item: Mapping[str, Any], fmt: Format) -> bytes:
+    """One canonical Message as an element of a ``fmt`` array body: :func:`join_items` of such
+    elements is byte for byte :func:`encode_body` of the list of their :func:`outbound_payload`."""
+    return encode_body(outbound_payload(item, fmt), fmt)
+
+
+def join_items(items: Sequence[bytes], fmt: Format) -> bytes:
+    """An array body from already encoded elements: a msgpack array is its header followed by its
+    elements, a compact JSON array its elements between brackets, comma-separated."""
+    if fmt == MSGPACK:
+        n = len(items)
+        if n < 16:
+            head = bytes((0x90 | n,))
+        elif n < 0x10000:
+            head = b"\xdc" + n.to_bytes(2, "big")
+        else:
+            head = b"\xdd" + n.to_bytes(4, "big")
+        return head + b"".join(items)
+    return b"[" + b",".join(items) + b"]"

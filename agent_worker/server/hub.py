@@ -21,6 +21,7 @@ from agent_worker.errors import AgentWorkerError, AuthError, ProtocolError
 from agent_worker.server import constants as C
 from agent_worker.server.auth import KeyRing, Principal
 from agent_worker.server.channel_rules import ChannelRules
+from agent_worker.server.codec import MSGPACK
 from agent_worker.server.config import ServerConfig
 from agent_worker.server.log import CREATE, DELETE, ChannelLog, MessageRecord, Published
 from agent_worker.server.presence import ENTER, LEAVE, PRESENT, UPDATE, PresenceSet
@@ -362,6 +363,11 @@ class Hub:
             message_id_base=id_base,
         )
         rt.deliver(published, publisher_id=publisher_id, proto_id=proto_id, now_ms=now)
+        for record, index in published.items:
+            # Encoded for history once, while fresh (an append re-renders on the next read instead:
+            # re-encoding a growing stream per append would be quadratic).
+            if index == 0 and not record.ephemeral:
+                record.history_item(MSGPACK)
         retention = self.config.effective_retention
         if retention is not None:
             rt.log.prune(retention, now)

@@ -27,6 +27,7 @@ from agent_worker.server.codec import (
     format_from_accept,
     format_from_content_type,
     inbound_payload,
+    join_items,
     outbound_payload,
 )
 from agent_worker.server.hub import Hub, check_channel_name
@@ -323,8 +324,9 @@ class RestApi:
             cursor=q.get("cursor") or None,
         )
         fmt = format_from_accept(request.headers.get("Accept"))
-        items = [outbound_payload(r.render_latest(), fmt) for r in page]
-        return self._reply(request, items, headers=self._links("messages", dict(q), cursor))
+        body = join_items([r.history_item(fmt) for r in page], fmt)
+        headers = {"Content-Type": content_type_for(fmt), **self._links("messages", dict(q), cursor)}
+        return web.Response(body=body, headers=headers)
 
     # -- presence ----------------------------------------------------------------------------
 

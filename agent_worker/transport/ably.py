@@ -39,6 +39,7 @@ from websockets.exceptions import WebSocketException
 
 from agent_worker.config import Secret
 from agent_worker.errors import TransportError
+from agent_worker.gcpause import gc_paused
 from agent_worker.logs import get_logger
 from agent_worker.protocol.wire import InboundMessage, OutboundMessage
 from agent_worker.retry import backoff, retry
@@ -437,7 +438,8 @@ class Channel:
                     detail = page.error_message or ""
                     msg = f"history of {self.name} failed: HTTP {page.status_code} {detail}".strip()
                     raise TransportError(msg, code=int(code) if code and str(code).isdigit() else 104011)
-                items = [self._decode_history_item(raw) for raw in page.items if isinstance(raw, Mapping)]
+                with gc_paused():
+                    items = [self._decode_history_item(raw) for raw in page.items if isinstance(raw, Mapping)]
                 if not page.has_next():
                     yield items
                     return
