@@ -12,7 +12,7 @@ exceptions are translated. Notes on ably-python 3.1.4 that shape this module:
   the operation is started as a task and run up to its first suspension — by then its ``msgSerial``
   is assigned and its frame written — so wire order equals submission order without awaiting ACKs.
 * Realtime history has no ``untilAttach``; :meth:`Channel.history_pages` reads REST history with
-  ``from_serial=<attach serial>`` through ``client.request``.
+  ``from_serial=<attach serial>`` (transport/history.py: a lean GET, ``client.request`` as fallback).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import secrets
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote, urlencode
 
 import httpx
 from ably import AblyRealtime, AblyRest
@@ -44,6 +44,13 @@ from agent_worker.logs import get_logger
 from agent_worker.protocol.wire import InboundMessage, OutboundMessage
 from agent_worker.retry import backoff, retry
 from agent_worker.transport.clients import ClientFactory
+from agent_worker.transport.history import (
+    REST_VERSION,
+    HistoryPage,
+    HistoryReader,
+    HistoryRefused,
+    with_limit,
+)
 from agent_worker.transport.inbound import Undecodable, history_item, raw_inbound, to_inbound
 from agent_worker.transport.pool import ConnectionPool, PooledConnection, PoolPolicy
 from agent_worker.transport.ratelimit import RateLimiter
@@ -63,7 +70,7 @@ log = get_logger("agent_worker.transport")
 # The agent identifier the official SDK sends on ATTACH (src/core/agent.ts); harmless for Ably and
 # lets the embedded server's logs tell AIT traffic apart.
 AGENT_PARAM = "ai-transport-python/0.1.0 vercel-ai-sdk-ui-message/0.8.0"
-_REST_VERSION = "5"
+_REST_VERSION = REST_VERSION
 
 TokenSource = Callable[[], Awaitable["str | Mapping[str, Any]"]]
 """Returns a token string, or an Ably TokenDetails dict (``token``, ``expires``, ``issued``,
@@ -227,20 +234,6 @@ HISTORY_READS = 64
 """REST history requests in flight at once per transport (see :meth:`Channel._with_retries`): under
 httpx's pool of 100 connections, so it never opens more or scans them per request; not lower, or
 sessions starting under load wait for each other (the loop, not the server, is the bottleneck)."""
-
-
-def _next_params(page: Any, limit: int) -> dict[str, str] | None:
-    """The query of a history page's ``Link: rel="next"`` with ``limit`` raised (``None`` when the
-    link is not a ``./messages?...`` query, then the SDK follows it as is)."""
-    links = getattr(getattr(page, "response", None), "links", None)
-    url = links.get("next", {}).get("url") if isinstance(links, Mapping) else None
-    if not isinstance(url, str) or "?" not in url:
-        return None
-    params = dict(parse_qsl(url.split("?", 1)[1], keep_blank_values=True))
-    current = params.get("limit", "")
-    if not current.isdigit() or int(current) < limit:
-        params["limit"] = str(limit)
-    return params
 
 
 def _sdk_message(msg: OutboundMessage, *, serial: str | None = None, id: str | None = None) -> Message:
@@ -421,29 +414,18 @@ class Channel:
         params: dict[str, Any] = {"limit": page_size, "direction": "backwards"}
         if from_serial:
             params["from_serial"] = from_serial
-        path = f"/channels/{quote(self.name, safe='')}/messages"
-        # A separate REST client: ably-python's token-authenticated *realtime* client re-authorises
-        # (and so re-attaches every channel) before each REST request.
-        client = self._rest
-
-        async def first() -> Any:
-            return await client.request("GET", path, _REST_VERSION, params=params)
-
-        page = await self._with_retries(first)
-        ahead: asyncio.Task[Any] | None = None
+        reader = self._transport.history_reader
+        first = f"/channels/{quote(self.name, safe='')}/messages?{urlencode(params)}"
+        page = await self._with_retries(functools.partial(reader.page, first))
+        ahead: asyncio.Task[HistoryPage] | None = None
         try:
             for index in itertools.count():
-                if not page.success:
-                    code = page.error_code
-                    detail = page.error_message or ""
-                    msg = f"history of {self.name} failed: HTTP {page.status_code} {detail}".strip()
-                    raise TransportError(msg, code=int(code) if code and str(code).isdigit() else 104011)
                 with gc_paused():
                     items = [self._decode_history_item(raw) for raw in page.items if isinstance(raw, Mapping)]
-                if not page.has_next():
+                if page.next is None:
                     yield items
                     return
-                following = functools.partial(self._next_page, client, path, page, later_page_size)
+                following = functools.partial(reader.page, with_limit(page.next, later_page_size))
                 if index > 0:
                     # Past the first page the caller is rebuilding a long conversation: the next page
                     # is read while it folds this one (the server prepares it meanwhile).
@@ -457,13 +439,6 @@ class Channel:
             if ahead is not None:  # the caller stopped reading: drop the page read ahead
                 ahead.add_done_callback(lambda t: t.cancelled() or t.exception())
                 ahead.cancel()
-
-    @staticmethod
-    async def _next_page(client: AblyRest, path: str, current: Any, limit: int) -> Any:
-        params = _next_params(current, limit)
-        if params is None:
-            return await current.next()
-        return await client.request("GET", path, _REST_VERSION, params=params)
 
     def _decode_history_item(self, raw: Mapping[str, Any]) -> InboundMessage:
         """One history item; an undecodable payload (say ``encoding: json`` over garbled text) stays
@@ -481,8 +456,8 @@ class Channel:
         """One history page, retried 3 times (100 ms doubling) like the JS hydrator, then 104011."""
 
         async def once() -> Any:
-            # Bounded per transport (HISTORY_READS): httpx neither queues internally nor grows its
-            # pool past it.
+            # Bounded per transport (HISTORY_READS): the HTTP pool neither queues internally nor
+            # grows past it.
             async with self._transport.history_reads:
                 with map_ably_errors(f"history of {self.name}"):
                     return await fetch()
@@ -496,10 +471,13 @@ class Channel:
             return await retry(
                 once,
                 attempts=retries + 1,
-                retry_if=lambda exc: isinstance(exc, TransportError),
+                retry_if=lambda exc: isinstance(exc, TransportError) and not isinstance(exc, HistoryRefused),
                 wait=backoff(0.1, max_wait=60.0),
                 on_retry=log_retry,
             )
+        except HistoryRefused as exc:  # an error answer, as the server gave it
+            msg = f"history of {self.name} failed: {exc.message}"
+            raise TransportError(msg, code=exc.code, status_code=exc.status_code) from exc
         except TransportError as exc:
             msg = f"unable to fetch history page; {exc.message}"
             raise TransportError(msg, code=104011) from exc
@@ -647,6 +625,7 @@ class AblyTransport:
         self.settings = settings
         self._channels: dict[str, Channel] = {}
         self._rest: AblyRest | None = None
+        self._history_reader: HistoryReader | None = None
         self.history_reads = asyncio.Semaphore(HISTORY_READS)
         policy = PoolPolicy(
             min_connections=max(1, settings.connections),
@@ -708,6 +687,9 @@ class AblyTransport:
             self._rest = AblyRest(**rest_options)
         if rest_options.get("use_token_auth"):  # a key over plain HTTP: one token for every connection
             self._clients.share_token(self._rest)
+        self._history_reader = HistoryReader(
+            self._rest, binary=self.settings.use_binary_protocol, max_connections=HISTORY_READS
+        )
         try:
             await self.pool.start()
         except BaseException:
@@ -788,6 +770,13 @@ class AblyTransport:
             ch = self._channels.get(name) or self._make_channel(name, conn)
         return ch
 
+    @property
+    def history_reader(self) -> HistoryReader:
+        if self._history_reader is None:
+            msg = "transport is not connected; call await transport.connect() first"
+            raise RuntimeError(msg)
+        return self._history_reader
+
     def _make_channel(self, name: str, conn: PooledConnection[_Connection]) -> Channel:
         if self._rest is None or conn.client is None:
             msg = "transport is not connected; call await transport.connect() first"
@@ -815,7 +804,11 @@ class AblyTransport:
         self._started = False
         self._channels.clear()
         rest, self._rest = self._rest, None
+        reader, self._history_reader = self._history_reader, None
         await self.pool.close()
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                await reader.close()
         await self._clients.close()
         if rest is not None:
             with contextlib.suppress(Exception):

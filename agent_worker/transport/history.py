@@ -1,0 +1,176 @@
+"""REST history pages read without ably-python's generic ``request()`` on the way.
+
+``AblyRest.request()`` costs ~2 ms of CPU per page before a byte of the body is decoded (its
+request/response wrappers, httpx's request building and connection pool, anyio), about 4x an
+aiohttp GET on a kept-alive connection. A worker starting 100 conversations at once reads 100
+first pages in the same second, so :class:`HistoryReader` issues the same request itself — the same
+host, port and scheme as the SDK's REST client, the same path, query and headers (``Accept``,
+``X-Ably-Version``, ``Ably-Agent``) and the SDK's own ``Authorization`` (its auth object, so tokens
+are requested and renewed as the SDK does; a token error answer renews once and retries) — and
+falls back to ``request()`` for anything but a plain answer from the primary host (connection
+errors, timeouts, 5xx), so Ably's fallback hosts keep working. Nothing here logs headers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
+
+import aiohttp
+import msgpack
+from ably import AblyRest
+from ably.http.httputils import HttpUtils
+from yarl import URL
+
+from agent_worker.errors import TransportError
+
+__all__ = ["HistoryPage", "HistoryReader", "HistoryRefused", "with_limit"]
+
+REST_VERSION = "5"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """One page: its items as decoded from the body, and the path and query of the next page."""
+
+    items: list[Any]
+    next: str | None
+
+
+def with_limit(path_qs: str, limit: int) -> str:
+    """``path_qs`` with its ``limit`` raised to at least ``limit``."""
+    path, _, query = path_qs.partition("?")
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    current = params.get("limit", "")
+    if not current.isdigit() or int(current) < limit:
+        params["limit"] = str(limit)
+    return f"{path}?{urlencode(params)}"
+
+
+_NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
+
+
+def _next_of(path_qs: str, link_header: str | None) -> str | None:
+    """The ``rel="next"`` link (``./messages?...``, relative to the request) as a path and query,
+    kept exactly as the server wrote it (percent-escapes included)."""
+    found = _NEXT.search(link_header) if link_header else None
+    if found is None:
+        return None
+    joined = urlsplit(urljoin(path_qs, found.group(1)))
+    return f"{joined.path}?{joined.query}" if joined.query else joined.path
+
+
+class HistoryRefused(TransportError):
+    """An error answer (4xx, or 5xx from every host): not worth retrying as is."""
+
+
+class _UseSdk(Exception):
+    """The lean request cannot answer for the primary host: ask the SDK (fallback hosts, retries)."""
+
+
+class HistoryReader:
+    """``await reader.page(path_qs)``: one REST history page (see the module docstring)."""
+
+    def __init__(self, rest: AblyRest, *, binary: bool, max_connections: int) -> None:
+        self._rest = rest
+        self._binary = binary
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._headers: dict[str, str] = HttpUtils.default_get_headers(binary, version=REST_VERSION)
+
+    def _url(self, path_qs: str) -> str:
+        http = self._rest.http
+        # Joined as the SDK joins it (an endpoint given as "host:port/" relies on that).
+        return urljoin(f"{http.preferred_scheme}://{http.preferred_host}:{http.preferred_port}", path_qs)
+
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        opts = self._rest.options
+        connect = getattr(opts, "http_open_timeout", None) or 4
+        total = getattr(opts, "http_request_timeout", None) or 10
+        return aiohttp.ClientTimeout(total=float(total), connect=float(connect))
+
+    async def page(self, path_qs: str) -> HistoryPage:
+        """Raises :class:`TransportError` with Ably's code for an error answer (4xx)."""
+        try:
+            return await self._lean(path_qs)
+        except _UseSdk:
+            return await self._sdk(path_qs)
+
+    async def _auth_headers(self) -> dict[str, str]:
+        # The SDK's own header builder: Basic (with X-Ably-ClientId) or Bearer with a token it
+        # requests and renews when due, exactly as its request() would send.
+        raw = await self._rest.auth._get_auth_headers()
+        return {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in raw.items()}
+
+    async def _lean(self, path_qs: str, *, renewed: bool = False) -> HistoryPage:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._max_connections)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout())
+        headers = {**self._headers, **(await self._auth_headers())}
+        try:
+            async with self._session.get(URL(self._url(path_qs), encoded=True), headers=headers) as resp:
+                body = await resp.read()
+                status = resp.status
+                ctype = resp.headers.get("Content-Type", "")
+                link = resp.headers.get("Link")
+                code_header = resp.headers.get("X-Ably-Errorcode")
+                message = resp.headers.get("X-Ably-Errormessage")
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _UseSdk from exc
+        if status >= 500:
+            raise _UseSdk
+        if status < 300:
+            items = _decode(body, ctype) if body else []
+            return HistoryPage(items if isinstance(items, list) else [items], _next_of(path_qs, link))
+        try:
+            items = _decode(body, ctype) if body else None
+        except (TransportError, ValueError):
+            items = None  # an error answer's body is only a detail
+        code = _error_code(code_header, items)
+        if status == 401 and 40140 <= code < 40150 and not renewed:
+            await self._rest.auth.authorize()  # a stale token: renew once, as the SDK would
+            return await self._lean(path_qs, renewed=True)
+        detail = message or _error_message(items) or ""
+        raise HistoryRefused(f"HTTP {status} {detail}".strip(), code=code, status_code=status)
+
+    async def _sdk(self, path_qs: str) -> HistoryPage:
+        page = await self._rest.request("GET", path_qs, REST_VERSION)
+        if not page.success:
+            code = _error_code(page.error_code, None)
+            detail = page.error_message or ""
+            raise HistoryRefused(
+                f"HTTP {page.status_code} {detail}".strip(), code=code, status_code=page.status_code
+            )
+        headers = getattr(getattr(page, "response", None), "headers", None)
+        return HistoryPage(list(page.items), _next_of(path_qs, headers.get("Link") if headers else None))
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+def _decode(body: bytes, content_type: str) -> Any:
+    if content_type.startswith("application/x-msgpack"):
+        return msgpack.unpackb(body)
+    if content_type.startswith("application/json"):
+        return json.loads(body)
+    msg = f"history answer of unsupported content type {content_type!r}"
+    raise TransportError(msg, code=50000, status_code=500)
+
+
+def _error_code(header: str | None, body: Any) -> int:
+    if header and header.isdigit():
+        return int(header)
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, int) else 104011
+
+
+def _error_message(body: Any) -> str | None:
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) else None

@@ -1,0 +1,201 @@
+"""The transport's lean REST history GET (transport/history.py): the request ably-python's
+``request()`` would send, token renewal on a token error, the SDK as fallback on 5xx, error answers
+with Ably's code; and, against the embedded server, the same items as the SDK read for msgpack and
+JSON, and a capability refusal surfaced with its code."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgpack
+import pytest
+from ably import AblyRest
+from ably.types.message import Message
+from aiohttp import web
+
+from agent_worker.errors import TransportError
+from agent_worker.server import EmbeddedServer
+from agent_worker.server.testing import python_rest
+from agent_worker.transport.ably import AblySettings, AblyTransport
+from agent_worker.transport.history import HistoryReader, HistoryRefused, with_limit
+from tests.runtime.runtime_support import worker_settings
+
+
+class FakeAbly:
+    """A REST history endpoint that records each request and answers from a script."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.answers: list[tuple[int, dict[str, str]]] = []
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/channels/{name}/messages", self.history)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def history(self, request: web.Request) -> web.Response:
+        self.requests.append(
+            {"path": request.path_qs, "headers": dict(request.headers), "query": dict(request.query)}
+        )
+        status, headers = self.answers.pop(0) if self.answers else (200, {})
+        if status != 200:
+            body = {"error": {"code": int(headers.get("X-Ably-Errorcode", 50000)), "message": "no"}}
+            ctype = {"Content-Type": "application/x-msgpack"}
+            return web.Response(status=status, body=msgpack.packb(body), headers={**ctype, **headers})
+        items = [{"name": "m", "data": f"d{len(self.requests)}", "serial": f"s{len(self.requests)}"}]
+        link = '<./messages?limit=5&direction=backwards&cursor=abc>; rel="next"'
+        return web.Response(
+            body=msgpack.packb(items),
+            headers={"Content-Type": "application/x-msgpack", "Link": link, **headers},
+        )
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeAbly]:
+    server = FakeAbly()
+    await server.start()
+    yield server
+    assert server.runner is not None
+    await server.runner.cleanup()
+
+
+def _rest(port: int, tokens: list[str]) -> AblyRest:
+    async def token() -> str:
+        tokens.append(f"token-{len(tokens)}")
+        return tokens[-1]
+
+    settings = AblySettings(endpoint=f"127.0.0.1:{port}", token_source=token, tls=False)
+    opts = settings.client_options()
+    opts.pop("realtime_request_timeout")
+    return AblyRest(**opts)
+
+
+PATH = "/channels/conversations%3Aa/messages?limit=100&direction=backwards&from_serial=x%40y"
+
+
+async def test_lean_read_is_the_sdk_request(fake: FakeAbly) -> None:
+    tokens: list[str] = []
+    rest = _rest(fake.port, tokens)
+    reader = HistoryReader(rest, binary=True, max_connections=4)
+    try:
+        sdk = await rest.request("GET", PATH, "5")
+        page = await reader.page(PATH)
+        theirs, ours = fake.requests
+        assert ours["path"] == theirs["path"] == PATH
+        for name in ("Accept", "X-Ably-Version", "Ably-Agent", "Authorization"):
+            assert ours["headers"][name] == theirs["headers"][name], name
+        assert ours["headers"]["Accept"] == "application/x-msgpack"
+        assert ours["headers"]["Authorization"] == "Bearer " + base64.b64encode(b"token-0").decode()
+        assert "httpx" in theirs["headers"]["User-Agent"] and "aiohttp" in ours["headers"]["User-Agent"]
+        assert sdk.items[0]["data"] == "d1" and page.items == [{"name": "m", "data": "d2", "serial": "s2"}]
+        assert page.next == "/channels/conversations%3Aa/messages?limit=5&direction=backwards&cursor=abc"
+        assert with_limit(page.next, 1000).endswith("?limit=1000&direction=backwards&cursor=abc")
+        assert with_limit(page.next, 2).endswith("?limit=5&direction=backwards&cursor=abc")
+    finally:
+        await reader.close()
+        await rest.close()
+
+
+async def test_token_error_renews_once(fake: FakeAbly) -> None:
+    tokens: list[str] = []
+    rest = _rest(fake.port, tokens)
+    reader = HistoryReader(rest, binary=True, max_connections=4)
+    fake.answers = [(401, {"X-Ably-Errorcode": "40142"})]
+    try:
+        page = await reader.page(PATH)
+        assert page.items[0]["data"] == "d2"
+        first, second = (r["headers"]["Authorization"] for r in fake.requests)
+        assert first != second and len(tokens) == 2  # a new token for the retry
+        fake.answers = [(401, {"X-Ably-Errorcode": "40142"}), (401, {"X-Ably-Errorcode": "40142"})]
+        with pytest.raises(HistoryRefused) as refused:  # only once
+            await reader.page(PATH)
+        assert (refused.value.code, refused.value.status_code) == (40142, 401)
+    finally:
+        await reader.close()
+        await rest.close()
+
+
+async def test_server_errors_go_through_the_sdk(fake: FakeAbly) -> None:
+    rest = _rest(fake.port, [])
+    reader = HistoryReader(rest, binary=True, max_connections=4)
+    try:
+        fake.answers = [(503, {"X-Ably-Errorcode": "50003"})]
+        page = await reader.page(PATH)  # the lean GET got a 503: the SDK's request() read it
+        assert [("aiohttp" in r["headers"]["User-Agent"]) for r in fake.requests] == [True, False]
+        assert page.items[0]["data"] == "d2" and page.next is not None
+        fake.answers = [(503, {"X-Ably-Errorcode": "50003"})] * 2
+        with pytest.raises(HistoryRefused) as refused:
+            await reader.page(PATH)
+        assert refused.value.code == 50003
+        fake.answers = [(404, {"X-Ably-Errorcode": "40400"})]
+        with pytest.raises(HistoryRefused) as missing:  # a 4xx is the answer: no SDK retry
+            await reader.page(PATH)
+        assert missing.value.code == 40400 and len(fake.requests) == 5
+    finally:
+        await reader.close()
+        await rest.close()
+
+
+@pytest.mark.parametrize("binary", [True, False])
+async def test_items_are_the_sdk_read(ably_server: EmbeddedServer, binary: bool) -> None:
+    """msgpack and JSON: every item (text, binary and JSON data, extras) reads as the SDK reads it."""
+    rest = python_rest(ably_server, client_id="writer")
+    try:
+        channel = rest.channels.get("conversations:formats")
+        await channel.publish(
+            messages=[
+                Message(name="text", data="hello", extras={"ai": {"transport": {"run-id": "r"}}}),
+                Message(name="bin", data=b"\x00\xff"),
+                Message(name="obj", data={"a": [1, None]}),
+            ]
+        )
+        sdk_items = (await channel.history()).items
+    finally:
+        await rest.close()
+    settings = worker_settings(ably_server)
+    transport = AblyTransport(AblySettings(**{**_fields(settings), "use_binary_protocol": binary}))
+    await transport.connect()
+    try:
+        ch = await transport.open_channel("conversations:formats")
+        pages = [p async for p in ch.history_pages()]
+        got = [(m.name, m.data, m.extras, m.serial) for p in pages for m in p]
+        assert got == [(m.name, m.data, m.extras or None, m.serial) for m in sdk_items]
+    finally:
+        await transport.close()
+
+
+async def test_refused_history_keeps_its_code(ably_server: EmbeddedServer) -> None:
+    """A token without the history capability: the read fails at once with Ably's 40160."""
+
+    async def token() -> dict[str, Any]:
+        return ably_server.token_details(client_id="agent-worker", capability={"*": ["subscribe", "publish"]})
+
+    settings = AblySettings(
+        endpoint=f"{ably_server.host}:{ably_server.port}",
+        token_source=token,
+        tls=False,
+        client_id="agent-worker",
+    )
+    transport = AblyTransport(settings)
+    await transport.connect()
+    try:
+        ch = await transport.open_channel("conversations:secret")
+        with pytest.raises(TransportError) as refused:
+            await anext(ch.history_pages())
+        assert refused.value.code == 40160
+        assert "history of conversations:secret failed" in refused.value.message
+    finally:
+        await transport.close()
+
+
+def _fields(settings: AblySettings) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in AblySettings.__dataclass_fields__}
+
