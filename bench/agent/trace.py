@@ -179,6 +179,17 @@ def install_pool(worker: Worker, emit_to: TextIO) -> None:
             emit("rest", path=path, us_took=_now() - t0)
 
     rest.request = traced_request  # type: ignore[method-assign]
+    reader = worker.transport.history_reader
+    page = reader.page
+
+    async def traced_page(path_qs: str) -> Any:
+        t0 = _now()
+        try:
+            return await page(path_qs)
+        finally:
+            emit("rest", path=path_qs.partition("?")[0], us_took=_now() - t0)
+
+    reader.page = traced_page
     clients = worker.transport._clients
     take = clients.take
 
