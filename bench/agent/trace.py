@@ -189,7 +189,7 @@ def install_pool(worker: Worker, emit_to: TextIO) -> None:
         finally:
             emit("rest", path=path_qs.partition("?")[0], us_took=_now() - t0)
 
-    reader.page = traced_page
+    reader.page = traced_page  # type: ignore[method-assign]
     clients = worker.transport._clients
     take = clients.take
 
