@@ -198,4 +198,3 @@ async def test_refused_history_keeps_its_code(ably_server: EmbeddedServer) -> No
 
 def _fields(settings: AblySettings) -> dict[str, Any]:
     return {name: getattr(settings, name) for name in AblySettings.__dataclass_fields__}
-
