@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
@@ -79,6 +80,7 @@ class HistoryReader:
         self._binary = binary
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._sdk_until = 0.0
         self._headers: dict[str, str] = HttpUtils.default_get_headers(binary, version=REST_VERSION)
 
     def _url(self, path_qs: str) -> str:
@@ -94,10 +96,20 @@ class HistoryReader:
 
     async def page(self, path_qs: str) -> HistoryPage:
         """Raises :class:`TransportError` with Ably's code for an error answer (4xx)."""
+        if time.monotonic() < self._sdk_until:
+            return await self._sdk(path_qs)
         try:
             return await self._lean(path_qs)
-        except _UseSdk:
+        except _UseSdk as exc:
+            if exc.__cause__ is not None:
+                # The primary host is unreachable: let the SDK (and the fallback host it settles
+                # on) serve reads for as long as it keeps to a fallback host (RSC15f).
+                self._sdk_until = time.monotonic() + self._fallback_s()
             return await self._sdk(path_qs)
+
+    def _fallback_s(self) -> float:
+        ms = getattr(self._rest.options, "fallback_retry_timeout", None)
+        return float(ms) / 1000 if isinstance(ms, int | float) else 600.0
 
     async def _auth_headers(self) -> dict[str, str]:
         # The SDK's own header builder: Basic (with X-Ably-ClientId) or Bearer with a token it

@@ -6,6 +6,7 @@ JSON, and a capability refusal surfaced with its code."""
 from __future__ import annotations
 
 import base64
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -139,6 +140,32 @@ async def test_server_errors_go_through_the_sdk(fake: FakeAbly) -> None:
         with pytest.raises(HistoryRefused) as missing:  # a 4xx is the answer: no SDK retry
             await reader.page(PATH)
         assert missing.value.code == 40400 and len(fake.requests) == 5
+    finally:
+        await reader.close()
+        await rest.close()
+
+
+async def test_unreachable_primary_leaves_reads_to_the_sdk(fake: FakeAbly) -> None:
+    """A connection error on the lean GET: that page and the following ones go through the SDK's
+    request() (and its fallback hosts) for the SDK's fallback period, without a lean attempt each."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]  # closed again below: nothing listens there
+    rest = _rest(fake.port, [])
+    reader = HistoryReader(rest, binary=True, max_connections=4)
+    lean_urls: list[str] = []
+
+    def unreachable(path_qs: str) -> str:
+        lean_urls.append(path_qs)
+        return f"http://127.0.0.1:{dead}{path_qs}"
+
+    reader._url = unreachable  # type: ignore[method-assign]
+    try:
+        first = await reader.page(PATH)
+        second = await reader.page(PATH)
+        assert [p.items[0]["data"] for p in (first, second)] == ["d1", "d2"]
+        assert len(lean_urls) == 1  # tried once, then the SDK for the fallback period
+        assert all("aiohttp" not in r["headers"]["User-Agent"] for r in fake.requests)
     finally:
         await reader.close()
         await rest.close()
