@@ -85,7 +85,7 @@ class StreamEncoder(Protocol):
 
     def cancel_open_streams(self) -> list[AppendOp]: ...
 
-    def recovery_update(self, stream_key: str) -> UpdateOp: ...
+    def recovery_update(self, stream_key: str, *, streaming: bool = False) -> UpdateOp: ...
 
 
 @dataclass(slots=True)
@@ -140,6 +140,17 @@ class StreamWriter:
         # at its closing append and ignores the update, so the transport must keep appends in
         # order across a reconnect (``_Connection.ready`` in transport/ably.py).
         self._epochs: dict[str, int] = {}
+        # Continuity losses (a new connection id, see ``_Connection`` in transport/ably.py) seen when
+        # each stream opened or was last repaired. The appends in flight then are failed, not
+        # re-sent (a re-sent append the server had applied would repeat its text for live
+        # clients, who cannot be repaired once they have shown it), so the server holds a prefix
+        # of the stream. Before its next append the stream gets one full-text update: for a live
+        # client that is a prefix extension (the missing text, as a delta), for history the exact
+        # text. ``_seen``/``_covered`` count the stream's text handed to the writer and covered by
+        # such an update, so text the update already carried is not appended again.
+        self._continuity: dict[str, int] = {}
+        self._seen: dict[str, int] = {}
+        self._covered: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
         self._soon: asyncio.Handle | None = None
@@ -156,7 +167,7 @@ class StreamWriter:
         for op in ops:
             await self._settle_inflight()
             if isinstance(op, AppendOp) and not op.closing:
-                if self._buffer(op):
+                if self._buffer(op, self._trim(op)):
                     # Leading edge: the window since the last flush is over, send it now (inline,
                     # which spares a timer task per delta at model speeds below one per window).
                     async with self._lock:
@@ -199,14 +210,29 @@ class StreamWriter:
 
     # --- internals -------------------------------------------------------------------------------
 
-    def _buffer(self, op: AppendOp) -> bool:
+    def _trim(self, op: AppendOp) -> str:
+        """``op``'s text less what a repair update already carried (see ``_covered``)."""
+        data = str(op.message.data or "")
+        start = self._seen.get(op.stream_key, 0)
+        self._seen[op.stream_key] = start + len(data)
+        covered = self._covered.get(op.stream_key, 0)
+        return data if start >= covered else data[covered - start :]
+
+    def _damaged(self, key: str) -> bool:
+        """The connection lost continuity since ``key``'s stream was last known whole."""
+        return key in self._continuity and self._continuity[key] != self._continuity_now()
+
+    def _continuity_now(self) -> int:
+        return int(getattr(self._channel, "continuity", 0))
+
+    def _buffer(self, op: AppendOp, data: str) -> bool:
         """Buffer a delta; ``True`` = flush now (the caller does), else a timer will."""
         self.stats.deltas += 1
         buf = self._buffers.get(op.stream_key)
         if buf is None:
-            self._buffers[op.stream_key] = _Buffer([str(op.message.data or "")], op.message)
+            self._buffers[op.stream_key] = _Buffer([data], op.message)
         else:
-            buf.parts.append(str(op.message.data or ""))
+            buf.parts.append(data)
             buf.message = op.message
         if self._soon is None and (self._timer is None or self._timer.done()):
             loop = asyncio.get_running_loop()
@@ -242,8 +268,8 @@ class StreamWriter:
             if serial is None:
                 self._buffers.pop(key)
                 continue
-            if not self._channel.try_acquire():
-                self._start_timer(0.0)
+            if self._damaged(key) or not self._channel.try_acquire():
+                self._start_timer(0.0)  # a repair (async) or a rate token first
                 return
             self._start(key, serial, _merged(self._buffers.pop(key)))
 
@@ -290,9 +316,13 @@ class StreamWriter:
             await self._shielded(self._publish(op))
         elif isinstance(op, AppendOp):
             # A closing append: everything else first, then this stream's buffer rides along with it.
+            if self._damaged(op.stream_key):
+                await self._repair(op.stream_key)
+            data = self._trim(op)
             buf = self._buffers.pop(op.stream_key, None)
             await self._flush_buffers()
-            msg = _merged(buf, op.message) if buf is not None else op.message
+            tail = OutboundMessage(name=op.message.name, data=data, extras=op.message.extras)
+            msg = _merged(buf, tail) if buf is not None else tail
             await self._submit(op.stream_key, msg)
             self._closed_keys.add(op.stream_key)
             await self._drain()
@@ -311,6 +341,7 @@ class StreamWriter:
                 raise TransportError(msg, code=50000)
             self._serials[op.stream_key] = serial
             self._epochs[op.stream_key] = self._reconnects()
+            self._continuity[op.stream_key] = self._continuity_now()
             if self._on_stream_open is not None:
                 self._on_stream_open(op.stream_key, serial, op.message)
 
@@ -335,6 +366,9 @@ class StreamWriter:
             serial = self._serials.get(key)
             if serial is None:
                 self._buffers.pop(key)
+                continue
+            if self._damaged(key):
+                await self._repair(key)
                 continue
             # Take the rate token first: deltas arriving while we wait join this append. The buffer
             # is taken only once the token is ours, so a cancellation here loses no text (it goes
@@ -361,10 +395,8 @@ class StreamWriter:
         failed, self._failed = self._failed, set()
         errors: list[str] = []
         for key in failed:
-            op = self._encoder.recovery_update(key)
-            self.stats.recoveries += 1
             try:
-                await self._recover(op)
+                await self._recover(key)
             except TransportError as exc:
                 errors.append(f"{key}: {exc.message}")
         if errors:
@@ -374,9 +406,24 @@ class StreamWriter:
     def _reconnects(self) -> int:
         return int(getattr(self._channel, "reconnects", 0))
 
-    async def _recover(self, op: UpdateOp) -> None:
+    async def _repair(self, key: str) -> None:
+        """The full-text update of a stream still open whose appends a continuity loss may have
+        cut short (see ``_continuity``); its buffered text goes with it."""
+        log.info("stream_repaired_after_continuity_loss", stream_key=key)
+        self._buffers.pop(key, None)
+        self._continuity[key] = self._continuity_now()
+        try:
+            await self._recover(key)
+        except TransportError as exc:
+            msg = f"unable to repair stream {key} after a continuity loss: {exc.message}"
+            raise TransportError(msg, code=ERROR_RECOVERY_FAILED) from exc
+
+    async def _recover(self, key: str) -> None:
         """The recovery update, retried with backoff when the failure is transient (a rate limit or
         a connection blip is what usually made the appends fail): a full replace is idempotent."""
+        op = self._encoder.recovery_update(key, streaming=key not in self._closed_keys)
+        self._covered[key] = len(str(op.message.data or ""))
+        self.stats.recoveries += 1
         await retry(lambda: self._update(op), attempts=8, retry_if=_transient, wait=backoff(0.25))
 
     async def _update(self, op: UpdateOp) -> None:

@@ -288,6 +288,11 @@ class Channel:
         return self._conn.reconnects
 
     @property
+    def continuity(self) -> int:
+        """How often this channel's connection lost continuity (see :class:`StreamWriter`)."""
+        return self._conn.continuity
+
+    @property
     def attach_serial(self) -> str | None:
         # ably-python keeps the ATTACHED channelSerial private; it is exactly REST's ``from_serial``.
         value = getattr(self._sdk, "_RealtimeChannel__attach_serial", None)
@@ -390,8 +395,15 @@ class Channel:
         anything else: the task's first step assigns its msgSerial and writes its frame, so wire
         order equals call order."""
 
+        epoch = self._conn.continuity
+
         async def run() -> str | None:
             await self._conn.ready()
+            if self._conn.continuity != epoch:
+                # Queued across a continuity loss: the appends before it may be lost, so sending
+                # it now could leave a gap in the stream; the writer repairs the stream instead.
+                why = f"append on {self.name} not sent: the connection lost continuity (80008)"
+                raise TransportError(why, code=80008)
             with map_ably_errors(f"append on {self.name}", channel=self.name):
                 async with asyncio.timeout(self.ack_timeout_s):
                     result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
@@ -569,6 +581,9 @@ class _Connection:
         self._settled = False
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.reconnects = 0  # transitions to CONNECTED since this client connected
+        self.continuity = 0  # of those, how many came with a new connection id (continuity lost)
+        self._manager = client.connection.connection_manager
+        self._connection_id: str | None = self._manager.connection_id
         if str(client.connection.state.value) == "connected":
             self._settled = True
         # The manager's emitter is synchronous (the public one defers), so this runs before the
@@ -579,8 +594,23 @@ class _Connection:
         self._settled = False
         if str(getattr(change.current, "value", change.current)) == "connected":
             self.reconnects += 1
+            previous, self._connection_id = self._connection_id, self._manager.connection_id
+            if previous is not None and previous != self._connection_id:
+                self._lose_continuity()
             loop = asyncio.get_running_loop()
             loop.call_soon(loop.call_soon, self._settle)
+
+    def _lose_continuity(self) -> None:
+        """A new connection id: fail every message still awaiting its ACK instead of letting the
+        SDK re-send it. ably-python (like ably-js, RTN19a2) re-sends them on the new connection,
+        where nothing can deduplicate them: an append the server applied just before the drop
+        (its ACK lost with the socket) would be applied twice, a duplicate no later update can
+        take back from a live client. Failed, the stream writer repairs each stream with one
+        full-text update. This runs in the manager's synchronous state event, before the SDK
+        takes its queue to re-send it (a public ``connection.on`` listener runs too late)."""
+        self.continuity += 1
+        error = AblyException("connection not resumed; unacknowledged messages failed", 500, 80008)
+        self._manager.fail_queued_messages(error)
 
     def _settle(self) -> None:
         if str(self.client.connection.state.value) == "connected":
@@ -607,32 +637,11 @@ class _Connection:
             self._wake_head()
 
 
-class _StateWatch:
-    """Logs connection state changes after start-up, and works around an ably-python 3.1.4 bug.
-
-    When a dropped connection cannot be resumed (the server restarted: 80008) the SDK opens a new
-    one and re-sends the messages still awaiting ACK, but with their old ``msgSerial`` while new
-    messages restart at 0: the server's ACKs then never match, and every later publish on that
-    connection waits forever. So on a new connection id, those messages are failed instead
-    (RTN7e-style, before the SDK re-sends them); the stream writer repairs the streams with a full
-    content update, sent with a fresh serial."""
-
-    def __init__(self, client: AblyRealtime) -> None:
-        self._client = client
-        # Registered once connected: the id to compare the next connection's with.
-        self._connection_id: str | None = client.connection.connection_manager.connection_id
-
-    def on_change(self, change: Any) -> None:
-        state = str(getattr(change.current, "value", change.current))
-        reason = getattr(change, "reason", None)
-        log.info("transport_state", state=state, reason=str(reason) if reason is not None else None)
-        if state != "connected":
-            return
-        manager = self._client.connection.connection_manager
-        previous, self._connection_id = self._connection_id, manager.connection_id
-        if previous is not None and previous != manager.connection_id:
-            error = AblyException("connection not resumed; unacknowledged messages failed", 500, 80008)
-            manager.fail_queued_messages(error)
+def _log_state(change: Any) -> None:
+    """Logs connection state changes after start-up (continuity loss: ``_Connection``)."""
+    state = str(getattr(change.current, "value", change.current))
+    reason = getattr(change, "reason", None)
+    log.info("transport_state", state=state, reason=str(reason) if reason is not None else None)
 
 
 class AblyTransport:
@@ -757,7 +766,7 @@ class AblyTransport:
                 raise
             finally:
                 client.connection.off(on_change)
-        client.connection.on(_StateWatch(client).on_change)
+        client.connection.on(_log_state)
         return _Connection(client, wait_s)
 
     async def push_publish(self, recipient: dict[str, Any], payload: dict[str, Any]) -> Any:
