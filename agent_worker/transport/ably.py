@@ -32,13 +32,13 @@ from urllib.parse import parse_qsl, quote
 import httpx
 from ably import AblyRealtime, AblyRest
 from ably.types.channeloptions import ChannelOptions
-from ably.types.message import Message
+from ably.types.message import Message, MessageAction
 from ably.types.tokendetails import TokenDetails
 from ably.util.exceptions import AblyException
 from websockets.exceptions import WebSocketException
 
 from agent_worker.config import Secret
-from agent_worker.errors import TransportError
+from agent_worker.errors import AppendNotSentError, TransportError
 from agent_worker.logs import get_logger
 from agent_worker.protocol.wire import InboundMessage, OutboundMessage
 from agent_worker.retry import backoff, retry
@@ -403,7 +403,7 @@ class Channel:
                 # Queued across a continuity loss: the appends before it may be lost, so sending
                 # it now could leave a gap in the stream; the writer repairs the stream instead.
                 why = f"append on {self.name} not sent: the connection lost continuity (80008)"
-                raise TransportError(why, code=80008)
+                raise AppendNotSentError(why)
             with map_ably_errors(f"append on {self.name}", channel=self.name):
                 async with asyncio.timeout(self.ack_timeout_s):
                     result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
@@ -418,6 +418,21 @@ class Channel:
             async with asyncio.timeout(self.ack_timeout_s):
                 result = await self._sdk.update_message(_sdk_message(msg, serial=serial))
         return getattr(result, "version_serial", None)
+
+    async def message_text(self, serial: str) -> str | None:
+        """The text of the latest version of message ``serial`` (REST getMessage); ``None`` when
+        it is not text or cannot be read."""
+        path = f"/channels/{quote(self.name, safe='')}/messages/{quote(serial, safe='')}"
+        try:
+            page = await rest_request(self._rest, "GET", path, f"get message on {self.name}")
+        except TransportError as exc:
+            log.warning("message_read_failed", channel=self.name, error=exc.message)
+            return None
+        raw = page.items[0] if isinstance(page.items, list) and page.items else page.items
+        if not isinstance(raw, Mapping):
+            return None
+        data = self._decode_history_item(raw).data
+        return data if isinstance(data, str) else None
 
     async def history_pages(
         self, *, page_size: int = 100, from_serial: str | None = None, later_page_size: int = 1000
@@ -560,6 +575,13 @@ async def rest_request(
     return page
 
 
+def _is_append(protocol_message: Mapping[str, Any]) -> bool:
+    messages = protocol_message.get("messages")
+    return isinstance(messages, list) and any(
+        isinstance(m, Mapping) and m.get("action") == MessageAction.MESSAGE_APPEND for m in messages
+    )
+
+
 class _Connection:
     """One realtime client of the pool (its rate limiter is the pool's, see transport/pool.py).
 
@@ -601,16 +623,24 @@ class _Connection:
             loop.call_soon(loop.call_soon, self._settle)
 
     def _lose_continuity(self) -> None:
-        """A new connection id: fail every message still awaiting its ACK instead of letting the
-        SDK re-send it. ably-python (like ably-js, RTN19a2) re-sends them on the new connection,
-        where nothing can deduplicate them: an append the server applied just before the drop
-        (its ACK lost with the socket) would be applied twice, a duplicate no later update can
-        take back from a live client. Failed, the stream writer repairs each stream with one
-        full-text update. This runs in the manager's synchronous state event, before the SDK
-        takes its queue to re-send it (a public ``connection.on`` listener runs too late)."""
+        """A new connection id: fail every append still awaiting its ACK instead of letting the SDK
+        re-send it. ably-python (like ably-js, RTN19a2) re-sends them on the new connection, where
+        nothing can deduplicate an append: one the server applied just before the drop (its ACK
+        lost with the socket) would be applied twice, a repeat no later update can take back from
+        a live client. Failed, the stream writer repairs each stream (one full-text update).
+        Publishes (fixed ids), updates (full replace) and presence are idempotent: re-sent as the
+        SDK does. This runs in the manager's synchronous state event, before the SDK takes its
+        queue to re-send it (a public ``connection.on`` listener runs too late)."""
         self.continuity += 1
-        error = AblyException("connection not resumed; unacknowledged messages failed", 500, 80008)
-        self._manager.fail_queued_messages(error)
+        error = AblyException("connection not resumed; unacknowledged append failed", 500, 80008)
+        manager = self._manager
+        appends = [p for p in manager.queued_messages if _is_append(p.message)]
+        for pending in appends:
+            manager.queued_messages.remove(pending)
+            with contextlib.suppress(ValueError):
+                manager.pending_message_queue.messages.remove(pending)
+            if pending.future is not None and not pending.future.done():
+                pending.future.set_exception(error)
 
     def _settle(self) -> None:
         if str(self.client.connection.state.value) == "connected":

@@ -122,6 +122,19 @@ async def test_plain_reply(make_stack: Any, protocol: str) -> None:
     assert open_streams(result["wire"]) == []
 
 
+async def test_reply_over_the_message_size_limit(make_stack: Any) -> None:
+    """~100 KiB produced faster than one append per coalescing window (the writer merges it):
+    every append stays within Ably's 64 KiB maxMessageSize, and the official client gets it whole."""
+    chunks = [f"{i:04d}" + "y" * 1019 + " " for i in range(100)]
+    stack = await make_stack(tokens(*chunks))
+    result = await stack.scenario("send")
+    a = result["a"]
+    assert turns(a["view"]) == [("user", "Hello there"), ("assistant", "".join(chunks))]
+    assert [r["status"] for r in a["runs"]] == ["complete"]
+    assert a["sessionErrors"] == []
+    assert open_streams(result["wire"]) == []
+
+
 async def test_multi_turn_prompt_carries_history(make_stack: Any) -> None:
     async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
         yield f"Reply to {last_user_text(request)}"
