@@ -123,6 +123,12 @@ class TransportError(AgentWorkerError):
     status_code = 500
 
 
+class AppendNotSentError(TransportError):
+    """An append held back across a continuity loss and never sent (so certainly not applied)."""
+
+    code = 80008
+
+
 class ProviderError(AgentWorkerError):
     """A model provider failed."""
 

@@ -176,16 +176,17 @@ class EncoderCore:
             ops.append(AppendOp(s.stream_key, _append_message("", transport, dict(s.codec)), closing=True))
         return ops
 
-    def recovery_update(self, stream_key: str) -> UpdateOp:
+    def recovery_update(self, stream_key: str, *, streaming: bool = False) -> UpdateOp:
         """The full-content ``updateMessage`` that repairs a stream after a failed append.
 
-        Status is ``cancelled`` when the stream was cancelled, else ``complete`` (encoder.ts ``_doFlush``).
+        Status is ``cancelled`` when the stream was cancelled, else ``complete`` (encoder.ts
+        ``_doFlush``), or ``streaming`` for a repair sent before the stream's closing append.
         """
         s = self._by_key.get(stream_key)
         if s is None:
             msg = f"no stream for key {stream_key!r}"
             raise CodecError(msg, field="stream_key")
-        status = "cancelled" if s.cancelled else "complete"
+        status = "streaming" if streaming else "cancelled" if s.cancelled else "complete"
         transport = {**s.transport, H_STATUS: status}
         return UpdateOp(stream_key, _append_message(s.text.value, transport, dict(s.codec)))
 

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from agent_worker.errors import TransportError
+from agent_worker.errors import AppendNotSentError, TransportError
 from agent_worker.logs import get_logger
 from agent_worker.protocol.wire import AppendOp, OutboundMessage, PublishOp, UpdateOp, WireOp
 from agent_worker.retry import backoff, retry
@@ -46,6 +47,7 @@ __all__ = [
 log = get_logger("agent_worker.runtime.streaming")
 
 ERROR_RECOVERY_FAILED = 104000
+ERROR_TOO_LARGE = 40009  # Ably's maxMessageSize (64 KiB by default) counts an update's full text
 
 T = TypeVar("T")
 
@@ -85,7 +87,7 @@ class StreamEncoder(Protocol):
 
     def cancel_open_streams(self) -> list[AppendOp]: ...
 
-    def recovery_update(self, stream_key: str) -> UpdateOp: ...
+    def recovery_update(self, stream_key: str, *, streaming: bool = False) -> UpdateOp: ...
 
 
 @dataclass(slots=True)
@@ -101,6 +103,37 @@ class WriterStats:
 class _Buffer:
     parts: list[str]
     message: OutboundMessage
+
+
+MAX_MESSAGE_BYTES = 65536
+"""Ably's default ``maxMessageSize``: each message (an append too) counts name + data + extras."""
+
+
+def _split(msg: OutboundMessage, max_bytes: int) -> list[OutboundMessage]:
+    """``msg`` as appends each within ``max_bytes`` (its text cut at UTF-8 character boundaries).
+
+    Only a buffer merged while the rate limiter made the writer wait can grow this large."""
+    data = str(msg.data or "")
+    if len(data) * 4 + 4096 <= max_bytes:  # cheap common case: cannot be over, whatever it holds
+        return [msg]
+    overhead = len(json.dumps(msg.extras or {})) + len(msg.name or "") + 256
+    budget = max(1024, max_bytes - overhead)
+    raw = data.encode()
+    if len(raw) <= budget:
+        return [msg]
+    pieces: list[OutboundMessage] = []
+    pos = 0
+    while pos < len(raw):
+        end = min(pos + budget, len(raw))
+        while end < len(raw) and (raw[end] & 0xC0) == 0x80:  # not inside a character
+            end -= 1
+        pieces.append(OutboundMessage(name=msg.name, data=raw[pos:end].decode(), extras=msg.extras))
+        pos = end
+    return pieces
+
+
+def _not_sent(task: asyncio.Task[Any]) -> bool:
+    return task.done() and not task.cancelled() and isinstance(task.exception(), AppendNotSentError)
 
 
 def _merged(buffer: _Buffer, tail: OutboundMessage | None = None) -> OutboundMessage:
@@ -120,8 +153,10 @@ class StreamWriter:
         on_first_publish: Callable[[], Awaitable[None]] | None = None,
         on_stream_open: Callable[[str, str, OutboundMessage], None] | None = None,
         on_stream_closed: Callable[[str], None] | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self._channel = channel
+        self._max_bytes = max_message_bytes
         self._encoder = encoder
         self._window_s = window_s
         self._on_first_publish = on_first_publish
@@ -131,7 +166,7 @@ class StreamWriter:
         self._serials: dict[str, str] = {}
         self._closed_keys: set[str] = set()
         self._buffers: dict[str, _Buffer] = {}
-        self._pending: list[tuple[str, asyncio.Task[str | None]]] = []
+        self._pending: list[tuple[str, asyncio.Task[str | None], OutboundMessage]] = []
         self._failed: set[str] = set()
         # Connection reconnects seen when each stream opened: ably-python re-sends what was in flight
         # after a reconnect without strict ordering, so a stream that spanned one is replaced by one
@@ -140,6 +175,17 @@ class StreamWriter:
         # at its closing append and ignores the update, so the transport must keep appends in
         # order across a reconnect (``_Connection.ready`` in transport/ably.py).
         self._epochs: dict[str, int] = {}
+        # Continuity losses (a new connection id, see ``_Connection`` in transport/ably.py) seen when
+        # each stream opened or was last repaired. The appends in flight then are failed, not
+        # re-sent (a re-sent append the server had applied would repeat its text for live
+        # clients, who cannot be repaired once they have shown it), so the server holds a prefix
+        # of the stream. Before its next append the stream gets one full-text update: for a live
+        # client that is a prefix extension (the missing text, as a delta), for history the exact
+        # text. ``_seen``/``_covered`` count the stream's text handed to the writer and covered by
+        # such an update, so text the update already carried is not appended again.
+        self._continuity: dict[str, int] = {}
+        self._seen: dict[str, int] = {}
+        self._covered: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
         self._soon: asyncio.Handle | None = None
@@ -156,7 +202,7 @@ class StreamWriter:
         for op in ops:
             await self._settle_inflight()
             if isinstance(op, AppendOp) and not op.closing:
-                if self._buffer(op):
+                if self._buffer(op, self._trim(op)):
                     # Leading edge: the window since the last flush is over, send it now (inline,
                     # which spares a timer task per delta at model speeds below one per window).
                     async with self._lock:
@@ -199,14 +245,29 @@ class StreamWriter:
 
     # --- internals -------------------------------------------------------------------------------
 
-    def _buffer(self, op: AppendOp) -> bool:
+    def _trim(self, op: AppendOp) -> str:
+        """``op``'s text less what a repair update already carried (see ``_covered``)."""
+        data = str(op.message.data or "")
+        start = self._seen.get(op.stream_key, 0)
+        self._seen[op.stream_key] = start + len(data)
+        covered = self._covered.get(op.stream_key, 0)
+        return data if start >= covered else data[covered - start :]
+
+    def _damaged(self, key: str) -> bool:
+        """The connection lost continuity since ``key``'s stream was last known whole."""
+        return key in self._continuity and self._continuity[key] != self._continuity_now()
+
+    def _continuity_now(self) -> int:
+        return int(getattr(self._channel, "continuity", 0))
+
+    def _buffer(self, op: AppendOp, data: str) -> bool:
         """Buffer a delta; ``True`` = flush now (the caller does), else a timer will."""
         self.stats.deltas += 1
         buf = self._buffers.get(op.stream_key)
         if buf is None:
-            self._buffers[op.stream_key] = _Buffer([str(op.message.data or "")], op.message)
+            self._buffers[op.stream_key] = _Buffer([data], op.message)
         else:
-            buf.parts.append(str(op.message.data or ""))
+            buf.parts.append(data)
             buf.message = op.message
         if self._soon is None and (self._timer is None or self._timer.done()):
             loop = asyncio.get_running_loop()
@@ -242,10 +303,12 @@ class StreamWriter:
             if serial is None:
                 self._buffers.pop(key)
                 continue
-            if not self._channel.try_acquire():
-                self._start_timer(0.0)
+            msg = _merged(self._buffers[key])
+            if self._damaged(key) or len(_split(msg, self._max_bytes)) > 1 or not self._channel.try_acquire():
+                self._start_timer(0.0)  # a repair, several appends (async) or a rate token first
                 return
-            self._start(key, serial, _merged(self._buffers.pop(key)))
+            self._buffers.pop(key)
+            self._start(key, serial, msg)
 
     def _start_timer(self, delay: float) -> None:
         if self._timer is not None and not self._timer.done():
@@ -290,9 +353,16 @@ class StreamWriter:
             await self._shielded(self._publish(op))
         elif isinstance(op, AppendOp):
             # A closing append: everything else first, then this stream's buffer rides along with it.
+            if self._damaged(op.stream_key):
+                await self._repair(op.stream_key)
+            data = self._trim(op)
             buf = self._buffers.pop(op.stream_key, None)
+            tail = OutboundMessage(name=op.message.name, data=data, extras=op.message.extras)
+            msg = _merged(buf, tail) if buf is not None else tail
+            if buf is not None and len(_split(msg, self._max_bytes)) > 1:
+                self._buffers[op.stream_key] = buf  # too big to ride along: out first, in pieces
+                msg = tail
             await self._flush_buffers()
-            msg = _merged(buf, op.message) if buf is not None else op.message
             await self._submit(op.stream_key, msg)
             self._closed_keys.add(op.stream_key)
             await self._drain()
@@ -311,6 +381,7 @@ class StreamWriter:
                 raise TransportError(msg, code=50000)
             self._serials[op.stream_key] = serial
             self._epochs[op.stream_key] = self._reconnects()
+            self._continuity[op.stream_key] = self._continuity_now()
             if self._on_stream_open is not None:
                 self._on_stream_open(op.stream_key, serial, op.message)
 
@@ -325,7 +396,7 @@ class StreamWriter:
         await asyncio.sleep(0)
 
     def _start(self, key: str, serial: str, msg: OutboundMessage) -> None:
-        self._pending.append((key, self._channel.start_append(serial, msg)))
+        self._pending.append((key, self._channel.start_append(serial, msg), msg))
         self.stats.appends += 1
         self._last_flush = asyncio.get_running_loop().time()
 
@@ -336,6 +407,9 @@ class StreamWriter:
             if serial is None:
                 self._buffers.pop(key)
                 continue
+            if self._damaged(key):
+                await self._repair(key)
+                continue
             # Take the rate token first: deltas arriving while we wait join this append. The buffer
             # is taken only once the token is ours, so a cancellation here loses no text (it goes
             # out with the cancelling close instead).
@@ -343,14 +417,17 @@ class StreamWriter:
             buf = self._buffers.pop(key, None)
             if buf is None:
                 continue
-            self._start(key, serial, _merged(buf))
-            await asyncio.sleep(0)
+            for i, piece in enumerate(_split(_merged(buf), self._max_bytes)):
+                if i:
+                    await self._channel.acquire()
+                self._start(key, serial, piece)
+                await asyncio.sleep(0)
 
     async def _drain(self) -> None:
         pending, self._pending = self._pending, []
         if pending:
-            results = await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
-            for (key, _), result in zip(pending, results, strict=True):
+            results = await asyncio.gather(*(t for _, t, _ in pending), return_exceptions=True)
+            for (key, _, _), result in zip(pending, results, strict=True):
                 if isinstance(result, BaseException):
                     log.warning("append_failed", stream_key=key, error=str(result))
                     self._failed.add(key)
@@ -361,10 +438,8 @@ class StreamWriter:
         failed, self._failed = self._failed, set()
         errors: list[str] = []
         for key in failed:
-            op = self._encoder.recovery_update(key)
-            self.stats.recoveries += 1
             try:
-                await self._recover(op)
+                await self._recover(key)
             except TransportError as exc:
                 errors.append(f"{key}: {exc.message}")
         if errors:
@@ -374,10 +449,81 @@ class StreamWriter:
     def _reconnects(self) -> int:
         return int(getattr(self._channel, "reconnects", 0))
 
-    async def _recover(self, op: UpdateOp) -> None:
+    async def _repair(self, key: str) -> None:
+        """The full-text update of a stream still open whose appends a continuity loss may have
+        cut short (see ``_continuity``); its buffered text goes with it."""
+        log.info("stream_repaired_after_continuity_loss", stream_key=key)
+        buf = self._buffers.pop(key, None)
+        self._continuity[key] = self._continuity_now()
+        try:
+            repaired = await self._recover(key)
+        except TransportError as exc:
+            msg = f"unable to repair stream {key} after a continuity loss: {exc.message}"
+            raise TransportError(msg, code=ERROR_RECOVERY_FAILED) from exc
+        if not repaired:
+            await self._resend_unsent(key, buf)
+
+    async def _resend_unsent(self, key: str, buf: _Buffer | None) -> None:
+        """No update could carry the text: send what certainly never left as appends after all
+        (the appends held back across the loss, then the buffer). What was in flight at the loss
+        stays as the server has it (all, or a tail lost: the warning says so)."""
+        mine = [(t, m) for k, t, m in self._pending if k == key]
+        await asyncio.gather(*(t for t, _ in mine), return_exceptions=True)
+        unsent = [m for t, m in mine if _not_sent(t)]
+        self._pending = [p for p in self._pending if p[0] != key or not _not_sent(p[1])]
+        serial = self._serials[key]
+        for msg in unsent:
+            await self._channel.acquire()
+            self._start(key, serial, msg)
+            await asyncio.sleep(0)
+        if buf is not None:
+            self._buffers[key] = buf
+
+    async def _recover(self, key: str) -> bool:
         """The recovery update, retried with backoff when the failure is transient (a rate limit or
-        a connection blip is what usually made the appends fail): a full replace is idempotent."""
-        await retry(lambda: self._update(op), attempts=8, retry_if=_transient, wait=backoff(0.25))
+        a connection blip is what usually made the appends fail): a full replace is idempotent.
+
+        A full text over the service's message size limit (40009: Ably counts each message, and an
+        update is the whole text) cannot go as an update; see :meth:`_append_missing`. The official
+        JS agent has no such case: its update fails (104000). ``False`` = not repaired."""
+        op = self._encoder.recovery_update(key, streaming=key not in self._closed_keys)
+        self.stats.recoveries += 1
+        try:
+            await retry(lambda: self._update(op), attempts=8, retry_if=_transient, wait=backoff(0.25))
+        except TransportError as exc:
+            if exc.code != ERROR_TOO_LARGE:
+                raise
+            if not await self._append_missing(key, op):
+                return False
+        self._covered[key] = len(str(op.message.data or ""))
+        return True
+
+    async def _append_missing(self, key: str, op: UpdateOp) -> bool:
+        """Repair a stream too long for one update: read what the service holds (getMessage) and
+        append the rest of the text (a prefix extension for live clients too), then the closing
+        status if the stream is closed. When the stored text is not a prefix of ours (or cannot be
+        read) the repair is skipped with a warning (the stored text may lack what the failed appends
+        carried); a closed stream still gets an empty closing append, so it ends terminal."""
+        text = str(op.message.data or "")
+        serial = self._serials[key]
+        reader = getattr(self._channel, "message_text", None)
+        current = await reader(serial) if reader is not None else None
+        closing = OutboundMessage(name=op.message.name, data="", extras=op.message.extras)
+        pieces = [closing] if key in self._closed_keys else []
+        ok = isinstance(current, str) and text.startswith(current)
+        log.warning("recovery_update_too_large", stream_key=key, chars=len(text), appended=ok)
+        if ok:
+            assert isinstance(current, str)
+            extras = self._encoder.recovery_update(key, streaming=True).message.extras
+            missing = OutboundMessage(name=op.message.name, data=text[len(current) :], extras=extras)
+            pieces[:0] = _split(missing, self._max_bytes) if len(text) > len(current) else []
+        tasks = []
+        for piece in pieces:
+            await self._channel.acquire()
+            tasks.append(self._channel.start_append(serial, piece))
+            await asyncio.sleep(0)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        return ok and not any(isinstance(r, BaseException) for r in results)
 
     async def _update(self, op: UpdateOp) -> None:
         serial = self._serials.get(op.stream_key)

@@ -244,3 +244,9 @@ class EmbeddedServer(TokenMint):
         n = self._gateway.drop(client_id, continuity=resume)
         log.info("connections_dropped", count=n, client_id=client_id, resume=resume)
         return n
+
+    def withhold_acks(self, client_id: str) -> int:
+        """Test hook: ``client_id``'s current connections go on handling publishes (delivered and
+        stored) but send no ACK, as if each ACK were lost; with :meth:`drop_connections` this makes
+        a message the server applied but the client never saw acknowledged. Returns how many."""
+        return 0 if self._gateway is None else self._gateway.withhold_acks(client_id)

@@ -139,6 +139,9 @@ class RealtimeConnection:
         self.transport: Transport | None = None
         self.attachments: dict[str, Attachment] = {}
         self.closed = False
+        # Test hook (EmbeddedServer.withhold_acks): handle publishes but send no ACK, as when the
+        # socket dies with the ACK in flight.
+        self.withhold_acks = False
         self._processed: OrderedDict[int, tuple[bytes, list[dict[str, Any]]]] = OrderedDict()
         self._limiter = RateLimiter(gateway.hub.config.rate_limit_per_s)
         # ACKs of consecutive msgSerials handled in one loop turn go out as one ACK (``count``).
@@ -338,6 +341,8 @@ class RealtimeConnection:
         brought in) are acknowledged by one ACK with ``count`` and one ``res`` entry each, as Ably
         may do and both SDKs handle (RTN7); it goes out on the next loop turn, after those frames'
         echoes, or before any other frame but a message or presence."""
+        if self.withhold_acks:
+            return
         run = self._ack_run
         if run is not None and run[0] + run[1][0] == serial:
             run[1][0] += 1
@@ -687,6 +692,13 @@ class RealtimeGateway:
                 transport.abort()
                 n += 1
         return n
+
+    def withhold_acks(self, client_id: str) -> int:
+        """Stop ACKing the publishes of ``client_id``'s current connections (see ``drop``)."""
+        conns = [c for c in self.connections.values() if c.principal.client_id == client_id]
+        for conn in conns:
+            conn.withhold_acks = True
+        return len(conns)
 
     # -- auth --------------------------------------------------------------------------------
 

@@ -32,13 +32,13 @@ from urllib.parse import quote, urlencode
 import httpx
 from ably import AblyRealtime, AblyRest
 from ably.types.channeloptions import ChannelOptions
-from ably.types.message import Message
+from ably.types.message import Message, MessageAction
 from ably.types.tokendetails import TokenDetails
 from ably.util.exceptions import AblyException
 from websockets.exceptions import WebSocketException
 
 from agent_worker.config import Secret
-from agent_worker.errors import TransportError
+from agent_worker.errors import AppendNotSentError, TransportError
 from agent_worker.gcpause import gc_paused
 from agent_worker.logs import get_logger
 from agent_worker.protocol.wire import InboundMessage, OutboundMessage
@@ -282,6 +282,11 @@ class Channel:
         return self._conn.reconnects
 
     @property
+    def continuity(self) -> int:
+        """How often this channel's connection lost continuity (see :class:`StreamWriter`)."""
+        return self._conn.continuity
+
+    @property
     def attach_serial(self) -> str | None:
         # ably-python keeps the ATTACHED channelSerial private; it is exactly REST's ``from_serial``.
         value = getattr(self._sdk, "_RealtimeChannel__attach_serial", None)
@@ -384,8 +389,15 @@ class Channel:
         anything else: the task's first step assigns its msgSerial and writes its frame, so wire
         order equals call order."""
 
+        epoch = self._conn.continuity
+
         async def run() -> str | None:
             await self._conn.ready()
+            if self._conn.continuity != epoch:
+                # Queued across a continuity loss: the appends before it may be lost, so sending
+                # it now could leave a gap in the stream; the writer repairs the stream instead.
+                why = f"append on {self.name} not sent: the connection lost continuity (80008)"
+                raise AppendNotSentError(why)
             with map_ably_errors(f"append on {self.name}", channel=self.name):
                 async with asyncio.timeout(self.ack_timeout_s):
                     result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
@@ -400,6 +412,21 @@ class Channel:
             async with asyncio.timeout(self.ack_timeout_s):
                 result = await self._sdk.update_message(_sdk_message(msg, serial=serial))
         return getattr(result, "version_serial", None)
+
+    async def message_text(self, serial: str) -> str | None:
+        """The text of the latest version of message ``serial`` (REST getMessage); ``None`` when
+        it is not text or cannot be read."""
+        path = f"/channels/{quote(self.name, safe='')}/messages/{quote(serial, safe='')}"
+        try:
+            page = await rest_request(self._rest, "GET", path, f"get message on {self.name}")
+        except TransportError as exc:
+            log.warning("message_read_failed", channel=self.name, error=exc.message)
+            return None
+        raw = page.items[0] if isinstance(page.items, list) and page.items else page.items
+        if not isinstance(raw, Mapping):
+            return None
+        data = self._decode_history_item(raw).data
+        return data if isinstance(data, str) else None
 
     async def history_pages(
         self, *, page_size: int = 100, from_serial: str | None = None, later_page_size: int = 1000
@@ -528,6 +555,13 @@ async def rest_request(
     return page
 
 
+def _is_append(protocol_message: Mapping[str, Any]) -> bool:
+    messages = protocol_message.get("messages")
+    return isinstance(messages, list) and any(
+        isinstance(m, Mapping) and m.get("action") == MessageAction.MESSAGE_APPEND for m in messages
+    )
+
+
 class _Connection:
     """One realtime client of the pool (its rate limiter is the pool's, see transport/pool.py).
 
@@ -549,6 +583,9 @@ class _Connection:
         self._settled = False
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.reconnects = 0  # transitions to CONNECTED since this client connected
+        self.continuity = 0  # of those, how many came with a new connection id (continuity lost)
+        self._manager = client.connection.connection_manager
+        self._connection_id: str | None = self._manager.connection_id
         if str(client.connection.state.value) == "connected":
             self._settled = True
         # The manager's emitter is synchronous (the public one defers), so this runs before the
@@ -559,8 +596,31 @@ class _Connection:
         self._settled = False
         if str(getattr(change.current, "value", change.current)) == "connected":
             self.reconnects += 1
+            previous, self._connection_id = self._connection_id, self._manager.connection_id
+            if previous is not None and previous != self._connection_id:
+                self._lose_continuity()
             loop = asyncio.get_running_loop()
             loop.call_soon(loop.call_soon, self._settle)
+
+    def _lose_continuity(self) -> None:
+        """A new connection id: fail every append still awaiting its ACK instead of letting the SDK
+        re-send it. ably-python (like ably-js, RTN19a2) re-sends them on the new connection, where
+        nothing can deduplicate an append: one the server applied just before the drop (its ACK
+        lost with the socket) would be applied twice, a repeat no later update can take back from
+        a live client. Failed, the stream writer repairs each stream (one full-text update).
+        Publishes (fixed ids), updates (full replace) and presence are idempotent: re-sent as the
+        SDK does. This runs in the manager's synchronous state event, before the SDK takes its
+        queue to re-send it (a public ``connection.on`` listener runs too late)."""
+        self.continuity += 1
+        error = AblyException("connection not resumed; unacknowledged append failed", 500, 80008)
+        manager = self._manager
+        appends = [p for p in manager.queued_messages if _is_append(p.message)]
+        for pending in appends:
+            manager.queued_messages.remove(pending)
+            with contextlib.suppress(ValueError):
+                manager.pending_message_queue.messages.remove(pending)
+            if pending.future is not None and not pending.future.done():
+                pending.future.set_exception(error)
 
     def _settle(self) -> None:
         if str(self.client.connection.state.value) == "connected":
@@ -587,32 +647,11 @@ class _Connection:
             self._wake_head()
 
 
-class _StateWatch:
-    """Logs connection state changes after start-up, and works around an ably-python 3.1.4 bug.
-
-    When a dropped connection cannot be resumed (the server restarted: 80008) the SDK opens a new
-    one and re-sends the messages still awaiting ACK, but with their old ``msgSerial`` while new
-    messages restart at 0: the server's ACKs then never match, and every later publish on that
-    connection waits forever. So on a new connection id, those messages are failed instead
-    (RTN7e-style, before the SDK re-sends them); the stream writer repairs the streams with a full
-    content update, sent with a fresh serial."""
-
-    def __init__(self, client: AblyRealtime) -> None:
-        self._client = client
-        # Registered once connected: the id to compare the next connection's with.
-        self._connection_id: str | None = client.connection.connection_manager.connection_id
-
-    def on_change(self, change: Any) -> None:
-        state = str(getattr(change.current, "value", change.current))
-        reason = getattr(change, "reason", None)
-        log.info("transport_state", state=state, reason=str(reason) if reason is not None else None)
-        if state != "connected":
-            return
-        manager = self._client.connection.connection_manager
-        previous, self._connection_id = self._connection_id, manager.connection_id
-        if previous is not None and previous != manager.connection_id:
-            error = AblyException("connection not resumed; unacknowledged messages failed", 500, 80008)
-            manager.fail_queued_messages(error)
+def _log_state(change: Any) -> None:
+    """Logs connection state changes after start-up (continuity loss: ``_Connection``)."""
+    state = str(getattr(change.current, "value", change.current))
+    reason = getattr(change, "reason", None)
+    log.info("transport_state", state=state, reason=str(reason) if reason is not None else None)
 
 
 class AblyTransport:
@@ -741,7 +780,7 @@ class AblyTransport:
                 raise
             finally:
                 client.connection.off(on_change)
-        client.connection.on(_StateWatch(client).on_change)
+        client.connection.on(_log_state)
         return _Connection(client, wait_s)
 
     async def push_publish(self, recipient: dict[str, Any], payload: dict[str, Any]) -> Any:

@@ -114,7 +114,13 @@ class Conductor:
             return {"ok": True, "log": self.log}
         if op == "drop" and self.server is not None:
             # Abrupt socket close; the SDKs resume the connection (state kept by the server).
-            return {"ok": True, "dropped": self.server.drop_connections(request.get("clientId"))}
+            resume = bool(request.get("resume", True))
+            return {
+                "ok": True,
+                "dropped": self.server.drop_connections(request.get("clientId"), resume=resume),
+            }
+        if op == "withhold_acks" and self.server is not None:
+            return {"ok": True, "held": self.server.withhold_acks(str(request["clientId"]))}
         if op == "metric" and self.metric is not None:
             return await self._wait_metric(request)
         return {"ok": False, "error": f"unknown op {op!r}"}

@@ -122,6 +122,19 @@ async def test_plain_reply(make_stack: Any, protocol: str) -> None:
     assert open_streams(result["wire"]) == []
 
 
+async def test_reply_over_the_message_size_limit(make_stack: Any) -> None:
+    """~100 KiB produced faster than one append per coalescing window (the writer merges it):
+    every append stays within Ably's 64 KiB maxMessageSize, and the official client gets it whole."""
+    chunks = [f"{i:04d}" + "y" * 1019 + " " for i in range(100)]
+    stack = await make_stack(tokens(*chunks))
+    result = await stack.scenario("send")
+    a = result["a"]
+    assert turns(a["view"]) == [("user", "Hello there"), ("assistant", "".join(chunks))]
+    assert [r["status"] for r in a["runs"]] == ["complete"]
+    assert a["sessionErrors"] == []
+    assert open_streams(result["wire"]) == []
+
+
 async def test_multi_turn_prompt_carries_history(make_stack: Any) -> None:
     async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
         yield f"Reply to {last_user_text(request)}"
@@ -354,6 +367,33 @@ async def test_connection_drop_mid_stream(make_stack: Any, conductor: Conductor,
     assert_chat_matches_view(a)
     assert [r["status"] for r in a["runs"]] == ["complete"]
     assert a["sessionErrors"] == []
+    assert open_streams(result["wire"]) == []
+    stored = [m for m in result["wire"] if m["name"] == "ai-output" and m["codec"].get("kind") == "text"]
+    assert [m["data"] for m in stored] == ["one two three four five six"]
+
+
+async def test_worker_drop_without_resume_after_an_unacked_append(
+    make_stack: Any, conductor: Conductor
+) -> None:
+    """The server applied "four " but its ACK never reached the worker, whose connection then could
+    not be resumed: the official client still shows every word once, and history stores the same."""
+
+    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+        for token in ("one ", "two ", "three "):
+            yield token
+        await conductor.gate("held")
+        yield "four "
+        await conductor.gate("half")
+        for token in ("five ", "six"):
+            yield token
+
+    stack = await make_stack(script)
+    result = await stack.scenario("dropUnackedNoResume")
+    assert result["held"]["held"] == 1 and result["dropped"]["dropped"] == 1
+    a = result["a"]
+    assert turns(a["view"]) == [("user", "Count to six"), ("assistant", "one two three four five six")]
+    assert_chat_matches_view(a)
+    assert [r["status"] for r in a["runs"]] == ["complete"]
     assert open_streams(result["wire"]) == []
     stored = [m for m in result["wire"] if m["name"] == "ai-output" and m["codec"].get("kind") == "text"]
     assert [m["data"] for m in stored] == ["one two three four five six"]

@@ -43,7 +43,7 @@ class NoEncoder:
     def cancel_open_streams(self) -> list[AppendOp]:
         return []
 
-    def recovery_update(self, stream_key: str) -> UpdateOp:
+    def recovery_update(self, stream_key: str, *, streaming: bool = False) -> UpdateOp:
         msg = "no append failed"
         raise AssertionError(msg)
 

@@ -303,6 +303,95 @@ async def test_continuity_loss_mid_run_then_history_is_reread(
         await harness.close()
 
 
+async def test_continuity_loss_with_an_applied_unacked_append_repeats_no_text(
+    ably_server: EmbeddedServer, make_client: Any, session_name: str
+) -> None:
+    """The server applied an append whose ACK was lost with the connection, which then could not
+    be resumed: the append is not sent again on the new connection (that repeated its word for
+    live clients), and the stream's next message repairs it, so the live view and history end
+    with the exact text."""
+    stop_acking, go_on = asyncio.Event(), asyncio.Event()
+
+    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+        yield "alpha "
+        await stop_acking.wait()
+        yield "beta "  # applied and delivered, its ACK withheld
+        await go_on.wait()
+        yield "gamma "
+        yield "delta"
+
+    provider = ScriptedProvider(script)
+    harness = await start_harness(ably_server, provider, coalesce_window_ms=0.0)
+    try:
+        client: ChatClient = await make_client()
+        sent = await client.send_text("go")
+        _, body = await harness.invoke(session_name, sent.event_id)
+        run_id = body["runId"]
+        await client.wait_for(lambda: client.run_text(run_id) == "alpha ")
+        assert ably_server.withhold_acks("agent-worker") == 1
+        stop_acking.set()
+        await client.wait_for(lambda: client.run_text(run_id) == "alpha beta ")
+        assert ably_server.drop_connections("agent-worker", resume=False) == 1
+        go_on.set()
+        end = await client.run_end_for(sent.codec_message_id, wait_s=60)
+        assert end.transport_headers["run-reason"] == "complete"
+        assert client.run_text(run_id) == "alpha beta gamma delta"
+        follow = await client.send_text("next")
+        await harness.invoke(session_name, follow.event_id)
+        await client.run_end_for(follow.codec_message_id)
+        prompt = [(m.role, m.text) for m in provider.requests[-1].messages]  # type: ignore[union-attr]
+        assert prompt[1] == ("assistant", "alpha beta gamma delta")
+    finally:
+        await harness.close()
+
+
+async def test_reply_over_the_message_size_limit_survives_a_continuity_loss(
+    ably_server: EmbeddedServer, make_client: Any, session_name: str
+) -> None:
+    """A ~100 KiB reply (over the default 64 KiB maxMessageSize) streams whole: no append is
+    merged past the limit, and after a continuity loss the full-text repair update (which would be
+    refused, 40009) becomes a read of the stored text plus appends of what it lacks, with a
+    warning; the run completes with the whole text live and in history."""
+    chunks = [f"{i:04d}" + "x" * 1019 + " " for i in range(100)]  # 100 x 1 KiB
+    stop_acking, go_on = asyncio.Event(), asyncio.Event()
+
+    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+        for chunk in chunks[:80]:
+            yield chunk
+        await stop_acking.wait()
+        yield chunks[80]  # applied and delivered, its ACK withheld
+        await go_on.wait()
+        for chunk in chunks[81:]:
+            yield chunk
+
+    provider = ScriptedProvider(script)
+    harness = await start_harness(ably_server, provider, coalesce_window_ms=0.0)
+    text = "".join(chunks)
+    try:
+        client: ChatClient = await make_client()
+        sent = await client.send_text("long please")
+        _, body = await harness.invoke(session_name, sent.event_id)
+        run_id = body["runId"]
+        await client.wait_for(lambda: client.run_text(run_id) == "".join(chunks[:80]), wait_s=60)
+        assert ably_server.withhold_acks("agent-worker") == 1
+        stop_acking.set()
+        await client.wait_for(lambda: client.run_text(run_id) == "".join(chunks[:81]), wait_s=60)
+        with capture_logs() as logs:
+            assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            go_on.set()
+            end = await client.run_end_for(sent.codec_message_id, wait_s=60)
+        assert end.transport_headers["run-reason"] == "complete"
+        assert client.run_text(run_id) == text
+        assert len([e for e in logs if e["event"] == "recovery_update_too_large"]) == 1
+        follow = await client.send_text("next")
+        await harness.invoke(session_name, follow.event_id)
+        await client.run_end_for(follow.codec_message_id)
+        prompt = [(m.role, m.text) for m in provider.requests[-1].messages]  # type: ignore[union-attr]
+        assert prompt == [("user", "long please"), ("assistant", text), ("user", "next")]
+    finally:
+        await harness.close()
+
+
 async def test_idle_sessions_are_released_and_come_back(
     ably_server: EmbeddedServer, make_client: Any, session_name: str
 ) -> None:

@@ -172,6 +172,28 @@ async function dropMidStream({ step }) {
   return { a: snapshot(a), dropped, wire: await wire(a) };
 }
 
+/** The worker's connection dies after the server applied an append whose ACK it withheld, and
+ * cannot be resumed (a new connection id): the append must not arrive twice. */
+async function dropUnackedNoResume({ step }) {
+  step('device');
+  const a = await device('alice');
+  step('send');
+  const sending = a.chat.sendMessage({ text: 'Count to six' });
+  await untilAssistantText(a, (t) => t === 'one two three ', 'first half');
+  step('withhold acks');
+  const held = await ctl({ op: 'withhold_acks', clientId: 'agent-worker' });
+  await open('held');
+  await untilAssistantText(a, (t) => t === 'one two three four ', 'the unacknowledged append');
+  step('drop without resume');
+  const dropped = await ctl({ op: 'drop', clientId: 'agent-worker', resume: false });
+  await open('half');
+  await sending;
+  await untilChatIdle(a);
+  await untilRun(a, (r) => r.status !== 'active', 'run to end');
+  await untilAssistantText(a, (t) => t.endsWith('six'), 'full text');
+  return { a: snapshot(a), held, dropped, wire: await wire(a) };
+}
+
 /** useChat regenerate of the assistant reply. */
 async function regenerate({ step }) {
   step('device');
@@ -364,6 +386,7 @@ export const SCENARIOS = {
   providerError,
   lateJoiner,
   dropMidStream,
+  dropUnackedNoResume,
   regenerate,
   edit,
   approval,
