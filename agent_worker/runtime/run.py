@@ -123,6 +123,8 @@ class Run:
         self.trigger_message: asyncio.Future[InboundMessage] = asyncio.get_running_loop().create_future()
         """Resolved by the session when a message with this run's ``event-id`` folds in."""
         self._start_published = False
+        self._start_ack: asyncio.Task[str | None] | None = None
+        """A pipelined run-start awaiting its ACK (see :meth:`start`)."""
         self.steers = SteerTracker()
         self._steers_seen: set[str] = set()
         self._step_index = 0
@@ -190,8 +192,13 @@ class Run:
             **extra,
         )
 
-    async def start(self) -> None:
-        """Publish ``ai-run-start`` (fresh run or fork) or ``ai-run-resume`` (continuation)."""
+    async def start(self, *, pipelined: bool = False) -> None:
+        """Publish ``ai-run-start`` (fresh run or fork) or ``ai-run-resume`` (continuation).
+
+        ``pipelined``: return once it is *sent*, not acknowledged, so the model call starts one
+        round trip sooner; whatever the run publishes next follows it on the wire (same connection,
+        sent in order). Its ACK is confirmed (:meth:`confirm_started`) with the run's first step
+        and before its end; if it failed, the run is not started and a terminal publishes it again."""
         if self._start_published:
             return
         t = self.trigger
@@ -219,14 +226,25 @@ class Run:
                     "input_codec_message_id": t.codec_message_id if t is not None else None,
                 },
             )
-        # Marked before awaiting, and shielded: if the run is cancelled while the ACK is pending, the
-        # run-start is on the wire anyway, and the teardown must not publish a second one.
-        self._start_published = True
-        try:
-            await asyncio.shield(publish_reliably(self.session.channel, msg))
-        except TransportError:
-            self._start_published = False
-            raise
+        send: Callable[[OutboundMessage], asyncio.Task[str | None]] | None = (
+            getattr(self.session.channel, "start_publish", None) if pipelined else None
+        )
+        if send is not None:
+            await self.session.channel.acquire()
+            self._start_published = True
+            self._start_ack = send(msg)
+            self._start_ack.add_done_callback(_retrieved)
+            await asyncio.sleep(0)  # the task writes its frame: the run's next messages follow it
+        else:
+            # Marked before awaiting, and shielded: if the run is cancelled while the ACK is
+            # pending, the run-start is on the wire anyway, and the teardown must not publish a
+            # second one.
+            self._start_published = True
+            try:
+                await asyncio.shield(publish_reliably(self.session.channel, msg))
+            except TransportError:
+                self._start_published = False
+                raise
         self.phase = RunPhase.ACTIVE
         if t is not None and t.run_id is None:
             # Optimistic local insert (as the JS agent does) so the prompt sees the run node even if
@@ -257,6 +275,36 @@ class Run:
             )
         log.info("run_started", resume=self.is_continuation)
 
+    async def confirm_started(self) -> None:
+        """Wait for a pipelined run-start's ACK. If it failed, the run counts as not started (so a
+        terminal publishes the run-start again, acknowledged) and the error is raised."""
+        task = self._start_ack
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                raise
+            self._start_ack = None
+            self._start_published = False
+            msg = "unable to start run; the run-start publish was cancelled"
+            raise TransportError(msg, code=80003) from None
+        except Exception:
+            self._start_ack = None
+            self._start_published = False
+            log.warning("run_start_failed", error=str(task.exception()))
+            raise
+        self._start_ack = None
+
+    async def _start_before_end(self) -> None:
+        """Before a terminal publish: the run-start is acknowledged (published again if the
+        pipelined one failed)."""
+        try:
+            await self.confirm_started()
+        except Exception:
+            await self.start()
+
     def adopt_started(self) -> None:
         """This run's ``ai-run-start``/``-resume`` is already on the wire (published by another
         process, e.g. a durable engine's open-run step): carry on as if this object had published it."""
@@ -270,6 +318,7 @@ class Run:
         if self._active_message is not None:
             msg = "end the active output message before suspending the run"
             raise RuntimeError(msg)
+        await self._start_before_end()
         await publish_reliably(
             self.session.channel, lifecycle_message(AI_RUN_SUSPEND, self._lifecycle_headers())
         )
@@ -286,6 +335,7 @@ class Run:
             return
         if self._active_message is not None:
             await self._active_message.close_after_abort(reason)
+        await self._start_before_end()
         extra: dict[str, Any] = {"reason": reason}
         if reason == "error" and error is not None:
             extra["error_code"] = error.code
@@ -441,6 +491,12 @@ class Run:
             self._active_message = None
 
 
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """A pipelined publish's failure is handled by whoever confirms it, or nobody (a cancelled run)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class OutputMessage:
     """One assistant message: encoder + stream writer + its implicit step."""
 
@@ -488,6 +544,7 @@ class OutputMessage:
             self.run.session.channel, lifecycle_message(AI_STEP_START, self.run._step_headers(self.step_id))
         )
         self._step_serial = serial
+        await self.run.confirm_started()  # ACKs come in order: settled by now, unless it failed
         if serial is not None:
             self.encoder.set_default_header(H_STEP_START_SERIAL, serial)
             if self.run.journal is not None:

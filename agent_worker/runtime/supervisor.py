@@ -12,6 +12,7 @@ the session pool live in :mod:`agent_worker.worker`; this module knows neither.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -144,8 +145,14 @@ class RunSupervisor:
                 await observer.run_located(run, trigger)
                 structlog.contextvars.bind_contextvars(run_id=run.run_id)
                 observer.run_status(run, "thinking")
-                # Nothing is on the wire before the run-start, so retrying its publish is always safe.
-                await retry(run.start, attempts=3, retry_if=lambda exc: isinstance(exc, TransportError))
+                # Pipelined: the handler starts once the run-start is sent, not acknowledged (its
+                # output follows it on the wire; Run.confirm_started settles the ACK). Nothing is on
+                # the wire before it, so retrying a send that failed outright is safe.
+                await retry(
+                    functools.partial(run.start, pipelined=True),
+                    attempts=3,
+                    retry_if=lambda exc: isinstance(exc, TransportError),
+                )
                 await call_hook(self.on_run_start, run)
                 await self.passes_to_terminal(run, stats, accepted_at)
             except asyncio.CancelledError:

@@ -271,6 +271,8 @@ class Channel:
         # resends it on the next connection, where it may never be ACKed) must fail the operation,
         # not hang the run forever; then the run ends, or the crash journal's sweep ends it.
         self.ack_timeout_s = 2 * transport.settings.realtime_request_timeout_ms / 1000
+        self._pipelined: asyncio.Task[Any] | None = None
+        """The latest :meth:`start_publish` still in flight."""
 
     @property
     def state(self) -> str:
@@ -345,6 +347,13 @@ class Channel:
         an ACK that came back without serials is deduplicated by Ably (and the embedded server),
         which answers with the original serials."""
         await self.limiter.acquire()
+        return await self._publish_attempts(msgs, attempts, self._pipelined)
+
+    async def _publish_attempts(
+        self, msgs: Sequence[OutboundMessage], attempts: int, ahead: asyncio.Task[Any] | None
+    ) -> list[str | None]:
+        """``publish_batch``'s attempts. ``ahead``: a pipelined publish sent before this one; a retry
+        waits for it to settle (its own retries included), so a re-send never overtakes it."""
         base = secrets.token_urlsafe(12)
         sdk_msgs = [_sdk_message(m, id=f"{base}:{i}") for i, m in enumerate(msgs)]
         delay = 0.1
@@ -358,6 +367,8 @@ class Channel:
                 if attempt == attempts or not _transient(exc):
                     raise
                 log.warning("publish_retry", channel=self.name, attempt=attempt, error=exc.message)
+                if ahead is not None and not ahead.done():
+                    await asyncio.wait([ahead])
             else:
                 serials = [s if isinstance(s, str) else None for s in getattr(result, "serials", None) or []]
                 if (len(serials) == len(sdk_msgs) and all(serials)) or attempt == attempts:
@@ -404,6 +415,28 @@ class Channel:
             return getattr(result, "version_serial", None)
 
         return asyncio.create_task(run())
+
+    def start_publish(self, msg: OutboundMessage) -> asyncio.Task[str | None]:
+        """Publish one message without waiting for its ACK (the task's result is its serial), with
+        :meth:`start_append`'s contract: the caller has taken a rate token and yields once before
+        sending anything else, so what it sends next follows this message on the wire. Retried like
+        :meth:`publish_batch` (same message id: Ably deduplicates a first attempt that did land);
+        a publish sent after it retries only once it has settled, so a re-send never lands after
+        the messages that followed it."""
+
+        async def run() -> str | None:
+            serials = await self._publish_attempts([msg], 8, ahead)
+            return serials[0] if serials else None
+
+        ahead = self._pipelined
+        task = asyncio.create_task(run())
+        self._pipelined = task
+        task.add_done_callback(self._pipelined_done)
+        return task
+
+    def _pipelined_done(self, task: asyncio.Task[Any]) -> None:
+        if self._pipelined is task:
+            self._pipelined = None
 
     async def update(self, serial: str, msg: OutboundMessage) -> str | None:
         await self.limiter.acquire()

@@ -1,0 +1,118 @@
+"""Pipelined run-start: a run's handler starts once its ``ai-run-start`` is *sent* (not ACKed), while
+everything still goes on the wire in order, and a failed pipelined run-start still ends the run with
+a run-start before its run-end. ACKs are held by the test, so nothing here depends on timing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agent_worker.errors import TransportError
+from agent_worker.protocol.tree import ConversationTree
+from agent_worker.protocol.wire import OutboundMessage
+from agent_worker.runtime.run import Run, RunPhase
+
+
+class HeldAckChannel:
+    """Records what is sent, in order; pipelined publishes are ACKed when the test says so."""
+
+    name = "conversations:pipelined"
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.acks: list[asyncio.Future[str | None]] = []
+
+    def _label(self, msg: OutboundMessage) -> str:
+        return msg.name or f"data:{msg.data}"
+
+    async def publish(self, msg: OutboundMessage) -> str | None:
+        self.sent.append(self._label(msg))
+        return f"serial-{len(self.sent)}"
+
+    async def acquire(self) -> None:
+        return None
+
+    def try_acquire(self) -> bool:
+        return True
+
+    def start_publish(self, msg: OutboundMessage) -> asyncio.Task[str | None]:
+        ack: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self.acks.append(ack)
+        label = self._label(msg)
+
+        async def run() -> str | None:
+            self.sent.append(label)  # the frame is written on the task's first step
+            return await ack
+
+        return asyncio.create_task(run())
+
+    def start_append(self, serial: str, msg: OutboundMessage) -> asyncio.Task[str | None]:
+        self.sent.append(f"append:{msg.data}")
+
+        async def ack() -> str | None:
+            return None
+
+        return asyncio.create_task(ack())
+
+    async def update(self, serial: str, msg: OutboundMessage) -> str | None:
+        self.sent.append(f"update:{msg.data}")
+        return None
+
+
+class Host:
+    def __init__(self, channel: HeldAckChannel) -> None:
+        self.name = channel.name
+        self.channel = channel
+        self.tree = ConversationTree()
+        self.deregistered: list[Run] = []
+
+    def deregister(self, run: Run) -> None:
+        self.deregistered.append(run)
+
+
+async def test_the_handler_starts_before_the_run_start_ack_and_its_step_follows_on_the_wire() -> None:
+    channel = HeldAckChannel()
+    run = Run(Host(channel), event_id="e1")
+    await run.start(pipelined=True)
+    # Sent, not acknowledged: the run is active (the handler may open a message) already.
+    assert channel.sent == ["ai-run-start"]
+    assert run.started and run.phase is RunPhase.ACTIVE
+    assert not channel.acks[0].done()
+
+    message = run.open_message()
+    first = asyncio.ensure_future(message.send({"type": "start"}))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    # The step-start went out behind the run-start, but the output waits for the run-start's ACK.
+    assert channel.sent == ["ai-run-start", "ai-step-start"]
+    assert not first.done()
+    channel.acks[0].set_result("serial-run-start")
+    await asyncio.wait_for(first, 10)
+    assert channel.sent[:2] == ["ai-run-start", "ai-step-start"]
+    assert channel.sent[2:] == ["ai-output"]  # the message's start chunk
+    await message.close()
+    await run.end("complete")
+    assert channel.sent[-2:] == ["ai-step-end", "ai-run-end"]
+
+
+async def test_a_failed_pipelined_run_start_is_published_again_before_the_run_end() -> None:
+    channel = HeldAckChannel()
+    run = Run(Host(channel), event_id="e1")
+    await run.start(pipelined=True)
+    channel.acks[0].set_exception(TransportError("publish refused", code=42911, status_code=429))
+    await run.end("error")
+    # The refused run-start is not taken for granted: the run-end follows an acknowledged one.
+    assert channel.sent == ["ai-run-start", "ai-run-start", "ai-run-end"]
+    assert run.phase is RunPhase.ENDED
+
+
+async def test_a_failed_pipelined_run_start_fails_the_first_step() -> None:
+    channel = HeldAckChannel()
+    run = Run(Host(channel), event_id="e1")
+    await run.start(pipelined=True)
+    channel.acks[0].set_exception(TransportError("publish refused", code=42911, status_code=429))
+    message = run.open_message()
+    with pytest.raises(TransportError):
+        await message.send({"type": "start"})
+    assert not run.started  # so the run's terminal publishes a run-start first
