@@ -40,12 +40,28 @@ class SessionPool:
         self._presence: dict[str, SessionPresence] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._starting: set[str] = set()
+        self.starts_quiet = asyncio.Event()
+        """Set while at most one session is starting (asked for, its run not yet streaming or
+        done): presence waits for it, so a burst of starts sends its first tokens first."""
+        self.starts_quiet.set()
 
     def __len__(self) -> int:
         return len(self.sessions)
 
-    async def get(self, name: str) -> AgentSession:
-        """The (attached) session for a channel, created on first use."""
+    async def get(self, name: str, *, starting: bool = False) -> AgentSession:
+        """The (attached) session for a channel, created on first use. ``starting``: for a run about
+        to start (it counts against :attr:`starts_quiet` until its status leaves ``thinking``)."""
+        if not starting:
+            return await self._get(name)
+        self._mark_starting(name)
+        try:
+            return await self._get(name)
+        except BaseException:
+            self._started(name)
+            raise
+
+    async def _get(self, name: str) -> AgentSession:
         existing = self.sessions.get(name)
         if existing is not None:
             return existing
@@ -57,12 +73,24 @@ class SessionPool:
             await session.connect()
             self.sessions[name] = session
             if self.presence_enabled:
-                presence = SessionPresence(session.channel)
+                presence = SessionPresence(session.channel, starts_quiet=self.starts_quiet)
                 self._presence[name] = presence
                 presence.start()
             return session
 
+    def _mark_starting(self, name: str) -> None:
+        self._starting.add(name)
+        if len(self._starting) > 1:
+            self.starts_quiet.clear()
+
+    def _started(self, name: str) -> None:
+        self._starting.discard(name)
+        if len(self._starting) <= 1:
+            self.starts_quiet.set()
+
     def set_status(self, session: str, run_id: str, status: AgentStatus) -> None:
+        if status != "thinking":  # streaming, a tool call, or done: this start is over
+            self._started(session)
         presence = self._presence.get(session)
         if presence is not None:
             presence.set(run_id, status)
@@ -71,6 +99,7 @@ class SessionPool:
         self._reaper = asyncio.create_task(self._reap_idle())
 
     async def _release(self, name: str) -> None:
+        self._started(name)
         session = self.sessions.pop(name, None)
         presence = self._presence.pop(name, None)
         if presence is not None:

@@ -10,7 +10,11 @@ messages/s per connection counts presence too): the first enter waits ``enter_de
 is usually opened by an invocation, whose run turns ``thinking`` then ``streaming`` within that
 time: one enter says it, instead of enter + two updates), and each presence message waits, up to
 ``max_defer_s``, until the connection's limiter has ``spare_tokens`` left — so when sessions start
-in a burst their run-starts and first tokens go out first.
+in a burst their run-starts and first tokens go out first. And while other conversations are
+starting (``starts_quiet`` not set: more than one session between its invocation and its first
+output), presence waits for them too, within the same ``max_defer_s``: a presence message costs the
+worker's loop a frame and an ACK like any other, and in a burst of starts every one of them delays
+somebody's first token.
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ class SessionPresence:
         enter_delay_s: float = 0.25,
         spare_tokens: float = 3.0,
         max_defer_s: float = 2.0,
+        starts_quiet: asyncio.Event | None = None,
     ) -> None:
         self.channel = channel
+        self.starts_quiet = starts_quiet
         self.enter_delay_s = enter_delay_s
         self.spare_tokens = spare_tokens
         self.max_defer_s = max_defer_s
@@ -80,6 +86,10 @@ class SessionPresence:
         spare = min(self.spare_tokens, limiter.burst / 2)  # a small bucket never holds 3
         loop = asyncio.get_running_loop()
         until = loop.time() + self.max_defer_s
+        quiet = self.starts_quiet
+        if quiet is not None and not quiet.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(quiet.wait(), self.max_defer_s)
         while True:
             short = spare - limiter.available()
             if short <= 0 or loop.time() >= until:

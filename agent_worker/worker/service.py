@@ -427,12 +427,12 @@ class Worker:
             agent_client_id=self.transport.settings.client_id if self.transport is not None else None,
         )
 
-    async def session(self, name: str) -> AgentSession:
-        """The (attached) session for a channel, created on first use."""
+    async def session(self, name: str, *, starting: bool = False) -> AgentSession:
+        """The (attached) session for a channel, created on first use (``starting``: for a run)."""
         if self.pool is None:
             msg = "start the worker before using its sessions"
             raise RuntimeError(msg)
-        return await self.pool.get(name)
+        return await self.pool.get(name, starting=starting)
 
     def _count_cancel(self, decision: CancelDecision) -> None:
         self.metrics.cancels.labels(decision).inc()
@@ -474,7 +474,7 @@ class Worker:
             if self.engine is not None:
                 invocation = await self._start_durable(name, event_id, caller_client_id)
             else:
-                session = await self.session(name)
+                session = await self.session(name, starting=True)
                 invocation = self._start_run(session, event_id, caller_client_id)
         except BaseException as exc:
             pending.set_exception(exc)

@@ -68,3 +68,74 @@ async def test_presence_waits_for_the_runs_rate_budget() -> None:
     # Presence went out only once the bucket had refilled to the spare tokens (then took one).
     assert limiter.available() >= 5.0 - 1.0 - 0.5
     await presence.close()
+
+
+async def test_presence_waits_while_other_conversations_start() -> None:
+    """A burst of starts: presence waits (within ``max_defer_s``) until the others' runs are
+    streaming, so their first tokens are not queued behind presence messages."""
+    channel = _Channel(RateLimiter(45.0, 10))
+    quiet = asyncio.Event()  # cleared: other sessions are between their invocation and first output
+    presence = SessionPresence(
+        channel,  # type: ignore[arg-type]
+        enter_delay_s=0.0,
+        max_defer_s=60.0,
+        starts_quiet=quiet,
+    )
+    presence.start()
+    presence.set("run-1", "thinking")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert channel.sent == []  # still waiting for the others
+    quiet.set()
+    await _until_sent(channel, 1)
+    assert channel.sent == [("enter", {"status": "thinking", "runId": "run-1"})]
+    await presence.close()
+
+
+async def test_presence_waits_for_starts_no_longer_than_max_defer() -> None:
+    channel = _Channel(RateLimiter(45.0, 10))
+    never = asyncio.Event()
+    presence = SessionPresence(
+        channel,  # type: ignore[arg-type]
+        enter_delay_s=0.0,
+        max_defer_s=0.05,
+        starts_quiet=never,
+    )
+    presence.start()
+    await _until_sent(channel, 1)  # went out although the starts never went quiet
+    assert channel.sent[0][0] == "enter"
+    await presence.close()
+
+
+class _Session:
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+
+    async def connect(self) -> None:
+        await asyncio.sleep(0)
+
+
+class _Transport:
+    async def open_channel(self, name: str) -> str:
+        return name
+
+
+async def test_the_session_pool_says_when_starts_are_quiet() -> None:
+    """One conversation starting alone is quiet (its own presence never waits); a second one
+    starting at the same time is not, until one of them is streaming or done (or failed to open)."""
+    from agent_worker.worker.pool import SessionPool  # noqa: PLC0415
+
+    pool = SessionPool(_Transport(), _Session, presence=False)  # type: ignore[arg-type]
+    await pool.get("a", starting=True)
+    assert pool.starts_quiet.is_set()
+    await pool.get("b", starting=True)
+    await pool.get("c")  # not for a run (e.g. a watched channel): does not count
+    assert not pool.starts_quiet.is_set()
+    pool.set_status("a", "run-a", "thinking")
+    assert not pool.starts_quiet.is_set()
+    pool.set_status("a", "run-a", "streaming")
+    assert pool.starts_quiet.is_set()
+    await pool.get("d", starting=True)
+    assert not pool.starts_quiet.is_set()
+    pool.set_status("d", "run-d", "idle")  # a run that ended (or was refused) before any output
+    assert pool.starts_quiet.is_set()
