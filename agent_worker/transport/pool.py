@@ -194,8 +194,10 @@ class ConnectionPool(Generic[C]):
         if waiter is None:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters[name] = waiter
+            # Behind others already waiting, no connection has room (or they would not wait): only
+            # the growth part applies, not a scan of every connection for each session of a burst.
             self._queue.append(name)
-            self._dispatch()
+            self._dispatch(scan=len(self._queue) == 1)
         try:
             return await asyncio.shield(waiter)
         except asyncio.CancelledError:
@@ -206,16 +208,21 @@ class ConnectionPool(Generic[C]):
                 self.release(name)  # placed meanwhile: give the reservation back
             raise
 
-    def _dispatch(self) -> None:
-        """Hand waiting sessions (oldest first) to connections with room; open more for the rest."""
+    def _dispatch(self, *, scan: bool = True) -> None:
+        """Hand waiting sessions (oldest first) to connections with room; open more for the rest.
+        One scan of the connections per call: a placement changes only the chosen one's load."""
         now = time.monotonic()
         policy = self.policy
         queue = self._queue
-        while queue:
-            ready = [c for c in self.connections if self._has_room(c, now)]
-            if not ready:
-                break
-            self._resolve(queue.popleft(), min(ready, key=lambda c: c.load(now, policy)), now)
+        if scan and queue:
+            spare = {c: c.load(now, policy) for c in self.connections if self._has_room(c, now)}
+            while queue and spare:
+                conn = min(spare, key=spare.__getitem__)
+                self._resolve(queue.popleft(), conn, now)
+                if self._has_room(conn, now):
+                    spare[conn] = conn.load(now, policy)
+                else:
+                    del spare[conn]
         if not queue:
             return
         opening = sum(1 for c in self.connections if c.client is None)
