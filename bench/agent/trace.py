@@ -118,6 +118,23 @@ def install(worker: Worker, path: str) -> TextIO:
             emit("published", s=self.name, names=names)
 
     channel_cls.publish_batch = traced_publish  # type: ignore[method-assign]
+    start_publish: Any = getattr(channel_cls, "start_publish", None)
+
+    def traced_start_publish(self: Any, msg: Any) -> Any:
+        emit("publish", s=self.name, names=[msg.name])
+        task = start_publish(self, msg)
+        task.add_done_callback(lambda _t: emit("published", s=self.name, names=[msg.name]))
+        return task
+
+    if start_publish is not None:  # pipelined run-starts
+        channel_cls.start_publish = traced_start_publish  # type: ignore[method-assign]
+    start_append = channel_cls.start_append
+
+    def traced_start_append(self: Any, serial: str, msg: Any) -> Any:
+        emit("append", s=self.name)
+        return start_append(self, serial, msg)
+
+    channel_cls.start_append = traced_start_append  # type: ignore[method-assign]
 
     for op in ("presence_enter", "presence_update"):
         original = getattr(channel_cls, op)
@@ -236,7 +253,7 @@ def summarise(path: str, prefix: str = "bench:") -> str:
     steps = [
         "placed", "attach_start", "attached", "invoked", "located", "slotted",
         "presence_enter", "presence_enter_done", "publish:ai-run-start", "published:ai-run-start",
-        "published:ai-step-start", "published:ai-output",
+        "published:ai-step-start", "published:ai-output", "append",
     ]  # fmt: skip
     names = sorted({k for d in first.values() for k in d})
     for step in steps + [n for n in names if n not in steps and n != "post"]:
