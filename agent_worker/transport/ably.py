@@ -421,8 +421,9 @@ class Channel:
         :meth:`start_append`'s contract: the caller has taken a rate token and yields once before
         sending anything else, so what it sends next follows this message on the wire. Retried like
         :meth:`publish_batch` (same message id: Ably deduplicates a first attempt that did land);
-        a publish sent after it retries only once it has settled, so a re-send never lands after
-        the messages that followed it."""
+        a publish sent after it retries only once it has settled. (A publish sent after it whose
+        *first* attempt goes out on a new connection, after this one failed on a dropped one that
+        could not be resumed, can still land first.)"""
 
         async def run() -> str | None:
             serials = await self._publish_attempts([msg], 8, ahead)
