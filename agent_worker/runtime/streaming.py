@@ -13,6 +13,11 @@ operation order on the wire, with two liberties that change no text:
   stream's last buffered text itself. While the connection's rate limiter makes a flush wait, more
   deltas join the buffer — that is how the writer stays under Ably's per-connection message rate
   without dropping or reordering text.
+* **Opening chunks go together.** Discrete publishes (no stream: nobody needs their serial) made in
+  one loop turn — a message's ``start`` and ``start-step`` chunks, before the model is called — go
+  out as one atomic batch (``Channel.publish_batch``) once the caller yields, so the model call
+  does not wait for their round trips; the writer's next operation waits for that batch's ACK
+  first, so nothing overtakes it on the wire and its failure is raised there.
 * **Pipelining.** Appends are submitted without awaiting their ACKs (``Channel.submit_append``).
   Publishes and updates are awaited (a stream's opening serial is needed for its appends). After a
   closing append, and on :meth:`StreamWriter.flush`, every pending append is awaited; a stream with a
@@ -143,6 +148,13 @@ def _merged(buffer: _Buffer, tail: OutboundMessage | None = None) -> OutboundMes
     return OutboundMessage(name=last.name, data=data, extras=last.extras)
 
 
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """A held batch's failure is raised by the writer's next operation (or by nobody, when the
+    writer is dropped)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class StreamWriter:
     def __init__(
         self,
@@ -167,6 +179,11 @@ class StreamWriter:
         self._closed_keys: set[str] = set()
         self._buffers: dict[str, _Buffer] = {}
         self._pending: list[tuple[str, asyncio.Task[str | None], OutboundMessage]] = []
+        self._held: list[OutboundMessage] = []
+        self._held_task: asyncio.Task[None] | None = None
+        self._batch: Callable[[list[OutboundMessage]], Awaitable[Any]] | None = getattr(
+            channel, "publish_batch", None
+        )
         self._failed: set[str] = set()
         # Connection reconnects seen when each stream opened: ably-python re-sends what was in flight
         # after a reconnect without strict ordering, so a stream that spanned one is replaced by one
@@ -201,6 +218,19 @@ class StreamWriter:
         """Execute ``ops`` in order (appends may be merged with neighbours of the same stream)."""
         for op in ops:
             await self._settle_inflight()
+            if (
+                self._joins_held(op)
+                and not self._buffers
+                and (self._first_done or not self._on_first_publish)
+            ):
+                assert isinstance(op, PublishOp)
+                # Held without yielding, so the caller's next discrete chunk of this turn joins it.
+                if not self._held and self._held_task is not None:
+                    await self._settle_held()  # a batch already in flight goes first
+                self._hold(op.message)
+                continue
+            if self._held_task is not None:
+                await self._settle_held()
             if isinstance(op, AppendOp) and not op.closing:
                 if self._buffer(op, self._trim(op)):
                     # Leading edge: the window since the last flush is over, send it now (inline,
@@ -214,6 +244,7 @@ class StreamWriter:
     async def flush(self) -> None:
         """Send every buffered delta and wait for every pending append (recovering failures)."""
         await self._settle_inflight()
+        await self._settle_held()
         async with self._lock:
             await self._flush_buffers()
             await self._drain()
@@ -223,6 +254,7 @@ class StreamWriter:
 
         Safe to call from a cancelled task's cleanup (run it under :func:`asyncio.shield`)."""
         await self._settle_inflight()
+        await self._settle_held()
         async with self._lock:
             for op in self._encoder.cancel_open_streams():
                 await self._execute(op)
@@ -230,6 +262,8 @@ class StreamWriter:
             await self._drain()
 
     async def aclose(self) -> None:
+        if self._held_task is not None and not self._held_task.done():
+            self._held_task.cancel()  # dropped before its held batch went out: it never will
         if self._soon is not None:
             self._soon.cancel()
             self._soon = None
@@ -326,6 +360,37 @@ class StreamWriter:
     def _timer_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.warning("coalesce_flush_failed", error=str(task.exception()))
+
+    def _joins_held(self, op: WireOp) -> bool:
+        return isinstance(op, PublishOp) and op.stream_key is None and self._batch is not None
+
+    def _hold(self, msg: OutboundMessage) -> None:
+        """Queue a discrete publish; the batch goes out on the next loop turn (see the module doc)."""
+        self._held.append(msg)
+        if self._held_task is None:
+            self._held_task = asyncio.create_task(self._send_held())
+            self._held_task.add_done_callback(_retrieve)
+
+    async def _send_held(self) -> None:
+        await asyncio.sleep(0)  # the caller's other discrete chunks of this turn join the batch
+        held, self._held = self._held, []
+        for _ in held[1:]:  # Ably counts each message of a batch
+            await self._channel.acquire()
+        batch = self._batch
+        assert batch is not None
+        await retry(lambda: batch(held), attempts=5, retry_if=_rate_limited)
+        self.stats.published += len(held)
+
+    async def _settle_held(self) -> None:
+        """Wait for the held batch's ACK (raising its failure) before anything else is sent."""
+        task = self._held_task
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._held_task = None
 
     async def _settle_inflight(self) -> None:
         """Wait for a shielded operation that a cancellation interrupted (its serial matters)."""

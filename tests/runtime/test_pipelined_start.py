@@ -1,6 +1,7 @@
-"""Pipelined run-start: a run's handler starts once its ``ai-run-start`` is *sent* (not ACKed), while
-everything still goes on the wire in order, and a failed pipelined run-start still ends the run with
-a run-start before its run-end. ACKs are held by the test, so nothing here depends on timing."""
+"""Not waiting for ACKs nobody needs: a run's handler starts once its ``ai-run-start`` is *sent* (not
+ACKed), and a message's discrete opening chunks go out as one batch while the model is called —
+while everything still goes on the wire in order, and failures still end the run properly. ACKs
+are held by the test, so nothing here depends on timing."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 
 from agent_worker.errors import TransportError
 from agent_worker.protocol.tree import ConversationTree
-from agent_worker.protocol.wire import OutboundMessage
+from agent_worker.protocol.wire import AppendOp, OutboundMessage, PublishOp, UpdateOp
 from agent_worker.runtime.run import Run, RunPhase
+from agent_worker.runtime.streaming import StreamWriter
 
 
 class HeldAckChannel:
@@ -116,3 +118,69 @@ async def test_a_failed_pipelined_run_start_fails_the_first_step() -> None:
     with pytest.raises(TransportError):
         await message.send({"type": "start"})
     assert not run.started  # so the run's terminal publishes a run-start first
+
+
+class BatchChannel(HeldAckChannel):
+    """Also has ``publish_batch``, ACKed when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+        self.batch_acks: list[asyncio.Future[None]] = []
+
+    async def publish_batch(self, msgs: list[OutboundMessage]) -> list[str | None]:
+        self.batches.append([self._label(m) for m in msgs])
+        self.sent.extend(self._label(m) for m in msgs)
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.batch_acks.append(ack)
+        await ack
+        return [f"serial-{i}" for i, _ in enumerate(msgs)]
+
+
+class NoStreams:
+    def cancel_open_streams(self) -> list[AppendOp]:
+        return []
+
+    def recovery_update(self, stream_key: str) -> UpdateOp:
+        msg = "no append failed"
+        raise AssertionError(msg)
+
+
+def _discrete(name: str) -> PublishOp:
+    return PublishOp(OutboundMessage(name=name, data=""), stream_key=None)
+
+
+async def test_a_turns_discrete_chunks_go_as_one_batch_and_the_next_op_waits_for_its_ack() -> None:
+    channel = BatchChannel()
+    writer = StreamWriter(channel, NoStreams(), window_s=0.0)
+    # Both return at once: the caller (the model call) is not held by their round trips.
+    await writer.write([_discrete("start")])
+    await writer.write([_discrete("start-step")])
+    assert channel.sent == []
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert channel.batches == [["start", "start-step"]]  # one atomic publish, in order
+    text_start = PublishOp(OutboundMessage(name="text-start", data=""), stream_key="s")
+    opening = asyncio.ensure_future(writer.write([text_start]))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not opening.done() and channel.sent == ["start", "start-step"]  # nothing overtakes the batch
+    channel.batch_acks[0].set_result(None)
+    await asyncio.wait_for(opening, 10)
+    assert channel.sent == ["start", "start-step", "text-start"]
+    await writer.flush()
+    await writer.aclose()
+
+
+async def test_a_failed_batch_fails_the_writers_next_operation() -> None:
+    channel = BatchChannel()
+    writer = StreamWriter(channel, NoStreams(), window_s=0.0)
+    await writer.write([_discrete("start")])
+    for _ in range(5):
+        await asyncio.sleep(0)
+    channel.batch_acks[0].set_exception(TransportError("refused", code=40160, status_code=401))
+    with pytest.raises(TransportError) as caught:
+        await writer.write([_discrete("finish")])
+    assert caught.value.code == 40160
+    assert channel.sent == ["start"]  # the operation after the failure was not sent
+    await writer.aclose()
