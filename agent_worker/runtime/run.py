@@ -44,7 +44,7 @@ from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.wire import InboundMessage, OutboundMessage
 from agent_worker.runtime.digest import RunDigest
 from agent_worker.runtime.journal import RunRecorder
-from agent_worker.runtime.streaming import ChannelWriter, StreamWriter, publish_reliably
+from agent_worker.runtime.streaming import ChannelWriter, StreamWriter, publish_reliably, retrieve_exception
 from agent_worker.runtime.trigger import Trigger
 
 __all__ = ["CancelHook", "CancelRequest", "OutputMessage", "Run", "RunHost", "RunPhase"]
@@ -233,7 +233,7 @@ class Run:
             await self.session.channel.acquire()
             self._start_published = True
             self._start_ack = send(msg)
-            self._start_ack.add_done_callback(_retrieved)
+            self._start_ack.add_done_callback(retrieve_exception)
             await asyncio.sleep(0)  # the task writes its frame: the run's next messages follow it
         else:
             # Marked before awaiting, and shielded: if the run is cancelled while the ACK is
@@ -489,12 +489,6 @@ class Run:
     def _message_closed(self, message: OutputMessage) -> None:
         if self._active_message is message:
             self._active_message = None
-
-
-def _retrieved(task: asyncio.Task[Any]) -> None:
-    """A pipelined publish's failure is handled by whoever confirms it, or nobody (a cancelled run)."""
-    if not task.cancelled():
-        task.exception()
 
 
 class OutputMessage:

@@ -47,6 +47,7 @@ __all__ = [
     "StreamWriter",
     "WriterStats",
     "publish_reliably",
+    "retrieve_exception",
 ]
 
 log = get_logger("agent_worker.runtime.streaming")
@@ -148,9 +149,9 @@ def _merged(buffer: _Buffer, tail: OutboundMessage | None = None) -> OutboundMes
     return OutboundMessage(name=last.name, data=data, extras=last.extras)
 
 
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    """A held batch's failure is raised by the writer's next operation (or by nobody, when the
-    writer is dropped)."""
+def retrieve_exception(task: asyncio.Task[Any]) -> None:
+    """Done callback for a task whose failure is raised elsewhere, or by nobody (a held batch of a
+    dropped writer, a pipelined run-start of a cancelled run): never "exception never retrieved"."""
     if not task.cancelled():
         task.exception()
 
@@ -369,7 +370,7 @@ class StreamWriter:
         self._held.append(msg)
         if self._held_task is None:
             self._held_task = asyncio.create_task(self._send_held())
-            self._held_task.add_done_callback(_retrieve)
+            self._held_task.add_done_callback(retrieve_exception)
 
     async def _send_held(self) -> None:
         await asyncio.sleep(0)  # the caller's other discrete chunks of this turn join the batch
