@@ -149,6 +149,11 @@ def _merged(buffer: _Buffer, tail: OutboundMessage | None = None) -> OutboundMes
     return OutboundMessage(name=last.name, data=data, extras=last.extras)
 
 
+_HOLD_MAX_MESSAGES = 8
+_HOLD_MAX_DATA = 1024
+"""Discrete publishes batched at once, and the largest data one may carry (opening chunks have none)."""
+
+
 def retrieve_exception(task: asyncio.Task[Any]) -> None:
     """Done callback for a task whose failure is raised elsewhere, or by nobody (a held batch of a
     dropped writer, a pipelined run-start of a cancelled run): never "exception never retrieved"."""
@@ -363,7 +368,14 @@ class StreamWriter:
             log.warning("coalesce_flush_failed", error=str(task.exception()))
 
     def _joins_held(self, op: WireOp) -> bool:
-        return isinstance(op, PublishOp) and op.stream_key is None and self._batch is not None
+        """A small discrete publish, while the batch stays small (Ably's size limit is per publish)."""
+        return (
+            isinstance(op, PublishOp)
+            and op.stream_key is None
+            and self._batch is not None
+            and len(self._held) < _HOLD_MAX_MESSAGES
+            and len(str(op.message.data or "")) <= _HOLD_MAX_DATA
+        )
 
     def _hold(self, msg: OutboundMessage) -> None:
         """Queue a discrete publish; the batch goes out on the next loop turn (see the module doc)."""

@@ -11,9 +11,10 @@ import pytest
 
 from agent_worker.errors import TransportError
 from agent_worker.protocol.tree import ConversationTree
-from agent_worker.protocol.wire import AppendOp, OutboundMessage, PublishOp, UpdateOp
+from agent_worker.protocol.wire import OutboundMessage, PublishOp
 from agent_worker.runtime.run import Run, RunPhase
 from agent_worker.runtime.streaming import StreamWriter
+from tests.runtime.test_stream_windows import NoEncoder
 
 
 class HeldAckChannel:
@@ -137,22 +138,13 @@ class BatchChannel(HeldAckChannel):
         return [f"serial-{i}" for i, _ in enumerate(msgs)]
 
 
-class NoStreams:
-    def cancel_open_streams(self) -> list[AppendOp]:
-        return []
-
-    def recovery_update(self, stream_key: str) -> UpdateOp:
-        msg = "no append failed"
-        raise AssertionError(msg)
-
-
 def _discrete(name: str) -> PublishOp:
     return PublishOp(OutboundMessage(name=name, data=""), stream_key=None)
 
 
 async def test_a_turns_discrete_chunks_go_as_one_batch_and_the_next_op_waits_for_its_ack() -> None:
     channel = BatchChannel()
-    writer = StreamWriter(channel, NoStreams(), window_s=0.0)
+    writer = StreamWriter(channel, NoEncoder(), window_s=0.0)
     # Both return at once: the caller (the model call) is not held by their round trips.
     await writer.write([_discrete("start")])
     await writer.write([_discrete("start-step")])
@@ -174,7 +166,7 @@ async def test_a_turns_discrete_chunks_go_as_one_batch_and_the_next_op_waits_for
 
 async def test_a_failed_batch_fails_the_writers_next_operation() -> None:
     channel = BatchChannel()
-    writer = StreamWriter(channel, NoStreams(), window_s=0.0)
+    writer = StreamWriter(channel, NoEncoder(), window_s=0.0)
     await writer.write([_discrete("start")])
     for _ in range(5):
         await asyncio.sleep(0)
@@ -183,4 +175,22 @@ async def test_a_failed_batch_fails_the_writers_next_operation() -> None:
         await writer.write([_discrete("finish")])
     assert caught.value.code == 40160
     assert channel.sent == ["start"]  # the operation after the failure was not sent
+    await writer.aclose()
+
+
+async def test_a_large_discrete_publish_is_not_batched() -> None:
+    """Ably's message size limit applies to a whole publish: only small chunks share one."""
+    channel = BatchChannel()
+    writer = StreamWriter(channel, NoEncoder(), window_s=0.0)
+    await writer.write([_discrete("start")])
+    big = asyncio.ensure_future(
+        writer.write([PublishOp(OutboundMessage(name="tool-output", data="x" * 5000), stream_key=None)])
+    )
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert channel.batches == [["start"]]  # the big one waits for the batch, then goes alone
+    channel.batch_acks[0].set_result(None)
+    await asyncio.wait_for(big, 10)
+    assert channel.sent == ["start", "tool-output"] and channel.batches == [["start"]]
+    await writer.flush()
     await writer.aclose()
