@@ -70,18 +70,23 @@ async def test_presence_waits_for_the_runs_rate_budget() -> None:
     await presence.close()
 
 
-async def test_presence_waits_while_other_conversations_start() -> None:
-    """A burst of starts: presence waits (within ``max_defer_s``) until the others' runs are
-    streaming, so their first tokens are not queued behind presence messages."""
+def _started(*, max_defer_s: float, starts_quiet: asyncio.Event) -> tuple[_Channel, SessionPresence]:
     channel = _Channel(RateLimiter(45.0, 10))
-    quiet = asyncio.Event()  # cleared: other sessions are between their invocation and first output
     presence = SessionPresence(
         channel,  # type: ignore[arg-type]
         enter_delay_s=0.0,
-        max_defer_s=60.0,
-        starts_quiet=quiet,
+        max_defer_s=max_defer_s,
+        starts_quiet=starts_quiet,
     )
     presence.start()
+    return channel, presence
+
+
+async def test_presence_waits_while_other_conversations_start() -> None:
+    """A burst of starts: presence waits (within ``max_defer_s``) until the others' runs are
+    streaming, so their first tokens are not queued behind presence messages."""
+    quiet = asyncio.Event()  # cleared: other sessions are between their invocation and first output
+    channel, presence = _started(max_defer_s=60.0, starts_quiet=quiet)
     presence.set("run-1", "thinking")
     for _ in range(20):
         await asyncio.sleep(0)
@@ -93,15 +98,7 @@ async def test_presence_waits_while_other_conversations_start() -> None:
 
 
 async def test_presence_waits_for_starts_no_longer_than_max_defer() -> None:
-    channel = _Channel(RateLimiter(45.0, 10))
-    never = asyncio.Event()
-    presence = SessionPresence(
-        channel,  # type: ignore[arg-type]
-        enter_delay_s=0.0,
-        max_defer_s=0.05,
-        starts_quiet=never,
-    )
-    presence.start()
+    channel, presence = _started(max_defer_s=0.05, starts_quiet=asyncio.Event())  # never quiet
     await _until_sent(channel, 1)  # went out although the starts never went quiet
     assert channel.sent[0][0] == "enter"
     await presence.close()
