@@ -44,6 +44,7 @@ from agent_worker.gcpause import gc_paused
 from agent_worker.logs import get_logger
 from agent_worker.protocol.wire import InboundMessage, OutboundMessage
 from agent_worker.retry import backoff, retry
+from agent_worker.transport.ackwatch import AckWatch
 from agent_worker.transport.clients import ClientFactory
 from agent_worker.transport.history import (
     REST_VERSION,
@@ -272,6 +273,8 @@ class Channel:
         # resends it on the next connection, where it may never be ACKed) must fail the operation,
         # not hang the run forever; then the run ends, or the crash journal's sweep ends it.
         self.ack_timeout_s = 2 * transport.settings.realtime_request_timeout_ms / 1000
+        self._acks = AckWatch()
+        self._append_op = f"append on {name}"
         self._pipelined: asyncio.Task[Any] | None = None
         """The latest :meth:`start_publish` still in flight."""
 
@@ -410,9 +413,16 @@ class Channel:
                 # it now could leave a gap in the stream; the writer repairs the stream instead.
                 why = f"append on {self.name} not sent: the connection lost continuity (80008)"
                 raise AppendNotSentError(why)
-            with map_ably_errors(f"append on {self.name}", channel=self.name):
-                async with asyncio.timeout(self.ack_timeout_s):
+            with map_ably_errors(self._append_op, channel=self.name):
+                task = asyncio.current_task()
+                assert task is not None
+                self._acks.watch(task, self.ack_timeout_s)  # not an asyncio.timeout per append
+                try:
                     result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
+                except asyncio.CancelledError:
+                    if self._acks.timed_out(task):
+                        raise TimeoutError from None
+                    raise
             return getattr(result, "version_serial", None)
 
         return asyncio.create_task(run())
