@@ -6,7 +6,7 @@ in this package is an :class:`AccumulatingStream` over an adapter's event iterat
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import assert_never
 
@@ -74,13 +74,14 @@ class Accumulator:
 class AccumulatingStream:
     """A :class:`~agent_worker.providers.base.ResponseStream` over an event iterator.
 
-    ``first`` is an event already pulled from ``events`` (the retry logic pulls one to know the
-    stream really started); it is yielded before the rest.
+    ``head`` are events already pulled from ``events`` (the retry logic pulls until the first
+    content event to know the stream really started); they are yielded before the rest (here, not
+    by a wrapping generator: one async generator layer less per token).
     """
 
-    def __init__(self, events: AsyncIterator[StreamEvent], first: StreamEvent | None = None) -> None:
+    def __init__(self, events: AsyncIterator[StreamEvent], head: Sequence[StreamEvent] = ()) -> None:
         self._events = events
-        self._first = first
+        self._head = head
         self._acc = Accumulator()
         self._gen: AsyncGenerator[StreamEvent, None] | None = None
 
@@ -100,10 +101,10 @@ class AccumulatingStream:
             await aclose()
 
     async def _iterate(self) -> AsyncGenerator[StreamEvent, None]:
-        if self._first is not None:
-            first, self._first = self._first, None
-            self._acc.feed(first)
-            yield first
+        head, self._head = self._head, ()
+        for event in head:
+            self._acc.feed(event)
+            yield event
         async for event in self._events:
             self._acc.feed(event)
             yield event

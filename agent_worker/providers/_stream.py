@@ -27,18 +27,11 @@ from agent_worker.providers.base import ModelRequest, ResponseStream, StreamEven
 from agent_worker.providers.guard import check_allow_provider_requests
 from agent_worker.providers.retries import RetryConfig, retry_open
 
-__all__ = ["EventSource", "ProviderStream", "SdkProvider", "prepend"]
+__all__ = ["EventSource", "ProviderStream", "SdkProvider"]
 
 log = structlog.get_logger("agent_worker.providers")
 
 EventSource = Callable[[], AbstractAsyncContextManager[AsyncIterator[StreamEvent]]]
-
-
-async def prepend(head: list[StreamEvent], rest: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
-    for event in head:
-        yield event
-    async for event in rest:
-        yield event
 
 
 class ProviderStream:
@@ -75,7 +68,7 @@ class ProviderStream:
             raise RuntimeError(msg)
         stack, events, head = await retry_open(self._open_once, self._retry, provider=self._provider)
         self._stack = stack
-        stream = AccumulatingStream(prepend(head, events))
+        stream = AccumulatingStream(events, head)
         stack.push_async_callback(stream.aclose)
         return stream
 
