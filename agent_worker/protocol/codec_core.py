@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent_worker.errors import CodecError
+from agent_worker.protocol.frozen import fast_init
 from agent_worker.protocol.headers import (
     AI_INPUT,
     AI_OUTPUT,
@@ -245,6 +246,7 @@ def _append_message(data: str, transport: dict[str, str], codec: dict[str, str])
 # --- decoding -------------------------------------------------------------------------------------
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Decoded:
     """What one wire message decodes to; the message name fixes the direction."""
@@ -320,7 +322,7 @@ class DecoderCore:
     def _decode_core(self, msg: InboundMessage) -> list[Event]:
         match msg.action:
             case "message.create":
-                if dict(msg.transport_headers).get(H_STREAM) == "true":
+                if msg.transport_headers.get(H_STREAM) == "true":
                     return self._streamed_create(msg)
                 return self._discrete(msg)
             case "message.append":
@@ -339,8 +341,9 @@ class DecoderCore:
             raise CodecError(message, field=field_name, payload=payload)
 
     def _discrete(self, msg: InboundMessage) -> list[Event]:
-        codec = dict(msg.codec_headers)
-        transport = dict(msg.transport_headers)
+        # Read only (decoders take Mappings): no per-message copies.
+        codec = msg.codec_headers
+        transport = msg.transport_headers
         kind = codec.get(KIND, "")
         if msg.name == AI_INPUT:
             out = self.decode_input(kind, codec, transport, msg.data)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from agent_worker.protocol.frozen import fast_init
 from agent_worker.protocol.wire import InboundMessage, OutboundMessage
 
 __all__ = [
@@ -460,6 +461,7 @@ def run_end_error(headers: Mapping[str, str]) -> RunEndError:
     return RunEndError(code=code, message=message, status_code=status)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RunLifecycle:
     """A parsed run-lifecycle message (headers.ts ``parseRunLifecycle``)."""
@@ -478,6 +480,7 @@ class RunLifecycle:
     error: RunEndError | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StepLifecycle:
     """A parsed step-lifecycle message (headers.ts ``parseStepLifecycle``)."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agent_worker.protocol.codec_core import CodecMessage, Projection
+from agent_worker.protocol.frozen import fast_init
 from agent_worker.protocol.headers import RunEndError, RunLifecycle, StepLifecycle
 from agent_worker.protocol.vercel.decoder import Chunk, InputEvent
 from agent_worker.protocol.vercel.reducer import VercelProjection
@@ -28,6 +29,7 @@ RunStatus = Literal["active", "suspended", "complete", "cancelled", "error"]
 Event = tuple[Literal["input", "output"], dict[str, Any]]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StepInfo:
     """Read model of one step (its canonical attempt = highest ``ai-step-start`` serial)."""
@@ -163,6 +165,7 @@ class Internal:
     lifecycle: dict[str, RunLifecycle] = field(default_factory=dict)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     """What one :meth:`ConversationTree.apply` did — the JS tree's ``run``/``output`` events in one value.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from itertools import repeat
 from typing import Any
 
 from agent_worker.protocol.codec_core import CodecMessage, DecoderCore, Projection
@@ -109,8 +110,9 @@ class ConversationTree:
         event_id = msg.transport_headers.get(H_EVENT_ID)
         if isinstance(event_id, str) and event_id not in self._event_index:
             self._event_index[event_id] = msg
-        for listener in list(self._listeners):
-            listener(msg, result)
+        if self._listeners:  # usually none: skip the per-message copy
+            for listener in list(self._listeners):
+                listener(msg, result)
         return result
 
     def apply_all(self, messages: Iterable[InboundMessage]) -> None:
@@ -140,7 +142,7 @@ class ConversationTree:
         if not admitted:
             return ApplyResult()
         decoded = self.codecs.decoder.decode(msg)
-        headers = dict(msg.transport_headers)
+        headers = msg.transport_headers  # read only below: no per-message copy
         if decoded.inputs or decoded.outputs or headers.get(H_RUN_ID):
             return self._apply_message(
                 decoded.inputs, decoded.outputs, headers, msg.serial, msg.version_serial
@@ -225,7 +227,7 @@ class ConversationTree:
         self,
         inputs: list[InputEvent],
         outputs: list[Chunk],
-        headers: dict[str, str],
+        headers: Mapping[str, str],
         serial: str | None,
         version: str | None,
     ) -> ApplyResult:
@@ -237,9 +239,8 @@ class ConversationTree:
         fork_cmid = cmid if run_less_input and role != "user" else None
         if wire_run_id is None and input_cmid is None and fork_cmid is None:
             return ApplyResult()
-        events: list[Event] = [("input", e) for e in inputs] + [("output", e) for e in outputs]
         existing_key = input_cmid if input_cmid is not None else wire_run_id
-        if not events and existing_key is not None and existing_key not in self._nodes:
+        if not inputs and not outputs and existing_key is not None and existing_key not in self._nodes:
             return ApplyResult()
         if fork_cmid is not None:
             supersedes = headers.get(H_SUPERSEDES)
@@ -259,7 +260,12 @@ class ConversationTree:
                 entry.node.serial = serial
                 self._promote(entry)
             self._record_and_fold(
-                entry, events=events, serial=serial, message_id=input_cmid, version=version, streamed=streamed
+                entry,
+                events=_events(inputs, outputs),
+                serial=serial,
+                message_id=input_cmid,
+                version=version,
+                streamed=streamed,
             )
             return ApplyResult(
                 folded=True,
@@ -290,13 +296,13 @@ class ConversationTree:
         *,
         inputs: list[InputEvent],
         outputs: list[Chunk],
-        headers: dict[str, str],
+        headers: Mapping[str, str],
         serial: str | None,
         version: str | None,
     ) -> ApplyResult:
         cmid = headers.get(H_CODEC_MESSAGE_ID)
         input_cmid = headers.get(H_INPUT_CODEC_MESSAGE_ID)
-        events: list[Event] = [("input", e) for e in inputs] + [("output", e) for e in outputs]
+        events = _events(inputs, outputs)
         self._link_fork_input(input_cmid, run_id)
         run = self._nodes.get(run_id)
         if run is None and cmid is not None:
@@ -863,3 +869,12 @@ def _parse_steer_stamp(stamp: str | None) -> tuple[str, ...] | None:
         return None
     ids = tuple(i for i in parsed if isinstance(i, str))
     return ids or None
+
+
+_INPUT = repeat("input")
+_OUTPUT = repeat("output")
+
+
+def _events(inputs: list[InputEvent], outputs: list[Chunk]) -> list[Event]:
+    """A message's events, inputs first (zip over ``repeat``: no per-message comprehension frames)."""
+    return [*zip(_INPUT, inputs, strict=False), *zip(_OUTPUT, outputs, strict=False)]  # type: ignore[list-item]

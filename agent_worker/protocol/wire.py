@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from agent_worker.protocol.frozen import fast_init
+
 __all__ = [
     "Action",
     "AppendOp",
@@ -49,6 +51,7 @@ def _ai_section(extras: Mapping[str, Any] | None, key: str) -> Mapping[str, str]
     return _NO_HEADERS
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class InboundMessage:
     """One Ably message delivered live or read from history."""
@@ -68,8 +71,13 @@ class InboundMessage:
     codec_headers: Mapping[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "transport_headers", _ai_section(self.extras, "transport"))
-        object.__setattr__(self, "codec_headers", _ai_section(self.extras, "codec"))
+        _set_transport(self, _ai_section(self.extras, "transport"))
+        _set_codec(self, _ai_section(self.extras, "codec"))
+
+
+# The derived fields' slot setters (frozen: the dataclass's own __setattr__ refuses).
+_set_transport = InboundMessage.__dict__["transport_headers"].__set__
+_set_codec = InboundMessage.__dict__["codec_headers"].__set__
 
 
 @dataclass(frozen=True, slots=True)
