@@ -57,6 +57,10 @@ class WireLog:
     def record(
         self, serial: str, message_id: str | None, events: list[Event], version: str | None, streamed: bool
     ) -> Literal["dropped", "incremental", "refold"]:
+        entries = self.entries
+        if not entries or entries[-1].serial < serial:  # the usual case: a newer message, appended
+            entries.append(LogEntry(serial, message_id, list(events), version or serial))
+            return "incremental"
         for i in range(len(self.entries) - 1, -1, -1):
             entry = self.entries[i]
             if entry.serial == serial:

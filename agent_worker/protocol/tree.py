@@ -341,8 +341,13 @@ class ConversationTree:
             ss = run.step_state if run.step_state is not None else StepState()
             run.step_state = ss
             ss.attribution[serial] = (step_id, step_start_serial)
-            ss.output_attempts.setdefault(step_id, set()).add(step_start_serial)
-        steer_ids = _parse_steer_stamp(headers.get(H_STEER_CODEC_MESSAGE_IDS))
+            attempts = ss.output_attempts.get(step_id)
+            if attempts is None:
+                ss.output_attempts[step_id] = {step_start_serial}
+            else:
+                attempts.add(step_start_serial)
+        stamp = headers.get(H_STEER_CODEC_MESSAGE_IDS)
+        steer_ids = _parse_steer_stamp(stamp) if stamp is not None else None
         self._record_and_fold(
             run,
             events=events,
