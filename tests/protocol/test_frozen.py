@@ -1,0 +1,50 @@
+"""protocol/frozen.py: the generated __init__ keeps a frozen dataclass's construction semantics."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from agent_worker.protocol.codec_core import Decoded
+from agent_worker.protocol.frozen import fast_init
+from agent_worker.protocol.nodes import ApplyResult
+from agent_worker.protocol.wire import InboundMessage
+
+
+@fast_init
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Sample:
+    a: int
+    b: str = "x"
+    c: list[int] = dataclasses.field(default_factory=list)
+    d: int = dataclasses.field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "d", self.a * 2)
+
+
+def test_positional_keyword_defaults_factory_and_post_init() -> None:
+    s = _Sample(3)
+    assert (s.a, s.b, s.c, s.d) == (3, "x", [], 6)
+    assert _Sample(3, "y", [1]) == _Sample(a=3, b="y", c=[1])
+    assert _Sample(1).c is not _Sample(1).c  # a fresh default per instance
+    with pytest.raises(TypeError):
+        _Sample()  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        _Sample(1, z=2)  # type: ignore[call-arg]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.a = 4  # type: ignore[misc]
+
+
+def test_message_types_keep_their_semantics() -> None:
+    extras = {"ai": {"transport": {"run-id": "r"}, "codec": {"kind": "text"}}}
+    m = InboundMessage("ai-output", "hi", extras, serial="s1")
+    assert m.transport_headers == {"run-id": "r"} and m.codec_headers == {"kind": "text"}
+    assert m.action == "message.create" and m.version_serial is None
+    assert dataclasses.replace(m, data="ho").transport_headers == {"run-id": "r"}
+    assert m == InboundMessage(name="ai-output", data="hi", extras=extras, serial="s1")
+    assert ApplyResult() == ApplyResult(folded=False) and ApplyResult(run_id="r").run_id == "r"
+    assert Decoded().inputs == [] and Decoded(outputs=[{"type": "x"}]).outputs == [{"type": "x"}]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.data = "x"  # type: ignore[misc]
