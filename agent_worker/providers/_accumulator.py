@@ -32,20 +32,38 @@ class _PendingCall:
     arguments: list[str] = field(default_factory=list)
 
 
-@dataclass(slots=True)
 class Accumulator:
-    """Feed events in order; ``response`` is the result assembled so far."""
+    """Feed events in order; ``response`` is the result assembled so far.
 
-    response: ModelResponse = field(default_factory=ModelResponse)
-    _pending: dict[str, _PendingCall] = field(default_factory=dict)
+    Text and reasoning deltas are kept as parts and joined when ``response`` is read: ``+=`` on an
+    attribute copies the whole text per delta, quadratic in a long reply."""
+
+    __slots__ = ("_pending", "_reasoning", "_response", "_text")
+
+    def __init__(self) -> None:
+        self._response = ModelResponse()
+        self._pending: dict[str, _PendingCall] = {}
+        self._text: list[str] = []
+        self._reasoning: list[str] = []
+
+    @property
+    def response(self) -> ModelResponse:
+        r = self._response
+        if self._text:
+            r.text = "".join(self._text)
+            self._text = [r.text]
+        if self._reasoning:
+            r.reasoning = "".join(self._reasoning)
+            self._reasoning = [r.reasoning]
+        return r
 
     def feed(self, event: StreamEvent) -> None:
-        r = self.response
+        r = self._response
         match event:
             case TextDelta(text=text):
-                r.text += text
+                self._text.append(text)
             case ReasoningDelta(text=text):
-                r.reasoning += text
+                self._reasoning.append(text)
             case ToolCallStart(call_id=call_id, name=name):
                 self._pending[call_id] = _PendingCall(name)
             case ToolCallDelta(call_id=call_id, arguments_delta=delta):

@@ -195,6 +195,19 @@ class TestAccumulator:
         assert (acc.response.input_tokens, acc.response.output_tokens) == (5, 9)
         assert acc.unfinished_calls == {"c": "f"}
 
+    def test_text_is_assembled_in_order_and_readable_mid_stream(self) -> None:
+        """Deltas join in order; reading ``response`` mid-stream neither loses nor repeats text."""
+        acc = Accumulator()
+        acc.feed(TextDelta("a"))
+        acc.feed(ReasoningDelta("r1"))
+        acc.feed(TextDelta("b"))
+        assert (acc.response.text, acc.response.reasoning) == ("ab", "r1")
+        for piece in ("c", "d", "e"):
+            acc.feed(TextDelta(piece))
+        acc.feed(ReasoningDelta("r2"))
+        assert (acc.response.text, acc.response.reasoning) == ("abcde", "r1r2")
+        assert acc.response.text == "abcde"  # a second read is the same
+
 
 class TestRegistry:
     def test_builtins_are_listed(self) -> None:
