@@ -761,6 +761,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         dump = json.loads(args.render.read_text())
         plan = Plan(**dump["plan"])
+        # The section needs every phase but latencyBig/history (which a variant may skip).
+        needed = ("memory", "latency1", "latencyN", "throughput", "cancel")
+        partial = {v: [p for p in needed if p not in r] for v, r in dump["raw"].items()}
+        if any(partial.values()):
+            lacking = "; ".join(f"{v}: {', '.join(ps)}" for v, ps in partial.items() if ps)
+            print(
+                f"{args.render} is a partial dump (a --phases run?), lacking {lacking}; "
+                "--render needs a full run's --json dump",
+                file=sys.stderr,
+            )
+            return 2
         section = render({v: summarise(r) for v, r in dump["raw"].items()}, plan, machine())
         if args.no_write:
             print(section)
