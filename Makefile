@@ -51,8 +51,8 @@ lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check agent_worker tests bench examples
 	$(VENV)/bin/ruff format --check agent_worker tests bench examples
 
-typecheck: $(STAMP) ## mypy --strict (the package, its tests and the examples)
-	$(VENV)/bin/mypy agent_worker tests examples
+typecheck: $(STAMP) ## mypy --strict (the package, its tests, the examples and the benchmarks)
+	$(VENV)/bin/mypy agent_worker tests examples bench
 
 bench: setup ## run the benchmarks (writes docs/benchmarks.md sections)
 	$(PY) -m bench

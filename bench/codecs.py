@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from agent_worker.protocol.codecs import OPENAI_RESPONSES, VERCEL, codec_for
@@ -109,7 +109,7 @@ def _best_us(fn: Callable[[], Any], per: int, min_s: float) -> float:
     return best / per * 1e6
 
 
-def measure(tag: str, events: list[Mapping[str, Any]], tokens: int, min_s: float) -> dict[str, float]:
+def measure(tag: str, events: Sequence[Mapping[str, Any]], tokens: int, min_s: float) -> dict[str, float]:
     codec = codec_for(tag)
     headers = build_output_headers(
         codec_message_id="CA",

@@ -10,7 +10,7 @@ import asyncio
 import json
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -95,14 +95,14 @@ async def slow_consumers(server: EmbeddedServer, stop: asyncio.Event) -> None:
 
 
 async def measure(
-    name: str, attack: Callable[[EmbeddedServer, asyncio.Event], Awaitable[None]] | None, **cfg: Any
+    name: str, attack: Callable[[EmbeddedServer, asyncio.Event], Coroutine[Any, Any, None]] | None, **cfg: Any
 ) -> None:
     async with EmbeddedServer(ServerConfig(**cfg)) as server:
         bystander = await Ws.open(server, "bystander")
         stop = asyncio.Event()
         task = asyncio.create_task(attack(server, stop)) if attack else None
         before = rss_mb()
-        rtts = []
+        rtts: list[float] = []
         started = time.perf_counter()
         queued = 0
         gateway = server._gateway
