@@ -85,6 +85,7 @@ async def test_the_next_page_is_requested_before_this_one_is_decoded(ably_server
 
     class Logged(HistoryPage):
         __slots__ = ("index",)
+        index: int
 
         def messages(self, read: Any) -> list[InboundMessage]:
             events.append(f"decode {self.index}")
