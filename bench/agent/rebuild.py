@@ -49,6 +49,18 @@ async def _child(cfg: dict[str, Any]) -> dict[str, Any]:
     transport = AblyTransport(settings)
     await transport.connect()
     tune_gc(GC_THRESHOLDS)
+    in_gc = [0.0, 0.0]  # time spent in the collector, when the current collection started
+
+    def on_gc(phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            in_gc[1] = time.perf_counter()
+        else:
+            in_gc[0] += time.perf_counter() - in_gc[1]
+            if os.environ.get("AW_REBUILD_GC_LOG"):
+                took = (time.perf_counter() - in_gc[1]) * 1000
+                sys.stderr.write(f"gc gen{_info['generation']} {took:.1f} ms collected {_info['collected']}\n")
+
+    gc.callbacks.append(on_gc)
     samples: list[dict[str, Any]] = []
     try:
         for name, parent in cfg["sessions"]:
@@ -74,8 +86,13 @@ async def _child(cfg: dict[str, Any]) -> dict[str, Any]:
                 profiler = cProfile.Profile()
                 profiler.enable()
             collections = sum(s["collections"] for s in gc.get_stats())
+            gc_before = in_gc[0]
             wall, cpu = time.perf_counter(), time.process_time()
-            session = AgentSession(await transport.open_channel(name), agent_client_id=AGENT_CLIENT_ID)
+            session = AgentSession(
+                await transport.open_channel(name),
+                agent_client_id=AGENT_CLIENT_ID,
+                history_page_size=int(cfg.get("page_size") or 100),
+            )
             await session.connect()
             run = session.create_run(event_id)
             trigger = await session.locate(run)
@@ -89,6 +106,7 @@ async def _child(cfg: dict[str, Any]) -> dict[str, Any]:
                     "wall_ms": wall * 1000,
                     "cpu_ms": cpu * 1000,
                     "gc": sum(s["collections"] for s in gc.get_stats()) - collections,
+                    "gc_ms": round((in_gc[0] - gc_before) * 1000, 1),
                     "nodes": len(session.tree.nodes()),
                 }
             )
@@ -128,15 +146,26 @@ async def main(args: argparse.Namespace) -> None:
             print(f"server and sessions held; state in {args.hold}", flush=True)
             await asyncio.Event().wait()
         port, key, sessions = state["port"], state["key"], state["sessions"]
-        codes = [("this", None)] + ([("compare", args.compare)] if args.compare else [])
-        results: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in codes}
+        codes: list[tuple[str, str | None, int]] = [("this", None, args.page_size)]
+        if args.compare:
+            codes.append(("compare", args.compare, args.page_size))
+        if args.compare_page_size:
+            codes.append((f"first{args.compare_page_size}", None, args.compare_page_size))
+        results: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in codes}
         for rep in range(args.reps):
-            for label, code in codes if rep % 2 == 0 else codes[::-1]:
+            for label, code, page_size in codes if rep % 2 == 0 else codes[::-1]:
                 # Each process rebuilds --per-process sessions: a warm-up, then the samples.
                 picked = [
                     sessions[(rep * args.per_process + i) % len(sessions)] for i in range(args.per_process)
                 ]
-                cfg = {"port": port, "key": key, "code": code, "sessions": picked, "profile": args.profile}
+                cfg = {
+                    "port": port,
+                    "key": key,
+                    "code": code,
+                    "sessions": picked,
+                    "profile": args.profile,
+                    "page_size": page_size,
+                }
                 child = Child(
                     [sys.executable, "-m", "bench.agent.rebuild", "child"],
                     {"AW_REBUILD_CONFIG": json.dumps(cfg)},
@@ -147,7 +176,8 @@ async def main(args: argparse.Namespace) -> None:
                 results[label].extend(got)
                 pairs = " ".join(f"{s['wall_ms']:6.1f}/{s['cpu_ms']:5.1f}" for s in got)
                 print(
-                    f"  {label:8} {pairs}  (wall/cpu ms; gc {[s['gc'] for s in got]}; {out['code']})",
+                    f"  {label:8} {pairs}  (wall/cpu ms; collections, ms in GC: "
+                    f"{[(s['gc'], s['gc_ms']) for s in got]}; {out['code']})",
                     flush=True,
                 )
         for label, samples in results.items():
@@ -155,7 +185,8 @@ async def main(args: argparse.Namespace) -> None:
             cpu = [s["cpu_ms"] for s in samples]
             print(
                 f"{label:8} wall median {statistics.median(wall):6.1f} min {min(wall):6.1f}  "
-                f"cpu median {statistics.median(cpu):6.1f} min {min(cpu):6.1f}  (n={len(samples)})"
+                f"cpu median {statistics.median(cpu):6.1f} min {min(cpu):6.1f}  "
+                f"GC median {statistics.median(s['gc_ms'] for s in samples):5.1f} ms  (n={len(samples)})"
             )
     finally:
         if server is not None:
@@ -174,6 +205,8 @@ def run() -> None:
     parser.add_argument("--hold", default=None, help="populate, write the state there and keep serving")
     parser.add_argument("--state", default=None, help="the state file of a --hold process")
     parser.add_argument("--profile", default=None, help="cProfile each process's last rebuild there")
+    parser.add_argument("--page-size", type=int, default=100, help="the first history page's size")
+    parser.add_argument("--compare-page-size", type=int, default=None, help="alternate with this first page")
     parser.add_argument("--compare", default=None, help="a directory holding another agent_worker package")
     asyncio.run(main(parser.parse_args()))
 
