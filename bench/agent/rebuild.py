@@ -51,14 +51,14 @@ async def _child(cfg: dict[str, Any]) -> dict[str, Any]:
     tune_gc(GC_THRESHOLDS)
     in_gc = [0.0, 0.0]  # time spent in the collector, when the current collection started
 
-    def on_gc(phase: str, _info: dict[str, int]) -> None:
+    def on_gc(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             in_gc[1] = time.perf_counter()
         else:
             in_gc[0] += time.perf_counter() - in_gc[1]
             if os.environ.get("AW_REBUILD_GC_LOG"):
                 took = (time.perf_counter() - in_gc[1]) * 1000
-                sys.stderr.write(f"gc gen{_info['generation']} {took:.1f} ms collected {_info['collected']}\n")
+                sys.stderr.write(f"gc gen{info['generation']} {took:.1f} ms, {info['collected']} collected\n")
 
     gc.callbacks.append(on_gc)
     samples: list[dict[str, Any]] = []
