@@ -634,7 +634,6 @@ class TestStepGatingAndOrdering:
         assert [m.to_json() for m in tree.visible_messages()] == live
 
 
-
 @pytest.mark.node
 @pytest.mark.parametrize("page_size", [1, 3, 100])
 def test_a_retried_step_folds_from_history_pages_like_js(page_size: int) -> None:
