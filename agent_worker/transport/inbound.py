@@ -140,7 +140,7 @@ def history_messages(body: bytes) -> list[InboundMessage] | None:
             InboundMessage(
                 item.name,
                 data,
-                extras if isinstance(extras, Mapping) else None,
+                extras if type(extras) is dict or isinstance(extras, Mapping) else None,
                 by_number.get(int(action), "message.create") if isinstance(action, int) else "message.create",
                 serial,
                 (version.serial if version is not None else None) or serial,
