@@ -148,8 +148,9 @@ def _walk(tree: ConversationTree, anchor: str | None) -> list[Node]:
     current = tree.node_by_codec_message_id(anchor)
     while current is not None and current.key not in seen:
         seen.add(current.key)
-        chain.insert(0, current)
+        chain.append(current)
         current = _up(tree, current)[1]
+    chain.reverse()  # root first (inserting each at the front was quadratic in a long branch)
     return chain
 
 

@@ -78,7 +78,10 @@ class Projection(Protocol):
 
 def strip(**kv: Any) -> dict[str, Any]:
     """JS ``stripUndefined``: keys whose value is :data:`MISSING` vanish."""
-    return {k: v for k, v in kv.items() if v is not MISSING}
+    for v in kv.values():
+        if v is MISSING:
+            return {k: v for k, v in kv.items() if v is not MISSING}
+    return kv  # nothing to strip (the usual case): ``**kv`` is already a fresh dict
 
 
 def input_message(

@@ -116,9 +116,9 @@ class CodecSelector:
     def admit(self, msg: InboundMessage) -> tuple[bool, bool]:
         """``(decode, switched)``: whether to decode ``msg``, and whether the codec just changed
         (the caller refolds what it folded with the previous one)."""
-        tag = detect_codec(msg)
-        if tag is None:
-            return True, False
+        tag = _classify(msg.name, msg.codec_headers)
+        if tag is None or (tag == self.codec.adapter_tag and self.locked):
+            return True, False  # the usual case: one more message of the session's codec
         if not self.locked:
             self.locked = True
             if tag != self.adapter_tag:

@@ -506,33 +506,44 @@ def parse_run_lifecycle(msg: InboundMessage) -> RunLifecycle | None:
         return None
     client_id = h.get(H_RUN_CLIENT_ID, "")
     invocation_id = h.get(H_INVOCATION_ID, "")
-    common: dict[str, Any] = {
-        "run_id": run_id,
-        "client_id": client_id,
-        "invocation_id": invocation_id,
-        "serial": msg.serial,
-        "timestamp": msg.timestamp,
-    }
+    serial, timestamp = msg.serial, msg.timestamp
     match msg.name:
         case "ai-run-start":
             return RunLifecycle(
                 type="start",
+                run_id=run_id,
+                client_id=client_id,
+                invocation_id=invocation_id,
+                serial=serial,
+                timestamp=timestamp,
                 parent=h.get(H_PARENT),
                 fork_of=h.get(H_FORK_OF),
                 regenerates=h.get(H_MSG_REGENERATE),
                 input_codec_message_id=h.get(H_INPUT_CODEC_MESSAGE_ID),
-                **common,
             )
-        case "ai-run-suspend":
-            return RunLifecycle(type="suspend", **common)
-        case "ai-run-resume":
-            return RunLifecycle(type="resume", **common)
+        case "ai-run-suspend" | "ai-run-resume":
+            return RunLifecycle(
+                type="suspend" if msg.name == "ai-run-suspend" else "resume",
+                run_id=run_id,
+                client_id=client_id,
+                invocation_id=invocation_id,
+                serial=serial,
+                timestamp=timestamp,
+            )
         case "ai-run-end":
             # JS casts the header without validation; an unknown reason behaves like a terminal
             # non-complete status, so keep it verbatim.
             reason = h.get(H_RUN_REASON, "complete")
-            error = run_end_error(h) if reason == "error" else None
-            return RunLifecycle(type="end", reason=reason, error=error, **common)  # type: ignore[arg-type]
+            return RunLifecycle(
+                type="end",
+                run_id=run_id,
+                client_id=client_id,
+                invocation_id=invocation_id,
+                serial=serial,
+                timestamp=timestamp,
+                reason=reason,  # type: ignore[arg-type]
+                error=run_end_error(h) if reason == "error" else None,
+            )
         case _:
             return None
 

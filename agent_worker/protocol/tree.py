@@ -348,6 +348,9 @@ class ConversationTree:
                 attempts.add(step_start_serial)
         stamp = headers.get(H_STEER_CODEC_MESSAGE_IDS)
         steer_ids = _parse_steer_stamp(stamp) if stamp is not None else None
+        # Gating depends on the step attribution recorded above only (folding changes neither):
+        # checked once here, not again by the fold.
+        gated = serial is not None and run.step_state is not None and self._is_gated(run, serial)
         self._record_and_fold(
             run,
             events=events,
@@ -355,8 +358,8 @@ class ConversationTree:
             message_id=cmid,
             version=version,
             streamed=headers.get(H_STREAM) == "true",
+            gated=gated,
         )
-        gated = serial is not None and self._is_gated(run, serial)
         return ApplyResult(
             folded=not gated,
             run_id=owner_key,
@@ -402,11 +405,13 @@ class ConversationTree:
         message_id: str | None,
         version: str | None,
         streamed: bool,
+        gated: bool | None = None,
     ) -> None:
+        """``gated``: whether ``serial`` is gated out, when the caller already knows."""
         if serial is None or not events:
             if serial is None and events:
                 entry.optimistic = True
-            self._fold_into(entry, events, serial, message_id)
+            self._fold_into(entry, events, serial, message_id, gated)
             return
         outcome = entry.log.record(serial, message_id, events, version, streamed)
         if outcome == "dropped":
@@ -419,15 +424,26 @@ class ConversationTree:
         if outcome == "refold":
             self._refold(entry)
             return
-        self._fold_into(entry, events, serial, message_id)
+        self._fold_into(entry, events, serial, message_id, gated)
 
     def _fold_into(
-        self, entry: Internal, events: list[Event], serial: str | None, message_id: str | None
+        self,
+        entry: Internal,
+        events: list[Event],
+        serial: str | None,
+        message_id: str | None,
+        gated: bool | None = None,
     ) -> None:
-        if serial is not None and self._is_gated(entry, serial):
+        if gated is None:
+            gated = serial is not None and self._is_gated(entry, serial)
+        if gated:
             return
-        for ev in events:
-            self._fold(entry.node.projection, ev, message_id)
+        projection = entry.node.projection
+        for direction, payload in events:
+            if direction == "input":
+                projection.fold_input(payload, message_id)
+            else:
+                projection.fold_output(payload, message_id)
 
     def _refold(self, entry: Internal) -> None:
         projection = self.new_projection()

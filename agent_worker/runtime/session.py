@@ -187,9 +187,12 @@ class AgentSession:
                 self._forgers.add(msg.client_id)
                 log.warning("lifecycle_ignored", session=self.name, name=msg.name, by=msg.client_id)
             return
-        if self._appends.offer(msg):
+        appends = self._appends
+        if msg.action == "message.append" and appends.offer(msg):
             return
-        self.tree  # noqa: B018 - folds the deferred appends first, keeping the channel's order
+        if len(appends):  # the deferred appends fold first, keeping the channel's order
+            for held in appends.drain():
+                self._fold_now(held)
         self._fold_now(msg)
 
     def _fold_now(self, msg: InboundMessage) -> None:

@@ -492,16 +492,19 @@ class Channel:
         ahead: asyncio.Task[HistoryPage] | None = None
         try:
             for index in itertools.count():
+                if page.next is not None:
+                    following = functools.partial(reader.page, with_limit(page.next, later_page_size))
+                    if index > 0:
+                        # Past the first page the caller is rebuilding a long conversation: the next
+                        # page is requested now (one loop turn puts the GET on the wire) and read
+                        # while this one is decoded and folded (the server prepares it meanwhile).
+                        ahead = asyncio.ensure_future(self._with_retries(following))
+                        await asyncio.sleep(0)
                 with gc_paused():
-                    items = [self._decode_history_item(raw) for raw in page.items if isinstance(raw, Mapping)]
+                    items = page.messages(self._decode_history_item)
                 if page.next is None:
                     yield items
                     return
-                following = functools.partial(reader.page, with_limit(page.next, later_page_size))
-                if index > 0:
-                    # Past the first page the caller is rebuilding a long conversation: the next page
-                    # is read while it folds this one (the server prepares it meanwhile).
-                    ahead = asyncio.ensure_future(self._with_retries(following))
                 yield items
                 if ahead is None:
                     page = await self._with_retries(following)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
@@ -27,18 +27,48 @@ from ably.http.httputils import HttpUtils
 from yarl import URL
 
 from agent_worker.errors import TransportError
+from agent_worker.protocol.wire import InboundMessage
+from agent_worker.transport.inbound import history_messages
 
 __all__ = ["HistoryPage", "HistoryReader", "HistoryRefused", "with_limit"]
 
 REST_VERSION = "5"
+_MSGPACK = "application/x-msgpack"
 
 
-@dataclass(frozen=True, slots=True)
 class HistoryPage:
-    """One page: its items as decoded from the body, and the path and query of the next page."""
+    """One page: its items, and the path and query of the next page (``next``).
 
-    items: list[Any]
-    next: str | None
+    A msgpack body from the lean GET stays undecoded until it is read, so whoever pages can ask for
+    the next page (known from the ``Link`` header) before spending CPU on this one's body."""
+
+    __slots__ = ("_body", "_content_type", "_items", "next")
+
+    def __init__(
+        self, items: list[Any] | None, next: str | None, *, body: bytes = b"", content_type: str = ""
+    ) -> None:
+        self._items = items
+        self.next = next
+        self._body = body
+        self._content_type = content_type
+
+    @property
+    def items(self) -> list[Any]:
+        """The items as decoded from the body (maps, as the SDK's ``request()`` gives them)."""
+        if self._items is None:
+            items = _decode(self._body, self._content_type) if self._body else []
+            self._items = items if isinstance(items, list) else [items]
+            self._body = b""
+        return self._items
+
+    def messages(self, read: Callable[[Mapping[str, Any]], InboundMessage]) -> list[InboundMessage]:
+        """The page's map items as messages: ``read`` one by one, or a msgpack body decoded straight
+        into messages when every item is plain (:func:`history_messages`)."""
+        if self._items is None and self._body and self._content_type.startswith(_MSGPACK):
+            fast = history_messages(self._body)
+            if fast is not None:
+                return fast
+        return [read(raw) for raw in self.items if isinstance(raw, Mapping)]
 
 
 def with_limit(path_qs: str, limit: int) -> str:
@@ -135,6 +165,8 @@ class HistoryReader:
         if status >= 500:
             raise _UseSdk
         if status < 300:
+            if body and ctype.startswith(_MSGPACK):  # decoded when read (see HistoryPage)
+                return HistoryPage(None, _next_of(path_qs, link), body=body, content_type=ctype)
             items = _decode(body, ctype) if body else []
             return HistoryPage(items if isinstance(items, list) else [items], _next_of(path_qs, link))
         try:
@@ -166,7 +198,7 @@ class HistoryReader:
 
 
 def _decode(body: bytes, content_type: str) -> Any:
-    if content_type.startswith("application/x-msgpack"):
+    if content_type.startswith(_MSGPACK):
         return msgpack.unpackb(body)
     if content_type.startswith("application/json"):
         return json.loads(body)

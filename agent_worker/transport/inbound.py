@@ -7,11 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from ably.types.message import Message
 
 from agent_worker.protocol.wire import ACTION_BY_NUMBER, Action, InboundMessage
 
-__all__ = ["Undecodable", "history_item", "raw_inbound", "to_inbound"]
+__all__ = ["Undecodable", "history_item", "history_messages", "raw_inbound", "to_inbound"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,3 +85,69 @@ def raw_inbound(raw: Mapping[str, Any], data: Any) -> InboundMessage:
         id=raw.get("id"),
         timestamp=raw.get("timestamp"),
     )
+
+
+# --- a msgpack history page straight into messages ----------------------------------------------
+
+
+class _Version(msgspec.Struct):
+    serial: Any = None
+
+
+class _Item(msgspec.Struct, rename="camel"):
+    """The fields of a history item that :func:`raw_inbound` reads; any others are skipped unread."""
+
+    id: Any = None
+    client_id: Any = None
+    connection_id: Any = None
+    timestamp: Any = None
+    serial: Any = None
+    name: Any = None
+    data: Any = None
+    encoding: Any = None
+    extras: Any = None
+    action: Any = None
+    version: _Version | None = None
+    annotations: Any = None
+
+
+_PAGE = msgspec.msgpack.Decoder(list[_Item])
+
+
+def history_messages(body: bytes) -> list[InboundMessage] | None:
+    """A msgpack history page (an array of items) as :func:`history_item` reads each item, or None
+    when one item needs more than that (an ``encoding``, binary data, annotations, a field of
+    another shape, an item that is not a map): the caller then decodes the page item by item.
+
+    msgspec builds only the fields read here (the generic unpack builds every key of every item
+    and :func:`raw_inbound` then looks each up): about half the CPU of a 1,000-message page."""
+    try:
+        items = _PAGE.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    out: list[InboundMessage] = []
+    append = out.append
+    by_number = ACTION_BY_NUMBER
+    for item in items:
+        data = item.data
+        if item.encoding or type(data) is bytes or item.annotations is not None:
+            return None
+        extras = item.extras
+        action = item.action
+        serial = item.serial
+        version = item.version
+        append(
+            InboundMessage(
+                item.name,
+                data,
+                extras if type(extras) is dict or isinstance(extras, Mapping) else None,
+                by_number.get(int(action), "message.create") if isinstance(action, int) else "message.create",
+                serial,
+                (version.serial if version is not None else None) or serial,
+                item.client_id,
+                item.connection_id,
+                item.id,
+                item.timestamp,
+            )
+        )
+    return out

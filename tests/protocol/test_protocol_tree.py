@@ -632,3 +632,21 @@ class TestStepGatingAndOrdering:
             assert texts(js["messages"]) == texts(live)
         tree = c.tree([*history, *c.ch.live, *history_fold_order(history, 4)])
         assert [m.to_json() for m in tree.visible_messages()] == live
+
+
+@pytest.mark.node
+@pytest.mark.parametrize("page_size", [1, 3, 100])
+def test_a_retried_step_folds_from_history_pages_like_js(page_size: int) -> None:
+    """Step gating (checked once per run message) keeps a superseded attempt's outputs out in any
+    fold order: history pages of any size, newest first, fold as the JS session folds them."""
+    c = Convo()
+    c.user("U1", "q")
+    r = c.run("R1", input_cmid="U1", leaf="U1").start(run_parent="U1")
+    r.step(text_reply("first attempt"), cmid="A1", step_id="I-R1-x", reason="failed")
+    r.step(text_reply("second attempt"), cmid="A2", step_id="I-R1-x")
+    r.step(text_reply("next step"), cmid="A3", step_id="I-R1-y")
+    r.end()
+    tree = c.tree(history_fold_order(c.ch.history(), page_size))
+    js = c.js_view(live=False, history=True, page_size=page_size)
+    assert [m.to_json() for m in tree.visible_messages()] == js["messages"]
+    assert "first attempt" not in str(js["messages"]) and "second attempt" in str(js["messages"])
