@@ -32,6 +32,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 from ably import AblyRealtime, AblyRest
+from ably.transport.websockettransport import ProtocolMessageAction
 from ably.types.channeloptions import ChannelOptions
 from ably.types.message import Message, MessageAction
 from ably.types.tokendetails import TokenDetails
@@ -242,6 +243,26 @@ def _sdk_message(msg: OutboundMessage, *, serial: str | None = None, id: str | N
     return Message(name=msg.name, data=msg.data, extras=msg.extras or None, serial=serial, id=id)
 
 
+def _append_frame(channel: str, serial: str, msg: OutboundMessage) -> dict[str, Any] | None:
+    """The ProtocolMessage ably-python's ``append_message`` sends for a text append, built directly:
+    the same keys in the same order (``Message.as_dict`` drops ``None`` values; ``params`` stays,
+    as ``None``), so the encoded frame is byte-for-byte the SDK's (``tests/worker/test_lean_append.py``
+    compares them on the wire). ``None`` when the SDK must encode it (data other than text)."""
+    data = msg.data
+    if not isinstance(data, str) or not serial:
+        return None
+    body: dict[str, Any] = {} if msg.name is None else {"name": msg.name}
+    if msg.extras:
+        body["extras"] = msg.extras
+    body["serial"] = serial
+    body["action"] = _APPEND
+    body["data"] = data
+    return {"action": ProtocolMessageAction.MESSAGE, "channel": channel, "messages": [body], "params": None}
+
+
+_APPEND = int(MessageAction.MESSAGE_APPEND)
+
+
 def _transient(exc: TransportError) -> bool:
     return exc.status_code >= 500 and exc.code != 40160
 
@@ -387,8 +408,23 @@ class Channel:
         await self._conn.ready()
         with map_ably_errors(f"append on {self.name}", channel=self.name):
             async with asyncio.timeout(self.ack_timeout_s):
-                result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
-        return getattr(result, "version_serial", None)
+                return await self._send_append(serial, msg)
+
+    async def _send_append(self, serial: str, msg: OutboundMessage) -> str | None:
+        """One append, awaiting its ACK: a text append's frame built directly (:func:`_append_frame`)
+        and handed to the connection manager's own send path, so its msgSerial, pending queue,
+        ACK/NACK, re-send on resume and :meth:`_Connection._lose_continuity` apply exactly as for
+        ``append_message``, without its per-append ``Message``, ``as_dict`` and log line; anything
+        else (non-text data, an encrypted channel) goes through ``append_message``."""
+        sdk = self._sdk
+        frame = None if sdk.cipher else _append_frame(self.name, serial, msg)
+        if frame is None:
+            result = await sdk.append_message(_sdk_message(msg, serial=serial))
+            return getattr(result, "version_serial", None)
+        sdk._throw_if_unpublishable_state()  # the same state checks (and errors) as append_message
+        result = await self._conn._manager.send_protocol_message(frame)
+        serials = getattr(result, "serials", None)
+        return serials[0] if serials else None
 
     async def acquire(self) -> None:
         """Take one token from the connection's rate limiter (for :meth:`start_append`)."""
@@ -418,12 +454,11 @@ class Channel:
                 assert task is not None
                 self._acks.watch(task, self.ack_timeout_s)  # not an asyncio.timeout per append
                 try:
-                    result = await self._sdk.append_message(_sdk_message(msg, serial=serial))
+                    return await self._send_append(serial, msg)
                 except asyncio.CancelledError:
                     if self._acks.timed_out(task):
                         raise TimeoutError from None
                     raise
-            return getattr(result, "version_serial", None)
 
         return asyncio.create_task(run())
 

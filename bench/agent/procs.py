@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from agent_worker import eventloop
@@ -80,7 +81,6 @@ async def server_main(cfg: dict[str, Any]) -> None:
 def _trace_gc(worker: Worker) -> None:
     """AW_BENCH_GC=1: report garbage-collector pauses over 5 ms on stderr (diagnosing latency tails)."""
     import gc  # noqa: PLC0415
-    import time  # noqa: PLC0415
 
     started: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -149,7 +149,9 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
     if profile_to:
         import cProfile  # noqa: PLC0415
 
-        profiler = cProfile.Profile()
+        # AW_BENCH_PROFILE_CPU=1: time CPU, not wall (a send that wakes the server reads as slow under load)
+        cpu = bool(os.environ.get("AW_BENCH_PROFILE_CPU"))
+        profiler = cProfile.Profile(time.process_time) if cpu else cProfile.Profile()
         profiler.enable()
     emit("ready", {"url": f"http://{host}:{port}/api/chat", "pid": os.getpid()})
     try:
