@@ -12,6 +12,7 @@ opens at its first output.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -125,6 +126,8 @@ class Run:
         self._start_published = False
         self._start_ack: asyncio.Task[str | None] | None = None
         """A pipelined run-start awaiting its ACK (see :meth:`start`)."""
+        self._start_lost = False
+        """A pipelined run-start failed: the run's terminal publishes it again first."""
         self.steers = SteerTracker()
         self._steers_seen: set[str] = set()
         self._step_index = 0
@@ -288,21 +291,24 @@ class Run:
                 raise
             self._start_ack = None
             self._start_published = False
+            self._start_lost = True
             msg = "unable to start run; the run-start publish was cancelled"
             raise TransportError(msg, code=80003) from None
         except Exception:
             self._start_ack = None
             self._start_published = False
+            self._start_lost = True
             log.warning("run_start_failed", error=str(task.exception()))
             raise
         self._start_ack = None
 
     async def _start_before_end(self) -> None:
         """Before a terminal publish: the run-start is acknowledged (published again if the
-        pipelined one failed)."""
-        try:
+        pipelined one failed, whether found failed here or by the run's first step)."""
+        with contextlib.suppress(Exception):
             await self.confirm_started()
-        except Exception:
+        if self._start_lost:
+            self._start_lost = False
             await self.start()
 
     def adopt_started(self) -> None:

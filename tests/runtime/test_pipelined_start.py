@@ -119,6 +119,11 @@ async def test_a_failed_pipelined_run_start_fails_the_first_step() -> None:
     with pytest.raises(TransportError):
         await message.send({"type": "start"})
     assert not run.started  # so the run's terminal publishes a run-start first
+    await message.close_after_abort("error")
+    await run.end("error")
+    # Found failed by the step, not by the end: the run-end still follows an acknowledged run-start.
+    assert channel.sent == ["ai-run-start", "ai-step-start", "ai-step-end", "ai-run-start", "ai-run-end"]
+    assert run.phase is RunPhase.ENDED and run.outcome == "error"
 
 
 class BatchChannel(HeldAckChannel):

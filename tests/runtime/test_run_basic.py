@@ -49,6 +49,13 @@ async def test_plain_reply_streams_echo_and_ends_complete(
     step_end = next(m for m in client.run_wires(run_id) if m.name == AI_STEP_END)
     assert step_end.transport_headers["step-start-serial"] == step_start.serial
     assert step_end.transport_headers["step-reason"] == "complete"
+    # Every output of the step follows its step-start on the channel and names it (the opening
+    # chunks, batched while the model is called, too).
+    creates = [m for m in client.run_wires(run_id) if m.action == "message.create"]
+    outputs = [m for m in creates if m.name == AI_OUTPUT]
+    assert [m.codec_headers.get("kind") for m in outputs[:3]] == ["start", "start-step", "text"]
+    assert creates.index(outputs[0]) > creates.index(step_start)
+    assert {m.transport_headers.get("step-start-serial") for m in outputs} == {step_start.serial}
     node = client.run_node(run_id)
     assert node is not None and node.status == "complete"
     await harness.worker.run_until_idle()
