@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from agent_worker.errors import AppendNotSentError, TransportError
+from agent_worker.errors import NotSentError, TransportError
 from agent_worker.logs import get_logger
 from agent_worker.protocol.wire import AppendOp, OutboundMessage, PublishOp, UpdateOp, WireOp
 from agent_worker.retry import backoff, retry
@@ -139,7 +139,7 @@ def _split(msg: OutboundMessage, max_bytes: int) -> list[OutboundMessage]:
 
 
 def _not_sent(task: asyncio.Task[Any]) -> bool:
-    return task.done() and not task.cancelled() and isinstance(task.exception(), AppendNotSentError)
+    return task.done() and not task.cancelled() and isinstance(task.exception(), NotSentError)
 
 
 def _merged(buffer: _Buffer, tail: OutboundMessage | None = None) -> OutboundMessage:

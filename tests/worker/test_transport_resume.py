@@ -129,3 +129,44 @@ async def test_sends_waiting_for_the_reconnect_go_on_in_order(ably_server: Embed
         assert ably_server.hub.channel(name).log.records[serial].content["data"] == "abcde"
     finally:
         await transport.close()
+
+
+async def test_a_send_that_outwaits_the_reconnect_is_not_handed_to_the_sdk_out_of_order(
+    ably_server: EmbeddedServer,
+) -> None:
+    """The socket dies with an append unread by the server, and the resume takes longer than a send
+    may wait for it (``_Connection.ready``'s bound). Handed to ably-python then, the publish would
+    be queued ahead of the append's re-send in its ACK queue, and the ACK of both (one ACK, two
+    serials) would give the publish the *append's* result: a stream's appends then went to a
+    serial that names no message (104000 "no message with serial", as seen under load in
+    test_hundred_streams_survive_twenty_drops). Instead the waiting send fails as not sent (a
+    publish retries it), and everything lands once, each with its own serial."""
+    transport = AblyTransport(worker_settings(ably_server, rate=1000.0, append_rollup_window_ms=0))
+    await transport.connect(wait_s=1.0)  # also ready()'s bound
+    try:
+        name = f"conversations:slowresume-{uuid.uuid4().hex[:8]}"
+        channel = transport.channel(name)
+        channel.ack_timeout_s = 20.0
+        serial = await channel.publish(OutboundMessage(name="t", data="a"))
+        assert serial is not None
+        assert ably_server.lose_inbound("agent-worker") == 1
+        await channel.acquire()
+        lost = channel.start_append(serial, OutboundMessage(name="t", data="b"))
+        await asyncio.sleep(0)
+        ably_server.hold_connections("agent-worker")
+        assert ably_server.drop_connections("agent-worker") == 1
+        state = channel.client.connection
+        async with asyncio.timeout(20):
+            while str(state.state.value) == "connected":  # noqa: ASYNC110 - the SDK sees the drop
+                await asyncio.sleep(0.01)
+        second = asyncio.create_task(channel.publish(OutboundMessage(name="t", data="second")))
+        await asyncio.sleep(3.0)  # past ready()'s 1 s bound while the reconnect is held
+        ably_server.hold_connections("agent-worker", held=False)
+        async with asyncio.timeout(60):
+            second_serial, _ = await asyncio.gather(second, lost)
+        records = ably_server.hub.channel(name).log.records
+        assert second_serial in records and records[second_serial].content["data"] == "second"
+        assert records[serial].content["data"] == "ab"
+    finally:
+        ably_server.hold_connections("agent-worker", held=False)
+        await transport.close()
