@@ -399,6 +399,42 @@ async def test_worker_drop_without_resume_after_an_unacked_append(
     assert [m["data"] for m in stored] == ["one two three four five six"]
 
 
+async def test_a_refused_append_reaches_the_official_client_while_streaming(
+    make_stack: Any, conductor: Conductor
+) -> None:
+    """The server NACKs the worker's append of "four " and the reply goes on: before "five " the
+    worker sends the text so far as a ``streaming`` update, which the official decoder applies as a
+    prefix extension, so the view reads "one two three four five " while the run is still active
+    (a repair only after the close would be ignored: the closed stream would keep the gap)."""
+
+    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+        for token in ("one ", "two ", "three "):
+            yield token
+        await conductor.gate("refuse")
+        server = conductor.server
+        assert server is not None
+        before = server.hub.refused[42911]
+        yield "four "  # NACKed
+        async with asyncio.timeout(30):
+            while server.hub.refused[42911] == before:  # noqa: ASYNC110 - a counter, no event
+                await asyncio.sleep(0.01)
+        yield "five "
+        await conductor.gate("half")
+        yield "six"
+
+    stack = await make_stack(script)
+    result = await stack.scenario("nackMidStream")
+    assert result["refused"]["armed"] == 1
+    assert result["whileStreaming"] == ["active"]
+    a = result["a"]
+    assert turns(a["view"]) == [("user", "Count to six"), ("assistant", "one two three four five six")]
+    assert_chat_matches_view(a)
+    assert [r["status"] for r in a["runs"]] == ["complete"]
+    assert open_streams(result["wire"]) == []
+    stored = [m for m in result["wire"] if m["name"] == "ai-output" and m["codec"].get("kind") == "text"]
+    assert [m["data"] for m in stored] == ["one two three four five six"]
+
+
 # --- regenerate and edit -------------------------------------------------------------------------
 
 
