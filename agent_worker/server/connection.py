@@ -155,6 +155,7 @@ class RealtimeConnection:
         self.lose_inbound = False
         self.refuse_appends = 0
         self._processed: OrderedDict[int, tuple[bytes, list[dict[str, Any]]]] = OrderedDict()
+        self._top_serial = -1  # the highest msgSerial handled
         self._limiter = RateLimiter(gateway.hub.config.rate_limit_per_s)
         # ACKs of consecutive msgSerials handled in one loop turn go out as one ACK (``count``).
         self._ack_run: tuple[int, list[int], list[dict[str, Any]]] | None = None  # serial, [count], res
@@ -405,6 +406,11 @@ class RealtimeConnection:
             self._flush_acks()
             self.send({"action": C.ACK, "msgSerial": serial, "count": 1, "res": seen[1]})
             return
+        if serial <= self._top_serial:
+            # Not a retransmit (above), yet not above the highest seen: a client that kept old
+            # msgSerials on a new connection (Ably may take it for a repeat and drop it).
+            log.warning("msg_serial_not_rising", connection_id=self.id, serial=serial, top=self._top_serial)
+        self._top_serial = max(self._top_serial, serial)
         try:
             if self.refuse_appends and _has_append(frame):
                 self.refuse_appends -= 1

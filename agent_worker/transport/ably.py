@@ -719,6 +719,15 @@ class _Connection:
                 manager.pending_message_queue.messages.remove(pending)
             if pending.future is not None and not pending.future.done():
                 pending.future.set_exception(error)
+        # ably-python resets its msgSerial counter here but re-sends the rest with their old serials,
+        # so the new connection would see e.g. 5, 6, then 0, 1, ...: msgSerials must rise on a
+        # connection (Ably may take a lower one for a repeat: ably-ruby#179, ably-js#2153). Like
+        # ably-js (RTN19a2, resetSendAttempted) they get new serials from 0, in the order they go
+        # out (the manager sends its queue from the right).
+        for pending in reversed(manager.queued_messages):
+            if pending.ack_required:
+                pending.message["msgSerial"] = manager.msg_serial
+                manager.msg_serial += 1
 
     def _settle(self) -> None:
         if str(self.client.connection.state.value) == "connected":

@@ -8,6 +8,8 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
+from structlog.testing import capture_logs
+
 from agent_worker.protocol.wire import OutboundMessage
 from agent_worker.server import EmbeddedServer
 from agent_worker.transport.ably import AblyTransport
@@ -169,4 +171,36 @@ async def test_a_send_that_outwaits_the_reconnect_is_not_handed_to_the_sdk_out_o
         assert records[serial].content["data"] == "ab"
     finally:
         ably_server.hold_connections("agent-worker", held=False)
+        await transport.close()
+
+
+async def test_sends_resent_on_a_new_connection_get_new_rising_msg_serials(
+    ably_server: EmbeddedServer,
+) -> None:
+    """A publish awaiting its ACK when the connection is lost for good is re-sent on the new one
+    (publishes carry fixed ids). ably-python would re-send it with its old msgSerial and number the
+    next sends from 0, so the new connection saw 1, then 0 (Ably may drop a msgSerial that does not
+    rise as a repeat); like ably-js, it goes out as 0 and the next send as 1."""
+    transport = AblyTransport(worker_settings(ably_server, rate=1000.0, append_rollup_window_ms=0))
+    await transport.connect()
+    try:
+        name = f"conversations:reserial-{uuid.uuid4().hex[:8]}"
+        channel = transport.channel(name)
+        assert await channel.publish(OutboundMessage(name="t", data="first")) is not None
+        assert ably_server.withhold_acks("agent-worker") == 1
+        second = asyncio.create_task(channel.publish(OutboundMessage(name="t", data="second")))
+        records = ably_server.hub.channel(name).log.records
+        async with asyncio.timeout(20):
+            while len(records) < 2:  # noqa: ASYNC110 - applied, its ACK withheld
+                await asyncio.sleep(0.01)
+        with capture_logs() as logs:
+            assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            async with asyncio.timeout(60):
+                second_serial = await second
+                third_serial = await channel.publish(OutboundMessage(name="t", data="third"))
+        assert [e for e in logs if e["event"] == "msg_serial_not_rising"] == []
+        assert records[second_serial].content["data"] == "second"  # deduplicated by its id
+        assert third_serial is not None and records[third_serial].content["data"] == "third"
+        assert [r.content["data"] for r in records.values()] == ["first", "second", "third"]
+    finally:
         await transport.close()
