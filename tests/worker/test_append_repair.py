@@ -14,16 +14,9 @@ from agent_worker.protocol.headers import AI_OUTPUT
 from agent_worker.providers.base import ModelRequest, StreamEvent
 from agent_worker.providers.echo import ScriptedProvider
 from agent_worker.server import EmbeddedServer
-from tests.runtime.runtime_support import ChatClient, Harness, start_harness
+from tests.runtime.runtime_support import ChatClient, Harness, sdk_nacks, start_harness
 
-RATE_LIMITED = 42911  # what EmbeddedServer.refuse_appends NACKs with
 MakeClient = Callable[[], Awaitable[ChatClient]]
-
-
-async def _until(predicate: Callable[[], bool], limit_s: float = 30.0) -> None:
-    async with asyncio.timeout(limit_s):
-        while not predicate():  # noqa: ASYNC110 - server counters have no change notification
-            await asyncio.sleep(0.01)
 
 
 def _updates(client: ChatClient, run_id: str) -> list[tuple[str, str]]:
@@ -58,7 +51,6 @@ async def test_a_refused_append_reaches_live_clients_before_the_stream_closes(
     while the stream is still open; the reply ends exact, live and in history, with no repair
     after the close."""
     refuse, go_on = asyncio.Event(), asyncio.Event()
-    before = ably_server.hub.refused[RATE_LIMITED]
 
     async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
         if request.messages[-1].text != "go":  # type: ignore[union-attr]
@@ -67,7 +59,7 @@ async def test_a_refused_append_reaches_live_clients_before_the_stream_closes(
         yield "alpha "
         await refuse.wait()
         yield "beta "  # NACKed
-        await _until(lambda: ably_server.hub.refused[RATE_LIMITED] > before)
+        await nacks.wait()  # the worker has seen the NACK (a later one could not be a prefix)
         yield "gamma "
         await go_on.wait()
         yield "delta"
@@ -75,17 +67,18 @@ async def test_a_refused_append_reaches_live_clients_before_the_stream_closes(
     provider = ScriptedProvider(script)
     harness = await start_harness(ably_server, provider, coalesce_window_ms=0.0)
     try:
-        client = await make_client()
-        sent = await client.send_text("go")
-        _, body = await harness.invoke(session_name, sent.event_id)
-        run_id = body["runId"]
-        await client.wait_for(lambda: client.run_text(run_id) == "alpha ")
-        assert ably_server.refuse_appends("agent-worker") == 1
-        refuse.set()
-        await client.wait_for(lambda: client.run_text(run_id) == "alpha beta gamma ", wait_s=30)
-        assert _updates(client, run_id) == [("alpha beta gamma ", "streaming")]
-        go_on.set()
-        end = await client.run_end_for(sent.codec_message_id, wait_s=60)
+        with sdk_nacks() as nacks:
+            client = await make_client()
+            sent = await client.send_text("go")
+            _, body = await harness.invoke(session_name, sent.event_id)
+            run_id = body["runId"]
+            await client.wait_for(lambda: client.run_text(run_id) == "alpha ")
+            assert ably_server.refuse_appends("agent-worker") == 1
+            refuse.set()
+            await client.wait_for(lambda: client.run_text(run_id) == "alpha beta gamma ", wait_s=30)
+            assert _updates(client, run_id) == [("alpha beta gamma ", "streaming")]
+            go_on.set()
+            end = await client.run_end_for(sent.codec_message_id, wait_s=60)
         assert end.transport_headers["run-reason"] == "complete"
         assert client.run_text(run_id) == "alpha beta gamma delta"
         assert _updates(client, run_id) == [("alpha beta gamma ", "streaming")]
