@@ -574,7 +574,7 @@ class StreamWriter:
         try:
             repaired = await self._recover(key)
         except TransportError as exc:
-            msg = f"unable to repair stream {key} after a continuity loss: {exc.message}"
+            msg = f"unable to repair stream {key}: {exc.message}"
             raise TransportError(msg, code=ERROR_RECOVERY_FAILED) from exc
         if not repaired:
             await self._resend_unsent(key, buf, failures)
