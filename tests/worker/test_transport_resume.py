@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
+from agent_worker.errors import NotSentError
 from agent_worker.protocol.wire import OutboundMessage
 from agent_worker.server import EmbeddedServer
-from agent_worker.transport.ably import AblyTransport
+from agent_worker.transport.ably import AblyTransport, _Connection
 from tests.runtime.runtime_support import worker_settings
 
 
@@ -204,3 +208,55 @@ async def test_sends_resent_on_a_new_connection_get_new_rising_msg_serials(
         assert [r.content["data"] for r in records.values()] == ["first", "second", "third"]
     finally:
         await transport.close()
+
+
+class _FakeManager:
+    """The slice of ably-python's connection manager ``_Connection`` reads: its synchronous state
+    event, the connection id, the queue of un-ACKed messages."""
+
+    def __init__(self) -> None:
+        self.connection_id: str | None = "c1"
+        self.listeners: list[Callable[[Any], None]] = []
+        self.queued_messages: list[Any] = []
+        self.msg_serial = 0
+
+    def on(self, _event: str, listener: Callable[[Any], None]) -> None:
+        self.listeners.append(listener)
+
+
+class _FakeClient:
+    def __init__(self, state: str) -> None:
+        manager = _FakeManager()
+        self.manager = manager
+        self.connection = SimpleNamespace(connection_manager=manager, state=SimpleNamespace(value=state))
+
+    def become(self, state: str) -> None:
+        self.connection.state.value = state
+        for listener in self.manager.listeners:
+            listener(SimpleNamespace(current=SimpleNamespace(value=state)))
+
+
+async def test_a_waiter_woken_as_the_connection_drops_again_waits_again() -> None:
+    """The connection came back and the first waiter was woken, but it dropped again before that
+    waiter's task ran: the waiter must not go on (its send would reach ably-python while it is
+    disconnected, out of msgSerial order in its ACK queue: later ACKs then resolved sends still in
+    flight, which were never re-sent after the next drop — words lost under 20 drops). It waits
+    for the next reconnect; with none within ``wait_s`` it fails as not sent."""
+    client = _FakeClient("disconnected")
+    conn = _Connection(client, wait_s=30.0)  # type: ignore[arg-type]
+    waiter = asyncio.create_task(conn.ready())
+    await asyncio.sleep(0)
+    client.become("connected")
+    async with asyncio.timeout(20):
+        while not conn._settled:  # noqa: ASYNC110 - the loop turn the waiter is woken
+            await asyncio.sleep(0)
+    client.become("disconnected")  # before the woken waiter's task has run
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not waiter.done()
+    client.become("connected")
+    async with asyncio.timeout(20):
+        await waiter
+    quick = _Connection(_FakeClient("disconnected"), wait_s=0.2)  # type: ignore[arg-type]
+    with pytest.raises(NotSentError):
+        await quick.ready()
