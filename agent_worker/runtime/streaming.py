@@ -227,6 +227,7 @@ class StreamWriter:
         self._covered: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
+        self._timer_error: TransportError | None = None
         self._soon: asyncio.Handle | None = None
         self._turn_flushed = False
         self._inflight: asyncio.Future[Any] | None = None
@@ -238,6 +239,7 @@ class StreamWriter:
 
     async def write(self, ops: Iterable[WireOp]) -> None:
         """Execute ``ops`` in order (appends may be merged with neighbours of the same stream)."""
+        self._raise_timer_error()
         for op in ops:
             await self._settle_inflight()
             if (
@@ -265,6 +267,7 @@ class StreamWriter:
 
     async def flush(self) -> None:
         """Send every buffered delta and wait for every pending append (recovering failures)."""
+        self._raise_timer_error()
         await self._settle_inflight()
         await self._settle_held()
         async with self._lock:
@@ -291,8 +294,8 @@ class StreamWriter:
             self._soon = None
         if self._timer is not None:
             self._timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
+            with contextlib.suppress(asyncio.CancelledError, TransportError):
+                await self._timer  # a failure was logged (and raised to a later write) already
             self._timer = None
 
     @property
@@ -399,8 +402,16 @@ class StreamWriter:
         self._timer.add_done_callback(self._timer_done)
 
     def _timer_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("coalesce_flush_failed", error=str(task.exception()))
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            log.warning("coalesce_flush_failed", error=str(exc))
+            if isinstance(exc, TransportError) and self._timer_error is None:
+                self._timer_error = exc  # a failed repair: the run learns it on its next write
+
+    def _raise_timer_error(self) -> None:
+        exc, self._timer_error = self._timer_error, None
+        if exc is not None:
+            raise exc
 
     def _joins_held(self, op: WireOp) -> bool:
         """A small discrete publish, while the batch stays small (Ably's size limit is per publish)."""
