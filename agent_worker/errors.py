@@ -123,10 +123,17 @@ class TransportError(AgentWorkerError):
     status_code = 500
 
 
-class AppendNotSentError(TransportError):
+class NotSentError(TransportError):
+    """An operation never handed to the connection (so certainly not applied)."""
+
+    status_code = 503
+
+
+class AppendNotSentError(NotSentError):
     """An append held back across a continuity loss and never sent (so certainly not applied)."""
 
     code = 80008
+    status_code = 500
 
 
 class ProviderError(AgentWorkerError):

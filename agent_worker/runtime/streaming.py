@@ -19,9 +19,12 @@ operation order on the wire, with two liberties that change no text:
   does not wait for their round trips; the writer's next operation waits for that batch's ACK
   first, so nothing overtakes it on the wire and its failure is raised there.
 * **Pipelining.** Appends are submitted without awaiting their ACKs (``Channel.submit_append``).
-  Publishes and updates are awaited (a stream's opening serial is needed for its appends). After a
-  closing append, and on :meth:`StreamWriter.flush`, every pending append is awaited; a stream with a
-  failed append gets the encoder's full-content recovery update (error 104000 if that fails too).
+  Publishes and updates are awaited (a stream's opening serial is needed for its appends). A stream
+  with a failed append (NACKed, past its ACK deadline, not sent) gets the encoder's full-content
+  update with status ``streaming`` before its next append or its close — for a live client a
+  prefix extension carrying the missing text — and after a closing append, and on
+  :meth:`StreamWriter.flush`, every pending append is awaited and a failure there gets the same
+  update with the final status (error 104000 if that fails too).
 
 Cancellation: an operation in flight is shielded, so a cancelled run still learns the serial of a
 stream it just opened and can close it ``cancelled`` (:meth:`StreamWriter.cancel_streams`).
@@ -30,13 +33,14 @@ stream it just opened and can close it ``cancelled`` (:meth:`StreamWriter.cancel
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from agent_worker.errors import AppendNotSentError, TransportError
+from agent_worker.errors import NotSentError, TransportError
 from agent_worker.logs import get_logger
 from agent_worker.protocol.wire import AppendOp, OutboundMessage, PublishOp, UpdateOp, WireOp
 from agent_worker.retry import backoff, retry
@@ -138,8 +142,16 @@ def _split(msg: OutboundMessage, max_bytes: int) -> list[OutboundMessage]:
     return pieces
 
 
+_Sent = tuple[str, "asyncio.Task[str | None]", OutboundMessage]
+"""An append handed to the channel: its stream key, its task and the message."""
+
+
+def _failed(task: asyncio.Task[Any]) -> bool:
+    return task.cancelled() or task.exception() is not None
+
+
 def _not_sent(task: asyncio.Task[Any]) -> bool:
-    return task.done() and not task.cancelled() and isinstance(task.exception(), AppendNotSentError)
+    return task.done() and not task.cancelled() and isinstance(task.exception(), NotSentError)
 
 
 def _merged(buffer: _Buffer, tail: OutboundMessage | None = None) -> OutboundMessage:
@@ -154,11 +166,12 @@ _HOLD_MAX_DATA = 1024
 """Discrete publishes batched at once, and the largest data one may carry (opening chunks have none)."""
 
 
-def retrieve_exception(task: asyncio.Task[Any]) -> None:
+def retrieve_exception(task: asyncio.Task[Any]) -> BaseException | None:
     """Done callback for a task whose failure is raised elsewhere, or by nobody (a held batch of a
     dropped writer, a pipelined run-start of a cancelled run): never "exception never retrieved"."""
-    if not task.cancelled():
-        task.exception()
+    if task.cancelled():
+        return asyncio.CancelledError()
+    return task.exception()
 
 
 class StreamWriter:
@@ -184,7 +197,10 @@ class StreamWriter:
         self._serials: dict[str, str] = {}
         self._closed_keys: set[str] = set()
         self._buffers: dict[str, _Buffer] = {}
-        self._pending: list[tuple[str, asyncio.Task[str | None], OutboundMessage]] = []
+        # Appends not yet seen done, in send order; done ones leave the head as the writer goes
+        # (``_notice``), the failed ones into ``_failures`` until a repair covers their text.
+        self._pending: collections.deque[_Sent] = collections.deque()
+        self._failures: dict[str, list[_Sent]] = {}
         self._held: list[OutboundMessage] = []
         self._held_task: asyncio.Task[None] | None = None
         self._batch: Callable[[list[OutboundMessage]], Awaitable[Any]] | None = getattr(
@@ -211,6 +227,7 @@ class StreamWriter:
         self._covered: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
+        self._timer_error: TransportError | None = None
         self._soon: asyncio.Handle | None = None
         self._turn_flushed = False
         self._inflight: asyncio.Future[Any] | None = None
@@ -222,6 +239,7 @@ class StreamWriter:
 
     async def write(self, ops: Iterable[WireOp]) -> None:
         """Execute ``ops`` in order (appends may be merged with neighbours of the same stream)."""
+        self._raise_timer_error()
         for op in ops:
             await self._settle_inflight()
             if (
@@ -249,6 +267,7 @@ class StreamWriter:
 
     async def flush(self) -> None:
         """Send every buffered delta and wait for every pending append (recovering failures)."""
+        self._raise_timer_error()
         await self._settle_inflight()
         await self._settle_held()
         async with self._lock:
@@ -275,8 +294,8 @@ class StreamWriter:
             self._soon = None
         if self._timer is not None:
             self._timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
+            with contextlib.suppress(asyncio.CancelledError, TransportError):
+                await self._timer  # a failure was logged (and raised to a later write) already
             self._timer = None
 
     @property
@@ -294,8 +313,27 @@ class StreamWriter:
         return data if start >= covered else data[covered - start :]
 
     def _damaged(self, key: str) -> bool:
-        """The connection lost continuity since ``key``'s stream was last known whole."""
+        """``key``'s stream may lack text live clients should have: one of its appends failed
+        (NACKed, timed out, not sent: see ``_notice``), or the connection lost continuity since
+        the stream was last known whole."""
+        self._notice()
+        if key in self._failures:
+            return True
         return key in self._continuity and self._continuity[key] != self._continuity_now()
+
+    def _notice(self) -> None:
+        """Take the done appends off the head of ``_pending``, keeping the failed ones in
+        ``_failures``: their stream is repaired before its next append or close (``_repair``), not
+        only after the close, when live clients ignore the repair. A failed append is either not
+        applied or, when its outcome is unknown (an ACK deadline, a write into a dying socket),
+        still in ably-python's queue and so applied before anything sent later: the repair, a
+        full replace sent later, never lets its text land twice."""
+        pending = self._pending
+        while pending and pending[0][1].done():
+            sent = pending.popleft()
+            if _failed(sent[1]):
+                log.warning("append_failed", stream_key=sent[0], error=repr(retrieve_exception(sent[1])))
+                self._failures.setdefault(sent[0], []).append(sent)
 
     def _continuity_now(self) -> int:
         return int(getattr(self._channel, "continuity", 0))
@@ -364,8 +402,16 @@ class StreamWriter:
         self._timer.add_done_callback(self._timer_done)
 
     def _timer_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("coalesce_flush_failed", error=str(task.exception()))
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            log.warning("coalesce_flush_failed", error=str(exc))
+            if isinstance(exc, TransportError) and self._timer_error is None:
+                self._timer_error = exc  # a failed repair: the run learns it on its next write
+
+    def _raise_timer_error(self) -> None:
+        exc, self._timer_error = self._timer_error, None
+        if exc is not None:
+            raise exc
 
     def _joins_held(self, op: WireOp) -> bool:
         """A small discrete publish, while the batch stays small (Ably's size limit is per publish)."""
@@ -502,13 +548,15 @@ class StreamWriter:
                 await asyncio.sleep(0)
 
     async def _drain(self) -> None:
-        pending, self._pending = self._pending, []
+        pending, self._pending = self._pending, collections.deque()
         if pending:
             results = await asyncio.gather(*(t for _, t, _ in pending), return_exceptions=True)
             for (key, _, _), result in zip(pending, results, strict=True):
                 if isinstance(result, BaseException):
                     log.warning("append_failed", stream_key=key, error=str(result))
                     self._failed.add(key)
+        self._failed.update(self._failures)  # noticed, not yet repaired
+        self._failures.clear()
         for key in [k for k in self._epochs if k in self._closed_keys]:
             if self._epochs.pop(key) != self._reconnects():
                 log.info("stream_spanned_reconnect", stream_key=key)
@@ -528,27 +576,28 @@ class StreamWriter:
         return int(getattr(self._channel, "reconnects", 0))
 
     async def _repair(self, key: str) -> None:
-        """The full-text update of a stream still open whose appends a continuity loss may have
-        cut short (see ``_continuity``); its buffered text goes with it."""
-        log.info("stream_repaired_after_continuity_loss", stream_key=key)
+        """The full-text update of a stream still open whose appends failed (``_notice``) or a
+        continuity loss may have cut short (``_continuity``); its buffered text goes with it."""
+        log.info("stream_repaired", stream_key=key)
         buf = self._buffers.pop(key, None)
         self._continuity[key] = self._continuity_now()
+        failures = self._failures.pop(key, [])
         try:
             repaired = await self._recover(key)
         except TransportError as exc:
-            msg = f"unable to repair stream {key} after a continuity loss: {exc.message}"
+            msg = f"unable to repair stream {key}: {exc.message}"
             raise TransportError(msg, code=ERROR_RECOVERY_FAILED) from exc
         if not repaired:
-            await self._resend_unsent(key, buf)
+            await self._resend_unsent(key, buf, failures)
 
-    async def _resend_unsent(self, key: str, buf: _Buffer | None) -> None:
+    async def _resend_unsent(self, key: str, buf: _Buffer | None, failures: list[_Sent]) -> None:
         """No update could carry the text: send what certainly never left as appends after all
         (the appends held back across the loss, then the buffer). What was in flight at the loss
         stays as the server has it (all, or a tail lost: the warning says so)."""
-        mine = [(t, m) for k, t, m in self._pending if k == key]
+        mine = [(t, m) for _, t, m in failures] + [(t, m) for k, t, m in self._pending if k == key]
         await asyncio.gather(*(t for t, _ in mine), return_exceptions=True)
         unsent = [m for t, m in mine if _not_sent(t)]
-        self._pending = [p for p in self._pending if p[0] != key or not _not_sent(p[1])]
+        self._pending = collections.deque(p for p in self._pending if p[0] != key or not _not_sent(p[1]))
         serial = self._serials[key]
         for msg in unsent:
             await self._channel.acquire()

@@ -250,3 +250,18 @@ class EmbeddedServer(TokenMint):
         stored) but send no ACK, as if each ACK were lost; with :meth:`drop_connections` this makes
         a message the server applied but the client never saw acknowledged. Returns how many."""
         return 0 if self._gateway is None else self._gateway.withhold_acks(client_id)
+
+    def lose_inbound(self, client_id: str) -> int:
+        """Test hook: ``client_id``'s current sockets drop the messages and presence they bring in,
+        unread, as if lost with a dying socket (a resumed connection's client re-sends them)."""
+        return 0 if self._gateway is None else self._gateway.arm(client_id, "lose_inbound", True)
+
+    def refuse_appends(self, client_id: str, count: int = 1) -> int:
+        """Test hook: NACK (42911) the next ``count`` appends of ``client_id``'s current sockets."""
+        return 0 if self._gateway is None else self._gateway.arm(client_id, "refuse_appends", count)
+
+    def hold_connections(self, client_id: str | None, *, held: bool = True) -> None:
+        """Test hook: while held, ``client_id``'s new sockets (resumes too) wait for CONNECTED, so
+        its SDK stays CONNECTING; ``held=False`` lets them (and later ones) through."""
+        if self._gateway is not None:
+            self._gateway.hold(client_id, held=held)

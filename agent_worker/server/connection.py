@@ -29,6 +29,7 @@ from agent_worker.server.codec import JSON, MSGPACK, Format, decode_frame, encod
 from agent_worker.server.codec import outbound_payload as _outbound
 from agent_worker.server.connection_keys import ConnectionKeys
 from agent_worker.server.hub import Attachment, Hub, RateLimiter, check_channel_name
+from agent_worker.server.log import APPEND
 from agent_worker.server.rollup import TRANSPORT_PARAM, parse_window
 
 __all__ = ["RealtimeConnection", "RealtimeGateway", "Transport"]
@@ -39,6 +40,13 @@ _MAX_QUEUE = 50_000
 # Frames that may overtake a pending ACK (see RealtimeConnection._ack).
 _AFTER_ACKS = frozenset({C.ACK, C.MESSAGE, C.PRESENCE})
 _DEDUPE_WINDOW = 1024
+
+
+def _has_append(frame: Mapping[str, Any]) -> bool:
+    messages = frame.get("messages")
+    return isinstance(messages, list) and any(
+        isinstance(m, dict) and m.get("action") == APPEND for m in messages
+    )
 
 
 class Transport:
@@ -139,10 +147,15 @@ class RealtimeConnection:
         self.transport: Transport | None = None
         self.attachments: dict[str, Attachment] = {}
         self.closed = False
-        # Test hook (EmbeddedServer.withhold_acks): handle publishes but send no ACK, as when the
-        # socket dies with the ACK in flight.
+        # Test hooks (EmbeddedServer.withhold_acks, lose_inbound, refuse_appends), faults of the
+        # current socket (a resume's new socket starts without them): handle publishes but send no
+        # ACK, as when the socket dies with the ACK in flight; drop inbound MESSAGE and PRESENCE
+        # frames unread, as when they die with the socket; NACK the next appends.
         self.withhold_acks = False
+        self.lose_inbound = False
+        self.refuse_appends = 0
         self._processed: OrderedDict[int, tuple[bytes, list[dict[str, Any]]]] = OrderedDict()
+        self._top_serial = -1  # the highest msgSerial handled
         self._limiter = RateLimiter(gateway.hub.config.rate_limit_per_s)
         # ACKs of consecutive msgSerials handled in one loop turn go out as one ACK (``count``).
         self._ack_run: tuple[int, list[int], list[dict[str, Any]]] | None = None  # serial, [count], res
@@ -208,6 +221,7 @@ class RealtimeConnection:
         transport.on_overflow = self._slow_consumer
         if old is not None and old is not transport:
             old.abort()
+        self.withhold_acks = self.lose_inbound = False
         for handle in (self._leave, self._discard):
             if handle is not None:
                 handle.cancel()
@@ -290,6 +304,8 @@ class RealtimeConnection:
         if not isinstance(action, int) or isinstance(action, bool):
             msg = "protocol message has no integer action"
             raise ProtocolError(msg, code=40000)
+        if self.lose_inbound and action in (C.MESSAGE, C.PRESENCE):
+            return
         if action == C.HEARTBEAT:
             if frame.get("id") is not None:
                 self.send({"action": C.HEARTBEAT, "id": frame["id"]})
@@ -390,7 +406,16 @@ class RealtimeConnection:
             self._flush_acks()
             self.send({"action": C.ACK, "msgSerial": serial, "count": 1, "res": seen[1]})
             return
+        if serial <= self._top_serial:
+            # Not a retransmit (above), yet not above the highest seen: a client that kept old
+            # msgSerials on a new connection (Ably may take it for a repeat and drop it).
+            log.warning("msg_serial_not_rising", connection_id=self.id, serial=serial, top=self._top_serial)
+        self._top_serial = max(self._top_serial, serial)
         try:
+            if self.refuse_appends and _has_append(frame):
+                self.refuse_appends -= 1
+                msg = "append refused (test hook: EmbeddedServer.refuse_appends)"
+                raise AgentWorkerError(msg, code=42911, status_code=429)
             res = handle(serial)
         except AgentWorkerError as exc:
             self._nack(serial, exc)
@@ -644,6 +669,8 @@ class RealtimeGateway:
         self._heartbeat: asyncio.Task[None] | None = None
         # (clientId, channel) pairs whose next ATTACH must not resume (test hook, see drop()).
         self.lose_continuity: set[tuple[str | None, str]] = set()
+        # clientIds whose new sockets wait here before CONNECTED (test hook, see hold()).
+        self.held: dict[str | None, asyncio.Event] = {}
 
     def start(self) -> None:
         self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeats())
@@ -695,10 +722,22 @@ class RealtimeGateway:
 
     def withhold_acks(self, client_id: str) -> int:
         """Stop ACKing the publishes of ``client_id``'s current connections (see ``drop``)."""
-        conns = [c for c in self.connections.values() if c.principal.client_id == client_id]
+        return self.arm(client_id, "withhold_acks", True)
+
+    def arm(self, client_id: str, fault: str, value: object) -> int:
+        """Set test hook ``fault`` on ``client_id``'s connections with a socket; how many."""
+        conns = [c for c in self.connections.values() if c.principal.client_id == client_id and c.transport]
         for conn in conns:
-            conn.withhold_acks = True
+            setattr(conn, fault, value)
         return len(conns)
+
+    def hold(self, client_id: str | None, *, held: bool = True) -> None:
+        """While held, ``client_id``'s new sockets (a resume too) get no CONNECTED: the client
+        stays CONNECTING, as when Ably is slow to answer a reconnect."""
+        if held:
+            self.held.setdefault(client_id, asyncio.Event())
+        elif (gate := self.held.pop(client_id, None)) is not None:
+            gate.set()
 
     # -- auth --------------------------------------------------------------------------------
 
@@ -753,6 +792,9 @@ class RealtimeGateway:
             transport.close_soon()
             await transport.wait_closed()
             return ws
+        gate = self.held.get(principal.client_id)
+        if gate is not None:
+            await gate.wait()
         conn, error = self._resume_or_create(q, principal, fmt)
         conn.rollup_window_ms = window
         conn.attach_transport(transport)

@@ -40,7 +40,7 @@ from ably.util.exceptions import AblyException
 from websockets.exceptions import WebSocketException
 
 from agent_worker.config import Secret
-from agent_worker.errors import AppendNotSentError, TransportError
+from agent_worker.errors import AppendNotSentError, NotSentError, TransportError
 from agent_worker.gcpause import gc_paused
 from agent_worker.logs import get_logger
 from agent_worker.protocol.wire import InboundMessage, OutboundMessage
@@ -665,8 +665,10 @@ class _Connection:
     messages awaiting an ACK are queued in ``msgSerial`` order, but a message sent while
     disconnected is queued at once, ahead of the earlier messages it re-sends after the reconnect
     (and a send just after CONNECTED also beats the re-send tasks); ACK results are then handed to
-    the wrong messages (an ACK "without serials", or another message's serial). So sends wait
-    until the connection is CONNECTED and its re-sends are queued (at most ``wait_s``).
+    the wrong messages (an ACK "without serials", or another message's serial: a stream's appends
+    then target a serial naming no message, 104000). So sends wait until the connection is
+    CONNECTED and its re-sends are queued; one that waited ``wait_s`` in vain fails as not sent
+    (:class:`~agent_worker.errors.NotSentError`) rather than be handed to the SDK while it is down.
 
     Waiters go on in the order they came (a FIFO handed on one at a time): the msgSerial, and so
     the wire order of one stream's appends, is assigned when a waiter goes on, and a send that
@@ -717,6 +719,15 @@ class _Connection:
                 manager.pending_message_queue.messages.remove(pending)
             if pending.future is not None and not pending.future.done():
                 pending.future.set_exception(error)
+        # ably-python resets its msgSerial counter here but re-sends the rest with their old serials,
+        # so the new connection would see e.g. 5, 6, then 0, 1, ...: msgSerials must rise on a
+        # connection (Ably may take a lower one for a repeat: ably-ruby#179, ably-js#2153). Like
+        # ably-js (RTN19a2, resetSendAttempted) they get new serials from 0, in the order they go
+        # out (the manager sends its queue from the right).
+        for pending in reversed(manager.queued_messages):
+            if pending.ack_required:
+                pending.message["msgSerial"] = manager.msg_serial
+                manager.msg_serial += 1
 
     def _settle(self) -> None:
         if str(self.client.connection.state.value) == "connected":
@@ -728,16 +739,29 @@ class _Connection:
             self._waiters[0].set_result(None)
 
     async def ready(self) -> None:
+        """Return when the caller may send (synchronously, right away); :class:`NotSentError`
+        after ``wait_s`` without that. Never returns while not settled: handed to ably-python
+        then, the send would be queued ahead of the re-sends in its ACK queue (see above)."""
         if self._settled and not self._waiters:
             return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait_s
+        fut: asyncio.Future[None] = loop.create_future()
         self._waiters.append(fut)
         self._wake_head()
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(fut), self._wait_s)
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - loop.time()))
+                if self._settled:
+                    return  # the caller sends now; the finally hands the turn to the next waiter
+                if loop.time() >= deadline:
+                    msg = f"not sent: the connection did not come back within {self._wait_s:g} s"
+                    raise NotSentError(msg, code=80003, status_code=503)
+                # Woken, but the connection dropped again before this task ran: wait again, first.
+                index = self._waiters.index(fut)
+                fut = self._waiters[index] = loop.create_future()
         finally:
-            # Go on (the caller sends now, synchronously), then hand the turn to the next waiter.
             with contextlib.suppress(ValueError):
                 self._waiters.remove(fut)
             self._wake_head()

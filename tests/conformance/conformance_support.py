@@ -121,6 +121,8 @@ class Conductor:
             }
         if op == "withhold_acks" and self.server is not None:
             return {"ok": True, "held": self.server.withhold_acks(str(request["clientId"]))}
+        if op == "refuse_appends" and self.server is not None:
+            return {"ok": True, "armed": self.server.refuse_appends(str(request["clientId"]))}
         if op == "metric" and self.metric is not None:
             return await self._wait_metric(request)
         return {"ok": False, "error": f"unknown op {op!r}"}

@@ -28,6 +28,7 @@ from agent_worker.tools.base import Tool
 from agent_worker.tools.builtin import get_client_location, send_notification
 from agent_worker.tools.registry import ToolRegistry
 from tests.conformance.conformance_support import Conductor, last_user_text, transcript
+from tests.runtime.runtime_support import sdk_nacks
 
 pytestmark = pytest.mark.node
 
@@ -390,6 +391,38 @@ async def test_worker_drop_without_resume_after_an_unacked_append(
     stack = await make_stack(script)
     result = await stack.scenario("dropUnackedNoResume")
     assert result["held"]["held"] == 1 and result["dropped"]["dropped"] == 1
+    a = result["a"]
+    assert turns(a["view"]) == [("user", "Count to six"), ("assistant", "one two three four five six")]
+    assert_chat_matches_view(a)
+    assert [r["status"] for r in a["runs"]] == ["complete"]
+    assert open_streams(result["wire"]) == []
+    stored = [m for m in result["wire"] if m["name"] == "ai-output" and m["codec"].get("kind") == "text"]
+    assert [m["data"] for m in stored] == ["one two three four five six"]
+
+
+async def test_a_refused_append_reaches_the_official_client_while_streaming(
+    make_stack: Any, conductor: Conductor
+) -> None:
+    """The server NACKs the worker's append of "four " and the reply goes on: before "five " the
+    worker sends the text so far as a ``streaming`` update, which the official decoder applies as a
+    prefix extension, so the view reads "one two three four five " while the run is still active
+    (a repair only after the close would be ignored: the closed stream would keep the gap)."""
+
+    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+        for token in ("one ", "two ", "three "):
+            yield token
+        await conductor.gate("refuse")
+        yield "four "  # NACKed
+        await nacks.wait()  # the worker has seen the NACK
+        yield "five "
+        await conductor.gate("half")
+        yield "six"
+
+    stack = await make_stack(script)
+    with sdk_nacks() as nacks:
+        result = await stack.scenario("nackMidStream")
+    assert result["refused"]["armed"] == 1
+    assert result["whileStreaming"] == ["active"]
     a = result["a"]
     assert turns(a["view"]) == [("user", "Count to six"), ("assistant", "one two three four five six")]
     assert_chat_matches_view(a)

@@ -9,8 +9,10 @@ server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -326,3 +328,38 @@ async def start_harness(
     host, port = runner.addresses[0][:2]
     url = f"http://{host}:{port}{http_config.path}"
     return Harness(worker, url, aiohttp.ClientSession(), runner)
+
+
+class SdkNacks(logging.Handler):
+    """Counts the NACKs the worker's ably-python has handled (it logs each in
+    ``ConnectionManager.on_nack``, just before failing the message), so a scripted model can go on
+    once the worker has seen the refusal, not merely the server has sent it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.count = 0
+        self._changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("ConnectionManager.on_nack"):
+            self.count += 1
+            self._changed.set()
+
+    async def wait(self, count: int = 1, limit_s: float = 30.0) -> None:
+        async with asyncio.timeout(limit_s):
+            while self.count < count:
+                self._changed.clear()
+                await self._changed.wait()
+        for _ in range(3):  # the failed send's task finishes on the next loop turns
+            await asyncio.sleep(0)
+
+
+@contextlib.contextmanager
+def sdk_nacks() -> Iterator[SdkNacks]:
+    logger = logging.getLogger("ably.realtime.connectionmanager")
+    handler = SdkNacks()
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)

@@ -194,6 +194,28 @@ async function dropUnackedNoResume({ step }) {
   return { a: snapshot(a), held, dropped, wire: await wire(a) };
 }
 
+/** The server refuses (NACKs) the worker's append of "four " while the stream goes on: the view must
+ * read "one two three four five " while the stream is still open (the repair reaches live clients as
+ * a prefix extension), then end exact. */
+async function nackMidStream({ step }) {
+  step('device');
+  const a = await device('alice');
+  step('send');
+  const sending = a.chat.sendMessage({ text: 'Count to six' });
+  await untilAssistantText(a, (t) => t === 'one two three ', 'first half');
+  step('refuse the next append');
+  const refused = await ctl({ op: 'refuse_appends', clientId: 'agent-worker' });
+  await open('refuse');
+  await untilAssistantText(a, (t) => t === 'one two three four five ', 'the refused word, while streaming');
+  const whileStreaming = a.session.view.runs().map((r) => r.status);
+  await open('half');
+  await sending;
+  await untilChatIdle(a);
+  await untilRun(a, (r) => r.status !== 'active', 'run to end');
+  await untilAssistantText(a, (t) => t.endsWith('six'), 'full text');
+  return { a: snapshot(a), refused, whileStreaming, wire: await wire(a) };
+}
+
 /** useChat regenerate of the assistant reply. */
 async function regenerate({ step }) {
   step('device');
@@ -387,6 +409,7 @@ export const SCENARIOS = {
   lateJoiner,
   dropMidStream,
   dropUnackedNoResume,
+  nackMidStream,
   regenerate,
   edit,
   approval,
