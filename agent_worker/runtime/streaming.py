@@ -433,8 +433,6 @@ class StreamWriter:
     async def _send_held(self) -> None:
         await asyncio.sleep(0)  # the caller's other discrete chunks of this turn join the batch
         held, self._held = self._held, []
-        for _ in held[1:]:  # Ably counts each message of a batch
-            await self._channel.acquire()
         batch = self._batch
         assert batch is not None
         await retry(lambda: batch(held), attempts=5, retry_if=_rate_limited)

@@ -370,8 +370,10 @@ class Channel:
         Idempotent: the messages carry ids fixed for this call, so a retry after a transport fault
         (the first attempt may still be delivered when ably-python resends it on resume) or after
         an ACK that came back without serials is deduplicated by Ably (and the embedded server),
-        which answers with the original serials."""
-        await self.limiter.acquire()
+        which answers with the original serials. Ably counts each message of a batch against the
+        connection's inbound rate, so the batch takes one rate token per message."""
+        for _ in msgs:
+            await self.limiter.acquire()
         return await self._publish_attempts(msgs, attempts, self._pipelined)
 
     async def _publish_attempts(
