@@ -11,6 +11,8 @@
 // subscriptions so the client's own folding cost is not part of the agent's numbers. Times are
 // CLOCK_MONOTONIC microseconds (process.hrtime), the clock the agents stamp tokens with.
 // ctl requests to the driver: {op: "rss"} / {op: "cpu"} (of the agent process), {op: "events", ids}.
+import http from 'node:http';
+
 import { Invocation } from '@ably/ai-transport';
 import { createAgentSession } from '@ably/ai-transport/vercel';
 
@@ -27,6 +29,34 @@ async function conn(i) {
   const n = config.connections ?? 4;
   while (conns.length < n) conns.push(connected(realtime({ key: config.key, clientId: CLIENT_ID })));
   return conns[i % n];
+}
+
+// --- invocations ----------------------------------------------------------------------------------
+
+// A POST with node:http, a new connection each (as separate users' devices would), not fetch: the
+// 100 simultaneous invocations share this one client process, and undici's fetch costs ~1.5 ms of
+// CPU per call here, so the 100th POST left ~100 ms after the first and the client's own cost
+// counted as the agent's first-token time (for both agents). node:http takes a fraction of that.
+const noKeepAlive = new http.Agent({ keepAlive: false, maxSockets: Infinity });
+function postJson(url, body) {
+  const data = JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      url,
+      { method: 'POST', agent: noKeepAlive, headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(data) } },
+      (res) => {
+        const chunks = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => {
+          if (res.statusCode >= 200 && res.statusCode < 300) resolve();
+          else reject(new Error(`POST ${url} -> ${res.statusCode} ${Buffer.concat(chunks).toString()}`));
+        });
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(data);
+  });
 }
 
 // --- one stream = one session with one (or more) runs ----------------------------------------------
@@ -120,13 +150,7 @@ class Stream {
     await within(this.channel.publish([{ name: 'ai-input', data: text, extras: { ai: { transport, codec } } }]), 15000, 'input publish');
     this.postUs = nowUs();
     if (post) {
-      const res = await fetch(config.api, {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ inputEventId: eventId, sessionName: this.name }),
-      });
-      if (!res.ok) throw new Error(`POST ${config.api} -> ${res.status} ${await res.text()}`);
-      await res.arrayBuffer();
+      await postJson(config.api, { inputEventId: eventId, sessionName: this.name });
     }
     return { cmid, eventId };
   }
