@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +38,12 @@ from agent_worker.protocol.vercel.encoder import (
     encode_user_message,
 )
 from agent_worker.protocol.wire import InboundMessage, OutboundMessage
+from agent_worker.providers.base import ModelRequest, StreamEvent
+from agent_worker.providers.echo import Script
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.testing import python_realtime
 from agent_worker.tools.registry import ToolRegistry
-from agent_worker.transport.ably import AblySettings, to_inbound
+from agent_worker.transport.ably import AblySettings, AblyTransport, Channel, to_inbound
 from agent_worker.worker.http import serve
 from agent_worker.worker.service import Worker
 
@@ -363,3 +365,33 @@ def sdk_nacks() -> Iterator[SdkNacks]:
         yield handler
     finally:
         logger.removeHandler(handler)
+
+
+def gated_script(*steps: str | asyncio.Event, only_for: str | None = None) -> Script:
+    """A model script that yields the ``str`` steps as text deltas and, at each ``Event`` step, waits
+    for it: a test holds the model between words while it acts on the transport. With ``only_for``,
+    a request whose last message is not that text gets a plain "ok" (the other turns of the test)."""
+
+    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+        if only_for is not None and request.messages[-1].text != only_for:  # type: ignore[union-attr]
+            yield "ok"
+            return
+        for step in steps:
+            if isinstance(step, asyncio.Event):
+                await step.wait()
+            else:
+                yield step
+
+    return script
+
+
+@contextlib.asynccontextmanager
+async def fresh_channel(server: EmbeddedServer, prefix: str) -> AsyncIterator[Channel]:
+    """A new ``conversations:<prefix>-…`` channel on a connected worker transport with server-side
+    rollup off and the rate limiter out of the way (each append is checked as sent)."""
+    transport = AblyTransport(worker_settings(server, rate=1000.0, append_rollup_window_ms=0))
+    await transport.connect()
+    try:
+        yield transport.channel(f"conversations:{prefix}-{uuid.uuid4().hex[:8]}")
+    finally:
+        await transport.close()

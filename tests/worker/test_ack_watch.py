@@ -5,7 +5,6 @@ error; any other cancellation stays a cancellation)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import pytest
@@ -13,9 +12,8 @@ import pytest
 from agent_worker.errors import TransportError
 from agent_worker.protocol.wire import OutboundMessage
 from agent_worker.server import EmbeddedServer
-from agent_worker.transport.ably import AblyTransport
 from agent_worker.transport.ackwatch import AckWatch
-from tests.runtime.runtime_support import worker_settings
+from tests.runtime.runtime_support import fresh_channel
 
 
 def _watched(watch: AckWatch, waits_for: asyncio.Future[Any], timeout_s: float) -> asyncio.Task[str]:
@@ -68,10 +66,7 @@ async def test_an_append_whose_ack_never_comes_fails_as_a_transport_error(
 ) -> None:
     """The server applies the append but never ACKs it: the append fails (80003) once the channel's
     ACK timeout has passed, instead of waiting forever."""
-    transport = AblyTransport(worker_settings(ably_server, rate=1000.0, append_rollup_window_ms=0))
-    await transport.connect()
-    try:
-        channel = transport.channel(f"conversations:ack-{uuid.uuid4().hex[:8]}")
+    async with fresh_channel(ably_server, "ack") as channel:
         serial = await channel.publish(OutboundMessage(name="t", data="a"))
         assert serial is not None
         assert ably_server.withhold_acks("agent-worker") == 1
@@ -83,5 +78,3 @@ async def test_an_append_whose_ack_never_comes_fails_as_a_transport_error(
                 await task
         assert caught.value.code == 80003
         assert "TimeoutError" in caught.value.message
-    finally:
-        await transport.close()

@@ -14,7 +14,7 @@ from agent_worker.protocol.headers import AI_OUTPUT
 from agent_worker.providers.base import ModelRequest, StreamEvent
 from agent_worker.providers.echo import ScriptedProvider
 from agent_worker.server import EmbeddedServer
-from tests.runtime.runtime_support import ChatClient, Harness, sdk_nacks, start_harness
+from tests.runtime.runtime_support import ChatClient, Harness, gated_script, sdk_nacks, start_harness
 
 MakeClient = Callable[[], Awaitable[ChatClient]]
 
@@ -97,17 +97,8 @@ async def test_an_append_past_its_ack_deadline_then_resumed_is_repaired_without_
     wire, so live clients and history read every word once."""
     stop_acking, go_on = asyncio.Event(), asyncio.Event()
 
-    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
-        if request.messages[-1].text != "go":  # type: ignore[union-attr]
-            yield "ok"
-            return
-        yield "alpha "
-        await stop_acking.wait()
-        yield "beta "  # applied and delivered, its ACK withheld
-        await go_on.wait()
-        yield "gamma "
-        yield "delta"
-
+    # "beta " is applied and delivered, its ACK withheld
+    script = gated_script("alpha ", stop_acking, "beta ", go_on, "gamma ", "delta", only_for="go")
     provider = ScriptedProvider(script)
     harness = await start_harness(ably_server, provider, coalesce_window_ms=0.0)
     try:

@@ -21,7 +21,7 @@ from agent_worker.errors import TransportError
 from agent_worker.protocol.wire import OutboundMessage
 from agent_worker.server import EmbeddedServer
 from agent_worker.transport.ably import AblyTransport, _sdk_message
-from tests.runtime.runtime_support import worker_settings
+from tests.runtime.runtime_support import fresh_channel, worker_settings
 
 MESSAGE, APPEND = 15, 5
 
@@ -141,26 +141,18 @@ async def test_lean_appends_put_the_sdks_frames_on_the_wire(ably_server: Embedde
 
 async def test_non_text_data_goes_through_the_sdk(ably_server: EmbeddedServer) -> None:
     """Data the SDK must encode (here JSON) still appends, through ``append_message``."""
-    transport = AblyTransport(worker_settings(ably_server, rate=1000.0, append_rollup_window_ms=0))
-    await transport.connect()
-    try:
-        channel = transport.channel(f"conversations:lean-{uuid.uuid4().hex[:8]}")
+    async with fresh_channel(ably_server, "lean") as channel:
         serial = await channel.publish(OutboundMessage(name="t", data="a"))
         assert serial is not None
         assert await channel.append(serial, OutboundMessage(name="t", data="b")) is not None
         with pytest.raises(TransportError):  # the server refuses appending JSON to a text message
             await channel.append(serial, OutboundMessage(name="t", data={"k": 1}))
         assert await channel.message_text(serial) == "ab"
-    finally:
-        await transport.close()
 
 
 async def test_a_refused_lean_append_fails_as_a_transport_error(ably_server: EmbeddedServer) -> None:
     """A NACKed append (no such message) fails with the server's code, and the channel goes on."""
-    transport = AblyTransport(worker_settings(ably_server, rate=1000.0, append_rollup_window_ms=0))
-    await transport.connect()
-    try:
-        channel = transport.channel(f"conversations:lean-{uuid.uuid4().hex[:8]}")
+    async with fresh_channel(ably_server, "lean") as channel:
         serial = await channel.publish(OutboundMessage(name="t", data="a"))
         assert serial is not None
         with pytest.raises(TransportError) as info:
@@ -168,5 +160,3 @@ async def test_a_refused_lean_append_fails_as_a_transport_error(ably_server: Emb
         assert info.value.code // 1000 == 40  # a 4xxxx refusal from the NACK, not a timeout
         assert await channel.append(serial, OutboundMessage(name="t", data="c")) is not None
         assert await channel.message_text(serial) == "ac"
-    finally:
-        await transport.close()

@@ -15,7 +15,7 @@ from agent_worker.providers.echo import EchoProvider, ScriptedProvider
 from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.server.testing import python_realtime
 from agent_worker.transport.ably import to_inbound
-from tests.runtime.runtime_support import ChatClient, Harness, start_harness
+from tests.runtime.runtime_support import ChatClient, Harness, gated_script, start_harness
 
 
 async def test_close_drains_then_cancels_and_every_run_ends(
@@ -314,15 +314,8 @@ async def test_continuity_loss_with_an_applied_unacked_append_repeats_no_text(
     with the exact text."""
     stop_acking, go_on = asyncio.Event(), asyncio.Event()
 
-    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
-        yield "alpha "
-        await stop_acking.wait()
-        yield "beta "  # applied and delivered, its ACK withheld
-        await go_on.wait()
-        yield "gamma "
-        yield "delta"
-
-    provider = ScriptedProvider(script)
+    # "beta " is applied and delivered, its ACK withheld
+    provider = ScriptedProvider(gated_script("alpha ", stop_acking, "beta ", go_on, "gamma ", "delta"))
     harness = await start_harness(ably_server, provider, coalesce_window_ms=0.0)
     try:
         client: ChatClient = await make_client()
