@@ -13,14 +13,17 @@ errors, timeouts, 5xx), so Ably's fallback hosts keep working. Nothing here logs
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 import aiohttp
+import httpx
 import msgpack
 from ably import AblyRest
 from ably.http.httputils import HttpUtils
@@ -102,6 +105,14 @@ class _UseSdk(Exception):
     """The lean request cannot answer for the primary host: ask the SDK (fallback hosts, retries)."""
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The trust store of the SDK's own REST client (httpx: certifi's bundle, or SSL_CERT_FILE /
+    SSL_CERT_DIR), so the lean GET trusts exactly the hosts the SDK's requests trust — also where
+    the system has no CA store aiohttp's default would use. Built once (~50 ms of CPU)."""
+    return httpx.create_ssl_context()
+
+
 class HistoryReader:
     """``await reader.page(path_qs)``: one REST history page (see the module docstring)."""
 
@@ -149,7 +160,9 @@ class HistoryReader:
 
     async def _lean(self, path_qs: str, *, renewed: bool = False) -> HistoryPage:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._max_connections)
+            https = self._rest.http.preferred_scheme == "https"
+            tls: ssl.SSLContext | bool = _tls_context() if https else True
+            connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=tls)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout())
         headers = {**self._headers, **(await self._auth_headers())}
         try:

@@ -6,8 +6,12 @@ JSON, and a capability refusal surfaced with its code."""
 from __future__ import annotations
 
 import base64
+import datetime
+import ipaddress
 import socket
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -15,12 +19,16 @@ import pytest
 from ably import AblyRest
 from ably.types.message import Message
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from agent_worker.errors import TransportError
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.testing import python_rest
 from agent_worker.transport.ably import AblySettings, AblyTransport
-from agent_worker.transport.history import HistoryReader, HistoryRefused, with_limit
+from agent_worker.transport.history import HistoryReader, HistoryRefused, _tls_context, with_limit
 from tests.runtime.runtime_support import worker_settings
 
 
@@ -33,12 +41,12 @@ class FakeAbly:
         self.runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self) -> None:
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> None:
         app = web.Application()
         app.router.add_get("/channels/{name}/messages", self.history)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
@@ -225,3 +233,64 @@ async def test_refused_history_keeps_its_code(ably_server: EmbeddedServer) -> No
 
 def _fields(settings: AblySettings) -> dict[str, Any]:
     return {name: getattr(settings, name) for name in AblySettings.__dataclass_fields__}
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA) and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_lean_read_trusts_what_the_sdk_trusts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over TLS the lean GET verifies against the SDK's trust store (httpx's: certifi, or
+    SSL_CERT_FILE), not the system's: a host the SDK trusts is read by the lean GET itself instead
+    of every page failing its handshake and falling back to the SDK's request()."""
+    cert_file, key_file = _self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    _tls_context.cache_clear()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert_file, key_file)
+    fake = FakeAbly()
+    await fake.start(ssl_context=server_tls)
+    settings = AblySettings(endpoint=f"127.0.0.1:{fake.port}", token_source=_token, tls=True)
+    opts = settings.client_options()
+    opts.pop("realtime_request_timeout")
+    rest = AblyRest(**opts)
+    reader = HistoryReader(rest, binary=True, max_connections=4)
+    try:
+        page = await reader.page(PATH)
+        assert page.items[0]["data"] == "d1"
+        assert ["aiohttp" in r["headers"]["User-Agent"] for r in fake.requests] == [True]
+    finally:
+        await reader.close()
+        await rest.close()
+        assert fake.runner is not None
+        await fake.runner.cleanup()
+        _tls_context.cache_clear()
+
+
+async def _token() -> str:
+    return "token"
