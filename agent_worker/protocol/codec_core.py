@@ -322,6 +322,11 @@ class DecoderCore:
             return Decoded(inputs=events)
         return Decoded(outputs=events)
 
+    def decode_events(self, msg: InboundMessage) -> list[Event]:
+        """:meth:`decode` without its :class:`Decoded`: the events, inputs for an ``ai-input`` and
+        outputs otherwise (the tree's per-message path)."""
+        return self._decode_core(msg)
+
     def _decode_core(self, msg: InboundMessage) -> list[Event]:
         match msg.action:
             case "message.create":
@@ -420,7 +425,7 @@ class DecoderCore:
         if delta:
             t.text.add(delta)
             out.extend(self._delta_events(t, delta))
-        self._terminal(t, dict(msg.transport_headers).get(H_STATUS), dict(msg.codec_headers), out)
+        self._terminal(t, msg.transport_headers.get(H_STATUS), msg.codec_headers, out)
         return out
 
     def _update(self, msg: InboundMessage) -> list[Event]:

@@ -167,6 +167,8 @@ class Internal:
     step_state: StepState | None = None
     # A run's suspend/resume/end by serial, so a late older one refolds the status in serial order.
     lifecycle: dict[str, RunLifecycle] = field(default_factory=dict)
+    # Where ConversationTree placed it in its serial order (its sort key then).
+    sort_key: tuple[int, str, int] = (1, "", 0)
 
 
 @fast_init

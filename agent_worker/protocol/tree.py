@@ -16,14 +16,17 @@ paged history read equal those of an in-order fold, where the JS tree can leave 
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 from agent_worker.protocol.codec_core import CodecMessage, DecoderCore, Projection
 from agent_worker.protocol.codecs import CodecSelector
 from agent_worker.protocol.headers import (
+    AI_INPUT,
     H_CODEC_MESSAGE_ID,
     H_EVENT_ID,
     H_FORK_OF,
@@ -70,6 +73,9 @@ __all__ = [
     "RunStatus",
     "StepInfo",
 ]
+
+
+_PLACED_BY = attrgetter("sort_key")
 
 
 class ConversationTree:
@@ -141,12 +147,12 @@ class ConversationTree:
             self._switch_codec()
         if not admitted:
             return ApplyResult()
-        decoded = self.codecs.decoder.decode(msg)
+        events = self.codecs.decoder.decode_events(msg)
         headers = msg.transport_headers  # read only below: no per-message copy
-        if decoded.inputs or decoded.outputs or headers.get(H_RUN_ID):
-            return self._apply_message(
-                decoded.inputs, decoded.outputs, headers, msg.serial, msg.version_serial
-            )
+        if events or headers.get(H_RUN_ID):
+            if msg.name == AI_INPUT:
+                return self._apply_message(events, [], headers, msg.serial, msg.version_serial)
+            return self._apply_message([], events, headers, msg.serial, msg.version_serial)
         return ApplyResult()
 
     # --- queries -------------------------------------------------------------------------------
@@ -488,15 +494,10 @@ class ConversationTree:
             self._adopt_early(entry)
 
     def _insert_sorted(self, entry: Internal) -> None:
-        k = self._sort_key(entry)
-        lo, hi = 0, len(self._sorted)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self._sort_key(self._sorted[mid]) <= k:
-                lo = mid + 1
-            else:
-                hi = mid
-        self._sorted.insert(lo, entry)
+        # Each entry keeps the key it was placed by (re-placed by _promote when it changes), so the
+        # bisection compares stored keys in C instead of calling _sort_key per probe.
+        entry.sort_key = k = self._sort_key(entry)
+        self._sorted.insert(bisect_right(self._sorted, k, key=_PLACED_BY), entry)
 
     def _promote(self, entry: Internal) -> None:
         self._version += 1
@@ -670,7 +671,14 @@ class ConversationTree:
     def _link_fork_input(self, fork_cmid: str | None, run_id: str) -> None:
         if fork_cmid is None or fork_cmid == run_id:
             return
-        if self._rekey_fork_run(fork_cmid, run_id) is not None:
+        # Only an optimistic run keyed by that codec-message-id is re-keyed: every output names its
+        # input's codec-message-id, usually an input node's (no re-key call for those).
+        keyed = self._nodes.get(fork_cmid)
+        if (
+            keyed is not None
+            and type(keyed.node) is RunNode
+            and self._rekey_fork_run(fork_cmid, run_id) is not None
+        ):
             return
         if fork_cmid not in self._cmid_to_key:
             self._cmid_to_key[fork_cmid] = run_id
@@ -898,4 +906,6 @@ _OUTPUT = repeat("output")
 
 def _events(inputs: list[InputEvent], outputs: list[Chunk]) -> list[Event]:
     """A message's events, inputs first (zip over ``repeat``: no per-message comprehension frames)."""
+    if not inputs:
+        return list(zip(_OUTPUT, outputs, strict=False))  # type: ignore[arg-type]
     return [*zip(_INPUT, inputs, strict=False), *zip(_OUTPUT, outputs, strict=False)]  # type: ignore[list-item]
