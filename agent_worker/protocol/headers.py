@@ -555,29 +555,26 @@ def parse_step_lifecycle(msg: InboundMessage) -> StepLifecycle | None:
     step_id = h.get(H_STEP_ID)
     if not run_id or not step_id:
         return None
-    common: dict[str, Any] = {
-        "run_id": run_id,
-        "step_id": step_id,
-        "serial": msg.serial,
-        "timestamp": msg.timestamp,
-        "invocation_id": h.get(H_INVOCATION_ID, ""),
-        "run_client_id": h.get(H_RUN_CLIENT_ID, ""),
-        "input_client_id": h.get(H_INPUT_CLIENT_ID, ""),
-        "step_client_id": h.get(H_STEP_CLIENT_ID, ""),
-    }
+    # Positional (the field order of StepLifecycle): no kwargs dict per message.
+    serial, timestamp = msg.serial, msg.timestamp
+    invocation_id = h.get(H_INVOCATION_ID, "")
+    run_client_id = h.get(H_RUN_CLIENT_ID, "")
+    input_client_id = h.get(H_INPUT_CLIENT_ID, "")
+    step_client_id = h.get(H_STEP_CLIENT_ID, "")
     match msg.name:
         case "ai-step-start":
-            return StepLifecycle(type="step-start", **common)
+            return StepLifecycle(
+                "step-start", run_id, step_id, serial, invocation_id, run_client_id, input_client_id,
+                step_client_id, None, None, timestamp,
+            )  # fmt: skip
         case "ai-step-end":
             start_serial = h.get(H_STEP_START_SERIAL)
             if not start_serial:
                 return None
-            reason = h.get(H_STEP_REASON, "complete")
+            reason: Any = h.get(H_STEP_REASON, "complete")
             return StepLifecycle(
-                type="step-end",
-                step_start_serial=start_serial,
-                reason=reason,  # type: ignore[arg-type]
-                **common,
-            )
+                "step-end", run_id, step_id, serial, invocation_id, run_client_id, input_client_id,
+                step_client_id, start_serial, reason, timestamp,
+            )  # fmt: skip
         case _:
             return None

@@ -265,14 +265,7 @@ class ConversationTree:
             elif isinstance(entry.node, InputNode) and serial and not entry.node.serial:
                 entry.node.serial = serial
                 self._promote(entry)
-            self._record_and_fold(
-                entry,
-                events=_events(inputs, outputs),
-                serial=serial,
-                message_id=input_cmid,
-                version=version,
-                streamed=streamed,
-            )
+            self._record_and_fold(entry, _events(inputs, outputs), serial, input_cmid, version, streamed)
             return ApplyResult(
                 folded=True,
                 codec_message_id=input_cmid,
@@ -357,15 +350,7 @@ class ConversationTree:
         # Gating depends on the step attribution recorded above only (folding changes neither):
         # checked once here, not again by the fold.
         gated = serial is not None and run.step_state is not None and self._is_gated(run, serial)
-        self._record_and_fold(
-            run,
-            events=events,
-            serial=serial,
-            message_id=cmid,
-            version=version,
-            streamed=headers.get(H_STREAM) == "true",
-            gated=gated,
-        )
+        self._record_and_fold(run, events, serial, cmid, version, headers.get(H_STREAM) == "true", gated)
         return ApplyResult(
             folded=not gated,
             run_id=owner_key,
@@ -405,7 +390,6 @@ class ConversationTree:
     def _record_and_fold(
         self,
         entry: Internal,
-        *,
         events: list[Event],
         serial: str | None,
         message_id: str | None,
@@ -694,7 +678,9 @@ class ConversationTree:
             return
         ss = entry.step_state if entry.step_state is not None else StepState()
         entry.step_state = ss
-        rec = ss.steps.setdefault(ev.step_id, StepRecord())
+        rec = ss.steps.get(ev.step_id)
+        if rec is None:
+            rec = ss.steps[ev.step_id] = StepRecord()
         start_serial = ev.serial if ev.type == "step-start" else ev.step_start_serial
         if start_serial is not None:
             rec.start_serials.add(start_serial)
@@ -709,8 +695,8 @@ class ConversationTree:
             if canonical:
                 rec.canonical = serial
                 rec.step_client_id = ev.step_client_id
-                attempts = ss.output_attempts.get(ev.step_id, set())
-                if any(s != serial for s in attempts):
+                attempts = ss.output_attempts.get(ev.step_id)
+                if attempts and any(s != serial for s in attempts):
                     self._refold(entry)
         elif ev.step_start_serial is not None:
             rec.end_reasons[ev.step_start_serial] = ev.reason or "complete"
