@@ -365,13 +365,22 @@ class DecoderCore:
             return out
         return []
 
-    def _new_tracker(self, msg: InboundMessage, serial: str, data: str) -> StreamTracker:
-        transport = dict(msg.transport_headers)
+    def _new_tracker(
+        self,
+        msg: InboundMessage,
+        serial: str,
+        data: str,
+        transport: dict[str, str] | None = None,
+        codec: dict[str, str] | None = None,
+    ) -> StreamTracker:
+        """``transport``/``codec``: copies of the message's headers the caller already made."""
+        if transport is None:
+            transport = dict(msg.transport_headers)
         t = StreamTracker(
             name=msg.name or "",
             stream_id=transport.get(H_STREAM_ID, ""),
             text=_Text(data),
-            codec=dict(msg.codec_headers),
+            codec=dict(msg.codec_headers) if codec is None else codec,
             transport=transport,
             version=msg.version_serial if msg.version_serial is not None else serial,
         )
@@ -466,7 +475,7 @@ class DecoderCore:
         if transport.get(H_STREAM) != "true":
             return self._discrete(msg)
         data = msg.data if isinstance(msg.data, str) else ""
-        t = self._new_tracker(msg, serial, data)
+        t = self._new_tracker(msg, serial, data, transport, codec)
         out = self._start_events(t)
         if data:
             out.extend(self._delta_events(t, data))
