@@ -381,7 +381,7 @@ class ConversationTree:
         else:
             projection.fold_output(payload, message_id)
 
-    def _record_and_fold(
+    def _record_and_fold(  # noqa: PLR0917 - called per message: positional is cheaper
         self,
         entry: Internal,
         events: list[Event],

@@ -313,10 +313,10 @@ class TestBranchWalkOverPartialHistory:
 def _serial_order(tree: ConversationTree) -> list[str]:
     """The nodes as the tree orders them, checked against a fresh sort by (serial, arrival)."""
     keys = [n.key for n in tree.nodes()]
-    placed = list(tree._sorted)  # noqa: SLF001 - the placement keys are what is checked
-    fresh = sorted(placed, key=ConversationTree._sort_key)  # noqa: SLF001
+    placed = list(tree._sorted)
+    fresh = sorted(placed, key=ConversationTree._sort_key)
     assert [e.node.key for e in fresh] == keys
-    assert all(e.sort_key == ConversationTree._sort_key(e) for e in placed)  # noqa: SLF001
+    assert all(e.sort_key == ConversationTree._sort_key(e) for e in placed)
     return keys
 
 
