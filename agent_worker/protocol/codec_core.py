@@ -322,6 +322,11 @@ class DecoderCore:
             return Decoded(inputs=events)
         return Decoded(outputs=events)
 
+    def decode_events(self, msg: InboundMessage) -> list[Event]:
+        """:meth:`decode` without its :class:`Decoded`: the events, inputs for an ``ai-input`` and
+        outputs otherwise (the tree's per-message path)."""
+        return self._decode_core(msg)
+
     def _decode_core(self, msg: InboundMessage) -> list[Event]:
         match msg.action:
             case "message.create":
@@ -360,13 +365,22 @@ class DecoderCore:
             return out
         return []
 
-    def _new_tracker(self, msg: InboundMessage, serial: str, data: str) -> StreamTracker:
-        transport = dict(msg.transport_headers)
+    def _new_tracker(
+        self,
+        msg: InboundMessage,
+        serial: str,
+        data: str,
+        transport: dict[str, str] | None = None,
+        codec: dict[str, str] | None = None,
+    ) -> StreamTracker:
+        """``transport``/``codec``: copies of the message's headers the caller already made."""
+        if transport is None:
+            transport = dict(msg.transport_headers)
         t = StreamTracker(
             name=msg.name or "",
             stream_id=transport.get(H_STREAM_ID, ""),
             text=_Text(data),
-            codec=dict(msg.codec_headers),
+            codec=dict(msg.codec_headers) if codec is None else codec,
             transport=transport,
             version=msg.version_serial if msg.version_serial is not None else serial,
         )
@@ -420,7 +434,7 @@ class DecoderCore:
         if delta:
             t.text.add(delta)
             out.extend(self._delta_events(t, delta))
-        self._terminal(t, dict(msg.transport_headers).get(H_STATUS), dict(msg.codec_headers), out)
+        self._terminal(t, msg.transport_headers.get(H_STATUS), msg.codec_headers, out)
         return out
 
     def _update(self, msg: InboundMessage) -> list[Event]:
@@ -461,7 +475,7 @@ class DecoderCore:
         if transport.get(H_STREAM) != "true":
             return self._discrete(msg)
         data = msg.data if isinstance(msg.data, str) else ""
-        t = self._new_tracker(msg, serial, data)
+        t = self._new_tracker(msg, serial, data, transport, codec)
         out = self._start_events(t)
         if data:
             out.extend(self._delta_events(t, data))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar
 
-__all__ = ["fast_init"]
+__all__ = ["fast_init", "fast_make"]
 
 T = TypeVar("T")
 _UNSET: Any = object()
@@ -45,3 +45,18 @@ def fast_init(cls: type[T]) -> type[T]:
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     setattr(cls, "__init__", init)  # noqa: B010 - mypy refuses assigning to a method
     return cls
+
+
+def fast_make(cls: type[T]) -> Any:
+    """A positional constructor setting every slot, derived ones included, without ``__init__`` or
+    ``__post_init__``: for a caller that computed the derived fields already (a history page)."""
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    ns: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    body = ["    self = _new(_cls)"]
+    for f in fields:
+        ns[f"_s_{f.name}"] = cls.__dict__[f.name].__set__
+        body.append(f"    _s_{f.name}(self, {f.name})")
+    body.append("    return self")
+    names = ", ".join(f.name for f in fields)
+    exec(f"def make({names}):\n" + "\n".join(body) + "\n", ns)
+    return ns["make"]

@@ -507,43 +507,24 @@ def parse_run_lifecycle(msg: InboundMessage) -> RunLifecycle | None:
     client_id = h.get(H_RUN_CLIENT_ID, "")
     invocation_id = h.get(H_INVOCATION_ID, "")
     serial, timestamp = msg.serial, msg.timestamp
+    # Positional (the field order of RunLifecycle): no keyword parsing per message.
     match msg.name:
         case "ai-run-start":
             return RunLifecycle(
-                type="start",
-                run_id=run_id,
-                client_id=client_id,
-                invocation_id=invocation_id,
-                serial=serial,
-                timestamp=timestamp,
-                parent=h.get(H_PARENT),
-                fork_of=h.get(H_FORK_OF),
-                regenerates=h.get(H_MSG_REGENERATE),
-                input_codec_message_id=h.get(H_INPUT_CODEC_MESSAGE_ID),
-            )
+                "start", run_id, client_id, invocation_id, serial, timestamp, h.get(H_PARENT),
+                h.get(H_FORK_OF), h.get(H_MSG_REGENERATE), h.get(H_INPUT_CODEC_MESSAGE_ID),
+            )  # fmt: skip
         case "ai-run-suspend" | "ai-run-resume":
-            return RunLifecycle(
-                type="suspend" if msg.name == "ai-run-suspend" else "resume",
-                run_id=run_id,
-                client_id=client_id,
-                invocation_id=invocation_id,
-                serial=serial,
-                timestamp=timestamp,
-            )
+            kind: Any = "suspend" if msg.name == "ai-run-suspend" else "resume"
+            return RunLifecycle(kind, run_id, client_id, invocation_id, serial, timestamp)
         case "ai-run-end":
             # JS casts the header without validation; an unknown reason behaves like a terminal
             # non-complete status, so keep it verbatim.
-            reason = h.get(H_RUN_REASON, "complete")
+            reason: Any = h.get(H_RUN_REASON, "complete")
             return RunLifecycle(
-                type="end",
-                run_id=run_id,
-                client_id=client_id,
-                invocation_id=invocation_id,
-                serial=serial,
-                timestamp=timestamp,
-                reason=reason,  # type: ignore[arg-type]
-                error=run_end_error(h) if reason == "error" else None,
-            )
+                "end", run_id, client_id, invocation_id, serial, timestamp, None, None, None, None,
+                reason, run_end_error(h) if reason == "error" else None,
+            )  # fmt: skip
         case _:
             return None
 
@@ -555,29 +536,26 @@ def parse_step_lifecycle(msg: InboundMessage) -> StepLifecycle | None:
     step_id = h.get(H_STEP_ID)
     if not run_id or not step_id:
         return None
-    common: dict[str, Any] = {
-        "run_id": run_id,
-        "step_id": step_id,
-        "serial": msg.serial,
-        "timestamp": msg.timestamp,
-        "invocation_id": h.get(H_INVOCATION_ID, ""),
-        "run_client_id": h.get(H_RUN_CLIENT_ID, ""),
-        "input_client_id": h.get(H_INPUT_CLIENT_ID, ""),
-        "step_client_id": h.get(H_STEP_CLIENT_ID, ""),
-    }
+    # Positional (the field order of StepLifecycle): no kwargs dict per message.
+    serial, timestamp = msg.serial, msg.timestamp
+    invocation_id = h.get(H_INVOCATION_ID, "")
+    run_client_id = h.get(H_RUN_CLIENT_ID, "")
+    input_client_id = h.get(H_INPUT_CLIENT_ID, "")
+    step_client_id = h.get(H_STEP_CLIENT_ID, "")
     match msg.name:
         case "ai-step-start":
-            return StepLifecycle(type="step-start", **common)
+            return StepLifecycle(
+                "step-start", run_id, step_id, serial, invocation_id, run_client_id, input_client_id,
+                step_client_id, None, None, timestamp,
+            )  # fmt: skip
         case "ai-step-end":
             start_serial = h.get(H_STEP_START_SERIAL)
             if not start_serial:
                 return None
-            reason = h.get(H_STEP_REASON, "complete")
+            reason: Any = h.get(H_STEP_REASON, "complete")
             return StepLifecycle(
-                type="step-end",
-                step_start_serial=start_serial,
-                reason=reason,  # type: ignore[arg-type]
-                **common,
-            )
+                "step-end", run_id, step_id, serial, invocation_id, run_client_id, input_client_id,
+                step_client_id, start_serial, reason, timestamp,
+            )  # fmt: skip
         case _:
             return None

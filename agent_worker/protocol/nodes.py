@@ -57,9 +57,10 @@ class WireLog:
     def record(
         self, serial: str, message_id: str | None, events: list[Event], version: str | None, streamed: bool
     ) -> Literal["dropped", "incremental", "refold"]:
+        """Takes ``events`` (a list the caller built for this message and does not change after)."""
         entries = self.entries
         if not entries or entries[-1].serial < serial:  # the usual case: a newer message, appended
-            entries.append(LogEntry(serial, message_id, list(events), version or serial))
+            entries.append(LogEntry(serial, message_id, events, version or serial))
             return "incremental"
         for i in range(len(self.entries) - 1, -1, -1):
             entry = self.entries[i]
@@ -71,9 +72,9 @@ class WireLog:
                     entry.decoded_through = version
                 return "incremental" if i == len(self.entries) - 1 else "refold"
             if entry.serial < serial:
-                self.entries.insert(i + 1, LogEntry(serial, message_id, list(events), version or serial))
+                self.entries.insert(i + 1, LogEntry(serial, message_id, events, version or serial))
                 return "incremental" if i + 1 == len(self.entries) - 1 else "refold"
-        self.entries.insert(0, LogEntry(serial, message_id, list(events), version or serial))
+        self.entries.insert(0, LogEntry(serial, message_id, events, version or serial))
         return "incremental" if len(self.entries) == 1 else "refold"
 
 
@@ -167,6 +168,8 @@ class Internal:
     step_state: StepState | None = None
     # A run's suspend/resume/end by serial, so a late older one refolds the status in serial order.
     lifecycle: dict[str, RunLifecycle] = field(default_factory=dict)
+    # Where ConversationTree placed it in its serial order (its sort key then).
+    sort_key: tuple[int, str, int] = (1, "", 0)
 
 
 @fast_init

@@ -16,14 +16,17 @@ paged history read equal those of an in-order fold, where the JS tree can leave 
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 from agent_worker.protocol.codec_core import CodecMessage, DecoderCore, Projection
 from agent_worker.protocol.codecs import CodecSelector
 from agent_worker.protocol.headers import (
+    AI_INPUT,
     H_CODEC_MESSAGE_ID,
     H_EVENT_ID,
     H_FORK_OF,
@@ -70,6 +73,10 @@ __all__ = [
     "RunStatus",
     "StepInfo",
 ]
+
+
+_PLACED_BY = attrgetter("sort_key")
+_NOTHING = ApplyResult()  # what a message that folds nothing returns (immutable: shared)
 
 
 class ConversationTree:
@@ -130,24 +137,24 @@ class ConversationTree:
             ev = parse_run_lifecycle(msg)
             if ev is not None:
                 self.apply_run_lifecycle(ev)
-            return ApplyResult(run_lifecycle=ev)
+            return ApplyResult(ev)
         if msg.name in STEP_LIFECYCLE_NAMES:
             sev = parse_step_lifecycle(msg)
             if sev is not None:
                 self._apply_step_lifecycle(sev)
-            return ApplyResult(step_lifecycle=sev)
+            return ApplyResult(None, sev)
         admitted, switched = self.codecs.admit(msg)
         if switched:
             self._switch_codec()
         if not admitted:
-            return ApplyResult()
-        decoded = self.codecs.decoder.decode(msg)
+            return _NOTHING
+        events = self.codecs.decoder.decode_events(msg)
         headers = msg.transport_headers  # read only below: no per-message copy
-        if decoded.inputs or decoded.outputs or headers.get(H_RUN_ID):
-            return self._apply_message(
-                decoded.inputs, decoded.outputs, headers, msg.serial, msg.version_serial
-            )
-        return ApplyResult()
+        if events or headers.get(H_RUN_ID):
+            if msg.name == AI_INPUT:
+                return self._apply_message(events, [], headers, msg.serial, msg.version_serial)
+            return self._apply_message([], events, headers, msg.serial, msg.version_serial)
+        return _NOTHING
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -238,10 +245,10 @@ class ConversationTree:
         input_cmid = cmid if run_less_input and role == "user" else None
         fork_cmid = cmid if run_less_input and role != "user" else None
         if wire_run_id is None and input_cmid is None and fork_cmid is None:
-            return ApplyResult()
+            return _NOTHING
         existing_key = input_cmid if input_cmid is not None else wire_run_id
         if not inputs and not outputs and existing_key is not None and existing_key not in self._nodes:
-            return ApplyResult()
+            return _NOTHING
         if fork_cmid is not None:
             supersedes = headers.get(H_SUPERSEDES)
             if supersedes is not None and supersedes not in self._superseded:
@@ -259,14 +266,7 @@ class ConversationTree:
             elif isinstance(entry.node, InputNode) and serial and not entry.node.serial:
                 entry.node.serial = serial
                 self._promote(entry)
-            self._record_and_fold(
-                entry,
-                events=_events(inputs, outputs),
-                serial=serial,
-                message_id=input_cmid,
-                version=version,
-                streamed=streamed,
-            )
+            self._record_and_fold(entry, _events(inputs, outputs), serial, input_cmid, version, streamed)
             return ApplyResult(
                 folded=True,
                 codec_message_id=input_cmid,
@@ -351,27 +351,12 @@ class ConversationTree:
         # Gating depends on the step attribution recorded above only (folding changes neither):
         # checked once here, not again by the fold.
         gated = serial is not None and run.step_state is not None and self._is_gated(run, serial)
-        self._record_and_fold(
-            run,
-            events=events,
-            serial=serial,
-            message_id=cmid,
-            version=version,
-            streamed=headers.get(H_STREAM) == "true",
-            gated=gated,
-        )
+        self._record_and_fold(run, events, serial, cmid, version, headers.get(H_STREAM) == "true", gated)
+        # Positional (ApplyResult's field order): ~0.4 µs less per message than keywords.
         return ApplyResult(
-            folded=not gated,
-            run_id=owner_key,
-            codec_message_id=cmid,
-            input_codec_message_id=input_cmid,
-            serial=serial,
-            step_id=step_id,
-            step_start_serial=step_start_serial,
-            steer_codec_message_ids=steer_ids,
-            inputs=tuple(inputs) if not gated else (),
-            outputs=tuple(outputs) if not gated else (),
-        )
+            None, None, not gated, owner_key, cmid, input_cmid, serial, step_id, step_start_serial,
+            steer_ids, tuple(inputs) if not gated else (), tuple(outputs) if not gated else (),
+        )  # fmt: skip
 
     # --- folding -------------------------------------------------------------------------------
 
@@ -396,10 +381,9 @@ class ConversationTree:
         else:
             projection.fold_output(payload, message_id)
 
-    def _record_and_fold(
+    def _record_and_fold(  # noqa: PLR0917 - called per message: positional is cheaper
         self,
         entry: Internal,
-        *,
         events: list[Event],
         serial: str | None,
         message_id: str | None,
@@ -488,15 +472,10 @@ class ConversationTree:
             self._adopt_early(entry)
 
     def _insert_sorted(self, entry: Internal) -> None:
-        k = self._sort_key(entry)
-        lo, hi = 0, len(self._sorted)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self._sort_key(self._sorted[mid]) <= k:
-                lo = mid + 1
-            else:
-                hi = mid
-        self._sorted.insert(lo, entry)
+        # Each entry keeps the key it was placed by (re-placed by _promote when it changes), so the
+        # bisection compares stored keys in C instead of calling _sort_key per probe.
+        entry.sort_key = k = self._sort_key(entry)
+        self._sorted.insert(bisect_right(self._sorted, k, key=_PLACED_BY), entry)
 
     def _promote(self, entry: Internal) -> None:
         self._version += 1
@@ -670,7 +649,14 @@ class ConversationTree:
     def _link_fork_input(self, fork_cmid: str | None, run_id: str) -> None:
         if fork_cmid is None or fork_cmid == run_id:
             return
-        if self._rekey_fork_run(fork_cmid, run_id) is not None:
+        # Only an optimistic run keyed by that codec-message-id is re-keyed: every output names its
+        # input's codec-message-id, usually an input node's (no re-key call for those).
+        keyed = self._nodes.get(fork_cmid)
+        if (
+            keyed is not None
+            and type(keyed.node) is RunNode
+            and self._rekey_fork_run(fork_cmid, run_id) is not None
+        ):
             return
         if fork_cmid not in self._cmid_to_key:
             self._cmid_to_key[fork_cmid] = run_id
@@ -686,7 +672,9 @@ class ConversationTree:
             return
         ss = entry.step_state if entry.step_state is not None else StepState()
         entry.step_state = ss
-        rec = ss.steps.setdefault(ev.step_id, StepRecord())
+        rec = ss.steps.get(ev.step_id)
+        if rec is None:
+            rec = ss.steps[ev.step_id] = StepRecord()
         start_serial = ev.serial if ev.type == "step-start" else ev.step_start_serial
         if start_serial is not None:
             rec.start_serials.add(start_serial)
@@ -701,8 +689,8 @@ class ConversationTree:
             if canonical:
                 rec.canonical = serial
                 rec.step_client_id = ev.step_client_id
-                attempts = ss.output_attempts.get(ev.step_id, set())
-                if any(s != serial for s in attempts):
+                attempts = ss.output_attempts.get(ev.step_id)
+                if attempts and any(s != serial for s in attempts):
                     self._refold(entry)
         elif ev.step_start_serial is not None:
             rec.end_reasons[ev.step_start_serial] = ev.reason or "complete"
@@ -898,4 +886,6 @@ _OUTPUT = repeat("output")
 
 def _events(inputs: list[InputEvent], outputs: list[Chunk]) -> list[Event]:
     """A message's events, inputs first (zip over ``repeat``: no per-message comprehension frames)."""
+    if not inputs:
+        return list(zip(_OUTPUT, outputs, strict=False))  # type: ignore[arg-type]
     return [*zip(_INPUT, inputs, strict=False), *zip(_OUTPUT, outputs, strict=False)]  # type: ignore[list-item]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from agent_worker.protocol.frozen import fast_init
+from agent_worker.protocol.frozen import fast_init, fast_make
 
 __all__ = [
     "Action",
@@ -78,6 +78,13 @@ class InboundMessage:
 # The derived fields' slot setters (frozen: the dataclass's own __setattr__ refuses).
 _set_transport = InboundMessage.__dict__["transport_headers"].__set__
 _set_codec = InboundMessage.__dict__["codec_headers"].__set__
+
+NO_HEADERS = _NO_HEADERS
+"""The headers of a message without that ``extras.ai`` section (shared, read-only)."""
+make_inbound = fast_make(InboundMessage)
+"""``make_inbound(name, data, extras, action, serial, version_serial, client_id, connection_id, id,
+timestamp, transport_headers, codec_headers)``: an :class:`InboundMessage` whose two header fields
+the caller read from ``extras`` as ``__post_init__`` would (``transport/inbound.py``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -320,16 +320,20 @@ class AgentSession:
                 )
             try:
                 page = await anext(self._history)
-                # Oldest first (pages are newest-first), yielding to the loop every FOLD_SLICE
-                # messages: other streams keep flowing, and the next page (read ahead by the
-                # transport) is requested while this one folds. The GC waits for each slice.
-                oldest_first = page[::-1]
-                for start in range(0, len(oldest_first), FOLD_SLICE):
+                size = len(page)
+                oldest = page[-1].serial if page else None
+                # Oldest first (pages are newest-first: popped from the end), yielding to the loop
+                # every FOLD_SLICE messages: other streams keep flowing, and the next page (read
+                # ahead by the transport) is requested while this one folds. The GC waits for each
+                # slice; a message popped is released once folded (unless the tree keeps it), so
+                # the collections between slices don't walk the rest of the page again.
+                pop = page.pop
+                for start in range(0, size, FOLD_SLICE):
                     if start:
                         await asyncio.sleep(0)
                     with gc_paused():
-                        for msg in oldest_first[start : start + FOLD_SLICE]:
-                            self.fold(msg)
+                        for _ in range(min(FOLD_SLICE, size - start)):
+                            self.fold(pop())
             except StopAsyncIteration:
                 self._history_exhausted = True
                 return False
@@ -338,11 +342,11 @@ class AgentSession:
                 # (re-folding pages is idempotent).
                 self._history = None
                 raise
-            if page:
-                self._oldest_loaded = page[-1].serial
+            if size:
+                self._oldest_loaded = oldest
             else:
                 self._history_exhausted = True
-            return bool(page)
+            return size > 0
 
     def missing_ancestor(self, anchor: str | None) -> str | None:
         """The first ancestor on the walk up from ``anchor`` that the tree has not seen yet."""

@@ -513,7 +513,8 @@ class Channel:
     async def history_pages(
         self, *, page_size: int = 100, from_serial: str | None = None, later_page_size: int = 1000
     ) -> AsyncGenerator[list[InboundMessage], None]:
-        """REST history newest-first, one list per page (each list newest-first too).
+        """REST history newest-first, one list per page (each list newest-first too, the caller's
+        to consume: the session pops each message as it folds it).
 
         ``from_serial`` (the attach serial) bounds it to what was published before the attach, which
         the live subscription cannot have delivered (ably-js's ``untilAttach``). The first page has

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 from ably.types.message import Message
 
-from agent_worker.protocol.wire import ACTION_BY_NUMBER, Action, InboundMessage
+from agent_worker.protocol.wire import ACTION_BY_NUMBER, NO_HEADERS, Action, InboundMessage, make_inbound
 
 __all__ = ["Undecodable", "history_item", "history_messages", "raw_inbound", "to_inbound"]
 
@@ -128,19 +128,34 @@ def history_messages(body: bytes) -> list[InboundMessage] | None:
     out: list[InboundMessage] = []
     append = out.append
     by_number = ACTION_BY_NUMBER
+    make = make_inbound
+    none = NO_HEADERS
     for item in items:
         data = item.data
         if item.encoding or type(data) is bytes or item.annotations is not None:
             return None
         extras = item.extras
+        # The header sections as InboundMessage.__post_init__ reads them (msgspec makes maps dicts).
+        transport = codec = none
+        if type(extras) is dict:
+            ai = extras.get("ai") if extras else None
+            if type(ai) is dict:
+                section = ai.get("transport")
+                if type(section) is dict:
+                    transport = section
+                section = ai.get("codec")
+                if type(section) is dict:
+                    codec = section
+        else:
+            extras = None
         action = item.action
         serial = item.serial
         version = item.version
         append(
-            InboundMessage(
+            make(
                 item.name,
                 data,
-                extras if type(extras) is dict or isinstance(extras, Mapping) else None,
+                extras,
                 by_number.get(int(action), "message.create") if isinstance(action, int) else "message.create",
                 serial,
                 (version.serial if version is not None else None) or serial,
@@ -148,6 +163,8 @@ def history_messages(body: bytes) -> list[InboundMessage] | None:
                 item.connection_id,
                 item.id,
                 item.timestamp,
+                transport,
+                codec,
             )
         )
     return out

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 from agent_worker.protocol.codec_core import Decoded
-from agent_worker.protocol.frozen import fast_init
+from agent_worker.protocol.frozen import fast_init, fast_make
 from agent_worker.protocol.nodes import ApplyResult
-from agent_worker.protocol.wire import InboundMessage
+from agent_worker.protocol.wire import NO_HEADERS, InboundMessage, make_inbound
 
 
 @fast_init
@@ -48,3 +48,29 @@ def test_message_types_keep_their_semantics() -> None:
     assert Decoded().inputs == [] and Decoded(outputs=[{"type": "x"}]).outputs == [{"type": "x"}]
     with pytest.raises(dataclasses.FrozenInstanceError):
         m.data = "x"  # type: ignore[misc]
+
+
+def test_fast_make_sets_every_slot_including_derived_ones() -> None:
+    make = fast_make(_Sample)
+    s = make(3, "y", [1], 99)  # no __post_init__: the derived field is the caller's
+    assert (s.a, s.b, s.c, s.d) == (3, "y", [1], 99)
+    assert s != _Sample(3, "y", [1])  # d is compared: 99 vs the 6 __post_init__ derives
+    assert make(3, "y", [1], 6) == _Sample(3, "y", [1])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.a = 4  # type: ignore[misc]
+
+
+def test_make_inbound_is_the_constructor_given_the_header_sections() -> None:
+    extras = {"ai": {"transport": {"run-id": "r"}, "codec": {"kind": "text"}}}
+    built = InboundMessage("ai-output", "hi", extras, "message.append", "s1", "v1", "c", "k", "i", 5)
+    made = make_inbound(
+        "ai-output", "hi", extras, "message.append", "s1", "v1", "c", "k", "i", 5,
+        extras["ai"]["transport"], extras["ai"]["codec"],
+    )  # fmt: skip
+    assert made == built and repr(made) == repr(built) and hash(made.id) == hash(built.id)
+    assert (made.transport_headers, made.codec_headers) == (built.transport_headers, built.codec_headers)
+    bare = make_inbound(
+        "x", None, None, "message.create", None, None, None, None, None, None, NO_HEADERS, NO_HEADERS
+    )
+    assert bare == InboundMessage("x", None, None)
+    assert bare.transport_headers == InboundMessage("x", None, None).transport_headers == {}

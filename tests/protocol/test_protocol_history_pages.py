@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent_worker.protocol.branch import (
     TriggerInfo,
@@ -306,3 +308,35 @@ class TestBranchWalkOverPartialHistory:
         tree, _ = cold_fold(c.ch.history(), page_size, "E-U2")
         assert tree.run("R1").status == "cancelled"  # type: ignore[union-attr]
         assert prompt(tree, "E-U2", "R2") == [("user", "never mind")]
+
+
+def _serial_order(tree: ConversationTree) -> list[str]:
+    """The nodes as the tree orders them, checked against a fresh sort by (serial, arrival)."""
+    keys = [n.key for n in tree.nodes()]
+    placed = list(tree._sorted)
+    fresh = sorted(placed, key=ConversationTree._sort_key)
+    assert [e.node.key for e in fresh] == keys
+    assert all(e.sort_key == ConversationTree._sort_key(e) for e in placed)
+    return keys
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["two_turns", "approved_twice"]), st.randoms(use_true_random=False))
+def test_nodes_stay_in_serial_order_whatever_the_delivery_order(convo: str, rnd: Any) -> None:
+    """Nodes are placed by the key they had when placed (bisected in C) and re-placed when a later
+    wire gives them a serial: any delivery order (shuffled, duplicated) and newest-first pages
+    leave them in serial order, as an in-order fold does."""
+    history = (two_turns if convo == "two_turns" else approved_twice)().ch.history()
+    in_order = _serial_order(_fold(history))
+    shuffled = [*history, *rnd.sample(history, k=len(history) // 3)]
+    rnd.shuffle(shuffled)
+    assert _serial_order(_fold(shuffled)) == in_order
+    for page_size in (1, 3, 7):
+        paged = [m for page in pages_newest_first(history, page_size) for m in page]
+        assert _serial_order(_fold(paged)) == in_order
+
+
+def _fold(messages: list[InboundMessage]) -> ConversationTree:
+    tree = ConversationTree()
+    tree.apply_all(messages)
+    return tree

@@ -210,11 +210,21 @@ _items = st.fixed_dictionaries(
         "timestamp": _scalars,
         "extras": st.none()
         | st.fixed_dictionaries(
-            {
+            {},
+            optional={
+                # Both header sections, or either of any shape (read as no headers unless a map).
                 "ai": st.fixed_dictionaries(
-                    {"transport": st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3)}
+                    {},
+                    optional={
+                        "transport": st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3)
+                        | _values,
+                        "codec": st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3)
+                        | _values,
+                    },
                 )
-            }
+                | _values,
+                "other": _values,
+            },
         )
         | _values,
         "version": st.none()

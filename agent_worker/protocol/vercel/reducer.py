@@ -172,7 +172,10 @@ class VercelProjection:
         return entry.message
 
     def _ensure_trackers(self, cmid: str) -> _Trackers:
-        return self._trackers.setdefault(cmid, _Trackers())
+        trackers = self._trackers.get(cmid)
+        if trackers is None:  # not setdefault: that would build a _Trackers per chunk
+            trackers = self._trackers[cmid] = _Trackers()
+        return trackers
 
     @staticmethod
     def _tool_part(
@@ -223,7 +226,8 @@ class VercelProjection:
         """Fold one ``UIMessageChunk`` into the message named by the wire's codec-message-id."""
         if codec_message_id is not None:
             self._fold_chunk(chunk, codec_message_id)
-        self._retry_pending()
+        if self._pending:
+            self._retry_pending()
 
     def _fold_user_message(self, message: Mapping[str, Any], cmid: str | None) -> None:
         msg = {**message, "parts": list(message.get("parts", []))}
