@@ -25,7 +25,15 @@ from agent_worker.errors import AgentWorkerError, AuthError, ProtocolError
 from agent_worker.server import constants as C
 from agent_worker.server.attach_params import mode_error, parse_attach
 from agent_worker.server.auth import Principal, resolve_client_id
-from agent_worker.server.codec import JSON, MSGPACK, Format, decode_frame, encode_frame, inbound_payload
+from agent_worker.server.codec import (
+    JSON,
+    MSGPACK,
+    Format,
+    decode_frame,
+    encode_frame,
+    encode_wire,
+    inbound_payload,
+)
 from agent_worker.server.codec import outbound_payload as _outbound
 from agent_worker.server.connection_keys import ConnectionKeys
 from agent_worker.server.hub import Attachment, Hub, RateLimiter, check_channel_name
@@ -179,6 +187,13 @@ class RealtimeConnection:
         if msg.get("presence"):
             msg = dict(msg, presence=[_outbound(p, self.fmt) for p in msg["presence"]])
         transport.enqueue(encode_frame(msg, self.fmt))
+
+    def send_frame(self, data: str | bytes) -> None:
+        """Queue an encoded MESSAGE or PRESENCE frame (they may overtake a pending ACK, see
+        ``_ack``); the fan-out encodes one for every subscriber of this connection's format."""
+        transport = self.transport
+        if transport is not None:
+            transport.enqueue(data)
 
     def connection_details(self) -> dict[str, Any]:
         cfg = self.hub.config
@@ -371,8 +386,11 @@ class RealtimeConnection:
 
     def _flush_acks(self) -> None:
         run, self._ack_run = self._ack_run, None
-        if run is not None:
-            self.send({"action": C.ACK, "msgSerial": run[0], "count": run[1][0], "res": run[2]})
+        transport = self.transport
+        if run is not None and transport is not None:
+            # Built without None fields (``res`` holds serial lists), so encoded without a walk.
+            ack = {"action": C.ACK, "msgSerial": run[0], "count": run[1][0], "res": run[2]}
+            transport.enqueue(encode_wire(ack, self.fmt))
 
     def _nack(self, serial: int, exc: AgentWorkerError) -> None:
         log.info("publish_refused", connection_id=self.id, code=exc.code, reason=exc.message)

@@ -21,7 +21,7 @@ from agent_worker.errors import AgentWorkerError, AuthError, ProtocolError
 from agent_worker.server import constants as C
 from agent_worker.server.auth import KeyRing, Principal
 from agent_worker.server.channel_rules import ChannelRules
-from agent_worker.server.codec import MSGPACK
+from agent_worker.server.codec import MSGPACK, Format, encode_wire, wire_payload
 from agent_worker.server.config import ServerConfig
 from agent_worker.server.log import CREATE, DELETE, ChannelLog, MessageRecord, Published
 from agent_worker.server.presence import ENTER, LEAVE, PRESENT, UPDATE, PresenceSet
@@ -38,8 +38,12 @@ class Subscriber(Protocol):
 
     id: str
     echo: bool
+    fmt: Format
 
     def send(self, msg: dict[str, Any]) -> None: ...
+
+    def send_frame(self, data: str | bytes) -> None:
+        """Queue a MESSAGE or PRESENCE frame already encoded in :attr:`fmt` (see ``deliver``)."""
 
 
 @dataclass(slots=True)
@@ -90,29 +94,56 @@ class ChannelRuntime:
     def deliver(
         self, published: Published, *, publisher_id: str | None, proto_id: str | None, now_ms: int
     ) -> None:
-        """Fan a publish out to every live SUBSCRIBE attachment (appends per first sight)."""
+        """Fan a publish out to every live SUBSCRIBE attachment (appends per first sight).
+
+        The frame is encoded once per (format, which messages the attachment sees for the first
+        time) and the same bytes go to every subscriber of that kind: with N subscribers, one render
+        and one encode instead of N."""
+        frames: dict[tuple[Format, tuple[bool, ...]], str | bytes] = {}
+        items = published.items
+        cs = published.channel_serial
         for att in self.attachments.values():
             if not att.live or not att.modes & C.MODE_SUBSCRIBE:
                 continue
-            if publisher_id is not None and att.sub.id == publisher_id and not att.sub.echo:
+            sub = att.sub
+            if publisher_id is not None and sub.id == publisher_id and not sub.echo:
                 continue
-            msgs = []
-            for record, idx in published.items:
-                first_sight = not att.has_seen(record)
-                msgs.append(record.render(idx, first_sight=first_sight))
+            sight = []
+            for record, _ in items:
+                sight.append(not att.has_seen(record))
                 att.mark_seen(record)
-            att.sub.send(
-                {
-                    "action": C.MESSAGE,
-                    "channel": self.name,
-                    "channelSerial": published.channel_serial,
-                    "id": proto_id,
-                    "connectionId": publisher_id,
-                    "timestamp": now_ms,
-                    "messages": msgs,
-                }
-            )
-            att.last_delivered = published.channel_serial
+            key = (sub.fmt, tuple(sight))
+            frame = frames.get(key)
+            if frame is None:
+                frame = frames[key] = self._message_frame(published, key, publisher_id, proto_id, now_ms)
+            sub.send_frame(frame)
+            att.last_delivered = cs
+
+    def _message_frame(
+        self,
+        published: Published,
+        key: tuple[Format, tuple[bool, ...]],
+        publisher_id: str | None,
+        proto_id: str | None,
+        now_ms: int,
+    ) -> str | bytes:
+        """The MESSAGE frame of ``published`` (what ``send`` would encode, built without ``None``s)."""
+        fmt, sight = key
+        frame: dict[str, Any] = {
+            "action": C.MESSAGE,
+            "channel": self.name,
+            "channelSerial": published.channel_serial,
+        }
+        if proto_id is not None:
+            frame["id"] = proto_id
+        if publisher_id is not None:
+            frame["connectionId"] = publisher_id
+        frame["timestamp"] = now_ms
+        frame["messages"] = [
+            wire_payload(record.render(idx, first_sight=first), fmt)
+            for (record, idx), first in zip(published.items, sight, strict=True)
+        ]
+        return encode_wire(frame, fmt)
 
     def replay(self, att: Attachment, after: str) -> None:
         """Send every logged version after channel serial ``after``, grouped per channel serial."""
@@ -162,16 +193,20 @@ class ChannelRuntime:
     def deliver_presence(self, events: Sequence[dict[str, Any]], now_ms: int) -> None:
         if not events:
             return
+        frames: dict[Format, str | bytes] = {}  # encoded once per format, as in ``deliver``
         for att in self.attachments.values():
             if att.live and att.modes & C.MODE_PRESENCE_SUBSCRIBE:
-                att.sub.send(
-                    {
+                fmt = att.sub.fmt
+                frame = frames.get(fmt)
+                if frame is None:
+                    msg = {
                         "action": C.PRESENCE,
                         "channel": self.name,
                         "timestamp": now_ms,
-                        "presence": list(events),
+                        "presence": [wire_payload(e, fmt) for e in events],
                     }
-                )
+                    frame = frames[fmt] = encode_wire(msg, fmt)
+                att.sub.send_frame(frame)
 
     def send_sync(self, att: Attachment, page_size: int = 100) -> None:
         members = list(self.presence.members.values())

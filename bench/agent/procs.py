@@ -60,7 +60,9 @@ async def server_main(cfg: dict[str, Any]) -> None:
         if profile_to:
             import cProfile  # noqa: PLC0415
 
-            profiler = cProfile.Profile()
+            # AW_BENCH_PROFILE_CPU=1 times CPU here too (wall time on a shared machine misleads)
+            cpu = bool(os.environ.get("AW_BENCH_PROFILE_CPU"))
+            profiler = cProfile.Profile(time.process_time) if cpu else cProfile.Profile()
             profiler.enable()
         emit("ready", {"port": server.port, "key": server.default_key, "pid": os.getpid()})
 
