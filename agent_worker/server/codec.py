@@ -25,6 +25,7 @@ __all__ = [
     "content_type_for",
     "decode_body",
     "decode_frame",
+    "drop_none",
     "encode_body",
     "encode_frame",
     "encode_item",
@@ -109,6 +110,11 @@ def _drop_none_dict(obj: dict[Any, Any]) -> dict[Any, Any]:
         else:
             out[k] = v
     return out
+
+
+def drop_none(obj: Any) -> Any:
+    """``obj`` without ``None``-valued dict entries at any depth (as the wire drops them)."""
+    return _drop_none(obj)
 
 
 def _json_default(obj: Any) -> Any:

@@ -314,7 +314,8 @@ class RealtimeConnection:
 
     # -- inbound -----------------------------------------------------------------------------
 
-    def handle(self, frame: dict[str, Any]) -> None:
+    def handle(self, frame: dict[str, Any], size: int | None = None) -> None:
+        """One inbound frame (``size``: its encoded length, which bounds its messages' sizes)."""
         action = frame.get("action")
         if not isinstance(action, int) or isinstance(action, bool):
             msg = "protocol message has no integer action"
@@ -325,7 +326,7 @@ class RealtimeConnection:
             if frame.get("id") is not None:
                 self.send({"action": C.HEARTBEAT, "id": frame["id"]})
         elif action == C.MESSAGE:
-            self._on_message(frame)
+            self._on_message(frame, size)
         elif action == C.ATTACH:
             self._on_attach(frame)
         elif action == C.DETACH:
@@ -461,7 +462,7 @@ class RealtimeConnection:
             msg = f"max per-connection publish rate ({self.hub.config.rate_limit_per_s}/s) exceeded"
             raise AgentWorkerError(msg, code=42911, status_code=429)
 
-    def _on_message(self, frame: dict[str, Any]) -> None:
+    def _on_message(self, frame: dict[str, Any], size: int | None = None) -> None:
         def publish(serial: int) -> list[dict[str, Any]]:
             channel = check_channel_name(frame.get("channel"))
             self._require_mode(channel, C.MODE_PUBLISH, "publish a message", "PUBLISH")
@@ -474,17 +475,20 @@ class RealtimeConnection:
                 publisher_id=self.id,
                 window_ms=self.rollup_window_ms,
                 charge=self._charge,
+                frame_size=size,
             )
             if held is not None:
                 return held
             self._charge(len(items))
+            proto_id = f"{self.id}:{serial}"
             published = self.hub.publish(
                 channel,
                 items,
                 self.principal,
                 publisher_id=self.id,
-                proto_id=f"{self.id}:{serial}",
-                id_base=f"{self.id}:{serial}",
+                proto_id=proto_id,
+                id_base=proto_id,
+                frame_size=size,
             )
             return [{"serials": published.serials}]
 
@@ -829,7 +833,7 @@ class RealtimeGateway:
                 if conn.transport is not transport or transport.closing:
                     break
                 try:
-                    conn.handle(decode_frame(data, frame_fmt, cfg.frame_limit))
+                    conn.handle(decode_frame(data, frame_fmt, cfg.frame_limit), len(data))
                 except ProtocolError as exc:
                     log.info("frame_refused", connection_id=conn.id, code=exc.code, reason=exc.message)
                     conn.send_error(exc)

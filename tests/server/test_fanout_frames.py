@@ -8,11 +8,20 @@ import json
 from typing import Any
 
 import msgpack
+import pytest
 
 from agent_worker.server import EmbeddedServer
 from agent_worker.server import constants as C
-from agent_worker.server.codec import JSON, MSGPACK, Format, encode_frame, outbound_payload
-from agent_worker.server.hub import Attachment, ChannelRuntime
+from agent_worker.server.codec import (
+    JSON,
+    MSGPACK,
+    Format,
+    decode_frame,
+    encode_frame,
+    inbound_payload,
+    outbound_payload,
+)
+from agent_worker.server.hub import SIZE_PER_FRAME_BYTE, Attachment, ChannelRuntime, message_size
 from agent_worker.server.log import APPEND, DELETE, UPDATE, ChannelLog, Published
 from tests.server.server_support import ACK, MESSAGE, RawClient
 
@@ -211,3 +220,40 @@ async def test_subscribers_of_both_formats_and_first_sights_over_the_wire(
     finally:
         for client in everyone:
             await client.close()
+
+
+ADVERSARIAL: list[tuple[str, dict[str, Any], bool]] = [  # (what, message, msgpack only)
+    ("ext values", {"extras": {"x": [msgpack.ExtType(127, b"\x00")] * 300}}, True),
+    ("empty ext values", {"extras": {"x": [msgpack.ExtType(127, b"")] * 300}}, True),
+    ("timestamps", {"extras": {"x": [msgpack.Timestamp(2**32 - 1, 0)] * 100}}, True),
+    ("non-str keys", {"extras": {"x": {**{i: False for i in range(-32, 128)}, True: None, None: 0}}}, True),
+    ("binary in extras", {"extras": {"x": [b"\x00"] * 200}}, True),
+    ("binary data", {"data": b"\x00" * 500, "extras": {"b": b"\xff" * 100}}, True),
+    ("falses", {"extras": {"x": [False] * 500}, "data": [False] * 500}, False),
+    ("empty containers", {"extras": {"x": [{}, []] * 200}}, False),
+    ("control characters", {"name": "\x01" * 50, "extras": {"\x02" * 50: "\x03" * 300}}, False),
+    ("non-BMP characters", {"data": "\U0001f600" * 200, "extras": {"e": "\U0001f600" * 200}}, False),
+    ("numbers", {"extras": {"x": [-(2**63), 2**64 - 1, -2.2250738585072014e-308, 0.1] * 50}}, False),
+    ("nesting", {"extras": {"x": [[[[[[[[False]]]]]]]] * 50}}, False),
+]
+
+
+@pytest.mark.parametrize(("what", "message", "msgpack_only"), ADVERSARIAL, ids=[a[0] for a in ADVERSARIAL])
+@pytest.mark.parametrize("fmt", [JSON, MSGPACK])
+def test_message_size_stays_within_the_frame_bound(
+    what: str, message: dict[str, Any], msgpack_only: bool, fmt: Format
+) -> None:
+    """Why the publish path may skip the exact size of a message whose frame is small
+    (``Hub.prepare_messages``): Ably's size (name + data + clientId + extras as JSON) is at most
+    SIZE_PER_FRAME_BYTE per byte (msgpack) or character (JSON) of the frame, even for payloads
+    built to inflate when rendered as JSON."""
+    if msgpack_only and fmt == JSON:
+        pytest.skip("not representable in JSON")
+    frame = {"action": C.MESSAGE, "channel": "c", "msgSerial": 0, "messages": [message]}
+    if fmt == MSGPACK:
+        raw: str | bytes = msgpack.packb(frame, use_bin_type=True)
+    else:
+        raw = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+    decoded = decode_frame(raw, fmt)
+    item = inbound_payload(decoded["messages"][0], fmt)
+    assert message_size(item) <= SIZE_PER_FRAME_BYTE * len(raw), what
