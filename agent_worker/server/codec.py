@@ -59,6 +59,11 @@ def error_info(code: int, message: str, status_code: int | None = None) -> dict[
     }
 
 
+# isinstance() tuples, not ``X | Y`` unions (a union is built on every call): hot paths.
+_BINARY = (bytes, bytearray)
+_DATA_TYPES = (str, bytes, dict, list, int, float, bool)
+
+
 def _fail(message: str, code: int = 40000) -> ProtocolError:
     return ProtocolError(message, code=code)
 
@@ -118,7 +123,7 @@ def drop_none(obj: Any) -> Any:
 
 
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, bytes | bytearray):
+    if isinstance(obj, _BINARY):
         return base64.b64encode(obj).decode("ascii")
     msg = f"not JSON serialisable: {type(obj).__name__}"
     raise TypeError(msg)
@@ -168,7 +173,7 @@ def inbound_payload(item: Any, fmt: Format) -> dict[str, Any]:
             out["encoding"] = rest
         else:
             out.pop("encoding", None)
-    elif data is not None and not isinstance(data, str | bytes | dict | list | int | float | bool):
+    elif data is not None and not isinstance(data, _DATA_TYPES):
         msg = f"unsupported message data type {type(data).__name__}"
         raise _fail(msg, 40013)
     return out
@@ -178,7 +183,7 @@ def outbound_payload(item: Mapping[str, Any], fmt: Format) -> dict[str, Any]:
     """Render a canonical Message / PresenceMessage for a client of format ``fmt``."""
     out = {k: v for k, v in item.items() if v is not None}
     data = out.get("data")
-    if fmt == JSON and isinstance(data, bytes | bytearray):
+    if fmt == JSON and isinstance(data, _BINARY):
         out["data"] = base64.b64encode(data).decode("ascii")
         enc = out.get("encoding")
         out["encoding"] = f"{enc}/base64" if enc else "base64"
@@ -201,7 +206,7 @@ def wire_payload(item: Mapping[str, Any], fmt: Format) -> dict[str, Any]:
         else:
             out[k] = v
     data = out.get("data")
-    if fmt == JSON and isinstance(data, bytes | bytearray):
+    if fmt == JSON and isinstance(data, _BINARY):
         out["data"] = base64.b64encode(data).decode("ascii")
         enc = out.get("encoding")
         out["encoding"] = f"{enc}/base64" if enc else "base64"

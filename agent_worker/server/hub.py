@@ -246,7 +246,7 @@ def message_size(m: dict[str, Any]) -> int:
     data = m.get("data")
     if isinstance(data, str):
         size += len(data.encode())
-    elif isinstance(data, bytes | bytearray):
+    elif isinstance(data, (bytes, bytearray)):
         size += len(data)
     elif data is not None:
         size += len(json.dumps(data, default=str).encode())

@@ -80,7 +80,7 @@ DEFAULT_MEMORY_RETENTION = Retention(max_age_s=24 * 3600, max_bytes=16 << 20)
 
 def _approx_size(m: dict[str, Any]) -> int:
     data = m.get("data")
-    return 256 + (len(data) if isinstance(data, str | bytes | bytearray) else 256 if data is not None else 0)
+    return 256 + (len(data) if isinstance(data, (str, bytes, bytearray)) else 256 if data is not None else 0)
 
 
 @dataclass(slots=True)
@@ -148,7 +148,7 @@ class MessageRecord:
                 value = op.get(k)
                 if value is not None:
                     # Without None inside (metadata is envelope, not content): what the wire carries.
-                    out[k] = drop_none(value) if isinstance(value, dict | list) else value
+                    out[k] = drop_none(value) if isinstance(value, (dict, list)) else value
         return out
 
     def render(self, k: int, *, first_sight: bool = False) -> dict[str, Any]:
