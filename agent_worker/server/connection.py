@@ -15,7 +15,7 @@ import hashlib
 import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import structlog
@@ -72,7 +72,7 @@ class Transport:
         self, ws: web.WebSocketResponse, raw: asyncio.BaseTransport | None, max_bytes: int = 1 << 62
     ) -> None:
         self.ws = ws
-        self.raw = raw if isinstance(raw, asyncio.WriteTransport) else None
+        self.raw = raw
         self.closing = False
         self.max_bytes = max_bytes
         self.queued_bytes = 0
@@ -130,7 +130,8 @@ class Transport:
             await self.ws.close()
 
     async def _send(self, batch: list[str | bytes]) -> None:
-        raw = self.raw
+        # A write transport (uvloop's does not subclass asyncio's, hence the cast).
+        raw = cast("asyncio.WriteTransport | None", self.raw)
         if raw is None or self.ws.compress:  # aiohttp frames (and compresses) one at a time
             for data in batch:
                 if isinstance(data, bytes):
