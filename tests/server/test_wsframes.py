@@ -78,3 +78,25 @@ async def _burst(server: EmbeddedServer, fmt: str) -> None:
         assert seen == payloads
     finally:
         await client.close()
+
+
+def test_batched_frames_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop's transports (what `agent-worker run` and `server` use) take the same batched path."""
+    uvloop = pytest.importorskip("uvloop")
+    batches: list[int] = []
+    build = wsframes.frames
+
+    def counted(messages: list[str | bytes]) -> bytes:
+        batches.append(len(messages))
+        return build(messages)
+
+    monkeypatch.setattr(wsframes, "frames", counted)
+
+    async def main() -> None:
+        async with EmbeddedServer(ServerConfig(max_message_size=1 << 17)) as server:
+            assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+            for fmt in ("msgpack", "json"):
+                await _burst(server, fmt)
+
+    uvloop.run(main())
+    assert sum(batches) >= 2 * 20  # every echo of both bursts (and the ACKs) went through it
