@@ -238,17 +238,20 @@ ADVERSARIAL: list[tuple[str, dict[str, Any], bool]] = [  # (what, message, msgpa
 ]
 
 
-@pytest.mark.parametrize(("what", "message", "msgpack_only"), ADVERSARIAL, ids=[a[0] for a in ADVERSARIAL])
-@pytest.mark.parametrize("fmt", [JSON, MSGPACK])
-def test_message_size_stays_within_the_frame_bound(
-    what: str, message: dict[str, Any], msgpack_only: bool, fmt: Format
-) -> None:
+SIZE_CASES = [
+    pytest.param(message, fmt, id=f"{what}-{fmt}")
+    for what, message, msgpack_only in ADVERSARIAL
+    for fmt in (JSON, MSGPACK)
+    if fmt == MSGPACK or not msgpack_only  # ext values, binary and non-str keys are msgpack's only
+]
+
+
+@pytest.mark.parametrize(("message", "fmt"), SIZE_CASES)
+def test_message_size_stays_within_the_frame_bound(message: dict[str, Any], fmt: Format) -> None:
     """Why the publish path may skip the exact size of a message whose frame is small
     (``Hub.prepare_messages``): Ably's size (name + data + clientId + extras as JSON) is at most
     SIZE_PER_FRAME_BYTE per byte (msgpack) or character (JSON) of the frame, even for payloads
     built to inflate when rendered as JSON."""
-    if msgpack_only and fmt == JSON:
-        pytest.skip("not representable in JSON")
     frame = {"action": C.MESSAGE, "channel": "c", "msgSerial": 0, "messages": [message]}
     if fmt == MSGPACK:
         raw: str | bytes = msgpack.packb(frame, use_bin_type=True)
@@ -256,4 +259,4 @@ def test_message_size_stays_within_the_frame_bound(
         raw = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
     decoded = decode_frame(raw, fmt)
     item = inbound_payload(decoded["messages"][0], fmt)
-    assert message_size(item) <= SIZE_PER_FRAME_BYTE * len(raw), what
+    assert message_size(item) <= SIZE_PER_FRAME_BYTE * len(raw)
