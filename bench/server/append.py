@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import time
 from typing import Any
 
@@ -84,13 +85,19 @@ async def run(appends: int, streams: int, subscribers: int, reps: int, window_ms
             )
             for i in range(appends)
         ]
+        # A tree from before the frame-size argument (``--compare`` style runs from another checkout).
+        sized = len(inspect.signature(pub.handle).parameters) > 1
         best = float("inf")
         per = appends // reps
         for rep in range(reps):
             chunk = frames[rep * per : (rep + 1) * per]
             started = time.process_time()
             for i, raw in enumerate(chunk):
-                pub.handle(decode_frame(raw, MSGPACK, config.frame_limit), len(raw))
+                frame = decode_frame(raw, MSGPACK, config.frame_limit)
+                if sized:
+                    pub.handle(frame, len(raw))
+                else:
+                    pub.handle(frame)
                 if i % 10 == 9:
                     await asyncio.sleep(0)  # the loop turn that flushes the ACK
             best = min(best, (time.process_time() - started) / len(chunk))
