@@ -85,7 +85,7 @@ async def run(appends: int, streams: int, subscribers: int, reps: int, window_ms
             )
             for i in range(appends)
         ]
-        # A tree from before the frame-size argument (``--compare`` style runs from another checkout).
+        # A tree from before the frame-size argument (this file copied into an older checkout, for A/B).
         sized = len(inspect.signature(pub.handle).parameters) > 1
         best = float("inf")
         per = appends // reps
