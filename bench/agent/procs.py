@@ -55,6 +55,8 @@ async def server_main(cfg: dict[str, Any]) -> None:
     line on stdin prints ``@@event {"event": "stats", "refused": {code: count}}``."""
     config = ServerConfig(host="127.0.0.1", port=0, enforce_rate_limits=bool(cfg.get("enforce")))
     async with EmbeddedServer(config) as server:
+        if not os.environ.get("AW_BENCH_GC_DEFAULT"):
+            tune_gc()  # as `agent-worker server` does once started
         profile_to = os.environ.get("AW_BENCH_SERVER_PROFILE")  # =path: cProfile the server's run
         profiler = None
         if profile_to:
