@@ -125,6 +125,8 @@ class Capability:
     """``resource -> ops`` as in Ably's capability JSON."""
 
     grants: Mapping[str, frozenset[str]]
+    # ops_for() per channel name: checked on every publish (a connection's capability is one object)
+    _ops: dict[str, frozenset[str]] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @classmethod
     def full(cls) -> Capability:
@@ -158,11 +160,17 @@ class Capability:
         return cls(grants)
 
     def ops_for(self, channel: str) -> frozenset[str]:
+        cached = self._ops.get(channel)
+        if cached is not None:
+            return cached
         out: set[str] = set()
         for resource, ops in self.grants.items():
             if resource_matches(resource, channel):
                 out |= ALL_OPS if "*" in ops else ops
-        return frozenset(out)
+        if len(self._ops) >= 1024:
+            self._ops.clear()
+        result = self._ops[channel] = frozenset(out)
+        return result
 
     def allows(self, channel: str, op: str) -> bool:
         return op in self.ops_for(channel)
