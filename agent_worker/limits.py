@@ -27,20 +27,27 @@ MAX_DEPTH = 64
 def check_depth(obj: Any, max_depth: int = MAX_DEPTH) -> None:
     """Raise ``ProtocolError(40000)`` if ``obj`` nests lists/dicts deeper than ``max_depth``.
 
-    Iterative (an explicit stack), so it cannot itself hit the recursion limit."""
-    stack: list[tuple[Any, int]] = [(obj, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
-        else:
-            continue
-        if depth > max_depth:
-            msg = f"payload nests deeper than {max_depth} levels"
-            raise ProtocolError(msg, code=40000, status_code=400)
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list | tuple))
+    Iterative, one nesting level at a time (so it cannot itself hit the recursion limit); it runs
+    on every inbound realtime frame, hence a tuple for ``isinstance`` (a ``X | Y`` union is slower)
+    and a comprehension per container rather than a stack entry per child."""
+    containers = (dict, list, tuple)
+    level = [obj]
+    depth = 0
+    while level:
+        depth += 1
+        deeper: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                children: Any = item.values()
+            elif isinstance(item, (list, tuple)):
+                children = item
+            else:
+                continue
+            if depth > max_depth:
+                msg = f"payload nests deeper than {max_depth} levels"
+                raise ProtocolError(msg, code=40000, status_code=400)
+            deeper += [c for c in children if isinstance(c, containers)]
+        level = deeper
 
 
 def _too_deep(what: str) -> ProtocolError:

@@ -125,6 +125,8 @@ class Capability:
     """``resource -> ops`` as in Ably's capability JSON."""
 
     grants: Mapping[str, frozenset[str]]
+    # ops_for() per channel name: checked on every publish (a connection's capability is one object)
+    _ops: dict[str, frozenset[str]] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @classmethod
     def full(cls) -> Capability:
@@ -158,11 +160,17 @@ class Capability:
         return cls(grants)
 
     def ops_for(self, channel: str) -> frozenset[str]:
+        cached = self._ops.get(channel)
+        if cached is not None:
+            return cached
         out: set[str] = set()
         for resource, ops in self.grants.items():
             if resource_matches(resource, channel):
                 out |= ALL_OPS if "*" in ops else ops
-        return frozenset(out)
+        if len(self._ops) >= 1024:
+            self._ops.clear()
+        result = self._ops[channel] = frozenset(out)
+        return result
 
     def allows(self, channel: str, op: str) -> bool:
         return op in self.ops_for(channel)
@@ -274,6 +282,16 @@ class NonceCache:
         return True
 
 
+def _check_token_times(exp: float, issued_ms: int, now_ms: int) -> None:
+    """The clock's checks of a token (40142 expired, 40003 lifetime over the maximum)."""
+    if round(exp * 1000) <= now_ms:
+        msg = "token expired"
+        raise _auth_error(msg, 40142, 401)
+    if exp * 1000 - min(issued_ms, now_ms) > MAX_TOKEN_TTL_MS + 1000:
+        msg = f"token lifetime exceeds the maximum of {MAX_TOKEN_TTL_MS // 3_600_000} hours"
+        raise _auth_error(msg, 40003, 400)
+
+
 class KeyRing:
     """The keys a server accepts, and everything derived from them."""
 
@@ -283,6 +301,9 @@ class KeyRing:
             msg = "at least one API key is required"
             raise ValueError(msg)
         self.nonces = NonceCache()
+        # Tokens that passed every check but the clock ones, with their exp: a worker's connections
+        # and REST requests (100 history reads in a burst) present one token, verified once.
+        self._verified: dict[str, tuple[TokenClaims, float]] = {}
 
     def __repr__(self) -> str:
         return f"KeyRing(names={sorted(self._keys)})"
@@ -345,6 +366,11 @@ class KeyRing:
 
     def verify_token(self, token: str, now_ms: int) -> TokenClaims:
         """Verify an Ably JWT; errors carry Ably token codes (40142 expired, 40144 bad format...)."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            hit, expiry = cached
+            _check_token_times(expiry, hit.issued_ms, now_ms)
+            return hit
         if token.count(".") != 2:
             msg = "token unrecognised (only JWTs are issued by this server)"
             raise _auth_error(msg, 40143, 401)
@@ -370,14 +396,9 @@ class KeyRing:
         if not isinstance(exp, int | float):
             msg = "JWT exp claim must be a number"
             raise _auth_error(msg, 40144, 401)
-        if round(exp * 1000) <= now_ms:
-            msg = "token expired"
-            raise _auth_error(msg, 40142, 401)
         iat = payload.get("iat")
         issued_ms = int(iat * 1000) if isinstance(iat, int | float) else now_ms
-        if exp * 1000 - min(issued_ms, now_ms) > MAX_TOKEN_TTL_MS + 1000:
-            msg = f"token lifetime exceeds the maximum of {MAX_TOKEN_TTL_MS // 3_600_000} hours"
-            raise _auth_error(msg, 40003, 400)
+        _check_token_times(exp, issued_ms, now_ms)
         cap_raw = payload.get("x-ably-capability")
         capability = Capability.parse(cap_raw) if cap_raw is not None else key.capability
         capability = capability.restrict_to(key.capability)
@@ -385,13 +406,18 @@ class KeyRing:
         if client_id is not None and not isinstance(client_id, str):
             msg = "JWT x-ably-clientId claim must be a string"
             raise _auth_error(msg, 40144, 401)
-        return TokenClaims(
+        claims = TokenClaims(
             key_name=key.name,
             client_id=client_id or None,
             capability=capability,
             issued_ms=issued_ms,
             expires_ms=round(exp * 1000),
         )
+        if isinstance(iat, int | float):  # without iat, issued_ms is the clock's: not cached
+            if len(self._verified) >= 4096:
+                self._verified.clear()
+            self._verified[token] = (claims, exp)
+        return claims
 
     def check_bearer_header(self, value: str, now_ms: int) -> TokenClaims:
         """``Authorization: Bearer`` carries base64(token) in both SDKs; accept a raw JWT too."""

@@ -124,11 +124,20 @@ class ChannelRules:
     ) -> None:
         self._rules = {r.namespace: r for r in rules}
         self.unpersisted_history_ms = unpersisted_history_ms
+        self._cache: dict[str, ChannelRule] = {}  # per channel name: looked up on every publish
 
     def __repr__(self) -> str:
         return f"ChannelRules({sorted(self._rules)})"
 
     def for_channel(self, channel: str) -> ChannelRule:
+        rule = self._cache.get(channel)
+        if rule is None:
+            if len(self._cache) >= 10_000:
+                self._cache.clear()
+            rule = self._cache[channel] = self._lookup(channel)
+        return rule
+
+    def _lookup(self, channel: str) -> ChannelRule:
         bare = channel[channel.index("]") + 1 :] if channel.startswith("[") and "]" in channel else channel
         for key in (bare, namespace_of(bare), "*"):
             rule = self._rules.get(key)

@@ -97,6 +97,7 @@ def register(app: typer.Typer) -> None:
 
         from agent_worker import eventloop  # noqa: PLC0415
         from agent_worker.errors import AgentWorkerError  # noqa: PLC0415
+        from agent_worker.gcpause import tune_gc  # noqa: PLC0415
         from agent_worker.logs import configure_logging  # noqa: PLC0415
         from agent_worker.server import EmbeddedServer, Retention, ServerConfig  # noqa: PLC0415
         from agent_worker.server.channel_rules import ChannelRule  # noqa: PLC0415
@@ -144,6 +145,7 @@ def register(app: typer.Typer) -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             async with srv_check as srv:
+                tune_gc()  # start-up is over (see gcpause.tune_gc)
                 typer.echo(f"endpoint: {srv.endpoint}")
                 for k in srv.keys:
                     name = k.partition(":")[0]

@@ -21,14 +21,14 @@ from agent_worker.errors import AgentWorkerError, AuthError, ProtocolError
 from agent_worker.server import constants as C
 from agent_worker.server.auth import KeyRing, Principal
 from agent_worker.server.channel_rules import ChannelRules
-from agent_worker.server.codec import MSGPACK
+from agent_worker.server.codec import MSGPACK, Format, encode_wire, outbound_payload, wire_payload
 from agent_worker.server.config import ServerConfig
 from agent_worker.server.log import CREATE, DELETE, ChannelLog, MessageRecord, Published
 from agent_worker.server.presence import ENTER, LEAVE, PRESENT, UPDATE, PresenceSet
 from agent_worker.server.rollup import AppendRollup
 from agent_worker.server.store import Store
 
-__all__ = ["Attachment", "ChannelRuntime", "Hub", "RateLimiter", "Subscriber"]
+__all__ = ["SIZE_PER_FRAME_BYTE", "Attachment", "ChannelRuntime", "Hub", "RateLimiter", "Subscriber"]
 
 log = structlog.get_logger(__name__)
 
@@ -38,8 +38,12 @@ class Subscriber(Protocol):
 
     id: str
     echo: bool
+    fmt: Format
 
     def send(self, msg: dict[str, Any]) -> None: ...
+
+    def send_frame(self, data: str | bytes) -> None:
+        """Queue a MESSAGE or PRESENCE frame already encoded in :attr:`fmt` (see ``deliver``)."""
 
 
 @dataclass(slots=True)
@@ -90,29 +94,58 @@ class ChannelRuntime:
     def deliver(
         self, published: Published, *, publisher_id: str | None, proto_id: str | None, now_ms: int
     ) -> None:
-        """Fan a publish out to every live SUBSCRIBE attachment (appends per first sight)."""
+        """Fan a publish out to every live SUBSCRIBE attachment (appends per first sight).
+
+        The frame is encoded once per (format, which messages the attachment sees for the first
+        time) and the same bytes go to every subscriber of that kind: with N subscribers, one render
+        and one encode instead of N."""
+        frames: dict[tuple[Format, tuple[bool, ...]], str | bytes] = {}
+        items = published.items
+        cs = published.channel_serial
         for att in self.attachments.values():
             if not att.live or not att.modes & C.MODE_SUBSCRIBE:
                 continue
-            if publisher_id is not None and att.sub.id == publisher_id and not att.sub.echo:
+            sub = att.sub
+            if publisher_id is not None and sub.id == publisher_id and not sub.echo:
                 continue
-            msgs = []
-            for record, idx in published.items:
-                first_sight = not att.has_seen(record)
-                msgs.append(record.render(idx, first_sight=first_sight))
+            sight = []
+            for record, _ in items:
+                sight.append(not att.has_seen(record))
                 att.mark_seen(record)
-            att.sub.send(
-                {
-                    "action": C.MESSAGE,
-                    "channel": self.name,
-                    "channelSerial": published.channel_serial,
-                    "id": proto_id,
-                    "connectionId": publisher_id,
-                    "timestamp": now_ms,
-                    "messages": msgs,
-                }
-            )
-            att.last_delivered = published.channel_serial
+            key = (sub.fmt, tuple(sight))
+            frame = frames.get(key)
+            if frame is None:
+                frame = frames[key] = self._message_frame(published, key, publisher_id, proto_id, now_ms)
+            sub.send_frame(frame)
+            att.last_delivered = cs
+
+    def _message_frame(
+        self,
+        published: Published,
+        key: tuple[Format, tuple[bool, ...]],
+        publisher_id: str | None,
+        proto_id: str | None,
+        now_ms: int,
+    ) -> str | bytes:
+        """The MESSAGE frame of ``published`` (what ``send`` would encode, built without ``None``s)."""
+        fmt, sight = key
+        frame: dict[str, Any] = {
+            "action": C.MESSAGE,
+            "channel": self.name,
+            "channelSerial": published.channel_serial,
+        }
+        if proto_id is not None:
+            frame["id"] = proto_id
+        if publisher_id is not None:
+            frame["connectionId"] = publisher_id
+        frame["timestamp"] = now_ms
+        # render() leaves unset fields out: a msgpack subscriber gets its dicts as they are.
+        msgs = [
+            record.render(idx, first_sight=first)
+            for (record, idx), first in zip(published.items, sight, strict=True)
+        ]
+        frame["messages"] = msgs if fmt == MSGPACK else [outbound_payload(m, fmt) for m in msgs]
+        return encode_wire(frame, fmt)
 
     def replay(self, att: Attachment, after: str) -> None:
         """Send every logged version after channel serial ``after``, grouped per channel serial."""
@@ -162,16 +195,20 @@ class ChannelRuntime:
     def deliver_presence(self, events: Sequence[dict[str, Any]], now_ms: int) -> None:
         if not events:
             return
+        frames: dict[Format, str | bytes] = {}  # encoded once per format, as in ``deliver``
         for att in self.attachments.values():
             if att.live and att.modes & C.MODE_PRESENCE_SUBSCRIBE:
-                att.sub.send(
-                    {
+                fmt = att.sub.fmt
+                frame = frames.get(fmt)
+                if frame is None:
+                    msg = {
                         "action": C.PRESENCE,
                         "channel": self.name,
                         "timestamp": now_ms,
-                        "presence": list(events),
+                        "presence": [wire_payload(e, fmt) for e in events],
                     }
-                )
+                    frame = frames[fmt] = encode_wire(msg, fmt)
+                att.sub.send_frame(frame)
 
     def send_sync(self, att: Attachment, page_size: int = 100) -> None:
         members = list(self.presence.members.values())
@@ -190,6 +227,15 @@ class ChannelRuntime:
             )
 
 
+#: An upper bound of :func:`message_size` per unit of the frame that carried the message (a byte of
+#: msgpack, a character of JSON text), with a margin: the worst payloads found are ~7 (a non-BMP
+#: character, 1 character of JSON text, is a 12-character surrogate escape in ``json.dumps``; ``false``
+#: in an array is 7 per msgpack byte; ext values and binary through ``str()``, ~6). So a frame within
+#: ``max_message_size / 16`` never carries an oversize message and its exact size is not computed
+#: (tests/server/test_fanout_frames.py holds the bound against those payloads).
+SIZE_PER_FRAME_BYTE = 16
+
+
 def message_size(m: dict[str, Any]) -> int:
     """Ably's size rule (TO3l8): name + data + clientId + extras (as JSON)."""
     size = 0
@@ -200,7 +246,7 @@ def message_size(m: dict[str, Any]) -> int:
     data = m.get("data")
     if isinstance(data, str):
         size += len(data.encode())
-    elif isinstance(data, bytes | bytearray):
+    elif isinstance(data, (bytes, bytearray)):
         size += len(data)
     elif data is not None:
         size += len(json.dumps(data, default=str).encode())
@@ -262,13 +308,26 @@ class Hub:
     # -- publish -----------------------------------------------------------------------------
 
     def prepare_messages(
-        self, rt: ChannelRuntime, items: list[dict[str, Any]], principal: Principal
+        self,
+        rt: ChannelRuntime,
+        items: list[dict[str, Any]],
+        principal: Principal,
+        *,
+        frame_size: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Capability, clientId and size checks; stamps the publisher's clientId on creates."""
+        """Capability, clientId and size checks; stamps the publisher's clientId on creates.
+
+        ``frame_size``: the length of the realtime frame that carried ``items``; when even
+        :data:`SIZE_PER_FRAME_BYTE` times it (plus the clientIds stamped here) is within
+        ``max_message_size``, the exact size is not computed (it cannot be over)."""
         if not items:
             msg = "no messages to publish"
             raise ProtocolError(msg, code=40000)
         self.rules.require_identified(rt.name, principal.client_id)
+        limit = self.config.max_message_size
+        sized = frame_size is None or (
+            SIZE_PER_FRAME_BYTE * frame_size + len(items) * len((principal.client_id or "").encode()) > limit
+        )
         total = 0
         out: list[dict[str, Any]] = []
         for item in items:
@@ -299,10 +358,11 @@ class Hub:
                 if f"message-{kind}-any" not in caps and not (own and f"message-{kind}-own" in caps):
                     msg = f"operation not permitted: message-{kind} on channel {rt.name!r}"
                     raise AuthError(msg, code=40160, status_code=401)
-            total += message_size(m)
+            if sized:
+                total += message_size(m)
             out.append(m)
-        if total > self.config.max_message_size:
-            msg = f"message size {total} exceeds the maximum of {self.config.max_message_size} bytes"
+        if total > limit:
+            msg = f"message size {total} exceeds the maximum of {limit} bytes"
             raise ProtocolError(msg, code=40009, status_code=400)
         return out
 
@@ -325,11 +385,13 @@ class Hub:
         publisher_id: str | None = None,
         proto_id: str | None = None,
         id_base: str | None = None,
+        frame_size: int | None = None,
     ) -> Published:
-        """Validate, log and fan out one batch; raises an ``AgentWorkerError`` with the Ably code."""
+        """Validate, log and fan out one batch; raises an ``AgentWorkerError`` with the Ably code
+        (``frame_size``: see :meth:`prepare_messages`)."""
         rt = self.channel(channel)
         self.rollup.before_publish(channel, items)
-        prepared = self.prepare_messages(rt, items, principal)
+        prepared = self.prepare_messages(rt, items, principal, frame_size=frame_size)
         dup = rt.log.find_duplicate(prepared)
         if dup is not None:
             return Published(channel_serial=rt.log.head, items=[], serials=list(dup), duplicate=True)

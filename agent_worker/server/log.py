@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent_worker.errors import ProtocolError
-from agent_worker.server.codec import Format, encode_item
+from agent_worker.server.codec import Format, drop_none, encode_item
 
 __all__ = [
     "APPEND",
@@ -40,6 +40,8 @@ __all__ = [
 CREATE, UPDATE, DELETE, APPEND = 0, 1, 2, 5
 MUTATIONS = frozenset({UPDATE, DELETE, APPEND})
 CONTENT_FIELDS = ("name", "data", "encoding", "extras")
+_DELTA_FIELDS = ("name", "extras", "data", "encoding")  # an append's delta, in its wire order
+_OP_FIELDS = ("clientId", "description", "metadata")
 
 _CS_RE = re.compile(r"^(\d{14})-(\d{3})@([\w-]+)$")
 
@@ -78,7 +80,7 @@ DEFAULT_MEMORY_RETENTION = Retention(max_age_s=24 * 3600, max_bytes=16 << 20)
 
 def _approx_size(m: dict[str, Any]) -> int:
     data = m.get("data")
-    return 256 + (len(data) if isinstance(data, str | bytes | bytearray) else 256 if data is not None else 0)
+    return 256 + (len(data) if isinstance(data, (str, bytes, bytearray)) else 256 if data is not None else 0)
 
 
 @dataclass(slots=True)
@@ -140,20 +142,42 @@ class MessageRecord:
     @staticmethod
     def _version_obj(v: Version) -> dict[str, Any]:
         out: dict[str, Any] = {"serial": v.serial, "timestamp": v.timestamp}
-        out.update({k: v.op[k] for k in ("clientId", "description", "metadata") if v.op.get(k) is not None})
+        op = v.op
+        if op:
+            for k in _OP_FIELDS:
+                value = op.get(k)
+                if value is not None:
+                    # Without None inside (metadata is envelope, not content): what the wire carries.
+                    out[k] = drop_none(value) if isinstance(value, (dict, list)) else value
         return out
 
     def render(self, k: int, *, first_sight: bool = False) -> dict[str, Any]:
-        """Message dict for delivering version ``k``; an append is a delta unless ``first_sight``."""
+        """Message dict for delivering version ``k``; an append is a delta unless ``first_sight``.
+
+        Unset fields are left out, in the order the wire has them, so for a msgpack subscriber the
+        dict is the wire message as it is (``codec.outbound_payload`` adds base64 for JSON)."""
         v = self.versions[k]
-        out = self._header()
+        out: dict[str, Any] = {}
+        if self.id is not None:
+            out["id"] = self.id
+        if self.client_id is not None:
+            out["clientId"] = self.client_id
+        if self.connection_id is not None:
+            out["connectionId"] = self.connection_id
+        out["timestamp"] = self.timestamp
+        out["serial"] = self.serial
         if v.action == APPEND and not first_sight:
-            out.update(name=v.fields.get("name"), extras=v.fields.get("extras"))
-            out.update(data=v.fields.get("data"), encoding=v.fields.get("encoding"))
+            fields = v.fields
+            for key in _DELTA_FIELDS:
+                value = fields.get(key)
+                if value is not None:
+                    out[key] = value
             out["action"] = APPEND
         else:
-            out.update(self.content_at(k))
-            out["action"] = {CREATE: CREATE, DELETE: DELETE}.get(v.action, UPDATE)
+            for key, value in self.content_at(k).items():
+                if value is not None:
+                    out[key] = value
+            out["action"] = v.action if v.action in (CREATE, DELETE) else UPDATE
         out["version"] = self._version_obj(v)
         return out
 
@@ -202,10 +226,16 @@ def _concat(a: Any, b: Any) -> Any:
         return a
     if a is None:
         return b
-    if isinstance(a, str) and isinstance(b, str):
-        return a + b
-    if isinstance(a, bytes) and isinstance(b, bytes):
-        return a + b
+    _check_concat(a, b)
+    return a + b
+
+
+def _check_concat(a: Any, b: Any) -> None:
+    """40013 unless ``a + b`` is an append of like data (checked without building the result)."""
+    if a is None or b is None:
+        return
+    if (isinstance(a, str) and isinstance(b, str)) or (isinstance(a, bytes) and isinstance(b, bytes)):
+        return
     msg = "append data must have the same type as the message data (string or binary)"
     raise ProtocolError(msg, code=40013)
 
@@ -304,7 +334,7 @@ class ChannelLog:
                 msg = f"no message with serial {serial!r} on this channel"
                 raise ProtocolError(msg, code=40400, status_code=404)
             if action == APPEND:
-                _concat(record.content.get("data"), m.get("data"))
+                _check_concat(record.content.get("data"), m.get("data"))
                 if (m.get("data") is not None) and (m.get("encoding") or None) != (
                     record.content.get("encoding") or None
                 ):
@@ -420,8 +450,12 @@ class ChannelLog:
         now_ms: int,
     ) -> int:
         action: int = m["action"]
-        op = dict(m.get("version") or {}) if isinstance(m.get("version"), dict) else {}
-        op = {k: op[k] for k in ("clientId", "description", "metadata") if op.get(k) is not None}
+        version = m.get("version")
+        op = (
+            {k: version[k] for k in _OP_FIELDS if version.get(k) is not None}
+            if isinstance(version, dict)
+            else {}
+        )
         # The message's own clientId is the creator's (SDKs copy it from the original); the
         # version records who performed the operation.
         if "clientId" not in op and client_id:

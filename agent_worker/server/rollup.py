@@ -46,7 +46,7 @@ class _Hub(Protocol):
     def channel(self, name: str) -> Any: ...
 
     def prepare_messages(
-        self, rt: Any, items: list[dict[str, Any]], principal: Principal
+        self, rt: Any, items: list[dict[str, Any]], principal: Principal, *, frame_size: int | None = None
     ) -> list[dict[str, Any]]: ...
 
     def check_channel_rate(self, rt: Any, n: int) -> None: ...
@@ -139,6 +139,7 @@ class AppendRollup:
         publisher_id: str,
         window_ms: int,
         charge: Callable[[int], None],
+        frame_size: int | None = None,
     ) -> list[dict[str, Any]] | None:
         """Hold a single append if it falls inside its key's window and return the ACK ``res``;
         ``None`` = publish it (or whatever else ``items`` is) at once through the normal path."""
@@ -159,7 +160,7 @@ class AppendRollup:
                 return None
         hub = self.hub
         rt = hub.channel(channel)
-        m = hub.prepare_messages(rt, list(items), principal)[0]
+        m = hub.prepare_messages(rt, list(items), principal, frame_size=frame_size)[0]
         rt.log.validate([m])
         if pending is None:
             charge(1)

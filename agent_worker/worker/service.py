@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import signal
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from agent_worker import eventloop
 from agent_worker.config import Config, WorkerConfig
 from agent_worker.errors import AgentWorkerError, AuthError, ConfigError, InputEventNotFound
+from agent_worker.gcpause import GC_THRESHOLDS, tune_gc
 from agent_worker.logs import configure_logging, get_logger
 from agent_worker.protocol.wire import InboundMessage
 from agent_worker.runtime.handler import RunHandler
@@ -50,36 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["GC_THRESHOLDS", "Invocation", "InvocationRefused", "Worker", "WorkerBusy", "tune_gc"]
 
 log = get_logger("agent_worker.worker")
-
-
-GC_THRESHOLDS = (10_000, 20, 10)
-"""CPython's defaults are (700, 10, 10). Streaming allocates per token (ably-python's Message, future,
-timer task and frame; ours), so the default young generation is collected many times a second, each
-time meeting the objects of every append still in flight and promoting them, which makes the older
-generations due too: 12% of the worker's CPU went to the collector in the 100-stream benchmark. A
-young generation of 10,000 is collected ~10x less often and promotes far less (4%); at most a few MB
-of cyclic garbage wait for it."""
-
-
-def tune_gc(thresholds: tuple[int, int, int] | None = GC_THRESHOLDS) -> None:
-    """Make CPython's cyclic GC cheap for a long-lived worker process; call once, after start-up.
-
-    Why: streaming makes cyclic garbage at a high rate — ably-python arms a timeout ``Timer`` per
-    published message and cancels it on the ACK, leaving a task/``CancelledError``/traceback/frame
-    cycle behind each time — so full (gen-2) collections run every few seconds, and each one walks
-    every tracked object in the process, the ~75k that importing aiohttp, ably-python and the
-    providers left behind included. At 100 concurrent streams that is a 50-180 ms stop of the event
-    loop, every stream's next token delayed at once (the p99 tail). ``gc.freeze()`` moves everything
-    alive after start-up into the permanent generation, which collections never walk. It is a
-    process-wide setting, so it belongs to whoever owns the process (``agent-worker run`` calls it;
-    an application embedding :class:`Worker` may too), not to :meth:`Worker.start`.
-    ``thresholds``: passed to ``gc.set_threshold`` (``None`` keeps the current ones; the default,
-    :data:`GC_THRESHOLDS`, collects the young generation less often).
-    """
-    gc.collect()
-    if thresholds is not None:
-        gc.set_threshold(*thresholds)
-    gc.freeze()
 
 
 class Worker:

@@ -276,13 +276,14 @@ async def run_variant(
     agent = start_agent(variant, port, key, plan.protocol)
     ready = await agent.start()
     pid = int(ready["pid"])
+    server_pid = int(server.ready["pid"])
 
     async def control(request: dict[str, Any]) -> Any:
         op = request.get("op")
         if op == "rss":
             return {"kb": rss_kb(pid)}
-        if op == "cpu":
-            return {"seconds": cpu_seconds(pid)}
+        if op == "cpu":  # the agent's, and the embedded server's (it shares the cores)
+            return {"seconds": cpu_seconds(pid), "server": cpu_seconds(server_pid)}
         if op == "events":
             events = await agent.wait_events(
                 list(request["ids"]), str(request["event"]), float(request.get("limit_s", 10))
@@ -353,6 +354,9 @@ def _lat(phase: dict[str, Any]) -> dict[str, Any]:
         "timedOut": bool(phase.get("timedOut")),
         "failedInvocations": phase.get("failedInvocations", 0),
         "cpuMsPer1k": phase["cpuSeconds"] * 1e6 / received if received else None,
+        "serverCpuMsPer1k": (
+            phase["serverCpuSeconds"] * 1e6 / received if received and "serverCpuSeconds" in phase else None
+        ),
         "appendsPerToken": phase["appends"] / received if received else None,
     }
 
@@ -366,7 +370,8 @@ def brief(raw: dict[str, Any]) -> str:
             out.append(
                 f"      {name}: steady p50 {_f(s['p50'], 2)} ms, p99 {_f(s['p99'], 2)} ms "
                 f"({s['steadyTokens']} tokens); incl. burst p99 {_f(s['p99All'], 2)} ms; "
-                f"CPU {_f(s['cpuMsPer1k'], 0)} ms/1k tokens; {s['tokens']}/{s['expected']} tokens"
+                f"CPU {_f(s['cpuMsPer1k'], 0)} ms/1k tokens (server {_f(s['serverCpuMsPer1k'], 0)}); "
+                f"{s['tokens']}/{s['expected']} tokens"
             )
     for name in ("latencyN", "latencyBig"):
         if raw.get(name, {}).get("failedInvocations"):
@@ -514,6 +519,12 @@ def rows(results: dict[str, dict[str, Any]], big: int = 500) -> list[Row]:
             lambda s: s["latencyN"]["cpuMsPer1k"],
             0,
         ),
+        (
+            "embedded server CPU per 1,000 paced tokens, N streams (ms)",
+            "lower",
+            lambda s: s["latencyN"]["serverCpuMsPer1k"],
+            0,
+        ),
         ("appends per token, N streams", "—", lambda s: s["latencyN"]["appendsPerToken"], 2),
         ("tokens/s, one agent process (unpaced)", "higher", lambda s: s["throughput"]["tokensPerSec"], 0),
         ("tokens per agent CPU-second (unpaced)", "higher", lambda s: s["throughput"]["tokensPerCpuSec"], 0),
@@ -562,7 +573,8 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         "  token must arrive, in order (sanity checks below); steady latency as above. The like-for-like",
         "  worker skips it: with its single connection, ably-python's channel attaches time out (`90007`)",
         "  before 500 channels are attached on this shared machine — the pool is what carries 500 streams.",
-        "* CPU: agent process CPU time (utime + stime) during the N-stream phase, per 1,000 tokens.",
+        "* CPU: agent process CPU time (utime + stime) during the N-stream phase, per 1,000 tokens; the",
+        "  embedded server's process over the same window (it shares the cores with agent and client).",
         "* Throughput: 20 concurrent streams x 500 unpaced tokens (the model yields as fast as the agent",
         "  pulls); tokens received per wall-second from the first POST to the last token, and per",
         "  CPU-second of the agent process. The JS agent publishes one append per token; the worker's",
@@ -608,8 +620,9 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         "`agent-worker run` does (`gc.freeze()`: the ~75k objects left by imports and start-up are never",
         "walked by a full collection again). Without it, full collections — driven by ably-python's",
         "per-message timer/cancel garbage — stopped the worker for 41-81 ms every ~3 s at N streams (the",
-        "steady p99); with it they take 9-17 ms. `AW_BENCH_GC=1` prints the pauses over 5 ms,",
-        "`AW_BENCH_GC_DEFAULT=1` runs the worker without `tune_gc`, `--phases=latencyN` runs one phase.",
+        "steady p99); with it they take 9-17 ms. The embedded server's process calls it too, as",
+        "`agent-worker server` does. `AW_BENCH_GC=1` prints the pauses over 5 ms, `AW_BENCH_GC_DEFAULT=1`",
+        "runs the worker and the server without `tune_gc`, `--phases=latencyN` runs one phase.",
         "",
         f"Command: `{COMMAND}` (about 20 minutes; options go as `--name=value`, e.g.",
         "`python -m bench agent --quick --variants=js,py`; `python -m bench.agent --help` lists them).",

@@ -55,12 +55,16 @@ async def server_main(cfg: dict[str, Any]) -> None:
     line on stdin prints ``@@event {"event": "stats", "refused": {code: count}}``."""
     config = ServerConfig(host="127.0.0.1", port=0, enforce_rate_limits=bool(cfg.get("enforce")))
     async with EmbeddedServer(config) as server:
+        if not os.environ.get("AW_BENCH_GC_DEFAULT"):
+            tune_gc()  # as `agent-worker server` does once started
         profile_to = os.environ.get("AW_BENCH_SERVER_PROFILE")  # =path: cProfile the server's run
         profiler = None
         if profile_to:
             import cProfile  # noqa: PLC0415
 
-            profiler = cProfile.Profile()
+            # AW_BENCH_PROFILE_CPU=1 times CPU here too (wall time on a shared machine misleads)
+            cpu = bool(os.environ.get("AW_BENCH_PROFILE_CPU"))
+            profiler = cProfile.Profile(time.process_time) if cpu else cProfile.Profile()
             profiler.enable()
         emit("ready", {"port": server.port, "key": server.default_key, "pid": os.getpid()})
 

@@ -11,8 +11,9 @@ import pytest
 from ably.types.message import Message
 from ably.util.exceptions import AblyException
 
+from agent_worker.errors import AgentWorkerError
 from agent_worker.server import EmbeddedServer
-from agent_worker.server.auth import Capability, resource_matches
+from agent_worker.server.auth import ApiKey, Capability, KeyRing, resource_matches
 from agent_worker.server.testing import python_realtime
 from tests.server.server_support import (
     ACK,
@@ -252,3 +253,27 @@ async def test_python_client_message_with_foreign_client_id_refused(ably_server:
         assert info.value.code == 40012
     finally:
         await rt.close()
+
+
+def test_verified_tokens_are_remembered_but_the_clock_is_checked_each_time() -> None:
+    """A token is verified once (a worker presents the same one on every connection and REST
+    request); its expiry and lifetime are still judged against the clock at every use, and any
+    other string, a re-signed or truncated one included, is verified from scratch."""
+    ring = KeyRing([ApiKey.parse("app.key:secret-one"), ApiKey.parse("app.other:secret-two")])
+    now = 1_764_000_000_000
+    token, _ = ring.mint(client_id="alice", ttl_ms=60_000, now_ms=now)
+    first = ring.verify_token(token, now)
+    assert ring.verify_token(token, now + 1_000) is first  # remembered
+    assert first.client_id == "alice" and first.expires_ms == now + 60_000
+    with pytest.raises(AgentWorkerError) as expired:
+        ring.verify_token(token, now + 60_000)
+    assert expired.value.code == 40142
+    head, payload, _sig = token.split(".")
+    with pytest.raises(AgentWorkerError) as forged:
+        ring.verify_token(f"{head}.{payload}.{'A' * 43}", now)
+    assert forged.value.code == 40144
+    with pytest.raises(AgentWorkerError) as truncated:
+        ring.verify_token(token[:-2], now)
+    assert truncated.value.code == 40144
+    other, _ = ring.mint(key=ring.get("app.other"), client_id="bob", now_ms=now)
+    assert ring.verify_token(other, now).client_id == "bob"

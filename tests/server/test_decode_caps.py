@@ -53,6 +53,24 @@ def test_check_depth_is_iterative() -> None:
     assert info.value.code == 40000  # type: ignore[attr-defined]
 
 
+def test_check_depth_boundary_over_mixed_containers() -> None:
+    """Exactly MAX_DEPTH levels pass and one more is refused, whichever containers nest (dict,
+    list, tuple) and however wide the levels above are."""
+
+    def mixed(depth: int) -> Any:
+        value: Any = "leaf"
+        for i in range(depth):
+            value = ({"k": value, "s": "x"}, [1, value], (value,))[i % 3]
+        return {"wide": list(range(50)), "side": {"a": 1}, "deep": value} if depth else value
+
+    check_depth(mixed(MAX_DEPTH - 1))  # the wrapper dict adds one level
+    check_depth("scalar")
+    check_depth({"only": [{"shallow": i} for i in range(1000)]})
+    for depth in (MAX_DEPTH, MAX_DEPTH + 5):
+        with pytest.raises(Exception, match="deeper than"):
+            check_depth(mixed(depth))
+
+
 @pytest.mark.parametrize(
     ("fmt", "depth"),
     [("json", 965), ("json", 10_000), ("msgpack", 1000), ("msgpack", 200), ("json", 200)],

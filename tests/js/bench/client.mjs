@@ -10,7 +10,7 @@
 // notes) and the invocation is POSTed like the ChatTransport; outputs are read from raw channel
 // subscriptions so the client's own folding cost is not part of the agent's numbers. Times are
 // CLOCK_MONOTONIC microseconds (process.hrtime), the clock the agents stamp tokens with.
-// ctl requests to the driver: {op: "rss"} / {op: "cpu"} (of the agent process), {op: "events", ids}.
+// ctl requests to the driver: {op: "rss"} / {op: "cpu"} (of the agent process; `server`: the server's), {op: "events", ids}.
 import http from 'node:http';
 
 import { Invocation } from '@ably/ai-transport';
@@ -208,6 +208,7 @@ async function streamsPhase(phase, { n, tokens, rate, timeoutMs = 120000, partia
   const out = {
     steadyLatenciesUs: steady,
     cpuSeconds: cpu1.seconds - cpu0.seconds,
+    serverCpuSeconds: cpu1.server - cpu0.server,
     n,
     tokens,
     rate,
