@@ -284,7 +284,10 @@ def worker_settings(
     rate: float = 45.0,
     connections: int = 1,
     append_rollup_window_ms: int | None = None,
+    echo_messages: bool = False,
 ) -> AblySettings:
+    """The worker's transport settings (echo off by default, as the worker ships)."""
+
     async def token() -> dict[str, Any]:
         return server.token_details(client_id=client_id)
 
@@ -296,6 +299,7 @@ def worker_settings(
         max_messages_per_second=rate,
         connections=connections,
         append_rollup_window_ms=append_rollup_window_ms,
+        echo_messages=echo_messages,
     )
 
 
