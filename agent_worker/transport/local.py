@@ -28,7 +28,8 @@ Exactness, and where it gives up (``doubt``: the session rebuilds from history w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent_worker.logs import get_logger
@@ -39,12 +40,23 @@ __all__ = ["LocalEcho"]
 log = get_logger("agent_worker.transport")
 
 _LOST = frozenset(("failed", "suspended", "detached"))
+CONTENT_LIMIT = 4096
+"""Messages per channel whose name and extras are remembered for their appends and updates."""
 
 
 class LocalEcho:
     """One channel's local echo: see the module docstring."""
 
-    __slots__ = ("_client_id", "_connection_id", "_doubt", "_listener", "channel", "epoch", "gaps")
+    __slots__ = (
+        "_client_id",
+        "_connection_id",
+        "_content",
+        "_doubt",
+        "_listener",
+        "channel",
+        "epoch",
+        "gaps",
+    )
 
     def __init__(
         self, channel: str, client_id: Callable[[], str | None], connection_id: Callable[[], str | None]
@@ -58,6 +70,9 @@ class LocalEcho:
         """Bumped whenever the channel's fold restarts (see the module docstring)."""
         self.gaps: set[str] = set()
         """Message serials with a failed append not yet covered by a folded update."""
+        self._content: OrderedDict[str, tuple[str | None, Mapping[str, Any] | None]] = OrderedDict()
+        """Name and extras of the messages this channel created, by serial: an append or update
+        without them is delivered with the message's (Ably copies them from the message)."""
 
     @property
     def active(self) -> bool:
@@ -83,6 +98,9 @@ class LocalEcho:
             if serial is None:
                 self._doubted("publish acknowledged without a serial")
             else:
+                self._content[serial] = (msg.name, msg.extras or None)
+                if len(self._content) > CONTENT_LIMIT:
+                    self._content.popitem(last=False)
                 self._fold(epoch, msg, "message.create", serial, serial, id_=id_)
 
     def appended(self, epoch: int, serial: str, msg: OutboundMessage, version: str | None) -> None:
@@ -116,10 +134,20 @@ class LocalEcho:
         if epoch != self.epoch:
             self._doubted(f"{action} acknowledged across a continuity loss")
             return
+        name, extras = msg.name, msg.extras or None
+        if action != "message.create" and (name is None or extras is None):
+            known = self._content.get(serial)
+            if known is None:
+                self._doubted(f"{action} to a message this channel did not create")
+                return
+            name = known[0] if name is None else name
+            extras = known[1] if extras is None else extras
+        if action == "message.update":
+            self._content[serial] = (name, extras)
         inbound = InboundMessage(
-            name=msg.name,
+            name=name,
             data=msg.data,
-            extras=msg.extras or None,
+            extras=extras,
             action=action,
             serial=serial,
             version_serial=version,
