@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 from ably.types.message import Message
+from structlog.testing import capture_logs
 
 from agent_worker.protocol.tree import ConversationTree
+from agent_worker.protocol.wire import OutboundMessage
 from agent_worker.providers.base import ModelRequest, StreamEvent
 from agent_worker.providers.echo import ScriptedProvider
 from agent_worker.runtime.session import AgentSession
@@ -23,7 +25,14 @@ from agent_worker.server import EmbeddedServer
 from agent_worker.tools.base import Tool
 from agent_worker.tools.registry import ToolRegistry
 from agent_worker.transport.ably import AblyTransport
-from tests.runtime.runtime_support import ChatClient, Harness, sdk_nacks, start_harness, worker_settings
+from tests.runtime.runtime_support import (
+    ChatClient,
+    Harness,
+    gated_script,
+    sdk_nacks,
+    start_harness,
+    worker_settings,
+)
 from tests.runtime.test_run_tools import get_weather, weather_script
 
 MakeClient = Callable[[], Awaitable[ChatClient]]
@@ -96,6 +105,13 @@ async def _turn(harness: Harness, client: ChatClient, session: str, text: str) -
     return str(end.transport_headers["run-reason"])
 
 
+async def _until(predicate: Callable[[], bool], wait_s: float = 15.0) -> None:
+    """Polls ``predicate`` (two sessions folding on their own connections: no one event to await)."""
+    async with asyncio.timeout(wait_s):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
 async def _observer(server: EmbeddedServer, session: str) -> tuple[AblyTransport, AgentSession]:
     transport = AblyTransport(worker_settings(server, echo_messages=True))
     await transport.connect()
@@ -146,9 +162,7 @@ async def test_echo_off_tree_equals_the_echo_on_fold(
             assert await _turn(harness, client, session_name, "next") == "complete"
         worker_session = harness.worker.sessions[session_name]
         assert worker_session.channel.local is not None  # echo off
-        async with asyncio.timeout(15):  # the observer folds the last echoes
-            while dump(observer.tree) != dump(worker_session.tree):  # noqa: ASYNC110 - two trees
-                await asyncio.sleep(0.05)
+        await _until(lambda: dump(observer.tree) == dump(worker_session.tree))  # the last echoes
         assert dump(worker_session.tree) == dump(await history_tree(obs_transport, session_name))
         assert not worker_session.stale
         prompt = [(m.role, getattr(m, "text", None)) for m in provider.requests[-1].messages]
@@ -209,3 +223,39 @@ async def test_continuity_loss_mid_run_leaves_no_duplicate_text(
     finally:
         await harness.close()
         await reader.close()
+
+
+async def test_a_message_it_cannot_fold_exactly_makes_the_session_rebuild_when_idle(
+    ably_server: EmbeddedServer, make_client: MakeClient, session_name: str
+) -> None:
+    """The worker appends to a message another process created (as a fleet's cleanup does): with
+    echo off it cannot know how Ably delivers it (name and extras come from the message), so the
+    session is marked stale, and the next invocation gets a new session — a fresh attach and
+    history read — whose tree equals the history fold."""
+    provider = ScriptedProvider(gated_script(only_for="-"))  # "ok" to every turn
+    harness = await start_harness(ably_server, provider)
+    other = AblyTransport(worker_settings(ably_server, echo_messages=True))
+    await other.connect()
+    try:
+        client = await make_client()
+        assert await _turn(harness, client, session_name, "one") == "complete"
+        first = harness.worker.sessions[session_name]
+        serial = await other.channel(session_name).publish(OutboundMessage("note", "x", {}))
+        assert serial is not None
+        with capture_logs() as logs:
+            await first.channel.append(serial, OutboundMessage(None, "y", {}))
+            assert first.stale
+            assert await _turn(harness, client, session_name, "two") == "complete"
+        second = harness.worker.sessions[session_name]
+        assert second is not first and not second.stale
+        assert [e["event"] for e in logs if e["event"] in {"session_fold_doubtful", "session_rebuilt"}] == [
+            "session_fold_doubtful",
+            "session_rebuilt",
+        ]
+        prompt = [(m.role, getattr(m, "text", None)) for m in provider.requests[-1].messages]
+        assert prompt == [("user", "one"), ("assistant", "ok"), ("user", "two")]
+        expected = dump(await history_tree(other, session_name))
+        await _until(lambda: dump(second.tree) == expected)  # its run-end's ACK may trail the client
+    finally:
+        await harness.close()
+        await other.close()
