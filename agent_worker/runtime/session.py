@@ -2,7 +2,10 @@
 
 The session subscribes to the whole channel and folds every message — live, and from REST history
 pages read backwards from the attach serial — into one :class:`ConversationTree` shared by all of
-its runs (agent-session.ts). On top of the fold it:
+its runs (agent-session.ts). With echo off (the worker's default) its own messages are not
+delivered: the channel hands them over from their ACKs (transport/local.py), and a session whose
+own messages could not all be folded exactly is marked :attr:`AgentSession.stale` (the pool
+replaces it when idle). On top of the fold it:
 
 * resolves runs waiting for their trigger ``event-id`` (live arrival or a history page);
 * pages history until a run's branch is complete (every ``parent`` on the walk is in the tree);
