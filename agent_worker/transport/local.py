@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent_worker.logs import get_logger
+from agent_worker.protocol.headers import H_STREAM
 from agent_worker.protocol.wire import Action, InboundMessage, OutboundMessage
 
 __all__ = ["LocalEcho"]
@@ -40,8 +41,8 @@ __all__ = ["LocalEcho"]
 log = get_logger("agent_worker.transport")
 
 _LOST = frozenset(("failed", "suspended", "detached"))
-CONTENT_LIMIT = 4096
-"""Messages per channel whose name and extras are remembered for their appends and updates."""
+CONTENT_LIMIT = 1024
+"""Streams per channel whose name and extras are remembered for their appends and updates."""
 
 
 class LocalEcho:
@@ -98,10 +99,11 @@ class LocalEcho:
             if serial is None:
                 self._doubted("publish acknowledged without a serial")
             else:
-                self._content[serial] = (msg.name, msg.extras or None)
-                if len(self._content) > CONTENT_LIMIT:
-                    self._content.popitem(last=False)
-                self._fold(epoch, msg, "message.create", serial, serial, id_=id_)
+                folded = self._fold(epoch, msg, "message.create", serial, serial, id_=id_)
+                if folded is not None and folded.transport_headers.get(H_STREAM) == "true":
+                    self._content[serial] = (folded.name, folded.extras)  # its appends need them
+                    if len(self._content) > CONTENT_LIMIT:
+                        self._content.popitem(last=False)
 
     def appended(self, epoch: int, serial: str, msg: OutboundMessage, version: str | None) -> None:
         if serial in self.gaps:
@@ -127,19 +129,20 @@ class LocalEcho:
         version: str | None,
         *,
         id_: str | None = None,
-    ) -> None:
+    ) -> InboundMessage | None:
         listener = self._listener
         if listener is None:
-            return
+            return None
         if epoch != self.epoch:
             self._doubted(f"{action} acknowledged across a continuity loss")
-            return
-        name, extras = msg.name, msg.extras or None
+            return None
+        name = msg.name
+        extras: Mapping[str, Any] | None = msg.extras or None
         if action != "message.create" and (name is None or extras is None):
             known = self._content.get(serial)
             if known is None:
                 self._doubted(f"{action} to a message this channel did not create")
-                return
+                return None
             name = known[0] if name is None else name
             extras = known[1] if extras is None else extras
         if action == "message.update":
@@ -159,6 +162,7 @@ class LocalEcho:
             listener(inbound)
         except Exception:
             log.exception("local_listener_failed", channel=self.channel)
+        return inbound
 
     def _doubted(self, why: str) -> None:
         if self._doubt is not None:
