@@ -120,18 +120,24 @@ async def _observer(server: EmbeddedServer, session: str) -> tuple[AblyTransport
     return transport, observer
 
 
+@pytest.mark.parametrize("rollup", [None, 0], ids=["rollup-default", "rollup-0"])
 async def test_echo_off_tree_equals_the_echo_on_fold(
-    ably_server: EmbeddedServer, make_client: MakeClient, session_name: str
+    ably_server: EmbeddedServer, make_client: MakeClient, session_name: str, rollup: int | None
 ) -> None:
     """Several turns — text, a server tool call, a cancelled run, a NACKed append repaired by a
     full-text update — leave the worker's (echo off) tree equal to an echo-on observer's and to the
     tree folded from history; the next turn's prompt holds every turn; and the worker's connection
-    received none of its own messages."""
+    received none of its own messages. With the server's rollup (default) most appends' ACKs
+    carry no version serial; with it off each does."""
     script = Script()
     provider = ScriptedProvider(script)
     obs_transport, observer = await _observer(ably_server, session_name)
     harness = await start_harness(
-        ably_server, provider, tools=ToolRegistry([Tool.from_function(get_weather)]), coalesce_window_ms=0.0
+        ably_server,
+        provider,
+        tools=ToolRegistry([Tool.from_function(get_weather)]),
+        coalesce_window_ms=0.0,
+        append_rollup_window_ms=rollup,  # 0: every append's ACK carries its version serial
     )
     try:
         with sdk_nacks() as nacks:
