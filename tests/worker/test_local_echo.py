@@ -36,7 +36,7 @@ def test_after_a_failed_append_the_stream_folds_again_only_from_its_full_text_up
     local.append_failed("s1")
     local.appended(0, "s1", OutboundMessage("ai-output", "later", EXTRAS), None)  # pipelined, landed
     assert [m.action for m in folded] == ["message.create"]
-    local.updated(0, "s1", OutboundMessage(None, "full later", None), "v9")
+    local.updated(0, "s1", OutboundMessage(None, "full later", {}), "v9")
     local.appended(0, "s1", OutboundMessage("ai-output", " more", EXTRAS), None)
     assert [(m.action, m.data, m.version_serial) for m in folded[1:]] == [
         ("message.update", "full later", "v9"),
@@ -58,7 +58,7 @@ def test_an_ack_across_a_continuity_loss_is_not_folded_but_doubted() -> None:
 
 def test_unknown_messages_and_missing_serials_are_doubted() -> None:
     local, folded, doubts = echo()
-    local.appended(0, "someone-elses", OutboundMessage(None, "", None), None)  # name unknown here
+    local.appended(0, "someone-elses", OutboundMessage(None, "", {}), None)  # name unknown here
     local.created(0, [(OutboundMessage("ai-output", "x", {}), None, None)])  # ACK without a serial
     assert folded == [] and len(doubts) == 2
 
