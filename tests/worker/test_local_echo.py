@@ -68,3 +68,12 @@ def test_without_a_listener_nothing_is_kept() -> None:
     local.append_failed("s1")
     assert local.gaps == set() and not local.active
     assert local.own("c") is False
+
+
+def test_only_this_connections_own_deliveries_are_dropped() -> None:
+    """The agent's clientId on another connection (another worker process, an engine activity
+    elsewhere) is folded as any message; only this connection's, already folded, are dropped."""
+    local, _, _ = echo()
+    assert local.own("conn-1") is True
+    assert local.own("conn-2") is False
+    assert local.own(None) is False
