@@ -107,6 +107,10 @@ class AblyConfig(_Section):
     append_rollup_window_ms: Annotated[int, Field(ge=0, le=500)] | None = None
     """``appendRollupWindow`` transport parameter (Ably's server-side append rollup, 0-500 ms);
     unset = the service's default (40 ms)."""
+    echo_messages: bool = False
+    """Whether the worker's connections receive their own messages back (Ably's ``echoMessages``).
+    Off: each session folds what it published from the ACKs instead (transport/local.py), which
+    spares the worker a decode per own message and Ably a billed message per own append."""
     history_page_size: int = 100
     embedded_port: int = 8080
     """Port of the embedded server started when no endpoint and no key are configured (0 = any free

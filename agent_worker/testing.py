@@ -26,7 +26,7 @@ from typing import Any
 
 from ably.types.message import Message
 
-from agent_worker.config import Config, WorkerConfig
+from agent_worker.config import AblyConfig, Config, WorkerConfig
 from agent_worker.protocol.headers import build_input_headers
 from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.vercel.encoder import encode_user_message
@@ -93,7 +93,11 @@ class AgentTester:
             return details
 
         settings = AblySettings(
-            endpoint=f"{server.host}:{server.port}", token_source=token, tls=False, client_id="agent-worker"
+            endpoint=f"{server.host}:{server.port}",
+            token_source=token,
+            tls=False,
+            client_id="agent-worker",
+            echo_messages=AblyConfig().echo_messages,
         )
         self.worker = Worker(self.agent, config=Config(worker=self.config), transport=settings)
         await self.worker.start()

@@ -2,7 +2,10 @@
 
 The session subscribes to the whole channel and folds every message — live, and from REST history
 pages read backwards from the attach serial — into one :class:`ConversationTree` shared by all of
-its runs (agent-session.ts). On top of the fold it:
+its runs (agent-session.ts). With echo off (the worker's default) its own messages are not
+delivered: the channel hands them over from their ACKs (transport/local.py), and a session whose
+own messages could not all be folded exactly is marked :attr:`AgentSession.stale` (the pool
+replaces it when idle). On top of the fold it:
 
 * resolves runs waiting for their trigger ``event-id`` (live arrival or a history page);
 * pages history until a run's branch is complete (every ``parent`` on the walk is in the tree);
@@ -127,6 +130,10 @@ class AgentSession:
         self.last_active = time.monotonic()
         self.watch = False
         self.truncated_branches = 0
+        self.stale = False
+        """Echo off and one of this session's own messages could not be folded exactly (see
+        transport/local.py): the tree may lack it; the session pool replaces the session (a fresh
+        attach and history read) when it is next idle."""
 
     def __repr__(self) -> str:
         return f"AgentSession(name={self.name!r}, runs={len(self.runs)})"
@@ -145,6 +152,10 @@ class AgentSession:
         if self._connected:
             return
         self.channel.on_state_change(self._on_state)
+        on_local = getattr(self.channel, "on_local", None)
+        if on_local is not None:
+            # Echo off: the channel hands over what it sent, as its echo would have been.
+            on_local(self._on_message, self._doubt)
         await self.channel.subscribe(self._on_message)
         self._connected = True
         log.info("session_attached", session=self.name, attach_serial=self.channel.attach_serial)
@@ -163,6 +174,11 @@ class AgentSession:
         self._history = None
         self._history_exhausted = False
         self._oldest_loaded = None
+
+    def _doubt(self, why: str) -> None:
+        if not self.stale:
+            log.warning("session_fold_doubtful", session=self.name, reason=why)
+        self.stale = True
 
     # --- inbound -----------------------------------------------------------------------------------
 
@@ -252,6 +268,8 @@ class AgentSession:
             if not waiting:
                 del self._waiting[run.event_id]
         self.last_active = time.monotonic()
+        if not self.runs and getattr(self.channel, "local_gaps", None):
+            self._doubt("an append's text was never covered by a repair")
 
     async def locate(
         self,

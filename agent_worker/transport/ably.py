@@ -55,6 +55,7 @@ from agent_worker.transport.history import (
     with_limit,
 )
 from agent_worker.transport.inbound import Undecodable, history_item, raw_inbound, to_inbound
+from agent_worker.transport.local import LocalEcho, sdk_state
 from agent_worker.transport.pool import ConnectionPool, PooledConnection, PoolPolicy
 from agent_worker.transport.ratelimit import RateLimiter
 
@@ -109,6 +110,11 @@ class AblySettings:
     """``appendRollupWindow`` transport parameter (Ably's server-side append rollup); ``None`` = the
     service's default (40 ms on Ably)."""
     realtime_request_timeout_ms: int = 15000
+    echo_messages: bool = True
+    """``False``: the connections do not receive their own messages (transport parameter
+    ``echo=false``, ably-js ``echoMessages: false``); each channel hands what it published to its
+    local listener instead (:meth:`Channel.on_local`). The worker's default (``[ably]
+    echo_messages``); the SDK's default (``True``) here, for any other user of the transport."""
 
     def __repr__(self) -> str:
         return (
@@ -136,8 +142,13 @@ class AblySettings:
             opts["fallback_hosts"] = []
         if self.client_id:
             opts["client_id"] = self.client_id
+        params: dict[str, str] = {}
         if self.append_rollup_window_ms is not None:
-            opts["transport_params"] = {"appendRollupWindow": str(self.append_rollup_window_ms)}
+            params["appendRollupWindow"] = str(self.append_rollup_window_ms)
+        if not self.echo_messages:
+            params["echo"] = "false"
+        if params:
+            opts["transport_params"] = params
         if self.token_source is not None:
             source = self.token_source
 
@@ -298,6 +309,30 @@ class Channel:
         self._append_op = f"append on {name}"
         self._pipelined: asyncio.Task[Any] | None = None
         """The latest :meth:`start_publish` still in flight."""
+        self.local: LocalEcho | None = None
+        """Echo off: what this channel sends, folded from its ACKs (transport/local.py)."""
+        if not transport.settings.echo_messages:
+            manager = conn._manager
+            fallback_id = transport.settings.client_id
+            self.local = LocalEcho(
+                name, lambda: client.auth.client_id or fallback_id, lambda: manager.connection_id
+            )
+            local = self.local
+            # Registered before any session handler: the epoch moves before the session resets.
+            self._sdk.on(lambda change: local.on_state(*sdk_state(change)))
+
+    def on_local(self, listener: Callable[[InboundMessage], None], doubt: Callable[[str], None]) -> bool:
+        """With echo off, ``listener`` gets each message this channel sent, when acknowledged (and
+        ``doubt`` when one cannot be folded exactly, see transport/local.py); ``False`` (nothing
+        registered) when the connection receives its own messages anyway."""
+        if self.local is None:
+            return False
+        self.local.listen(listener, doubt)
+        return True
+
+    @property
+    def local_gaps(self) -> set[str]:
+        return self.local.gaps if self.local is not None else set()
 
     @property
     def state(self) -> str:
@@ -323,7 +358,11 @@ class Channel:
         """Register ``listener`` for every message (called synchronously, in delivery order) and
         attach. A listener exception is logged, never propagated into the SDK."""
 
+        local = self.local
+
         def on_message(msg: Message) -> None:
+            if local is not None and local.own(msg.connection_id):
+                return  # folded from its ACK already (a server that ignored echo=false)
             try:
                 inbound = to_inbound(msg)
             except Exception:  # a malformed SDK message must not stop the subscription
@@ -384,9 +423,11 @@ class Channel:
         base = secrets.token_urlsafe(12)
         sdk_msgs = [_sdk_message(m, id=f"{base}:{i}") for i, m in enumerate(msgs)]
         delay = 0.1
+        local = self.local
         for attempt in range(1, attempts + 1):
             try:
                 await self._conn.ready()
+                epoch = local.epoch if local is not None else 0
                 with map_ably_errors(f"publish on {self.name}"):
                     async with asyncio.timeout(self.ack_timeout_s):
                         result = await self._sdk.publish(sdk_msgs)
@@ -399,6 +440,10 @@ class Channel:
             else:
                 serials = [s if isinstance(s, str) else None for s in getattr(result, "serials", None) or []]
                 if (len(serials) == len(sdk_msgs) and all(serials)) or attempt == attempts:
+                    if local is not None and local.active:
+                        padded = serials + [None] * (len(msgs) - len(serials))
+                        acked = zip(msgs, padded, sdk_msgs, strict=True)
+                        local.created(epoch, [(m, s, x.id) for m, s, x in acked])
                     return serials
                 log.warning("publish_ack_without_serials", channel=self.name, attempt=attempt)
             await asyncio.sleep(delay)
@@ -408,9 +453,19 @@ class Channel:
     async def append(self, serial: str, msg: OutboundMessage) -> str | None:
         await self.limiter.acquire()
         await self._conn.ready()
-        with map_ably_errors(f"append on {self.name}", channel=self.name):
-            async with asyncio.timeout(self.ack_timeout_s):
-                return await self._send_append(serial, msg)
+        local = self.local
+        epoch = local.epoch if local is not None else 0
+        try:
+            with map_ably_errors(f"append on {self.name}", channel=self.name):
+                async with asyncio.timeout(self.ack_timeout_s):
+                    version = await self._send_append(serial, msg)
+        except BaseException:
+            if local is not None:
+                local.append_failed(serial)
+            raise
+        if local is not None:
+            local.appended(epoch, serial, msg, version)
+        return version
 
     async def _send_append(self, serial: str, msg: OutboundMessage) -> str | None:
         """One append, awaiting its ACK: a text append's frame built directly (:func:`_append_frame`)
@@ -443,24 +498,34 @@ class Channel:
         order equals call order."""
 
         epoch = self._conn.continuity
+        local = self.local
 
         async def run() -> str | None:
             await self._conn.ready()
-            if self._conn.continuity != epoch:
-                # Queued across a continuity loss: the appends before it may be lost, so sending
-                # it now could leave a gap in the stream; the writer repairs the stream instead.
-                why = f"append on {self.name} not sent: the connection lost continuity (80008)"
-                raise AppendNotSentError(why)
-            with map_ably_errors(self._append_op, channel=self.name):
-                task = asyncio.current_task()
-                assert task is not None
-                self._acks.watch(task, self.ack_timeout_s)  # not an asyncio.timeout per append
-                try:
-                    return await self._send_append(serial, msg)
-                except asyncio.CancelledError:
-                    if self._acks.timed_out(task):
-                        raise TimeoutError from None
-                    raise
+            attach_epoch = local.epoch if local is not None else 0
+            try:
+                if self._conn.continuity != epoch:
+                    # Queued across a continuity loss: the appends before it may be lost, so sending
+                    # it now could leave a gap in the stream; the writer repairs the stream instead.
+                    why = f"append on {self.name} not sent: the connection lost continuity (80008)"
+                    raise AppendNotSentError(why)
+                with map_ably_errors(self._append_op, channel=self.name):
+                    task = asyncio.current_task()
+                    assert task is not None
+                    self._acks.watch(task, self.ack_timeout_s)  # not an asyncio.timeout per append
+                    try:
+                        version = await self._send_append(serial, msg)
+                    except asyncio.CancelledError:
+                        if self._acks.timed_out(task):
+                            raise TimeoutError from None
+                        raise
+            except BaseException:
+                if local is not None:
+                    local.append_failed(serial)
+                raise
+            if local is not None:
+                local.appended(attach_epoch, serial, msg, version)
+            return version
 
         return asyncio.create_task(run())
 
@@ -490,10 +555,15 @@ class Channel:
     async def update(self, serial: str, msg: OutboundMessage) -> str | None:
         await self.limiter.acquire()
         await self._conn.ready()
+        local = self.local
+        epoch = local.epoch if local is not None else 0
         with map_ably_errors(f"update on {self.name}", channel=self.name):
             async with asyncio.timeout(self.ack_timeout_s):
                 result = await self._sdk.update_message(_sdk_message(msg, serial=serial))
-        return getattr(result, "version_serial", None)
+        version = getattr(result, "version_serial", None)
+        if local is not None:
+            local.updated(epoch, serial, msg, version if isinstance(version, str) else None)
+        return version
 
     async def message_text(self, serial: str) -> str | None:
         """The text of the latest version of message ``serial`` (REST getMessage); ``None`` when

@@ -79,6 +79,7 @@ async def connect(cfg: Config) -> Connection:
         "max_connections": cfg.ably.max_connections,
         "spare_clients": cfg.ably.spare_clients,
         "append_rollup_window_ms": cfg.ably.append_rollup_window_ms,
+        "echo_messages": cfg.ably.echo_messages,
     }
     if cfg.ably.embedded:
         server = await _start_embedded(cfg)

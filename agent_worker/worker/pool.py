@@ -63,13 +63,25 @@ class SessionPool:
 
     async def _get(self, name: str) -> AgentSession:
         existing = self.sessions.get(name)
-        if existing is not None:
+        if existing is not None and not existing.stale:
             return existing
         async with self._locks.setdefault(name, asyncio.Lock()):
             existing = self.sessions.get(name)
+            watch = False
+            if existing is not None and existing.stale and existing.idle:
+                # Its own messages could not all be folded (echo off, transport/local.py): a new
+                # session re-reads the channel from a fresh attach, now that none is in flight.
+                log.info("session_rebuilt", session=name)
+                watch, starting = existing.watch, name in self._starting
+                await self._release(name)
+                await self.transport.release(name)
+                if starting:
+                    self._mark_starting(name)
+                existing = None
             if existing is not None:
                 return existing
             session = self._make_session(await self.transport.open_channel(name))
+            session.watch = watch
             await session.connect()
             self.sessions[name] = session
             if self.presence_enabled:

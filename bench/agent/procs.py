@@ -117,6 +117,7 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
         connections=int(cfg.get("connections", shipped_ably.connections)),
         max_connections=int(cfg.get("max_connections", shipped_ably.max_connections)),
         append_rollup_window_ms=cfg.get("rollup"),
+        echo_messages=bool(cfg.get("echo_messages", shipped_ably.echo_messages)),
     )
     if "spare_clients" in cfg:
         settings = dataclasses.replace(settings, spare_clients=int(cfg["spare_clients"]))

@@ -188,6 +188,7 @@ def worker_settings(server: EmbeddedServer, client_id: str = "agent-worker") -> 
         client_id=client_id,
         max_messages_per_second=1000.0,
         burst=100,
+        echo_messages=False,  # as the worker ships
     )
 
 

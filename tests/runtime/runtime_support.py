@@ -284,7 +284,10 @@ def worker_settings(
     rate: float = 45.0,
     connections: int = 1,
     append_rollup_window_ms: int | None = None,
+    echo_messages: bool = False,
 ) -> AblySettings:
+    """The worker's transport settings (echo off by default, as the worker ships)."""
+
     async def token() -> dict[str, Any]:
         return server.token_details(client_id=client_id)
 
@@ -296,6 +299,7 @@ def worker_settings(
         max_messages_per_second=rate,
         connections=connections,
         append_rollup_window_ms=append_rollup_window_ms,
+        echo_messages=echo_messages,
     )
 
 
@@ -312,13 +316,18 @@ async def start_harness(
     system_prompt: str | None = None,
     worker_kwargs: dict[str, Any] | None = None,
     engine: EngineConfig | None = None,
+    echo_messages: bool = False,
     **config: Any,
 ) -> Harness:
     config.setdefault("coalesce_window_ms", 0.0)
     config.setdefault("trigger_wait_s", 1.0)
     worker = Worker(
         transport=worker_settings(
-            server, rate=rate, connections=connections, append_rollup_window_ms=append_rollup_window_ms
+            server,
+            rate=rate,
+            connections=connections,
+            append_rollup_window_ms=append_rollup_window_ms,
+            echo_messages=echo_messages,
         ),
         agent=Agent(provider, tools=tools or ToolRegistry(), system_prompt=system_prompt),
         config=Config(worker=WorkerConfig(**config), engine=engine or EngineConfig()),
