@@ -140,11 +140,18 @@ class ConnectionPool(Generic[C]):
         transport is quiet, the burst's sessions are placed on open connections at once."""
         policy = self.policy
         await asyncio.sleep(policy.warm_after_s)
+        pause = policy.retry_open_s
         while True:
             if self._wants_warm() and self._quiet() and time.monotonic() >= self._grow_after:
                 conn = self._open()
-                with contextlib.suppress(Exception):  # a failed open is logged and backed off in _open
+                try:
                     await conn.ready
+                except Exception:  # logged by _open; the service may refuse more connections (its
+                    # limit per account): ask again ever more rarely, a burst still grows on demand
+                    await asyncio.sleep(pause)
+                    pause = min(300.0, pause * 2)
+                else:
+                    pause = policy.retry_open_s
                 continue
             await asyncio.sleep(policy.warm_check_s)
 

@@ -412,3 +412,21 @@ async def test_transport_keeps_warm_connections_open_for_new_sessions() -> None:
             await _until(lambda: len(pool.ready_connections) == 4, "the headroom topped up")
         finally:
             await transport.close()
+
+
+async def test_a_failed_warm_open_is_retried_ever_more_rarely() -> None:
+    """A service refusing more connections (its limit per account) gets one warm open, then one
+    after ``retry_open_s``, then twice that: no retry storm, no log flood."""
+    gate, pool = await _gated_pool(_warm_policy(max_connections=4, warm=3, retry_open_s=0.5))
+    try:
+        stamps = []
+        for _ in range(3):
+            await _until(lambda: len(gate.pending) == 1, "a warm open")
+            stamps.append(asyncio.get_running_loop().time())
+            gate.open_next(fail=True)
+            await _settle()
+            assert len(pool.connections) == 1 and not gate.made[1:]  # failed ones are not kept
+        # The pauses double (>= 0.5 s then >= 1 s: lower bounds only, never an upper one).
+        assert stamps[1] - stamps[0] >= 0.5 and stamps[2] - stamps[1] >= 1.0
+    finally:
+        await pool.close()
