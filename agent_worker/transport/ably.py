@@ -106,7 +106,7 @@ class AblySettings:
     transport/clients.py); ``None``: as many as it may still open (``max_connections`` - open)."""
     spare_clients_after_s: float = 5.0
     """Spares are built once the transport has been connected this long (and is quiet)."""
-    warm_connections: int = 16
+    warm_connections: int = 24
     """Connections kept open ahead of need with no session on them, opened one at a time while
     quiet once the transport has run ``spare_clients_after_s`` (see transport/pool.py): a burst of
     simultaneous starts is placed on them at once instead of waiting for connections to open."""
