@@ -430,3 +430,19 @@ async def test_a_failed_warm_open_is_retried_ever_more_rarely() -> None:
         assert stamps[1] - stamps[0] >= 0.5 and stamps[2] - stamps[1] >= 1.0
     finally:
         await pool.close()
+
+
+async def test_the_worker_keeps_warm_connections_and_a_bare_transport_does_not() -> None:
+    """``agent-worker run`` (its config) keeps 24 warm connections, ``[ably] warm_connections`` sets
+    it; a transport built from bare settings (the terminal chat client's) keeps none."""
+    from agent_worker.config import AblyConfig, Config  # noqa: PLC0415
+    from agent_worker.worker.connect import connect  # noqa: PLC0415
+
+    shipped = await connect(Config(ably=AblyConfig(endpoint="127.0.0.1:9", key=Secret("a.b:c"))))
+    assert AblyTransport(shipped.settings).pool.policy.warm == 24
+    tuned = await connect(
+        Config(ably=AblyConfig(endpoint="127.0.0.1:9", key=Secret("a.b:c"), warm_connections=2))
+    )
+    assert AblyTransport(tuned.settings).pool.policy.warm == 2
+    bare = AblySettings(endpoint="127.0.0.1:9", key=Secret("a.b:c"), tls=False)
+    assert AblyTransport(bare).pool.policy.warm == 0
