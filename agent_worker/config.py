@@ -104,6 +104,10 @@ class AblyConfig(_Section):
     spare_clients: Annotated[int, Field(ge=0)] | None = None
     """SDK clients built ahead (~0.8 MB each, once the worker has run 5 s) so the pool grows in a
     burst without building them then; unset = enough to reach ``max_connections``, 0 = none."""
+    warm_connections: Annotated[int, Field(ge=0)] = 24
+    """Connections kept open ahead of need with no session on them (opened one at a time while the
+    worker is quiet, once it has run 5 s), so a burst of simultaneous starts is placed at once
+    instead of waiting for new connections; 0 = open connections only when sessions need them."""
     append_rollup_window_ms: Annotated[int, Field(ge=0, le=500)] | None = None
     """``appendRollupWindow`` transport parameter (Ably's server-side append rollup, 0-500 ms);
     unset = the service's default (40 ms)."""

@@ -106,6 +106,12 @@ class AblySettings:
     transport/clients.py); ``None``: as many as it may still open (``max_connections`` - open)."""
     spare_clients_after_s: float = 5.0
     """Spares are built once the transport has been connected this long (and is quiet)."""
+    warm_connections: int = 0
+    """Connections kept open ahead of need with no session on them, opened one at a time while
+    quiet once the transport has run ``spare_clients_after_s`` (see transport/pool.py): a burst of
+    simultaneous starts is placed on them at once instead of waiting for connections to open.
+    0 here (a terminal client needs one connection); the worker's ``[ably] warm_connections``
+    ships 24."""
     append_rollup_window_ms: int | None = None
     """``appendRollupWindow`` transport parameter (Ably's server-side append rollup); ``None`` = the
     service's default (40 ms on Ably)."""
@@ -865,8 +871,12 @@ class AblyTransport:
             max_messages_per_second=settings.max_messages_per_second,
             burst=settings.burst,
             target_rate=min(settings.target_messages_per_second, settings.max_messages_per_second),
+            warm=max(0, settings.warm_connections),
+            warm_after_s=settings.spare_clients_after_s,
         )
-        self.pool: ConnectionPool[_Connection] = ConnectionPool(policy, self._connect_one, self._close_client)
+        self.pool: ConnectionPool[_Connection] = ConnectionPool(
+            policy, self._connect_one, self._close_client, quiet=self._quiet
+        )
         self._clients = ClientFactory(
             settings.client_options,
             spares=self._spares,

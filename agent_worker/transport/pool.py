@@ -53,6 +53,12 @@ class PoolPolicy:
     idle_close_s: float = 30.0
     retry_open_s: float = 5.0
     """After a connection failed to open, queued sessions use the open ones this long."""
+    warm: int = 0
+    """Connections kept open ahead of need, carrying no session (room for a burst of starts: each
+    takes three starting sessions at once instead of opening then); idle ones beyond this close."""
+    warm_after_s: float = 5.0
+    """Warm connections are opened once the pool has run this long, one at a time, while quiet."""
+    warm_check_s: float = 0.5
 
 
 @dataclass(eq=False)
@@ -83,10 +89,15 @@ class ConnectionPool(Generic[C]):
         policy: PoolPolicy,
         connect: Callable[[], Awaitable[C]],
         close: Callable[[C], Awaitable[None]],
+        *,
+        quiet: Callable[[], bool] = lambda: True,
     ) -> None:
         self.policy = policy
         self._connect = connect
         self._close = close
+        self._quiet = quiet
+        """Whether now is a good time to open a warm connection (the transport: little traffic)."""
+        self._warmer: asyncio.Task[None] | None = None
         self.connections: list[PooledConnection[C]] = []
         self._placement: dict[str, PooledConnection[C]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -112,6 +123,37 @@ class ConnectionPool(Generic[C]):
             await self.close()
             raise errors[0]
         self._reaper = asyncio.get_running_loop().create_task(self._reap())
+        if self.policy.warm > 0:
+            self._warmer = asyncio.get_running_loop().create_task(self._warm())
+
+    def _idle_count(self) -> int:
+        """Connections (open or opening) carrying no session."""
+        return sum(1 for c in self.connections if not c.channels)
+
+    def _wants_warm(self) -> bool:
+        return self._idle_count() < self.policy.warm and len(self.connections) < self.policy.max_connections
+
+    async def _warm(self) -> None:
+        """Keep ``policy.warm`` idle connections open ahead of need. Opening one costs the loop a
+        websocket handshake and the service a connection setup: done in a burst of starts, 31 of
+        them in parallel held up every start by ~50-250 ms; done here, one at a time while the
+        transport is quiet, the burst's sessions are placed on open connections at once."""
+        policy = self.policy
+        await asyncio.sleep(policy.warm_after_s)
+        pause = policy.retry_open_s
+        while True:
+            if self._wants_warm() and self._quiet() and time.monotonic() >= self._grow_after:
+                conn = self._open()
+                try:
+                    await conn.ready
+                except Exception:  # logged by _open; the service may refuse more connections (its
+                    # limit per account): ask again ever more rarely, a burst still grows on demand
+                    await asyncio.sleep(pause)
+                    pause = min(300.0, pause * 2)
+                else:
+                    pause = policy.retry_open_s
+                continue
+            await asyncio.sleep(policy.warm_check_s)
 
     def _open(self) -> PooledConnection[C]:
         loop = asyncio.get_running_loop()
@@ -275,11 +317,13 @@ class ConnectionPool(Generic[C]):
             await self.close_idle()
 
     async def close_idle(self) -> int:
-        """Close connections idle for ``idle_close_s`` while more than ``min_connections`` remain."""
+        """Close connections idle for ``idle_close_s`` while more than ``min_connections`` remain
+        and more than ``warm`` carry no session."""
         now = time.monotonic()
         closed = 0
+        spare = sum(1 for c in self.connections if c.client is not None and not c.channels)
         for conn in reversed(list(self.connections)):  # newest first: the long-lived ones stay
-            if len(self.connections) <= max(1, self.policy.min_connections):
+            if len(self.connections) <= max(1, self.policy.min_connections) or spare <= self.policy.warm:
                 break
             idle = conn.idle_since
             if conn.client is None or conn.channels or idle is None or now - idle < self.policy.idle_close_s:
@@ -287,12 +331,18 @@ class ConnectionPool(Generic[C]):
             self.connections.remove(conn)
             self.closed += 1
             closed += 1
+            spare -= 1
             log.info("connection_pool_shrink", connections=len(self.connections))
             with contextlib.suppress(Exception):
                 await self._close(conn.client)
         return closed
 
     async def close(self) -> None:
+        if self._warmer is not None:
+            self._warmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warmer
+            self._warmer = None
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

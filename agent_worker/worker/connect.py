@@ -78,6 +78,7 @@ async def connect(cfg: Config) -> Connection:
         "connections": cfg.ably.connections,
         "max_connections": cfg.ably.max_connections,
         "spare_clients": cfg.ably.spare_clients,
+        "warm_connections": cfg.ably.warm_connections,
         "append_rollup_window_ms": cfg.ably.append_rollup_window_ms,
         "echo_messages": cfg.ably.echo_messages,
     }

@@ -121,6 +121,8 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
     )
     if "spare_clients" in cfg:
         settings = dataclasses.replace(settings, spare_clients=int(cfg["spare_clients"]))
+    warm = int(cfg.get("warm_connections", shipped_ably.warm_connections))
+    settings = dataclasses.replace(settings, warm_connections=warm)
     worker = Worker(
         transport=settings,
         agent=Agent(bench_provider()),
@@ -137,8 +139,10 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
     await worker.start()
     if worker.transport is not None:  # a worker is started well before bursts: let it finish
         transport = worker.transport
+        pool = transport.pool
         for _ in range(400):
-            if transport._clients.ready >= transport._spares():
+            warm = pool._idle_count() >= min(pool.policy.warm, pool.policy.max_connections - 1)
+            if transport._clients.ready >= transport._spares() and warm:
                 break
             await asyncio.sleep(0.05)
     if trace is not None:

@@ -44,12 +44,24 @@ def install(worker: Worker, path: str) -> TextIO:
     profile_to = os.environ.get("AW_BENCH_TRACE_PROFILE")  # =path: cProfile 1.5 s from the N-stream POSTs
     profiling: list[Any] = []
 
+    # =path: py-spy (on PATH) samples the worker for AW_BENCH_TRACE_SPY_S (1) s, raw stacks
+    spy_to = os.environ.get("AW_BENCH_TRACE_SPY")
+
     def maybe_profile(name: object) -> None:
+        if spy_to and not profiling and ":latencyN:" in str(name):
+            import subprocess  # noqa: PLC0415
+
+            seconds = os.environ.get("AW_BENCH_TRACE_SPY_S", "1")
+            argv = ["py-spy", "record", "--pid", str(os.getpid()), "--duration", seconds, "--rate", "1000"]
+            profiling.append(subprocess.Popen([*argv, "--nonblocking", "--format", "raw", "-o", spy_to]))
+            return
         if not profile_to or profiling or ":latencyN:" not in str(name):
             return
         import cProfile  # noqa: PLC0415
 
-        profiler = cProfile.Profile()
+        # AW_BENCH_PROFILE_CPU=1: time CPU, not wall (as for AW_BENCH_PROFILE)
+        cpu = bool(os.environ.get("AW_BENCH_PROFILE_CPU"))
+        profiler = cProfile.Profile(time.process_time) if cpu else cProfile.Profile()
         profiling.append(profiler)
         profiler.enable()
 
@@ -102,7 +114,9 @@ def install(worker: Worker, path: str) -> TextIO:
         await limiter_acquire(self)
         waited = _now() - t0
         if waited > 1000:
-            emit("limiter_wait", limiter=id(self), us_waited=waited)
+            task = asyncio.current_task()
+            what = getattr(task.get_coro(), "__qualname__", "?") if task is not None else "?"
+            emit("limiter_wait", limiter=id(self), us_waited=waited, what=what)
 
     RateLimiter.acquire = traced_acquire  # type: ignore[method-assign]
 
@@ -176,14 +190,30 @@ def install_pool(worker: Worker, emit_to: TextIO) -> None:
 
     async def lag_monitor() -> None:
         loop = asyncio.get_running_loop()
+        cpu_at = loop.time()
         while True:
             t0 = loop.time()
             await asyncio.sleep(0.01)
             lag = loop.time() - t0 - 0.01
             if lag > 0.005:
                 emit("loop_lag", us_lag=int(lag * 1e6))
+            if t0 - cpu_at >= 0.1:  # the process's CPU time, every ~100 ms
+                cpu_at = t0
+                emit("cpu", us_cpu=int(time.process_time() * 1e6))
 
     worker._trace_lag = asyncio.get_running_loop().create_task(lag_monitor())  # type: ignore[attr-defined]
+    import gc  # noqa: PLC0415
+
+    gc_start: list[float] = [0.0]
+
+    def gc_callback(phase: str, info: dict[str, int]) -> None:  # every collection: its CPU time
+        if phase == "start":
+            gc_start[0] = time.process_time()
+        else:
+            took = int((time.process_time() - gc_start[0]) * 1e6)
+            emit("gc", gen=info["generation"], us_cpu=took, collected=info["collected"])
+
+    gc.callbacks.append(gc_callback)
     rest = worker.transport._rest
     assert rest is not None
     request = rest.request
@@ -278,6 +308,16 @@ def summarise(path: str, prefix: str = "bench:") -> str:
         lags = [(ev["us"] - t0, ev["us_lag"]) for ev in events if ev["e"] == "loop_lag" and ev["us"] >= t0]
         window = [lag / 1000 for at, lag in lags if at < 1_500_000]
         lines.append(f"  worker loop lag > 5 ms in the first 1.5 s: {len(window)}x, {sum(window):.0f} ms")
+        gcs = [ev for ev in events if ev["e"] == "gc" and 0 <= ev["us"] - t0 < 1_000_000]
+        gc_ms = sum(ev["us_cpu"] for ev in gcs) / 1000
+        gens = [ev["gen"] for ev in gcs]
+        lines.append(f"  GC in the first 1 s: {len(gcs)} collections (gen {gens}), {gc_ms:.0f} ms CPU")
+        cpus = [(ev["us"] - t0, ev["us_cpu"]) for ev in events if ev["e"] == "cpu"]
+        before = [c for at, c in cpus if at < 0]
+        within = [c for at, c in cpus if 0 <= at < 1_000_000]
+        if before and within:
+            cpu_ms = (within[-1] - before[-1]) / 1000
+            lines.append(f"  worker CPU in the first 1 s after the first POST: {cpu_ms:.0f} ms")
     waits = [ev["us_waited"] / 1000 for ev in events if ev["e"] == "limiter_wait"]
     lines.append(f"  limiter waits (ms)           {_pcts(waits)}  total {sum(waits):.0f} ms")
     if waits:

@@ -283,6 +283,7 @@ async def test_pool_grows_with_spare_clients_sharing_one_token() -> None:
             max_connections=3,
             spare_clients=2,
             spare_clients_after_s=0.0,
+            warm_connections=0,  # growth only: the spares are what is tested here
         )
         transport = AblyTransport(settings)
         await transport.connect()
@@ -309,3 +310,139 @@ async def test_pool_grows_with_spare_clients_sharing_one_token() -> None:
             await _until(lambda: factory.ready == 2, "the spares built back")
         finally:
             await transport.close()
+
+
+def _warm_policy(**kw: Any) -> PoolPolicy:
+    return PoolPolicy(warm_after_s=0.0, warm_check_s=0.01, **kw)
+
+
+async def test_warm_connections_are_opened_ahead_one_at_a_time_and_take_a_burst_at_once() -> None:
+    """``warm`` connections carrying no session are opened before any session needs them, one at a
+    time; simultaneous sessions are then placed on them at once (no open in between), spread one per
+    connection; the pool tops the headroom up again, within ``max_connections``."""
+    gate, pool = await _gated_pool(_warm_policy(max_connections=5, warm=3))
+    try:
+        for _ in range(2):  # the first connection carries nothing: two more make three
+            await _until(lambda: len(gate.pending) == 1, "a warm open")
+            assert len(pool.connections) == len(gate.made) + 1  # one open at a time
+            gate.open_next()
+        await _until(lambda: len(pool.ready_connections) == 3, "three warm connections")
+        await asyncio.sleep(0.05)
+        assert not gate.pending and len(pool.connections) == 3  # the headroom is there: no more
+        tasks = [asyncio.ensure_future(pool.acquire(f"s{i}")) for i in range(3)]
+        await _settle()
+        assert all(t.done() for t in tasks)
+        assert {t.result().client for t in tasks} == set(gate.made)  # one per warm connection
+        await _until(lambda: len(gate.pending) == 1, "the headroom topped up")
+        gate.open_next()
+        await _until(lambda: len(gate.pending) == 1, "the last one up to max_connections")
+        gate.open_next()
+        await _until(lambda: len(pool.ready_connections) == 5, "max_connections open")
+        await asyncio.sleep(0.05)
+        assert not gate.pending and len(pool.connections) == 5
+    finally:
+        await pool.close()
+
+
+async def test_warm_connections_wait_until_the_transport_is_quiet() -> None:
+    quiet = [False]
+    gate = _Gate()
+    pool: ConnectionPool[_Client] = ConnectionPool(
+        _warm_policy(max_connections=4, warm=2), gate.connect, gate.close, quiet=lambda: quiet[0]
+    )
+    starting = asyncio.ensure_future(pool.start())
+    await _settle()
+    gate.open_next()
+    await starting
+    try:
+        await asyncio.sleep(0.1)
+        assert not gate.pending and len(pool.connections) == 1  # busy: nothing opened ahead
+        quiet[0] = True
+        await _until(lambda: len(gate.pending) == 1, "a warm open once quiet")
+        gate.open_next()
+        await _until(lambda: len(pool.ready_connections) == 2, "two connections")
+    finally:
+        await pool.close()
+
+
+async def test_idle_connections_close_down_to_the_warm_headroom() -> None:
+    """After a burst, connections left without sessions close (``idle_close_s``) except ``warm`` of
+    them: the next burst finds them open."""
+    pool, made = _fake_pool(PoolPolicy(max_connections=4, idle_close_s=0.0, warm=2, warm_after_s=3600))
+    await pool.start()
+    try:
+        for i in range(12):
+            await pool.acquire(f"s{i}")
+        assert len(made) == 4
+        for i in range(12):
+            pool.release(f"s{i}")
+        assert await pool.close_idle() == 2
+        assert len(pool.connections) == 2 and [m.closed for m in made] == [False, False, True, True]
+        assert await pool.close_idle() == 0
+    finally:
+        await pool.close()
+
+
+async def test_transport_keeps_warm_connections_open_for_new_sessions() -> None:
+    """Over the embedded server: the transport opens its warm connections ahead (each a real,
+    connected client), and new session channels attach on them without the pool opening any."""
+    async with EmbeddedServer(ServerConfig(port=0)) as server:
+        settings = AblySettings(
+            endpoint=f"127.0.0.1:{server.port}",
+            key=Secret(server.default_key),
+            tls=False,
+            client_id="agent-worker",
+            max_connections=4,
+            warm_connections=3,
+            spare_clients_after_s=0.0,
+        )
+        transport = AblyTransport(settings)
+        await transport.connect()
+        try:
+            pool = transport.pool
+            await _until(lambda: len(pool.ready_connections) == 3, "three warm connections")
+            warm = list(pool.ready_connections)
+            channels = [await transport.open_channel(f"conversations:warm-{i}") for i in range(3)]
+            for ch in channels:
+                await ch.subscribe(lambda _m: None)
+            assert {ch.state for ch in channels} == {"attached"}
+            assert [pool._placement[ch.name] for ch in channels] == warm  # one per warm connection
+            assert all(c in pool.connections for c in warm)
+            # They are now in use: the pool opens one more ahead (max_connections = 4).
+            await _until(lambda: len(pool.ready_connections) == 4, "the headroom topped up")
+        finally:
+            await transport.close()
+
+
+async def test_a_failed_warm_open_is_retried_ever_more_rarely() -> None:
+    """A service refusing more connections (its limit per account) gets one warm open, then one
+    after ``retry_open_s``, then twice that: no retry storm, no log flood."""
+    gate, pool = await _gated_pool(_warm_policy(max_connections=4, warm=3, retry_open_s=0.5))
+    try:
+        stamps = []
+        for _ in range(3):
+            await _until(lambda: len(gate.pending) == 1, "a warm open")
+            stamps.append(asyncio.get_running_loop().time())
+            gate.open_next(fail=True)
+            await _settle()
+            assert len(pool.connections) == 1 and not gate.made[1:]  # failed ones are not kept
+        # The pauses double (>= 0.5 s then >= 1 s: lower bounds only, never an upper one).
+        assert stamps[1] - stamps[0] >= 0.5 and stamps[2] - stamps[1] >= 1.0
+    finally:
+        await pool.close()
+
+
+async def test_the_worker_keeps_warm_connections_and_a_bare_transport_does_not() -> None:
+    """``agent-worker run`` (its config) keeps 24 warm connections, ``[ably] warm_connections`` sets
+    it; a transport built from bare settings (the terminal chat client's) keeps none."""
+    from agent_worker.config import AblyConfig, Config  # noqa: PLC0415
+    from agent_worker.worker.connect import connect  # noqa: PLC0415
+
+    shipped = await connect(Config(ably=AblyConfig(endpoint="127.0.0.1:9", key=Secret("a.b:c"))))
+    assert AblyTransport(shipped.settings).pool.policy.warm == 24
+    tuned = await connect(
+        Config(ably=AblyConfig(endpoint="127.0.0.1:9", key=Secret("a.b:c"), warm_connections=2))
+    )
+    assert AblyTransport(tuned.settings).pool.policy.warm == 2
+    bare = AblySettings(endpoint="127.0.0.1:9", key=Secret("a.b:c"), tls=False)
+    assert AblyTransport(bare).pool.policy.warm == 0
