@@ -5,8 +5,8 @@ call) is safe to retry because nothing has reached the client yet; after that a 
 run. The retryable set is defined by our error classes, never by ``Exception``: an HTTP 429 or 5xx
 (:attr:`ProviderHTTPError.retryable`) or a connection failure. ``Retry-After`` wins over backoff.
 
-Built on :func:`agent_worker.retry.retry` (tenacity's per-call machinery cost ~31 µs per open, paid
-by every start of a burst of simultaneous runs).
+Built on tenacity: an open happens once per run, so its per-call objects cost nothing here (the
+hot-path publish retries use the allocation-free :mod:`agent_worker.retry` instead).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from email.utils import parsedate_to_datetime
 from typing import Any, TypedDict, TypeVar
 
 import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from agent_worker.errors import ProviderConnectionError, ProviderHTTPError
-from agent_worker.retry import Wait, backoff, retry
+from agent_worker.retry import Wait, backoff
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -97,22 +98,29 @@ async def retry_open(
     """Call ``open_once`` until it succeeds, a non-retryable error occurs or attempts run out."""
     cfg: RetryConfig = {**DEFAULT_RETRY, **(config or {})}
 
-    def log_retry(failures: int, exc: BaseException, wait_s: float) -> None:
+    wait = wait_retry_after(cfg)
+
+    def next_wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        assert exc is not None  # tenacity only waits after a failed attempt
+        return wait(state.attempt_number, exc)
+
+    def log_retry(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
         log.warning(
             "provider_retry",
             provider=provider,
-            attempt=failures,
-            wait=wait_s,
+            attempt=state.attempt_number,
+            wait=state.next_action.sleep if state.next_action is not None else None,
             error=type(exc).__name__,
             http_status=getattr(exc, "http_status", None),
         )
 
-    # agent_worker.retry, not tenacity: one open per run, but tenacity's per-call machinery cost
-    # ~31 µs of CPU per open (~0.5 µs here), paid by every start of a burst.
-    return await retry(
-        open_once,
-        attempts=max(1, cfg["attempts"]),
-        retry_if=is_retryable,
-        wait=wait_retry_after(cfg),
-        on_retry=log_retry,
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(max(1, cfg["attempts"])),
+        retry=retry_if_exception(is_retryable),
+        wait=next_wait,
+        before_sleep=log_retry,
+        reraise=True,
     )
+    return await retrying(open_once)
