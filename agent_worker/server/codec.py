@@ -99,7 +99,7 @@ def _drop_none(obj: Any) -> Any:
     return obj
 
 
-def _drop_none_dict(obj: dict[Any, Any]) -> dict[Any, Any]:
+def _drop_none_dict(obj: Mapping[Any, Any]) -> dict[Any, Any]:
     # A plain loop, recursing only into containers: most values are strings and numbers, and a call
     # per leaf was most of the cost of encoding a history page.
     out: dict[Any, Any] = {}
@@ -193,18 +193,7 @@ def outbound_payload(item: Mapping[str, Any], fmt: Format) -> dict[str, Any]:
 def wire_payload(item: Mapping[str, Any], fmt: Format) -> dict[str, Any]:
     """:func:`outbound_payload` with the envelope ``None`` fields dropped at every depth, in one pass:
     the element :func:`encode_frame` would put on the wire for it (same keys, same order)."""
-    out: dict[str, Any] = {}
-    for k, v in item.items():
-        if v is None:
-            continue
-        if k in _VERBATIM:
-            out[k] = v
-        elif isinstance(v, dict):
-            out[k] = _drop_none_dict(v)
-        elif isinstance(v, list):
-            out[k] = [_drop_none(x) for x in v]
-        else:
-            out[k] = v
+    out = _drop_none_dict(item)
     data = out.get("data")
     if fmt == JSON and isinstance(data, _BINARY):
         out["data"] = base64.b64encode(data).decode("ascii")
