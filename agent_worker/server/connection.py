@@ -15,7 +15,7 @@ import hashlib
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 import structlog
@@ -31,16 +31,30 @@ from agent_worker.server.codec import (
     inbound_payload,
 )
 from agent_worker.server.codec import outbound_payload as _outbound
-from agent_worker.server.hub import Attachment, RateLimiter, check_channel_name
+from agent_worker.server.connection_keys import ConnectionKeys
+from agent_worker.server.hub import Attachment, Hub, RateLimiter, check_channel_name
 from agent_worker.server.log import APPEND
 
 if TYPE_CHECKING:
-    from agent_worker.server.gateway import RealtimeGateway
     from agent_worker.server.websocket import Transport
 
-__all__ = ["RealtimeConnection"]
+__all__ = ["ConnectionHost", "RealtimeConnection"]
 
 log = structlog.get_logger(__name__)
+
+
+class ConnectionHost(Protocol):
+    """What a connection needs from the endpoint that keeps it (``gateway.RealtimeGateway``)."""
+
+    hub: Hub
+    keys: ConnectionKeys
+    # (clientId, channel) pairs whose next ATTACH must not resume (a test hook).
+    lose_continuity: set[tuple[str | None, str]]
+
+    def forget(self, conn: RealtimeConnection) -> None: ...
+
+    def principal_from_token(self, token: str, requested: str | None) -> Principal: ...
+
 
 # Frames that may overtake a pending ACK (see RealtimeConnection._ack).
 _AFTER_ACKS = frozenset({C.ACK, C.MESSAGE, C.PRESENCE})
@@ -57,7 +71,7 @@ def _has_append(frame: Mapping[str, Any]) -> bool:
 class RealtimeConnection:
     def __init__(
         self,
-        gateway: RealtimeGateway,
+        gateway: ConnectionHost,
         principal: Principal,
         requested_client_id: str | None,
         fmt: Format,
