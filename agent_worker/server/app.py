@@ -13,7 +13,7 @@ from aiohttp import web
 from agent_worker.errors import ConfigError
 from agent_worker.server.auth import ApiKey, Capability, KeyRing, token_details
 from agent_worker.server.config import DEFAULT_DEV_KEY, ServerConfig
-from agent_worker.server.connection import RealtimeGateway
+from agent_worker.server.gateway import RealtimeGateway
 from agent_worker.server.hub import Hub
 from agent_worker.server.push import PushApi
 from agent_worker.server.rest import RestApi

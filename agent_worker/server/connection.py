@@ -1,36 +1,31 @@
-"""The realtime WebSocket protocol: connections, transports, resume, and per-action handling.
+"""The realtime protocol's per-connection state and per-action handling.
 
 A :class:`RealtimeConnection` is the Ably *connection* (id, key, credentials, attachments,
-msgSerial dedupe); it outlives any one :class:`Transport` (WebSocket) for
-``connection_state_ttl_ms`` so a client can resume it. Inbound frames are handled synchronously
-on the event loop; outbound frames go through a per-transport queue so one slow client never
-blocks a publisher.
+msgSerial dedupe); it outlives any one :class:`~agent_worker.server.websocket.Transport`
+(WebSocket) for ``connection_state_ttl_ms`` so a client can resume it. Inbound frames are handled
+synchronously on the event loop; outbound frames go through a per-transport queue so one slow
+client never blocks a publisher. The endpoint that accepts sockets is
+:class:`~agent_worker.server.gateway.RealtimeGateway`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import secrets
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 import structlog
-from aiohttp import WSMsgType, web
 
 from agent_worker.errors import AgentWorkerError, AuthError, ProtocolError
 from agent_worker.server import constants as C
-from agent_worker.server import wsframes
 from agent_worker.server.attach_params import mode_error, parse_attach
-from agent_worker.server.auth import Principal, resolve_client_id
+from agent_worker.server.auth import Principal
 from agent_worker.server.codec import (
-    JSON,
-    MSGPACK,
     Format,
-    decode_frame,
     encode_frame,
     encode_wire,
     inbound_payload,
@@ -39,14 +34,28 @@ from agent_worker.server.codec import outbound_payload as _outbound
 from agent_worker.server.connection_keys import ConnectionKeys
 from agent_worker.server.hub import Attachment, Hub, RateLimiter, check_channel_name
 from agent_worker.server.log import APPEND
-from agent_worker.server.rollup import TRANSPORT_PARAM, parse_window
 
-__all__ = ["RealtimeConnection", "RealtimeGateway", "Transport"]
+if TYPE_CHECKING:
+    from agent_worker.server.websocket import Transport
+
+__all__ = ["ConnectionHost", "RealtimeConnection"]
 
 log = structlog.get_logger(__name__)
 
-_MAX_QUEUE = 50_000
-_HIGH_WATER = 1 << 16  # bytes unsent in the socket's buffer before the writer waits for the client
+
+class ConnectionHost(Protocol):
+    """What a connection needs from the endpoint that keeps it (``gateway.RealtimeGateway``)."""
+
+    hub: Hub
+    keys: ConnectionKeys
+    # (clientId, channel) pairs whose next ATTACH must not resume (a test hook).
+    lose_continuity: set[tuple[str | None, str]]
+
+    def forget(self, conn: RealtimeConnection) -> None: ...
+
+    def principal_from_token(self, token: str, requested: str | None) -> Principal: ...
+
+
 # Frames that may overtake a pending ACK (see RealtimeConnection._ack).
 _AFTER_ACKS = frozenset({C.ACK, C.MESSAGE, C.PRESENCE})
 _DEDUPE_WINDOW = 1024
@@ -59,121 +68,10 @@ def _has_append(frame: Mapping[str, Any]) -> bool:
     )
 
 
-class Transport:
-    """One WebSocket with an ordered outbound queue drained by a writer task.
-
-    The writer sends everything queued since its last turn as one socket write (``wsframes``):
-    a loop turn that fans out or acknowledges ten frames to a connection costs one syscall, not
-    ten. The queue is bounded in bytes (``max_bytes``): a consumer that falls that far behind is a
-    slow consumer, and ``on_overflow`` disconnects it (as Ably does) instead of letting it hold the
-    server's memory."""
-
-    def __init__(
-        self, ws: web.WebSocketResponse, raw: asyncio.BaseTransport | None, max_bytes: int = 1 << 62
-    ) -> None:
-        self.ws = ws
-        self.raw = raw
-        self.closing = False
-        self.max_bytes = max_bytes
-        self.queued_bytes = 0
-        self.on_overflow: Callable[[], None] | None = None
-        self._queue: deque[str | bytes | None] = deque()
-        self._ready = asyncio.Event()
-        self._writer = asyncio.get_running_loop().create_task(self._write())
-
-    def enqueue(self, data: str | bytes) -> None:
-        if self.closing:
-            return
-        if len(self._queue) > _MAX_QUEUE or self.queued_bytes + len(data) > self.max_bytes:
-            log.warning("slow_consumer_dropped", queued=len(self._queue), queued_bytes=self.queued_bytes)
-            if self.on_overflow is not None:
-                self.on_overflow()
-            else:
-                self.abort()
-            return
-        self.queued_bytes += len(data)
-        self._queue.append(data)
-        self._ready.set()
-
-    def overflow(self, last: str | bytes) -> None:
-        """Drop everything queued, send ``last`` (the DISCONNECTED error), then close."""
-        self._queue.clear()
-        self.queued_bytes = len(last)
-        self._queue.append(last)
-        self._ready.set()
-        self.close_soon()
-
-    async def _write(self) -> None:
-        queue = self._queue
-        while True:
-            if not queue:
-                self._ready.clear()
-                await self._ready.wait()
-                continue
-            batch: list[str | bytes] = []
-            close = False
-            while queue:
-                data = queue.popleft()
-                if data is None:
-                    close = True
-                    break
-                self.queued_bytes -= len(data)
-                batch.append(data)
-            try:
-                await self._send(batch)
-            except (ConnectionError, RuntimeError, asyncio.CancelledError):
-                self.abort()
-                return
-            if close:
-                break
-        with contextlib.suppress(Exception):
-            await self.ws.close()
-
-    async def _send(self, batch: list[str | bytes]) -> None:
-        # A write transport (uvloop's does not subclass asyncio's, hence the cast).
-        raw = cast("asyncio.WriteTransport | None", self.raw)
-        if raw is None or self.ws.compress:  # aiohttp frames (and compresses) one at a time
-            for data in batch:
-                if isinstance(data, bytes):
-                    await self.ws.send_bytes(data)
-                else:
-                    await self.ws.send_str(data)
-            return
-        if raw.is_closing():
-            msg = "websocket transport closing"
-            raise ConnectionResetError(msg)
-        raw.write(wsframes.frames(batch))
-        # A client that does not read: later frames wait in the queue, where ``max_bytes`` counts
-        # them, not in the socket's buffer (aiohttp's writer drains at the same 64 KiB). Polled:
-        # the resume-writing callback is aiohttp's protocol's, with no public way to wait for it.
-        while raw.get_write_buffer_size() > _HIGH_WATER and not raw.is_closing():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
-
-    def close_soon(self) -> None:
-        """Flush what is queued, then close the socket cleanly."""
-        if not self.closing:
-            self.closing = True
-            self._queue.append(None)
-            self._ready.set()
-
-    def abort(self) -> None:
-        """Drop the TCP connection without a close handshake (clients see an abrupt disconnect)."""
-        self.closing = True
-        self._writer.cancel()
-        if self.raw is not None:
-            self.raw.abort()  # type: ignore[attr-defined]
-        else:  # pragma: no cover - aiohttp always exposes the transport
-            asyncio.get_running_loop().create_task(self.ws.close())
-
-    async def wait_closed(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._writer
-
-
 class RealtimeConnection:
     def __init__(
         self,
-        gateway: RealtimeGateway,
+        gateway: ConnectionHost,
         principal: Principal,
         requested_client_id: str | None,
         fmt: Format,
@@ -714,206 +612,3 @@ class RealtimeConnection:
             err = AuthError(f"capability no longer allows channel {name!r}", code=40160, status_code=401)
             log.info("attachment_revoked", connection_id=self.id, channel=name)
             self.send({"action": C.DETACHED, "channel": name, "error": err.to_error_info()})
-
-
-class RealtimeGateway:
-    """Accepts WebSockets, authenticates them, and keeps connections for resume."""
-
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-        self.connections: dict[str, RealtimeConnection] = {}
-        self._by_key: dict[str, RealtimeConnection] = {}
-        self.keys = ConnectionKeys(hub.keyring.default.secret)
-        self._heartbeat: asyncio.Task[None] | None = None
-        # (clientId, channel) pairs whose next ATTACH must not resume (test hook, see drop()).
-        self.lose_continuity: set[tuple[str | None, str]] = set()
-        # clientIds whose new sockets wait here before CONNECTED (test hook, see hold()).
-        self.held: dict[str | None, asyncio.Event] = {}
-
-    def start(self) -> None:
-        self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeats())
-
-    async def stop(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-        for conn in list(self.connections.values()):
-            transport = conn.transport
-            conn.discard()
-            if transport is not None:
-                transport.abort()
-
-    async def _heartbeats(self) -> None:
-        interval = self.hub.config.heartbeat_interval_ms / 1000
-        while True:
-            await asyncio.sleep(interval)
-            for conn in list(self.connections.values()):
-                if conn.transport is not None:
-                    conn.send({"action": C.HEARTBEAT})
-            released = self.hub.sweep()
-            if released:
-                log.info("channels_released", count=released, remaining=len(self.hub.channels))
-
-    def live_connection(self, key: str) -> RealtimeConnection | None:
-        """The connection ``key`` currently names (for REST publishes on its behalf)."""
-        conn = self._by_key.get(key) if isinstance(key, str) else None
-        return conn if conn is not None and not conn.closed else None
-
-    def forget(self, conn: RealtimeConnection) -> None:
-        self.connections.pop(conn.id, None)
-        self._by_key.pop(conn.key, None)
-
-    def drop(self, client_id: str | None = None, *, continuity: bool = True) -> int:
-        """Abort matching sockets. ``continuity=False`` also forgets the connections and makes
-        each of their channels' next ATTACH answer without RESUMED (as when Ably cannot resume)."""
-        n = 0
-        for conn in list(self.connections.values()):
-            if conn.transport is not None and (client_id is None or conn.principal.client_id == client_id):
-                transport = conn.transport
-                if not continuity:
-                    self.lose_continuity.update((conn.principal.client_id, ch) for ch in conn.attachments)
-                    conn.discard()
-                transport.abort()
-                n += 1
-        return n
-
-    def withhold_acks(self, client_id: str) -> int:
-        """Stop ACKing the publishes of ``client_id``'s current connections (see ``drop``)."""
-        return self.arm(client_id, "withhold_acks", True)
-
-    def arm(self, client_id: str, fault: str, value: object) -> int:
-        """Set test hook ``fault`` on ``client_id``'s connections with a socket; how many."""
-        conns = [c for c in self.connections.values() if c.principal.client_id == client_id and c.transport]
-        for conn in conns:
-            setattr(conn, fault, value)
-        return len(conns)
-
-    def hold(self, client_id: str | None, *, held: bool = True) -> None:
-        """While held, ``client_id``'s new sockets (a resume too) get no CONNECTED: the client
-        stays CONNECTING, as when Ably is slow to answer a reconnect."""
-        if held:
-            self.held.setdefault(client_id, asyncio.Event())
-        elif (gate := self.held.pop(client_id, None)) is not None:
-            gate.set()
-
-    # -- auth --------------------------------------------------------------------------------
-
-    def principal_from_token(self, token: str, requested: str | None) -> Principal:
-        claims = self.hub.keyring.verify_token(token, self.hub.now_ms())
-        client_id, wildcard = resolve_client_id(claims.client_id, requested, via_token=True)
-        return Principal(claims.key_name, client_id, wildcard, claims.capability, claims.expires_ms)
-
-    def _check_key_quota(self, principal: Principal, resume_key: str | None) -> None:
-        if resume_key and resume_key in self._by_key:
-            return  # a resume reuses its connection
-        limit = self.hub.config.max_connections_per_key
-        held = sum(1 for c in self.connections.values() if c.principal.key_name == principal.key_name)
-        if held >= limit:
-            msg = f"connection limit exceeded: {limit} connections for key {principal.key_name}"
-            raise AuthError(msg, code=40111, status_code=403)
-
-    def authenticate(self, q: Mapping[str, str]) -> Principal:
-        requested = q.get("clientId") or None
-        token = q.get("accessToken") or q.get("access_token")
-        if token:
-            return self.principal_from_token(token, requested)
-        key_text = q.get("key")
-        if key_text:
-            key = self.hub.keyring.check_key(key_text)
-            client_id, wildcard = resolve_client_id(None, requested, via_token=False)
-            return Principal(key.name, client_id, wildcard, key.capability, None)
-        msg = "no credentials: pass key or accessToken"
-        raise AuthError(msg, code=40101, status_code=401)
-
-    # -- websocket endpoint ------------------------------------------------------------------
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        cfg = self.hub.config
-        ws = web.WebSocketResponse(
-            autoping=True,
-            # aiohttp drops frames past this without buffering them; up to it we answer 40009.
-            max_msg_size=2 * cfg.frame_limit,
-            compress=cfg.websocket_compression,
-        )
-        await ws.prepare(request)
-        transport = Transport(ws, request.transport, cfg.max_outbound_bytes)
-        q = request.query
-        fmt: Format = MSGPACK if q.get("format") == "msgpack" else JSON
-        try:
-            principal = self.authenticate(q)
-            self._check_key_quota(principal, q.get("resume") or q.get("recover"))
-            window = parse_window(q.get(TRANSPORT_PARAM), cfg.append_rollup_window_ms)
-        except AgentWorkerError as exc:
-            log.info("connection_refused", code=exc.code, reason=exc.message)
-            transport.enqueue(encode_frame({"action": C.ERROR, "error": exc.to_error_info()}, fmt))
-            transport.close_soon()
-            await transport.wait_closed()
-            return ws
-        gate = self.held.get(principal.client_id)
-        if gate is not None:
-            await gate.wait()
-        conn, error = self._resume_or_create(q, principal, fmt)
-        conn.rollup_window_ms = window
-        conn.attach_transport(transport)
-        conn.send_connected(error)
-        try:
-            async for msg in ws:
-                if msg.type == WSMsgType.TEXT:
-                    data: str | bytes = msg.data
-                    frame_fmt: Format = JSON
-                elif msg.type == WSMsgType.BINARY:
-                    data, frame_fmt = msg.data, MSGPACK
-                else:
-                    break
-                if conn.transport is not transport or transport.closing:
-                    break
-                try:
-                    conn.handle(decode_frame(data, frame_fmt, cfg.frame_limit), len(data))
-                except ProtocolError as exc:
-                    log.info("frame_refused", connection_id=conn.id, code=exc.code, reason=exc.message)
-                    conn.send_error(exc)
-                    transport.close_soon()
-                    break
-                except Exception:
-                    log.exception("frame_handler_failed", connection_id=conn.id)
-                    conn.send_error(AgentWorkerError("internal error", code=50000))
-                    transport.close_soon()
-                    break
-        finally:
-            conn.transport_gone(transport)
-            if not transport.closing:
-                transport.close_soon()
-            await transport.wait_closed()
-        return ws
-
-    def _resume_or_create(
-        self, q: Mapping[str, str], principal: Principal, fmt: Format
-    ) -> tuple[RealtimeConnection, dict[str, Any] | None]:
-        requested = q.get("clientId") or None
-        echo = q.get("echo", "true") != "false"
-        key = q.get("resume") or q.get("recover")
-        if key:
-            conn = self._by_key.get(key)
-            if conn is not None and not conn.closed and conn.principal.client_id == principal.client_id:
-                conn.principal, conn.fmt, conn.echo = principal, fmt, echo
-                if not q.get("resume"):
-                    # Recover (RTN16d): same connectionId, a new key; the key the old client holds
-                    # stops working, so it cannot take the connection back (its transport is
-                    # dropped when the new one is attached).
-                    self._by_key.pop(conn.key, None)
-                    conn.key = self.keys.issue(conn.id)
-                    self._by_key[conn.key] = conn
-                log.info("connection_resumed", connection_id=conn.id, recover=not q.get("resume"))
-                return conn, None
-        conn = RealtimeConnection(self, principal, requested, fmt, echo)
-        self.connections[conn.id] = conn
-        self._by_key[conn.key] = conn
-        error = None
-        if key:
-            if self.keys.verify(key):
-                error = ProtocolError("unable to recover connection (connection expired)", code=80008)
-            else:
-                error = ProtocolError("invalid connection id (invalid format)", code=80018, status_code=400)
-        log.info("connection_opened", connection_id=conn.id, client_id=principal.client_id, format=fmt)
-        return conn, error.to_error_info() if error is not None else None

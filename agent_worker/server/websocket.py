@@ -1,0 +1,136 @@
+"""One WebSocket's outbound side: an ordered, byte-bounded queue drained by a writer task.
+
+A :class:`Transport` is one socket of a :class:`~agent_worker.server.connection.RealtimeConnection`
+(the connection outlives it for resume); a slow reader is disconnected, not buffered without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from typing import cast
+
+import structlog
+from aiohttp import web
+
+from agent_worker.server import wsframes
+
+__all__ = ["Transport"]
+
+log = structlog.get_logger(__name__)
+
+_MAX_QUEUE = 50_000
+_HIGH_WATER = 1 << 16  # bytes unsent in the socket's buffer before the writer waits for the client
+
+
+class Transport:
+    """One WebSocket with an ordered outbound queue drained by a writer task.
+
+    The writer sends everything queued since its last turn as one socket write (``wsframes``):
+    a loop turn that fans out or acknowledges ten frames to a connection costs one syscall, not
+    ten. The queue is bounded in bytes (``max_bytes``): a consumer that falls that far behind is a
+    slow consumer, and ``on_overflow`` disconnects it (as Ably does) instead of letting it hold the
+    server's memory."""
+
+    def __init__(
+        self, ws: web.WebSocketResponse, raw: asyncio.BaseTransport | None, max_bytes: int = 1 << 62
+    ) -> None:
+        self.ws = ws
+        self.raw = raw
+        self.closing = False
+        self.max_bytes = max_bytes
+        self.queued_bytes = 0
+        self.on_overflow: Callable[[], None] | None = None
+        self._queue: deque[str | bytes | None] = deque()
+        self._ready = asyncio.Event()
+        self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    def enqueue(self, data: str | bytes) -> None:
+        if self.closing:
+            return
+        if len(self._queue) > _MAX_QUEUE or self.queued_bytes + len(data) > self.max_bytes:
+            log.warning("slow_consumer_dropped", queued=len(self._queue), queued_bytes=self.queued_bytes)
+            if self.on_overflow is not None:
+                self.on_overflow()
+            else:
+                self.abort()
+            return
+        self.queued_bytes += len(data)
+        self._queue.append(data)
+        self._ready.set()
+
+    def overflow(self, last: str | bytes) -> None:
+        """Drop everything queued, send ``last`` (the DISCONNECTED error), then close."""
+        self._queue.clear()
+        self.queued_bytes = len(last)
+        self._queue.append(last)
+        self._ready.set()
+        self.close_soon()
+
+    async def _write(self) -> None:
+        queue = self._queue
+        while True:
+            if not queue:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            batch: list[str | bytes] = []
+            close = False
+            while queue:
+                data = queue.popleft()
+                if data is None:
+                    close = True
+                    break
+                self.queued_bytes -= len(data)
+                batch.append(data)
+            try:
+                await self._send(batch)
+            except (ConnectionError, RuntimeError, asyncio.CancelledError):
+                self.abort()
+                return
+            if close:
+                break
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+
+    async def _send(self, batch: list[str | bytes]) -> None:
+        # A write transport (uvloop's does not subclass asyncio's, hence the cast).
+        raw = cast("asyncio.WriteTransport | None", self.raw)
+        if raw is None or self.ws.compress:  # aiohttp frames (and compresses) one at a time
+            for data in batch:
+                if isinstance(data, bytes):
+                    await self.ws.send_bytes(data)
+                else:
+                    await self.ws.send_str(data)
+            return
+        if raw.is_closing():
+            msg = "websocket transport closing"
+            raise ConnectionResetError(msg)
+        raw.write(wsframes.frames(batch))
+        # A client that does not read: later frames wait in the queue, where ``max_bytes`` counts
+        # them, not in the socket's buffer (aiohttp's writer drains at the same 64 KiB). Polled:
+        # the resume-writing callback is aiohttp's protocol's, with no public way to wait for it.
+        while raw.get_write_buffer_size() > _HIGH_WATER and not raw.is_closing():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+    def close_soon(self) -> None:
+        """Flush what is queued, then close the socket cleanly."""
+        if not self.closing:
+            self.closing = True
+            self._queue.append(None)
+            self._ready.set()
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a close handshake (clients see an abrupt disconnect)."""
+        self.closing = True
+        self._writer.cancel()
+        if self.raw is not None:
+            self.raw.abort()  # type: ignore[attr-defined]
+        else:  # pragma: no cover - aiohttp always exposes the transport
+            asyncio.get_running_loop().create_task(self.ws.close())
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._writer
