@@ -3,9 +3,9 @@
 The session subscribes to the whole channel and folds every message — live, and from REST history
 pages read backwards from the attach serial — into one :class:`ConversationTree` shared by all of
 its runs (agent-session.ts). With echo off (the worker's default) its own messages are not
-delivered: the channel hands them over from their ACKs (transport/local.py), and a session whose
-own messages could not all be folded exactly is marked :attr:`AgentSession.stale` (the pool
-replaces it when idle). On top of the fold it:
+delivered: the channel hands them over from their ACKs (transport/local.py). A session whose
+channel lost continuity, or whose own messages could not all be folded exactly, is marked
+:attr:`AgentSession.stale` (the pool replaces it when idle). On top of the fold it:
 
 * resolves runs waiting for their trigger ``event-id`` (live arrival or a history page);
 * pages history until a run's branch is complete (every ``parent`` on the walk is in the tree);
@@ -131,9 +131,9 @@ class AgentSession:
         self.watch = False
         self.truncated_branches = 0
         self.stale = False
-        """Echo off and one of this session's own messages could not be folded exactly (see
-        transport/local.py): the tree may lack it; the session pool replaces the session (a fresh
-        attach and history read) when it is next idle."""
+        """The tree may not be the history fold: the channel lost continuity, or (echo off) one of
+        this session's own messages could not be folded exactly (see transport/local.py). The
+        session pool replaces the session (a fresh attach and history read) when it is next idle."""
 
     def __repr__(self) -> str:
         return f"AgentSession(name={self.name!r}, runs={len(self.runs)})"
@@ -166,9 +166,14 @@ class AgentSession:
         )
         if not lost or not self._connected:
             return
-        # Messages may have been missed: start a fresh fold; the next run re-reads history. Runs in
-        # flight keep their prompt; a cancel published during the gap is lost (as in the JS SDK).
+        # Messages may have been missed: start a fresh fold, so a run located before the session is
+        # idle again re-reads history from the new attach point. That fold is not exact for a
+        # message straddling the attach point (a run in flight: created before it, appended and
+        # ended after; echo off, one sent before and acknowledged after), so the session is also
+        # stale: the pool replaces it (a fresh attach and history read) once its runs are over.
+        # Runs in flight keep their prompt and their cancel routing (by run-id / input id).
         log.warning("session_continuity_lost", session=self.name, state=change.current, reason=change.reason)
+        self.stale = True
         self._appends.drain()
         self._tree = ConversationTree(codec=self.codec)
         self._history = None
