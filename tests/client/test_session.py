@@ -324,7 +324,6 @@ class TestTransport:
             await run.end("complete")
             await wait_until(bob, lambda: transcript(bob).endswith("alpha beta"), "bob: the answer")
             for who in (alice, bob):
-                transport = who.transport
-                built = (transport.clients_built, transport.spare_clients_wanted, len(transport.pool.connections))
-                assert built == (1, 0, 1)
-                assert transport.pool.policy.max_connections == 1
+                t = who.transport
+                assert (t.clients_built, t.spare_clients_wanted, len(t.pool.connections)) == (1, 0, 1)
+                assert t.pool.policy.max_connections == 1

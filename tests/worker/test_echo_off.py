@@ -16,6 +16,7 @@ import pytest
 from ably.types.message import Message
 from structlog.testing import capture_logs
 
+from agent_worker.protocol.headers import AI_RUN_START, AI_STEP_START
 from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.wire import OutboundMessage
 from agent_worker.providers.base import ModelRequest, StreamEvent
@@ -227,10 +228,10 @@ async def test_after_a_continuity_loss_the_tree_is_the_history_fold(
                 await client.wait_for(lambda: len(client.run_text(run_id)) > 40)
                 assert ably_server.drop_connections("agent-worker", resume=False) == 1
             elif when == "step-start":
-                await client.wait_for(lambda: client.for_input("ai-run-start", sent.codec_message_id))
+                await client.wait_for(lambda: client.for_input(AI_RUN_START, sent.codec_message_id))
                 assert ably_server.withhold_acks("agent-worker") == 1
                 go.set()
-                await client.wait_for(lambda: [m for m in client.run_wires(run_id) if m.name == "ai-step-start"])
+                await client.wait_for(lambda: any(m.name == AI_STEP_START for m in client.run_wires(run_id)))
                 assert ably_server.drop_connections("agent-worker", resume=False) == 1
             else:
                 go.set()
@@ -254,6 +255,33 @@ async def test_after_a_continuity_loss_the_tree_is_the_history_fold(
     finally:
         await harness.close()
         await reader.close()
+
+
+@pytest.mark.parametrize("echo", [False, True], ids=["echo-off", "echo-on"])
+async def test_a_cancel_published_while_the_channel_lost_continuity_is_honoured(
+    ably_server: EmbeddedServer, make_client: MakeClient, session_name: str, echo: bool
+) -> None:
+    """The client cancels while the worker's connection is down and cannot be resumed: the cancel
+    never arrives live (it lies before the new attach point), so the session reads the gap back
+    from history and honours it; the session is rebuilt afterwards as for any continuity loss."""
+    provider = ScriptedProvider(gated_script("alpha ", asyncio.Event(), "never"))  # held until cancelled
+    harness = await start_harness(ably_server, provider, coalesce_window_ms=0.0, echo_messages=echo)
+    try:
+        client = await make_client()
+        sent = await client.send_text("go")
+        _, body = await harness.invoke(session_name, sent.event_id)
+        await client.wait_for(lambda: client.run_text(body["runId"]) == "alpha ")
+        ably_server.hold_connections("agent-worker")  # its reconnect waits: the channel is down
+        with capture_logs() as logs:
+            assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            await client.cancel(input_cmid=sent.codec_message_id)  # stored, delivered to no worker
+            ably_server.hold_connections("agent-worker", held=False)
+            end = await client.run_end_for(sent.codec_message_id, wait_s=30)
+        assert end.transport_headers["run-reason"] == "cancelled"
+        assert [e["count"] for e in logs if e["event"] == "continuity_gap_cancels"] == [1]
+        assert harness.worker.sessions[session_name].stale
+    finally:
+        await harness.close()
 
 
 async def test_a_message_it_cannot_fold_exactly_makes_the_session_rebuild_when_idle(
