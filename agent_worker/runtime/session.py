@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, Literal
 
 from agent_worker import telemetry
-from agent_worker.errors import AgentWorkerError, InputEventNotFound, ProtocolError
+from agent_worker.errors import InputEventNotFound, ProtocolError
 from agent_worker.gcpause import gc_paused
 from agent_worker.logs import get_logger
 from agent_worker.protocol.branch import missing_ancestor
@@ -453,8 +453,8 @@ class AgentSession:
                     if pages >= GAP_PAGES:
                         log.warning("continuity_gap_truncated", session=self.name, pages=pages)
                         break
-        except AgentWorkerError as exc:
-            log.warning("continuity_gap_unread", session=self.name, error=exc.message)
+        except Exception as exc:  # a background read: logged, and the runs go on as before
+            log.warning("continuity_gap_unread", session=self.name, error=repr(exc))
             return
         if found:
             log.info("continuity_gap_cancels", session=self.name, count=len(found))
