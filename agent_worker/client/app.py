@@ -93,7 +93,16 @@ def _settings(options: ChatOptions) -> tuple[AblySettings, str | None]:
         raise AgentWorkerError(msg, code=40101, status_code=401)
     # No client_id option: ably-python would reject the bare JWT string the callback returns ("Client
     # ID cannot be changed", it cannot read the claim); the identity comes from the token instead.
-    settings = AblySettings(endpoint=options.endpoint, token_source=source, tls=options.tls)
+    # One connection, never more: the pool's growth and its spare SDK clients built ahead (~0.8 MB
+    # and ~20 ms of CPU each, 31 by default) are for a worker's load, not one terminal's session.
+    settings = AblySettings(
+        endpoint=options.endpoint,
+        token_source=source,
+        tls=options.tls,
+        connections=1,
+        max_connections=1,
+        spare_clients=0,
+    )
     return settings, client_id
 
 

@@ -3,9 +3,9 @@
 The session subscribes to the whole channel and folds every message — live, and from REST history
 pages read backwards from the attach serial — into one :class:`ConversationTree` shared by all of
 its runs (agent-session.ts). With echo off (the worker's default) its own messages are not
-delivered: the channel hands them over from their ACKs (transport/local.py), and a session whose
-own messages could not all be folded exactly is marked :attr:`AgentSession.stale` (the pool
-replaces it when idle). On top of the fold it:
+delivered: the channel hands them over from their ACKs (transport/local.py). A session whose
+channel lost continuity, or whose own messages could not all be folded exactly, is marked
+:attr:`AgentSession.stale` (the pool replaces it when idle). On top of the fold it:
 
 * resolves runs waiting for their trigger ``event-id`` (live arrival or a history page);
 * pages history until a run's branch is complete (every ``parent`` on the walk is in the tree);
@@ -18,6 +18,7 @@ replaces it when idle). On top of the fold it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections import OrderedDict
@@ -54,6 +55,8 @@ __all__ = ["AgentSession", "CancelDecision", "CancelPolicy", "RunAlreadyActive"]
 log = get_logger("agent_worker.runtime.session")
 
 DEFERRED_CANCEL_LIMIT = 200
+#: History pages (of 100) read back for the cancels missed while the channel lost continuity.
+GAP_PAGES = 10
 #: History messages folded between two yields to the event loop.
 FOLD_SLICE = 200
 #: Early cancels kept per input (one per canceller: a bystander's cancel cannot replace the owner's)
@@ -130,10 +133,13 @@ class AgentSession:
         self.last_active = time.monotonic()
         self.watch = False
         self.truncated_branches = 0
+        self._seen: str | None = None
+        """The newest serial this session has seen live (a continuity gap starts after it)."""
+        self._gap_from: str | None = None
         self.stale = False
-        """Echo off and one of this session's own messages could not be folded exactly (see
-        transport/local.py): the tree may lack it; the session pool replaces the session (a fresh
-        attach and history read) when it is next idle."""
+        """The tree may not be the history fold: the channel lost continuity, or (echo off) one of
+        this session's own messages could not be folded exactly (see transport/local.py). The
+        session pool replaces the session (a fresh attach and history read) when it is next idle."""
 
     def __repr__(self) -> str:
         return f"AgentSession(name={self.name!r}, runs={len(self.runs)})"
@@ -157,6 +163,8 @@ class AgentSession:
             # Echo off: the channel hands over what it sent, as its echo would have been.
             on_local(self._on_message, self._doubt)
         await self.channel.subscribe(self._on_message)
+        if self._seen is None:
+            self._seen = self.channel.attach_serial
         self._connected = True
         log.info("session_attached", session=self.name, attach_serial=self.channel.attach_serial)
 
@@ -165,10 +173,25 @@ class AgentSession:
             change.current == "attached" and not change.resumed
         )
         if not lost or not self._connected:
+            if change.current == "attached":
+                self._gap_from = None  # resumed: nothing was missed since
             return
-        # Messages may have been missed: start a fresh fold; the next run re-reads history. Runs in
-        # flight keep their prompt; a cancel published during the gap is lost (as in the JS SDK).
+        if self._gap_from is None:
+            self._gap_from = self._seen
+        if change.current == "attached":
+            gap_from, self._gap_from = self._gap_from, None
+            attach_serial = self.channel.attach_serial
+            if self.runs and gap_from is not None and attach_serial is not None:
+                self._spawn(self._cancels_in_gap(gap_from, attach_serial))
+        # Messages may have been missed: start a fresh fold, so a run located before the session is
+        # idle again re-reads history from the new attach point. That fold is not exact for a
+        # message straddling the attach point (a run in flight: created before it, appended and
+        # ended after; echo off, one sent before and acknowledged after), so the session is also
+        # stale: the pool replaces it (a fresh attach and history read) once its runs are over.
+        # Runs in flight keep their prompt and their cancel routing (by run-id / input id); the
+        # cancels published while the channel was down are read back from history (re-attached).
         log.warning("session_continuity_lost", session=self.name, state=change.current, reason=change.reason)
+        self.stale = True
         self._appends.drain()
         self._tree = ConversationTree(codec=self.codec)
         self._history = None
@@ -183,6 +206,9 @@ class AgentSession:
     # --- inbound -----------------------------------------------------------------------------------
 
     def _on_message(self, msg: InboundMessage) -> None:
+        serial = msg.version_serial or msg.serial
+        if serial is not None and (self._seen is None or serial > self._seen):
+            self._seen = serial
         self.fold(msg)
         if msg.name == AI_CANCEL:
             self._route_cancel(msg)
@@ -409,6 +435,31 @@ class AgentSession:
                 self._decide("unmatched")
             return
         self._spawn(self._authorise_and_cancel(run, msg))
+
+    async def _cancels_in_gap(self, after: str, attach_serial: str) -> None:
+        """After a continuity loss with runs in flight: the ``ai-cancel``\\ s published while the
+        channel was not attached (after ``after``, the newest serial seen live, up to the new
+        attach point) are in history only; route them as if they had arrived live."""
+        found: list[InboundMessage] = []
+        pages = 0
+        try:
+            reader = self.channel.history_pages(page_size=100, from_serial=attach_serial)
+            async with contextlib.aclosing(reader) as history:
+                async for page in history:
+                    pages += 1
+                    found += [m for m in page if m.name == AI_CANCEL and (m.serial or "") > after]
+                    if not page or (page[-1].serial or "") <= after:
+                        break
+                    if pages >= GAP_PAGES:
+                        log.warning("continuity_gap_truncated", session=self.name, pages=pages)
+                        break
+        except Exception as exc:  # a background read: logged, and the runs go on as before
+            log.warning("continuity_gap_unread", session=self.name, error=repr(exc))
+            return
+        if found:
+            log.info("continuity_gap_cancels", session=self.name, count=len(found))
+        for msg in reversed(found):  # oldest first, as they would have arrived
+            self._route_cancel(msg)
 
     def _defer_cancel(self, icmid: str, msg: InboundMessage) -> None:
         """Keep an early cancel until its run is located (each is authorised then)."""

@@ -914,6 +914,16 @@ class AblyTransport:
         return client
 
     @property
+    def clients_built(self) -> int:
+        """SDK clients this transport has built: one per connection it opened, and any spares."""
+        return self._clients.built
+
+    @property
+    def spare_clients_wanted(self) -> int:
+        """Spare SDK clients it keeps built ahead now (0: a client is built only to connect)."""
+        return self._clients.spares()
+
+    @property
     def limiter(self) -> RateLimiter:
         limiter: RateLimiter = self._first().limiter
         return limiter

@@ -69,8 +69,9 @@ class SessionPool:
             existing = self.sessions.get(name)
             watch = False
             if existing is not None and existing.stale and existing.idle:
-                # Its own messages could not all be folded (echo off, transport/local.py): a new
-                # session re-reads the channel from a fresh attach, now that none is in flight.
+                # Its channel lost continuity, or its own messages could not all be folded (echo
+                # off, transport/local.py): a new session re-reads the channel from a fresh attach,
+                # now that none of its runs is in flight.
                 log.info("session_rebuilt", session=name)
                 watch, starting = existing.watch, name in self._starting
                 await self._release(name)

@@ -305,3 +305,25 @@ class TestContinuityLoss:
             screen = out.getvalue()
             assert screen.count("alpha beta gamma delta") == 1
             assert screen.count("alpha") == 1  # the stream continued in place: nothing reprinted
+
+
+class TestTransport:
+    async def test_a_device_builds_one_sdk_client_and_keeps_no_spares(
+        self, ably_server: EmbeddedServer, device: DeviceFactory
+    ) -> None:
+        """A chat device needs one connection: it builds one ably-python client, wants no spare
+        clients built ahead (the worker's pool keeps up to 31 for its bursts) and opens no second
+        connection — a connection lost without resume included (the SDK reconnects its client)."""
+        async with alice_and_bob(ably_server, device) as (agent, alice, bob):
+            run = await stream_first_token(agent, alice, bob)
+            hydrations = bob.hydrations
+            assert ably_server.drop_connections("bob", resume=False) >= 1
+            await wait_until(bob, lambda: bob.hydrations > hydrations, "bob to re-read history", timeout=30)
+            await run.delta(" beta")
+            await run.finish_text()
+            await run.end("complete")
+            await wait_until(bob, lambda: transcript(bob).endswith("alpha beta"), "bob: the answer")
+            for who in (alice, bob):
+                t = who.transport
+                assert (t.clients_built, t.spare_clients_wanted, len(t.pool.connections)) == (1, 0, 1)
+                assert t.pool.policy.max_connections == 1

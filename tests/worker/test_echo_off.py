@@ -16,6 +16,7 @@ import pytest
 from ably.types.message import Message
 from structlog.testing import capture_logs
 
+from agent_worker.protocol.headers import AI_RUN_START, AI_STEP_START
 from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.wire import OutboundMessage
 from agent_worker.providers.base import ModelRequest, StreamEvent
@@ -192,16 +193,21 @@ async def test_echo_off_tree_equals_the_echo_on_fold(
 
 
 @pytest.mark.parametrize("echo", [False, True], ids=["echo-off", "echo-on"])
-async def test_continuity_loss_mid_run_leaves_no_duplicate_text(
-    ably_server: EmbeddedServer, make_client: MakeClient, session_name: str, echo: bool
+@pytest.mark.parametrize("when", ["mid-stream", "between-runs", "step-start"])
+async def test_after_a_continuity_loss_the_tree_is_the_history_fold(
+    ably_server: EmbeddedServer, make_client: MakeClient, session_name: str, echo: bool, when: str
 ) -> None:
-    """The worker's connection is dropped without resume mid-stream: its session resets, the run
-    completes through the writer's full-text repair, and the next run's tree — whether folded from
-    local ACKs after the reset, or rebuilt because one could not be folded exactly — equals the
-    history fold's text and repeats no word."""
+    """The worker's connection is dropped without resume — mid-stream, between two runs, or while
+    a step-start awaits its ACK (it reaches the server; the SDK re-sends it on the new connection):
+    the session is marked stale, the run in flight completes (mid-stream, through the writer's
+    full-text repair), and the next invocation gets a rebuilt session whose whole tree — statuses,
+    serials, step framing, text — equals the history fold, with echo on as with echo off."""
+    go = asyncio.Event()
 
     async def words(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
         text = request.messages[-1].text  # type: ignore[union-attr]
+        if text == "gated":
+            await go.wait()
         for word in text.split():
             yield word + " "
             await asyncio.sleep(0.01)
@@ -212,24 +218,70 @@ async def test_continuity_loss_mid_run_leaves_no_duplicate_text(
     await reader.connect()
     try:
         client = await make_client()
-        text = " ".join(f"z{i}" for i in range(80))
-        sent = await client.send_text(text)
-        _, body = await harness.invoke(session_name, sent.event_id)
-        await client.wait_for(lambda: len(client.run_text(body["runId"])) > 40)
-        assert ably_server.drop_connections("agent-worker", resume=False) == 1
-        end = await client.run_end_for(sent.codec_message_id, wait_s=60)
-        assert end.transport_headers["run-reason"] == "complete"
-        assert await _turn(harness, client, session_name, "next one") == "complete"
+        text = " ".join(f"z{i}" for i in range(80)) if when == "mid-stream" else "gated"
+        with capture_logs() as logs:
+            sent = await client.send_text(text)
+            _, body = await harness.invoke(session_name, sent.event_id)
+            run_id = body["runId"]
+            first = harness.worker.sessions[session_name]
+            if when == "mid-stream":
+                await client.wait_for(lambda: len(client.run_text(run_id)) > 40)
+                assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            elif when == "step-start":
+                await client.wait_for(lambda: client.for_input(AI_RUN_START, sent.codec_message_id))
+                assert ably_server.withhold_acks("agent-worker") == 1
+                go.set()
+                await client.wait_for(lambda: any(m.name == AI_STEP_START for m in client.run_wires(run_id)))
+                assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            else:
+                go.set()
+            end = await client.run_end_for(sent.codec_message_id, wait_s=60)
+            assert end.transport_headers["run-reason"] == "complete"
+            if when == "between-runs":
+                assert not first.stale
+                assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            await _until(lambda: first.stale)  # the non-resumed re-attach (mid-run: already)
+            assert await _turn(harness, client, session_name, "next one") == "complete"
+        assert [e["event"] for e in logs if e["event"] in {"session_continuity_lost", "session_rebuilt"}] == [
+            "session_continuity_lost",
+            "session_rebuilt",
+        ]
         prompt = [(m.role, m.text) for m in provider.requests[-1].messages]  # type: ignore[union-attr]
         assert prompt == [("user", text), ("assistant", text + " "), ("user", "next one")]
         session = harness.worker.sessions[session_name]
-        # Every message's text as history has it: nothing repeated, nothing lost. (Statuses and
-        # step framing of the run cut by the loss are not compared: the live fold after a reset
-        # misses that run's pre-attach lifecycle, with echo on as with echo off.)
-        assert texts(session.tree) == texts(await history_tree(reader, session_name))
+        assert session is not first and not session.stale
+        expected = dump(await history_tree(reader, session_name))  # nothing repeated, nothing lost
+        await _until(lambda: dump(session.tree) == expected)  # its run-end's ACK may trail the client
     finally:
         await harness.close()
         await reader.close()
+
+
+@pytest.mark.parametrize("echo", [False, True], ids=["echo-off", "echo-on"])
+async def test_a_cancel_published_while_the_channel_lost_continuity_is_honoured(
+    ably_server: EmbeddedServer, make_client: MakeClient, session_name: str, echo: bool
+) -> None:
+    """The client cancels while the worker's connection is down and cannot be resumed: the cancel
+    never arrives live (it lies before the new attach point), so the session reads the gap back
+    from history and honours it; the session is rebuilt afterwards as for any continuity loss."""
+    provider = ScriptedProvider(gated_script("alpha ", asyncio.Event(), "never"))  # held until cancelled
+    harness = await start_harness(ably_server, provider, coalesce_window_ms=0.0, echo_messages=echo)
+    try:
+        client = await make_client()
+        sent = await client.send_text("go")
+        _, body = await harness.invoke(session_name, sent.event_id)
+        await client.wait_for(lambda: client.run_text(body["runId"]) == "alpha ")
+        ably_server.hold_connections("agent-worker")  # its reconnect waits: the channel is down
+        with capture_logs() as logs:
+            assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            await client.cancel(input_cmid=sent.codec_message_id)  # stored, delivered to no worker
+            ably_server.hold_connections("agent-worker", held=False)
+            end = await client.run_end_for(sent.codec_message_id, wait_s=30)
+        assert end.transport_headers["run-reason"] == "cancelled"
+        assert [e["count"] for e in logs if e["event"] == "continuity_gap_cancels"] == [1]
+        assert harness.worker.sessions[session_name].stale
+    finally:
+        await harness.close()
 
 
 async def test_a_message_it_cannot_fold_exactly_makes_the_session_rebuild_when_idle(
