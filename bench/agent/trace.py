@@ -355,8 +355,9 @@ def history(path: str, marker: str = ":hist:") -> str:
             for ev in mine
             if ev["e"] == "page_folded" and ev.get("s") == name and ev["us"] <= t1
         ]
+        cpu_ms = (located.get("cpu", 0) - c0) / 1000
         lines.append(
-            f"  {name}: located +{(t1 - t0) / 1000:.1f} ms wall, {(located.get('cpu', 0) - c0) / 1000:.1f} ms CPU; "
+            f"  {name}: located +{(t1 - t0) / 1000:.1f} ms wall, {cpu_ms:.1f} ms CPU; "
             f"GC {len(gcs)}x {sum(ev['us_cpu'] for ev in gcs) / 1000:.1f} ms CPU "
             f"(gen {[ev['gen'] for ev in gcs]}); pages folded at wall/CPU ms: {', '.join(pages)}"
         )
