@@ -41,13 +41,21 @@ class gc_paused:
             gc.enable()
 
 
-GC_THRESHOLDS = (10_000, 20, 10)
+GC_THRESHOLDS = (10_000, 5, 40)
 """CPython's defaults are (700, 10, 10). Streaming allocates per token (ably-python's Message, future,
 timer task and frame; ours), so the default young generation is collected many times a second, each
 time meeting the objects of every append still in flight and promoting them, which makes the older
 generations due too: 12% of the worker's CPU went to the collector in the 100-stream benchmark. A
 young generation of 10,000 is collected ~10x less often and promotes far less (4%); at most a few MB
-of cyclic garbage wait for it."""
+of cyclic garbage wait for it.
+
+The middle generation is collected after every 5th young collection (CPython: 10th; this worker had
+20): such a collection walks everything that survived the young collections since the previous one,
+so its pause grows with that count while the total work stays the same (each survivor is walked there
+once, then promoted). A history rebuild leaves ~35,000 objects alive and runs 4-5 young collections:
+after 20 of them the middle collection walked the last few rebuilds' trees at once, 150 ms of CPU
+inside one rebuild (the full benchmark's second history session, load 5); after 5 it walks about one
+rebuild's worth. The oldest generation is still considered every 200 young collections (5 x 40)."""
 
 
 def tune_gc(thresholds: tuple[int, int, int] | None = GC_THRESHOLDS) -> None:

@@ -33,6 +33,10 @@ def _now() -> int:
     return time.monotonic_ns() // 1000
 
 
+def _cpu() -> int:
+    return int(time.process_time() * 1e6)
+
+
 def install(worker: Worker, path: str) -> TextIO:
     """Wrap ``worker``'s start-up path (before :meth:`Worker.start`) to write events to ``path``."""
     out = open(path, "w", buffering=1 << 16)  # noqa: SIM115 - closed by the caller
@@ -73,7 +77,7 @@ def install(worker: Worker, path: str) -> TextIO:
 
     @functools.wraps(invoke)
     async def traced_invoke(session_name: object, input_event_id: object, **kw: Any) -> Any:
-        emit("post", s=session_name)
+        emit("post", s=session_name, cpu=_cpu())
         maybe_profile(session_name)
         try:
             return await invoke(session_name, input_event_id, **kw)
@@ -85,7 +89,7 @@ def install(worker: Worker, path: str) -> TextIO:
     located = worker.run_located
 
     async def traced_located(run: Any, trigger: Any) -> None:
-        emit("located", s=run.session.name)
+        emit("located", s=run.session.name, cpu=_cpu())
         await located(run, trigger)
         emit("slotted", s=run.session.name)
 
@@ -103,6 +107,14 @@ def install(worker: Worker, path: str) -> TextIO:
             emit("attached", s=session.name)
 
         session.connect = traced_connect  # type: ignore[method-assign]
+        load_page = session._load_page
+
+        async def traced_load_page() -> bool:  # a history page: read (decoded) and folded
+            loaded = await load_page()
+            emit("page_folded", s=session.name, cpu=_cpu(), nodes=len(session._tree._nodes))
+            return loaded
+
+        session._load_page = traced_load_page  # type: ignore[method-assign]
         return session
 
     worker._new_session = traced_new_session  # type: ignore[method-assign]
@@ -325,5 +337,35 @@ def summarise(path: str, prefix: str = "bench:") -> str:
     return "\n".join(lines)
 
 
+def history(path: str, marker: str = ":hist:") -> str:
+    """Per history-phase session: POST → located in wall and worker CPU ms, the collector's CPU in
+    between, and each page's fold (``+wall/cpu`` ms after the POST, tree nodes so far)."""
+    events = [json.loads(line) for line in open(path)]  # noqa: SIM115
+    lines = []
+    for post in (ev for ev in events if ev["e"] == "post" and marker in str(ev.get("s"))):
+        name, t0, c0 = post["s"], post["us"], post.get("cpu", 0)
+        mine = [ev for ev in events if ev["us"] >= t0]
+        located = next((ev for ev in mine if ev["e"] == "located" and ev.get("s") == name), None)
+        if located is None:
+            continue
+        t1 = located["us"]
+        gcs = [ev for ev in mine if ev["e"] == "gc" and ev["us"] <= t1]
+        pages = [
+            f"+{(ev['us'] - t0) / 1000:.0f}/{(ev['cpu'] - c0) / 1000:.0f} ({ev['nodes']})"
+            for ev in mine
+            if ev["e"] == "page_folded" and ev.get("s") == name and ev["us"] <= t1
+        ]
+        cpu_ms = (located.get("cpu", 0) - c0) / 1000
+        lines.append(
+            f"  {name}: located +{(t1 - t0) / 1000:.1f} ms wall, {cpu_ms:.1f} ms CPU; "
+            f"GC {len(gcs)}x {sum(ev['us_cpu'] for ev in gcs) / 1000:.1f} ms CPU "
+            f"(gen {[ev['gen'] for ev in gcs]}); pages folded at wall/CPU ms: {', '.join(pages)}"
+        )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(summarise(sys.argv[1], *(sys.argv[2:3])))
+    if sys.argv[2:3] == ["--history"]:
+        print(history(sys.argv[1]))
+    else:
+        print(summarise(sys.argv[1], *(sys.argv[2:3])))
