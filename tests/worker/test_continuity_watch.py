@@ -1,0 +1,70 @@
+"""A channel that loses continuity (re-attached without RESUMED) misses what was published while it
+was down: on a watched channel the user inputs of that gap are read back from history and run once;
+and a stale session rebuilt afterwards keeps the agent in presence (no leave, no re-enter)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from ably.types.presence import PresenceAction
+from structlog.testing import capture_logs
+
+from agent_worker.protocol.headers import AI_RUN_START
+from agent_worker.providers.echo import EchoProvider
+from agent_worker.server import EmbeddedServer
+from agent_worker.server.testing import python_realtime
+from tests.runtime.runtime_support import ChatClient, start_harness
+
+MakeClient = Callable[[], Any]
+
+
+async def _until(predicate: Callable[[], bool], wait_s: float = 15.0) -> None:
+    async with asyncio.timeout(wait_s):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("echo", [False, True], ids=["echo-off", "echo-on"])
+async def test_a_watched_channel_runs_the_inputs_published_while_it_lost_continuity(
+    ably_server: EmbeddedServer, make_client: MakeClient, session_name: str, echo: bool
+) -> None:
+    """A watched, idle channel's connection is held down and cannot be resumed; the user sends a
+    turn meanwhile (stored, delivered to no worker). After the reconnect the session reads the gap
+    back from history and that turn gets its run, once; the turn answered before the loss is not
+    run again — not even when the whole history is replayed through the gap path."""
+    harness = await start_harness(
+        ably_server, EchoProvider(), watch_channels=(session_name,), echo_messages=echo
+    )
+    try:
+        client: ChatClient = await make_client()
+        before = await client.send_text("answered before")
+        assert (await client.run_end_for(before.codec_message_id)).transport_headers["run-reason"] == "complete"
+        await harness.worker.run_until_idle()
+        session = harness.worker.sessions[session_name]
+        ably_server.hold_connections("agent-worker")  # its reconnect waits: the channel is down
+        with capture_logs() as logs:
+            assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            missed = await client.send_text("sent while down", parent=client.last_visible())
+            ably_server.hold_connections("agent-worker", held=False)
+            end = await client.run_end_for(missed.codec_message_id, wait_s=30)
+            await harness.worker.run_until_idle()
+        assert end.transport_headers["run-reason"] == "complete"
+        assert client.run_text(end.transport_headers["run-id"]) == "sent while down"
+        assert [e["count"] for e in logs if e["event"] == "continuity_gap_inputs"] == [1]
+        assert session.stale
+        # Replaying the whole channel (both inputs) through the gap path admits nothing again.
+        attach_serial = session.channel.attach_serial
+        assert attach_serial is not None
+        with capture_logs() as logs:
+            await session._read_gap("", attach_serial)
+            await harness.worker.run_until_idle()
+        assert [e["count"] for e in logs if e["event"] == "continuity_gap_inputs"] == [2]
+        assert harness.worker.runs_completed == 2
+        assert len(client.for_input(AI_RUN_START, before.codec_message_id)) == 1
+        assert len(client.for_input(AI_RUN_START, missed.codec_message_id)) == 1
+        assert len(client.named(AI_RUN_START)) == 2
+    finally:
+        await harness.close()
