@@ -136,6 +136,11 @@ class AgentSession:
         self._seen: str | None = None
         """The newest serial this session has seen live (a continuity gap starts after it)."""
         self._gap_from: str | None = None
+        self._gap_reads = 0
+        self.history_until_attach = True
+        """History is read back from the attach point (RTL15b). A session handed an attached
+        channel (a stale session's replacement, worker/pool.py) reads it from the newest message
+        instead: its subscription started after the attach, and the fold tolerates duplicates."""
         self.stale = False
         """The tree may not be the history fold: the channel lost continuity, or (echo off) one of
         this session's own messages could not be folded exactly (see transport/local.py). The
@@ -182,6 +187,7 @@ class AgentSession:
             gap_from, self._gap_from = self._gap_from, None
             attach_serial = self.channel.attach_serial
             if (self.runs or self._watching) and gap_from is not None and attach_serial is not None:
+                self._gap_reads += 1  # not idle (not replaced) until read: see `idle`
                 self._spawn(self._read_gap(gap_from, attach_serial))
         # Messages may have been missed: start a fresh fold, so a run located before the session is
         # idle again re-reads history from the new attach point. That fold is not exact for a
@@ -362,8 +368,9 @@ class AgentSession:
             if self._history_exhausted:
                 return False
             if self._history is None:
+                until = self.channel.attach_serial if self.history_until_attach else None
                 self._history = self.channel.history_pages(
-                    page_size=self.history_page_size, from_serial=self.channel.attach_serial
+                    page_size=self.history_page_size, from_serial=until
                 )
             try:
                 page = await anext(self._history)
@@ -468,6 +475,8 @@ class AgentSession:
         except Exception as exc:  # a background read: logged, and the runs go on as before
             log.warning("continuity_gap_unread", session=self.name, error=repr(exc))
             return
+        finally:
+            self._gap_reads -= 1
         cancels = sum(1 for m in found if m.name == AI_CANCEL)
         if cancels:
             log.info("continuity_gap_cancels", session=self.name, count=cancels)
@@ -547,16 +556,20 @@ class AgentSession:
 
     @property
     def idle(self) -> bool:
-        return not self.runs and not self._waiting
+        return not self.runs and not self._waiting and not self._gap_reads
 
-    async def close(self) -> None:
-        """Detach (runs must have ended; the worker cancels them first)."""
+    async def close(self, *, detach: bool = True) -> None:
+        """Detach (runs must have ended; the worker cancels them first). ``detach=False``: only stop
+        listening, the channel staying attached for the session that replaces this one."""
         for task in list(self._tasks):
             task.cancel()
         self._connected = False
         self._waiting.clear()
         self._deferred.clear()
-        await self.channel.detach()
+        if detach:
+            await self.channel.detach()
+        else:
+            self.channel.unsubscribe()
 
 
 def _fresh_input(msg: InboundMessage) -> bool:

@@ -13,10 +13,11 @@ from ably.types.presence import PresenceAction
 from structlog.testing import capture_logs
 
 from agent_worker.protocol.headers import AI_RUN_START
-from agent_worker.providers.echo import EchoProvider
+from agent_worker.protocol.wire import OutboundMessage
+from agent_worker.providers.echo import EchoProvider, ScriptedProvider
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.testing import python_realtime
-from tests.runtime.runtime_support import ChatClient, start_harness
+from tests.runtime.runtime_support import ChatClient, gated_script, start_harness
 
 MakeClient = Callable[[], Any]
 
@@ -41,7 +42,8 @@ async def test_a_watched_channel_runs_the_inputs_published_while_it_lost_continu
     try:
         client: ChatClient = await make_client()
         before = await client.send_text("answered before")
-        assert (await client.run_end_for(before.codec_message_id)).transport_headers["run-reason"] == "complete"
+        answered = await client.run_end_for(before.codec_message_id)
+        assert answered.transport_headers["run-reason"] == "complete"
         await harness.worker.run_until_idle()
         session = harness.worker.sessions[session_name]
         ably_server.hold_connections("agent-worker")  # its reconnect waits: the channel is down
@@ -68,3 +70,70 @@ async def test_a_watched_channel_runs_the_inputs_published_while_it_lost_continu
         assert len(client.named(AI_RUN_START)) == 2
     finally:
         await harness.close()
+
+
+@pytest.mark.parametrize("cause", ["doubt", "continuity"])
+async def test_a_stale_rebuild_keeps_the_agent_in_presence(
+    ably_server: EmbeddedServer, make_client: MakeClient, session_name: str, cause: str
+) -> None:
+    """The session goes stale (an append to a message another process created, which echo off
+    cannot fold exactly; or a connection lost without resume), and the next turn rebuilds it: an
+    observer sees the agent's presence updated for the new run, and no leave (nor a second enter)
+    from the agent's first enter to the end of that run."""
+    gate = asyncio.Event()
+    provider = ScriptedProvider(gated_script("held ", gate, "done", only_for="two"))
+    harness = await start_harness(ably_server, provider)
+    observer = python_realtime(ably_server, client_id="observer")
+    seen: list[tuple[Any, dict[str, Any] | None]] = []
+    changed = asyncio.Event()
+
+    def on_presence(msg: Any) -> None:
+        if msg.client_id == "agent-worker":
+            seen.append((msg.action, msg.data))
+            changed.set()
+
+    async def until_seen(predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(15):
+            while not predicate():
+                changed.clear()
+                await changed.wait()
+
+    try:
+        await observer.channels.get(session_name).presence.subscribe(on_presence)
+        client: ChatClient = await make_client()
+        one = await client.send_text("one")
+        await harness.invoke(session_name, one.event_id)
+        await client.run_end_for(one.codec_message_id)
+        await until_seen(lambda: any(action == PresenceAction.ENTER for action, _ in seen))
+        first = harness.worker.sessions[session_name]
+        if cause == "doubt":
+            serial = await harness.worker.transport.channel(session_name).publish(  # type: ignore[union-attr]
+                OutboundMessage("note", "x", {})
+            )
+            assert serial is not None
+            await first.channel.append(serial, OutboundMessage(None, "y", {}))
+        else:
+            assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            await _until(lambda: first.stale and first.channel.state == "attached")
+            # The lost connection's member is removed by the server (the connection is gone) and
+            # re-entered on the new one: that is the loss, not the rebuild; watch from here on.
+            await until_seen(lambda: seen[-1][0] in (PresenceAction.ENTER, PresenceAction.UPDATE))
+        assert first.stale
+        mark = len(seen)
+        with capture_logs() as logs:
+            two = await client.send_text("two", parent=client.last_visible())
+            _, body = await harness.invoke(session_name, two.event_id)
+            await until_seen(lambda: any(d and d.get("runId") == body["runId"] for _, d in seen[mark:]))
+            gate.set()
+            end = await client.run_end_for(two.codec_message_id)
+        assert end.transport_headers["run-reason"] == "complete"
+        assert harness.worker.sessions[session_name] is not first
+        actions = [action for action, _ in seen]
+        assert PresenceAction.LEAVE not in actions[mark:]
+        assert actions[mark:].count(PresenceAction.ENTER) == 0
+        assert [e["attach"] for e in logs if e["event"] == "session_rebuilt"] == ["kept"]
+        prompt = [(m.role, getattr(m, "text", None)) for m in provider.requests[-1].messages]
+        assert prompt == [("user", "one"), ("assistant", "ok"), ("user", "two")]
+    finally:
+        await harness.close()
+        await observer.close()
