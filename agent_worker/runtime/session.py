@@ -144,7 +144,8 @@ class AgentSession:
         self.stale = False
         """The tree may not be the history fold: the channel lost continuity, or (echo off) one of
         this session's own messages could not be folded exactly (see transport/local.py). The
-        session pool replaces the session (a fresh attach and history read) when it is next idle."""
+        session pool replaces the session (a history read; on the same attachment while it is
+        attached, so presence carries over) when it is next idle."""
 
     def __repr__(self) -> str:
         return f"AgentSession(name={self.name!r}, runs={len(self.runs)})"
@@ -193,7 +194,7 @@ class AgentSession:
         # idle again re-reads history from the new attach point. That fold is not exact for a
         # message straddling the attach point (a run in flight: created before it, appended and
         # ended after; echo off, one sent before and acknowledged after), so the session is also
-        # stale: the pool replaces it (a fresh attach and history read) once its runs are over.
+        # stale: the pool replaces it (a new session reading history) once its runs are over.
         # Runs in flight keep their prompt and their cancel routing (by run-id / input id); the
         # cancels published while the channel was down are read back from history (re-attached),
         # and so, on a watched channel, are the user inputs (else their turns would get no run).

@@ -103,6 +103,8 @@ class SessionPool:
         name = stale.name
         del self.sessions[name]
         await stale.close(detach=False)
+        # An append gap left open (the stale session's doubt) is in the new fold as history has it.
+        stale.channel.local_gaps.clear()
         session = self._make_session(stale.channel)
         session.watch = stale.watch
         session.history_until_attach = False
