@@ -72,6 +72,26 @@ async def test_a_watched_channel_runs_the_inputs_published_while_it_lost_continu
         await harness.close()
 
 
+async def test_a_watched_channel_that_never_carried_a_message_reads_its_gap_too(
+    ably_server: EmbeddedServer, make_client: MakeClient, session_name: str
+) -> None:
+    """The channel's first message ever is sent while the worker's connection is down: the gap
+    starts at the attach point of the watch (nothing was seen live) and the turn gets its run."""
+    harness = await start_harness(ably_server, EchoProvider(), watch_channels=(session_name,))
+    try:
+        client: ChatClient = await make_client()
+        ably_server.hold_connections("agent-worker")
+        assert ably_server.drop_connections("agent-worker", resume=False) == 1
+        missed = await client.send_text("first ever")
+        ably_server.hold_connections("agent-worker", held=False)
+        end = await client.run_end_for(missed.codec_message_id, wait_s=30)
+        await harness.worker.run_until_idle()
+        assert client.run_text(end.transport_headers["run-id"]) == "first ever"
+        assert harness.worker.runs_completed == 1
+    finally:
+        await harness.close()
+
+
 @pytest.mark.parametrize("cause", ["doubt", "continuity"])
 async def test_a_stale_rebuild_keeps_the_agent_in_presence(
     ably_server: EmbeddedServer, make_client: MakeClient, session_name: str, cause: str
