@@ -108,7 +108,12 @@ class SessionPool:
         session = self._make_session(stale.channel)
         session.watch = stale.watch
         session.history_until_attach = False
-        await session.connect()
+        try:
+            await session.connect()
+        except BaseException:
+            await self._release(name)  # its presence too: the next use starts from scratch
+            await self.transport.release(name)
+            raise
         self.sessions[name] = session
         return session
 
