@@ -136,10 +136,16 @@ class AgentSession:
         self._seen: str | None = None
         """The newest serial this session has seen live (a continuity gap starts after it)."""
         self._gap_from: str | None = None
+        self._gap_reads = 0
+        self.history_until_attach = True
+        """History is read back from the attach point (RTL15b). A session handed an attached
+        channel (a stale session's replacement, worker/pool.py) reads it from the newest message
+        instead: its subscription started after the attach, and the fold tolerates duplicates."""
         self.stale = False
         """The tree may not be the history fold: the channel lost continuity, or (echo off) one of
         this session's own messages could not be folded exactly (see transport/local.py). The
-        session pool replaces the session (a fresh attach and history read) when it is next idle."""
+        session pool replaces the session (a history read; on the same attachment while it is
+        attached, so presence carries over) when it is next idle."""
 
     def __repr__(self) -> str:
         return f"AgentSession(name={self.name!r}, runs={len(self.runs)})"
@@ -181,15 +187,17 @@ class AgentSession:
         if change.current == "attached":
             gap_from, self._gap_from = self._gap_from, None
             attach_serial = self.channel.attach_serial
-            if self.runs and gap_from is not None and attach_serial is not None:
-                self._spawn(self._cancels_in_gap(gap_from, attach_serial))
+            if (self.runs or self._watching) and gap_from is not None and attach_serial is not None:
+                self._gap_reads += 1  # not idle (not replaced) until read: see `idle`
+                self._spawn(self._read_gap(gap_from, attach_serial))
         # Messages may have been missed: start a fresh fold, so a run located before the session is
         # idle again re-reads history from the new attach point. That fold is not exact for a
         # message straddling the attach point (a run in flight: created before it, appended and
         # ended after; echo off, one sent before and acknowledged after), so the session is also
-        # stale: the pool replaces it (a fresh attach and history read) once its runs are over.
+        # stale: the pool replaces it (a new session reading history) once its runs are over.
         # Runs in flight keep their prompt and their cancel routing (by run-id / input id); the
-        # cancels published while the channel was down are read back from history (re-attached).
+        # cancels published while the channel was down are read back from history (re-attached),
+        # and so, on a watched channel, are the user inputs (else their turns would get no run).
         log.warning("session_continuity_lost", session=self.name, state=change.current, reason=change.reason)
         self.stale = True
         self._appends.drain()
@@ -212,10 +220,12 @@ class AgentSession:
         self.fold(msg)
         if msg.name == AI_CANCEL:
             self._route_cancel(msg)
-        elif msg.name == AI_INPUT and self.on_fresh_input is not None and self.watch:
-            h = msg.transport_headers
-            if not h.get(H_RUN_ID) and h.get(H_EVENT_ID) and msg.action == "message.create":
-                self.on_fresh_input(self, msg)
+        elif msg.name == AI_INPUT and self.on_fresh_input is not None and self.watch and _fresh_input(msg):
+            self.on_fresh_input(self, msg)
+
+    @property
+    def _watching(self) -> bool:
+        return self.watch and self.on_fresh_input is not None
 
     def fold(self, msg: InboundMessage) -> None:
         """Fold one message (live or history) and wake whatever waits on it; a string append is
@@ -359,8 +369,9 @@ class AgentSession:
             if self._history_exhausted:
                 return False
             if self._history is None:
+                until = self.channel.attach_serial if self.history_until_attach else None
                 self._history = self.channel.history_pages(
-                    page_size=self.history_page_size, from_serial=self.channel.attach_serial
+                    page_size=self.history_page_size, from_serial=until
                 )
             try:
                 page = await anext(self._history)
@@ -436,18 +447,27 @@ class AgentSession:
             return
         self._spawn(self._authorise_and_cancel(run, msg))
 
-    async def _cancels_in_gap(self, after: str, attach_serial: str) -> None:
-        """After a continuity loss with runs in flight: the ``ai-cancel``\\ s published while the
-        channel was not attached (after ``after``, the newest serial seen live, up to the new
-        attach point) are in history only; route them as if they had arrived live."""
+    async def _read_gap(self, after: str, attach_serial: str) -> None:
+        """After a continuity loss with runs in flight, or on a watched channel: the ``ai-cancel``\\ s
+        (and, watched, the fresh ``ai-input``\\ s) published while the channel was not attached
+        (after ``after``, the newest serial seen live, up to the new attach point) are in history
+        only (RTL15b); handle them as if they had arrived live. An input is admitted as a live one
+        is (the worker's dedup by event-id, so a turn already answered is not run again)."""
         found: list[InboundMessage] = []
         pages = 0
+        watching = self._watching
+
+        def wanted(m: InboundMessage) -> bool:
+            if (m.serial or "") <= after:
+                return False
+            return m.name == AI_CANCEL or (watching and m.name == AI_INPUT and _fresh_input(m))
+
         try:
             reader = self.channel.history_pages(page_size=100, from_serial=attach_serial)
             async with contextlib.aclosing(reader) as history:
                 async for page in history:
                     pages += 1
-                    found += [m for m in page if m.name == AI_CANCEL and (m.serial or "") > after]
+                    found += [m for m in page if wanted(m)]
                     if not page or (page[-1].serial or "") <= after:
                         break
                     if pages >= GAP_PAGES:
@@ -456,10 +476,18 @@ class AgentSession:
         except Exception as exc:  # a background read: logged, and the runs go on as before
             log.warning("continuity_gap_unread", session=self.name, error=repr(exc))
             return
-        if found:
-            log.info("continuity_gap_cancels", session=self.name, count=len(found))
-        for msg in reversed(found):  # oldest first, as they would have arrived
-            self._route_cancel(msg)
+        finally:
+            self._gap_reads -= 1
+        cancels = sum(1 for m in found if m.name == AI_CANCEL)
+        if cancels:
+            log.info("continuity_gap_cancels", session=self.name, count=cancels)
+        if len(found) > cancels:
+            log.info("continuity_gap_inputs", session=self.name, count=len(found) - cancels)
+        for msg in reversed(found):  # oldest first, as they would have arrived (an input, its cancel)
+            if msg.name == AI_CANCEL:
+                self._route_cancel(msg)
+            elif self.on_fresh_input is not None and self._connected:
+                self.on_fresh_input(self, msg)
 
     def _defer_cancel(self, icmid: str, msg: InboundMessage) -> None:
         """Keep an early cancel until its run is located (each is authorised then)."""
@@ -529,13 +557,23 @@ class AgentSession:
 
     @property
     def idle(self) -> bool:
-        return not self.runs and not self._waiting
+        return not self.runs and not self._waiting and not self._gap_reads
 
-    async def close(self) -> None:
-        """Detach (runs must have ended; the worker cancels them first)."""
+    async def close(self, *, detach: bool = True) -> None:
+        """Detach (runs must have ended; the worker cancels them first). ``detach=False``: only stop
+        listening, the channel staying attached for the session that replaces this one."""
         for task in list(self._tasks):
             task.cancel()
         self._connected = False
         self._waiting.clear()
         self._deferred.clear()
-        await self.channel.detach()
+        if detach:
+            await self.channel.detach()
+        else:
+            self.channel.unsubscribe()
+
+
+def _fresh_input(msg: InboundMessage) -> bool:
+    """A user's new turn (channel-watch mode starts a run for it): not a steer of a run in flight."""
+    h = msg.transport_headers
+    return not h.get(H_RUN_ID) and bool(h.get(H_EVENT_ID)) and msg.action == "message.create"

@@ -307,6 +307,7 @@ class Channel:
         client = conn.client
         self._sdk = client.channels.get(name, ChannelOptions(params={"agent": AGENT_PARAM}))
         self._listeners: list[Callable[[Any], None]] = []
+        self._state_handlers: list[Callable[[Any], None]] = []
         # An ACK that never comes (a server that died with the message in flight: ably-python
         # resends it on the next connection, where it may never be ACKed) must fail the operation,
         # not hang the run forever; then the run ends, or the crash journal's sweep ends it.
@@ -395,12 +396,21 @@ class Channel:
                 )
             )
 
+        self._state_handlers.append(handler)
         self._sdk.on(handler)
 
-    async def detach(self) -> None:
+    def unsubscribe(self) -> None:
+        """Drop the message and state listeners, staying attached (and present): a stale session
+        hands the channel over to its replacement (worker/pool.py)."""
         for listener in self._listeners:
             self._sdk.unsubscribe(listener)
         self._listeners.clear()
+        for handler in self._state_handlers:
+            self._sdk.off(handler)
+        self._state_handlers.clear()
+
+    async def detach(self) -> None:
+        self.unsubscribe()
         with contextlib.suppress(AblyException, asyncio.TimeoutError):
             await self._sdk.detach()
 

@@ -70,9 +70,13 @@ class SessionPool:
             watch = False
             if existing is not None and existing.stale and existing.idle:
                 # Its channel lost continuity, or its own messages could not all be folded (echo
-                # off, transport/local.py): a new session re-reads the channel from a fresh attach,
-                # now that none of its runs is in flight.
-                log.info("session_rebuilt", session=name)
+                # off, transport/local.py): a new session re-reads the channel's history, now that
+                # none of its runs is in flight — on the same attachment when it is attached (the
+                # agent stays present), else from a fresh attach.
+                if existing.channel.state == "attached":
+                    log.info("session_rebuilt", session=name, attach="kept")
+                    return await self._hand_over(existing)
+                log.info("session_rebuilt", session=name, attach="fresh")
                 watch, starting = existing.watch, name in self._starting
                 await self._release(name)
                 await self.transport.release(name)
@@ -90,6 +94,28 @@ class SessionPool:
                 self._presence[name] = presence
                 presence.start()
             return session
+
+    async def _hand_over(self, stale: AgentSession) -> AgentSession:
+        """Replace a stale session on its still-attached channel: the new one subscribes (no
+        re-attach) and folds the channel's history from the newest message down. The channel is
+        not detached, so the agent's presence membership (and its SessionPresence) carries over:
+        clients see no leave and re-enter around the rebuild."""
+        name = stale.name
+        del self.sessions[name]
+        await stale.close(detach=False)
+        # An append gap left open (the stale session's doubt) is in the new fold as history has it.
+        stale.channel.local_gaps.clear()
+        session = self._make_session(stale.channel)
+        session.watch = stale.watch
+        session.history_until_attach = False
+        try:
+            await session.connect()
+        except BaseException:
+            await self._release(name)  # its presence too: the next use starts from scratch
+            await self.transport.release(name)
+            raise
+        self.sessions[name] = session
+        return session
 
     def _mark_starting(self, name: str) -> None:
         self._starting.add(name)

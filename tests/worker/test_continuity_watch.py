@@ -1,0 +1,164 @@
+"""A channel that loses continuity (re-attached without RESUMED) misses what was published while it
+was down: on a watched channel the user inputs of that gap are read back from history and run once;
+and a stale session rebuilt afterwards keeps the agent in presence (no leave, no re-enter)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from ably.types.presence import PresenceAction
+from structlog.testing import capture_logs
+
+from agent_worker.protocol.headers import AI_RUN_START
+from agent_worker.protocol.wire import OutboundMessage
+from agent_worker.providers.echo import EchoProvider, ScriptedProvider
+from agent_worker.server import EmbeddedServer
+from agent_worker.server.testing import python_realtime
+from tests.runtime.runtime_support import ChatClient, gated_script, start_harness
+
+MakeClient = Callable[[], Any]
+
+
+async def _until(predicate: Callable[[], bool], wait_s: float = 15.0) -> None:
+    async with asyncio.timeout(wait_s):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("echo", [False, True], ids=["echo-off", "echo-on"])
+async def test_a_watched_channel_runs_the_inputs_published_while_it_lost_continuity(
+    ably_server: EmbeddedServer, make_client: MakeClient, session_name: str, echo: bool
+) -> None:
+    """A watched, idle channel's connection is held down and cannot be resumed; the user sends a
+    turn meanwhile (stored, delivered to no worker). After the reconnect the session reads the gap
+    back from history and that turn gets its run, once; the turn answered before the loss is not
+    run again — not even when the whole history is replayed through the gap path."""
+    harness = await start_harness(
+        ably_server, EchoProvider(), watch_channels=(session_name,), echo_messages=echo
+    )
+    try:
+        client: ChatClient = await make_client()
+        before = await client.send_text("answered before")
+        answered = await client.run_end_for(before.codec_message_id)
+        assert answered.transport_headers["run-reason"] == "complete"
+        await harness.worker.run_until_idle()
+        session = harness.worker.sessions[session_name]
+        ably_server.hold_connections("agent-worker")  # its reconnect waits: the channel is down
+        with capture_logs() as logs:
+            assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            missed = await client.send_text("sent while down", parent=client.last_visible())
+            ably_server.hold_connections("agent-worker", held=False)
+            end = await client.run_end_for(missed.codec_message_id, wait_s=30)
+            await harness.worker.run_until_idle()
+        assert end.transport_headers["run-reason"] == "complete"
+        assert client.run_text(end.transport_headers["run-id"]) == "sent while down"
+        assert [e["count"] for e in logs if e["event"] == "continuity_gap_inputs"] == [1]
+        assert session.stale
+        # Replaying the whole channel (both inputs) through the gap path admits nothing again.
+        attach_serial = session.channel.attach_serial
+        assert attach_serial is not None
+        with capture_logs() as logs:
+            await session._read_gap("", attach_serial)
+            await harness.worker.run_until_idle()
+        assert [e["count"] for e in logs if e["event"] == "continuity_gap_inputs"] == [2]
+        assert harness.worker.runs_completed == 2
+        assert len(client.for_input(AI_RUN_START, before.codec_message_id)) == 1
+        assert len(client.for_input(AI_RUN_START, missed.codec_message_id)) == 1
+        assert len(client.named(AI_RUN_START)) == 2
+    finally:
+        await harness.close()
+
+
+async def test_a_watched_channel_that_never_carried_a_message_reads_its_gap_too(
+    ably_server: EmbeddedServer, make_client: MakeClient, session_name: str
+) -> None:
+    """The channel's first message ever is sent while the worker's connection is down: the gap
+    starts at the attach point of the watch (nothing was seen live) and the turn gets its run."""
+    harness = await start_harness(ably_server, EchoProvider(), watch_channels=(session_name,))
+    try:
+        client: ChatClient = await make_client()
+        ably_server.hold_connections("agent-worker")
+        assert ably_server.drop_connections("agent-worker", resume=False) == 1
+        missed = await client.send_text("first ever")
+        ably_server.hold_connections("agent-worker", held=False)
+        end = await client.run_end_for(missed.codec_message_id, wait_s=30)
+        await harness.worker.run_until_idle()
+        assert client.run_text(end.transport_headers["run-id"]) == "first ever"
+        assert harness.worker.runs_completed == 1
+    finally:
+        await harness.close()
+
+
+@pytest.mark.parametrize("cause", ["doubt", "continuity"])
+async def test_a_stale_rebuild_keeps_the_agent_in_presence(
+    ably_server: EmbeddedServer, make_client: MakeClient, session_name: str, cause: str
+) -> None:
+    """The session goes stale (an append to a message that is not one of its streams, which echo
+    off cannot fold exactly; or a connection lost without resume), and the next turn rebuilds it: an
+    observer sees the agent's presence updated for the new run, and no leave (nor a second enter)
+    from the agent's first enter to the end of that run."""
+    gate = asyncio.Event()
+    provider = ScriptedProvider(gated_script("held ", gate, "done", only_for="two"))
+    harness = await start_harness(ably_server, provider)
+    observer = python_realtime(ably_server, client_id="observer")
+    seen: list[tuple[Any, dict[str, Any] | None]] = []
+    changed = asyncio.Event()
+
+    def on_presence(msg: Any) -> None:
+        if msg.client_id == "agent-worker":
+            seen.append((msg.action, msg.data))
+            changed.set()
+
+    async def until_seen(predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(15):
+            while not predicate():
+                changed.clear()
+                await changed.wait()
+
+    def re_entered() -> bool:
+        actions = [action for action, _ in seen]
+        left = actions.index(PresenceAction.LEAVE) if PresenceAction.LEAVE in actions else len(actions)
+        return PresenceAction.ENTER in actions[left:]
+
+    try:
+        await observer.channels.get(session_name).presence.subscribe(on_presence)
+        client: ChatClient = await make_client()
+        one = await client.send_text("one")
+        await harness.invoke(session_name, one.event_id)
+        await client.run_end_for(one.codec_message_id)
+        await until_seen(lambda: any(action == PresenceAction.ENTER for action, _ in seen))
+        first = harness.worker.sessions[session_name]
+        if cause == "doubt":
+            serial = await harness.worker.transport.channel(session_name).publish(  # type: ignore[union-attr]
+                OutboundMessage("note", "x", {})
+            )
+            assert serial is not None
+            await first.channel.append(serial, OutboundMessage(None, "y", {}))
+        else:
+            assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            await _until(lambda: first.stale and first.channel.state == "attached")
+            # The lost connection's member is removed by the server (the connection is gone) and
+            # the SDK re-enters on the new one (RTP17): that is the loss, not the rebuild.
+            await until_seen(re_entered)
+        assert first.stale
+        mark = len(seen)
+        with capture_logs() as logs:
+            two = await client.send_text("two", parent=client.last_visible())
+            _, body = await harness.invoke(session_name, two.event_id)
+            await until_seen(lambda: any(d and d.get("runId") == body["runId"] for _, d in seen[mark:]))
+            gate.set()
+            end = await client.run_end_for(two.codec_message_id)
+        assert end.transport_headers["run-reason"] == "complete"
+        assert harness.worker.sessions[session_name] is not first
+        actions = [action for action, _ in seen]
+        assert PresenceAction.LEAVE not in actions[mark:]
+        assert actions[mark:].count(PresenceAction.ENTER) == 0
+        assert [e["attach"] for e in logs if e["event"] == "session_rebuilt"] == ["kept"]
+        prompt = [(m.role, getattr(m, "text", None)) for m in provider.requests[-1].messages]
+        assert prompt == [("user", "one"), ("assistant", "ok"), ("user", "two")]
+    finally:
+        await harness.close()
+        await observer.close()
