@@ -47,6 +47,7 @@ from agent_worker.protocol.wire import InboundMessage, OutboundMessage
 from agent_worker.retry import backoff, retry
 from agent_worker.transport.ackwatch import AckWatch
 from agent_worker.transport.clients import ClientFactory
+from agent_worker.transport.eager import eager_task
 from agent_worker.transport.history import (
     REST_VERSION,
     HistoryPage,
@@ -499,14 +500,18 @@ class Channel:
 
     def start_append(self, serial: str, msg: OutboundMessage) -> asyncio.Task[str | None]:
         """Start an append without waiting for its ACK (pipelining); the caller has taken a rate
-        token with :meth:`acquire` and yields once (``await asyncio.sleep(0)``) before sending
-        anything else: the task's first step assigns its msgSerial and writes its frame, so wire
-        order equals call order."""
+        token with :meth:`acquire`. The frame is written before this returns (msgSerial assigned,
+        in the caller's turn: :func:`~agent_worker.transport.eager.eager_task`), unless the
+        connection is not ready: then the task sends it once it is, after the sends already
+        waiting (:meth:`_Connection.ready`). Either way wire order equals call order."""
 
         epoch = self._conn.continuity
         local = self.local
+        task: asyncio.Task[str | None] | None = None
+        watched = False
 
         async def run() -> str | None:
+            nonlocal watched
             await self._conn.ready()
             attach_epoch = local.epoch if local is not None else 0
             try:
@@ -516,13 +521,15 @@ class Channel:
                     why = f"append on {self.name} not sent: the connection lost continuity (80008)"
                     raise AppendNotSentError(why)
                 with map_ably_errors(self._append_op, channel=self.name):
-                    task = asyncio.current_task()
-                    assert task is not None
-                    self._acks.watch(task, self.ack_timeout_s)  # not an asyncio.timeout per append
+                    # The ACK deadline runs from the send (not an asyncio.timeout per append); taken
+                    # eagerly, the task does not exist yet: it is watched as soon as it does.
+                    watched = True
+                    if task is not None:
+                        self._acks.watch(task, self.ack_timeout_s)
                     try:
                         version = await self._send_append(serial, msg)
                     except asyncio.CancelledError:
-                        if self._acks.timed_out(task):
+                        if task is not None and self._acks.timed_out(task):
                             raise TimeoutError from None
                         raise
             except BaseException:
@@ -533,7 +540,10 @@ class Channel:
                 local.appended(attach_epoch, serial, msg, version)
             return version
 
-        return asyncio.create_task(run())
+        task = eager_task(run())
+        if watched and not task.done():
+            self._acks.watch(task, self.ack_timeout_s)
+        return task
 
     def start_publish(self, msg: OutboundMessage) -> asyncio.Task[str | None]:
         """Publish one message without waiting for its ACK (the task's result is its serial), with

@@ -130,6 +130,10 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
     )
     if os.environ.get("AW_BENCH_GC"):
         _trace_gc(worker)
+    if os.environ.get("AW_BENCH_SENDLOG"):  # =prefix: when each token left (bench/agent/sendlog.py)
+        from bench.agent import sendlog  # noqa: PLC0415
+
+        sendlog.install(os.environ["AW_BENCH_SENDLOG"])
     trace_to = os.environ.get("AW_BENCH_TRACE")  # =path: the start-up timeline (bench/agent/trace.py)
     trace = None
     if trace_to:
