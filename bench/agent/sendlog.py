@@ -70,13 +70,23 @@ def install(prefix: str) -> None:
             handed.append([seq, us, t])
         return start_append(self, serial, msg)
 
+    inbound: dict[str, int] = {}
+    decode = WebSocketTransport.decode_raw_websocket_frame
+
+    def counted_decode(self: Any, raw: Any) -> Any:
+        msg = decode(self, raw)
+        key = str(msg.get("action"))
+        inbound[key] = inbound.get(key, 0) + 1
+        return msg
+
     WebSocketTransport.send = traced_send  # type: ignore[method-assign]
+    WebSocketTransport.decode_raw_websocket_frame = counted_decode  # type: ignore[method-assign]
     Channel.start_append = traced_start_append  # type: ignore[method-assign]
 
     def dump() -> None:
         path = f"{prefix}-py-{os.getpid()}.json"
         with open(path, "w") as fh:
-            json.dump({"kind": "py", "sent": sent, "handed": handed, "frames": frames}, fh)
+            json.dump({"kind": "py", "sent": sent, "handed": handed, "frames": frames, "inbound": inbound}, fh)
 
     atexit.register(dump)
 
@@ -120,6 +130,8 @@ def main(argv: list[str]) -> int:
         frames, toks = best.get("frames", [0, 0])
         if frames:
             print(f"    frames with tokens {frames}, tokens per frame {toks / frames:.3f}")
+        if best.get("inbound"):
+            print(f"    inbound frames by action (whole process life): {best['inbound']}")
     return 0
 
 
