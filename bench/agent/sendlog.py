@@ -85,8 +85,13 @@ def install(prefix: str) -> None:
 
     def dump() -> None:
         path = f"{prefix}-py-{os.getpid()}.json"
+        times = os.times()
+        status = open("/proc/self/status").read()  # noqa: SIM115
+        switches = {k: int(v) for k, v in re.findall(r"(\w*ctxt_switches):\s+(\d+)", status)}
+        out = {"kind": "py", "sent": sent, "handed": handed, "frames": frames, "inbound": inbound}
+        out["cpu"] = {"user": times.user, "system": times.system, **switches}
         with open(path, "w") as fh:
-            json.dump({"kind": "py", "sent": sent, "handed": handed, "frames": frames, "inbound": inbound}, fh)
+            json.dump(out, fh)
 
     atexit.register(dump)
 
@@ -130,6 +135,8 @@ def main(argv: list[str]) -> int:
         frames, toks = best.get("frames", [0, 0])
         if frames:
             print(f"    frames with tokens {frames}, tokens per frame {toks / frames:.3f}")
+        if best.get("cpu"):
+            print(f"    process life CPU and context switches: {best['cpu']}")
         if best.get("inbound"):
             print(f"    inbound frames by action (whole process life): {best['inbound']}")
     return 0

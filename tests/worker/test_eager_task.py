@@ -44,7 +44,8 @@ async def test_a_coroutine_that_never_suspends_gives_its_value() -> None:
 
 async def test_what_the_first_step_raises_is_the_tasks_failure_not_the_callers() -> None:
     async def work() -> None:
-        raise ValueError("refused")
+        msg = "refused"
+        raise ValueError(msg)
 
     task = eager_task(work())  # does not raise here
     with pytest.raises(ValueError, match="refused"):
