@@ -41,7 +41,7 @@ if (process.env.AW_BENCH_SENDLOG) {
     return send.call(this, data, ...rest);
   };
   process.on('exit', () => {
-    writeFileSync(`${process.env.AW_BENCH_SENDLOG}-js-${process.pid}.json`, JSON.stringify({ kind: 'js', sent, frames }));
+    writeFileSync(`${process.env.AW_BENCH_SENDLOG}-js-${process.pid}.json`, JSON.stringify({ kind: 'js', sent, frames, cpu: process.cpuUsage() }));
   });
 }
 
