@@ -546,9 +546,9 @@ class Channel:
         return task
 
     def start_publish(self, msg: OutboundMessage) -> asyncio.Task[str | None]:
-        """Publish one message without waiting for its ACK (the task's result is its serial), with
-        :meth:`start_append`'s contract: the caller has taken a rate token and yields once before
-        sending anything else, so what it sends next follows this message on the wire. Retried like
+        """Publish one message without waiting for its ACK (the task's result is its serial): the
+        caller has taken a rate token and yields once before sending anything else (the task's
+        first step writes the frame), so what it sends next follows this message on the wire. Retried like
         :meth:`publish_batch` (same message id: Ably deduplicates a first attempt that did land);
         a publish sent after it retries only once it has settled. (A publish sent after it whose
         *first* attempt goes out on a new connection, after this one failed on a dropped one that

@@ -82,17 +82,31 @@ async def server_main(cfg: dict[str, Any]) -> None:
                 profiler.dump_stats(profile_to)
 
 
+_GC_BUSY: dict[int, list[float]] = {}
+
+
 def _trace_gc(worker: Worker) -> None:
     """AW_BENCH_GC=1: report garbage-collector pauses over 5 ms on stderr (diagnosing latency tails)."""
     import gc  # noqa: PLC0415
 
     started: dict[str, float] = {}
     t0 = time.perf_counter()
+    # While runs stream: per generation, collections, CPU ms in them (process time: a preempted
+    # collection's wall time says more about the machine), the largest, and objects collected.
+    busy = _GC_BUSY
 
     def callback(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             started["t"] = time.perf_counter()
+            started["cpu"] = time.process_time()
             return
+        if len(worker.active_runs) >= 50:
+            cpu = (time.process_time() - started.get("cpu", time.process_time())) * 1000
+            row = busy.setdefault(info["generation"], [0, 0.0, 0.0, 0])
+            row[0] += 1
+            row[1] += cpu
+            row[2] = max(row[2], cpu)
+            row[3] += info["collected"]
         pause = (time.perf_counter() - started.get("t", time.perf_counter())) * 1000
         if pause > 5:
             sys.stderr.write(
@@ -176,6 +190,11 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
         if os.environ.get("AW_BENCH_GC"):
             import gc  # noqa: PLC0415
 
+            for gen, (n, total, worst, collected) in sorted(_GC_BUSY.items()):
+                sys.stderr.write(
+                    f"gc while >= 50 runs: gen{gen} {n:.0f}x, CPU {total:.1f} ms (max {worst:.2f} ms), "
+                    f"collected {collected:.0f}\n"
+                )
             stats = ", ".join(f"gen{i} {s['collections']}x" for i, s in enumerate(gc.get_stats()))
             sys.stderr.write(
                 f"gc totals: {stats}; tracked objects {len(gc.get_objects())}, "
