@@ -57,6 +57,8 @@ async def server_main(cfg: dict[str, Any]) -> None:
     async with EmbeddedServer(config) as server:
         if not os.environ.get("AW_BENCH_GC_DEFAULT"):
             tune_gc()  # as `agent-worker server` does once started
+        if os.environ.get("AW_BENCH_GC"):
+            _trace_server_gc()
         profile_to = os.environ.get("AW_BENCH_SERVER_PROFILE")  # =path: cProfile the server's run
         profiler = None
         if profile_to:
@@ -69,6 +71,16 @@ async def server_main(cfg: dict[str, Any]) -> None:
         emit("ready", {"port": server.port, "key": server.default_key, "pid": os.getpid()})
 
         def on_line(line: str) -> None:
+            if line == "settle":
+                # Before each variant: what the previous ones left is collected and frozen (as
+                # tune_gc froze start-up), so no variant meets the collections of another's garbage
+                # (a full collection of a grown heap, ~90 ms, had fallen in the second one's phase).
+                import gc  # noqa: PLC0415
+
+                gc.collect()
+                if not os.environ.get("AW_BENCH_GC_DEFAULT"):
+                    gc.freeze()
+                emit("event", {"event": "settled"})
             if line == "stats":
                 emit(
                     "event", {"event": "stats", "refused": {str(k): v for k, v in server.hub.refused.items()}}
@@ -83,6 +95,29 @@ async def server_main(cfg: dict[str, Any]) -> None:
 
 
 _GC_BUSY: dict[int, list[float]] = {}
+
+
+def _trace_server_gc() -> None:
+    """AW_BENCH_GC=1 in the server: its collections over 5 ms on stderr, with CLOCK_MONOTONIC µs
+    (the tokens' clock), so a pause can be matched with the agent whose phase it fell in."""
+    import gc  # noqa: PLC0415
+
+    started: dict[str, float] = {}
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started["t"] = time.perf_counter()
+            started["cpu"] = time.process_time()
+            return
+        pause = (time.perf_counter() - started.get("t", time.perf_counter())) * 1000
+        if pause > 5:
+            cpu = (time.process_time() - started.get("cpu", time.process_time())) * 1000
+            sys.stderr.write(
+                f"gc server gen{info['generation']} {pause:.1f} ms (CPU {cpu:.1f} ms) "
+                f"collected={info['collected']} at {time.monotonic_ns() // 1000} us\n"
+            )
+
+    gc.callbacks.append(callback)
 
 
 def _trace_gc(worker: Worker) -> None:

@@ -120,7 +120,8 @@ def main(argv: list[str]) -> int:
         first = [stream["samples"][0][2] for stream in timeline if stream["samples"]]
         steady_from = max(first)
         best = max(logs, key=lambda log: sum((s[0], s[1]) in recv for s in log["sent"][:2000]), default=None)
-        print(f"  {variant}:")
+        last = max(s[1] for stream in timeline for s in stream["samples"])
+        print(f"  {variant}: steady tokens emitted {steady_from} .. {last} us")
         client = [t - us for (_, us), t in recv.items() if us >= steady_from]
         print(_row("client latency (model → client)", client))
         if best is None:
