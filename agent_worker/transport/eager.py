@@ -8,8 +8,13 @@ iteration) every append of the burst waited for the whole burst; ably-js writes 
 tick that made it. :func:`eager_task` steps the coroutine synchronously up to its first suspension
 (the ACK wait, once the frame is written) and hands the suspended coroutine to an ordinary task,
 through the coroutine protocol only (``send``/``throw``/``close``): the task first waits for what
-that step yielded, exactly as if it had taken the step itself. The first step runs in the caller's
-context (``asyncio.current_task()`` is the caller's there, ``None`` from a loop callback).
+that step yielded, exactly as if it had taken the step itself.
+
+The first step runs in the caller's task (``asyncio.current_task()`` is the caller's there, ``None``
+from a loop callback; Python 3.12's eager tasks swap it, which needs asyncio's private hooks), so it
+must not reach anything bound to the current task — ``asyncio.timeout``, ``wait_for`` (on 3.12+),
+``TaskGroup`` — or the deadline would cancel the caller: use it for a coroutine whose first step
+is plain synchronous work up to an await on a future, as an append's send is.
 """
 
 from __future__ import annotations

@@ -108,3 +108,28 @@ async def test_an_append_is_on_the_wire_when_start_append_returns(ably_server: E
         versions = await asyncio.gather(*tasks)
         assert all(isinstance(v, str) for v in versions)
         assert await channel.message_text(serial) == "abcd"
+
+
+async def test_an_append_waiting_for_the_connection_is_not_overtaken(ably_server: EmbeddedServer) -> None:
+    """Started while the connection is not ready, an append is a plain task that sends once it
+    is; one started after the connection is ready again, before that task has run, must not go
+    out eagerly ahead of it (a stream's text in call order)."""
+    async with fresh_channel(ably_server, "eager-wait") as channel:
+        serial = await channel.publish(OutboundMessage(name="t", data="a"))
+        assert serial is not None
+        manager = channel.client.connection.connection_manager
+        conn = channel._conn
+        await channel.acquire()
+        before = manager.msg_serial
+        conn._settled = False  # as between a reconnect and its re-sends being queued
+        waiting = channel.start_append(serial, OutboundMessage(name="t", data="b"))
+        assert manager.msg_serial == before  # not sent while not ready
+        conn._settle()  # ready again, before the waiting task has taken its first step
+        later = channel.start_append(serial, OutboundMessage(name="t", data="c"))
+        assert manager.msg_serial == before  # not ahead of the waiting one
+        await asyncio.gather(waiting, later)
+        assert manager.msg_serial == before + 2
+        assert await channel.message_text(serial) == "abc"
+        eager = channel.start_append(serial, OutboundMessage(name="t", data="d"))
+        assert manager.msg_serial == before + 3  # caught up: eager again
+        await eager
