@@ -370,7 +370,7 @@ class StreamWriter:
 
     def _flush_soon(self) -> None:
         """The zero-delay flush, done in the callback when nothing is in the way (no task, lock or
-        yield per delta: the append tasks it starts run their first steps in order); else as a task."""
+        yield per delta: each append it starts is written at once, in order); else as a task."""
         self._soon = None
         if self._lock.locked():
             self._start_timer(0.0)

@@ -47,6 +47,7 @@ from agent_worker.protocol.wire import InboundMessage, OutboundMessage
 from agent_worker.retry import backoff, retry
 from agent_worker.transport.ackwatch import AckWatch
 from agent_worker.transport.clients import ClientFactory
+from agent_worker.transport.eager import eager_task
 from agent_worker.transport.history import (
     REST_VERSION,
     HistoryPage,
@@ -509,15 +510,21 @@ class Channel:
 
     def start_append(self, serial: str, msg: OutboundMessage) -> asyncio.Task[str | None]:
         """Start an append without waiting for its ACK (pipelining); the caller has taken a rate
-        token with :meth:`acquire` and yields once (``await asyncio.sleep(0)``) before sending
-        anything else: the task's first step assigns its msgSerial and writes its frame, so wire
-        order equals call order."""
+        token with :meth:`acquire`. The frame is written before this returns (msgSerial assigned,
+        in the caller's turn: :func:`~agent_worker.transport.eager.eager_task`), unless the
+        connection is not ready: then the task sends it once it is, after the sends already
+        waiting (:meth:`_Connection.ready`), which an append started later waits behind. Either way
+        wire order equals call order."""
 
         epoch = self._conn.continuity
         local = self.local
+        task: asyncio.Task[str | None] | None = None
+        watched = False
 
         async def run() -> str | None:
+            nonlocal watched
             await self._conn.ready()
+            self._conn.caught_up(task)
             attach_epoch = local.epoch if local is not None else 0
             try:
                 if self._conn.continuity != epoch:
@@ -526,13 +533,15 @@ class Channel:
                     why = f"append on {self.name} not sent: the connection lost continuity (80008)"
                     raise AppendNotSentError(why)
                 with map_ably_errors(self._append_op, channel=self.name):
-                    task = asyncio.current_task()
-                    assert task is not None
-                    self._acks.watch(task, self.ack_timeout_s)  # not an asyncio.timeout per append
+                    # The ACK deadline runs from the send (not an asyncio.timeout per append); taken
+                    # eagerly, the task does not exist yet: it is watched as soon as it does.
+                    watched = True
+                    if task is not None:
+                        self._acks.watch(task, self.ack_timeout_s)
                     try:
                         version = await self._send_append(serial, msg)
                     except asyncio.CancelledError:
-                        if self._acks.timed_out(task):
+                        if task is not None and self._acks.timed_out(task):
                             raise TimeoutError from None
                         raise
             except BaseException:
@@ -543,13 +552,22 @@ class Channel:
                 local.appended(attach_epoch, serial, msg, version)
             return version
 
-        return asyncio.create_task(run())
+        # Eager only when the send can go at once: a first step that has to wait (``ready``'s
+        # ``wait_for``) belongs in a task of its own, not in the caller's (see transport/eager.py).
+        if self._conn.ready_now:
+            task = eager_task(run())
+        else:
+            task = asyncio.create_task(run())
+            self._conn.behind(task)
+        if watched and not task.done():
+            self._acks.watch(task, self.ack_timeout_s)
+        return task
 
     def start_publish(self, msg: OutboundMessage) -> asyncio.Task[str | None]:
-        """Publish one message without waiting for its ACK (the task's result is its serial), with
-        :meth:`start_append`'s contract: the caller has taken a rate token and yields once before
-        sending anything else, so what it sends next follows this message on the wire. Retried like
-        :meth:`publish_batch` (same message id: Ably deduplicates a first attempt that did land);
+        """Publish one message without waiting for its ACK (the task's result is its serial): the
+        caller has taken a rate token and yields once before sending anything else (the task's
+        first step writes the frame), so what it sends next follows this message on the wire.
+        Retried like :meth:`publish_batch` (same message id: Ably deduplicates a first attempt that did land);
         a publish sent after it retries only once it has settled. (A publish sent after it whose
         *first* attempt goes out on a new connection, after this one failed on a dropped one that
         could not be resumed, can still land first.)"""
@@ -769,6 +787,7 @@ class _Connection:
         self._wait_s = wait_s
         self._settled = False
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._queued: list[asyncio.Task[Any]] = []
         self.reconnects = 0  # transitions to CONNECTED since this client connected
         self.continuity = 0  # of those, how many came with a new connection id (continuity lost)
         self._manager = client.connection.connection_manager
@@ -826,6 +845,23 @@ class _Connection:
     def _wake_head(self) -> None:
         if self._settled and self._waiters and not self._waiters[0].done():
             self._waiters[0].set_result(None)
+
+    @property
+    def ready_now(self) -> bool:
+        """A send may go out now, synchronously: :meth:`ready` would return at once, and no append
+        started earlier (:meth:`behind`) is still to pass it."""
+        queued = self._queued
+        return self._settled and not self._waiters and (not queued or all(t.done() for t in queued))
+
+    def behind(self, task: asyncio.Task[Any]) -> None:
+        """``task``, an append started while not :attr:`ready_now`, has yet to pass :meth:`ready`:
+        until it has (:meth:`caught_up`) or is done, no later append goes out eagerly ahead of it."""
+        self._queued = [t for t in self._queued if not t.done()]
+        self._queued.append(task)
+
+    def caught_up(self, task: asyncio.Task[Any] | None) -> None:
+        if task in self._queued:
+            self._queued.remove(task)
 
     async def ready(self) -> None:
         """Return when the caller may send (synchronously, right away); :class:`NotSentError`

@@ -267,10 +267,23 @@ async def server_stats(server: Child) -> dict[str, Any]:
     return refused
 
 
+async def server_settle(server: Child) -> None:
+    """The server collects (and freezes) what earlier variants left, before the next one starts."""
+    assert server.proc is not None and server.proc.stdin is not None
+    before = sum(1 for e in server.events if e.get("event") == "settled")
+    server.proc.stdin.write(b"settle\n")
+    await server.proc.stdin.drain()
+    async with asyncio.timeout(30):
+        while sum(1 for e in server.events if e.get("event") == "settled") <= before:
+            server._changed.clear()
+            await server._changed.wait()
+
+
 async def run_variant(
     variant: str, server: Child, plan: Plan, history: list[dict[str, Any]]
 ) -> dict[str, Any]:
     port, key = int(server.ready["port"]), str(server.ready["key"])
+    await server_settle(server)
     refused0 = await server_stats(server)
     load0 = os.getloadavg()
     agent = start_agent(variant, port, key, plan.protocol)
@@ -621,7 +634,9 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         "walked by a full collection again). Without it, full collections — driven by ably-python's",
         "per-message timer/cancel garbage — stopped the worker for 41-81 ms every ~3 s at N streams (the",
         "steady p99); with it they take 9-17 ms. The embedded server's process calls it too, as",
-        "`agent-worker server` does. `AW_BENCH_GC=1` prints the pauses over 5 ms, `AW_BENCH_GC_DEFAULT=1`",
+        "`agent-worker server` does, and collects and freezes what the earlier variants left before each",
+        "variant starts (the server is shared: a full collection of its grown heap had fallen in a later",
+        "variant's phase). `AW_BENCH_GC=1` prints the pauses over 5 ms, `AW_BENCH_GC_DEFAULT=1`",
         "runs the worker and the server without `tune_gc`, `--phases=latencyN` runs one phase.",
         "",
         f"Command: `{COMMAND}` (about 20 minutes; options go as `--name=value`, e.g.",
@@ -745,6 +760,8 @@ async def run(plan: Plan, variants: list[str], dump: Path | None = None) -> dict
     finally:
         for server in servers.values():
             await server.stop()
+            if os.environ.get("AW_BENCH_GC"):
+                print("".join(line for line in server.stderr_tail if line.startswith("gc server")), end="")
     return raw
 
 

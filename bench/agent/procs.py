@@ -57,6 +57,8 @@ async def server_main(cfg: dict[str, Any]) -> None:
     async with EmbeddedServer(config) as server:
         if not os.environ.get("AW_BENCH_GC_DEFAULT"):
             tune_gc()  # as `agent-worker server` does once started
+        if os.environ.get("AW_BENCH_GC"):
+            _trace_server_gc()
         profile_to = os.environ.get("AW_BENCH_SERVER_PROFILE")  # =path: cProfile the server's run
         profiler = None
         if profile_to:
@@ -69,6 +71,16 @@ async def server_main(cfg: dict[str, Any]) -> None:
         emit("ready", {"port": server.port, "key": server.default_key, "pid": os.getpid()})
 
         def on_line(line: str) -> None:
+            if line == "settle":
+                # Before each variant: what the previous ones left is collected and frozen (as
+                # tune_gc froze start-up), so no variant meets the collections of another's garbage
+                # (a full collection of a grown heap, ~90 ms, had fallen in the second one's phase).
+                import gc  # noqa: PLC0415
+
+                gc.collect()
+                if not os.environ.get("AW_BENCH_GC_DEFAULT"):
+                    gc.freeze()
+                emit("event", {"event": "settled"})
             if line == "stats":
                 emit(
                     "event", {"event": "stats", "refused": {str(k): v for k, v in server.hub.refused.items()}}
@@ -82,17 +94,54 @@ async def server_main(cfg: dict[str, Any]) -> None:
                 profiler.dump_stats(profile_to)
 
 
+_GC_BUSY: dict[int, list[float]] = {}
+
+
+def _trace_server_gc() -> None:
+    """AW_BENCH_GC=1 in the server: its collections over 5 ms on stderr, with CLOCK_MONOTONIC µs
+    (the tokens' clock), so a pause can be matched with the agent whose phase it fell in."""
+    import gc  # noqa: PLC0415
+
+    started: dict[str, float] = {}
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started["t"] = time.perf_counter()
+            started["cpu"] = time.process_time()
+            return
+        pause = (time.perf_counter() - started.get("t", time.perf_counter())) * 1000
+        if pause > 5:
+            cpu = (time.process_time() - started.get("cpu", time.process_time())) * 1000
+            sys.stderr.write(
+                f"gc server gen{info['generation']} {pause:.1f} ms (CPU {cpu:.1f} ms) "
+                f"collected={info['collected']} at {time.monotonic_ns() // 1000} us\n"
+            )
+
+    gc.callbacks.append(callback)
+
+
 def _trace_gc(worker: Worker) -> None:
     """AW_BENCH_GC=1: report garbage-collector pauses over 5 ms on stderr (diagnosing latency tails)."""
     import gc  # noqa: PLC0415
 
     started: dict[str, float] = {}
     t0 = time.perf_counter()
+    # While runs stream: per generation, collections, CPU ms in them (process time: a preempted
+    # collection's wall time says more about the machine), the largest, and objects collected.
+    busy = _GC_BUSY
 
     def callback(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             started["t"] = time.perf_counter()
+            started["cpu"] = time.process_time()
             return
+        if len(worker.active_runs) >= 50:
+            cpu = (time.process_time() - started.get("cpu", time.process_time())) * 1000
+            row = busy.setdefault(info["generation"], [0, 0.0, 0.0, 0])
+            row[0] += 1
+            row[1] += cpu
+            row[2] = max(row[2], cpu)
+            row[3] += info["collected"]
         pause = (time.perf_counter() - started.get("t", time.perf_counter())) * 1000
         if pause > 5:
             sys.stderr.write(
@@ -130,6 +179,10 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
     )
     if os.environ.get("AW_BENCH_GC"):
         _trace_gc(worker)
+    if os.environ.get("AW_BENCH_SENDLOG"):  # =prefix: when each token left (bench/agent/sendlog.py)
+        from bench.agent import sendlog  # noqa: PLC0415
+
+        sendlog.install(os.environ["AW_BENCH_SENDLOG"])
     trace_to = os.environ.get("AW_BENCH_TRACE")  # =path: the start-up timeline (bench/agent/trace.py)
     trace = None
     if trace_to:
@@ -172,6 +225,11 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
         if os.environ.get("AW_BENCH_GC"):
             import gc  # noqa: PLC0415
 
+            for gen, (n, total, worst, collected) in sorted(_GC_BUSY.items()):
+                sys.stderr.write(
+                    f"gc while >= 50 runs: gen{gen} {n:.0f}x, CPU {total:.1f} ms (max {worst:.2f} ms), "
+                    f"collected {collected:.0f}\n"
+                )
             stats = ", ".join(f"gen{i} {s['collections']}x" for i, s in enumerate(gc.get_stats()))
             sys.stderr.write(
                 f"gc totals: {stats}; tracked objects {len(gc.get_objects())}, "

@@ -18,6 +18,33 @@ const nowUs = () => Number(process.hrtime.bigint() / 1000n);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const emit = (tag, obj) => process.stdout.write(`@@${tag} ${JSON.stringify(obj)}\n`);
 
+// AW_BENCH_SENDLOG=prefix (diagnostics, bench/agent/sendlog.py): log [seq, us, sent_us] for every
+// scripted token in a frame ably-js hands to `ws` (it writes each frame to the socket in send()).
+if (process.env.AW_BENCH_SENDLOG) {
+  const { createRequire } = await import('node:module');
+  const { writeFileSync } = await import('node:fs');
+  const require = createRequire(createRequire(import.meta.url).resolve('ably'));
+  const WebSocket = require('ws');
+  const send = WebSocket.prototype.send;
+  const sent = [];
+  const frames = [0, 0];
+  WebSocket.prototype.send = function (data, ...rest) {
+    const t = nowUs();
+    const text = typeof data === 'string' ? data : Buffer.from(data).toString('latin1');
+    let found = false;
+    for (const m of text.matchAll(/(\d+):(\d{6,});/g)) {
+      sent.push([Number(m[1]), Number(m[2]), t]);
+      found = true;
+      frames[1] += 1;
+    }
+    if (found) frames[0] += 1;
+    return send.call(this, data, ...rest);
+  };
+  process.on('exit', () => {
+    writeFileSync(`${process.env.AW_BENCH_SENDLOG}-js-${process.pid}.json`, JSON.stringify({ kind: 'js', sent, frames, cpu: process.cpuUsage() }));
+  });
+}
+
 const ably = new Ably.Realtime({
   key: config.key,
   endpoint: config.host,
