@@ -237,7 +237,10 @@ class Run:
             self._start_published = True
             self._start_ack = send(msg)
             self._start_ack.add_done_callback(retrieve_exception)
-            await asyncio.sleep(0)  # the task writes its frame: the run's next messages follow it
+            # No yield here (in a burst each one is a turn of a busy loop): the task writes its
+            # frame in its first step, before any task created after it takes its own (the
+            # step-start's), and a publish this run makes itself waits for its ACK first
+            # (:meth:`_start_before_end`).
         else:
             # Marked before awaiting, and shielded: if the run is cancelled while the ACK is
             # pending, the run-start is on the wire anyway, and the teardown must not publish a
@@ -540,6 +543,7 @@ class OutputMessage:
         self._opening: asyncio.Task[None] | None = None
         """The step-start sent, not yet acknowledged: the chunks in ``_early`` go out once it is."""
         self._early: list[Mapping[str, Any]] = []
+        self._dropped = False
 
     @property
     def step_open(self) -> bool:
@@ -562,9 +566,10 @@ class OutputMessage:
         await channel.acquire()
         ack = send(msg)
         ack.add_done_callback(retrieve_exception)
+        # Everything of this message goes out from this task, after the step-start's ACK: no
+        # yield is needed for the wire order.
         self._opening = asyncio.create_task(self._send_early(ack, msg))
         self._opening.add_done_callback(retrieve_exception)
-        await asyncio.sleep(0)  # the step-start's frame is written: the run's next messages follow it
 
     async def _step_started(self, serial: str | None) -> None:
         self._step_serial = serial
@@ -581,11 +586,13 @@ class OutputMessage:
         step-start refused for rate (429: not applied) is published again first; nothing of this
         message is sent before it is acknowledged."""
         try:
-            serial = await asyncio.shield(ack)
+            serial = await ack  # (not shielded: an extra loop turn; a dropped message waits it out)
         except TransportError as exc:
             if exc.status_code != 429:
                 raise
             serial = await publish_reliably(self.run.session.channel, msg)
+        if self._dropped:
+            return
         await self._step_started(serial)
         early = self._early
         while early:
@@ -654,8 +661,7 @@ class OutputMessage:
         """Stop writing without closing anything on the wire (the step is superseded)."""
         self._closed = True
         self._step_open = False
-        if self._opening is not None and not self._opening.done():
-            self._opening.cancel()  # superseded: nothing more of it goes out
+        self._dropped = True  # superseded: nothing more of it goes out (see _send_early)
         try:
             await self.writer.aclose()
         finally:

@@ -84,7 +84,10 @@ async def test_the_handler_starts_before_the_run_start_ack_and_its_step_follows_
     channel = HeldAckChannel()
     run = Run(Host(channel), event_id="e1")
     await run.start(pipelined=True)
-    # Sent, not acknowledged: the run is active (the handler may open a message) already.
+    # Not even sent yet (its task's first step writes the frame), and not acknowledged: the run is
+    # active (the handler may open a message) already.
+    assert channel.sent == [] and run.started and run.phase is RunPhase.ACTIVE
+    await asyncio.sleep(0)
     assert channel.sent == ["ai-run-start"]
     assert run.started and run.phase is RunPhase.ACTIVE
     assert not channel.acks[0].done()
