@@ -198,9 +198,9 @@ class Run:
     async def start(self, *, pipelined: bool = False) -> None:
         """Publish ``ai-run-start`` (fresh run or fork) or ``ai-run-resume`` (continuation).
 
-        ``pipelined``: return once it is *sent*, not acknowledged, so the model call starts one
-        round trip sooner; whatever the run publishes next follows it on the wire (same connection,
-        sent in order). Its ACK is confirmed (:meth:`confirm_started`) with the run's first step
+        ``pipelined``: return once its send is under way (a task that writes the frame in its first
+        step), not acknowledged, so the model call starts one round trip sooner; whatever the run
+        publishes next follows it on the wire (same connection, sent in order). Its ACK is confirmed (:meth:`confirm_started`) with the run's first step
         and before its end; if it failed, the run is not started and a terminal publishes it again."""
         if self._start_published:
             return

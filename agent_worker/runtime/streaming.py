@@ -445,9 +445,10 @@ class StreamWriter:
         assert batch is not None
         serials = await retry(lambda: batch([op.message for op in held]), attempts=5, retry_if=_rate_limited)
         self.stats.published += len(held)
+        found = serials if isinstance(serials, list) else []
         for i, op in enumerate(held):
             if op.stream_key is not None:
-                self._stream_opened(op, serials[i] if isinstance(serials, list) and i < len(serials) else None)
+                self._stream_opened(op, found[i] if i < len(found) else None)
 
     async def _settle_held(self) -> None:
         """Wait for the held batch's ACK (raising its failure) before anything else is sent."""
