@@ -200,8 +200,9 @@ class Run:
 
         ``pipelined``: return once its send is under way (a task that writes the frame in its first
         step), not acknowledged, so the model call starts one round trip sooner; whatever the run
-        publishes next follows it on the wire (same connection, sent in order). Its ACK is confirmed (:meth:`confirm_started`) with the run's first step
-        and before its end; if it failed, the run is not started and a terminal publishes it again."""
+        publishes next follows it on the wire (same connection, sent in order). Its ACK is
+        confirmed (:meth:`confirm_started`) with the run's first step and before its end; if it
+        failed, the run is not started and a terminal publishes it again."""
         if self._start_published:
             return
         t = self.trigger
@@ -602,8 +603,15 @@ class OutputMessage:
         """Wait until the chunks held for the step-start's ACK are handed to the writer (raising
         the failure that stopped them)."""
         task = self._opening
-        if task is not None:
+        if task is None:
+            return
+        try:
             await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                raise  # the caller was cancelled, not the step-start
+            msg = "unable to open step; the step-start publish was cancelled"
+            raise TransportError(msg, code=80003) from None
 
     async def send(self, chunk: Mapping[str, Any]) -> None:
         """Encode one codec output event (a UIMessageChunk, a Responses event) and put it on the

@@ -197,6 +197,21 @@ async def test_a_failed_step_start_fails_the_run_and_nothing_of_the_message_goes
     assert channel.sent == ["ai-run-start", "ai-step-start", "ai-run-end"]
 
 
+async def test_a_cancelled_step_start_publish_fails_the_message_not_the_run_task() -> None:
+    channel = HeldAckChannel()
+    run = Run(Host(channel), event_id="e1")
+    await run.start(pipelined=True)
+    channel.acks[0].set_result("serial-run-start")
+    message = run.open_message()
+    await message.send({"type": "start"})
+    channel.acks[1].cancel()  # e.g. its task cancelled at shutdown
+    with pytest.raises(TransportError) as caught:
+        await message.close()  # a transport failure (the run ends error), not a CancelledError
+    assert caught.value.code == 80003
+    await message.close_after_abort("error")
+    assert channel.sent == ["ai-run-start", "ai-step-start"]
+
+
 class BatchChannel(HeldAckChannel):
     """Also has ``publish_batch``, ACKed when the test says so."""
 
