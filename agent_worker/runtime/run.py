@@ -198,10 +198,11 @@ class Run:
     async def start(self, *, pipelined: bool = False) -> None:
         """Publish ``ai-run-start`` (fresh run or fork) or ``ai-run-resume`` (continuation).
 
-        ``pipelined``: return once it is *sent*, not acknowledged, so the model call starts one
-        round trip sooner; whatever the run publishes next follows it on the wire (same connection,
-        sent in order). Its ACK is confirmed (:meth:`confirm_started`) with the run's first step
-        and before its end; if it failed, the run is not started and a terminal publishes it again."""
+        ``pipelined``: return once its send is under way (a task that writes the frame in its first
+        step), not acknowledged, so the model call starts one round trip sooner; whatever the run
+        publishes next follows it on the wire (same connection, sent in order). Its ACK is
+        confirmed (:meth:`confirm_started`) with the run's first step and before its end; if it
+        failed, the run is not started and a terminal publishes it again."""
         if self._start_published:
             return
         t = self.trigger
@@ -237,7 +238,10 @@ class Run:
             self._start_published = True
             self._start_ack = send(msg)
             self._start_ack.add_done_callback(retrieve_exception)
-            await asyncio.sleep(0)  # the task writes its frame: the run's next messages follow it
+            # No yield here (in a burst each one is a turn of a busy loop): the task writes its
+            # frame in its first step, before any task created after it takes its own (the
+            # step-start's), and a publish this run makes itself waits for its ACK first
+            # (:meth:`_start_before_end`).
         else:
             # Marked before awaiting, and shielded: if the run is cancelled while the ACK is
             # pending, the run-start is on the wire anyway, and the teardown must not publish a
@@ -497,6 +501,10 @@ class Run:
             self._active_message = None
 
 
+_EARLY_MAX = 8
+"""Chunks held for a pipelined step-start's ACK before ``send`` waits for it (the opening ones)."""
+
+
 class OutputMessage:
     """One assistant message: encoder + stream writer + its implicit step."""
 
@@ -533,16 +541,38 @@ class OutputMessage:
         self._step_serial: str | None = None
         self._step_open = False
         self._closed = False
+        self._opening: asyncio.Task[None] | None = None
+        """The step-start sent, not yet acknowledged: the chunks in ``_early`` go out once it is."""
+        self._early: list[Mapping[str, Any]] = []
+        self._dropped = False
 
     @property
     def step_open(self) -> bool:
         return self._step_open
 
     async def _open_step(self) -> None:
+        """Publish the step-start. Pipelined where the channel can (``start_publish``): it is sent,
+        not acknowledged, when this returns, so the model call does not wait its round trip; the
+        chunks sent meanwhile wait in ``_early`` (they carry its serial, ``step-start-serial``) and
+        go out behind it once it is acknowledged (:meth:`_send_early`), in order."""
         self._step_open = True
-        serial = await publish_reliably(
-            self.run.session.channel, lifecycle_message(AI_STEP_START, self.run._step_headers(self.step_id))
+        channel = self.run.session.channel
+        msg = lifecycle_message(AI_STEP_START, self.run._step_headers(self.step_id))
+        send: Callable[[OutboundMessage], asyncio.Task[str | None]] | None = getattr(
+            channel, "start_publish", None
         )
+        if send is None:
+            await self._step_started(await publish_reliably(channel, msg))
+            return
+        await channel.acquire()
+        ack = send(msg)
+        ack.add_done_callback(retrieve_exception)
+        # Everything of this message goes out from this task, after the step-start's ACK: no
+        # yield is needed for the wire order.
+        self._opening = asyncio.create_task(self._send_early(ack, msg))
+        self._opening.add_done_callback(retrieve_exception)
+
+    async def _step_started(self, serial: str | None) -> None:
         self._step_serial = serial
         await self.run.confirm_started()  # ACKs come in order: settled by now, unless it failed
         if serial is not None:
@@ -552,15 +582,54 @@ class OutputMessage:
         if self.run.first_output_at is None:
             self.run.first_output_at = asyncio.get_running_loop().time()
 
+    async def _send_early(self, ack: asyncio.Task[str | None], msg: OutboundMessage) -> None:
+        """Once the pipelined step-start is acknowledged: the chunks sent meanwhile, in order. A
+        step-start refused for rate (429: not applied) is published again first; nothing of this
+        message is sent before it is acknowledged."""
+        try:
+            serial = await ack  # (not shielded: an extra loop turn; a dropped message waits it out)
+        except TransportError as exc:
+            if exc.status_code != 429:
+                raise
+            serial = await publish_reliably(self.run.session.channel, msg)
+        if self._dropped:
+            return
+        await self._step_started(serial)
+        early = self._early
+        while early:
+            await self.writer.write(self.encoder.encode(early.pop(0)))
+
+    async def _settle_opening(self) -> None:
+        """Wait until the chunks held for the step-start's ACK are handed to the writer (raising
+        the failure that stopped them)."""
+        task = self._opening
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                raise  # the caller was cancelled, not the step-start
+            msg = "unable to open step; the step-start publish was cancelled"
+            raise TransportError(msg, code=80003) from None
+
     async def send(self, chunk: Mapping[str, Any]) -> None:
         """Encode one codec output event (a UIMessageChunk, a Responses event) and put it on the
-        wire (the step opens before the first)."""
+        wire (the step opens before the first). While a pipelined step-start awaits its ACK, up to
+        ``_EARLY_MAX`` chunks are held and this returns at once (the handler calls the model
+        meanwhile); the next ones wait for it."""
         if self._closed:
             msg = "unable to send; this output message is closed"
             raise RuntimeError(msg)
         if not self._step_open:
             await self._open_step()
         self.run.digest.observe(chunk)
+        opening = self._opening
+        if opening is not None:
+            if not opening.done() and len(self._early) < _EARLY_MAX:
+                self._early.append(chunk)
+                return
+            await self._settle_opening()
         await self.writer.write(self.encoder.encode(chunk))
 
     async def _close_step(self, reason: StepEndReason) -> None:
@@ -584,6 +653,7 @@ class OutputMessage:
         """Finish normally: flush every append, close anything still streaming, end the step."""
         if self._closed:
             return
+        await self._settle_opening()  # its failure is the run's: the teardown ends the step failed
         try:
             await self.writer.cancel_streams()
             await self.writer.flush()
@@ -599,6 +669,7 @@ class OutputMessage:
         """Stop writing without closing anything on the wire (the step is superseded)."""
         self._closed = True
         self._step_open = False
+        self._dropped = True  # superseded: nothing more of it goes out (see _send_early)
         try:
             await self.writer.aclose()
         finally:
@@ -612,6 +683,11 @@ class OutputMessage:
         step_reason: StepEndReason = "cancelled" if run_reason == "cancelled" else "failed"
         if run_reason == "complete":
             step_reason = "complete"
+        opening = self._opening
+        if opening is not None and not opening.done():
+            # What the handler sent is handed to the writer first (so its streams close cancelled),
+            # and the step-start's serial is known for the step's end; a failure was the run's.
+            await asyncio.wait([opening])
         try:
             await self.writer.cancel_streams()
         except AgentWorkerError as exc:

@@ -17,7 +17,10 @@ operation order on the wire, with two liberties that change no text:
   one loop turn — a message's ``start`` and ``start-step`` chunks, before the model is called — go
   out as one atomic batch (``Channel.publish_batch``) once the caller yields, so the model call
   does not wait for their round trips; the writer's next operation waits for that batch's ACK
-  first, so nothing overtakes it on the wire and its failure is raised there.
+  first, so nothing overtakes it on the wire and its failure is raised there. A stream's create
+  written in the same turn (a pipelined step-start held them all for its ACK, see
+  ``OutputMessage`` in runtime/run.py) goes last in that batch, its serial taken from the batch's
+  ACK: one round trip before the stream's first append instead of two.
 * **Pipelining.** Appends are submitted without awaiting their ACKs (``Channel.submit_append``).
   Publishes and updates are awaited (a stream's opening serial is needed for its appends). A stream
   with a failed append (NACKed, past its ACK deadline, not sent) gets the encoder's full-content
@@ -201,7 +204,7 @@ class StreamWriter:
         # (``_notice``), the failed ones into ``_failures`` until a repair covers their text.
         self._pending: collections.deque[_Sent] = collections.deque()
         self._failures: dict[str, list[_Sent]] = {}
-        self._held: list[OutboundMessage] = []
+        self._held: list[PublishOp] = []
         self._held_task: asyncio.Task[None] | None = None
         self._batch: Callable[[list[OutboundMessage]], Awaitable[Any]] | None = getattr(
             channel, "publish_batch", None
@@ -251,7 +254,7 @@ class StreamWriter:
                 # Held without yielding, so the caller's next discrete chunk of this turn joins it.
                 if not self._held and self._held_task is not None:
                     await self._settle_held()  # a batch already in flight goes first
-                self._hold(op.message)
+                self._hold(op)
                 continue
             if self._held_task is not None:
                 await self._settle_held()
@@ -414,29 +417,38 @@ class StreamWriter:
             raise exc
 
     def _joins_held(self, op: WireOp) -> bool:
-        """A small discrete publish, while the batch stays small (Ably's size limit is per publish)."""
+        """A small discrete publish, while the batch stays small (Ably's size limit is per publish);
+        or a stream's create, last, behind discrete chunks not yet sent (its serial comes from the
+        batch's ACK: one round trip for the opening chunks and the first stream, not two)."""
+        held = self._held
         return (
             isinstance(op, PublishOp)
-            and op.stream_key is None
             and self._batch is not None
-            and len(self._held) < _HOLD_MAX_MESSAGES
+            and len(held) < _HOLD_MAX_MESSAGES
             and len(str(op.message.data or "")) <= _HOLD_MAX_DATA
+            and (op.stream_key is None or bool(held))
+            and not (held and held[-1].stream_key is not None)
         )
 
-    def _hold(self, msg: OutboundMessage) -> None:
-        """Queue a discrete publish; the batch goes out on the next loop turn (see the module doc)."""
-        self._held.append(msg)
+    def _hold(self, op: PublishOp) -> None:
+        """Queue a publish; the batch goes out on the next loop turn (see the module doc)."""
+        self._held.append(op)
         if self._held_task is None:
             self._held_task = asyncio.create_task(self._send_held())
             self._held_task.add_done_callback(retrieve_exception)
 
     async def _send_held(self) -> None:
-        await asyncio.sleep(0)  # the caller's other discrete chunks of this turn join the batch
+        # A task's first step runs after the caller's current one, so the caller's other chunks of
+        # this turn have joined by now (no extra turn: in a burst each is a turn of a busy loop).
         held, self._held = self._held, []
         batch = self._batch
         assert batch is not None
-        await retry(lambda: batch(held), attempts=5, retry_if=_rate_limited)
+        serials = await retry(lambda: batch([op.message for op in held]), attempts=5, retry_if=_rate_limited)
         self.stats.published += len(held)
+        found = serials if isinstance(serials, list) else []
+        for i, op in enumerate(held):
+            if op.stream_key is not None:
+                self._stream_opened(op, found[i] if i < len(found) else None)
 
     async def _settle_held(self) -> None:
         """Wait for the held batch's ACK (raising its failure) before anything else is sent."""
@@ -498,14 +510,18 @@ class StreamWriter:
         serial = await publish_reliably(self._channel, op.message)
         self.stats.published += 1
         if op.stream_key is not None:
-            if serial is None:
-                msg = "unable to start stream; the publish ACK carried no serial"
-                raise TransportError(msg, code=50000)
-            self._serials[op.stream_key] = serial
-            self._epochs[op.stream_key] = self._reconnects()
-            self._continuity[op.stream_key] = self._continuity_now()
-            if self._on_stream_open is not None:
-                self._on_stream_open(op.stream_key, serial, op.message)
+            self._stream_opened(op, serial)
+
+    def _stream_opened(self, op: PublishOp, serial: str | None) -> None:
+        assert op.stream_key is not None
+        if serial is None:
+            msg = "unable to start stream; the publish ACK carried no serial"
+            raise TransportError(msg, code=50000)
+        self._serials[op.stream_key] = serial
+        self._epochs[op.stream_key] = self._reconnects()
+        self._continuity[op.stream_key] = self._continuity_now()
+        if self._on_stream_open is not None:
+            self._on_stream_open(op.stream_key, serial, op.message)
 
     async def _submit(self, key: str, msg: OutboundMessage) -> None:
         serial = self._serials.get(key)

@@ -565,8 +565,9 @@ class Channel:
 
     def start_publish(self, msg: OutboundMessage) -> asyncio.Task[str | None]:
         """Publish one message without waiting for its ACK (the task's result is its serial): the
-        caller has taken a rate token and yields once before sending anything else (the task's
-        first step writes the frame), so what it sends next follows this message on the wire.
+        caller has taken a rate token; the task's first step writes the frame, so what the caller
+        sends next from a task created after this one, or after yielding once, follows this
+        message on the wire (tasks take their first steps in creation order).
         Retried like :meth:`publish_batch` (same message id: Ably deduplicates a first attempt that did land);
         a publish sent after it retries only once it has settled. (A publish sent after it whose
         *first* attempt goes out on a new connection, after this one failed on a dropped one that

@@ -11,7 +11,7 @@ import pytest
 
 from agent_worker.errors import TransportError
 from agent_worker.protocol.tree import ConversationTree
-from agent_worker.protocol.wire import OutboundMessage, PublishOp
+from agent_worker.protocol.wire import AppendOp, OutboundMessage, PublishOp
 from agent_worker.runtime.run import Run, RunPhase
 from agent_worker.runtime.streaming import StreamWriter
 from tests.runtime.test_stream_windows import NoEncoder
@@ -25,8 +25,14 @@ class HeldAckChannel:
     def __init__(self) -> None:
         self.sent: list[str] = []
         self.acks: list[asyncio.Future[str | None]] = []
+        self.tag_appends = False
+        self.outputs: list[tuple[str, str | None]] = []
+        """Each ``ai-output`` create: its codec kind and the step-start serial it names."""
 
     def _label(self, msg: OutboundMessage) -> str:
+        if msg.name == "ai-output" and msg.extras:
+            ai = msg.extras["ai"]
+            self.outputs.append((ai["codec"]["kind"], ai["transport"].get("step-start-serial")))
         return msg.name or f"data:{msg.data}"
 
     async def publish(self, msg: OutboundMessage) -> str | None:
@@ -51,7 +57,7 @@ class HeldAckChannel:
         return asyncio.create_task(run())
 
     def start_append(self, serial: str, msg: OutboundMessage) -> asyncio.Task[str | None]:
-        self.sent.append(f"append:{msg.data}")
+        self.sent.append(f"append:{serial}:{msg.data}" if self.tag_appends else f"append:{msg.data}")
 
         async def ack() -> str | None:
             return None
@@ -78,25 +84,71 @@ async def test_the_handler_starts_before_the_run_start_ack_and_its_step_follows_
     channel = HeldAckChannel()
     run = Run(Host(channel), event_id="e1")
     await run.start(pipelined=True)
-    # Sent, not acknowledged: the run is active (the handler may open a message) already.
+    # Not even sent yet (its task's first step writes the frame), and not acknowledged: the run is
+    # active (the handler may open a message) already.
+    assert channel.sent == [] and run.started and run.phase is RunPhase.ACTIVE
+    await asyncio.sleep(0)
     assert channel.sent == ["ai-run-start"]
     assert run.started and run.phase is RunPhase.ACTIVE
     assert not channel.acks[0].done()
 
     message = run.open_message()
-    first = asyncio.ensure_future(message.send({"type": "start"}))
+    # The step-start is pipelined too: the first chunk is held for its ACK and the handler goes
+    # on (to call the model) at once.
+    await message.send({"type": "start"})
     for _ in range(10):
         await asyncio.sleep(0)
-    # The step-start went out behind the run-start, but the output waits for the run-start's ACK.
     assert channel.sent == ["ai-run-start", "ai-step-start"]
-    assert not first.done()
+    # The output waits for both ACKs (the run-start's, then the step-start's, whose serial it names).
+    channel.acks[1].set_result("serial-step-start")
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert channel.sent == ["ai-run-start", "ai-step-start"]
     channel.acks[0].set_result("serial-run-start")
-    await asyncio.wait_for(first, 10)
-    assert channel.sent[:2] == ["ai-run-start", "ai-step-start"]
-    assert channel.sent[2:] == ["ai-output"]  # the message's start chunk
-    await message.close()
+    closing = asyncio.ensure_future(message.close())
+    await asyncio.wait_for(asyncio.shield(closing), 10)
+    assert channel.sent[:3] == ["ai-run-start", "ai-step-start", "ai-output"]  # the message's start chunk
+    assert channel.sent[3:] == ["ai-step-end"]
+    assert channel.outputs == [("start", "serial-step-start")]
     await run.end("complete")
     assert channel.sent[-2:] == ["ai-step-end", "ai-run-end"]
+
+
+async def test_chunks_sent_while_the_step_start_is_unacknowledged_keep_their_order() -> None:
+    channel = HeldAckChannel()
+    run = Run(Host(channel), event_id="e1")
+    await run.start(pipelined=True)
+    channel.acks[0].set_result("serial-run-start")
+    message = run.open_message()
+    await message.send({"type": "start"})
+    await message.send({"type": "start-step"})
+    # A later chunk (the model's first text) waits for the held ones, which wait for the ACK.
+    await message.send({"type": "text-start", "id": "t"})
+    await message.send({"type": "text-delta", "id": "t", "delta": "hi"})
+    text = asyncio.ensure_future(message.send({"type": "text-delta", "id": "t", "delta": "!"}))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert channel.sent == ["ai-run-start", "ai-step-start"]
+    channel.acks[1].set_result("serial-step-start")
+    await asyncio.wait_for(text, 10)
+    await message.close()
+    assert channel.sent[2:5] == ["ai-output", "ai-output", "ai-output"]
+    assert channel.sent[5:] == ["append:hi", "append:!", "ai-step-end"]
+    assert channel.outputs == [(k, "serial-step-start") for k in ("start", "start-step", "text")]
+
+
+async def test_a_step_start_refused_for_rate_is_published_again_before_its_chunks() -> None:
+    channel = HeldAckChannel()
+    run = Run(Host(channel), event_id="e1")
+    await run.start(pipelined=True)
+    channel.acks[0].set_result("serial-run-start")
+    message = run.open_message()
+    await message.send({"type": "start"})
+    channel.acks[1].set_exception(TransportError("rate limit", code=42911, status_code=429))
+    await message.close()
+    # Refused (not applied), so sent again, acknowledged, before the output that names it.
+    assert channel.sent == ["ai-run-start", "ai-step-start", "ai-step-start", "ai-output", "ai-step-end"]
+    assert channel.outputs == [("start", "serial-3")]
 
 
 async def test_a_failed_pipelined_run_start_is_published_again_before_the_run_end() -> None:
@@ -116,14 +168,48 @@ async def test_a_failed_pipelined_run_start_fails_the_first_step() -> None:
     await run.start(pipelined=True)
     channel.acks[0].set_exception(TransportError("publish refused", code=42911, status_code=429))
     message = run.open_message()
+    await message.send({"type": "start"})  # held for the step-start's ACK
+    channel.acks[1].set_result("serial-step-start")
     with pytest.raises(TransportError):
-        await message.send({"type": "start"})
+        await message.close()  # the held chunk's failure: the run-start's
     assert not run.started  # so the run's terminal publishes a run-start first
     await message.close_after_abort("error")
     await run.end("error")
-    # Found failed by the step, not by the end: the run-end still follows an acknowledged run-start.
+    # Found failed by the step, not by the end: the run-end still follows an acknowledged run-start,
+    # and the held chunk never went out.
     assert channel.sent == ["ai-run-start", "ai-step-start", "ai-step-end", "ai-run-start", "ai-run-end"]
     assert run.phase is RunPhase.ENDED and run.outcome == "error"
+
+
+async def test_a_failed_step_start_fails_the_run_and_nothing_of_the_message_goes_out() -> None:
+    channel = HeldAckChannel()
+    run = Run(Host(channel), event_id="e1")
+    await run.start(pipelined=True)
+    channel.acks[0].set_result("serial-run-start")
+    message = run.open_message()
+    await message.send({"type": "start"})
+    channel.acks[1].set_exception(TransportError("refused", code=40160, status_code=401))
+    with pytest.raises(TransportError):
+        await message.close()
+    await message.close_after_abort("error")
+    await run.end("error")
+    # No serial to name: no output and no step-end; the run ends with its error.
+    assert channel.sent == ["ai-run-start", "ai-step-start", "ai-run-end"]
+
+
+async def test_a_cancelled_step_start_publish_fails_the_message_not_the_run_task() -> None:
+    channel = HeldAckChannel()
+    run = Run(Host(channel), event_id="e1")
+    await run.start(pipelined=True)
+    channel.acks[0].set_result("serial-run-start")
+    message = run.open_message()
+    await message.send({"type": "start"})
+    channel.acks[1].cancel()  # e.g. its task cancelled at shutdown
+    with pytest.raises(TransportError) as caught:
+        await message.close()  # a transport failure (the run ends error), not a CancelledError
+    assert caught.value.code == 80003
+    await message.close_after_abort("error")
+    assert channel.sent == ["ai-run-start", "ai-step-start"]
 
 
 class BatchChannel(HeldAckChannel):
@@ -131,6 +217,7 @@ class BatchChannel(HeldAckChannel):
 
     def __init__(self) -> None:
         super().__init__()
+        self.tag_appends = True
         self.batches: list[list[str]] = []
         self.batch_acks: list[asyncio.Future[None]] = []
 
@@ -166,6 +253,37 @@ async def test_a_turns_discrete_chunks_go_as_one_batch_and_the_next_op_waits_for
     await asyncio.wait_for(opening, 10)
     assert channel.sent == ["start", "start-step", "text-start"]
     await writer.flush()
+    await writer.aclose()
+
+
+async def test_a_stream_create_written_with_the_opening_chunks_goes_last_in_their_batch() -> None:
+    channel = BatchChannel()
+    writer = StreamWriter(channel, NoEncoder(), window_s=0.0)
+    text_start = PublishOp(OutboundMessage(name="text-start", data=""), stream_key="s")
+    delta = AppendOp("s", OutboundMessage(name="text", data="hi"))
+    # One loop turn (a pipelined step-start's held chunks, the model's first text already among them).
+    await writer.write([_discrete("start")])
+    await writer.write([_discrete("start-step")])
+    await writer.write([text_start])
+    appended = asyncio.ensure_future(writer.write([delta]))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert channel.batches == [["start", "start-step", "text-start"]]
+    assert not appended.done() and channel.sent == ["start", "start-step", "text-start"]
+    channel.batch_acks[0].set_result(None)
+    await asyncio.wait_for(appended, 10)
+    await writer.flush()
+    # The append names the create's serial from the batch's ACK (the third message of it).
+    assert channel.sent[-1] == "append:serial-2:hi"
+    assert writer.open_serials == {"s": "serial-2"}
+    await writer.aclose()
+
+
+async def test_a_stream_create_alone_is_published_not_batched() -> None:
+    channel = BatchChannel()
+    writer = StreamWriter(channel, NoEncoder(), window_s=0.0)
+    await writer.write([PublishOp(OutboundMessage(name="text-start", data=""), stream_key="s")])
+    assert channel.batches == [] and channel.sent == ["text-start"]  # awaited as before
     await writer.aclose()
 
 
