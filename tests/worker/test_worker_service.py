@@ -24,10 +24,18 @@ async def test_close_drains_then_cancels_and_every_run_ends(
     """close() lets a short run finish within the drain timeout and cancels a long one after it;
     both publish ai-run-end, and new invocations are refused while draining."""
 
+    # The short run ends only once draining has begun (not on a clock, so a loaded machine cannot
+    # make it miss the drain window); the long run never ends by itself.
+    draining = asyncio.Event()
+
     async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
         text = request.messages[-1].text  # type: ignore[union-attr]
-        n = 3 if text == "short" else 10_000
-        for i in range(n):
+        if text == "short":
+            for i in range(3):
+                yield f"t{i} "
+            await draining.wait()
+            return
+        for i in range(10_000):
             yield f"t{i} "
             await asyncio.sleep(0.02)
 
@@ -38,8 +46,10 @@ async def test_close_drains_then_cancels_and_every_run_ends(
     await harness.invoke(session_name, short.event_id)
     await harness.invoke(session_name, long.event_id)
     await client.wait_for(lambda: client.for_input(AI_RUN_START, long.codec_message_id))
-    closing = asyncio.create_task(harness.worker.close(drain_timeout_s=0.5))
+    closing = asyncio.create_task(harness.worker.close(drain_timeout_s=3.0))
     await asyncio.sleep(0.05)
+    assert harness.worker.state == "draining"
+    draining.set()
     late = await client.send_text("too late", parent=short.codec_message_id)
     status, _body = await harness.invoke(session_name, late.event_id)
     assert status == 503
