@@ -253,30 +253,28 @@ async def populate(port: int, key: str, plan: Plan, names: list[str]) -> list[di
     return sessions
 
 
-async def server_stats(server: Child) -> dict[str, Any]:
-    """The server's realtime refusals so far (``{code: count}``), asked for on its stdin."""
+async def _server_command(server: Child, command: str, event: str, limit_s: float) -> dict[str, Any]:
+    """Send ``command`` on the server's stdin and return the ``event`` line it answers with."""
     assert server.proc is not None and server.proc.stdin is not None
-    before = sum(1 for e in server.events if e.get("event") == "stats")
-    server.proc.stdin.write(b"stats\n")
+    before = sum(1 for e in server.events if e.get("event") == event)
+    server.proc.stdin.write(command.encode() + b"\n")
     await server.proc.stdin.drain()
-    async with asyncio.timeout(10):
-        while sum(1 for e in server.events if e.get("event") == "stats") <= before:
+    async with asyncio.timeout(limit_s):
+        while sum(1 for e in server.events if e.get("event") == event) <= before:
             server._changed.clear()
             await server._changed.wait()
-    refused: dict[str, Any] = [e for e in server.events if e.get("event") == "stats"][-1]["refused"]
+    return [e for e in server.events if e.get("event") == event][-1]
+
+
+async def server_stats(server: Child) -> dict[str, Any]:
+    """The server's realtime refusals so far (``{code: count}``), asked for on its stdin."""
+    refused: dict[str, Any] = (await _server_command(server, "stats", "stats", 10))["refused"]
     return refused
 
 
 async def server_settle(server: Child) -> None:
     """The server collects (and freezes) what earlier variants left, before the next one starts."""
-    assert server.proc is not None and server.proc.stdin is not None
-    before = sum(1 for e in server.events if e.get("event") == "settled")
-    server.proc.stdin.write(b"settle\n")
-    await server.proc.stdin.drain()
-    async with asyncio.timeout(30):
-        while sum(1 for e in server.events if e.get("event") == "settled") <= before:
-            server._changed.clear()
-            await server._changed.wait()
+    await _server_command(server, "settle", "settled", 30)
 
 
 async def run_variant(
