@@ -373,8 +373,9 @@ class AgentSession:
                 self._history = self.channel.history_pages(
                     page_size=self.history_page_size, from_serial=until
                 )
+            cursor = self._history
             try:
-                page = await anext(self._history)
+                page = await anext(cursor)
                 size = len(page)
                 oldest = page[-1].serial if page else None
                 # Oldest first (pages are newest-first: popped from the end), yielding to the loop
@@ -390,6 +391,8 @@ class AgentSession:
                         for _ in range(min(FOLD_SLICE, size - start)):
                             self.fold(pop())
             except StopAsyncIteration:
+                if self._history is not cursor:
+                    return True  # see below
                 self._history_exhausted = True
                 return False
             except BaseException:
@@ -397,6 +400,10 @@ class AgentSession:
                 # (re-folding pages is idempotent).
                 self._history = None
                 raise
+            if self._history is not cursor:
+                # The channel re-attached without resume while this page was read (`_on_state`):
+                # history before the new attach point is still unread, whatever the old cursor says.
+                return True
             if size:
                 self._oldest_loaded = oldest
             else:

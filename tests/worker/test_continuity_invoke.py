@@ -99,3 +99,54 @@ async def test_an_invocation_for_an_event_that_never_existed_is_refused_across_a
         assert client.run_text(end.transport_headers["run-id"]) == "sent while down"
     finally:
         await harness.close()
+
+
+async def test_a_history_read_overtaken_by_the_re_attach_does_not_end_the_history(
+    ably_server: EmbeddedServer, make_client: MakeClient, session_name: str, monkeypatch: Any
+) -> None:
+    """The run's history read (up to the old attach point) is still in flight when the channel
+    re-attaches without RESUMED, and only then runs out: that must not mark the history from the
+    new attach point as read, else the run's prompt misses the turns before the outage."""
+    provider = ScriptedProvider(gated_script("ok"))
+    harness = await start_harness(ably_server, provider, trigger_wait_s=60.0)
+    try:
+        client: ChatClient = await make_client()
+        before = await client.send_text("answered before")
+        await harness.invoke(session_name, before.event_id)
+        await client.run_end_for(before.codec_message_id)
+        await harness.worker.run_until_idle()
+        session = harness.worker.sessions[session_name]
+        old_attach = session.channel.attach_serial
+        real = session.channel.history_pages
+        gate, held = asyncio.Event(), asyncio.Event()
+        calls = 0
+
+        async def history_pages(**kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            first = calls == 1
+            async for page in real(**kwargs):
+                yield page
+            if first:  # the old cursor runs out only after the re-attach
+                held.set()
+                await gate.wait()
+
+        monkeypatch.setattr(session.channel, "history_pages", history_pages)
+        # As for a long conversation, whose session has not paged its history to the end: the
+        # run's locate reads pages up to the old attach point (through the gated reader).
+        session._history, session._history_exhausted = None, False
+        ably_server.hold_connections("agent-worker")
+        assert ably_server.drop_connections("agent-worker", resume=False) == 1
+        missed = await client.send_text("sent while down", parent=client.last_visible())
+        status, _ = await harness.invoke(session_name, missed.event_id)
+        assert status == 200
+        await _until(held.is_set)
+        ably_server.hold_connections("agent-worker", held=False)
+        await _until(lambda: session.channel.attach_serial != old_attach and session.stale)
+        gate.set()
+        end = await client.run_end_for(missed.codec_message_id, wait_s=60)
+        assert end.transport_headers["run-reason"] == "complete"
+        prompt = [(m.role, getattr(m, "text", None)) for m in provider.requests[-1].messages]
+        assert prompt == [("user", "answered before"), ("assistant", "ok"), ("user", "sent while down")]
+    finally:
+        await harness.close()
