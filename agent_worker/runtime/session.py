@@ -472,7 +472,7 @@ class AgentSession:
                 return False
             if m.name == AI_CANCEL or (watching and m.name == AI_INPUT and _fresh_input(m)):
                 return True
-            return m.name == AI_INPUT and m.transport_headers.get(H_EVENT_ID, "") in waiting
+            return m.transport_headers.get(H_EVENT_ID, "") in waiting  # as live: whatever it names
 
         try:
             reader = self.channel.history_pages(page_size=100, from_serial=attach_serial)
@@ -498,15 +498,16 @@ class AgentSession:
         # Every part of an awaited input (the first one folded wakes its run, and ends the wait).
         awaited = {e for m in found if (e := m.transport_headers.get(H_EVENT_ID, "")) in waiting}
         for msg in reversed(found):  # oldest first, as they would have arrived (an input, its cancel)
-            if msg.name == AI_CANCEL:
-                self._route_cancel(msg)
-                continue
             if msg.transport_headers.get(H_EVENT_ID, "") in awaited:
                 # Folded (into the tree reset at the re-attach) like a history page's message: the
                 # run then reads its branch from history before the new attach point, as usual.
                 self.fold(msg)
-            if watching and _fresh_input(msg) and self.on_fresh_input is not None and self._connected:
-                self.on_fresh_input(self, msg)
+            if msg.name == AI_CANCEL:
+                self._route_cancel(msg)
+            elif watching and msg.name == AI_INPUT and _fresh_input(msg) and self._connected:
+                on_fresh = self.on_fresh_input
+                if on_fresh is not None:  # (watching: it is)
+                    on_fresh(self, msg)
 
     def _defer_cancel(self, icmid: str, msg: InboundMessage) -> None:
         """Keep an early cancel until its run is located (each is authorised then)."""
