@@ -373,8 +373,9 @@ class AgentSession:
                 self._history = self.channel.history_pages(
                     page_size=self.history_page_size, from_serial=until
                 )
+            cursor = self._history
             try:
-                page = await anext(self._history)
+                page = await anext(cursor)
                 size = len(page)
                 oldest = page[-1].serial if page else None
                 # Oldest first (pages are newest-first: popped from the end), yielding to the loop
@@ -390,6 +391,8 @@ class AgentSession:
                         for _ in range(min(FOLD_SLICE, size - start)):
                             self.fold(pop())
             except StopAsyncIteration:
+                if self._history is not cursor:
+                    return True  # see below
                 self._history_exhausted = True
                 return False
             except BaseException:
@@ -397,6 +400,10 @@ class AgentSession:
                 # (re-folding pages is idempotent).
                 self._history = None
                 raise
+            if self._history is not cursor:
+                # The channel re-attached without resume while this page was read (`_on_state`):
+                # history before the new attach point is still unread, whatever the old cursor says.
+                return True
             if size:
                 self._oldest_loaded = oldest
             else:
@@ -452,15 +459,20 @@ class AgentSession:
         (and, watched, the fresh ``ai-input``\\ s) published while the channel was not attached
         (after ``after``, the newest serial seen live, up to the new attach point) are in history
         only (RTL15b); handle them as if they had arrived live. An input is admitted as a live one
-        is (the worker's dedup by event-id, so a turn already answered is not run again)."""
+        is (the worker's dedup by event-id, so a turn already answered is not run again). An input
+        a run waits for (its invocation came during the outage, and it had already paged the
+        history it could see) is folded as a live one is, which wakes that run."""
         found: list[InboundMessage] = []
         pages = 0
         watching = self._watching
+        waiting = self._waiting
 
         def wanted(m: InboundMessage) -> bool:
             if (m.serial or "") <= after:
                 return False
-            return m.name == AI_CANCEL or (watching and m.name == AI_INPUT and _fresh_input(m))
+            if m.name == AI_CANCEL or (watching and m.name == AI_INPUT and _fresh_input(m)):
+                return True
+            return m.transport_headers.get(H_EVENT_ID, "") in waiting  # as live: whatever it names
 
         try:
             reader = self.channel.history_pages(page_size=100, from_serial=attach_serial)
@@ -483,11 +495,19 @@ class AgentSession:
             log.info("continuity_gap_cancels", session=self.name, count=cancels)
         if len(found) > cancels:
             log.info("continuity_gap_inputs", session=self.name, count=len(found) - cancels)
+        # Every part of an awaited input (the first one folded wakes its run, and ends the wait).
+        awaited = {e for m in found if (e := m.transport_headers.get(H_EVENT_ID, "")) in waiting}
         for msg in reversed(found):  # oldest first, as they would have arrived (an input, its cancel)
+            if msg.transport_headers.get(H_EVENT_ID, "") in awaited:
+                # Folded (into the tree reset at the re-attach) like a history page's message: the
+                # run then reads its branch from history before the new attach point, as usual.
+                self.fold(msg)
             if msg.name == AI_CANCEL:
                 self._route_cancel(msg)
-            elif self.on_fresh_input is not None and self._connected:
-                self.on_fresh_input(self, msg)
+            elif watching and msg.name == AI_INPUT and _fresh_input(msg) and self._connected:
+                on_fresh = self.on_fresh_input
+                if on_fresh is not None:  # (watching: it is)
+                    on_fresh(self, msg)
 
     def _defer_cancel(self, icmid: str, msg: InboundMessage) -> None:
         """Keep an early cancel until its run is located (each is authorised then)."""
