@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from operator import attrgetter
-from typing import Any
+from typing import Any, TypeVar
 
 from agent_worker.protocol.codec_core import CodecMessage, DecoderCore, Projection
 from agent_worker.protocol.codecs import CodecSelector
@@ -74,6 +74,7 @@ __all__ = [
 
 
 _PLACED_BY = attrgetter("sort_key")
+_P = TypeVar("_P", str, str | None)
 _NOTHING = ApplyResult()  # what a message that folds nothing returns (immutable: shared)
 
 
@@ -93,8 +94,9 @@ class ConversationTree:
         self._nodes: dict[str, Internal] = {}
         self._cmid_to_key: dict[str, str] = {}
         self._sorted: list[Internal] = []
-        self._children: dict[str | None, set[str]] = {}
-        self._reply_runs: dict[str, set[str]] = {}
+        # Keys by parent (see _add_key): the children of each parent, and runs replying to an input.
+        self._children: dict[str | None, str | set[str]] = {}
+        self._reply_runs: dict[str, str | set[str]] = {}
         self._superseded: set[str] = set()
         self._event_index: dict[str, InboundMessage] = {}
         self._seq = 0
@@ -186,7 +188,7 @@ class ConversationTree:
     def reply_runs(self, input_codec_message_id: str) -> list[RunNode]:
         """Runs whose structural parent is that codec-message-id (superseded runs excluded)."""
         out: list[RunNode] = []
-        for rid in self._reply_runs.get(input_codec_message_id, set()):
+        for rid in _keys(self._reply_runs, input_codec_message_id):
             if rid in self._superseded:
                 continue
             node = self.run(rid)
@@ -201,13 +203,11 @@ class ConversationTree:
             return
         self._version += 1
         node = entry.node
-        children = self._children.get(node.parent)
-        if children is not None:
-            children.discard(key)
+        _discard_key(self._children, node.parent, key)
         if entry in self._sorted:
             self._sorted.remove(entry)
         if isinstance(node, RunNode) and node.parent is not None:
-            self._reply_runs.get(node.parent, set()).discard(key)
+            _discard_key(self._reply_runs, node.parent, key)
         for cmid, owner in list(self._cmid_to_key.items()):
             if owner == key:
                 del self._cmid_to_key[cmid]
@@ -460,7 +460,7 @@ class ConversationTree:
 
     def _insert(self, key: str, entry: Internal, parent: str | None) -> None:
         self._nodes[key] = entry
-        self._children.setdefault(parent, set()).add(key)
+        _add_key(self._children, parent, key)
         self._insert_sorted(entry)
         self._version += 1
         if isinstance(entry.node, RunNode):
@@ -480,16 +480,12 @@ class ConversationTree:
 
     def _reparent(self, key: str, old: str | None, new: str | None) -> None:
         self._version += 1
-        children = self._children.get(old)
-        if children is not None:
-            children.discard(key)
-            if not children:
-                del self._children[old]
-        self._children.setdefault(new, set()).add(key)
+        _discard_key(self._children, old, key)
+        _add_key(self._children, new, key)
 
     def _index_reply_run(self, node: Node) -> None:
         if isinstance(node, RunNode) and node.parent is not None:
-            self._reply_runs.setdefault(node.parent, set()).add(node.run_id)
+            _add_key(self._reply_runs, node.parent, node.run_id)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -626,14 +622,11 @@ class ConversationTree:
         del self._nodes[fork_cmid]
         node.run_id = run_id
         self._nodes[run_id] = entry
-        siblings = self._children.get(node.parent)
-        if siblings is not None:
-            siblings.discard(fork_cmid)
-        self._children.setdefault(node.parent, set()).add(run_id)
+        _discard_key(self._children, node.parent, fork_cmid)
+        _add_key(self._children, node.parent, run_id)
         if node.parent is not None:
-            replies = self._reply_runs.setdefault(node.parent, set())
-            replies.discard(fork_cmid)
-            replies.add(run_id)
+            _discard_key(self._reply_runs, node.parent, fork_cmid)
+            _add_key(self._reply_runs, node.parent, run_id)
         self._cmid_to_key[fork_cmid] = run_id
         for cmid, key in list(self._cmid_to_key.items()):
             if key == fork_cmid:
@@ -752,7 +745,7 @@ class ConversationTree:
             original = self._input_group_root(original)
         group = [
             self._nodes[k]
-            for k in self._children.get(original.parent, set())
+            for k in _keys(self._children, original.parent)
             if k not in self._superseded
             and k in self._nodes
             and self._is_sibling(self._nodes[k].node, original)
@@ -837,6 +830,41 @@ class ConversationTree:
                 continue
             emit(node, out)
         return out
+
+
+# Most parents have one child (a conversation is mostly a chain), so a parent's keys are the lone key
+# itself until a second one arrives: a set per parent was one more tracked object per node.
+
+
+def _add_key(index: dict[_P, str | set[str]], parent: _P, key: str) -> None:
+    have = index.get(parent)
+    if have is None:
+        index[parent] = key
+    elif isinstance(have, str):
+        if have != key:
+            index[parent] = {have, key}
+    else:
+        have.add(key)
+
+
+def _discard_key(index: dict[_P, str | set[str]], parent: _P, key: str) -> None:
+    have = index.get(parent)
+    if have is None:
+        return
+    if isinstance(have, str):
+        if have == key:
+            del index[parent]
+        return
+    have.discard(key)
+    if not have:
+        del index[parent]
+
+
+def _keys(index: dict[_P, str | set[str]], parent: _P) -> Collection[str]:
+    have = index.get(parent)
+    if have is None:
+        return ()
+    return (have,) if isinstance(have, str) else have
 
 
 def _apply_status(node: RunNode, ev: RunLifecycle) -> None:
