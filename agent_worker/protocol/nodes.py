@@ -84,9 +84,9 @@ class WireLog(list[LogEntry]):
                         entry.decoded_through = version
                     return "incremental" if i == last else "refold"
                 # The same serial now going the other way (a renamed update): a second entry right
-                # after it keeps the fold order the events arrived in.
+                # after it keeps the fold order the events arrived in (and the entry's message id).
                 through = version if version is not None else entry.decoded_through
-                self.insert(i + 1, LogEntry(serial, message_id, inputs, events, through))
+                self.insert(i + 1, LogEntry(serial, entry.message_id, inputs, events, through))
                 return "incremental" if i == last else "refold"
             if entry.serial < serial:
                 self.insert(i + 1, LogEntry(serial, message_id, inputs, events, version or serial))
