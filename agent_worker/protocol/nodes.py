@@ -42,40 +42,57 @@ class StepInfo:
 
 @dataclass(slots=True)
 class LogEntry:
+    """One serial's events. A message's events all go one way (``ai-input``: inputs, else outputs),
+    so the direction is kept once per entry, not as a ``(direction, event)`` tuple per event."""
+
     serial: str
     message_id: str | None
-    events: list[Event]
+    inputs: bool
+    events: list[dict[str, Any]]
     decoded_through: str
 
 
-class WireLog:
-    """Per-node serial-ordered event log with a per-serial version high-water mark (wire-log.ts)."""
+class WireLog(list[LogEntry]):
+    """Per-node serial-ordered event log with a per-serial version high-water mark (wire-log.ts).
 
-    def __init__(self) -> None:
-        self.entries: list[LogEntry] = []
+    The log is the list itself (one object per node, not a wrapper and its list)."""
 
-    def record(
-        self, serial: str, message_id: str | None, events: list[Event], version: str | None, streamed: bool
+    __slots__ = ()
+
+    def record(  # noqa: PLR0917 - called per message: positional is cheaper
+        self,
+        serial: str,
+        message_id: str | None,
+        inputs: bool,
+        events: list[dict[str, Any]],
+        version: str | None,
+        streamed: bool,
     ) -> Literal["dropped", "incremental", "refold"]:
         """Takes ``events`` (a list the caller built for this message and does not change after)."""
-        entries = self.entries
-        if not entries or entries[-1].serial < serial:  # the usual case: a newer message, appended
-            entries.append(LogEntry(serial, message_id, events, version or serial))
+        if not self or self[-1].serial < serial:  # the usual case: a newer message, appended
+            self.append(LogEntry(serial, message_id, inputs, events, version or serial))
             return "incremental"
-        for i in range(len(self.entries) - 1, -1, -1):
-            entry = self.entries[i]
+        last = len(self) - 1
+        for i in range(last, -1, -1):
+            entry = self[i]
             if entry.serial == serial:
                 if version is not None and (version <= entry.decoded_through or not streamed):
                     return "dropped"
-                entry.events.extend(events)
-                if version is not None:
-                    entry.decoded_through = version
-                return "incremental" if i == len(self.entries) - 1 else "refold"
+                if entry.inputs is inputs:
+                    entry.events.extend(events)
+                    if version is not None:
+                        entry.decoded_through = version
+                    return "incremental" if i == last else "refold"
+                # The same serial now going the other way (a renamed update): a second entry right
+                # after it keeps the fold order the events arrived in (and the entry's message id).
+                through = version if version is not None else entry.decoded_through
+                self.insert(i + 1, LogEntry(serial, entry.message_id, inputs, events, through))
+                return "incremental" if i == last else "refold"
             if entry.serial < serial:
-                self.entries.insert(i + 1, LogEntry(serial, message_id, events, version or serial))
-                return "incremental" if i + 1 == len(self.entries) - 1 else "refold"
-        self.entries.insert(0, LogEntry(serial, message_id, events, version or serial))
-        return "incremental" if len(self.entries) == 1 else "refold"
+                self.insert(i + 1, LogEntry(serial, message_id, inputs, events, version or serial))
+                return "incremental" if i == last else "refold"
+        self.insert(0, LogEntry(serial, message_id, inputs, events, version or serial))
+        return "incremental" if len(self) == 1 else "refold"
 
 
 @dataclass(slots=True)

@@ -18,10 +18,9 @@ from __future__ import annotations
 import json
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
-from itertools import repeat
+from collections.abc import Callable, Collection, Iterable, Mapping
 from operator import attrgetter
-from typing import Any
+from typing import Any, TypeVar
 
 from agent_worker.protocol.codec_core import CodecMessage, DecoderCore, Projection
 from agent_worker.protocol.codecs import CodecSelector
@@ -51,7 +50,6 @@ from agent_worker.protocol.headers import (
 )
 from agent_worker.protocol.nodes import (
     ApplyResult,
-    Event,
     InputNode,
     Internal,
     Node,
@@ -76,6 +74,7 @@ __all__ = [
 
 
 _PLACED_BY = attrgetter("sort_key")
+_P = TypeVar("_P", str, str | None)
 _NOTHING = ApplyResult()  # what a message that folds nothing returns (immutable: shared)
 
 
@@ -95,8 +94,9 @@ class ConversationTree:
         self._nodes: dict[str, Internal] = {}
         self._cmid_to_key: dict[str, str] = {}
         self._sorted: list[Internal] = []
-        self._children: dict[str | None, set[str]] = {}
-        self._reply_runs: dict[str, set[str]] = {}
+        # Keys by parent (see _add_key): the children of each parent, and runs replying to an input.
+        self._children: dict[str | None, str | set[str]] = {}
+        self._reply_runs: dict[str, str | set[str]] = {}
         self._superseded: set[str] = set()
         self._event_index: dict[str, InboundMessage] = {}
         self._seq = 0
@@ -188,7 +188,7 @@ class ConversationTree:
     def reply_runs(self, input_codec_message_id: str) -> list[RunNode]:
         """Runs whose structural parent is that codec-message-id (superseded runs excluded)."""
         out: list[RunNode] = []
-        for rid in self._reply_runs.get(input_codec_message_id, set()):
+        for rid in _keys(self._reply_runs, input_codec_message_id):
             if rid in self._superseded:
                 continue
             node = self.run(rid)
@@ -203,13 +203,11 @@ class ConversationTree:
             return
         self._version += 1
         node = entry.node
-        children = self._children.get(node.parent)
-        if children is not None:
-            children.discard(key)
+        _discard_key(self._children, node.parent, key)
         if entry in self._sorted:
             self._sorted.remove(entry)
         if isinstance(node, RunNode) and node.parent is not None:
-            self._reply_runs.get(node.parent, set()).discard(key)
+            _discard_key(self._reply_runs, node.parent, key)
         for cmid, owner in list(self._cmid_to_key.items()):
             if owner == key:
                 del self._cmid_to_key[cmid]
@@ -266,7 +264,7 @@ class ConversationTree:
             elif isinstance(entry.node, InputNode) and serial and not entry.node.serial:
                 entry.node.serial = serial
                 self._promote(entry)
-            self._record_and_fold(entry, _events(inputs, outputs), serial, input_cmid, version, streamed)
+            self._record_and_fold(entry, True, inputs, serial, input_cmid, version, streamed)
             return ApplyResult(
                 folded=True,
                 codec_message_id=input_cmid,
@@ -302,7 +300,6 @@ class ConversationTree:
     ) -> ApplyResult:
         cmid = headers.get(H_CODEC_MESSAGE_ID)
         input_cmid = headers.get(H_INPUT_CODEC_MESSAGE_ID)
-        events = _events(inputs, outputs)
         self._link_fork_input(input_cmid, run_id)
         run = self._nodes.get(run_id)
         if run is None and cmid is not None:
@@ -351,7 +348,11 @@ class ConversationTree:
         # Gating depends on the step attribution recorded above only (folding changes neither):
         # checked once here, not again by the fold.
         gated = serial is not None and run.step_state is not None and self._is_gated(run, serial)
-        self._record_and_fold(run, events, serial, cmid, version, headers.get(H_STREAM) == "true", gated)
+        # A message's events go one way (the caller passes one of the two lists empty).
+        is_input = bool(inputs)
+        events = inputs if is_input else outputs
+        streamed = headers.get(H_STREAM) == "true"
+        self._record_and_fold(run, is_input, events, serial, cmid, version, streamed, gated)
         # Positional (ApplyResult's field order): ~0.4 µs less per message than keywords.
         return ApplyResult(
             None, None, not gated, owner_key, cmid, input_cmid, serial, step_id, step_start_serial,
@@ -373,31 +374,25 @@ class ConversationTree:
     def new_projection(self) -> Projection:
         return self.codecs.codec.new_projection()
 
-    @staticmethod
-    def _fold(projection: Projection, event: Event, message_id: str | None) -> None:
-        direction, payload = event
-        if direction == "input":
-            projection.fold_input(payload, message_id)
-        else:
-            projection.fold_output(payload, message_id)
-
     def _record_and_fold(  # noqa: PLR0917 - called per message: positional is cheaper
         self,
         entry: Internal,
-        events: list[Event],
+        inputs: bool,
+        events: list[dict[str, Any]],
         serial: str | None,
         message_id: str | None,
         version: str | None,
         streamed: bool,
         gated: bool | None = None,
     ) -> None:
-        """``gated``: whether ``serial`` is gated out, when the caller already knows."""
+        """``inputs``: whether ``events`` are inputs (else outputs); ``gated``: whether ``serial`` is
+        gated out, when the caller already knows. Keeps ``events`` (the decoder's list for this message)."""
         if serial is None or not events:
             if serial is None and events:
                 entry.optimistic = True
-            self._fold_into(entry, events, serial, message_id, gated)
+            self._fold_into(entry, inputs, events, serial, message_id, gated)
             return
-        outcome = entry.log.record(serial, message_id, events, version, streamed)
+        outcome = entry.log.record(serial, message_id, inputs, events, version, streamed)
         if outcome == "dropped":
             return
         if entry.optimistic:
@@ -408,12 +403,13 @@ class ConversationTree:
         if outcome == "refold":
             self._refold(entry)
             return
-        self._fold_into(entry, events, serial, message_id, gated)
+        self._fold_into(entry, inputs, events, serial, message_id, gated)
 
-    def _fold_into(
+    def _fold_into(  # noqa: PLR0917 - called per message: positional is cheaper
         self,
         entry: Internal,
-        events: list[Event],
+        inputs: bool,
+        events: list[dict[str, Any]],
         serial: str | None,
         message_id: str | None,
         gated: bool | None = None,
@@ -423,19 +419,18 @@ class ConversationTree:
         if gated:
             return
         projection = entry.node.projection
-        for direction, payload in events:
-            if direction == "input":
-                projection.fold_input(payload, message_id)
-            else:
-                projection.fold_output(payload, message_id)
+        fold = projection.fold_input if inputs else projection.fold_output
+        for payload in events:
+            fold(payload, message_id)
 
     def _refold(self, entry: Internal) -> None:
         projection = self.new_projection()
-        for log_entry in entry.log.entries:
+        for log_entry in entry.log:
             if self._is_gated(entry, log_entry.serial):
                 continue
-            for ev in log_entry.events:
-                self._fold(projection, ev, log_entry.message_id)
+            fold = projection.fold_input if log_entry.inputs else projection.fold_output
+            for payload in log_entry.events:
+                fold(payload, log_entry.message_id)
         entry.node.projection = projection
 
     @staticmethod
@@ -465,7 +460,7 @@ class ConversationTree:
 
     def _insert(self, key: str, entry: Internal, parent: str | None) -> None:
         self._nodes[key] = entry
-        self._children.setdefault(parent, set()).add(key)
+        _add_key(self._children, parent, key)
         self._insert_sorted(entry)
         self._version += 1
         if isinstance(entry.node, RunNode):
@@ -485,16 +480,12 @@ class ConversationTree:
 
     def _reparent(self, key: str, old: str | None, new: str | None) -> None:
         self._version += 1
-        children = self._children.get(old)
-        if children is not None:
-            children.discard(key)
-            if not children:
-                del self._children[old]
-        self._children.setdefault(new, set()).add(key)
+        _discard_key(self._children, old, key)
+        _add_key(self._children, new, key)
 
     def _index_reply_run(self, node: Node) -> None:
         if isinstance(node, RunNode) and node.parent is not None:
-            self._reply_runs.setdefault(node.parent, set()).add(node.run_id)
+            _add_key(self._reply_runs, node.parent, node.run_id)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -631,14 +622,11 @@ class ConversationTree:
         del self._nodes[fork_cmid]
         node.run_id = run_id
         self._nodes[run_id] = entry
-        siblings = self._children.get(node.parent)
-        if siblings is not None:
-            siblings.discard(fork_cmid)
-        self._children.setdefault(node.parent, set()).add(run_id)
+        _discard_key(self._children, node.parent, fork_cmid)
+        _add_key(self._children, node.parent, run_id)
         if node.parent is not None:
-            replies = self._reply_runs.setdefault(node.parent, set())
-            replies.discard(fork_cmid)
-            replies.add(run_id)
+            _discard_key(self._reply_runs, node.parent, fork_cmid)
+            _add_key(self._reply_runs, node.parent, run_id)
         self._cmid_to_key[fork_cmid] = run_id
         for cmid, key in list(self._cmid_to_key.items()):
             if key == fork_cmid:
@@ -757,7 +745,7 @@ class ConversationTree:
             original = self._input_group_root(original)
         group = [
             self._nodes[k]
-            for k in self._children.get(original.parent, set())
+            for k in _keys(self._children, original.parent)
             if k not in self._superseded
             and k in self._nodes
             and self._is_sibling(self._nodes[k].node, original)
@@ -844,6 +832,41 @@ class ConversationTree:
         return out
 
 
+# Most parents have one child (a conversation is mostly a chain), so a parent's keys are the lone key
+# itself until a second one arrives: a set per parent was one more tracked object per node.
+
+
+def _add_key(index: dict[_P, str | set[str]], parent: _P, key: str) -> None:
+    have = index.get(parent)
+    if have is None:
+        index[parent] = key
+    elif isinstance(have, str):
+        if have != key:
+            index[parent] = {have, key}
+    else:
+        have.add(key)
+
+
+def _discard_key(index: dict[_P, str | set[str]], parent: _P, key: str) -> None:
+    have = index.get(parent)
+    if have is None:
+        return
+    if isinstance(have, str):
+        if have == key:
+            del index[parent]
+        return
+    have.discard(key)
+    if not have:
+        del index[parent]
+
+
+def _keys(index: dict[_P, str | set[str]], parent: _P) -> Collection[str]:
+    have = index.get(parent)
+    if have is None:
+        return ()
+    return (have,) if isinstance(have, str) else have
+
+
 def _apply_status(node: RunNode, ev: RunLifecycle) -> None:
     """One suspend/resume/end on a run's status (tree.ts ``_applyRunSuspend/Resume/End``)."""
     match ev.type:
@@ -878,14 +901,3 @@ def _parse_steer_stamp(stamp: str | None) -> tuple[str, ...] | None:
         return None
     ids = tuple(i for i in parsed if isinstance(i, str))
     return ids or None
-
-
-_INPUT = repeat("input")
-_OUTPUT = repeat("output")
-
-
-def _events(inputs: list[InputEvent], outputs: list[Chunk]) -> list[Event]:
-    """A message's events, inputs first (zip over ``repeat``: no per-message comprehension frames)."""
-    if not inputs:
-        return list(zip(_OUTPUT, outputs, strict=False))  # type: ignore[arg-type]
-    return [*zip(_INPUT, inputs, strict=False), *zip(_OUTPUT, outputs, strict=False)]  # type: ignore[list-item]

@@ -82,19 +82,26 @@ class _Pages:
             yield self._decode(body)
 
 
-async def _sample(package: str, bodies: list[bytes], in_gc: list[float]) -> tuple[float, float]:
+async def _sample(
+    package: str, bodies: list[bytes], in_gc: list[float], offset: int = 0
+) -> tuple[float, float]:
     session_mod = importlib.import_module(f"{package}.runtime.session")
     inbound = importlib.import_module(f"{package}.transport.inbound")
     thresholds = importlib.import_module(f"{package}.worker.service").GC_THRESHOLDS
     gc.collect()
     gc.set_threshold(*thresholds)
+    # ``offset`` tracked objects first: where in the young generation's cycle the rebuild starts (in a
+    # worker that point is arbitrary; after gc.collect() every sample would hit the same pages).
+    pad: list[list[None]] = [[] for _ in range(offset)]
     session = session_mod.AgentSession(
         _Pages("bench", bodies, inbound.history_messages), agent_client_id=AGENT_CLIENT_ID
     )
     gc_before, cpu = in_gc[0], time.process_time()
     while await session._load_page():
         pass
-    return (time.process_time() - cpu) * 1000, (in_gc[0] - gc_before) * 1000
+    took = (time.process_time() - cpu) * 1000, (in_gc[0] - gc_before) * 1000
+    del pad
+    return took
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -116,9 +123,11 @@ async def main(args: argparse.Namespace) -> None:
 
         gc.callbacks.append(on_gc)
         results: dict[str, list[tuple[float, float]]] = {p: [] for p in packages}
+        thresholds0 = importlib.import_module("agent_worker.gcpause").GC_THRESHOLDS[0]
         for rep in range(args.reps + 1):
             for package in packages if rep % 2 else packages[::-1]:
-                got = await _sample(package, bodies, in_gc)
+                offset = (rep * 3331) % thresholds0 if args.spread_gc else 0  # same for both of a pair
+                got = await _sample(package, bodies, in_gc, offset)
                 if rep:  # the first round warms both up
                     results[package].append(got)
     for package, samples in results.items():
@@ -137,6 +146,11 @@ def run() -> None:
     parser.add_argument("--state", required=True, help="the state file of a rebuild --hold process")
     parser.add_argument("--compare", default=None, help="a directory holding another agent_worker package")
     parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument(
+        "--spread-gc",
+        action="store_true",
+        help="start each pair's rebuild at another point of the young collection's cycle",
+    )
     asyncio.run(main(parser.parse_args()))
 
 

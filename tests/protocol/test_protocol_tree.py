@@ -17,6 +17,7 @@ from agent_worker.protocol.branch import (
     select_branch_messages,
 )
 from agent_worker.protocol.headers import RunLifecycle
+from agent_worker.protocol.nodes import WireLog
 from agent_worker.protocol.tree import ConversationTree, RunNode
 from agent_worker.protocol.vercel.reducer import ToolCall
 from agent_worker.protocol.view import ClientView
@@ -650,3 +651,42 @@ def test_a_retried_step_folds_from_history_pages_like_js(page_size: int) -> None
     js = c.js_view(live=False, history=True, page_size=page_size)
     assert [m.to_json() for m in tree.visible_messages()] == js["messages"]
     assert "first attempt" not in str(js["messages"]) and "second attempt" in str(js["messages"])
+
+
+class TestWireLog:
+    """The per-node log keeps a message's direction once per entry (no tuple per event)."""
+
+    def test_entries_in_serial_order_with_refold_for_an_older_one(self) -> None:
+        log = WireLog()
+        assert log.record("02", "m2", False, [{"type": "b"}], None, False) == "incremental"
+        assert log.record("03", "m3", False, [{"type": "c"}], None, False) == "incremental"
+        assert log.record("01", "m1", True, [{"kind": "a"}], None, False) == "refold"
+        assert [(e.serial, e.inputs, e.events) for e in log] == [
+            ("01", True, [{"kind": "a"}]),
+            ("02", False, [{"type": "b"}]),
+            ("03", False, [{"type": "c"}]),
+        ]
+
+    def test_a_newer_version_of_a_streamed_serial_extends_and_a_stale_one_drops(self) -> None:
+        log = WireLog()
+        log.record("01", "m", False, [{"type": "text-start"}], "01", True)
+        assert log.record("01", "m", False, [{"type": "text-delta"}], "02", True) == "incremental"
+        assert log.record("01", "m", False, [{"type": "text-delta"}], "02", True) == "dropped"
+        assert [e.events for e in log] == [[{"type": "text-start"}, {"type": "text-delta"}]]
+        assert log[0].decoded_through == "02"
+
+    def test_the_same_serial_going_the_other_way_keeps_the_arrival_order(self) -> None:
+        log = WireLog()
+        log.record("01", "m", False, [{"type": "a"}], "01", True)
+        log.record("02", "n", False, [{"type": "z"}], None, False)
+        # A renamed update of serial 01 (outputs, then inputs, then outputs again): entries for 01
+        # stay together, in arrival order, under the entry's message id; not the last serial: refold.
+        assert log.record("01", "x", True, [{"kind": "b"}], "03", True) == "refold"
+        assert log.record("01", "x", False, [{"type": "c"}], "04", True) == "refold"
+        assert log.record("01", "x", False, [{"type": "c"}], "04", True) == "dropped"
+        assert [(e.serial, e.message_id, e.inputs, e.events, e.decoded_through) for e in log] == [
+            ("01", "m", False, [{"type": "a"}], "01"),
+            ("01", "m", True, [{"kind": "b"}], "03"),
+            ("01", "m", False, [{"type": "c"}], "04"),
+            ("02", "n", False, [{"type": "z"}], "02"),
+        ]

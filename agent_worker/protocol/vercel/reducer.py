@@ -153,7 +153,8 @@ class VercelProjection:
 
     messages: list[CodecMessage] = field(default_factory=list)
     _trackers: dict[str, _Trackers] = field(default_factory=dict)
-    _pending: list[_Pending] = field(default_factory=list)
+    # Tool results waiting for their tool part; None while none wait (most nodes, always).
+    _pending: list[_Pending] | None = None
 
     # --- lookup --------------------------------------------------------------------------------
 
@@ -280,6 +281,8 @@ class VercelProjection:
     def _resolve_or_pend(self, p: _Pending) -> None:
         owner = self._find_owner(p.target, p.tool_call_id)
         if owner is None:
+            if self._pending is None:
+                self._pending = []
             self._pending.append(p)
         else:
             self._apply(owner, p)
@@ -294,7 +297,7 @@ class VercelProjection:
                 still.append(p)
             else:
                 self._apply(owner, p)
-        self._pending = still
+        self._pending = still or None
 
     def _fold_chunk(self, chunk: Mapping[str, Any], cmid: str) -> None:
         ctype = chunk.get("type")
