@@ -78,7 +78,7 @@ def install(worker: Worker, path: str) -> TextIO:
 
     @functools.wraps(invoke)
     async def traced_invoke(session_name: object, input_event_id: object, **kw: Any) -> Any:
-        emit("post", s=session_name, cpu=_cpu())
+        emit("post", s=session_name)
         maybe_profile(session_name)
         try:
             return await invoke(session_name, input_event_id, **kw)
@@ -90,7 +90,7 @@ def install(worker: Worker, path: str) -> TextIO:
     located = worker.run_located
 
     async def traced_located(run: Any, trigger: Any) -> None:
-        emit("located", s=run.session.name, cpu=_cpu())
+        emit("located", s=run.session.name)
         await located(run, trigger)
         emit("slotted", s=run.session.name)
 
@@ -112,7 +112,7 @@ def install(worker: Worker, path: str) -> TextIO:
 
         async def traced_load_page() -> bool:  # a history page: read (decoded) and folded
             loaded = await load_page()
-            emit("page_folded", s=session.name, cpu=_cpu(), nodes=len(session._tree._nodes))
+            emit("page_folded", s=session.name, nodes=len(session._tree._nodes))
             return loaded
 
         session._load_page = traced_load_page  # type: ignore[method-assign]
@@ -357,7 +357,7 @@ def history(path: str, marker: str = ":hist:") -> str:
     events = [json.loads(line) for line in open(path)]  # noqa: SIM115
     lines = []
     for post in (ev for ev in events if ev["e"] == "post" and marker in str(ev.get("s"))):
-        name, t0, c0 = post["s"], post["us"], post.get("cpu", 0)
+        name, t0, c0 = post["s"], post["us"], post.get("c", 0)
         mine = [ev for ev in events if ev["us"] >= t0]
         located = next((ev for ev in mine if ev["e"] == "located" and ev.get("s") == name), None)
         if located is None:
@@ -365,11 +365,11 @@ def history(path: str, marker: str = ":hist:") -> str:
         t1 = located["us"]
         gcs = [ev for ev in mine if ev["e"] == "gc" and ev["us"] <= t1]
         pages = [
-            f"+{(ev['us'] - t0) / 1000:.0f}/{(ev['cpu'] - c0) / 1000:.0f} ({ev['nodes']})"
+            f"+{(ev['us'] - t0) / 1000:.0f}/{(ev['c'] - c0) / 1000:.0f} ({ev['nodes']})"
             for ev in mine
             if ev["e"] == "page_folded" and ev.get("s") == name and ev["us"] <= t1
         ]
-        cpu_ms = (located.get("cpu", 0) - c0) / 1000
+        cpu_ms = (located.get("c", 0) - c0) / 1000
         lines.append(
             f"  {name}: located +{(t1 - t0) / 1000:.1f} ms wall, {cpu_ms:.1f} ms CPU; "
             f"GC {len(gcs)}x {sum(ev['us_cpu'] for ev in gcs) / 1000:.1f} ms CPU "
