@@ -17,14 +17,9 @@ from agent_worker.protocol.headers import AI_RUN_START
 from agent_worker.providers.echo import EchoProvider, ScriptedProvider
 from agent_worker.server import EmbeddedServer
 from tests.runtime.runtime_support import ChatClient, gated_script, start_harness
+from tests.server.server_support import eventually
 
 MakeClient = Callable[[], Any]
-
-
-async def _until(predicate: Callable[[], bool], wait_s: float = 30.0) -> None:
-    async with asyncio.timeout(wait_s):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("echo", [False, True], ids=["echo-off", "echo-on"])
@@ -52,7 +47,9 @@ async def test_an_invocation_for_an_input_sent_during_an_outage_runs_once(
             status, body = await harness.invoke(session_name, missed.event_id)
             assert status == 200
             # The run has read all the history it could (the input is not in it) and waits.
-            await _until(lambda: missed.event_id in session._waiting and session._history_exhausted)
+            await eventually(
+                lambda: missed.event_id in session._waiting and session._history_exhausted, within=30.0
+            )
             ably_server.hold_connections("agent-worker", held=False)
             end = await client.run_end_for(missed.codec_message_id, wait_s=60)
             await harness.worker.run_until_idle()
@@ -140,9 +137,9 @@ async def test_a_history_read_overtaken_by_the_re_attach_does_not_end_the_histor
         missed = await client.send_text("sent while down", parent=client.last_visible())
         status, _ = await harness.invoke(session_name, missed.event_id)
         assert status == 200
-        await _until(held.is_set)
+        await eventually(held.is_set, within=30.0)
         ably_server.hold_connections("agent-worker", held=False)
-        await _until(lambda: session.channel.attach_serial != old_attach and session.stale)
+        await eventually(lambda: session.channel.attach_serial != old_attach and session.stale, within=30.0)
         gate.set()
         end = await client.run_end_for(missed.codec_message_id, wait_s=60)
         assert end.transport_headers["run-reason"] == "complete"

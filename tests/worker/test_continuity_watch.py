@@ -18,14 +18,9 @@ from agent_worker.providers.echo import EchoProvider, ScriptedProvider
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.testing import python_realtime
 from tests.runtime.runtime_support import ChatClient, gated_script, start_harness
+from tests.server.server_support import eventually
 
 MakeClient = Callable[[], Any]
-
-
-async def _until(predicate: Callable[[], bool], wait_s: float = 15.0) -> None:
-    async with asyncio.timeout(wait_s):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("echo", [False, True], ids=["echo-off", "echo-on"])
@@ -139,7 +134,7 @@ async def test_a_stale_rebuild_keeps_the_agent_in_presence(
             await first.channel.append(serial, OutboundMessage(None, "y", {}))
         else:
             assert ably_server.drop_connections("agent-worker", resume=False) == 1
-            await _until(lambda: first.stale and first.channel.state == "attached")
+            await eventually(lambda: first.stale and first.channel.state == "attached", within=15.0)
             # The lost connection's member is removed by the server (the connection is gone) and
             # the SDK re-enters on the new one (RTP17): that is the loss, not the rebuild.
             await until_seen(re_entered)
