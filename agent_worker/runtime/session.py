@@ -137,6 +137,8 @@ class AgentSession:
         """The newest serial this session has seen live (a continuity gap starts after it)."""
         self._gap_from: str | None = None
         self._gap_reads = 0
+        self._gaps_read = asyncio.Event()
+        self._gaps_read.set()
         self.history_until_attach = True
         """History is read back from the attach point (RTL15b). A session handed an attached
         channel (a stale session's replacement, worker/pool.py) reads it from the newest message
@@ -189,6 +191,7 @@ class AgentSession:
             attach_serial = self.channel.attach_serial
             if (self.runs or self._watching) and gap_from is not None and attach_serial is not None:
                 self._gap_reads += 1  # not idle (not replaced) until read: see `idle`
+                self._gaps_read.clear()
                 self._spawn(self._read_gap(gap_from, attach_serial))
         # Messages may have been missed: start a fresh fold, so a run located before the session is
         # idle again re-reads history from the new attach point. That fold is not exact for a
@@ -490,6 +493,8 @@ class AgentSession:
             return
         finally:
             self._gap_reads -= 1
+            if not self._gap_reads:
+                self._gaps_read.set()
         cancels = sum(1 for m in found if m.name == AI_CANCEL)
         if cancels:
             log.info("continuity_gap_cancels", session=self.name, count=cancels)
@@ -578,6 +583,10 @@ class AgentSession:
     @property
     def idle(self) -> bool:
         return not self.runs and not self._waiting and not self._gap_reads
+
+    async def gaps_read(self) -> None:
+        """Return once no continuity-gap read is in flight (what it found has been handed on)."""
+        await self._gaps_read.wait()
 
     async def close(self, *, detach: bool = True) -> None:
         """Detach (runs must have ended; the worker cancels them first). ``detach=False``: only stop

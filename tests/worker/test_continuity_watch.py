@@ -5,7 +5,7 @@ and a stale session rebuilt afterwards keeps the agent in presence (no leave, no
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -14,11 +14,14 @@ from structlog.testing import capture_logs
 
 from agent_worker.protocol.headers import AI_RUN_START
 from agent_worker.protocol.wire import OutboundMessage
+from agent_worker.providers.base import ModelRequest, StreamEvent
 from agent_worker.providers.echo import EchoProvider, ScriptedProvider
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.testing import python_realtime
-from tests.runtime.runtime_support import ChatClient, gated_script, start_harness
+from agent_worker.transport.ably import AblyTransport
+from tests.runtime.runtime_support import ChatClient, gated_script, start_harness, worker_settings
 from tests.server.server_support import eventually
+from tests.worker.test_echo_off import dump, history_tree
 
 MakeClient = Callable[[], Any]
 
@@ -157,3 +160,66 @@ async def test_a_stale_rebuild_keeps_the_agent_in_presence(
     finally:
         await harness.close()
         await observer.close()
+
+
+@pytest.mark.parametrize("echo", [False, True], ids=["echo-off", "echo-on"])
+@pytest.mark.parametrize("when", ["mid-stream", "idle"])
+async def test_a_stale_watched_session_is_rebuilt_before_its_next_run(
+    ably_server: EmbeddedServer, make_client: MakeClient, session_name: str, echo: bool, when: str
+) -> None:
+    """A watched channel's connection is dropped without resume — while a reply streams (its
+    later messages then fold before its start) or between turns. Once its runs are over, the next
+    input's run starts on a session rebuilt from history (as an invoked one's would): its prompt
+    holds the whole conversation, each message once, and its tree equals the history fold."""
+
+    async def words(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+        for word in request.messages[-1].text.split():  # type: ignore[union-attr]
+            yield word + " "
+            await asyncio.sleep(0.01)
+
+    provider = ScriptedProvider(words)
+    harness = await start_harness(ably_server, provider, watch_channels=(session_name,), echo_messages=echo)
+    reader = AblyTransport(worker_settings(ably_server, client_id="reader", echo_messages=True))
+    await reader.connect()
+    try:
+        client: ChatClient = await make_client()
+        one = await client.send_text("one")
+        await client.run_end_for(one.codec_message_id)
+        long = " ".join(f"z{i}" for i in range(80))
+        first = harness.worker.sessions[session_name]
+        with capture_logs() as logs:
+            two = await client.send_text(long, parent=client.last_visible())
+            if when == "mid-stream":
+                starts = await client.wait_for(lambda: client.for_input(AI_RUN_START, two.codec_message_id))
+                run_id = starts[0].transport_headers["run-id"]
+                await client.wait_for(lambda: len(client.run_text(run_id)) > 40)
+                assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            end = await client.run_end_for(two.codec_message_id, wait_s=60)
+            assert end.transport_headers["run-reason"] == "complete"
+            await harness.worker.run_until_idle()
+            if when == "idle":
+                assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            await eventually(lambda: first.stale and first.channel.state == "attached", within=15.0)
+            assert harness.worker.sessions[session_name] is first  # nothing rebuilt it yet
+            three = await client.send_text("three", parent=client.last_visible())
+            end = await client.run_end_for(three.codec_message_id, wait_s=60)
+            await harness.worker.run_until_idle()
+        assert end.transport_headers["run-reason"] == "complete"
+        assert [e["attach"] for e in logs if e["event"] == "session_rebuilt"] == ["kept"]
+        session = harness.worker.sessions[session_name]
+        assert session is not first and not session.stale and session.watch
+        prompt = [(m.role, getattr(m, "text", None)) for m in provider.requests[-1].messages]
+        assert prompt == [
+            ("user", "one"),
+            ("assistant", "one "),
+            ("user", long),
+            ("assistant", long + " "),
+            ("user", "three"),
+        ]
+        assert harness.worker.runs_completed == 3
+        assert len(client.named(AI_RUN_START)) == 3
+        expected = dump(await history_tree(reader, session_name))
+        await eventually(lambda: dump(session.tree) == expected, within=15.0)  # the last ACKs may trail
+    finally:
+        await harness.close()
+        await reader.close()
