@@ -16,6 +16,7 @@ from agent_worker.protocol.headers import AI_RUN_START
 from agent_worker.protocol.wire import OutboundMessage
 from agent_worker.providers.base import ModelRequest, StreamEvent
 from agent_worker.providers.echo import EchoProvider, ScriptedProvider
+from agent_worker.runtime import session as session_module
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.testing import python_realtime
 from agent_worker.transport.ably import AblyTransport
@@ -223,3 +224,47 @@ async def test_a_stale_watched_session_is_rebuilt_before_its_next_run(
     finally:
         await harness.close()
         await reader.close()
+
+
+@pytest.mark.parametrize("fillers", [5, 4], ids=["past-the-bound", "at-the-bound"])
+async def test_a_gap_longer_than_the_read_bound_is_read_from_its_newest_end_and_logged(
+    ably_server: EmbeddedServer, make_client: MakeClient, session_name: str, monkeypatch: Any, fillers: int
+) -> None:
+    """The gap read is bounded (GAP_PAGES pages, shortened here to two of 3 messages): a watched
+    channel's outage carrying more than that is read from its newest end — the input sent last gets
+    its run, the one sent first (beyond the bound) does not — and the truncation is logged once,
+    with its numbers. A gap that just fits is read whole, and nothing is logged."""
+    monkeypatch.setattr(session_module, "GAP_PAGES", 2)
+    monkeypatch.setattr(session_module, "GAP_PAGE_SIZE", 3)
+    monkeypatch.setattr(session_module, "GAP_LATER_PAGE_SIZE", 3)
+    harness = await start_harness(ably_server, EchoProvider(), watch_channels=(session_name,))
+    try:
+        client: ChatClient = await make_client()
+        before = await client.send_text("answered before")  # older history beyond the gap
+        await client.run_end_for(before.codec_message_id)
+        await harness.worker.run_until_idle()
+        ably_server.hold_connections("agent-worker")
+        with capture_logs() as logs:
+            assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            early = await client.send_text("sent first", parent=None)
+            for i in range(fillers):
+                await client.send_raw("note", f"filler {i}", None)
+            late = await client.send_text("sent last", parent=None)
+            ably_server.hold_connections("agent-worker", held=False)
+            end = await client.run_end_for(late.codec_message_id, wait_s=30)
+            await harness.worker.run_until_idle()
+        assert client.run_text(end.transport_headers["run-id"]) == "sent last"
+        truncated = [e for e in logs if e["event"] == "continuity_gap_truncated"]
+        if fillers == 4:  # 6 messages: two pages
+            assert truncated == []
+            assert len(client.for_input(AI_RUN_START, early.codec_message_id)) == 1
+            assert harness.worker.runs_completed == 3
+            return
+        assert len(truncated) == 1
+        assert (truncated[0]["pages"], truncated[0]["messages"]) == (2, 6)
+        assert truncated[0]["read_back_to"] > truncated[0]["gap_from"]
+        assert client.for_input(AI_RUN_START, early.codec_message_id) == []
+        assert harness.worker.runs_completed == 2
+    finally:
+        ably_server.hold_connections("agent-worker", held=False)
+        await harness.close()
