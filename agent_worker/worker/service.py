@@ -545,6 +545,8 @@ class Worker:
 
     def _rebuild_done(self, task: asyncio.Task[None]) -> None:
         self._rebuilds.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("watch_input_dropped", reason=repr(exc))
         if not self._active and not self._rebuilds:
             self._idle.set()
 
