@@ -17,10 +17,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent_worker.protocol.headers import (
+    AI_RUN_END,
+    AI_RUN_START,
+    AI_STEP_END,
+    AI_STEP_START,
+    build_input_headers,
+    build_lifecycle_headers,
+    build_step_headers,
+    lifecycle_message,
+)
+from agent_worker.protocol.openai import encoder as openai_codec
 from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.wire import InboundMessage
 from tests.protocol.convo import Convo, text_reply
+from tests.protocol.protocol_support import section_10_output_headers
 from tests.protocol.test_protocol_history_pages import approved_twice, pages_newest_first, two_turns
+from tests.protocol.test_protocol_openai import reply_events
 
 
 def dump(tree: ConversationTree) -> list[dict[str, Any]]:
@@ -104,11 +117,41 @@ def cancelled_then_regenerated() -> Convo:
     return c
 
 
+def openai_responses_turn() -> Convo:
+    """One turn in the other codec (``openai-responses``): reasoning, text, a function call, ..."""
+    c = Convo()
+    headers = build_input_headers(codec_message_id="CU", event_id="E1", run_client_id="user-abc")
+    for m in openai_codec.encode_user_message(openai_codec.user_text_message("weather?"), headers):
+        c.ch.publish(m, client_id="user-abc")
+    run: dict[str, Any] = {
+        "run_id": "R1",
+        "run_client_id": "user-abc",
+        "invocation_id": "I1",
+        "input_client_id": "user-abc",
+    }
+    start = build_lifecycle_headers(**run, input_codec_message_id="CU", parent="CU")
+    c.ch.publish(lifecycle_message(AI_RUN_START, start))
+    step: dict[str, Any] = {**run, "step_id": "I1-step-0", "step_client_id": "user-abc"}
+    serial = c.ch.publish(lifecycle_message(AI_STEP_START, build_step_headers(**step)))
+    enc = openai_codec.ResponsesEncoder(section_10_output_headers())
+    enc.set_default_header("step-start-serial", serial)
+    streams: dict[str, str] = {}
+    for event in reply_events():
+        c.ch.run_ops(enc.encode(event), streams)
+    c.ch.run_ops(enc.cancel_open_streams(), streams)
+    end_step = build_step_headers(**step, step_start_serial=serial, reason="complete")
+    c.ch.publish(lifecycle_message(AI_STEP_END, end_step))
+    end = build_lifecycle_headers(**run, input_codec_message_id="CU", reason="complete")
+    c.ch.publish(lifecycle_message(AI_RUN_END, end))
+    return c
+
+
 CONVOS: dict[str, Callable[[], Convo]] = {
     "two_turns": two_turns,
     "tool_then_text": tool_then_text,
     "approved_and_ended": approved_and_ended,
     "cancelled_then_regenerated": cancelled_then_regenerated,
+    "openai_responses_turn": openai_responses_turn,
 }
 
 
