@@ -194,7 +194,8 @@ class WorkerConfig(_Section):
     drain_timeout_s: float = 30.0
     """On SIGTERM, how long in-flight runs may finish before they are cancelled."""
     trigger_wait_s: float = 5.0
-    """After history is exhausted, how long to wait for the trigger to arrive live (then 104010)."""
+    """After history is exhausted, how long to wait for the trigger to arrive live (then 104010); the
+    time the channel is down does not count (up to 120 s more, docs/durability.md)."""
     history_max_pages: int = 20
     """History pages searched for the trigger (the JS ``pageUntilLocated`` bound)."""
     history_max_branch_pages: int = 10_000

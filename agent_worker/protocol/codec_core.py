@@ -9,7 +9,7 @@ descriptor logic: which chunk opens/extends/closes which stream, and how events 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -49,6 +49,14 @@ __all__ = [
 ]
 
 Event = dict[str, Any]
+
+
+class Repair(dict[str, Any]):
+    """An event the decoder synthesised to repair a mid-stream join (it saw a stream before the
+    lifecycle chunks that open it). Equal to the plain dict; the type lets the tree tell it apart
+    when it refolds a run in serial order (:meth:`DecoderCore.repair_filter`)."""
+
+    __slots__ = ()
 
 
 @dataclass(slots=True)
@@ -312,6 +320,13 @@ class DecoderCore:
 
     def build_end(self, t: StreamTracker, closing: Mapping[str, str]) -> list[Event]:
         raise NotImplementedError
+
+    def repair_filter(self) -> Callable[[list[Event]], list[Event]] | None:
+        """For refolding one run's outputs in serial order: a fresh filter taking each message's
+        events in turn and dropping the :class:`Repair` events that folding in that order would not
+        have needed (the opening chunks they stand in for came from an older message that folded
+        later). None: the codec's repairs are harmless when repeated."""
+        return None
 
     # --- core dispatch (decoder.ts) ------------------------------------------------------------
 

@@ -11,6 +11,11 @@ refolds in serial order, which is the correct result). Deliberately different: a
 folded before any other wire of the run (history pages arrive newest first) is held until the run node
 appears instead of being dropped, and a run's status refolds in serial order — so run statuses after a
 paged history read equal those of an in-order fold, where the JS tree can leave such a run ``active``.
+Likewise the rest of a run does not depend on the order its wires fold in (a run's later messages can
+fold before its ``ai-run-start``: live after a continuity loss, history newest page first): its fields
+come from its oldest wire (the run-start), a step-end folded first is kept, steps are in start order,
+and a decoder repair for a stream folded before its opening chunks is kept only where the serial-ordered
+fold needs it (``tests/protocol/test_fold_order.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from operator import attrgetter
 from typing import Any, TypeVar
 
-from agent_worker.protocol.codec_core import CodecMessage, DecoderCore, Projection
+from agent_worker.protocol.codec_core import CodecMessage, DecoderCore, Projection, Repair
 from agent_worker.protocol.codecs import CodecSelector
 from agent_worker.protocol.headers import (
     AI_INPUT,
@@ -108,6 +113,8 @@ class ConversationTree:
         # Lifecycle of runs with no node yet (run-id → serial → event), oldest run first.
         self._early: OrderedDict[str, dict[str, RunLifecycle]] = OrderedDict()
         self._early_count = 0
+        # Nodes holding outputs the decoder repaired (a mid-stream join): refolded through its filter.
+        self._repaired: set[Internal] = set()
 
     # --- feeding -------------------------------------------------------------------------------
 
@@ -203,6 +210,7 @@ class ConversationTree:
             return
         self._version += 1
         node = entry.node
+        self._repaired.discard(entry)
         _discard_key(self._children, node.parent, key)
         if entry in self._sorted:
             self._sorted.remove(entry)
@@ -325,9 +333,11 @@ class ConversationTree:
             run = self._wrap(node)
             self._insert(run_id, run, node.parent)
             self._index_reply_run(node)
-        elif serial and isinstance(run.node, RunNode) and not run.node.start_serial:
-            run.node.start_serial = serial
-            self._promote(run)
+        elif serial and isinstance(run.node, RunNode):
+            start = run.node.start_serial
+            if not start or serial < start:  # the run's oldest wire so far (any arrival order)
+                run.node.start_serial = serial
+                self._promote(run)
         owner_key = run.node.key
         if cmid and self._cmid_to_key.get(cmid) != owner_key:
             self._cmid_to_key[cmid] = owner_key
@@ -353,6 +363,12 @@ class ConversationTree:
         events = inputs if is_input else outputs
         streamed = headers.get(H_STREAM) == "true"
         self._record_and_fold(run, is_input, events, serial, cmid, version, streamed, gated)
+        if outputs and type(outputs[0]) is Repair:
+            # The decoder repaired a join it saw out of order: the refold keeps a repair only where
+            # the run's outputs in serial order need it.
+            self._repaired.add(run)
+            if len(run.log) > 1:
+                self._refold(run)
         # Positional (ApplyResult's field order): ~0.4 µs less per message than keywords.
         return ApplyResult(
             None, None, not gated, owner_key, cmid, input_cmid, serial, step_id, step_start_serial,
@@ -425,11 +441,15 @@ class ConversationTree:
 
     def _refold(self, entry: Internal) -> None:
         projection = self.new_projection()
+        settle = self.codecs.decoder.repair_filter() if entry in self._repaired else None
         for log_entry in entry.log:
+            events = log_entry.events
+            if settle is not None and not log_entry.inputs:
+                events = settle(events)  # sees every output in serial order, gated or not
             if self._is_gated(entry, log_entry.serial):
                 continue
             fold = projection.fold_input if log_entry.inputs else projection.fold_output
-            for payload in log_entry.events:
+            for payload in events:
                 fold(payload, log_entry.message_id)
         entry.node.projection = projection
 
@@ -555,19 +575,27 @@ class ConversationTree:
     def _backfill(self, entry: Internal, ev: RunLifecycle) -> None:
         node = entry.node
         assert isinstance(node, RunNode)
-        if node.parent is None and ev.parent is not None:
+        # A run-start older than every wire the node was built from (they folded first: live after a
+        # continuity loss, newest history page first) is the run's origin: its fields win, as they
+        # do when it folds first. A later one only fills what is missing.
+        origin = ev.serial is not None and (not node.start_serial or ev.serial < node.start_serial)
+        if ev.parent is not None and (node.parent is None or (origin and node.parent != ev.parent)):
+            if node.parent is not None:
+                _discard_key(self._reply_runs, node.parent, node.run_id)
+            self._reparent(node.run_id, node.parent, ev.parent)
             node.parent = ev.parent
-            self._reparent(node.run_id, None, ev.parent)
             self._index_reply_run(node)
-        if node.fork_of is None and ev.fork_of is not None:
+        if ev.fork_of is not None and (node.fork_of is None or origin):
             fork_key = self._cmid_to_key.get(ev.fork_of)
             if fork_key is not None and fork_key != ev.run_id:
                 node.fork_of = fork_key
-        if node.regenerates is None and ev.regenerates is not None:
+        if ev.regenerates is not None and (node.regenerates is None or origin):
             node.regenerates = ev.regenerates
-        if node.invocation_id == "" and ev.invocation_id != "":
+        if ev.invocation_id != "" and (node.invocation_id == "" or origin):
             node.invocation_id = ev.invocation_id
-        if ev.serial and not node.start_serial:
+        if ev.client_id != "" and (node.client_id == "" or origin):
+            node.client_id = ev.client_id
+        if origin:
             node.start_serial = ev.serial
             self._promote(entry)
         if not entry.run_start_seen or ev.parent is not None:
@@ -652,7 +680,7 @@ class ConversationTree:
 
     def _apply_step_lifecycle(self, ev: StepLifecycle) -> None:
         entry = self._nodes.get(ev.run_id)
-        if entry is None and ev.type == "step-start":
+        if entry is None:  # a step-end too: it can fold before every other wire of its run
             node = RunNode(ev.run_id, None, None, None, "", "", None)
             entry = self._wrap(node)
             self._insert(ev.run_id, entry, None)
@@ -683,7 +711,10 @@ class ConversationTree:
         elif ev.step_start_serial is not None:
             rec.end_reasons[ev.step_start_serial] = ev.reason or "complete"
         steps: list[StepInfo] = []
-        for step_id, r in ss.steps.items():
+        records: Iterable[tuple[str, StepRecord]] = ss.steps.items()
+        if len(ss.steps) > 1:  # in the order the steps started, whatever order they folded in
+            records = sorted(records, key=_first_start)
+        for step_id, r in records:
             status: Any = "active"
             if r.started and r.canonical is not None:
                 status = r.end_reasons.get(r.canonical, "active")
@@ -865,6 +896,12 @@ def _keys(index: dict[_P, str | set[str]], parent: _P) -> Collection[str]:
     if have is None:
         return ()
     return (have,) if isinstance(have, str) else have
+
+
+def _first_start(item: tuple[str, StepRecord]) -> str:
+    """A step's place: its oldest ``ai-step-start`` serial (a step-end names its start's)."""
+    serials = item[1].start_serials
+    return min(serials) if serials else "\uffff"
 
 
 def _apply_status(node: RunNode, ev: RunLifecycle) -> None:

@@ -55,8 +55,18 @@ __all__ = ["AgentSession", "CancelDecision", "CancelPolicy", "RunAlreadyActive"]
 log = get_logger("agent_worker.runtime.session")
 
 DEFERRED_CANCEL_LIMIT = 200
-#: History pages (of 100) read back for the cancels missed while the channel lost continuity.
+#: History pages read back for the cancels (and, watched, inputs) missed while the channel lost
+#: continuity: the first of GAP_PAGE_SIZE messages, the others of GAP_LATER_PAGE_SIZE (Ably's
+#: maximum), 9,100 messages in all — more than two minutes (Ably's connectionStateTtl) of a channel
+#: at its 50 messages/s limit. A longer gap is read from its newest end only (logged).
 GAP_PAGES = 10
+GAP_PAGE_SIZE = 100
+GAP_LATER_PAGE_SIZE = 1000
+#: How much longer than ``trigger_wait_s`` a run may wait for its trigger while its channel is
+#: down (Ably's connectionStateTtl: a connection down longer cannot be resumed anyway).
+OUTAGE_WAIT_S = 120.0
+#: While the channel is down, how often a run waiting for its trigger checks whether it is back.
+OUTAGE_POLL_S = 0.1
 #: History messages folded between two yields to the event loop.
 FOLD_SLICE = 200
 #: Early cancels kept per input (one per canceller: a bystander's cancel cannot replace the owner's)
@@ -64,6 +74,8 @@ FOLD_SLICE = 200
 DEFERRED_PER_INPUT = 4
 DEFERRED_PER_CLIENT = 16
 _LIFECYCLE = frozenset((AI_RUN_START, AI_RUN_RESUME, AI_RUN_SUSPEND, AI_RUN_END, AI_STEP_START, AI_STEP_END))
+# Connection and channel states that the SDK leaves by itself, back to connected / attached.
+_COMING_BACK = frozenset(("initialized", "connecting", "disconnected", "suspended", "attaching", "detached"))
 CancelDecision = Literal["honoured", "refused", "buffered", "unmatched", "dropped"]
 
 
@@ -137,6 +149,8 @@ class AgentSession:
         """The newest serial this session has seen live (a continuity gap starts after it)."""
         self._gap_from: str | None = None
         self._gap_reads = 0
+        self._gaps_read = asyncio.Event()
+        self._gaps_read.set()
         self.history_until_attach = True
         """History is read back from the attach point (RTL15b). A session handed an attached
         channel (a stale session's replacement, worker/pool.py) reads it from the newest message
@@ -189,6 +203,7 @@ class AgentSession:
             attach_serial = self.channel.attach_serial
             if (self.runs or self._watching) and gap_from is not None and attach_serial is not None:
                 self._gap_reads += 1  # not idle (not replaced) until read: see `idle`
+                self._gaps_read.clear()
                 self._spawn(self._read_gap(gap_from, attach_serial))
         # Messages may have been missed: start a fresh fold, so a run located before the session is
         # idle again re-reads history from the new attach point. That fold is not exact for a
@@ -315,9 +330,11 @@ class AgentSession:
         max_branch_pages: int = 10_000,
         wait_s: float = 5.0,
         max_input_bytes: int = 64 * 1024,
+        outage_wait_s: float | None = None,
     ) -> Trigger:
         """Find the run's trigger (already folded, live, or in history; then ``wait_s`` more for a
-        live arrival), validate it, re-key a continuation, and load the branch's history.
+        live arrival, not counting the time the channel is down: see :meth:`_await_trigger`),
+        validate it, re-key a continuation, and load the branch's history.
 
         Raises :class:`InputEventNotFound` (104010) or :class:`ProtocolError` for a refused input."""
         found = self.tree.find_event(run.event_id)
@@ -328,16 +345,14 @@ class AgentSession:
                 if not await self._load_page():
                     break
                 pages += 1
-            if not run.trigger_message.done():
-                try:
-                    await asyncio.wait_for(asyncio.shield(run.trigger_message), wait_s)
-                except TimeoutError:
-                    self.deregister(run)
-                    msg = (
-                        f"unable to open run; trigger event {run.event_id} not located within "
-                        f"{pages} history pages and {wait_s:g}s"
-                    )
-                    raise InputEventNotFound(msg) from None
+            outage = OUTAGE_WAIT_S if outage_wait_s is None else outage_wait_s
+            if not await self._await_trigger(run, wait_s, outage):
+                self.deregister(run)
+                msg = (
+                    f"unable to open run; trigger event {run.event_id} not located within "
+                    f"{pages} history pages and {wait_s:g}s"
+                )
+                raise InputEventNotFound(msg)
             found = run.trigger_message.result()
         elif not run.trigger_message.done():
             run.trigger_message.set_result(found)
@@ -360,6 +375,41 @@ class AgentSession:
         await self.load_branch(trigger.leaf_anchor, max_pages=max_branch_pages)
         self._pull_deferred_cancel(run)
         return trigger
+
+    async def _await_trigger(self, run: Run, wait_s: float, outage_wait_s: float) -> bool:
+        """Wait for the run's trigger to arrive live: ``wait_s`` of the channel being up and caught
+        up. While it is not (:meth:`_behind`: an input published meanwhile is delivered, or read back
+        from the gap, only once it is back) the wait does not run out; it starts again in full once
+        the channel is back, within ``wait_s + outage_wait_s`` in all. False: not located."""
+        trigger = run.trigger_message
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadline, limit = now + wait_s, now + wait_s + outage_wait_s
+        while not trigger.done():
+            if self._behind():
+                if now >= limit:
+                    return False
+                deadline = max(deadline, now + wait_s)
+                step = min(OUTAGE_POLL_S, limit - now)
+            elif now >= deadline:
+                return False
+            else:
+                step = deadline - now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(trigger), step)
+            now = loop.time()
+        return True
+
+    def _behind(self) -> bool:
+        """The channel may have missed messages it has not folded yet: its connection or the channel
+        is down (and may come back: not failed nor closed), or it lost continuity and has not read
+        the gap back."""
+        return (
+            getattr(self.channel, "connection_state", "connected") in _COMING_BACK
+            or self.channel.state in _COMING_BACK
+            or self._gap_from is not None
+            or self._gap_reads > 0
+        )
 
     # --- history -----------------------------------------------------------------------------------
 
@@ -474,22 +524,41 @@ class AgentSession:
                 return True
             return m.transport_headers.get(H_EVENT_ID, "") in waiting  # as live: whatever it names
 
+        read = 0
         try:
-            reader = self.channel.history_pages(page_size=100, from_serial=attach_serial)
+            reader = self.channel.history_pages(
+                page_size=GAP_PAGE_SIZE, from_serial=attach_serial, later_page_size=GAP_LATER_PAGE_SIZE
+            )
+            oldest: str | None = None
             async with contextlib.aclosing(reader) as history:
                 async for page in history:
-                    pages += 1
-                    found += [m for m in page if wanted(m)]
-                    if not page or (page[-1].serial or "") <= after:
-                        break
                     if pages >= GAP_PAGES:
-                        log.warning("continuity_gap_truncated", session=self.name, pages=pages)
+                        if not page or (page[0].serial or "") <= after:
+                            break  # the gap ended just at the bound
+                        # The gap's oldest part stays unread: a cancel or (watched) input published
+                        # that early in the outage is missed.
+                        log.warning(
+                            "continuity_gap_truncated",
+                            session=self.name,
+                            pages=pages,
+                            messages=read,
+                            gap_from=after,
+                            read_back_to=oldest,
+                            attach_serial=attach_serial,
+                        )
+                        break
+                    pages += 1
+                    read += len(page)
+                    found += [m for m in page if wanted(m)]
+                    if not page or (oldest := page[-1].serial or "") <= after:
                         break
         except Exception as exc:  # a background read: logged, and the runs go on as before
             log.warning("continuity_gap_unread", session=self.name, error=repr(exc))
             return
         finally:
             self._gap_reads -= 1
+            if not self._gap_reads:
+                self._gaps_read.set()
         cancels = sum(1 for m in found if m.name == AI_CANCEL)
         if cancels:
             log.info("continuity_gap_cancels", session=self.name, count=cancels)
@@ -578,6 +647,10 @@ class AgentSession:
     @property
     def idle(self) -> bool:
         return not self.runs and not self._waiting and not self._gap_reads
+
+    async def gaps_read(self) -> None:
+        """Return once no continuity-gap read is in flight (what it found has been handed on)."""
+        await self._gaps_read.wait()
 
     async def close(self, *, detach: bool = True) -> None:
         """Detach (runs must have ended; the worker cancels them first). ``detach=False``: only stop

@@ -347,6 +347,11 @@ class Channel:
         return str(self._sdk.state.value)
 
     @property
+    def connection_state(self) -> str:
+        """This channel's connection's state (the SDK's: ``connected``, ``disconnected``, ...)."""
+        return str(self.client.connection.state.value)
+
+    @property
     def reconnects(self) -> int:
         """How often this channel's connection has reconnected (see :class:`StreamWriter`)."""
         return self._conn.reconnects

@@ -119,6 +119,8 @@ class Worker:
         """``[engine] kind = "temporal"``: where admitted runs execute (None: here, the local engine)."""
         self._idle = asyncio.Event()
         self._idle.set()
+        # Watched inputs waiting for their stale session's rebuild (_on_fresh_input): not idle.
+        self._rebuilds: set[asyncio.Task[None]] = set()
         self._finished = asyncio.Condition()
         self._closing: asyncio.Task[None] | None = None
         self.runs_completed = 0
@@ -293,6 +295,8 @@ class Worker:
         timeout = self.config.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
         # The engine stops taking steps first; those it runs here are in _active and drain below.
         engine_closed = asyncio.create_task(self.engine.close()) if self.engine is not None else None
+        for rebuild in list(self._rebuilds):  # a watched input not started yet: not accepted
+            rebuild.cancel()
         pending = list(self._active)
         if pending:
             log.info("worker_draining", runs=len(pending), timeout_s=timeout)
@@ -510,18 +514,48 @@ class Worker:
         if self.engine is not None:
             self.engine.start_watched(session.name, event_id)
             return
+        if session.stale and not session.runs and self.pool is not None:
+            # Its channel lost continuity (or, echo off, a message of its own could not be folded
+            # exactly) and its runs are over: rebuilt from history first, as the pool rebuilds a
+            # session for an invocation, so this run's prompt is the history fold.
+            task = asyncio.ensure_future(self._start_watched_rebuilt(session, event_id))
+            self._rebuilds.add(task)
+            self._idle.clear()
+            task.add_done_callback(self._rebuild_done)
+            return
+        self._start_watched(session, event_id)
+
+    def _start_watched(self, session: AgentSession, event_id: str) -> None:
         if not self.admission.has_capacity(len(self._slotted)):
             self.metrics.invocations.labels("busy").inc()
             log.warning("watch_input_dropped", session=session.name, event_id=event_id, reason="busy")
             return
         self._start_run(session, event_id)
 
+    async def _start_watched_rebuilt(self, stale: AgentSession, event_id: str) -> None:
+        name = stale.name
+        try:
+            await stale.gaps_read()  # a gap read after the loss may still run: idle after it
+            session = await self.session(name)  # the pool's rebuild (one for inputs arriving together)
+        except AgentWorkerError as exc:
+            log.warning("watch_input_dropped", session=name, event_id=event_id, reason=str(exc))
+            return
+        if self.accepting and self.admission.seen(name, event_id) is None:
+            self._start_watched(session, event_id)
+
+    def _rebuild_done(self, task: asyncio.Task[None]) -> None:
+        self._rebuilds.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("watch_input_dropped", reason=repr(exc))
+        if not self._active and not self._rebuilds:
+            self._idle.set()
+
     def _run_done(self, task: asyncio.Task[None]) -> None:
         run = self._active.pop(task, None)
         if run is not None:
             self._unlocated.discard(run)
         self.metrics.active_runs.set(len(self._active))
-        if not self._active:
+        if not self._active and not self._rebuilds:
             self._idle.set()
 
     # --- what the supervisor reports (RunObserver) -------------------------------------------------
@@ -602,5 +636,5 @@ class Worker:
             while True:
                 await self._idle.wait()
                 await asyncio.sleep(settle_s)
-                if not self._active:
+                if not self._active and not self._rebuilds:
                     return

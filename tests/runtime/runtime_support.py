@@ -106,8 +106,9 @@ class ChatClient:
         parent: str | object | None = ...,
         fork_of: str | None = None,
         run_id: str | None = None,
+        event_id: str | None = None,
     ) -> Sent:
-        cmid, eid = str(uuid.uuid4()), str(uuid.uuid4())
+        cmid, eid = str(uuid.uuid4()), event_id or str(uuid.uuid4())
         resolved_parent = self.last_visible() if parent is ... else parent
         headers = build_input_headers(
             codec_message_id=cmid,

@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 
 from agent_worker.protocol.headers import AI_RUN_START
 from agent_worker.providers.echo import EchoProvider, ScriptedProvider
+from agent_worker.runtime import session as session_module
 from agent_worker.server import EmbeddedServer
 from tests.runtime.runtime_support import ChatClient, gated_script, start_harness
 from tests.server.server_support import eventually
@@ -146,4 +147,76 @@ async def test_a_history_read_overtaken_by_the_re_attach_does_not_end_the_histor
         prompt = [(m.role, getattr(m, "text", None)) for m in provider.requests[-1].messages]
         assert prompt == [("user", "answered before"), ("assistant", "ok"), ("user", "sent while down")]
     finally:
+        await harness.close()
+
+
+@pytest.mark.parametrize("echo", [False, True], ids=["echo-off", "echo-on"])
+async def test_an_outage_longer_than_the_trigger_wait_does_not_end_the_run(
+    ably_server: EmbeddedServer, make_client: MakeClient, session_name: str, echo: bool
+) -> None:
+    """The invocation comes first and its run waits for the input live; the worker's connection
+    drops (no resume) and the user publishes the input meanwhile. The outage outlasts
+    ``trigger_wait_s``: while the channel is down the wait does not run out, and once it is back
+    the gap read finds the input — the run completes once, with the whole branch in its prompt."""
+    wait_s = 0.5
+    provider = ScriptedProvider(gated_script("ok"))
+    harness = await start_harness(ably_server, provider, trigger_wait_s=wait_s, echo_messages=echo)
+    try:
+        client: ChatClient = await make_client()
+        before = await client.send_text("answered before")
+        await harness.invoke(session_name, before.event_id)
+        await client.run_end_for(before.codec_message_id)
+        await harness.worker.run_until_idle()
+        session = harness.worker.sessions[session_name]
+        event_id = str(uuid.uuid4())
+        with capture_logs() as logs:
+            status, body = await harness.invoke(session_name, event_id)
+            assert status == 200
+            ably_server.hold_connections("agent-worker")  # its reconnect waits: the channel is down
+            assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            missed = await client.send_text(
+                "sent while down", parent=client.last_visible(), event_id=event_id
+            )
+            await asyncio.sleep(4 * wait_s)  # the outage outlasts the trigger wait
+            assert event_id in session._waiting  # still waiting, not refused
+            ably_server.hold_connections("agent-worker", held=False)
+            end = await client.run_end_for(missed.codec_message_id, wait_s=60)
+            await harness.worker.run_until_idle()
+        assert end.transport_headers["run-reason"] == "complete"
+        assert end.transport_headers["run-id"] == body["runId"]
+        assert not [e for e in logs if e["event"] == "run_refused"]
+        assert harness.worker.runs_completed == 2
+        assert len(client.for_input(AI_RUN_START, missed.codec_message_id)) == 1
+        prompt = [(m.role, getattr(m, "text", None)) for m in provider.requests[-1].messages]
+        assert prompt == [("user", "answered before"), ("assistant", "ok"), ("user", "sent while down")]
+    finally:
+        ably_server.hold_connections("agent-worker", held=False)
+        await harness.close()
+
+
+async def test_an_outage_past_the_overall_bound_ends_the_run_with_104010(
+    ably_server: EmbeddedServer, make_client: MakeClient, session_name: str, monkeypatch: Any
+) -> None:
+    """Nothing waits forever: with the outage bound shortened, a run whose channel stays down
+    longer than ``trigger_wait_s`` plus that bound ends with 104010 and publishes nothing."""
+    monkeypatch.setattr(session_module, "OUTAGE_WAIT_S", 0.5)
+    harness = await start_harness(ably_server, EchoProvider(), trigger_wait_s=0.5)
+    try:
+        client: ChatClient = await make_client()
+        first = await client.send_text("one")
+        await harness.invoke(session_name, first.event_id)
+        await client.run_end_for(first.codec_message_id)
+        await harness.worker.run_until_idle()
+        ably_server.hold_connections("agent-worker")
+        with capture_logs() as logs:
+            assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            status, body = await harness.invoke(session_name, str(uuid.uuid4()))
+            assert status == 200
+            await harness.worker.wait_for_runs(2, limit_s=60)  # ended while the channel is down
+        refused = [e for e in logs if e["event"] == "run_refused"]
+        assert len(refused) == 1 and refused[0]["code"] == 104010
+        ably_server.hold_connections("agent-worker", held=False)
+        assert client.run_wires(body["runId"]) == []
+    finally:
+        ably_server.hold_connections("agent-worker", held=False)
         await harness.close()

@@ -12,10 +12,10 @@ into :class:`CodecError` for diagnostics and tests.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from agent_worker.protocol.codec_core import Decoded, DecoderCore, StreamTracker, strip
+from agent_worker.protocol.codec_core import Decoded, DecoderCore, Repair, StreamTracker, strip
 from agent_worker.protocol.headers import (
     H_CODEC_MESSAGE_ID,
     H_ROLE,
@@ -239,6 +239,9 @@ def _decode_discrete_output(kind: str, h: Mapping[str, str], data: Any) -> list[
             return []
 
 
+_OPENING = frozenset(("start", "start-step"))
+_CLOSING = frozenset(("finish", "error", "abort"))  # a run's message over: its phases start afresh
+
 _STREAM_KINDS = {
     "text": ("text-start", "text-delta", "text-end"),
     "reasoning": ("reasoning-start", "reasoning-delta", "reasoning-end"),
@@ -388,11 +391,34 @@ class UIMessageDecoder(DecoderCore):
         out: list[Chunk] = []
         if "start" not in seen:
             seen.add("start")
-            out.append(_strip(type="start", messageId=message_id))
+            out.append(Repair(_strip(type="start", messageId=message_id)))
         if "start-step" not in seen:
             seen.add("start-step")
-            out.append({"type": "start-step"})
+            out.append(Repair(type="start-step"))
         return out
+
+    def repair_filter(self) -> Callable[[list[Chunk]], list[Chunk]]:
+        """The phases above replayed over one run's outputs in serial order."""
+        seen: set[str] = set()
+
+        def settle(events: list[Chunk]) -> list[Chunk]:
+            out: list[Chunk] = []
+            for ev in events:
+                kind = ev.get("type", "")
+                if type(ev) is Repair:
+                    if kind in seen:
+                        continue
+                    seen.add(kind)
+                elif kind in _OPENING:
+                    seen.add(kind)
+                elif kind == "finish-step":
+                    seen.discard("start-step")
+                elif kind in _CLOSING:
+                    seen.clear()
+                out.append(ev)
+            return out
+
+        return settle
 
     def _repair_discrete(self, kind: str, run_id: str, codec: Mapping[str, str]) -> list[Chunk]:
         match kind:
