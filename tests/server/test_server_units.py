@@ -73,9 +73,53 @@ class TestVersions:
         assert record.render(1, first_sight=True)["data"] == "ab"
         assert record.render(1, first_sight=True)["action"] == UPDATE
         assert record.render_latest()["action"] == UPDATE
-        assert [e.version_index for e in log.events_after(log.zero_serial)] == [0, 1, 2, 3, 4]
+        assert [index for _, _, index in log.events_after(log.zero_serial)] == [0, 1, 2, 3, 4]
         versions = record.render_versions()
         assert [v["data"] for v in versions] == ["a", "abc", "Z", "Z!"], "append runs collapse"
+
+    def test_appends_repeating_the_extras_share_one_object(self) -> None:
+        """Streamed appends that repeat their message's extras keep the message's extras object
+        (one per message in the log, not one per append), and every version still renders them."""
+        log = _log()
+
+        def headers() -> dict[str, object]:  # a new, equal object per append, as decoded frames are
+            return {"ai": {"transport": {"role": "assistant", "stream": "true"}, "codec": {"kind": "text"}}}
+
+        serial = log.publish([{"data": "", "extras": headers()}], connection_id="c", client_id="x", now_ms=1)
+        s = serial.serials[0] or ""
+        for i, part in enumerate(["a", "b", "c"]):
+            msg = {"action": APPEND, "serial": s, "data": part, "extras": headers()}
+            log.publish([msg], connection_id="c", client_id="x", now_ms=2 + i)
+        record = log.records[s]
+        first = record.content["extras"]
+        assert all(v.fields["extras"] is first for v in record.versions)
+        assert [record.render(k)["extras"] for k in range(4)] == [headers()] * 4
+        assert record.render(2)["data"] == "b" and record.content["data"] == "abc"
+
+    @pytest.mark.parametrize(
+        "later",
+        [
+            {"ai": {"codec": {"kind": "text"}, "transport": {"role": "assistant"}}},  # key order
+            {"ai": {"transport": {"role": "assistant"}, "codec": {"kind": "text", "n": True}}},  # True, not 1
+            {"ai": {"transport": {"role": "assistant"}, "codec": {"kind": "text", "n": 1.0}}},  # 1.0, not 1
+        ],
+    )
+    def test_appends_with_other_extras_keep_their_own(self, later: dict[str, object]) -> None:
+        """Extras Python calls equal but the wire does not (key order, True/1.0 for 1) are not
+        shared: each version renders the extras its append carried."""
+        log = _log()
+        extras = {"ai": {"transport": {"role": "assistant"}, "codec": {"kind": "text", "n": 1}}}
+        if "n" not in later["ai"]["codec"]:  # type: ignore[index]
+            extras = {"ai": {"transport": {"role": "assistant"}, "codec": {"kind": "text"}}}
+        s = log.publish([{"data": "", "extras": extras}], connection_id="c", client_id="x", now_ms=1).serials[0]
+        assert extras == later
+        log.publish(
+            [{"action": APPEND, "serial": s, "data": "a", "extras": later}], connection_id="c", client_id="x", now_ms=2
+        )
+        record = log.records[s or ""]
+        rendered = record.render(1)["extras"]
+        assert rendered is later and record.versions[0].fields["extras"] is extras
+        assert list(rendered["ai"]) == list(later["ai"])
 
     def test_batch_is_atomic(self) -> None:
         """A batch with one invalid mutation publishes nothing."""
