@@ -216,9 +216,10 @@ def main(argv: list[str]) -> int:
         print(_row("write to client → client", [recv[k] - written[k] for k in keys]))
         print(_row("server read → client", [recv[k] - read[k] for k in keys]))
         reads_ = {(srv_reader[k], read[k]) for k in keys}
-        print(f"    socket reads carrying these tokens {len(reads_)} (tokens per read {len(keys) / max(1, len(reads_)):.2f})")
         writes_ = {written[k] for k in keys}
-        print(f"    client writes carrying them {len(writes_)} (tokens per write {len(keys) / max(1, len(writes_)):.2f})")
+        per_read, per_write = len(keys) / max(1, len(reads_)), len(keys) / max(1, len(writes_))
+        print(f"    socket reads carrying these tokens {len(reads_)} (tokens per read {per_read:.2f})")
+        print(f"    client writes carrying them {len(writes_)} (tokens per write {per_write:.2f})")
     for cid, row in srv["conns"].items():
         if not any(row["frames"].values()):
             continue
@@ -226,7 +227,8 @@ def main(argv: list[str]) -> int:
         for what in ("handle_ns", "send_ns"):
             ns = row[what]
             if ns:
-                print(f"    {what[:-3]} µs p25 / p50 / p90 {_pct(ns, 25) / 1000:.1f} / {_pct(ns, 50) / 1000:.1f} / {_pct(ns, 90) / 1000:.1f} (n={len(ns)})")
+                qs = " / ".join(f"{_pct(ns, q) / 1000:.1f}" for q in (25, 50, 90))
+                print(f"    {what[:-3]} µs p25 / p50 / p90 {qs} (n={len(ns)})")
         print(f"    frames in {row['frames']} msgs/frame {row['msgs_per_frame']} bytes in {row['bytes_in']}")
         print(
             f"    writes {row['writes']} frames out {row['frames_out']} acks {row['acks_out']} "
