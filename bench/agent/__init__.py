@@ -705,8 +705,8 @@ async def run(plan: Plan, variants: list[str], dump: Path | None = None) -> dict
     servers: dict[str, Child] = {}
     raw: dict[str, dict[str, Any]] = {}
     # AW_BENCH_FRESH_SERVER=1: each variant meets a server process of its own, started for it (its
-    # history sessions populated on it), instead of one per kind shared in variant order; the
-    # variant that runs second had met a server the first had used (see docs/benchmarks.md, k6).
+    # history sessions populated on it), instead of one per kind shared in variant order, so no
+    # variant meets a server another has used (an order check; docs/benchmarks.md, k6's round).
     fresh = bool(os.environ.get("AW_BENCH_FRESH_SERVER"))
 
     async def start_server(kind: str) -> None:
