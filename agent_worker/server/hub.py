@@ -151,15 +151,15 @@ class ChannelRuntime:
         """Send every logged version after channel serial ``after``, grouped per channel serial."""
         batch: list[dict[str, Any]] = []
         batch_cs = ""
-        for ev in self.log.events_after(after):
-            record = self.log.records.get(ev.message_serial)
+        for cs, message_serial, index in self.log.events_after(after):
+            record = self.log.records.get(message_serial)
             if record is None:
                 continue
-            if batch and ev.channel_serial != batch_cs:
+            if batch and cs != batch_cs:
                 self._send_replay(att, batch_cs, batch)
                 batch = []
-            batch_cs = ev.channel_serial
-            batch.append(record.render(ev.version_index, first_sight=not att.has_seen(record)))
+            batch_cs = cs
+            batch.append(record.render(index, first_sight=not att.has_seen(record)))
             att.mark_seen(record)
         if batch:
             self._send_replay(att, batch_cs, batch)

@@ -704,13 +704,19 @@ async def run(plan: Plan, variants: list[str], dump: Path | None = None) -> dict
     """One server per kind ("free", and "limits" = Ably's limits enforced) for the whole run."""
     servers: dict[str, Child] = {}
     raw: dict[str, dict[str, Any]] = {}
+    # AW_BENCH_FRESH_SERVER=1: each variant meets a server process of its own, started for it (its
+    # history sessions populated on it), instead of one per kind shared in variant order, so no
+    # variant meets a server another has used (an order check; docs/benchmarks.md, k6's round).
+    fresh = bool(os.environ.get("AW_BENCH_FRESH_SERVER"))
+
+    async def start_server(kind: str) -> None:
+        cfg = json.dumps({"enforce": kind == "limits"})
+        servers[kind] = Child([sys.executable, "-m", "bench.agent.procs", "server"], {"AW_BENCH_CONFIG": cfg})
+        await servers[kind].start()
+
     try:
         for kind in sorted({_server_kind(v) for v in variants}):
-            cfg = json.dumps({"enforce": kind == "limits"})
-            servers[kind] = Child(
-                [sys.executable, "-m", "bench.agent.procs", "server"], {"AW_BENCH_CONFIG": cfg}
-            )
-            await servers[kind].start()
+            await start_server(kind)
         # The history phase needs sessions built beforehand, which a rate-limited server would refuse
         # at populate speed: it runs on the free server's variants only.
         with_history = [v for v in variants if _server_kind(v) == "free"]
@@ -724,13 +730,24 @@ async def run(plan: Plan, variants: list[str], dump: Path | None = None) -> dict
                 f"  populating {plan.reps * len(with_history)} sessions of {plan.turns * 2} messages ...",
                 flush=True,
             )
-        wanted = [n for v in with_history for n in names[v]]
-        free = servers.get("free")
-        made = []
-        if wanted and free is not None:
-            made = await populate(int(free.ready["port"]), str(free.ready["key"]), plan, wanted)
-        by_name = {m["session"]: m for m in made}
-        for variant in variants:
+        made: list[dict[str, Any]] = []
+
+        async def populate_for(these: list[str]) -> None:
+            wanted = [n for v in these if v in with_history for n in names[v]]
+            free = servers.get("free")
+            if wanted and free is not None:
+                made.extend(await populate(int(free.ready["port"]), str(free.ready["key"]), plan, wanted))
+
+        if not fresh:
+            await populate_for(with_history)
+        for i, variant in enumerate(variants):
+            if fresh:
+                kind = _server_kind(variant)
+                if i > 0:
+                    await servers[kind].stop()
+                    await start_server(kind)
+                await populate_for([variant])
+            by_name = {m["session"]: m for m in made}
             print(f"  {VARIANTS[variant]['label']} ...", flush=True)
             history = [by_name[n] for n in names.get(variant, [])]
             skip = tuple(VARIANTS[variant].get("skip", ()))

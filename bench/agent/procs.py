@@ -54,6 +54,10 @@ async def server_main(cfg: dict[str, Any]) -> None:
     """The embedded server; ``{"enforce": true}`` = Ably's rate limits (42911/42910). A ``stats``
     line on stdin prints ``@@event {"event": "stats", "refused": {code: count}}``."""
     config = ServerConfig(host="127.0.0.1", port=0, enforce_rate_limits=bool(cfg.get("enforce")))
+    if os.environ.get("AW_BENCH_SERVERLOG"):  # =prefix: each token's server read/handle/write times
+        from bench.agent import serverlog  # noqa: PLC0415
+
+        serverlog.install(os.environ["AW_BENCH_SERVERLOG"])
     async with EmbeddedServer(config) as server:
         if not os.environ.get("AW_BENCH_GC_DEFAULT"):
             tune_gc()  # as `agent-worker server` does once started

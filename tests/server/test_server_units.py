@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
+import msgpack
 import pytest
 
 from agent_worker.errors import ProtocolError
@@ -73,9 +75,53 @@ class TestVersions:
         assert record.render(1, first_sight=True)["data"] == "ab"
         assert record.render(1, first_sight=True)["action"] == UPDATE
         assert record.render_latest()["action"] == UPDATE
-        assert [e.version_index for e in log.events_after(log.zero_serial)] == [0, 1, 2, 3, 4]
+        assert [index for _, _, index in log.events_after(log.zero_serial)] == [0, 1, 2, 3, 4]
         versions = record.render_versions()
         assert [v["data"] for v in versions] == ["a", "abc", "Z", "Z!"], "append runs collapse"
+
+    def test_appends_repeating_the_extras_share_one_object(self) -> None:
+        """Streamed appends that repeat their message's extras keep the message's extras object
+        (one per message in the log, not one per append), and every version still renders them."""
+        log = _log()
+
+        def headers() -> dict[str, object]:  # a new, equal object per append, as decoded frames are
+            return {"ai": {"transport": {"role": "assistant", "stream": "true"}, "codec": {"kind": "text"}}}
+
+        serial = log.publish([{"data": "", "extras": headers()}], connection_id="c", client_id="x", now_ms=1)
+        s = serial.serials[0] or ""
+        for i, part in enumerate(["a", "b", "c"]):
+            msg = {"action": APPEND, "serial": s, "data": part, "extras": headers()}
+            log.publish([msg], connection_id="c", client_id="x", now_ms=2 + i)
+        record = log.records[s]
+        first = record.content["extras"]
+        assert all(v.fields["extras"] is first for v in record.versions)
+        assert [record.render(k)["extras"] for k in range(4)] == [headers()] * 4
+        assert record.render(2)["data"] == "b" and record.content["data"] == "abc"
+
+    @pytest.mark.parametrize(
+        ("first", "later"),
+        [
+            ({"ai": {"t": {"role": "a"}, "c": {"k": "x"}}}, {"ai": {"c": {"k": "x"}, "t": {"role": "a"}}}),
+            ({"ai": {"c": {"k": "x", "n": 1}}}, {"ai": {"c": {"k": "x", "n": True}}}),
+            ({"ai": {"c": {"k": "x", "n": 1}}}, {"ai": {"c": {"k": "x", "n": 1.0}}}),
+        ],
+        ids=["key-order", "true-for-1", "float-for-int"],
+    )
+    def test_appends_with_other_extras_keep_their_own(
+        self, first: dict[str, Any], later: dict[str, Any]
+    ) -> None:
+        """Extras Python calls equal but the wire does not (key order, True or 1.0 for 1) are not
+        shared: each version renders the extras its append carried."""
+        assert first == later
+        log = _log()
+        s = log.publish([{"data": "", "extras": first}], connection_id="c", client_id="x", now_ms=1).serials[
+            0
+        ]
+        append = {"action": APPEND, "serial": s, "data": "a", "extras": later}
+        log.publish([append], connection_id="c", client_id="x", now_ms=2)
+        record = log.records[s or ""]
+        assert record.render(1)["extras"] is later and record.render(0)["extras"] is first
+        assert msgpack.packb(record.render(1)["extras"]) == msgpack.packb(later)
 
     def test_batch_is_atomic(self) -> None:
         """A batch with one invalid mutation publishes nothing."""
