@@ -24,6 +24,8 @@ import sys
 import time
 from typing import Any
 
+from bench.agent.sendlog import _pct
+
 __all__ = ["install", "main"]
 
 _TOKEN = re.compile(rb"(\d+):(\d{6,});")
@@ -166,13 +168,6 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, bytes):
         return f"<{len(obj)} bytes>"
     return obj
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 def _row(name: str, values: list[float]) -> str:

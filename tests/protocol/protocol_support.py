@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ __all__ = ["JS_ROOT", "node_config", "run_node"]
 from agent_worker.errors import CodecError
 from agent_worker.protocol.codec_core import EncoderCore
 from agent_worker.protocol.headers import build_output_headers
+from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.wire import (
     Action,
     AppendOp,
@@ -304,3 +306,13 @@ ALL_OUTPUT_CHUNKS: list[dict[str, Any]] = [
     {"type": "finish-step"},
     {"type": "finish", "finishReason": "tool-calls", "messageMetadata": {"done": True}},
 ]
+
+
+def dump(tree: ConversationTree) -> list[dict[str, Any]]:
+    """Every node as plain data: its fields (statuses, serials, steps) and folded messages."""
+    out = []
+    for node in tree.nodes():
+        fields = {f.name: getattr(node, f.name) for f in dataclasses.fields(node) if f.name != "projection"}
+        fields["messages"] = [(m.codec_message_id, m.message) for m in node.messages]
+        out.append(fields)
+    return out

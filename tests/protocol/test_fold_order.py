@@ -31,19 +31,9 @@ from agent_worker.protocol.openai import encoder as openai_codec
 from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.wire import InboundMessage
 from tests.protocol.convo import Convo, text_reply
-from tests.protocol.protocol_support import section_10_output_headers
+from tests.protocol.protocol_support import dump, section_10_output_headers
 from tests.protocol.test_protocol_history_pages import approved_twice, pages_newest_first, two_turns
 from tests.protocol.test_protocol_openai import reply_events
-
-
-def dump(tree: ConversationTree) -> list[dict[str, Any]]:
-    """Every node as plain data: its fields (statuses, serials, steps) and folded messages."""
-    out = []
-    for node in tree.nodes():
-        fields = {f.name: getattr(node, f.name) for f in dataclasses.fields(node) if f.name != "projection"}
-        fields["messages"] = [(m.codec_message_id, m.message) for m in node.messages]
-        out.append(fields)
-    return out
 
 
 def fold(messages: list[InboundMessage]) -> ConversationTree:

@@ -23,6 +23,24 @@ from tests.server.server_support import eventually
 MakeClient = Callable[[], Any]
 
 
+async def _answered_turn(harness: Any, client: ChatClient, session_name: str, text: str) -> None:
+    """A turn invoked and answered before the outage, so the worker has a session attached."""
+    sent = await client.send_text(text)
+    await harness.invoke(session_name, sent.event_id)
+    await client.run_end_for(sent.codec_message_id)
+    await harness.worker.run_until_idle()
+
+
+def _outage(ably_server: EmbeddedServer) -> None:
+    """The worker's connection drops and cannot resume; its reconnect waits (the channel is down)."""
+    ably_server.hold_connections("agent-worker")
+    assert ably_server.drop_connections("agent-worker", resume=False) == 1
+
+
+def _prompt(provider: ScriptedProvider) -> list[tuple[str, str | None]]:
+    return [(m.role, getattr(m, "text", None)) for m in provider.requests[-1].messages]
+
+
 @pytest.mark.parametrize("echo", [False, True], ids=["echo-off", "echo-on"])
 async def test_an_invocation_for_an_input_sent_during_an_outage_runs_once(
     ably_server: EmbeddedServer, make_client: MakeClient, session_name: str, echo: bool
@@ -36,14 +54,10 @@ async def test_an_invocation_for_an_input_sent_during_an_outage_runs_once(
     harness = await start_harness(ably_server, provider, trigger_wait_s=60.0, echo_messages=echo)
     try:
         client: ChatClient = await make_client()
-        before = await client.send_text("answered before")
-        await harness.invoke(session_name, before.event_id)
-        await client.run_end_for(before.codec_message_id)
-        await harness.worker.run_until_idle()
+        await _answered_turn(harness, client, session_name, "answered before")
         session = harness.worker.sessions[session_name]
-        ably_server.hold_connections("agent-worker")  # its reconnect waits: the channel is down
         with capture_logs() as logs:
-            assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            _outage(ably_server)
             missed = await client.send_text("sent while down", parent=client.last_visible())
             status, body = await harness.invoke(session_name, missed.event_id)
             assert status == 200
@@ -60,7 +74,7 @@ async def test_an_invocation_for_an_input_sent_during_an_outage_runs_once(
         assert harness.worker.runs_completed == 2
         assert len(client.for_input(AI_RUN_START, missed.codec_message_id)) == 1
         assert len(client.named(AI_RUN_START)) == 2
-        prompt = [(m.role, getattr(m, "text", None)) for m in provider.requests[-1].messages]
+        prompt = _prompt(provider)
         assert prompt == [("user", "answered before"), ("assistant", "ok"), ("user", "sent while down")]
     finally:
         await harness.close()
@@ -74,13 +88,9 @@ async def test_an_invocation_for_an_event_that_never_existed_is_refused_across_a
     harness = await start_harness(ably_server, EchoProvider(), trigger_wait_s=0.5)
     try:
         client: ChatClient = await make_client()
-        first = await client.send_text("one")
-        await harness.invoke(session_name, first.event_id)
-        await client.run_end_for(first.codec_message_id)
-        await harness.worker.run_until_idle()
-        ably_server.hold_connections("agent-worker")
+        await _answered_turn(harness, client, session_name, "one")
         with capture_logs() as logs:
-            assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            _outage(ably_server)
             missed = await client.send_text("sent while down", parent=client.last_visible())
             status, body = await harness.invoke(session_name, str(uuid.uuid4()))
             assert status == 200
@@ -109,10 +119,7 @@ async def test_a_history_read_overtaken_by_the_re_attach_does_not_end_the_histor
     harness = await start_harness(ably_server, provider, trigger_wait_s=60.0)
     try:
         client: ChatClient = await make_client()
-        before = await client.send_text("answered before")
-        await harness.invoke(session_name, before.event_id)
-        await client.run_end_for(before.codec_message_id)
-        await harness.worker.run_until_idle()
+        await _answered_turn(harness, client, session_name, "answered before")
         session = harness.worker.sessions[session_name]
         old_attach = session.channel.attach_serial
         real = session.channel.history_pages
@@ -133,8 +140,7 @@ async def test_a_history_read_overtaken_by_the_re_attach_does_not_end_the_histor
         # As for a long conversation, whose session has not paged its history to the end: the
         # run's locate reads pages up to the old attach point (through the gated reader).
         session._history, session._history_exhausted = None, False
-        ably_server.hold_connections("agent-worker")
-        assert ably_server.drop_connections("agent-worker", resume=False) == 1
+        _outage(ably_server)
         missed = await client.send_text("sent while down", parent=client.last_visible())
         status, _ = await harness.invoke(session_name, missed.event_id)
         assert status == 200
@@ -144,7 +150,7 @@ async def test_a_history_read_overtaken_by_the_re_attach_does_not_end_the_histor
         gate.set()
         end = await client.run_end_for(missed.codec_message_id, wait_s=60)
         assert end.transport_headers["run-reason"] == "complete"
-        prompt = [(m.role, getattr(m, "text", None)) for m in provider.requests[-1].messages]
+        prompt = _prompt(provider)
         assert prompt == [("user", "answered before"), ("assistant", "ok"), ("user", "sent while down")]
     finally:
         await harness.close()
@@ -163,17 +169,13 @@ async def test_an_outage_longer_than_the_trigger_wait_does_not_end_the_run(
     harness = await start_harness(ably_server, provider, trigger_wait_s=wait_s, echo_messages=echo)
     try:
         client: ChatClient = await make_client()
-        before = await client.send_text("answered before")
-        await harness.invoke(session_name, before.event_id)
-        await client.run_end_for(before.codec_message_id)
-        await harness.worker.run_until_idle()
+        await _answered_turn(harness, client, session_name, "answered before")
         session = harness.worker.sessions[session_name]
         event_id = str(uuid.uuid4())
         with capture_logs() as logs:
             status, body = await harness.invoke(session_name, event_id)
             assert status == 200
-            ably_server.hold_connections("agent-worker")  # its reconnect waits: the channel is down
-            assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            _outage(ably_server)
             missed = await client.send_text(
                 "sent while down", parent=client.last_visible(), event_id=event_id
             )
@@ -187,7 +189,7 @@ async def test_an_outage_longer_than_the_trigger_wait_does_not_end_the_run(
         assert not [e for e in logs if e["event"] == "run_refused"]
         assert harness.worker.runs_completed == 2
         assert len(client.for_input(AI_RUN_START, missed.codec_message_id)) == 1
-        prompt = [(m.role, getattr(m, "text", None)) for m in provider.requests[-1].messages]
+        prompt = _prompt(provider)
         assert prompt == [("user", "answered before"), ("assistant", "ok"), ("user", "sent while down")]
     finally:
         ably_server.hold_connections("agent-worker", held=False)
@@ -203,13 +205,9 @@ async def test_an_outage_past_the_overall_bound_ends_the_run_with_104010(
     harness = await start_harness(ably_server, EchoProvider(), trigger_wait_s=0.5)
     try:
         client: ChatClient = await make_client()
-        first = await client.send_text("one")
-        await harness.invoke(session_name, first.event_id)
-        await client.run_end_for(first.codec_message_id)
-        await harness.worker.run_until_idle()
-        ably_server.hold_connections("agent-worker")
+        await _answered_turn(harness, client, session_name, "one")
         with capture_logs() as logs:
-            assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            _outage(ably_server)
             status, body = await harness.invoke(session_name, str(uuid.uuid4()))
             assert status == 200
             await harness.worker.wait_for_runs(2, limit_s=60)  # ended while the channel is down

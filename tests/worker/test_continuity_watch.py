@@ -20,9 +20,10 @@ from agent_worker.runtime import session as session_module
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.testing import python_realtime
 from agent_worker.transport.ably import AblyTransport
+from tests.protocol.protocol_support import dump
 from tests.runtime.runtime_support import ChatClient, gated_script, start_harness, worker_settings
 from tests.server.server_support import eventually
-from tests.worker.test_echo_off import dump, history_tree
+from tests.worker.test_echo_off import history_tree
 
 MakeClient = Callable[[], Any]
 

@@ -8,7 +8,6 @@ tree folded from the channel's history."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -26,6 +25,7 @@ from agent_worker.server import EmbeddedServer
 from agent_worker.tools.base import Tool
 from agent_worker.tools.registry import ToolRegistry
 from agent_worker.transport.ably import AblyTransport
+from tests.protocol.protocol_support import dump
 from tests.runtime.runtime_support import (
     ChatClient,
     Harness,
@@ -37,16 +37,6 @@ from tests.runtime.runtime_support import (
 from tests.runtime.test_run_tools import get_weather, weather_script
 
 MakeClient = Callable[[], Awaitable[ChatClient]]
-
-
-def dump(tree: ConversationTree) -> list[dict[str, Any]]:
-    """Every node as plain data: its fields (statuses, serials, steps) and folded messages."""
-    out = []
-    for node in tree.nodes():
-        fields = {f.name: getattr(node, f.name) for f in dataclasses.fields(node) if f.name != "projection"}
-        fields["messages"] = [(m.codec_message_id, m.message) for m in node.messages]
-        out.append(fields)
-    return out
 
 
 def texts(tree: ConversationTree) -> list[tuple[str, list[str]]]:
