@@ -20,12 +20,15 @@ PATH = "/channels/conversations%3Aa/messages?limit=100&direction=backwards"
 ITEMS = msgpack.packb([{"name": "m", "data": "d", "serial": "s1"}])
 MSGPACK = {"Content-Type": "application/x-msgpack"}
 
+
 class Host:
     """An HTTP host that records each request (path and Authorization) and answers by script."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str]] = []
-        self.answer: Callable[[web.Request], web.Response] = lambda _r: web.Response(body=ITEMS, headers=MSGPACK)
+        self.answer: Callable[[web.Request], web.Response] = lambda _r: web.Response(
+            body=ITEMS, headers=MSGPACK
+        )
         self.streamed: bytes | None = None
         self.runner: web.AppRunner | None = None
         self.port = 0
@@ -75,7 +78,7 @@ def _rest(port: int) -> AblyRest:
 
 
 def _links_to(target: str) -> Callable[[web.Request], web.Response]:
-    return lambda _r: web.Response(body=ITEMS, headers={**MSGPACK, "Link": f"<{target}>; rel=\"next\""})
+    return lambda _r: web.Response(body=ITEMS, headers={**MSGPACK, "Link": f'<{target}>; rel="next"'})
 
 
 @pytest.mark.parametrize(
@@ -157,7 +160,9 @@ async def test_body_past_the_bound_is_refused(hosts: tuple[Host, Host], chunked:
         (b"[" * 100_000 + b"]" * 100_000, "application/json"),
     ],
 )
-async def test_garbled_page_is_refused_with_its_code(hosts: tuple[Host, Host], body: bytes, ctype: str) -> None:
+async def test_garbled_page_is_refused_with_its_code(
+    hosts: tuple[Host, Host], body: bytes, ctype: str
+) -> None:
     rest_host, _ = hosts
     rest_host.answer = lambda _r: web.Response(body=body, headers={"Content-Type": ctype})
     rest = _rest(rest_host.port)

@@ -4,11 +4,13 @@ that cannot be found, capacity under bogus requests, retries and restart-proof d
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 from typing import Any
 
 import structlog
+from yarl import URL
 
 from agent_worker.config import HttpConfig
 from agent_worker.protocol.headers import (
@@ -232,3 +234,34 @@ async def test_bystander_cancel_does_not_replace_the_owners_early_cancel(
     await harness.invoke(session_name, sent.event_id)
     end = await alice.run_end_for(sent.codec_message_id, wait_s=30)
     assert end.transport_headers["run-reason"] == "cancelled"
+
+
+async def test_a_stalled_body_is_answered_408_and_others_are_served(
+    make_worker: Any, session_name: str
+) -> None:
+    """Slowloris: headers promising a body, a few bytes of it, then nothing. Used to hold the
+    connection and its handler for ever; now 408/40800 after ``body_timeout_s``, and a caller
+    meanwhile is served as usual."""
+    harness: Harness = await make_worker(EchoProvider(), http=HttpConfig(port=0, body_timeout_s=0.5))
+    url = URL(harness.url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        head = (
+            f"POST {url.path} HTTP/1.1\r\nHost: {url.host}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 1000\r\n\r\n"
+        )
+        writer.write(head.encode() + b'{"sessionName": "')
+        await writer.drain()
+        async with harness.http.post(harness.url, json={"sessionName": session_name}) as resp:
+            assert resp.status == 400  # no inputEventId: refused at once, while the other stalls
+        head_in = await reader.readuntil(b"\r\n\r\n")
+        assert head_in.startswith(b"HTTP/1.1 408"), head_in
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head_in.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        assert json.loads(await reader.readexactly(length))["error"]["code"] == 40800
+    finally:
+        writer.close()
+    assert harness.worker.active_runs == []
