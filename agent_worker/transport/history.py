@@ -11,7 +11,8 @@ falls back to ``request()`` for anything but a plain answer from the primary hos
 errors, timeouts, 5xx), so Ably's fallback hosts keep working. Nothing here logs headers.
 
 What an answer may make it do is bounded (docs/security.md): its ``Link`` is followed only to the
-same channel's ``messages`` on the same host (the key is never sent anywhere else), its body is read
+same channel's ``messages`` on the same host (the key is never sent anywhere else), a redirect not
+at all, its body is read
 up to :data:`MAX_PAGE_BYTES`, and a body that does not decode is refused with 104011, not raised as
 whatever the decoder raises.
 """
@@ -189,7 +190,10 @@ class HistoryReader:
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout())
         headers = {**self._headers, **(await self._auth_headers())}
         try:
-            async with self._session.get(URL(self._url(path_qs), encoded=True), headers=headers) as resp:
+            # Redirects are not followed (nor are they by the SDK's httpx client): a 3xx is an error
+            # answer, so no other host or channel can stand in for this channel's history.
+            url = URL(self._url(path_qs), encoded=True)
+            async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
                 body = await _read_bounded(resp, self._max_page_bytes)
                 status = resp.status
                 ctype = resp.headers.get("Content-Type", "")

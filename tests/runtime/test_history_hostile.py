@@ -125,6 +125,42 @@ async def test_next_link_to_the_same_messages_is_followed(hosts: tuple[Host, Hos
     assert rest_host.requests[1][0] == page.next
 
 
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@pytest.mark.parametrize("where", ["other-host", "other-channel"])
+async def test_a_redirect_is_not_followed(hosts: tuple[Host, Host], status: int, where: str) -> None:
+    """The SDK's httpx client does not follow redirects; aiohttp would (and to another channel on
+    the same host with the credentials): another host's or channel's messages would be read as
+    this channel's history."""
+    rest_host, other = hosts
+    target = (
+        f"http://127.0.0.1:{other.port}/channels/conversations%3Aa/messages?limit=100"
+        if where == "other-host"
+        else "/channels/conversations%3Ab/messages?limit=100"
+    )
+    answered: list[str] = []
+
+    def answer(request: web.Request) -> web.Response:
+        answered.append(request.path)
+        if request.path.endswith("%3Ab/messages") or "conversations:b" in request.path:
+            return web.Response(
+                body=msgpack.packb([{"name": "m", "data": "b's", "serial": "b1"}]), headers=MSGPACK
+            )
+        return web.Response(status=status, headers={"Location": target})
+
+    rest_host.answer = answer
+    rest = _rest(rest_host.port)
+    reader = HistoryReader(rest, binary=True, max_connections=2)
+    try:
+        with pytest.raises(HistoryRefused) as refused:
+            await reader.page(PATH)
+        assert refused.value.status_code == status
+    finally:
+        await reader.close()
+        await rest.close()
+    assert other.requests == []
+    assert len(answered) == 1
+
+
 @pytest.mark.parametrize("chunked", [False, True])
 async def test_body_past_the_bound_is_refused(hosts: tuple[Host, Host], chunked: bool) -> None:
     rest_host, _ = hosts
