@@ -192,6 +192,7 @@ async def test_body_past_the_bound_is_refused(hosts: tuple[Host, Host], chunked:
         (b"\xc1\xc1\xc1", "application/x-msgpack"),  # 0xc1: never used in msgpack
         (msgpack.packb([{"serial": "s"}]) + b"\x93", "application/x-msgpack"),  # trailing bytes
         (b"\x91" * 100_000 + b"\xc0", "application/x-msgpack"),  # 100,000 nested arrays
+        (b"\x91\x81\xa4data" + b"\x91" * 100_000 + b"\xc0", "application/x-msgpack"),  # one deep item
         (b'[{"serial": "s"', "application/json"),
         (b"[" * 100_000 + b"]" * 100_000, "application/json"),
     ],
