@@ -12,9 +12,8 @@ errors, timeouts, 5xx), so Ably's fallback hosts keep working. Nothing here logs
 
 What an answer may make it do is bounded (docs/security.md): its ``Link`` is followed only to the
 same channel's ``messages`` on the same host (the key is never sent anywhere else), a redirect not
-at all, its body is read
-up to :data:`MAX_PAGE_BYTES`, and a body that does not decode is refused with 104011, not raised as
-whatever the decoder raises.
+at all, its body is read up to :data:`MAX_PAGE_BYTES`, and a body that does not decode is refused
+with 104011, not raised as whatever the decoder raises.
 """
 
 from __future__ import annotations

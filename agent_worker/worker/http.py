@@ -141,7 +141,7 @@ async def invoke(request: web.Request) -> web.Response:
         log.warning("invocation_refused", reason="body timeout", code=40800, remote=request.remote)
         msg = f"the request body did not arrive within {config.body_timeout_s:g}s"
         resp = _error(408, 40800, msg, cors)
-        resp.force_close()  # not lingering to read the rest of a body that may never come
+        resp.force_close()  # no keep-alive: closed once aiohttp's lingering read (<= 10 s) ends
         return resp
     except ProtocolError as exc:
         worker.metrics.invocations.labels("refused").inc()
