@@ -142,6 +142,9 @@ class HttpConfig(_Section):
     bearer_token: SecretField = None
     bearer_token_env: str | None = None
     max_body_bytes: int = 64 * 1024
+    body_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    """How long a POST's body may take to arrive once its headers have: a caller that stops sending
+    mid-body is answered 408 (40800) and its connection closed, rather than held open for ever."""
     cors_origins: StrTuple = ()
     """Origins allowed to POST from a browser (``"*"`` for any); empty = no CORS headers."""
     dev_token_endpoint: bool | None = None

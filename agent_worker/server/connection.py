@@ -99,6 +99,7 @@ class RealtimeConnection:
         self._processed: OrderedDict[int, tuple[bytes, list[dict[str, Any]]]] = OrderedDict()
         self._top_serial = -1  # the highest msgSerial handled
         self._limiter = RateLimiter(gateway.hub.config.rate_limit_per_s)
+        self._refusals_logged: set[int] = set()  # error codes of this connection's NACKs logged
         # ACKs of consecutive msgSerials handled in one loop turn go out as one ACK (``count``).
         self._ack_run: tuple[int, list[int], list[dict[str, Any]]] | None = None  # serial, [count], res
         self._expiry: asyncio.TimerHandle | None = None
@@ -328,7 +329,11 @@ class RealtimeConnection:
             transport.enqueue(encode_wire(ack, self.fmt))
 
     def _nack(self, serial: int, exc: AgentWorkerError) -> None:
-        log.info("publish_refused", connection_id=self.id, code=exc.code, reason=exc.message)
+        # Logged once per code per connection: a client flooding past its rate limit (or repeating
+        # one bad message) must not turn each refusal into a log line; hub.refused counts them all.
+        if exc.code not in self._refusals_logged:
+            self._refusals_logged.add(exc.code)
+            log.info("publish_refused", connection_id=self.id, code=exc.code, reason=exc.message)
         self.hub.refused[exc.code] += 1
         self.send({"action": C.NACK, "msgSerial": serial, "count": 1, "error": exc.to_error_info()})
 

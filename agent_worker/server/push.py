@@ -38,6 +38,7 @@ from py_vapid import Vapid
 from pywebpush import WebPushException, webpush
 
 from agent_worker.errors import AgentWorkerError, AuthError, ProtocolError
+from agent_worker.limits import read_body
 from agent_worker.server.auth import Principal
 from agent_worker.server.codec import decode_body, format_from_content_type
 from agent_worker.server.hub import Hub
@@ -283,13 +284,9 @@ class PushApi:
         return device
 
     async def _json(self, request: web.Request) -> Any:
-        if request.content_length is not None and request.content_length > MAX_BODY:
-            msg = f"push request bodies are limited to {MAX_BODY} bytes"
-            raise ProtocolError(msg, code=40009, status_code=413)
-        raw = await request.content.read(MAX_BODY + 1)
-        if len(raw) > MAX_BODY:
-            msg = f"push request bodies are limited to {MAX_BODY} bytes"
-            raise ProtocolError(msg, code=40009, status_code=413)
+        # The whole body, up to MAX_BODY (one ``content.read(n)`` returns only what has arrived, so
+        # a chunked body was decoded from its first chunk).
+        raw = await read_body(request, MAX_BODY)
         try:
             return decode_body(raw, format_from_content_type(request.headers.get("Content-Type")))
         except AgentWorkerError:

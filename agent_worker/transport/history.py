@@ -9,6 +9,11 @@ host, port and scheme as the SDK's REST client, the same path, query and headers
 are requested and renewed as the SDK does; a token error answer renews once and retries) — and
 falls back to ``request()`` for anything but a plain answer from the primary host (connection
 errors, timeouts, 5xx), so Ably's fallback hosts keep working. Nothing here logs headers.
+
+What an answer may make it do is bounded (docs/security.md): its ``Link`` is followed only to the
+same channel's ``messages`` on the same host (the key is never sent anywhere else), a redirect not
+at all, its body is read up to :data:`MAX_PAGE_BYTES`, and a body that does not decode is refused
+with 104011, not raised as whatever the decoder raises.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit
 
 import aiohttp
 import httpx
@@ -33,10 +38,16 @@ from agent_worker.errors import TransportError
 from agent_worker.protocol.wire import InboundMessage
 from agent_worker.transport.inbound import history_messages
 
-__all__ = ["HistoryPage", "HistoryReader", "HistoryRefused", "with_limit"]
+__all__ = ["MAX_PAGE_BYTES", "HistoryPage", "HistoryReader", "HistoryRefused", "with_limit"]
 
 REST_VERSION = "5"
 _MSGPACK = "application/x-msgpack"
+#: The largest history answer body read: a page of 1,000 messages (Ably's largest page) of 64 KiB
+#: (Ably's default message size limit), base64 in JSON, with room to spare. A larger body is refused
+#: (104011) rather than held in memory whole.
+MAX_PAGE_BYTES = 128 * 1024 * 1024
+#: AIT's "unable to fetch history page".
+HISTORY_FAILED = 104011
 
 
 class HistoryPage:
@@ -89,11 +100,20 @@ _NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
 
 def _next_of(path_qs: str, link_header: str | None) -> str | None:
     """The ``rel="next"`` link (``./messages?...``, relative to the request) as a path and query,
-    kept exactly as the server wrote it (percent-escapes included)."""
+    kept exactly as the server wrote it (percent-escapes included).
+
+    Only a link to the request's own resource (the same channel's ``messages``) is followed: one
+    naming a host (``https://h//evil/...`` resolves to a path ``//evil/...``, which joined to the
+    REST host's URL *is* another host, with the key in its ``Authorization``), another channel or
+    another path is refused (:class:`HistoryRefused`, 104011)."""
     found = _NEXT.search(link_header) if link_header else None
     if found is None:
         return None
     joined = urlsplit(urljoin(path_qs, found.group(1)))
+    own = urlsplit(path_qs).path
+    if joined.scheme or joined.netloc or unquote(joined.path) != unquote(own):
+        msg = f"history answer links its next page away from {own}: not followed"
+        raise HistoryRefused(msg, code=HISTORY_FAILED, status_code=502)
     return f"{joined.path}?{joined.query}" if joined.query else joined.path
 
 
@@ -116,8 +136,11 @@ def _tls_context() -> ssl.SSLContext:
 class HistoryReader:
     """``await reader.page(path_qs)``: one REST history page (see the module docstring)."""
 
-    def __init__(self, rest: AblyRest, *, binary: bool, max_connections: int) -> None:
+    def __init__(
+        self, rest: AblyRest, *, binary: bool, max_connections: int, max_page_bytes: int = MAX_PAGE_BYTES
+    ) -> None:
         self._rest = rest
+        self._max_page_bytes = max_page_bytes
         self._binary = binary
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -166,8 +189,11 @@ class HistoryReader:
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout())
         headers = {**self._headers, **(await self._auth_headers())}
         try:
-            async with self._session.get(URL(self._url(path_qs), encoded=True), headers=headers) as resp:
-                body = await resp.read()
+            # Redirects are not followed (nor are they by the SDK's httpx client): a 3xx is an error
+            # answer, so no other host or channel can stand in for this channel's history.
+            url = URL(self._url(path_qs), encoded=True)
+            async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
+                body = await _read_bounded(resp, self._max_page_bytes)
                 status = resp.status
                 ctype = resp.headers.get("Content-Type", "")
                 link = resp.headers.get("Link")
@@ -210,11 +236,37 @@ class HistoryReader:
             await session.close()
 
 
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The answer's body, refused (104011) past ``limit`` bytes: before reading it when its
+    ``Content-Length`` says so, else once ``limit + 1`` bytes have arrived."""
+    if resp.content_length is not None and resp.content_length > limit:
+        msg = f"history answer of {resp.content_length} bytes, over the limit of {limit}"
+        raise HistoryRefused(msg, code=HISTORY_FAILED, status_code=502)
+    chunks: list[bytes] = []
+    total = 0
+    while total <= limit:
+        chunk = await resp.content.read(limit + 1 - total)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    if total > limit:
+        msg = f"history answer over the limit of {limit} bytes"
+        raise HistoryRefused(msg, code=HISTORY_FAILED, status_code=502)
+    return b"".join(chunks)
+
+
 def _decode(body: bytes, content_type: str) -> Any:
-    if content_type.startswith(_MSGPACK):
-        return msgpack.unpackb(body)
-    if content_type.startswith("application/json"):
-        return json.loads(body)
+    try:
+        if content_type.startswith(_MSGPACK):
+            return msgpack.unpackb(body)
+        if content_type.startswith("application/json"):
+            return json.loads(body)
+    except (ValueError, TypeError, RecursionError, msgpack.StackError, msgpack.ExtraData) as exc:
+        # A garbled page is refused with AIT's code, not raised as the decoder's own exception
+        # (which would end the run as a crash).
+        msg = f"history answer undecodable as {content_type}: {type(exc).__name__}"
+        raise HistoryRefused(msg, code=HISTORY_FAILED, status_code=502) from None
     msg = f"history answer of unsupported content type {content_type!r}"
     raise TransportError(msg, code=50000, status_code=500)
 

@@ -123,7 +123,9 @@ def history_messages(body: bytes) -> list[InboundMessage] | None:
     and :func:`raw_inbound` then looks each up): about half the CPU of a 1,000-message page."""
     try:
         items = _PAGE.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        # RecursionError: an item nested deeper than msgspec recurses (~1,000 levels); the generic
+        # decoder then refuses the page with 104011 (transport/history.py) instead of a crash.
         return None
     out: list[InboundMessage] = []
     append = out.append

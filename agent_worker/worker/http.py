@@ -9,6 +9,7 @@ client only checks ``response.ok``; refusals carry an Ably-style error body
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Sized
 from typing import Any, Protocol
@@ -131,7 +132,23 @@ async def invoke(request: web.Request) -> web.Response:
         log.warning("invocation_unauthorized", remote=request.remote)
         return _error(401, 40101, "missing or invalid bearer token", {**cors, "WWW-Authenticate": "Bearer"})
     try:
-        body: Any = loads_json(await read_body(request, config.max_body_bytes) or b"null", "body", code=40000)
+        # Bounded in time as well as size: a stranger that sends headers and then stalls mid-body
+        # would otherwise hold a connection and a handler for as long as it likes (slowloris).
+        async with asyncio.timeout(config.body_timeout_s):
+            raw = await read_body(request, config.max_body_bytes)
+    except TimeoutError:
+        worker.metrics.invocations.labels("refused").inc()
+        log.warning("invocation_refused", reason="body timeout", code=40800, remote=request.remote)
+        msg = f"the request body did not arrive within {config.body_timeout_s:g}s"
+        resp = _error(408, 40800, msg, cors)
+        resp.force_close()  # no keep-alive: closed once aiohttp's lingering read (<= 10 s) ends
+        return resp
+    except ProtocolError as exc:
+        worker.metrics.invocations.labels("refused").inc()
+        log.warning("invocation_refused", reason=exc.message, code=exc.code)
+        return _error(exc.status_code, exc.code, exc.message, cors)
+    try:
+        body: Any = loads_json(raw or b"null", "body", code=40000)
     except ProtocolError as exc:
         worker.metrics.invocations.labels("refused").inc()
         log.warning("invocation_refused", reason=exc.message, code=exc.code)

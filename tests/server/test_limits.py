@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
+import structlog
 from ably.util.exceptions import AblyException
 
 from agent_worker.server import EmbeddedServer, ServerConfig
@@ -55,6 +56,31 @@ async def test_per_connection_rate_limit() -> None:
             assert sum(1 for f in outcomes if f["action"] == ACK) >= 50
         finally:
             await c.close()
+
+
+async def test_a_flooding_connection_is_logged_once_and_others_are_served() -> None:
+    """500 publishes past the limit on one connection: NACK 42911 for each, one log line for them
+    all (each used to log its own), and another connection publishing meanwhile is ACKed."""
+    async with EmbeddedServer(ServerConfig(enforce_rate_limits=True)) as server:
+        flood = await RawClient.connect(server, echo="false")
+        other = await RawClient.connect(server, echo="false")
+        try:
+            with structlog.testing.capture_logs() as logs:
+                for i in range(500):
+                    await flood.publish(f"flood-{i % 4}", [{"data": str(i)}])
+                for i in range(5):
+                    await other.publish("quiet", [{"data": str(i)}])
+                outcomes = await flood.outcomes(500)
+                theirs = await other.outcomes(5)
+            nacked = [f for f in outcomes if f["action"] == NACK]
+            assert len(nacked) > 1
+            assert {f["error"]["code"] for f in nacked} == {42911}  # type: ignore[index]
+            assert [f["action"] for f in theirs] == [ACK] * 5
+            refused = [e for e in logs if e["event"] == "publish_refused"]
+            assert [(e["code"], e["connection_id"]) for e in refused] == [(42911, flood.connection_id)]
+        finally:
+            await flood.close()
+            await other.close()
 
 
 async def test_per_channel_rate_limit() -> None:

@@ -3,6 +3,7 @@ by real Web Push to a local receiver that decrypts with the subscription's keys.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -286,3 +287,37 @@ async def test_a_device_manages_its_own_registration_with_its_identity_token(
     status, _ = await _raw(ably_server, "DELETE", "/push/deviceRegistrations?deviceId=dev-a", device_token)
     assert status == 204
     assert set(ably_server.push.store.devices) == {"dev-b"}
+
+
+async def _chunked(server: EmbeddedServer, path: str, token: str, body: bytes) -> tuple[int, Any]:
+    """POST ``body`` chunked in two writes, the second a moment after the first."""
+
+    async def parts() -> AsyncIterator[bytes]:
+        half = len(body) // 2
+        yield body[:half]
+        await asyncio.sleep(0.2)  # the server has the first part alone in its buffer meanwhile
+        yield body[half:]
+
+    url = f"http://{server.endpoint}{path}"
+    headers = {
+        "Authorization": f"Bearer {base64.b64encode(token.encode()).decode()}",
+        "Accept": "application/json",
+        "Content-Type": "application/json",
+    }
+    async with aiohttp.ClientSession() as s, s.post(url, data=parts(), headers=headers) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def test_a_chunked_body_is_read_whole(ably_server: EmbeddedServer) -> None:
+    """A body sent in chunks used to be decoded from its first chunk alone (one ``read(n)``, which
+    returns what has arrived): a valid body was refused 400/40000, and one over the limit was refused
+    as undecodable instead of 413/40009."""
+    admin = ably_server.mint_token("backend", ADMIN)
+    body = json.dumps({"recipient": {"clientId": "nobody"}, "data": {"x": "y" * 2000}}).encode()
+    status, answer = await _chunked(ably_server, "/push/publish", admin, body)
+    assert status == 201, answer
+    assert answer == {"delivered": 0, "failed": []}
+    status, answer = await _chunked(
+        ably_server, "/push/deviceRegistrations", admin, b'{"id":"' + b"x" * 20_000 + b'"}'
+    )
+    assert status == 413 and answer["error"]["code"] == 40009

@@ -132,9 +132,10 @@ async def test_later_publish_flushes_the_rollup_first(ably_server: EmbeddedServe
         await viewer.close()
 
 
-async def test_rollup_window_is_per_connection_and_validated(ably_server: EmbeddedServer) -> None:
-    """Out-of-range values are refused at connect (40003); 500 ms holds appends for longer."""
-    bad = await RawClient.connect(ably_server, expect_connected=False, appendRollupWindow="501")
+@pytest.mark.parametrize("raw", ["501", "-1", "abc", "nan", "inf", "1e400"])
+async def test_rollup_window_is_per_connection_and_validated(ably_server: EmbeddedServer, raw: str) -> None:
+    """Out-of-range and non-numeric values are refused at connect (40003)."""
+    bad = await RawClient.connect(ably_server, expect_connected=False, appendRollupWindow=raw)
     try:
         err = await bad.expect(ERROR)
         assert err["error"]["code"] == 40003

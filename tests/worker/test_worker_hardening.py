@@ -4,11 +4,13 @@ that cannot be found, capacity under bogus requests, retries and restart-proof d
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 from typing import Any
 
 import structlog
+from yarl import URL
 
 from agent_worker.config import HttpConfig
 from agent_worker.protocol.headers import (
@@ -232,3 +234,72 @@ async def test_bystander_cancel_does_not_replace_the_owners_early_cancel(
     await harness.invoke(session_name, sent.event_id)
     end = await alice.run_end_for(sent.codec_message_id, wait_s=30)
     assert end.transport_headers["run-reason"] == "cancelled"
+
+
+async def test_a_stalled_body_is_answered_408_and_others_are_served(
+    make_worker: Any, session_name: str
+) -> None:
+    """Slowloris: headers promising a body, a few bytes of it, then nothing. Used to hold the
+    connection and its handler for ever; now 408/40800 after ``body_timeout_s``, and a caller
+    meanwhile is served as usual."""
+    harness: Harness = await make_worker(EchoProvider(), http=HttpConfig(port=0, body_timeout_s=0.5))
+    url = URL(harness.url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        head = (
+            f"POST {url.path} HTTP/1.1\r\nHost: {url.host}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 1000\r\n\r\n"
+        )
+        writer.write(head.encode() + b'{"sessionName": "')
+        await writer.drain()
+        async with harness.http.post(harness.url, json={"sessionName": session_name}) as resp:
+            assert resp.status == 400  # no inputEventId: refused at once, while the other stalls
+        head_in = await reader.readuntil(b"\r\n\r\n")
+        assert head_in.startswith(b"HTTP/1.1 408"), head_in
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head_in.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        assert json.loads(await reader.readexactly(length))["error"]["code"] == 40800
+    finally:
+        writer.close()
+    assert harness.worker.active_runs == []
+
+
+async def test_made_up_inputs_during_an_outage_stay_within_the_pending_cap(
+    ably_server: EmbeddedServer, make_client: Any, session_name: str
+) -> None:
+    """While the channel is down a run waits for its trigger up to ``trigger_wait_s`` +
+    OUTAGE_WAIT_S (120 s), so POSTs naming made-up event ids hold their place far longer than
+    ``trigger_wait_s``: they stay within ``max_pending_invocations`` (the rest get 429/42910 at
+    once), end with 104010 once the channel is back, publish nothing, and a real input is then
+    served."""
+    harness = await start_harness(ably_server, EchoProvider(), trigger_wait_s=0.5, max_pending_invocations=3)
+    try:
+        client: ChatClient = await make_client()
+        first = await client.send_text("one")
+        await harness.invoke(session_name, first.event_id)
+        await client.run_end_for(first.codec_message_id)
+        await harness.worker.run_until_idle()
+        ably_server.hold_connections("agent-worker")
+        with structlog.testing.capture_logs() as logs:
+            assert ably_server.drop_connections("agent-worker", resume=False) == 1
+            answers = [await harness.invoke(session_name, str(uuid.uuid4())) for _ in range(5)]
+            assert [status for status, _ in answers] == [200, 200, 200, 429, 429]
+            assert {body["error"]["code"] for status, body in answers if status == 429} == {42910}
+            await asyncio.sleep(4 * 0.5)  # past trigger_wait_s: still held while the channel is down
+            assert (await harness.invoke(session_name, str(uuid.uuid4())))[0] == 429
+            ably_server.hold_connections("agent-worker", held=False)
+            await harness.worker.wait_for_runs(4, limit_s=60)
+        refused = [e for e in logs if e["event"] == "run_refused"]
+        assert [e["code"] for e in refused] == [104010] * 3
+        assert all(client.run_wires(body["runId"]) == [] for status, body in answers if status == 200)
+        second = await client.send_text("two", parent=client.last_visible())
+        status, _ = await harness.invoke(session_name, second.event_id)
+        assert status == 200
+        end = await client.run_end_for(second.codec_message_id)
+        assert end.transport_headers["run-reason"] == "complete"
+    finally:
+        ably_server.hold_connections("agent-worker", held=False)
+        await harness.close()

@@ -1,0 +1,214 @@
+"""The lean REST history GET (transport/history.py) against answers no honest Ably host sends, over
+real HTTP with ably-python's REST client: a ``Link`` that points at another host, channel or path
+is not followed (the key never leaves the REST host), a body past the page bound is refused before
+it is held whole, a garbled body is refused with AIT's 104011 rather than a decoder's exception."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import msgpack
+import pytest
+from ably import AblyRest
+from aiohttp import web
+
+from agent_worker.errors import TransportError
+from agent_worker.transport.ably import AblySettings
+from agent_worker.transport.history import HistoryReader, HistoryRefused
+
+PATH = "/channels/conversations%3Aa/messages?limit=100&direction=backwards"
+ITEMS = msgpack.packb([{"name": "m", "data": "d", "serial": "s1"}])
+MSGPACK = {"Content-Type": "application/x-msgpack"}
+
+
+class Host:
+    """An HTTP host that records each request (path and Authorization) and answers by script."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+        self.answer: Callable[[web.Request], web.Response] = lambda _r: web.Response(
+            body=ITEMS, headers=MSGPACK
+        )
+        self.streamed: bytes | None = None
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((request.path_qs, request.headers.get("Authorization", "")))
+        if self.streamed is not None:  # chunked: no Content-Length to refuse it by
+            resp = web.StreamResponse(headers=MSGPACK)
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            for at in range(0, len(self.streamed), 4096):
+                await resp.write(self.streamed[at : at + 4096])
+            await resp.write_eof()
+            return resp
+        return self.answer(request)
+
+
+@pytest.fixture
+async def hosts() -> AsyncIterator[tuple[Host, Host]]:
+    rest_host, other = Host(), Host()
+    await rest_host.start()
+    await other.start()
+    yield rest_host, other
+    for host in (rest_host, other):
+        assert host.runner is not None
+        await host.runner.cleanup()
+
+
+async def _token() -> str:
+    return "the-token"
+
+
+def _rest(port: int) -> AblyRest:
+    settings = AblySettings(endpoint=f"127.0.0.1:{port}", token_source=_token, tls=False)
+    opts = settings.client_options()
+    opts.pop("realtime_request_timeout")
+    return AblyRest(**opts)
+
+
+def _links_to(target: str) -> Callable[[web.Request], web.Response]:
+    return lambda _r: web.Response(body=ITEMS, headers={**MSGPACK, "Link": f'<{target}>; rel="next"'})
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "https://x//127.0.0.1:{port}/channels/conversations%3Aa/messages?limit=5",  # a path "//host/..."
+        "//127.0.0.1:{port}/channels/conversations%3Aa/messages?limit=5",
+        "http://127.0.0.1:{port}/channels/conversations%3Aa/messages?limit=5",
+        "../other/messages?limit=5",  # another channel, same host
+        "/keys/app.key/requestToken?x=1",
+    ],
+)
+async def test_next_link_elsewhere_is_not_followed(hosts: tuple[Host, Host], target: str) -> None:
+    rest_host, other = hosts
+    rest_host.answer = _links_to(target.format(port=other.port))
+    rest = _rest(rest_host.port)
+    reader = HistoryReader(rest, binary=True, max_connections=2)
+    try:
+        with pytest.raises(HistoryRefused) as refused:
+            page = await reader.page(PATH)
+            assert page.next is not None
+            await reader.page(page.next)  # what history_pages does with it
+        assert refused.value.code == 104011
+        assert "not followed" in refused.value.message
+    finally:
+        await reader.close()
+        await rest.close()
+    assert other.requests == []
+    assert [auth for _path, auth in rest_host.requests] == ["Bearer dGhlLXRva2Vu"]  # the token, once
+
+
+async def test_next_link_to_the_same_messages_is_followed(hosts: tuple[Host, Host]) -> None:
+    rest_host, _ = hosts
+    rest_host.answer = _links_to("./messages?limit=5&cursor=c%2Fd")
+    rest = _rest(rest_host.port)
+    reader = HistoryReader(rest, binary=True, max_connections=2)
+    try:
+        page = await reader.page(PATH)
+        assert page.next == "/channels/conversations%3Aa/messages?limit=5&cursor=c%2Fd"
+        await reader.page(page.next)
+    finally:
+        await reader.close()
+        await rest.close()
+    assert rest_host.requests[1][0] == page.next
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@pytest.mark.parametrize("where", ["other-host", "other-channel"])
+async def test_a_redirect_is_not_followed(hosts: tuple[Host, Host], status: int, where: str) -> None:
+    """The SDK's httpx client does not follow redirects; aiohttp would (and to another channel on
+    the same host with the credentials): another host's or channel's messages would be read as
+    this channel's history."""
+    rest_host, other = hosts
+    target = (
+        f"http://127.0.0.1:{other.port}/channels/conversations%3Aa/messages?limit=100"
+        if where == "other-host"
+        else "/channels/conversations%3Ab/messages?limit=100"
+    )
+    answered: list[str] = []
+
+    def answer(request: web.Request) -> web.Response:
+        answered.append(request.path)
+        if request.path.endswith("%3Ab/messages") or "conversations:b" in request.path:
+            return web.Response(
+                body=msgpack.packb([{"name": "m", "data": "b's", "serial": "b1"}]), headers=MSGPACK
+            )
+        return web.Response(status=status, headers={"Location": target})
+
+    rest_host.answer = answer
+    rest = _rest(rest_host.port)
+    reader = HistoryReader(rest, binary=True, max_connections=2)
+    try:
+        with pytest.raises(HistoryRefused) as refused:
+            await reader.page(PATH)
+        assert refused.value.status_code == status
+    finally:
+        await reader.close()
+        await rest.close()
+    assert other.requests == []
+    assert len(answered) == 1
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_body_past_the_bound_is_refused(hosts: tuple[Host, Host], chunked: bool) -> None:
+    rest_host, _ = hosts
+    big = msgpack.packb([{"name": "m", "data": "x" * 1000, "serial": f"s{i}"} for i in range(100)])
+    if chunked:
+        rest_host.streamed = big
+    else:
+        rest_host.answer = lambda _r: web.Response(body=big, headers=MSGPACK)
+    rest = _rest(rest_host.port)
+    reader = HistoryReader(rest, binary=True, max_connections=2, max_page_bytes=len(big) - 1)
+    try:
+        with pytest.raises(HistoryRefused) as refused:
+            await reader.page(PATH)
+        assert refused.value.code == 104011 and "over the limit" in refused.value.message
+        # The bound is the only difference: the same body within it is read.
+        roomy = HistoryReader(rest, binary=True, max_connections=2, max_page_bytes=len(big))
+        try:
+            assert len((await roomy.page(PATH)).items) == 100
+        finally:
+            await roomy.close()
+    finally:
+        await reader.close()
+        await rest.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype"),
+    [
+        (b"\xc1\xc1\xc1", "application/x-msgpack"),  # 0xc1: never used in msgpack
+        (msgpack.packb([{"serial": "s"}]) + b"\x93", "application/x-msgpack"),  # trailing bytes
+        (b"\x91" * 100_000 + b"\xc0", "application/x-msgpack"),  # 100,000 nested arrays
+        (b"\x91\x81\xa4data" + b"\x91" * 100_000 + b"\xc0", "application/x-msgpack"),  # one deep item
+        (b'[{"serial": "s"', "application/json"),
+        (b"[" * 100_000 + b"]" * 100_000, "application/json"),
+    ],
+)
+async def test_garbled_page_is_refused_with_its_code(
+    hosts: tuple[Host, Host], body: bytes, ctype: str
+) -> None:
+    rest_host, _ = hosts
+    rest_host.answer = lambda _r: web.Response(body=body, headers={"Content-Type": ctype})
+    rest = _rest(rest_host.port)
+    reader = HistoryReader(rest, binary=ctype.endswith("msgpack"), max_connections=2)
+    try:
+        with pytest.raises(TransportError) as refused:
+            page = await reader.page(PATH)
+            page.messages(lambda raw: pytest.fail(f"read {raw!r}"))  # a msgpack body decodes here
+        assert refused.value.code == 104011 and "undecodable" in refused.value.message
+    finally:
+        await reader.close()
+        await rest.close()
