@@ -332,7 +332,7 @@ class DecoderCore:
 
     def decode(self, msg: InboundMessage) -> Decoded:
         """Decode one delivery (live or history). Replays already incorporated decode to nothing."""
-        events = self._decode_core(msg)
+        events = self.decode_events(msg)
         if msg.name == AI_INPUT:
             return Decoded(inputs=events)
         return Decoded(outputs=events)
@@ -340,9 +340,6 @@ class DecoderCore:
     def decode_events(self, msg: InboundMessage) -> list[Event]:
         """:meth:`decode` without its :class:`Decoded`: the events, inputs for an ``ai-input`` and
         outputs otherwise (the tree's per-message path)."""
-        return self._decode_core(msg)
-
-    def _decode_core(self, msg: InboundMessage) -> list[Event]:
         match msg.action:
             case "message.create":
                 if msg.transport_headers.get(H_STREAM) == "true":

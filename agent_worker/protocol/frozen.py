@@ -10,6 +10,7 @@ immutability stay the dataclass's own.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 __all__ = ["fast_init", "fast_make"]
@@ -47,7 +48,7 @@ def fast_init(cls: type[T]) -> type[T]:
     return cls
 
 
-def fast_make(cls: type[T]) -> Any:
+def fast_make(cls: type[T]) -> Callable[..., T]:
     """A positional constructor setting every slot, derived ones included, without ``__init__`` or
     ``__post_init__``: for a caller that computed the derived fields already (a history page)."""
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
@@ -59,4 +60,5 @@ def fast_make(cls: type[T]) -> Any:
     body.append("    return self")
     names = ", ".join(f.name for f in fields)
     exec(f"def make({names}):\n" + "\n".join(body) + "\n", ns)
-    return ns["make"]
+    make: Callable[..., T] = ns["make"]
+    return make
