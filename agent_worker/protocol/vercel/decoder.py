@@ -446,11 +446,18 @@ class UIMessageDecoder(DecoderCore):
         return settle
 
     def _repair_discrete(self, kind: str, run_id: str, codec: Mapping[str, str]) -> list[Chunk]:
+        # No set() built per message for setdefault's or get's default (most runs have theirs).
         match kind:
             case "start" | "start-step":
-                self._phases.setdefault(run_id, set()).add(kind)
+                seen = self._phases.get(run_id)
+                if seen is None:
+                    self._phases[run_id] = {kind}
+                else:
+                    seen.add(kind)
             case "finish-step":
-                self._phases.get(run_id, set()).discard("start-step")
+                seen = self._phases.get(run_id)
+                if seen is not None:
+                    seen.discard("start-step")
             case "finish" | "error" | "abort":
                 self._phases.pop(run_id, None)
             case "tool-input":
