@@ -125,6 +125,10 @@ class _Text:
         return parts[0] if parts else ""
 
 
+_CLOSED_TEXT = _Text()
+"""The text of every closed stream tracker (see ``DecoderCore._close``); never added to."""
+
+
 @dataclass(slots=True)
 class _Stream:
     stream_key: str
@@ -417,8 +421,10 @@ class DecoderCore:
 
     @staticmethod
     def _close(t: StreamTracker) -> None:
+        # A closed stream's text is never read or extended again (every path checks ``closed``
+        # first): one shared empty text, not two objects kept per stream the session ever saw.
         t.closed = True
-        t.accumulated = ""
+        t.text = _CLOSED_TEXT
 
     def _terminal(
         self, t: StreamTracker, status: str | None, closing: Mapping[str, str], out: list[Event]
