@@ -125,6 +125,10 @@ class _Text:
         return parts[0] if parts else ""
 
 
+_CLOSED_TEXT = _Text()
+"""The text of every closed stream tracker (see ``DecoderCore._close``); never added to."""
+
+
 @dataclass(slots=True)
 class _Stream:
     stream_key: str
@@ -332,7 +336,7 @@ class DecoderCore:
 
     def decode(self, msg: InboundMessage) -> Decoded:
         """Decode one delivery (live or history). Replays already incorporated decode to nothing."""
-        events = self._decode_core(msg)
+        events = self.decode_events(msg)
         if msg.name == AI_INPUT:
             return Decoded(inputs=events)
         return Decoded(outputs=events)
@@ -340,9 +344,6 @@ class DecoderCore:
     def decode_events(self, msg: InboundMessage) -> list[Event]:
         """:meth:`decode` without its :class:`Decoded`: the events, inputs for an ``ai-input`` and
         outputs otherwise (the tree's per-message path)."""
-        return self._decode_core(msg)
-
-    def _decode_core(self, msg: InboundMessage) -> list[Event]:
         match msg.action:
             case "message.create":
                 if msg.transport_headers.get(H_STREAM) == "true":
@@ -420,8 +421,10 @@ class DecoderCore:
 
     @staticmethod
     def _close(t: StreamTracker) -> None:
+        # A closed stream's text is never read or extended again (every path checks ``closed``
+        # first): one shared empty text, not two objects kept per stream the session ever saw.
         t.closed = True
-        t.accumulated = ""
+        t.text = _CLOSED_TEXT
 
     def _terminal(
         self, t: StreamTracker, status: str | None, closing: Mapping[str, str], out: list[Event]

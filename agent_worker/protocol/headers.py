@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agent_worker.protocol.frozen import fast_init
+from agent_worker.protocol.frozen import fast_init, fast_make
 from agent_worker.protocol.wire import InboundMessage, OutboundMessage
 
 __all__ = [
@@ -498,6 +498,12 @@ class StepLifecycle:
     timestamp: int | None = None
 
 
+# Positional constructors, every field (``frozen.fast_make``): no class call and __init__ per
+# lifecycle message folded.
+_run_lifecycle = fast_make(RunLifecycle)
+_step_lifecycle = fast_make(StepLifecycle)
+
+
 def parse_run_lifecycle(msg: InboundMessage) -> RunLifecycle | None:
     """Parse ``ai-run-*``; None for other names or a missing ``run-id``."""
     h = msg.transport_headers
@@ -510,18 +516,20 @@ def parse_run_lifecycle(msg: InboundMessage) -> RunLifecycle | None:
     # Positional (the field order of RunLifecycle): no keyword parsing per message.
     match msg.name:
         case "ai-run-start":
-            return RunLifecycle(
+            return _run_lifecycle(
                 "start", run_id, client_id, invocation_id, serial, timestamp, h.get(H_PARENT),
-                h.get(H_FORK_OF), h.get(H_MSG_REGENERATE), h.get(H_INPUT_CODEC_MESSAGE_ID),
+                h.get(H_FORK_OF), h.get(H_MSG_REGENERATE), h.get(H_INPUT_CODEC_MESSAGE_ID), None, None,
             )  # fmt: skip
         case "ai-run-suspend" | "ai-run-resume":
             kind: Any = "suspend" if msg.name == "ai-run-suspend" else "resume"
-            return RunLifecycle(kind, run_id, client_id, invocation_id, serial, timestamp)
+            return _run_lifecycle(
+                kind, run_id, client_id, invocation_id, serial, timestamp, None, None, None, None, None, None
+            )
         case "ai-run-end":
             # JS casts the header without validation; an unknown reason behaves like a terminal
             # non-complete status, so keep it verbatim.
             reason: Any = h.get(H_RUN_REASON, "complete")
-            return RunLifecycle(
+            return _run_lifecycle(
                 "end", run_id, client_id, invocation_id, serial, timestamp, None, None, None, None,
                 reason, run_end_error(h) if reason == "error" else None,
             )  # fmt: skip
@@ -544,7 +552,7 @@ def parse_step_lifecycle(msg: InboundMessage) -> StepLifecycle | None:
     step_client_id = h.get(H_STEP_CLIENT_ID, "")
     match msg.name:
         case "ai-step-start":
-            return StepLifecycle(
+            return _step_lifecycle(
                 "step-start", run_id, step_id, serial, invocation_id, run_client_id, input_client_id,
                 step_client_id, None, None, timestamp,
             )  # fmt: skip
@@ -553,7 +561,7 @@ def parse_step_lifecycle(msg: InboundMessage) -> StepLifecycle | None:
             if not start_serial:
                 return None
             reason: Any = h.get(H_STEP_REASON, "complete")
-            return StepLifecycle(
+            return _step_lifecycle(
                 "step-end", run_id, step_id, serial, invocation_id, run_client_id, input_client_id,
                 step_client_id, start_serial, reason, timestamp,
             )  # fmt: skip

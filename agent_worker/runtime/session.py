@@ -42,6 +42,7 @@ from agent_worker.protocol.headers import (
     H_EVENT_ID,
     H_INPUT_CODEC_MESSAGE_ID,
     H_RUN_ID,
+    H_STREAM,
 )
 from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.wire import InboundMessage
@@ -264,8 +265,10 @@ class AgentSession:
 
     def _fold_now(self, msg: InboundMessage) -> None:
         result = self._tree.apply(msg)
-        self.open_streams.observe(msg)
-        event_id = msg.transport_headers.get(H_EVENT_ID)
+        headers = msg.transport_headers
+        if headers.get(H_STREAM) == "true":  # observe() ignores the rest: no call per discrete message
+            self.open_streams.observe(msg)
+        event_id = headers.get(H_EVENT_ID)
         if event_id and event_id in self._waiting:
             for run in self._waiting.pop(event_id):
                 if not run.trigger_message.done():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 import pytest
 
@@ -74,3 +75,26 @@ def test_make_inbound_is_the_constructor_given_the_header_sections() -> None:
     )
     assert bare == InboundMessage("x", None, None)
     assert bare.transport_headers == InboundMessage("x", None, None).transport_headers == {}
+
+
+def test_fast_make_builds_instances_of_the_class_itself() -> None:
+    made = fast_make(ApplyResult)(None, None, True, "r", "c", "i", "s", None, None, None, (), ())
+    assert type(made) is ApplyResult and made == ApplyResult(
+        folded=True, run_id="r", codec_message_id="c", input_codec_message_id="i", serial="s"
+    )
+    assert hash(made) == hash(ApplyResult(None, None, True, "r", "c", "i", "s"))
+    assert "Twin" not in repr(made)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.run_id = "x"  # type: ignore[misc]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, weakref_slot=True)
+class _WithWeakref:
+    a: int
+    b: str
+
+
+def test_fast_make_falls_back_where_the_twin_cannot_stand_in() -> None:
+    made = fast_make(_WithWeakref)(1, "x")  # the __weakref__ slot is not a field: descriptor calls
+    assert type(made) is _WithWeakref and made == _WithWeakref(1, "x")
+    assert weakref.ref(made)() is made

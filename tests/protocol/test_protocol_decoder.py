@@ -682,3 +682,31 @@ def test_interleaved_streams_round_trip_like_js(seed: int) -> None:
     decoded, messages = fold(msgs)
     assert decoded == js_dec["decoded"]
     assert messages == js_dec["messages"]
+
+
+def _rolled_up(serial: str, text: str, sid: str) -> InboundMessage:
+    """A text stream as history returns it: one update holding the whole text, ``complete``."""
+    transport = {
+        "run-id": "R",
+        "codec-message-id": "A",
+        "stream": "true",
+        "stream-id": sid,
+        "status": "complete",
+    }
+    extras = {"ai": {"transport": transport, "codec": {"kind": "text", "id": sid}}}
+    return InboundMessage("ai-output", text, extras, "message.update", serial, serial + "-v")
+
+
+def test_closed_streams_stay_closed_and_share_no_text() -> None:
+    dec = UIMessageDecoder()
+    first = dec.decode(_rolled_up("s1", "Hello", "t0")).outputs
+    assert [c["type"] for c in first] == ["start", "start-step", "text-start", "text-delta", "text-end"]
+    assert first[3]["delta"] == "Hello"
+    second = dec.decode(_rolled_up("s2", "World", "t1")).outputs
+    assert [c.get("delta") for c in second if c["type"] == "text-delta"] == ["World"]
+    late = dataclasses.replace(_rolled_up("s1", "more", "t0"), action="message.append", version_serial="s1-w")
+    assert dec.decode(late).outputs == []  # appended after its end: nothing
+    assert dec.decode(_rolled_up("s1", "Hello again", "t0")).outputs == []  # nor a replayed update
+    assert dec.decode(_rolled_up("s2", "World", "t1")).outputs == []
+    assert dec._trackers["s1"].closed and dec._trackers["s1"].accumulated == ""
+    assert dec._trackers["s2"].accumulated == ""

@@ -3,6 +3,7 @@ against the real JS ClientSession folding the same channel (live, and history pa
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -702,3 +703,29 @@ class TestWireLog:
             ("01", "m", False, [{"type": "c"}], "04"),
             ("02", "n", False, [{"type": "z"}], "02"),
         ]
+
+
+@pytest.mark.parametrize(
+    "order", ["pages-1", "pages-3", "pages-7", "reversed", *(f"shuffled-{i}" for i in range(8))]
+)
+def test_nodes_stay_in_serial_order_in_any_fold_order(order: str) -> None:
+    """The sorted insert tries the slot after the last one placed before bisecting: any fold order
+    (history pages newest first, reversed, shuffled) leaves the nodes in serial order."""
+    c = Convo()
+    parent = None
+    for turn in range(6):
+        c.user(f"U{turn}", f"q{turn}", parent=parent)
+        r = c.run(f"R{turn}", input_cmid=f"U{turn}", leaf=f"U{turn}").start(run_parent=f"U{turn}")
+        r.step(text_reply(f"a{turn}"), cmid=f"A{turn}")
+        r.end()
+        parent = f"A{turn}"
+    history = c.ch.history()
+    if order.startswith("pages-"):
+        folded = history_fold_order(history, int(order.removeprefix("pages-")))
+    elif order == "reversed":
+        folded = history[::-1]
+    else:
+        folded = random.Random(order).sample(history, len(history))
+    expected = [n.key for n in c.tree(history).nodes()]
+    assert expected == [k for t in range(6) for k in (f"U{t}", f"R{t}")]
+    assert [n.key for n in c.tree(folded).nodes()] == expected

@@ -125,23 +125,31 @@ def read_fork_seed(data: Any) -> dict[str, Any] | None:
 # --- output rebuilds (outputs.ts) ---------------------------------------------------------------------
 
 
+def _with_metadata(chunk: Chunk, h: Mapping[str, str]) -> Chunk:
+    """``chunk`` with ``messageMetadata`` when the header holds valid JSON (``read_json``)."""
+    if "messageMetadata" in h:
+        metadata = read_json(h, "messageMetadata")
+        if metadata is not MISSING:
+            chunk["messageMetadata"] = metadata
+    return chunk
+
+
 def _decode_discrete_output(kind: str, h: Mapping[str, str], data: Any) -> list[Chunk]:
     match kind:
-        case "start":
-            return [
-                _strip(
-                    type=kind, messageId=_str(h, "messageId"), messageMetadata=read_json(h, "messageMetadata")
-                )
-            ]
+        # The commonest kinds build their chunk directly (what _strip(...) of the fields builds).
         case "start-step" | "finish-step":
             return [{"type": kind}]
+        case "start":
+            chunk: Chunk = {"type": kind}
+            message_id = h.get("messageId")
+            if isinstance(message_id, str):
+                chunk["messageId"] = message_id
+            return [_with_metadata(chunk, h)]
         case "finish":
             reason = h.get("finishReason")
             return [
-                _strip(
-                    type=kind,
-                    finishReason=reason if reason in _FINISH_REASONS else "stop",
-                    messageMetadata=read_json(h, "messageMetadata"),
+                _with_metadata(
+                    {"type": kind, "finishReason": reason if reason in _FINISH_REASONS else "stop"}, h
                 )
             ]
         case "message-metadata":
@@ -250,32 +258,43 @@ _STREAM_KINDS = {
 
 
 def _build_start(t: StreamTracker) -> list[Chunk]:
-    kind = t.codec.get(KIND, "")
+    codec = t.codec
+    kind = codec.get(KIND, "")
     if kind == "tool-input":
-        return [{"type": "tool-input-start", **_tool_fields(t.codec)}]
-    if kind in _STREAM_KINDS:
-        start = _STREAM_KINDS[kind][0]
-        return [
-            _strip(
-                type=start, id=_str(t.codec, "id"), providerMetadata=read_json(t.codec, "providerMetadata")
-            )
-        ]
-    return []
+        return [{"type": "tool-input-start", **_tool_fields(codec)}]
+    names = _STREAM_KINDS.get(kind)
+    if names is None:
+        return []
+    # _strip(type=, id=_str(..), providerMetadata=read_json(..)) without the calls (once per stream).
+    chunk: Chunk = {"type": names[0]}
+    sid = codec.get("id")
+    if isinstance(sid, str):
+        chunk["id"] = sid
+    if "providerMetadata" in codec:
+        meta = read_json(codec, "providerMetadata")
+        if meta is not MISSING:
+            chunk["providerMetadata"] = meta
+    return [chunk]
 
 
 def _build_delta(t: StreamTracker, delta: str) -> list[Chunk]:
-    kind = t.codec.get(KIND, "")
+    codec = t.codec
+    kind = codec.get(KIND, "")
     if kind == "tool-input":
         return [
             {
                 "type": "tool-input-delta",
-                "toolCallId": _str(t.codec, "toolCallId", ""),
+                "toolCallId": _str(codec, "toolCallId", ""),
                 "inputTextDelta": delta,
             }
         ]
-    if kind in _STREAM_KINDS:
-        return [_strip(type=_STREAM_KINDS[kind][1], id=_str(t.codec, "id"), delta=delta)]
-    return []
+    names = _STREAM_KINDS.get(kind)
+    if names is None:
+        return []
+    sid = codec.get("id")
+    if isinstance(sid, str):
+        return [{"type": names[1], "id": sid, "delta": delta}]
+    return [{"type": names[1], "delta": delta}]
 
 
 def _build_end(t: StreamTracker, closing: Mapping[str, str]) -> list[Chunk]:
@@ -290,12 +309,18 @@ def _build_end(t: StreamTracker, closing: Mapping[str, str]) -> list[Chunk]:
                 providerMetadata=read_json(closing, "providerMetadata"),
             )
         ]
-    if kind in _STREAM_KINDS:
-        end = _STREAM_KINDS[kind][2]
-        return [
-            _strip(type=end, id=_str(closing, "id"), providerMetadata=read_json(closing, "providerMetadata"))
-        ]
-    return []
+    names = _STREAM_KINDS.get(kind)
+    if names is None:
+        return []
+    chunk: Chunk = {"type": names[2]}
+    sid = closing.get("id")
+    if isinstance(sid, str):
+        chunk["id"] = sid
+    if "providerMetadata" in closing:
+        meta = read_json(closing, "providerMetadata")
+        if meta is not MISSING:
+            chunk["providerMetadata"] = meta
+    return [chunk]
 
 
 # --- inputs (inputs.ts) -------------------------------------------------------------------------------
@@ -372,7 +397,7 @@ class UIMessageDecoder(DecoderCore):
     ) -> list[Chunk]:
         pre = self._repair_discrete(kind, transport.get(H_RUN_ID, ""), codec)
         out = _decode_discrete_output(kind, codec, data)
-        return pre + out
+        return pre + out if pre else out
 
     def build_start(self, t: StreamTracker, run_id: str) -> list[Chunk]:
         pre = self._ensure_phases(run_id, _str(t.codec, "messageId"))
@@ -421,11 +446,18 @@ class UIMessageDecoder(DecoderCore):
         return settle
 
     def _repair_discrete(self, kind: str, run_id: str, codec: Mapping[str, str]) -> list[Chunk]:
+        # No set() built per message for setdefault's or get's default (most runs have theirs).
         match kind:
             case "start" | "start-step":
-                self._phases.setdefault(run_id, set()).add(kind)
+                seen = self._phases.get(run_id)
+                if seen is None:
+                    self._phases[run_id] = {kind}
+                else:
+                    seen.add(kind)
             case "finish-step":
-                self._phases.get(run_id, set()).discard("start-step")
+                seen = self._phases.get(run_id)
+                if seen is not None:
+                    seen.discard("start-step")
             case "finish" | "error" | "abort":
                 self._phases.pop(run_id, None)
             case "tool-input":

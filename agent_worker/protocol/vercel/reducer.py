@@ -130,6 +130,16 @@ def _approval_transition(part: Mapping[str, Any], approved: bool, reason: Any) -
 
 # --- the projection -----------------------------------------------------------------------------------
 
+# Text and reasoning stream chunks: (a text stream, the phase: 0 start, 1 delta, 2 end).
+_TEXT_CHUNKS: dict[str, tuple[bool, int]] = {
+    "text-start": (True, 0),
+    "text-delta": (True, 1),
+    "text-end": (True, 2),
+    "reasoning-start": (False, 0),
+    "reasoning-delta": (False, 1),
+    "reasoning-end": (False, 2),
+}
+
 
 @dataclass(slots=True)
 class _Trackers:
@@ -166,10 +176,11 @@ class VercelProjection:
         return None
 
     def _ensure_message(self, cmid: str) -> UIMessage:
-        entry = self.find(cmid)
-        if entry is None:
-            entry = CodecMessage(cmid, {"id": cmid, "role": "assistant", "parts": []})
-            self.messages.append(entry)
+        for entry in self.messages:  # find(), inline: once per folded chunk
+            if entry.codec_message_id == cmid:
+                return entry.message
+        entry = CodecMessage(cmid, {"id": cmid, "role": "assistant", "parts": []})
+        self.messages.append(entry)
         return entry.message
 
     def _ensure_trackers(self, cmid: str) -> _Trackers:
@@ -301,6 +312,10 @@ class VercelProjection:
 
     def _fold_chunk(self, chunk: Mapping[str, Any], cmid: str) -> None:
         ctype = chunk.get("type")
+        text = _TEXT_CHUNKS.get(ctype) if type(ctype) is str else None
+        if text is not None:  # a text/reasoning stream's start, delta or end: the commonest chunks
+            self._fold_text(chunk, text, cmid)
+            return
         match ctype:
             case "start":
                 message = self._ensure_message(cmid)
@@ -321,15 +336,6 @@ class VercelProjection:
                     entry.message["metadata"] = chunk["messageMetadata"]
             case "abort" | "error":
                 pass
-            case (
-                "text-start"
-                | "text-delta"
-                | "text-end"
-                | "reasoning-start"
-                | "reasoning-delta"
-                | "reasoning-end"
-            ):
-                self._fold_text(chunk, str(ctype), cmid)
             case "tool-input-start" | "tool-input-delta" | "tool-input-available" | "tool-input-error":
                 self._fold_tool_input(chunk, str(ctype), cmid)
             case "tool-output-available" | "tool-output-error":
@@ -357,17 +363,18 @@ class VercelProjection:
             case _:
                 pass
 
-    def _fold_text(self, chunk: Mapping[str, Any], ctype: str, cmid: str) -> None:
+    def _fold_text(self, chunk: Mapping[str, Any], text: tuple[bool, int], cmid: str) -> None:
+        """``text``: (a text stream, not reasoning; 0 start, 1 delta, 2 end) — see _TEXT_CHUNKS."""
         message = self._ensure_message(cmid)
         trackers = self._ensure_trackers(cmid)
-        is_text = ctype.startswith("text-")
+        is_text, phase = text
         part_type = "text" if is_text else "reasoning"
         active = trackers.text if is_text else trackers.reasoning
         sid = chunk.get("id")
-        if ctype.endswith("-start"):
+        if phase == 0:
             active[sid] = len(message["parts"])  # type: ignore[index]
             message["parts"].append({"type": part_type, "text": ""})
-        elif ctype.endswith("-delta"):
+        elif phase == 1:
             idx = active.get(sid)  # type: ignore[arg-type]
             if idx is None or idx >= len(message["parts"]):
                 return
