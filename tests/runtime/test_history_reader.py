@@ -5,6 +5,7 @@ JSON, and a capability refusal surfaced with its code."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import ipaddress
@@ -51,8 +52,14 @@ class FakeAbly:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def history(self, request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
         self.requests.append(
-            {"path": request.path_qs, "headers": dict(request.headers), "query": dict(request.query)}
+            {
+                "path": request.path_qs,
+                "headers": dict(request.headers),
+                "query": dict(request.query),
+                "peer": peer,
+            }
         )
         status, headers = self.answers.pop(0) if self.answers else (200, {})
         if status != 200:
@@ -108,6 +115,24 @@ async def test_lean_read_is_the_sdk_request(fake: FakeAbly) -> None:
         assert page.next == "/channels/conversations%3Aa/messages?limit=5&direction=backwards&cursor=abc"
         assert with_limit(page.next, 1000).endswith("?limit=1000&direction=backwards&cursor=abc")
         assert with_limit(page.next, 2).endswith("?limit=5&direction=backwards&cursor=abc")
+    finally:
+        await reader.close()
+        await rest.close()
+
+
+async def test_reads_reuse_a_bounded_set_of_connections(fake: FakeAbly) -> None:
+    """A burst of reads shares the reader's keep-alive connections (at most ``max_connections``,
+    kept between bursts) instead of opening one per read: b4's profile found opening them a third
+    of a start's first history page (docs/benchmarks.md)."""
+    rest = _rest(fake.port, [])
+    reader = HistoryReader(rest, binary=True, max_connections=2)
+    try:
+        for _ in range(2):
+            pages = await asyncio.gather(*(reader.page(PATH) for _ in range(6)))
+            assert all(len(page.items) == 1 for page in pages)
+        peers = {r["peer"] for r in fake.requests}
+        assert len(fake.requests) == 12 and None not in peers
+        assert len(peers) <= 2
     finally:
         await reader.close()
         await rest.close()
