@@ -188,6 +188,11 @@ class WorkerConfig(_Section):
     """Runs in flight per worker; a full worker answers 429 with ``Retry-After``."""
     max_pending_invocations: Annotated[int, Field(ge=1)] = 256
     """Invocations still looking for their input (they hold no run slot); beyond this, 429."""
+    max_pending_per_caller: Annotated[int, Field(ge=1)] | None = None
+    """Of those, how many one verified caller (its token's clientId) may hold; beyond this, 429
+    (42910), so one caller's made-up event ids cannot lock the others out. Unset: a quarter of
+    ``max_pending_invocations``, at least 4. Callers with no verified identity (auth off on
+    loopback, a static bearer token) are one caller, bounded by ``max_pending_invocations`` only."""
     state_dir: str | None = None
     """Keep the invocation log (dedup of retried POSTs) in SQLite here, so it survives a restart, and
     the crash journal (runs a killed process left open are ended at start; one worker process per

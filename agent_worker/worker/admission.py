@@ -5,21 +5,27 @@ starts the run. Errors carry their HTTP status for the invocation endpoint. Fini
 are remembered by :class:`~agent_worker.worker.dedup.InvocationLog` (in SQLite with a
 ``state_dir``, so a retried POST after a restart finds its run); failed ones are forgotten, so a
 retry starts over. Capacity counts runs whose input was found (they hold a slot) and, separately,
-invocations still looking for theirs: a bogus inputEventId must not lock real users out.
+invocations still looking for theirs: a bogus inputEventId must not lock real users out. Those are
+also bounded per verified caller (``max_pending_per_caller``), so one caller's made-up ids cannot
+fill the worker's whole pending cap either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent_worker.errors import AgentWorkerError
+from agent_worker.logs import get_logger
 from agent_worker.worker.dedup import InvocationLog
 
-__all__ = ["Admission", "Invocation", "InvocationRefused", "WorkerBusy"]
+__all__ = ["Admission", "CallerBusy", "Invocation", "InvocationRefused", "WorkerBusy", "caller_share"]
+
+log = get_logger("agent_worker.worker")
 
 _DEDUP_LIMIT = 10_000
 
@@ -48,6 +54,16 @@ class WorkerBusy(AgentWorkerError):
         self.retry_after = retry_after
 
 
+class CallerBusy(WorkerBusy):
+    """This caller already holds its share of the pending invocations (HTTP 429, 42910)."""
+
+
+def caller_share(max_pending: int, configured: int | None = None) -> int:
+    """Pending invocations one verified caller may hold: ``configured``, else a quarter of the
+    worker's cap (at least 4, so a cap of a few stays the only bound)."""
+    return configured if configured is not None else max(4, max_pending // 4)
+
+
 class InvocationRefused(AgentWorkerError):
     """The invocation is invalid (4xx with the reason)."""
 
@@ -69,14 +85,20 @@ class Admission:
         dedup_limit: int = _DEDUP_LIMIT,
         *,
         max_pending: int = 256,
+        max_pending_per_caller: int | None = None,
         state_dir: str | Path | None = None,
     ) -> None:
         self.sessions = tuple(sessions)
         self.max_runs = max_runs
         self.max_pending = max_pending
+        self.max_pending_per_caller = caller_share(max_pending, max_pending_per_caller)
         self.retry_after_s = retry_after_s
         self.dedup_limit = dedup_limit
         self._pending: dict[tuple[str, str], asyncio.Future[Invocation]] = {}
+        # Verified callers' invocations not located yet (in flight or looking), and the callers
+        # refused since their share was last below the bound (a refusal burst is logged once).
+        self._held: Counter[str] = Counter()
+        self._over_share: set[str] = set()
         self._log = InvocationLog(state_dir, limit=dedup_limit)
 
     def session_name(self, name: object) -> str:
@@ -107,14 +129,48 @@ class Admission:
         done = self._log.get(key)
         return Invocation(done[0], done[1], session) if done is not None else None
 
-    def check_capacity(self, running: int, unlocated: int = 0) -> None:
-        """``running``: runs holding a slot; ``unlocated``: invocations still looking for input."""
+    def check_capacity(self, running: int, unlocated: int = 0, *, caller: str | None = None) -> None:
+        """``running``: runs holding a slot; ``unlocated``: invocations still looking for input;
+        ``caller``: the verified clientId (None: no identity — auth off, a static bearer token, an
+        in-process call — so every caller is the same one and only the worker's cap applies)."""
         if running >= self.max_runs:
             msg = f"the worker is at its limit of {self.max_runs} concurrent runs"
             raise WorkerBusy(msg, retry_after=self.retry_after_s)
+        if caller is not None:
+            held = self._held[caller]
+            if held >= self.max_pending_per_caller:
+                if caller not in self._over_share:
+                    self._over_share.add(caller)
+                    log.warning("invocation_caller_over_share", caller=caller, pending=held)
+                msg = (
+                    f"the caller {caller!r} already has {held} invocations whose input is not found yet "
+                    f"(at most {self.max_pending_per_caller} per caller); retry once they are found or end"
+                )
+                raise CallerBusy(msg, retry_after=self.retry_after_s)
         if unlocated >= self.max_pending:
             msg = f"the worker is looking for {unlocated} inputs already; retry shortly"
             raise WorkerBusy(msg, retry_after=self.retry_after_s)
+
+    def take(self, caller: str | None) -> None:
+        """An admitted invocation (then its run, until located or ended) counts towards ``caller``'s
+        share; every :meth:`take` is matched by one :meth:`give_back`."""
+        if caller is not None:
+            self._held[caller] += 1
+
+    def give_back(self, caller: str | None) -> None:
+        if caller is None:
+            return
+        held = self._held[caller] - 1
+        if held > 0:
+            self._held[caller] = held
+        else:
+            del self._held[caller]
+        if held < self.max_pending_per_caller:
+            self._over_share.discard(caller)  # its next refusal starts a new burst
+
+    def held_by(self, caller: str) -> int:
+        """``caller``'s invocations not located yet (admitted or looking for their input)."""
+        return self._held[caller]
 
     def has_capacity(self, running: int) -> bool:
         return running < self.max_runs

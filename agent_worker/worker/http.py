@@ -24,7 +24,7 @@ from agent_worker.logs import get_logger
 from agent_worker.server.auth import Capability
 from agent_worker.telemetry import continue_trace
 from agent_worker.web import WebSettings, add_web_routes
-from agent_worker.worker.admission import Invocation, InvocationRefused, WorkerBusy
+from agent_worker.worker.admission import CallerBusy, Invocation, InvocationRefused, WorkerBusy
 from agent_worker.worker.metrics import CONTENT_TYPE_LATEST, WorkerMetrics
 
 __all__ = ["HttpWorker", "build_app", "serve"]
@@ -171,7 +171,8 @@ async def invoke(request: web.Request) -> web.Response:
             worker.invoke(body.get("sessionName"), body.get("inputEventId"), caller_client_id=caller),
         )
     except WorkerBusy as exc:
-        log.info("invocation_busy", retry_after=exc.retry_after)
+        if not isinstance(exc, CallerBusy):  # logged once per burst by Admission, not per POST
+            log.info("invocation_busy", retry_after=exc.retry_after)
         return _error(429, exc.code, exc.message, {**cors, "Retry-After": str(exc.retry_after)})
     except InvocationRefused as exc:
         worker.metrics.invocations.labels("refused").inc()

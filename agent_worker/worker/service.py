@@ -111,7 +111,8 @@ class Worker:
         """``http://host:port/api/chat`` once :meth:`serve` has started the HTTP face."""
         self._active: dict[asyncio.Task[None], Run] = {}
         # Runs whose input is not located yet hold no slot (see Admission); those located do.
-        self._unlocated: set[Run] = set()
+        # Unlocated runs map to the caller whose share they hold (given back exactly once).
+        self._unlocated: dict[Run, str | None] = {}
         self._slotted: set[Run] = set()
         self.journal: JournalKeeper | None = None
         """The crash journal (``[worker] state_dir``), open while the worker runs."""
@@ -144,6 +145,7 @@ class Worker:
             self.config.max_concurrent_runs,
             self.config.retry_after_s,
             max_pending=self.config.max_pending_invocations,
+            max_pending_per_caller=self.config.max_pending_per_caller,
             state_dir=self.config.state_dir or None,
         )
         self._slots = asyncio.Semaphore(self.config.max_concurrent_runs)
@@ -439,11 +441,14 @@ class Worker:
         try:
             # In flight too: a burst of simultaneous invocations all pass this check before any of
             # them has opened its session and created its run.
-            self.admission.check_capacity(len(self._slotted), len(self._unlocated) + self.admission.in_flight)
+            self.admission.check_capacity(
+                len(self._slotted), len(self._unlocated) + self.admission.in_flight, caller=caller_client_id
+            )
         except WorkerBusy:
             self.metrics.invocations.labels("busy").inc()
             raise
         pending = self.admission.reserve(name, event_id)
+        self.admission.take(caller_client_id)  # given back below; the run takes its own (_start_run)
         try:
             if self.engine is not None:
                 invocation = await self._start_durable(name, event_id, caller_client_id)
@@ -456,6 +461,7 @@ class Worker:
             raise
         finally:
             self.admission.release(name, event_id)
+            self.admission.give_back(caller_client_id)
         pending.set_result(invocation)
         return invocation
 
@@ -477,7 +483,8 @@ class Worker:
         task = asyncio.create_task(body, name=f"run:{run.run_id}")  # body: the invoke_agent span
         run.task = task
         self._active[task] = run
-        self._unlocated.add(run)
+        self._unlocated[run] = caller_client_id
+        self.admission.take(caller_client_id)  # the caller's share, until _located(run)
         self._idle.clear()
         self.metrics.active_runs.set(len(self._active))
         self.metrics.invocations.labels("accepted").inc()
@@ -553,7 +560,7 @@ class Worker:
     def _run_done(self, task: asyncio.Task[None]) -> None:
         run = self._active.pop(task, None)
         if run is not None:
-            self._unlocated.discard(run)
+            self._located(run)
         self.metrics.active_runs.set(len(self._active))
         if not self._active and not self._rebuilds:
             self._idle.set()
@@ -576,7 +583,7 @@ class Worker:
     async def run_located(self, run: Run, trigger: Trigger) -> None:
         """The run's input exists: check it is the authenticated caller's, then take a run slot
         (several accepted at once queue here)."""
-        self._unlocated.discard(run)
+        self._located(run)
         caller = run.caller_client_id
         if caller is not None and caller not in ("*", trigger.client_id):
             msg = f"the input was published by {trigger.client_id!r}, not by the caller {caller!r}"
@@ -587,8 +594,14 @@ class Worker:
     def first_output(self, seconds: float) -> None:
         self.metrics.time_to_first_token.observe(seconds)
 
+    def _located(self, run: Run) -> None:
+        """``run`` no longer looks for its input (found, or the run ended): the worker's pending
+        count and its caller's share drop, once whichever path gets here first."""
+        if run in self._unlocated:
+            self.admission.give_back(self._unlocated.pop(run))
+
     def run_finished(self, run: Run, error: AgentWorkerError | None, accepted_at: float) -> None:
-        self._unlocated.discard(run)
+        self._located(run)
         if run in self._slotted:
             self._slotted.discard(run)
             self._slots.release()
