@@ -108,19 +108,26 @@ def _row(name: str, values: list[float]) -> str:
     return f"    {name:<34} p50 / p90 / p99 {qs} ms (n={len(values)})"
 
 
+def steady_receipts(result: dict[str, Any]) -> tuple[dict[tuple[int, int], float], int] | None:
+    """The client's receive time per (stream, seq) token of the N-stream phase, and the time from
+    which tokens count as steady (every stream had delivered its first); None without a timeline."""
+    timeline = (result.get("latencyN") or {}).get("timeline")
+    if not timeline:
+        return None
+    recv = {(s[0], s[1]): s[2] for stream in timeline for s in stream["samples"]}
+    return recv, max(stream["samples"][0][2] for stream in timeline if stream["samples"])
+
+
 def main(argv: list[str]) -> int:
     raw = json.loads(open(argv[0]).read())["raw"]  # noqa: SIM115
     logs = [json.loads(open(p).read()) for p in sorted(glob.glob(f"{argv[1]}-*.json"))]  # noqa: SIM115
     for variant, result in raw.items():
-        phase = result.get("latencyN") or {}
-        timeline = phase.get("timeline")
-        if not timeline:
+        receipts = steady_receipts(result)
+        if receipts is None:
             continue
-        recv = {(s[0], s[1]): s[2] for stream in timeline for s in stream["samples"]}
-        first = [stream["samples"][0][2] for stream in timeline if stream["samples"]]
-        steady_from = max(first)
+        recv, steady_from = receipts
         best = max(logs, key=lambda log: sum((s[0], s[1]) in recv for s in log["sent"][:2000]), default=None)
-        last = max(s[1] for stream in timeline for s in stream["samples"])
+        last = max(key[1] for key in recv)
         print(f"  {variant}: steady tokens emitted {steady_from} .. {last} us")
         client = [t - us for (_, us), t in recv.items() if us >= steady_from]
         print(_row("client latency (model → client)", client))

@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from bench.agent.sendlog import _pct
+from bench.agent.sendlog import _pct, steady_receipts
 
 __all__ = ["install", "main"]
 
@@ -193,12 +193,10 @@ def main(argv: list[str]) -> int:
     for log in agents:
         sent.update({(s[0], s[1]): s[2] for s in log["sent"]})
     for variant, result in raw.items():
-        phase = result.get("latencyN") or {}
-        timeline = phase.get("timeline")
-        if not timeline:
+        receipts = steady_receipts(result)
+        if receipts is None:
             continue
-        recv = {(s[0], s[1]): s[2] for stream in timeline for s in stream["samples"]}
-        steady_from = max(stream["samples"][0][2] for stream in timeline if stream["samples"])
+        recv, steady_from = receipts
         keys = [k for k in recv if k[1] >= steady_from and k in written and k in handled and k in read]
         print(f"  {variant}: {len(keys)} steady tokens seen at every step")
         print(_row("client latency (model → client)", [recv[k] - k[1] for k in keys]))

@@ -37,6 +37,15 @@ def _outage(ably_server: EmbeddedServer) -> None:
     assert ably_server.drop_connections("agent-worker", resume=False) == 1
 
 
+def _ran_once(end: Any, run_id: str, logs: list[Any], harness: Any, *, client: ChatClient, cmid: str) -> None:
+    """The invocation's run completed, once, with nothing refused: the second run of the session."""
+    assert end.transport_headers["run-reason"] == "complete"
+    assert end.transport_headers["run-id"] == run_id
+    assert not [e for e in logs if e["event"] == "run_refused"]
+    assert harness.worker.runs_completed == 2
+    assert len(client.for_input(AI_RUN_START, cmid)) == 1
+
+
 def _prompt(provider: ScriptedProvider) -> list[tuple[str, str | None]]:
     return [(m.role, getattr(m, "text", None)) for m in provider.requests[-1].messages]
 
@@ -68,11 +77,7 @@ async def test_an_invocation_for_an_input_sent_during_an_outage_runs_once(
             ably_server.hold_connections("agent-worker", held=False)
             end = await client.run_end_for(missed.codec_message_id, wait_s=60)
             await harness.worker.run_until_idle()
-        assert end.transport_headers["run-reason"] == "complete"
-        assert end.transport_headers["run-id"] == body["runId"]
-        assert not [e for e in logs if e["event"] == "run_refused"]
-        assert harness.worker.runs_completed == 2
-        assert len(client.for_input(AI_RUN_START, missed.codec_message_id)) == 1
+        _ran_once(end, body["runId"], logs, harness, client=client, cmid=missed.codec_message_id)
         assert len(client.named(AI_RUN_START)) == 2
         prompt = _prompt(provider)
         assert prompt == [("user", "answered before"), ("assistant", "ok"), ("user", "sent while down")]
@@ -184,11 +189,7 @@ async def test_an_outage_longer_than_the_trigger_wait_does_not_end_the_run(
             ably_server.hold_connections("agent-worker", held=False)
             end = await client.run_end_for(missed.codec_message_id, wait_s=60)
             await harness.worker.run_until_idle()
-        assert end.transport_headers["run-reason"] == "complete"
-        assert end.transport_headers["run-id"] == body["runId"]
-        assert not [e for e in logs if e["event"] == "run_refused"]
-        assert harness.worker.runs_completed == 2
-        assert len(client.for_input(AI_RUN_START, missed.codec_message_id)) == 1
+        _ran_once(end, body["runId"], logs, harness, client=client, cmid=missed.codec_message_id)
         prompt = _prompt(provider)
         assert prompt == [("user", "answered before"), ("assistant", "ok"), ("user", "sent while down")]
     finally:

@@ -265,16 +265,7 @@ def _build_start(t: StreamTracker) -> list[Chunk]:
     names = _STREAM_KINDS.get(kind)
     if names is None:
         return []
-    # _strip(type=, id=_str(..), providerMetadata=read_json(..)) without the calls (once per stream).
-    chunk: Chunk = {"type": names[0]}
-    sid = codec.get("id")
-    if isinstance(sid, str):
-        chunk["id"] = sid
-    if "providerMetadata" in codec:
-        meta = read_json(codec, "providerMetadata")
-        if meta is not MISSING:
-            chunk["providerMetadata"] = meta
-    return [chunk]
+    return [_lifecycle_chunk(names[0], codec)]
 
 
 def _build_delta(t: StreamTracker, delta: str) -> list[Chunk]:
@@ -312,15 +303,21 @@ def _build_end(t: StreamTracker, closing: Mapping[str, str]) -> list[Chunk]:
     names = _STREAM_KINDS.get(kind)
     if names is None:
         return []
-    chunk: Chunk = {"type": names[2]}
-    sid = closing.get("id")
+    return [_lifecycle_chunk(names[2], closing)]
+
+
+def _lifecycle_chunk(chunk_type: str, fields: Mapping[str, str]) -> Chunk:
+    """A stream's start or end chunk: ``_strip(type=, id=_str(..), providerMetadata=read_json(..))``
+    without the calls (once per stream)."""
+    chunk: Chunk = {"type": chunk_type}
+    sid = fields.get("id")
     if isinstance(sid, str):
         chunk["id"] = sid
-    if "providerMetadata" in closing:
-        meta = read_json(closing, "providerMetadata")
+    if "providerMetadata" in fields:
+        meta = read_json(fields, "providerMetadata")
         if meta is not MISSING:
             chunk["providerMetadata"] = meta
-    return [chunk]
+    return chunk
 
 
 # --- inputs (inputs.ts) -------------------------------------------------------------------------------
