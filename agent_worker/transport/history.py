@@ -18,6 +18,7 @@ with 104011, not raised as whatever the decoder raises.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import re
@@ -219,8 +220,32 @@ class HistoryReader:
         detail = message or _error_message(items) or ""
         raise HistoryRefused(f"HTTP {status} {detail}".strip(), code=code, status_code=status)
 
+    def _sdk_budget_s(self) -> float:
+        """The SDK's own retry budget over its hosts, plus the one request it may start at its end."""
+        http = self._rest.http
+        return float(http.http_max_retry_duration + http.http_open_timeout + http.http_request_timeout)
+
     async def _sdk(self, path_qs: str) -> HistoryPage:
-        page = await self._rest.request("GET", path_qs, REST_VERSION)
+        # Bounded as the lean GET is: httpx's timeouts are per read (a host trickling its answer
+        # holds it for ever) and it reads a body whole, so the time is bounded here and the size
+        # checked once read; a body that does not decode is refused (104011), not raised as is.
+        budget = self._sdk_budget_s()
+        try:
+            async with asyncio.timeout(budget):
+                page = await self._rest.request("GET", path_qs, REST_VERSION)
+        except TimeoutError:
+            msg = f"history answer (through the SDK's hosts) took over {budget:g}s"
+            raise TransportError(msg, code=50003, status_code=504) from None
+        except (ValueError, TypeError, RecursionError, msgpack.StackError, msgpack.ExtraData) as exc:
+            if str(exc) == "Unsupported content type":  # the SDK's words for a 2xx of another type
+                msg = "history answer of unsupported content type"
+                raise TransportError(msg, code=50000, status_code=500) from None
+            msg = f"history answer undecodable: {type(exc).__name__}"
+            raise HistoryRefused(msg, code=HISTORY_FAILED, status_code=502) from None
+        size = len(getattr(getattr(page, "response", None), "content", b"") or b"")
+        if size > self._max_page_bytes:
+            msg = f"history answer of {size} bytes, over the limit of {self._max_page_bytes}"
+            raise HistoryRefused(msg, code=HISTORY_FAILED, status_code=502)
         if not page.success:
             code = _error_code(page.error_code, None)
             detail = page.error_message or ""
