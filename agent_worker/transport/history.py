@@ -19,6 +19,7 @@ with 104011, not raised as whatever the decoder raises.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import re
@@ -31,15 +32,19 @@ from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit
 import aiohttp
 import httpx
 import msgpack
+import structlog
 from ably import AblyRest
 from ably.http.httputils import HttpUtils
 from yarl import URL
 
 from agent_worker.errors import TransportError
 from agent_worker.protocol.wire import InboundMessage
+from agent_worker.transport.deepitems import TooDeep, items_around_deep
 from agent_worker.transport.inbound import history_messages
 
 __all__ = ["MAX_PAGE_BYTES", "HistoryPage", "HistoryReader", "HistoryRefused", "with_limit"]
+
+log = structlog.get_logger(__name__)
 
 REST_VERSION = "5"
 _MSGPACK = "application/x-msgpack"
@@ -288,6 +293,11 @@ def _decode(body: bytes, content_type: str) -> Any:
         if content_type.startswith("application/json"):
             return json.loads(body)
     except (ValueError, TypeError, RecursionError, msgpack.StackError, msgpack.ExtraData) as exc:
+        if isinstance(exc, msgpack.StackError | RecursionError) and content_type.startswith(_MSGPACK):
+            with contextlib.suppress(TooDeep):  # else refused whole, below
+                items, left_out = items_around_deep(body)
+                log.warning("history_items_too_deep", code=HISTORY_FAILED, left_out=left_out, kept=len(items))
+                return items
         # A garbled page is refused with AIT's code, not raised as the decoder's own exception
         # (which would end the run as a crash).
         msg = f"history answer undecodable as {content_type}: {type(exc).__name__}"

@@ -11,10 +11,12 @@ from typing import Any
 
 import msgpack
 import pytest
+import structlog
 from ably import AblyRest
 from aiohttp import web
 
 from agent_worker.errors import TransportError
+from agent_worker.protocol.wire import InboundMessage
 from agent_worker.transport.ably import AblySettings
 from agent_worker.transport.history import HistoryReader, HistoryRefused
 
@@ -193,8 +195,9 @@ async def test_body_past_the_bound_is_refused(hosts: tuple[Host, Host], chunked:
     [
         (b"\xc1\xc1\xc1", "application/x-msgpack"),  # 0xc1: never used in msgpack
         (msgpack.packb([{"serial": "s"}]) + b"\x93", "application/x-msgpack"),  # trailing bytes
-        (b"\x91" * 100_000 + b"\xc0", "application/x-msgpack"),  # 100,000 nested arrays
-        (b"\x91\x81\xa4data" + b"\x91" * 100_000 + b"\xc0", "application/x-msgpack"),  # one deep item
+        (b"\x91" * (2 << 20) + b"\xc0", "application/x-msgpack"),  # too deep to step over (2 MiB)
+        (b"\x92\xc0" + b"\x91" * 100_000, "application/x-msgpack"),  # too deep, and truncated
+        (b"\x91\x81\xa4data" + b"\x91" * 100_000 + b"\xc0\xc0", "application/x-msgpack"),  # + trailing
         (b'[{"serial": "s"', "application/json"),
         (b"[" * 100_000 + b"]" * 100_000, "application/json"),
     ],
@@ -300,6 +303,32 @@ async def test_an_undecodable_sdk_answer_is_refused_with_104011(hosts: tuple[Hos
         with pytest.raises(HistoryRefused) as refused:
             await reader.page(PATH)
         assert refused.value.code == 104011 and "undecodable" in refused.value.message
+    finally:
+        await reader.close()
+        await rest.close()
+
+
+async def test_an_item_too_deep_to_decode_is_left_out_and_the_rest_read(hosts: tuple[Host, Host]) -> None:
+    """msgpack cannot decode (nor skip) an item nested past 1,024 levels: it made its whole page
+    unreadable (104011), and with it the session's history past it. Now the item is stepped over
+    (logged once, with 104011) and the page's other items are read."""
+    rest_host, _ = hosts
+    ok = [msgpack.packb({"name": "m", "data": f"d{i}", "serial": f"s{i}"}) for i in range(3)]
+    deep = b"\x81\xa4data" + b"\x91" * 100_000 + b"\xc0"
+    body = b"\x95" + ok[0] + deep + ok[1] + deep + ok[2]
+    rest_host.answer = lambda _r: web.Response(body=body, headers=MSGPACK)
+    rest = _rest(rest_host.port)
+    reader = HistoryReader(rest, binary=True, max_connections=2)
+    try:
+        page = await reader.page(PATH)
+        with structlog.testing.capture_logs() as logs:
+            read = page.messages(
+                lambda raw: InboundMessage(raw["name"], raw["data"], None, serial=raw["serial"])
+            )
+        assert [(m.data, m.serial) for m in read] == [("d0", "s0"), ("d1", "s1"), ("d2", "s2")]
+        assert [(e["event"], e["code"], e["left_out"]) for e in logs] == [
+            ("history_items_too_deep", 104011, 2)
+        ]
     finally:
         await reader.close()
         await rest.close()
