@@ -15,7 +15,9 @@ Likewise the rest of a run does not depend on the order its wires fold in (a run
 fold before its ``ai-run-start``: live after a continuity loss, history newest page first): its fields
 come from its oldest wire (the run-start), a step-end folded first is kept, steps are in start order,
 and a decoder repair for a stream folded before its opening chunks is kept only where the serial-ordered
-fold needs it (``tests/protocol/test_fold_order.py``).
+fold needs it (``tests/protocol/test_fold_order.py``). A run whose ``ai-run-start`` never folds
+(history pruned or read only back to after it) takes its parent and owner from its oldest wire naming
+them, where the JS tree keeps those of whichever wire created its node (a step-start names neither).
 """
 
 from __future__ import annotations
