@@ -145,6 +145,12 @@ class HttpConfig(_Section):
     body_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     """How long a POST's body may take to arrive once its headers have: a caller that stops sending
     mid-body is answered 408 (40800) and its connection closed, rather than held open for ever."""
+    idle_timeout_s: Annotated[float, Field(gt=0)] = 75.0
+    """How long a connection may go without a complete request: from its opening (so a caller that
+    never finishes its request line or headers is closed after this), and between requests on a
+    kept-alive one (aiohttp's ``keepalive_timeout``, 3630 s by default). Above the usual 60 s idle
+    timeout of proxies and load balancers; behind one that keeps idle upstreams longer, raise it
+    past that."""
     cors_origins: StrTuple = ()
     """Origins allowed to POST from a browser (``"*"`` for any); empty = no CORS headers."""
     dev_token_endpoint: bool | None = None

@@ -15,7 +15,9 @@ Likewise the rest of a run does not depend on the order its wires fold in (a run
 fold before its ``ai-run-start``: live after a continuity loss, history newest page first): its fields
 come from its oldest wire (the run-start), a step-end folded first is kept, steps are in start order,
 and a decoder repair for a stream folded before its opening chunks is kept only where the serial-ordered
-fold needs it (``tests/protocol/test_fold_order.py``).
+fold needs it (``tests/protocol/test_fold_order.py``). A run whose ``ai-run-start`` never folds
+(history pruned or read only back to after it) takes its parent and owner from its oldest wire naming
+them, where the JS tree keeps those of whichever wire created its node (a step-start names neither).
 """
 
 from __future__ import annotations
@@ -337,6 +339,8 @@ class ConversationTree:
             if not start or serial < start:  # the run's oldest wire so far (any arrival order)
                 run.node.start_serial = serial
                 self._promote(run)
+                if not run.run_start_seen:
+                    self._adopt_wire_fields(run.node, headers)
         owner_key = run.node.key
         if cmid and self._cmid_to_key.get(cmid) != owner_key:
             self._cmid_to_key[cmid] = owner_key
@@ -670,6 +674,25 @@ class ConversationTree:
                 self._cmid_to_key[cmid] = run_id
         self._adopt_early(entry)
         return entry
+
+    def _adopt_wire_fields(self, node: RunNode, headers: Mapping[str, str]) -> None:
+        """A run whose ``ai-run-start`` has not folded (maybe never will: history read only back to
+        after it) takes its parent and owner from its oldest wire naming them, as if that wire had
+        created it — so they do not depend on whether its step-start (naming neither) folded first.
+        Only called for a wire older than every other of the run: not per message."""
+        parent = headers.get(H_PARENT)
+        if parent is not None and parent != node.parent:
+            if node.parent is not None:
+                _discard_key(self._reply_runs, node.parent, node.run_id)
+            self._reparent(node.run_id, node.parent, parent)
+            node.parent = parent
+            self._index_reply_run(node)
+        client_id = headers.get(H_RUN_CLIENT_ID)
+        if client_id:
+            node.client_id = client_id
+        invocation_id = headers.get(H_INVOCATION_ID)
+        if invocation_id:
+            node.invocation_id = invocation_id
 
     def _link_fork_input(self, fork_cmid: str | None, run_id: str) -> None:
         if fork_cmid is None or fork_cmid == run_id:

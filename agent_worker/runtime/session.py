@@ -480,6 +480,9 @@ class AgentSession:
                 self.truncated_branches += 1
                 return
             if not await self._load_page():
+                # History ends before the branch's root (retention, or a run whose ai-run-start was
+                # pruned): the prompt starts at the oldest turn still readable, as the JS agent's.
+                log.info("prompt_history_incomplete", session=self.name, missing=missing)
                 return
             pages += 1
 

@@ -146,8 +146,8 @@ class RealtimeGateway:
             max_msg_size=2 * cfg.frame_limit,
             compress=cfg.websocket_compression,
         )
-        await ws.prepare(request)
-        transport = Transport(ws, request.transport, cfg.max_outbound_bytes)
+        writer = await ws.prepare(request)
+        transport = Transport(ws, request.transport, cfg.max_outbound_bytes, writer)
         q = request.query
         fmt: Format = MSGPACK if q.get("format") == "msgpack" else JSON
         try:

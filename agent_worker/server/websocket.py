@@ -14,6 +14,7 @@ from typing import cast
 
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from agent_worker.server import wsframes
 
@@ -35,10 +36,21 @@ class Transport:
     server's memory."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, raw: asyncio.BaseTransport | None, max_bytes: int = 1 << 62
+        self,
+        ws: web.WebSocketResponse,
+        raw: asyncio.BaseTransport | None,
+        max_bytes: int = 1 << 62,
+        writer: AbstractStreamWriter | None = None,
     ) -> None:
+        """``writer``: what ``ws.prepare()`` returned; its ``drain()`` waits for the socket's buffer
+        to go below the low-water mark (the transport's ``resume_writing``)."""
         self.ws = ws
         self.raw = raw
+        self._drain = writer.drain if writer is not None else None
+        if raw is not None and writer is not None:
+            # The transport pauses its protocol above this many bytes unsent (and resumes below a
+            # quarter of it): the writer waits for that instead of polling the buffer's size.
+            cast("asyncio.WriteTransport", raw).set_write_buffer_limits(high=_HIGH_WATER)
         self.closing = False
         self.max_bytes = max_bytes
         self.queued_bytes = 0
@@ -98,7 +110,7 @@ class Transport:
     async def _send(self, batch: list[str | bytes]) -> None:
         # A write transport (uvloop's does not subclass asyncio's, hence the cast).
         raw = cast("asyncio.WriteTransport | None", self.raw)
-        if raw is None or self.ws.compress:  # aiohttp frames (and compresses) one at a time
+        if raw is None or self.ws.compress or self._drain is None:  # aiohttp frames (and drains) each
             for data in batch:
                 if isinstance(data, bytes):
                     await self.ws.send_bytes(data)
@@ -110,10 +122,9 @@ class Transport:
             raise ConnectionResetError(msg)
         raw.write(wsframes.frames(batch))
         # A client that does not read: later frames wait in the queue, where ``max_bytes`` counts
-        # them, not in the socket's buffer (aiohttp's writer drains at the same 64 KiB). Polled:
-        # the resume-writing callback is aiohttp's protocol's, with no public way to wait for it.
-        while raw.get_write_buffer_size() > _HIGH_WATER and not raw.is_closing():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
+        # them, not in the socket's buffer (aiohttp's writer drains at the same 64 KiB). Woken by
+        # the transport's resume_writing (or its loss, which raises), not polled.
+        await self._drain()
 
     def close_soon(self) -> None:
         """Flush what is queued, then close the socket cleanly."""

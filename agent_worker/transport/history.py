@@ -18,6 +18,8 @@ with 104011, not raised as whatever the decoder raises.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 import re
@@ -30,15 +32,19 @@ from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit
 import aiohttp
 import httpx
 import msgpack
+import structlog
 from ably import AblyRest
 from ably.http.httputils import HttpUtils
 from yarl import URL
 
 from agent_worker.errors import TransportError
 from agent_worker.protocol.wire import InboundMessage
+from agent_worker.transport.deepitems import TooDeep, items_around_deep
 from agent_worker.transport.inbound import history_messages
 
 __all__ = ["MAX_PAGE_BYTES", "HistoryPage", "HistoryReader", "HistoryRefused", "with_limit"]
+
+log = structlog.get_logger(__name__)
 
 REST_VERSION = "5"
 _MSGPACK = "application/x-msgpack"
@@ -219,8 +225,32 @@ class HistoryReader:
         detail = message or _error_message(items) or ""
         raise HistoryRefused(f"HTTP {status} {detail}".strip(), code=code, status_code=status)
 
+    def _sdk_budget_s(self) -> float:
+        """The SDK's own retry budget over its hosts, plus the one request it may start at its end."""
+        http = self._rest.http
+        return float(http.http_max_retry_duration + http.http_open_timeout + http.http_request_timeout)
+
     async def _sdk(self, path_qs: str) -> HistoryPage:
-        page = await self._rest.request("GET", path_qs, REST_VERSION)
+        # Bounded as the lean GET is: httpx's timeouts are per read (a host trickling its answer
+        # holds it for ever) and it reads a body whole, so the time is bounded here and the size
+        # checked once read; a body that does not decode is refused (104011), not raised as is.
+        budget = self._sdk_budget_s()
+        try:
+            async with asyncio.timeout(budget):
+                page = await self._rest.request("GET", path_qs, REST_VERSION)
+        except TimeoutError:
+            msg = f"history answer (through the SDK's hosts) took over {budget:g}s"
+            raise TransportError(msg, code=50003, status_code=504) from None
+        except (ValueError, TypeError, RecursionError, msgpack.StackError, msgpack.ExtraData) as exc:
+            if str(exc) == "Unsupported content type":  # the SDK's words for a 2xx of another type
+                msg = "history answer of unsupported content type"
+                raise TransportError(msg, code=50000, status_code=500) from None
+            msg = f"history answer undecodable: {type(exc).__name__}"
+            raise HistoryRefused(msg, code=HISTORY_FAILED, status_code=502) from None
+        size = len(getattr(getattr(page, "response", None), "content", b"") or b"")
+        if size > self._max_page_bytes:
+            msg = f"history answer of {size} bytes, over the limit of {self._max_page_bytes}"
+            raise HistoryRefused(msg, code=HISTORY_FAILED, status_code=502)
         if not page.success:
             code = _error_code(page.error_code, None)
             detail = page.error_message or ""
@@ -263,6 +293,11 @@ def _decode(body: bytes, content_type: str) -> Any:
         if content_type.startswith("application/json"):
             return json.loads(body)
     except (ValueError, TypeError, RecursionError, msgpack.StackError, msgpack.ExtraData) as exc:
+        if isinstance(exc, msgpack.StackError | RecursionError) and content_type.startswith(_MSGPACK):
+            with contextlib.suppress(TooDeep):  # else refused whole, below
+                items, left_out = items_around_deep(body)
+                log.warning("history_items_too_deep", code=HISTORY_FAILED, left_out=left_out, kept=len(items))
+                return items
         # A garbled page is refused with AIT's code, not raised as the decoder's own exception
         # (which would end the run as a crash).
         msg = f"history answer undecodable as {content_type}: {type(exc).__name__}"

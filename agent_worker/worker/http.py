@@ -260,7 +260,7 @@ async def serve(
     """Start the HTTP server; returns the runner (``await runner.cleanup()`` to stop).
     The bound port is ``runner.addresses[0][1]``."""
     app = build_app(worker, config, token_key=token_key, web_client=web_client)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.idle_timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, host or config.host, config.port if port is None else port)
     await site.start()

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent_worker.protocol.branch import missing_ancestor, select_branch
 from agent_worker.protocol.headers import (
     AI_RUN_END,
     AI_RUN_START,
@@ -209,7 +210,42 @@ def test_a_run_start_folded_last_gives_the_run_its_own_serial_and_owner() -> Non
     start = next(m for m in history if m.name == "ai-run-start")
     tree = fold([m for m in history if m is not start])
     run = tree.run("R1")
-    assert run is not None and run.start_serial != start.serial and run.client_id == ""
+    # Until then its owner is the one its first output names (the run-start's fields win when it folds).
+    assert run is not None and run.start_serial != start.serial and run.client_id == "user-abc"
     tree.apply(start)
     assert (run.start_serial, run.client_id, run.parent) == (start.serial, "user-abc", "U1")
     assert [n.key for n in tree.nodes()] == [n.key for n in fold(history).nodes()]
+
+
+@pytest.mark.parametrize("name", sorted(CONVOS))
+def test_a_history_cut_before_a_run_start_folds_the_same_in_any_order(name: str) -> None:
+    """History read back only to just after a run's ``ai-run-start`` (retention, a bounded read): the
+    run is known from its step-start and outputs only. Its parent and owner come from its oldest wire
+    that names them (its first output), whichever of them folded first; before, a run created by its
+    step-start kept no parent and no owner, while one created by an output had both."""
+    history = CONVOS[name]().ch.history()
+    for start in [m for m in history if m.name == AI_RUN_START]:
+        cut = history[history.index(start) + 1 :]
+        in_order = fold(cut)
+        assert dump(fold(list(reversed(cut)))) == dump(in_order)
+        assert dump(fold([m for p in pages_newest_first(cut, 2) for m in p])) == dump(in_order)
+        run = in_order.run(start.transport_headers["run-id"])
+        assert run is not None and not in_order.run_start_seen(run.run_id)
+        first_output = next(
+            m
+            for m in cut
+            if m.transport_headers.get("run-id") == run.run_id and "parent" in m.transport_headers
+        )
+        assert run.parent == first_output.transport_headers["parent"]
+        assert run.client_id == first_output.transport_headers["run-client-id"]
+
+
+def test_a_cut_run_start_does_not_hide_the_branch_above_it() -> None:
+    """A run whose ``ai-run-start`` is missing but whose input is in the tree (a continuity gap read
+    stopped short of it): the branch walk goes through the run to its input instead of reporting the
+    run as an ancestor still to page for (which paged the whole channel looking for it)."""
+    history = two_turns().ch.history()
+    start = next(m for m in history if m.name == AI_RUN_START and m.transport_headers["run-id"] == "R2")
+    tree = fold([m for m in history if m is not start])
+    assert missing_ancestor(tree, "U3") is None
+    assert [n.key for n in select_branch(tree, "U3", "R3")] == ["U1", "R1", "U2", "R2", "U3"]

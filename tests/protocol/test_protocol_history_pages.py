@@ -256,12 +256,17 @@ class TestBranchWalkOverPartialHistory:
         assert missing_ancestor(tree, "A1") is None
 
     def test_run_known_only_from_its_step_lifecycle_is_incomplete(self) -> None:
-        """A run node created by ai-step-start has no parent until its run-start folds: not a root."""
+        """A run node created by ai-step-start has no parent until a wire naming one folds: not a root.
+        Its first output names it (the run-start's parent wins once that folds)."""
         history = two_turns().ch.history()[:10]
         tree = ConversationTree()
-        tree.apply_all(history[2:])  # step-start, outputs, step-end, run-end
-        assert tree.run("R1").parent is None  # type: ignore[union-attr]
-        assert missing_ancestor(tree, "A1") == "R1"
+        tree.apply_all([m for m in history[2:] if m.name != "ai-output"])  # step-start/-end, run-end
+        run = tree.run("R1")
+        assert run is not None and (run.parent, run.client_id) == (None, "")
+        assert not tree.run_start_seen("R1")
+        tree.apply_all([m for m in history[2:] if m.name == "ai-output"])
+        assert (run.parent, run.client_id) == ("U1", "user-abc")
+        assert missing_ancestor(tree, "A1") == "U1"
         tree.apply_all(history[1:2])  # the run-start: parent U1, which has not folded yet
         assert missing_ancestor(tree, "A1") == "U1"
         tree.apply_all(history[:1])

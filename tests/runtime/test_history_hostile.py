@@ -5,14 +5,18 @@ it is held whole, a garbled body is refused with AIT's 104011 rather than a deco
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import msgpack
 import pytest
+import structlog
 from ably import AblyRest
 from aiohttp import web
 
 from agent_worker.errors import TransportError
+from agent_worker.protocol.wire import InboundMessage
 from agent_worker.transport.ably import AblySettings
 from agent_worker.transport.history import HistoryReader, HistoryRefused
 
@@ -26,9 +30,7 @@ class Host:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str]] = []
-        self.answer: Callable[[web.Request], web.Response] = lambda _r: web.Response(
-            body=ITEMS, headers=MSGPACK
-        )
+        self.answer: Callable[[web.Request], Any] = lambda _r: web.Response(body=ITEMS, headers=MSGPACK)
         self.streamed: bytes | None = None
         self.runner: web.AppRunner | None = None
         self.port = 0
@@ -52,7 +54,9 @@ class Host:
                 await resp.write(self.streamed[at : at + 4096])
             await resp.write_eof()
             return resp
-        return self.answer(request)
+        answer = self.answer(request)
+        answered: web.StreamResponse = await answer if asyncio.iscoroutine(answer) else answer
+        return answered
 
 
 @pytest.fixture
@@ -191,8 +195,9 @@ async def test_body_past_the_bound_is_refused(hosts: tuple[Host, Host], chunked:
     [
         (b"\xc1\xc1\xc1", "application/x-msgpack"),  # 0xc1: never used in msgpack
         (msgpack.packb([{"serial": "s"}]) + b"\x93", "application/x-msgpack"),  # trailing bytes
-        (b"\x91" * 100_000 + b"\xc0", "application/x-msgpack"),  # 100,000 nested arrays
-        (b"\x91\x81\xa4data" + b"\x91" * 100_000 + b"\xc0", "application/x-msgpack"),  # one deep item
+        (b"\x91" * (2 << 20) + b"\xc0", "application/x-msgpack"),  # too deep to step over (2 MiB)
+        (b"\x92\xc0" + b"\x91" * 100_000, "application/x-msgpack"),  # too deep, and truncated
+        (b"\x91\x81\xa4data" + b"\x91" * 100_000 + b"\xc0\xc0", "application/x-msgpack"),  # + trailing
         (b'[{"serial": "s"', "application/json"),
         (b"[" * 100_000 + b"]" * 100_000, "application/json"),
     ],
@@ -209,6 +214,121 @@ async def test_garbled_page_is_refused_with_its_code(
             page = await reader.page(PATH)
             page.messages(lambda raw: pytest.fail(f"read {raw!r}"))  # a msgpack body decodes here
         assert refused.value.code == 104011 and "undecodable" in refused.value.message
+    finally:
+        await reader.close()
+        await rest.close()
+
+
+def _via_sdk(host: Host, then: Callable[[web.Request], Any]) -> None:
+    """The lean GET gets a 503 (so the page goes through ably-python's ``request()``, as for a
+    fallback host), the SDK's request then ``then``."""
+    lean_done: list[bool] = []
+
+    def answer(request: web.Request) -> Any:
+        if not lean_done:
+            lean_done.append(True)
+            return web.Response(status=503)
+        return then(request)
+
+    host.answer = answer
+
+
+def _quick_rest(port: int) -> AblyRest:
+    settings = AblySettings(endpoint=f"127.0.0.1:{port}", token_source=_token, tls=False)
+    opts = settings.client_options()
+    opts.pop("realtime_request_timeout")
+    opts.update(http_open_timeout=1, http_request_timeout=1, http_max_retry_duration=0.5)
+    return AblyRest(**opts)
+
+
+async def test_the_sdk_fallback_is_bounded_in_size(hosts: tuple[Host, Host]) -> None:
+    """ably-python's ``request()`` (primary host 5xx, fallback hosts) read any body whole and kept it:
+    now one over the page bound is refused with 104011, as the lean GET refuses it."""
+    rest_host, _ = hosts
+    big = msgpack.packb([{"name": "m", "data": "x" * 1000, "serial": f"s{i}"} for i in range(100)])
+    _via_sdk(rest_host, lambda _r: web.Response(body=big, headers=MSGPACK))
+    rest = _rest(rest_host.port)
+    reader = HistoryReader(rest, binary=True, max_connections=2, max_page_bytes=len(big) - 1)
+    try:
+        with pytest.raises(HistoryRefused) as refused:
+            await reader.page(PATH)
+        assert refused.value.code == 104011 and "over the limit" in refused.value.message
+        assert len(rest_host.requests) == 2  # the lean GET, then the SDK's
+        roomy = HistoryReader(rest, binary=True, max_connections=2, max_page_bytes=len(big))
+        try:  # the SDK serves reads for a while after the primary failed: same body, within bound
+            assert len((await roomy.page(PATH)).items) == 100
+        finally:
+            await roomy.close()
+    finally:
+        await reader.close()
+        await rest.close()
+
+
+async def test_the_sdk_fallback_is_bounded_in_time(hosts: tuple[Host, Host]) -> None:
+    """A host trickling its answer a byte at a time never trips httpx's per-read timeout: the SDK's
+    ``request()`` waited for ever. Now it is given the SDK's own retry budget (plus one request)."""
+    rest_host, _ = hosts
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers=MSGPACK)
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        try:
+            while True:
+                await resp.write(b"\x91")
+                await asyncio.sleep(0.1)
+        except ConnectionError:  # the reader gave up
+            return resp
+
+    _via_sdk(rest_host, trickle)
+    rest = _quick_rest(rest_host.port)
+    reader = HistoryReader(rest, binary=True, max_connections=2)
+    try:
+        with pytest.raises(TransportError) as slow:
+            await asyncio.wait_for(reader.page(PATH), 120)  # only so the old code fails, not hangs
+        assert slow.value.code == 50003 and "took over 2.5s" in slow.value.message
+    finally:
+        await reader.close()
+        await rest.close()
+
+
+async def test_an_undecodable_sdk_answer_is_refused_with_104011(hosts: tuple[Host, Host]) -> None:
+    """One item nested past msgpack's limit, through the SDK: 104011, not msgpack's exception."""
+    rest_host, _ = hosts
+    deep = b"\x91\x81\xa4data" + b"\x91" * 100_000 + b"\xc0"
+    _via_sdk(rest_host, lambda _r: web.Response(body=deep, headers=MSGPACK))
+    rest = _rest(rest_host.port)
+    reader = HistoryReader(rest, binary=True, max_connections=2)
+    try:
+        with pytest.raises(HistoryRefused) as refused:
+            await reader.page(PATH)
+        assert refused.value.code == 104011 and "undecodable" in refused.value.message
+    finally:
+        await reader.close()
+        await rest.close()
+
+
+async def test_an_item_too_deep_to_decode_is_left_out_and_the_rest_read(hosts: tuple[Host, Host]) -> None:
+    """msgpack cannot decode (nor skip) an item nested past 1,024 levels: it made its whole page
+    unreadable (104011), and with it the session's history past it. Now the item is stepped over
+    (logged once, with 104011) and the page's other items are read."""
+    rest_host, _ = hosts
+    ok = [msgpack.packb({"name": "m", "data": f"d{i}", "serial": f"s{i}"}) for i in range(3)]
+    deep = b"\x81\xa4data" + b"\x91" * 100_000 + b"\xc0"
+    body = b"\x95" + ok[0] + deep + ok[1] + deep + ok[2]
+    rest_host.answer = lambda _r: web.Response(body=body, headers=MSGPACK)
+    rest = _rest(rest_host.port)
+    reader = HistoryReader(rest, binary=True, max_connections=2)
+    try:
+        page = await reader.page(PATH)
+        with structlog.testing.capture_logs() as logs:
+            read = page.messages(
+                lambda raw: InboundMessage(raw["name"], raw["data"], None, serial=raw["serial"])
+            )
+        assert [(m.data, m.serial) for m in read] == [("d0", "s0"), ("d1", "s1"), ("d2", "s2")]
+        assert [(e["event"], e["code"], e["left_out"]) for e in logs] == [
+            ("history_items_too_deep", 104011, 2)
+        ]
     finally:
         await reader.close()
         await rest.close()

@@ -163,3 +163,29 @@ async def test_callers_without_a_verified_identity_share_only_the_workers_cap(
     finally:
         await harness.worker.close(drain_timeout_s=0.0)
         await harness.close()
+
+
+async def test_a_wildcard_client_id_token_is_one_caller(
+    ably_server: EmbeddedServer, session_name: str
+) -> None:
+    """A token whose clientId is ``*`` may invoke for any participant's input (it can act as anyone),
+    but it is one credential: one caller's share, whoever published the inputs. A backend invoking
+    for many users with one such token shares that share (docs/security.md); a user's own token
+    keeps its own."""
+    harness = await _authed_harness(
+        ably_server, EchoProvider(), trigger_wait_s=30.0, max_pending_invocations=8, max_pending_per_caller=2
+    )
+    try:
+        as_backend = _bearer(ably_server, "*")
+        answers = [
+            await harness.invoke(session_name, str(uuid.uuid4()), headers=as_backend) for _ in range(3)
+        ]
+        assert [status for status, _ in answers] == [200, 200, 429]
+        assert answers[2][1]["error"]["code"] == 42910
+        assert harness.worker.admission.held_by("*") == 2
+        as_alice = _bearer(ably_server, "alice")
+        status, _ = await harness.invoke(session_name, str(uuid.uuid4()), headers=as_alice)
+        assert status == 200 and harness.worker.admission.held_by("alice") == 1
+    finally:
+        await harness.worker.close(drain_timeout_s=0.0)
+        await harness.close()

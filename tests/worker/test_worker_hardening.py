@@ -267,6 +267,23 @@ async def test_a_stalled_body_is_answered_408_and_others_are_served(
     assert harness.worker.active_runs == []
 
 
+async def test_a_request_that_never_completes_its_headers_is_closed(make_worker: Any) -> None:
+    """Half a request line, then nothing: the connection used to be held until aiohttp's 3,630 s
+    keep-alive; now it is closed after ``idle_timeout_s``, and a caller meanwhile is served."""
+    harness: Harness = await make_worker(EchoProvider(), http=HttpConfig(port=0, idle_timeout_s=0.5))
+    url = URL(harness.url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(f"POST {url.path} HT".encode())
+        await writer.drain()
+        async with harness.http.get(URL(harness.url).with_path("/healthz")) as resp:
+            assert resp.status == 200
+        # Closed by the server without an answer (the bound is a failure, not a measurement).
+        assert await asyncio.wait_for(reader.read(), 60) == b""
+    finally:
+        writer.close()
+
+
 async def test_made_up_inputs_during_an_outage_stay_within_the_pending_cap(
     ably_server: EmbeddedServer, make_client: Any, session_name: str
 ) -> None:
