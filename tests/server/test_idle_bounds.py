@@ -166,3 +166,24 @@ async def test_http_connections_without_a_request_are_closed_after_the_idle_boun
             await session.close()
             await rt.close()
             await raw.close()
+
+
+async def test_a_rest_body_that_stops_arriving_is_refused_408() -> None:
+    """A REST request (here requestToken) whose body stalls after its headers held its connection
+    and handler for ever (the idle bound applies only between requests); now it is answered
+    408 / 40800 after ``http_body_timeout_s``, and other requests are served meanwhile."""
+    cfg = ServerConfig(http_body_timeout_s=0.2)
+    async with EmbeddedServer(cfg) as server, aiohttp.ClientSession() as session:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        key_name = server.default_key.partition(":")[0]
+        writer.write(
+            f"POST /keys/{key_name}/requestToken HTTP/1.1\r\nHost: x\r\n"
+            'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"ttl":'.encode()
+        )
+        await writer.drain()
+        async with session.get(f"http://{server.endpoint}/time") as resp:
+            assert resp.status == 200
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert b"X-Ably-Errorcode: 40800" in head and b"Connection: close" in head, head
