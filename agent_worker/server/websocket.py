@@ -112,7 +112,8 @@ class Transport:
                 break
         with contextlib.suppress(Exception):
             await self.ws.close()
-        self._cancel_deadline()
+        if self._buffered() == 0:  # else the socket's graceful close still waits on the client
+            self._cancel_deadline()
 
     async def _send(self, batch: list[str | bytes]) -> None:
         # A write transport (uvloop's does not subclass asyncio's, hence the cast).
@@ -149,7 +150,7 @@ class Transport:
 
     def _close_expired(self) -> None:
         self._close_deadline = None
-        if self._writer.done():
+        if self._writer.done() and self._buffered() == 0:
             return
         log.warning(
             "socket_close_timed_out",
@@ -160,8 +161,10 @@ class Transport:
         self.abort()
 
     def _buffered(self) -> int:
+        """Bytes the socket still holds unsent (a graceful close waits for them: for ever, if the
+        client does not read)."""
         raw = cast("asyncio.WriteTransport | None", self.raw)
-        return raw.get_write_buffer_size() if raw is not None and not raw.is_closing() else 0
+        return raw.get_write_buffer_size() if raw is not None else 0
 
     def _cancel_deadline(self) -> None:
         if self._close_deadline is not None:
