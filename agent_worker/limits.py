@@ -11,6 +11,7 @@ is checked right after decoding, iteratively, and the byte size before decoding;
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -84,25 +85,31 @@ def too_large(limit: int) -> ProtocolError:
     return ProtocolError(f"request body larger than {limit} bytes", code=40009, status_code=413)
 
 
-async def read_body(request: Any, limit: int) -> bytes:
+async def read_body(request: Any, limit: int, timeout_s: float | None = None) -> bytes:
     """An aiohttp request body of at most ``limit`` bytes, refused (40009/413) before it is read
-    when ``Content-Length`` says it is larger, and after ``limit + 1`` bytes when chunked."""
+    when ``Content-Length`` says it is larger, and after ``limit + 1`` bytes when chunked; one not
+    whole within ``timeout_s`` is refused with 40800/408 (a sender stalling mid-body would
+    otherwise hold the connection and its handler for as long as it likes)."""
     length = request.content_length
     if length is not None and length > limit:
         raise too_large(limit)
     chunks: list[bytes] = []
     total = 0
     try:
-        # ``read(n)`` returns what is buffered (up to n), so loop until EOF or one byte past the cap.
-        while total <= limit:
-            chunk: bytes = await request.content.read(limit + 1 - total)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
+        async with asyncio.timeout(timeout_s):
+            # ``read(n)`` returns what is buffered (up to n): loop until EOF or one byte past the cap.
+            while total <= limit:
+                chunk: bytes = await request.content.read(limit + 1 - total)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
     except (ConnectionError, ValueError):
         msg = "could not read the request body"
         raise ProtocolError(msg, code=40000, status_code=400) from None
+    except TimeoutError:
+        msg = f"the request body did not arrive within {timeout_s:g}s"
+        raise ProtocolError(msg, code=40800, status_code=408) from None
     if total > limit:
         raise too_large(limit)
     return b"".join(chunks)

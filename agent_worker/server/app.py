@@ -143,7 +143,11 @@ class EmbeddedServer(TokenMint):
 
         app = web.Application(client_max_size=cfg.body_limit)
         app.router.add_route("*", "/{tail:.*}", root)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # keepalive_timeout closes a connection only while it waits for a request (its first one
+        # included), never during a handler: a realtime socket is one long handler.
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=cfg.http_idle_timeout_s
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.host, cfg.port, shutdown_timeout=1.0)
         await site.start()

@@ -87,6 +87,14 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(help="Keep about this many bytes per channel (in memory default 16 MiB)."),
         ] = None,
+        http_idle_timeout_s: Annotated[
+            float,
+            typer.Option(
+                min=0.001,
+                help="Close an HTTP connection without a complete request for this long (seconds; "
+                "realtime sockets are not affected).",
+            ),
+        ] = 75.0,
         log_format: Annotated[str, typer.Option(help="Diagnostics on stderr: console or json.")] = "console",
         log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     ) -> None:
@@ -132,6 +140,7 @@ def register(app: typer.Typer) -> None:
                 enforce_rate_limits=enforce_rate_limits,
                 append_rollup_window_ms=append_rollup_window_ms,
                 retention=retention,
+                http_idle_timeout_s=http_idle_timeout_s,
                 **settings,
             )
             srv_check = EmbeddedServer(server_config)  # validates keys and capabilities now

@@ -60,6 +60,14 @@ class ServerConfig:
     push_allow_loopback_http: bool = False
     # Bytes queued for one connection before it is disconnected as a slow consumer (80020).
     max_outbound_bytes: int = 8 << 20
+    # How long closing a socket (80020, a refused frame, an expired token, CLOSE) may take to send
+    # its last frames and finish the handshake; then it is dropped with whatever it still buffers.
+    close_timeout_ms: int = 5_000
+    # How long an HTTP connection may go without a complete request (from its opening, and between
+    # requests; aiohttp's keepalive_timeout, 3630 s by default). Not applied to realtime sockets.
+    http_idle_timeout_s: float = 75.0
+    # How long a REST request's body may take to arrive once its headers have (then 408 / 40800).
+    http_body_timeout_s: float = 10.0
     # Channels one connection may have attached at once (more: ERROR 90010 on ATTACH).
     max_channels_per_connection: int = 1000
     # Connections (live or resumable) one API key's clients may hold (more: ERROR 40111, 403).

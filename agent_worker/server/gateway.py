@@ -147,7 +147,9 @@ class RealtimeGateway:
             compress=cfg.websocket_compression,
         )
         writer = await ws.prepare(request)
-        transport = Transport(ws, request.transport, cfg.max_outbound_bytes, writer)
+        transport = Transport(
+            ws, request.transport, cfg.max_outbound_bytes, writer, close_timeout_s=cfg.close_timeout_ms / 1000
+        )
         q = request.query
         fmt: Format = MSGPACK if q.get("format") == "msgpack" else JSON
         try:

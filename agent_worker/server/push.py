@@ -286,7 +286,7 @@ class PushApi:
     async def _json(self, request: web.Request) -> Any:
         # The whole body, up to MAX_BODY (one ``content.read(n)`` returns only what has arrived, so
         # a chunked body was decoded from its first chunk).
-        raw = await read_body(request, MAX_BODY)
+        raw = await read_body(request, MAX_BODY, self.rest.hub.config.http_body_timeout_s)
         try:
             return decode_body(raw, format_from_content_type(request.headers.get("Content-Type")))
         except AgentWorkerError:

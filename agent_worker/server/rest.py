@@ -128,7 +128,8 @@ class RestApi:
         raise AuthError(msg, code=40101, status_code=401)
 
     async def _body(self, request: web.Request) -> Any:
-        raw = await read_body(request, self.hub.config.body_limit)
+        cfg = self.hub.config
+        raw = await read_body(request, cfg.body_limit, cfg.http_body_timeout_s)
         return decode_body(raw, format_from_content_type(request.headers.get("Content-Type")))
 
     @staticmethod
@@ -167,7 +168,10 @@ class RestApi:
             raise ProtocolError(msg, code=40400, status_code=404)
         except AgentWorkerError as exc:
             log.info("rest_refused", path=request.path, code=exc.code, reason=exc.message)
-            return self.error_response(request, exc)
+            response = self.error_response(request, exc)
+            if exc.code == 40800:  # the body stalled: no keep-alive (closed after aiohttp's lingering read)
+                response.force_close()
+            return response
         except Exception:
             log.exception("rest_handler_failed", path=request.path)
             return self.error_response(request, AgentWorkerError("internal error", code=50000))

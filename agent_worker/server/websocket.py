@@ -41,9 +41,12 @@ class Transport:
         raw: asyncio.BaseTransport | None,
         max_bytes: int = 1 << 62,
         writer: AbstractStreamWriter | None = None,
+        close_timeout_s: float = 5.0,
     ) -> None:
         """``writer``: what ``ws.prepare()`` returned; its ``drain()`` waits for the socket's buffer
-        to go below the low-water mark (the transport's ``resume_writing``)."""
+        to go below the low-water mark (the transport's ``resume_writing``). ``close_timeout_s``:
+        how long a close may take to flush its last frames and handshake before the socket is
+        dropped."""
         self.ws = ws
         self.raw = raw
         self._drain = writer.drain if writer is not None else None
@@ -55,6 +58,9 @@ class Transport:
         self.max_bytes = max_bytes
         self.queued_bytes = 0
         self.on_overflow: Callable[[], None] | None = None
+        self.close_timeout_s = close_timeout_s
+        self._close_deadline: asyncio.TimerHandle | None = None
+        self._close_reason = ""
         self._queue: deque[str | bytes | None] = deque()
         self._ready = asyncio.Event()
         self._writer = asyncio.get_running_loop().create_task(self._write())
@@ -79,7 +85,7 @@ class Transport:
         self.queued_bytes = len(last)
         self._queue.append(last)
         self._ready.set()
-        self.close_soon()
+        self.close_soon("slow_consumer")
 
     async def _write(self) -> None:
         queue = self._queue
@@ -106,6 +112,8 @@ class Transport:
                 break
         with contextlib.suppress(Exception):
             await self.ws.close()
+        if self._buffered() == 0:  # else the socket's graceful close still waits on the client
+            self._cancel_deadline()
 
     async def _send(self, batch: list[str | bytes]) -> None:
         # A write transport (uvloop's does not subclass asyncio's, hence the cast).
@@ -126,16 +134,47 @@ class Transport:
         # the transport's resume_writing (or its loss, which raises), not polled.
         await self._drain()
 
-    def close_soon(self) -> None:
-        """Flush what is queued, then close the socket cleanly."""
+    def close_soon(self, reason: str = "close") -> None:
+        """Flush what is queued, then close the socket cleanly — within ``close_timeout_s``: the
+        last frames (80020's DISCONNECTED among them) wait behind everything the client has not
+        read, so a client that stopped reading would otherwise hold the socket and its unsent bytes
+        for ever. Past the bound the socket is dropped (:meth:`abort`)."""
         if not self.closing:
             self.closing = True
+            self._close_reason = reason
             self._queue.append(None)
             self._ready.set()
+            if not self._writer.done():
+                loop = asyncio.get_running_loop()
+                self._close_deadline = loop.call_later(self.close_timeout_s, self._close_expired)
+
+    def _close_expired(self) -> None:
+        self._close_deadline = None
+        if self._writer.done() and self._buffered() == 0:
+            return
+        log.warning(
+            "socket_close_timed_out",
+            reason=self._close_reason,
+            timeout_s=self.close_timeout_s,
+            unsent_bytes=self.queued_bytes + self._buffered(),
+        )
+        self.abort()
+
+    def _buffered(self) -> int:
+        """Bytes the socket still holds unsent (a graceful close waits for them: for ever, if the
+        client does not read)."""
+        raw = cast("asyncio.WriteTransport | None", self.raw)
+        return raw.get_write_buffer_size() if raw is not None else 0
+
+    def _cancel_deadline(self) -> None:
+        if self._close_deadline is not None:
+            self._close_deadline.cancel()
+            self._close_deadline = None
 
     def abort(self) -> None:
         """Drop the TCP connection without a close handshake (clients see an abrupt disconnect)."""
         self.closing = True
+        self._cancel_deadline()
         self._writer.cancel()
         if self.raw is not None:
             self.raw.abort()  # type: ignore[attr-defined]

@@ -96,6 +96,20 @@ async def test_cli_default_dev_key() -> None:
         assert await asyncio.wait_for(proc.wait(), 30) == 0
 
 
+async def test_cli_http_idle_timeout_option() -> None:
+    """--http-idle-timeout-s closes a connection that never completes its request (3,630 s before)."""
+    proc, facts = await _start("--http-idle-timeout-s", "0.2")
+    try:
+        host, _, port = facts["endpoint"][0].rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /ti")
+        assert await asyncio.wait_for(reader.read(), 30) == b""
+        writer.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
 async def _check_key_capability_and_rules(endpoint: str, full: str, narrow: str) -> None:
     """``narrow`` may only subscribe under ``team:``; appends need the ``conversations`` rule."""
     rt = python_realtime(RemoteServer(endpoint, narrow), client_id="narrow")
