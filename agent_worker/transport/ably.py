@@ -282,7 +282,9 @@ def _append_frame(channel: str, serial: str, msg: OutboundMessage) -> dict[str, 
 _APPEND = int(MessageAction.MESSAGE_APPEND)
 
 
-def _publish_frame(channel: str, msgs: Sequence[OutboundMessage], ids: Sequence[str]) -> dict[str, Any] | None:
+def _publish_frame(
+    channel: str, msgs: Sequence[OutboundMessage], ids: Sequence[str]
+) -> dict[str, Any] | None:
     """The ProtocolMessage ably-python's ``publish`` sends for messages with text (or no) data,
     built directly as :func:`_append_frame` is: the keys ``Message.as_dict`` keeps, in its order, so
     the frame is byte-for-byte the SDK's (``tests/worker/test_lean_publish.py``) without a

@@ -150,7 +150,10 @@ class TestScripted:
                 pass
         retries = [entry for entry in logs if entry["event"] == "provider_retry"]
         assert calls == 3
-        assert [(r["attempt"], r["wait"], r["http_status"]) for r in retries] == [(1, 0.01, 429), (2, 0.01, 429)]
+        assert [(r["attempt"], r["wait"], r["http_status"]) for r in retries] == [
+            (1, 0.01, 429),
+            (2, 0.01, 429),
+        ]
 
     async def test_error_after_first_token_surfaces_from_iteration(self) -> None:
         """After content was yielded the error is not retried: it ends the iteration."""

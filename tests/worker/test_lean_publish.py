@@ -49,14 +49,18 @@ def _ids(tag: str, n: int) -> list[str]:
 
 async def test_lean_publishes_put_the_sdks_frames_on_the_wire(ably_server: EmbeddedServer) -> None:
     async with _recording_proxy(ably_server.host, ably_server.port) as (port, sent):
-        settings = dataclasses.replace(worker_settings(ably_server, rate=1000.0), endpoint=f"127.0.0.1:{port}")
+        settings = dataclasses.replace(
+            worker_settings(ably_server, rate=1000.0), endpoint=f"127.0.0.1:{port}"
+        )
         transport = AblyTransport(settings)
         await transport.connect()
         try:
             channel = transport.channel(f"conversations:lean-{uuid.uuid4().hex[:8]}")
             for msgs in CASES:
                 sdk_ids, lean_ids = _ids("s", len(msgs)), _ids("l", len(msgs))
-                sdk = await channel._sdk.publish([_sdk_message(m, id=i) for m, i in zip(msgs, sdk_ids, strict=True)])
+                sdk = await channel._sdk.publish(
+                    [_sdk_message(m, id=i) for m, i in zip(msgs, sdk_ids, strict=True)]
+                )
                 lean = await channel._send_publish(msgs, lean_ids)
                 assert len(sdk.serials) == len(lean.serials) == len(msgs) and all(lean.serials)
                 assert not set(sdk.serials) & set(lean.serials)
