@@ -257,7 +257,15 @@ class ConnectionPool(Generic[C]):
         policy = self.policy
         queue = self._queue
         if scan and queue:
-            spare = {c: c.load(now, policy) for c in self.connections if self._has_room(c, now)}
+            # _has_room's test with each connection's load computed once (it is read again below)
+            spare: dict[PooledConnection[C], float] = {}
+            for c in self.connections:
+                if c.client is None:
+                    continue
+                empty = not c.channels and not c.placed  # before load() trims `placed`, as _has_room
+                load = c.load(now, policy)
+                if empty or load + policy.session_rate <= policy.target_rate:
+                    spare[c] = load
             while queue and spare:
                 conn = min(spare, key=spare.__getitem__)
                 self._resolve(queue.popleft(), conn, now)

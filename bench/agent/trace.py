@@ -239,6 +239,13 @@ def install_pool(worker: Worker, emit_to: TextIO) -> None:
             emit("rest", path=path, us_took=_now() - t0)
 
     rest.request = traced_request  # type: ignore[method-assign]
+    request_token = rest.auth.request_token
+
+    async def traced_token(*args: Any, **kw: Any) -> Any:  # the REST client's own token requests
+        emit("token_request")
+        return await request_token(*args, **kw)
+
+    rest.auth.request_token = traced_token  # type: ignore[method-assign]
     reader = worker.transport.history_reader
     page = reader.page
 
@@ -321,6 +328,8 @@ def summarise(path: str, prefix: str = "bench:") -> str:
         lags = [(ev["us"] - t0, ev["us_lag"]) for ev in events if ev["e"] == "loop_lag" and ev["us"] >= t0]
         window = [lag / 1000 for at, lag in lags if at < 1_500_000]
         lines.append(f"  worker loop lag > 5 ms in the first 1.5 s: {len(window)}x, {sum(window):.0f} ms")
+        tokens = [ev for ev in events if ev["e"] == "token_request" and ev["us"] >= t0]
+        lines.append(f"  REST client token requests after the first POST: {len(tokens)}")
         gcs = [ev for ev in events if ev["e"] == "gc" and 0 <= ev["us"] - t0 < 1_000_000]
         gc_ms = sum(ev["us_cpu"] for ev in gcs) / 1000
         gens = [ev["gen"] for ev in gcs]

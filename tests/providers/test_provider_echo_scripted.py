@@ -132,6 +132,29 @@ class TestScripted:
         assert TextDelta("ok") in events
         assert [entry["wait"] for entry in logs if entry["event"] == "provider_retry"] == [0.01, 0.01]
 
+    async def test_attempts_run_out_with_the_last_error(self) -> None:
+        """Every attempt failing: each failure but the last is logged with its attempt number and
+        wait (``Retry-After`` capped at ``max_wait``), then the last error is raised as it was."""
+        calls = 0
+
+        async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+            nonlocal calls
+            calls += 1
+            msg = f"busy {calls}"
+            raise ProviderHTTPError(msg, http_status=429, retry_after=5.0)
+            yield "unreachable"
+
+        p = ScriptedProvider(script, retry={"attempts": 3, "max_wait": 0.01})
+        with capture_logs() as logs, pytest.raises(ProviderHTTPError, match="busy 3"):
+            async with p.stream(ask("x")):
+                pass
+        retries = [entry for entry in logs if entry["event"] == "provider_retry"]
+        assert calls == 3
+        assert [(r["attempt"], r["wait"], r["http_status"]) for r in retries] == [
+            (1, 0.01, 429),
+            (2, 0.01, 429),
+        ]
+
     async def test_error_after_first_token_surfaces_from_iteration(self) -> None:
         """After content was yielded the error is not retried: it ends the iteration."""
         calls = 0

@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 import pytest
+from ably.rest.auth import Auth
 
 from agent_worker.config import Secret
 from agent_worker.errors import TransportError
@@ -308,6 +309,53 @@ async def test_pool_grows_with_spare_clients_sharing_one_token() -> None:
                 await transport.release(ch.name)
             assert await pool.close_idle() == 2
             await _until(lambda: factory.ready == 2, "the spares built back")
+        finally:
+            await transport.close()
+
+
+async def test_history_reads_use_the_shared_token_without_requesting_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a key over plain HTTP the REST client keeps the token the connections share, so a burst
+    of simultaneous history reads (each finding no token of its own before) requests none: it was
+    one token request per read in flight."""
+    requested: list[object] = []
+    original = Auth.request_token
+
+    async def counted(self: Auth, *args: Any, **kwargs: Any) -> Any:
+        requested.append(self)
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Auth, "request_token", counted)
+    async with EmbeddedServer(ServerConfig(port=0)) as server:
+        settings = AblySettings(
+            endpoint=f"127.0.0.1:{server.port}",
+            key=Secret(server.default_key),
+            tls=False,
+            client_id="agent-worker",
+            spare_clients=0,
+            warm_connections=0,
+        )
+        transport = AblyTransport(settings)
+        await transport.connect()
+        try:
+            rest = transport._rest
+            assert rest is not None
+            # the shared token, requested once by the REST client for the first connection (whose
+            # own auth asks it through its callback)
+            assert requested.count(rest.auth) == 1
+            conn = transport.pool.ready_connections[0].client
+            assert conn is not None
+            shared = conn.client.auth.token_details.token
+            assert rest.auth.token_details is not None and rest.auth.token_details.token == shared
+            channels = [transport.channel(f"conversations:tok-{i}") for i in range(20)]
+
+            async def read(channel: Any) -> int:
+                return sum([len(page) async for page in channel.history_pages()])
+
+            before = len(requested)
+            assert await asyncio.gather(*(read(ch) for ch in channels)) == [0] * 20
+            assert len(requested) == before
         finally:
             await transport.close()
 
