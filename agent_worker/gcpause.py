@@ -1,5 +1,7 @@
 """CPython's cyclic GC: tuned for long-lived processes (:func:`tune_gc`, the worker and the
-standalone server), and held off while a history page is decoded and folded (:class:`gc_paused`).
+standalone server), held off while a history page is decoded and folded (:class:`gc_paused`), and —
+bounded — while a run start is latency-critical (:data:`starts`, a :class:`GcDeferral`: from the
+invocation until its ``ai-run-start`` is handed to the socket).
 
 Rebuilding a long session allocates ~30 containers per message (the page's dicts, an
 ``InboundMessage``, the tree's log entries and UIMessage parts), most of them kept: every 700 of them
@@ -10,6 +12,8 @@ tree grows, full collections walk every object in the process — other sessions
 plain loops that create no cyclic garbage of their own, so the collector is paused around each
 slice of them (synchronous code only: never across an ``await``, so nothing else runs paused) and
 the survivors are examined once, at the next collection after it, instead of over and over.
+That next collection still fell inside the rebuild (at the first allocation after a slice), so
+:data:`starts` keeps it off until the run start is sent: see :class:`GcDeferral`.
 """
 
 from __future__ import annotations

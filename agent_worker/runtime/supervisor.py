@@ -157,7 +157,13 @@ class RunSupervisor:
                     retry_if=lambda exc: isinstance(exc, TransportError),
                 )
                 if gc_hold is not None:
-                    gc_hold.release_soon()  # the collections due run while the model is asked
+                    # The collections that were due run once the run-start is out (its ACK: the
+                    # publish task may yield before writing its frame), while the model is asked.
+                    sending = run.start_sending
+                    if sending is None or sending.done():
+                        gc_hold.release_soon()
+                    else:
+                        sending.add_done_callback(lambda _: gc_hold.release())
                 await call_hook(self.on_run_start, run)
                 await self.passes_to_terminal(run, stats, accepted_at)
             except asyncio.CancelledError:
