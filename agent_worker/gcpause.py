@@ -72,6 +72,10 @@ HOLD_MAX_OBJECTS = 100_000
 """How many net new tracked objects (``gc.get_count()[0]``) a hold episode may let pile up: about
 three rebuilds of a 1,000-message session, a few tens of MB at most."""
 
+HOLD_MAX_HOLDERS = 4
+"""More starts than this at once end the episode: a burst is many short starts, whose collections
+are small, and holding the collector across 100 of them measured slower (see :class:`GcDeferral`)."""
+
 _CHECK_EVERY_S = 0.05
 
 
@@ -114,25 +118,40 @@ class GcDeferral:
 
     Process-wide, so bounded: an episode starts when the first holder arrives and the collector is
     on; it ends when the last one leaves, or — however many starts keep arriving — after
-    :data:`HOLD_MAX_S` or :data:`HOLD_MAX_OBJECTS` net new tracked objects, whichever comes first
-    (checked by a loop timer every 50 ms and at each hold and release); after that the collector
-    stays on until the holders are gone. Holders are counted (100 simultaneous starts are one
-    episode). A collector that was off when an episode would start (an embedding application's
-    choice, or a :class:`gc_paused` block) is left alone, and nothing is held. Inactive until
-    :func:`tune_gc` (the process's owner opts in; ``activate``)."""
+    :data:`HOLD_MAX_S`, :data:`HOLD_MAX_OBJECTS` net new tracked objects or more than
+    :data:`HOLD_MAX_HOLDERS` overlapping starts, whichever comes first (checked by a loop timer
+    every 50 ms and at each hold and release); after that the collector stays on until the holders
+    are gone. Holders are counted. A burst (100 simultaneous starts) is not held: its collections
+    are small (~5% of its CPU) and holding them across it measured no better (the 100-start
+    benchmark, docs/benchmarks.md). A collector that was off when an episode would start (an
+    embedding application's choice, or a :class:`gc_paused` block) is left alone, and nothing is
+    held; one turned off *during* an episode is turned back on at its end. Inactive until
+    :func:`tune_gc` (the process's owner opts in)."""
 
-    __slots__ = ("_clock", "_deadline", "_disabled", "_holders", "_timer", "active", "max_objects", "max_s")
+    __slots__ = (
+        "_clock",
+        "_deadline",
+        "_disabled",
+        "_holders",
+        "_timer",
+        "active",
+        "max_holders",
+        "max_objects",
+        "max_s",
+    )
 
     def __init__(
         self,
         *,
         max_s: float = HOLD_MAX_S,
         max_objects: int = HOLD_MAX_OBJECTS,
+        max_holders: int = HOLD_MAX_HOLDERS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.active = False
         self.max_s = max_s
         self.max_objects = max_objects
+        self.max_holders = max_holders
         self._clock = clock
         self._holders = 0
         self._disabled = False  # this episode turned the collector off (and must turn it back on)
@@ -160,7 +179,10 @@ class GcDeferral:
                 self._deadline = self._clock() + self.max_s
                 self._arm()
         elif self._disabled:
-            self.check()
+            if self._holders > self.max_holders:
+                self._resume()
+            else:
+                self.check()
         return GcHold(self)
 
     def check(self) -> None:

@@ -80,6 +80,27 @@ def test_a_stream_of_starts_cannot_keep_it_off_past_the_time_bound() -> None:
     assert gc.isenabled()
 
 
+def test_a_burst_of_starts_ends_the_hold() -> None:
+    """More overlapping starts than ``max_holders``: the collector comes back on, and stays on until
+    every one of them is gone (then a new episode may hold again)."""
+    d = GcDeferral(max_holders=3, clock=Clock())
+    d.active = True
+    holds = [d.hold() for _ in range(3)]
+    assert not gc.isenabled()
+    holds.append(d.hold())
+    assert gc.isenabled() and not d.holding and d.holders == 4
+    for hold in holds[:3]:
+        hold.release()
+    holds.append(d.hold())  # back to two holders: still the same (ended) episode
+    assert gc.isenabled()
+    holds[3].release()
+    holds[4].release()
+    assert gc.isenabled() and d.holders == 0
+    again = d.hold()
+    assert not gc.isenabled()
+    again.release()
+
+
 def test_the_allocation_bound_ends_a_hold() -> None:
     d = deferral(Clock(), max_objects=gc.get_count()[0] + 1_000)
     first = d.hold()
