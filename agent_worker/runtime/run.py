@@ -282,6 +282,12 @@ class Run:
             )
         log.info("run_started", resume=self.is_continuation)
 
+    @property
+    def start_sending(self) -> asyncio.Task[str | None] | None:
+        """A pipelined run-start's publish until :meth:`confirm_started` (done once acknowledged or
+        failed: its frame is on the wire by then); ``None`` otherwise."""
+        return self._start_ack
+
     async def confirm_started(self) -> None:
         """Wait for a pipelined run-start's ACK. If it failed, the run counts as not started (so a
         terminal publishes the run-start again, acknowledged) and the error is raised."""

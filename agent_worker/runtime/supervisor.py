@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from agent_worker.errors import AgentWorkerError, AuthError, InputEventNotFound, ProtocolError, TransportError
+from agent_worker.gcpause import GcHold
 from agent_worker.logs import get_logger
 from agent_worker.retry import retry
 from agent_worker.runtime.handler import AgentRun, RunHandler, RunStats
@@ -119,9 +120,11 @@ class RunSupervisor:
             await asyncio.sleep(0)  # let steering that arrived during the pass fold in
         return "complete"
 
-    async def execute(self, run: Run, session: AgentSession, accepted_at: float) -> None:
+    async def execute(
+        self, run: Run, session: AgentSession, accepted_at: float, *, gc_hold: GcHold | None = None
+    ) -> None:
         """The run task's body. Never raises except an external cancellation (after the terminal
-        publish)."""
+        publish). ``gc_hold``: released once the run start is sent (or the run ends before)."""
         observer = self.observer
         stats = RunStats(
             on_usage=observer.run_tokens, on_status=lambda status: observer.run_status(run, status)
@@ -153,6 +156,14 @@ class RunSupervisor:
                     attempts=3,
                     retry_if=lambda exc: isinstance(exc, TransportError),
                 )
+                if gc_hold is not None:
+                    # The collections that were due run once the run-start is out (its ACK: the
+                    # publish task may yield before writing its frame), while the model is asked.
+                    sending = run.start_sending
+                    if sending is None or sending.done():
+                        gc_hold.release_soon()
+                    else:
+                        sending.add_done_callback(lambda _: gc_hold.release())
                 await call_hook(self.on_run_start, run)
                 await self.passes_to_terminal(run, stats, accepted_at)
             except asyncio.CancelledError:
@@ -180,6 +191,8 @@ class RunSupervisor:
                 error = run_failure(exc)
                 await asyncio.shield(terminate(run, "error", error))
             finally:
+                if gc_hold is not None:
+                    gc_hold.release()
                 observer.run_status(run, "idle")
                 observer.run_finished(run, error, accepted_at)
                 await call_hook(self.on_run_end, run)

@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from agent_worker import eventloop
+from agent_worker import eventloop, gcpause
 from agent_worker.config import Config, WorkerConfig
 from agent_worker.errors import AgentWorkerError, AuthError, ConfigError, InputEventNotFound
-from agent_worker.gcpause import GC_THRESHOLDS, tune_gc
+from agent_worker.gcpause import GC_THRESHOLDS, GcHold, tune_gc
 from agent_worker.logs import configure_logging, get_logger
 from agent_worker.protocol.wire import InboundMessage
 from agent_worker.runtime.handler import RunHandler
@@ -449,13 +449,17 @@ class Worker:
             raise
         pending = self.admission.reserve(name, event_id)
         self.admission.take(caller_client_id)  # given back below; the run takes its own (_start_run)
+        # Collections wait (bounded) until the run start is sent: see gcpause.GcDeferral.
+        hold = gcpause.starts.hold()
         try:
             if self.engine is not None:
+                hold.release()
                 invocation = await self._start_durable(name, event_id, caller_client_id)
             else:
                 session = await self.session(name, starting=True)
-                invocation = self._start_run(session, event_id, caller_client_id)
+                invocation = self._start_run(session, event_id, caller_client_id, hold)
         except BaseException as exc:
+            hold.release()
             pending.set_exception(exc)
             pending.exception()  # retrieved: waiting duplicates re-raise it
             raise
@@ -466,7 +470,11 @@ class Worker:
         return invocation
 
     def _start_run(
-        self, session: AgentSession, event_id: str, caller_client_id: str | None = None
+        self,
+        session: AgentSession,
+        event_id: str,
+        caller_client_id: str | None = None,
+        gc_hold: GcHold | None = None,
     ) -> Invocation:
         run = session.create_run(event_id, coalesce_window_s=self.config.coalesce_window_ms / 1000.0)
         run.caller_client_id = caller_client_id
@@ -479,8 +487,11 @@ class Worker:
                 log.exception("worker_hook_failed", hook="on_run_created")
         invocation = Invocation(run.run_id, run.invocation_id, session.name)
         self.admission.remember(invocation, event_id)
-        body = trace_run(run, self.supervisor.execute(run, session, time.monotonic()), self.agent)
+        hold = gc_hold if gc_hold is not None else gcpause.starts.hold()
+        started = time.monotonic()
+        body = trace_run(run, self.supervisor.execute(run, session, started, gc_hold=hold), self.agent)
         task = asyncio.create_task(body, name=f"run:{run.run_id}")  # body: the invoke_agent span
+        task.add_done_callback(lambda _: hold.release())  # every path, a task cancelled unstarted too
         run.task = task
         self._active[task] = run
         self._unlocated[run] = caller_client_id
