@@ -40,16 +40,38 @@ class StepInfo:
     step_client_id: str | None
 
 
-@dataclass(slots=True)
-class LogEntry:
+class LogEntry(list[dict[str, Any]]):
     """One serial's events. A message's events all go one way (``ai-input``: inputs, else outputs),
-    so the direction is kept once per entry, not as a ``(direction, event)`` tuple per event."""
+    so the direction is kept once per entry, not as a ``(direction, event)`` tuple per event.
 
-    serial: str
-    message_id: str | None
-    inputs: bool
-    events: list[dict[str, Any]]
-    decoded_through: str
+    The entry is the list of its events (``events`` is the entry itself): one object kept per folded
+    message, not an entry and its list, for every collection to walk."""
+
+    __slots__ = ("decoded_through", "inputs", "message_id", "serial")
+
+    def __init__(  # noqa: PLR0917 - one per folded message: positional is cheaper
+        self,
+        serial: str,
+        message_id: str | None,
+        inputs: bool,
+        events: list[dict[str, Any]],
+        decoded_through: str,
+    ) -> None:
+        super().__init__(events)
+        self.serial = serial
+        self.message_id = message_id
+        self.inputs = inputs
+        self.decoded_through = decoded_through
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"LogEntry(serial={self.serial!r}, message_id={self.message_id!r}, inputs={self.inputs!r}, "
+            f"events={list(self)!r}, decoded_through={self.decoded_through!r})"
+        )
 
 
 class WireLog(list[LogEntry]):
@@ -68,7 +90,7 @@ class WireLog(list[LogEntry]):
         version: str | None,
         streamed: bool,
     ) -> Literal["dropped", "incremental", "refold"]:
-        """Takes ``events`` (a list the caller built for this message and does not change after)."""
+        """Records ``events`` (copied into the entry)."""
         if not self or self[-1].serial < serial:  # the usual case: a newer message, appended
             self.append(LogEntry(serial, message_id, inputs, events, version or serial))
             return "incremental"
@@ -79,7 +101,7 @@ class WireLog(list[LogEntry]):
                 if version is not None and (version <= entry.decoded_through or not streamed):
                     return "dropped"
                 if entry.inputs is inputs:
-                    entry.events.extend(events)
+                    entry.extend(events)
                     if version is not None:
                         entry.decoded_through = version
                     return "incremental" if i == last else "refold"
@@ -183,8 +205,9 @@ class Internal:
     run_start_seen: bool = False
     optimistic: bool = False
     step_state: StepState | None = None
-    # A run's suspend/resume/end by serial, so a late older one refolds the status in serial order.
-    lifecycle: dict[str, RunLifecycle] = field(default_factory=dict)
+    # A run's suspend/resume/end by serial, so a late older one refolds the status in serial order
+    # (None until the first: an input node never has one).
+    lifecycle: dict[str, RunLifecycle] | None = None
     # Where ConversationTree placed it in its serial order (its sort key then).
     sort_key: tuple[int, str, int] = (1, "", 0)
 

@@ -274,7 +274,9 @@ class ConversationTree:
             streamed = headers.get(H_STREAM) == "true"
             entry = self._nodes.get(input_cmid)
             if entry is None:
-                node = InputNode(input_cmid, headers.get(H_PARENT), headers.get(H_FORK_OF), serial)
+                node = InputNode(
+                    input_cmid, headers.get(H_PARENT), headers.get(H_FORK_OF), serial, self.new_projection()
+                )
                 entry = self._wrap(node)
                 self._insert(input_cmid, entry, node.parent)
                 self._cmid_to_key[input_cmid] = input_cmid
@@ -330,6 +332,7 @@ class ConversationTree:
                 client_id=headers.get(H_RUN_CLIENT_ID, ""),
                 invocation_id=headers.get(H_INVOCATION_ID, ""),
                 start_serial=serial,
+                projection=self.new_projection(),
             )
             run = self._wrap(node)
             self._insert(run_id, run, node.parent)
@@ -404,7 +407,7 @@ class ConversationTree:
         gated: bool | None = None,
     ) -> None:
         """``inputs``: whether ``events`` are inputs (else outputs); ``gated``: whether ``serial`` is
-        gated out, when the caller already knows. Keeps ``events`` (the decoder's list for this message)."""
+        gated out, when the caller already knows. Records ``events`` in the node's log."""
         if serial is None or not events:
             if serial is None and events:
                 entry.optimistic = True
@@ -471,8 +474,8 @@ class ConversationTree:
     # --- structure -----------------------------------------------------------------------------
 
     def _wrap(self, node: Node, *, run_start_seen: bool = False) -> Internal:
+        """``node`` was built with this tree's :meth:`new_projection` (not the default one)."""
         self._seq += 1
-        node.projection = self.new_projection()
         return Internal(node=node, seq=self._seq, run_start_seen=run_start_seen)
 
     @staticmethod
@@ -570,11 +573,16 @@ class ConversationTree:
         if ev.serial is None:
             _apply_status(node, ev)
             return
-        if ev.serial in entry.lifecycle:
+        held = entry.lifecycle
+        if held is None:
+            entry.lifecycle = {ev.serial: ev}
+            _apply_status(node, ev)
+            return
+        if ev.serial in held:
             return  # a duplicate delivery
-        newest = max(entry.lifecycle, default=None)
-        entry.lifecycle[ev.serial] = ev
-        if newest is None or ev.serial > newest:
+        newest = max(held)
+        held[ev.serial] = ev
+        if ev.serial > newest:
             _apply_status(node, ev)
             return
         # An older event after newer ones (history pages, or a held event adopted mid-page): refold.
@@ -582,8 +590,8 @@ class ConversationTree:
         node.error = None
         node.end_serial = None
         node.last_resume_invocation_id = None
-        for serial in sorted(entry.lifecycle):
-            _apply_status(node, entry.lifecycle[serial])
+        for serial in sorted(held):
+            _apply_status(node, held[serial])
 
     def _backfill(self, entry: Internal, ev: RunLifecycle) -> None:
         node = entry.node
@@ -623,7 +631,7 @@ class ConversationTree:
             self._link_fork_input(ev.input_codec_message_id, ev.run_id)
             # Only a suspended run reactivates, and never on a start older than its recorded lifecycle
             # (history folds newest page first, so the start of a suspended run often comes last).
-            newest = max(existing.lifecycle, default=None)
+            newest = max(existing.lifecycle) if existing.lifecycle else None
             stale = ev.serial is not None and newest is not None and newest > ev.serial
             if existing.node.status == "suspended" and not stale:
                 existing.node.status = "active"
@@ -642,6 +650,7 @@ class ConversationTree:
             invocation_id=ev.invocation_id,
             start_serial=ev.serial,
             start_parent=ev.parent,
+            projection=self.new_projection(),
         )
         entry = self._wrap(node, run_start_seen=True)
         self._insert(ev.run_id, entry, node.parent)
@@ -713,7 +722,7 @@ class ConversationTree:
     def _apply_step_lifecycle(self, ev: StepLifecycle) -> None:
         entry = self._nodes.get(ev.run_id)
         if entry is None:  # a step-end too: it can fold before every other wire of its run
-            node = RunNode(ev.run_id, None, None, None, "", "", None)
+            node = RunNode(ev.run_id, None, None, None, "", "", None, projection=self.new_projection())
             entry = self._wrap(node)
             self._insert(ev.run_id, entry, None)
         if entry is None or not isinstance(entry.node, RunNode):
