@@ -48,20 +48,11 @@ class LogEntry(list[dict[str, Any]]):
     message, not an entry and its list, for every collection to walk."""
 
     __slots__ = ("decoded_through", "inputs", "message_id", "serial")
-
-    def __init__(  # noqa: PLR0917 - one per folded message: positional is cheaper
-        self,
-        serial: str,
-        message_id: str | None,
-        inputs: bool,
-        events: list[dict[str, Any]],
-        decoded_through: str,
-    ) -> None:
-        super().__init__(events)
-        self.serial = serial
-        self.message_id = message_id
-        self.inputs = inputs
-        self.decoded_through = decoded_through
+    # Built by _entry (list's own constructor copies the events; no Python __init__: one per message).
+    serial: str
+    message_id: str | None
+    inputs: bool
+    decoded_through: str
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -72,6 +63,17 @@ class LogEntry(list[dict[str, Any]]):
             f"LogEntry(serial={self.serial!r}, message_id={self.message_id!r}, inputs={self.inputs!r}, "
             f"events={list(self)!r}, decoded_through={self.decoded_through!r})"
         )
+
+
+def _entry(  # noqa: PLR0917 - one per folded message: positional is cheaper
+    serial: str, message_id: str | None, inputs: bool, events: list[dict[str, Any]], decoded_through: str
+) -> LogEntry:
+    entry = LogEntry(events)
+    entry.serial = serial
+    entry.message_id = message_id
+    entry.inputs = inputs
+    entry.decoded_through = decoded_through
+    return entry
 
 
 class WireLog(list[LogEntry]):
@@ -92,7 +94,12 @@ class WireLog(list[LogEntry]):
     ) -> Literal["dropped", "incremental", "refold"]:
         """Records ``events`` (copied into the entry)."""
         if not self or self[-1].serial < serial:  # the usual case: a newer message, appended
-            self.append(LogEntry(serial, message_id, inputs, events, version or serial))
+            entry = LogEntry(events)  # _entry(...), inline
+            entry.serial = serial
+            entry.message_id = message_id
+            entry.inputs = inputs
+            entry.decoded_through = version or serial
+            self.append(entry)
             return "incremental"
         last = len(self) - 1
         for i in range(last, -1, -1):
@@ -108,12 +115,12 @@ class WireLog(list[LogEntry]):
                 # The same serial now going the other way (a renamed update): a second entry right
                 # after it keeps the fold order the events arrived in (and the entry's message id).
                 through = version if version is not None else entry.decoded_through
-                self.insert(i + 1, LogEntry(serial, entry.message_id, inputs, events, through))
+                self.insert(i + 1, _entry(serial, entry.message_id, inputs, events, through))
                 return "incremental" if i == last else "refold"
             if entry.serial < serial:
-                self.insert(i + 1, LogEntry(serial, message_id, inputs, events, version or serial))
+                self.insert(i + 1, _entry(serial, message_id, inputs, events, version or serial))
                 return "incremental" if i == last else "refold"
-        self.insert(0, LogEntry(serial, message_id, inputs, events, version or serial))
+        self.insert(0, _entry(serial, message_id, inputs, events, version or serial))
         return "incremental" if len(self) == 1 else "refold"
 
 
