@@ -129,7 +129,9 @@ class StepRecord:
     started: bool = False
     canonical: str | None = None
     step_client_id: str | None = None
-    start_serials: set[str] = field(default_factory=set)
+    # The step's ai-step-start serials: none yet, the lone one itself, or a set once there are two
+    # (a set per step was one more tracked object per run).
+    start_serials: str | set[str] | None = None
     end_reasons: dict[str, str] = field(default_factory=dict)
 
 
@@ -139,7 +141,8 @@ class StepState:
     attribution: dict[str, tuple[str, str]] = field(
         default_factory=dict
     )  # output serial → (step, start serial)
-    output_attempts: dict[str, set[str]] = field(default_factory=dict)
+    # step → the step-start serials its outputs named: the lone one itself, or a set (tree._add_key)
+    output_attempts: dict[str, str | set[str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)

@@ -356,9 +356,9 @@ class ConversationTree:
             ss.attribution[serial] = (step_id, step_start_serial)
             attempts = ss.output_attempts.get(step_id)
             if attempts is None:
-                ss.output_attempts[step_id] = {step_start_serial}
-            else:
-                attempts.add(step_start_serial)
+                ss.output_attempts[step_id] = step_start_serial  # a lone attempt: itself (see _add_key)
+            elif attempts != step_start_serial:
+                _add_key(ss.output_attempts, step_id, step_start_serial)
         stamp = headers.get(H_STEER_CODEC_MESSAGE_IDS)
         steer_ids = _parse_steer_stamp(stamp) if stamp is not None else None
         # Gating depends on the step attribution recorded above only (folding changes neither):
@@ -734,7 +734,14 @@ class ConversationTree:
             rec = ss.steps[ev.step_id] = StepRecord()
         start_serial = ev.serial if ev.type == "step-start" else ev.step_start_serial
         if start_serial is not None:
-            rec.start_serials.add(start_serial)
+            have = rec.start_serials
+            if have is None:
+                rec.start_serials = start_serial  # a lone attempt: itself, as in _add_key
+            elif isinstance(have, str):
+                if have != start_serial:
+                    rec.start_serials = {have, start_serial}
+            else:
+                have.add(start_serial)
         if ev.type == "step-start":
             serial = ev.serial
             canonical = (
@@ -746,8 +753,7 @@ class ConversationTree:
             if canonical:
                 rec.canonical = serial
                 rec.step_client_id = ev.step_client_id
-                attempts = ss.output_attempts.get(ev.step_id)
-                if attempts and any(s != serial for s in attempts):
+                if any(s != serial for s in _keys(ss.output_attempts, ev.step_id)):
                     self._refold(entry)
         elif ev.step_start_serial is not None:
             rec.end_reasons[ev.step_start_serial] = ev.reason or "complete"
@@ -759,7 +765,7 @@ class ConversationTree:
             status: Any = "active"
             if r.started and r.canonical is not None:
                 status = r.end_reasons.get(r.canonical, "active")
-            steps.append(StepInfo(step_id, status, len(r.start_serials), r.step_client_id))
+            steps.append(StepInfo(step_id, status, len(_serials(r.start_serials)), r.step_client_id))
         entry.node.steps = tuple(steps)
 
     # --- client-side view (tree.ts visibleNodes + conversation-projection.ts) ------------------
@@ -941,8 +947,15 @@ def _keys(index: dict[_P, str | set[str]], parent: _P) -> Collection[str]:
 
 def _first_start(item: tuple[str, StepRecord]) -> str:
     """A step's place: its oldest ``ai-step-start`` serial (a step-end names its start's)."""
-    serials = item[1].start_serials
+    serials = _serials(item[1].start_serials)
     return min(serials) if serials else "\uffff"
+
+
+def _serials(have: str | set[str] | None) -> Collection[str]:
+    """A step's start serials (``StepRecord.start_serials``: none, the lone one, or a set)."""
+    if have is None:
+        return ()
+    return (have,) if isinstance(have, str) else have
 
 
 def _apply_status(node: RunNode, ev: RunLifecycle) -> None:
