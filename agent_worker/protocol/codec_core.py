@@ -29,8 +29,8 @@ from agent_worker.protocol.headers import (
     has_ai_envelope,
 )
 from agent_worker.protocol.wire import (
-    AppendOp,
     NO_HEADERS,
+    AppendOp,
     InboundMessage,
     OutboundMessage,
     PublishOp,
@@ -435,14 +435,14 @@ class DecoderCore:
         t.text = _CLOSED_TEXT
         self._trackers[serial] = _CLOSED_STREAM
 
-    def _terminal(  # noqa: PLR0917 - called per append: positional is cheaper
-        self, t_serial: str, t: StreamTracker, status: str | None, closing: Mapping[str, str], out: list[Event]
+    def _terminal(
+        self, serial: str, t: StreamTracker, status: str | None, closing: Mapping[str, str], out: list[Event]
     ) -> None:
         if status == "complete":
             out.extend(self._end_events(t, closing))
-            self._close(t_serial, t)
+            self._close(serial, t)
         elif status == "cancelled":
-            self._close(t_serial, t)
+            self._close(serial, t)
 
     def _append(self, msg: InboundMessage) -> list[Event]:
         serial = msg.serial

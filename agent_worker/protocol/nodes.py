@@ -65,7 +65,7 @@ class LogEntry(list[dict[str, Any]]):
         )
 
 
-def _entry(  # noqa: PLR0917 - one per folded message: positional is cheaper
+def _entry(
     serial: str, message_id: str | None, inputs: bool, events: list[dict[str, Any]], decoded_through: str
 ) -> LogEntry:
     entry = LogEntry(events)
