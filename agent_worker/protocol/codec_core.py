@@ -29,6 +29,7 @@ from agent_worker.protocol.headers import (
     has_ai_envelope,
 )
 from agent_worker.protocol.wire import (
+    NO_HEADERS,
     AppendOp,
     InboundMessage,
     OutboundMessage,
@@ -277,8 +278,9 @@ class StreamTracker:
     name: str
     stream_id: str
     text: _Text
-    codec: dict[str, str]
-    transport: dict[str, str]
+    # The message's own header mappings (read only, never changed in place) or copies of them.
+    codec: Mapping[str, str]
+    transport: Mapping[str, str]
     version: str
     closed: bool = False
 
@@ -289,6 +291,11 @@ class StreamTracker:
     @accumulated.setter
     def accumulated(self, value: str) -> None:
         self.text = _Text(value)
+
+
+_CLOSED_STREAM = StreamTracker("", "", _CLOSED_TEXT, NO_HEADERS, NO_HEADERS, "", closed=True)
+"""What a closed stream's serial maps to (see ``DecoderCore._close``); never changed: every path
+returns on ``closed`` before writing to a tracker."""
 
 
 class DecoderCore:
@@ -355,7 +362,7 @@ class DecoderCore:
                 return self._update(msg)
             case "message.delete":
                 if msg.serial and (t := self._trackers.get(msg.serial)) is not None:
-                    self._close(t)
+                    self._close(msg.serial, t)
                 return []
             case _:
                 return []
@@ -386,10 +393,11 @@ class DecoderCore:
         msg: InboundMessage,
         serial: str,
         data: str,
-        transport: dict[str, str] | None = None,
-        codec: dict[str, str] | None = None,
+        transport: Mapping[str, str] | None = None,
+        codec: Mapping[str, str] | None = None,
     ) -> StreamTracker:
-        """``transport``/``codec``: copies of the message's headers the caller already made."""
+        """``transport``/``codec``: the headers the tracker keeps, when the caller chose them
+        (default: copies of the message's)."""
         if transport is None:
             transport = dict(msg.transport_headers)
         t = StreamTracker(
@@ -419,21 +427,22 @@ class DecoderCore:
             t.version = version
         return False
 
-    @staticmethod
-    def _close(t: StreamTracker) -> None:
-        # A closed stream's text is never read or extended again (every path checks ``closed``
-        # first): one shared empty text, not two objects kept per stream the session ever saw.
+    def _close(self, serial: str, t: StreamTracker) -> None:
+        # A closed stream is never read or extended again (every path checks ``closed`` first and
+        # ignores the message): its serial keeps one shared closed tracker, not a tracker, its text
+        # and two header maps per stream the session ever saw.
         t.closed = True
         t.text = _CLOSED_TEXT
+        self._trackers[serial] = _CLOSED_STREAM
 
     def _terminal(
-        self, t: StreamTracker, status: str | None, closing: Mapping[str, str], out: list[Event]
+        self, serial: str, t: StreamTracker, status: str | None, closing: Mapping[str, str], out: list[Event]
     ) -> None:
         if status == "complete":
             out.extend(self._end_events(t, closing))
-            self._close(t)
+            self._close(serial, t)
         elif status == "cancelled":
-            self._close(t)
+            self._close(serial, t)
 
     def _append(self, msg: InboundMessage) -> list[Event]:
         serial = msg.serial
@@ -452,19 +461,16 @@ class DecoderCore:
         if delta:
             t.text.add(delta)
             out.extend(self._delta_events(t, delta))
-        self._terminal(t, msg.transport_headers.get(H_STATUS), msg.codec_headers, out)
+        self._terminal(serial, t, msg.transport_headers.get(H_STATUS), msg.codec_headers, out)
         return out
 
     def _update(self, msg: InboundMessage) -> list[Event]:
         serial = msg.serial
         if not serial:
             return []
-        transport = dict(msg.transport_headers)
-        codec = dict(msg.codec_headers)
-        status = transport.get(H_STATUS)
         t = self._trackers.get(serial)
         if t is None:
-            return self._first_contact(msg, serial, transport, codec, status)
+            return self._first_contact(msg, serial)
         if self._already_incorporated(t, msg.version_serial):
             return []
         data = msg.data if isinstance(msg.data, str) else ""
@@ -474,33 +480,34 @@ class DecoderCore:
             if delta:
                 t.accumulated = data
                 out.extend(self._delta_events(t, delta))
-            self._terminal(t, status, codec, out)
+            self._terminal(serial, t, msg.transport_headers.get(H_STATUS), msg.codec_headers, out)
             return out
         # A replacement (not a prefix extension): adopt the new state, emit nothing.
         t.accumulated = data
-        t.codec = codec
-        t.transport = transport
+        t.codec = dict(msg.codec_headers)
+        t.transport = dict(msg.transport_headers)
         return []
 
-    def _first_contact(
-        self,
-        msg: InboundMessage,
-        serial: str,
-        transport: dict[str, str],
-        codec: dict[str, str],
-        status: str | None,
-    ) -> list[Event]:
+    def _first_contact(self, msg: InboundMessage, serial: str) -> list[Event]:
+        transport = msg.transport_headers
         if transport.get(H_STREAM) != "true":
             return self._discrete(msg)
+        codec = msg.codec_headers
+        status = transport.get(H_STATUS)
         data = msg.data if isinstance(msg.data, str) else ""
-        t = self._new_tracker(msg, serial, data, transport, codec)
+        closes = status in ("complete", "cancelled")
+        # A stream that closes here (history's rolled-up streams) is read only now: its tracker
+        # reads the message's own headers; one left open keeps copies.
+        t = self._new_tracker(
+            msg, serial, data, transport if closes else dict(transport), codec if closes else dict(codec)
+        )
         out = self._start_events(t)
         if data:
             out.extend(self._delta_events(t, data))
         if status == "complete":
             out.extend(self._end_events(t, codec))
-        if status in ("complete", "cancelled"):
-            self._close(t)
+        if closes:
+            self._close(serial, t)
         return out
 
     # --- hooks (define-codec.ts buildHooks: only ai-output streams rebuild) ---------------------

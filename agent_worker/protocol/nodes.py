@@ -40,16 +40,40 @@ class StepInfo:
     step_client_id: str | None
 
 
-@dataclass(slots=True)
-class LogEntry:
+class LogEntry(list[dict[str, Any]]):
     """One serial's events. A message's events all go one way (``ai-input``: inputs, else outputs),
-    so the direction is kept once per entry, not as a ``(direction, event)`` tuple per event."""
+    so the direction is kept once per entry, not as a ``(direction, event)`` tuple per event.
 
+    The entry is the list of its events (``events`` is the entry itself): one object kept per folded
+    message, not an entry and its list, for every collection to walk."""
+
+    __slots__ = ("decoded_through", "inputs", "message_id", "serial")
+    # Built by _entry (list's own constructor copies the events; no Python __init__: one per message).
     serial: str
     message_id: str | None
     inputs: bool
-    events: list[dict[str, Any]]
     decoded_through: str
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"LogEntry(serial={self.serial!r}, message_id={self.message_id!r}, inputs={self.inputs!r}, "
+            f"events={list(self)!r}, decoded_through={self.decoded_through!r})"
+        )
+
+
+def _entry(
+    serial: str, message_id: str | None, inputs: bool, events: list[dict[str, Any]], decoded_through: str
+) -> LogEntry:
+    entry = LogEntry(events)
+    entry.serial = serial
+    entry.message_id = message_id
+    entry.inputs = inputs
+    entry.decoded_through = decoded_through
+    return entry
 
 
 class WireLog(list[LogEntry]):
@@ -68,9 +92,14 @@ class WireLog(list[LogEntry]):
         version: str | None,
         streamed: bool,
     ) -> Literal["dropped", "incremental", "refold"]:
-        """Takes ``events`` (a list the caller built for this message and does not change after)."""
+        """Records ``events`` (copied into the entry)."""
         if not self or self[-1].serial < serial:  # the usual case: a newer message, appended
-            self.append(LogEntry(serial, message_id, inputs, events, version or serial))
+            entry = LogEntry(events)  # _entry(...), inline
+            entry.serial = serial
+            entry.message_id = message_id
+            entry.inputs = inputs
+            entry.decoded_through = version or serial
+            self.append(entry)
             return "incremental"
         last = len(self) - 1
         for i in range(last, -1, -1):
@@ -79,19 +108,19 @@ class WireLog(list[LogEntry]):
                 if version is not None and (version <= entry.decoded_through or not streamed):
                     return "dropped"
                 if entry.inputs is inputs:
-                    entry.events.extend(events)
+                    entry.extend(events)
                     if version is not None:
                         entry.decoded_through = version
                     return "incremental" if i == last else "refold"
                 # The same serial now going the other way (a renamed update): a second entry right
                 # after it keeps the fold order the events arrived in (and the entry's message id).
                 through = version if version is not None else entry.decoded_through
-                self.insert(i + 1, LogEntry(serial, entry.message_id, inputs, events, through))
+                self.insert(i + 1, _entry(serial, entry.message_id, inputs, events, through))
                 return "incremental" if i == last else "refold"
             if entry.serial < serial:
-                self.insert(i + 1, LogEntry(serial, message_id, inputs, events, version or serial))
+                self.insert(i + 1, _entry(serial, message_id, inputs, events, version or serial))
                 return "incremental" if i == last else "refold"
-        self.insert(0, LogEntry(serial, message_id, inputs, events, version or serial))
+        self.insert(0, _entry(serial, message_id, inputs, events, version or serial))
         return "incremental" if len(self) == 1 else "refold"
 
 
@@ -100,7 +129,9 @@ class StepRecord:
     started: bool = False
     canonical: str | None = None
     step_client_id: str | None = None
-    start_serials: set[str] = field(default_factory=set)
+    # The step's ai-step-start serials: none yet, the lone one itself, or a set once there are two
+    # (a set per step was one more tracked object per run).
+    start_serials: str | set[str] | None = None
     end_reasons: dict[str, str] = field(default_factory=dict)
 
 
@@ -110,7 +141,8 @@ class StepState:
     attribution: dict[str, tuple[str, str]] = field(
         default_factory=dict
     )  # output serial → (step, start serial)
-    output_attempts: dict[str, set[str]] = field(default_factory=dict)
+    # step → the step-start serials its outputs named: the lone one itself, or a set (tree._add_key)
+    output_attempts: dict[str, str | set[str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)
@@ -183,8 +215,9 @@ class Internal:
     run_start_seen: bool = False
     optimistic: bool = False
     step_state: StepState | None = None
-    # A run's suspend/resume/end by serial, so a late older one refolds the status in serial order.
-    lifecycle: dict[str, RunLifecycle] = field(default_factory=dict)
+    # A run's suspend/resume/end by serial, so a late older one refolds the status in serial order
+    # (None until the first: an input node never has one).
+    lifecycle: dict[str, RunLifecycle] | None = None
     # Where ConversationTree placed it in its serial order (its sort key then).
     sort_key: tuple[int, str, int] = (1, "", 0)
 

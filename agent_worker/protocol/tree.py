@@ -274,7 +274,9 @@ class ConversationTree:
             streamed = headers.get(H_STREAM) == "true"
             entry = self._nodes.get(input_cmid)
             if entry is None:
-                node = InputNode(input_cmid, headers.get(H_PARENT), headers.get(H_FORK_OF), serial)
+                node = InputNode(
+                    input_cmid, headers.get(H_PARENT), headers.get(H_FORK_OF), serial, self.new_projection()
+                )
                 entry = self._wrap(node)
                 self._insert(input_cmid, entry, node.parent)
                 self._cmid_to_key[input_cmid] = input_cmid
@@ -330,6 +332,7 @@ class ConversationTree:
                 client_id=headers.get(H_RUN_CLIENT_ID, ""),
                 invocation_id=headers.get(H_INVOCATION_ID, ""),
                 start_serial=serial,
+                projection=self.new_projection(),
             )
             run = self._wrap(node)
             self._insert(run_id, run, node.parent)
@@ -353,9 +356,9 @@ class ConversationTree:
             ss.attribution[serial] = (step_id, step_start_serial)
             attempts = ss.output_attempts.get(step_id)
             if attempts is None:
-                ss.output_attempts[step_id] = {step_start_serial}
-            else:
-                attempts.add(step_start_serial)
+                ss.output_attempts[step_id] = step_start_serial  # a lone attempt: itself (see _add_key)
+            elif attempts != step_start_serial:
+                _add_key(ss.output_attempts, step_id, step_start_serial)
         stamp = headers.get(H_STEER_CODEC_MESSAGE_IDS)
         steer_ids = _parse_steer_stamp(stamp) if stamp is not None else None
         # Gating depends on the step attribution recorded above only (folding changes neither):
@@ -404,7 +407,7 @@ class ConversationTree:
         gated: bool | None = None,
     ) -> None:
         """``inputs``: whether ``events`` are inputs (else outputs); ``gated``: whether ``serial`` is
-        gated out, when the caller already knows. Keeps ``events`` (the decoder's list for this message)."""
+        gated out, when the caller already knows. Records ``events`` in the node's log."""
         if serial is None or not events:
             if serial is None and events:
                 entry.optimistic = True
@@ -471,8 +474,8 @@ class ConversationTree:
     # --- structure -----------------------------------------------------------------------------
 
     def _wrap(self, node: Node, *, run_start_seen: bool = False) -> Internal:
+        """``node`` was built with this tree's :meth:`new_projection` (not the default one)."""
         self._seq += 1
-        node.projection = self.new_projection()
         return Internal(node=node, seq=self._seq, run_start_seen=run_start_seen)
 
     @staticmethod
@@ -570,11 +573,16 @@ class ConversationTree:
         if ev.serial is None:
             _apply_status(node, ev)
             return
-        if ev.serial in entry.lifecycle:
+        held = entry.lifecycle
+        if held is None:
+            entry.lifecycle = {ev.serial: ev}
+            _apply_status(node, ev)
+            return
+        if ev.serial in held:
             return  # a duplicate delivery
-        newest = max(entry.lifecycle, default=None)
-        entry.lifecycle[ev.serial] = ev
-        if newest is None or ev.serial > newest:
+        newest = max(held)
+        held[ev.serial] = ev
+        if ev.serial > newest:
             _apply_status(node, ev)
             return
         # An older event after newer ones (history pages, or a held event adopted mid-page): refold.
@@ -582,8 +590,8 @@ class ConversationTree:
         node.error = None
         node.end_serial = None
         node.last_resume_invocation_id = None
-        for serial in sorted(entry.lifecycle):
-            _apply_status(node, entry.lifecycle[serial])
+        for serial in sorted(held):
+            _apply_status(node, held[serial])
 
     def _backfill(self, entry: Internal, ev: RunLifecycle) -> None:
         node = entry.node
@@ -623,7 +631,7 @@ class ConversationTree:
             self._link_fork_input(ev.input_codec_message_id, ev.run_id)
             # Only a suspended run reactivates, and never on a start older than its recorded lifecycle
             # (history folds newest page first, so the start of a suspended run often comes last).
-            newest = max(existing.lifecycle, default=None)
+            newest = max(existing.lifecycle) if existing.lifecycle else None
             stale = ev.serial is not None and newest is not None and newest > ev.serial
             if existing.node.status == "suspended" and not stale:
                 existing.node.status = "active"
@@ -642,6 +650,7 @@ class ConversationTree:
             invocation_id=ev.invocation_id,
             start_serial=ev.serial,
             start_parent=ev.parent,
+            projection=self.new_projection(),
         )
         entry = self._wrap(node, run_start_seen=True)
         self._insert(ev.run_id, entry, node.parent)
@@ -713,7 +722,7 @@ class ConversationTree:
     def _apply_step_lifecycle(self, ev: StepLifecycle) -> None:
         entry = self._nodes.get(ev.run_id)
         if entry is None:  # a step-end too: it can fold before every other wire of its run
-            node = RunNode(ev.run_id, None, None, None, "", "", None)
+            node = RunNode(ev.run_id, None, None, None, "", "", None, projection=self.new_projection())
             entry = self._wrap(node)
             self._insert(ev.run_id, entry, None)
         if entry is None or not isinstance(entry.node, RunNode):
@@ -725,7 +734,14 @@ class ConversationTree:
             rec = ss.steps[ev.step_id] = StepRecord()
         start_serial = ev.serial if ev.type == "step-start" else ev.step_start_serial
         if start_serial is not None:
-            rec.start_serials.add(start_serial)
+            have = rec.start_serials
+            if have is None:
+                rec.start_serials = start_serial  # a lone attempt: itself, as in _add_key
+            elif isinstance(have, str):
+                if have != start_serial:
+                    rec.start_serials = {have, start_serial}
+            else:
+                have.add(start_serial)
         if ev.type == "step-start":
             serial = ev.serial
             canonical = (
@@ -737,8 +753,7 @@ class ConversationTree:
             if canonical:
                 rec.canonical = serial
                 rec.step_client_id = ev.step_client_id
-                attempts = ss.output_attempts.get(ev.step_id)
-                if attempts and any(s != serial for s in attempts):
+                if any(s != serial for s in _keys(ss.output_attempts, ev.step_id)):
                     self._refold(entry)
         elif ev.step_start_serial is not None:
             rec.end_reasons[ev.step_start_serial] = ev.reason or "complete"
@@ -750,7 +765,7 @@ class ConversationTree:
             status: Any = "active"
             if r.started and r.canonical is not None:
                 status = r.end_reasons.get(r.canonical, "active")
-            steps.append(StepInfo(step_id, status, len(r.start_serials), r.step_client_id))
+            steps.append(StepInfo(step_id, status, len(_serials(r.start_serials)), r.step_client_id))
         entry.node.steps = tuple(steps)
 
     # --- client-side view (tree.ts visibleNodes + conversation-projection.ts) ------------------
@@ -932,8 +947,15 @@ def _keys(index: dict[_P, str | set[str]], parent: _P) -> Collection[str]:
 
 def _first_start(item: tuple[str, StepRecord]) -> str:
     """A step's place: its oldest ``ai-step-start`` serial (a step-end names its start's)."""
-    serials = item[1].start_serials
+    serials = _serials(item[1].start_serials)
     return min(serials) if serials else "\uffff"
+
+
+def _serials(have: str | set[str] | None) -> Collection[str]:
+    """A step's start serials (``StepRecord.start_serials``: none, the lone one, or a set)."""
+    if have is None:
+        return ()
+    return (have,) if isinstance(have, str) else have
 
 
 def _apply_status(node: RunNode, ev: RunLifecycle) -> None:

@@ -710,3 +710,18 @@ def test_closed_streams_stay_closed_and_share_no_text() -> None:
     assert dec.decode(_rolled_up("s2", "World", "t1")).outputs == []
     assert dec._trackers["s1"].closed and dec._trackers["s1"].accumulated == ""
     assert dec._trackers["s2"].accumulated == ""
+    # One shared closed tracker, not a tracker and its header maps kept per stream ever seen.
+    assert dec._trackers["s1"] is dec._trackers["s2"]
+
+
+def test_a_stream_left_open_keeps_its_own_headers_until_it_closes() -> None:
+    dec = UIMessageDecoder()
+    opening = dataclasses.replace(_rolled_up("s1", "Hel", "t0"), version_serial="s1-a")
+    opening.transport_headers["status"] = "streaming"  # type: ignore[index]
+    assert [c.get("delta") for c in dec.decode(opening).outputs if c["type"] == "text-delta"] == ["Hel"]
+    tracker = dec._trackers["s1"]
+    assert not tracker.closed and tracker.transport is not opening.transport_headers  # a copy
+    assert tracker.transport == opening.transport_headers
+    closing = dataclasses.replace(_rolled_up("s1", "Hello", "t0"), version_serial="s1-b")
+    assert [c["type"] for c in dec.decode(closing).outputs] == ["text-delta", "text-end"]
+    assert dec._trackers["s1"].closed and dec._trackers["s1"] is not tracker

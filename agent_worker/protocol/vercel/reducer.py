@@ -328,8 +328,11 @@ class VercelProjection:
             case "finish-step":
                 trackers = self._trackers.get(cmid)
                 if trackers is not None:
-                    trackers.text.clear()
-                    trackers.reasoning.clear()
+                    if trackers.tools:
+                        trackers.text.clear()
+                        trackers.reasoning.clear()
+                    else:  # nothing left to track: dropped, as good as a fresh one (one object less kept)
+                        del self._trackers[cmid]
             case "finish" | "message-metadata":
                 entry = self.find(cmid)
                 if entry is not None and "messageMetadata" in chunk:
