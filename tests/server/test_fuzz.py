@@ -47,8 +47,19 @@ class ThreadedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.run(self.server.stop())
+        # aiohttp finishes a connection's lingering read (a refused body's rest) in its own task:
+        # let every such task end before the loop stops, or it is destroyed while pending.
+        self.run(self._finish_tasks())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()
+
+    @staticmethod
+    async def _finish_tasks() -> None:
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
 
 @pytest.fixture(scope="module")
