@@ -81,6 +81,31 @@ def _rest(port: int) -> AblyRest:
     return AblyRest(**opts)
 
 
+BIG_PAGE = msgpack.packb([{"name": "m", "data": "x" * 1000, "serial": f"s{i}"} for i in range(100)])
+
+
+async def _refused_over_the_bound_then_read(host: Host, requests_when_refused: int | None = None) -> None:
+    """``BIG_PAGE`` is refused (104011) by a reader bounded one byte below it, and read whole by one
+    bounded at its size: the bound is the only difference."""
+    rest = _rest(host.port)
+    reader = HistoryReader(rest, binary=True, max_connections=2, max_page_bytes=len(BIG_PAGE) - 1)
+    try:
+        with pytest.raises(HistoryRefused) as refused:
+            await reader.page(PATH)
+        assert refused.value.code == 104011 and "over the limit" in refused.value.message
+        if requests_when_refused is not None:
+            assert len(host.requests) == requests_when_refused
+        # (Through the SDK fallback too: it serves reads for a while after the primary failed.)
+        roomy = HistoryReader(rest, binary=True, max_connections=2, max_page_bytes=len(BIG_PAGE))
+        try:
+            assert len((await roomy.page(PATH)).items) == 100
+        finally:
+            await roomy.close()
+    finally:
+        await reader.close()
+        await rest.close()
+
+
 def _links_to(target: str) -> Callable[[web.Request], web.Response]:
     return lambda _r: web.Response(body=ITEMS, headers={**MSGPACK, "Link": f'<{target}>; rel="next"'})
 
@@ -168,26 +193,11 @@ async def test_a_redirect_is_not_followed(hosts: tuple[Host, Host], status: int,
 @pytest.mark.parametrize("chunked", [False, True])
 async def test_body_past_the_bound_is_refused(hosts: tuple[Host, Host], chunked: bool) -> None:
     rest_host, _ = hosts
-    big = msgpack.packb([{"name": "m", "data": "x" * 1000, "serial": f"s{i}"} for i in range(100)])
     if chunked:
-        rest_host.streamed = big
+        rest_host.streamed = BIG_PAGE
     else:
-        rest_host.answer = lambda _r: web.Response(body=big, headers=MSGPACK)
-    rest = _rest(rest_host.port)
-    reader = HistoryReader(rest, binary=True, max_connections=2, max_page_bytes=len(big) - 1)
-    try:
-        with pytest.raises(HistoryRefused) as refused:
-            await reader.page(PATH)
-        assert refused.value.code == 104011 and "over the limit" in refused.value.message
-        # The bound is the only difference: the same body within it is read.
-        roomy = HistoryReader(rest, binary=True, max_connections=2, max_page_bytes=len(big))
-        try:
-            assert len((await roomy.page(PATH)).items) == 100
-        finally:
-            await roomy.close()
-    finally:
-        await reader.close()
-        await rest.close()
+        rest_host.answer = lambda _r: web.Response(body=BIG_PAGE, headers=MSGPACK)
+    await _refused_over_the_bound_then_read(rest_host)
 
 
 @pytest.mark.parametrize(
@@ -245,23 +255,8 @@ async def test_the_sdk_fallback_is_bounded_in_size(hosts: tuple[Host, Host]) -> 
     """ably-python's ``request()`` (primary host 5xx, fallback hosts) read any body whole and kept it:
     now one over the page bound is refused with 104011, as the lean GET refuses it."""
     rest_host, _ = hosts
-    big = msgpack.packb([{"name": "m", "data": "x" * 1000, "serial": f"s{i}"} for i in range(100)])
-    _via_sdk(rest_host, lambda _r: web.Response(body=big, headers=MSGPACK))
-    rest = _rest(rest_host.port)
-    reader = HistoryReader(rest, binary=True, max_connections=2, max_page_bytes=len(big) - 1)
-    try:
-        with pytest.raises(HistoryRefused) as refused:
-            await reader.page(PATH)
-        assert refused.value.code == 104011 and "over the limit" in refused.value.message
-        assert len(rest_host.requests) == 2  # the lean GET, then the SDK's
-        roomy = HistoryReader(rest, binary=True, max_connections=2, max_page_bytes=len(big))
-        try:  # the SDK serves reads for a while after the primary failed: same body, within bound
-            assert len((await roomy.page(PATH)).items) == 100
-        finally:
-            await roomy.close()
-    finally:
-        await reader.close()
-        await rest.close()
+    _via_sdk(rest_host, lambda _r: web.Response(body=BIG_PAGE, headers=MSGPACK))
+    await _refused_over_the_bound_then_read(rest_host, requests_when_refused=2)  # lean, then SDK
 
 
 async def test_the_sdk_fallback_is_bounded_in_time(hosts: tuple[Host, Host]) -> None:

@@ -265,6 +265,17 @@ async def test_a_session_cancelled_while_queued_leaves_the_queue() -> None:
         await pool.close()
 
 
+def _local_settings(server: EmbeddedServer, **kw: Any) -> AblySettings:
+    """The worker's Ably settings for the embedded server on loopback (the tests vary the pool)."""
+    return AblySettings(
+        endpoint=f"127.0.0.1:{server.port}",
+        key=Secret(server.default_key),
+        tls=False,
+        client_id="agent-worker",
+        **kw,
+    )
+
+
 async def _until(predicate: Any, what: str, limit_s: float = 30.0) -> None:
     async with asyncio.timeout(limit_s):
         while not predicate():  # noqa: ASYNC110 - polls the factory's background building
@@ -276,11 +287,8 @@ async def test_pool_grows_with_spare_clients_sharing_one_token() -> None:
     transport requested (not one token request per connection), and growth takes the clients
     built ahead instead of building them then."""
     async with EmbeddedServer(ServerConfig(port=0)) as server:
-        settings = AblySettings(
-            endpoint=f"127.0.0.1:{server.port}",
-            key=Secret(server.default_key),
-            tls=False,
-            client_id="agent-worker",
+        settings = _local_settings(
+            server,
             max_connections=3,
             spare_clients=2,
             spare_clients_after_s=0.0,
@@ -328,11 +336,8 @@ async def test_history_reads_use_the_shared_token_without_requesting_one(
 
     monkeypatch.setattr(Auth, "request_token", counted)
     async with EmbeddedServer(ServerConfig(port=0)) as server:
-        settings = AblySettings(
-            endpoint=f"127.0.0.1:{server.port}",
-            key=Secret(server.default_key),
-            tls=False,
-            client_id="agent-worker",
+        settings = _local_settings(
+            server,
             spare_clients=0,
             warm_connections=0,
         )
@@ -435,11 +440,8 @@ async def test_transport_keeps_warm_connections_open_for_new_sessions() -> None:
     """Over the embedded server: the transport opens its warm connections ahead (each a real,
     connected client), and new session channels attach on them without the pool opening any."""
     async with EmbeddedServer(ServerConfig(port=0)) as server:
-        settings = AblySettings(
-            endpoint=f"127.0.0.1:{server.port}",
-            key=Secret(server.default_key),
-            tls=False,
-            client_id="agent-worker",
+        settings = _local_settings(
+            server,
             max_connections=4,
             warm_connections=3,
             spare_clients_after_s=0.0,
