@@ -231,6 +231,11 @@ class ConversationTree:
                 del self._cmid_to_key[cmid]
 
     @property
+    def node_count(self) -> int:
+        """How many runs and inputs the tree holds (what a prompt built from it scales with)."""
+        return len(self._nodes)
+
+    @property
     def version(self) -> int:
         """Structural version: changes whenever nodes, parents, ordering or the id index change."""
         return self._version

@@ -69,6 +69,10 @@ class RunHost(Protocol):
 
 log = get_logger("agent_worker.runtime.run")
 
+LONG_CONVERSATION_NODES = 200
+"""From this many runs and inputs in the tree, a pipelined run-start's frame is written before the
+handler builds its prompt (:meth:`Run.start`): building it costs more than the loop turn."""
+
 
 @dataclass(frozen=True, slots=True)
 class CancelRequest:
@@ -238,10 +242,14 @@ class Run:
             self._start_published = True
             self._start_ack = send(msg)
             self._start_ack.add_done_callback(retrieve_exception)
-            # No yield here (in a burst each one is a turn of a busy loop): the task writes its
-            # frame in its first step, before any task created after it takes its own (the
-            # step-start's), and a publish this run makes itself waits for its ACK first
-            # (:meth:`_start_before_end`).
+            # The task writes its frame in its first step, before any task created after it takes
+            # its own (the step-start's), and a publish this run makes itself waits for its ACK
+            # first (:meth:`_start_before_end`). No yield for a short conversation (in a burst of
+            # new ones each yield is a turn of a busy loop), but a long one's prompt is built next,
+            # in this turn (~10 ms of CPU for 1,000 messages): the frame goes out before it, so
+            # every device sees the run start that much sooner.
+            if self.session.tree.node_count >= LONG_CONVERSATION_NODES:
+                await asyncio.sleep(0)
         else:
             # Marked before awaiting, and shielded: if the run is cancelled while the ACK is
             # pending, the run-start is on the wire anyway, and the teardown must not publish a

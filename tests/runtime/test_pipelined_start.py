@@ -10,9 +10,10 @@ import asyncio
 import pytest
 
 from agent_worker.errors import TransportError
+from agent_worker.protocol.headers import RunLifecycle
 from agent_worker.protocol.tree import ConversationTree
 from agent_worker.protocol.wire import AppendOp, OutboundMessage, PublishOp
-from agent_worker.runtime.run import Run, RunPhase
+from agent_worker.runtime.run import LONG_CONVERSATION_NODES, Run, RunPhase
 from agent_worker.runtime.streaming import StreamWriter
 from tests.runtime.test_stream_windows import NoEncoder
 
@@ -112,6 +113,28 @@ async def test_the_handler_starts_before_the_run_start_ack_and_its_step_follows_
     assert channel.outputs == [("start", "serial-step-start")]
     await run.end("complete")
     assert channel.sent[-2:] == ["ai-step-end", "ai-run-end"]
+
+
+async def test_a_long_conversations_run_start_is_written_before_the_handler_builds_its_prompt() -> None:
+    """A long conversation's prompt costs milliseconds to build in the handler's first turn: the
+    run-start's frame is written first (one yield); a short one's is not worth a loop turn."""
+    channel = HeldAckChannel()
+    host = Host(channel)
+    for i in range(LONG_CONVERSATION_NODES):
+        host.tree.apply_run_lifecycle(
+            RunLifecycle(
+                type="start", run_id=f"old-{i}", client_id="agent", invocation_id=f"i{i}", serial=f"s{i:04}"
+            )
+        )
+    assert host.tree.node_count == LONG_CONVERSATION_NODES
+    run = Run(host, event_id="e1")
+    await run.start(pipelined=True)
+    assert channel.sent == ["ai-run-start"] and not channel.acks[0].done()
+    assert run.started and run.phase is RunPhase.ACTIVE
+
+    short = HeldAckChannel()
+    await Run(Host(short), event_id="e1").start(pipelined=True)
+    assert short.sent == []  # written on the loop's next turn (the test above)
 
 
 async def test_chunks_sent_while_the_step_start_is_unacknowledged_keep_their_order() -> None:
