@@ -441,9 +441,10 @@ class Worker:
         try:
             # In flight too: a burst of simultaneous invocations all pass this check before any of
             # them has opened its session and created its run.
-            self.admission.check_capacity(
-                len(self._slotted), len(self._unlocated) + self.admission.in_flight, caller=caller_client_id
-            )
+            unlocated = len(self._unlocated) + self.admission.in_flight
+            if self.engine is not None:
+                unlocated += self.engine.pending.locating  # waiting in a workflow's openRun
+            self.admission.check_capacity(len(self._slotted), unlocated, caller=caller_client_id)
         except WorkerBusy:
             self.metrics.invocations.labels("busy").inc()
             raise
