@@ -25,7 +25,7 @@ from typing import Protocol
 
 from agent_worker.errors import AgentWorkerError
 
-__all__ = ["CallerShares", "OverShare", "PendingInputs"]
+__all__ = ["CallerShares", "OverShare", "PendingInputs", "WaitRefused"]
 
 
 class CallerShares(Protocol):
@@ -39,11 +39,20 @@ class CallerShares(Protocol):
     def give_back(self, caller: str | None) -> None: ...
 
 
-class OverShare(AgentWorkerError):
-    """An ``openRun`` whose caller holds its share here already (42910): the invocation is refused."""
+class WaitRefused(AgentWorkerError):
+    """An ``openRun``'s wait for its input refused: the invocation is refused (nothing published)."""
+
+
+class OverShare(WaitRefused):
+    """An ``openRun`` whose caller holds its share here already (42910)."""
 
     code = 42910
     status_code = 429
+
+
+def _shutting_down() -> WaitRefused:
+    msg = "the worker shut down while the invocation waited for its input; retry on another worker"
+    return WaitRefused(msg, code=50300, status_code=503)
 
 
 class PendingInputs:
@@ -53,6 +62,8 @@ class PendingInputs:
         self._reserved: dict[str, tuple[str | None, asyncio.TimerHandle | None]] = {}
         self.locating = 0
         """Holds in place (reserved or in an ``openRun``): counted towards the worker's pending cap."""
+        self._waiting: set[asyncio.Task[object]] = set()
+        self._closed = False
 
     def reserve(self, invocation_id: str, caller: str | None) -> bool:
         """Before starting ``invocation_id``'s workflow: hold ``caller``'s share for its ``openRun``.
@@ -74,15 +85,22 @@ class PendingInputs:
         """Give back an unclaimed reservation (the start failed or was a duplicate, or it lapsed)."""
         entry = self._reserved.pop(invocation_id, None)
         if entry is not None:
-            if entry[1] is not None:
-                entry[1].cancel()
-            self._give_back(entry[0])
+            self._cancel_entry(entry)
+
+    def _cancel_entry(self, entry: tuple[str | None, asyncio.TimerHandle | None]) -> None:
+        if entry[1] is not None:
+            entry[1].cancel()
+        self._give_back(entry[0])
 
     @contextmanager
     def locating_input(self, invocation_id: str, caller: str | None) -> Iterator[None]:
         """Around an ``openRun``'s wait for its input: the reservation made here is claimed, else
         ``caller``'s share is checked (:class:`OverShare`) and taken."""
         entry = self._reserved.pop(invocation_id, None)
+        if self._closed:
+            if entry is not None:
+                self._cancel_entry(entry)
+            raise _shutting_down()
         if entry is not None:
             if entry[1] is not None:
                 entry[1].cancel()
@@ -93,10 +111,35 @@ class PendingInputs:
             except AgentWorkerError as exc:
                 raise OverShare(exc.message, code=exc.code) from None
             self._take(caller)
+        task = asyncio.current_task()
+        if task is not None:
+            self._waiting.add(task)
         try:
             yield
+        except asyncio.CancelledError:
+            if not (self._closed and task is not None and task.uncancel() == 0):
+                raise
+            # Our own cancel (cancel_waits): a refusal, so Temporal does not retry the step.
+            raise _shutting_down() from None
         finally:
+            if task is not None:
+                self._waiting.discard(task)
             self._give_back(caller)
+
+    @property
+    def waiting(self) -> int:
+        """``openRun`` steps here waiting for their input."""
+        return len(self._waiting)
+
+    def cancel_waits(self) -> int:
+        """Refuse the ``openRun`` steps still waiting for their input, and any later one (the worker
+        is past its drain bound, as a local run still looking for its input is cancelled then); how
+        many were waiting."""
+        self._closed = True
+        waiting = list(self._waiting)
+        for task in waiting:
+            task.cancel()
+        return len(waiting)
 
     def _take(self, caller: str | None) -> None:
         self._admission.take(caller)

@@ -296,7 +296,7 @@ class Worker:
         self._state = "draining"
         timeout = self.config.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
         # The engine stops taking steps first; those it runs here are in _active and drain below.
-        engine_closed = asyncio.create_task(self.engine.close()) if self.engine is not None else None
+        engine_closed = asyncio.create_task(self.engine.close(timeout)) if self.engine is not None else None
         for rebuild in list(self._rebuilds):  # a watched input not started yet: not accepted
             rebuild.cancel()
         pending = list(self._active)

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
+import structlog
 
 from agent_worker.engine.pending import OverShare, PendingInputs
 from agent_worker.providers.echo import EchoProvider
@@ -96,3 +97,23 @@ async def test_made_up_inputs_hold_the_callers_share_while_their_workflows_wait(
     assert mallory.run_text(first.run_id)
     again = await worker.invoke(session_name, str(uuid.uuid4()), caller_client_id="mallory")
     assert again.run_id
+
+
+async def test_shutdown_cancels_input_waits_past_the_drain_bound(
+    make_temporal_worker: MakeWorker, session_name: str
+) -> None:
+    """An openRun waiting for an input that never comes held the worker's shutdown for the whole
+    wait (trigger_wait_s, + 120 s while the channel is down; Temporal's graceful timeout does not
+    bound a local activity). Past the drain bound it is now cancelled, as a local run still
+    looking for its input is; the caller's hold is given back."""
+    harness = await make_temporal_worker(EchoProvider(), trigger_wait_s=3600.0)
+    worker = harness.worker
+    assert worker.engine is not None
+    pending = worker.engine.pending
+    await worker.invoke(session_name, str(uuid.uuid4()), caller_client_id="mallory")
+    await eventually(lambda: pending.waiting == 1, within=60, what="openRun waiting for its input")
+    with structlog.testing.capture_logs() as logs:
+        await worker.close(drain_timeout_s=0.1)  # returns (the wait was an hour)
+    assert [e["count"] for e in logs if e["event"] == "input_waits_cancelled"] == [1]
+    assert pending.waiting == 0 and pending.locating == 0
+    assert worker.admission.held_by("mallory") == 0

@@ -33,7 +33,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from agent_worker.engine.host import EngineHost
-from agent_worker.engine.pending import OverShare, PendingInputs
+from agent_worker.engine.pending import PendingInputs, WaitRefused
 from agent_worker.engine.temporal.types import (
     CLEANUP_RUN,
     END_RUN,
@@ -196,7 +196,7 @@ class TurnActivities:
                     await asyncio.shield(terminate(run, "cancelled", None))
                     self._mark_ended(run)
                 return RunIds(run.run_id, run.invocation_id)
-            except (RunAlreadyActive, InputEventNotFound, AuthError, OverShare) as exc:
+            except (RunAlreadyActive, InputEventNotFound, AuthError, WaitRefused) as exc:
                 log.warning("run_refused", code=exc.code, reason=exc.message)
                 raise _refused(exc) from None
             except ProtocolError as exc:

@@ -267,15 +267,30 @@ class TemporalEngine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def close(self) -> None:
-        """Stop polling; steps in flight finish (the worker's drain bounds them)."""
+    def _cancel_input_waits(self) -> None:
+        cancelled = self.pending.cancel_waits()
+        if cancelled:
+            log.warning("input_waits_cancelled", count=cancelled, reason="shutdown")
+
+    async def close(self, drain_timeout_s: float | None = None) -> None:
+        """Stop polling; steps in flight finish (the worker's drain bounds them), openRun's waits for
+        an input within ``drain_timeout_s`` (default: ``[worker] drain_timeout_s``)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(BaseException):
                 await self._sweeper
+        # The Temporal worker's shutdown waits for an openRun (a local activity) for as long as it
+        # waits for its input (trigger_wait_s, + 120 s while the channel is down), past any
+        # graceful timeout: past the worker's drain bound those waits are cancelled, as a local run
+        # still looking for its input is (nothing was published; the workflow fails, so a retried
+        # POST starts over).
+        loop = asyncio.get_running_loop()
+        drain_s = self.host.config.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
+        bound = loop.call_later(drain_s, self._cancel_input_waits)
         if self._worker is not None:
             with contextlib.suppress(Exception):
                 await self._worker.shutdown()
+        bound.cancel()
         if self._running is not None:
             with contextlib.suppress(BaseException):
                 await self._running
