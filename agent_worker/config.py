@@ -151,6 +151,10 @@ class HttpConfig(_Section):
     kept-alive one (aiohttp's ``keepalive_timeout``, 3630 s by default). Above the usual 60 s idle
     timeout of proxies and load balancers; behind one that keeps idle upstreams longer, raise it
     past that."""
+    max_connections: Annotated[int, Field(ge=1)] = 1024
+    """Connections the port holds at once (aiohttp has no bound but the file descriptor limit):
+    past it a new one is answered ``503`` (50300, ``Retry-After: 1``) and closed, while those in are
+    served as before. Far above ``max_concurrent_runs`` + ``max_pending_invocations``."""
     cors_origins: StrTuple = ()
     """Origins allowed to POST from a browser (``"*"`` for any); empty = no CORS headers."""
     dev_token_endpoint: bool | None = None

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from agent_worker.config import WorkerConfig
+from agent_worker.engine.pending import CallerShares
 from agent_worker.runtime.run import Run
 from agent_worker.runtime.session import AgentSession
 from agent_worker.runtime.supervisor import RunSupervisor
@@ -20,6 +21,10 @@ class EngineHost(Protocol):
     """Its handler (``passes``), locate limits, observer (metrics, presence, counters) and hooks."""
     on_run_created: Callable[[Run], None] | None
     """Called as each run is created here, before it can receive a cancel (per-run hooks)."""
+
+    @property
+    def admission(self) -> CallerShares:
+        """Its capacity bookkeeping (the caller's share covers an engine's wait for the input)."""
 
     async def session(self, name: str) -> AgentSession:
         """The worker's pooled, attached session for a channel (its fold, cancel routing)."""

@@ -124,6 +124,10 @@ class ConversationTree:
         self._early_count = 0
         # Nodes holding outputs the decoder repaired (a mid-stream join): refolded through its filter.
         self._repaired: set[Internal] = set()
+        # Nodes whose log has not only grown at its end (a wire folded out of serial order, or one
+        # without a serial): only for these can the decoder's repairs (chosen in arrival order)
+        # differ from what a serial-order refold keeps.
+        self._disordered: set[Internal] = set()
 
     # --- feeding -------------------------------------------------------------------------------
 
@@ -221,6 +225,7 @@ class ConversationTree:
         self._version += 1
         node = entry.node
         self._repaired.discard(entry)
+        self._disordered.discard(entry)
         _discard_key(self._children, node.parent, key)
         if entry in self._sorted:
             self._sorted.remove(entry)
@@ -373,12 +378,15 @@ class ConversationTree:
         is_input = bool(inputs)
         events = inputs if is_input else outputs
         streamed = headers.get(H_STREAM) == "true"
-        self._record_and_fold(run, is_input, events, serial, cmid, version, streamed, gated)
+        in_order = self._record_and_fold(run, is_input, events, serial, cmid, version, streamed, gated)
         if outputs and type(outputs[0]) is Repair:
             # The decoder repaired a join it saw out of order: the refold keeps a repair only where
-            # the run's outputs in serial order need it.
+            # the run's outputs in serial order need it. A run folded in serial order throughout
+            # already has exactly those (the decoder's phases then are the filter's), so it is not
+            # refolded: an agent sending finish-step without start-step got a repair, and a refold
+            # of its whole run, per step (quadratic in the run's length).
             self._repaired.add(run)
-            if len(run.log) > 1:
+            if len(run.log) > 1 and not (in_order and headers.get(H_RUN_ID) == run_id):
                 self._refold(run)
         return _result(
             None, None, not gated, owner_key, cmid, input_cmid, serial, step_id, step_start_serial,
@@ -410,26 +418,30 @@ class ConversationTree:
         version: str | None,
         streamed: bool,
         gated: bool | None = None,
-    ) -> None:
+    ) -> bool:
         """``inputs``: whether ``events`` are inputs (else outputs); ``gated``: whether ``serial`` is
-        gated out, when the caller already knows. Records ``events`` in the node's log."""
+        gated out, when the caller already knows. Records ``events`` in the node's log. True: they
+        were folded at the end of a log that has only ever grown in serial order."""
         if serial is None or not events:
             if serial is None and events:
                 entry.optimistic = True
+                self._disordered.add(entry)
             self._fold_into(entry, inputs, events, serial, message_id, gated)
-            return
+            return False
         outcome = entry.log.record(serial, message_id, inputs, events, version, streamed)
         if outcome == "dropped":
-            return
+            return False
         if entry.optimistic:
             # The echo of an optimistic fold: rebuild from the log so the seed never doubles up.
             entry.optimistic = False
             self._refold(entry)
-            return
+            return False
         if outcome == "refold":
+            self._disordered.add(entry)
             self._refold(entry)
-            return
+            return False
         self._fold_into(entry, inputs, events, serial, message_id, gated)
+        return entry not in self._disordered
 
     def _fold_into(  # noqa: PLR0917 - called per message: positional is cheaper
         self,

@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from agent_worker.conncap import CappedSite, ConnectionCap
 from agent_worker.errors import ConfigError
 from agent_worker.server.auth import ApiKey, Capability, KeyRing, token_details
 from agent_worker.server.config import DEFAULT_DEV_KEY, ServerConfig
@@ -111,6 +112,7 @@ class EmbeddedServer(TokenMint):
         self._hub: Hub | None = None
         self._gateway: RealtimeGateway | None = None
         self._rest: RestApi | None = None
+        self.connection_cap = ConnectionCap(self.config.max_connections, name="the server")
 
     def __repr__(self) -> str:
         endpoint = self.endpoint if self._port else None
@@ -146,14 +148,17 @@ class EmbeddedServer(TokenMint):
         # keepalive_timeout closes a connection only while it waits for a request (its first one
         # included), never during a handler: a realtime socket is one long handler.
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, keepalive_timeout=cfg.http_idle_timeout_s
+            app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=cfg.http_idle_timeout_s,
+            shutdown_timeout=1.0,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, cfg.host, cfg.port, shutdown_timeout=1.0)
+        # Realtime sockets and REST connections share the cap (agent_worker/conncap.py).
+        site = CappedSite(self._runner, cfg.host, cfg.port, self.connection_cap)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self._port = sockets[0].getsockname()[1] if sockets else cfg.port
+        self._port = site.port
         self._gateway.start()
         self._state = _State.RUNNING
         log.info(
@@ -163,6 +168,9 @@ class EmbeddedServer(TokenMint):
             keys=[k.split(":", 1)[0] for k in self.keys],
             restricted_keys=sorted(cfg.key_capabilities),
             channel_rules=[r.describe() for r in cfg.channel_rules],
+            max_connections=cfg.max_connections,
+            close_timeout_ms=cfg.close_timeout_ms,
+            http_body_timeout_s=cfg.http_body_timeout_s,
         )
         return self
 

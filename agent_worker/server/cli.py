@@ -95,6 +95,30 @@ def register(app: typer.Typer) -> None:
                 "realtime sockets are not affected).",
             ),
         ] = 75.0,
+        http_body_timeout_s: Annotated[
+            float,
+            typer.Option(
+                min=0.001,
+                help="Answer 408 (40800) to a REST request whose body takes longer than this to "
+                "arrive after its headers (seconds).",
+            ),
+        ] = 10.0,
+        close_timeout_ms: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                help="How long closing a realtime socket may take to flush its last frames before "
+                "it is dropped (a client that stopped reading).",
+            ),
+        ] = 5_000,
+        max_connections: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                help="TCP connections (realtime and REST) the port holds at once; past it a new "
+                "one is answered 503 (50300) and closed.",
+            ),
+        ] = 4096,
         log_format: Annotated[str, typer.Option(help="Diagnostics on stderr: console or json.")] = "console",
         log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     ) -> None:
@@ -141,6 +165,9 @@ def register(app: typer.Typer) -> None:
                 append_rollup_window_ms=append_rollup_window_ms,
                 retention=retention,
                 http_idle_timeout_s=http_idle_timeout_s,
+                http_body_timeout_s=http_body_timeout_s,
+                close_timeout_ms=close_timeout_ms,
+                max_connections=max_connections,
                 **settings,
             )
             srv_check = EmbeddedServer(server_config)  # validates keys and capabilities now

@@ -72,6 +72,9 @@ class ServerConfig:
     max_channels_per_connection: int = 1000
     # Connections (live or resumable) one API key's clients may hold (more: ERROR 40111, 403).
     max_connections_per_key: int = 10_000
+    # TCP connections the port holds at once, realtime and REST (more: 503 / 50300 at once, see
+    # agent_worker/conncap.py); aiohttp itself has no bound but the file descriptor limit.
+    max_connections: int = 4096
 
     @property
     def effective_retention(self) -> Retention | None:

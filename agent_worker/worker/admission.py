@@ -136,20 +136,25 @@ class Admission:
         if running >= self.max_runs:
             msg = f"the worker is at its limit of {self.max_runs} concurrent runs"
             raise WorkerBusy(msg, retry_after=self.retry_after_s)
-        if caller is not None:
-            held = self._held[caller]
-            if held >= self.max_pending_per_caller:
-                if caller not in self._over_share:
-                    self._over_share.add(caller)
-                    log.warning("invocation_caller_over_share", caller=caller, pending=held)
-                msg = (
-                    f"the caller {caller!r} already has {held} invocations whose input is not found yet "
-                    f"(at most {self.max_pending_per_caller} per caller); retry once they are found or end"
-                )
-                raise CallerBusy(msg, retry_after=self.retry_after_s)
+        self.check_share(caller)
         if unlocated >= self.max_pending:
             msg = f"the worker is looking for {unlocated} inputs already; retry shortly"
             raise WorkerBusy(msg, retry_after=self.retry_after_s)
+
+    def check_share(self, caller: str | None) -> None:
+        """:class:`CallerBusy` when ``caller`` holds its share of the pending invocations already."""
+        if caller is None:
+            return
+        held = self._held[caller]
+        if held >= self.max_pending_per_caller:
+            if caller not in self._over_share:
+                self._over_share.add(caller)
+                log.warning("invocation_caller_over_share", caller=caller, pending=held)
+            msg = (
+                f"the caller {caller!r} already has {held} invocations whose input is not found yet "
+                f"(at most {self.max_pending_per_caller} per caller); retry once they are found or end"
+            )
+            raise CallerBusy(msg, retry_after=self.retry_after_s)
 
     def take(self, caller: str | None) -> None:
         """An admitted invocation (then its run, until located or ended) counts towards ``caller``'s

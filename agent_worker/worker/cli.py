@@ -55,6 +55,15 @@ def register(app: typer.Typer) -> None:
                 "--http", envvar="AGENT_WORKER_HTTP", help="HOST:PORT for /api/chat, /healthz, /metrics."
             ),
         ] = None,
+        http_max_connections: Annotated[
+            int | None,
+            typer.Option(
+                "--http-max-connections",
+                envvar="AGENT_WORKER_HTTP_MAX_CONNECTIONS",
+                help="Connections the HTTP port holds at once; past it 503 (default 1024).",
+                show_default=False,
+            ),
+        ] = None,
         provider: Annotated[
             str | None,
             typer.Option(
@@ -126,6 +135,7 @@ def register(app: typer.Typer) -> None:
             ably_endpoint=ably_endpoint,
             key=key,
             http=http,
+            http_max_connections=http_max_connections,
             provider=provider,
             watch=tuple(watch or ()),
             log_format=log_format,

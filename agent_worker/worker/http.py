@@ -18,6 +18,7 @@ from aiohttp import web
 
 from agent_worker.client.tokens import decode_token
 from agent_worker.config import HttpConfig
+from agent_worker.conncap import CappedSite, ConnectionCap
 from agent_worker.errors import AgentWorkerError, AuthError, ConfigError, ProtocolError, TransportError
 from agent_worker.limits import loads_json, read_body
 from agent_worker.logs import get_logger
@@ -262,6 +263,7 @@ async def serve(
     app = build_app(worker, config, token_key=token_key, web_client=web_client)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.idle_timeout_s)
     await runner.setup()
-    site = web.TCPSite(runner, host or config.host, config.port if port is None else port)
+    cap = ConnectionCap(config.max_connections, name="the worker's HTTP endpoint")
+    site = CappedSite(runner, host or config.host, config.port if port is None else port, cap)
     await site.start()
     return runner

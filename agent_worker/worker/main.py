@@ -28,6 +28,7 @@ class Overrides:
     ably_endpoint: str | None = None
     key: str | None = None
     http: str | None = None
+    http_max_connections: int | None = None
     provider: str | None = None
     watch: tuple[str, ...] = ()
     log_format: str | None = None
@@ -68,6 +69,11 @@ def apply_overrides(cfg: Config, o: Overrides) -> Config:
     http: dict[str, Any] = {}
     if o.http is not None:
         http["host"], http["port"] = parse_host_port(o.http)
+    if o.http_max_connections is not None:
+        if o.http_max_connections < 1:
+            msg = "--http-max-connections must be at least 1"
+            raise ConfigError(msg)
+        http["max_connections"] = o.http_max_connections
     worker: dict[str, Any] = {}
     if o.watch:
         worker["watch_channels"] = tuple(dict.fromkeys((*cfg.worker.watch_channels, *o.watch)))

@@ -296,7 +296,7 @@ class Worker:
         self._state = "draining"
         timeout = self.config.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
         # The engine stops taking steps first; those it runs here are in _active and drain below.
-        engine_closed = asyncio.create_task(self.engine.close()) if self.engine is not None else None
+        engine_closed = asyncio.create_task(self.engine.close(timeout)) if self.engine is not None else None
         for rebuild in list(self._rebuilds):  # a watched input not started yet: not accepted
             rebuild.cancel()
         pending = list(self._active)
@@ -441,9 +441,10 @@ class Worker:
         try:
             # In flight too: a burst of simultaneous invocations all pass this check before any of
             # them has opened its session and created its run.
-            self.admission.check_capacity(
-                len(self._slotted), len(self._unlocated) + self.admission.in_flight, caller=caller_client_id
-            )
+            unlocated = len(self._unlocated) + self.admission.in_flight
+            if self.engine is not None:
+                unlocated += self.engine.pending.locating  # waiting in a workflow's openRun
+            self.admission.check_capacity(len(self._slotted), unlocated, caller=caller_client_id)
         except WorkerBusy:
             self.metrics.invocations.labels("busy").inc()
             raise

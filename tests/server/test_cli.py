@@ -110,6 +110,65 @@ async def test_cli_http_idle_timeout_option() -> None:
         assert await asyncio.wait_for(proc.wait(), 30) == 0
 
 
+async def test_cli_connection_cap_body_and_close_timeout_options() -> None:
+    """--max-connections, --http-body-timeout-s and --close-timeout-ms reach the server (they
+    could be set only in ServerConfig before)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _RUNNER,
+        "server",
+        "--port",
+        "0",
+        "--max-connections",
+        "2",
+        "--http-body-timeout-s",
+        "0.25",
+        "--close-timeout-ms",
+        "321",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while not any(line.startswith("endpoint: ") for line in lines):
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert line, "server exited before printing its endpoint"
+        lines.append(line)
+    started = next(line for line in lines if "server_started" in line)
+    assert "close_timeout_ms=321" in started and "max_connections=2" in started, started
+    host, _, port = next(line for line in lines if line.startswith("endpoint: "))[10:].strip().rpartition(":")
+    try:
+        # Two held: the third is refused 503 / 50300 (connections are counted in accept order).
+        held = [await asyncio.open_connection(host, int(port)) for _ in range(2)]
+        third_r, third_w = await asyncio.open_connection(host, int(port))
+        third_w.write(b"GET /time HTTP/1.1\r\nHost: x\r\n\r\n")
+        refused = await asyncio.wait_for(third_r.read(), 30)
+        assert refused.startswith(b"HTTP/1.1 503") and b'"code": 50300' in refused, refused
+        for _, w in (*held, (third_r, third_w)):
+            w.close()
+        # A body that stops arriving is refused after the configured bound (named in the answer),
+        # once the server has let go of the closed connections (until then: 503, try again).
+        for _ in range(500):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                b"POST /keys/local.dev/requestToken HTTP/1.1\r\nHost: x\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"ttl":'
+            )
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+            if not head.startswith(b"HTTP/1.1 503"):
+                break
+            writer.close()
+            await asyncio.sleep(0.02)
+        assert head.startswith(b"HTTP/1.1 408"), head
+        length = int(head.lower().partition(b"content-length:")[2].split(b"\r\n")[0])
+        assert b"within 0.25s" in await asyncio.wait_for(reader.readexactly(length), 30)
+        writer.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
 async def _check_key_capability_and_rules(endpoint: str, full: str, narrow: str) -> None:
     """``narrow`` may only subscribe under ``team:``; appends need the ``conversations`` rule."""
     rt = python_realtime(RemoteServer(endpoint, narrow), client_id="narrow")

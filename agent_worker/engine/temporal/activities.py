@@ -33,6 +33,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from agent_worker.engine.host import EngineHost
+from agent_worker.engine.pending import PendingInputs, WaitRefused
 from agent_worker.engine.temporal.types import (
     CLEANUP_RUN,
     END_RUN,
@@ -93,8 +94,10 @@ class TurnActivities:
         host: EngineHost,
         on_cancel_honoured: Callable[[Run], Awaitable[None]],
         workflow_running: Callable[[str], Awaitable[bool]],
+        pending: PendingInputs,
     ) -> None:
         self.host = host
+        self.pending = pending
         self.on_cancel_honoured = on_cancel_honoured
         self.workflow_running = workflow_running
         self._ended: OrderedDict[str, None] = OrderedDict()
@@ -177,8 +180,10 @@ class TurnActivities:
             session=session.name, invocation_id=run.invocation_id, engine="temporal"
         ):
             try:
-                await self._locate(session, run)
                 caller = invocation.caller_client_id
+                # The wait for the input holds the caller's share, as a local run's does.
+                with self.pending.locating_input(run.invocation_id, caller):
+                    await self._locate(session, run)
                 trigger_client = run.owner_client_id
                 if caller is not None and caller not in ("*", trigger_client):
                     msg = f"the input was published by {trigger_client!r}, not by the caller {caller!r}"
@@ -191,7 +196,7 @@ class TurnActivities:
                     await asyncio.shield(terminate(run, "cancelled", None))
                     self._mark_ended(run)
                 return RunIds(run.run_id, run.invocation_id)
-            except (RunAlreadyActive, InputEventNotFound, AuthError) as exc:
+            except (RunAlreadyActive, InputEventNotFound, AuthError, WaitRefused) as exc:
                 log.warning("run_refused", code=exc.code, reason=exc.message)
                 raise _refused(exc) from None
             except ProtocolError as exc:

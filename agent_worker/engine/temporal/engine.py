@@ -30,6 +30,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from agent_worker.config import EngineConfig
 from agent_worker.engine.host import EngineHost
+from agent_worker.engine.pending import PendingInputs
 from agent_worker.engine.temporal.activities import TurnActivities
 from agent_worker.engine.temporal.types import TurnInput
 from agent_worker.engine.temporal.workflow import WORKFLOW_NAME, ReapWorkflow, TurnWorkflow
@@ -49,6 +50,7 @@ SWEEP_INTERVAL_S = 5.0
 _SWEEP_WINDOW = timedelta(hours=1)
 _VISIBILITY_LAG = timedelta(seconds=30)
 _REAPED_MEMORY = 4096
+_RESERVATION_SLACK_S = 150.0
 
 
 def invocation_id_for(task_queue: str, session: str, event_id: str) -> str:
@@ -93,7 +95,12 @@ class TemporalEngine:
         self.host = host
         self.settings = settings
         self.client: Client | None = None
-        self.activities = TurnActivities(host, self._cancel_workflow, self._workflow_running)
+        # The caller's share covers openRun's wait for the input, as a local run's (engine/pending.py).
+        # A reservation its openRun does not claim here (it ran on another worker) lapses after
+        # longer than an openRun waits for its input (trigger_wait_s, + 120 s while the channel is down).
+        expire_s = host.config.trigger_wait_s + _RESERVATION_SLACK_S
+        self.pending = PendingInputs(host.admission, expire_s=expire_s)
+        self.activities = TurnActivities(host, self._cancel_workflow, self._workflow_running, self.pending)
         self._worker: TemporalWorker | None = None
         self._running: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -153,6 +160,7 @@ class TemporalEngine:
             heartbeat_timeout_s=s.heartbeat_timeout_s,
             turn_timeout_s=s.turn_timeout_s,
         )
+        reserved = self.pending.reserve(invocation_id, caller_client_id)  # for its openRun
         try:
             await self.client.start_workflow(
                 TurnWorkflow.run,
@@ -166,11 +174,21 @@ class TemporalEngine:
                 request_eager_start=True,
             )
         except WorkflowAlreadyStartedError:
+            if reserved:
+                self.pending.cancel(invocation_id)
             return invocation_id, True
         except (RPCError, RuntimeError) as exc:  # Temporal unreachable or refusing: retry elsewhere
+            if reserved:
+                self.pending.cancel(invocation_id)
             log.error("workflow_start_failed", session=session, event_id=event_id, error=str(exc))
             msg = f"unable to start the run's workflow; Temporal did not accept it: {exc}"
             raise AgentWorkerError(msg, code=50300, status_code=503) from None
+        except BaseException:
+            if reserved:
+                self.pending.cancel(invocation_id)
+            raise
+        if reserved:
+            self.pending.started(invocation_id)
         return invocation_id, False
 
     def start_watched(self, session: str, event_id: str) -> None:
@@ -249,15 +267,30 @@ class TemporalEngine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def close(self) -> None:
-        """Stop polling; steps in flight finish (the worker's drain bounds them)."""
+    def _cancel_input_waits(self) -> None:
+        cancelled = self.pending.cancel_waits()
+        if cancelled:
+            log.warning("input_waits_cancelled", count=cancelled, reason="shutdown")
+
+    async def close(self, drain_timeout_s: float | None = None) -> None:
+        """Stop polling; steps in flight finish (the worker's drain bounds them), openRun's waits for
+        an input within ``drain_timeout_s`` (default: ``[worker] drain_timeout_s``)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(BaseException):
                 await self._sweeper
+        # The Temporal worker's shutdown waits for an openRun (a local activity) for as long as it
+        # waits for its input (trigger_wait_s, + 120 s while the channel is down), past any
+        # graceful timeout: past the worker's drain bound those waits are cancelled, as a local run
+        # still looking for its input is (nothing was published; the workflow fails, so a retried
+        # POST starts over).
+        loop = asyncio.get_running_loop()
+        drain_s = self.host.config.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
+        bound = loop.call_later(drain_s, self._cancel_input_waits)
         if self._worker is not None:
             with contextlib.suppress(Exception):
                 await self._worker.shutdown()
+        bound.cancel()
         if self._running is not None:
             with contextlib.suppress(BaseException):
                 await self._running
