@@ -16,7 +16,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-import msgpack
 import structlog
 
 from agent_worker.errors import AgentWorkerError, AuthError, ProtocolError
@@ -28,6 +27,7 @@ from agent_worker.server.codec import (
     encode_frame,
     encode_wire,
     inbound_payload,
+    pack_lenient,
 )
 from agent_worker.server.codec import outbound_payload as _outbound
 from agent_worker.server.connection_keys import ConnectionKeys
@@ -350,7 +350,7 @@ class RealtimeConnection:
         unpredictable key make even that out of reach."""
         body = [frame.get("channel"), frame.get("messages"), frame.get("presence")]
         try:
-            return hash(msgpack.packb(body, use_bin_type=True, default=str))
+            return hash(pack_lenient(body))
         except (TypeError, ValueError):
             return 0
 

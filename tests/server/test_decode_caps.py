@@ -100,8 +100,9 @@ def _walk_refuses(obj: Any) -> bool:
 def _random_value(rng: random.Random, depth: int) -> Any:
     """A value nested exactly ``depth`` levels along one branch, with siblings of every kind: text
     whose UTF-8 bytes fall in msgpack's container-header range (``\u0080``-``\u009f``, ``€``),
-    brackets inside strings, binary, ints, msgpack ext values."""
-    leaves: list[Any] = ["€" * rng.randint(0, 40), "[{" * rng.randint(0, 40), "\x85\x9c", 7, 300, -1, None, True]
+    brackets inside strings, ints, ``null``, booleans (ext values: the test below)."""
+    leaves: list[Any] = ["€" * rng.randint(0, 40), "[{" * rng.randint(0, 40), "\x85\x9c"]
+    leaves += [7, 300, -1, None, True]
     value: Any = rng.choice(leaves)
     for _ in range(depth):
         siblings = [rng.choice(leaves) for _ in range(rng.randint(0, 3))]
