@@ -19,7 +19,16 @@ import msgpack
 
 from agent_worker.errors import ProtocolError
 
-__all__ = ["MAX_DEPTH", "check_depth", "loads_json", "loads_msgpack", "read_body", "too_large"]
+__all__ = [
+    "MAX_DEPTH",
+    "check_depth",
+    "loads_json",
+    "loads_msgpack",
+    "may_nest_json",
+    "may_nest_msgpack",
+    "read_body",
+    "too_large",
+]
 
 #: Containers nested deeper than this are refused (AIT payloads nest < 10 deep).
 MAX_DEPTH = 64
@@ -51,6 +60,32 @@ def check_depth(obj: Any, max_depth: int = MAX_DEPTH) -> None:
         level = deeper
 
 
+# What a decoded value's nesting can be bounded by without walking it. Every container (and, in
+# msgpack, every ext value: ``ExtType`` is a tuple) opens with a byte of its own in the encoded
+# input, so a value nests at most as many levels as the input holds such bytes: a frame with at
+# most MAX_DEPTH of them cannot be too deep, and most frames have far fewer (an AIT append has ~6).
+# The counts include bytes inside strings and numbers, so they only overestimate: a frame over the
+# bound is walked, never refused for it. JSON: ``[`` and ``{`` (bytes input may be UTF-16/32, whose
+# code units for them still hold the byte). msgpack: fixmap/fixarray 0x80-0x9f, array/map 16/32
+# 0xdc-0xdf, ext 0xc7-0xc9 and fixext 0xd4-0xd8.
+_MSGPACK_OPENERS = frozenset((*range(0x80, 0xA0), 0xC7, 0xC8, 0xC9, *range(0xD4, 0xD9), *range(0xDC, 0xE0)))
+_MSGPACK_OTHERS = bytes(b for b in range(256) if b not in _MSGPACK_OPENERS)
+
+
+def may_nest_json(raw: str | bytes, max_depth: int = MAX_DEPTH) -> bool:
+    """False when JSON text ``raw`` cannot decode to a value nested deeper than ``max_depth``."""
+    if len(raw) <= max_depth:
+        return False
+    if isinstance(raw, str):
+        return raw.count("[") + raw.count("{") > max_depth
+    return raw.count(b"[") + raw.count(b"{") > max_depth
+
+
+def may_nest_msgpack(raw: bytes, max_depth: int = MAX_DEPTH) -> bool:
+    """False when msgpack ``raw`` cannot decode to a value nested deeper than ``max_depth``."""
+    return len(raw) > max_depth and len(raw.translate(None, _MSGPACK_OTHERS)) > max_depth
+
+
 def _too_deep(what: str) -> ProtocolError:
     return ProtocolError(f"{what} nests deeper than {MAX_DEPTH} levels", code=40000, status_code=400)
 
@@ -64,7 +99,8 @@ def loads_json(raw: str | bytes, what: str = "JSON", *, code: int = 40013) -> An
     except (ValueError, TypeError) as exc:
         msg = f"unable to decode {what}: {type(exc).__name__}"
         raise ProtocolError(msg, code=code, status_code=400) from None
-    check_depth(obj)
+    if may_nest_json(raw):
+        check_depth(obj)
     return obj
 
 
@@ -77,7 +113,8 @@ def loads_msgpack(raw: bytes, what: str = "msgpack", *, code: int = 40013) -> An
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, TypeError) as exc:
         msg = f"unable to decode {what}: {type(exc).__name__}"
         raise ProtocolError(msg, code=code, status_code=400) from None
-    check_depth(obj)
+    if may_nest_msgpack(raw):
+        check_depth(obj)
     return obj
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -36,6 +37,8 @@ __all__ = [
     "inbound_payload",
     "join_items",
     "outbound_payload",
+    "pack",
+    "pack_lenient",
     "wire_payload",
 ]
 
@@ -62,6 +65,31 @@ def error_info(code: int, message: str, status_code: int | None = None) -> dict[
 # isinstance() tuples, not ``X | Y`` unions (a union is built on every call): hot paths.
 _BINARY = (bytes, bytearray)
 _DATA_TYPES = (str, bytes, dict, list, int, float, bool)
+
+
+class _Packers(threading.local):
+    """One msgpack ``Packer`` per thread, reused: ``msgpack.packb`` builds a Packer (and its 256 KiB
+    buffer) per call, ~0.6 µs of the ~1.8 µs an AIT message's extras take, and the realtime path
+    packs 4-5 times per append (digest, the log's extras check, fan-out frames, ACK). A Packer is
+    not safe across threads (an embedding application may run servers in several), hence per
+    thread; it resets its buffer when a value cannot be packed, so a failure leaves it usable."""
+
+    def __init__(self) -> None:
+        self.strict = msgpack.Packer(use_bin_type=True)
+        self.lenient = msgpack.Packer(use_bin_type=True, default=str)
+
+
+_packers = _Packers()
+
+
+def pack(obj: Any) -> bytes:
+    """``msgpack.packb(obj, use_bin_type=True)``, byte for byte."""
+    return _packers.strict.pack(obj)  # type: ignore[no-any-return]
+
+
+def pack_lenient(obj: Any) -> bytes:
+    """``msgpack.packb(obj, use_bin_type=True, default=str)``, byte for byte."""
+    return _packers.lenient.pack(obj)  # type: ignore[no-any-return]
 
 
 def _fail(message: str, code: int = 40000) -> ProtocolError:
@@ -138,7 +166,7 @@ def encode_wire(clean: Any, fmt: Format) -> str | bytes:
     """Encode a frame built without ``None`` envelope fields (no walk): byte for byte what
     :func:`encode_frame` gives for it. The realtime hot paths (fan-out, ACKs) build such frames."""
     if fmt == MSGPACK:
-        return msgpack.packb(clean, use_bin_type=True)  # type: ignore[no-any-return]
+        return pack(clean)
     return json.dumps(clean, separators=(",", ":"), default=_json_default, ensure_ascii=False)
 
 
@@ -241,7 +269,7 @@ def decode_body(body: bytes, fmt: Format) -> Any:
 def encode_body(obj: Any, fmt: Format) -> bytes:
     clean = _drop_none(obj)
     if fmt == MSGPACK:
-        return msgpack.packb(clean, use_bin_type=True)  # type: ignore[no-any-return]
+        return pack(clean)
     return json.dumps(clean, separators=(",", ":"), default=_json_default, ensure_ascii=False).encode()
 
 

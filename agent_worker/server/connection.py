@@ -11,13 +11,10 @@ client never blocks a publisher. The endpoint that accepts sockets is
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-import msgpack
 import structlog
 
 from agent_worker.errors import AgentWorkerError, AuthError, ProtocolError
@@ -29,6 +26,7 @@ from agent_worker.server.codec import (
     encode_frame,
     encode_wire,
     inbound_payload,
+    pack_lenient,
 )
 from agent_worker.server.codec import outbound_payload as _outbound
 from agent_worker.server.connection_keys import ConnectionKeys
@@ -96,7 +94,10 @@ class RealtimeConnection:
         self.withhold_acks = False
         self.lose_inbound = False
         self.refuse_appends = 0
-        self._processed: OrderedDict[int, tuple[bytes, list[dict[str, Any]]]] = OrderedDict()
+        # The last _DEDUPE_WINDOW msgSerials handled, one slot per serial modulo the window (a
+        # client's serials rise one by one): (serial, digest, ACK res). A list indexed by serial
+        # rather than an ordered dict evicting its oldest entry: ~1.5 µs less per publish.
+        self._processed: list[tuple[int, int, list[dict[str, Any]]] | None] = [None] * _DEDUPE_WINDOW
         self._top_serial = -1  # the highest msgSerial handled
         self._limiter = RateLimiter(gateway.hub.config.rate_limit_per_s)
         self._refusals_logged: set[int] = set()  # error codes of this connection's NACKs logged
@@ -337,32 +338,35 @@ class RealtimeConnection:
         self.hub.refused[exc.code] += 1
         self.send({"action": C.NACK, "msgSerial": serial, "count": 1, "error": exc.to_error_info()})
 
-    def _remember(self, serial: int, digest: bytes, res: list[dict[str, Any]]) -> None:
-        self._processed[serial] = (digest, res)
-        while len(self._processed) > _DEDUPE_WINDOW:
-            self._processed.popitem(last=False)
+    def _remember(self, serial: int, digest: int, res: list[dict[str, Any]]) -> None:
+        self._processed[serial % _DEDUPE_WINDOW] = (serial, digest, res)
 
     @staticmethod
-    def _digest(frame: Mapping[str, Any]) -> bytes:
+    def _digest(frame: Mapping[str, Any]) -> int:
+        """What tells a retransmit from another message under the same msgSerial: the content as
+        msgpack (the same whichever format the client resumed in), hashed with Python's keyed
+        ``hash`` (SipHash, per-process key) rather than SHA-1, whose OpenSSL set-up alone is ~1 µs
+        per frame. A collision only concerns a client that reuses a msgSerial, and 64 bits of an
+        unpredictable key make even that out of reach."""
         body = [frame.get("channel"), frame.get("messages"), frame.get("presence")]
         try:
-            return hashlib.sha1(msgpack.packb(body, use_bin_type=True, default=str)).digest()
+            return hash(pack_lenient(body))
         except (TypeError, ValueError):
-            return b""
+            return 0
 
     def _acked(self, frame: dict[str, Any], handle: Callable[[int], list[dict[str, Any]]]) -> None:
         """Run a ``msgSerial``-acknowledged request (MESSAGE, PRESENCE): NACK a refusal, ACK (and
         remember) ``handle``'s result, and ACK a retransmit again without handling it twice."""
         serial = self._msg_serial(frame)
         digest = self._digest(frame)
-        seen = self._processed.get(serial)
-        if seen is not None and seen[0] == digest:
+        seen = self._processed[serial % _DEDUPE_WINDOW]
+        if seen is not None and seen[0] == serial and seen[1] == digest:
             # A retransmit after resume: ACK again without publishing twice. On its own: ably-python
             # (3.1.4) completes an ACK's first ``res`` entry with the oldest message it still waits
             # for, and after a reconnect that need not be the oldest serial in the ACK; an ACK of
             # one message is matched or ignored, never given another message's serials.
             self._flush_acks()
-            self.send({"action": C.ACK, "msgSerial": serial, "count": 1, "res": seen[1]})
+            self.send({"action": C.ACK, "msgSerial": serial, "count": 1, "res": seen[2]})
             return
         if serial <= self._top_serial:
             # Not a retransmit (above), yet not above the highest seen: a client that kept old

@@ -169,6 +169,7 @@ class RealtimeGateway:
         conn.rollup_window_ms = window
         conn.attach_transport(transport)
         conn.send_connected(error)
+        frame_limit = cfg.frame_limit
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
@@ -181,7 +182,7 @@ class RealtimeGateway:
                 if conn.transport is not transport or transport.closing:
                     break
                 try:
-                    conn.handle(decode_frame(data, frame_fmt, cfg.frame_limit), len(data))
+                    conn.handle(decode_frame(data, frame_fmt, frame_limit), len(data))
                 except ProtocolError as exc:
                     log.info("frame_refused", connection_id=conn.id, code=exc.code, reason=exc.message)
                     conn.send_error(exc)

@@ -19,10 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import msgpack
-
 from agent_worker.errors import ProtocolError
-from agent_worker.server.codec import Format, drop_none, encode_item
+from agent_worker.server.codec import Format, drop_none, encode_item, pack
 
 __all__ = [
     "APPEND",
@@ -241,8 +239,8 @@ def _append_extras(record: MessageRecord, extras: Any) -> Any:
     try:
         cached = record._extras
         if cached is None or cached[0] is not current:
-            cached = record._extras = (current, msgpack.packb(current, use_bin_type=True))
-        same = msgpack.packb(extras, use_bin_type=True) == cached[1]
+            cached = record._extras = (current, pack(current))
+        same = pack(extras) == cached[1]
     except (TypeError, ValueError, OverflowError):
         return extras
     return current if same else extras
@@ -369,16 +367,17 @@ class ChannelLog:
 
     def find_duplicate(self, items: Sequence[dict[str, Any]]) -> list[str] | None:
         """Serials of an earlier publish with the same client-supplied ids (idempotent retry)."""
-        ids = [m.get("id") for m in items]
-        if not ids or any(not isinstance(i, str) for i in ids):
-            return None
+        # One pass, out at the first message without an id (every append): ~1.5 µs per publish.
         found: list[str] = []
-        for i in ids:
-            serials = self._ids.get(i)  # type: ignore[arg-type]
+        for m in items:
+            i = m.get("id")
+            if not isinstance(i, str):
+                return None
+            serials = self._ids.get(i)
             if not serials:
                 return None
             found.append(serials[-1])
-        return found
+        return found or None
 
     def publish(
         self,

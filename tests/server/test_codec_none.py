@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import msgpack
@@ -78,3 +79,35 @@ async def test_extras_nulls_round_trip(ably_server: EmbeddedServer, binary: bool
         assert (await ch.history()).items[0].extras == CONTENT
     finally:
         await agent.close()
+
+
+def test_the_reused_packers_give_packb_bytes_in_every_thread_and_after_a_failure() -> None:
+    """``codec.pack`` / ``pack_lenient`` reuse one Packer per thread: their bytes are
+    ``msgpack.packb``'s, a value that cannot be packed leaves nothing behind for the next call, and
+    threads packing at once do not mix their buffers."""
+    values: list[Any] = [CONTENT, [1, True, 1.5, b"\x00\xff", "é", None], {"k": "x" * 70_000}, 2**63]
+    for value in values:
+        assert codec.pack(value) == msgpack.packb(value, use_bin_type=True)
+        assert codec.pack_lenient(value) == msgpack.packb(value, use_bin_type=True, default=str)
+    odd = {"a": object(), "b": [1]}
+    with pytest.raises(TypeError):
+        codec.pack(odd)
+    with pytest.raises(OverflowError):
+        codec.pack([1, 2**70])
+    assert codec.pack([1]) == msgpack.packb([1])
+    assert codec.pack_lenient(odd) == msgpack.packb(odd, use_bin_type=True, default=str)
+    mismatches: list[int] = []
+
+    def hammer(n: int) -> None:
+        value = {"thread": n, "data": str(n) * (100 + n)}
+        expected = msgpack.packb(value, use_bin_type=True)
+        for _ in range(2000):
+            if codec.pack(value) != expected:
+                mismatches.append(n)
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not mismatches

@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -17,7 +18,15 @@ import msgpack
 import pytest
 import structlog
 
-from agent_worker.limits import MAX_DEPTH, check_depth
+from agent_worker.errors import ProtocolError
+from agent_worker.limits import (
+    MAX_DEPTH,
+    check_depth,
+    loads_json,
+    loads_msgpack,
+    may_nest_json,
+    may_nest_msgpack,
+)
 from agent_worker.logs import configure_logging, get_logger
 from agent_worker.server import EmbeddedServer, ServerConfig
 from tests.server.server_support import ACK, ERROR, HEARTBEAT, NACK, RawClient
@@ -69,6 +78,103 @@ def test_check_depth_boundary_over_mixed_containers() -> None:
     for depth in (MAX_DEPTH, MAX_DEPTH + 5):
         with pytest.raises(Exception, match="deeper than"):
             check_depth(mixed(depth))
+
+
+def _refused(decode: Any, raw: Any) -> bool:
+    try:
+        decode(raw)
+    except ProtocolError as exc:
+        assert exc.code == 40000, exc
+        return True
+    return False
+
+
+def _walk_refuses(obj: Any) -> bool:
+    try:
+        check_depth(obj)
+    except ProtocolError:
+        return True
+    return False
+
+
+def _random_value(rng: random.Random, depth: int) -> Any:
+    """A value nested exactly ``depth`` levels along one branch, with siblings of every kind: text
+    whose UTF-8 bytes fall in msgpack's container-header range (``\u0080``-``\u009f``, ``€``),
+    brackets inside strings, ints, ``null``, booleans (ext values: the test below)."""
+    leaves: list[Any] = ["€" * rng.randint(0, 40), "[{" * rng.randint(0, 40), "\x85\x9c"]
+    leaves += [7, 300, -1, None, True]
+    value: Any = rng.choice(leaves)
+    for _ in range(depth):
+        siblings = [rng.choice(leaves) for _ in range(rng.randint(0, 3))]
+        if rng.random() < 0.5:
+            value = {"k": value, **{f"s{i}": v for i, v in enumerate(siblings)}}
+        else:
+            value = [*siblings, value]
+    return value
+
+
+def test_the_fast_depth_bound_refuses_exactly_what_the_walk_refuses() -> None:
+    """Decoding skips the depth walk when the input's bytes bound the nesting (see limits.py); over
+    values nested around MAX_DEPTH, with every kind of sibling, each format refuses exactly the
+    values the walk refuses, and the bound is never below the nesting it stands for."""
+    rng = random.Random(11)
+    for depth in [*range(MAX_DEPTH - 3, MAX_DEPTH + 4), 0, 1, 5, 100]:
+        for _ in range(15):
+            value = _random_value(rng, depth)
+            packed = msgpack.packb(value, use_bin_type=True)
+            text = json.dumps(value, ensure_ascii=rng.random() < 0.5)
+            walk = _walk_refuses(msgpack.unpackb(packed, raw=False, strict_map_key=False))
+            assert walk == (depth > MAX_DEPTH)
+            assert _refused(loads_msgpack, packed) == walk
+            assert _refused(loads_json, text) == walk
+            assert _refused(loads_json, text.encode()) == walk
+            assert _refused(loads_json, text.encode("utf-16")) == walk
+            if walk:
+                assert may_nest_msgpack(packed) and may_nest_json(text)
+
+
+def test_the_fast_depth_bound_at_the_limit() -> None:
+    """MAX_DEPTH openers and nothing else: not walked, and within the limit; one more (a list, or a
+    msgpack ext value, which decodes to a tuple) is walked and refused."""
+    at_limit = nested(MAX_DEPTH)
+    assert not may_nest_msgpack(msgpack.packb(at_limit)) and not may_nest_json(json.dumps(at_limit))
+    assert loads_msgpack(msgpack.packb(at_limit)) == at_limit
+    assert loads_json(json.dumps(at_limit)) == at_limit
+    assert _refused(loads_msgpack, msgpack.packb(nested(MAX_DEPTH + 1)))
+    assert _refused(loads_json, json.dumps(nested(MAX_DEPTH + 1)))
+    ext = msgpack.packb(_nest_around(msgpack.ExtType(5, b"x"), MAX_DEPTH))
+    assert may_nest_msgpack(ext) and _refused(loads_msgpack, ext)
+    # A shallow frame whose text is all header-range bytes is walked, and accepted.
+    shallow = msgpack.packb({"data": "\u0085" * 500}, use_bin_type=True)
+    assert may_nest_msgpack(shallow) and not _refused(loads_msgpack, shallow)
+
+
+def _nest_around(value: Any, depth: int) -> Any:
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("fmt", ["json", "msgpack"])
+async def test_a_frame_one_level_too_deep_is_refused_and_one_at_the_limit_published(fmt: str) -> None:
+    """Over the socket: the frame (1) -> messages (2) -> message (3) -> data nested to MAX_DEPTH is
+    published; one level more is ERROR 40000, as before the fast bound."""
+    async with EmbeddedServer(ServerConfig()) as server:
+        client = await RawClient.connect(server, fmt=fmt, clientId="c")
+        try:
+            frame: dict[str, Any] = {"action": 15, "channel": "deep", "msgSerial": 0}
+            frame["messages"] = [{"name": "n", "data": nested(MAX_DEPTH - 3)}]
+            await client.send_raw(json.dumps(frame) if fmt == "json" else msgpack.packb(frame))
+            assert (await client.expect(ACK))["msgSerial"] == 0
+            frame["msgSerial"] = 1
+            frame["messages"] = [{"name": "n", "data": nested(MAX_DEPTH - 2)}]
+            await client.send_raw(json.dumps(frame) if fmt == "json" else msgpack.packb(frame))
+            reply = await client.expect(ERROR)
+            assert reply["error"]["code"] == 40000, reply
+            assert "deeper than 64" in reply["error"]["message"]
+            assert await client.closed()
+        finally:
+            await client.close()
 
 
 @pytest.mark.parametrize(

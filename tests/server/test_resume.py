@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgpack
 from ably import AblyRealtime
 from ably.types.channelstate import ChannelState
 from ably.types.message import Message, MessageAction
@@ -12,6 +13,7 @@ from ably.types.tokendetails import TokenDetails
 
 from agent_worker.server import EmbeddedServer, ServerConfig
 from agent_worker.server.auth import Capability, Principal
+from agent_worker.server.connection import RealtimeConnection
 from agent_worker.server.testing import python_realtime, python_rest, sdk_endpoint, sdk_token_details
 from tests.server.server_support import (
     ACK,
@@ -228,3 +230,57 @@ async def test_drop_without_resume_loses_continuity(ably_server: EmbeddedServer)
     finally:
         await viewer.close()
         await agent.close()
+
+
+class _Frames:
+    """A socket stand-in that keeps what the connection sends (msgpack, decoded)."""
+
+    closing = False
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+
+    def enqueue(self, data: str | bytes) -> None:
+        self.frames.append(msgpack.unpackb(data, raw=False))
+
+    def abort(self) -> None:
+        return None
+
+
+async def test_the_dedupe_window_holds_the_last_1024_msgserials() -> None:
+    """Within the last 1,024 msgSerials a repeat of the same content is ACKed with its first result
+    and not published again; other content under such a serial is published (with a warning); a
+    serial 1,024 or more below the newest is no longer remembered, so it is published again."""
+    async with EmbeddedServer(ServerConfig()) as server:
+        gateway = server._gateway
+        assert gateway is not None
+        principal = gateway.authenticate({"key": server.default_key, "clientId": "w"})
+        conn = RealtimeConnection(gateway, principal, "w", "msgpack", False)
+        frames = _Frames()
+        conn.transport = frames  # type: ignore[assignment]
+
+        def publish(serial: int, data: str) -> None:
+            conn.handle({"action": 15, "channel": "win", "msgSerial": serial, "messages": [{"data": data}]})
+
+        for serial in range(1100):
+            publish(serial, f"m{serial}")
+        await asyncio.sleep(0)  # the ACKs' flush
+        log = server.hub.channel("win").log
+        assert len(log.order) == 1100
+        first_res = {}
+        for ack in (f for f in frames.frames if f["action"] == ACK):
+            for i, res in enumerate(ack["res"]):
+                first_res[ack["msgSerial"] + i] = res
+        frames.frames.clear()
+        publish(1099 - 1023, "m76")  # the oldest serial still in the window
+        publish(1099, "m1099")
+        publish(1000, "other content")
+        publish(1099 - 1024, "m75")  # just out of the window
+        await asyncio.sleep(0)
+        acks = [f for f in frames.frames if f["action"] == ACK]
+        assert [(a["msgSerial"], a["res"]) for a in acks[:2]] == [
+            (76, [first_res[76]]),
+            (1099, [first_res[1099]]),
+        ]
+        assert [log.records[s].content["data"] for s in log.order[1100:]] == ["other content", "m75"]
+        conn.transport = None
