@@ -142,6 +142,7 @@ class RunSupervisor:
                         max_branch_pages=limits.max_branch_pages,
                         wait_s=limits.wait_s,
                         max_input_bytes=limits.max_input_bytes,
+                        branch=False,  # read below, after the run-start (a continuation's: now)
                     )
                 finally:
                     observer.trigger_waited(time.monotonic() - accepted_at)
@@ -164,6 +165,13 @@ class RunSupervisor:
                         gc_hold.release_soon()
                     else:
                         sending.add_done_callback(lambda _: gc_hold.release())
+                # The rest of a long conversation (its older history pages) is read while every
+                # device already shows the run started: the prompt needs it, the run-start does not
+                # (see AgentSession.locate). The run-start's frame is written first (one loop turn),
+                # not queued at the server behind a 1,000-message history GET.
+                if session.missing_ancestor(trigger.leaf_anchor) is not None:
+                    await asyncio.sleep(0)
+                    await session.load_branch(trigger.leaf_anchor, max_pages=limits.max_branch_pages)
                 await call_hook(self.on_run_start, run)
                 await self.passes_to_terminal(run, stats, accepted_at)
             except asyncio.CancelledError:
@@ -176,13 +184,16 @@ class RunSupervisor:
                 log.info("run_cancelled", source=run.cancel_source, by=run.cancelled_by)
                 await asyncio.shield(terminate(run, "cancelled", None))
             except (RunAlreadyActive, InputEventNotFound, AuthError) as exc:
-                # Nothing of this run is on the channel, and nothing is published: a stranger's POST
-                # naming someone else's session (or no input at all) leaves no trace there.
                 error = exc
-                log.warning("run_refused", code=exc.code, reason=exc.message)
-                run.phase = RunPhase.ENDED
-                run.outcome = "error"
-                session.deregister(run)
+                if run.started:  # refused reading the branch after the run-start: the run ends there
+                    await asyncio.shield(terminate(run, "error", exc))
+                else:
+                    # Nothing of this run is on the channel, and nothing is published: a stranger's
+                    # POST naming someone else's session (or no input at all) leaves no trace there.
+                    log.warning("run_refused", code=exc.code, reason=exc.message)
+                    run.phase = RunPhase.ENDED
+                    run.outcome = "error"
+                    session.deregister(run)
             except ProtocolError as exc:
                 error = exc
                 log.warning("run_refused", code=exc.code, reason=exc.message)
