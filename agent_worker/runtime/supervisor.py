@@ -124,7 +124,7 @@ class RunSupervisor:
         self, run: Run, session: AgentSession, accepted_at: float, *, gc_hold: GcHold | None = None
     ) -> None:
         """The run task's body. Never raises except an external cancellation (after the terminal
-        publish). ``gc_hold``: released once the run start is sent (or the run ends before)."""
+        publish). ``gc_hold``: released once the run start is sent and the branch read (or the run ends before)."""
         observer = self.observer
         stats = RunStats(
             on_usage=observer.run_tokens, on_status=lambda status: observer.run_status(run, status)
@@ -157,14 +157,6 @@ class RunSupervisor:
                     attempts=3,
                     retry_if=lambda exc: isinstance(exc, TransportError),
                 )
-                if gc_hold is not None:
-                    # The collections that were due run once the run-start is out (its ACK: the
-                    # publish task may yield before writing its frame), while the model is asked.
-                    sending = run.start_sending
-                    if sending is None or sending.done():
-                        gc_hold.release_soon()
-                    else:
-                        sending.add_done_callback(lambda _: gc_hold.release())
                 # The rest of a long conversation (its older history pages) is read while every
                 # device already shows the run started: the prompt needs it, the run-start does not
                 # (see AgentSession.locate). The run-start's frame is written first (one loop turn),
@@ -172,6 +164,15 @@ class RunSupervisor:
                 if session.missing_ancestor(trigger.leaf_anchor) is not None:
                     await asyncio.sleep(0)
                     await session.load_branch(trigger.leaf_anchor, max_pages=limits.max_branch_pages)
+                if gc_hold is not None:
+                    # The collections that were due (the branch's read among them) run once the
+                    # run-start is out (its ACK: the publish task may yield before writing its
+                    # frame), while the model is asked.
+                    sending = run.start_sending
+                    if sending is None or sending.done():
+                        gc_hold.release_soon()
+                    else:
+                        sending.add_done_callback(lambda _: gc_hold.release())
                 await call_hook(self.on_run_start, run)
                 await self.passes_to_terminal(run, stats, accepted_at)
             except asyncio.CancelledError:
