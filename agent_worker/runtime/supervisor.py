@@ -124,7 +124,8 @@ class RunSupervisor:
         self, run: Run, session: AgentSession, accepted_at: float, *, gc_hold: GcHold | None = None
     ) -> None:
         """The run task's body. Never raises except an external cancellation (after the terminal
-        publish). ``gc_hold``: released once the run start is sent and the branch read (or the run ends before)."""
+        publish). ``gc_hold``: released once the run start is sent and the branch read (or the run
+        ends before)."""
         observer = self.observer
         stats = RunStats(
             on_usage=observer.run_tokens, on_status=lambda status: observer.run_status(run, status)
