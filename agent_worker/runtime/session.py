@@ -334,10 +334,18 @@ class AgentSession:
         wait_s: float = 5.0,
         max_input_bytes: int = 64 * 1024,
         outage_wait_s: float | None = None,
+        branch: bool = True,
     ) -> Trigger:
         """Find the run's trigger (already folded, live, or in history; then ``wait_s`` more for a
         live arrival, not counting the time the channel is down: see :meth:`_await_trigger`),
         validate it, re-key a continuation, and load the branch's history.
+
+        ``branch=False``: a fresh run's branch is left to the caller's :meth:`load_branch`, after its
+        ``ai-run-start``. Nothing older than the trigger goes into that: its headers come from the
+        trigger (folded), and whatever the channel holds about this run or its input (an earlier
+        attempt's run-start, a cancel) is newer than the trigger, so folded once it is located (history
+        reads newest first). A continuation's branch is loaded here all the same: its run's older
+        lifecycle (a suspend) must fold before the resume is applied.
 
         Raises :class:`InputEventNotFound` (104010) or :class:`ProtocolError` for a refused input."""
         found = self.tree.find_event(run.event_id)
@@ -375,7 +383,8 @@ class AgentSession:
             self.runs[trigger.run_id] = run
         run.set_trigger(trigger)
         self._by_input_cmid[trigger.codec_message_id] = run.run_id
-        await self.load_branch(trigger.leaf_anchor, max_pages=max_branch_pages)
+        if branch or trigger.run_id is not None:
+            await self.load_branch(trigger.leaf_anchor, max_pages=max_branch_pages)
         self._pull_deferred_cancel(run)
         return trigger
 

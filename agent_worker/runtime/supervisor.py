@@ -124,7 +124,8 @@ class RunSupervisor:
         self, run: Run, session: AgentSession, accepted_at: float, *, gc_hold: GcHold | None = None
     ) -> None:
         """The run task's body. Never raises except an external cancellation (after the terminal
-        publish). ``gc_hold``: released once the run start is sent (or the run ends before)."""
+        publish). ``gc_hold``: released once the run start is sent and the branch read (or the run
+        ends before)."""
         observer = self.observer
         stats = RunStats(
             on_usage=observer.run_tokens, on_status=lambda status: observer.run_status(run, status)
@@ -142,6 +143,7 @@ class RunSupervisor:
                         max_branch_pages=limits.max_branch_pages,
                         wait_s=limits.wait_s,
                         max_input_bytes=limits.max_input_bytes,
+                        branch=False,  # read below, after the run-start (a continuation's: now)
                     )
                 finally:
                     observer.trigger_waited(time.monotonic() - accepted_at)
@@ -156,9 +158,17 @@ class RunSupervisor:
                     attempts=3,
                     retry_if=lambda exc: isinstance(exc, TransportError),
                 )
+                # The rest of a long conversation (its older history pages) is read while every
+                # device already shows the run started: the prompt needs it, the run-start does not
+                # (see AgentSession.locate). The run-start's frame is written first (one loop turn),
+                # not queued at the server behind a 1,000-message history GET.
+                if session.missing_ancestor(trigger.leaf_anchor) is not None:
+                    await asyncio.sleep(0)
+                    await session.load_branch(trigger.leaf_anchor, max_pages=limits.max_branch_pages)
                 if gc_hold is not None:
-                    # The collections that were due run once the run-start is out (its ACK: the
-                    # publish task may yield before writing its frame), while the model is asked.
+                    # The collections that were due (the branch's read among them) run once the
+                    # run-start is out (its ACK: the publish task may yield before writing its
+                    # frame), while the model is asked.
                     sending = run.start_sending
                     if sending is None or sending.done():
                         gc_hold.release_soon()
@@ -176,13 +186,16 @@ class RunSupervisor:
                 log.info("run_cancelled", source=run.cancel_source, by=run.cancelled_by)
                 await asyncio.shield(terminate(run, "cancelled", None))
             except (RunAlreadyActive, InputEventNotFound, AuthError) as exc:
-                # Nothing of this run is on the channel, and nothing is published: a stranger's POST
-                # naming someone else's session (or no input at all) leaves no trace there.
                 error = exc
-                log.warning("run_refused", code=exc.code, reason=exc.message)
-                run.phase = RunPhase.ENDED
-                run.outcome = "error"
-                session.deregister(run)
+                if run.started:  # refused reading the branch after the run-start: the run ends there
+                    await asyncio.shield(terminate(run, "error", exc))
+                else:
+                    # Nothing of this run is on the channel, and nothing is published: a stranger's
+                    # POST naming someone else's session (or no input at all) leaves no trace there.
+                    log.warning("run_refused", code=exc.code, reason=exc.message)
+                    run.phase = RunPhase.ENDED
+                    run.outcome = "error"
+                    session.deregister(run)
             except ProtocolError as exc:
                 error = exc
                 log.warning("run_refused", code=exc.code, reason=exc.message)
