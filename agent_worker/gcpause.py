@@ -1,7 +1,8 @@
 """CPython's cyclic GC: tuned for long-lived processes (:func:`tune_gc`, the worker and the
 standalone server), held off while a history page is decoded and folded (:class:`gc_paused`), and —
 bounded — while a run start is latency-critical (:data:`starts`, a :class:`GcDeferral`: from the
-invocation until its ``ai-run-start`` is handed to the socket).
+invocation until its ``ai-run-start`` is handed to the socket and, for a long conversation, its
+branch's older history pages are read).
 
 Rebuilding a long session allocates ~30 containers per message (the page's dicts, an
 ``InboundMessage``, the tree's log entries and UIMessage parts), most of them kept: every 700 of them
@@ -106,7 +107,7 @@ class GcHold:
 
 class GcDeferral:
     """Keeps the cyclic GC off while starts are latency-critical (a POST until its ``ai-run-start``
-    is handed to the socket), bounded, so the collections they make due run after it.
+    is handed to the socket and its branch read), bounded, so the collections they make due run after it.
 
     Why: :class:`gc_paused` pauses the collector around each decode/fold slice, but the allocation
     counts keep growing and the due collection fires at the first allocation after the slice —
