@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ from agent_worker.protocol.vercel.reducer import VercelProjection
 
 __all__ = [
     "ApplyResult",
+    "DeferredProjection",
     "Event",
     "InputNode",
     "Internal",
@@ -220,6 +222,56 @@ class Internal:
     lifecycle: dict[str, RunLifecycle] | None = None
     # Where ConversationTree placed it in its serial order (its sort key then).
     sort_key: tuple[int, str, int] = (1, "", 0)
+
+
+class DeferredProjection:
+    """A node's projection while a refold of it is pending; its first use refolds the node.
+
+    The tree refolds a node from its log when a wire lands before the log's newest entry — an
+    append to a stream of a run that is not its newest (two streams interleaved, or one held open
+    while other messages follow). Refolding at every such append was quadratic in the run's length;
+    deferred to the next read, the appends between two reads cost one refold. The refold is the same
+    function of the same log and step state, so a read sees what refolding at every append gave."""
+
+    __slots__ = ("_entry", "_refold", "_resolved")
+
+    def __init__(self, entry: Internal, refold: Callable[[Internal], None]) -> None:
+        self._entry = entry
+        self._refold = refold
+        self._resolved: Projection | None = None
+
+    def resolve(self) -> Projection:
+        """The refolded projection (refolding the node now, the first time)."""
+        real = self._resolved
+        if real is None:
+            node = self._entry.node
+            if node.projection is self:
+                self._refold(self._entry)  # sets node.projection
+            real = node.projection  # (a holder of an older deferral gets the node's current one)
+            if type(real) is DeferredProjection:
+                real = real.resolve()
+            self._resolved = real
+        return real
+
+    @property
+    def messages(self) -> list[CodecMessage]:
+        return self.resolve().messages
+
+    def find(self, codec_message_id: str) -> CodecMessage | None:
+        return self.resolve().find(codec_message_id)
+
+    def fold_input(self, event: Mapping[str, Any], codec_message_id: str | None) -> None:
+        self.resolve().fold_input(event, codec_message_id)
+
+    def fold_output(self, event: Mapping[str, Any], codec_message_id: str | None) -> None:
+        self.resolve().fold_output(event, codec_message_id)
+
+    def __getattr__(self, name: str) -> Any:
+        # A codec's own public members (beyond the Projection protocol). Never a private one: an
+        # instance built without __init__ (a copy) would otherwise recurse looking up its slots.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.resolve(), name)
 
 
 @fast_init

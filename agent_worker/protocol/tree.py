@@ -2,9 +2,10 @@
 
 Every channel message folds into a tree of *input nodes* (run-less user inputs, keyed by
 codec-message-id) and *run nodes* (keyed by run-id). Each node keeps a serial-ordered log of its
-decoded events and refolds from scratch when a wire arrives out of order; outputs of a superseded step
-attempt are gated out. The same tree serves the agent (branch walk, trigger lookup, steering) and a
-client (visible branch with default sibling selection).
+decoded events and refolds from scratch when a wire arrives out of order (at the node's next read,
+so the appends to an interleaved stream between two reads refold it once: ``DeferredProjection``);
+outputs of a superseded step attempt are gated out. The same tree serves the agent (branch walk,
+trigger lookup, steering) and a client (visible branch with default sibling selection).
 
 Not ported: the JS event-log retention sweep (a memory optimisation; without it a very late wire still
 refolds in serial order, which is the correct result). Deliberately different: a run's suspend/resume/end
@@ -58,6 +59,7 @@ from agent_worker.protocol.headers import (
 )
 from agent_worker.protocol.nodes import (
     ApplyResult,
+    DeferredProjection,
     InputNode,
     Internal,
     Node,
@@ -128,6 +130,10 @@ class ConversationTree:
         # without a serial): only for these can the decoder's repairs (chosen in arrival order)
         # differ from what a serial-order refold keeps.
         self._disordered: set[Internal] = set()
+        # Refolds done and the events they folded (a refold is deferred to the node's next read:
+        # see DeferredProjection); read through refold_stats.
+        self._refolds = 0
+        self._refolded_events = 0
 
     # --- feeding -------------------------------------------------------------------------------
 
@@ -239,6 +245,11 @@ class ConversationTree:
     def node_count(self) -> int:
         """How many runs and inputs the tree holds (what a prompt built from it scales with)."""
         return len(self._nodes)
+
+    @property
+    def refold_stats(self) -> tuple[int, int]:
+        """(refolds, events they folded) so far: the work beyond folding each event once."""
+        return self._refolds, self._refolded_events
 
     @property
     def version(self) -> int:
@@ -387,7 +398,7 @@ class ConversationTree:
             # of its whole run, per step (quadratic in the run's length).
             self._repaired.add(run)
             if len(run.log) > 1 and not (in_order and headers.get(H_RUN_ID) == run_id):
-                self._refold(run)
+                self._refold_later(run)
         return _result(
             None, None, not gated, owner_key, cmid, input_cmid, serial, step_id, step_start_serial,
             steer_ids, tuple(inputs) if not gated else (), tuple(outputs) if not gated else (),
@@ -438,7 +449,7 @@ class ConversationTree:
             return False
         if outcome == "refold":
             self._disordered.add(entry)
-            self._refold(entry)
+            self._refold_later(entry)
             return False
         self._fold_into(entry, inputs, events, serial, message_id, gated)
         return entry not in self._disordered
@@ -457,11 +468,24 @@ class ConversationTree:
         if gated:
             return
         projection = entry.node.projection
+        if type(projection) is DeferredProjection:
+            if serial is not None:
+                return  # recorded in the log: the pending refold folds it
+            projection = projection.resolve()  # not in the log: folded onto the refolded node
         fold = projection.fold_input if inputs else projection.fold_output
         for payload in events:
             fold(payload, message_id)
 
+    def _refold_later(self, entry: Internal) -> None:
+        """Refold ``entry`` at the next read of its projection (at most once however often this is
+        called before it): N appends to a stream before its run's newest wire cost one refold per
+        read, not one per append (quadratic in the run's length)."""
+        if type(entry.node.projection) is not DeferredProjection:
+            entry.node.projection = DeferredProjection(entry, self._refold)
+
     def _refold(self, entry: Internal) -> None:
+        self._refolds += 1
+        self._refolded_events += sum(map(len, entry.log))
         projection = self.new_projection()
         settle = self.codecs.decoder.repair_filter() if entry in self._repaired else None
         for log_entry in entry.log:
@@ -771,7 +795,7 @@ class ConversationTree:
                 rec.canonical = serial
                 rec.step_client_id = ev.step_client_id
                 if any(s != serial for s in _keys(ss.output_attempts, ev.step_id)):
-                    self._refold(entry)
+                    self._refold_later(entry)
         elif ev.step_start_serial is not None:
             rec.end_reasons[ev.step_start_serial] = ev.reason or "complete"
         steps: list[StepInfo] = []
