@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -18,8 +19,10 @@ from aiohttp import web
 from agent_worker.conncap import CappedSite, ConnectionCap
 from agent_worker.errors import ConfigError
 from agent_worker.server import EmbeddedServer, ServerConfig
-from tests.server.server_support import eventually
+from agent_worker.server.websocket import Transport
+from tests.server.server_support import ACK, MESSAGE, RawClient, eventually
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TIMEOUT = 0.2  # small so the test is quick; what is asserted is the outcome, not the time
 
 
@@ -96,12 +99,47 @@ async def test_a_history_reader_that_stops_reading_is_dropped_and_others_are_ser
         assert ended[0]["aborted"] == 2
 
 
-async def _capped_app(handler: web.StreamResponse | object, **cap: float) -> tuple[web.AppRunner, CappedSite]:
+async def test_a_realtime_socket_that_stops_reading_is_dropped_below_its_byte_bound() -> None:
+    """Before, a realtime client that stopped reading with its socket full was dropped only once
+    ``max_outbound_bytes`` more had queued for it; now after ``http_write_timeout_s`` too."""
+    async with EmbeddedServer(ServerConfig(http_write_timeout_s=TIMEOUT)) as server:
+        slow = await RawClient.connect(server, clientId="slow")
+        bystander = await RawClient.connect(server, clientId="bystander")
+        pub = await RawClient.connect(server, clientId="pub", echo="false")
+        try:
+            await slow.attach("flood")
+            await bystander.attach("flood")
+            gateway = server._gateway
+            assert gateway is not None
+            transport = gateway.connections[slow.connection_id].transport
+            assert isinstance(transport, Transport) and transport.raw is not None
+            # Small kernel buffers on both ends, so a few messages fill them.
+            transport.raw.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            slow.ws.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            payload = "x" * 20_000
+            sent = 0
+            while server.connection_cap.stalled == 0:  # the slow client never reads
+                assert sent < 2000, "the slow reader was never dropped"
+                await pub.publish("flood", [{"name": "n", "data": f"{sent}:{payload}"}])
+                await pub.expect(ACK)
+                got = await bystander.expect(MESSAGE)  # the others are served throughout
+                assert got["messages"][0]["data"].startswith(f"{sent}:")
+                sent += 1
+            assert transport.queued_bytes < server.config.max_outbound_bytes
+            await eventually(transport._writer.done, what="the slow socket's writer ended")
+            await pub.publish("flood", [{"name": "n", "data": "after"}])
+            assert (await bystander.expect(MESSAGE))["messages"][0]["data"] == "after"
+        finally:
+            for client in (slow, bystander, pub):
+                await client.close()
+
+
+async def _capped_app(handler: Handler, *, write_timeout_s: float) -> tuple[web.AppRunner, CappedSite]:
     app = web.Application()
-    app.router.add_get("/", handler)  # type: ignore[arg-type]
+    app.router.add_get("/", handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = CappedSite(runner, "127.0.0.1", 0, ConnectionCap(16, name="test", write_timeout_s=cap["timeout"]))
+    site = CappedSite(runner, "127.0.0.1", 0, ConnectionCap(16, name="test", write_timeout_s=write_timeout_s))
     await site.start()
     return runner, site
 
@@ -126,11 +164,12 @@ async def test_a_stream_is_bounded_per_write_not_in_total_and_its_handler_ends()
             raise
         return resp
 
-    runner, site = await _capped_app(stream, timeout=TIMEOUT)
+    runner, site = await _capped_app(stream, write_timeout_s=TIMEOUT)
     cap = site.cap
     try:
         # A reader that keeps reading gets the whole stream, though it lasts past the bound.
-        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{site.port}/?chunks=12") as resp:
+        url = f"http://127.0.0.1:{site.port}/?chunks=12"
+        async with aiohttp.ClientSession() as http, http.get(url) as resp:
             assert len(await resp.read()) == 12 * len(chunk)
         assert ended == ["complete"]
         assert cap.stalled == 0
@@ -158,7 +197,7 @@ async def test_a_close_waiting_behind_unread_bytes_is_dropped() -> None:
         resp.force_close()
         return resp
 
-    runner, site = await _capped_app(big, timeout=TIMEOUT)
+    runner, site = await _capped_app(big, write_timeout_s=TIMEOUT)
     try:
         sock = await stalled_client("127.0.0.1", site.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await eventually(lambda: site.cap.stalled == 1, what="the close given up")

@@ -12,6 +12,7 @@ import structlog
 from agent_worker.config import HttpConfig
 from agent_worker.conncap import CappedSite
 from agent_worker.web import WebSettings, static_file
+from agent_worker.worker.admission import Invocation
 from agent_worker.worker.http import serve
 from agent_worker.worker.metrics import WorkerMetrics
 from tests.server.server_support import eventually
@@ -28,7 +29,9 @@ class _Worker:
     active_runs: tuple[()] = ()
     sessions: tuple[()] = ()
 
-    async def invoke(self, *_args: object, **_kw: object) -> object:  # pragma: no cover - unused
+    async def invoke(
+        self, session_name: object, input_event_id: object, *, caller_client_id: str | None = None
+    ) -> Invocation:  # pragma: no cover - not invoked here
         raise NotImplementedError
 
 
