@@ -181,7 +181,7 @@ class ConnectionCap:
 class _Counted(asyncio.Protocol):
     """The handler's protocol, counted; the hot callbacks are the handler's own bound methods
     (instance attributes shadow the class's), so only opening and closing pass through here — and
-    flow control (a few times per response at most) when the cap bounds writes."""
+    flow control (once per buffer's worth, to a slow reader, not per write) when the cap bounds writes."""
 
     def __init__(self, inner: asyncio.Protocol, cap: ConnectionCap) -> None:
         self._inner = inner
