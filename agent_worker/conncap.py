@@ -11,8 +11,19 @@ connections already in are served as before. Refusals are logged once per burst,
 connection: the burst ends when the count falls back to 90 % of the limit.
 
 The count is kept by a thin protocol around aiohttp's own :class:`~aiohttp.web.RequestHandler` that
-sees only ``connection_made`` / ``connection_lost``; the hot callbacks (``data_received``, flow
-control) are the handler's own bound methods, so nothing is added per read.
+sees only ``connection_made`` / ``connection_lost`` (and, with a write bound, flow control); the
+hot callback (``data_received``) is the handler's own bound method, so nothing is added per read.
+
+A bound on writes too (``write_timeout_s``): aiohttp has no write timeout, so a client that sends a
+request and never reads the answer held its handler — parked in ``drain()`` behind the socket's
+full buffer — and the bytes buffered for it for ever; and once a handler had finished, a graceful
+close still waited for ever behind the bytes the client never read. Here a connection whose
+transport stays paused (its buffer over the high-water mark) for ``write_timeout_s``, or that is
+closing and has not sent a byte of what it still buffers for as long, is aborted: its buffer is
+released and its handler's ``drain()`` fails, so the handler ends. The bound is per stall, not per
+response: a response (or a realtime socket) that keeps draining, however slowly, is never cut. One
+sweep per listener every ``write_timeout_s / 2`` checks the connections (so an abort comes after
+1 to 1.5 times the bound); aborts are logged once per burst, like refusals.
 """
 
 from __future__ import annotations
@@ -57,9 +68,12 @@ def _answer(limit: int, what: str) -> bytes:
 class ConnectionCap:
     """Counts a listener's connections; :meth:`wrap` makes its protocol factory refuse past ``limit``."""
 
-    def __init__(self, limit: int, *, name: str) -> None:
+    def __init__(self, limit: int, *, name: str, write_timeout_s: float | None = None) -> None:
         if limit < 1:
             msg = f"the connection limit of {name} must be at least 1"
+            raise ConfigError(msg)
+        if write_timeout_s is not None and not write_timeout_s > 0:
+            msg = f"the write timeout of {name} must be positive"
             raise ConfigError(msg)
         self.limit = limit
         self.name = name
@@ -69,6 +83,12 @@ class ConnectionCap:
         self._low_water = limit * 9 // 10
         self._lingering: set[_Refusal] = set()
         self._answer = _answer(limit, name)
+        self.write_timeout_s = write_timeout_s
+        self.stalled = 0  # connections aborted for a stalled write since start (all bursts)
+        self._stall_burst = 0
+        self._watched: set[_Counted] = set()  # with a write bound: the connections to sweep
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._listening = False
 
     def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for ``loop.create_server``: ``factory``'s protocol while under the
@@ -79,7 +99,10 @@ class ConnectionCap:
                 return self._refuse()
             inner = factory()
             self.open += 1  # counted from the accept (connection_made comes a loop turn later)
-            return _Counted(inner, self)
+            counted = _Counted(inner, self)
+            if self.write_timeout_s is not None:
+                self._watched.add(counted)
+            return counted
 
         return make
 
@@ -94,11 +117,53 @@ class ConnectionCap:
             log.warning("connections_refused", listener=self.name, limit=self.limit, code=REFUSED_CODE)
         return _Refusal(self)
 
-    def _released(self) -> None:
+    def _released(self, counted: _Counted) -> None:
         self.open -= 1
+        self._watched.discard(counted)
         if self._burst and self.open <= self._low_water:
             log.info("connections_accepted_again", listener=self.name, refused=self._burst)
             self._burst = 0
+
+    def start_sweeping(self) -> None:
+        """Check the connections' writes every ``write_timeout_s / 2`` while the listener is open
+        (and afterwards, until its last connection has gone)."""
+        self._listening = True
+        if self.write_timeout_s is not None and self._sweeper is None:
+            self._schedule(asyncio.get_running_loop())
+
+    def stop_sweeping(self) -> None:
+        self._listening = False  # the sweeps go on while connections remain (shutdown closes them)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self.write_timeout_s is not None
+        self._sweeper = loop.call_later(self.write_timeout_s / 2, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Abort the connections whose writes have made no progress for ``write_timeout_s``."""
+        timeout = self.write_timeout_s
+        assert timeout is not None
+        now = loop.time()
+        stuck = [c for c in self._watched if c.stalled_for(now) >= timeout]
+        if stuck:
+            self.stalled += len(stuck)
+            if not self._stall_burst:
+                log.warning(
+                    "connections_write_timed_out",
+                    listener=self.name,
+                    timeout_s=timeout,
+                    unsent_bytes=stuck[0].unsent(),
+                    hint="a client stopped reading its answers; its connection is dropped",
+                )
+            self._stall_burst += len(stuck)
+            for counted in stuck:
+                counted.abort()
+        elif self._stall_burst:
+            log.info("connections_write_timeouts_ended", listener=self.name, aborted=self._stall_burst)
+            self._stall_burst = 0
+        if self._listening or self._watched:
+            self._schedule(loop)
+        else:
+            self._sweeper = None
 
     def check_fd_limit(self) -> None:
         """Warn once if the process may run out of file descriptors before the cap is reached."""
@@ -115,23 +180,61 @@ class ConnectionCap:
 
 class _Counted(asyncio.Protocol):
     """The handler's protocol, counted; the hot callbacks are the handler's own bound methods
-    (instance attributes shadow the class's), so only opening and closing pass through here."""
+    (instance attributes shadow the class's), so only opening and closing pass through here — and
+    flow control (once per buffer's worth, to a slow reader, not per write) when the cap bounds writes."""
 
     def __init__(self, inner: asyncio.Protocol, cap: ConnectionCap) -> None:
         self._inner = inner
         self._cap: ConnectionCap | None = cap
+        self._transport: asyncio.WriteTransport | None = None
+        self._paused_at: float | None = None  # when the transport paused writing (buffer full)
+        self._closing_unsent = 0  # bytes a closing transport held at the last sign of progress ...
+        self._closing_since = 0.0  # ... and since when
         self.data_received = inner.data_received  # type: ignore[method-assign]
         self.eof_received = inner.eof_received  # type: ignore[method-assign]
-        self.pause_writing = inner.pause_writing  # type: ignore[method-assign]
-        self.resume_writing = inner.resume_writing  # type: ignore[method-assign]
+        if cap.write_timeout_s is None:
+            self.pause_writing = inner.pause_writing  # type: ignore[method-assign]
+            self.resume_writing = inner.resume_writing  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports are not subclasses of asyncio's, so a cast, not an isinstance check)
+        self._transport = cast("asyncio.WriteTransport", transport)
         self._inner.connection_made(transport)
+
+    def pause_writing(self) -> None:
+        self._paused_at = asyncio.get_running_loop().time()
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._paused_at = None
+        self._inner.resume_writing()
+
+    def stalled_for(self, now: float) -> float:
+        """How long this connection's writes have made no progress (0 while they need none)."""
+        if self._paused_at is not None:
+            return now - self._paused_at
+        transport = self._transport
+        unsent = transport.get_write_buffer_size() if transport is not None else 0
+        if not unsent or transport is None or not transport.is_closing():
+            self._closing_unsent = 0
+            return 0.0
+        if not self._closing_unsent or unsent < self._closing_unsent:  # first seen, or progress
+            self._closing_unsent = unsent
+            self._closing_since = now
+        return now - self._closing_since
+
+    def unsent(self) -> int:
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()  # connection_lost follows: the handler's drain() fails
 
     def connection_lost(self, exc: Exception | None) -> None:
         cap, self._cap = self._cap, None
         if cap is not None:
-            cap._released()
+            cap._released(self)
+        self._transport = None
         self._inner.connection_lost(exc)
 
 
@@ -202,7 +305,9 @@ class CappedSite(web.BaseSite):
         self._cap.check_fd_limit()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._cap.wrap(server), self._host, self._port)
+        self._cap.start_sweeping()
 
     async def stop(self) -> None:
         await super().stop()
         self._cap.close_refusals()
+        self._cap.stop_sweeping()

@@ -112,7 +112,9 @@ class EmbeddedServer(TokenMint):
         self._hub: Hub | None = None
         self._gateway: RealtimeGateway | None = None
         self._rest: RestApi | None = None
-        self.connection_cap = ConnectionCap(self.config.max_connections, name="the server")
+        self.connection_cap = ConnectionCap(
+            self.config.max_connections, name="the server", write_timeout_s=self.config.http_write_timeout_s
+        )
 
     def __repr__(self) -> str:
         endpoint = self.endpoint if self._port else None
@@ -171,6 +173,7 @@ class EmbeddedServer(TokenMint):
             max_connections=cfg.max_connections,
             close_timeout_ms=cfg.close_timeout_ms,
             http_body_timeout_s=cfg.http_body_timeout_s,
+            http_write_timeout_s=cfg.http_write_timeout_s,
         )
         return self
 

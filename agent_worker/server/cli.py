@@ -103,6 +103,14 @@ def register(app: typer.Typer) -> None:
                 "arrive after its headers (seconds).",
             ),
         ] = 10.0,
+        http_write_timeout_s: Annotated[
+            float,
+            typer.Option(
+                min=0.001,
+                help="Drop a connection (REST or realtime) whose answers make no progress for this "
+                "long: a client that stopped reading (seconds).",
+            ),
+        ] = 30.0,
         close_timeout_ms: Annotated[
             int,
             typer.Option(
@@ -166,6 +174,7 @@ def register(app: typer.Typer) -> None:
                 retention=retention,
                 http_idle_timeout_s=http_idle_timeout_s,
                 http_body_timeout_s=http_body_timeout_s,
+                http_write_timeout_s=http_write_timeout_s,
                 close_timeout_ms=close_timeout_ms,
                 max_connections=max_connections,
                 **settings,

@@ -263,7 +263,9 @@ async def serve(
     app = build_app(worker, config, token_key=token_key, web_client=web_client)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.idle_timeout_s)
     await runner.setup()
-    cap = ConnectionCap(config.max_connections, name="the worker's HTTP endpoint")
+    cap = ConnectionCap(
+        config.max_connections, name="the worker's HTTP endpoint", write_timeout_s=config.write_timeout_s
+    )
     site = CappedSite(runner, host or config.host, config.port if port is None else port, cap)
     await site.start()
     return runner

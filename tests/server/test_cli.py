@@ -111,8 +111,8 @@ async def test_cli_http_idle_timeout_option() -> None:
 
 
 async def test_cli_connection_cap_body_and_close_timeout_options() -> None:
-    """--max-connections, --http-body-timeout-s and --close-timeout-ms reach the server (they
-    could be set only in ServerConfig before)."""
+    """--max-connections, --http-body-timeout-s, --http-write-timeout-s and --close-timeout-ms
+    reach the server (they could be set only in ServerConfig before)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -126,6 +126,8 @@ async def test_cli_connection_cap_body_and_close_timeout_options() -> None:
         "0.25",
         "--close-timeout-ms",
         "321",
+        "--http-write-timeout-s",
+        "7.5",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -137,6 +139,7 @@ async def test_cli_connection_cap_body_and_close_timeout_options() -> None:
         lines.append(line)
     started = next(line for line in lines if "server_started" in line)
     assert "close_timeout_ms=321" in started and "max_connections=2" in started, started
+    assert "http_write_timeout_s=7.5" in started, started
     host, _, port = next(line for line in lines if line.startswith("endpoint: "))[10:].strip().rpartition(":")
     try:
         # Two held: the third is refused 503 / 50300 (connections are counted in accept order).
