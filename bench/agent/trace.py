@@ -13,6 +13,7 @@ summarises a trace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -45,6 +46,18 @@ def install(worker: Worker, path: str) -> TextIO:
         out.write(json.dumps({"us": _now(), "c": _cpu(), "e": event, **fields}) + "\n")
 
     invoke = worker.invoke
+    sessions: dict[str, str] = {}  # "latencyN-7" (the script's id) -> the session's name
+
+    from bench.agent import script  # noqa: PLC0415
+
+    script_emit = script.emit
+
+    def traced_emit(tag: str, payload: dict[str, Any]) -> None:  # the model's call: "model"
+        script_emit(tag, payload)
+        if payload.get("event") == "prompt" and payload.get("id") in sessions:
+            emit("model", s=sessions[payload["id"]])
+
+    script.emit = traced_emit
     profile_to = os.environ.get("AW_BENCH_TRACE_PROFILE")  # =path: cProfile 1.5 s from the N-stream POSTs
     profiling: list[Any] = []
 
@@ -79,6 +92,8 @@ def install(worker: Worker, path: str) -> TextIO:
     @functools.wraps(invoke)
     async def traced_invoke(session_name: object, input_event_id: object, **kw: Any) -> Any:
         emit("post", s=session_name)
+        head, _, index = str(session_name).rpartition(":")
+        sessions[f"{head.rpartition(':')[2]}-{index}"] = str(session_name)
         maybe_profile(session_name)
         try:
             return await invoke(session_name, input_event_id, **kw)
@@ -158,6 +173,11 @@ def install(worker: Worker, path: str) -> TextIO:
     start_append = channel_cls.start_append
 
     def traced_start_append(self: Any, serial: str, msg: Any) -> Any:
+        data = msg.data if isinstance(msg.data, str) else ""
+        if data.startswith("1:"):  # the script's first token: "1:<us it left the model>;"
+            with contextlib.suppress(ValueError):
+                stamp = int(data[2:].split(";", 1)[0])
+                out.write(json.dumps({"us": stamp, "e": "token1", "s": self.name}) + "\n")
         emit("append", s=self.name)
         return start_append(self, serial, msg)
 
@@ -301,9 +321,9 @@ def summarise(path: str, prefix: str = "bench:") -> str:
         first[s].setdefault(key, ev["us"])
     lines = []
     steps = [
-        "placed", "attach_start", "attached", "invoked", "located", "slotted",
+        "placed", "attach_start", "attached", "invoked", "located", "slotted", "model",
         "presence_enter", "presence_enter_done", "publish:ai-run-start", "published:ai-run-start",
-        "published:ai-step-start", "published:ai-output", "append",
+        "published:ai-step-start", "published:ai-output", "token1", "append",
     ]  # fmt: skip
     names = sorted({k for d in first.values() for k in d})
     for step in steps + [n for n in names if n not in steps and n != "post"]:
