@@ -64,6 +64,16 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
+        http_write_timeout_s: Annotated[
+            float | None,
+            typer.Option(
+                "--http-write-timeout-s",
+                envvar="AGENT_WORKER_HTTP_WRITE_TIMEOUT_S",
+                help="Seconds an answer may make no progress to a client that stopped reading "
+                "before the connection is dropped (default 30).",
+                show_default=False,
+            ),
+        ] = None,
         provider: Annotated[
             str | None,
             typer.Option(
@@ -136,6 +146,7 @@ def register(app: typer.Typer) -> None:
             key=key,
             http=http,
             http_max_connections=http_max_connections,
+            http_write_timeout_s=http_write_timeout_s,
             provider=provider,
             watch=tuple(watch or ()),
             log_format=log_format,

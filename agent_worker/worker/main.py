@@ -29,6 +29,7 @@ class Overrides:
     key: str | None = None
     http: str | None = None
     http_max_connections: int | None = None
+    http_write_timeout_s: float | None = None
     provider: str | None = None
     watch: tuple[str, ...] = ()
     log_format: str | None = None
@@ -74,6 +75,11 @@ def apply_overrides(cfg: Config, o: Overrides) -> Config:
             msg = "--http-max-connections must be at least 1"
             raise ConfigError(msg)
         http["max_connections"] = o.http_max_connections
+    if o.http_write_timeout_s is not None:
+        if not o.http_write_timeout_s > 0:
+            msg = "--http-write-timeout-s must be above 0"
+            raise ConfigError(msg)
+        http["write_timeout_s"] = o.http_write_timeout_s
     worker: dict[str, Any] = {}
     if o.watch:
         worker["watch_channels"] = tuple(dict.fromkeys((*cfg.worker.watch_channels, *o.watch)))

@@ -86,3 +86,16 @@ def test_the_cli_flag_sets_the_cap() -> None:
     assert "--http-max-connections must be at least 1" in result.output
     result = CliRunner().invoke(app, ["run"], env={"AGENT_WORKER_HTTP_MAX_CONNECTIONS": "0"})
     assert "--http-max-connections must be at least 1" in result.output
+
+
+def test_the_cli_flag_sets_the_write_timeout() -> None:
+    """``--http-write-timeout-s`` (and its variable) reaches ``[http] write_timeout_s``; 0 or less
+    is refused before anything starts."""
+    cfg = apply_overrides(Config(), Overrides(http_write_timeout_s=2.5))
+    assert cfg.http.write_timeout_s == 2.5
+    assert Config().http.write_timeout_s == 30.0
+    result = CliRunner().invoke(app, ["run", "--http-write-timeout-s", "0"])
+    assert result.exit_code == 1
+    assert "--http-write-timeout-s must be above 0" in result.output
+    result = CliRunner().invoke(app, ["run"], env={"AGENT_WORKER_HTTP_WRITE_TIMEOUT_S": "-1"})
+    assert "--http-write-timeout-s must be above 0" in result.output
