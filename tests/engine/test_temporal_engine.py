@@ -24,9 +24,13 @@ from agent_worker.protocol.headers import (
 from agent_worker.protocol.vercel.encoder import encode_user_message
 from agent_worker.providers.base import ModelRequest, StreamEvent
 from agent_worker.providers.echo import ScriptedProvider
+from agent_worker.runtime.run import Run
+from agent_worker.runtime.session import AgentSession
 from agent_worker.tools import Tool, ToolRegistry
 from tests.engine.conftest import MakeWorker
 from tests.runtime.runtime_support import ChatClient, Harness
+from tests.runtime.test_conversation import converse, reply_script
+from tests.runtime.test_conversation import transcript as prompt_of
 from tests.runtime.test_run_cancel import SlowScript, started_run, stream_statuses
 from tests.runtime.test_run_tools import approval_script, find_tool_part, message_holding, send_notification
 from tests.temporal_support import TemporalDevServer, task_queue
@@ -344,3 +348,45 @@ async def test_an_early_cancel_is_honoured_when_the_run_opens(
     await asyncio.sleep(1.0)
     assert script.produced == produced  # the cancelled run never called the model
     assert len(client.for_input(AI_RUN_END, sent_cmid)) == 1
+
+
+async def test_a_fresh_runs_start_goes_out_before_its_older_history_pages(
+    make_worker: MakeWorker,
+    make_temporal_worker: MakeWorker,
+    make_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As in local mode: ``openRun`` publishes the run-start once the trigger's page is read; the
+    turn's adoption reads the rest of a long conversation, and the model still gets all of it."""
+    local: Harness = await make_worker(ScriptedProvider(reply_script))
+    client: ChatClient = await make_client(session=f"conversations:paged-{task_queue()}")
+    await converse(local, client, client.session, "one")
+    await converse(local, client, client.session, "two")
+
+    events: list[str] = []  # "page" per history page read, "start" per run-start published
+    load_page, start = AgentSession._load_page, Run.start
+
+    async def page(self: AgentSession) -> bool:
+        events.append("page")
+        return await load_page(self)
+
+    async def started(self: Run) -> None:
+        events.append("start")
+        await start(self)
+
+    monkeypatch.setattr(AgentSession, "_load_page", page)
+    monkeypatch.setattr(Run, "start", started)
+    durable_model = ScriptedProvider(reply_script)
+    durable = await make_temporal_worker(durable_model)
+    durable.worker.history_page_size = 3
+    await converse(durable, client, client.session, "three")
+    # One page (the trigger's) before the run-start, the older ones after it.
+    assert events[:2] == ["page", "start"]
+    assert events.count("start") == 1 and "page" in events[2:]
+    assert prompt_of(durable_model.requests[-1].messages) == [
+        ("user", "one"),
+        ("assistant", "re: one"),
+        ("user", "two"),
+        ("assistant", "re: two"),
+        ("user", "three"),
+    ]

@@ -116,7 +116,7 @@ class TurnActivities:
             coalesce_window_s=self.host.config.coalesce_window_ms / 1000.0,
         )
 
-    async def _locate(self, session: AgentSession, run: Run) -> None:
+    async def _locate(self, session: AgentSession, run: Run, *, branch: bool = True) -> None:
         limits = self.host.supervisor.limits
         async with _heartbeating():
             await session.locate(
@@ -125,6 +125,7 @@ class TurnActivities:
                 max_branch_pages=limits.max_branch_pages,
                 wait_s=limits.wait_s,
                 max_input_bytes=limits.max_input_bytes,
+                branch=branch,
             )
 
     def _settled(self, session: AgentSession, ids: RunIds) -> bool:
@@ -183,7 +184,9 @@ class TurnActivities:
                 caller = invocation.caller_client_id
                 # The wait for the input holds the caller's share, as a local run's does.
                 with self.pending.locating_input(run.invocation_id, caller):
-                    await self._locate(session, run)
+                    # A fresh run's older history is read by the turn's adoption (``_adopt``), after
+                    # this run-start, as the local supervisor does (AgentSession.locate).
+                    await self._locate(session, run, branch=False)
                 trigger_client = run.owner_client_id
                 if caller is not None and caller not in ("*", trigger_client):
                     msg = f"the input was published by {trigger_client!r}, not by the caller {caller!r}"
