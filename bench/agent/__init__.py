@@ -595,6 +595,9 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         f"* History rebuild: sessions of {plan.turns * 2:,} messages ({plan.turns} user/assistant turns,",
         "  built beforehand by the official agent library); one more message is POSTed to a cold agent,",
         f"  median of {plan.reps} sessions (single samples vary by up to 2x on this shared machine).",
+        "  The JS agent (its README's route handler) pages all history before `run.start()`; the worker",
+        "  sends a fresh run's `ai-run-start` once the trigger's page is read and reads the older pages",
+        "  after it, so the rebuild's cost shows in *POST → first token* for both, not in the run-start row.",
         "  The model call received "
         + ", ".join(f"{VARIANTS[n]['label']}: {results[n]['history']['promptMessages']}" for n in names)
         + " prompt messages.",
