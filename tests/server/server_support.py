@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Callable
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -12,6 +15,7 @@ import msgpack
 from ably.types.connectionstate import ConnectionState
 
 from agent_worker.server import EmbeddedServer
+from agent_worker.server.websocket import Transport
 
 HEARTBEAT, ACK, NACK, CONNECTED, DISCONNECTED, CLOSE, CLOSED, ERROR = 0, 1, 2, 4, 6, 7, 8, 9
 ATTACH, ATTACHED, DETACH, DETACHED, PRESENCE, MESSAGE, SYNC, AUTH = 10, 11, 12, 13, 14, 15, 16, 17
@@ -156,3 +160,44 @@ def collector() -> tuple[list[Any], Callable[[Any], None]]:
 async def wait_connected(client: Any, within: float = 10.0) -> None:
     """Wait until an ably-python realtime client is CONNECTED (it may already be)."""
     await eventually(lambda: client.connection.state == ConnectionState.CONNECTED, within, "CONNECTED")
+
+
+@dataclass
+class Flood:
+    """A channel ``flood`` with a ``slow`` reader (4 KiB kernel buffers at both ends, so a few
+    messages fill its socket; it reads only when a test tells it to), a ``bystander`` and ``pub``."""
+
+    slow: RawClient
+    bystander: RawClient
+    pub: RawClient
+    transport: Transport
+    """The server's side of ``slow``'s socket."""
+    sent: int = 0
+
+    async def publish_one(self, payload: str = "x" * 20_000) -> None:
+        """One message ``"<n>:<payload>"``; the bystander gets it (everyone else is served)."""
+        await self.pub.publish("flood", [{"name": "n", "data": f"{self.sent}:{payload}"}])
+        await self.pub.expect(ACK)
+        got = await self.bystander.expect(MESSAGE)
+        assert got["messages"][0]["data"].startswith(f"{self.sent}:")
+        self.sent += 1
+
+
+@contextlib.asynccontextmanager
+async def flood(server: EmbeddedServer) -> AsyncIterator[Flood]:
+    slow = await RawClient.connect(server, clientId="slow")
+    bystander = await RawClient.connect(server, clientId="bystander")
+    pub = await RawClient.connect(server, clientId="pub", echo="false")
+    try:
+        await slow.attach("flood")
+        await bystander.attach("flood")
+        gateway = server._gateway
+        assert gateway is not None
+        transport = gateway.connections[slow.connection_id].transport
+        assert isinstance(transport, Transport) and transport.raw is not None
+        transport.raw.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        slow.ws.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        yield Flood(slow, bystander, pub, transport)
+    finally:
+        for client in (slow, bystander, pub):
+            await client.close()

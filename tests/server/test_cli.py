@@ -42,10 +42,11 @@ async def _start(*args: str) -> tuple[asyncio.subprocess.Process, dict[str, list
         stderr=asyncio.subprocess.STDOUT,
     )
     assert proc.stdout is not None
-    facts: dict[str, list[str]] = {"endpoint": [], "key": []}
+    facts: dict[str, list[str]] = {"endpoint": [], "key": [], "lines": []}
     while not (facts["endpoint"] and facts["key"] and facts.get("ably-python")):
         line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
         assert line, "server exited before printing its endpoint"
+        facts["lines"].append(line)
         name, sep, value = line.partition(": ")
         if sep and name in ("endpoint", "key", "ably-python"):
             facts.setdefault(name, []).append(value.strip())
@@ -113,13 +114,7 @@ async def test_cli_http_idle_timeout_option() -> None:
 async def test_cli_connection_cap_body_and_close_timeout_options() -> None:
     """--max-connections, --http-body-timeout-s, --http-write-timeout-s and --close-timeout-ms
     reach the server (they could be set only in ServerConfig before)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _RUNNER,
-        "server",
-        "--port",
-        "0",
+    proc, facts = await _start(
         "--max-connections",
         "2",
         "--http-body-timeout-s",
@@ -128,19 +123,11 @@ async def test_cli_connection_cap_body_and_close_timeout_options() -> None:
         "321",
         "--http-write-timeout-s",
         "7.5",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
     )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    while not any(line.startswith("endpoint: ") for line in lines):
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        assert line, "server exited before printing its endpoint"
-        lines.append(line)
-    started = next(line for line in lines if "server_started" in line)
+    started = next(line for line in facts["lines"] if "server_started" in line)
     assert "close_timeout_ms=321" in started and "max_connections=2" in started, started
     assert "http_write_timeout_s=7.5" in started, started
-    host, _, port = next(line for line in lines if line.startswith("endpoint: "))[10:].strip().rpartition(":")
+    host, _, port = facts["endpoint"][0].rpartition(":")
     try:
         # Two held: the third is refused 503 / 50300 (connections are counted in accept order).
         held = [await asyncio.open_connection(host, int(port)) for _ in range(2)]

@@ -19,8 +19,7 @@ from aiohttp import web
 from agent_worker.conncap import CappedSite, ConnectionCap
 from agent_worker.errors import ConfigError
 from agent_worker.server import EmbeddedServer, ServerConfig
-from agent_worker.server.websocket import Transport
-from tests.server.server_support import ACK, MESSAGE, RawClient, eventually
+from tests.server.server_support import MESSAGE, eventually, flood
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TIMEOUT = 0.2  # small so the test is quick; what is asserted is the outcome, not the time
@@ -102,36 +101,14 @@ async def test_a_history_reader_that_stops_reading_is_dropped_and_others_are_ser
 async def test_a_realtime_socket_that_stops_reading_is_dropped_below_its_byte_bound() -> None:
     """Before, a realtime client that stopped reading with its socket full was dropped only once
     ``max_outbound_bytes`` more had queued for it; now after ``http_write_timeout_s`` too."""
-    async with EmbeddedServer(ServerConfig(http_write_timeout_s=TIMEOUT)) as server:
-        slow = await RawClient.connect(server, clientId="slow")
-        bystander = await RawClient.connect(server, clientId="bystander")
-        pub = await RawClient.connect(server, clientId="pub", echo="false")
-        try:
-            await slow.attach("flood")
-            await bystander.attach("flood")
-            gateway = server._gateway
-            assert gateway is not None
-            transport = gateway.connections[slow.connection_id].transport
-            assert isinstance(transport, Transport) and transport.raw is not None
-            # Small kernel buffers on both ends, so a few messages fill them.
-            transport.raw.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-            slow.ws.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            payload = "x" * 20_000
-            sent = 0
-            while server.connection_cap.stalled == 0:  # the slow client never reads
-                assert sent < 2000, "the slow reader was never dropped"
-                await pub.publish("flood", [{"name": "n", "data": f"{sent}:{payload}"}])
-                await pub.expect(ACK)
-                got = await bystander.expect(MESSAGE)  # the others are served throughout
-                assert got["messages"][0]["data"].startswith(f"{sent}:")
-                sent += 1
-            assert transport.queued_bytes < server.config.max_outbound_bytes
-            await eventually(transport._writer.done, what="the slow socket's writer ended")
-            await pub.publish("flood", [{"name": "n", "data": "after"}])
-            assert (await bystander.expect(MESSAGE))["messages"][0]["data"] == "after"
-        finally:
-            for client in (slow, bystander, pub):
-                await client.close()
+    async with EmbeddedServer(ServerConfig(http_write_timeout_s=TIMEOUT)) as server, flood(server) as f:
+        while server.connection_cap.stalled == 0:  # the slow client never reads
+            assert f.sent < 2000, "the slow reader was never dropped"
+            await f.publish_one()  # the others are served throughout
+        assert f.transport.queued_bytes < server.config.max_outbound_bytes
+        await eventually(f.transport._writer.done, what="the slow socket's writer ended")
+        await f.pub.publish("flood", [{"name": "n", "data": "after"}])
+        assert (await f.bystander.expect(MESSAGE))["messages"][0]["data"] == "after"
 
 
 async def _capped_app(handler: Handler, *, write_timeout_s: float) -> tuple[web.AppRunner, CappedSite]:

@@ -6,12 +6,10 @@ is served meanwhile. (The byte bound past which such a client is disconnected wi
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 from agent_worker.server import EmbeddedServer, ServerConfig
-from agent_worker.server.websocket import Transport
-from tests.server.server_support import ACK, MESSAGE, RawClient, eventually
+from tests.server.server_support import MESSAGE, eventually, flood
 
 
 def _awaiting(task: asyncio.Task[Any]) -> list[str]:
@@ -25,45 +23,19 @@ def _awaiting(task: asyncio.Task[Any]) -> list[str]:
 
 
 async def test_a_stalled_reader_parks_its_writer_until_it_reads_again() -> None:
-    async with EmbeddedServer(ServerConfig(max_outbound_bytes=64 << 20)) as server:
-        slow = await RawClient.connect(server, clientId="slow")
-        bystander = await RawClient.connect(server, clientId="bystander")
-        pub = await RawClient.connect(server, clientId="pub", echo="false")
-        try:
-            await slow.attach("flood")
-            await bystander.attach("flood")
-            gateway = server._gateway
-            assert gateway is not None
-            transport = gateway.connections[slow.connection_id].transport
-            assert isinstance(transport, Transport) and transport.raw is not None
-            # Small kernel buffers on both ends, so a few messages fill them.
-            transport.raw.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-            client_raw = slow.ws.get_extra_info("socket")
-            client_raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            payload = "x" * 20_000
-            sent = 0
-            # Publish until frames for the slow reader wait in the server's queue (its socket is full).
-            while transport.queued_bytes == 0:
-                assert sent < 2000, "the slow reader's socket never filled"
-                await pub.publish("flood", [{"name": "n", "data": f"{sent}:{payload}"}])
-                await pub.expect(ACK)
-                got = await bystander.expect(MESSAGE)
-                assert got["messages"][0]["data"].startswith(f"{sent}:")
-                sent += 1
-            # Parked on the transport's drain, not in a polling sleep; the others are still served.
-            assert "sleep" not in _awaiting(transport._writer), _awaiting(transport._writer)
-            for _ in range(3):
-                await pub.publish("flood", [{"name": "n", "data": f"{sent}:{payload}"}])
-                await pub.expect(ACK)
-                got = await bystander.expect(MESSAGE)
-                assert got["messages"][0]["data"].startswith(f"{sent}:")
-                sent += 1
-            assert transport.queued_bytes > 0 and "sleep" not in _awaiting(transport._writer)
-            # Reading again wakes the writer: every message arrives, in order.
-            for i in range(sent):
-                got = await slow.expect(MESSAGE)
-                assert got["messages"][0]["data"].startswith(f"{i}:")
-            await eventually(lambda: transport.queued_bytes == 0, what="the queue drained")
-        finally:
-            for c in (slow, bystander, pub):
-                await c.close()
+    async with EmbeddedServer(ServerConfig(max_outbound_bytes=64 << 20)) as server, flood(server) as f:
+        transport = f.transport
+        # Publish until frames for the slow reader wait in the server's queue (its socket is full).
+        while transport.queued_bytes == 0:
+            assert f.sent < 2000, "the slow reader's socket never filled"
+            await f.publish_one()
+        # Parked on the transport's drain, not in a polling sleep; the others are still served.
+        assert "sleep" not in _awaiting(transport._writer), _awaiting(transport._writer)
+        for _ in range(3):
+            await f.publish_one()
+        assert transport.queued_bytes > 0 and "sleep" not in _awaiting(transport._writer)
+        # Reading again wakes the writer: every message arrives, in order.
+        for i in range(f.sent):
+            got = await f.slow.expect(MESSAGE)
+            assert got["messages"][0]["data"].startswith(f"{i}:")
+        await eventually(lambda: transport.queued_bytes == 0, what="the queue drained")

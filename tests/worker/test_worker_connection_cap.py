@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import aiohttp
+import pytest
 from typer.testing import CliRunner
 from yarl import URL
 
@@ -75,27 +76,38 @@ async def test_connections_past_the_cap_are_refused_and_a_caller_inside_still_in
         await caller.close()
 
 
-def test_the_cli_flag_sets_the_cap() -> None:
-    """``--http-max-connections`` (and its variable) reaches ``[http] max_connections``; below 1
-    it is refused before anything starts."""
-    cfg = apply_overrides(Config(), Overrides(http_max_connections=7))
-    assert cfg.http.max_connections == 7
-    assert Config().http.max_connections == 1024
-    result = CliRunner().invoke(app, ["run", "--http-max-connections", "0"])
+@pytest.mark.parametrize(
+    ("flag", "env", "field", "value", "default", "refusal"),
+    [
+        (
+            "--http-max-connections",
+            "AGENT_WORKER_HTTP_MAX_CONNECTIONS",
+            "max_connections",
+            7,
+            1024,
+            "at least 1",
+        ),
+        (
+            "--http-write-timeout-s",
+            "AGENT_WORKER_HTTP_WRITE_TIMEOUT_S",
+            "write_timeout_s",
+            2.5,
+            30.0,
+            "above 0",
+        ),
+    ],
+)
+def test_the_cli_flags_set_the_http_bounds(
+    flag: str, env: str, field: str, value: float, default: float, refusal: str
+) -> None:
+    """Each flag (and its variable) reaches ``[http]``; a value out of range is refused before
+    anything starts."""
+    flag, env, field, value, default, refusal = case
+    cfg = apply_overrides(Config(), Overrides(**{f"http_{field}": value}))
+    assert getattr(cfg.http, field) == value
+    assert getattr(Config().http, field) == default
+    result = CliRunner().invoke(app, ["run", flag, "0"])
     assert result.exit_code == 1
-    assert "--http-max-connections must be at least 1" in result.output
-    result = CliRunner().invoke(app, ["run"], env={"AGENT_WORKER_HTTP_MAX_CONNECTIONS": "0"})
-    assert "--http-max-connections must be at least 1" in result.output
-
-
-def test_the_cli_flag_sets_the_write_timeout() -> None:
-    """``--http-write-timeout-s`` (and its variable) reaches ``[http] write_timeout_s``; 0 or less
-    is refused before anything starts."""
-    cfg = apply_overrides(Config(), Overrides(http_write_timeout_s=2.5))
-    assert cfg.http.write_timeout_s == 2.5
-    assert Config().http.write_timeout_s == 30.0
-    result = CliRunner().invoke(app, ["run", "--http-write-timeout-s", "0"])
-    assert result.exit_code == 1
-    assert "--http-write-timeout-s must be above 0" in result.output
-    result = CliRunner().invoke(app, ["run"], env={"AGENT_WORKER_HTTP_WRITE_TIMEOUT_S": "-1"})
-    assert "--http-write-timeout-s must be above 0" in result.output
+    assert f"{flag} must be {refusal}" in result.output
+    result = CliRunner().invoke(app, ["run"], env={env: "-1"})
+    assert f"{flag} must be {refusal}" in result.output
