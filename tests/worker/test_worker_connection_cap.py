@@ -77,7 +77,7 @@ async def test_connections_past_the_cap_are_refused_and_a_caller_inside_still_in
 
 
 @pytest.mark.parametrize(
-    ("flag", "env", "field", "value", "default", "refusal"),
+    "case",
     [
         (
             "--http-max-connections",
@@ -97,13 +97,16 @@ async def test_connections_past_the_cap_are_refused_and_a_caller_inside_still_in
         ),
     ],
 )
-def test_the_cli_flags_set_the_http_bounds(
-    flag: str, env: str, field: str, value: float, default: float, refusal: str
-) -> None:
+def test_the_cli_flags_set_the_http_bounds(case: tuple[str, str, str, float, float, str]) -> None:
     """Each flag (and its variable) reaches ``[http]``; a value out of range is refused before
     anything starts."""
     flag, env, field, value, default, refusal = case
-    cfg = apply_overrides(Config(), Overrides(**{f"http_{field}": value}))
+    overrides = (
+        Overrides(http_max_connections=int(value))
+        if field == "max_connections"
+        else Overrides(http_write_timeout_s=value)
+    )
+    cfg = apply_overrides(Config(), overrides)
     assert getattr(cfg.http, field) == value
     assert getattr(Config().http, field) == default
     result = CliRunner().invoke(app, ["run", flag, "0"])
