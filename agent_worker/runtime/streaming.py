@@ -206,6 +206,8 @@ class StreamWriter:
         self._failures: dict[str, list[_Sent]] = {}
         self._held: list[PublishOp] = []
         self._held_task: asyncio.Task[None] | None = None
+        self._held_sent = False
+        """The held batch in flight has its frame ahead of anything started now (pipelined send)."""
         self._batch: Callable[[list[OutboundMessage]], Awaitable[Any]] | None = getattr(
             channel, "publish_batch", None
         )
@@ -257,6 +259,11 @@ class StreamWriter:
                 self._hold(op)
                 continue
             if self._held_task is not None:
+                if self._creates_behind_held(op):
+                    assert isinstance(op, PublishOp)
+                    async with self._lock:
+                        await self._create_behind_held(op)
+                    continue
                 await self._settle_held()
             if isinstance(op, AppendOp) and not op.closing:
                 if self._buffer(op, self._trim(op)):
@@ -434,6 +441,7 @@ class StreamWriter:
         """Queue a publish; the batch goes out on the next loop turn (see the module doc)."""
         self._held.append(op)
         if self._held_task is None:
+            self._held_sent = False
             self._held_task = asyncio.create_task(self._send_held())
             self._held_task.add_done_callback(retrieve_exception)
 
@@ -441,14 +449,53 @@ class StreamWriter:
         # A task's first step runs after the caller's current one, so the caller's other chunks of
         # this turn have joined by now (no extra turn: in a burst each is a turn of a busy loop).
         held, self._held = self._held, []
-        batch = self._batch
-        assert batch is not None
-        serials = await retry(lambda: batch([op.message for op in held]), attempts=5, retry_if=_rate_limited)
+        msgs = [op.message for op in held]
+        start: Callable[[list[OutboundMessage]], asyncio.Task[list[str | None]]] | None = getattr(
+            self._channel, "start_publish_batch", None
+        )
+        if start is not None:
+            for _ in msgs:  # Ably counts each message of a batch
+                await self._channel.acquire()
+            sending = start(msgs)
+            self._held_sent = True  # its frame goes before any publish started after this
+            serials: Any = await sending
+        else:
+            batch = self._batch
+            assert batch is not None
+            serials = await retry(lambda: batch(msgs), attempts=5, retry_if=_rate_limited)
         self.stats.published += len(held)
         found = serials if isinstance(serials, list) else []
         for i, op in enumerate(held):
             if op.stream_key is not None:
                 self._stream_opened(op, found[i] if i < len(found) else None)
+
+    def _creates_behind_held(self, op: WireOp) -> bool:
+        """A stream's create after a held batch whose frame is on its way: it need not wait for that
+        batch's ACK (nobody needs the batch's serials, and the wire keeps their order), which in a
+        message's opening is a round trip before its first text (the batch: the ``start`` chunks
+        sent at the step-start's ACK, the create: the model's first text, often just after)."""
+        task = self._held_task
+        return (
+            isinstance(op, PublishOp)
+            and op.stream_key is not None
+            and self._held_sent
+            and task is not None
+            and not task.done()
+            and not self._buffers
+            and (self._first_done or not self._on_first_publish)
+            and getattr(self._channel, "start_publish", None) is not None
+        )
+
+    async def _create_behind_held(self, op: PublishOp) -> None:
+        """Publish ``op`` (a stream's create) pipelined behind the held batch in flight; then settle
+        the batch (its ACK comes first): the stream is known before the batch's failure is raised,
+        so a failing run still closes it."""
+        await self._channel.acquire()
+        start: Callable[[OutboundMessage], asyncio.Task[str | None]] = self._channel.start_publish  # type: ignore[attr-defined]
+        serial = await self._shielded(start(op.message))
+        self.stats.published += 1
+        self._stream_opened(op, serial)
+        await self._settle_held()
 
     async def _settle_held(self) -> None:
         """Wait for the held batch's ACK (raising its failure) before anything else is sent."""
