@@ -17,10 +17,14 @@ operation order on the wire, with two liberties that change no text:
   one loop turn — a message's ``start`` and ``start-step`` chunks, before the model is called — go
   out as one atomic batch (``Channel.publish_batch``) once the caller yields, so the model call
   does not wait for their round trips; the writer's next operation waits for that batch's ACK
-  first, so nothing overtakes it on the wire and its failure is raised there. A stream's create
-  written in the same turn (a pipelined step-start held them all for its ACK, see
-  ``OutputMessage`` in runtime/run.py) goes last in that batch, its serial taken from the batch's
-  ACK: one round trip before the stream's first append instead of two.
+  first, so nothing overtakes it on the wire and its failure is raised there — except a stream's
+  create once the batch's frame is written (``Channel.start_publish_batch``): it follows the batch
+  on the wire without waiting for its ACK (the model's first text, when it comes after the
+  step-start's ACK let the batch go), and the batch's failure is raised once the stream is known,
+  as a pipelined step-start's is. A stream's create written in the same turn (a pipelined
+  step-start held them all for its ACK, see ``OutputMessage`` in runtime/run.py) goes last in
+  that batch, its serial taken from the batch's ACK: one round trip before the stream's first
+  append instead of two.
 * **Pipelining.** Appends are submitted without awaiting their ACKs (``Channel.submit_append``).
   Publishes and updates are awaited (a stream's opening serial is needed for its appends). A stream
   with a failed append (NACKed, past its ACK deadline, not sent) gets the encoder's full-content
@@ -205,6 +209,9 @@ class StreamWriter:
         self._pending: collections.deque[_Sent] = collections.deque()
         self._failures: dict[str, list[_Sent]] = {}
         self._held: list[PublishOp] = []
+        self._start_batch: Callable[[list[OutboundMessage]], asyncio.Task[list[str | None]]] | None = getattr(
+            channel, "start_publish_batch", None
+        )
         self._held_task: asyncio.Task[None] | None = None
         self._held_sent = False
         """The held batch in flight has its frame ahead of anything started now (pipelined send)."""
@@ -430,7 +437,7 @@ class StreamWriter:
         held = self._held
         return (
             isinstance(op, PublishOp)
-            and self._batch is not None
+            and (self._batch is not None or self._start_batch is not None)
             and len(held) < _HOLD_MAX_MESSAGES
             and len(str(op.message.data or "")) <= _HOLD_MAX_DATA
             and (op.stream_key is None or bool(held))
@@ -450,9 +457,7 @@ class StreamWriter:
         # this turn have joined by now (no extra turn: in a burst each is a turn of a busy loop).
         held, self._held = self._held, []
         msgs = [op.message for op in held]
-        start: Callable[[list[OutboundMessage]], asyncio.Task[list[str | None]]] | None = getattr(
-            self._channel, "start_publish_batch", None
-        )
+        start = self._start_batch
         if start is not None:
             for _ in msgs:  # Ably counts each message of a batch
                 await self._channel.acquire()

@@ -340,3 +340,110 @@ async def test_a_large_discrete_publish_is_not_batched() -> None:
     assert channel.sent == ["start", "tool-output"] and channel.batches == [["start"]]
     await writer.flush()
     await writer.aclose()
+
+
+class PipelinedBatchChannel(HeldAckChannel):
+    """Has ``start_publish_batch`` (the frame is written on the task's first step), ACKed when the
+    test says so; takes rate tokens through ``acquire`` (counted)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tag_appends = True
+        self.batches: list[list[str]] = []
+        self.batch_acks: list[asyncio.Future[None]] = []
+        self.tokens = 0
+
+    async def acquire(self) -> None:
+        self.tokens += 1
+
+    def start_publish_batch(self, msgs: list[OutboundMessage]) -> asyncio.Task[list[str | None]]:
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.batch_acks.append(ack)
+        labels = [self._label(m) for m in msgs]
+
+        async def run() -> list[str | None]:
+            self.batches.append(labels)
+            self.sent.extend(labels)
+            await ack
+            return [f"batch-{i}" for i, _ in enumerate(msgs)]
+
+        return asyncio.create_task(run())
+
+
+async def test_a_stream_create_goes_behind_the_opening_batch_without_waiting_for_its_ack() -> None:
+    """The model's first text after the opening chunks went out: its stream's create follows the
+    batch on the wire at once (one round trip before the first append, not two)."""
+    channel = PipelinedBatchChannel()
+    writer = StreamWriter(channel, NoEncoder(), window_s=0.0)
+    await writer.write([_discrete("start")])
+    await writer.write([_discrete("start-step")])
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert channel.batches == [["start", "start-step"]] and channel.tokens == 2  # a token per message
+    text_start = PublishOp(OutboundMessage(name="text-start", data=""), stream_key="s")
+    delta = AppendOp("s", OutboundMessage(name="text", data="hi"))
+    writing = asyncio.ensure_future(writer.write([text_start, delta]))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    # Sent behind the batch, neither ACKed yet; the append waits for the create's serial.
+    assert channel.sent == ["start", "start-step", "text-start"] and channel.tokens == 3
+    assert not channel.batch_acks[0].done() and not writing.done()
+    channel.batch_acks[0].set_result(None)
+    channel.acks[0].set_result("serial-create")
+    await asyncio.wait_for(writing, 10)
+    await writer.flush()
+    assert channel.sent == ["start", "start-step", "text-start", "append:serial-create:hi"]
+    assert writer.open_serials == {"s": "serial-create"}
+    await writer.aclose()
+
+
+async def test_a_failed_opening_batch_behind_which_a_stream_opened_still_knows_the_stream() -> None:
+    """The batch's failure is raised once the create behind it is acknowledged: the stream is
+    known, so the failing run can still close it (``cancel_streams``)."""
+    channel = PipelinedBatchChannel()
+    writer = StreamWriter(channel, NoEncoder(), window_s=0.0)
+    await writer.write([_discrete("start")])
+    for _ in range(5):
+        await asyncio.sleep(0)
+    text_start = PublishOp(OutboundMessage(name="text-start", data=""), stream_key="s")
+    writing = asyncio.ensure_future(writer.write([text_start]))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert channel.sent == ["start", "text-start"]
+    channel.batch_acks[0].set_exception(TransportError("refused", code=40160, status_code=401))
+    channel.acks[0].set_result("serial-create")
+    with pytest.raises(TransportError) as caught:
+        await asyncio.wait_for(writing, 10)
+    assert caught.value.code == 40160
+    assert writer.open_serials == {"s": "serial-create"}
+    await writer.aclose()
+
+
+async def test_a_stream_create_waits_for_a_batch_still_waiting_for_its_rate_tokens() -> None:
+    """Before the batch's frame is written (its rate tokens not all taken), a create could overtake
+    it: it waits for the batch's ACK as before."""
+    channel = PipelinedBatchChannel()
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def slow_acquire() -> None:
+        channel.tokens += 1
+        await gate
+
+    channel.acquire = slow_acquire  # type: ignore[method-assign]
+    writer = StreamWriter(channel, NoEncoder(), window_s=0.0)
+    await writer.write([_discrete("start")])
+    text_start = PublishOp(OutboundMessage(name="text-start", data=""), stream_key="s")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    writing = asyncio.ensure_future(writer.write([text_start]))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert channel.sent == [] and not writing.done()
+    gate.set_result(None)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert channel.sent == ["start"]  # the create waits for the batch's ACK
+    channel.batch_acks[0].set_result(None)
+    await asyncio.wait_for(writing, 10)
+    assert channel.sent == ["start", "text-start"]
+    await writer.aclose()
