@@ -18,7 +18,7 @@ operation order on the wire, with two liberties that change no text:
   out as one atomic batch (``Channel.publish_batch``) once the caller yields, so the model call
   does not wait for their round trips; the writer's next operation waits for that batch's ACK
   first, so nothing overtakes it on the wire and its failure is raised there — except a stream's
-  create once the batch's frame is written (``Channel.start_publish_batch``): it follows the batch
+  create once the batch's rate tokens are taken (``Channel.send_batch``): it follows the batch
   on the wire without waiting for its ACK (the model's first text, when it comes after the
   step-start's ACK let the batch go), and the batch's failure is raised once the stream is known,
   as a pipelined step-start's is. A stream's create written in the same turn (a pipelined
@@ -209,8 +209,8 @@ class StreamWriter:
         self._pending: collections.deque[_Sent] = collections.deque()
         self._failures: dict[str, list[_Sent]] = {}
         self._held: list[PublishOp] = []
-        self._start_batch: Callable[[list[OutboundMessage]], asyncio.Task[list[str | None]]] | None = getattr(
-            channel, "start_publish_batch", None
+        self._send_batch: Callable[[list[OutboundMessage]], Awaitable[list[str | None]]] | None = getattr(
+            channel, "send_batch", None
         )
         self._held_task: asyncio.Task[None] | None = None
         self._held_sent = False
@@ -437,7 +437,7 @@ class StreamWriter:
         held = self._held
         return (
             isinstance(op, PublishOp)
-            and (self._batch is not None or self._start_batch is not None)
+            and (self._batch is not None or self._send_batch is not None)
             and len(held) < _HOLD_MAX_MESSAGES
             and len(str(op.message.data or "")) <= _HOLD_MAX_DATA
             and (op.stream_key is None or bool(held))
@@ -457,13 +457,14 @@ class StreamWriter:
         # this turn have joined by now (no extra turn: in a burst each is a turn of a busy loop).
         held, self._held = self._held, []
         msgs = [op.message for op in held]
-        start = self._start_batch
-        if start is not None:
+        send = self._send_batch
+        if send is not None:
             for _ in msgs:  # Ably counts each message of a batch
                 await self._channel.acquire()
-            sending = start(msgs)
-            self._held_sent = True  # its frame goes before any publish started after this
-            serials: Any = await sending
+            # Its tokens taken, the frame is written in ``send``'s first step (in this task's, no
+            # extra loop turn) or first in line for the connection: nothing started later overtakes it.
+            self._held_sent = True
+            serials: Any = await send(msgs)
         else:
             batch = self._batch
             assert batch is not None

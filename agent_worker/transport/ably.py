@@ -628,15 +628,12 @@ class Channel:
         task.add_done_callback(self._pipelined_done)
         return task
 
-    def start_publish_batch(self, msgs: Sequence[OutboundMessage]) -> asyncio.Task[list[str | None]]:
-        """:meth:`start_publish` for an atomic batch (one ProtocolMessage; the caller has taken one
-        rate token per message): the task's first step writes the frame; its result is one serial
-        per message, in order, as :meth:`publish_batch`'s."""
-        ahead = self._pipelined
-        task = asyncio.create_task(self._publish_attempts(list(msgs), 8, ahead))
-        self._pipelined = task
-        task.add_done_callback(self._pipelined_done)
-        return task
+    async def send_batch(self, msgs: Sequence[OutboundMessage]) -> list[str | None]:
+        """:meth:`publish_batch` whose rate tokens the caller has taken (one per message): its frame
+        is written in this coroutine's first step, or, while the connection is not ready, queued
+        first in line (:meth:`_Connection.ready`), so a publish or append started after the call
+        follows it on the wire without waiting for its ACK."""
+        return await self._publish_attempts(msgs, 8, self._pipelined)
 
     def _pipelined_done(self, task: asyncio.Task[Any]) -> None:
         if self._pipelined is task:

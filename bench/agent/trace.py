@@ -170,6 +170,18 @@ def install(worker: Worker, path: str) -> TextIO:
 
     if start_publish is not None:  # pipelined run-starts
         channel_cls.start_publish = traced_start_publish  # type: ignore[method-assign]
+    send_batch: Any = getattr(channel_cls, "send_batch", None)
+
+    async def traced_send_batch(self: Any, msgs: Any) -> Any:
+        names = [m.name for m in msgs]
+        emit("publish", s=self.name, names=names)
+        try:
+            return await send_batch(self, msgs)
+        finally:
+            emit("published", s=self.name, names=names)
+
+    if send_batch is not None:  # opening batches whose rate tokens the writer took
+        channel_cls.send_batch = traced_send_batch  # type: ignore[method-assign]
     start_append = channel_cls.start_append
 
     def traced_start_append(self: Any, serial: str, msg: Any) -> Any:

@@ -343,8 +343,8 @@ async def test_a_large_discrete_publish_is_not_batched() -> None:
 
 
 class PipelinedBatchChannel(HeldAckChannel):
-    """Has ``start_publish_batch`` (the frame is written on the task's first step), ACKed when the
-    test says so; takes rate tokens through ``acquire`` (counted)."""
+    """Has ``send_batch`` (the caller took the rate tokens; the frame is written in its first step),
+    ACKed when the test says so; takes rate tokens through ``acquire`` (counted)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -356,18 +356,14 @@ class PipelinedBatchChannel(HeldAckChannel):
     async def acquire(self) -> None:
         self.tokens += 1
 
-    def start_publish_batch(self, msgs: list[OutboundMessage]) -> asyncio.Task[list[str | None]]:
+    async def send_batch(self, msgs: list[OutboundMessage]) -> list[str | None]:
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.batch_acks.append(ack)
         labels = [self._label(m) for m in msgs]
-
-        async def run() -> list[str | None]:
-            self.batches.append(labels)
-            self.sent.extend(labels)
-            await ack
-            return [f"batch-{i}" for i, _ in enumerate(msgs)]
-
-        return asyncio.create_task(run())
+        self.batches.append(labels)
+        self.sent.extend(labels)  # the frame is written in the first step
+        await ack
+        return [f"batch-{i}" for i, _ in enumerate(msgs)]
 
 
 async def test_a_stream_create_goes_behind_the_opening_batch_without_waiting_for_its_ack() -> None:
