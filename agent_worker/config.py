@@ -177,13 +177,55 @@ class HttpConfig(_Section):
     signed with the worker's key, whose capability covers the session and whose clientId published
     the input; ``none`` = anyone who can reach the port; ``auto`` (default) = ``none`` on loopback,
     ``ably-token`` when bound beyond it. A configured ``bearer_token`` replaces either."""
+    metrics_auth: Literal["auto", "none", "token"] = "auto"
+    """Who may read ``/metrics`` and ``/healthz``'s details (run and session counts): ``token`` = a
+    caller presenting ``Authorization: Bearer <metrics token>`` (others get 401/40101; the worker
+    refuses to start without a token); ``none`` = anyone who can reach the port; ``auto`` (default)
+    = ``none`` on loopback, ``token`` beyond it — and with no token configured, closed beyond
+    loopback (403/40300). ``/healthz``'s status code and ``status`` are answered to anyone either
+    way (load balancers' health checks send no credentials). A configured token implies ``token``."""
+    metrics_token: SecretField = None
+    metrics_token_env: str | None = None
+    """Read the metrics bearer token from this environment variable (preferred over
+    ``metrics_token`` in files; ``--http-metrics-token`` / ``AGENT_WORKER_HTTP_METRICS_TOKEN``)."""
+
+    def on_loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1")
 
     def requires_ably_token(self) -> bool:
         if self.resolved_token() is not None:
             return False
         if self.auth == "auto":
-            return self.host not in ("127.0.0.1", "localhost", "::1")
+            return not self.on_loopback()
         return self.auth == "ably-token"
+
+    def resolved_metrics_token(self) -> Secret | None:
+        if self.metrics_token:
+            return self.metrics_token
+        if self.metrics_token_env:
+            value = os.environ.get(self.metrics_token_env)
+            if value:
+                return Secret(value)
+        return None
+
+    def check_metrics_auth(self) -> None:
+        """Refuse settings that cannot mean what they say (``ConfigError``)."""
+        token = self.resolved_metrics_token()
+        if self.metrics_auth == "token" and token is None:
+            msg = (
+                "[http] metrics_auth = token needs a metrics token: set [http] metrics_token_env "
+                "(or --http-metrics-token / AGENT_WORKER_HTTP_METRICS_TOKEN)"
+            )
+            raise ConfigError(msg)
+        if self.metrics_auth == "none" and token is not None:
+            msg = "[http] metrics_auth = none contradicts the metrics token configured: drop one of them"
+            raise ConfigError(msg)
+
+    def metrics_open(self) -> bool:
+        """Whether ``/metrics`` and ``/healthz``'s details need no credential."""
+        if self.metrics_auth == "auto":
+            return self.on_loopback() and self.resolved_metrics_token() is None
+        return self.metrics_auth == "none"
 
     def resolved_token(self) -> Secret | None:
         if self.bearer_token:

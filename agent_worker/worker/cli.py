@@ -74,6 +74,27 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
+        http_metrics_token: Annotated[
+            str | None,
+            typer.Option(
+                "--http-metrics-token",
+                envvar="AGENT_WORKER_HTTP_METRICS_TOKEN",
+                help="Bearer token /metrics and /healthz's details require (prefer the environment "
+                "variable: a flag shows in the process list); default: open on loopback, closed "
+                "beyond it.",
+                show_default=False,
+            ),
+        ] = None,
+        http_metrics_auth: Annotated[
+            str | None,
+            typer.Option(
+                "--http-metrics-auth",
+                envvar="AGENT_WORKER_HTTP_METRICS_AUTH",
+                help="Who may read /metrics: auto (open on loopback, a token beyond it), token or "
+                "none (anyone who can reach the port).",
+                show_default=False,
+            ),
+        ] = None,
         provider: Annotated[
             str | None,
             typer.Option(
@@ -147,6 +168,8 @@ def register(app: typer.Typer) -> None:
             http=http,
             http_max_connections=http_max_connections,
             http_write_timeout_s=http_write_timeout_s,
+            http_metrics_token=http_metrics_token,
+            http_metrics_auth=http_metrics_auth,
             provider=provider,
             watch=tuple(watch or ()),
             log_format=log_format,

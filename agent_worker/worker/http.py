@@ -5,6 +5,10 @@
 as the run task exists — the work happens after the response, like the README's ``after()``. The
 client only checks ``response.ok``; refusals carry an Ably-style error body
 ``{"error": {"code", "statusCode", "message"}}`` and the matching status (400/401/404/413/429/503).
+
+``/metrics`` and ``/healthz``'s details (run and session counts) are open on loopback and, beyond it,
+only to ``Authorization: Bearer <[http] metrics token>`` (401/40101 without it; 403/40300 when no
+token is configured; ``[http] metrics_auth``); ``/healthz``'s status code is answered to anyone.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from agent_worker.client.tokens import decode_token
-from agent_worker.config import HttpConfig
+from agent_worker.config import HttpConfig, Secret
 from agent_worker.conncap import CappedSite, ConnectionCap
 from agent_worker.errors import AgentWorkerError, AuthError, ConfigError, ProtocolError, TransportError
 from agent_worker.limits import loads_json, read_body
@@ -89,15 +93,36 @@ def _cors_headers(request: web.Request, config: HttpConfig) -> dict[str, str]:
     }
 
 
-def _authorised(request: web.Request, config: HttpConfig) -> bool:
-    token = config.resolved_token()
-    if token is None:
-        return True
+def _bearer_matches(request: web.Request, token: Secret) -> bool:
+    """Whether the request's ``Authorization: Bearer`` value is ``token`` (compared in constant time)."""
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value:
         return False
     return hmac.compare_digest(value.strip().encode(), token.get().encode())
+
+
+def _authorised(request: web.Request, config: HttpConfig) -> bool:
+    token = config.resolved_token()
+    return token is None or _bearer_matches(request, token)
+
+
+def _metrics_refusal(request: web.Request) -> web.Response | None:
+    """``None`` when the caller may read ``/metrics`` and ``/healthz``'s details, else the refusal:
+    401/40101 without the metrics token, 403/40300 when none is configured (closed beyond loopback)."""
+    config = request.app[CONFIG_KEY]
+    if config.metrics_open():
+        return None
+    token = config.resolved_metrics_token()
+    if token is None:
+        msg = (
+            "/metrics and /healthz details are closed beyond loopback: set a metrics token "
+            '([http] metrics_token_env, --http-metrics-token) or [http] metrics_auth = "none"'
+        )
+        return _error(403, 40300, msg)
+    if _bearer_matches(request, token):
+        return None
+    return _error(401, 40101, "missing or invalid metrics bearer token", {"WWW-Authenticate": "Bearer"})
 
 
 def _ably_caller(request: web.Request, session: object) -> str:
@@ -196,19 +221,24 @@ async def preflight(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 ``{"status": "ok"}`` or 503 with the worker's state, to anyone (a load balancer's health
+    check sends no credentials); the details (connection, run and session counts) only to a caller
+    that may read ``/metrics``."""
     worker = request.app[WORKER_KEY]
     connected = worker.transport is not None and worker.transport.connected
     healthy = connected and worker.state == "running"
-    body = {
-        "status": "ok" if healthy else worker.state,
-        "connected": connected,
-        "activeRuns": len(worker.active_runs),
-        "sessions": len(worker.sessions),
-    }
+    body: dict[str, object] = {"status": "ok" if healthy else worker.state}
+    if _metrics_refusal(request) is None:
+        body["connected"] = connected
+        body["activeRuns"] = len(worker.active_runs)
+        body["sessions"] = len(worker.sessions)
     return web.json_response(body, status=200 if healthy else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
+    refusal = _metrics_refusal(request)
+    if refusal is not None:
+        return refusal
     worker = request.app[WORKER_KEY]
     resp = web.Response(body=worker.metrics.render())
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
@@ -232,6 +262,13 @@ def build_app(
     if cfg.requires_ably_token() and token_key is None:
         msg = "[http] auth = ably-token needs the worker's API key to verify callers' tokens"
         raise ConfigError(msg)
+    cfg.check_metrics_auth()
+    if not cfg.metrics_open() and cfg.resolved_metrics_token() is None:
+        log.warning(
+            "metrics_closed_beyond_loopback",
+            host=cfg.host,
+            hint='set [http] metrics_token_env (--http-metrics-token) or metrics_auth = "none"',
+        )
     app.router.add_post(cfg.path, invoke)
     app.router.add_route("OPTIONS", cfg.path, preflight)
     app.router.add_get("/healthz", healthz)
