@@ -152,10 +152,11 @@ class HttpConfig(_Section):
     timeout of proxies and load balancers; behind one that keeps idle upstreams longer, raise it
     past that."""
     write_timeout_s: Annotated[float, Field(gt=0)] = 30.0
-    """How long a connection's answer may make no progress — its buffer full behind a caller that
-    does not read (the 1 MB web client, say), or a close waiting on bytes never read — before the
-    connection is dropped and its buffer released (aiohttp has no write timeout). Per stall, not
-    per answer: one that keeps draining, however slowly, is not cut."""
+    """How long a connection's answer may drain less than 16 KiB — its buffer full behind a caller
+    that does not read (the 1 MB web client, say) or reads a few bytes at a time, or a close waiting
+    on bytes never read — before the connection is reset and its buffers released (aiohttp has no
+    write timeout). A floor on the send rate, not a bound per answer: one that keeps draining at
+    least 16 KiB per bound is not cut, however long it takes."""
     max_connections: Annotated[int, Field(ge=1)] = 1024
     """Connections the port holds at once (aiohttp has no bound but the file descriptor limit):
     past it a new one is answered ``503`` (50300, ``Retry-After: 1``) and closed, while those in are

@@ -69,8 +69,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--http-write-timeout-s",
                 envvar="AGENT_WORKER_HTTP_WRITE_TIMEOUT_S",
-                help="Seconds an answer may make no progress to a client that stopped reading "
-                "before the connection is dropped (default 30).",
+                help="Seconds an answer may drain less than 16 KiB to a client that stopped reading "
+                "(or trickles) before the connection is dropped (default 30).",
                 show_default=False,
             ),
         ] = None,
