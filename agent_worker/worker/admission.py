@@ -119,6 +119,11 @@ class Admission:
         if not isinstance(value, str) or not value.strip():
             msg = "inputEventId must be a non-empty string"
             raise InvocationRefused(msg)
+        # Bounded like sessionName: a remembered invocation keeps it (10 000 of them, 24 h), and
+        # logs print it; the ChatTransport's are UUIDs.
+        if len(value) > 512 or any(c in value for c in "\n\r\x00"):
+            msg = "inputEventId is not a valid event id (at most 512 characters, no line breaks)"
+            raise InvocationRefused(msg)
         return value
 
     def seen(self, session: str, event_id: str) -> Seen | None:

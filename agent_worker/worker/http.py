@@ -4,7 +4,8 @@
 ``{"inputEventId", "sessionName", ...custom}`` and answers ``200 {"runId", "invocationId"}`` as soon
 as the run task exists — the work happens after the response, like the README's ``after()``. The
 client only checks ``response.ok``; refusals carry an Ably-style error body
-``{"error": {"code", "statusCode", "message"}}`` and the matching status (400/401/404/413/429/503).
+``{"error": {"code", "statusCode", "message"}}`` and the matching status (400/401/404/413/415/429/503);
+a body must be declared JSON (``Content-Type: application/json``, as the ChatTransport sends it).
 
 ``/metrics`` and ``/healthz``'s details (run and session counts) are open on loopback and, beyond it,
 only to ``Authorization: Bearer <[http] metrics token>`` (401/40101 without it; 403/40300 when no
@@ -125,6 +126,11 @@ def _metrics_refusal(request: web.Request) -> web.Response | None:
     return _error(401, 40101, "missing or invalid metrics bearer token", {"WWW-Authenticate": "Bearer"})
 
 
+def _json_content_type(request: web.Request) -> bool:
+    kind = request.content_type  # lower-cased, parameters (charset) stripped; none: octet-stream
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
 def _ably_caller(request: web.Request, session: object) -> str:
     """The clientId of an ``Authorization: Bearer <JWT>`` caller whose token (signed with the
     worker's key) may publish on ``session``; ``AuthError`` otherwise."""
@@ -157,6 +163,12 @@ async def invoke(request: web.Request) -> web.Response:
         worker.metrics.invocations.labels("unauthorized").inc()
         log.warning("invocation_unauthorized", remote=request.remote)
         return _error(401, 40101, "missing or invalid bearer token", {**cors, "WWW-Authenticate": "Bearer"})
+    if not _json_content_type(request):
+        # Only a JSON body: a web page may POST text/plain (or a form) to any origin without a CORS
+        # preflight, so on loopback (no auth by default) any site the user visits could invoke.
+        worker.metrics.invocations.labels("refused").inc()
+        msg = f"Content-Type must be application/json, not {request.content_type!r}"
+        return _error(415, 41500, msg, cors)
     try:
         # Bounded in time as well as size: a stranger that sends headers and then stalls mid-body
         # would otherwise hold a connection and a handler for as long as it likes (slowloris).
@@ -303,6 +315,12 @@ async def serve(
     cap = ConnectionCap(
         config.max_connections, name="the worker's HTTP endpoint", write_timeout_s=config.write_timeout_s
     )
-    site = CappedSite(runner, host or config.host, config.port if port is None else port, cap)
-    await site.start()
+    bind_host, bind_port = host or config.host, config.port if port is None else port
+    site = CappedSite(runner, bind_host, bind_port, cap)
+    try:
+        await site.start()
+    except OSError as exc:  # a port in use, an address not on this host: say which, not a traceback
+        await runner.cleanup()
+        msg = f"[http] cannot listen on {bind_host}:{bind_port}: {exc.strerror or exc} (--http HOST:PORT)"
+        raise ConfigError(msg) from None
     return runner

@@ -1,0 +1,81 @@
+"""What ``POST /api/chat`` accepts before anything is invoked: a body declared JSON (a web page may
+POST text/plain or a form to any origin without a CORS preflight, and on loopback no credential is
+needed by default), an event id of bounded size; and a port that cannot be bound is a clear error."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+
+from agent_worker.config import HttpConfig
+from agent_worker.errors import ConfigError
+from agent_worker.worker.admission import Admission, Invocation, InvocationRefused
+from agent_worker.worker.http import serve
+from agent_worker.worker.metrics import WorkerMetrics
+
+BODY = b'{"sessionName": "conversations:a", "inputEventId": "e1"}'
+
+
+@dataclass
+class _Worker:
+    """Records what reaches ``invoke``."""
+
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    transport: None = None
+    state: str = "running"
+    active_runs: tuple[()] = ()
+    sessions: tuple[()] = ()
+    invoked: list[tuple[object, object]] = field(default_factory=list)
+
+    async def invoke(
+        self, session_name: object, input_event_id: object, *, caller_client_id: str | None = None
+    ) -> Invocation:
+        self.invoked.append((session_name, input_event_id))
+        return Invocation("run-1", "inv-1", str(session_name))
+
+
+async def test_only_a_json_body_is_invoked() -> None:
+    worker = _Worker()
+    runner = await serve(worker, HttpConfig(port=0), host="127.0.0.1")
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/chat"
+    try:
+        async with aiohttp.ClientSession() as http:
+            refused = [
+                {"Content-Type": "text/plain;charset=UTF-8", "Origin": "https://evil.example"},  # no-cors
+                {"Content-Type": "application/x-www-form-urlencoded"},  # a form, curl -d
+                {"Content-Type": "multipart/form-data; boundary=x"},
+                {},  # none declared (aiohttp reads it as application/octet-stream)
+            ]
+            for headers in refused:
+                async with http.post(url, data=BODY, headers=headers) as resp:
+                    assert resp.status == 415, headers
+                    error = (await resp.json())["error"]
+                    assert error["code"] == 41500 and "application/json" in error["message"]
+            assert worker.invoked == []
+            for kind in ("application/json", "application/json; charset=utf-8", "application/vnd.x+json"):
+                async with http.post(url, data=BODY, headers={"Content-Type": kind}) as resp:
+                    assert resp.status == 200, kind
+                    assert await resp.json() == {"runId": "run-1", "invocationId": "inv-1"}
+        assert worker.invoked == 3 * [("conversations:a", "e1")]
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("event_id", ["e" * 513, "e1\nrun_refused forged=1", "e1\r", "e1\x00"])
+def test_an_event_id_is_bounded_like_a_session_name(event_id: str) -> None:
+    with pytest.raises(InvocationRefused, match="inputEventId is not a valid event id") as refused:
+        Admission.event_id(event_id)
+    assert refused.value.status_code == 400
+    assert Admission.event_id("e" * 512) == "e" * 512
+
+
+async def test_a_port_that_cannot_be_bound_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}: .*--http HOST:PORT"):
+            await serve(_Worker(), HttpConfig(port=port), host="127.0.0.1")
