@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Sized
+import time
+from collections.abc import Callable, Sized
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -33,7 +34,7 @@ from agent_worker.web import WebSettings, add_web_routes
 from agent_worker.worker.admission import CallerBusy, Invocation, InvocationRefused, WorkerBusy
 from agent_worker.worker.metrics import CONTENT_TYPE_LATEST, WorkerMetrics
 
-__all__ = ["HttpWorker", "build_app", "serve"]
+__all__ = ["HttpWorker", "LogBudget", "build_app", "serve"]
 
 log = get_logger("agent_worker.worker.http")
 
@@ -69,6 +70,47 @@ class HttpWorker(Protocol):
 WORKER_KEY: web.AppKey[HttpWorker] = web.AppKey("worker")
 CONFIG_KEY: web.AppKey[HttpConfig] = web.AppKey("http_config", HttpConfig)
 TOKEN_KEY: web.AppKey[str | None] = web.AppKey("token_key")
+
+
+class LogBudget:
+    """At most ``per_window`` log lines per event per ``window_s``: a flood of refused POSTs (bad
+    bodies, wrong tokens, a full worker, an outage) costs a few lines a second, not one per POST.
+    The next line logged after some were held back says how many (``suppressed=``); the metrics
+    still count every one."""
+
+    def __init__(
+        self, per_window: int = 10, window_s: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.per_window = per_window
+        self.window_s = window_s
+        self.clock = clock
+        self._windows: dict[str, list[float]] = {}  # event -> [window start, logged, held back]
+
+    def allow(self, event: str) -> int | None:
+        """``None``: hold this line back; else how many were held back since the last one."""
+        now = self.clock()
+        window = self._windows.get(event)
+        if window is None or now - window[0] >= self.window_s:
+            held = int(window[2]) if window is not None else 0
+            self._windows[event] = [now, 1, 0]
+            return held
+        if window[1] < self.per_window:
+            window[1] += 1
+            return 0
+        window[2] += 1
+        return None
+
+
+LOG_BUDGET_KEY: web.AppKey[LogBudget] = web.AppKey("log_budget", LogBudget)
+
+
+def _log(request: web.Request, level: str, event: str, **fields: object) -> None:
+    held = request.app[LOG_BUDGET_KEY].allow(event)
+    if held is None:
+        return
+    if held:
+        fields["suppressed"] = held
+    getattr(log, level)(event, **fields)
 
 
 def _error(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -161,7 +203,7 @@ async def invoke(request: web.Request) -> web.Response:
     cors = _cors_headers(request, config)
     if not _authorised(request, config):
         worker.metrics.invocations.labels("unauthorized").inc()
-        log.warning("invocation_unauthorized", remote=request.remote)
+        _log(request, "warning", "invocation_unauthorized", remote=request.remote)
         return _error(401, 40101, "missing or invalid bearer token", {**cors, "WWW-Authenticate": "Bearer"})
     if not _json_content_type(request):
         # Only a JSON body: a web page may POST text/plain (or a form) to any origin without a CORS
@@ -176,20 +218,21 @@ async def invoke(request: web.Request) -> web.Response:
             raw = await read_body(request, config.max_body_bytes)
     except TimeoutError:
         worker.metrics.invocations.labels("refused").inc()
-        log.warning("invocation_refused", reason="body timeout", code=40800, remote=request.remote)
+        reason, remote = "body timeout", request.remote
+        _log(request, "warning", "invocation_refused", reason=reason, code=40800, remote=remote)
         msg = f"the request body did not arrive within {config.body_timeout_s:g}s"
         resp = _error(408, 40800, msg, cors)
         resp.force_close()  # no keep-alive: closed once aiohttp's lingering read (<= 10 s) ends
         return resp
     except ProtocolError as exc:
         worker.metrics.invocations.labels("refused").inc()
-        log.warning("invocation_refused", reason=exc.message, code=exc.code)
+        _log(request, "warning", "invocation_refused", reason=exc.message, code=exc.code)
         return _error(exc.status_code, exc.code, exc.message, cors)
     try:
         body: Any = loads_json(raw or b"null", "body", code=40000)
     except ProtocolError as exc:
         worker.metrics.invocations.labels("refused").inc()
-        log.warning("invocation_refused", reason=exc.message, code=exc.code)
+        _log(request, "warning", "invocation_refused", reason=exc.message, code=exc.code)
         return _error(exc.status_code, exc.code, exc.message, cors)
     if not isinstance(body, dict):
         worker.metrics.invocations.labels("refused").inc()
@@ -200,7 +243,7 @@ async def invoke(request: web.Request) -> web.Response:
             caller = _ably_caller(request, body.get("sessionName"))
         except AuthError as exc:
             worker.metrics.invocations.labels("unauthorized").inc()
-            log.warning("invocation_unauthorized", remote=request.remote, reason=exc.message)
+            _log(request, "warning", "invocation_unauthorized", remote=request.remote, reason=exc.message)
             return _error(exc.status_code, exc.code, exc.message, {**cors, "WWW-Authenticate": "Bearer"})
     try:
         # A W3C traceparent on the POST makes the run's spans part of the caller's trace.
@@ -210,14 +253,14 @@ async def invoke(request: web.Request) -> web.Response:
         )
     except WorkerBusy as exc:
         if not isinstance(exc, CallerBusy):  # logged once per burst by Admission, not per POST
-            log.info("invocation_busy", retry_after=exc.retry_after)
+            _log(request, "info", "invocation_busy", retry_after=exc.retry_after)
         return _error(429, exc.code, exc.message, {**cors, "Retry-After": str(exc.retry_after)})
     except InvocationRefused as exc:
         worker.metrics.invocations.labels("refused").inc()
-        log.warning("invocation_refused", reason=exc.message, status=exc.status_code)
+        _log(request, "warning", "invocation_refused", reason=exc.message, status=exc.status_code)
         return _error(exc.status_code, exc.code, exc.message, cors)
     except TransportError as exc:
-        log.error("invocation_transport_failed", error=exc.message)
+        _log(request, "error", "invocation_transport_failed", error=exc.message)
         return _error(503, exc.code, f"cannot reach Ably: {exc.message}", {**cors, "Retry-After": "1"})
     except AgentWorkerError as exc:
         return _error(exc.status_code, exc.code, exc.message, cors)
@@ -271,6 +314,7 @@ def build_app(
     app[WORKER_KEY] = worker
     app[CONFIG_KEY] = cfg
     app[TOKEN_KEY] = token_key
+    app[LOG_BUDGET_KEY] = LogBudget()
     if cfg.requires_ably_token() and token_key is None:
         msg = "[http] auth = ably-token needs the worker's API key to verify callers' tokens"
         raise ConfigError(msg)

@@ -9,13 +9,15 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
+import structlog
 
 from agent_worker.config import HttpConfig
 from agent_worker.errors import ConfigError
 from agent_worker.worker.admission import Admission, Invocation, InvocationRefused
-from agent_worker.worker.http import serve
+from agent_worker.worker.http import LOG_BUDGET_KEY, WORKER_KEY, serve
 from agent_worker.worker.metrics import WorkerMetrics
 
+JSON = {"Content-Type": "application/json"}
 BODY = b'{"sessionName": "conversations:a", "inputEventId": "e1"}'
 
 
@@ -79,3 +81,30 @@ async def test_a_port_that_cannot_be_bound_is_a_clear_error() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}: .*--http HOST:PORT"):
             await serve(_Worker(), HttpConfig(port=port), host="127.0.0.1")
+
+
+async def test_a_flood_of_refused_posts_costs_a_few_log_lines() -> None:
+    """Each refused POST logged a line (a bad body, a wrong token, a full worker, an outage): a
+    flood of them was a flood of log lines. Now a few per event per second, the next line after some
+    were held back saying how many; the metrics still count each."""
+    now = [0.0]
+    runner = await serve(_Worker(), HttpConfig(port=0), host="127.0.0.1")
+    budget = runner.app[LOG_BUDGET_KEY]
+    assert (budget.per_window, budget.window_s) == (10, 1.0)  # the default: 10 lines a second
+    budget.per_window, budget.clock = 3, lambda: now[0]
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/chat"
+    try:
+        async with aiohttp.ClientSession() as http:
+            with structlog.testing.capture_logs() as logs:
+                for _ in range(50):
+                    async with http.post(url, data=b"{not json", headers=JSON) as resp:
+                        assert resp.status == 400
+                now[0] = 1.0  # the next window
+                async with http.post(url, data=b"{not json", headers=JSON) as resp:
+                    assert resp.status == 400
+        refused = [e for e in logs if e["event"] == "invocation_refused"]
+        assert [e.get("suppressed", 0) for e in refused] == [0, 0, 0, 47]
+        metrics = runner.app[WORKER_KEY].metrics.render().decode()
+        assert 'agent_worker_invocations_total{result="refused"} 51.0' in metrics
+    finally:
+        await runner.cleanup()
