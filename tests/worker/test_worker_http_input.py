@@ -4,6 +4,8 @@ needed by default), an event id of bounded size; and a port that cannot be bound
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import socket
 from dataclasses import dataclass, field
 
@@ -13,6 +15,7 @@ import structlog
 
 from agent_worker.config import HttpConfig
 from agent_worker.errors import ConfigError
+from agent_worker.web import WebSettings, static_file
 from agent_worker.worker.admission import Admission, Invocation, InvocationRefused
 from agent_worker.worker.http import LOG_BUDGET_KEY, WORKER_KEY, serve
 from agent_worker.worker.metrics import WorkerMetrics
@@ -106,5 +109,35 @@ async def test_a_flood_of_refused_posts_costs_a_few_log_lines() -> None:
         assert [e.get("suppressed", 0) for e in refused] == [0, 0, 0, 47]
         metrics = runner.app[WORKER_KEY].metrics.render().decode()
         assert 'agent_worker_invocations_total{result="refused"} 51.0' in metrics
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_web_client_bundle_is_compressed_once_for_a_burst(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each request that came before the first compression was done started its own (35 ms of
+    CPU for the 1.1 MB bundle): 40 at once cost 40. Now they share one."""
+    compressions: list[int] = []
+    real = gzip.compress
+
+    def counted(data: bytes, compresslevel: int = 9, *, mtime: float | None = None) -> bytes:
+        compressions.append(len(data))
+        return real(data, compresslevel, mtime=mtime)
+
+    monkeypatch.setattr(gzip, "compress", counted)
+    runner = await serve(
+        _Worker(), HttpConfig(port=0), host="127.0.0.1", web_client=WebSettings(ably_host=None)
+    )
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/app.js"
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def fetch() -> bytes:
+                async with http.get(url, headers={"Accept-Encoding": "gzip"}) as resp:
+                    assert resp.headers["Content-Encoding"] == "gzip"
+                    return await resp.read()
+
+            bodies = await asyncio.gather(*(fetch() for _ in range(40)))
+        assert {len(b) for b in bodies} == {len(static_file("app.js"))}  # (aiohttp decompresses)
+        assert compressions == [len(static_file("app.js"))]
     finally:
         await runner.cleanup()
