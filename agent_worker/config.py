@@ -428,6 +428,12 @@ def load_config(path: str | Path | None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         msg = f"config file {p} is not valid TOML: {exc}"
         raise ConfigError(msg) from exc
+    except UnicodeDecodeError as exc:
+        msg = f"config file {p} is not UTF-8 text (TOML is): {exc.reason} at byte {exc.start}"
+        raise ConfigError(msg) from exc
+    except OSError as exc:  # a directory, no permission, ...
+        msg = f"cannot read config file {p}: {exc.strerror or exc}"
+        raise ConfigError(msg) from exc
     return config_from_mapping(raw)
 
 

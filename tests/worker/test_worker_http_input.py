@@ -1,6 +1,8 @@
 """What ``POST /api/chat`` accepts before anything is invoked: a body declared JSON (a web page may
 POST text/plain or a form to any origin without a CORS preflight, and on loopback no credential is
-needed by default), an event id of bounded size; and a port that cannot be bound is a clear error."""
+needed by default), an event id of bounded size; refusals logged a few lines a second, not one per
+POST; the web client's bundle compressed once; and a port that cannot be bound or a config file
+that cannot be read are clear errors, not tracebacks."""
 
 from __future__ import annotations
 
@@ -8,12 +10,15 @@ import asyncio
 import gzip
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import pytest
 import structlog
+from typer.testing import CliRunner
 
-from agent_worker.config import HttpConfig
+from agent_worker.cli import app
+from agent_worker.config import HttpConfig, load_config
 from agent_worker.errors import ConfigError
 from agent_worker.web import WebSettings, static_file
 from agent_worker.worker.admission import Admission, Invocation, InvocationRefused
@@ -141,3 +146,15 @@ async def test_the_web_client_bundle_is_compressed_once_for_a_burst(monkeypatch:
         assert compressions == [len(static_file("app.js"))]
     finally:
         await runner.cleanup()
+
+
+def test_an_unreadable_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    """Not UTF-8, or a directory: a traceback (UnicodeDecodeError, IsADirectoryError) before."""
+    latin = tmp_path / "latin1.toml"
+    latin.write_bytes(b'[worker]\nadmin_client_ids = ["J\xfcrgen"]\n')
+    with pytest.raises(ConfigError, match=r"latin1.toml is not UTF-8 text \(TOML is\)"):
+        load_config(latin)
+    with pytest.raises(ConfigError, match=f"cannot read config file {tmp_path}: Is a directory"):
+        load_config(tmp_path)
+    result = CliRunner().invoke(app, ["run", "--config", str(latin)])
+    assert result.exit_code == 1 and "is not UTF-8 text" in result.output
