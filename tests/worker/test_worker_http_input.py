@@ -74,12 +74,26 @@ async def test_only_a_json_body_is_invoked() -> None:
         await runner.cleanup()
 
 
-@pytest.mark.parametrize("event_id", ["e" * 513, "e1\nrun_refused forged=1", "e1\r", "e1\x00"])
+BAD = ["e1\nrun_refused forged=1", "e1\r", "e1\x00", "\x1b[2Je1", "e1\t", "e1\x7f"]
+
+
+@pytest.mark.parametrize("event_id", ["e" * 513, *BAD])
 def test_an_event_id_is_bounded_like_a_session_name(event_id: str) -> None:
+    """Before, any string up to the body bound: kept by the invocation log (10 000 for 24 h) and
+    printed in log lines, line breaks and terminal escapes included."""
     with pytest.raises(InvocationRefused, match="inputEventId is not a valid event id") as refused:
         Admission.event_id(event_id)
     assert refused.value.status_code == 400
     assert Admission.event_id("e" * 512) == "e" * 512
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_a_session_name_with_control_characters_is_refused(name: str) -> None:
+    """Before, only line breaks and NUL were refused: an escape sequence reached the console log."""
+    admission = Admission(("*",), max_runs=1, retry_after_s=1)
+    with pytest.raises(InvocationRefused, match="sessionName is not a valid channel name"):
+        admission.session_name("conversations:" + name)
+    assert admission.session_name("conversations:é ü") == "conversations:é ü"
 
 
 async def test_a_port_that_cannot_be_bound_is_a_clear_error() -> None:
