@@ -169,7 +169,8 @@ def _metrics_refusal(request: web.Request) -> web.Response | None:
 
 
 def _json_content_type(request: web.Request) -> bool:
-    kind = request.content_type  # lower-cased, parameters (charset) stripped; none: octet-stream
+    # (the header by hand: aiohttp's request.content_type parses it fully, ~7 us per POST)
+    kind = request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
     return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 
 
@@ -209,7 +210,8 @@ async def invoke(request: web.Request) -> web.Response:
         # Only a JSON body: a web page may POST text/plain (or a form) to any origin without a CORS
         # preflight, so on loopback (no auth by default) any site the user visits could invoke.
         worker.metrics.invocations.labels("refused").inc()
-        msg = f"Content-Type must be application/json, not {request.content_type!r}"
+        declared = request.headers.get("Content-Type")
+        msg = f"Content-Type must be application/json, not {declared[:100] if declared else 'none'!r}"
         return _error(415, 41500, msg, cors)
     try:
         # Bounded in time as well as size: a stranger that sends headers and then stalls mid-body
