@@ -152,10 +152,11 @@ class HttpConfig(_Section):
     timeout of proxies and load balancers; behind one that keeps idle upstreams longer, raise it
     past that."""
     write_timeout_s: Annotated[float, Field(gt=0)] = 30.0
-    """How long a connection's answer may make no progress — its buffer full behind a caller that
-    does not read (the 1 MB web client, say), or a close waiting on bytes never read — before the
-    connection is dropped and its buffer released (aiohttp has no write timeout). Per stall, not
-    per answer: one that keeps draining, however slowly, is not cut."""
+    """How long a connection's answer may drain less than 16 KiB — its buffer full behind a caller
+    that does not read (the 1 MB web client, say) or reads a few bytes at a time, or a close waiting
+    on bytes never read — before the connection is reset and its buffers released (aiohttp has no
+    write timeout). A floor on the send rate, not a bound per answer: one that keeps draining at
+    least 16 KiB per bound is not cut, however long it takes."""
     max_connections: Annotated[int, Field(ge=1)] = 1024
     """Connections the port holds at once (aiohttp has no bound but the file descriptor limit):
     past it a new one is answered ``503`` (50300, ``Retry-After: 1``) and closed, while those in are
@@ -177,13 +178,55 @@ class HttpConfig(_Section):
     signed with the worker's key, whose capability covers the session and whose clientId published
     the input; ``none`` = anyone who can reach the port; ``auto`` (default) = ``none`` on loopback,
     ``ably-token`` when bound beyond it. A configured ``bearer_token`` replaces either."""
+    metrics_auth: Literal["auto", "none", "token"] = "auto"
+    """Who may read ``/metrics`` and ``/healthz``'s details (run and session counts): ``token`` = a
+    caller presenting ``Authorization: Bearer <metrics token>`` (others get 401/40101; the worker
+    refuses to start without a token); ``none`` = anyone who can reach the port; ``auto`` (default)
+    = ``none`` on loopback, ``token`` beyond it — and with no token configured, closed beyond
+    loopback (403/40300). ``/healthz``'s status code and ``status`` are answered to anyone either
+    way (load balancers' health checks send no credentials). A configured token implies ``token``."""
+    metrics_token: SecretField = None
+    metrics_token_env: str | None = None
+    """Read the metrics bearer token from this environment variable (preferred over
+    ``metrics_token`` in files; ``--http-metrics-token`` / ``AGENT_WORKER_HTTP_METRICS_TOKEN``)."""
+
+    def on_loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1")
 
     def requires_ably_token(self) -> bool:
         if self.resolved_token() is not None:
             return False
         if self.auth == "auto":
-            return self.host not in ("127.0.0.1", "localhost", "::1")
+            return not self.on_loopback()
         return self.auth == "ably-token"
+
+    def resolved_metrics_token(self) -> Secret | None:
+        if self.metrics_token:
+            return self.metrics_token
+        if self.metrics_token_env:
+            value = os.environ.get(self.metrics_token_env)
+            if value:
+                return Secret(value)
+        return None
+
+    def check_metrics_auth(self) -> None:
+        """Refuse settings that cannot mean what they say (``ConfigError``)."""
+        token = self.resolved_metrics_token()
+        if self.metrics_auth == "token" and token is None:
+            msg = (
+                "[http] metrics_auth = token needs a metrics token: set [http] metrics_token_env "
+                "(or --http-metrics-token / AGENT_WORKER_HTTP_METRICS_TOKEN)"
+            )
+            raise ConfigError(msg)
+        if self.metrics_auth == "none" and token is not None:
+            msg = "[http] metrics_auth = none contradicts the metrics token configured: drop one of them"
+            raise ConfigError(msg)
+
+    def metrics_open(self) -> bool:
+        """Whether ``/metrics`` and ``/healthz``'s details need no credential."""
+        if self.metrics_auth == "auto":
+            return self.on_loopback() and self.resolved_metrics_token() is None
+        return self.metrics_auth == "none"
 
     def resolved_token(self) -> Secret | None:
         if self.bearer_token:
@@ -384,6 +427,12 @@ def load_config(path: str | Path | None) -> Config:
         raise ConfigError(msg) from exc
     except tomllib.TOMLDecodeError as exc:
         msg = f"config file {p} is not valid TOML: {exc}"
+        raise ConfigError(msg) from exc
+    except UnicodeDecodeError as exc:
+        msg = f"config file {p} is not UTF-8 text (TOML is): {exc.reason} at byte {exc.start}"
+        raise ConfigError(msg) from exc
+    except OSError as exc:  # a directory, no permission, ...
+        msg = f"cannot read config file {p}: {exc.strerror or exc}"
         raise ConfigError(msg) from exc
     return config_from_mapping(raw)
 

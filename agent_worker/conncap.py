@@ -19,18 +19,31 @@ request and never reads the answer held its handler — parked in ``drain()`` be
 full buffer — and the bytes buffered for it for ever; and once a handler had finished, a graceful
 close still waited for ever behind the bytes the client never read. Here a connection whose
 transport stays paused (its buffer over the high-water mark) for ``write_timeout_s``, or that is
-closing and has not sent a byte of what it still buffers for as long, is aborted: its buffer is
-released and its handler's ``drain()`` fails, so the handler ends. The bound is per stall, not per
-response: a response (or a realtime socket) that keeps draining, however slowly, is never cut. One
-sweep per listener every ``write_timeout_s / 2`` checks the connections (so an abort comes after
-1 to 1.5 times the bound); aborts are logged once per burst, like refusals.
+closing with bytes unsent, and drains less than :data:`MIN_PROGRESS_BYTES` (16 KiB, or all it
+still holds) in ``write_timeout_s`` is aborted: its buffer is released and its handler's ``drain()``
+fails, so the handler ends. So the bound is a minimum send rate while a client holds bytes back
+(16 KiB per 30 s by default, ~550 B/s; Kestrel's and IIS's default floor is 240 B/s), not a bound
+per response: an answer that keeps draining at least that fast is never cut, however long it takes
+(a realtime socket included), and one trickled out a few bytes at a time is. Before, only the
+transport's ``resume_writing`` counted as progress, which comes once the buffer is back under its
+low-water mark (16 KiB): a body written in one piece behind full kernel buffers (an aiohttp
+``Response``: a history page, the worker's 1.1 MB web client) had to drain almost whole within the
+bound, so a client reading it steadily at 385 KB/s was cut at a 0.5 s bound. One sweep per listener
+every ``write_timeout_s / 2`` checks the connections (so an abort comes after 1 to 1.5 times the
+bound); aborts are logged once per burst, like refusals.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import resource
+import socket
+import struct
+import sys
+import termios
 from collections.abc import Callable
 from typing import cast
 
@@ -49,6 +62,23 @@ REFUSED_CODE = 50300
 LINGER_S = 1.0
 #: Refused sockets lingering at once; past this they are closed right after the answer is written.
 MAX_LINGERING = 256
+#: A connection waiting on its client (paused, or closing with bytes unsent) must drain at least this
+#: much (or all it holds) per write bound to keep going: the floor of a slow reader's rate.
+MIN_PROGRESS_BYTES = 16 * 1024
+#: ``SIOCOUTQ``: the bytes a socket's kernel send queue holds, not yet acknowledged by the client.
+#: The kernel takes more from the transport only once a third or more of its queue (megabytes on a
+#: fast path) has drained, so the transport's own buffer shows a slow reader's progress in lumps.
+_SIOCOUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if sys.platform == "linux" else None
+
+
+def _kernel_unsent(fd: int) -> int:
+    """What the kernel still holds for the client (0 where that cannot be asked)."""
+    if _SIOCOUTQ is None or fd < 0:
+        return 0
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(fd, _SIOCOUTQ, b"\0\0\0\0"))[0])
+    except OSError:
+        return 0
 
 
 def _answer(limit: int, what: str) -> bytes:
@@ -139,7 +169,8 @@ class ConnectionCap:
         self._sweeper = loop.call_later(self.write_timeout_s / 2, self._sweep, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Abort the connections whose writes have made no progress for ``write_timeout_s``."""
+        """Abort the connections whose writes have drained less than ``MIN_PROGRESS_BYTES`` (or all
+        they hold) in ``write_timeout_s``."""
         timeout = self.write_timeout_s
         assert timeout is not None
         now = loop.time()
@@ -152,7 +183,8 @@ class ConnectionCap:
                     listener=self.name,
                     timeout_s=timeout,
                     unsent_bytes=stuck[0].unsent(),
-                    hint="a client stopped reading its answers; its connection is dropped",
+                    hint="a client stopped reading its answers (or reads them slower than "
+                    f"{MIN_PROGRESS_BYTES} bytes per {timeout:g} s); its connection is dropped",
                 )
             self._stall_burst += len(stuck)
             for counted in stuck:
@@ -187,9 +219,10 @@ class _Counted(asyncio.Protocol):
         self._inner = inner
         self._cap: ConnectionCap | None = cap
         self._transport: asyncio.WriteTransport | None = None
-        self._paused_at: float | None = None  # when the transport paused writing (buffer full)
-        self._closing_unsent = 0  # bytes a closing transport held at the last sign of progress ...
-        self._closing_since = 0.0  # ... and since when
+        self._fd: int | None = None  # the socket's, once asked what the kernel still holds (-1: none)
+        self._paused = False  # the transport paused writing (its buffer over the high-water mark)
+        self._wait_since: float | None = None  # when the current window of waiting on the client began ...
+        self._wait_unsent = 0  # ... and the bytes buffered then (the most since, if it grew)
         self.data_received = inner.data_received  # type: ignore[method-assign]
         self.eof_received = inner.eof_received  # type: ignore[method-assign]
         if cap.write_timeout_s is None:
@@ -202,33 +235,55 @@ class _Counted(asyncio.Protocol):
         self._inner.connection_made(transport)
 
     def pause_writing(self) -> None:
-        self._paused_at = asyncio.get_running_loop().time()
+        self._paused = True
+        if self._wait_since is None:
+            self._wait_since = asyncio.get_running_loop().time()
+            self._wait_unsent = self.unsent() + self._kernel_unsent()
         self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._paused_at = None
+        # Back under the low-water mark: at least high - low (48 KiB) drained since the pause.
+        self._paused = False
+        self._wait_since = None
         self._inner.resume_writing()
 
     def stalled_for(self, now: float) -> float:
-        """How long this connection's writes have made no progress (0 while they need none)."""
-        if self._paused_at is not None:
-            return now - self._paused_at
+        """How long this connection has waited on its client without draining ``MIN_PROGRESS_BYTES``
+        (or all it held) — 0 while it waits for nothing."""
         transport = self._transport
         unsent = transport.get_write_buffer_size() if transport is not None else 0
-        if not unsent or transport is None or not transport.is_closing():
-            self._closing_unsent = 0
+        if not self._paused and not (unsent and transport is not None and transport.is_closing()):
+            self._wait_since = None
             return 0.0
-        if not self._closing_unsent or unsent < self._closing_unsent:  # first seen, or progress
-            self._closing_unsent = unsent
-            self._closing_since = now
-        return now - self._closing_since
+        unsent += self._kernel_unsent()  # the client's progress, as the kernel sees it
+        if self._wait_since is None:  # a closing transport's wait, first seen
+            self._wait_since, self._wait_unsent = now, unsent
+        elif unsent > self._wait_unsent:
+            self._wait_unsent = unsent  # more was buffered: count the drain from there
+        elif self._wait_unsent - unsent >= min(MIN_PROGRESS_BYTES, self._wait_unsent):
+            self._wait_since, self._wait_unsent = now, unsent  # enough progress: a new window
+        return now - self._wait_since
+
+    def _kernel_unsent(self) -> int:
+        """What the socket's kernel queue still holds for the client (only asked while waiting on it)."""
+        if self._fd is None:
+            sock = self._transport.get_extra_info("socket") if self._transport is not None else None
+            self._fd = sock.fileno() if sock is not None and _SIOCOUTQ is not None else -1
+        return _kernel_unsent(self._fd)
 
     def unsent(self) -> int:
         return self._transport.get_write_buffer_size() if self._transport is not None else 0
 
     def abort(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()  # connection_lost follows: the handler's drain() fails
+        transport = self._transport
+        if transport is not None:
+            # A reset, not a close: a closed socket's kernel queue (megabytes, orphaned) would still
+            # be trickled out to the client for as long as it keeps reading.
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()  # connection_lost follows: the handler's drain() fails
 
     def connection_lost(self, exc: Exception | None) -> None:
         cap, self._cap = self._cap, None

@@ -127,6 +127,7 @@ class _Asset:
         self.content_type = STATIC_FILES[name]
         self.etag = f'"{hashlib.sha256(self.body).hexdigest()[:20]}"'
         self._gzipped: bytes | None = None
+        self._gzipping: asyncio.Future[bytes] | None = None  # the one compression, shared
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
         headers = {"ETag": self.etag, "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
@@ -135,7 +136,11 @@ class _Asset:
         body = self.body
         if "gzip" in request.headers.get("Accept-Encoding", "") and len(body) > 1024:
             if self._gzipped is None:
-                self._gzipped = await asyncio.to_thread(gzip.compress, body, 6, mtime=0)
+                # One compression however many ask before it is done: each first request started
+                # its own (35 ms of CPU for the bundle), so a burst of them cost a burst of those.
+                if self._gzipping is None:
+                    self._gzipping = asyncio.ensure_future(asyncio.to_thread(gzip.compress, body, 6, mtime=0))
+                self._gzipped = await asyncio.shield(self._gzipping)  # a caller gone does not cancel it
             body = self._gzipped
             headers["Content-Encoding"] = "gzip"
         return web.Response(body=body, content_type=self.content_type, charset="utf-8", headers=headers)

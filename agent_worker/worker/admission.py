@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,6 +74,14 @@ class InvocationRefused(AgentWorkerError):
 
 Seen = Invocation | asyncio.Future[Invocation]
 
+#: C0 controls and DEL: line breaks forge log lines, escapes drive the terminal of whoever reads
+#: the console log; no channel name or event id needs them.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _has_control(text: str) -> bool:
+    return _CONTROL.search(text) is not None
+
 
 class Admission:
     """Validation, the event-id dedup memory (bounded, oldest forgotten first) and the run limit."""
@@ -106,7 +115,7 @@ class Admission:
         if not isinstance(name, str) or not name.strip():
             msg = "sessionName must be a non-empty string"
             raise InvocationRefused(msg)
-        if name.startswith("[") or len(name) > 512 or any(c in name for c in "\n\r\x00"):
+        if name.startswith("[") or len(name) > 512 or _has_control(name):
             msg = "sessionName is not a valid channel name"
             raise InvocationRefused(msg)
         if not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.sessions):
@@ -118,6 +127,11 @@ class Admission:
     def event_id(value: object) -> str:
         if not isinstance(value, str) or not value.strip():
             msg = "inputEventId must be a non-empty string"
+            raise InvocationRefused(msg)
+        # Bounded like sessionName: a remembered invocation keeps it (10 000 of them, 24 h), and
+        # logs print it; the ChatTransport's are UUIDs.
+        if len(value) > 512 or _has_control(value):
+            msg = "inputEventId is not a valid event id (at most 512 characters, no control characters)"
             raise InvocationRefused(msg)
         return value
 

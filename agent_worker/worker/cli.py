@@ -69,8 +69,29 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--http-write-timeout-s",
                 envvar="AGENT_WORKER_HTTP_WRITE_TIMEOUT_S",
-                help="Seconds an answer may make no progress to a client that stopped reading "
-                "before the connection is dropped (default 30).",
+                help="Seconds an answer may drain less than 16 KiB to a client that stopped reading "
+                "(or trickles) before the connection is dropped (default 30).",
+                show_default=False,
+            ),
+        ] = None,
+        http_metrics_token: Annotated[
+            str | None,
+            typer.Option(
+                "--http-metrics-token",
+                envvar="AGENT_WORKER_HTTP_METRICS_TOKEN",
+                help="Bearer token /metrics and /healthz's details require (prefer the environment "
+                "variable: a flag shows in the process list); default: open on loopback, closed "
+                "beyond it.",
+                show_default=False,
+            ),
+        ] = None,
+        http_metrics_auth: Annotated[
+            str | None,
+            typer.Option(
+                "--http-metrics-auth",
+                envvar="AGENT_WORKER_HTTP_METRICS_AUTH",
+                help="Who may read /metrics: auto (open on loopback, a token beyond it), token or "
+                "none (anyone who can reach the port).",
                 show_default=False,
             ),
         ] = None,
@@ -147,6 +168,8 @@ def register(app: typer.Typer) -> None:
             http=http,
             http_max_connections=http_max_connections,
             http_write_timeout_s=http_write_timeout_s,
+            http_metrics_token=http_metrics_token,
+            http_metrics_auth=http_metrics_auth,
             provider=provider,
             watch=tuple(watch or ()),
             log_format=log_format,

@@ -4,20 +4,26 @@
 ``{"inputEventId", "sessionName", ...custom}`` and answers ``200 {"runId", "invocationId"}`` as soon
 as the run task exists — the work happens after the response, like the README's ``after()``. The
 client only checks ``response.ok``; refusals carry an Ably-style error body
-``{"error": {"code", "statusCode", "message"}}`` and the matching status (400/401/404/413/429/503).
+``{"error": {"code", "statusCode", "message"}}`` and the matching status (400/401/404/413/415/429/503);
+a body must be declared JSON (``Content-Type: application/json``, as the ChatTransport sends it).
+
+``/metrics`` and ``/healthz``'s details (run and session counts) are open on loopback and, beyond it,
+only to ``Authorization: Bearer <[http] metrics token>`` (401/40101 without it; 403/40300 when no
+token is configured; ``[http] metrics_auth``); ``/healthz``'s status code is answered to anyone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Sized
+import time
+from collections.abc import Callable, Sized
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from agent_worker.client.tokens import decode_token
-from agent_worker.config import HttpConfig
+from agent_worker.config import HttpConfig, Secret
 from agent_worker.conncap import CappedSite, ConnectionCap
 from agent_worker.errors import AgentWorkerError, AuthError, ConfigError, ProtocolError, TransportError
 from agent_worker.limits import loads_json, read_body
@@ -28,7 +34,7 @@ from agent_worker.web import WebSettings, add_web_routes
 from agent_worker.worker.admission import CallerBusy, Invocation, InvocationRefused, WorkerBusy
 from agent_worker.worker.metrics import CONTENT_TYPE_LATEST, WorkerMetrics
 
-__all__ = ["HttpWorker", "build_app", "serve"]
+__all__ = ["HttpWorker", "LogBudget", "build_app", "serve"]
 
 log = get_logger("agent_worker.worker.http")
 
@@ -66,6 +72,47 @@ CONFIG_KEY: web.AppKey[HttpConfig] = web.AppKey("http_config", HttpConfig)
 TOKEN_KEY: web.AppKey[str | None] = web.AppKey("token_key")
 
 
+class LogBudget:
+    """At most ``per_window`` log lines per event per ``window_s``: a flood of refused POSTs (bad
+    bodies, wrong tokens, a full worker, an outage) costs a few lines a second, not one per POST.
+    The next line logged after some were held back says how many (``suppressed=``); the metrics
+    still count every one."""
+
+    def __init__(
+        self, per_window: int = 10, window_s: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.per_window = per_window
+        self.window_s = window_s
+        self.clock = clock
+        self._windows: dict[str, list[float]] = {}  # event -> [window start, logged, held back]
+
+    def allow(self, event: str) -> int | None:
+        """``None``: hold this line back; else how many were held back since the last one."""
+        now = self.clock()
+        window = self._windows.get(event)
+        if window is None or now - window[0] >= self.window_s:
+            held = int(window[2]) if window is not None else 0
+            self._windows[event] = [now, 1, 0]
+            return held
+        if window[1] < self.per_window:
+            window[1] += 1
+            return 0
+        window[2] += 1
+        return None
+
+
+LOG_BUDGET_KEY: web.AppKey[LogBudget] = web.AppKey("log_budget", LogBudget)
+
+
+def _log(request: web.Request, level: str, event: str, **fields: object) -> None:
+    held = request.app[LOG_BUDGET_KEY].allow(event)
+    if held is None:
+        return
+    if held:
+        fields["suppressed"] = held
+    getattr(log, level)(event, **fields)
+
+
 def _error(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     body = {"error": {"code": code, "statusCode": status, "message": message}}
     return web.json_response(body, status=status, headers=headers)
@@ -89,15 +136,42 @@ def _cors_headers(request: web.Request, config: HttpConfig) -> dict[str, str]:
     }
 
 
-def _authorised(request: web.Request, config: HttpConfig) -> bool:
-    token = config.resolved_token()
-    if token is None:
-        return True
+def _bearer_matches(request: web.Request, token: Secret) -> bool:
+    """Whether the request's ``Authorization: Bearer`` value is ``token`` (compared in constant time)."""
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value:
         return False
     return hmac.compare_digest(value.strip().encode(), token.get().encode())
+
+
+def _authorised(request: web.Request, config: HttpConfig) -> bool:
+    token = config.resolved_token()
+    return token is None or _bearer_matches(request, token)
+
+
+def _metrics_refusal(request: web.Request) -> web.Response | None:
+    """``None`` when the caller may read ``/metrics`` and ``/healthz``'s details, else the refusal:
+    401/40101 without the metrics token, 403/40300 when none is configured (closed beyond loopback)."""
+    config = request.app[CONFIG_KEY]
+    if config.metrics_open():
+        return None
+    token = config.resolved_metrics_token()
+    if token is None:
+        msg = (
+            "/metrics and /healthz details are closed beyond loopback: set a metrics token "
+            '([http] metrics_token_env, --http-metrics-token) or [http] metrics_auth = "none"'
+        )
+        return _error(403, 40300, msg)
+    if _bearer_matches(request, token):
+        return None
+    return _error(401, 40101, "missing or invalid metrics bearer token", {"WWW-Authenticate": "Bearer"})
+
+
+def _json_content_type(request: web.Request) -> bool:
+    # (the header by hand: aiohttp's request.content_type parses it fully, ~7 us per POST)
+    kind = request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 
 
 def _ably_caller(request: web.Request, session: object) -> str:
@@ -130,8 +204,15 @@ async def invoke(request: web.Request) -> web.Response:
     cors = _cors_headers(request, config)
     if not _authorised(request, config):
         worker.metrics.invocations.labels("unauthorized").inc()
-        log.warning("invocation_unauthorized", remote=request.remote)
+        _log(request, "warning", "invocation_unauthorized", remote=request.remote)
         return _error(401, 40101, "missing or invalid bearer token", {**cors, "WWW-Authenticate": "Bearer"})
+    if not _json_content_type(request):
+        # Only a JSON body: a web page may POST text/plain (or a form) to any origin without a CORS
+        # preflight, so on loopback (no auth by default) any site the user visits could invoke.
+        worker.metrics.invocations.labels("refused").inc()
+        declared = request.headers.get("Content-Type")
+        msg = f"Content-Type must be application/json, not {declared[:100] if declared else 'none'!r}"
+        return _error(415, 41500, msg, cors)
     try:
         # Bounded in time as well as size: a stranger that sends headers and then stalls mid-body
         # would otherwise hold a connection and a handler for as long as it likes (slowloris).
@@ -139,20 +220,21 @@ async def invoke(request: web.Request) -> web.Response:
             raw = await read_body(request, config.max_body_bytes)
     except TimeoutError:
         worker.metrics.invocations.labels("refused").inc()
-        log.warning("invocation_refused", reason="body timeout", code=40800, remote=request.remote)
+        reason, remote = "body timeout", request.remote
+        _log(request, "warning", "invocation_refused", reason=reason, code=40800, remote=remote)
         msg = f"the request body did not arrive within {config.body_timeout_s:g}s"
         resp = _error(408, 40800, msg, cors)
         resp.force_close()  # no keep-alive: closed once aiohttp's lingering read (<= 10 s) ends
         return resp
     except ProtocolError as exc:
         worker.metrics.invocations.labels("refused").inc()
-        log.warning("invocation_refused", reason=exc.message, code=exc.code)
+        _log(request, "warning", "invocation_refused", reason=exc.message, code=exc.code)
         return _error(exc.status_code, exc.code, exc.message, cors)
     try:
         body: Any = loads_json(raw or b"null", "body", code=40000)
     except ProtocolError as exc:
         worker.metrics.invocations.labels("refused").inc()
-        log.warning("invocation_refused", reason=exc.message, code=exc.code)
+        _log(request, "warning", "invocation_refused", reason=exc.message, code=exc.code)
         return _error(exc.status_code, exc.code, exc.message, cors)
     if not isinstance(body, dict):
         worker.metrics.invocations.labels("refused").inc()
@@ -163,7 +245,7 @@ async def invoke(request: web.Request) -> web.Response:
             caller = _ably_caller(request, body.get("sessionName"))
         except AuthError as exc:
             worker.metrics.invocations.labels("unauthorized").inc()
-            log.warning("invocation_unauthorized", remote=request.remote, reason=exc.message)
+            _log(request, "warning", "invocation_unauthorized", remote=request.remote, reason=exc.message)
             return _error(exc.status_code, exc.code, exc.message, {**cors, "WWW-Authenticate": "Bearer"})
     try:
         # A W3C traceparent on the POST makes the run's spans part of the caller's trace.
@@ -173,14 +255,14 @@ async def invoke(request: web.Request) -> web.Response:
         )
     except WorkerBusy as exc:
         if not isinstance(exc, CallerBusy):  # logged once per burst by Admission, not per POST
-            log.info("invocation_busy", retry_after=exc.retry_after)
+            _log(request, "info", "invocation_busy", retry_after=exc.retry_after)
         return _error(429, exc.code, exc.message, {**cors, "Retry-After": str(exc.retry_after)})
     except InvocationRefused as exc:
         worker.metrics.invocations.labels("refused").inc()
-        log.warning("invocation_refused", reason=exc.message, status=exc.status_code)
+        _log(request, "warning", "invocation_refused", reason=exc.message, status=exc.status_code)
         return _error(exc.status_code, exc.code, exc.message, cors)
     except TransportError as exc:
-        log.error("invocation_transport_failed", error=exc.message)
+        _log(request, "error", "invocation_transport_failed", error=exc.message)
         return _error(503, exc.code, f"cannot reach Ably: {exc.message}", {**cors, "Retry-After": "1"})
     except AgentWorkerError as exc:
         return _error(exc.status_code, exc.code, exc.message, cors)
@@ -196,19 +278,24 @@ async def preflight(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 ``{"status": "ok"}`` or 503 with the worker's state, to anyone (a load balancer's health
+    check sends no credentials); the details (connection, run and session counts) only to a caller
+    that may read ``/metrics``."""
     worker = request.app[WORKER_KEY]
     connected = worker.transport is not None and worker.transport.connected
     healthy = connected and worker.state == "running"
-    body = {
-        "status": "ok" if healthy else worker.state,
-        "connected": connected,
-        "activeRuns": len(worker.active_runs),
-        "sessions": len(worker.sessions),
-    }
+    body: dict[str, object] = {"status": "ok" if healthy else worker.state}
+    if _metrics_refusal(request) is None:
+        body["connected"] = connected
+        body["activeRuns"] = len(worker.active_runs)
+        body["sessions"] = len(worker.sessions)
     return web.json_response(body, status=200 if healthy else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
+    refusal = _metrics_refusal(request)
+    if refusal is not None:
+        return refusal
     worker = request.app[WORKER_KEY]
     resp = web.Response(body=worker.metrics.render())
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
@@ -229,9 +316,17 @@ def build_app(
     app[WORKER_KEY] = worker
     app[CONFIG_KEY] = cfg
     app[TOKEN_KEY] = token_key
+    app[LOG_BUDGET_KEY] = LogBudget()
     if cfg.requires_ably_token() and token_key is None:
         msg = "[http] auth = ably-token needs the worker's API key to verify callers' tokens"
         raise ConfigError(msg)
+    cfg.check_metrics_auth()
+    if not cfg.metrics_open() and cfg.resolved_metrics_token() is None:
+        log.warning(
+            "metrics_closed_beyond_loopback",
+            host=cfg.host,
+            hint='set [http] metrics_token_env (--http-metrics-token) or metrics_auth = "none"',
+        )
     app.router.add_post(cfg.path, invoke)
     app.router.add_route("OPTIONS", cfg.path, preflight)
     app.router.add_get("/healthz", healthz)
@@ -266,6 +361,12 @@ async def serve(
     cap = ConnectionCap(
         config.max_connections, name="the worker's HTTP endpoint", write_timeout_s=config.write_timeout_s
     )
-    site = CappedSite(runner, host or config.host, config.port if port is None else port, cap)
-    await site.start()
+    bind_host, bind_port = host or config.host, config.port if port is None else port
+    site = CappedSite(runner, bind_host, bind_port, cap)
+    try:
+        await site.start()
+    except OSError as exc:  # a port in use, an address not on this host: say which, not a traceback
+        await runner.cleanup()
+        msg = f"[http] cannot listen on {bind_host}:{bind_port}: {exc.strerror or exc} (--http HOST:PORT)"
+        raise ConfigError(msg) from None
     return runner

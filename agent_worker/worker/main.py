@@ -30,6 +30,8 @@ class Overrides:
     http: str | None = None
     http_max_connections: int | None = None
     http_write_timeout_s: float | None = None
+    http_metrics_token: str | None = None
+    http_metrics_auth: str | None = None
     provider: str | None = None
     watch: tuple[str, ...] = ()
     log_format: str | None = None
@@ -80,6 +82,13 @@ def apply_overrides(cfg: Config, o: Overrides) -> Config:
             msg = "--http-write-timeout-s must be above 0"
             raise ConfigError(msg)
         http["write_timeout_s"] = o.http_write_timeout_s
+    if o.http_metrics_token:
+        http["metrics_token"] = Secret(o.http_metrics_token)
+    if o.http_metrics_auth is not None:
+        if o.http_metrics_auth not in ("auto", "none", "token"):
+            msg = "--http-metrics-auth must be auto, none or token"
+            raise ConfigError(msg)
+        http["metrics_auth"] = o.http_metrics_auth
     worker: dict[str, Any] = {}
     if o.watch:
         worker["watch_channels"] = tuple(dict.fromkeys((*cfg.worker.watch_channels, *o.watch)))
@@ -92,10 +101,12 @@ def apply_overrides(cfg: Config, o: Overrides) -> Config:
         worker["log_level"] = o.log_level
     if o.state_dir is not None:
         worker["state_dir"] = o.state_dir
+    http_cfg = cfg.http.model_copy(update=http)
+    http_cfg.check_metrics_auth()  # before anything starts
     return cfg.model_copy(
         update={
             "ably": cfg.ably.model_copy(update=ably),
-            "http": cfg.http.model_copy(update=http),
+            "http": http_cfg,
             "worker": cfg.worker.model_copy(update=worker),
             "engine": cfg.engine.model_copy(update=_engine_overrides(o)),
         }
@@ -148,7 +159,14 @@ def _banner(worker: Worker) -> None:
     else:
         lines.append(f"  Ably: {worker.settings.ably.endpoint or 'Ably (default endpoint)'}")
     if worker.http_url is not None:
-        lines.append(f"  invocations: POST {worker.http_url}   health: /healthz   metrics: /metrics")
+        http = worker.settings.http
+        if http.metrics_open():
+            metrics = "/metrics"
+        elif http.resolved_metrics_token() is not None:
+            metrics = "/metrics (bearer token)"
+        else:
+            metrics = "/metrics (closed beyond loopback: --http-metrics-token)"
+        lines.append(f"  invocations: POST {worker.http_url}   health: /healthz   metrics: {metrics}")
     if worker.web_url is not None:
         lines.append(f"  web client: {worker.web_url}?clientId=alice   (and ?clientId=bob in another tab)")
     agent = worker.agent

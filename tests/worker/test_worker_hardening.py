@@ -26,19 +26,21 @@ from agent_worker.server import EmbeddedServer
 from agent_worker.worker.admission import Invocation, WorkerBusy
 from tests.runtime.runtime_support import ChatClient, Harness, _sdk, start_harness
 
+JSON = {"Content-Type": "application/json"}
+
 
 async def test_deep_and_huge_bodies_are_refused_with_ably_codes(make_worker: Any, session_name: str) -> None:
     """/api/chat: deep JSON is 400/40000, a body over max_body_bytes 413/40009 (before reading it)."""
     harness: Harness = await make_worker(EchoProvider(), http=HttpConfig(port=0, max_body_bytes=64 * 1024))
     deep = '{"sessionName":"' + session_name + '","inputEventId":' + "[" * 20_000 + "]" * 20_000 + "}"
-    async with harness.http.post(harness.url, data=deep[:60_000].encode() + b"]}") as resp:
+    async with harness.http.post(harness.url, data=deep[:60_000].encode() + b"]}", headers=JSON) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["code"] in (40000,)
     shallow_deep = '{"x":' + "[" * 1000 + "]" * 1000 + "}"
-    async with harness.http.post(harness.url, data=shallow_deep.encode()) as resp:
+    async with harness.http.post(harness.url, data=shallow_deep.encode(), headers=JSON) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["code"] == 40000
-    async with harness.http.post(harness.url, data=b"[" * (9 << 20)) as resp:
+    async with harness.http.post(harness.url, data=b"[" * (9 << 20), headers=JSON) as resp:
         assert resp.status == 413
         assert (await resp.json())["error"]["code"] == 40009
     assert harness.worker.active_runs == []

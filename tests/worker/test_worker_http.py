@@ -18,6 +18,8 @@ from agent_worker.providers.base import ModelRequest, StreamEvent
 from agent_worker.providers.echo import EchoProvider, ScriptedProvider
 from tests.runtime.runtime_support import ChatClient, Harness, start_harness
 
+JSON = {"Content-Type": "application/json"}
+
 
 def ends_for_run(client: ChatClient, run_id: str) -> list[Any]:
     return [m for m in client.named(AI_RUN_END) if m.transport_headers.get("run-id") == run_id]
@@ -28,7 +30,7 @@ async def test_refusals_carry_status_and_reason(make_worker: Any, session_name: 
     harness: Harness = await make_worker(
         EchoProvider(), sessions=("conversations:*",), http=HttpConfig(port=0, max_body_bytes=200)
     )
-    async with harness.http.post(harness.url, data=b"{not json") as resp:
+    async with harness.http.post(harness.url, data=b"{not json", headers=JSON) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["code"] == 40000
     async with harness.http.post(harness.url, json=["a"]) as resp:
@@ -40,7 +42,7 @@ async def test_refusals_carry_status_and_reason(make_worker: Any, session_name: 
     assert status == 400
     status, body = await harness.invoke("private:secret", "e1")
     assert status == 404 and "unknown session" in body["error"]["message"]
-    async with harness.http.post(harness.url, data=b"x" * 500) as resp:
+    async with harness.http.post(harness.url, data=b"x" * 500, headers=JSON) as resp:
         assert resp.status == 413
     assert harness.worker.active_runs == []
 
@@ -255,7 +257,7 @@ async def test_cors_preflight(make_worker: Any) -> None:
 async def test_unreachable_session_body_is_json(make_worker: Any) -> None:
     """Every refusal is JSON the ChatTransport (or a human) can read."""
     harness: Harness = await make_worker(EchoProvider())
-    async with aiohttp.ClientSession() as http, http.post(harness.url, data=b"") as resp:
+    async with aiohttp.ClientSession() as http, http.post(harness.url, data=b"", headers=JSON) as resp:
         assert resp.status == 400
         assert resp.content_type == "application/json"
 
