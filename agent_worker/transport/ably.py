@@ -23,6 +23,7 @@ import contextlib
 import functools
 import itertools
 import json
+import re
 import secrets
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
@@ -355,6 +356,18 @@ def _settle_joined(futures: Sequence[asyncio.Future[Any]], exc: BaseException | 
             joined.set_exception(exc)
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9_.~:-]*")
+
+
+def _quoted(text: str, *, plus: bool = False) -> str:
+    """``quote(text, safe="")`` (``quote_plus(text)`` with ``plus``), for a channel name or a serial
+    of letters, digits, ``_.~-`` and ``:`` at a tenth of the cost (a character class and one
+    replace; urllib encodes and joins per character); other text goes through urllib."""
+    if _PLAIN.fullmatch(text) is not None:
+        return text.replace(":", "%3A")
+    return quote_plus(text) if plus else quote(text, safe="")
+
+
 def _transient(exc: TransportError) -> bool:
     return exc.status_code >= 500 and exc.code != 40160
 
@@ -676,18 +689,18 @@ class Channel:
         every subscriber a frame). The wire order is the same, and a subscriber reads the same
         messages: a batch is delivered as its messages, in order, each with its own serial. They
         succeed or fail together (one ACK or NACK), and are retried together."""
+        size = _rough_size(msg) if msg.data is None else _JOIN_MAX_BYTES + 1
         forming = self._forming
         if (
             forming is not None
-            and not forming.task.done()
+            and forming.size + size <= _JOIN_MAX_BYTES
             and len(forming.msgs) < _JOIN_MAX
-            and msg.data is None
-            and forming.size + _rough_size(msg) <= _JOIN_MAX_BYTES
+            and not forming.task.done()
         ):
             joined: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
             forming.msgs.append(msg)
             forming.futures.append(joined)
-            forming.size += _rough_size(msg)
+            forming.size += size
             return joined
 
         async def run() -> str | None:
@@ -706,7 +719,7 @@ class Channel:
 
         ahead = self._pipelined
         task = asyncio.create_task(run())
-        batch = _Forming(task, [msg], _rough_size(msg) if msg.data is None else _JOIN_MAX_BYTES + 1)
+        batch = _Forming(task, [msg], size)
         self._forming = batch
         self._pipelined = task
         task.add_done_callback(functools.partial(self._pipelined_done, batch))
@@ -770,9 +783,9 @@ class Channel:
         # urlencode's output for these three, built directly (~10 µs less per session start)
         query = f"limit={page_size}&direction=backwards"
         if from_serial:
-            query += f"&from_serial={quote_plus(from_serial)}"
+            query += f"&from_serial={_quoted(from_serial, plus=True)}"
         reader = self._transport.history_reader
-        first = f"/channels/{quote(self.name, safe='')}/messages?{query}"
+        first = f"/channels/{_quoted(self.name)}/messages?{query}"
         page = await self._with_retries(functools.partial(reader.page, first))
         ahead: asyncio.Task[HistoryPage] | None = None
         try:
