@@ -128,7 +128,7 @@ class Run:
         self.trigger_message: asyncio.Future[InboundMessage] = asyncio.get_running_loop().create_future()
         """Resolved by the session when a message with this run's ``event-id`` folds in."""
         self._start_published = False
-        self._start_ack: asyncio.Task[str | None] | None = None
+        self._start_ack: asyncio.Future[str | None] | None = None
         """A pipelined run-start awaiting its ACK (see :meth:`start`)."""
         self._start_lost = False
         """A pipelined run-start failed: the run's terminal publishes it again first."""
@@ -234,7 +234,7 @@ class Run:
                     "input_codec_message_id": t.codec_message_id if t is not None else None,
                 },
             )
-        send: Callable[[OutboundMessage], asyncio.Task[str | None]] | None = (
+        send: Callable[[OutboundMessage], asyncio.Future[str | None]] | None = (
             getattr(self.session.channel, "start_publish", None) if pipelined else None
         )
         if send is not None:
@@ -291,7 +291,7 @@ class Run:
         log.info("run_started", resume=self.is_continuation)
 
     @property
-    def start_sending(self) -> asyncio.Task[str | None] | None:
+    def start_sending(self) -> asyncio.Future[str | None] | None:
         """A pipelined run-start's publish until :meth:`confirm_started` (done once acknowledged or
         failed: its frame is on the wire by then); ``None`` otherwise."""
         return self._start_ack
@@ -572,7 +572,7 @@ class OutputMessage:
         self._step_open = True
         channel = self.run.session.channel
         msg = lifecycle_message(AI_STEP_START, self.run._step_headers(self.step_id))
-        send: Callable[[OutboundMessage], asyncio.Task[str | None]] | None = getattr(
+        send: Callable[[OutboundMessage], asyncio.Future[str | None]] | None = getattr(
             channel, "start_publish", None
         )
         if send is None:
@@ -596,7 +596,7 @@ class OutputMessage:
         if self.run.first_output_at is None:
             self.run.first_output_at = asyncio.get_running_loop().time()
 
-    async def _send_early(self, ack: asyncio.Task[str | None], msg: OutboundMessage) -> None:
+    async def _send_early(self, ack: asyncio.Future[str | None], msg: OutboundMessage) -> None:
         """Once the pipelined step-start is acknowledged: the chunks sent meanwhile, in order. A
         step-start refused for rate (429: not applied) is published again first; nothing of this
         message is sent before it is acknowledged."""
@@ -605,6 +605,9 @@ class OutputMessage:
         except TransportError as exc:
             if exc.status_code != 429:
                 raise
+            # Not before the run-start: when it shared the step-start's frame (Channel.start_publish)
+            # it was refused too, and the run fails here without anything of this message sent.
+            await self.run.confirm_started()
             serial = await publish_reliably(self.run.session.channel, msg)
         if self._dropped:
             return

@@ -173,7 +173,7 @@ _HOLD_MAX_DATA = 1024
 """Discrete publishes batched at once, and the largest data one may carry (opening chunks have none)."""
 
 
-def retrieve_exception(task: asyncio.Task[Any]) -> BaseException | None:
+def retrieve_exception(task: asyncio.Future[Any]) -> BaseException | None:
     """Done callback for a task whose failure is raised elsewhere, or by nobody (a held batch of a
     dropped writer, a pipelined run-start of a cancelled run): never "exception never retrieved"."""
     if task.cancelled():
@@ -497,7 +497,7 @@ class StreamWriter:
         the batch (its ACK comes first): the stream is known before the batch's failure is raised,
         so a failing run still closes it."""
         await self._channel.acquire()
-        start: Callable[[OutboundMessage], asyncio.Task[str | None]] = self._channel.start_publish  # type: ignore[attr-defined]
+        start: Callable[[OutboundMessage], asyncio.Future[str | None]] = self._channel.start_publish  # type: ignore[attr-defined]
         serial = await self._shielded(start(op.message))
         self.stats.published += 1
         self._stream_opened(op, serial)

@@ -152,11 +152,20 @@ class HistoryReader:
         self._session: aiohttp.ClientSession | None = None
         self._sdk_until = 0.0
         self._headers: dict[str, str] = HttpUtils.default_get_headers(binary, version=REST_VERSION)
+        self._origins: dict[str, str] = {}
 
     def _url(self, path_qs: str) -> str:
         http = self._rest.http
         # Joined as the SDK joins it (an endpoint given as "host:port/" relies on that).
-        return urljoin(f"{http.preferred_scheme}://{http.preferred_host}:{http.preferred_port}", path_qs)
+        base = f"{http.preferred_scheme}://{http.preferred_host}:{http.preferred_port}"
+        if path_qs.startswith("/") and "/." not in path_qs and "//" not in path_qs:
+            # An absolute path with no dot segment: urljoin keeps the base's scheme and host and
+            # takes the path as is, which the origin (joined once per base) plus the path is.
+            origin = self._origins.get(base)
+            if origin is None:
+                origin = self._origins[base] = urljoin(base, "/")[:-1]
+            return origin + path_qs
+        return urljoin(base, path_qs)
 
     def _timeout(self) -> aiohttp.ClientTimeout:
         opts = self._rest.options

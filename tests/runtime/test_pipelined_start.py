@@ -174,6 +174,26 @@ async def test_a_step_start_refused_for_rate_is_published_again_before_its_chunk
     assert channel.outputs == [("start", "serial-3")]
 
 
+async def test_a_step_start_refused_for_rate_with_its_run_start_is_not_sent_before_it() -> None:
+    """A run-start and step-start of one turn share a frame (Channel.start_publish), so a 429 refuses
+    both: the step-start is not published again ahead of the run-start; the run fails, and its end
+    follows a run-start published again."""
+    channel = HeldAckChannel()
+    run = Run(Host(channel), event_id="e1")
+    await run.start(pipelined=True)
+    message = run.open_message()
+    await message.send({"type": "start"})
+    refused = TransportError("rate limit", code=42911, status_code=429)
+    channel.acks[0].set_exception(refused)
+    channel.acks[1].set_exception(refused)
+    with pytest.raises(TransportError):
+        await message.close()
+    await message.close_after_abort("error")
+    await run.end("error")
+    assert channel.sent == ["ai-run-start", "ai-step-start", "ai-run-start", "ai-run-end"]
+    assert channel.outputs == []
+
+
 async def test_a_failed_pipelined_run_start_is_published_again_before_the_run_end() -> None:
     channel = HeldAckChannel()
     run = Run(Host(channel), event_id="e1")
