@@ -130,6 +130,8 @@ class SessionPool:
     def set_status(self, session: str, run_id: str, status: AgentStatus) -> None:
         if status != "thinking":  # streaming, a tool call, or done: this start is over
             self._started(session)
+        if status == "idle":  # the run is over: its connection's reservation for it is not needed
+            self.transport.pool.settle(session)
         presence = self._presence.get(session)
         if presence is not None:
             presence.set(run_id, status)

@@ -112,7 +112,18 @@ class _Session:
         await asyncio.sleep(0)
 
 
+class _Pool:
+    def __init__(self) -> None:
+        self.settled: list[str] = []
+
+    def settle(self, name: str) -> None:
+        self.settled.append(name)
+
+
 class _Transport:
+    def __init__(self) -> None:
+        self.pool = _Pool()
+
     async def open_channel(self, name: str) -> str:
         return name
 
@@ -134,5 +145,8 @@ async def test_the_session_pool_says_when_starts_are_quiet() -> None:
     assert pool.starts_quiet.is_set()
     await pool.get("d", starting=True)
     assert not pool.starts_quiet.is_set()
+    assert pool.transport.pool.settled == []  # type: ignore[attr-defined]
     pool.set_status("d", "run-d", "idle")  # a run that ended (or was refused) before any output
     assert pool.starts_quiet.is_set()
+    # and its connection no longer holds a reservation for it (transport/pool.py)
+    assert pool.transport.pool.settled == ["d"]  # type: ignore[attr-defined]
