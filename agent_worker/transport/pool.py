@@ -67,18 +67,23 @@ class PooledConnection(Generic[C]):
     ready: asyncio.Future[None]
     client: C | None = None
     channels: set[str] = field(default_factory=set)
-    placed: deque[float] = field(default_factory=deque)
-    """When each recent session was placed (its reservation runs from when the connection is up)."""
+    placed: dict[str, float] = field(default_factory=dict)
+    """When each recent session was placed, oldest first (its reservation runs from when the
+    connection is up, until ``reserve_s`` later or until the session's run is over)."""
     ready_at: float | None = None
     idle_since: float | None = None
     failed: bool = False
 
     def load(self, now: float, policy: PoolPolicy) -> float:
         """Messages/s sent in the last second plus the reservations of sessions too new to show."""
+        placed = self.placed
         if self.ready_at is not None:
-            while self.placed and now - max(self.placed[0], self.ready_at) > policy.reserve_s:
-                self.placed.popleft()
-        return self.limiter.recent_rate(now) + policy.session_rate * len(self.placed)
+            while placed:
+                oldest = next(iter(placed))
+                if now - max(placed[oldest], self.ready_at) <= policy.reserve_s:
+                    break
+                del placed[oldest]
+        return self.limiter.recent_rate(now) + policy.session_rate * len(placed)
 
 
 class ConnectionPool(Generic[C]):
@@ -199,7 +204,8 @@ class ConnectionPool(Generic[C]):
         return conn.load(now, self.policy) + self.policy.session_rate <= self.policy.target_rate
 
     def _assign(self, name: str, conn: PooledConnection[C], now: float) -> PooledConnection[C]:
-        conn.placed.append(now)
+        conn.placed.pop(name, None)  # placed again (after a failed connection): a fresh reservation
+        conn.placed[name] = now
         conn.channels.add(name)
         conn.idle_since = None
         self._placement[name] = conn
@@ -307,6 +313,17 @@ class ConnectionPool(Generic[C]):
         if not waiter.done():
             waiter.set_result(self._assign(name, conn, now))
 
+    def settle(self, name: str) -> None:
+        """``name``'s run is over: drop its reservation. A reservation stands for traffic a starting
+        session has not sent yet; once its run has ended it will send none, and what it did send
+        shows in the connection's rate. (Kept, the reservations of short runs just finished made a
+        connection look full for up to ``reserve_s``: in a burst right after a few such runs, their
+        connections took fewer new sessions, and one more session went to a connection already
+        carrying three starts.)"""
+        conn = self._placement.get(name)
+        if conn is not None:
+            conn.placed.pop(name, None)
+
     def release(self, name: str) -> None:
         conn = self._forget(name)
         if conn is not None and not conn.channels:
@@ -316,6 +333,7 @@ class ConnectionPool(Generic[C]):
         conn = self._placement.pop(name, None)
         if conn is not None:
             conn.channels.discard(name)
+            conn.placed.pop(name, None)
         return conn
 
     async def _reap(self) -> None:

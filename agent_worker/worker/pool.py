@@ -31,6 +31,7 @@ class SessionPool:
         *,
         presence: bool = True,
         idle_s: float = 300.0,
+        start_grace_s: float = 0.25,
     ) -> None:
         self.transport = transport
         self._make_session = make_session
@@ -41,6 +42,10 @@ class SessionPool:
         self._locks: dict[str, asyncio.Lock] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._starting: set[str] = set()
+        self.start_grace_s = start_grace_s
+        """A start reported streaming (the model's first text) still counts this long: its first
+        append follows a round trip or two later (the opening batch's, the stream's create)."""
+        self._grace: dict[str, asyncio.TimerHandle] = {}
         self.starts_quiet = asyncio.Event()
         """Set while at most one session is starting (asked for, its run not yet streaming or
         done): presence waits for it, so a burst of starts sends its first tokens first."""
@@ -118,18 +123,35 @@ class SessionPool:
         return session
 
     def _mark_starting(self, name: str) -> None:
+        pending = self._grace.pop(name, None)
+        if pending is not None:  # a new start on this session: the last one's grace no longer ends it
+            pending.cancel()
         self._starting.add(name)
         if len(self._starting) > 1:
             self.starts_quiet.clear()
 
     def _started(self, name: str) -> None:
+        pending = self._grace.pop(name, None)
+        if pending is not None:
+            pending.cancel()
         self._starting.discard(name)
         if len(self._starting) <= 1:
             self.starts_quiet.set()
 
     def set_status(self, session: str, run_id: str, status: AgentStatus) -> None:
-        if status != "thinking":  # streaming, a tool call, or done: this start is over
+        if status == "idle":  # done: this start is over
             self._started(session)
+        elif status != "thinking" and session in self._starting and session not in self._grace:
+            # Streaming or a tool call: the model has answered, but the message's first append
+            # leaves a round trip or two later. Counted until then, presence (a frame, its ACK and
+            # its echo each) stays out of the window where a burst's last first appends go.
+            if self.start_grace_s > 0:
+                loop = asyncio.get_running_loop()
+                self._grace[session] = loop.call_later(self.start_grace_s, self._started, session)
+            else:
+                self._started(session)
+        if status == "idle":  # the run is over: its connection's reservation for it is not needed
+            self.transport.pool.settle(session)
         presence = self._presence.get(session)
         if presence is not None:
             presence.set(run_id, status)

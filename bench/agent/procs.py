@@ -157,6 +157,9 @@ def _trace_gc(worker: Worker) -> None:
 
 
 async def pyworker_main(cfg: dict[str, Any]) -> None:
+    override = os.environ.get("AW_BENCH_PY_OVERRIDE")  # =JSON merged into the variant's settings
+    if override:
+        cfg = {**cfg, **json.loads(override)}
     shipped, shipped_ably = WorkerConfig(), AblyConfig()
     settings = AblySettings(
         endpoint=f"127.0.0.1:{cfg['port']}",
@@ -198,8 +201,7 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
         transport = worker.transport
         pool = transport.pool
         for _ in range(400):
-            warm = pool._idle_count() >= min(pool.policy.warm, pool.policy.max_connections - 1)
-            if transport._clients.ready >= transport._spares() and warm:
+            if transport._clients.ready >= transport._spares() and not pool._wants_warm():
                 break
             await asyncio.sleep(0.05)
     if trace is not None:

@@ -59,6 +59,26 @@ async def test_placement_reserves_load_and_grows_then_shrinks_when_idle() -> Non
     assert made[0].closed
 
 
+async def test_a_session_whose_run_is_over_gives_its_reservation_back() -> None:
+    """A reservation stands for traffic a starting session has not sent yet: once its run is over
+    (``settle``), the connection takes a new session in its place at once, where it would have
+    opened another connection while the reservation stood (``reserve_s``, here an hour)."""
+    pool, made = _fake_pool(PoolPolicy(min_connections=1, max_connections=4, reserve_s=3600.0))
+    await pool.start()
+    try:
+        for i in range(3):
+            assert (await pool.acquire(f"s{i}")).client is made[0]
+        pool.settle("s1")
+        pool.settle("unknown")  # a session the pool never placed: nothing to give back
+        assert (await pool.acquire("s3")).client is made[0]
+        assert len(made) == 1
+        pool.settle("s1")  # again: no second place freed
+        assert (await pool.acquire("s4")).client is made[1]  # s0, s2, s3 still reserved: full
+        assert len(made) == 2
+    finally:
+        await pool.close()
+
+
 async def test_pool_stops_growing_at_max_and_uses_the_least_loaded() -> None:
     pool, made = _fake_pool(PoolPolicy(min_connections=1, max_connections=2))
     await pool.start()

@@ -105,6 +105,8 @@ async def test_presence_waits_for_starts_no_longer_than_max_defer() -> None:
 
 
 class _Session:
+    stale = False
+
     def __init__(self, channel: Any) -> None:
         self.channel = channel
 
@@ -112,7 +114,18 @@ class _Session:
         await asyncio.sleep(0)
 
 
+class _Pool:
+    def __init__(self) -> None:
+        self.settled: list[str] = []
+
+    def settle(self, name: str) -> None:
+        self.settled.append(name)
+
+
 class _Transport:
+    def __init__(self) -> None:
+        self.pool = _Pool()
+
     async def open_channel(self, name: str) -> str:
         return name
 
@@ -122,7 +135,7 @@ async def test_the_session_pool_says_when_starts_are_quiet() -> None:
     starting at the same time is not, until one of them is streaming or done (or failed to open)."""
     from agent_worker.worker.pool import SessionPool  # noqa: PLC0415
 
-    pool = SessionPool(_Transport(), _Session, presence=False)  # type: ignore[arg-type]
+    pool = SessionPool(_Transport(), _Session, presence=False, start_grace_s=0)  # type: ignore[arg-type]
     await pool.get("a", starting=True)
     assert pool.starts_quiet.is_set()
     await pool.get("b", starting=True)
@@ -134,5 +147,31 @@ async def test_the_session_pool_says_when_starts_are_quiet() -> None:
     assert pool.starts_quiet.is_set()
     await pool.get("d", starting=True)
     assert not pool.starts_quiet.is_set()
+    assert pool.transport.pool.settled == []  # type: ignore[attr-defined]
     pool.set_status("d", "run-d", "idle")  # a run that ended (or was refused) before any output
     assert pool.starts_quiet.is_set()
+    # and its connection no longer holds a reservation for it (transport/pool.py)
+    assert pool.transport.pool.settled == ["d"]  # type: ignore[attr-defined]
+
+
+async def test_a_streaming_start_counts_until_its_first_append_can_have_left() -> None:
+    """``streaming`` is reported at the model's first text, a round trip or two before the message's
+    first append: the start still counts for ``start_grace_s`` (presence stays out of the burst's
+    window); a run that is over (idle) ends it at once; a new start on the same session before the
+    grace ends is not ended by the old grace."""
+    from agent_worker.worker.pool import SessionPool  # noqa: PLC0415
+
+    pool = SessionPool(_Transport(), _Session, presence=False, start_grace_s=0.05)  # type: ignore[arg-type]
+    await pool.get("a", starting=True)
+    await pool.get("b", starting=True)
+    pool.set_status("a", "run-a", "streaming")
+    assert not pool.starts_quiet.is_set()  # "a" is in its grace, "b" starting
+    await asyncio.wait_for(pool.starts_quiet.wait(), 5)  # the grace ran out: only "b" is starting
+    await pool.get("a", starting=True)
+    assert not pool.starts_quiet.is_set()
+    pool.set_status("a", "run-a2", "streaming")  # in its grace...
+    await pool.get("a", starting=True)  # ...when a new start on "a" comes
+    await asyncio.sleep(0.15)  # well past that grace: it was cancelled, "a" and "b" still start
+    assert not pool.starts_quiet.is_set()
+    pool.set_status("b", "run-b", "idle")  # over: ended at once, no grace
+    assert pool.starts_quiet.is_set()  # only "a" left
