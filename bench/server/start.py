@@ -261,7 +261,7 @@ class _Harness:
             return b""
         response = await rest.dispatch(request)
         self.steps["history GET"] += time.process_time() - t0
-        assert response.status == 200, response.status
+        assert isinstance(response, web.Response) and response.status == 200, response.status
         body = response.body
         assert isinstance(body, bytes)
         return body
