@@ -185,6 +185,7 @@ class EmbeddedServer(TokenMint):
         self._state = _State.STOPPED
         if self._hub is not None:
             self._hub.rollup.flush_all()  # held appends were ACKed: publish them before closing
+            self._hub.close()
         if self._gateway is not None:
             await self._gateway.stop()
         if self._runner is not None:

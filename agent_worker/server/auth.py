@@ -304,6 +304,9 @@ class KeyRing:
         # Tokens that passed every check but the clock ones, with their exp: a worker's connections
         # and REST requests (100 history reads in a burst) present one token, verified once.
         self._verified: dict[str, tuple[TokenClaims, float]] = {}
+        # Authorization: Bearer values already decoded to a verified token (the base64 step, per
+        # history read); bounded like _verified, and a hit still goes through verify_token.
+        self._bearer: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"KeyRing(names={sorted(self._keys)})"
@@ -421,6 +424,10 @@ class KeyRing:
 
     def check_bearer_header(self, value: str, now_ms: int) -> TokenClaims:
         """``Authorization: Bearer`` carries base64(token) in both SDKs; accept a raw JWT too."""
+        known = self._bearer.get(value)
+        if known is not None:
+            return self.verify_token(known, now_ms)
+        raw = value
         value = value.strip()
         token = value
         if value.count(".") != 2:
@@ -428,7 +435,12 @@ class KeyRing:
                 token = base64.b64decode(value, validate=True).decode()
             except (binascii.Error, ValueError):
                 token = value
-        return self.verify_token(token, now_ms)
+        claims = self.verify_token(token, now_ms)
+        if token in self._verified:  # only what verified (and was cached) is remembered
+            if len(self._bearer) >= 4096:
+                self._bearer.clear()
+            self._bearer[raw] = token
+        return claims
 
     # -- token requests --------------------------------------------------------------------
 

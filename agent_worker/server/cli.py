@@ -107,8 +107,8 @@ def register(app: typer.Typer) -> None:
             float,
             typer.Option(
                 min=0.001,
-                help="Drop a connection (REST or realtime) whose answers make no progress for this "
-                "long: a client that stopped reading (seconds).",
+                help="Drop a connection (REST or realtime) whose answers drain less than 16 KiB in "
+                "this long: a client that stopped reading, or trickles (seconds).",
             ),
         ] = 30.0,
         close_timeout_ms: Annotated[

@@ -68,9 +68,10 @@ class ServerConfig:
     http_idle_timeout_s: float = 75.0
     # How long a REST request's body may take to arrive once its headers have (then 408 / 40800).
     http_body_timeout_s: float = 10.0
-    # How long a connection's writes may make no progress — its buffer full behind a client that
-    # does not read, or a close waiting on bytes never read — before it is dropped (REST answers
-    # and realtime sockets alike; a socket that keeps draining is never cut). See conncap.py.
+    # How long a connection's writes may drain less than 16 KiB — its buffer full behind a client
+    # that does not read or trickles, or a close waiting on bytes never read — before it is dropped
+    # (REST answers and realtime sockets alike; one that keeps draining faster is never cut). See
+    # conncap.py.
     http_write_timeout_s: float = 30.0
     # Channels one connection may have attached at once (more: ERROR 90010 on ATTACH).
     max_channels_per_connection: int = 1000

@@ -124,6 +124,16 @@ class RealtimeConnection:
             msg = dict(msg, presence=[_outbound(p, self.fmt) for p in msg["presence"]])
         transport.enqueue(encode_frame(msg, self.fmt))
 
+    def send_clean(self, msg: dict[str, Any]) -> None:
+        """:meth:`send` for a frame built without ``None`` fields at any depth and without
+        messages or presence: the same bytes, encoded without the walk."""
+        transport = self.transport
+        if transport is None:
+            return
+        if self._ack_run is not None and msg["action"] not in _AFTER_ACKS:
+            self._flush_acks()
+        transport.enqueue(encode_wire(msg, self.fmt))
+
     def send_frame(self, data: str | bytes) -> None:
         """Queue an encoded MESSAGE or PRESENCE frame (they may overtake a pending ACK, see
         ``_ack``); the fan-out encodes one for every subscriber of this connection's format."""
@@ -552,16 +562,19 @@ class RealtimeConnection:
         has_presence = bool(rt.presence.members) and bool(modes & C.MODE_PRESENCE_SUBSCRIBE)
         if has_presence:
             out_flags |= C.FLAG_HAS_PRESENCE
-        self.send(
-            {
-                "action": C.ATTACHED,
-                "channel": name,
-                "flags": out_flags,
-                "channelSerial": channel_serial,
-                "params": request.echoed or None,
-                "error": error,
-            }
-        )
+        attached: dict[str, Any] = {
+            "action": C.ATTACHED,
+            "channel": name,
+            "flags": out_flags,
+            "channelSerial": channel_serial,
+        }
+        if request.echoed:  # str -> str
+            attached["params"] = request.echoed
+        if error is None:
+            self.send_clean(attached)  # built without None fields: no walk
+        else:
+            attached["error"] = error
+            self.send(attached)
         if has_presence:
             rt.send_sync(att)
         if replay_from is not None:

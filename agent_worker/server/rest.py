@@ -11,7 +11,7 @@ import binascii
 import secrets
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote_plus, urlencode
+from urllib.parse import quote_plus, unquote_plus
 
 import structlog
 from aiohttp import web
@@ -65,6 +65,22 @@ def _token_principal(claims: TokenClaims) -> Principal:
     wildcard = claims.client_id == "*"
     client_id = None if wildcard else claims.client_id
     return Principal(claims.key_name, client_id, wildcard, claims.capability, claims.expires_ms)
+
+
+# quote_plus for an ASCII string in one str.translate: the characters quote_plus keeps (letters,
+# digits, "_.-~"), a space as "+", every other one as %XX (upper-case hex, as quote_plus writes it).
+_ALWAYS_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+_QUOTE_PLUS = {c: "+" if c == 32 else f"%{c:02X}" for c in range(128) if chr(c) not in _ALWAYS_SAFE}
+
+
+def _quote_plus(text: str) -> str:
+    return text.translate(_QUOTE_PLUS) if text.isascii() else quote_plus(text)
+
+
+def _urlencode(params: dict[str, str]) -> str:
+    """``urllib.parse.urlencode(params)`` for str keys and values, byte for byte (a Link header per
+    page: urlencode was a third of a history request's CPU)."""
+    return "&".join(f"{_quote_plus(k)}={_quote_plus(v)}" for k, v in params.items())
 
 
 def _header_safe(text: str) -> str:
@@ -134,13 +150,17 @@ class RestApi:
 
     @staticmethod
     def _links(base: str, params: dict[str, str], cursor: str | None) -> dict[str, str]:
+        # The query without its cursor is encoded once: it is the first page's, the current page's
+        # when the request had no cursor, and the next page's with the cursor added last.
         plain = {k: v for k, v in params.items() if k != "cursor"}
-        links = [
-            f'<./{base}?{urlencode(plain)}>; rel="first"',
-            f'<./{base}?{urlencode(params)}>; rel="current"',
-        ]
+        first = _urlencode(plain)
+        current = first if len(plain) == len(params) else _urlencode(params)
+        links = [f'<./{base}?{first}>; rel="first"', f'<./{base}?{current}>; rel="current"']
         if cursor is not None:
-            links.append(f'<./{base}?{urlencode(dict(plain, cursor=cursor))}>; rel="next"')
+            nxt = "cursor=" + _quote_plus(cursor)
+            links.append(
+                f'<./{base}?{first}&{nxt}>; rel="next"' if first else f'<./{base}?{nxt}>; rel="next"'
+            )
         return {"Link": ", ".join(links)}
 
     # -- dispatch ----------------------------------------------------------------------------
