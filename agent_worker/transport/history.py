@@ -10,6 +10,14 @@ are requested and renewed as the SDK does; a token error answer renews once and 
 falls back to ``request()`` for anything but a plain answer from the primary host (connection
 errors, timeouts, 5xx), so Ably's fallback hosts keep working. Nothing here logs headers.
 
+Which path a read takes follows the host the SDK itself would try first (RSC15f): while its REST
+client keeps to a fallback host it settled on (for ``fallback_retry_timeout``), every read goes
+through ``request()``; a lean GET that fails to connect or times out while the SDK then answers from
+the primary host (a busy event loop, a dropped connection; with an ``endpoint`` there are no fallback
+hosts at all) costs only that read, the next is lean again. Only when the SDK answers from no host
+either do reads keep to ``request()`` for a short back-off (:data:`LEAN_BACKOFF_S`), so a host that is
+really unreachable is not tried twice per read.
+
 What an answer may make it do is bounded (docs/security.md): its ``Link`` is followed only to the
 same channel's ``messages`` on the same host (the key is never sent anywhere else), a redirect not
 at all, its body is read up to :data:`MAX_PAGE_BYTES`, and a body that does not decode is refused
@@ -42,7 +50,7 @@ from agent_worker.protocol.wire import InboundMessage
 from agent_worker.transport.deepitems import TooDeep, items_around_deep
 from agent_worker.transport.inbound import history_messages
 
-__all__ = ["MAX_PAGE_BYTES", "HistoryPage", "HistoryReader", "HistoryRefused", "with_limit"]
+__all__ = ["LEAN_BACKOFF_S", "MAX_PAGE_BYTES", "HistoryPage", "HistoryReader", "HistoryRefused", "with_limit"]
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +62,9 @@ _MSGPACK = "application/x-msgpack"
 MAX_PAGE_BYTES = 128 * 1024 * 1024
 #: AIT's "unable to fetch history page".
 HISTORY_FAILED = 104011
+#: How long reads keep to the SDK's ``request()`` after neither the lean GET nor the SDK reached
+#: a host (at most the SDK's ``fallback_retry_timeout``).
+LEAN_BACKOFF_S = 15.0
 
 
 class HistoryPage:
@@ -175,16 +186,31 @@ class HistoryReader:
 
     async def page(self, path_qs: str) -> HistoryPage:
         """Raises :class:`TransportError` with Ably's code for an error answer (4xx)."""
-        if time.monotonic() < self._sdk_until:
+        if (self._sdk_until and time.monotonic() < self._sdk_until) or self._sdk_on_fallback():
             return await self._sdk(path_qs)
         try:
             return await self._lean(path_qs)
         except _UseSdk as exc:
-            if exc.__cause__ is not None:
-                # The primary host is unreachable: let the SDK (and the fallback host it settles
-                # on) serve reads for as long as it keeps to a fallback host (RSC15f).
-                self._sdk_until = time.monotonic() + self._fallback_s()
+            if exc.__cause__ is None:  # a 5xx: the SDK retries it (on a fallback host, if any)
+                return await self._sdk(path_qs)
+        # No answer from the primary host (a connect error, a timeout). The SDK tries it again and
+        # then its fallback hosts; on a fallback host it keeps to it, and so do reads (above).
+        try:
             return await self._sdk(path_qs)
+        except HistoryRefused:
+            raise  # a host answered
+        except Exception:
+            # No host answered: spare the next reads a lean attempt first for a short while.
+            self._sdk_until = time.monotonic() + min(LEAN_BACKOFF_S, self._fallback_s())
+            raise
+
+    def _sdk_on_fallback(self) -> bool:
+        """Whether the SDK's REST client would start a request at a fallback host: one it settled on
+        after the primary failed, kept for ``fallback_retry_timeout`` (RSC15f) — so the lean GET,
+        which only knows the primary host, leaves the read to it."""
+        http = self._rest.http
+        hosts = http.get_hosts()  # the SDK's own order (it forgets an expired fallback host here)
+        return bool(hosts) and hosts[0] != http.preferred_host
 
     def _fallback_s(self) -> float:
         ms = getattr(self._rest.options, "fallback_retry_timeout", None)

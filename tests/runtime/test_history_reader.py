@@ -1,5 +1,6 @@
 """The transport's lean REST history GET (transport/history.py): the request ably-python's
-``request()`` would send, token renewal on a token error, the SDK as fallback on 5xx, error answers
+``request()`` would send, token renewal on a token error, the SDK as fallback on 5xx and connection
+errors (held only while the SDK keeps to a fallback host), error answers
 with Ably's code; and, against the embedded server, the same items as the SDK read for msgpack and
 JSON, and a capability refusal surfaced with its code."""
 
@@ -11,10 +12,12 @@ import datetime
 import ipaddress
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgpack
 import pytest
 from ably import AblyRest
@@ -29,7 +32,13 @@ from agent_worker.errors import TransportError
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.testing import python_rest
 from agent_worker.transport.ably import AblySettings, AblyTransport
-from agent_worker.transport.history import HistoryReader, HistoryRefused, _tls_context, with_limit
+from agent_worker.transport.history import (
+    LEAN_BACKOFF_S,
+    HistoryReader,
+    HistoryRefused,
+    _tls_context,
+    with_limit,
+)
 from tests.runtime.runtime_support import worker_settings
 
 
@@ -83,15 +92,15 @@ async def fake() -> AsyncIterator[FakeAbly]:
     await server.runner.cleanup()
 
 
-def _rest(port: int, tokens: list[str]) -> AblyRest:
+def _rest(port: int, tokens: list[str], *, host: str = "127.0.0.1", **extra: Any) -> AblyRest:
     async def token() -> str:
         tokens.append(f"token-{len(tokens)}")
         return tokens[-1]
 
-    settings = AblySettings(endpoint=f"127.0.0.1:{port}", token_source=token, tls=False)
+    settings = AblySettings(endpoint=f"{host}:{port}", token_source=token, tls=False)
     opts = settings.client_options()
     opts.pop("realtime_request_timeout")
-    return AblyRest(**opts)
+    return AblyRest(**{**opts, **extra})
 
 
 PATH = "/channels/conversations%3Aa/messages?limit=100&direction=backwards&from_serial=x%40y"
@@ -178,27 +187,76 @@ async def test_server_errors_go_through_the_sdk(fake: FakeAbly) -> None:
         await rest.close()
 
 
-async def test_unreachable_primary_leaves_reads_to_the_sdk(fake: FakeAbly) -> None:
-    """A connection error on the lean GET: that page and the following ones go through the SDK's
-    request() (and its fallback hosts) for the SDK's fallback period, without a lean attempt each."""
+def _dead_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        dead = probe.getsockname()[1]  # closed again below: nothing listens there
-    rest = _rest(fake.port, [])
+        return int(probe.getsockname()[1])  # closed again: nothing listens there
+
+
+def _lean_urls(reader: HistoryReader, *, dead: int | None = None) -> list[str]:
+    """The reader's lean GETs, recorded; the first one sent to the ``dead`` port if given."""
+    urls: list[str] = []
+    real = reader._url
+
+    def url(path_qs: str) -> str:
+        urls.append(path_qs)
+        return f"http://127.0.0.1:{dead}{path_qs}" if dead and len(urls) == 1 else real(path_qs)
+
+    reader._url = url  # type: ignore[method-assign]
+    return urls
+
+
+def _lean(requests: list[dict[str, Any]]) -> list[bool]:
+    return ["aiohttp" in r["headers"]["User-Agent"] for r in requests]
+
+
+async def test_a_lean_failure_the_primary_host_answers_costs_one_read(fake: FakeAbly) -> None:
+    """A lean GET that cannot connect (or times out: a busy loop in a burst) while the SDK's
+    request() then reads the page from the primary host: the next read is lean again, not the SDK's
+    ~2 ms more per page for its whole fallback period."""
+    rest = _rest(fake.port, [])  # an endpoint: no fallback hosts, the SDK only has the primary
     reader = HistoryReader(rest, binary=True, max_connections=4)
-    lean_urls: list[str] = []
-
-    def unreachable(path_qs: str) -> str:
-        lean_urls.append(path_qs)
-        return f"http://127.0.0.1:{dead}{path_qs}"
-
-    reader._url = unreachable  # type: ignore[method-assign]
+    lean_urls = _lean_urls(reader, dead=_dead_port())
     try:
-        first = await reader.page(PATH)
+        first = await reader.page(PATH)  # the lean GET refused: the SDK read it
         second = await reader.page(PATH)
         assert [p.items[0]["data"] for p in (first, second)] == ["d1", "d2"]
-        assert len(lean_urls) == 1  # tried once, then the SDK for the fallback period
-        assert all("aiohttp" not in r["headers"]["User-Agent"] for r in fake.requests)
+        assert len(lean_urls) == 2 and _lean(fake.requests) == [False, True]
+    finally:
+        await reader.close()
+        await rest.close()
+
+
+async def test_a_fallback_host_the_sdk_settled_on_keeps_reads_on_the_sdk(fake: FakeAbly) -> None:
+    """The primary host refuses and the SDK settles on a fallback host: reads keep to the SDK (and
+    so to that host) for as long as it does (RSC15f), without a lean attempt each."""
+    # The fake listens on 127.0.0.1 only: the primary 127.0.0.2 refuses, the fallback answers
+    # (a host written as the endpoint is, "host:port/", as the SDK joins it to its default port).
+    fallback = f"127.0.0.1:{fake.port}/"
+    rest = _rest(fake.port, [], host="127.0.0.2", fallback_hosts=[fallback])
+    reader = HistoryReader(rest, binary=True, max_connections=4)
+    lean_urls = _lean_urls(reader)
+    try:
+        pages = [await reader.page(PATH) for _ in range(3)]
+        assert [p.items[0]["data"] for p in pages] == ["d1", "d2", "d3"]
+        assert len(lean_urls) == 1 and _lean(fake.requests) == [False] * 3
+        assert rest.http.get_hosts()[0] == fallback
+    finally:
+        await reader.close()
+        await rest.close()
+
+
+async def test_no_host_answering_backs_the_lean_get_off(fake: FakeAbly) -> None:
+    """Neither the lean GET nor the SDK reaches a host: the next read, failing as well, is left to
+    the SDK alone (a short back-off), not tried on the lean path first again."""
+    rest = _rest(_dead_port(), [])
+    reader = HistoryReader(rest, binary=True, max_connections=4)
+    lean_urls = _lean_urls(reader)
+    try:
+        for _ in range(2):
+            with pytest.raises(httpx.ConnectError):
+                await reader.page(PATH)
+        assert len(lean_urls) == 1 and 0 < reader._sdk_until - time.monotonic() <= LEAN_BACKOFF_S
     finally:
         await reader.close()
         await rest.close()
