@@ -38,7 +38,7 @@ async function conn(i) {
 // CPU per call here, so the 100th POST left ~100 ms after the first and the client's own cost
 // counted as the agent's first-token time (for both agents). node:http takes a fraction of that.
 const noKeepAlive = new http.Agent({ keepAlive: false, maxSockets: Infinity });
-function postJson(url, body) {
+function postJson(url, body, stamps = {}) {
   const data = JSON.stringify(body);
   return new Promise((resolve, reject) => {
     const req = http.request(
@@ -55,6 +55,11 @@ function postJson(url, body) {
       },
     );
     req.on('error', reject);
+    req.on('socket', (sock) => {
+      stamps.socketUs = nowUs();
+      sock.once('connect', () => { stamps.connectUs = nowUs(); });
+    });
+    req.on('finish', () => { stamps.sentUs = nowUs(); });
     req.end(data);
   });
 }
@@ -150,7 +155,8 @@ class Stream {
     await within(this.channel.publish([{ name: 'ai-input', data: text, extras: { ai: { transport, codec } } }]), 15000, 'input publish');
     this.postUs = nowUs();
     if (post) {
-      await postJson(config.api, { inputEventId: eventId, sessionName: this.name });
+      this.postStamps = {};
+      await postJson(config.api, { inputEventId: eventId, sessionName: this.name }, this.postStamps);
     }
     return { cmid, eventId };
   }
@@ -218,7 +224,7 @@ async function streamsPhase(phase, { n, tokens, rate, timeoutMs = 120000, partia
     ended: streams.filter((s) => s.reason !== null).length,
     received: streams.reduce((a, s) => a + s.tokens, 0),
     appends: streams.reduce((a, s) => a + s.appends, 0),
-    ...(config.timeline ? { timeline: streams.map((s) => ({ postUs: s.postUs, runStartUs: s.runStartUs, samples: s.samples })) } : {}),
+    ...(config.timeline ? { timeline: streams.map((s) => ({ postUs: s.postUs, postStamps: s.postStamps, runStartUs: s.runStartUs, samples: s.samples })) } : {}),
     latenciesUs: streams.flatMap((s) => s.latencies),
     reasons: streams.map((s) => s.reason),
     firstTokenUs: streams.map((s) => (s.firstTokenUs ?? s.endUs) - s.postUs),
