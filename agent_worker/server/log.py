@@ -167,15 +167,7 @@ class MessageRecord:
         Unset fields are left out, in the order the wire has them, so for a msgpack subscriber the
         dict is the wire message as it is (``codec.outbound_payload`` adds base64 for JSON)."""
         v = self.versions[k]
-        out: dict[str, Any] = {}
-        if self.id is not None:
-            out["id"] = self.id
-        if self.client_id is not None:
-            out["clientId"] = self.client_id
-        if self.connection_id is not None:
-            out["connectionId"] = self.connection_id
-        out["timestamp"] = self.timestamp
-        out["serial"] = self.serial
+        out = self._set_header()
         if v.action == APPEND and not first_sight:
             fields = v.fields
             for key in _DELTA_FIELDS:
@@ -193,6 +185,19 @@ class MessageRecord:
         out["version"] = self._version_obj(v)
         return out
 
+    def _set_header(self) -> dict[str, Any]:
+        """The envelope fields that are set, in the wire's order (no ``None`` to drop later)."""
+        out: dict[str, Any] = {}
+        if self.id is not None:
+            out["id"] = self.id
+        if self.client_id is not None:
+            out["clientId"] = self.client_id
+        if self.connection_id is not None:
+            out["connectionId"] = self.connection_id
+        out["timestamp"] = self.timestamp
+        out["serial"] = self.serial
+        return out
+
     def render_latest(self) -> dict[str, Any]:
         out = self._header()
         out.update(self.content)
@@ -204,15 +209,7 @@ class MessageRecord:
         """:meth:`render_latest` without its unset fields, built in one pass: the message's header,
         content, action and version object, none of which holds a ``None`` below the top level
         (the version object is built without them, ``data`` and ``extras`` go verbatim)."""
-        out: dict[str, Any] = {}
-        if self.id is not None:
-            out["id"] = self.id
-        if self.client_id is not None:
-            out["clientId"] = self.client_id
-        if self.connection_id is not None:
-            out["connectionId"] = self.connection_id
-        out["timestamp"] = self.timestamp
-        out["serial"] = self.serial
+        out = self._set_header()
         for key, value in self.content.items():
             if value is not None:
                 out[key] = value

@@ -60,6 +60,22 @@ async def _recording_proxy(host: str, port: int) -> AsyncIterator[tuple[int, lis
             t.cancel()
 
 
+@contextlib.asynccontextmanager
+async def _proxied_transport(
+    ably_server: EmbeddedServer, **settings: Any
+) -> AsyncIterator[tuple[AblyTransport, list[bytearray]]]:
+    """A connected worker transport whose connections go through :func:`_recording_proxy`; yields
+    it and the bytes each of its connections sent."""
+    async with _recording_proxy(ably_server.host, ably_server.port) as (port, sent):
+        base = worker_settings(ably_server, rate=1000.0, **settings)
+        transport = AblyTransport(dataclasses.replace(base, endpoint=f"127.0.0.1:{port}"))
+        await transport.connect()
+        try:
+            yield transport, sent
+        finally:
+            await transport.close()
+
+
 def _client_frames(stream: bytes) -> list[bytes]:
     """The (unmasked) payloads of the binary WebSocket frames a client sent, after the HTTP upgrade."""
     pos = stream.index(b"\r\n\r\n") + 4

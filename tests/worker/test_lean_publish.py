@@ -6,7 +6,6 @@ read off a recording TCP proxy; and it behaves the same (serials, size refusal, 
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from typing import Any
 
@@ -16,9 +15,9 @@ import pytest
 from agent_worker.errors import TransportError
 from agent_worker.protocol.wire import OutboundMessage
 from agent_worker.server import EmbeddedServer
-from agent_worker.transport.ably import AblyTransport, _publish_frame, _sdk_message
-from tests.runtime.runtime_support import fresh_channel, worker_settings
-from tests.worker.test_lean_append import MESSAGE, _client_frames, _recording_proxy
+from agent_worker.transport.ably import _publish_frame, _sdk_message
+from tests.runtime.runtime_support import fresh_channel
+from tests.worker.test_lean_append import MESSAGE, _client_frames, _proxied_transport
 
 CASES: list[list[OutboundMessage]] = [
     [OutboundMessage(name="ai-run-start", data="", extras={"headers": {"x-ably-ai-run-id": "r1"}})],
@@ -48,24 +47,16 @@ def _ids(tag: str, n: int) -> list[str]:
 
 
 async def test_lean_publishes_put_the_sdks_frames_on_the_wire(ably_server: EmbeddedServer) -> None:
-    async with _recording_proxy(ably_server.host, ably_server.port) as (port, sent):
-        settings = dataclasses.replace(
-            worker_settings(ably_server, rate=1000.0), endpoint=f"127.0.0.1:{port}"
-        )
-        transport = AblyTransport(settings)
-        await transport.connect()
-        try:
-            channel = transport.channel(f"conversations:lean-{uuid.uuid4().hex[:8]}")
-            for msgs in CASES:
-                sdk_ids, lean_ids = _ids("s", len(msgs)), _ids("l", len(msgs))
-                sdk = await channel._sdk.publish(
-                    [_sdk_message(m, id=i) for m, i in zip(msgs, sdk_ids, strict=True)]
-                )
-                lean = await channel._send_publish(msgs, lean_ids)
-                assert len(sdk.serials) == len(lean.serials) == len(msgs) and all(lean.serials)
-                assert not set(sdk.serials) & set(lean.serials)
-        finally:
-            await transport.close()
+    async with _proxied_transport(ably_server) as (transport, sent):
+        channel = transport.channel(f"conversations:lean-{uuid.uuid4().hex[:8]}")
+        for msgs in CASES:
+            sdk_ids, lean_ids = _ids("s", len(msgs)), _ids("l", len(msgs))
+            sdk = await channel._sdk.publish(
+                [_sdk_message(m, id=i) for m, i in zip(msgs, sdk_ids, strict=True)]
+            )
+            lean = await channel._send_publish(msgs, lean_ids)
+            assert len(sdk.serials) == len(lean.serials) == len(msgs) and all(lean.serials)
+            assert not set(sdk.serials) & set(lean.serials)
     frames = [f for stream in sent for f in _publishes(bytes(stream))]  # a spare client sends none
     assert len(frames) == 2 * len(CASES)
     for i in range(len(CASES)):

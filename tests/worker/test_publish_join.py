@@ -6,7 +6,6 @@ order. Checked on the wire (a recording proxy) against the embedded server."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import uuid
 from typing import Any
 
@@ -18,9 +17,9 @@ from agent_worker.protocol.headers import AI_RUN_START, AI_STEP_START, lifecycle
 from agent_worker.protocol.wire import OutboundMessage
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.testing import python_realtime
-from agent_worker.transport.ably import _JOIN_MAX, AblyTransport, Channel, _rough_size
-from tests.runtime.runtime_support import fresh_channel, worker_settings
-from tests.worker.test_lean_append import MESSAGE, _client_frames, _recording_proxy
+from agent_worker.transport.ably import _JOIN_MAX, Channel, _rough_size
+from tests.runtime.runtime_support import fresh_channel
+from tests.worker.test_lean_append import MESSAGE, _client_frames, _proxied_transport
 
 
 def _lifecycle(name: str, run_id: str) -> OutboundMessage:
@@ -48,23 +47,15 @@ async def test_a_run_start_and_step_start_of_one_turn_share_a_frame(ably_server:
 
     try:
         await reader.channels.get(name).subscribe(on_message)
-        async with _recording_proxy(ably_server.host, ably_server.port) as (port, sent):
-            settings = dataclasses.replace(
-                worker_settings(ably_server, rate=1000.0), endpoint=f"127.0.0.1:{port}"
-            )
-            transport = AblyTransport(settings)
-            await transport.connect()
-            try:
-                channel = transport.channel(name)
-                await channel.publish(OutboundMessage(name="before", data=None))  # attached, warm
-                run_start = channel.start_publish(_lifecycle(AI_RUN_START, "r1"))
-                step_start = channel.start_publish(_lifecycle(AI_STEP_START, "r1"))
-                assert not isinstance(step_start, asyncio.Task)  # it joined the run-start's
-                serials = [await run_start, await step_start]
-                # Once that frame is written, the next call starts a frame of its own.
-                alone = await channel.start_publish(_lifecycle("ai-run-end", "r1"))
-            finally:
-                await transport.close()
+        async with _proxied_transport(ably_server) as (transport, sent):
+            channel = transport.channel(name)
+            await channel.publish(OutboundMessage(name="before", data=None))  # attached, warm
+            run_start = channel.start_publish(_lifecycle(AI_RUN_START, "r1"))
+            step_start = channel.start_publish(_lifecycle(AI_STEP_START, "r1"))
+            assert not isinstance(step_start, asyncio.Task)  # it joined the run-start's
+            serials = [await run_start, await step_start]
+            # Once that frame is written, the next call starts a frame of its own.
+            alone = await channel.start_publish(_lifecycle("ai-run-end", "r1"))
         assert _message_frames(sent) == [["before"], [AI_RUN_START, AI_STEP_START], ["ai-run-end"]]
         assert serials[0] is not None and serials[1] is not None and alone is not None
         assert serials[0] < serials[1] < alone  # each its own serial, in wire order
@@ -79,21 +70,13 @@ async def test_a_run_start_and_step_start_of_one_turn_share_a_frame(ably_server:
 
 
 async def test_messages_with_data_or_a_full_frame_start_their_own(ably_server: EmbeddedServer) -> None:
-    async with _recording_proxy(ably_server.host, ably_server.port) as (port, sent):
-        settings = dataclasses.replace(
-            worker_settings(ably_server, rate=1000.0), endpoint=f"127.0.0.1:{port}"
-        )
-        transport = AblyTransport(settings)
-        await transport.connect()
-        try:
-            channel = transport.channel(f"conversations:join-{uuid.uuid4().hex[:8]}")
-            await channel.publish(OutboundMessage(name="before", data=None))
-            first = channel.start_publish(_lifecycle("a", "r1"))
-            with_data = channel.start_publish(OutboundMessage(name="text", data="hello"))
-            after_data = [channel.start_publish(_lifecycle(f"b{i}", "r1")) for i in range(_JOIN_MAX + 1)]
-            assert all(await asyncio.gather(first, with_data, *after_data))
-        finally:
-            await transport.close()
+    async with _proxied_transport(ably_server) as (transport, sent):
+        channel = transport.channel(f"conversations:join-{uuid.uuid4().hex[:8]}")
+        await channel.publish(OutboundMessage(name="before", data=None))
+        first = channel.start_publish(_lifecycle("a", "r1"))
+        with_data = channel.start_publish(OutboundMessage(name="text", data="hello"))
+        after_data = [channel.start_publish(_lifecycle(f"b{i}", "r1")) for i in range(_JOIN_MAX + 1)]
+        assert all(await asyncio.gather(first, with_data, *after_data))
     names = _message_frames(sent)
     # A message with data neither joins nor is joined; a frame holds _JOIN_MAX messages at most.
     assert names == [["before"], ["a"], ["text"], [f"b{i}" for i in range(_JOIN_MAX)], [f"b{_JOIN_MAX}"]]
