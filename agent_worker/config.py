@@ -268,7 +268,8 @@ class WorkerConfig(_Section):
     """Safety net for rebuilding a conversation: pages read until the branch reaches its root."""
     coalesce_window_ms: Annotated[float, Field(ge=0)] = 40.0
     """At most one append per stream per window: a delta after a quiet window goes out at once, later
-    ones are merged (0 = one append per delta). Ably's server-side rollup default is also 40 ms."""
+    ones are merged (0 = one append per delta). Ably's server-side rollup default is also 40 ms; the
+    appends go 2 ms more than the window apart (``runtime.streaming.pacing_s``) so Ably never holds them."""
     max_messages_per_second: Annotated[float, Field(gt=0)] = 45.0
     """Outbound messages per connection; Ably's inbound limit is 50/s per connection."""
     burst: Annotated[int, Field(ge=1)] = 10

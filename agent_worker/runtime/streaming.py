@@ -8,7 +8,13 @@ operation order on the wire, with two liberties that change no text:
   until one window after that flush and go out merged into one append (their data concatenated, the
   newest headers kept — appends repeat the full headers anyway). So a stream slower than one delta
   per window is never delayed, and a fast one costs at most one message per window — exactly what
-  Ably would count for it with the same ``appendRollupWindow``. Any other operation first flushes
+  Ably would count for it with the same ``appendRollupWindow``. A stream's appends go a small margin
+  more than the window apart (:func:`pacing_s`, 2 ms): Ably times its window from when *it* receives
+  or publishes an append, so appends sent exactly one window apart arrive a little less apart
+  whenever the network or an event loop delays the first more than the second; Ably then holds the
+  second until its window ends, and times the next window from that later publish, so with no margin
+  the holds persist (they drift, up to nearly a window each). With the margin each hold shrinks by it
+  at every append, so it ends within a few. Any other operation first flushes
   every buffered delta, so order across messages is unchanged; a closing append carries the
   stream's last buffered text itself. While the connection's rate limiter makes a flush wait, more
   deltas join the buffer — that is how the writer stays under Ably's per-connection message rate
@@ -153,6 +159,16 @@ _Sent = tuple[str, "asyncio.Task[str | None]", OutboundMessage]
 """An append handed to the channel: its stream key, its task and the message."""
 
 
+ROLLUP_MARGIN_S = 0.002
+"""How much more than the rollup window apart a stream's appends go (at most window/8): absorbs a
+little jitter between the writer and Ably, and undoes a hold Ably's rollup makes (module doc)."""
+
+
+def pacing_s(window_s: float) -> float:
+    """The spacing of one stream's appends for a coalescing window of ``window_s`` (0 stays 0)."""
+    return window_s + min(ROLLUP_MARGIN_S, window_s / 8) if window_s > 0 else 0.0
+
+
 def _failed(task: asyncio.Task[Any]) -> bool:
     return task.cancelled() or task.exception() is not None
 
@@ -196,7 +212,7 @@ class StreamWriter:
         self._channel = channel
         self._max_bytes = max_message_bytes
         self._encoder = encoder
-        self._window_s = window_s
+        self._window_s = pacing_s(window_s)
         self._on_first_publish = on_first_publish
         # The crash journal's view: a stream is open from its publish ACK until its close is ACKed.
         self._on_stream_open = on_stream_open
@@ -410,10 +426,16 @@ class StreamWriter:
             return
 
         async def fire() -> None:
-            if delay > 0:
-                await asyncio.sleep(delay)
-            async with self._lock:
-                await self._flush_buffers()
+            wait = delay
+            while True:
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                async with self._lock:
+                    await self._flush_buffers(paced=True)
+                if not self._buffers:
+                    return
+                # a delta that came while this flush awaited: its stream's window starts now
+                wait = self._last_flush + self._window_s - asyncio.get_running_loop().time()
 
         self._timer = asyncio.create_task(fire())
         self._timer.add_done_callback(self._timer_done)
@@ -591,9 +613,17 @@ class StreamWriter:
         self.stats.appends += 1
         self._last_flush = asyncio.get_running_loop().time()
 
-    async def _flush_buffers(self) -> None:
+    async def _flush_buffers(self, *, paced: bool = False) -> None:
+        """Send every buffered delta. ``paced`` (the window's timer): a stream whose append this
+        call has started and which got a new delta meanwhile (while it awaited a send) is left for
+        the timer's next window, not sent again at once (one append per window)."""
+        started: set[str] = set()
         while self._buffers:
             key = next(iter(self._buffers))
+            if paced and self._window_s > 0:
+                if key in started:
+                    return
+                started.add(key)
             serial = self._serials.get(key)
             if serial is None:
                 self._buffers.pop(key)

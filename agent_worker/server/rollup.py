@@ -154,7 +154,8 @@ class AppendRollup:
         pending = self._pending.get(key)
         if pending is None:
             last = self._last.get(key)
-            if last is None or now - last >= window_ms / 1000:
+            # (1e-6: loop clocks tick in whole ms on uvloop, and 0.492 - 0.452 < 0.04 in floats)
+            if last is None or now - last >= window_ms / 1000 - 1e-6:
                 self._last[key] = now
                 self._sweep(now)
                 return None

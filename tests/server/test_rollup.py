@@ -199,3 +199,33 @@ async def test_rollups_count_once_against_the_connection_limit(window: str | Non
                 assert len(record.versions) < 300  # rolled up: far fewer versions than appends
         finally:
             await agent.close()
+
+
+class _NoHub:
+    """The rollup's hub where nothing may be held (holding would prepare the message)."""
+
+    channels: dict[str, Any] = {}
+
+    def channel(self, name: str) -> Any:
+        msg = f"append held on {name}"
+        raise AssertionError(msg)
+
+
+async def test_an_append_one_whole_window_after_the_last_goes_out_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uvloop's clock ticks in whole milliseconds, and ``t + 0.040 - t`` is a hair under 0.04 in
+    floats for about half of them: appends exactly one window apart (what a paced publisher sends)
+    were held until the window's end, and the next window timed from that late publish."""
+    from agent_worker.server.rollup import AppendRollup  # noqa: PLC0415
+
+    rollup = AppendRollup(_NoHub())  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    principal: Any = None  # only a held append is validated against its principal
+    charged: list[int] = []
+    for ms in range(8723_001, 8723_001 + 40 * 50, 40):  # 50 appends, 40 ms apart on a ms clock
+        monkeypatch.setattr(loop, "time", lambda ms=ms: ms / 1000)
+        items = [{"action": APPEND, "serial": "s1", "data": "x"}]
+        held = rollup.offer("ch", items, principal, publisher_id="c1", window_ms=40, charge=charged.append)
+        assert held is None, ms
+    assert (rollup.open_rollups, charged) == (0, [])
