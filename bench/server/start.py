@@ -46,22 +46,10 @@ from agent_worker.server import constants as C
 from agent_worker.server import hub as hub_module
 from agent_worker.server.codec import JSON, MSGPACK, Format, decode_frame
 from agent_worker.server.connection import RealtimeConnection
+from bench.server.append import _CountingTransport
 
 WORKER = "agent-worker"
 CLIENT = "bench-client"
-
-
-class _CountingTransport:
-    closing = False
-
-    def __init__(self) -> None:
-        self.frames = 0
-
-    def enqueue(self, data: str | bytes) -> None:
-        self.frames += 1
-
-    def abort(self) -> None:
-        return None
 
 
 _GC = [0.0, 0.0, 0.0]  # CPU seconds in the collector during the counted starts, its start, count

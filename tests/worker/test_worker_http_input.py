@@ -23,21 +23,16 @@ from agent_worker.errors import ConfigError
 from agent_worker.web import WebSettings, static_file
 from agent_worker.worker.admission import Admission, Invocation, InvocationRefused
 from agent_worker.worker.http import LOG_BUDGET_KEY, WORKER_KEY, serve
-from agent_worker.worker.metrics import WorkerMetrics
+from tests.worker.test_worker_write_bound import _Worker as _HealthWorker
 
 JSON = {"Content-Type": "application/json"}
 BODY = b'{"sessionName": "conversations:a", "inputEventId": "e1"}'
 
 
 @dataclass
-class _Worker:
+class _Worker(_HealthWorker):
     """Records what reaches ``invoke``."""
 
-    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
-    transport: None = None
-    state: str = "running"
-    active_runs: tuple[()] = ()
-    sessions: tuple[()] = ()
     invoked: list[tuple[object, object]] = field(default_factory=list)
 
     async def invoke(
