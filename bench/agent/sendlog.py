@@ -78,7 +78,7 @@ def install(prefix: str) -> None:
                 pass
             appended(self, *args)
 
-        LocalEcho.appended = spun_appended  # type: ignore[method-assign]
+        LocalEcho.appended = spun_appended  # type: ignore[method-assign,assignment]
 
     async def traced_send(self: Any, message: dict[str, Any]) -> Any:
         t = _now()
@@ -183,8 +183,8 @@ def _bursts(recv: dict[tuple[int, int], float], sent: dict[tuple[int, int], int]
             bursts[-1].append(k)
         else:
             bursts.append([k])
-    sizes = [len(b) for b in bursts for _ in b]
-    spans = [sent[b[-1]] - b[0][1] for b in bursts if len(b) > 1]
+    sizes: list[float] = [len(b) for b in bursts for _ in b]
+    spans: list[float] = [sent[b[-1]] - b[0][1] for b in bursts if len(b) > 1]
     print(
         f"    bursts {len(bursts)}; burst size per token p50 {_pct(sizes, 50)}; first stamp → last "
         f"write p50 {_pct(spans, 50) / 1000:.2f} ms (bursts of 2+)"
