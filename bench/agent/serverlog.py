@@ -78,7 +78,7 @@ def install(prefix: str) -> None:
         t = _now()
         # Client frames are masked: the tokens are found when the frame is handled, which looks up
         # the time of the last read on its socket (a later read before the handler ran moves it).
-        row = reads.setdefault(id(self), [0, 0, 0])
+        row = reads.setdefault(id(self.transport), [0, 0, 0])  # keyed by the socket's transport
         row[0] += 1
         row[1] += len(data)
         row[2] = t
@@ -105,7 +105,7 @@ def install(prefix: str) -> None:
                 data = m.get("data") if isinstance(m, dict) else None
                 if isinstance(data, str):
                     raw = self.transport.raw if self.transport is not None else None
-                    proto = id(raw.get_protocol()) if raw is not None else 0
+                    proto = id(raw) if raw is not None else 0
                     t_read = reads.get(proto, [0, 0, 0])[2]
                     for a, b in _TOKEN_STR.findall(data):
                         read.append([int(a), int(b), t_read, proto])
