@@ -20,6 +20,7 @@ from agent_worker.protocol.wire import InboundMessage, OutboundMessage
 from agent_worker.runtime.session import AgentSession
 from agent_worker.server import EmbeddedServer
 from agent_worker.server.testing import python_realtime
+from agent_worker.transport.ably import REWIND_MESSAGES
 from agent_worker.transport.inbound import at_or_before
 from tests.protocol.convo import Convo
 from tests.protocol.test_protocol_history_pages import texts, two_turns
@@ -229,8 +230,9 @@ async def test_a_workers_own_earlier_messages_come_with_the_rewind(ably_server: 
             await first.subscribe(lambda m: None)
             await first.publish(OutboundMessage(name="note", data="own", extras={}))
             await transport.release(first.name)
-            again = transport.channel(first.name)
+            again = await transport.open_channel(first.name)  # a session's: with rewind
             assert again is not first and again.client is first.client  # the same connection
+            assert again.rewind == REWIND_MESSAGES and first.rewind == 0
             got: list[InboundMessage] = []
             both = asyncio.Event()
 
