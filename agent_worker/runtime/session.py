@@ -50,6 +50,7 @@ from agent_worker.runtime.folding import AppendDeferral, OpenStreams
 from agent_worker.runtime.run import CancelHook, CancelRequest, Run, RunPhase
 from agent_worker.runtime.trigger import Trigger
 from agent_worker.transport.ably import Channel, ChannelStateEvent
+from agent_worker.transport.inbound import at_or_before
 
 __all__ = ["AgentSession", "CancelDecision", "CancelPolicy", "RunAlreadyActive"]
 
@@ -141,6 +142,11 @@ class AgentSession:
         self._history_exhausted = False
         self._history_lock = asyncio.Lock()
         self._oldest_loaded: str | None = None
+        self._rewind_of: str | None = None
+        """The attach serial the messages counted below came with (its rewind, see :meth:`_fold_rewound`)."""
+        self._rewound = 0
+        self._rewind_oldest: str | None = None
+        self._rewind_head = False
         self._connected = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.last_active = time.monotonic()
@@ -231,6 +237,10 @@ class AgentSession:
 
     def _on_message(self, msg: InboundMessage) -> None:
         serial = msg.version_serial or msg.serial
+        attach = self.channel.attach_serial
+        if serial is not None and attach is not None and at_or_before(serial, attach):
+            self._fold_rewound(msg, serial, attach)
+            return
         if serial is not None and (self._seen is None or serial > self._seen):
             self._seen = serial
         self.fold(msg)
@@ -238,6 +248,35 @@ class AgentSession:
             self._route_cancel(msg)
         elif msg.name == AI_INPUT and self.on_fresh_input is not None and self.watch and _fresh_input(msg):
             self.on_fresh_input(self, msg)
+
+    def _fold_rewound(self, msg: InboundMessage, serial: str, attach: str) -> None:
+        """A message from before the attach point: the channel's ``rewind`` (transport/ably.py),
+        delivered after ATTACHED, oldest first. It is history, not news: folded as a history page's
+        message is (a cancel or an input in it is not acted on, as none read from history is), and
+        counted so that :meth:`locate` knows whether the rewind holds a trigger whole."""
+        if self._rewind_of != attach:
+            self._rewind_of, self._rewound, self._rewind_oldest, self._rewind_head = attach, 0, None, False
+        self._rewound += 1
+        if self._rewind_oldest is None:
+            self._rewind_oldest = msg.serial
+        if not at_or_before(serial, attach, strictly=True):
+            self._rewind_head = True  # the attach point's own message: the rewind is all in
+        self.fold(msg)
+
+    def _rewind_holds(self, found: InboundMessage) -> bool:
+        """Whether a trigger the rewind delivered is located without reading history: everything
+        after it up to the attach point is folded (the attach point's own message came: the rewind
+        arrives oldest first), and none of its parts can be older than the rewind (it is not the
+        rewind's oldest message, or the rewind held fewer messages than asked: the whole channel)."""
+        attach = self.channel.attach_serial
+        serial = found.version_serial or found.serial
+        if attach is None or serial is None or not at_or_before(serial, attach):
+            return True  # arrived live, after the attach point: nothing newer is missing
+        return (
+            self._rewind_of == attach
+            and self._rewind_head
+            and (found.serial != self._rewind_oldest or self._rewound < getattr(self.channel, "rewind", 0))
+        )
 
     @property
     def _watching(self) -> bool:
@@ -349,6 +388,13 @@ class AgentSession:
 
         Raises :class:`InputEventNotFound` (104010) or :class:`ProtocolError` for a refused input."""
         found = self.tree.find_event(run.event_id)
+        if (
+            found is not None
+            and self._oldest_loaded is None
+            and not self._history_exhausted
+            and not self._rewind_holds(found)
+        ):
+            found = None  # from a rewind that may not hold all it needs: read history as usual
         if found is None:
             self._waiting.setdefault(run.event_id, []).append(run)
             pages = 0

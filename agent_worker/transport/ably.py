@@ -57,7 +57,7 @@ from agent_worker.transport.history import (
     HistoryRefused,
     with_limit,
 )
-from agent_worker.transport.inbound import Undecodable, history_item, raw_inbound, to_inbound
+from agent_worker.transport.inbound import Undecodable, at_or_before, history_item, raw_inbound, to_inbound
 from agent_worker.transport.local import LocalEcho, sdk_state
 from agent_worker.transport.pool import ConnectionPool, PooledConnection, PoolPolicy
 from agent_worker.transport.ratelimit import RateLimiter
@@ -77,6 +77,10 @@ log = get_logger("agent_worker.transport")
 # The agent identifier the official SDK sends on ATTACH (src/core/agent.ts); harmless for Ably and
 # lets the embedded server's logs tell AIT traffic apart.
 AGENT_PARAM = "ai-transport-python/0.1.0 vercel-ai-sdk-ui-message/0.8.0"
+#: Ably's ``rewind`` on a worker's session channel (:meth:`AblyTransport.open_channel`): its newest
+#: messages come right after ATTACHED, so a new conversation's trigger is located without reading a
+#: history page (runtime/session.py). Other channels (the chat client's) attach without it.
+REWIND_MESSAGES = 8
 _REST_VERSION = REST_VERSION
 
 TokenSource = Callable[[], Awaitable["str | Mapping[str, Any]"]]
@@ -384,7 +388,14 @@ class Channel:
     """One realtime channel: attach, subscribe, publish/append/update, history, presence."""
 
     def __init__(
-        self, transport: AblyTransport, name: str, conn: _Connection, limiter: RateLimiter, rest: AblyRest
+        self,
+        transport: AblyTransport,
+        name: str,
+        conn: _Connection,
+        limiter: RateLimiter,
+        rest: AblyRest,
+        *,
+        rewind: int = 0,
     ) -> None:
         self._transport = transport
         self._rest = rest
@@ -393,7 +404,10 @@ class Channel:
         self.client = conn.client
         self.limiter = limiter
         client = conn.client
-        self._sdk = client.channels.get(name, ChannelOptions(params={"agent": AGENT_PARAM}))
+        self.rewind = rewind
+        """Messages from before the attach point delivered with a fresh attach (Ably's ``rewind``)."""
+        params = {"agent": AGENT_PARAM, "rewind": str(self.rewind)} if self.rewind else {"agent": AGENT_PARAM}
+        self._sdk = client.channels.get(name, ChannelOptions(params=params))
         self._listeners: list[Callable[[Any], None]] = []
         self._state_handlers: list[Callable[[Any], None]] = []
         # An ACK that never comes (a server that died with the message in flight: ably-python
@@ -461,10 +475,16 @@ class Channel:
         attach. A listener exception is logged, never propagated into the SDK."""
 
         local = self.local
+        sdk = self._sdk
 
         def on_message(msg: Message) -> None:
             if local is not None and local.own(msg.connection_id):
-                return  # folded from its ACK already (a server that ignored echo=false)
+                # Folded from its ACK already (a server that ignored echo=false), unless it is from
+                # before the attach point (the rewind: history, which the ACKs did not fold).
+                attach = getattr(sdk, "_RealtimeChannel__attach_serial", None)
+                serial = getattr(msg.version, "serial", None) or msg.serial
+                if not (isinstance(attach, str) and serial and at_or_before(serial, attach)):
+                    return
             try:
                 inbound = to_inbound(msg)
             except Exception:  # a malformed SDK message must not stop the subscription
@@ -1217,11 +1237,12 @@ class AblyTransport:
         return ch
 
     async def open_channel(self, name: str) -> Channel:
-        """The channel, placed by load; may open a new connection for it and wait for it."""
+        """The channel, placed by load; may open a new connection for it and wait for it. A worker's
+        session channel: a new one attaches with ``rewind`` (:data:`REWIND_MESSAGES`)."""
         ch = self._channels.get(name)
         if ch is None:
             conn = await self.pool.acquire(name)
-            ch = self._channels.get(name) or self._make_channel(name, conn)
+            ch = self._channels.get(name) or self._make_channel(name, conn, rewind=REWIND_MESSAGES)
         return ch
 
     @property
@@ -1231,11 +1252,11 @@ class AblyTransport:
             raise RuntimeError(msg)
         return self._history_reader
 
-    def _make_channel(self, name: str, conn: PooledConnection[_Connection]) -> Channel:
+    def _make_channel(self, name: str, conn: PooledConnection[_Connection], *, rewind: int = 0) -> Channel:
         if self._rest is None or conn.client is None:
             msg = "transport is not connected; call await transport.connect() first"
             raise RuntimeError(msg)
-        ch = Channel(self, name, conn.client, conn.limiter, self._rest)
+        ch = Channel(self, name, conn.client, conn.limiter, self._rest, rewind=rewind)
         self._channels[name] = ch
         return ch
 

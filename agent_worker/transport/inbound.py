@@ -12,7 +12,7 @@ from ably.types.message import Message
 
 from agent_worker.protocol.wire import ACTION_BY_NUMBER, NO_HEADERS, Action, InboundMessage, make_inbound
 
-__all__ = ["Undecodable", "history_item", "history_messages", "raw_inbound", "to_inbound"]
+__all__ = ["Undecodable", "at_or_before", "history_item", "history_messages", "raw_inbound", "to_inbound"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +21,17 @@ class Undecodable:
 
     raw: Any
     encoding: str
+
+
+def at_or_before(serial: str, attach_serial: str, *, strictly: bool = False) -> bool:
+    """Whether a message (or version) ``serial`` was published at or before the attach point
+    ``attach_serial`` (an ATTACHED ``channelSerial``: the serial of the channel's last message
+    then, REST's ``from_serial``). A message serial is its publish's channel serial plus ``:<index>``
+    (``01826232498871-001@abcdefghij:001``), sorting after that channel serial: a message of the
+    attach point's own publish is at it. ``strictly``: before the attach point's own publish."""
+    if serial <= attach_serial:
+        return True
+    return not strictly and serial.startswith(attach_serial) and serial[len(attach_serial)] == ":"
 
 
 def to_inbound(msg: Message) -> InboundMessage:

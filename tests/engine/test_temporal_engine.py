@@ -27,6 +27,8 @@ from agent_worker.providers.echo import ScriptedProvider
 from agent_worker.runtime.run import Run
 from agent_worker.runtime.session import AgentSession
 from agent_worker.tools import Tool, ToolRegistry
+from agent_worker.transport import ably as ably_transport
+from agent_worker.transport.ably import REWIND_MESSAGES
 from tests.engine.conftest import MakeWorker
 from tests.runtime.runtime_support import ChatClient, Harness
 from tests.runtime.test_conversation import converse, reply_script
@@ -350,14 +352,18 @@ async def test_an_early_cancel_is_honoured_when_the_run_opens(
     assert len(client.for_input(AI_RUN_END, sent_cmid)) == 1
 
 
+@pytest.mark.parametrize("rewind", [0, REWIND_MESSAGES])
 async def test_a_fresh_runs_start_goes_out_before_its_older_history_pages(
     make_worker: MakeWorker,
     make_temporal_worker: MakeWorker,
     make_client: Any,
     monkeypatch: pytest.MonkeyPatch,
+    rewind: int,
 ) -> None:
-    """As in local mode: ``openRun`` publishes the run-start once the trigger's page is read; the
-    turn's adoption reads the rest of a long conversation, and the model still gets all of it."""
+    """As in local mode: ``openRun`` publishes the run-start once the trigger's page is read (with
+    the attach's rewind: once attached, no page); the turn's adoption reads the rest of a long
+    conversation, and the model still gets all of it."""
+    monkeypatch.setattr(ably_transport, "REWIND_MESSAGES", rewind)
     local: Harness = await make_worker(ScriptedProvider(reply_script))
     client: ChatClient = await make_client(session=f"conversations:paged-{task_queue()}")
     await converse(local, client, client.session, "one")
@@ -380,9 +386,10 @@ async def test_a_fresh_runs_start_goes_out_before_its_older_history_pages(
     durable = await make_temporal_worker(durable_model)
     durable.worker.history_page_size = 3
     await converse(durable, client, client.session, "three")
-    # One page (the trigger's) before the run-start, the older ones after it.
-    assert events[:2] == ["page", "start"]
-    assert events.count("start") == 1 and "page" in events[2:]
+    # One page (the trigger's; none with the rewind) before the run-start, the older ones after it.
+    before = 1 if not rewind else 0
+    assert events[: before + 1] == ["page"] * before + ["start"]
+    assert events.count("start") == 1 and "page" in events[before + 1 :]
     assert prompt_of(durable_model.requests[-1].messages) == [
         ("user", "one"),
         ("assistant", "re: one"),

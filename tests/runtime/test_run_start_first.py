@@ -16,6 +16,8 @@ from agent_worker.protocol.wire import InboundMessage
 from agent_worker.providers.echo import ScriptedProvider
 from agent_worker.runtime.session import AgentSession
 from agent_worker.server import EmbeddedServer
+from agent_worker.transport import ably as ably_transport
+from agent_worker.transport.ably import REWIND_MESSAGES
 from tests.protocol.test_protocol_history_pages import approved_twice, texts, two_turns
 from tests.runtime.runtime_support import ChatClient, start_harness
 from tests.runtime.test_conversation import converse, reply_script, transcript
@@ -75,11 +77,18 @@ async def test_a_continuation_reads_its_branch_before_it_resumes() -> None:
     assert node is not None and node.status == "suspended" and node.start_serial is not None
 
 
+@pytest.mark.parametrize("rewind", [0, REWIND_MESSAGES])
 async def test_the_worker_sends_the_run_start_before_reading_the_older_pages(
-    ably_server: EmbeddedServer, make_client: Any, session_name: str, monkeypatch: pytest.MonkeyPatch
+    ably_server: EmbeddedServer,
+    make_client: Any,
+    session_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    rewind: int,
 ) -> None:
-    """A cold worker with tiny pages: the page holding the trigger is read before the run-start, the
-    rest of the branch after it, and the model still gets the whole conversation."""
+    """A cold worker with tiny pages: the page holding the trigger is read before the run-start (or,
+    with the attach's rewind, none: the trigger came with it), the rest of the branch after it, and
+    the model still gets the whole conversation."""
+    monkeypatch.setattr(ably_transport, "REWIND_MESSAGES", rewind)
     first = ScriptedProvider(reply_script)
     h1 = await start_harness(ably_server, first)
     client: ChatClient = await make_client()
@@ -102,7 +111,7 @@ async def test_the_worker_sends_the_run_start_before_reading_the_older_pages(
         await converse(h2, client, session_name, "three")
     finally:
         await h2.close()
-    assert reads[0] is False and reads[-1] is True
+    assert reads[0] is (rewind > 0) and reads[-1] is True
     assert reads == sorted(reads)  # every read before the run-start came before every read after it
     assert transcript(second.requests[-1].messages) == [
         ("user", "one"),
