@@ -73,6 +73,13 @@ class ServerConfig:
     # (REST answers and realtime sockets alike; one that keeps draining faster is never cut). See
     # conncap.py.
     http_write_timeout_s: float = 30.0
+    # Channels the server holds at once (their runtimes, and in memory their history). At the cap,
+    # idle channels (nobody attached or present) are released, least recently used first — in
+    # memory their history goes with them — and with none idle a new channel is refused (40114).
+    max_channels: int = 10_000
+    # Approximate bytes of history all channels hold together (``Retention.max_bytes`` counts the
+    # same way); beyond it idle channels are released as at ``max_channels``, oldest use first.
+    max_history_bytes: int = 64 << 20
     # Channels one connection may have attached at once (more: ERROR 90010 on ATTACH).
     max_channels_per_connection: int = 1000
     # Connections (live or resumable) one API key's clients may hold (more: ERROR 40111, 403).
@@ -127,9 +134,10 @@ def server_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
     ``[[server.keys]]`` tables take ``key`` (``APP.KEY:SECRET``) or ``key_env`` (an environment
     variable holding it) and an optional ``capability`` (JSON string or table);
     ``[[server.channel_rules]]`` tables take ``namespace`` and ``mutable_messages`` / ``persisted`` /
-    ``identified_only``; ``unpersisted_history_ms`` is a number.
+    ``identified_only``; ``unpersisted_history_ms``, ``max_channels`` and ``max_history_bytes`` are
+    numbers.
     """
-    allowed = {"keys", "channel_rules", "unpersisted_history_ms"}
+    allowed = {"keys", "channel_rules", "unpersisted_history_ms", "max_channels", "max_history_bytes"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         msg = f"unknown key(s) {', '.join(unknown)} in [server]; allowed: {', '.join(sorted(allowed))}"
@@ -164,4 +172,11 @@ def server_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
             msg = "[server] unpersisted_history_ms must be a non-negative integer"
             raise ConfigError(msg)
         out["unpersisted_history_ms"] = value
+    for name in ("max_channels", "max_history_bytes"):
+        if name in raw:
+            value = raw[name]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                msg = f"[server] {name} must be a positive integer"
+                raise ConfigError(msg)
+            out[name] = value
     return out
