@@ -163,6 +163,11 @@ class HttpConfig(_Section):
     served as before. Far above ``max_concurrent_runs`` + ``max_pending_invocations``."""
     cors_origins: StrTuple = ()
     """Origins allowed to POST from a browser (``"*"`` for any); empty = no CORS headers."""
+    allowed_hosts: StrTuple = ()
+    """``Host`` names answered besides loopback names and IP addresses (``"worker.example.com"``,
+    ``"*.example.com"``, ``"*"`` for any): bound to loopback, a request naming another host is
+    refused 421 (42100), so a web page cannot reach the worker through a DNS-rebinding name. Empty
+    = that default on loopback, any host when bound beyond it (``--http-allowed-host``)."""
     dev_token_endpoint: bool | None = None
     """Serve ``GET /api/auth/token?clientId=&ttl=`` (JWTs signed with the worker's key) for local
     development; anyone who can reach it gets a token, so unset it is on only with the embedded

@@ -127,6 +127,14 @@ def register(app: typer.Typer) -> None:
                 "one is answered 503 (50300) and closed.",
             ),
         ] = 4096,
+        allowed_host: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--allowed-host",
+                help="A Host name to answer besides loopback names and IP addresses (repeatable; "
+                "'*.example.com', '*' for any): bound to loopback others get 421 (DNS rebinding).",
+            ),
+        ] = None,
         max_channels: Annotated[
             int | None,
             typer.Option(
@@ -181,6 +189,8 @@ def register(app: typer.Typer) -> None:
             for name, value in (("max_channels", max_channels), ("max_history_bytes", max_history_bytes)):
                 if value is not None:
                     settings[name] = value
+            if allowed_host:
+                settings["allowed_hosts"] = tuple(allowed_host)
             if channel_rule:
                 settings["channel_rules"] = tuple(ChannelRule.parse(spec) for spec in channel_rule)
             server_config = ServerConfig(

@@ -84,6 +84,10 @@ class ServerConfig:
     max_channels_per_connection: int = 1000
     # Connections (live or resumable) one API key's clients may hold (more: ERROR 40111, 403).
     max_connections_per_key: int = 10_000
+    # Host names answered besides loopback names and IP addresses ("*.example.com", "*" for any):
+    # bound to loopback, another Host is refused 421 (42100) — a web page reaching the server
+    # through a DNS-rebinding name. Empty = that default on loopback, any host beyond it.
+    allowed_hosts: tuple[str, ...] = ()
     # TCP connections the port holds at once, realtime and REST (more: 503 / 50300 at once, see
     # agent_worker/conncap.py); aiohttp itself has no bound but the file descriptor limit.
     max_connections: int = 4096
@@ -135,9 +139,16 @@ def server_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
     variable holding it) and an optional ``capability`` (JSON string or table);
     ``[[server.channel_rules]]`` tables take ``namespace`` and ``mutable_messages`` / ``persisted`` /
     ``identified_only``; ``unpersisted_history_ms``, ``max_channels`` and ``max_history_bytes`` are
-    numbers.
+    numbers; ``allowed_hosts`` an array of host names.
     """
-    allowed = {"keys", "channel_rules", "unpersisted_history_ms", "max_channels", "max_history_bytes"}
+    allowed = {
+        "keys",
+        "channel_rules",
+        "unpersisted_history_ms",
+        "max_channels",
+        "max_history_bytes",
+        "allowed_hosts",
+    }
     unknown = sorted(set(raw) - allowed)
     if unknown:
         msg = f"unknown key(s) {', '.join(unknown)} in [server]; allowed: {', '.join(sorted(allowed))}"
@@ -172,6 +183,12 @@ def server_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
             msg = "[server] unpersisted_history_ms must be a non-negative integer"
             raise ConfigError(msg)
         out["unpersisted_history_ms"] = value
+    if "allowed_hosts" in raw:
+        hosts = raw["allowed_hosts"]
+        if not isinstance(hosts, list) or not all(isinstance(h, str) and h.strip() for h in hosts):
+            msg = '[server] allowed_hosts must be an array of host names (["worker.example.com"])'
+            raise ConfigError(msg)
+        out["allowed_hosts"] = tuple(hosts)
     for name in ("max_channels", "max_history_bytes"):
         if name in raw:
             value = raw[name]

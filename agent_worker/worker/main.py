@@ -32,6 +32,7 @@ class Overrides:
     http_write_timeout_s: float | None = None
     http_metrics_token: str | None = None
     http_metrics_auth: str | None = None
+    http_allowed_hosts: tuple[str, ...] = ()
     provider: str | None = None
     watch: tuple[str, ...] = ()
     log_format: str | None = None
@@ -89,6 +90,8 @@ def apply_overrides(cfg: Config, o: Overrides) -> Config:
             msg = "--http-metrics-auth must be auto, none or token"
             raise ConfigError(msg)
         http["metrics_auth"] = o.http_metrics_auth
+    if o.http_allowed_hosts:
+        http["allowed_hosts"] = tuple(dict.fromkeys((*cfg.http.allowed_hosts, *o.http_allowed_hosts)))
     worker: dict[str, Any] = {}
     if o.watch:
         worker["watch_channels"] = tuple(dict.fromkeys((*cfg.worker.watch_channels, *o.watch)))
