@@ -80,7 +80,11 @@ StrTuple = Annotated[tuple[str, ...], BeforeValidator(_to_tuple)]
 class _Section(BaseModel):
     """Frozen, strict, and no unknown keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, arbitrary_types_allowed=True)
+    # allow_inf_nan=False: a TOML ``inf`` / ``nan`` (or one passed in code) is refused by name, not
+    # taken as "no bound" (an infinite timeout) or compared false everywhere (nan).
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, arbitrary_types_allowed=True, allow_inf_nan=False
+    )
 
 
 class AblyConfig(_Section):
@@ -262,9 +266,9 @@ class WorkerConfig(_Section):
     dir). Unset: ``agent-worker run`` picks a per-user state dir (none for an in-memory embedded
     server), an embedded ``Worker`` keeps nothing; ``""``: none."""
     retry_after_s: int = 1
-    drain_timeout_s: float = 30.0
+    drain_timeout_s: Annotated[float, Field(ge=0)] = 30.0
     """On SIGTERM, how long in-flight runs may finish before they are cancelled."""
-    trigger_wait_s: float = 5.0
+    trigger_wait_s: Annotated[float, Field(ge=0)] = 5.0
     """After history is exhausted, how long to wait for the trigger to arrive live (then 104010); the
     time the channel is down does not count (up to 120 s more, docs/durability.md)."""
     history_max_pages: int = 20
@@ -295,7 +299,7 @@ class WorkerConfig(_Section):
     owner's devices is present on the session (see docs/push.md)."""
     notify_min_run_s: Annotated[float, Field(ge=0)] = 0.0
     """Runs shorter than this never notify (the user is likely still looking)."""
-    session_idle_s: float = 300.0
+    session_idle_s: Annotated[float, Field(ge=0)] = 300.0
     """Detach a session's channel after it has had no runs for this long (watched channels stay)."""
     log_format: Literal["console", "json"] = "console"
     log_level: str = "info"

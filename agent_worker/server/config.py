@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -92,6 +94,21 @@ class ServerConfig:
     # agent_worker/conncap.py); aiohttp itself has no bound but the file descriptor limit.
     max_connections: int = 4096
 
+    def __post_init__(self) -> None:
+        """Every number finite, none negative, the timeouts above 0: an ``inf`` timeout or a ``nan``
+        (compared false everywhere) would silently mean "no bound"; an infinite retention age
+        failed every publish (``int(inf)``). A :class:`ConfigError` names the setting."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            _check_number(f.name, value, positive=f.name.endswith("_s"))
+        if self.retention is not None:
+            for name in ("max_messages", "max_age_s", "max_bytes"):
+                value = getattr(self.retention, name)
+                if value is not None:
+                    _check_number(f"retention {name}", value, positive=name == "max_age_s")
+
     @property
     def effective_retention(self) -> Retention | None:
         if self.retention is not None:
@@ -107,6 +124,13 @@ class ServerConfig:
     def body_limit(self) -> int:
         """Bytes one REST request body may have (larger: 413 / 40009, refused before it is read)."""
         return max(1 << 20, 4 * self.max_message_size)
+
+
+def _check_number(name: str, value: float, *, positive: bool) -> None:
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        bound = "above 0" if positive else "0 or more"
+        msg = f"server setting {name} must be a finite number {bound}, not {value}"
+        raise ConfigError(msg)
 
 
 def _capability_text(where: str, value: Any) -> str:

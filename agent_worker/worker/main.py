@@ -6,6 +6,7 @@ or any run handler, arq-style) or, without one, the agent the config file descri
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,9 @@ def apply_overrides(cfg: Config, o: Overrides) -> Config:
             raise ConfigError(msg)
         http["max_connections"] = o.http_max_connections
     if o.http_write_timeout_s is not None:
-        if not o.http_write_timeout_s > 0:
-            msg = "--http-write-timeout-s must be above 0"
+        if not (math.isfinite(o.http_write_timeout_s) and o.http_write_timeout_s > 0):
+            value = o.http_write_timeout_s
+            msg = f"--http-write-timeout-s must be a finite number of seconds above 0, not {value}"
             raise ConfigError(msg)
         http["write_timeout_s"] = o.http_write_timeout_s
     if o.http_metrics_token:
