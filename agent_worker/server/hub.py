@@ -25,7 +25,7 @@ from agent_worker.server.channel_rules import ChannelRules
 from agent_worker.server.codec import MSGPACK, Format, encode_wire, outbound_payload, wire_payload
 from agent_worker.server.config import ServerConfig
 from agent_worker.server.log import CREATE, DELETE, ChannelLog, MessageRecord, Published, Retention
-from agent_worker.server.presence import ENTER, LEAVE, PRESENT, UPDATE, PresenceSet
+from agent_worker.server.presence import ENTER, LEAVE, PRESENT, UPDATE, PresenceSet, member_key
 from agent_worker.server.rollup import AppendRollup
 from agent_worker.server.store import Store
 
@@ -431,6 +431,12 @@ class Hub:
         if not items:
             msg = "no messages to publish"
             raise ProtocolError(msg, code=40000)
+        if len(items) > self.config.max_messages_per_publish:
+            msg = (
+                f"too many messages in one publish: {len(items)}, the maximum is "
+                f"{self.config.max_messages_per_publish}"
+            )
+            raise ProtocolError(msg, code=40034, status_code=400)
         self.rules.require_identified(rt.name, principal.client_id)
         limit = self.config.max_message_size
         sized = frame_size is None or (
@@ -609,6 +615,12 @@ class Hub:
         self.require(principal, channel, "presence")
         self.rules.require_identified(channel, principal.client_id)
         now = self.now_ms()
+        if len(items) > self.config.max_messages_per_publish:
+            msg = (
+                f"too many presence messages in one request: {len(items)}, the maximum is "
+                f"{self.config.max_messages_per_publish}"
+            )
+            raise ProtocolError(msg, code=40034, status_code=400)
         stamped: list[dict[str, Any]] = []
         size = 0
         for i, p in enumerate(items):
@@ -636,6 +648,15 @@ class Hub:
         if size > self.config.max_message_size:
             msg = f"presence message size {size} exceeds the maximum of {self.config.max_message_size} bytes"
             raise ProtocolError(msg, code=40009, status_code=400)
+        members = rt.presence.members
+        limit = self.config.max_presence_members
+        if len(members) + len(stamped) > limit:  # (cheap test first: most sets are far below it)
+            entering = {member_key(p) for p in stamped if p.get("action") != LEAVE} - members.keys()
+            if len(members) + len(entering) > limit:
+                msg = (
+                    f"Unable to enter member to presence channel; maximum number of {limit} members exceeded"
+                )
+                raise ProtocolError(msg, code=91003, status_code=400)
         events = [e for e in (rt.presence.apply(p) for p in stamped) if e is not None]
         rt.deliver_presence(events, now)
 
