@@ -80,7 +80,11 @@ StrTuple = Annotated[tuple[str, ...], BeforeValidator(_to_tuple)]
 class _Section(BaseModel):
     """Frozen, strict, and no unknown keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, arbitrary_types_allowed=True)
+    # allow_inf_nan=False: a TOML ``inf`` / ``nan`` (or one passed in code) is refused by name, not
+    # taken as "no bound" (an infinite timeout) or compared false everywhere (nan).
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, arbitrary_types_allowed=True, allow_inf_nan=False
+    )
 
 
 class AblyConfig(_Section):
@@ -163,6 +167,11 @@ class HttpConfig(_Section):
     served as before. Far above ``max_concurrent_runs`` + ``max_pending_invocations``."""
     cors_origins: StrTuple = ()
     """Origins allowed to POST from a browser (``"*"`` for any); empty = no CORS headers."""
+    allowed_hosts: StrTuple = ()
+    """``Host`` names answered besides loopback names and IP addresses (``"worker.example.com"``,
+    ``"*.example.com"``, ``"*"`` for any): bound to loopback, a request naming another host is
+    refused 421 (42100), so a web page cannot reach the worker through a DNS-rebinding name. Empty
+    = that default on loopback, any host when bound beyond it (``--http-allowed-host``)."""
     dev_token_endpoint: bool | None = None
     """Serve ``GET /api/auth/token?clientId=&ttl=`` (JWTs signed with the worker's key) for local
     development; anyone who can reach it gets a token, so unset it is on only with the embedded
@@ -257,9 +266,9 @@ class WorkerConfig(_Section):
     dir). Unset: ``agent-worker run`` picks a per-user state dir (none for an in-memory embedded
     server), an embedded ``Worker`` keeps nothing; ``""``: none."""
     retry_after_s: int = 1
-    drain_timeout_s: float = 30.0
+    drain_timeout_s: Annotated[float, Field(ge=0)] = 30.0
     """On SIGTERM, how long in-flight runs may finish before they are cancelled."""
-    trigger_wait_s: float = 5.0
+    trigger_wait_s: Annotated[float, Field(ge=0)] = 5.0
     """After history is exhausted, how long to wait for the trigger to arrive live (then 104010); the
     time the channel is down does not count (up to 120 s more, docs/durability.md)."""
     history_max_pages: int = 20
@@ -290,7 +299,7 @@ class WorkerConfig(_Section):
     owner's devices is present on the session (see docs/push.md)."""
     notify_min_run_s: Annotated[float, Field(ge=0)] = 0.0
     """Runs shorter than this never notify (the user is likely still looking)."""
-    session_idle_s: float = 300.0
+    session_idle_s: Annotated[float, Field(ge=0)] = 300.0
     """Detach a session's channel after it has had no runs for this long (watched channels stay)."""
     log_format: Literal["console", "json"] = "console"
     log_level: str = "info"

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "agent_worker"
 
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"logs", "retry", "limits", "eventloop", "gcpause", "conncap"},
+    {"logs", "retry", "limits", "eventloop", "gcpause", "conncap", "hostcheck"},
     {"telemetry"},
     {"config", "prompts", "tokens"},
     {"protocol"},

@@ -27,9 +27,10 @@ OptionsT = TypeVar("OptionsT", bound="ProviderOptions")
 
 
 class ProviderOptions(BaseModel):
-    """Base of every provider's options model: frozen, strict, no unknown keys."""
+    """Base of every provider's options model: frozen, strict, no unknown keys, finite numbers (a
+    TOML ``inf`` / ``nan`` timeout or wait is refused by name rather than taken as no bound)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class RetryOptions(ProviderOptions):

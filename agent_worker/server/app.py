@@ -12,6 +12,7 @@ from aiohttp import web
 
 from agent_worker.conncap import CappedSite, ConnectionCap
 from agent_worker.errors import ConfigError
+from agent_worker.hostcheck import HOST_REFUSED_CODE, HostAllowList
 from agent_worker.server.auth import ApiKey, Capability, KeyRing, token_details
 from agent_worker.server.config import DEFAULT_DEV_KEY, ServerConfig
 from agent_worker.server.gateway import RealtimeGateway
@@ -112,6 +113,7 @@ class EmbeddedServer(TokenMint):
         self._hub: Hub | None = None
         self._gateway: RealtimeGateway | None = None
         self._rest: RestApi | None = None
+        self._hosts_refused: set[str] = set()
         self.connection_cap = ConnectionCap(
             self.config.max_connections, name="the server", write_timeout_s=self.config.http_write_timeout_s
         )
@@ -132,8 +134,13 @@ class EmbeddedServer(TokenMint):
         self._gateway = RealtimeGateway(self._hub)
         rest = self._rest = RestApi(self._hub, self._gateway.live_connection)
         gateway = self._gateway
+        hosts = HostAllowList(cfg.allowed_hosts, cfg.host)
 
         async def root(request: web.Request) -> web.StreamResponse:
+            host = request.headers.get("Host")
+            if not hosts.allows(host):  # a DNS-rebinding name (see agent_worker/hostcheck.py)
+                assert host is not None
+                return self._host_refused(request, hosts, host)
             if request.path == "/" and request.headers.get("Upgrade", "").lower() == "websocket":
                 return await gateway.handle(request)
             origin = request.headers.get("Origin")
@@ -176,6 +183,15 @@ class EmbeddedServer(TokenMint):
             http_write_timeout_s=cfg.http_write_timeout_s,
         )
         return self
+
+    def _host_refused(self, request: web.Request, hosts: HostAllowList, host: str) -> web.Response:
+        """421 (42100), logged once per Host value (a page retrying would otherwise log each time)."""
+        if host not in self._hosts_refused and len(self._hosts_refused) < 100:
+            self._hosts_refused.add(host)
+            log.warning("http_host_refused", host=host[:100], remote=request.remote)
+        message = hosts.refusal(host, "--allowed-host or [server] allowed_hosts")
+        body = {"error": {"code": HOST_REFUSED_CODE, "statusCode": 421, "message": message}}
+        return web.json_response(body, status=421)
 
     async def stop(self) -> None:
         """Close every connection and the listener; idempotent."""

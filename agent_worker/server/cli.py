@@ -127,6 +127,31 @@ def register(app: typer.Typer) -> None:
                 "one is answered 503 (50300) and closed.",
             ),
         ] = 4096,
+        allowed_host: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--allowed-host",
+                help="A Host name to answer besides loopback names and IP addresses (repeatable; "
+                "'*.example.com', '*' for any): bound to loopback others get 421 (DNS rebinding).",
+            ),
+        ] = None,
+        max_channels: Annotated[
+            int | None,
+            typer.Option(
+                min=1,
+                help="Channels held at once (default 10000); past it idle ones are released (least "
+                "recently used first; in memory with their history), with none idle a new one is "
+                "refused (40114).",
+            ),
+        ] = None,
+        max_history_bytes: Annotated[
+            int | None,
+            typer.Option(
+                min=1,
+                help="Approximate bytes of history all channels hold together (default 64 MiB); "
+                "past it idle channels are released as at --max-channels.",
+            ),
+        ] = None,
         log_format: Annotated[str, typer.Option(help="Diagnostics on stderr: console or json.")] = "console",
         log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     ) -> None:
@@ -161,6 +186,11 @@ def register(app: typer.Typer) -> None:
             caps = dict(settings.get("key_capabilities", {}))
             caps.update(parse_key_capability(spec) for spec in key_capability or [])
             settings["key_capabilities"] = caps
+            for name, value in (("max_channels", max_channels), ("max_history_bytes", max_history_bytes)):
+                if value is not None:
+                    settings[name] = value
+            if allowed_host:
+                settings["allowed_hosts"] = tuple(allowed_host)
             if channel_rule:
                 settings["channel_rules"] = tuple(ChannelRule.parse(spec) for spec in channel_rule)
             server_config = ServerConfig(

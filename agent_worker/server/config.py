@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -73,13 +75,45 @@ class ServerConfig:
     # (REST answers and realtime sockets alike; one that keeps draining faster is never cut). See
     # conncap.py.
     http_write_timeout_s: float = 30.0
+    # Channels the server holds at once (their runtimes, and in memory their history). At the cap,
+    # idle channels (nobody attached or present) are released, least recently used first — in
+    # memory their history goes with them — and with none idle a new channel is refused (40114).
+    max_channels: int = 10_000
+    # Approximate bytes of history all channels hold together (``Retention.max_bytes`` counts the
+    # same way); beyond it idle channels are released as at ``max_channels``, oldest use first.
+    max_history_bytes: int = 64 << 20
+    # Messages one publish (a ProtocolMessage or a REST body) may carry (more: 40034). Ably's size
+    # rule counts only name, data, clientId and extras, so 200,000 empty messages fit in one 800 KB
+    # body and held the event loop 3.2 s; 1000 costs ~16 ms.
+    max_messages_per_publish: int = 1000
+    # Members one channel's presence set may hold (more: 91003 on enter), as on Ably.
+    max_presence_members: int = 20_000
     # Channels one connection may have attached at once (more: ERROR 90010 on ATTACH).
     max_channels_per_connection: int = 1000
     # Connections (live or resumable) one API key's clients may hold (more: ERROR 40111, 403).
     max_connections_per_key: int = 10_000
+    # Host names answered besides loopback names and IP addresses ("*.example.com", "*" for any):
+    # bound to loopback, another Host is refused 421 (42100) — a web page reaching the server
+    # through a DNS-rebinding name. Empty = that default on loopback, any host beyond it.
+    allowed_hosts: tuple[str, ...] = ()
     # TCP connections the port holds at once, realtime and REST (more: 503 / 50300 at once, see
     # agent_worker/conncap.py); aiohttp itself has no bound but the file descriptor limit.
     max_connections: int = 4096
+
+    def __post_init__(self) -> None:
+        """Every number finite, none negative, the timeouts above 0: an ``inf`` timeout or a ``nan``
+        (compared false everywhere) would silently mean "no bound"; an infinite retention age
+        failed every publish (``int(inf)``). A :class:`ConfigError` names the setting."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            _check_number(f.name, value, positive=f.name.endswith("_s"))
+        if self.retention is not None:
+            for name in ("max_messages", "max_age_s", "max_bytes"):
+                value = getattr(self.retention, name)
+                if value is not None:
+                    _check_number(f"retention {name}", value, positive=name == "max_age_s")
 
     @property
     def effective_retention(self) -> Retention | None:
@@ -96,6 +130,13 @@ class ServerConfig:
     def body_limit(self) -> int:
         """Bytes one REST request body may have (larger: 413 / 40009, refused before it is read)."""
         return max(1 << 20, 4 * self.max_message_size)
+
+
+def _check_number(name: str, value: float, *, positive: bool) -> None:
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        bound = "above 0" if positive else "0 or more"
+        msg = f"server setting {name} must be a finite number {bound}, not {value}"
+        raise ConfigError(msg)
 
 
 def _capability_text(where: str, value: Any) -> str:
@@ -127,9 +168,17 @@ def server_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
     ``[[server.keys]]`` tables take ``key`` (``APP.KEY:SECRET``) or ``key_env`` (an environment
     variable holding it) and an optional ``capability`` (JSON string or table);
     ``[[server.channel_rules]]`` tables take ``namespace`` and ``mutable_messages`` / ``persisted`` /
-    ``identified_only``; ``unpersisted_history_ms`` is a number.
+    ``identified_only``; ``unpersisted_history_ms``, ``max_channels`` and ``max_history_bytes`` are
+    numbers; ``allowed_hosts`` an array of host names.
     """
-    allowed = {"keys", "channel_rules", "unpersisted_history_ms"}
+    allowed = {
+        "keys",
+        "channel_rules",
+        "unpersisted_history_ms",
+        "max_channels",
+        "max_history_bytes",
+        "allowed_hosts",
+    }
     unknown = sorted(set(raw) - allowed)
     if unknown:
         msg = f"unknown key(s) {', '.join(unknown)} in [server]; allowed: {', '.join(sorted(allowed))}"
@@ -164,4 +213,17 @@ def server_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
             msg = "[server] unpersisted_history_ms must be a non-negative integer"
             raise ConfigError(msg)
         out["unpersisted_history_ms"] = value
+    if "allowed_hosts" in raw:
+        hosts = raw["allowed_hosts"]
+        if not isinstance(hosts, list) or not all(isinstance(h, str) and h.strip() for h in hosts):
+            msg = '[server] allowed_hosts must be an array of host names (["worker.example.com"])'
+            raise ConfigError(msg)
+        out["allowed_hosts"] = tuple(hosts)
+    for name in ("max_channels", "max_history_bytes"):
+        if name in raw:
+            value = raw[name]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                msg = f"[server] {name} must be a positive integer"
+                raise ConfigError(msg)
+            out[name] = value
     return out

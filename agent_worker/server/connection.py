@@ -489,6 +489,7 @@ class RealtimeConnection:
             if name not in self.attachments and len(self.attachments) >= limit:
                 msg = f"maximum number of channels per connection ({limit}) exceeded"
                 raise ProtocolError(msg, code=90010, status_code=400)
+            rt = self.hub.channel(name)  # 40114 when the server holds max_channels, all in use
         except AgentWorkerError as exc:
             log.info("attach_refused", connection_id=self.id, code=exc.code, reason=exc.message)
             self.send_error(exc, channel=name)
@@ -500,7 +501,6 @@ class RealtimeConnection:
         params = request.params
         serial = frame.get("channelSerial")
         serial = serial if isinstance(serial, str) and serial else None
-        rt = self.hub.channel(name)
         chlog = rt.log
         att = self.attachments.get(name)
         fresh = att is None

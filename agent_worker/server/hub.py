@@ -24,8 +24,8 @@ from agent_worker.server.auth import KeyRing, Principal
 from agent_worker.server.channel_rules import ChannelRules
 from agent_worker.server.codec import MSGPACK, Format, encode_wire, outbound_payload, wire_payload
 from agent_worker.server.config import ServerConfig
-from agent_worker.server.log import CREATE, DELETE, ChannelLog, MessageRecord, Published
-from agent_worker.server.presence import ENTER, LEAVE, PRESENT, UPDATE, PresenceSet
+from agent_worker.server.log import CREATE, DELETE, ChannelLog, MessageRecord, Published, Retention
+from agent_worker.server.presence import ENTER, LEAVE, PRESENT, UPDATE, PresenceSet, member_key
 from agent_worker.server.rollup import AppendRollup
 from agent_worker.server.store import Store
 
@@ -85,12 +85,19 @@ class RateLimiter:
 
 
 class ChannelRuntime:
-    def __init__(self, log_: ChannelLog, rate: int) -> None:
+    def __init__(self, log_: ChannelLog, rate: int, retention: Retention | None = None) -> None:
         self.log = log_
         self.name = log_.name
         self.presence = PresenceSet()
         self.attachments: dict[str, Attachment] = {}
         self.limiter = RateLimiter(rate)
+        self.retention = retention  # what this channel's log keeps (see Hub.retention_for)
+        self.used = 0  # Hub's use counter at the last use (least recently used go first)
+
+    @property
+    def idle(self) -> bool:
+        """Nobody attached (resumable attachments count) or present."""
+        return not self.attachments and not self.presence.members
 
     def deliver(
         self, published: Published, *, publisher_id: str | None, proto_id: str | None, now_ms: int
@@ -298,34 +305,112 @@ class Hub:
         # New messages waiting for their history encoding (see _encode_soon).
         self._preencode: list[MessageRecord] = []
         self._preencode_timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self.held_bytes = 0  # sum of the held channels' log.bytes (see ServerConfig.max_history_bytes)
+        self._uses = 0
+        self._refusing = False  # refusing new channels at max_channels (logged once per episode)
+        # held_bytes beyond which a publish makes room: the budget, or while the channels in use
+        # alone exceed it, a tenth more than they held at the last try (not a scan per publish).
+        self._room_at = config.max_history_bytes
 
     @staticmethod
     def now_ms() -> int:
         return int(time.time() * 1000)
 
+    def retention_for(self, name: str) -> Retention | None:
+        """What the log of channel ``name`` keeps: the configured retention, and in memory, for a
+        channel without a persistence rule, no more than Ably keeps there — its two minutes of
+        history (``unpersisted_history_ms``) or the connection state TTL a resume may reach back,
+        whichever is longer. With ``--data-dir`` and no retention set: everything."""
+        retention = self.config.effective_retention
+        if retention is None or self.store.persistent or self.rules.for_channel(name).persists:
+            return retention
+        keep_s = max(self.config.unpersisted_history_ms, self.config.connection_state_ttl_ms) / 1000
+        if retention.max_age_s is not None and retention.max_age_s <= keep_s:
+            return retention
+        return Retention(retention.max_messages, keep_s, retention.max_bytes)
+
     def sweep(self) -> int:
         """Apply retention by age to idle channels too, and release the runtimes of channels nobody
         is attached to or present on whose log is empty (or persisted: it is reloaded on next use).
         Returns how many were released."""
-        retention = self.config.effective_retention
         now = self.now_ms()
         released = 0
         for name, rt in list(self.channels.items()):
-            if retention is not None:
-                rt.log.prune(retention, now)
-            if rt.attachments or rt.presence.members:
+            if rt.retention is not None:
+                before = rt.log.bytes
+                rt.log.prune(rt.retention, now)
+                self.held_bytes += rt.log.bytes - before
+            if not rt.idle:
                 continue
             if rt.log.order and not self.store.persistent:
                 continue
-            del self.channels[name]
+            self._release(name, rt)
             released += 1
+        # Recounted here, so an accounting slip (a publish that raised half way) cannot last.
+        self.held_bytes = sum(rt.log.bytes for rt in self.channels.values())
+        self._room_at = self.config.max_history_bytes
+        if self.held_bytes > self._room_at:
+            self._make_room()
         return released
+
+    def _release(self, name: str, rt: ChannelRuntime) -> None:
+        del self.channels[name]
+        self.held_bytes -= rt.log.bytes
+
+    def _make_room(self, keep: ChannelRuntime | None = None) -> None:
+        """Release idle channels until the server holds 90 % of ``max_channels`` and of
+        ``max_history_bytes``: first those that lose nothing (an empty log, or a persisted one,
+        reloaded on next use), then the least recently used; in memory those take their history
+        with them, logged once per call. Never ``keep`` (the channel being published to)."""
+        cfg = self.config
+        max_channels = max(1, cfg.max_channels * 9 // 10)
+        max_bytes = cfg.max_history_bytes * 9 // 10
+        persistent = self.store.persistent
+        idle = [rt for rt in self.channels.values() if rt.idle and rt is not keep]
+        idle.sort(key=lambda rt: (bool(rt.log.order) and not persistent, rt.used))
+        dropped = released = 0
+        for rt in idle:
+            if len(self.channels) <= max_channels and self.held_bytes <= max_bytes:
+                break
+            if rt.log.order and not persistent:
+                dropped += len(rt.log.order)
+            self._release(rt.name, rt)
+            released += 1
+        self._room_at = max(cfg.max_history_bytes, self.held_bytes + cfg.max_history_bytes // 10)
+        if dropped:
+            log.warning(
+                "channels_evicted",
+                released=released,
+                messages_dropped=dropped,
+                channels=len(self.channels),
+                history_bytes=self.held_bytes,
+                max_channels=cfg.max_channels,
+                max_history_bytes=cfg.max_history_bytes,
+            )
 
     def channel(self, name: str) -> ChannelRuntime:
         rt = self.channels.get(name)
         if rt is None:
-            rt = ChannelRuntime(self.store.open_channel(name), self.config.rate_limit_per_s)
+            if len(self.channels) >= self.config.max_channels:
+                self._make_room()
+                if len(self.channels) >= self.config.max_channels:
+                    limit = self.config.max_channels
+                    if not self._refusing:
+                        self._refusing = True
+                        log.warning("channels_refused", max_channels=limit, reason="every channel is in use")
+                    msg = (
+                        f"channel limit exceeded: the server holds {limit} channels, all in use "
+                        "(attached or with presence); detach unused channels (max_channels)"
+                    )
+                    raise AgentWorkerError(msg, code=40114, status_code=403)
+            self._refusing = False
+            rt = ChannelRuntime(
+                self.store.open_channel(name), self.config.rate_limit_per_s, self.retention_for(name)
+            )
+            self.held_bytes += rt.log.bytes
             self.channels[name] = rt
+        self._uses += 1
+        rt.used = self._uses
         return rt
 
     # -- publish -----------------------------------------------------------------------------
@@ -346,6 +431,12 @@ class Hub:
         if not items:
             msg = "no messages to publish"
             raise ProtocolError(msg, code=40000)
+        if len(items) > self.config.max_messages_per_publish:
+            msg = (
+                f"too many messages in one publish: {len(items)}, the maximum is "
+                f"{self.config.max_messages_per_publish}"
+            )
+            raise ProtocolError(msg, code=40034, status_code=400)
         self.rules.require_identified(rt.name, principal.client_id)
         limit = self.config.max_message_size
         sized = frame_size is None or (
@@ -440,6 +531,7 @@ class Hub:
     ) -> Published:
         """Log and fan out an already checked batch (also the rollup's flush)."""
         now = self.now_ms()
+        bytes_before = rt.log.bytes
         published = rt.log.publish(
             prepared,
             connection_id=publisher_id,
@@ -451,9 +543,14 @@ class Hub:
         for record, index in published.items:
             if index == 0 and not record.ephemeral:
                 self._encode_soon(record)
-        retention = self.config.effective_retention
+        log_ = rt.log
+        retention = rt.retention
         if retention is not None:
-            rt.log.prune(retention, now)
+            slack = int(retention.max_age_s * 100) if retention.max_age_s is not None else 0
+            log_.prune(retention, now, age_slack_ms=slack)
+        self.held_bytes += log_.bytes - bytes_before
+        if self.held_bytes > self._room_at:
+            self._make_room(keep=rt)
         return published
 
     def _encode_soon(self, record: MessageRecord) -> None:
@@ -518,6 +615,12 @@ class Hub:
         self.require(principal, channel, "presence")
         self.rules.require_identified(channel, principal.client_id)
         now = self.now_ms()
+        if len(items) > self.config.max_messages_per_publish:
+            msg = (
+                f"too many presence messages in one request: {len(items)}, the maximum is "
+                f"{self.config.max_messages_per_publish}"
+            )
+            raise ProtocolError(msg, code=40034, status_code=400)
         stamped: list[dict[str, Any]] = []
         size = 0
         for i, p in enumerate(items):
@@ -545,6 +648,15 @@ class Hub:
         if size > self.config.max_message_size:
             msg = f"presence message size {size} exceeds the maximum of {self.config.max_message_size} bytes"
             raise ProtocolError(msg, code=40009, status_code=400)
+        members = rt.presence.members
+        limit = self.config.max_presence_members
+        if len(members) + len(stamped) > limit:  # (cheap test first: most sets are far below it)
+            entering = {member_key(p) for p in stamped if p.get("action") != LEAVE} - members.keys()
+            if len(members) + len(entering) > limit:
+                msg = (
+                    f"Unable to enter member to presence channel; maximum number of {limit} members exceeded"
+                )
+                raise ProtocolError(msg, code=91003, status_code=400)
         events = [e for e in (rt.presence.apply(p) for p in stamped) if e is not None]
         rt.deliver_presence(events, now)
 

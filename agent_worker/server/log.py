@@ -74,8 +74,10 @@ class Retention:
     max_bytes: int | None = None  # per channel, counting each version's data (+256 for the envelope)
 
 
-#: What the in-memory store keeps per channel unless told otherwise (``--data-dir`` keeps all).
-DEFAULT_MEMORY_RETENTION = Retention(max_age_s=24 * 3600, max_bytes=16 << 20)
+#: What the in-memory store keeps per channel unless told otherwise (``--data-dir`` keeps all): a
+#: persisted channel's 24 h (Ably's Free package), about 16 MiB and 10,000 messages. Channels
+#: without a persistence rule keep less (see ``Hub.retention_for``: Ably's two minutes).
+DEFAULT_MEMORY_RETENTION = Retention(max_messages=10_000, max_age_s=24 * 3600, max_bytes=16 << 20)
 
 
 def _approx_size(m: dict[str, Any]) -> int:
@@ -545,6 +547,7 @@ class ChannelLog:
     def restore(self, record_meta: dict[str, Any], version: Version) -> None:
         """Rebuild state from a stored version (no new serials, no sink writes)."""
         self._observe(version.channel_serial)
+        size = _approx_size(version.fields)
         if version.action == CREATE:
             record = MessageRecord(
                 serial=version.serial,
@@ -561,6 +564,7 @@ class ChannelLog:
             if record.id:
                 self._ids.setdefault(record.id, []).append(record.serial)
             idx = 0
+            self._sizes[record.serial] = size
         else:
             target = self.records.get(record_meta["messageSerial"])
             if target is None:
@@ -568,6 +572,8 @@ class ChannelLog:
             target.fold(version)
             record = target
             idx = len(target.versions) - 1
+            self._sizes[record.serial] = self._sizes.get(record.serial, 0) + size
+        self.bytes += size
         self.events.append((version.channel_serial, record.serial, idx))
         self._event_cs.append(version.channel_serial)
 
@@ -631,8 +637,13 @@ class ChannelLog:
 
     # -- retention -------------------------------------------------------------------------
 
-    def prune(self, retention: Retention | None, now_ms: int) -> int:
-        """Drop the oldest messages beyond the retention policy; returns how many went."""
+    def prune(self, retention: Retention | None, now_ms: int, *, age_slack_ms: int = 0) -> int:
+        """Drop the oldest messages beyond the retention policy; returns how many went.
+
+        ``age_slack_ms``: drop by age only once the oldest message is that much past the window
+        (then everything past it goes), so a channel busy for longer than its window rebuilds its
+        event list once per slack, not at every publish (the publish path passes a tenth of the
+        window; the sweep none)."""
         if retention is None or not self.order:
             return 0
         drop = 0
@@ -642,6 +653,12 @@ class ChannelLog:
             drop = len(self.order) - cap
         if retention.max_age_s is not None:
             cutoff = now_ms - int(retention.max_age_s * 1000)
+            if (
+                age_slack_ms
+                and drop < len(self.order)
+                and self.records[self.order[drop]].timestamp >= cutoff - age_slack_ms
+            ):
+                cutoff = 0  # not yet a slack's worth past the window
             while drop < len(self.order) and self.records[self.order[drop]].timestamp < cutoff:
                 drop += 1
         if retention.max_bytes is not None and self.bytes > retention.max_bytes:

@@ -95,6 +95,17 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
+        http_allowed_host: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--http-allowed-host",
+                envvar="AGENT_WORKER_HTTP_ALLOWED_HOSTS",
+                help="A Host name the HTTP API answers besides loopback names and IP addresses "
+                "(repeatable; '*.example.com', '*' for any; the variable: space-separated). Bound to "
+                "loopback, other names get 421 (a DNS-rebinding guard).",
+                show_default=False,
+            ),
+        ] = None,
         provider: Annotated[
             str | None,
             typer.Option(
@@ -170,6 +181,7 @@ def register(app: typer.Typer) -> None:
             http_write_timeout_s=http_write_timeout_s,
             http_metrics_token=http_metrics_token,
             http_metrics_auth=http_metrics_auth,
+            http_allowed_hosts=tuple(http_allowed_host or ()),
             provider=provider,
             watch=tuple(watch or ()),
             log_format=log_format,

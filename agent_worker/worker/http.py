@@ -6,6 +6,8 @@ as the run task exists — the work happens after the response, like the README'
 client only checks ``response.ok``; refusals carry an Ably-style error body
 ``{"error": {"code", "statusCode", "message"}}`` and the matching status (400/401/404/413/415/429/503);
 a body must be declared JSON (``Content-Type: application/json``, as the ChatTransport sends it).
+Bound to loopback, only requests whose ``Host`` is a loopback name, an IP address or one of
+``[http] allowed_hosts`` are answered (421/42100 otherwise: DNS rebinding, see hostcheck.py).
 
 ``/metrics`` and ``/healthz``'s details (run and session counts) are open on loopback and, beyond it,
 only to ``Authorization: Bearer <[http] metrics token>`` (401/40101 without it; 403/40300 when no
@@ -26,6 +28,7 @@ from agent_worker.client.tokens import decode_token
 from agent_worker.config import HttpConfig, Secret
 from agent_worker.conncap import CappedSite, ConnectionCap
 from agent_worker.errors import AgentWorkerError, AuthError, ConfigError, ProtocolError, TransportError
+from agent_worker.hostcheck import HOST_REFUSED_CODE, HostAllowList
 from agent_worker.limits import loads_json, read_body
 from agent_worker.logs import get_logger
 from agent_worker.server.auth import Capability
@@ -102,6 +105,21 @@ class LogBudget:
 
 
 LOG_BUDGET_KEY: web.AppKey[LogBudget] = web.AppKey("log_budget", LogBudget)
+HOSTS_KEY: web.AppKey[HostAllowList] = web.AppKey("allowed_hosts", HostAllowList)
+
+_HOST_SETTING = "[http] allowed_hosts, --http-allowed-host"
+
+
+@web.middleware
+async def _check_host(request: web.Request, handler: Any) -> web.StreamResponse:
+    """421 (42100) to a ``Host`` the worker does not answer (DNS rebinding, see hostcheck.py)."""
+    hosts = request.app[HOSTS_KEY]
+    header = request.headers.get("Host")
+    if hosts.allows(header):
+        return await handler(request)  # type: ignore[no-any-return]
+    assert header is not None
+    _log(request, "warning", "http_host_refused", host=header[:100], remote=request.remote)
+    return _error(421, HOST_REFUSED_CODE, hosts.refusal(header, _HOST_SETTING))
 
 
 def _log(request: web.Request, level: str, event: str, **fields: object) -> None:
@@ -308,11 +326,14 @@ def build_app(
     *,
     token_key: str | None = None,
     web_client: WebSettings | None = None,
+    bind_host: str | None = None,
 ) -> web.Application:
     """The app; with ``config.dev_token_endpoint`` and a ``token_key`` it also serves dev tokens, and
-    with ``web_client`` the browser client at ``/`` (:mod:`agent_worker.web`)."""
+    with ``web_client`` the browser client at ``/`` (:mod:`agent_worker.web`). ``bind_host`` (default
+    ``config.host``) decides the default ``Host`` allow-list (``[http] allowed_hosts``)."""
     cfg = config or HttpConfig()
-    app = web.Application(client_max_size=cfg.max_body_bytes + 1024)
+    app = web.Application(client_max_size=cfg.max_body_bytes + 1024, middlewares=[_check_host])
+    app[HOSTS_KEY] = HostAllowList(cfg.allowed_hosts, bind_host or cfg.host)
     app[WORKER_KEY] = worker
     app[CONFIG_KEY] = cfg
     app[TOKEN_KEY] = token_key
@@ -355,13 +376,13 @@ async def serve(
 ) -> web.AppRunner:
     """Start the HTTP server; returns the runner (``await runner.cleanup()`` to stop).
     The bound port is ``runner.addresses[0][1]``."""
-    app = build_app(worker, config, token_key=token_key, web_client=web_client)
+    bind_host, bind_port = host or config.host, config.port if port is None else port
+    app = build_app(worker, config, token_key=token_key, web_client=web_client, bind_host=bind_host)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.idle_timeout_s)
     await runner.setup()
     cap = ConnectionCap(
         config.max_connections, name="the worker's HTTP endpoint", write_timeout_s=config.write_timeout_s
     )
-    bind_host, bind_port = host or config.host, config.port if port is None else port
     site = CappedSite(runner, bind_host, bind_port, cap)
     try:
         await site.start()

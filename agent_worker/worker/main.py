@@ -6,6 +6,7 @@ or any run handler, arq-style) or, without one, the agent the config file descri
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ class Overrides:
     http_write_timeout_s: float | None = None
     http_metrics_token: str | None = None
     http_metrics_auth: str | None = None
+    http_allowed_hosts: tuple[str, ...] = ()
     provider: str | None = None
     watch: tuple[str, ...] = ()
     log_format: str | None = None
@@ -78,8 +80,9 @@ def apply_overrides(cfg: Config, o: Overrides) -> Config:
             raise ConfigError(msg)
         http["max_connections"] = o.http_max_connections
     if o.http_write_timeout_s is not None:
-        if not o.http_write_timeout_s > 0:
-            msg = "--http-write-timeout-s must be above 0"
+        if not (math.isfinite(o.http_write_timeout_s) and o.http_write_timeout_s > 0):
+            value = o.http_write_timeout_s
+            msg = f"--http-write-timeout-s must be a finite number of seconds above 0, not {value}"
             raise ConfigError(msg)
         http["write_timeout_s"] = o.http_write_timeout_s
     if o.http_metrics_token:
@@ -89,6 +92,8 @@ def apply_overrides(cfg: Config, o: Overrides) -> Config:
             msg = "--http-metrics-auth must be auto, none or token"
             raise ConfigError(msg)
         http["metrics_auth"] = o.http_metrics_auth
+    if o.http_allowed_hosts:
+        http["allowed_hosts"] = tuple(dict.fromkeys((*cfg.http.allowed_hosts, *o.http_allowed_hosts)))
     worker: dict[str, Any] = {}
     if o.watch:
         worker["watch_channels"] = tuple(dict.fromkeys((*cfg.worker.watch_channels, *o.watch)))

@@ -53,7 +53,11 @@ async def _until_stopped(on_line: Any = None) -> None:
 async def server_main(cfg: dict[str, Any]) -> None:
     """The embedded server; ``{"enforce": true}`` = Ably's rate limits (42911/42910). A ``stats``
     line on stdin prints ``@@event {"event": "stats", "refused": {code: count}}``."""
-    config = ServerConfig(host="127.0.0.1", port=0, enforce_rate_limits=bool(cfg.get("enforce")))
+    # The history sessions are populated first and stay idle until their phase: no history budget
+    # may release them meanwhile (server.hub: idle channels go past max_history_bytes).
+    config = ServerConfig(
+        host="127.0.0.1", port=0, enforce_rate_limits=bool(cfg.get("enforce")), max_history_bytes=1 << 40
+    )
     if os.environ.get("AW_BENCH_SERVERLOG"):  # =prefix: each token's server read/handle/write times
         from bench.agent import serverlog  # noqa: PLC0415
 

@@ -302,9 +302,14 @@ async def run(
     skip: str = "",
     hold_deferred: bool = False,
 ) -> float:
-    # Every start on a fresh channel, kept attached (no DETACH to count): the channel cap raised.
+    # Every start on a fresh channel, kept attached (no DETACH to count): the channel caps raised.
     config = ServerConfig(
-        host="127.0.0.1", port=0, enforce_rate_limits=True, max_channels_per_connection=1_000_000
+        host="127.0.0.1",
+        port=0,
+        enforce_rate_limits=True,
+        max_channels_per_connection=1_000_000,
+        max_channels=1_000_000,
+        max_history_bytes=1 << 40,
     )
     async with EmbeddedServer(config) as server:
         tune_gc()  # as the bench's server process and `agent-worker server` do once started

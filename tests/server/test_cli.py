@@ -132,7 +132,7 @@ async def test_cli_connection_cap_body_and_close_timeout_options() -> None:
         # Two held: the third is refused 503 / 50300 (connections are counted in accept order).
         held = [await asyncio.open_connection(host, int(port)) for _ in range(2)]
         third_r, third_w = await asyncio.open_connection(host, int(port))
-        third_w.write(b"GET /time HTTP/1.1\r\nHost: x\r\n\r\n")
+        third_w.write(b"GET /time HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         refused = await asyncio.wait_for(third_r.read(), 30)
         assert refused.startswith(b"HTTP/1.1 503") and b'"code": 50300' in refused, refused
         for _, w in (*held, (third_r, third_w)):
@@ -142,7 +142,7 @@ async def test_cli_connection_cap_body_and_close_timeout_options() -> None:
         for _ in range(500):
             reader, writer = await asyncio.open_connection(host, int(port))
             writer.write(
-                b"POST /keys/local.dev/requestToken HTTP/1.1\r\nHost: x\r\n"
+                b"POST /keys/local.dev/requestToken HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"ttl":'
             )
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)

@@ -344,7 +344,7 @@ def test_slow_readers_and_slow_writers_do_not_stall_a_bystander(fuzz_server: Emb
     slow.send(json.dumps({"action": 10, "channel": "flood"}))
     dribble = socket.create_connection((fuzz_server.host, fuzz_server.port), timeout=10)
     dribble.sendall(
-        b"POST /keys/local.dev/requestToken HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /keys/local.dev/requestToken HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: 100000\r\n\r\n"
     )
     bystander = _open(fuzz_server)

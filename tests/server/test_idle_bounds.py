@@ -151,7 +151,7 @@ async def test_http_connections_without_a_request_are_closed_after_the_idle_boun
                 writer.close()
             # A complete request is answered, then its kept-alive connection closed once idle.
             reader, writer = await asyncio.open_connection(server.host, server.port)
-            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             answer = await _until_closed(reader)
             writer.close()
             assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"yes"), answer
@@ -177,7 +177,7 @@ async def test_a_rest_body_that_stops_arriving_is_refused_408() -> None:
         reader, writer = await asyncio.open_connection(server.host, server.port)
         key_name = server.default_key.partition(":")[0]
         writer.write(
-            f"POST /keys/{key_name}/requestToken HTTP/1.1\r\nHost: x\r\n"
+            f"POST /keys/{key_name}/requestToken HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"ttl":'.encode()
         )
         await writer.drain()

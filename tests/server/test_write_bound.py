@@ -78,7 +78,8 @@ async def test_a_history_reader_that_stops_reading_is_dropped_and_others_are_ser
 
         with structlog.testing.capture_logs() as logs:
             request = (
-                f"GET /channels/big/messages?limit=1000 HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
+                "GET /channels/big/messages?limit=1000 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: {auth}\r\n"
                 "Accept: application/json\r\n\r\n"
             )
             stuck = [await stalled_client(server.host, server.port, 4 * request.encode()) for _ in range(2)]
@@ -176,7 +177,7 @@ async def test_a_close_waiting_behind_unread_bytes_is_dropped() -> None:
 
     runner, site = await _capped_app(big, write_timeout_s=TIMEOUT)
     try:
-        sock = await stalled_client("127.0.0.1", site.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock = await stalled_client("127.0.0.1", site.port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         await eventually(lambda: site.cap.stalled == 1, what="the close given up")
         await read_to_end(sock)
         await eventually(lambda: site.cap.open == 0, what="the connection released")

@@ -48,7 +48,7 @@ async def test_a_web_client_reader_that_stops_reading_is_dropped_and_others_are_
     try:
         with structlog.testing.capture_logs() as logs:
             # No Accept-Encoding: the whole bundle, asked for 8 times (pipelined) and never read.
-            request = b"GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n"
+            request = b"GET /app.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
             sock = await stalled_client("127.0.0.1", site.port, 8 * request)
             done = asyncio.Event()
             others = asyncio.create_task(serve_while(f"http://127.0.0.1:{site.port}/index.html", done))
@@ -107,7 +107,7 @@ async def test_a_slow_but_steady_reader_of_large_answers_is_not_cut() -> None:
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
         await loop.sock_connect(sock, ("127.0.0.1", site.port))
-        await loop.sock_sendall(sock, 2 * b"GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n")
+        await loop.sock_sendall(sock, 2 * b"GET /app.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         got, how = await _read_slowly(sock, 2 * bundle, 16384, 0.01)
         assert (how, site.cap.stalled) == ("complete", 0), got
     finally:
@@ -120,7 +120,7 @@ async def test_a_trickle_reader_is_dropped_though_it_reads() -> None:
     runner, site = await _web_client_site(0.2)
     assert MIN_PROGRESS_BYTES / 0.2 > 2 * 1024 / 0.05  # the floor: over twice this reader's rate
     try:
-        request = b"GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n"
+        request = b"GET /app.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
         sock = await stalled_client("127.0.0.1", site.port, 8 * request)
         got, how = await _read_slowly(sock, 8 * len(static_file("app.js")), 1024, 0.05)
         # Reset: what the kernel held for it is dropped too, not trickled out after the close.
