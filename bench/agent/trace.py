@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import json
 import os
@@ -89,9 +90,22 @@ def install(worker: Worker, path: str) -> TextIO:
         # AW_BENCH_TRACE_PROFILE_S: how long (s) to profile (a burst on a loaded machine lasts longer)
         asyncio.get_running_loop().call_later(float(os.environ.get("AW_BENCH_TRACE_PROFILE_S", "1.5")), stop)
 
+    gate = worker._gate
+    invoking: contextvars.ContextVar[object] = contextvars.ContextVar("traced_invoke", default=None)
+    if gate is not None:  # [worker] start_concurrency: when each start got its place ("gated")
+        gate_acquire = gate.acquire
+
+        async def traced_gate_acquire() -> Any:
+            lease = await gate_acquire()
+            emit("gated", s=invoking.get())
+            return lease
+
+        gate.acquire = traced_gate_acquire  # type: ignore[method-assign]
+
     @functools.wraps(invoke)
     async def traced_invoke(session_name: object, input_event_id: object, **kw: Any) -> Any:
         emit("post", s=session_name)
+        invoking.set(session_name)
         head, _, index = str(session_name).rpartition(":")
         sessions[f"{head.rpartition(':')[2]}-{index}"] = str(session_name)
         maybe_profile(session_name)
@@ -101,6 +115,28 @@ def install(worker: Worker, path: str) -> TextIO:
             emit("invoked", s=session_name)
 
     worker.invoke = traced_invoke  # type: ignore[method-assign]
+
+    # The HTTP side before the invocation: when the worker accepted each POST's connection
+    # ("http_accept", counted, no session yet) and when the /api/chat handler was entered ("http").
+    from aiohttp import web_protocol  # noqa: PLC0415
+
+    from agent_worker.worker import http as worker_http  # noqa: PLC0415
+
+    connection_made = web_protocol.RequestHandler.connection_made
+
+    def traced_connection_made(self: Any, transport: Any) -> None:
+        emit("http_accept")
+        connection_made(self, transport)
+
+    web_protocol.RequestHandler.connection_made = traced_connection_made  # type: ignore[method-assign]
+    http_invoke = worker_http.invoke
+
+    @functools.wraps(http_invoke)
+    async def traced_http_invoke(request: Any) -> Any:
+        emit("http")
+        return await http_invoke(request)
+
+    worker_http.invoke = traced_http_invoke  # type: ignore[assignment]
 
     located = worker.run_located
 
@@ -333,7 +369,7 @@ def summarise(path: str, prefix: str = "bench:") -> str:
         first[s].setdefault(key, ev["us"])
     lines = []
     steps = [
-        "placed", "attach_start", "attached", "invoked", "located", "slotted", "model",
+        "gated", "placed", "attach_start", "attached", "invoked", "located", "slotted", "model",
         "presence_enter", "presence_enter_done", "publish:ai-run-start", "published:ai-run-start",
         "published:ai-step-start", "published:ai-output", "token1", "append",
     ]  # fmt: skip
