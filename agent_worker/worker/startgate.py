@@ -29,6 +29,7 @@ for any invocation in flight, a cancelled one leaves the line, and at shutdown t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 from collections import deque
 from collections.abc import Callable
@@ -38,7 +39,7 @@ __all__ = ["LAPSE_S", "UNGATED", "Lease", "StartGate", "current_lease", "unbind"
 #: The longest a start holds its place (seconds) before it goes on ungated.
 LAPSE_S = 1.0
 
-_lease: contextvars.ContextVar[Lease | None] = contextvars.ContextVar("agent_worker_start_lease", default=None)
+_lease: contextvars.ContextVar[Lease | None] = contextvars.ContextVar("agent_worker_start", default=None)
 
 
 class Lease:
@@ -132,10 +133,8 @@ class StartGate:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 waiter.result().release()  # granted as it was cancelled: pass the place on
             else:
-                try:
+                with contextlib.suppress(ValueError):
                     self._line.remove(waiter)
-                except ValueError:
-                    pass
             raise
 
     def _give_back(self) -> None:

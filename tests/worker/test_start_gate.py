@@ -29,7 +29,7 @@ LONG = 3600.0  # a lapse that never comes within a test: what releases a place i
 
 async def _until(predicate: Any, limit_s: float = 10.0) -> None:
     async with asyncio.timeout(limit_s):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - the states polled have no event of their own
             await asyncio.sleep(0.005)
 
 
@@ -146,7 +146,9 @@ async def test_a_session_waiting_for_a_connection_to_open_gives_its_place_back()
     async def close(_client: object) -> None:
         return None
 
-    pool: ConnectionPool[object] = ConnectionPool(PoolPolicy(min_connections=1, max_connections=2), connect, close)
+    pool: ConnectionPool[object] = ConnectionPool(
+        PoolPolicy(min_connections=1, max_connections=2), connect, close
+    )
     opened.set()
     await pool.start()
     opened.clear()
