@@ -24,6 +24,11 @@ it inherits it, so whichever step of the start is waiting can give it back witho
 While queued an invocation counts as pending (admission's capacity), a duplicate waits for it as
 for any invocation in flight, a cancelled one leaves the line, and at shutdown the line is refused
 (:meth:`StartGate.close`).
+
+Off by default: measured on an idle machine (docs/benchmarks.md, eleventh round) no K made the
+median first token of a 100-start burst faster. A start's steps are round trips with ~1.4 ms of
+the worker's CPU before its model call; ungated, the loop runs other starts' steps while one
+waits, and a gate that holds places across those round trips throttles exactly that overlap.
 """
 
 from __future__ import annotations
