@@ -26,9 +26,10 @@ for any invocation in flight, a cancelled one leaves the line, and at shutdown t
 (:meth:`StartGate.close`).
 
 Off by default: measured on an idle machine (docs/benchmarks.md, eleventh round) no K made the
-median first token of a 100-start burst faster. A start's steps are round trips with ~1.4 ms of
-the worker's CPU before its model call; ungated, the loop runs other starts' steps while one
-waits, and a gate that holds places across those round trips throttles exactly that overlap.
+median first token of a 100-start burst faster in most pairs (K = 32: 9 of 19). A start's steps
+are round trips with ~1.4 ms of the worker's CPU before its model call; ungated, the loop runs
+other starts' steps while one waits, and a gate that holds places across those round trips
+throttles exactly that overlap.
 """
 
 from __future__ import annotations
