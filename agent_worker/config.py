@@ -255,6 +255,12 @@ class WorkerConfig(_Section):
     """Runs in flight per worker; a full worker answers 429 with ``Retry-After``."""
     max_pending_invocations: Annotated[int, Field(ge=1)] = 256
     """Invocations still looking for their input (they hold no run slot); beyond this, 429."""
+    start_concurrency: Annotated[int, Field(ge=0)] = 0
+    """Invocations between their POST and their run's handler at once (the start gate,
+    worker/startgate.py): the others wait in line, first come first served, and count as pending.
+    A start gives its place back when its handler is called (never across the model call), when it
+    waits for a run slot or a connection to open, when it ends, and after 1 s at most. 0: no gate
+    (every start proceeds at once, sharing the loop with the others)."""
     max_pending_per_caller: Annotated[int, Field(ge=1)] | None = None
     """Of those, how many one verified caller (its token's clientId) may hold; beyond this, 429
     (42910), so one caller's made-up event ids cannot lock the others out. Unset: a quarter of

@@ -111,6 +111,9 @@ class ConnectionPool(Generic[C]):
         self._grow_after = 0.0
         """After a failed open, no new one before this (``time.monotonic()``)."""
         self._reaper: asyncio.Task[None] | None = None
+        self.on_wait: Callable[[], None] | None = None
+        """Called (in the waiting task) when :meth:`acquire` queues a session for a connection to
+        open: the worker's start gate takes the start's place back (worker/startgate.py)."""
         self.opened = 0
         self.closed = 0
         self.peak = 0
@@ -246,6 +249,8 @@ class ConnectionPool(Generic[C]):
             # the growth part applies, not a scan of every connection for each session of a burst.
             self._queue.append(name)
             self._dispatch(scan=len(self._queue) == 1)
+            if not waiter.done() and self.on_wait is not None:
+                self.on_wait()
         try:
             return await asyncio.shield(waiter)
         except asyncio.CancelledError:

@@ -43,6 +43,7 @@ from agent_worker.worker.http import serve as serve_http
 from agent_worker.worker.metrics import WorkerMetrics
 from agent_worker.worker.notify import Notifier, NotifyHook
 from agent_worker.worker.pool import SessionPool
+from agent_worker.worker.startgate import UNGATED, Lease, StartGate, unbind, yield_place
 
 if TYPE_CHECKING:
     from agent_worker.engine.temporal import TemporalEngine
@@ -50,6 +51,11 @@ if TYPE_CHECKING:
 __all__ = ["GC_THRESHOLDS", "Invocation", "InvocationRefused", "Worker", "WorkerBusy", "tune_gc"]
 
 log = get_logger("agent_worker.worker")
+
+
+def _shutting_down() -> InvocationRefused:
+    msg = "the worker is shutting down; retry on another worker"
+    return InvocationRefused(msg, code=50300, status_code=503)
 
 
 class Worker:
@@ -158,9 +164,11 @@ class Worker:
                 wait_s=self.config.trigger_wait_s,
                 max_input_bytes=self.config.max_input_bytes,
             ),
-            on_run_start=self.on_run_start,
+            on_run_start=self._handler_starting,
             on_run_end=self.on_run_end,
         )
+        k = self.config.start_concurrency
+        self._gate: StartGate | None = StartGate(k) if k > 0 else None
         self.notifier = Notifier(
             lambda: self.transport,
             self.config.notify,
@@ -213,6 +221,9 @@ class Worker:
                 await self.journal.close()
                 self.journal = None
             raise
+        if self._gate is not None:
+            # A start whose session waits for a realtime connection to open gives its place back.
+            self.transport.pool.on_wait = yield_place
         self.pool = SessionPool(
             self.transport,
             self._new_session,
@@ -262,6 +273,12 @@ class Worker:
             raise
         self.engine = engine
 
+    async def _handler_starting(self, run: Run) -> None:
+        """The run's handler is about to be called: its start is over (its place in the start gate
+        goes to the next in line, so the gate never holds a place across the model call)."""
+        yield_place()
+        await call_hook(self.on_run_start, run)
+
     def track_run(self, run: Run, task: asyncio.Task[Any]) -> None:
         """A run executing in an engine's step: active, drained and (then) cancelled like a local one."""
         self._active[task] = run
@@ -294,6 +311,8 @@ class Worker:
             self._state = "closed"
             return
         self._state = "draining"
+        if self._gate is not None:  # invocations in line for the start gate: not started, 503
+            self._gate.close(_shutting_down)
         timeout = self.config.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
         # The engine stops taking steps first; those it runs here are in _active and drain below.
         engine_closed = asyncio.create_task(self.engine.close(timeout)) if self.engine is not None else None
@@ -450,17 +469,29 @@ class Worker:
             raise
         pending = self.admission.reserve(name, event_id)
         self.admission.take(caller_client_id)  # given back below; the run takes its own (_start_run)
-        # Collections wait (bounded) until the run start is sent: see gcpause.GcDeferral.
-        hold = gcpause.starts.hold()
+        hold: GcHold | None = None
         try:
             if self.engine is not None:
-                hold.release()
                 invocation = await self._start_durable(name, event_id, caller_client_id)
             else:
-                session = await self.session(name, starting=True)
-                invocation = self._start_run(session, event_id, caller_client_id, hold)
+                # In line (a pending invocation) until the start gate has room: see startgate.py.
+                lease = await self._gate.acquire() if self._gate is not None else UNGATED
+                bound = lease.bind()  # the run task inherits it (given back at its handler, or end)
+                try:
+                    if not self.accepting:  # the drain began as its place came: not started
+                        raise _shutting_down()
+                    # Collections wait (bounded) until the run start is sent: see gcpause.GcDeferral.
+                    hold = gcpause.starts.hold()
+                    session = await self.session(name, starting=True)
+                    invocation = self._start_run(session, event_id, caller_client_id, hold, lease)
+                except BaseException:
+                    lease.release()
+                    raise
+                finally:
+                    unbind(bound)
         except BaseException as exc:
-            hold.release()
+            if hold is not None:
+                hold.release()
             pending.set_exception(exc)
             pending.exception()  # retrieved: waiting duplicates re-raise it
             raise
@@ -476,6 +507,7 @@ class Worker:
         event_id: str,
         caller_client_id: str | None = None,
         gc_hold: GcHold | None = None,
+        lease: Lease = UNGATED,
     ) -> Invocation:
         run = session.create_run(event_id, coalesce_window_s=self.config.coalesce_window_ms / 1000.0)
         run.caller_client_id = caller_client_id
@@ -493,6 +525,8 @@ class Worker:
         body = trace_run(run, self.supervisor.execute(run, session, started, gc_hold=hold), self.agent)
         task = asyncio.create_task(body, name=f"run:{run.run_id}")  # body: the invoke_agent span
         task.add_done_callback(lambda _: hold.release())  # every path, a task cancelled unstarted too
+        if not lease.released:  # its handler normally gives the gate's place back before the end
+            task.add_done_callback(lambda _: lease.release())
         run.task = task
         self._active[task] = run
         self._unlocated[run] = caller_client_id
@@ -600,6 +634,8 @@ class Worker:
         if caller is not None and caller not in ("*", trigger.client_id):
             msg = f"the input was published by {trigger.client_id!r}, not by the caller {caller!r}"
             raise AuthError(msg, code=40160, status_code=401)
+        if self._slots.locked():
+            yield_place()  # waiting for a run to end is no work of this start's: the next may go
         await self._slots.acquire()
         self._slotted.add(run)
 

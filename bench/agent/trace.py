@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import json
 import os
@@ -22,6 +23,8 @@ import sys
 import time
 from collections import defaultdict
 from typing import Any, TextIO
+
+import structlog
 
 from agent_worker.transport import ably as ably_transport
 from agent_worker.transport.ratelimit import RateLimiter
@@ -89,9 +92,22 @@ def install(worker: Worker, path: str) -> TextIO:
         # AW_BENCH_TRACE_PROFILE_S: how long (s) to profile (a burst on a loaded machine lasts longer)
         asyncio.get_running_loop().call_later(float(os.environ.get("AW_BENCH_TRACE_PROFILE_S", "1.5")), stop)
 
+    gate = worker._gate
+    invoking: contextvars.ContextVar[object] = contextvars.ContextVar("traced_invoke", default=None)
+    if gate is not None:  # [worker] start_concurrency: when each start got its place ("gated")
+        gate_acquire = gate.acquire
+
+        async def traced_gate_acquire() -> Any:
+            lease = await gate_acquire()
+            emit("gated", s=invoking.get())
+            return lease
+
+        gate.acquire = traced_gate_acquire  # type: ignore[method-assign]
+
     @functools.wraps(invoke)
     async def traced_invoke(session_name: object, input_event_id: object, **kw: Any) -> Any:
         emit("post", s=session_name)
+        invoking.set(session_name)
         head, _, index = str(session_name).rpartition(":")
         sessions[f"{head.rpartition(':')[2]}-{index}"] = str(session_name)
         maybe_profile(session_name)
@@ -101,6 +117,28 @@ def install(worker: Worker, path: str) -> TextIO:
             emit("invoked", s=session_name)
 
     worker.invoke = traced_invoke  # type: ignore[method-assign]
+
+    # The HTTP side before the invocation: when the worker accepted each POST's connection
+    # ("http_accept", counted, no session yet) and when the /api/chat handler was entered ("http").
+    from aiohttp import web_protocol  # noqa: PLC0415
+
+    from agent_worker.worker import http as worker_http  # noqa: PLC0415
+
+    connection_made = web_protocol.RequestHandler.connection_made
+
+    def traced_connection_made(self: Any, transport: Any) -> None:
+        emit("http_accept")
+        connection_made(self, transport)
+
+    web_protocol.RequestHandler.connection_made = traced_connection_made  # type: ignore[method-assign]
+    http_invoke = worker_http.invoke
+
+    @functools.wraps(http_invoke)
+    async def traced_http_invoke(request: Any) -> Any:
+        emit("http")
+        return await http_invoke(request)
+
+    worker_http.invoke = traced_http_invoke  # type: ignore[assignment]
 
     located = worker.run_located
 
@@ -144,7 +182,9 @@ def install(worker: Worker, path: str) -> TextIO:
         if waited > 1000:
             task = asyncio.current_task()
             what = getattr(task.get_coro(), "__qualname__", "?") if task is not None else "?"
-            emit("limiter_wait", limiter=id(self), us_waited=waited, what=what)
+            # The run's session, when the waiting task runs in its context (structlog binds it).
+            session = structlog.contextvars.get_contextvars().get("session")
+            emit("limiter_wait", limiter=id(self), us_waited=waited, what=what, ws=session)
 
     RateLimiter.acquire = traced_acquire  # type: ignore[method-assign]
 
@@ -333,7 +373,7 @@ def summarise(path: str, prefix: str = "bench:") -> str:
         first[s].setdefault(key, ev["us"])
     lines = []
     steps = [
-        "placed", "attach_start", "attached", "invoked", "located", "slotted", "model",
+        "gated", "placed", "attach_start", "attached", "invoked", "located", "slotted", "model",
         "presence_enter", "presence_enter_done", "publish:ai-run-start", "published:ai-run-start",
         "published:ai-step-start", "published:ai-output", "token1", "append",
     ]  # fmt: skip
@@ -419,8 +459,70 @@ def history(path: str, marker: str = ":hist:") -> str:
     return "\n".join(lines)
 
 
+def burst(path: str, prefix: str = ":latencyN:") -> str:
+    """The burst on one clock: each step's time after the burst's *first* POST (not the session's
+    own), so the order in which starts are served shows (p10 / p50 / p90 over the sessions), with
+    the worker's CPU spent by then (``c``); then the gaps after the model's first token and the
+    rate-limiter waits each session took before its first append."""
+    events = [json.loads(line) for line in open(path)]  # noqa: SIM115
+    per: dict[str, dict[str, tuple[int, int | None]]] = defaultdict(dict)
+    for ev in events:
+        s = ev.get("s")
+        if not isinstance(s, str) or prefix not in s:
+            continue
+        key = ev["e"]
+        if key in ("publish", "published"):
+            key = f"{key}:{'+'.join(ev['names'])}"
+        per[s].setdefault(key, (ev["us"], ev.get("c")))
+    posts = [d["post"] for d in per.values() if "post" in d]
+    if not posts:
+        return "no session with a POST"
+    t0, c0 = min(posts)
+    c0 = c0 or 0
+
+    def q(values: list[float], p: float) -> float:
+        ordered = sorted(values)
+        return ordered[int((len(ordered) - 1) * p)] if ordered else float("nan")
+
+    lines = ["  step (ms after the first POST)   p10    p50    p90  | worker CPU by then (p50)"]
+    steps = [
+        "post", "gated", "attached", "located", "model", "published:ai-run-start",
+        "published:ai-output+ai-output", "token1", "publish:ai-output", "published:ai-output", "append",
+    ]  # fmt: skip
+    for step in steps:
+        at = [(d[step][0] - t0) / 1000 for d in per.values() if step in d]
+        cpu = [(c - c0) / 1000 for d in per.values() if step in d and (c := d[step][1]) is not None]
+        if at:
+            cpu_p50 = f"{q(cpu, 0.5):6.0f}" if cpu else "     -"
+            spread = f"{q(at, 0.1):6.0f} {q(at, 0.5):6.0f} {q(at, 0.9):6.0f}"
+            lines.append(f"  {step:30s} {spread}  | {cpu_p50}  (n={len(at)})")
+    waits: dict[str, float] = defaultdict(float)
+    for ev in events:
+        s = ev.get("ws")
+        if ev["e"] != "limiter_wait" or not isinstance(s, str) or "append" not in per.get(s, {}):
+            continue
+        if ev["us"] <= per[s]["append"][0]:
+            waits[s] += ev["us_waited"] / 1000
+    for a, b in (("token1", "publish:ai-output"), ("publish:ai-output", "published:ai-output"),
+                 ("published:ai-output", "append"), ("token1", "append")):  # fmt: skip
+        gaps = [(d[b][0] - d[a][0]) / 1000 for d in per.values() if a in d and b in d]
+        if gaps:
+            lines.append(
+                f"  {a} -> {b}: p10 {q(gaps, 0.1):.1f}  p50 {q(gaps, 0.5):.1f}  p90 {q(gaps, 0.9):.1f} ms"
+            )
+    before = [waits.get(s, 0.0) for s, d in per.items() if "append" in d]
+    lines.append(
+        f"  rate-limiter waits before a session's first append: p50 {q(before, 0.5):.0f},"
+        f" p90 {q(before, 0.9):.0f} ms"
+        f" (sessions waiting: {sum(1 for w in before if w > 0)} of {len(before)})"
+    )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     if sys.argv[2:3] == ["--history"]:
         print(history(sys.argv[1]))
+    elif sys.argv[2:3] == ["--burst"]:
+        print(burst(sys.argv[1], *(sys.argv[3:4])))
     else:
         print(summarise(sys.argv[1], *(sys.argv[2:3])))
