@@ -18,6 +18,10 @@ hosts at all) costs only that read, the next is lean again. Only when the SDK an
 either do reads keep to ``request()`` for a short back-off (:data:`LEAN_BACKOFF_S`), so a host that is
 really unreachable is not tried twice per read.
 
+The same GET answers the push notifier's presence lookup (``Channel.present_connections``: the
+server's current members of one clientId) through :meth:`HistoryReader.items`: one answer, no
+``Link`` followed, an error answer without a code of its own given 50000 as ``request()`` would.
+
 What an answer may make it do is bounded (docs/security.md): its ``Link`` is followed only to the
 same channel's ``messages`` on the same host (the key is never sent anywhere else), a redirect not
 at all, its body is read up to :data:`MAX_PAGE_BYTES`, and a body that does not decode is refused
@@ -62,6 +66,8 @@ _MSGPACK = "application/x-msgpack"
 MAX_PAGE_BYTES = 128 * 1024 * 1024
 #: AIT's "unable to fetch history page".
 HISTORY_FAILED = 104011
+#: The code of an error answer that names none, outside history (``rest_request``'s).
+_NO_CODE = 50000
 #: How long reads keep to the SDK's ``request()`` after neither the lean GET nor the SDK reached
 #: a host (at most the SDK's ``fallback_retry_timeout``).
 LEAN_BACKOFF_S = 15.0
@@ -186,17 +192,26 @@ class HistoryReader:
 
     async def page(self, path_qs: str) -> HistoryPage:
         """Raises :class:`TransportError` with Ably's code for an error answer (4xx)."""
+        return await self._get(path_qs, paged=True)
+
+    async def items(self, path_qs: str) -> list[Any]:
+        """The items of one GET answer that is not paged through (a presence set): the same lean
+        request and fallback as :meth:`page`, its ``Link`` ignored; an error answer with no code of
+        its own is refused with 50000 (as ``rest_request`` maps the SDK's ``request()``)."""
+        return (await self._get(path_qs, paged=False)).items
+
+    async def _get(self, path_qs: str, *, paged: bool) -> HistoryPage:
         if (self._sdk_until and time.monotonic() < self._sdk_until) or self._sdk_on_fallback():
-            return await self._sdk(path_qs)
+            return await self._sdk(path_qs, paged=paged)
         try:
-            return await self._lean(path_qs)
+            return await self._lean(path_qs, paged=paged)
         except _UseSdk as exc:
             if exc.__cause__ is None:  # a 5xx: the SDK retries it (on a fallback host, if any)
-                return await self._sdk(path_qs)
+                return await self._sdk(path_qs, paged=paged)
         # No answer from the primary host (a connect error, a timeout). The SDK tries it again and
         # then its fallback hosts; on a fallback host it keeps to it, and so do reads (above).
         try:
-            return await self._sdk(path_qs)
+            return await self._sdk(path_qs, paged=paged)
         except HistoryRefused:
             raise  # a host answered
         except Exception:
@@ -222,7 +237,7 @@ class HistoryReader:
         raw = await self._rest.auth._get_auth_headers()
         return {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in raw.items()}
 
-    async def _lean(self, path_qs: str, *, renewed: bool = False) -> HistoryPage:
+    async def _lean(self, path_qs: str, *, paged: bool, renewed: bool = False) -> HistoryPage:
         if self._session is None or self._session.closed:
             https = self._rest.http.preferred_scheme == "https"
             tls: ssl.SSLContext | bool = _tls_context() if https else True
@@ -245,18 +260,19 @@ class HistoryReader:
         if status >= 500:
             raise _UseSdk
         if status < 300:
+            following = _next_of(path_qs, link) if paged else None
             if body and ctype.startswith(_MSGPACK):  # decoded when read (see HistoryPage)
-                return HistoryPage(None, _next_of(path_qs, link), body=body, content_type=ctype)
+                return HistoryPage(None, following, body=body, content_type=ctype)
             items = _decode(body, ctype) if body else []
-            return HistoryPage(items if isinstance(items, list) else [items], _next_of(path_qs, link))
+            return HistoryPage(items if isinstance(items, list) else [items], following)
         try:
             items = _decode(body, ctype) if body else None
         except (TransportError, ValueError):
             items = None  # an error answer's body is only a detail
-        code = _error_code(code_header, items)
+        code = _error_code(code_header, items, HISTORY_FAILED if paged else _NO_CODE)
         if status == 401 and 40140 <= code < 40150 and not renewed:
             await self._rest.auth.authorize()  # a stale token: renew once, as the SDK would
-            return await self._lean(path_qs, renewed=True)
+            return await self._lean(path_qs, paged=paged, renewed=True)
         detail = message or _error_message(items) or ""
         raise HistoryRefused(f"HTTP {status} {detail}".strip(), code=code, status_code=status)
 
@@ -265,7 +281,7 @@ class HistoryReader:
         http = self._rest.http
         return float(http.http_max_retry_duration + http.http_open_timeout + http.http_request_timeout)
 
-    async def _sdk(self, path_qs: str) -> HistoryPage:
+    async def _sdk(self, path_qs: str, *, paged: bool = True) -> HistoryPage:
         # Bounded as the lean GET is: httpx's timeouts are per read (a host trickling its answer
         # holds it for ever) and it reads a body whole, so the time is bounded here and the size
         # checked once read; a body that does not decode is refused (104011), not raised as is.
@@ -287,12 +303,12 @@ class HistoryReader:
             msg = f"history answer of {size} bytes, over the limit of {self._max_page_bytes}"
             raise HistoryRefused(msg, code=HISTORY_FAILED, status_code=502)
         if not page.success:
-            code = _error_code(page.error_code, None)
+            code = _error_code(page.error_code, None, HISTORY_FAILED if paged else _NO_CODE)
             detail = page.error_message or ""
             raise HistoryRefused(
                 f"HTTP {page.status_code} {detail}".strip(), code=code, status_code=page.status_code
             )
-        headers = getattr(getattr(page, "response", None), "headers", None)
+        headers = getattr(getattr(page, "response", None), "headers", None) if paged else None
         return HistoryPage(list(page.items), _next_of(path_qs, headers.get("Link") if headers else None))
 
     async def close(self) -> None:
@@ -341,12 +357,12 @@ def _decode(body: bytes, content_type: str) -> Any:
     raise TransportError(msg, code=50000, status_code=500)
 
 
-def _error_code(header: str | None, body: Any) -> int:
+def _error_code(header: str | None, body: Any, default: int = HISTORY_FAILED) -> int:
     if header and header.isdigit():
         return int(header)
     error = body.get("error") if isinstance(body, dict) else None
     code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, int) else 104011
+    return code if isinstance(code, int) else default
 
 
 def _error_message(body: Any) -> str | None:
