@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import structlog
@@ -359,18 +360,27 @@ def _pcts(values: list[float]) -> str:
     return f"p50 {p(50):7.1f}  p90 {p(90):7.1f}  max {ordered[-1]:7.1f}  (n={len(values)})"
 
 
-def summarise(path: str, prefix: str = "bench:") -> str:
-    """Per-step milliseconds after each session's POST, over the sessions whose name has ``prefix``."""
-    events = [json.loads(line) for line in open(path)]  # noqa: SIM115
-    first: dict[str, dict[str, int]] = defaultdict(dict)
+def _firsts(
+    events: list[dict[str, Any]], prefix: str, value: Callable[[dict[str, Any]], Any], *, joined: bool
+) -> Any:
+    """Per session whose name has ``prefix``: each event kind's first ``value`` (a publish keyed by
+    its first message's name, or by all of them ``joined``)."""
+    first: dict[str, dict[str, Any]] = defaultdict(dict)
     for ev in events:
         s = ev.get("s")
         if not isinstance(s, str) or prefix not in s:
             continue
         key = ev["e"]
         if key in ("publish", "published"):
-            key = f"{key}:{ev['names'][0]}"
-        first[s].setdefault(key, ev["us"])
+            key = f"{key}:{'+'.join(ev['names']) if joined else ev['names'][0]}"
+        first[s].setdefault(key, value(ev))
+    return first
+
+
+def summarise(path: str, prefix: str = "bench:") -> str:
+    """Per-step milliseconds after each session's POST, over the sessions whose name has ``prefix``."""
+    events = [json.loads(line) for line in open(path)]  # noqa: SIM115
+    first: dict[str, dict[str, int]] = _firsts(events, prefix, lambda ev: ev["us"], joined=False)
     lines = []
     steps = [
         "gated", "placed", "attach_start", "attached", "invoked", "located", "slotted", "model",
@@ -465,15 +475,9 @@ def burst(path: str, prefix: str = ":latencyN:") -> str:
     the worker's CPU spent by then (``c``); then the gaps after the model's first token and the
     rate-limiter waits each session took before its first append."""
     events = [json.loads(line) for line in open(path)]  # noqa: SIM115
-    per: dict[str, dict[str, tuple[int, int | None]]] = defaultdict(dict)
-    for ev in events:
-        s = ev.get("s")
-        if not isinstance(s, str) or prefix not in s:
-            continue
-        key = ev["e"]
-        if key in ("publish", "published"):
-            key = f"{key}:{'+'.join(ev['names'])}"
-        per[s].setdefault(key, (ev["us"], ev.get("c")))
+    per: dict[str, dict[str, tuple[int, int | None]]] = _firsts(
+        events, prefix, lambda ev: (ev["us"], ev.get("c")), joined=True
+    )
     posts = [d["post"] for d in per.values() if "post" in d]
     if not posts:
         return "no session with a POST"

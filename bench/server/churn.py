@@ -17,14 +17,7 @@ from agent_worker.server.auth import ApiKey, Capability, KeyRing, Principal
 from agent_worker.server.config import DEFAULT_DEV_KEY, ServerConfig
 from agent_worker.server.hub import Hub
 from agent_worker.server.store import MemoryStore
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+from bench.hardening import rss_mb
 
 
 def main() -> None:

@@ -87,6 +87,14 @@ def two_turns() -> Convo:
 
 
 TWO_TURNS_LEN = len(two_turns().ch.history())
+TWO_TURNS_PROMPT = [
+    ("user", "one"),
+    ("assistant", "re one"),
+    ("user", "two"),
+    ("assistant", "re two"),
+    ("user", "three"),
+]
+"""The prompt for ``U3``'s run: the whole branch."""
 
 
 def approval_request(call_id: str) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from agent_worker.server.testing import python_realtime
 from agent_worker.transport.ably import REWIND_MESSAGES
 from agent_worker.transport.inbound import at_or_before
 from tests.protocol.convo import Convo
-from tests.protocol.test_protocol_history_pages import texts, two_turns
+from tests.protocol.test_protocol_history_pages import TWO_TURNS_PROMPT, texts, two_turns
 from tests.runtime.runtime_support import fresh_channel
 
 SERIES = "rw"
@@ -115,13 +115,7 @@ async def test_a_trigger_in_the_rewind_is_located_without_a_history_page() -> No
     await session.load_branch(trigger.leaf_anchor)
     assert channel.pages_read > 0
     prompt = texts(select_branch_messages(session.tree, trigger.leaf_anchor, run.run_id))
-    assert prompt == [
-        ("user", "one"),
-        ("assistant", "re one"),
-        ("user", "two"),
-        ("assistant", "re two"),
-        ("user", "three"),
-    ]
+    assert prompt == TWO_TURNS_PROMPT
 
 
 async def test_a_rewind_not_yet_up_to_the_attach_point_sends_the_locate_to_history() -> None:
@@ -153,34 +147,32 @@ def user_text(session: AgentSession, run_id: str, leaf: str | None) -> str:
     return text
 
 
-async def test_a_trigger_cut_by_the_rewind_is_read_whole_from_history() -> None:
-    """Ten parts, a rewind of eight: the parts it holds start with the rewind's oldest message, so
-    the first two may be (and are) older: the page is read and the prompt has every part."""
+async def locate_parts(count: int) -> tuple[int, str]:
+    """A user message of ``count`` parts behind a rewind of eight: the pages read to locate it, and
+    the prompt's text."""
     convo = Convo()
-    event_id = many_parts(convo, "U1", 10)
+    event_id = many_parts(convo, "U1", count)
     channel = RewindChannel(convo.ch.history(), rewind=8)
     session = AgentSession(channel, history_page_size=100)  # type: ignore[arg-type]
     await session.connect()
     channel.deliver(channel.rewound())
     run = session.create_run(event_id)
     trigger = await session.locate(run, branch=False)
-    assert channel.pages_read == 1
-    assert user_text(session, run.run_id, trigger.leaf_anchor) == "".join(f"p{i}" for i in range(10))
+    return channel.pages_read, user_text(session, run.run_id, trigger.leaf_anchor)
+
+
+async def test_a_trigger_cut_by_the_rewind_is_read_whole_from_history() -> None:
+    """Ten parts, a rewind of eight: the parts it holds start with the rewind's oldest message, so
+    the first two may be (and are) older: the page is read and the prompt has every part."""
+    pages_read, text = await locate_parts(10)
+    assert pages_read == 1
+    assert text == "".join(f"p{i}" for i in range(10))
 
 
 async def test_a_rewind_shorter_than_asked_holds_the_whole_channel() -> None:
     """Three parts, a rewind of eight that delivered three: the trigger is the channel's oldest
     message, nothing older can belong to it: no page."""
-    convo = Convo()
-    event_id = many_parts(convo, "U1", 3)
-    channel = RewindChannel(convo.ch.history(), rewind=8)
-    session = AgentSession(channel, history_page_size=100)  # type: ignore[arg-type]
-    await session.connect()
-    channel.deliver(channel.rewound())
-    run = session.create_run(event_id)
-    trigger = await session.locate(run, branch=False)
-    assert channel.pages_read == 0
-    assert user_text(session, run.run_id, trigger.leaf_anchor) == "p0p1p2"
+    assert await locate_parts(3) == (0, "p0p1p2")
 
 
 async def test_rewound_cancels_and_inputs_are_history_not_news() -> None:

@@ -18,7 +18,7 @@ from agent_worker.runtime.session import AgentSession
 from agent_worker.server import EmbeddedServer
 from agent_worker.transport import ably as ably_transport
 from agent_worker.transport.ably import REWIND_MESSAGES
-from tests.protocol.test_protocol_history_pages import approved_twice, texts, two_turns
+from tests.protocol.test_protocol_history_pages import TWO_TURNS_PROMPT, approved_twice, texts, two_turns
 from tests.runtime.runtime_support import ChatClient, start_harness
 from tests.runtime.test_conversation import converse, reply_script, transcript
 
@@ -55,13 +55,7 @@ async def test_a_fresh_trigger_is_located_without_its_branch_when_asked(branch: 
         await session.load_branch(trigger.leaf_anchor)
     assert channel.pages_read > 1
     prompt = texts(select_branch_messages(session.tree, trigger.leaf_anchor, run.run_id))
-    assert prompt == [
-        ("user", "one"),
-        ("assistant", "re one"),
-        ("user", "two"),
-        ("assistant", "re two"),
-        ("user", "three"),
-    ]
+    assert prompt == TWO_TURNS_PROMPT
 
 
 async def test_a_continuation_reads_its_branch_before_it_resumes() -> None:

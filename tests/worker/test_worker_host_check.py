@@ -19,21 +19,15 @@ from agent_worker.hostcheck import HostAllowList, is_loopback_host
 from agent_worker.worker.admission import Invocation
 from agent_worker.worker.http import serve
 from agent_worker.worker.main import Overrides, apply_overrides
-from agent_worker.worker.metrics import WorkerMetrics
+from tests.worker.test_worker_metrics_auth import _Worker as _HealthWorker
 
 KEY = "app.key:secret-long-enough-for-hs256-xxxxxxxxxxxx"
 
 
 @dataclass
-class _Transport:
-    connected: bool = True
+class _Worker(_HealthWorker):
+    """The health endpoints' worker, which also takes invocations."""
 
-
-@dataclass
-class _Worker:
-    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
-    transport: _Transport = field(default_factory=_Transport)
-    state: str = "running"
     active_runs: tuple[str, ...] = ()
     sessions: tuple[str, ...] = ()
     invoked: list[object] = field(default_factory=list)
