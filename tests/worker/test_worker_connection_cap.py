@@ -93,7 +93,7 @@ async def test_connections_past_the_cap_are_refused_and_a_caller_inside_still_in
             "write_timeout_s",
             2.5,
             30.0,
-            "above 0",
+            "a finite number of seconds above 0",
         ),
     ],
 )
