@@ -25,6 +25,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -80,6 +81,31 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "worker": {"max_concurrent_runs": 1000, "max_pending_invocations": 1000},
     },
 }
+
+
+def base_variant(key: str) -> str:
+    """A run's key is its variant's name, or ``name#k`` for the k-th run of that variant in one bench
+    run (``--variants=js,js``: the same agent twice, an order check)."""
+    return key.split("#", 1)[0]
+
+
+def variant_spec(key: str) -> dict[str, Any]:
+    return VARIANTS[base_variant(key)]
+
+
+def variant_label(key: str) -> str:
+    label = str(variant_spec(key)["label"])
+    return f"{label} (run {key.split('#', 1)[1]})" if "#" in key else label
+
+
+def run_keys(variants: list[str]) -> list[str]:
+    """``["js", "py", "js"]`` → ``["js", "py", "js#2"]``: a repeated variant gets a key of its own."""
+    seen: dict[str, int] = {}
+    keys = []
+    for v in variants:
+        seen[v] = seen.get(v, 0) + 1
+        keys.append(v if seen[v] == 1 else f"{v}#{seen[v]}")
+    return keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,8 +242,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_ticks() -> dict[str, int]:
+    """The machine's CPU time so far in clock ticks (``/proc/stat``): busy, idle and steal (time the
+    hypervisor ran something else on a virtual CPU that wanted to run)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return {"busy": user + nice + system + irq + softirq, "idle": idle + iowait, "steal": steal}
+
+
+def speed_probe_ms() -> float:
+    """A fixed bit of pure-Python work, best of 5 (ms): a slower machine (the host's other guests,
+    clock changes) reads higher, whatever the agents did."""
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        x = 0
+        for i in range(100_000):
+            x += i * i
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000
+
+
 def start_agent(variant: str, port: int, key: str, protocol: str) -> Child:
-    spec = VARIANTS[variant]
+    spec = variant_spec(variant)
     if spec["kind"] == "js":
         cfg_js: dict[str, Any] = {"host": "127.0.0.1", "port": port, "key": key, "protocol": protocol}
         if "rollup" in spec:
@@ -284,6 +331,7 @@ async def run_variant(
     await server_settle(server)
     refused0 = await server_stats(server)
     load0 = os.getloadavg()
+    probe0 = speed_probe_ms()
     agent = start_agent(variant, port, key, plan.protocol)
     ready = await agent.start()
     pid = int(ready["pid"])
@@ -293,8 +341,12 @@ async def run_variant(
         op = request.get("op")
         if op == "rss":
             return {"kb": rss_kb(pid)}
-        if op == "cpu":  # the agent's, and the embedded server's (it shares the cores)
-            return {"seconds": cpu_seconds(pid), "server": cpu_seconds(server_pid)}
+        if op == "cpu":  # the agent's, the embedded server's (it shares the cores), the machine's ticks
+            return {
+                "seconds": cpu_seconds(pid),
+                "server": cpu_seconds(server_pid),
+                "machine": machine_ticks(),
+            }
         if op == "events":
             events = await agent.wait_events(
                 list(request["ids"]), str(request["event"]), float(request.get("limit_s", 10))
@@ -304,7 +356,7 @@ async def run_variant(
 
     env = node_config(
         mode="run",
-        variant=variant,
+        variant=variant.replace("#", "-"),  # in the client's channel names
         host="127.0.0.1",
         port=port,
         key=key,
@@ -334,6 +386,7 @@ async def run_variant(
         code: n - refused0.get(code, 0) for code, n in refused1.items() if n - refused0.get(code, 0)
     }
     result["loadavg"] = [load0, os.getloadavg()]
+    result["probeMs"] = [probe0, speed_probe_ms()]
     return result
 
 
@@ -396,6 +449,15 @@ def brief(raw: dict[str, Any]) -> str:
         f"      refused {raw.get('refused')}, peak connections {raw.get('peakConnections')}, "
         f"load {_loadavg(raw.get('loadavg'))}"
     )
+    machine = raw.get("latencyN", {}).get("machineTicks")
+    if machine:
+        total = sum(machine.values()) or 1
+        probe = raw.get("probeMs") or [None, None]
+        out.append(
+            f"      latencyN machine: busy {machine['busy'] / total:.0%}, "
+            f"idle {machine['idle'] / total:.0%}, steal {machine['steal'] / total:.1%}; "
+            f"speed probe {_f(probe[0], 2)} → {_f(probe[-1], 2)} ms"
+        )
     if "throughput" in raw:
         thr = raw["throughput"]
         out.append(f"      throughput: {_f(thr['received'] / (thr['wallUs'] / 1e6), 0)} tokens/s")
@@ -558,7 +620,7 @@ def rows(results: dict[str, dict[str, Any]], big: int = 500) -> list[Row]:
 def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str]) -> str:
     names = list(results)
     py_names = [n for n in names if n != "js"]
-    header = "| metric | better | " + " | ".join(VARIANTS[n]["label"] for n in names)
+    header = "| metric | better | " + " | ".join(variant_label(n) for n in names)
     header += "".join(f" | {n} / js" for n in py_names if "js" in names) + " |"
     sep = "|---|---|" + "---:|" * len(names) + ("---:|" * len(py_names) if "js" in names else "")
     lines = [
@@ -599,7 +661,7 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         "  sends a fresh run's `ai-run-start` once the trigger's page is read and reads the older pages",
         "  after it, so the rebuild's cost shows in *POST → first token* for both, not in the run-start row.",
         "  The model call received "
-        + ", ".join(f"{VARIANTS[n]['label']}: {results[n]['history']['promptMessages']}" for n in names)
+        + ", ".join(f"{variant_label(n)}: {results[n]['history']['promptMessages']}" for n in names)
         + " prompt messages.",
         f"* Cancel: {plan.cancels} sequential runs (20 tokens/s), `ai-cancel` (by run-id) published after",
         "  the third token; latency to the moment the agent closed the model stream (the JS agent: its",
@@ -647,7 +709,7 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         f"Node {info['node']}, {plan.protocol}, measured {info['date']}. Server, agent and client share",
         "the cores with other work on the machine, which moves absolute numbers (compare within one",
         "run: ratios are same-run). Load average (1/5/15 min) before → after each variant: "
-        + "; ".join(f"{VARIANTS[n]['label']}: {_loadavg(results[n].get('loadavg'))}" for n in names)
+        + "; ".join(f"{variant_label(n)}: {_loadavg(results[n].get('loadavg'))}" for n in names)
         + ".",
         "",
         header,
@@ -669,7 +731,7 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
                 big_text += f", {big['failedInvocations']} invocations refused"
             big_text += " before the 240 s bound)" if big["timedOut"] else ")"
         checks.append(
-            f"{VARIANTS[n]['label']}: tokens delivered in order {one['tokens']}/{one['expected']}, "
+            f"{variant_label(n)}: tokens delivered in order {one['tokens']}/{one['expected']}, "
             f"{many['tokens']}/{many['expected']}, {big_text}, "
             f"{s['throughput']['tokens']}/{s['throughput']['expected']}; cancelled runs ended "
             f"{'/'.join(s['cancel']['reasons'])}; history prompts {s['history']['promptMessages']} "
@@ -700,7 +762,7 @@ def write_section(section: str, doc: Path = DOC) -> None:
 
 
 def _server_kind(variant: str) -> str:
-    return str(VARIANTS[variant].get("server", "free"))
+    return str(variant_spec(variant).get("server", "free"))
 
 
 async def run(plan: Plan, variants: list[str], dump: Path | None = None) -> dict[str, dict[str, Any]]:
@@ -724,7 +786,8 @@ async def run(plan: Plan, variants: list[str], dump: Path | None = None) -> dict
         # at populate speed: it runs on the free server's variants only.
         with_history = [v for v in variants if _server_kind(v) == "free"]
         names = {
-            v: [f"bench:hist:{v}:{r}:{uuid.uuid4().hex[:6]}" for r in range(plan.reps)] for v in with_history
+            v: [f"bench:hist:{v.replace('#', '-')}:{r}:{uuid.uuid4().hex[:6]}" for r in range(plan.reps)]
+            for v in with_history
         }
         if plan.only and "history" not in plan.only:
             names = {v: [] for v in with_history}  # no history phase: nothing to populate
@@ -751,9 +814,9 @@ async def run(plan: Plan, variants: list[str], dump: Path | None = None) -> dict
                     await start_server(kind)
                 await populate_for([variant])
             by_name = {m["session"]: m for m in made}
-            print(f"  {VARIANTS[variant]['label']} ...", flush=True)
+            print(f"  {variant_label(variant)} ...", flush=True)
             history = [by_name[n] for n in names.get(variant, [])]
-            skip = tuple(VARIANTS[variant].get("skip", ()))
+            skip = tuple(variant_spec(variant).get("skip", ()))
             if variant not in with_history:
                 skip += ("history",)
             variant_plan = dataclasses.replace(plan, skip=skip)
@@ -843,6 +906,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}", file=sys.stderr)
         return 2
+    variants = run_keys(variants)
     print(f"agent-runtime benchmark: {', '.join(variants)}")
     raw = asyncio.run(run(plan, variants, args.json))
     if plan.only:
