@@ -119,6 +119,8 @@ class Plan:
     only: tuple[str, ...] = ()
     """Run just these phases (plus ``warmup``); the doc is then not written."""
     skip: tuple[str, ...] = ()
+    counterbalance: bool = True
+    """The like-for-like N-stream phase in passes of its own, A B B A (:func:`counterbalanced`)."""
 
     def phases(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         every = {k: v for k, v in self._all_phases(history).items() if k not in self.skip}
@@ -422,7 +424,15 @@ def _lat(phase: dict[str, Any]) -> dict[str, Any]:
             phase["serverCpuSeconds"] * 1e6 / received if received and "serverCpuSeconds" in phase else None
         ),
         "appendsPerToken": phase["appends"] / received if received else None,
+        "passes": [_pass(h["latencyN"]) for h in phase.get("halves", [])],
     }
+
+
+def _pass(phase: dict[str, Any]) -> dict[str, Any]:
+    steady = [us / 1000 for us in phase.get("steadyLatenciesUs", [])]
+    ticks = phase.get("machineTicks")
+    steal = f"{ticks['steal'] / (sum(ticks.values()) or 1):.1%}" if ticks else "n/a"
+    return {"p50": pct(steady, 50), "p99": pct(steady, 99), "steal": steal}
 
 
 def brief(raw: dict[str, Any]) -> str:
@@ -442,6 +452,14 @@ def brief(raw: dict[str, Any]) -> str:
             phase = raw[name]
             failed, why = phase["failedInvocations"], phase.get("failedReasons")
             out.append(f"      {name}: {failed} invocations failed: {why}")
+    for i, half in enumerate(raw.get("latencyN", {}).get("halves", []), 1):
+        s = _lat(half["latencyN"])
+        out.append(
+            f"        pass {i} of 2: steady p50 {_f(s['p50'], 2)} ms, p99 {_f(s['p99'], 2)} ms; "
+            f"CPU {_f(s['cpuMsPer1k'], 0)} ms/1k; first token p50 "
+            f"{_f(_first_tokens(half['latencyN'])['p50'], 1)} ms; {_steal(half['latencyN'])}; "
+            f"load {_loadavg(half.get('loadavg'))}"
+        )
     if "latencyN" in raw:
         first = _first_tokens(raw["latencyN"])
         out.append(f"      first token p50 {_f(first['p50'], 1)} ms, p99 {_f(first['p99'], 1)} ms")
@@ -470,6 +488,14 @@ def brief(raw: dict[str, Any]) -> str:
             + ", ".join(str(s["promptMessages"]) for s in samples)
         )
     return "\n".join(out)
+
+
+def _steal(phase: dict[str, Any]) -> str:
+    """The hypervisor's steal over a phase, as a share of the machine's clock ticks."""
+    ticks = phase.get("machineTicks")
+    if not ticks:
+        return "steal n/a"
+    return f"steal {ticks['steal'] / (sum(ticks.values()) or 1):.1%}"
 
 
 def _first_tokens(phase: dict[str, Any]) -> dict[str, float | None]:
@@ -642,6 +668,7 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         "  stream had delivered its first token (the N simultaneous invocations — attach, history read,",
         "  run-start — are over); *incl. start-up burst*: every token. The burst-time p99 varies a lot from",
         "  run to run for both agents (2 shared cores).",
+        *_order_text(results, plan),
         f"* Big run: {plan.big} concurrent streams x 30 tokens at 10 tokens/s, all invoked at once: every",
         "  token must arrive, in order (sanity checks below); steady latency as above. The like-for-like",
         "  worker skips it: with its single connection, ably-python's channel attaches time out (`90007`)",
@@ -748,6 +775,30 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
     return "\n".join(lines)
 
 
+def _order_text(results: dict[str, dict[str, Any]], plan: Plan) -> list[str]:
+    """The description of the like-for-like N-stream passes, with each pass's numbers in run order."""
+    passes = {v: results[v]["latencyN"].get("passes") for v in LIKE_FOR_LIKE if v in results}
+    if not all(passes.values()) or len(passes) != 2:
+        return []
+    first, second = (v for v in results if v in LIKE_FOR_LIKE)
+    order = [(first, 0), (second, 0), (second, 1), (first, 1)]
+    text = "; ".join(
+        f"{variant_label(v)} {_f(passes[v][i]['p50'], 2)} / {_f(passes[v][i]['p99'], 2)} ms, "
+        f"steal {passes[v][i]['steal']}"
+        for v, i in order
+    )
+    return [
+        f"* Order: the {variant_label(first)} and the {variant_label(second)} run the N-stream phase",
+        "  twice each, in passes of their own (a fresh agent process, warm-up, the phase), in the order",
+        "  A B B A before the variants' other phases; their N-stream rows (steady latency, first token,",
+        "  CPU, appends) pool both passes (2 x N runs). Each pass is equally long and they follow each",
+        "  other, so a drift of the shared machine during them (other work, the hypervisor's *steal* of",
+        "  its virtual CPUs) weighs on both agents alike; run one after the other, the second had looked",
+        "  worse off (docs/benchmarks.md, the bench's order effect, twelfth round). The passes in run",
+        f"  order, steady p50 / p99: {text}.",
+    ]
+
+
 def write_section(section: str, doc: Path = DOC) -> None:
     """Replaces only this benchmark's marked section; other sections are left untouched."""
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
@@ -765,14 +816,83 @@ def _server_kind(variant: str) -> str:
     return str(variant_spec(variant).get("server", "free"))
 
 
+LIKE_FOR_LIKE = ("js", "py")
+"""The variants whose N-stream phase is counterbalanced (issue 11's like-for-like steady p50)."""
+
+
+def counterbalanced(plan: Plan, variants: list[str]) -> list[str]:
+    """The order of the like-for-like N-stream passes, A B B A (``[]``: none).
+
+    When both like-for-like variants run the N-stream phase, each runs it twice, in passes of their
+    own (a fresh agent process, warm-up, the phase), in the order A B B A, A being the one listed
+    first; the rows pool both halves. The passes are consecutive and equally long, so a drift of the
+    machine during them (its load, the hypervisor's steal) weighs the same on both variants."""
+    if not plan.counterbalance or "latencyN" not in plan.phases([]):
+        return []
+    pair = [v for v in variants if v in LIKE_FOR_LIKE]
+    if len(pair) != 2:
+        return []
+    return [pair[0], pair[1], pair[1], pair[0]]
+
+
+def pool_halves(halves: list[dict[str, Any]]) -> dict[str, Any]:
+    """One N-stream phase from its counterbalanced passes: the tokens, first tokens, CPU and counts
+    of both; each pass's own result (loads, timeline) stays under ``halves``."""
+    phases = [h["latencyN"] for h in halves]
+    pooled: dict[str, Any] = {
+        "n": sum(p["n"] for p in phases),
+        "tokens": phases[0]["tokens"],
+        "rate": phases[0]["rate"],
+        "timedOut": any(p["timedOut"] for p in phases),
+    }
+    for key in ("latenciesUs", "steadyLatenciesUs", "firstTokenUs", "reasons"):
+        pooled[key] = [x for p in phases for x in p.get(key, [])]
+    for key in (
+        "cpuSeconds",
+        "serverCpuSeconds",
+        "failedInvocations",
+        "ended",
+        "received",
+        "appends",
+        "wallUs",
+    ):
+        pooled[key] = sum(p.get(key, 0) for p in phases)
+    pooled["failedReasons"] = sorted({r for p in phases for r in p.get("failedReasons", [])})
+    if all("machineTicks" in p for p in phases):
+        pooled["machineTicks"] = {
+            k: sum(p["machineTicks"][k] for p in phases) for k in phases[0]["machineTicks"]
+        }
+    pooled["halves"] = halves
+    return pooled
+
+
+def merge_halves(full: dict[str, Any] | None, halves: list[dict[str, Any]]) -> dict[str, Any]:
+    """A variant's result: its full pass (``None`` if it had no phase besides the N-stream one) with
+    the pooled N-stream phase, and the halves' refusals and errors added."""
+    out = dict(full) if full is not None else {k: v for k, v in halves[0].items() if k != "latencyN"}
+    out["latencyN"] = pool_halves(halves)
+    refused: dict[str, int] = dict(full.get("refused", {})) if full is not None else {}
+    for h in halves:
+        for code, n in h.get("refused", {}).items():
+            refused[code] = refused.get(code, 0) + n
+    out["refused"] = refused
+    out["agentErrors"] = [
+        e for r in ([full] if full is not None else []) + halves for e in r.get("agentErrors", [])
+    ]
+    out["peakConnections"] = max(r.get("peakConnections", 1) for r in ([full] if full else []) + halves)
+    return out
+
+
 async def run(plan: Plan, variants: list[str], dump: Path | None = None) -> dict[str, dict[str, Any]]:
     """One server per kind ("free", and "limits" = Ably's limits enforced) for the whole run."""
     servers: dict[str, Child] = {}
     raw: dict[str, dict[str, Any]] = {}
-    # AW_BENCH_FRESH_SERVER=1: each variant meets a server process of its own, started for it (its
-    # history sessions populated on it), instead of one per kind shared in variant order, so no
-    # variant meets a server another has used (an order check; docs/benchmarks.md, k6's round).
+    # AW_BENCH_FRESH_SERVER=1: each pass meets a server process of its own, started for it (its
+    # history sessions populated on it), instead of one per kind shared in pass order, so no
+    # pass meets a server another has used (an order check; docs/benchmarks.md, k6's round).
     fresh = bool(os.environ.get("AW_BENCH_FRESH_SERVER"))
+    abba = counterbalanced(plan, variants)
+    halves: dict[str, list[dict[str, Any]]] = {v: [] for v in abba}
 
     async def start_server(kind: str) -> None:
         cfg = json.dumps({"enforce": kind == "limits"})
@@ -806,23 +926,49 @@ async def run(plan: Plan, variants: list[str], dump: Path | None = None) -> dict
 
         if not fresh:
             await populate_for(with_history)
-        for i, variant in enumerate(variants):
+        # The passes: first the counterbalanced N-stream ones (A B B A), then each variant's others.
+        passes: list[tuple[str, Plan, bool]] = []
+        for variant in abba:
+            skip = tuple(variant_spec(variant).get("skip", ()))
+            passes.append((variant, dataclasses.replace(plan, only=("latencyN",), skip=skip), True))
+        for variant in variants:
+            skip = tuple(variant_spec(variant).get("skip", ()))
+            if variant not in with_history:
+                skip += ("history",)
+            if variant in abba:
+                skip += ("latencyN",)
+            variant_plan = dataclasses.replace(plan, skip=skip)
+            if set(variant_plan.phases([])) - {"warmup"}:
+                passes.append((variant, variant_plan, False))
+        for i, (variant, variant_plan, half) in enumerate(passes):
             if fresh:
                 kind = _server_kind(variant)
                 if i > 0:
                     await servers[kind].stop()
                     await start_server(kind)
-                await populate_for([variant])
+                if not half:
+                    await populate_for([variant])
             by_name = {m["session"]: m for m in made}
-            print(f"  {variant_label(variant)} ...", flush=True)
-            history = [by_name[n] for n in names.get(variant, [])]
-            skip = tuple(variant_spec(variant).get("skip", ()))
-            if variant not in with_history:
-                skip += ("history",)
-            variant_plan = dataclasses.replace(plan, skip=skip)
-            raw[variant] = await run_variant(variant, servers[_server_kind(variant)], variant_plan, history)
-            if dump is not None:  # what is measured so far survives a later variant's failure
-                await asyncio.to_thread(dump.write_text, json.dumps({"plan": asdict(plan), "raw": raw}))
+            if half:
+                nth = len(halves[variant]) + 1
+                print(f"  {variant_label(variant)}, N-stream phase, pass {nth} of 2 ...", flush=True)
+            else:
+                print(f"  {variant_label(variant)} ...", flush=True)
+            history = [] if half else [by_name[n] for n in names.get(variant, [])]
+            result = await run_variant(variant, servers[_server_kind(variant)], variant_plan, history)
+            if half:
+                halves[variant].append(result)
+                if plan.only:
+                    print(brief(result), flush=True)
+                if len(halves[variant]) == 2 and not any(p[0] == variant and not p[2] for p in passes):
+                    raw[variant] = merge_halves(None, halves[variant])
+            else:
+                raw[variant] = merge_halves(result, halves[variant]) if variant in abba else result
+            if dump is not None:  # what is measured so far survives a later pass's failure
+                text = json.dumps({"plan": asdict(plan), "raw": raw, "halves": halves})
+                await asyncio.to_thread(dump.write_text, text)
+            if half:
+                continue
             if plan.only:
                 print(brief(raw[variant]), flush=True)
                 continue
@@ -838,12 +984,16 @@ async def run(plan: Plan, variants: list[str], dump: Path | None = None) -> dict
                 f"load {summary['loadavg']}",
                 flush=True,
             )
+        if plan.only:
+            for variant in dict.fromkeys(abba):
+                print(f"  {variant_label(variant)}, both N-stream passes pooled:", flush=True)
+                print(brief(raw[variant]), flush=True)
     finally:
         for server in servers.values():
             await server.stop()
             if os.environ.get("AW_BENCH_GC"):
                 print("".join(line for line in server.stderr_tail if line.startswith("gc server")), end="")
-    return raw
+    return {v: raw[v] for v in variants if v in raw}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -861,6 +1011,12 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="small run: 20 / 60 streams, 100 turns, 1 rep, 5 cancels"
     )
     parser.add_argument("--no-write", action="store_true", help="print the section, leave the doc alone")
+    parser.add_argument(
+        "--no-counterbalance",
+        action="store_true",
+        help="run js's and py's N-stream phase once each, inside their variant's pass, in variant order "
+        "(the bench before its twelfth round) instead of in passes of their own ordered A B B A",
+    )
     parser.add_argument("--json", type=Path, help="also dump raw results to this file")
     parser.add_argument("--render", type=Path, help="no run: re-render the section from a --json dump")
     parser.add_argument(
@@ -900,7 +1056,7 @@ def main(argv: list[str] | None = None) -> int:
     if [p for p in only if p not in known]:
         print(f"unknown phase(s) in {args.phases!r}; known: {', '.join(known)}", file=sys.stderr)
         return 2
-    plan = dataclasses.replace(plan, only=only)
+    plan = dataclasses.replace(plan, only=only, counterbalance=not args.no_counterbalance)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
