@@ -442,6 +442,7 @@ def _pass(phase: dict[str, Any]) -> dict[str, Any]:
         "p50": pct(steady, 50),
         "p99": pct(steady, 99),
         "steal": "n/a" if steal is None else f"{steal:.1f}%",
+        "stealPct": steal,
     }
 
 
@@ -746,7 +747,7 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         "variant's phase). `AW_BENCH_GC=1` prints the pauses over 5 ms, `AW_BENCH_GC_DEFAULT=1`",
         "runs the worker and the server without `tune_gc`, `--phases=latencyN` runs one phase.",
         "",
-        f"Command: `{COMMAND}` (about 20 minutes; options go as `--name=value`, e.g.",
+        f"Command: `{COMMAND}` (about 2-3 minutes; options go as `--name=value`, e.g.",
         "`python -m bench agent --quick --variants=js,py`; `python -m bench.agent --help` lists them).",
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['os']}, Python {info['python']},",
@@ -804,15 +805,26 @@ def _order_text(results: dict[str, dict[str, Any]], plan: Plan) -> list[str]:
         f"steal {passes[v][i]['steal']}"
         for v, i in order
     )
+    disturbed = [
+        f"{variant_label(v)} pass {i + 1}"
+        for v, i in order
+        if passes[v][i]["stealPct"] is not None and passes[v][i]["stealPct"] > STEAL_DISTURBED_PCT
+    ]
+    verdict = (
+        f"  **Disturbed**: more than {STEAL_DISTURBED_PCT:g}% steal in {', '.join(disturbed)}; the",
+        "  N-stream rows of these two agents and their ratio measure the host too (run again).",
+    )
     return [
         f"* Order: the {variant_label(first)} and the {variant_label(second)} run the N-stream phase",
         "  twice each, in passes of their own (a fresh agent process, warm-up, the phase), in the order",
         "  A B B A before the variants' other phases; their N-stream rows (steady latency, first token,",
         "  CPU, appends) pool both passes (2 x N runs). Each pass is equally long and they follow each",
         "  other, so a drift of the shared machine during them (other work, the hypervisor's *steal* of",
-        "  its virtual CPUs) weighs on both agents alike; run one after the other, the second had looked",
-        "  worse off (docs/benchmarks.md, the bench's order effect, twelfth round). The passes in run",
+        "  its virtual CPUs) weighs on both agents alike. (Run once each, JS first, the second had looked",
+        "  worse off; the twelfth round found no effect of the order itself, but steal: docs/benchmarks.md,",
+        "  the bench's order effect, twelfth round.) The passes in run",
         f"  order, steady p50 / p99: {text}.",
+        *(verdict if disturbed else ()),
     ]
 
 
@@ -832,6 +844,10 @@ def write_section(section: str, doc: Path = DOC) -> None:
 def _server_kind(variant: str) -> str:
     return str(variant_spec(variant).get("server", "free"))
 
+
+STEAL_DISTURBED_PCT = 1.0
+"""Above this share of steal in a like-for-like N-stream pass the table calls the run disturbed:
+its p50 rose ~4% per 1% of steal (docs/benchmarks.md, the bench's order effect, twelfth round)."""
 
 LIKE_FOR_LIKE = ("js", "py")
 """The variants whose N-stream phase is counterbalanced (issue 11's like-for-like steady p50)."""

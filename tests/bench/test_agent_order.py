@@ -89,14 +89,14 @@ def test_the_pooled_phase_holds_both_passes_and_keeps_each() -> None:
 
 
 def test_the_table_names_each_pass_in_run_order() -> None:
-    def result(low: float, high: float) -> dict[str, Any]:
+    def result(low: float, high: float, steal: int = 10) -> dict[str, Any]:
         raw = {
             "latency1": _phase([1.0, 1.0], n=1),
             "memory": {"n": 2, "baseKb": 1000, "activeKb": 1200, "afterKb": 1100},
             "throughput": {**_phase([1.0] * 4), "wallUs": 1_000_000},
             "cancel": {"samples": [{"reason": "cancelled", "closedUs": 1000, "runEndUs": 3000}]},
         }
-        return merge_halves(raw, [_half([low] * 4), _half([high] * 4, steal=10)])
+        return merge_halves(raw, [_half([low] * 4), _half([high] * 4, steal=steal)])
 
     results = {"js": summarise(result(1.0, 2.0)), "py": summarise(result(1.5, 2.5))}
     text = " ".join(_order_text(results, Plan()))
@@ -104,5 +104,9 @@ def test_the_table_names_each_pass_in_run_order() -> None:
     positions = [text.index(o) for o in order]
     assert positions == sorted(positions)
     assert "steal 5.0%" in text  # 10 of 200 ticks
+    # a pass over 1% steal makes the run "disturbed", naming the pass; none: no such line
+    assert "Disturbed" in text and "official JS agent pass 2" in text and "pass 1," not in text
     assert results["js"]["latencyN"]["p50"] in (1.0, 2.0)  # pooled over both passes
     assert results["js"]["latencyN"]["expected"] == 8
+    calm = {"js": summarise(result(1.0, 1.0, steal=0)), "py": summarise(result(1.5, 1.5, steal=0))}
+    assert "Disturbed" not in " ".join(_order_text(calm, Plan()))
