@@ -691,7 +691,7 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         "  embedded server's process over the same window (it shares the cores with agent and client).",
         "* Steal: the share of the machine's CPU time (`/proc/stat`) that the hypervisor gave to other",
         "  guests while the N-stream phase ran. The steady latencies follow it closely, whichever agent:",
-        "  over 56 passes on 2026-12-03 the p50 rose ~4% per 1% of steal (it explained 97% of their",
+        "  over 90 passes on 2026-12-03 the p50 rose ~4% per 1% of steal (it explained 96% of their",
         "  variance), so a pass with more than ~1% steal measured the host as much as the agent.",
         "* Throughput: 20 concurrent streams x 500 unpaced tokens (the model yields as fast as the agent",
         "  pulls); tokens received per wall-second from the first POST to the last token, and per",
