@@ -25,6 +25,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -82,6 +83,31 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def base_variant(key: str) -> str:
+    """A run's key is its variant's name, or ``name#k`` for the k-th run of that variant in one bench
+    run (``--variants=js,js``: the same agent twice, an order check)."""
+    return key.split("#", 1)[0]
+
+
+def variant_spec(key: str) -> dict[str, Any]:
+    return VARIANTS[base_variant(key)]
+
+
+def variant_label(key: str) -> str:
+    label = str(variant_spec(key)["label"])
+    return f"{label} (run {key.split('#', 1)[1]})" if "#" in key else label
+
+
+def run_keys(variants: list[str]) -> list[str]:
+    """``["js", "py", "js"]`` → ``["js", "py", "js#2"]``: a repeated variant gets a key of its own."""
+    seen: dict[str, int] = {}
+    keys = []
+    for v in variants:
+        seen[v] = seen.get(v, 0) + 1
+        keys.append(v if seen[v] == 1 else f"{v}#{seen[v]}")
+    return keys
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     streams: int = 100
@@ -93,6 +119,11 @@ class Plan:
     only: tuple[str, ...] = ()
     """Run just these phases (plus ``warmup``); the doc is then not written."""
     skip: tuple[str, ...] = ()
+    counterbalance: bool = True
+    """The like-for-like N-stream phase in passes of its own, A B B A (:func:`counterbalanced`)."""
+    quiet_retries: int = 0
+    """Run the A B B A block again, up to this many times, while one of its passes had more than
+    ``STEAL_DISTURBED_PCT`` steal; the rows report the block :func:`choose_block` picks."""
 
     def phases(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         every = {k: v for k, v in self._all_phases(history).items() if k not in self.skip}
@@ -216,8 +247,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_ticks() -> dict[str, int]:
+    """The machine's CPU time so far in clock ticks (``/proc/stat``): busy, idle and steal (time the
+    hypervisor ran something else on a virtual CPU that wanted to run)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return {"busy": user + nice + system + irq + softirq, "idle": idle + iowait, "steal": steal}
+
+
+def speed_probe_ms() -> float:
+    """A fixed bit of pure-Python work, best of 5 (ms): a slower machine (the host's other guests,
+    clock changes) reads higher, whatever the agents did."""
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        x = 0
+        for i in range(100_000):
+            x += i * i
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000
+
+
 def start_agent(variant: str, port: int, key: str, protocol: str) -> Child:
-    spec = VARIANTS[variant]
+    spec = variant_spec(variant)
     if spec["kind"] == "js":
         cfg_js: dict[str, Any] = {"host": "127.0.0.1", "port": port, "key": key, "protocol": protocol}
         if "rollup" in spec:
@@ -284,6 +336,7 @@ async def run_variant(
     await server_settle(server)
     refused0 = await server_stats(server)
     load0 = os.getloadavg()
+    probe0 = speed_probe_ms()
     agent = start_agent(variant, port, key, plan.protocol)
     ready = await agent.start()
     pid = int(ready["pid"])
@@ -293,8 +346,12 @@ async def run_variant(
         op = request.get("op")
         if op == "rss":
             return {"kb": rss_kb(pid)}
-        if op == "cpu":  # the agent's, and the embedded server's (it shares the cores)
-            return {"seconds": cpu_seconds(pid), "server": cpu_seconds(server_pid)}
+        if op == "cpu":  # the agent's, the embedded server's (it shares the cores), the machine's ticks
+            return {
+                "seconds": cpu_seconds(pid),
+                "server": cpu_seconds(server_pid),
+                "machine": machine_ticks(),
+            }
         if op == "events":
             events = await agent.wait_events(
                 list(request["ids"]), str(request["event"]), float(request.get("limit_s", 10))
@@ -304,7 +361,7 @@ async def run_variant(
 
     env = node_config(
         mode="run",
-        variant=variant,
+        variant=variant.replace("#", "-"),  # in the client's channel names
         host="127.0.0.1",
         port=port,
         key=key,
@@ -334,6 +391,7 @@ async def run_variant(
         code: n - refused0.get(code, 0) for code, n in refused1.items() if n - refused0.get(code, 0)
     }
     result["loadavg"] = [load0, os.getloadavg()]
+    result["probeMs"] = [probe0, speed_probe_ms()]
     return result
 
 
@@ -369,6 +427,26 @@ def _lat(phase: dict[str, Any]) -> dict[str, Any]:
             phase["serverCpuSeconds"] * 1e6 / received if received and "serverCpuSeconds" in phase else None
         ),
         "appendsPerToken": phase["appends"] / received if received else None,
+        "passes": [_pass(h["latencyN"]) for h in phase.get("halves", [])],
+        "dropped": [_pass(h["latencyN"]) for h in phase.get("dropped", [])],
+        "stealPct": _steal_pct(phase),
+    }
+
+
+def _steal_pct(phase: dict[str, Any]) -> float | None:
+    """The hypervisor's steal over a phase, in % of the machine's clock ticks (None: not recorded)."""
+    ticks = phase.get("machineTicks")
+    return 100 * ticks["steal"] / (sum(ticks.values()) or 1) if ticks else None
+
+
+def _pass(phase: dict[str, Any]) -> dict[str, Any]:
+    steady = [us / 1000 for us in phase.get("steadyLatenciesUs", [])]
+    steal = _steal_pct(phase)
+    return {
+        "p50": pct(steady, 50),
+        "p99": pct(steady, 99),
+        "steal": "n/a" if steal is None else f"{steal:.1f}%",
+        "stealPct": steal,
     }
 
 
@@ -389,6 +467,14 @@ def brief(raw: dict[str, Any]) -> str:
             phase = raw[name]
             failed, why = phase["failedInvocations"], phase.get("failedReasons")
             out.append(f"      {name}: {failed} invocations failed: {why}")
+    for i, half in enumerate(raw.get("latencyN", {}).get("halves", []), 1):
+        s = _lat(half["latencyN"])
+        out.append(
+            f"        pass {i} of 2: steady p50 {_f(s['p50'], 2)} ms, p99 {_f(s['p99'], 2)} ms; "
+            f"CPU {_f(s['cpuMsPer1k'], 0)} ms/1k; first token p50 "
+            f"{_f(_first_tokens(half['latencyN'])['p50'], 1)} ms; {_steal(half['latencyN'])}; "
+            f"load {_loadavg(half.get('loadavg'))}"
+        )
     if "latencyN" in raw:
         first = _first_tokens(raw["latencyN"])
         out.append(f"      first token p50 {_f(first['p50'], 1)} ms, p99 {_f(first['p99'], 1)} ms")
@@ -396,6 +482,15 @@ def brief(raw: dict[str, Any]) -> str:
         f"      refused {raw.get('refused')}, peak connections {raw.get('peakConnections')}, "
         f"load {_loadavg(raw.get('loadavg'))}"
     )
+    machine = raw.get("latencyN", {}).get("machineTicks")
+    if machine:
+        total = sum(machine.values()) or 1
+        probe = raw.get("probeMs") or [None, None]
+        out.append(
+            f"      latencyN machine: busy {machine['busy'] / total:.0%}, "
+            f"idle {machine['idle'] / total:.0%}, steal {machine['steal'] / total:.1%}; "
+            f"speed probe {_f(probe[0], 2)} → {_f(probe[-1], 2)} ms"
+        )
     if "throughput" in raw:
         thr = raw["throughput"]
         out.append(f"      throughput: {_f(thr['received'] / (thr['wallUs'] / 1e6), 0)} tokens/s")
@@ -408,6 +503,11 @@ def brief(raw: dict[str, Any]) -> str:
             + ", ".join(str(s["promptMessages"]) for s in samples)
         )
     return "\n".join(out)
+
+
+def _steal(phase: dict[str, Any]) -> str:
+    steal = _steal_pct(phase)
+    return "steal n/a" if steal is None else f"steal {steal:.1f}%"
 
 
 def _first_tokens(phase: dict[str, Any]) -> dict[str, float | None]:
@@ -536,6 +636,12 @@ def rows(results: dict[str, dict[str, Any]], big: int = 500) -> list[Row]:
             lambda s: s["latencyN"]["serverCpuMsPer1k"],
             0,
         ),
+        (
+            "hypervisor steal, N-stream phase (% of the machine's CPU time)",
+            "—",
+            lambda s: s["latencyN"]["stealPct"],
+            1,
+        ),
         ("appends per token, N streams", "—", lambda s: s["latencyN"]["appendsPerToken"], 2),
         ("tokens/s, one agent process (unpaced)", "higher", lambda s: s["throughput"]["tokensPerSec"], 0),
         ("tokens per agent CPU-second (unpaced)", "higher", lambda s: s["throughput"]["tokensPerCpuSec"], 0),
@@ -558,7 +664,7 @@ def rows(results: dict[str, dict[str, Any]], big: int = 500) -> list[Row]:
 def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str]) -> str:
     names = list(results)
     py_names = [n for n in names if n != "js"]
-    header = "| metric | better | " + " | ".join(VARIANTS[n]["label"] for n in names)
+    header = "| metric | better | " + " | ".join(variant_label(n) for n in names)
     header += "".join(f" | {n} / js" for n in py_names if "js" in names) + " |"
     sep = "|---|---|" + "---:|" * len(names) + ("---:|" * len(py_names) if "js" in names else "")
     lines = [
@@ -580,12 +686,17 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         "  stream had delivered its first token (the N simultaneous invocations — attach, history read,",
         "  run-start — are over); *incl. start-up burst*: every token. The burst-time p99 varies a lot from",
         "  run to run for both agents (2 shared cores).",
+        *_order_text(results, plan),
         f"* Big run: {plan.big} concurrent streams x 30 tokens at 10 tokens/s, all invoked at once: every",
         "  token must arrive, in order (sanity checks below); steady latency as above. The like-for-like",
         "  worker skips it: with its single connection, ably-python's channel attaches time out (`90007`)",
         "  before 500 channels are attached on this shared machine — the pool is what carries 500 streams.",
         "* CPU: agent process CPU time (utime + stime) during the N-stream phase, per 1,000 tokens; the",
         "  embedded server's process over the same window (it shares the cores with agent and client).",
+        "* Steal: the share of the machine's CPU time (`/proc/stat`) that the hypervisor gave to other",
+        "  guests while the N-stream phase ran. The steady latencies follow it closely, whichever agent:",
+        "  over 90 passes on 2026-12-03 the p50 rose ~4% per 1% of steal (it explained 96% of their",
+        "  variance), so a pass with more than ~1% steal measured the host as much as the agent.",
         "* Throughput: 20 concurrent streams x 500 unpaced tokens (the model yields as fast as the agent",
         "  pulls); tokens received per wall-second from the first POST to the last token, and per",
         "  CPU-second of the agent process. The JS agent publishes one append per token; the worker's",
@@ -599,7 +710,7 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         "  sends a fresh run's `ai-run-start` once the trigger's page is read and reads the older pages",
         "  after it, so the rebuild's cost shows in *POST → first token* for both, not in the run-start row.",
         "  The model call received "
-        + ", ".join(f"{VARIANTS[n]['label']}: {results[n]['history']['promptMessages']}" for n in names)
+        + ", ".join(f"{variant_label(n)}: {results[n]['history']['promptMessages']}" for n in names)
         + " prompt messages.",
         f"* Cancel: {plan.cancels} sequential runs (20 tokens/s), `ai-cancel` (by run-id) published after",
         "  the third token; latency to the moment the agent closed the model stream (the JS agent: its",
@@ -640,14 +751,14 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
         "variant's phase). `AW_BENCH_GC=1` prints the pauses over 5 ms, `AW_BENCH_GC_DEFAULT=1`",
         "runs the worker and the server without `tune_gc`, `--phases=latencyN` runs one phase.",
         "",
-        f"Command: `{COMMAND}` (about 20 minutes; options go as `--name=value`, e.g.",
+        f"Command: `{COMMAND}` (about 2-3 minutes; options go as `--name=value`, e.g.",
         "`python -m bench agent --quick --variants=js,py`; `python -m bench.agent --help` lists them).",
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['os']}, Python {info['python']},",
         f"Node {info['node']}, {plan.protocol}, measured {info['date']}. Server, agent and client share",
         "the cores with other work on the machine, which moves absolute numbers (compare within one",
         "run: ratios are same-run). Load average (1/5/15 min) before → after each variant: "
-        + "; ".join(f"{VARIANTS[n]['label']}: {_loadavg(results[n].get('loadavg'))}" for n in names)
+        + "; ".join(f"{variant_label(n)}: {_loadavg(results[n].get('loadavg'))}" for n in names)
         + ".",
         "",
         header,
@@ -669,7 +780,7 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
                 big_text += f", {big['failedInvocations']} invocations refused"
             big_text += " before the 240 s bound)" if big["timedOut"] else ")"
         checks.append(
-            f"{VARIANTS[n]['label']}: tokens delivered in order {one['tokens']}/{one['expected']}, "
+            f"{variant_label(n)}: tokens delivered in order {one['tokens']}/{one['expected']}, "
             f"{many['tokens']}/{many['expected']}, {big_text}, "
             f"{s['throughput']['tokens']}/{s['throughput']['expected']}; cancelled runs ended "
             f"{'/'.join(s['cancel']['reasons'])}; history prompts {s['history']['promptMessages']} "
@@ -686,6 +797,54 @@ def render(results: dict[str, dict[str, Any]], plan: Plan, info: dict[str, str])
     return "\n".join(lines)
 
 
+def _order_text(results: dict[str, dict[str, Any]], plan: Plan) -> list[str]:
+    """The description of the like-for-like N-stream passes, with each pass's numbers in run order."""
+    passes = {v: results[v]["latencyN"].get("passes") for v in LIKE_FOR_LIKE if v in results}
+    if not all(passes.values()) or len(passes) != 2:
+        return []
+    first, second = (v for v in results if v in LIKE_FOR_LIKE)
+    order = [(first, 0), (second, 0), (second, 1), (first, 1)]
+    text = "; ".join(
+        f"{variant_label(v)} {_f(passes[v][i]['p50'], 2)} / {_f(passes[v][i]['p99'], 2)} ms, "
+        f"steal {passes[v][i]['steal']}"
+        for v, i in order
+    )
+    disturbed = [
+        f"{variant_label(v)} pass {i + 1}"
+        for v, i in order
+        if passes[v][i]["stealPct"] is not None and passes[v][i]["stealPct"] > STEAL_DISTURBED_PCT
+    ]
+    verdict = (
+        f"  **Disturbed**: more than {STEAL_DISTURBED_PCT:g}% steal in {', '.join(disturbed)}; the",
+        "  N-stream rows of these two agents and their ratio measure the host too (run again).",
+    )
+    dropped = {v: results[v]["latencyN"].get("dropped") or [] for v in (first, second)}
+    blocks = len(dropped[first]) // 2
+    gone = "; ".join(
+        f"{variant_label(v)} {_f(dropped[v][2 * k + i]['p50'], 2)} ms, steal {dropped[v][2 * k + i]['steal']}"
+        for k in range(blocks)
+        for v, i in order
+    )
+    again = (
+        (f"  Run again for steal (`--quiet-retries`), {blocks} other block(s), not in the rows: {gone}.",)
+        if blocks
+        else ()
+    )
+    return [
+        f"* Order: the {variant_label(first)} and the {variant_label(second)} run the N-stream phase",
+        "  twice each, in passes of their own (a fresh agent process, warm-up, the phase), in the order",
+        "  A B B A before the variants' other phases; their N-stream rows (steady latency, first token,",
+        "  CPU, appends) pool both passes (2 x N runs). Each pass is equally long and they follow each",
+        "  other, so a drift of the shared machine during them (other work, the hypervisor's *steal* of",
+        "  its virtual CPUs) weighs on both agents alike. (Run once each, JS first, the second had looked",
+        "  worse off; the twelfth round found no effect of the order itself, but steal: docs/benchmarks.md,",
+        "  the bench's order effect, twelfth round.) The passes in run",
+        f"  order, steady p50 / p99: {text}.",
+        *(verdict if disturbed else ()),
+        *again,
+    ]
+
+
 def write_section(section: str, doc: Path = DOC) -> None:
     """Replaces only this benchmark's marked section; other sections are left untouched."""
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
@@ -700,17 +859,110 @@ def write_section(section: str, doc: Path = DOC) -> None:
 
 
 def _server_kind(variant: str) -> str:
-    return str(VARIANTS[variant].get("server", "free"))
+    return str(variant_spec(variant).get("server", "free"))
+
+
+STEAL_DISTURBED_PCT = 1.0
+"""Above this share of steal in a like-for-like N-stream pass the table calls the run disturbed:
+its p50 rose ~4% per 1% of steal (docs/benchmarks.md, the bench's order effect, twelfth round)."""
+
+LIKE_FOR_LIKE = ("js", "py")
+"""The variants whose N-stream phase is counterbalanced (issue 11's like-for-like steady p50)."""
+
+
+def counterbalanced(plan: Plan, variants: list[str]) -> list[str]:
+    """The order of the like-for-like N-stream passes, A B B A (``[]``: none).
+
+    When both like-for-like variants run the N-stream phase, each runs it twice, in passes of their
+    own (a fresh agent process, warm-up, the phase), in the order A B B A, A being the one listed
+    first; the rows pool both halves. The passes are consecutive and equally long, so a drift of the
+    machine during them (its load, the hypervisor's steal) weighs the same on both variants."""
+    if not plan.counterbalance or "latencyN" not in plan.phases([]):
+        return []
+    pair = [v for v in variants if v in LIKE_FOR_LIKE]
+    if len(pair) != 2:
+        return []
+    return [pair[0], pair[1], pair[1], pair[0]]
+
+
+def pool_halves(halves: list[dict[str, Any]]) -> dict[str, Any]:
+    """One N-stream phase from its counterbalanced passes: the tokens, first tokens, CPU and counts
+    of both; each pass's own result (loads, timeline) stays under ``halves``."""
+    phases = [h["latencyN"] for h in halves]
+    pooled: dict[str, Any] = {
+        "n": sum(p["n"] for p in phases),
+        "tokens": phases[0]["tokens"],
+        "rate": phases[0]["rate"],
+        "timedOut": any(p["timedOut"] for p in phases),
+    }
+    for key in ("latenciesUs", "steadyLatenciesUs", "firstTokenUs", "reasons"):
+        pooled[key] = [x for p in phases for x in p.get(key, [])]
+    for key in (
+        "cpuSeconds",
+        "serverCpuSeconds",
+        "failedInvocations",
+        "ended",
+        "received",
+        "appends",
+        "wallUs",
+    ):
+        pooled[key] = sum(p.get(key, 0) for p in phases)
+    pooled["failedReasons"] = sorted({r for p in phases for r in p.get("failedReasons", [])})
+    if all("machineTicks" in p for p in phases):
+        pooled["machineTicks"] = {
+            k: sum(p["machineTicks"][k] for p in phases) for k in phases[0]["machineTicks"]
+        }
+    pooled["halves"] = halves
+    return pooled
+
+
+def merge_halves(
+    full: dict[str, Any] | None, halves: list[dict[str, Any]], dropped: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A variant's result: its full pass (``None`` if it had no phase besides the N-stream one) with
+    the pooled N-stream phase, and the halves' refusals and errors added. ``dropped``: the passes
+    of blocks run again for steal (``--quiet-retries``), kept apart under ``latencyN.dropped``."""
+    out = dict(full) if full is not None else {k: v for k, v in halves[0].items() if k != "latencyN"}
+    out["latencyN"] = pool_halves(halves)
+    if dropped:
+        out["latencyN"]["dropped"] = dropped
+    refused: dict[str, int] = dict(full.get("refused", {})) if full is not None else {}
+    for h in halves:
+        for code, n in h.get("refused", {}).items():
+            refused[code] = refused.get(code, 0) + n
+    out["refused"] = refused
+    out["agentErrors"] = [
+        e for r in ([full] if full is not None else []) + halves for e in r.get("agentErrors", [])
+    ]
+    out["peakConnections"] = max(r.get("peakConnections", 1) for r in ([full] if full else []) + halves)
+    return out
+
+
+def _block_steal(block: dict[str, list[dict[str, Any]]]) -> float:
+    """The most steal (%) any pass of an A B B A block had (0 if not recorded)."""
+    return max((_steal_pct(h["latencyN"]) or 0.0 for passes in block.values() for h in passes), default=0.0)
+
+
+def choose_block(blocks: list[dict[str, list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:
+    """The A B B A block the rows report: the first with no pass over the steal limit, else the one
+    whose worst pass had the least steal. The criterion looks at both agents' passes alike."""
+    for block in blocks:
+        if _block_steal(block) <= STEAL_DISTURBED_PCT:
+            return block
+    return min(blocks, key=_block_steal)
 
 
 async def run(plan: Plan, variants: list[str], dump: Path | None = None) -> dict[str, dict[str, Any]]:
     """One server per kind ("free", and "limits" = Ably's limits enforced) for the whole run."""
     servers: dict[str, Child] = {}
     raw: dict[str, dict[str, Any]] = {}
-    # AW_BENCH_FRESH_SERVER=1: each variant meets a server process of its own, started for it (its
-    # history sessions populated on it), instead of one per kind shared in variant order, so no
-    # variant meets a server another has used (an order check; docs/benchmarks.md, k6's round).
+    # AW_BENCH_FRESH_SERVER=1: each pass meets a server process of its own, started for it (its
+    # history sessions populated on it), instead of one per kind shared in pass order, so no
+    # pass meets a server another has used (an order check; docs/benchmarks.md, k6's round).
     fresh = bool(os.environ.get("AW_BENCH_FRESH_SERVER"))
+    abba = counterbalanced(plan, variants)
+    halves: dict[str, list[dict[str, Any]]] = {v: [] for v in abba}
+    dropped_halves: dict[str, list[dict[str, Any]]] = {}
 
     async def start_server(kind: str) -> None:
         cfg = json.dumps({"enforce": kind == "limits"})
@@ -724,7 +976,8 @@ async def run(plan: Plan, variants: list[str], dump: Path | None = None) -> dict
         # at populate speed: it runs on the free server's variants only.
         with_history = [v for v in variants if _server_kind(v) == "free"]
         names = {
-            v: [f"bench:hist:{v}:{r}:{uuid.uuid4().hex[:6]}" for r in range(plan.reps)] for v in with_history
+            v: [f"bench:hist:{v.replace('#', '-')}:{r}:{uuid.uuid4().hex[:6]}" for r in range(plan.reps)]
+            for v in with_history
         }
         if plan.only and "history" not in plan.only:
             names = {v: [] for v in with_history}  # no history phase: nothing to populate
@@ -743,23 +996,72 @@ async def run(plan: Plan, variants: list[str], dump: Path | None = None) -> dict
 
         if not fresh:
             await populate_for(with_history)
-        for i, variant in enumerate(variants):
+        # The passes: first the counterbalanced N-stream ones (A B B A), then each variant's others.
+        passes: list[tuple[str, Plan, bool]] = []
+        for variant in abba:
+            skip = tuple(variant_spec(variant).get("skip", ()))
+            passes.append((variant, dataclasses.replace(plan, only=("latencyN",), skip=skip), True))
+        for variant in variants:
+            skip = tuple(variant_spec(variant).get("skip", ()))
+            if variant not in with_history:
+                skip += ("history",)
+            if variant in abba:
+                skip += ("latencyN",)
+            variant_plan = dataclasses.replace(plan, skip=skip)
+            if set(variant_plan.phases([])) - {"warmup"}:
+                passes.append((variant, variant_plan, False))
+        block_passes = passes[: len(abba)]
+        blocks: list[dict[str, list[dict[str, Any]]]] = [{v: [] for v in abba}] if abba else []
+        i = 0
+        while i < len(passes):
+            variant, variant_plan, half = passes[i]
             if fresh:
                 kind = _server_kind(variant)
                 if i > 0:
                     await servers[kind].stop()
                     await start_server(kind)
-                await populate_for([variant])
+                if not half:
+                    await populate_for([variant])
             by_name = {m["session"]: m for m in made}
-            print(f"  {VARIANTS[variant]['label']} ...", flush=True)
-            history = [by_name[n] for n in names.get(variant, [])]
-            skip = tuple(VARIANTS[variant].get("skip", ()))
-            if variant not in with_history:
-                skip += ("history",)
-            variant_plan = dataclasses.replace(plan, skip=skip)
-            raw[variant] = await run_variant(variant, servers[_server_kind(variant)], variant_plan, history)
-            if dump is not None:  # what is measured so far survives a later variant's failure
-                await asyncio.to_thread(dump.write_text, json.dumps({"plan": asdict(plan), "raw": raw}))
+            if half:
+                nth = len(blocks[-1][variant]) + 1
+                again = f", block {len(blocks)}" if len(blocks) > 1 else ""
+                print(f"  {variant_label(variant)}, N-stream phase, pass {nth} of 2{again} ...", flush=True)
+            else:
+                print(f"  {variant_label(variant)} ...", flush=True)
+            history = [] if half else [by_name[n] for n in names.get(variant, [])]
+            result = await run_variant(variant, servers[_server_kind(variant)], variant_plan, history)
+            i += 1
+            if half:
+                blocks[-1][variant].append(result)
+                if plan.only:
+                    print(brief(result), flush=True)
+                if sum(map(len, blocks[-1].values())) == len(abba):  # a block is complete
+                    if _block_steal(blocks[-1]) > STEAL_DISTURBED_PCT and len(blocks) <= plan.quiet_retries:
+                        print(f"  steal {_block_steal(blocks[-1]):.1f}%: the A B B A block again", flush=True)
+                        blocks.append({v: [] for v in abba})
+                        passes[i:i] = block_passes
+                        continue
+                    kept = choose_block(blocks)
+                    discarded = [b for b in blocks if b is not kept]
+                    halves.update(kept)
+                    for v in dict.fromkeys(abba):
+                        dropped = [h for b in discarded for h in b[v]]
+                        if not any(p[0] == v and not p[2] for p in passes):
+                            raw[v] = merge_halves(None, kept[v], dropped)
+                        else:
+                            dropped_halves[v] = dropped
+            else:
+                raw[variant] = (
+                    merge_halves(result, halves[variant], dropped_halves.get(variant, []))
+                    if variant in abba
+                    else result
+                )
+            if dump is not None:  # what is measured so far survives a later pass's failure
+                text = json.dumps({"plan": asdict(plan), "raw": raw, "blocks": blocks})
+                await asyncio.to_thread(dump.write_text, text)
+            if half:
+                continue
             if plan.only:
                 print(brief(raw[variant]), flush=True)
                 continue
@@ -775,12 +1077,16 @@ async def run(plan: Plan, variants: list[str], dump: Path | None = None) -> dict
                 f"load {summary['loadavg']}",
                 flush=True,
             )
+        if plan.only:
+            for variant in dict.fromkeys(abba):
+                print(f"  {variant_label(variant)}, both N-stream passes pooled:", flush=True)
+                print(brief(raw[variant]), flush=True)
     finally:
         for server in servers.values():
             await server.stop()
             if os.environ.get("AW_BENCH_GC"):
                 print("".join(line for line in server.stderr_tail if line.startswith("gc server")), end="")
-    return raw
+    return {v: raw[v] for v in variants if v in raw}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -798,6 +1104,20 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="small run: 20 / 60 streams, 100 turns, 1 rep, 5 cancels"
     )
     parser.add_argument("--no-write", action="store_true", help="print the section, leave the doc alone")
+    parser.add_argument(
+        "--quiet-retries",
+        type=int,
+        default=0,
+        help="run the like-for-like A B B A block again, up to this many times, while one of its passes "
+        f"had more than {STEAL_DISTURBED_PCT:g}%% steal (the hypervisor's); the rows report the first quiet "
+        "block, else the least disturbed, and the section lists the others",
+    )
+    parser.add_argument(
+        "--no-counterbalance",
+        action="store_true",
+        help="run js's and py's N-stream phase once each, inside their variant's pass, in variant order "
+        "(the bench before its twelfth round) instead of in passes of their own ordered A B B A",
+    )
     parser.add_argument("--json", type=Path, help="also dump raw results to this file")
     parser.add_argument("--render", type=Path, help="no run: re-render the section from a --json dump")
     parser.add_argument(
@@ -837,12 +1157,15 @@ def main(argv: list[str] | None = None) -> int:
     if [p for p in only if p not in known]:
         print(f"unknown phase(s) in {args.phases!r}; known: {', '.join(known)}", file=sys.stderr)
         return 2
-    plan = dataclasses.replace(plan, only=only)
+    plan = dataclasses.replace(
+        plan, only=only, counterbalance=not args.no_counterbalance, quiet_retries=args.quiet_retries
+    )
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         print(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}", file=sys.stderr)
         return 2
+    variants = run_keys(variants)
     print(f"agent-runtime benchmark: {', '.join(variants)}")
     raw = asyncio.run(run(plan, variants, args.json))
     if plan.only:

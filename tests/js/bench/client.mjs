@@ -215,6 +215,8 @@ async function streamsPhase(phase, { n, tokens, rate, timeoutMs = 120000, partia
     steadyLatenciesUs: steady,
     cpuSeconds: cpu1.seconds - cpu0.seconds,
     serverCpuSeconds: cpu1.server - cpu0.server,
+    // the machine's clock ticks over the phase (busy / idle / steal: the hypervisor's other guests)
+    ...(cpu0.machine ? { machineTicks: Object.fromEntries(Object.keys(cpu0.machine).map((k) => [k, cpu1.machine[k] - cpu0.machine[k]])) } : {}),
     n,
     tokens,
     rate,
