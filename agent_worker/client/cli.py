@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import typer
@@ -89,6 +90,9 @@ def chat(  # noqa: PLR0917 - typer maps parameters to options
         key = DEFAULT_DEV_KEY  # the key every local embedded server accepts out of the box
     from agent_worker.protocol.codecs import CODECS  # noqa: PLC0415
 
+    if not (math.isfinite(wait) and wait >= 0):
+        msg = f"--wait must be a finite number of seconds, 0 or more, not {wait}"
+        raise typer.BadParameter(msg)
     if codec is not None and codec not in CODECS:
         msg = f"--codec must be one of {', '.join(sorted(CODECS))}"
         raise typer.BadParameter(msg)
