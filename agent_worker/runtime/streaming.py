@@ -233,6 +233,7 @@ class StreamWriter:
             channel, "send_batch", None
         )
         self._held_task: asyncio.Task[None] | None = None
+        self._hasten: Callable[[asyncio.Task[Any]], None] | None = getattr(channel, "hasten", None)
         self._held_sent = False
         """The held batch in flight has its frame ahead of anything started now (pipelined send)."""
         self._batch: Callable[[list[OutboundMessage]], Awaitable[Any]] | None = getattr(
@@ -485,8 +486,12 @@ class StreamWriter:
         msgs = [op.message for op in held]
         send = self._send_batch
         if send is not None:
-            for _ in msgs:  # Ably counts each message of a batch
-                await self._channel.acquire()
+            # Ably counts each message of a batch. The opening chunks alone (no stream's create) are
+            # deferrable: the model is thinking meanwhile and nothing waits for them until this
+            # message's first text, which hastens them (``_settle_held``).
+            defer = self._hasten is not None and all(op.stream_key is None for op in held)
+            for _ in msgs:
+                await self._channel.acquire(defer=defer)
             # Its tokens taken, the frame is written in ``send``'s first step (in this task's, no
             # extra loop turn) or first in line for the connection: nothing started later overtakes it.
             self._held_sent = True
@@ -534,6 +539,8 @@ class StreamWriter:
         task = self._held_task
         if task is None:
             return
+        if not self._held_sent and self._hasten is not None:
+            self._hasten(task)  # something waits for it now: its rate tokens are urgent
         try:
             await asyncio.shield(task)
         finally:

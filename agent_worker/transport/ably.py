@@ -634,6 +634,10 @@ class Channel:
         a running stream's next append, which urgent operations may go before (transport/ratelimit.py)."""
         await self.limiter.acquire(defer=defer)
 
+    def hasten(self, task: asyncio.Task[Any]) -> None:
+        """``task``'s deferrable rate-token waits become urgent (see :meth:`RateLimiter.promote`)."""
+        self.limiter.promote(task)
+
     def try_acquire(self) -> bool:
         """A rate token if one is free right now (see :meth:`RateLimiter.try_acquire`)."""
         return self.limiter.try_acquire()

@@ -33,6 +33,7 @@ MAX_DEFER_S = 0.1
 class _Waiter:
     since: float
     future: asyncio.Future[None] = field(repr=False)
+    task: asyncio.Task[object] | None = field(default=None, repr=False)
 
 
 class RateLimiter:
@@ -108,7 +109,7 @@ class RateLimiter:
                 self._take()
                 return
         self.waited += 1
-        waiter = _Waiter(time.monotonic(), asyncio.get_running_loop().create_future())
+        waiter = _Waiter(time.monotonic(), asyncio.get_running_loop().create_future(), asyncio.current_task())
         (self._deferred if defer else self._urgent).append(waiter)
         if self._wake is None:  # else the pending wake-up serves it, in its turn
             self._schedule()
@@ -121,6 +122,17 @@ class RateLimiter:
                 self._give_back()
                 self._schedule()
             raise
+
+    def promote(self, task: asyncio.Task[object]) -> None:
+        """``task``'s deferrable waiters are urgent from now on (in their arrival order): what they
+        send has become what an urgent operation waits for (a stream's create behind its opening
+        batch)."""
+        moving = [w for w in self._deferred if w.task is task]
+        if not moving:
+            return
+        for waiter in moving:
+            self._deferred.remove(waiter)
+        self._urgent = deque(sorted([*self._urgent, *moving], key=lambda w: w.since))
 
     def _remove(self, waiter: _Waiter) -> None:
         for queue in (self._urgent, self._deferred):

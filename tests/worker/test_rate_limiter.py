@@ -206,3 +206,87 @@ async def test_a_streams_first_append_is_urgent_its_later_ones_deferrable() -> N
     assert channel.sent == ["publish:", "append:a", "append:b", "append:c", "append:"]
     # the create, the first append, two running appends, the close
     assert channel.defers == [False, False, True, True, False]
+
+
+async def test_a_promoted_task_s_deferrable_waiters_go_in_their_arrival_order() -> None:
+    """Deferrable waits that something urgent now depends on (a create behind its opening batch)
+    are promoted: they go before urgent waiters that came after them, not after all of them."""
+    limiter = RateLimiter(200.0, 1, max_defer_s=3600.0)
+    _drain(limiter)
+    order: list[str] = []
+
+    async def batch() -> None:
+        for i in range(2):
+            await limiter.acquire(defer=True)
+            order.append(f"batch-{i}")
+
+    batching = asyncio.create_task(batch())
+    await asyncio.sleep(0)  # the batch's first token is queued first
+    later = [asyncio.create_task(_acquire(limiter, order, f"other-{i}")) for i in range(3)]
+    await asyncio.sleep(0)
+    limiter.promote(batching)  # type: ignore[arg-type]
+    async with asyncio.timeout(10):
+        await asyncio.gather(batching, *later)
+    # batch-0 came before every other-*: it goes first; batch-1 queued after them (urgent now).
+    assert order == ["batch-0", "other-0", "other-1", "other-2", "batch-1"]
+
+
+class _LimitedChannel:
+    """A channel whose rate tokens come from a real RateLimiter; batches and creates ACK at once."""
+
+    def __init__(self, limiter: RateLimiter, order: list[str]) -> None:
+        self.limiter = limiter
+        self.order = order
+
+    async def acquire(self, *, defer: bool = False) -> None:
+        await self.limiter.acquire(defer=defer)
+
+    def hasten(self, task: asyncio.Task[object]) -> None:
+        self.limiter.promote(task)
+
+    def try_acquire(self) -> bool:
+        return self.limiter.try_acquire()
+
+    async def send_batch(self, msgs: list[OutboundMessage]) -> list[str | None]:
+        self.order.extend(str(m.name) for m in msgs)
+        return [None] * len(msgs)
+
+    async def publish(self, msg: OutboundMessage) -> str | None:
+        await self.limiter.acquire()
+        self.order.append(str(msg.name))
+        return "serial-create"
+
+    def start_append(self, serial: str, msg: OutboundMessage) -> asyncio.Task[str | None]:
+        self.order.append(f"append:{msg.data}")
+
+        async def ack() -> str | None:
+            return None
+
+        return asyncio.create_task(ack())
+
+    async def update(self, serial: str, msg: OutboundMessage) -> str | None:
+        return None
+
+
+async def test_the_opening_batch_waits_deferrably_until_its_first_text_hastens_it() -> None:
+    """The opening chunks wait behind another start's urgent messages while the model thinks; once
+    this message's first text comes, its batch goes in its own arrival order, then the create."""
+    limiter = RateLimiter(20.0, 1, max_defer_s=3600.0)
+    _drain(limiter)
+    order: list[str] = []
+    writer = StreamWriter(_LimitedChannel(limiter, order), _NoEncoder(), window_s=0.0)
+    await writer.write([PublishOp(OutboundMessage(name="start", data=""))])
+    await asyncio.sleep(0)  # the batch task queues for its token (deferrable)
+    other = [asyncio.create_task(_acquire(limiter, order, f"other-{i}")) for i in range(2)]
+    await asyncio.sleep(0)
+    async with asyncio.timeout(10):
+        await other[0]  # the batch passed over: the other start's first message goes first
+        assert "start" not in order
+        create = PublishOp(OutboundMessage(name="text-start", data=""), stream_key="s")
+        await writer.write([create, AppendOp("s", OutboundMessage(name="text", data="hi"))])
+        await writer.flush()
+        await asyncio.gather(*other)
+    await writer.aclose()
+    # hastened: the batch went before the other start's second message, which came after it
+    assert order.index("start") < order.index("other-1") < order.index("text-start")
+    assert order[-1] == "append:hi"
