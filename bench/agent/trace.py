@@ -21,6 +21,7 @@ import os
 import statistics
 import sys
 import time
+import types
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -184,7 +185,7 @@ def install(worker: Worker, path: str) -> TextIO:
     }  # fmt: skip
 
     def kind() -> str:
-        frame = sys._getframe(2)
+        frame: types.FrameType | None = sys._getframe(2)
         for _ in range(12):
             if frame is None:
                 break
