@@ -94,7 +94,9 @@ class ChannelWriter(Protocol):
 
     async def publish(self, msg: OutboundMessage) -> str | None: ...
 
-    async def acquire(self) -> None: ...
+    async def acquire(self, *, defer: bool = False) -> None:
+        """Take a rate token; ``defer``: a running stream's next append (urgent ones may go first)."""
+        ...
 
     def try_acquire(self) -> bool:
         """Take a rate token if one is free right now, without waiting."""
@@ -223,12 +225,15 @@ class StreamWriter:
         # Appends not yet seen done, in send order; done ones leave the head as the writer goes
         # (``_notice``), the failed ones into ``_failures`` until a repair covers their text.
         self._pending: collections.deque[_Sent] = collections.deque()
+        self._shown: set[str] = set()
+        """Streams with an append started: their next appends take deferrable rate tokens."""
         self._failures: dict[str, list[_Sent]] = {}
         self._held: list[PublishOp] = []
         self._send_batch: Callable[[list[OutboundMessage]], Awaitable[list[str | None]]] | None = getattr(
             channel, "send_batch", None
         )
         self._held_task: asyncio.Task[None] | None = None
+        self._hasten: Callable[[asyncio.Task[Any]], None] | None = getattr(channel, "hasten", None)
         self._held_sent = False
         """The held batch in flight has its frame ahead of anything started now (pipelined send)."""
         self._batch: Callable[[list[OutboundMessage]], Awaitable[Any]] | None = getattr(
@@ -481,8 +486,12 @@ class StreamWriter:
         msgs = [op.message for op in held]
         send = self._send_batch
         if send is not None:
-            for _ in msgs:  # Ably counts each message of a batch
-                await self._channel.acquire()
+            # Ably counts each message of a batch. The opening chunks alone (no stream's create) are
+            # deferrable: the model is thinking meanwhile and nothing waits for them until this
+            # message's first text, which hastens them (``_settle_held``).
+            defer = self._hasten is not None and all(op.stream_key is None for op in held)
+            for _ in msgs:
+                await self._channel.acquire(defer=defer)
             # Its tokens taken, the frame is written in ``send``'s first step (in this task's, no
             # extra loop turn) or first in line for the connection: nothing started later overtakes it.
             self._held_sent = True
@@ -530,6 +539,8 @@ class StreamWriter:
         task = self._held_task
         if task is None:
             return
+        if not self._held_sent and self._hasten is not None:
+            self._hasten(task)  # something waits for it now: its rate tokens are urgent
         try:
             await asyncio.shield(task)
         finally:
@@ -610,6 +621,7 @@ class StreamWriter:
 
     def _start(self, key: str, serial: str, msg: OutboundMessage) -> None:
         self._pending.append((key, self._channel.start_append(serial, msg), msg))
+        self._shown.add(key)
         self.stats.appends += 1
         self._last_flush = asyncio.get_running_loop().time()
 
@@ -633,14 +645,15 @@ class StreamWriter:
                 continue
             # Take the rate token first: deltas arriving while we wait join this append. The buffer
             # is taken only once the token is ours, so a cancellation here loses no text (it goes
-            # out with the cancelling close instead).
-            await self._channel.acquire()
+            # out with the cancelling close instead). A stream that has shown text waits deferrably:
+            # a start's lifecycle, create and first append on the same connection go first.
+            await self._channel.acquire(defer=key in self._shown)
             buf = self._buffers.pop(key, None)
             if buf is None:
                 continue
             for i, piece in enumerate(_split(_merged(buf), self._max_bytes)):
                 if i:
-                    await self._channel.acquire()
+                    await self._channel.acquire(defer=True)
                 self._start(key, serial, piece)
                 await asyncio.sleep(0)
 

@@ -629,9 +629,14 @@ class Channel:
         serials = getattr(result, "serials", None)
         return serials[0] if serials else None
 
-    async def acquire(self) -> None:
-        """Take one token from the connection's rate limiter (for :meth:`start_append`)."""
-        await self.limiter.acquire()
+    async def acquire(self, *, defer: bool = False) -> None:
+        """Take one token from the connection's rate limiter (for :meth:`start_append`); ``defer``:
+        a running stream's next append, which urgent operations may go before (transport/ratelimit.py)."""
+        await self.limiter.acquire(defer=defer)
+
+    def hasten(self, task: asyncio.Task[Any]) -> None:
+        """``task``'s deferrable rate-token waits become urgent (see :meth:`RateLimiter.promote`)."""
+        self.limiter.promote(task)
 
     def try_acquire(self) -> bool:
         """A rate token if one is free right now (see :meth:`RateLimiter.try_acquire`)."""

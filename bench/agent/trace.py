@@ -21,6 +21,7 @@ import os
 import statistics
 import sys
 import time
+import types
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -176,16 +177,43 @@ def install(worker: Worker, path: str) -> TextIO:
 
     limiter_acquire = RateLimiter.acquire
 
-    async def traced_acquire(self: RateLimiter) -> None:
+    kinds = {  # the function that took the token -> what it sends
+        "start": "run-start", "_open_step": "step-start", "_send_held": "opening batch",
+        "_create_behind_held": "create", "_publish": "create", "_finish": "finish",
+        "_flush_buffers": "append", "_submit": "closing append", "presence_enter": "presence",
+        "presence_update": "presence", "update": "update",
+    }  # fmt: skip
+
+    def kind() -> str:
+        frame: types.FrameType | None = sys._getframe(2)
+        for _ in range(12):
+            if frame is None:
+                break
+            found = kinds.get(frame.f_code.co_name)
+            if found is not None:
+                return found
+            frame = frame.f_back
+        return "?"
+
+    async def traced_acquire(self: RateLimiter, *, defer: bool = False) -> None:
+        sends = kind()
         t0 = _now()
-        await limiter_acquire(self)
+        await (limiter_acquire(self, defer=True) if defer else limiter_acquire(self))
         waited = _now() - t0
         if waited > 1000:
             task = asyncio.current_task()
             what = getattr(task.get_coro(), "__qualname__", "?") if task is not None else "?"
             # The run's session, when the waiting task runs in its context (structlog binds it).
             session = structlog.contextvars.get_contextvars().get("session")
-            emit("limiter_wait", limiter=id(self), us_waited=waited, what=what, ws=session)
+            emit(
+                "limiter_wait",
+                limiter=id(self),
+                us_waited=waited,
+                what=what,
+                ws=session,
+                defer=defer,
+                sends=sends,
+            )
 
     RateLimiter.acquire = traced_acquire  # type: ignore[method-assign]
 
@@ -514,6 +542,16 @@ def burst(path: str, prefix: str = ":latencyN:") -> str:
             lines.append(
                 f"  {a} -> {b}: p10 {q(gaps, 0.1):.1f}  p50 {q(gaps, 0.5):.1f}  p90 {q(gaps, 0.9):.1f} ms"
             )
+    last = max((d["append"][0] for d in per.values() if "append" in d), default=t0)
+    by_task: dict[str, list[float]] = defaultdict(list)
+    for ev in events:  # every limiter wait from the first POST to the last first append, by task
+        if ev["e"] == "limiter_wait" and t0 <= ev["us"] <= last:
+            what = ev.get("sends") or ev.get("what", "?")  # what it sent, else its task
+            by_task[f"{what}{' (deferrable)' if ev.get('defer') else ''}"].append(ev["us_waited"] / 1000)
+    for what, ms in sorted(by_task.items(), key=lambda kv: -len(kv[1])):
+        lines.append(
+            f"  limiter waits in the burst, {what}: {len(ms)}, p50 {q(ms, 0.5):.0f}, p90 {q(ms, 0.9):.0f} ms"
+        )
     before = [waits.get(s, 0.0) for s, d in per.items() if "append" in d]
     lines.append(
         f"  rate-limiter waits before a session's first append: p50 {q(before, 0.5):.0f},"

@@ -40,7 +40,7 @@ class HeldAckChannel:
         self.sent.append(self._label(msg))
         return f"serial-{len(self.sent)}"
 
-    async def acquire(self) -> None:
+    async def acquire(self, *, defer: bool = False) -> None:
         return None
 
     def try_acquire(self) -> bool:
@@ -373,7 +373,7 @@ class PipelinedBatchChannel(HeldAckChannel):
         self.batch_acks: list[asyncio.Future[None]] = []
         self.tokens = 0
 
-    async def acquire(self) -> None:
+    async def acquire(self, *, defer: bool = False) -> None:
         self.tokens += 1
 
     async def send_batch(self, msgs: list[OutboundMessage]) -> list[str | None]:
@@ -441,7 +441,7 @@ async def test_a_stream_create_waits_for_a_batch_still_waiting_for_its_rate_toke
     channel = PipelinedBatchChannel()
     gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    async def slow_acquire() -> None:
+    async def slow_acquire(*, defer: bool = False) -> None:
         channel.tokens += 1
         await gate
 

@@ -23,7 +23,7 @@ class RecordingChannel:
         self.sent.append(("publish", msg.data))
         return "serial-1"
 
-    async def acquire(self) -> None:
+    async def acquire(self, *, defer: bool = False) -> None:
         return None
 
     def try_acquire(self) -> bool:
