@@ -318,8 +318,8 @@ async def _main(args: argparse.Namespace) -> None:
             headers = build_input_headers(
                 codec_message_id=cmid, event_id=eid, run_client_id="user", parent=None
             )
-            spec = {"bench": "stream", "id": f"{rnd}-{i}", "tokens": args.tokens, "rate": args.rate}
-            text = json.dumps(spec)
+            ask = {"bench": "stream", "id": f"{rnd}-{i}", "tokens": args.tokens, "rate": args.rate}
+            text = json.dumps(ask)
             wires = encode_user_message(
                 {"id": cmid, "role": "user", "parts": [{"type": "text", "text": text}]}, headers
             )
