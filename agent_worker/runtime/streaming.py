@@ -100,7 +100,7 @@ class ChannelWriter(Protocol):
         """Take a rate token if one is free right now, without waiting."""
         ...
 
-    def start_append(self, serial: str, msg: OutboundMessage) -> asyncio.Future[str | None]: ...
+    def start_append(self, serial: str, msg: OutboundMessage) -> asyncio.Task[str | None]: ...
 
     async def update(self, serial: str, msg: OutboundMessage) -> str | None: ...
 
@@ -155,7 +155,7 @@ def _split(msg: OutboundMessage, max_bytes: int) -> list[OutboundMessage]:
     return pieces
 
 
-_Sent = tuple[str, "asyncio.Future[str | None]", OutboundMessage]
+_Sent = tuple[str, "asyncio.Task[str | None]", OutboundMessage]
 """An append handed to the channel: its stream key, its task and the message."""
 
 
@@ -169,11 +169,11 @@ def pacing_s(window_s: float) -> float:
     return window_s + min(ROLLUP_MARGIN_S, window_s / 8) if window_s > 0 else 0.0
 
 
-def _failed(task: asyncio.Future[Any]) -> bool:
+def _failed(task: asyncio.Task[Any]) -> bool:
     return task.cancelled() or task.exception() is not None
 
 
-def _not_sent(task: asyncio.Future[Any]) -> bool:
+def _not_sent(task: asyncio.Task[Any]) -> bool:
     return task.done() and not task.cancelled() and isinstance(task.exception(), NotSentError)
 
 

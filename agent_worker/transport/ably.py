@@ -32,18 +32,14 @@ from typing import Any, Literal
 from urllib.parse import quote, quote_plus
 
 import httpx
-import msgpack
 from ably import AblyRealtime, AblyRest
-from ably.realtime.connectionmanager import PendingMessage
 from ably.transport.websockettransport import ProtocolMessageAction
 from ably.types.channeloptions import ChannelOptions
-from ably.types.connectionstate import ConnectionState
 from ably.types.message import Message, MessageAction
 from ably.types.tokendetails import TokenDetails
 from ably.util.exceptions import AblyException
 from ably.util.helper import validate_message_size
 from websockets.exceptions import WebSocketException
-from websockets.protocol import State as WsState
 
 from agent_worker.config import Secret
 from agent_worker.errors import AppendNotSentError, NotSentError, TransportError
@@ -641,7 +637,7 @@ class Channel:
         """A rate token if one is free right now (see :meth:`RateLimiter.try_acquire`)."""
         return self.limiter.try_acquire()
 
-    def start_append(self, serial: str, msg: OutboundMessage) -> asyncio.Future[str | None]:
+    def start_append(self, serial: str, msg: OutboundMessage) -> asyncio.Task[str | None]:
         """Start an append without waiting for its ACK (pipelining); the caller has taken a rate
         token with :meth:`acquire`. The frame is written before this returns (msgSerial assigned,
         in the caller's turn: :func:`~agent_worker.transport.eager.eager_task`), unless the
@@ -688,9 +684,6 @@ class Channel:
         # Eager only when the send can go at once: a first step that has to wait (``ready``'s
         # ``wait_for``) belongs in a task of its own, not in the caller's (see transport/eager.py).
         if self._conn.ready_now:
-            sent = self._append_now(serial, msg)
-            if sent is not None:
-                return sent
             task = eager_task(run())
         else:
             task = asyncio.create_task(run())
@@ -698,100 +691,6 @@ class Channel:
         if watched and not task.done():
             self._acks.watch(task, self.ack_timeout_s)
         return task
-
-    def _append_now(self, serial: str, msg: OutboundMessage) -> asyncio.Future[str | None] | None:
-        """:meth:`start_append`'s common case without a coroutine or a task: the text append's
-        frame (:func:`_append_frame`) goes through the steps ably-python's
-        ``send_protocol_message`` takes on a connected transport — a ``PendingMessage`` with the
-        next msgSerial in the manager's ACK queue, then ``WebSocketTransport.send``'s msgpack
-        encoding written through the ``websockets`` connection's own frame writer — here, in the
-        caller's turn, and its outcome comes from the ``PendingMessage``'s future by a callback
-        (:meth:`_acked`). The SDK's queues, ACK/NACK handling, re-send on resume and
-        :meth:`_Connection._lose_continuity` see exactly what the SDK's own send leaves them.
-        ``None`` (nothing done: the caller takes the task path) unless every condition of that
-        path holds and nothing would have to wait: the manager CONNECTED with a msgpack transport,
-        the socket open, not paused by flow control and no fragmented send in progress, an
-        unencrypted channel in a publishable state, text data."""
-        if self._sdk.cipher:
-            return None
-        manager = self._conn._manager
-        transport = manager.transport
-        if manager.state != ConnectionState.CONNECTED or transport is None or transport.format != "msgpack":
-            return None
-        ws = transport.websocket
-        if (
-            ws is None
-            or ws.protocol.state is not WsState.OPEN
-            or ws.paused
-            or ws.fragmented_send_waiter is not None
-            or ws.transport.is_closing()
-        ):
-            return None
-        frame = _append_frame(self.name, serial, msg)
-        if frame is None:
-            return None
-        try:
-            self._sdk._throw_if_unpublishable_state()
-        except AblyException:
-            return None  # the task path raises it as the append's outcome
-        pending = PendingMessage(frame)
-        ack = pending.future
-        assert ack is not None  # a MESSAGE needs an ACK
-        frame["msgSerial"] = manager.msg_serial
-        manager.pending_message_queue.push(pending)
-        manager.msg_serial += 1
-        local = self.local
-        epoch = local.epoch if local is not None else 0
-        out: asyncio.Future[str | None] = ack.get_loop().create_future()
-        try:
-            ws.protocol.send_binary(msgpack.packb(frame, use_bin_type=True))
-            ws.send_data()
-        except Exception as exc:  # what websockets' send does then: the connection is done for
-            ws.transport.abort()
-            if local is not None:
-                local.append_failed(serial)
-            out.set_exception(_translate(exc, self._append_op, self.name) or exc)
-            return out
-        ack.add_done_callback(functools.partial(self._acked, out, serial, msg, epoch))
-        self._acks.watch(ack, self.ack_timeout_s)
-        return out
-
-    def _acked(
-        self,
-        out: asyncio.Future[str | None],
-        serial: str,
-        msg: OutboundMessage,
-        epoch: int,
-        ack: asyncio.Future[Any],
-    ) -> None:
-        """An append of :meth:`_append_now` acknowledged, refused or past its deadline (the ACK
-        watch cancels ``ack``): its outcome, as the task path's (:meth:`start_append`) would be."""
-        local = self.local
-        exc: BaseException | None
-        if ack.cancelled():
-            exc = TimeoutError() if self._acks.timed_out(ack) else asyncio.CancelledError()
-        else:
-            exc = ack.exception()
-        if exc is None and not out.done():
-            try:
-                serials = getattr(ack.result(), "serials", None)
-                version = serials[0] if serials else None
-                if local is not None:
-                    local.appended(epoch, serial, msg, version)
-            except Exception as error:  # as the task would end: failed, never left pending
-                out.set_exception(error)
-            else:
-                out.set_result(version)
-            return
-        if local is not None:
-            local.append_failed(serial)
-        if out.done():
-            return  # cancelled by its caller
-        if isinstance(exc, asyncio.CancelledError):
-            out.cancel()
-        else:
-            assert exc is not None
-            out.set_exception(_translate(exc, self._append_op, self.name) or exc)
 
     def start_publish(self, msg: OutboundMessage) -> asyncio.Future[str | None]:
         """Publish one message without waiting for its ACK (the future's result is its serial): the

@@ -16,19 +16,19 @@ __all__ = ["AckWatch"]
 
 
 class AckWatch:
-    """Cancels a watched task (or future) still running ``timeout_s`` after :meth:`watch`; the task
-    turns that cancellation into ``TimeoutError`` with :meth:`timed_out` (as ``asyncio.timeout`` does). The
+    """Cancels a watched task still running ``timeout_s`` after :meth:`watch`; the task turns that
+    cancellation into ``TimeoutError`` with :meth:`timed_out` (as ``asyncio.timeout`` does). The
     timer follows the oldest deadline, so a task watched with a shorter timeout than the one before
     it expires no earlier than that one."""
 
     __slots__ = ("_expired", "_handle", "_queue")
 
     def __init__(self) -> None:
-        self._queue: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
-        self._expired: weakref.WeakSet[asyncio.Future[Any]] = weakref.WeakSet()
+        self._queue: collections.deque[tuple[float, asyncio.Task[Any]]] = collections.deque()
+        self._expired: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self._handle: asyncio.TimerHandle | None = None
 
-    def watch(self, task: asyncio.Future[Any], timeout_s: float) -> None:
+    def watch(self, task: asyncio.Task[Any], timeout_s: float) -> None:
         queue = self._queue
         while queue and queue[0][1].done():
             queue.popleft()
@@ -37,14 +37,13 @@ class AckWatch:
         if self._handle is None:
             self._handle = loop.call_at(queue[0][0], self._check)
 
-    def timed_out(self, task: asyncio.Future[Any]) -> bool:
+    def timed_out(self, task: asyncio.Task[Any]) -> bool:
         """Call on ``CancelledError``: ``True`` when this watch cancelled ``task`` (and nothing
-        else did), then raise ``TimeoutError`` instead. ``task`` may be a plain future (an ACK's,
-        see ``Channel._append_now``): then whether this watch cancelled it."""
+        else did), then raise ``TimeoutError`` instead."""
         if task not in self._expired:
             return False
         self._expired.discard(task)
-        return task.uncancel() == 0 if isinstance(task, asyncio.Task) else True
+        return task.uncancel() == 0
 
     def _check(self) -> None:
         self._handle = None
