@@ -1,11 +1,9 @@
 """``AW_BENCH_SENDLOG=prefix``: when each scripted token left the agent, for both agents.
 
 Diagnostics only (where the N-stream latency goes: the agent, or the server and the client). The
-Python worker wraps ``websockets``' ``Protocol.send_binary`` and ``Connection.send_data`` (every
-send path of the worker encodes its frame and writes it to the socket there: ably-python's
-``WebSocketTransport.send``, and the direct append, ``Channel._append_now``) and
-``Channel.start_append`` (the writer hands the append over); the JS agent
-(tests/js/bench/agent.mjs) wraps ``ws``'s ``WebSocket.send``, where ably-js writes each frame.
+Python worker wraps ably-python's ``WebSocketTransport.send`` (the frame is encoded and written to
+the socket in that call) and ``Channel.start_append`` (the writer hands the append over); the JS
+agent (tests/js/bench/agent.mjs) wraps ``ws``'s ``WebSocket.send``, where ably-js writes each frame.
 For every ``<seq>:<us>;`` token in an outgoing frame, each logs ``[seq, us, sent_us]`` (and the
 worker ``[seq, us, handed_us]``), in CLOCK_MONOTONIC microseconds, to ``<prefix>-<kind>-<pid>.json``
 when it exits. Nothing here runs in production.
@@ -14,7 +12,7 @@ when it exits. Nothing here runs in production.
 made with ``AW_BENCH_TIMELINE=1`` (the client's receive time per token) and prints, per agent, over
 the N-stream phase's steady tokens: model → socket (the agent), socket → client (the server's
 fan-out and the client, shared by both agents), and the client's total. For the worker also the
-steps in between (model → ``OutputMessage.send`` → ``start_append`` → the frame encoded → the frame
+steps in between (model → ``OutputMessage.send`` → ``start_append`` → the SDK's send → the frame
 in the socket → ``start_append`` returned), and per agent the *bursts*: tokens whose model timers
 fired in the same loop turn (a token stamped within 300 µs of the agent's previous socket write),
 by position in the burst — the latency from its own stamp, and from the burst's first stamp
@@ -40,7 +38,6 @@ from typing import Any
 __all__ = ["install", "main"]
 
 _TOKEN = re.compile(r"(\d+):(\d{6,});")
-_TOKEN_BYTES = re.compile(rb"(\d+):(\d{6,});")
 
 
 def _now() -> int:
@@ -50,8 +47,6 @@ def _now() -> int:
 def install(prefix: str) -> None:
     """Wrap the worker's send path (call before the worker connects)."""
     from ably.transport.websockettransport import WebSocketTransport  # noqa: PLC0415
-    from websockets.asyncio.connection import Connection  # noqa: PLC0415
-    from websockets.protocol import Protocol  # noqa: PLC0415
 
     from agent_worker.transport.ably import Channel  # noqa: PLC0415
 
@@ -67,8 +62,7 @@ def install(prefix: str) -> None:
             return []
         return [(int(a), int(b)) for a, b in _TOKEN.findall(data)]
 
-    send_binary = Protocol.send_binary
-    send_data = Connection.send_data
+    send = WebSocketTransport.send
 
     spin = int(os.environ.get("AW_BENCH_SPIN_US", "0") or 0) * 1000
     ack_spin = int(os.environ.get("AW_BENCH_ACK_SPIN_US", "0") or 0) * 1000
@@ -86,31 +80,26 @@ def install(prefix: str) -> None:
 
         LocalEcho.appended = spun_appended  # type: ignore[method-assign,assignment]
 
-    # Both of the worker's send paths (the SDK's ``WebSocketTransport.send`` and the direct append,
-    # ``Channel._append_now``) end in ``websockets``' ``send_binary`` (the frame's encoded bytes)
-    # and its ``send_data`` (written to the socket): the points are taken there.
-    framed: list[tuple[int, int]] = []  # tokens of frames encoded, not yet written
-
-    def traced_send_binary(protocol: Any, data: bytes, fin: bool = True) -> None:
+    async def traced_send(self: Any, message: dict[str, Any]) -> Any:
         t = _now()
         if spin:
             end = time.perf_counter_ns() + spin
             while time.perf_counter_ns() < end:
                 pass
-        found = [(int(a), int(b)) for a, b in _TOKEN_BYTES.findall(data)]
-        for seq, us in found:
-            sent.append([seq, us, t])
-            framed.append((seq, us))
-        frames[0] += bool(found)
-        frames[1] += len(found)
-        send_binary(protocol, data, fin)
-
-    def traced_send_data(connection: Any) -> None:
-        send_data(connection)
-        if framed:
+        found = False
+        for m in message.get("messages") or ():
+            for seq, us in tokens(m.get("data") if isinstance(m, dict) else None):
+                sent.append([seq, us, t])
+                found = True
+                frames[1] += 1
+        frames[0] += found
+        result = await send(self, message)
+        if found:
             t2 = _now()
-            written.extend([seq, us, t2] for seq, us in framed)
-            framed.clear()
+            for m in message.get("messages") or ():
+                for seq, us in tokens(m.get("data") if isinstance(m, dict) else None):
+                    written.append([seq, us, t2])
+        return result
 
     start_append = Channel.start_append
 
@@ -146,8 +135,7 @@ def install(prefix: str) -> None:
         inbound[key] = inbound.get(key, 0) + 1
         return msg
 
-    Protocol.send_binary = traced_send_binary  # type: ignore[method-assign]
-    Connection.send_data = traced_send_data  # type: ignore[method-assign]
+    WebSocketTransport.send = traced_send  # type: ignore[method-assign]
     WebSocketTransport.decode_raw_websocket_frame = counted_decode  # type: ignore[method-assign]
     Channel.start_append = traced_start_append  # type: ignore[method-assign]
 
@@ -178,8 +166,8 @@ def _row(name: str, values: list[float]) -> str:
 
 
 _STEPS = ("entered", "handed", "sent", "written", "returned")
-"""The worker's points per token: ``OutputMessage.send`` called, ``start_append`` called, the frame
-encoded (``send_binary``), written (``send_data`` returned), ``start_append`` returned."""
+"""The worker's points per token: ``OutputMessage.send`` called, ``start_append`` called, the SDK's
+``send`` called, returned (frame written), ``start_append`` returned."""
 
 _BURST_GAP_US = 300
 
