@@ -188,8 +188,8 @@ class _Path:
                 path.rows.extend((stamp, t) for stamp in framed)
                 framed.clear()
 
-        Protocol.send_binary = traced_send_binary  # type: ignore[method-assign]
-        Connection.send_data = traced_send_data  # type: ignore[method-assign]
+        Protocol.send_binary = traced_send_binary  # type: ignore[method-assign,assignment]
+        Connection.send_data = traced_send_data  # type: ignore[method-assign,assignment]
         if not steps:
             return
         out_send = OutputMessage.send
@@ -238,13 +238,18 @@ class _Path:
         gaps = [b[i + 1][0] - back.get(b[i][0], b[i + 1][0]) for b in bursts for i in range(len(b) - 1)]
         steps = ""
         if self.marks["send"]:
-            points = [("stamp", None), ("send", "send"), ("handed", "handed"), ("encoded", "sdk")]
+            points: list[tuple[str, str | None]] = [
+                ("stamp", None), ("send", "send"), ("handed", "handed"), ("encoded", "sdk"),
+            ]  # fmt: skip
             parts = []
             for (_, a), (name, b) in itertools.pairwise(points):
+                assert b is not None
+                at = self.marks[b]
+                since = self.marks[a] if a is not None else None
                 d = sorted(
-                    self.marks[b][s] - (s if a is None else self.marks[a][s])
+                    at[s] - (s if since is None else since[s])
                     for s, _w in rows
-                    if s in self.marks[b] and (a is None or s in self.marks[a])
+                    if s in at and (since is None or s in since)
                 )
                 parts.append(f"->{name} {d[len(d) // 2]}" if d else f"->{name} -")
             d = sorted(w - self.marks["sdk"][s] for s, w in rows if s in self.marks["sdk"])
