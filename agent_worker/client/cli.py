@@ -65,6 +65,10 @@ def chat(  # noqa: PLR0917 - typer maps parameters to options
     ] = "error",
 ) -> None:
     """Open a terminal device on SESSION: history, live runs from every device, prompts and cancel."""
+    # Before anything global (logging) is configured: a refusal leaves the process as it was.
+    if not (math.isfinite(wait) and wait >= 0):
+        msg = f"--wait must be a finite number of seconds, 0 or more, not {wait}"
+        raise typer.BadParameter(msg)
     import asyncio  # noqa: PLC0415 - keep `agent-worker --help` fast
     import logging  # noqa: PLC0415
 
@@ -90,9 +94,6 @@ def chat(  # noqa: PLR0917 - typer maps parameters to options
         key = DEFAULT_DEV_KEY  # the key every local embedded server accepts out of the box
     from agent_worker.protocol.codecs import CODECS  # noqa: PLC0415
 
-    if not (math.isfinite(wait) and wait >= 0):
-        msg = f"--wait must be a finite number of seconds, 0 or more, not {wait}"
-        raise typer.BadParameter(msg)
     if codec is not None and codec not in CODECS:
         msg = f"--codec must be one of {', '.join(sorted(CODECS))}"
         raise typer.BadParameter(msg)
