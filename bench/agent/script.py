@@ -1,9 +1,13 @@
 """The benchmark's scripted "model", shared by both agents (JS twin: tests/js/bench/agent.mjs).
 
 The user message is ``{"bench": "stream", "id": ..., "tokens": N, "rate": R}``; the model streams N
-tokens ``"<seq>:<us>;"`` at R tokens/s (0 = as fast as the agent takes them), where ``us`` is the
-CLOCK_MONOTONIC time in microseconds at which the token left the model. Every process on the machine
-reads the same clock, so the client's receive time minus ``us`` is the provider→client latency.
+tokens ``"<seq>:<us>:<due>;"`` at R tokens/s (0 = as fast as the agent takes them), where ``us`` is
+the CLOCK_MONOTONIC time in microseconds at which the token left the model (its generator resumed)
+and ``due`` the time its pacing timer was due (the time just before the sleep plus the interval;
+``us`` when unpaced). Every process on the machine reads the same clock, so the client's receive
+time minus ``us`` is the provider→client latency; minus ``due``, the same with the agent's own
+event-loop wait for the timer counted too (a real model's token arrives on a socket at a time that
+does not depend on the agent's loop). The sleeps stay relative, so the load is the same as before.
 Events go to stdout as ``@@event {...}``: the prompt size at the model call, and the moment the
 model stream was closed by a cancel.
 """
@@ -49,8 +53,12 @@ async def bench_script(request: ModelRequest) -> AsyncIterator[StreamEvent | str
     try:
         for seq in range(1, int(spec["tokens"]) + 1):
             if interval:
+                due = now_us() + round(interval * 1e6)
                 await asyncio.sleep(interval)
-            yield "ok" if spec["bench"] == "plain" else f"{seq}:{now_us()};"
+                us = now_us()
+            else:
+                us = due = now_us()
+            yield "ok" if spec["bench"] == "plain" else f"{seq}:{us}:{due};"
     except (asyncio.CancelledError, GeneratorExit):
         # The worker closes the provider stream when the run is cancelled (= an HTTP abort).
         emit("event", {"event": "closed", "id": spec["id"], "us": now_us()})

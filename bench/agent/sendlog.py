@@ -4,7 +4,7 @@ Diagnostics only (where the N-stream latency goes: the agent, or the server and 
 Python worker wraps ably-python's ``WebSocketTransport.send`` (the frame is encoded and written to
 the socket in that call) and ``Channel.start_append`` (the writer hands the append over); the JS
 agent (tests/js/bench/agent.mjs) wraps ``ws``'s ``WebSocket.send``, where ably-js writes each frame.
-For every ``<seq>:<us>;`` token in an outgoing frame, each logs ``[seq, us, sent_us]`` (and the
+For every ``<seq>:<us>:<due>;`` token in an outgoing frame, each logs ``[seq, us, sent_us]`` (and the
 worker ``[seq, us, handed_us]``), in CLOCK_MONOTONIC microseconds, to ``<prefix>-<kind>-<pid>.json``
 when it exits. Nothing here runs in production.
 
@@ -37,7 +37,7 @@ from typing import Any
 
 __all__ = ["install", "main"]
 
-_TOKEN = re.compile(r"(\d+):(\d{6,});")
+_TOKEN = re.compile(r"(\d+):(\d{6,})(?::\d+)?;")
 
 
 def _now() -> int:

@@ -2,7 +2,7 @@
 
 Diagnostics only (the part of the N-stream latency after the agent's socket write, which both
 agents share). In the bench's server process it records, in CLOCK_MONOTONIC microseconds, for
-every ``<seq>:<us>;`` token: when its bytes were read from the agent's socket (aiohttp's
+every ``<seq>:<us>:<due>;`` token: when its bytes were read from the agent's socket (aiohttp's
 ``data_received``), when the server handled the frame (``RealtimeConnection.handle``) and when the
 fan-out frame was written to the client's socket (``Transport._send``); per connection, the
 frames and reads it saw (format, frame sizes, messages per frame, the keys of a frame and of its
@@ -28,8 +28,8 @@ from bench.agent.sendlog import _pct, steady_receipts
 
 __all__ = ["install", "main"]
 
-_TOKEN = re.compile(rb"(\d+):(\d{6,});")
-_TOKEN_STR = re.compile(r"(\d+):(\d{6,});")
+_TOKEN = re.compile(rb"(\d+):(\d{6,})(?::\d+)?;")
+_TOKEN_STR = re.compile(r"(\d+):(\d{6,})(?::\d+)?;")
 
 
 def _now() -> int:

@@ -140,7 +140,7 @@ class _Client(threading.Thread):
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
 
-_TOKEN = re.compile(rb"\d+:(\d{6,});")
+_TOKEN = re.compile(rb"\d+:(\d{6,})(?::\d+)?;")  # seq:us:due (bench/agent/script.py)
 
 
 def _stamps(data: object) -> list[int]:

@@ -32,7 +32,7 @@ if (process.env.AW_BENCH_SENDLOG) {
     const t = nowUs();
     const text = typeof data === 'string' ? data : Buffer.from(data).toString('latin1');
     let found = false;
-    for (const m of text.matchAll(/(\d+):(\d{6,});/g)) {
+    for (const m of text.matchAll(/(\d+):(\d{6,})(?::\d+)?;/g)) {
       sent.push([Number(m[1]), Number(m[2]), t]);
       found = true;
       frames[1] += 1;
@@ -58,7 +58,8 @@ const ably = new Ably.Realtime({
   ...(config.rollup !== undefined ? { transportParams: { appendRollupWindow: config.rollup } } : {}),
 });
 
-/** The benchmark "model": `{"bench":"stream","id","tokens","rate"}` → `seq:us;` tokens. */
+/** The benchmark "model": `{"bench":"stream","id","tokens","rate"}` → `seq:us:due;` tokens (us: when
+ * the generator resumed; due: when its timer was due, the time before the sleep + the interval). */
 function parseScript(text) {
   try {
     const spec = JSON.parse(text);
@@ -90,9 +91,14 @@ async function* modelStream(spec, signal) {
   const interval = spec.rate > 0 ? 1000 / spec.rate : 0;
   try {
     for (let seq = 1; seq <= spec.tokens; seq++) {
-      if (interval > 0) await sleep(interval);
+      let due = null;
+      if (interval > 0) {
+        due = nowUs() + Math.round(interval * 1000);
+        await sleep(interval);
+      }
       if (signal.aborted) return;
-      yield { type: 'text-delta', id: textId, delta: spec.bench === 'plain' ? 'ok' : `${seq}:${nowUs()};` };
+      const us = nowUs();
+      yield { type: 'text-delta', id: textId, delta: spec.bench === 'plain' ? 'ok' : `${seq}:${us}:${due ?? us};` };
     }
   } finally {
     if (signal.aborted) reportClosed();

@@ -72,6 +72,7 @@ class Stream {
     this.client = client;
     this.channel = client.channels.get(name);
     this.latencies = [];
+    this.dueLatencies = [];
     this.emitted = [];
     this.maxSeq = 0;
     this.tokens = 0;
@@ -111,15 +112,17 @@ class Stream {
       if (m.action === 'message.append') this.appends += 1;
       for (const token of m.data.split(';')) {
         if (!token) continue;
-        const [seq, us] = token.split(':');
+        // `seq:us:due` (bench/agent/script.py): us = the model's generator resumed, due = its timer was due
+        const [seq, us, due] = token.split(':');
         const n = Number(seq);
         if (!(n > this.maxSeq)) continue;
         this.maxSeq = n;
         this.tokens += 1;
         if (us !== undefined) {
           this.latencies.push(t - Number(us));
+          this.dueLatencies.push(t - Number(due ?? us));
           this.emitted.push(Number(us));
-          if (config.timeline) this.samples.push([n, Number(us), t]);
+          if (config.timeline) this.samples.push([n, Number(us), t, Number(due ?? us)]);
         }
         if (this.firstTokenUs === null) this.firstTokenUs = t;
         this.lastTokenUs = t;
@@ -211,8 +214,12 @@ async function streamsPhase(phase, { n, tokens, rate, timeoutMs = 120000, partia
   // after the burst of N simultaneous invocations (attach, history, run-start) is over.
   const allStreaming = Math.max(...streams.map((s) => s.firstTokenUs ?? 0));
   const steady = streams.flatMap((s) => s.latencies.filter((_, i) => s.emitted[i] >= allStreaming));
+  // The same tokens, from the time the model's timer was due (its `due` stamp) rather than the time
+  // its generator resumed: this also counts the agent's own event-loop wait behind earlier tokens.
+  const steadyDue = streams.flatMap((s) => s.dueLatencies.filter((_, i) => s.emitted[i] >= allStreaming));
   const out = {
     steadyLatenciesUs: steady,
+    steadyDueLatenciesUs: steadyDue,
     cpuSeconds: cpu1.seconds - cpu0.seconds,
     serverCpuSeconds: cpu1.server - cpu0.server,
     // the machine's clock ticks over the phase (busy / idle / steal: the hypervisor's other guests)
@@ -240,6 +247,7 @@ async function throughputPhase({ n, tokens }) {
   const out = await streamsPhase('throughput', { n, tokens, rate: 0 });
   delete out.latenciesUs;
   delete out.steadyLatenciesUs;
+  delete out.steadyDueLatenciesUs;
   return out;
 }
 
