@@ -29,16 +29,13 @@ import dataclasses
 import gc
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
-from concurrent.futures import Future
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
-import aiohttp
 from ably import AblyRest
 from ably.types.message import Message
 
@@ -53,8 +50,7 @@ from agent_worker.transport.ably import AblySettings, Channel
 from agent_worker.worker.http import serve
 from agent_worker.worker.service import GC_THRESHOLDS, Worker, tune_gc
 from bench.agent import AGENT_CLIENT_ID
-
-T = TypeVar("T")
+from bench.agent.inproc import Client, start_server
 
 
 class _Gate:
@@ -84,46 +80,10 @@ async def _gated_script(_request: ModelRequest) -> AsyncIterator[StreamEvent | s
     yield "second"
 
 
-def _start_server() -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    env = dict(os.environ, AW_BENCH_CONFIG=json.dumps({"enforce": True}))
-    argv = [sys.executable, "-m", "bench.agent.procs", "server"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("@@ready"):
-            ready: dict[str, Any] = json.loads(line.split(" ", 1)[1])
-            return proc, ready
-    msg = "the embedded server did not start"
-    raise SystemExit(msg)
-
-
 def _cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class _Client(threading.Thread):
-    """The POSTs' own event loop and HTTP session, in a thread (its CPU is not the worker's)."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.loop = asyncio.new_event_loop()
-        self.started_up = threading.Event()
-        self.session: aiohttp.ClientSession | None = None
-
-    def run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-
-        async def make() -> aiohttp.ClientSession:
-            return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-
-        self.session = self.loop.run_until_complete(make())
-        self.started_up.set()
-        self.loop.run_forever()
-
-    def call(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
 
 class _FrameCount:
@@ -262,7 +222,7 @@ def _frame_kind(msg: dict[str, Any]) -> str:
 
 async def _main(args: argparse.Namespace) -> None:
     global GATE  # noqa: PLW0603 - the script reads the round's gate
-    server, info = _start_server()
+    server, info = start_server(enforce=True)
     shipped, shipped_ably = WorkerConfig(), AblyConfig()
     settings = AblySettings(
         endpoint=f"127.0.0.1:{info['port']}",
@@ -291,7 +251,7 @@ async def _main(args: argparse.Namespace) -> None:
         key=info["key"], rest_host="127.0.0.1", port=info["port"], tls=False, client_id="user",
         use_token_auth=True, use_binary_protocol=True,
     )  # fmt: skip
-    client = _Client()
+    client = Client()
     client.start()
     client.started_up.wait()
 

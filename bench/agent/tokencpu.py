@@ -33,16 +33,12 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
-from concurrent.futures import Future
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
-import aiohttp
 from ably import AblyRest
 from ably.types.message import Message
 
@@ -56,8 +52,7 @@ from agent_worker.transport.ably import AblySettings
 from agent_worker.worker.http import serve
 from agent_worker.worker.service import GC_THRESHOLDS, Worker, tune_gc
 from bench.agent import AGENT_CLIENT_ID, VARIANTS
-
-T = TypeVar("T")
+from bench.agent.inproc import Client, start_server
 
 
 @dataclasses.dataclass
@@ -102,42 +97,6 @@ async def _script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
             rnd.counted = rnd.end_at - rnd.start_at
             rnd.ended.set()
         yield f"{seq}:{_now_us()};"
-
-
-def _start_server() -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    env = dict(os.environ, AW_BENCH_CONFIG=json.dumps({"enforce": False}))
-    argv = [sys.executable, "-m", "bench.agent.procs", "server"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("@@ready"):
-            ready: dict[str, Any] = json.loads(line.split(" ", 1)[1])
-            return proc, ready
-    msg = "the embedded server did not start"
-    raise SystemExit(msg)
-
-
-class _Client(threading.Thread):
-    """The POSTs' own event loop and HTTP session, in a thread (its CPU is not the worker's)."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.loop = asyncio.new_event_loop()
-        self.started_up = threading.Event()
-        self.session: aiohttp.ClientSession | None = None
-
-    def run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-
-        async def make() -> aiohttp.ClientSession:
-            return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-
-        self.session = self.loop.run_until_complete(make())
-        self.started_up.set()
-        self.loop.run_forever()
-
-    def call(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
 
 _TOKEN = re.compile(rb"\d+:(\d{6,})(?::\d+)?;")  # seq:us:due (bench/agent/script.py)
@@ -271,7 +230,7 @@ class _Path:
 
 async def _main(args: argparse.Namespace) -> None:
     global ROUND  # noqa: PLW0603 - the script reads the round's counters
-    server, info = _start_server()
+    server, info = start_server(enforce=False)
     spec, shipped = VARIANTS["py"], AblyConfig()  # as bench.agent.procs builds the `py` variant
     settings = AblySettings(
         endpoint=f"127.0.0.1:{info['port']}",
@@ -302,7 +261,7 @@ async def _main(args: argparse.Namespace) -> None:
         key=info["key"], rest_host="127.0.0.1", port=info["port"], tls=False, client_id="user",
         use_token_auth=True, use_binary_protocol=True,
     )  # fmt: skip
-    client = _Client()
+    client = Client()
     client.start()
     client.started_up.wait()
 
@@ -388,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", action="store_true", help="--path, and the steps between (wraps more calls)")
     ap.add_argument("--profile", help="write a thread_time cProfile of the steady windows here")
     args = ap.parse_args(argv)
+    if args.tokens <= 2 * args.skip or args.n < 1 or args.rounds < 1:
+        ap.error("--tokens must exceed twice --skip (the window between), --n and --rounds at least 1")
     from agent_worker import eventloop  # noqa: PLC0415
     from agent_worker.logs import configure_logging  # noqa: PLC0415
 

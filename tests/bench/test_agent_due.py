@@ -14,6 +14,7 @@ from bench.agent.script import bench_script, now_us
 from bench.agent.sendlog import _TOKEN
 from bench.agent.serverlog import _TOKEN as _SERVER_TOKEN
 from bench.agent.serverlog import _TOKEN_STR
+from tests.bench.phases import phase
 
 
 def _request(tokens: int, rate: int) -> ModelRequest:
@@ -57,29 +58,10 @@ def test_the_diagnostics_find_seq_and_resume_time_in_either_token_format() -> No
 
 
 def _phase(resume_ms: list[float], due_ms: list[float] | None, n: int = 1) -> dict[str, Any]:
-    us = [round(ms * 1000) for ms in resume_ms]
-    phase: dict[str, Any] = {
-        "n": n,
-        "tokens": len(us) // n,
-        "rate": 10,
-        "timedOut": False,
-        "latenciesUs": us,
-        "steadyLatenciesUs": us,
-        "firstTokenUs": [200_000] * n,
-        "reasons": ["complete"] * n,
-        "cpuSeconds": 0.5,
-        "serverCpuSeconds": 0.2,
-        "failedInvocations": 0,
-        "failedReasons": [],
-        "ended": n,
-        "received": len(us),
-        "appends": len(us),
-        "wallUs": 1_000_000,
-        "machineTicks": {"busy": 100, "idle": 100, "steal": 0},
-    }
+    result = phase(resume_ms, n=n)
     if due_ms is not None:
-        phase["steadyDueLatenciesUs"] = [round(ms * 1000) for ms in due_ms]
-    return phase
+        result["steadyDueLatenciesUs"] = [round(ms * 1000) for ms in due_ms]
+    return result
 
 
 def _result(scale: float, due: bool = True) -> dict[str, Any]:

@@ -17,33 +17,11 @@ from bench.agent import (
     summarise,
     variant_label,
 )
-
-
-def _phase(latencies_ms: list[float], *, n: int = 2, cpu: float = 0.5, steal: int = 0) -> dict[str, Any]:
-    us = [round(ms * 1000) for ms in latencies_ms]
-    return {
-        "n": n,
-        "tokens": len(us) // n,
-        "rate": 10,
-        "timedOut": False,
-        "latenciesUs": us,
-        "steadyLatenciesUs": us,
-        "firstTokenUs": [200_000] * n,
-        "reasons": ["complete"] * n,
-        "cpuSeconds": cpu,
-        "serverCpuSeconds": cpu / 2,
-        "failedInvocations": 0,
-        "failedReasons": [],
-        "ended": n,
-        "received": len(us),
-        "appends": len(us),
-        "wallUs": 1_000_000,
-        "machineTicks": {"busy": 100, "idle": 100 - steal, "steal": steal},
-    }
+from tests.bench.phases import phase
 
 
 def _half(latencies_ms: list[float], **kw: Any) -> dict[str, Any]:
-    return {"latencyN": _phase(latencies_ms, **kw), "refused": {}, "loadavg": [[0.5] * 3, [0.6] * 3]}
+    return {"latencyN": phase(latencies_ms, **kw), "refused": {}, "loadavg": [[0.5] * 3, [0.6] * 3]}
 
 
 def test_a_repeated_variant_gets_a_key_of_its_own() -> None:
@@ -74,7 +52,7 @@ def test_the_pooled_phase_holds_both_passes_and_keeps_each() -> None:
     first = _half([1.0, 1.0, 1.0, 1.0], cpu=0.4, steal=0)
     second = _half([3.0, 3.0, 3.0, 3.0], cpu=0.6, steal=20)
     second["refused"] = {"42911": 2}
-    full = {"latency1": _phase([1.0, 2.0], n=1), "refused": {"42911": 1}, "peakConnections": 1}
+    full = {"latency1": phase([1.0, 2.0], n=1), "refused": {"42911": 1}, "peakConnections": 1}
     merged = merge_halves(full, [first, second])
     pooled = merged["latencyN"]
     assert pooled["n"] == 4 and pooled["received"] == 8
@@ -92,9 +70,9 @@ def test_the_pooled_phase_holds_both_passes_and_keeps_each() -> None:
 def test_the_table_names_each_pass_in_run_order() -> None:
     def result(low: float, high: float, steal: int = 10) -> dict[str, Any]:
         raw = {
-            "latency1": _phase([1.0, 1.0], n=1),
+            "latency1": phase([1.0, 1.0], n=1),
             "memory": {"n": 2, "baseKb": 1000, "activeKb": 1200, "afterKb": 1100},
-            "throughput": {**_phase([1.0] * 4), "wallUs": 1_000_000},
+            "throughput": {**phase([1.0] * 4), "wallUs": 1_000_000},
             "cancel": {"samples": [{"reason": "cancelled", "closedUs": 1000, "runEndUs": 3000}]},
         }
         return merge_halves(raw, [_half([low] * 4), _half([high] * 4, steal=steal)])
@@ -125,9 +103,9 @@ def test_a_block_run_again_for_steal_is_reported_but_not_pooled() -> None:
     results = {}
     for v in ("js", "py"):
         raw = {
-            "latency1": _phase([1.0, 1.0], n=1),
+            "latency1": phase([1.0, 1.0], n=1),
             "memory": {"n": 2, "baseKb": 1000, "activeKb": 1200, "afterKb": 1100},
-            "throughput": {**_phase([1.0] * 4), "wallUs": 1_000_000},
+            "throughput": {**phase([1.0] * 4), "wallUs": 1_000_000},
             "cancel": {"samples": [{"reason": "cancelled", "closedUs": 1000, "runEndUs": 3000}]},
         }
         results[v] = summarise(merge_halves(raw, calm[v], noisy[v]))
