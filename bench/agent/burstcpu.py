@@ -27,30 +27,22 @@ import collections
 import cProfile
 import dataclasses
 import gc
-import json
 import os
 import sys
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ably import AblyRest
-from ably.types.message import Message
-
 from agent_worker.agent import Agent
-from agent_worker.config import AblyConfig, HttpConfig, Secret, WorkerConfig
-from agent_worker.protocol.headers import build_input_headers
-from agent_worker.protocol.vercel.encoder import encode_user_message
+from agent_worker.config import AblyConfig, Secret, WorkerConfig
 from agent_worker.protocol.wire import OutboundMessage
 from agent_worker.providers.base import ModelRequest, StreamEvent
 from agent_worker.providers.echo import ScriptedProvider
 from agent_worker.transport.ably import AblySettings, Channel
-from agent_worker.worker.http import serve
-from agent_worker.worker.service import GC_THRESHOLDS, Worker, tune_gc
+from agent_worker.worker.service import Worker
 from bench.agent import AGENT_CLIENT_ID
-from bench.agent.inproc import Client, start_server
+from bench.agent.inproc import start_harness, start_server
 
 
 class _Gate:
@@ -242,24 +234,8 @@ async def _main(args: argparse.Namespace) -> None:
         agent=Agent(ScriptedProvider(_gated_script, name="gated")),
         config=WorkerConfig(max_concurrent_runs=1000, max_pending_invocations=1000),
     )
-    await worker.start()
-    runner = await serve(worker, HttpConfig(port=0), port=0)
-    tune_gc(GC_THRESHOLDS)
-    host, port = runner.addresses[0][:2]
-    url = f"http://{host}:{port}/api/chat"
-    rest = AblyRest(
-        key=info["key"], rest_host="127.0.0.1", port=info["port"], tls=False, client_id="user",
-        use_token_auth=True, use_binary_protocol=True,
-    )  # fmt: skip
-    client = Client()
-    client.start()
-    client.started_up.wait()
-
-    async def post(name: str, event_id: str) -> int:
-        assert client.session is not None
-        async with client.session.post(url, json={"sessionName": name, "inputEventId": event_id}) as r:
-            await r.read()
-            return r.status
+    harness = await start_harness(worker, info)
+    client = harness.client
 
     profiler = cProfile.Profile(time.thread_time) if args.profile else None
     per_start: list[float] = []
@@ -282,19 +258,8 @@ async def _main(args: argparse.Namespace) -> None:
     for rnd in range(args.rounds):
         items = []
         for i in range(args.n):
-            name = f"conversations:burst-{uuid.uuid4().hex[:12]}"
-            cmid, eid = str(uuid.uuid4()), str(uuid.uuid4())
-            headers = build_input_headers(
-                codec_message_id=cmid, event_id=eid, run_client_id="user", parent=None
-            )
-            text = json.dumps({"bench": "stream", "id": f"{rnd}-{i}", "tokens": 1, "rate": 0})
-            wires = encode_user_message(
-                {"id": cmid, "role": "user", "parts": [{"type": "text", "text": text}]}, headers
-            )
-            await rest.channels.get(name).publish(
-                [Message(name=m.name, data=m.data, extras=m.extras) for m in wires]
-            )
-            items.append((name, eid))
+            ask = {"bench": "stream", "id": f"{rnd}-{i}", "tokens": 1, "rate": 0}
+            items.append(await harness.publish_ask("burst", ask))
         await asyncio.sleep(args.quiet)  # warm connections topped up, spare clients built
         gc.collect()
         GATE = _Gate(args.n, args.first_token_ms / 1000)
@@ -308,7 +273,7 @@ async def _main(args: argparse.Namespace) -> None:
             frames.counting = True
         if attribution is not None:
             attribution.counting = True
-        futures = [client.call(post(name, eid)) for name, eid in items]
+        futures = [client.call(harness.post(name, eid)) for name, eid in items]
         statuses = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         assert all(s == 200 for s in statuses), statuses
         await asyncio.wait_for(GATE.all_first.wait(), 120)
@@ -351,14 +316,7 @@ async def _main(args: argparse.Namespace) -> None:
         frames.report(args.n * args.rounds)
     if attribution is not None:
         attribution.report(args.n * args.rounds, total_cpu)
-    assert client.session is not None
-    client.call(client.session.close()).result()
-    client.loop.call_soon_threadsafe(client.loop.stop)
-    await runner.cleanup()
-    await worker.close(drain_timeout_s=2)
-    assert server.stdin is not None
-    server.stdin.close()
-    server.wait(10)
+    await harness.close(worker, server)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,24 +35,17 @@ import re
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ably import AblyRest
-from ably.types.message import Message
-
 from agent_worker.agent import Agent
-from agent_worker.config import AblyConfig, HttpConfig, Secret, WorkerConfig
-from agent_worker.protocol.headers import build_input_headers
-from agent_worker.protocol.vercel.encoder import encode_user_message
+from agent_worker.config import AblyConfig, Secret, WorkerConfig
 from agent_worker.providers.base import ModelRequest, StreamEvent
 from agent_worker.providers.echo import ScriptedProvider, latest_user_text
 from agent_worker.transport.ably import AblySettings
-from agent_worker.worker.http import serve
-from agent_worker.worker.service import GC_THRESHOLDS, Worker, tune_gc
+from agent_worker.worker.service import Worker
 from bench.agent import AGENT_CLIENT_ID, VARIANTS
-from bench.agent.inproc import Client, start_server
+from bench.agent.inproc import start_harness, start_server
 
 
 @dataclasses.dataclass
@@ -252,24 +245,8 @@ async def _main(args: argparse.Namespace) -> None:
         config=WorkerConfig(**spec["worker"]),
     )
     path = _Path(args.steps) if args.path or args.steps else None
-    await worker.start()
-    runner = await serve(worker, HttpConfig(port=0), port=0)
-    tune_gc(GC_THRESHOLDS)
-    host, port = runner.addresses[0][:2]
-    url = f"http://{host}:{port}/api/chat"
-    rest = AblyRest(
-        key=info["key"], rest_host="127.0.0.1", port=info["port"], tls=False, client_id="user",
-        use_token_auth=True, use_binary_protocol=True,
-    )  # fmt: skip
-    client = Client()
-    client.start()
-    client.started_up.wait()
-
-    async def post(name: str, event_id: str) -> int:
-        assert client.session is not None
-        async with client.session.post(url, json={"sessionName": name, "inputEventId": event_id}) as r:
-            await r.read()
-            return r.status
+    harness = await start_harness(worker, info)
+    client = harness.client
 
     profiler = cProfile.Profile(time.thread_time) if args.profile else None
     results: list[float] = []
@@ -277,25 +254,13 @@ async def _main(args: argparse.Namespace) -> None:
     for rnd in range(args.rounds):
         items = []
         for i in range(args.n):
-            name = f"conversations:tokens-{uuid.uuid4().hex[:12]}"
-            cmid, eid = str(uuid.uuid4()), str(uuid.uuid4())
-            headers = build_input_headers(
-                codec_message_id=cmid, event_id=eid, run_client_id="user", parent=None
-            )
             ask = {"bench": "stream", "id": f"{rnd}-{i}", "tokens": args.tokens, "rate": args.rate}
-            text = json.dumps(ask)
-            wires = encode_user_message(
-                {"id": cmid, "role": "user", "parts": [{"type": "text", "text": text}]}, headers
-            )
-            await rest.channels.get(name).publish(
-                [Message(name=m.name, data=m.data, extras=m.extras) for m in wires]
-            )
-            items.append((name, eid))
+            items.append(await harness.publish_ask("tokens", ask))
         await asyncio.sleep(args.quiet)
         gc.collect()
         ROUND = _Round(args.n * args.skip, args.n * (args.tokens - args.skip))
         ROUND.profiler = profiler
-        futures = [client.call(post(name, eid)) for name, eid in items]
+        futures = [client.call(harness.post(name, eid)) for name, eid in items]
         statuses = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         assert all(s == 200 for s in statuses), statuses
         await asyncio.wait_for(ROUND.started.wait(), 120)
@@ -325,14 +290,7 @@ async def _main(args: argparse.Namespace) -> None:
     )
     if profiler is not None:
         profiler.dump_stats(args.profile)
-    assert client.session is not None
-    client.call(client.session.close()).result()
-    client.loop.call_soon_threadsafe(client.loop.stop)
-    await runner.cleanup()
-    await worker.close(drain_timeout_s=2)
-    assert server.stdin is not None
-    server.stdin.close()
-    server.wait(10)
+    await harness.close(worker, server)
 
 
 def main(argv: list[str] | None = None) -> None:
