@@ -308,6 +308,9 @@ class Hub:
         self.held_bytes = 0  # sum of the held channels' log.bytes (see ServerConfig.max_history_bytes)
         self._uses = 0
         self._refusing = False  # refusing new channels at max_channels (logged once per episode)
+        # Set when a scan for idle channels found none: until an attachment goes (every path that
+        # drops one calls leave_presence), new channels are refused without scanning them all again.
+        self._full_in_use = False
         # held_bytes beyond which a publish makes room: the budget, or while the channels in use
         # alone exceed it, a tenth more than they held at the last try (not a scan per publish).
         self._room_at = config.max_history_bytes
@@ -355,6 +358,7 @@ class Hub:
 
     def _release(self, name: str, rt: ChannelRuntime) -> None:
         del self.channels[name]
+        self._full_in_use = False
         self.held_bytes -= rt.log.bytes
 
     def _make_room(self, keep: ChannelRuntime | None = None) -> None:
@@ -392,8 +396,10 @@ class Hub:
         rt = self.channels.get(name)
         if rt is None:
             if len(self.channels) >= self.config.max_channels:
-                self._make_room()
+                if not self._full_in_use:  # a flood of new names costs one scan, not one each
+                    self._make_room()
                 if len(self.channels) >= self.config.max_channels:
+                    self._full_in_use = True
                     limit = self.config.max_channels
                     if not self._refusing:
                         self._refusing = True
@@ -661,6 +667,8 @@ class Hub:
         rt.deliver_presence(events, now)
 
     def leave_presence(self, connection_id: str, channels: Sequence[str] | None = None) -> None:
+        """Called whenever a connection drops attachments (detach, revocation, discard)."""
+        self._full_in_use = False  # a channel may have become idle: the next new one scans again
         now = self.now_ms()
         for name in channels if channels is not None else list(self.channels):
             rt = self.channels.get(name)

@@ -169,6 +169,37 @@ async def test_a_new_channel_is_refused_with_40114_only_when_all_are_in_use() ->
             await c.close()
 
 
+async def test_a_flood_of_new_channels_at_the_cap_scans_the_held_ones_once() -> None:
+    """At the cap with every channel in use, each refused name used to sort every held channel
+    again (10,000 by default): a client cycling new names made the server do that per request.
+    Now one scan finds nothing idle and later names are refused at once, until an attachment goes."""
+    async with EmbeddedServer(ServerConfig(max_channels=3)) as server:
+        hub = server.hub
+        scans = 0
+        make_room = hub._make_room
+
+        def counting(keep: Any = None) -> None:
+            nonlocal scans
+            scans += 1
+            make_room(keep)
+
+        hub._make_room = counting  # type: ignore[method-assign]
+        c = await RawClient.connect(server, clientId="u")
+        try:
+            for i in range(3):
+                await c.attach(f"c{i}")
+            for i in range(20):
+                await c.send({"action": ATTACH, "channel": f"new{i}"})
+                assert (await c.expect(ERROR))["error"]["code"] == 40114
+            assert scans == 1
+            await c.send({"action": DETACH, "channel": "c1"})
+            await c.expect(DETACHED)
+            await c.attach("new0")  # the detach made c1 idle: scanned again and released
+            assert scans == 2 and "c1" not in hub.channels and "new0" in hub.channels
+        finally:
+            await c.close()
+
+
 async def _rest_publish(server: EmbeddedServer, channel: str) -> tuple[int, Any]:
     import aiohttp  # noqa: PLC0415
 
