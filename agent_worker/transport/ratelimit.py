@@ -57,9 +57,9 @@ class _Waiter:
 
 
 class RateLimiter:
-    """At most ``per_second`` messages in any sliding ``window_s`` (a second), paced by a token bucket of ``rate``
-    tokens per second with at most ``burst`` saved up; waiters in arrival order, urgent ones before
-    deferrable ones (for at most ``max_defer_s``, see the module doc)."""
+    """At most ``per_second`` messages in any sliding ``window_s`` (a second), paced by a token
+    bucket of ``rate`` tokens per second with at most ``burst`` saved up; waiters in arrival order,
+    urgent ones before deferrable ones (for at most ``max_defer_s``, see the module doc)."""
 
     def __init__(
         self,
@@ -70,8 +70,11 @@ class RateLimiter:
         max_defer_s: float = MAX_DEFER_S,
         window_s: float = WINDOW_S,
     ) -> None:
-        if rate <= 0 or burst < 1 or max_defer_s < 0 or window_s <= 0 or (per_second is not None and per_second < 1):
-            msg = "rate and window_s must be positive, burst and per_second at least 1, max_defer_s not negative"
+        if rate <= 0 or window_s <= 0 or burst < 1 or (per_second is not None and per_second < 1):
+            msg = "rate and window_s must be positive, burst and per_second at least 1"
+            raise ValueError(msg)
+        if max_defer_s < 0:
+            msg = "max_defer_s must not be negative"
             raise ValueError(msg)
         self.rate = rate
         self.burst = burst
