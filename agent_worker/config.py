@@ -286,8 +286,12 @@ class WorkerConfig(_Section):
     ones are merged (0 = one append per delta). Ably's server-side rollup default is also 40 ms; the
     appends go 2 ms more than the window apart (``runtime.streaming.pacing_s``) so Ably never holds them."""
     max_messages_per_second: Annotated[float, Field(gt=0)] = 45.0
-    """Outbound messages per connection; Ably's inbound limit is 50/s per connection."""
-    burst: Annotated[int, Field(ge=1)] = 10
+    """Outbound messages per connection: never more than this many in any sliding second, and evenly
+    paced at this rate while the connection stays busy (Ably's inbound limit is 50/s per connection,
+    counted per second; transport/ratelimit.py)."""
+    burst: Annotated[int, Field(ge=1)] = 30
+    """Messages a quiet connection may send at once (a burst of starts sends six each before its first
+    text); a burst counts against the same second, so what follows it waits until it is a second old."""
     sessions: StrTuple = ("*",)
     """Glob patterns of session (channel) names this worker serves; others are refused with 404."""
     watch_channels: StrTuple = ()

@@ -43,8 +43,8 @@ class PoolPolicy:
     min_connections: int = 1
     max_connections: int = 32
     max_messages_per_second: float = 45.0
-    """Hard ceiling per connection (Ably's limit is 50/s)."""
-    burst: int = 10
+    """Hard ceiling per connection, in any sliding second (Ably's limit is 50/s)."""
+    burst: int = 30
     target_rate: float = 36.0
     """Place no more load than this on a connection while the pool may still grow."""
     session_rate: float = 12.0

@@ -1,33 +1,74 @@
-"""The per-connection token bucket (transport/ratelimit.py): urgent waiters before deferrable ones,
-arrival order within each class, no deferrable waiter passed over beyond its bound, and the rate
-never exceeded on the limiter's own clock. Only orderings and counts are asserted, no durations."""
+"""The per-connection rate limiter (transport/ratelimit.py): urgent waiters before deferrable ones,
+arrival order within each class, no deferrable waiter passed over beyond its bound, the rate never
+exceeded on the limiter's own clock, never more than ``per_second`` sends in any window, a quiet
+connection's burst granted at once, and a saturated one paced evenly (no clump when a burst leaves
+the window). Only orderings and counts are asserted, no durations; the shape is checked on a fake
+clock."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from agent_worker.protocol.wire import AppendOp, OutboundMessage, PublishOp, UpdateOp
 from agent_worker.runtime.streaming import StreamWriter
+from agent_worker.transport import ratelimit
 from agent_worker.transport.ratelimit import RateLimiter
 
 
 class _Recording(RateLimiter):
-    """Records, for each token taken, the limiter's own clock reading when it took it."""
+    """Records, for each token taken, the limiter's own clock reading when it granted it, and when
+    the send was counted in the window (``_stamp``: when the granted task resumed)."""
 
     def __init__(self, *args: float, **kwargs: float) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.taken: list[float] = []
+        self.stamps: list[float] = []
 
     def _take(self) -> None:
         super()._take()
         self.taken.append(self._updated)
 
+    def _stamp(self, now: float) -> None:
+        super()._stamp(now)
+        self.stamps.append(now)
+
     def _give_back(self) -> None:
         super()._give_back()
         self.taken.pop()
+
+
+def _most_in_any_window(stamps: list[float], window: float) -> int:
+    """The most stamps in any closed interval of length ``window``."""
+    ordered = sorted(stamps)
+    most, start = 0, 0
+    for end, t in enumerate(ordered):
+        while t - ordered[start] > window:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """A fake ``time.monotonic`` for the limiter: set ``clock[0]`` to move time."""
+    now = [1000.0]
+    monkeypatch.setattr(ratelimit, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    return now
+
+
+def _saturate(limiter: RateLimiter, clock: list[float], seconds: float, step: float = 0.0005) -> list[float]:
+    """A connection with always more to send: try every ``step`` for ``seconds``; the send times."""
+    sent: list[float] = []
+    end = clock[0] + seconds
+    while clock[0] < end:
+        while limiter.try_acquire():
+            sent.append(clock[0])
+        clock[0] += step
+    return sent
 
 
 def _drain(limiter: RateLimiter) -> None:
@@ -135,6 +176,93 @@ async def test_the_rate_is_never_exceeded_over_any_window() -> None:
         for j in range(i + burst, len(taken)):
             assert taken[j] - taken[i] >= (j - i + 1 - burst) / rate - epsilon, (i, j)
     assert limiter.recent_rate(time.monotonic()) <= rate + burst
+    assert _most_in_any_window(limiter.stamps, 1.0) <= limiter.per_second
+    assert len(limiter.stamps) == granted
+
+
+async def test_never_more_than_per_second_in_any_window() -> None:
+    """A window much tighter than the bucket (a burst of 8, up to 6 per 50 ms window): mixed urgent
+    and deferrable acquisitions, some cancelled; the sends counted in any window never exceed 6,
+    and every waiter is served (the limiter wakes when the window has room, not only on tokens)."""
+    limiter = _Recording(1000.0, 8, per_second=6, window_s=0.05, max_defer_s=0.01)
+    tasks = []
+    for i in range(60):
+        tasks.append(asyncio.create_task(limiter.acquire(defer=i % 3 != 0)))
+        if i % 20 == 0:
+            await asyncio.sleep(0.002)
+    for task in tasks[4::13]:
+        task.cancel()
+    async with asyncio.timeout(30):
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    granted = sum(1 for r in results if not isinstance(r, BaseException))
+    assert len(limiter.stamps) == limiter.sent == granted > 50
+    assert _most_in_any_window(limiter.stamps, limiter.window_s) <= 6
+
+
+async def test_urgent_waiters_go_first_while_the_window_is_full() -> None:
+    """The window, not the bucket, holds the waiters back: urgent ones still go before deferrable
+    ones that came first, and the deferrable ones are served after them."""
+    limiter = RateLimiter(10_000.0, 3, per_second=3, window_s=0.05, max_defer_s=3600.0)
+    _drain(limiter)
+    assert limiter.available() == 0.0
+    order: list[str] = []
+    tasks = [asyncio.create_task(_acquire(limiter, order, f"append-{i}", defer=True)) for i in range(3)]
+    await asyncio.sleep(0)
+    tasks += [asyncio.create_task(_acquire(limiter, order, name)) for name in ("run-start", "create")]
+    async with asyncio.timeout(10):
+        await asyncio.gather(*tasks)
+    assert order == ["run-start", "create", "append-0", "append-1", "append-2"]
+
+
+async def test_a_send_counts_from_when_its_task_resumes() -> None:
+    """A waiter granted while the loop is busy sends when its task resumes: the window counts it
+    from then, not from the grant (else the sends leaving in one window could exceed the cap)."""
+
+    class _BusyLoop(_Recording):
+        def _serve(self) -> None:
+            super()._serve()
+            time.sleep(0.03)  # the loop is busy between the grant and the task's resumption
+
+    limiter = _BusyLoop(10_000.0, 2, per_second=2, window_s=0.05)
+    _drain(limiter)
+    async with asyncio.timeout(10):
+        await limiter.acquire()
+    assert limiter.stamps[-1] - limiter.taken[-1] >= 0.03
+
+
+def test_a_quiet_connection_sends_its_burst_at_once(clock: list[float]) -> None:
+    """A burst of ``burst`` at one instant, then nothing more at that instant; after a busy spell
+    and a quiet second the whole burst is there again."""
+    limiter = RateLimiter(45.0, 30)
+    assert limiter.per_second == 45
+    assert sum(limiter.try_acquire() for _ in range(40)) == 30
+    _saturate(limiter, clock, 3.0)
+    clock[0] += 2.0
+    assert limiter.available() == 30.0
+    assert sum(limiter.try_acquire() for _ in range(40)) == 30
+
+
+def test_a_burst_counts_against_its_second(clock: list[float]) -> None:
+    """A plain bucket of 30 at 45/s lets 75 through in the first second of a busy spell; here any
+    second holds at most 45, while the long-run rate stays 45/s."""
+    limiter = RateLimiter(45.0, 30)
+    sent = _saturate(limiter, clock, 6.0)
+    assert _most_in_any_window(sent, 1.0) <= 45
+    assert len(sent) >= 5 * 45  # not slower than the rate once the burst is paid for
+
+
+def test_a_saturated_connection_is_paced_evenly_after_its_first_second(clock: list[float]) -> None:
+    """While the window is full the bucket does not fill, so when the opening burst leaves the
+    window the sends do not clump again: after the first second, any k + 1 consecutive sends span
+    at least (k - 1) / rate."""
+    limiter = RateLimiter(45.0, 30)
+    start = clock[0]
+    sent = [t - start for t in _saturate(limiter, clock, 5.0)]
+    later = [t for t in sent if t > 1.0]
+    assert len(later) > 100
+    for i in range(len(later)):
+        for j in range(i + 1, min(i + 40, len(later))):
+            assert later[j] - later[i] >= (j - i - 1) / 45.0 - 1e-6, (i, j)
 
 
 async def test_a_cancelled_waiter_takes_no_token() -> None:
