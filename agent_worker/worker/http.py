@@ -287,6 +287,12 @@ async def invoke(request: web.Request) -> web.Response:
     except Exception:
         log.exception("invocation_failed")
         return _error(500, 50000, "internal error while accepting the invocation", cors)
+    if not invocation.duplicate:
+        # The run's first step (locate the trigger, send the run-start, call the model) goes before
+        # this response: its task was queued just now, so one yield puts the response behind it. In
+        # a burst of starts the loop is saturated, and the response (which nothing on the run's
+        # path waits for) would otherwise come between every start and its model call.
+        await asyncio.sleep(0)
     return web.json_response(invocation.to_json(), headers=cors)
 
 

@@ -31,7 +31,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from agent_worker.agent import Agent
@@ -53,6 +53,9 @@ class _Gate:
         self.target = target
         self.delay_s = delay_s
         self.count = 0
+        self.called = 0
+        """Model calls so far; at the round's median call ``on_median_call`` runs (``--split``)."""
+        self.on_median_call: Callable[[], None] | None = None
         self.all_first = asyncio.Event()
         self.all_appended = asyncio.Event()
         self.release = asyncio.Event()
@@ -62,6 +65,9 @@ GATE = _Gate(0)
 
 
 async def _gated_script(_request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+    GATE.called += 1
+    if GATE.called == (GATE.target + 1) // 2 and GATE.on_median_call is not None:
+        GATE.on_median_call()
     if GATE.delay_s:
         await asyncio.sleep(GATE.delay_s)
     yield "first "
@@ -122,6 +128,8 @@ class _Attribution:
 
     def __init__(self, detail: bool) -> None:
         self.counting = False
+        self.phase = ""
+        """``--split``: "before " until the round's median model call, then "after " (a key prefix)."""
         self.cpu: dict[str, float] = collections.defaultdict(float)
         self.calls: collections.Counter[str] = collections.Counter()
         self.detail = detail
@@ -134,7 +142,7 @@ class _Attribution:
             if not counter.counting or threading.get_ident() != main:
                 run(handle)
                 return
-            key = _callback_key(handle)
+            key = counter.phase + _callback_key(handle)
             t0 = clock()
             run(handle)
             if detail:
@@ -263,6 +271,14 @@ async def _main(args: argparse.Namespace) -> None:
         await asyncio.sleep(args.quiet)  # warm connections topped up, spare clients built
         gc.collect()
         GATE = _Gate(args.n, args.first_token_ms / 1000)
+        if attribution is not None and args.split:
+            attribution.phase = "before "
+            split = attribution
+
+            def median_called(split: _Attribution = split) -> None:
+                split.phase = "after "
+
+            GATE.on_median_call = median_called
         first_appends.clear()
         server_cpu = _cpu_s(server.pid)
         cpu, wall = time.thread_time(), time.perf_counter()
@@ -344,6 +360,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument(
         "--first-token-ms", type=float, default=0.0, help="the model's delay before its first token"
+    )
+    ap.add_argument(
+        "--split",
+        action="store_true",
+        help="with --attribute: the CPU before the round's median model call apart from the CPU after it",
     )
     args = ap.parse_args(argv)
     from agent_worker import eventloop  # noqa: PLC0415

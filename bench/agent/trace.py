@@ -255,9 +255,9 @@ def install(worker: Worker, path: str) -> TextIO:
 
     def traced_start_append(self: Any, serial: str, msg: Any) -> Any:
         data = msg.data if isinstance(msg.data, str) else ""
-        if data.startswith("1:"):  # the script's first token: "1:<us it left the model>;"
+        if data.startswith("1:"):  # the script's first token: "1:<us it left the model>:<due>;"
             with contextlib.suppress(ValueError):
-                stamp = int(data[2:].split(";", 1)[0])
+                stamp = int(data[2:].split(";", 1)[0].split(":", 1)[0])
                 out.write(json.dumps({"us": stamp, "e": "token1", "s": self.name}) + "\n")
         emit("append", s=self.name)
         return start_append(self, serial, msg)

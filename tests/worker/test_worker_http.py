@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 from ably import AblyRealtime
+from aiohttp import web
 from structlog.testing import capture_logs
 
 from agent_worker.config import HttpConfig, Secret
@@ -291,3 +292,42 @@ async def test_dev_token_endpoint(ably_server: Any) -> None:
     finally:
         await off.close()
         await on.close()
+
+
+async def test_run_reaches_its_model_before_the_invocation_answer(
+    make_worker: Any, make_client: Any, session_name: str, monkeypatch: Any
+) -> None:
+    """A run whose trigger the session already holds takes its first step (located, run-start sent,
+    model called) before the POST's answer is written: in a burst of starts nothing on the run's path
+    waits for that answer, which would otherwise come between every start and its model call."""
+    prompts: list[int] = []
+
+    async def script(request: ModelRequest) -> AsyncIterator[StreamEvent | str]:
+        prompts.append(len(request.messages))
+        yield "ok"
+
+    harness: Harness = await make_worker(ScriptedProvider(script))
+    client: ChatClient = await make_client()
+    first = await client.send_text("one")
+    assert (await harness.invoke(session_name, first.event_id))[0] == 200
+    await client.run_end_for(first.codec_message_id)
+    await harness.worker.run_until_idle()
+    second = await client.send_text("two", parent=first.codec_message_id)
+    session = harness.worker.sessions[session_name]
+    for _ in range(500):  # the live message folded: the run locates it without a history read
+        if session.tree.find_event(second.event_id) is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert session.tree.find_event(second.event_id) is not None
+    answered_after: list[int] = []
+    json_response = web.json_response  # the module worker/http.py answers with
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        answered_after.append(len(prompts))
+        return json_response(*args, **kwargs)
+
+    monkeypatch.setattr(web, "json_response", recording)
+    status, body = await harness.invoke(session_name, second.event_id)
+    assert status == 200 and body["runId"]
+    assert answered_after == [2]  # the second run's model was called before its answer
+    await client.run_end_for(second.codec_message_id)
