@@ -23,6 +23,7 @@ import contextlib
 import functools
 import itertools
 import json
+import os
 import re
 import secrets
 import weakref
@@ -89,6 +90,16 @@ TokenSource = Callable[[], Awaitable["str | Mapping[str, Any]"]]
 TokenDetails when the client has a ``client_id``."""
 
 
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _host(endpoint: str) -> str:
+    """The host of ``host``, ``host:port``, ``[v6]`` or ``[v6]:port``."""
+    if endpoint.startswith("["):
+        return endpoint[1:].split("]", 1)[0]
+    return endpoint.split(":", 1)[0] if endpoint.count(":") == 1 else endpoint
+
+
 @dataclass(frozen=True, slots=True)
 class AblySettings:
     """How to reach Ably. ``endpoint`` may be ``host`` or ``host:port``; ``None`` = Ably itself."""
@@ -123,6 +134,17 @@ class AblySettings:
     """``appendRollupWindow`` transport parameter (Ably's server-side append rollup); ``None`` = the
     service's default (40 ms on Ably)."""
     realtime_request_timeout_ms: int = 15000
+    yield_between_appends: bool | None = None
+    """Before writing a running stream's append (not its first) when another append's frame was
+    written in the same loop turn (a timer burst: many streams' tokens due in the same millisecond),
+    give up the CPU once (``os.sched_yield()``), so that a process the previous frame woke on this
+    machine reads it now instead of after the whole burst. ``None``: only when the endpoint is on
+    this host (loopback: the embedded server in another process), where Linux queues the woken
+    reader on the writer's CPU (a socket write's wake-up is *sync*) and lets it wait there, with
+    the other CPU idle, until the writer's burst is written. One append per turn (a single stream)
+    never yields, nor a stream's first append (a burst of new conversations needs the worker's CPU
+    for its starts). Against a remote endpoint (Ably) a write wakes no local process: off. See
+    docs/benchmarks.md, thirteenth round (w14)."""
     echo_messages: bool = True
     """``False``: the connections do not receive their own messages (transport parameter
     ``echo=false``, ably-js ``echoMessages: false``); each channel hands what it published to its
@@ -141,7 +163,13 @@ class AblySettings:
         if self.tls is not None:
             return self.tls
         host = (self.endpoint or "").split(":")[0]
-        return host not in {"127.0.0.1", "localhost", "::1"}
+        return host not in _LOOPBACK
+
+    @property
+    def resolved_yield_between_appends(self) -> bool:
+        if self.yield_between_appends is not None:
+            return self.yield_between_appends
+        return _host(self.endpoint or "") in _LOOPBACK
 
     def client_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {
@@ -416,6 +444,9 @@ class Channel:
         self.ack_timeout_s = 2 * transport.settings.realtime_request_timeout_ms / 1000
         self._acks = AckWatch()
         self._append_op = f"append on {name}"
+        self._yield_between_appends = transport.settings.resolved_yield_between_appends
+        self._appended_to: str | None = None
+        """The serial of this channel's latest append (a stream's first append never yields)."""
         self._pipelined: asyncio.Task[Any] | None = None
         """The latest :meth:`start_publish` still in flight."""
         self._forming: _Forming | None = None
@@ -689,6 +720,10 @@ class Channel:
         # Eager only when the send can go at once: a first step that has to wait (``ready``'s
         # ``wait_for``) belongs in a task of its own, not in the caller's (see transport/eager.py).
         if self._conn.ready_now:
+            if self._yield_between_appends:
+                # A running stream's token may yield; its first text never does.
+                self._transport.before_append_write(may_yield=self._appended_to == serial)
+                self._appended_to = serial
             task = eager_task(run())
         else:
             task = asyncio.create_task(run())
@@ -1104,6 +1139,7 @@ class AblyTransport:
 
     def __init__(self, settings: AblySettings) -> None:
         self.settings = settings
+        self._appended_this_turn = False
         self._channels: dict[str, Channel] = {}
         self._rest: AblyRest | None = None
         self._history_reader: HistoryReader | None = None
@@ -1142,6 +1178,20 @@ class AblyTransport:
 
     def __repr__(self) -> str:
         return f"AblyTransport({self.settings!r}, connections={len(self.pool.connections)})"
+
+    def before_append_write(self, *, may_yield: bool) -> None:
+        """An append's frame is about to be written (``settings.yield_between_appends``): if one
+        was already written in this loop turn, and ``may_yield``, let whatever it woke on this CPU
+        run first."""
+        if self._appended_this_turn:
+            if may_yield:
+                os.sched_yield()
+            return
+        self._appended_this_turn = True
+        asyncio.get_running_loop().call_soon(self._turn_over)
+
+    def _turn_over(self) -> None:
+        self._appended_this_turn = False
 
     def _first(self) -> Any:
         ready = self.pool.ready_connections

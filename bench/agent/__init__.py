@@ -148,6 +148,17 @@ class Plan:
 # --- child processes -------------------------------------------------------------------------------
 
 
+def _pinned(argv: list[str]) -> list[str]:
+    """``AW_BENCH_TASKSET=agent=0,server=1`` (diagnostic only): run the agent (either kind) or the
+    embedded server under ``taskset -c CPUS``, to see what the scheduler's placement does."""
+    spec = dict(
+        part.split("=", 1) for part in os.environ.get("AW_BENCH_TASKSET", "").split(",") if "=" in part
+    )
+    last = argv[-1]
+    role = "server" if last == "server" else "agent" if last in ("pyworker", str(JS_AGENT)) else ""
+    return ["taskset", "-c", spec[role], *argv] if role in spec else argv
+
+
 @dataclass
 class Child:
     """A long-running child that prints ``@@ready {...}`` and ``@@event {...}`` lines."""
@@ -163,7 +174,7 @@ class Child:
 
     async def start(self, limit_s: float = 30.0) -> dict[str, Any]:
         self.proc = await asyncio.create_subprocess_exec(
-            *self.argv,
+            *_pinned(self.argv),
             cwd=ROOT,
             env={**os.environ, **self.env},
             stdin=asyncio.subprocess.PIPE,

@@ -128,6 +128,21 @@ def _trace_server_gc() -> None:
     gc.callbacks.append(callback)
 
 
+def _yield_after_send() -> None:
+    """``AW_BENCH_YIELD=1`` (diagnostic, never a fix): the worker gives up its CPU after every frame
+    it writes, so a process its write woke onto the same CPU (the embedded server) runs at once."""
+    from ably.transport.websockettransport import WebSocketTransport  # noqa: PLC0415
+
+    send = WebSocketTransport.send
+
+    async def yielding_send(self: Any, message: dict[str, Any]) -> Any:
+        result = await send(self, message)
+        os.sched_yield()
+        return result
+
+    WebSocketTransport.send = yielding_send  # type: ignore[method-assign]
+
+
 def _trace_gc(worker: Worker) -> None:
     """AW_BENCH_GC=1: report garbage-collector pauses over 5 ms on stderr (diagnosing latency tails)."""
     import gc  # noqa: PLC0415
@@ -190,6 +205,8 @@ async def pyworker_main(cfg: dict[str, Any]) -> None:
     )
     if os.environ.get("AW_BENCH_GC"):
         _trace_gc(worker)
+    if os.environ.get("AW_BENCH_YIELD"):  # diagnostic only: os.sched_yield() after each frame written
+        _yield_after_send()
     if os.environ.get("AW_BENCH_SENDLOG"):  # =prefix: when each token left (bench/agent/sendlog.py)
         from bench.agent import sendlog  # noqa: PLC0415
 

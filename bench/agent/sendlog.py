@@ -205,22 +205,38 @@ def _bursts(recv: dict[tuple[int, int], float], sent: dict[tuple[int, int], int]
             )
 
 
-def steady_receipts(result: dict[str, Any]) -> tuple[dict[tuple[int, int], float], int] | None:
-    """The client's receive time per (stream, seq) token of the N-stream phase, and the time from
-    which tokens count as steady (every stream had delivered its first); None without a timeline."""
-    timeline = (result.get("latencyN") or {}).get("timeline")
+def steady_receipts(
+    result: dict[str, Any], phase: str = "latencyN"
+) -> tuple[dict[tuple[int, int], float], int] | None:
+    """The client's receive time per (stream, seq) token of ``phase`` (the N-stream phase unless
+    told), and the time from which tokens count as steady (every stream had delivered its first);
+    None without a timeline."""
+    timeline = (result.get(phase) or {}).get("timeline")
     if not timeline:
         return None
     recv = {(s[0], s[1]): s[2] for stream in timeline for s in stream["samples"]}
     return recv, max(stream["samples"][0][2] for stream in timeline if stream["samples"])
 
 
+def phase_arg(argv: list[str]) -> tuple[list[str], str]:
+    """``--phase=NAME`` (default ``latencyN``) taken out of ``argv``."""
+    phase = "latencyN"
+    rest = []
+    for arg in argv:
+        if arg.startswith("--phase="):
+            phase = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return rest, phase
+
+
 def main(argv: list[str]) -> int:
+    argv, phase = phase_arg(argv)
     raw = json.loads(open(argv[0]).read())["raw"]  # noqa: SIM115
     logs = [json.loads(open(p).read()) for p in sorted(glob.glob(f"{argv[1]}-*.json"))]  # noqa: SIM115
     logs = [log for log in logs if "sent" in log]  # not the server's (bench.agent.serverlog)
     for variant, result in raw.items():
-        receipts = steady_receipts(result)
+        receipts = steady_receipts(result, phase)
         if receipts is None:
             continue
         recv, steady_from = receipts

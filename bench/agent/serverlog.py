@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from bench.agent.sendlog import _pct, steady_receipts
+from bench.agent.sendlog import _pct, phase_arg, steady_receipts
 
 __all__ = ["install", "main"]
 
@@ -176,6 +176,7 @@ def _row(name: str, values: list[float]) -> str:
 
 
 def main(argv: list[str]) -> int:
+    argv, phase = phase_arg(argv)
     raw = json.loads(open(argv[0]).read())["raw"]  # noqa: SIM115
     prefix = argv[1]
     server = [json.loads(open(p).read()) for p in sorted(glob.glob(f"{prefix}-server-*.json"))]  # noqa: SIM115
@@ -193,7 +194,7 @@ def main(argv: list[str]) -> int:
     for log in agents:
         sent.update({(s[0], s[1]): s[2] for s in log["sent"]})
     for variant, result in raw.items():
-        receipts = steady_receipts(result)
+        receipts = steady_receipts(result, phase)
         if receipts is None:
             continue
         recv, steady_from = receipts
