@@ -153,21 +153,27 @@ async def test_a_passed_over_deferrable_waiter_is_not_starved() -> None:
     assert limiter.overtaken >= 1
 
 
+async def _acquire_mixed(limiter: RateLimiter, n: int, *, pause_every: int, cancel: slice) -> int:
+    """``n`` acquisitions, every third urgent, a short pause every ``pause_every``, the ``cancel``
+    slice of them cancelled while waiting; the number granted."""
+    tasks = []
+    for i in range(n):
+        tasks.append(asyncio.create_task(limiter.acquire(defer=i % 3 != 0)))
+        if i % pause_every == 0:
+            await asyncio.sleep(0.002)
+    for task in tasks[cancel]:
+        task.cancel()
+    async with asyncio.timeout(30):
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    return sum(1 for r in results if not isinstance(r, BaseException))
+
+
 async def test_the_rate_is_never_exceeded_over_any_window() -> None:
     """Mixed urgent and deferrable acquisitions, some cancelled: on the limiter's own clock, any
     k consecutive tokens span at least (k - burst) / rate seconds — no 1-s window above rate + burst."""
     rate, burst = 400.0, 5
     limiter = _Recording(rate, burst, max_defer_s=0.01)
-    tasks = []
-    for i in range(150):
-        tasks.append(asyncio.create_task(limiter.acquire(defer=i % 3 != 0)))
-        if i % 10 == 0:
-            await asyncio.sleep(0.002)
-    for task in tasks[5::17]:
-        task.cancel()
-    async with asyncio.timeout(30):
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-    granted = sum(1 for r in results if not isinstance(r, BaseException))
+    granted = await _acquire_mixed(limiter, 150, pause_every=10, cancel=slice(5, None, 17))
     assert limiter.sent == granted
     taken = limiter.taken
     assert len(taken) == granted
@@ -185,16 +191,7 @@ async def test_never_more_than_per_second_in_any_window() -> None:
     and deferrable acquisitions, some cancelled; the sends counted in any window never exceed 6,
     and every waiter is served (the limiter wakes when the window has room, not only on tokens)."""
     limiter = _Recording(1000.0, 8, per_second=6, window_s=0.05, max_defer_s=0.01)
-    tasks = []
-    for i in range(60):
-        tasks.append(asyncio.create_task(limiter.acquire(defer=i % 3 != 0)))
-        if i % 20 == 0:
-            await asyncio.sleep(0.002)
-    for task in tasks[4::13]:
-        task.cancel()
-    async with asyncio.timeout(30):
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-    granted = sum(1 for r in results if not isinstance(r, BaseException))
+    granted = await _acquire_mixed(limiter, 60, pause_every=20, cancel=slice(4, None, 13))
     assert len(limiter.stamps) == limiter.sent == granted > 50
     assert _most_in_any_window(limiter.stamps, limiter.window_s) <= 6
 
