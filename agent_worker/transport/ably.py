@@ -112,7 +112,9 @@ class AblySettings:
     client_id: str | None = None
     use_binary_protocol: bool = True
     max_messages_per_second: float = 45.0
-    burst: int = 10
+    burst: int = 30
+    """Messages a quiet connection may send at once, within ``max_messages_per_second`` in any second
+    (transport/ratelimit.py; the same default as ``[worker] burst``)."""
     connections: int = 1
     """Connections kept open at all times (the pool's minimum)."""
     max_connections: int = 32
